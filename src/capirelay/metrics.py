@@ -1,0 +1,125 @@
+"""Prometheus metrics for the gateway: one :class:`Metrics` object per app.
+
+Each gateway instance owns its own ``CollectorRegistry`` so several apps can
+live in one process (tests, the demo) without clashing on the global
+registry.  Labels never carry identifiers: only pixel ids, event names,
+problem codes and Meta error codes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.accepted = Counter(
+            "capirelay_events_accepted_total",
+            "Events durably queued for delivery.",
+            ["pixel", "event_name", "source"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "capirelay_events_duplicate_total",
+            "Events answered 'duplicate' by the local 48 h dedup.",
+            ["pixel", "event_name"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "capirelay_events_rejected_total",
+            "Events rejected at ingest, by problem code.",
+            ["pixel", "problem"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "capirelay_events_dropped_total",
+            "Events deliberately not sent (bot traffic, no consent).",
+            ["pixel", "reason"],
+            registry=r,
+        )
+        self.sent = Counter(
+            "capirelay_events_sent_total",
+            "Events accepted by the Graph API.",
+            ["pixel", "event_name"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "capirelay_graph_requests_total",
+            "Requests made to the Graph API, by outcome class.",
+            ["pixel", "outcome"],
+            registry=r,
+        )
+        self.meta_errors = Counter(
+            "capirelay_graph_errors_total",
+            "Graph API errors by code and subcode.",
+            ["pixel", "code", "subcode", "retry_class"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "capirelay_events_retried_total",
+            "Events rescheduled after a failed attempt.",
+            ["pixel", "retry_class"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "capirelay_events_dead_lettered_total",
+            "Events moved to the dead-letter queue, by reason.",
+            ["pixel", "reason"],
+            registry=r,
+        )
+        self.bisect_requests = Counter(
+            "capirelay_bisect_requests_total",
+            "Extra Graph requests spent isolating invalid events inside rejected batches.",
+            ["pixel"],
+            registry=r,
+        )
+        self.send_latency = Histogram(
+            "capirelay_graph_request_seconds",
+            "Latency of Graph API requests.",
+            ["pixel"],
+            buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "capirelay_batch_events",
+            "Events per Graph API request.",
+            ["pixel"],
+            buckets=(1, 5, 10, 50, 100, 250, 500, 750, 1000),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "capirelay_queue_depth", "Events waiting for delivery.", ["pixel"], registry=r
+        )
+        self.oldest_queued_age = Gauge(
+            "capirelay_queue_oldest_age_seconds",
+            "Age of the oldest queued event.",
+            registry=r,
+        )
+        self.min_time_to_deadline = Gauge(
+            "capirelay_queue_min_seconds_to_deadline",
+            "Time left before the most urgent queued event expires (7 d / 62 d rule).",
+            registry=r,
+        )
+        self.dlq_size = Gauge(
+            "capirelay_dlq_size", "Events in the dead-letter queue.", ["reason"], registry=r
+        )
+        self.breaker_open = Gauge(
+            "capirelay_breaker_open",
+            "1 while a pixel's circuit breaker is open (auth/permission errors).",
+            ["pixel"],
+            registry=r,
+        )
+        self.send_rate_limit = Gauge(
+            "capirelay_pixel_concurrency_limit",
+            "Current AIMD concurrency allowance per pixel (drops on throttling).",
+            ["pixel"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

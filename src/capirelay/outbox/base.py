@@ -1,0 +1,240 @@
+"""The outbox contract: durable queue, dedup store and dead-letter store behind one interface.
+
+The delivery engine, the ingest path and the CLI are written against
+:class:`Outbox` only; :mod:`capirelay.outbox.sqlite` (embedded default) and the
+PostgreSQL backend implement it.  The outbox only ever holds wire-ready,
+hashed events (``payload`` is the orjson encoding of the wire event), so raw
+PII never reaches disk.
+
+Lifecycle of a row::
+
+    enqueue ──► queued ──lease──► leased ──ack──────────► (gone; counted as sent)
+                  ▲                  │ ──reschedule──► queued (attempts+1, next_attempt_at later)
+                  │                  │ ──release─────► queued (no attempt counted)
+                  │                  └─dead_letter───► dead-letter store
+                  └──────────── dlq_requeue ◄─────────────┘
+
+Dedup: ``(pixel_id, event_name, event_id)`` is remembered for
+:data:`DEDUP_WINDOW_SECONDS` (Meta's 48 hours).  ``enqueue`` answers
+``DUPLICATE`` for a key seen inside the window and stores nothing.  Dead-
+lettering an event forgets its key (Meta never accepted it, so a corrected
+resend with the same id must get through); ``dlq_requeue`` records it again.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+DEDUP_WINDOW_SECONDS = 48 * 3600
+
+
+class EnqueueStatus(StrEnum):
+    QUEUED = "queued"
+    DUPLICATE = "duplicate"
+
+
+class DeadLetterReason(StrEnum):
+    INVALID = "invalid"  # Meta rejected the event itself (code 100 family), isolated by bisection
+    EXPIRED = "expired"  # its deadline passed before Meta accepted it
+    CONFIG = "config"  # Meta refused for a setup reason that a retry cannot fix (pixel, version, LDU)
+    REJECTED = "rejected"  # failed local re-validation (e.g. on replay)
+
+
+class StorageUnavailable(RuntimeError):
+    """The outbox could not durably store or read data (disk full, database down).
+
+    Ingest turns this into HTTP 503 and acknowledges nothing.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event accepted by ingest, ready to queue."""
+
+    pixel_id: str
+    event_name: str
+    event_id: str
+    payload: bytes  # orjson-encoded wire event (normalized + hashed)
+    event_time: int
+    deadline: float  # unix seconds; see capirelay.validate.deadline
+    test_event_code: str | None = None
+    source: str = "api"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt's outcome, kept with the event (and in the DLQ)."""
+
+    at: float
+    status: int | None
+    code: int | None = None
+    subcode: int | None = None
+    message: str | None = None
+    fbtrace_id: str | None = None
+    retry_class: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "status": self.status,
+            "code": self.code,
+            "subcode": self.subcode,
+            "message": self.message,
+            "fbtrace_id": self.fbtrace_id,
+            "retry_class": self.retry_class,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedEvent:
+    id: int
+    pixel_id: str
+    event_name: str
+    event_id: str
+    payload: bytes
+    event_time: int
+    deadline: float
+    attempts: int
+    test_event_code: str | None
+    queued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    pixel_id: str
+    event_name: str
+    event_id: str
+    payload: bytes
+    event_time: int
+    deadline: float
+    reason: str
+    error: dict[str, Any] | None
+    attempts: list[dict[str, Any]]
+    test_event_code: str | None
+    queued_at: float
+    dead_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DLQFilter:
+    pixel_id: str | None = None
+    event_name: str | None = None
+    reason: str | None = None
+    since: float | None = None  # dead_at >= since
+    until: float | None = None  # dead_at < until
+
+
+@dataclass(slots=True)
+class QueueStats:
+    depth: int = 0  # queued + leased
+    leased: int = 0
+    oldest_queued_at: float | None = None
+    earliest_deadline: float | None = None
+    dlq_size: int = 0
+    depth_by_pixel: dict[str, int] = field(default_factory=dict)
+    dlq_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class Outbox(abc.ABC):
+    """Durable queue + dedup store + dead-letter store.
+
+    Every method that changes state has committed durably when it returns.
+    Implementations raise :class:`StorageUnavailable` when they cannot.
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create/migrate the schema and start background machinery."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush pending writes and release resources."""
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when storage answers (used by /readyz)."""
+
+    @abc.abstractmethod
+    async def enqueue(self, events: Sequence[NewEvent], *, now: float) -> list[EnqueueStatus]:
+        """Dedup and store; one status per input event, in order.
+
+        Two events with the same key in one call: the first is queued, the
+        second is a duplicate.
+        """
+
+    @abc.abstractmethod
+    async def lease(
+        self, pixel_id: str, *, limit: int, lease_seconds: float, now: float
+    ) -> list[LeasedEvent]:
+        """Lease up to ``limit`` due events of one pixel, earliest deadline first.
+
+        Due means ``next_attempt_at <= now`` and not leased (or the lease has
+        expired, which is how a crashed worker's events come back).
+        """
+
+    @abc.abstractmethod
+    async def ack(self, ids: Sequence[int], *, now: float) -> None:
+        """The events were accepted by Meta: remove them from the queue."""
+
+    @abc.abstractmethod
+    async def reschedule(
+        self, ids: Sequence[int], *, next_attempt_at: float, attempt: Attempt
+    ) -> None:
+        """A failed attempt: record it, count it and make the events due later."""
+
+    @abc.abstractmethod
+    async def release(self, ids: Sequence[int]) -> None:
+        """Give leased events back untouched (shutdown, open breaker)."""
+
+    @abc.abstractmethod
+    async def dead_letter(
+        self,
+        ids: Sequence[int],
+        *,
+        reason: DeadLetterReason,
+        attempt: Attempt | None,
+        now: float,
+    ) -> None:
+        """Move events to the dead-letter store and forget their dedup keys."""
+
+    @abc.abstractmethod
+    async def due_pixels(self, *, now: float) -> list[str]:
+        """Pixels that have at least one due, unleased event."""
+
+    @abc.abstractmethod
+    async def next_due_at(self, pixel_id: str | None = None) -> float | None:
+        """When the next queued event (of a pixel, or of any) becomes due."""
+
+    @abc.abstractmethod
+    async def stats(self, *, now: float) -> QueueStats:
+        """Queue depth, ages and DLQ size for /metrics, /readyz and the dashboard."""
+
+    @abc.abstractmethod
+    async def expire_dedup(self, *, now: float) -> int:
+        """Forget dedup keys older than the window; returns how many."""
+
+    @abc.abstractmethod
+    async def dlq_list(
+        self, flt: DLQFilter | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        """Dead letters matching the filter, newest first."""
+
+    @abc.abstractmethod
+    async def dlq_get(self, dlq_id: int) -> DeadLetter | None: ...
+
+    @abc.abstractmethod
+    async def dlq_requeue(self, ids: Sequence[int], *, now: float) -> int:
+        """Move dead letters back to the queue (attempts reset, due now).
+
+        The caller has re-validated them and checked their deadline.
+        Returns how many moved.
+        """
+
+    @abc.abstractmethod
+    async def dlq_purge(self, ids: Sequence[int] | None = None, flt: DLQFilter | None = None) -> int:
+        """Delete dead letters by id or by filter; returns how many."""
