@@ -1,0 +1,600 @@
+"""Browser identifiers: ``fbc``/``fbp``, the cookie domain, and the client IP.
+
+This module owns what Meta's Parameter Builder does for a web request, in
+Python and without its known defects:
+
+* ``_fbc``/``_fbp`` cookies are parsed with Meta's grammar
+  ``fb.{subdomain_index}.{creation_time_ms}.{payload}`` plus the optional
+  5th "appendix" segment the builder writes (a 2-char legacy language token
+  or an 8-char appendix).  Values are accepted unchanged: the click id is
+  case-sensitive and is never lowercased, and an existing ``fb.`` value is
+  never wrapped a second time.
+* ``fbc`` is built or refreshed from ``fbclid`` (the page URL first, then the
+  referrer's), ``fbp`` is minted when missing, and the cookies to set come back
+  as :class:`CookieToSet` (90 days, eTLD+1 domain, ``SameSite=Lax``).
+* The eTLD+1 comes from the Public Suffix List (``publicsuffixlist``), not the
+  builder's "drop the first label", which gets ``example.co.uk`` wrong.
+* The client IP is taken from ``X-Forwarded-For`` only through trusted
+  proxies; public addresses win over RFC 6890 special ranges and IPv6 wins
+  over IPv4, with the ``_fbi`` cookie of Meta's client-JS builder as a
+  candidate.
+
+Values we mint carry no appendix: the appendix encodes *Meta's* builder
+language and version, and we are not that builder.  We also never append it to
+``event_source_url``/``referrer_url`` as the Python builder 1.3.2 does, because
+that turns a real URL into one that does not exist.
+
+Everything read from a request is untrusted: cookie and header values holding
+control characters, ``;`` or ``,`` are ignored, so nothing read here can inject
+a header when it is written back in ``Set-Cookie``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from publicsuffixlist import PublicSuffixList
+
+__all__ = [
+    "APPENDIX_RE",
+    "COOKIE_MAX_AGE",
+    "FBC_COOKIE",
+    "FBC_RE",
+    "FBI_COOKIE",
+    "FBP_COOKIE",
+    "FBP_RE",
+    "BrowserContext",
+    "CookieToSet",
+    "ParsedClickCookie",
+    "build_fbc",
+    "client_ip",
+    "etld_plus_one",
+    "from_asgi_scope",
+    "from_request",
+    "mint_fbp",
+    "parse_fbc",
+    "parse_fbp",
+    "strip_ip_appendix",
+    "subdomain_index",
+]
+
+FBC_COOKIE = "_fbc"
+FBP_COOKIE = "_fbp"
+FBI_COOKIE = "_fbi"
+COOKIE_MAX_AGE = 90 * 24 * 3600  # 7,776,000 s, the Pixel's and the builder's lifetime
+FBP_RANDOM_MAX = 2_147_483_647
+
+# Legacy 2-char appendix tokens, one per builder language (PHP, Python, Java,
+# Node, Ruby, client JS); any other 2-char 5th segment is not Meta's.
+LEGACY_APPENDIX_TOKENS = frozenset({"AQ", "Ag", "Aw", "BA", "BQ", "Bg"})
+
+_APPENDIX = r"(?:[A-Za-z0-9_-]{8}|" + "|".join(sorted(LEGACY_APPENDIX_TOKENS)) + ")"
+# fbclid values are base64url-like (``IwAR...``, ``IwZXh0bgNhZW0...``); a dot
+# would shift the segments, anything else is junk Meta answers with 2804001.
+_CLICK_ID = r"[A-Za-z0-9_-]+"
+FBC_RE = re.compile(rf"fb\.(\d{{1,3}})\.(\d{{1,16}})\.({_CLICK_ID})(?:\.({_APPENDIX}))?")
+FBP_RE = re.compile(rf"fb\.(\d{{1,3}})\.(\d{{1,16}})\.(\d{{1,20}})(?:\.({_APPENDIX}))?")
+_CLICK_ID_RE = re.compile(_CLICK_ID)
+APPENDIX_RE = re.compile(_APPENDIX)
+_IP_APPENDIX_RE = re.compile(rf"(.+)\.{_APPENDIX}")
+# RFC 6265 cookie-octets minus nothing we need: no CTLs, whitespace, DQUOTE,
+# comma, semicolon or backslash.  Anything else in a value we write is refused.
+_COOKIE_OCTETS_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
+_COOKIE_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_HEADER_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE_COOKIE_VALUE_RE = re.compile(r"[\x00-\x20\x7f;,\"\\]")
+_UNSAFE_URL_RE = re.compile(r"[\x00-\x20\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedClickCookie:
+    """An ``fbc`` or ``fbp`` value split into its segments; ``raw`` is the value as given."""
+
+    subdomain_index: int
+    creation_time_ms: int
+    payload: str
+    appendix: str | None
+    raw: str
+
+
+def _parse(pattern: re.Pattern[str], value: str | None) -> ParsedClickCookie | None:
+    if not isinstance(value, str):
+        return None
+    match = pattern.fullmatch(value)
+    if match is None:
+        return None
+    index, created, payload, appendix = match.groups()
+    return ParsedClickCookie(int(index), int(created), payload, appendix, value)
+
+
+def parse_fbc(value: str | None) -> ParsedClickCookie | None:
+    """Parse ``fb.{idx}.{ms}.{fbclid}[.{appendix}]``; ``None`` when it is not that shape."""
+    return _parse(FBC_RE, value)
+
+
+def parse_fbp(value: str | None) -> ParsedClickCookie | None:
+    """Parse ``fb.{idx}.{ms}.{random}[.{appendix}]``; ``None`` when it is not that shape."""
+    return _parse(FBP_RE, value)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def build_fbc(fbclid: str, host: str, *, now_ms: int | None = None) -> str:
+    """Build ``fb.{idx}.{now_ms}.{fbclid}`` for a click landing on ``host``.
+
+    The click id keeps its case.  A value that already is an ``fbc`` is returned
+    unchanged rather than wrapped again (a common cause of Meta's 2804001).
+    """
+    if parse_fbc(fbclid) is not None:
+        return fbclid
+    if not isinstance(fbclid, str) or _CLICK_ID_RE.fullmatch(fbclid) is None:
+        raise ValueError("fbclid must be a non-empty click id of letters, digits, '-' or '_'")
+    created = _now_ms() if now_ms is None else now_ms
+    return f"fb.{subdomain_index(host)}.{created}.{fbclid}"
+
+
+# SystemRandom, not the module generator: forked workers share the module
+# generator's state and would mint the same fbp sequence.
+_SYSTEM_RANDOM = random.SystemRandom()
+
+
+def mint_fbp(host: str, *, now_ms: int | None = None, rng: random.Random | None = None) -> str:
+    """Mint a new ``fb.{idx}.{now_ms}.{random 0..2147483647}`` browser id for ``host``."""
+    created = _now_ms() if now_ms is None else now_ms
+    number = (rng or _SYSTEM_RANDOM).randint(0, FBP_RANDOM_MAX)
+    return f"fb.{subdomain_index(host)}.{created}.{number}"
+
+
+# ---------------------------------------------------------------------------
+# Hosts, eTLD+1 and the subdomain index
+
+
+@lru_cache(maxsize=1)
+def _public_suffix_list() -> PublicSuffixList:
+    # Includes the list's private section (github.io, herokuapp.com...), as
+    # browsers do when they decide which Domain a cookie may take.
+    return PublicSuffixList()
+
+
+def _bare_host(host: str) -> str:
+    """Lowercase host without scheme, port, brackets or trailing dot."""
+    host = host.strip().lower()
+    if "://" in host:
+        host = urlsplit(host).netloc
+    host = host.rsplit("@", 1)[-1]
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=4096)
+def etld_plus_one(host: str) -> str | None:
+    """The registrable domain of ``host`` (``a.b.example.co.uk`` -> ``example.co.uk``).
+
+    ``None`` for IP literals, ``localhost``, single-label hosts and public
+    suffixes themselves: no cookie ``Domain`` can be set for those.
+    """
+    bare = _bare_host(host)
+    if not bare or _is_ip_literal(bare):
+        return None
+    try:
+        ascii_host = bare.encode("idna").decode("ascii") if not bare.isascii() else bare
+    except UnicodeError:
+        return None
+    registrable: str | None = _public_suffix_list().privatesuffix(ascii_host)
+    return registrable
+
+
+def subdomain_index(host: str) -> int:
+    """Meta's ``subdomain_index``: dots in the eTLD+1 (``example.com`` -> 1), 0 without one."""
+    registrable = etld_plus_one(host)
+    return 0 if registrable is None else registrable.count(".")
+
+
+# ---------------------------------------------------------------------------
+# Client IP
+
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _parse_ip(text: str | None) -> IPAddress | None:
+    """An address from an XFF hop or a socket peer; ports and brackets tolerated."""
+    if not text:
+        return None
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    if "%" in text:  # zone ids mean nothing off the local link
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def strip_ip_appendix(value: str) -> str:
+    """Drop the builder appendix from ``ip.XXXXXXXX`` (as in the ``_fbi`` cookie)."""
+    match = _IP_APPENDIX_RE.fullmatch(value)
+    if match is not None and _parse_ip(match.group(1)) is not None:
+        return match.group(1)
+    return value
+
+
+@lru_cache(maxsize=64)
+def _trusted_networks(trusted_proxies: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in trusted_proxies)
+
+
+def _is_trusted(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    return any(address in network for network in networks)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header lookup that also works on a plain dict."""
+    value = headers.get(name)
+    if value is None:
+        for key, candidate in headers.items():
+            if key.lower() == name:
+                value = candidate
+                break
+    if value is None or _UNSAFE_HEADER_CHARS_RE.search(value):
+        return None
+    return value
+
+
+def _request_ip(
+    remote_addr: str | None, headers: Mapping[str, str], networks: tuple[IPNetwork, ...]
+) -> IPAddress | None:
+    """The address of whoever connected to the first proxy we trust.
+
+    ``X-Forwarded-For`` is read only when the socket peer is a trusted proxy,
+    right to left, skipping trusted hops; the first untrusted hop is the
+    client.  Entries left of it were written by the client and are ignored.
+    """
+    peer = _parse_ip(remote_addr)
+    if peer is None or not _is_trusted(peer, networks):
+        return peer
+    forwarded = _header(headers, "x-forwarded-for")
+    if not forwarded:
+        return peer
+    hops = [hop for hop in (part.strip() for part in forwarded.split(",")) if hop]
+    closest: IPAddress = peer
+    for hop in reversed(hops):
+        address = _parse_ip(hop)
+        if address is None:
+            return None  # a trusted proxy never writes junk: this hop came from the client
+        if not _is_trusted(address, networks):
+            return address
+        closest = address
+    return closest
+
+
+def client_ip(
+    remote_addr: str | None,
+    headers: Mapping[str, str],
+    trusted_proxies: Sequence[str] = (),
+    *,
+    fbi_cookie: str | None = None,
+    allow_private: bool = False,
+) -> str | None:
+    """The client IP to send as ``client_ip_address``, or ``None``.
+
+    Priority, as in Meta's Node builder but with the full RFC 6890 special
+    ranges (``is_global``): public IPv6 from ``_fbi`` > public IPv6 from the
+    request > public IPv4 from ``_fbi`` > public IPv4 from the request.
+    Special-range addresses (private, loopback, documentation...) are used only
+    with ``allow_private`` (handy on a developer machine); Meta cannot match
+    on them.  ``trusted_proxies`` holds IPs or CIDRs.
+    """
+    networks = _trusted_networks(tuple(trusted_proxies))
+    candidates: list[IPAddress] = []
+    if fbi_cookie and not _UNSAFE_COOKIE_VALUE_RE.search(fbi_cookie):
+        from_cookie = _parse_ip(strip_ip_appendix(fbi_cookie))
+        if from_cookie is not None:
+            candidates.append(from_cookie)
+    from_request_ip = _request_ip(remote_addr, headers, networks)
+    if from_request_ip is not None:
+        candidates.append(from_request_ip)
+    ranked = sorted(
+        (c for c in candidates if allow_private or c.is_global),
+        key=lambda c: (not c.is_global, c.version != 6),  # stable: cookie before request
+    )
+    return str(ranked[0]) if ranked else None
+
+
+# ---------------------------------------------------------------------------
+# Cookies to set
+
+
+@dataclass(frozen=True, slots=True)
+class CookieToSet:
+    """A first-party cookie the caller should write with ``Set-Cookie``.
+
+    Construction refuses names and values that could break out of the header
+    (``;``, ``,``, CR, LF, other control characters, whitespace, quotes).
+    """
+
+    name: str
+    value: str
+    domain: str | None
+    max_age: int
+    path: str = "/"
+    secure: bool = False
+    same_site: str = "Lax"
+
+    def __post_init__(self) -> None:
+        if not _COOKIE_NAME_RE.fullmatch(self.name):
+            raise ValueError("cookie name must be an RFC 6265 token")
+        if not _COOKIE_OCTETS_RE.fullmatch(self.value):
+            raise ValueError(f"cookie {self.name} value holds characters not allowed in a cookie")
+        for attribute in (self.domain or "", self.path):
+            if _UNSAFE_COOKIE_VALUE_RE.search(attribute):
+                raise ValueError(f"cookie {self.name} domain/path holds unsafe characters")
+        if self.same_site not in ("Lax", "Strict", "None"):
+            raise ValueError("same_site must be Lax, Strict or None")
+
+    def header_value(self) -> str:
+        """The full ``Set-Cookie`` header value."""
+        parts = [f"{self.name}={self.value}"]
+        if self.domain:
+            parts.append(f"Domain={self.domain}")
+        parts.append(f"Path={self.path}")
+        parts.append(f"Max-Age={self.max_age}")
+        parts.append(f"SameSite={self.same_site}")
+        if self.secure:
+            parts.append("Secure")
+        return "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------
+# Whole request
+
+
+@dataclass
+class BrowserContext:
+    """What a web request tells us about the browser, ready for ``user_data``."""
+
+    fbc: str | None
+    fbp: str | None
+    client_ip_address: str | None
+    client_user_agent: str | None
+    event_source_url: str | None
+    referrer_url: str | None
+    cookies_to_set: list[CookieToSet] = field(default_factory=list)
+
+    def user_data(self) -> dict[str, str]:
+        """The ``user_data`` keys this context fills (unset ones left out)."""
+        pairs = {
+            "fbc": self.fbc,
+            "fbp": self.fbp,
+            "client_ip_address": self.client_ip_address,
+            "client_user_agent": self.client_user_agent,
+        }
+        return {key: value for key, value in pairs.items() if value}
+
+
+def _safe_cookie(cookies: Mapping[str, str], name: str) -> str | None:
+    value = cookies.get(name)
+    if not isinstance(value, str) or not value or _UNSAFE_COOKIE_VALUE_RE.search(value):
+        return None
+    return value
+
+
+def _safe_url(url: str | None) -> str | None:
+    """``url`` if it is an absolute http(s) URL without whitespace or control characters."""
+    if not url or _UNSAFE_URL_RE.search(url):
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return url
+
+
+def _fbclid(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        values = parse_qs(urlsplit(url).query).get("fbclid")
+    except ValueError:
+        return None
+    if not values:
+        return None
+    candidate = values[0]
+    if parse_fbc(candidate) is not None or _CLICK_ID_RE.fullmatch(candidate):
+        return candidate
+    return None
+
+
+def _hostname(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+def _resolve_fbc(
+    existing: ParsedClickCookie | None, fbclid: str | None, host: str, now_ms: int
+) -> tuple[str | None, bool]:
+    """The ``fbc`` to use and whether it is new (the cookie must be written)."""
+    if fbclid is None:
+        return (existing.raw if existing else None), False
+    if existing is not None and (existing.payload == fbclid or existing.raw == fbclid):
+        return existing.raw, False
+    return build_fbc(fbclid, host, now_ms=now_ms), True
+
+
+def _is_https(url: str, headers: Mapping[str, str], proxied: bool) -> bool:
+    if proxied:
+        forwarded_proto = _header(headers, "x-forwarded-proto")
+        if forwarded_proto:
+            return forwarded_proto.split(",")[0].strip().lower() == "https"
+    return url.lower().startswith("https://")
+
+
+def _cookie_domain(page_host: str, request_host: str | None) -> tuple[bool, str | None]:
+    """Whether cookies can be set for the page from this request, and their Domain.
+
+    A beacon to a gateway on another site cannot set first-party cookies for
+    the page, so none are proposed then.
+    """
+    page_domain = etld_plus_one(page_host)
+    if request_host is None:
+        return True, page_domain
+    if page_domain is None:
+        # IP, localhost: only a host-only cookie from that very host works.
+        return _bare_host(request_host) == _bare_host(page_host), None
+    return page_domain == etld_plus_one(request_host), page_domain
+
+
+def from_request(
+    *,
+    url: str,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, str],
+    remote_addr: str | None,
+    trusted_proxies: Sequence[str] = (),
+    page_url: str | None = None,
+    page_referrer: str | None = None,
+    now_ms: int | None = None,
+    refresh_existing: bool = True,
+    rng: random.Random | None = None,
+) -> BrowserContext:
+    """Everything the browser tells us about itself in one request.
+
+    ``url`` is the request URL.  For a beacon it is the gateway's
+    ``/v1/collect``; then pass ``page_url`` (from the body, or the ``Referer``
+    header) and ``page_referrer`` (the page's ``document.referrer``): the page
+    URL gives ``event_source_url``, ``fbclid`` and the cookie domain.  Without
+    ``page_url`` the request URL is the page and ``Referer`` its referrer.
+
+    ``refresh_existing`` re-emits existing valid cookies: a server-set cookie
+    lives its full 90 days where browsers cap script-set ones (Safari ITP).
+    """
+    now = _now_ms() if now_ms is None else now_ms
+    page = _safe_url(page_url) if page_url is not None else _safe_url(url)
+    referrer = _safe_url(page_referrer if page_url is not None else _header(headers, "referer"))
+    page_host = _hostname(page) or _hostname(url) or ""
+
+    fbclid = _fbclid(page) or _fbclid(referrer)
+    fbc, fbc_is_new = _resolve_fbc(
+        parse_fbc(_safe_cookie(cookies, FBC_COOKIE)), fbclid, page_host, now
+    )
+    existing_fbp = parse_fbp(_safe_cookie(cookies, FBP_COOKIE))
+    fbp = existing_fbp.raw if existing_fbp else mint_fbp(page_host, now_ms=now, rng=rng)
+
+    networks = _trusted_networks(tuple(trusted_proxies))
+    peer = _parse_ip(remote_addr)
+    proxied = peer is not None and _is_trusted(peer, networks)
+    can_set, domain = _cookie_domain(page_host, _hostname(url))
+    secure = _is_https(url, headers, proxied)
+    to_set: list[CookieToSet] = []
+    if can_set:
+        for name, value, is_new in (
+            (FBC_COOKIE, fbc, fbc_is_new),
+            (FBP_COOKIE, fbp, existing_fbp is None),
+        ):
+            if value and (is_new or refresh_existing):
+                to_set.append(CookieToSet(name, value, domain, COOKIE_MAX_AGE, secure=secure))
+
+    return BrowserContext(
+        fbc=fbc,
+        fbp=fbp,
+        client_ip_address=client_ip(
+            remote_addr, headers, trusted_proxies, fbi_cookie=_safe_cookie(cookies, FBI_COOKIE)
+        ),
+        client_user_agent=_header(headers, "user-agent") or None,
+        event_source_url=page,
+        referrer_url=referrer,
+        cookies_to_set=to_set,
+    )
+
+
+def _parse_cookie_header(header: str) -> dict[str, str]:
+    """``a=1; b=2`` -> dict; first occurrence wins (the most specific path comes first)."""
+    cookies: dict[str, str] = {}
+    for pair in header.split(";"):
+        name, sep, value = pair.strip().partition("=")
+        if sep and name and name not in cookies:
+            cookies[name] = value.strip()
+    return cookies
+
+
+def _asgi_headers(scope: Mapping[str, Any]) -> dict[str, str]:
+    """Header dict from an ASGI scope; repeated list headers joined as HTTP allows."""
+    headers: dict[str, str] = {}
+    for raw_name, raw_value in scope.get("headers") or ():
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        if name in headers:
+            joiner = "; " if name == "cookie" else ", "
+            headers[name] = headers[name] + joiner + value
+        else:
+            headers[name] = value
+    return headers
+
+
+def _asgi_url(scope: Mapping[str, Any], headers: Mapping[str, str]) -> str:
+    scheme = scope.get("scheme") or "http"
+    host = headers.get("host") or headers.get(":authority")
+    if not host:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1") if raw_path else scope.get("path") or "/"
+    query = (scope.get("query_string") or b"").decode("latin-1")
+    return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def from_asgi_scope(
+    scope: Mapping[str, Any],
+    *,
+    trusted_proxies: Sequence[str] = (),
+    page_url: str | None = None,
+    page_referrer: str | None = None,
+    now_ms: int | None = None,
+) -> BrowserContext:
+    """:func:`from_request` fed from an ASGI HTTP scope (Starlette's ``request.scope``)."""
+    headers = _asgi_headers(scope)
+    client = scope.get("client")
+    return from_request(
+        url=_asgi_url(scope, headers),
+        headers=headers,
+        cookies=_parse_cookie_header(headers.get("cookie", "")),
+        remote_addr=client[0] if client else None,
+        trusted_proxies=trusted_proxies,
+        page_url=page_url,
+        page_referrer=page_referrer,
+        now_ms=now_ms,
+    )

@@ -1,0 +1,110 @@
+"""Settings: TOML file, environment overrides, secrets read at use time, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from capirelay.config import ConfigError, Secret, load_settings
+
+TOML = """
+storage = "sqlite:///{db}"
+[pixels.1234567890]
+access_token = {{ env = "TEST_CAPIRELAY_TOKEN" }}
+test_event_code = "TEST111"
+default_country = "US"
+[ingest_keys.backend]
+key = {{ file = "{keyfile}" }}
+pixels = ["1234567890"]
+[delivery]
+batch_size = 500
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    keyfile = tmp_path / "key.txt"
+    keyfile.write_text("s3cret-key\n")
+    path = tmp_path / "capirelay.toml"
+    path.write_text(TOML.format(db=tmp_path / "x.db", keyfile=keyfile))
+    return path
+
+
+def test_file_values_load(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_CAPIRELAY_TOKEN", "tok-1")
+    settings = load_settings(config_file)
+    pixel = settings.pixels["1234567890"]
+    assert pixel.test_event_code == "TEST111"
+    assert pixel.access_token is not None
+    assert pixel.access_token.resolve() == "tok-1"
+    assert settings.ingest_keys["backend"].key.resolve() == "s3cret-key"
+    assert settings.delivery.batch_size == 500
+    assert settings.delivery.linger_ms == 200  # default kept
+
+
+def test_environment_overrides_nested_values(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPIRELAY_DELIVERY__BATCH_SIZE", "250")
+    monkeypatch.setenv("CAPIRELAY_PIXELS__1234567890__TEST_EVENT_CODE", "TEST222")
+    settings = load_settings(config_file)
+    assert settings.delivery.batch_size == 250
+    pixel = settings.pixels["1234567890"]
+    assert pixel.test_event_code == "TEST222"
+    # the rest of the pixel's table survives the override
+    assert pixel.default_country == "US"
+
+
+def test_rotated_token_is_read_without_reload(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_CAPIRELAY_TOKEN", "old")
+    secret = load_settings(config_file).pixels["1234567890"].access_token
+    assert secret is not None and secret.resolve() == "old"
+    monkeypatch.setenv("TEST_CAPIRELAY_TOKEN", "new")
+    assert secret.resolve() == "new"
+
+
+def test_literal_secret_is_warned_about(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[pixels.42]\naccess_token = "EAAliteral"\n')
+    settings = load_settings(path)
+    warnings = settings.warnings()
+    assert any("pixels.42.access_token is a literal" in w for w in warnings)
+    assert all("EAAliteral" not in w for w in warnings)
+    assert "EAAliteral" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("[pixels.abc]\n", "pixels"),
+        ('[pixels.1]\napi_version = "26"\n', "pixels.1.api_version"),
+        ("[delivery]\nbatch_size = 5000\n", "delivery.batch_size"),
+        ("unknown_setting = 1\n", "unknown_setting"),
+    ],
+)
+def test_invalid_config_names_the_setting(tmp_path: Path, body: str, expected: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert expected in str(info.value)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_secret_needs_exactly_one_source() -> None:
+    with pytest.raises(ValueError):
+        Secret(env="A", value="b")
+    with pytest.raises(ValueError):
+        Secret()
+
+
+def test_missing_secret_resolves_to_none(tmp_path: Path) -> None:
+    assert Secret(env="CAPIRELAY_TEST_UNSET_VARIABLE").resolve() is None
+    assert Secret(file=tmp_path / "absent").resolve() is None
