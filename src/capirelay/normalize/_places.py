@@ -1,0 +1,235 @@
+"""Rules for the place fields: city, state, zip code and country.
+
+Meta's rules: ``ct`` lowercase with no punctuation, special characters or
+spaces; ``st`` the 2-character ANSI code for US states, other countries
+lowercase with no punctuation or spaces; ``zp`` lowercase without spaces or
+dashes, US the first 5 digits, UK the full postcode (``m11ae``); ``country``
+ISO 3166-1 alpha-2 lowercase (``United States`` -> ``us``).
+
+Lookups against pycountry are slow, so every table is built once, on first
+use, into plain dicts keyed by the letters-only lowercase form of each name.
+
+State choices (beyond Meta's US rule): with a non-US country hint, a name or
+code of one of that country's *top-level* ISO 3166-2 subdivisions becomes the
+code after the dash (``Ontario`` in ``ca`` -> ``on``), but only when that code
+is alphabetic: purely numeric codes (Japan's ``13`` for Tokyo) are not
+abbreviations anyone else would send, so the name is kept.  Without a hint,
+US names and codes are tried, then Canadian provinces (Meta's param builder
+maps both), then the generic rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pycountry
+
+from ._errors import NormalizationError
+from ._text import (
+    LETTERS_MARKS,
+    LETTERS_MARKS_DIGITS,
+    ascii_digits,
+    fold_accents,
+    keep_categories,
+    prepare,
+)
+
+_COUNTRY_ALIASES: dict[str, str] = {
+    "us": "us",
+    "usa": "us",
+    "unitedstatesofamerica": "us",
+    "unitedstates": "us",
+    "uk": "gb",
+    "greatbritain": "gb",
+    "britain": "gb",
+    "england": "gb",
+    "scotland": "gb",
+    "wales": "gb",
+    "northernireland": "gb",
+    "unitedkingdom": "gb",
+    "southkorea": "kr",
+    "republicofkorea": "kr",
+    "northkorea": "kp",
+    "russia": "ru",
+    "iran": "ir",
+    "vietnam": "vn",
+    "laos": "la",
+    "syria": "sy",
+    "bolivia": "bo",
+    "venezuela": "ve",
+    "tanzania": "tz",
+    "moldova": "md",
+    "czechrepublic": "cz",
+    "czechia": "cz",
+    "holland": "nl",
+    "thenetherlands": "nl",
+    "uae": "ae",
+    "emirates": "ae",
+    "turkey": "tr",
+    "türkiye": "tr",
+    "turkiye": "tr",
+    "ivorycoast": "ci",
+    "vatican": "va",
+    "vaticancity": "va",
+    "macedonia": "mk",
+    "swaziland": "sz",
+    "burma": "mm",
+    "capeverde": "cv",
+    "easttimor": "tl",
+    "palestine": "ps",
+    "taiwan": "tw",
+    "hongkong": "hk",
+    "macau": "mo",
+    "macao": "mo",
+    "brunei": "bn",
+    "micronesia": "fm",
+    "kosovo": "xk",
+    "xk": "xk",
+    "xkx": "xk",
+}
+_FUZZY_MIN_LENGTH = 4
+_US_LIKE_ZIP_COUNTRIES = frozenset({"us", "pr", "vi", "gu", "as", "mp"})
+_US_ZIP = re.compile(r"(\d{5})(?:[-\s]?\d{4})?")
+_US_ZIP_NO_HINT = re.compile(r"(\d{5})(?:[-\s]\d{4})?")
+_ZIP_DROPPED = re.compile(r"[\s\-]")
+_ARMED_FORCES_CODES = ("aa", "ae", "ap")
+_US_STATE_ALIASES = {"washingtondc": "dc", "usvirginislands": "vi"}
+
+
+def city(field: str, value: str) -> str:
+    text = keep_categories(prepare(field, value), LETTERS_MARKS)
+    if not text:
+        raise NormalizationError(field, "has no letters once punctuation, digits and spaces go")
+    return text
+
+
+def country(field: str, value: str) -> str:
+    code = _lookup_country(prepare(field, value))
+    if code is None:
+        raise NormalizationError(
+            field,
+            "is not a recognised country name or code, or names several countries; "
+            "send an ISO 3166-1 alpha-2 code such as 'us'",
+        )
+    return code
+
+
+def resolve_country(value: object) -> str | None:
+    """ISO alpha-2 (lowercase) for a code, name or alias; ``None`` if unknown or not text."""
+    return _cached_hint(value) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_hint(value: str) -> str | None:
+    """Hints repeat (one shop, one default country), so their lookups are memoized."""
+    try:
+        return _lookup_country(prepare("country", value))
+    except NormalizationError:
+        return None
+
+
+def _lookup_country(text: str) -> str | None:
+    key = keep_categories(text, LETTERS_MARKS)
+    table = _country_table()
+    code = table.get(key) or table.get(fold_accents(key))
+    if code is None and len(key) >= _FUZZY_MIN_LENGTH:
+        code = _fuzzy_country(fold_accents(key))
+    return code
+
+
+def state(field: str, value: str, region: str | None) -> str:
+    key = keep_categories(prepare(field, value), LETTERS_MARKS_DIGITS)
+    if not key:
+        raise NormalizationError(field, "has no letters once punctuation and spaces are removed")
+    for table in _state_tables(region):
+        code = table.get(key) or table.get(fold_accents(key))
+        if code is not None:
+            return code
+    return key
+
+
+def zip_code(field: str, value: str, region: str | None) -> str:
+    text = ascii_digits(prepare(field, value))
+    if region in _US_LIKE_ZIP_COUNTRIES:
+        return _us_zip(field, text, _US_ZIP)
+    if region is None and _US_ZIP_NO_HINT.fullmatch(text):
+        return _us_zip(field, text, _US_ZIP_NO_HINT)
+    compact = keep_categories(_ZIP_DROPPED.sub("", text), LETTERS_MARKS_DIGITS)
+    if not compact:
+        raise NormalizationError(field, "has no letters or digits")
+    return compact
+
+
+def _us_zip(field: str, text: str, pattern: re.Pattern[str]) -> str:
+    match = pattern.fullmatch(text)
+    if match is None:
+        raise NormalizationError(field, "is not a US ZIP code (5 digits, or ZIP+4)")
+    return match.group(1)
+
+
+def _state_tables(region: str | None) -> tuple[dict[str, str], ...]:
+    if region is None:
+        return (_us_states(), _subdivisions("ca"))
+    if region == "us":
+        return (_us_states(),)
+    return (_subdivisions(region),)
+
+
+@functools.cache
+def _country_table() -> dict[str, str]:
+    table: dict[str, str] = {}
+    for entry in pycountry.countries:
+        code = entry.alpha_2.lower()
+        for label in _country_labels(entry):
+            key = keep_categories(label.lower(), LETTERS_MARKS)
+            table.setdefault(key, code)
+            table.setdefault(fold_accents(key), code)
+    # Codes win over any name that happens to spell the same letters.
+    for entry in pycountry.countries:
+        table[entry.alpha_2.lower()] = entry.alpha_2.lower()
+        table[entry.alpha_3.lower()] = entry.alpha_2.lower()
+    table.update(_COUNTRY_ALIASES)
+    return table
+
+
+def _country_labels(entry: object) -> list[str]:
+    labels = [
+        label
+        for attribute in ("name", "official_name", "common_name")
+        if isinstance(label := getattr(entry, attribute, None), str)
+    ]
+    # "Korea, Republic of" is also written "Republic of Korea".
+    inverted = [f"{tail} {head}" for head, _, tail in (x.partition(", ") for x in labels) if tail]
+    return labels + inverted
+
+
+@functools.lru_cache(maxsize=1024)
+def _fuzzy_country(key: str) -> str | None:
+    """The one country whose name contains ``key``; ``None`` if none or several."""
+    codes = {code for name, code in _country_table().items() if key in name}
+    return codes.pop() if len(codes) == 1 else None
+
+
+@functools.cache
+def _us_states() -> dict[str, str]:
+    table = dict(_subdivisions("us"))
+    for code in _ARMED_FORCES_CODES:
+        table.setdefault(code, code)
+    table.update(_US_STATE_ALIASES)
+    return table
+
+
+@functools.cache
+def _subdivisions(region: str) -> dict[str, str]:
+    """Letters-only name or code of top-level subdivisions -> lowercase code suffix."""
+    table: dict[str, str] = {}
+    for subdivision in pycountry.subdivisions.get(country_code=region.upper()) or ():
+        suffix = subdivision.code.partition("-")[2].lower()
+        if subdivision.parent_code is not None or not suffix.isalpha():
+            continue
+        key = keep_categories(prepare("st", subdivision.name), LETTERS_MARKS_DIGITS)
+        table.setdefault(key, suffix)
+        table.setdefault(fold_accents(key), suffix)
+        table[suffix] = suffix
+    return table
