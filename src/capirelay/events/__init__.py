@@ -1,0 +1,55 @@
+"""``capirelay.events``: the typed CAPI server event and its wire form.
+
+The models cover Meta's documented Server Event surface (``user_data``,
+``custom_data``, ``app_data`` with ``extinfo``, ``original_event_data``,
+``attribution_data``, business messaging, LDU), accept CAPI-shaped dicts with
+raw or already-hashed identifiers, and turn into wire dicts with
+``Event.to_wire()``: normalized, SHA-256 hashed, compacted, with a
+:class:`~capirelay.problems.Problem` for every value that had to be dropped.
+:func:`encode_request` builds the request body for up to 1,000 events.
+"""
+
+from capirelay.events._enums import (
+    ActionSource,
+    AttributionMethod,
+    AttributionModel,
+    CustomerSegmentation,
+    DeclineReason,
+    DeliveryCategory,
+    MessagingChannel,
+)
+from capirelay.events._models import (
+    AppData,
+    AttributionData,
+    AttributionSetting,
+    Content,
+    CustomData,
+    Event,
+    ExtInfo,
+    OriginalEventData,
+    WireEvent,
+)
+from capirelay.events._request import MAX_EVENTS_PER_REQUEST, encode_request
+from capirelay.events._user_data import UserData
+
+__all__ = [
+    "MAX_EVENTS_PER_REQUEST",
+    "ActionSource",
+    "AppData",
+    "AttributionData",
+    "AttributionMethod",
+    "AttributionModel",
+    "AttributionSetting",
+    "Content",
+    "CustomData",
+    "CustomerSegmentation",
+    "DeclineReason",
+    "DeliveryCategory",
+    "Event",
+    "ExtInfo",
+    "MessagingChannel",
+    "OriginalEventData",
+    "UserData",
+    "WireEvent",
+    "encode_request",
+]
