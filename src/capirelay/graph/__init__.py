@@ -1,0 +1,46 @@
+"""``capirelay.graph``: the Conversions API client, its typed errors and the version table.
+
+Usable on its own, without the gateway: ``GraphClient`` / ``SyncGraphClient`` send
+events, every failure is a ``GraphError`` with a ``RetryClass``.
+"""
+
+from capirelay.graph import versions
+from capirelay.graph._client import (
+    DEFAULT_BASE_URL,
+    DEFAULT_TIMEOUT,
+    MAX_EVENTS_PER_REQUEST,
+    USER_AGENT,
+    EventsResponse,
+    GraphClient,
+    SyncGraphClient,
+    appsecret_proof,
+    encode_events_body,
+)
+from capirelay.graph.errors import GraphError, RetryClass, classify, explain
+from capirelay.graph.versions import (
+    API_VERSIONS,
+    DEFAULT_API_VERSION,
+    VersionStatus,
+    version_status,
+)
+
+__all__ = [
+    "API_VERSIONS",
+    "DEFAULT_API_VERSION",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIMEOUT",
+    "MAX_EVENTS_PER_REQUEST",
+    "USER_AGENT",
+    "EventsResponse",
+    "GraphClient",
+    "GraphError",
+    "RetryClass",
+    "SyncGraphClient",
+    "VersionStatus",
+    "appsecret_proof",
+    "classify",
+    "encode_events_body",
+    "explain",
+    "version_status",
+    "versions",
+]

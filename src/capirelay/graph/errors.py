@@ -1,0 +1,404 @@
+"""Graph API failures as one typed exception, with what to do about each.
+
+Every way a Conversions API call can fail (a Graph error body, an HTML page from a
+proxy, a timeout, a refused connection) becomes a :class:`GraphError` carrying a
+:class:`RetryClass`.  The delivery engine decides retry / throttle / circuit-break /
+dead-letter from that class alone, so the classification lives here as a table
+(:func:`classify`), next to the plain-language fix for each case (:func:`explain`).
+
+Nothing here ever holds a token or a request body: ``str(error)`` is safe to log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+MAX_MESSAGE_CHARS = 300
+_REDACTED = "[redacted]"
+# Meta access tokens start with EAA; long opaque runs are redacted even when the
+# token itself is not known, because a Graph message can echo a malformed token.
+_TOKEN_LIKE = re.compile(r"\bEAA[A-Za-z0-9]{16,}\b")
+
+
+class RetryClass(StrEnum):
+    """What the caller should do.
+
+    TRANSIENT: retry with jittered backoff until the event's deadline.
+    THROTTLED: slow down (AIMD) and retry after ``retry_after`` when given.
+    AUTH: the token or its permissions are wrong; every event of the pixel will fail
+          the same way, so trip the pixel's breaker and alert; do not dead-letter.
+    INVALID: this request's data is wrong; bisect the batch, dead-letter the culprit.
+    CONFIG: the pixel id, API version or dataset setup is wrong; breaker + alert.
+    """
+
+    TRANSIENT = "transient"
+    THROTTLED = "throttled"
+    AUTH = "auth"
+    INVALID = "invalid"
+    CONFIG = "config"
+
+
+THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
+# 368 ("temporarily blocked for policy violations") is retryable but only after a
+# long pause; it is TRANSIENT so the event keeps its deadline, and explain() tells
+# the operator to check the account, because a block that persists needs a human.
+TRANSIENT_CODES = frozenset({1, 2, 341, 368, 5000})
+# 3 (capability), 10 and 200-299 (permission) are AUTH rather than CONFIG: the fix is
+# granting the app or system user a permission, i.e. the same token-side action as a
+# 190, and like a 190 they fail every event of the pixel.
+AUTH_CODES = frozenset({3, 10, 102, 104, 190, *range(200, 300)})
+# 2635: deprecated version; 2500: unknown path component (nonsense version or path);
+# 12: endpoint deprecated for this version.
+CONFIG_CODES = frozenset({12, 2500, 2635})
+CONFIG_SUBCODES_OF_100 = frozenset({33, 2804030})
+
+
+def classify(
+    status: int | None, code: int | None, subcode: int | None, is_transient: bool
+) -> RetryClass:
+    """Map a failure to its retry class (see the module docstring for the table).
+
+    ``status`` is the HTTP status (None for a transport failure), ``code`` and
+    ``subcode`` Graph's ``code``/``error_subcode`` (None when the body was not a
+    Graph error).  Rate limits win over ``is_transient`` (they need a slower pace,
+    not just another try); Graph's ``is_transient: true`` wins over everything else.
+    """
+    if code in THROTTLE_CODES:
+        return RetryClass.THROTTLED
+    if is_transient or code in TRANSIENT_CODES:
+        return RetryClass.TRANSIENT
+    if code in AUTH_CODES:
+        return RetryClass.AUTH
+    if code in CONFIG_CODES or (code == 100 and subcode in CONFIG_SUBCODES_OF_100):
+        return RetryClass.CONFIG
+    if code == 100:
+        return RetryClass.INVALID
+    if status == 429:
+        return RetryClass.THROTTLED
+    if status is None or status >= 500:
+        return RetryClass.TRANSIENT
+    if code is None:
+        return _classify_without_graph_error(status)
+    return RetryClass.INVALID
+
+
+def _classify_without_graph_error(status: int) -> RetryClass:
+    # A response without a Graph error body did not come from Graph's API layer: a
+    # 404 or 405 means base_url or the path is wrong (config); anything else (408, a
+    # proxy's HTML page, a 200 that is not JSON) is treated as the transient
+    # infrastructure failure it usually is (retrying is safe: event_id dedups).
+    if status in (404, 405):
+        return RetryClass.CONFIG
+    return RetryClass.TRANSIENT
+
+
+_EXPLANATIONS: dict[tuple[int, int | None], str] = {
+    (100, 33): (
+        "Pixel/dataset not found or not accessible with this token (100/33): check the pixel "
+        "id, and in Business Settings give the token's system user access to this dataset."
+    ),
+    (100, 2804030): (
+        "Limited Data Use selection required (100/2804030): send data_processing_options "
+        "(['LDU'] with country/state, or []) as your consent setup requires."
+    ),
+    (100, 2804003): (
+        "Event timestamp too old (100/2804003): event_time must be within 7 days (62 for "
+        "physical_store); this event can no longer be delivered."
+    ),
+    (100, 2804001): (
+        "Click ID (fbc) incorrectly formatted (100/2804001): send fbc as "
+        "fb.<subdomain_index>.<creation_time_ms>.<fbclid> without changing the fbclid's case."
+    ),
+    (100, 2804009): (
+        "Purchase without value or currency (100/2804009): map custom_data.value and a "
+        "3-letter ISO 4217 custom_data.currency for every Purchase."
+    ),
+}
+
+_CODE_EXPLANATIONS: dict[int, str] = {
+    190: (
+        "Access token invalid or expired (190): generate a new system-user token in Business "
+        "Settings (Events Manager > Settings > Conversions API) and update the pixel's token."
+    ),
+    102: "API session invalid (102): generate a new system-user access token.",
+    104: "No access token sent (104): set the pixel's access token in capirelay's configuration.",
+    10: (
+        "Permission denied (10): grant the token's system user the ads_management permission "
+        "and access to this dataset."
+    ),
+    3: (
+        "App capability missing (3): the app behind the token lacks the capability for this "
+        "call; use a system-user token of an app with Marketing API access."
+    ),
+    2635: (
+        "Deprecated Graph API version (2635): set api_version to a supported version (e.g. v26.0)."
+    ),
+    2500: "Unknown path (2500): the API version or path is not valid; check api_version.",
+    12: "Endpoint deprecated for this API version (12): move to a current api_version.",
+    368: (
+        "Temporarily blocked for policy reasons (368): retry later and check Business Support "
+        "Home for restrictions on the account."
+    ),
+}
+
+_CLASS_EXPLANATIONS: dict[RetryClass, str] = {
+    RetryClass.TRANSIENT: (
+        "Temporary failure at Meta or on the network: retried automatically with backoff "
+        "until the event's deadline; no action needed unless it persists."
+    ),
+    RetryClass.THROTTLED: (
+        "Rate limited by Meta: capirelay slows down and retries; send fewer, larger batches "
+        "(up to 1,000 events) if this persists."
+    ),
+    RetryClass.AUTH: (
+        "Permission problem: grant the token's system user access to the dataset with "
+        "ads_management, or generate a new system-user token."
+    ),
+    RetryClass.INVALID: (
+        "Meta rejected the event data: see the error's user message for the event index and "
+        "field, fix the mapping, then replay from the dead-letter queue."
+    ),
+    RetryClass.CONFIG: (
+        "Configuration problem (pixel id, API version or dataset setup): fix capirelay's "
+        "configuration; deliveries resume by themselves afterwards."
+    ),
+}
+
+
+def explain(code: int | None, subcode: int | None, status: int | None = None) -> str:
+    """A sentence a marketer's engineer can act on: what went wrong and the fix."""
+    if code is not None:
+        specific = _EXPLANATIONS.get((code, subcode)) or _CODE_EXPLANATIONS.get(code)
+        if specific:
+            return specific
+        if code == 100 and subcode is not None and 2804000 <= subcode <= 2804999:
+            return (
+                f"Invalid event data (100/{subcode}): the error's user message names the event "
+                "index and field; fix the mapping, then replay from the dead-letter queue."
+            )
+    retry_class = classify(status, code, subcode, False)
+    label = "" if code is None else f" ({code}{'' if subcode is None else f'/{subcode}'})"
+    return f"{_CLASS_EXPLANATIONS[retry_class]}{label}".strip()
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Cap ``text`` and remove known secrets and token-looking runs from it."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, _REDACTED)
+    text = _TOKEN_LIKE.sub(_REDACTED, text)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 1] + "…"
+    return text
+
+
+class GraphError(Exception):
+    """A failed Graph API call: Graph's error fields plus what to do about it."""
+
+    def __init__(
+        self,
+        *,
+        status: int | None,
+        code: int | None = None,
+        subcode: int | None = None,
+        type: str | None = None,  # Graph's own field name
+        message: str = "",
+        user_title: str | None = None,
+        user_msg: str | None = None,
+        fbtrace_id: str | None = None,
+        is_transient: bool = False,
+        retry_after: float | None = None,
+        retry_class: RetryClass | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.subcode = subcode
+        self.type = type
+        self.message = message
+        self.user_title = user_title
+        self.user_msg = user_msg
+        self.fbtrace_id = fbtrace_id
+        self.is_transient = is_transient
+        self.retry_after = retry_after
+        self.retry_class = retry_class or classify(status, code, subcode, is_transient)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        parts = [
+            f"status={self.status}",
+            f"code={self.code}",
+            f"subcode={self.subcode}",
+            f"type={self.type}",
+            f"class={self.retry_class}",
+        ]
+        if self.fbtrace_id:
+            parts.append(f"fbtrace_id={self.fbtrace_id}")
+        return f"Graph API error ({', '.join(parts)}): {self.message}"
+
+    def __repr__(self) -> str:
+        return f"GraphError({self})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions with keyword-only __init__ do not pickle by default (multiprocessing
+        # and some log handlers pickle exceptions).
+        return (_rebuild, (self.to_dict(),))
+
+    @property
+    def explanation(self) -> str:
+        return explain(self.code, self.subcode, self.status)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Safe to log or store in a dead-letter record (no token, capped message)."""
+        return {
+            "status": self.status,
+            "code": self.code,
+            "subcode": self.subcode,
+            "type": self.type,
+            "message": self.message,
+            "user_title": self.user_title,
+            "user_msg": self.user_msg,
+            "fbtrace_id": self.fbtrace_id,
+            "is_transient": self.is_transient,
+            "retry_after": self.retry_after,
+            "retry_class": str(self.retry_class),
+        }
+
+    @classmethod
+    def from_response(
+        cls,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        secrets: tuple[str, ...] = (),
+    ) -> GraphError:
+        """Parse a non-2xx (or error-carrying) response; never raises."""
+        retry_after = retry_after_from_headers(headers)
+        error = _graph_error_object(body)
+        if error is None:
+            return cls(
+                status=status,
+                message=_describe_non_graph_body(status, headers),
+                retry_after=retry_after,
+            )
+        return cls(
+            status=status,
+            code=_as_int(error.get("code")),
+            subcode=_as_int(error.get("error_subcode")),
+            type=_as_str(error.get("type")),
+            message=redact(_as_str(error.get("message")) or "", secrets),
+            user_title=_redact_optional(error.get("error_user_title"), secrets),
+            user_msg=_redact_optional(error.get("error_user_msg"), secrets),
+            fbtrace_id=_as_str(error.get("fbtrace_id")),
+            is_transient=error.get("is_transient") is True,
+            retry_after=retry_after,
+        )
+
+    @classmethod
+    def transport(cls, kind: str, exc: BaseException) -> GraphError:
+        """A timeout or connection failure: no HTTP status, always TRANSIENT.
+
+        Only the exception's class name is kept: httpx messages can contain the URL.
+        """
+        return cls(
+            status=None,
+            type="transport",
+            message=f"{kind} ({type(exc).__name__})",
+            retry_class=RetryClass.TRANSIENT,
+            is_transient=True,
+        )
+
+
+def _rebuild(data: dict[str, Any]) -> GraphError:
+    data = dict(data)
+    data["retry_class"] = RetryClass(data["retry_class"])
+    return GraphError(**data)
+
+
+def _graph_error_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        return parsed["error"]
+    return None
+
+
+def _describe_non_graph_body(status: int, headers: Mapping[str, str]) -> str:
+    # The body itself is never quoted: an HTML error page can echo the request.
+    content_type = headers.get("content-type", "unknown content type").split(";")[0]
+    return f"HTTP {status} without a Graph error body ({content_type})"
+
+
+def retry_after_from_headers(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from ``Retry-After`` or Meta's business-use-case usage header.
+
+    ``X-Business-Use-Case-Usage`` maps a business id to a list of usage objects whose
+    ``estimated_time_to_regain_access`` is in minutes; the longest one wins.
+    """
+    explicit = _parse_retry_after(headers.get("retry-after"))
+    if explicit is not None:
+        return explicit
+    return _parse_buc_usage(headers.get("x-business-use-case-usage"))
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _parse_buc_usage(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        usage = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(usage, dict):
+        return None
+    minutes = [
+        float(entry["estimated_time_to_regain_access"])
+        for entries in usage.values()
+        if isinstance(entries, list)
+        for entry in entries
+        if isinstance(entry, dict)
+        and isinstance(entry.get("estimated_time_to_regain_access"), int | float)
+    ]
+    return max(minutes) * 60.0 if minutes else None
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _redact_optional(value: Any, secrets: tuple[str, ...]) -> str | None:
+    text = _as_str(value)
+    return None if text is None else redact(text, secrets)

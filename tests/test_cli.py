@@ -1,0 +1,253 @@
+"""The capirelay CLI: hash, send (against a live emulator) and emulator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from capirelay.cli import app
+from capirelay.emulator import RunningEmulator, run_emulator
+
+PIXEL = "1234567890"
+TOKEN = "EAAclitokenfortests0123456789abcdef"
+RAW_EMAIL = "Buyer.One@Example.com"
+
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+def raw_event(event_id: str = "cli-1", **overrides: Any) -> dict[str, Any]:
+    event = {
+        "event_name": "Purchase",
+        "event_time": int(time.time()) - 60,
+        "event_id": event_id,
+        "action_source": "website",
+        "event_source_url": "https://shop.example/checkout",
+        "user_data": {
+            "email": RAW_EMAIL,
+            "client_ip_address": "203.0.113.7",
+            "client_user_agent": "Mozilla/5.0",
+        },
+        "custom_data": {"value": 10, "currency": "USD"},
+    }
+    event.update(overrides)
+    return event
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with run_emulator(pixels={PIXEL: TOKEN}) as running:
+        yield running
+
+
+def write_json(tmp_path: Path, data: Any) -> Path:
+    path = tmp_path / "event.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+# -- hash ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "normalized"),
+    [
+        (["email", "  Foo@Example.COM "], "foo@example.com"),
+        (["em", "foo@example.com"], "foo@example.com"),
+        (["ph", "(650) 555-1212", "--country", "US"], "16505551212"),
+        (["ct", "San Francisco"], "sanfrancisco"),
+    ],
+)
+def test_hash_prints_normalized_value_and_sha256(args: list[str], normalized: str) -> None:
+    result = runner.invoke(app, ["hash", *args])
+    assert result.exit_code == 0, result.output
+    assert f"normalized: {normalized}" in result.output
+    assert f"sha256:     {hashlib.sha256(normalized.encode()).hexdigest()}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["em", "not-an-email"], "cannot use this value for em"),
+        (["nonsense", "x"], "unknown field"),
+    ],
+)
+def test_hash_bad_input_exits_2(args: list[str], reason: str) -> None:
+    result = runner.invoke(app, ["hash", *args])
+    assert result.exit_code == 2
+    assert reason in result.output
+
+
+# -- send ----------------------------------------------------------------------------------
+
+
+def send(emulator: RunningEmulator, path: Path, *extra: str, token: str | None = TOKEN) -> Any:
+    env = {"CAPIRELAY_ACCESS_TOKEN": token} if token is not None else {}
+    return runner.invoke(
+        app,
+        ["send", str(path), "--pixel", PIXEL, "--graph-url", emulator.url, *extra],
+        env={**env, "COLUMNS": "200"},
+    )
+
+
+def test_send_hashes_and_delivers(emulator: RunningEmulator, tmp_path: Path) -> None:
+    result = send(emulator, write_json(tmp_path, raw_event()), "--test-event-code", "TEST42")
+    assert result.exit_code == 0, result.output
+    assert "events_received: 1" in result.output
+    assert "fbtrace_id: " in result.output
+    (stored,) = emulator.state.events(PIXEL, test_event_code="TEST42")
+    email_hashes = stored["event"]["user_data"]["em"]
+    expected = hashlib.sha256(RAW_EMAIL.strip().lower().encode()).hexdigest()
+    assert expected in (email_hashes if isinstance(email_hashes, list) else [email_hashes])
+    assert RAW_EMAIL.lower() not in json.dumps(stored)
+
+
+@pytest.mark.parametrize("shape", ["list", "data"])
+def test_send_accepts_a_list_or_a_data_envelope(
+    emulator: RunningEmulator, tmp_path: Path, shape: str
+) -> None:
+    events = [raw_event("a"), raw_event("b")]
+    payload = events if shape == "list" else {"data": events}
+    result = send(emulator, write_json(tmp_path, payload))
+    assert result.exit_code == 0, result.output
+    assert "events_received: 2" in result.output
+
+
+def test_send_without_token_env_exits_2(emulator: RunningEmulator, tmp_path: Path) -> None:
+    result = send(emulator, write_json(tmp_path, raw_event()), token=None)
+    assert result.exit_code == 2
+    assert "CAPIRELAY_ACCESS_TOKEN" in result.output
+
+
+def test_send_with_a_bad_token_explains_and_exits_1(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    secret = "EAAwrongtokenwrongtoken123456789"
+    result = send(emulator, write_json(tmp_path, raw_event()), token=secret)
+    assert result.exit_code == 1
+    assert "code=190" in result.output
+    assert "new system-user token" in result.output
+    assert secret not in result.output
+
+
+def test_send_an_invalid_event_names_its_index(emulator: RunningEmulator, tmp_path: Path) -> None:
+    old = raw_event("old", event_time=int(time.time()) - 9 * 86400)
+    result = send(emulator, write_json(tmp_path, [raw_event("ok"), old]))
+    assert result.exit_code == 1
+    assert "Event 1:" in result.output
+    assert "7 days" in result.output
+    assert RAW_EMAIL not in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{not json", "not valid JSON"), ("[]", "non-empty list"), ("[1]", "non-empty list")],
+)
+def test_send_rejects_bad_files(
+    emulator: RunningEmulator, tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    result = send(emulator, path)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_send_model_errors_do_not_echo_values(emulator: RunningEmulator, tmp_path: Path) -> None:
+    result = send(emulator, write_json(tmp_path, raw_event(event_time="yesterday at noon")))
+    assert result.exit_code == 2
+    assert "event 0" in result.output
+    assert "yesterday at noon" not in result.output
+
+
+def test_send_rejects_a_non_numeric_pixel(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["send", str(write_json(tmp_path, raw_event())), "--pixel", "abc"],
+        env={"CAPIRELAY_ACCESS_TOKEN": TOKEN},
+    )
+    assert result.exit_code == 2
+
+
+# -- emulator ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--pixel", "nocolon"], ["--pixel", "abc:T"], ["--latency-ms", "fast"], ["--fail-rate", "2"]],
+)
+def test_emulator_rejects_bad_options(args: list[str]) -> None:
+    result = runner.invoke(app, ["emulator", *args])
+    assert result.exit_code == 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_emulator_command_serves_in_the_foreground() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "capirelay.emulator",
+            "--port",
+            str(port),
+            "--pixel",
+            f"{PIXEL}:{TOKEN}",
+            "--latency-ms",
+            "1-3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"{url}/_emulator/stats", timeout=0.5)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, "the emulator exited"
+                assert time.monotonic() < deadline, "the emulator did not start"
+                time.sleep(0.1)
+        response = httpx.post(
+            f"{url}/v26.0/{PIXEL}/events",
+            json={
+                "data": [
+                    raw_event()
+                    | {
+                        "user_data": {
+                            "em": "a" * 64,
+                            "client_user_agent": "UA",
+                            "client_ip_address": "203.0.113.7",
+                        }
+                    }
+                ],
+                "access_token": TOKEN,
+            },
+        )
+        assert response.status_code == 200, response.text
+        assert len(httpx.get(f"{url}/_emulator/faults").json()["data"]) == 1
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=10)
+    banner = output.decode()
+    assert f"capirelay emulator on http://127.0.0.1:{port}" in banner
+    assert TOKEN not in banner
