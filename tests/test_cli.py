@@ -251,3 +251,11 @@ def test_emulator_command_serves_in_the_foreground() -> None:
     banner = output.decode()
     assert f"capirelay emulator on http://127.0.0.1:{port}" in banner
     assert TOKEN not in banner
+
+
+def test_hash_passes_an_existing_sha256_through() -> None:
+    digest = hashlib.sha256(b"john_smith@gmail.com").hexdigest()
+    result = runner.invoke(app, ["hash", "em", digest.upper()])
+    assert result.exit_code == 0, result.output
+    assert "already a SHA-256 hash" in result.output
+    assert f"sha256:     {digest}" in result.output

@@ -47,10 +47,14 @@ def hash_command(
     ] = None,
 ) -> None:
     """Print a value normalized as Meta expects, and its SHA-256."""
-    from capirelay.normalize import NormalizationError, hash_field, normalize
+    from capirelay.normalize import NormalizationError, hash_field, is_sha256, normalize
 
     try:
-        normalized = normalize(field, value, country=country)
+        if is_sha256(value):
+            # Already hashed: nothing to normalize; show what would go on the wire.
+            normalized = "(already a SHA-256 hash; sent unchanged)"
+        else:
+            normalized = normalize(field, value, country=country)
         hashed = hash_field(field, value, country=country)
     except NormalizationError as exc:
         err_console.print(f"[red]cannot use this value for {exc.field}:[/red] {exc.reason}")
