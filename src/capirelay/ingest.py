@@ -1,0 +1,173 @@
+"""Ingest: turn one raw, CAPI-shaped event into a queueable :class:`NewEvent` or problems.
+
+This is the point where raw identifiers stop: the event is parsed with the
+:class:`capirelay.events.Event` model, normalized and hashed by ``to_wire``,
+given a stable ``event_id`` and checked against Meta's acceptance rules.
+Everything after :func:`prepare_event` (the outbox, the delivery engine, logs,
+HTTP responses) only ever sees the wire form.  It is pure (no I/O, no clock
+of its own) so the HTTP routes, webhook sources and benchmarks share it, and
+it runs once per event on the hot path, so it stays small.
+
+Event id derivation (when the caller gave none): the id must be the same for
+the same conversion sent twice, so a retried request deduplicates instead of
+counting twice.  It is ``"cr_" + sha256(canonical JSON of {pixel_id,
+event_name, event_time, user_data, custom_data} of the *wire* event)[:32]``,
+with keys sorted.  The wire ``user_data`` is already normalized and hashed,
+so the id is stable across spelling variants of one identifier (``" A@B.com"``
+and ``"a@b.com"`` give the same id) and never encodes a raw value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from capirelay.config import PixelSettings
+from capirelay.events import Event
+from capirelay.outbox.base import NewEvent
+from capirelay.problems import Problem, error, has_errors
+from capirelay.validate import deadline, validate_event
+
+__all__ = ["DERIVED_EVENT_ID_PREFIX", "PreparedEvent", "derive_event_id", "prepare_event"]
+
+DERIVED_EVENT_ID_PREFIX = "cr_"
+
+# How pydantic names the members of a union in an error's loc: a type ("int",
+# "list[str]", "function-after[...]") or a model class name; field names are snake_case.
+_UNION_TAG = re.compile(
+    r"int|float|str|bool|bytes|decimal|none|list|dict|url|date|datetime"
+    r"|[a-z-]+\[.*\]|[a-z]+(-[a-z]+)+|[A-Z][A-Za-z0-9]*"
+)
+
+# pydantic error types that deserve their own problem code; the rest are "invalid_field".
+_PYDANTIC_CODES: dict[str, str] = {
+    "missing": "missing_field",
+    "extra_forbidden": "unknown_field",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """The outcome of ingesting one event.
+
+    ``new_event`` is ``None`` when an error-severity problem rejects it.
+    ``event_id`` is the given or derived id ("" when the event could not even
+    be parsed and had no usable id).  ``problems`` holds errors and warnings;
+    warnings travel with a queued event.
+    """
+
+    new_event: NewEvent | None
+    event_id: str
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> bool:
+        return self.new_event is None
+
+
+def prepare_event(
+    raw: Any,
+    *,
+    pixel_id: str,
+    pixel: PixelSettings,
+    now: float,
+    test_event_code: str | None,
+    source: str,
+    max_future_skew: int,
+) -> PreparedEvent:
+    """Parse, normalize+hash, id, validate; see the module docstring."""
+    if not isinstance(raw, Mapping):
+        return PreparedEvent(None, "", [_not_an_object()])
+    given_id = _given_event_id(raw)
+    try:
+        event = Event.model_validate(raw)
+    except ValidationError as exc:
+        return PreparedEvent(None, given_id, _problems_from_validation(exc))
+
+    wire = event.to_wire(pixel.default_country)
+    payload = wire.payload
+    problems = list(wire.problems)
+    event_id = payload.get("event_id") or derive_event_id(pixel_id, payload)
+    # The id goes on the wire so Meta deduplicates our retries against the browser pixel.
+    payload["event_id"] = event_id
+    problems.extend(validate_event(payload, now=now, max_future_skew=max_future_skew))
+    if has_errors(problems):
+        return PreparedEvent(None, event_id, problems)
+
+    new_event = NewEvent(
+        pixel_id=pixel_id,
+        event_name=payload["event_name"],
+        event_id=event_id,
+        payload=orjson.dumps(payload),
+        event_time=int(payload["event_time"]),
+        deadline=deadline(payload),
+        test_event_code=test_event_code,
+        source=source,
+    )
+    return PreparedEvent(new_event, event_id, problems)
+
+
+def derive_event_id(pixel_id: str, payload: Mapping[str, Any]) -> str:
+    """A stable id for a wire event that came without one (see module docstring)."""
+    basis = {
+        "pixel_id": pixel_id,
+        "event_name": payload.get("event_name"),
+        "event_time": payload.get("event_time"),
+        "user_data": payload.get("user_data") or {},
+        "custom_data": payload.get("custom_data") or {},
+    }
+    digest = hashlib.sha256(orjson.dumps(basis, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return DERIVED_EVENT_ID_PREFIX + digest[:32]
+
+
+def _given_event_id(raw: Mapping[str, Any]) -> str:
+    value = raw.get("event_id")
+    return value if isinstance(value, str) else ""
+
+
+def _not_an_object() -> Problem:
+    return error(
+        "invalid_type",
+        "",
+        "each event must be a JSON object in Conversions API shape "
+        '({"event_name": ..., "event_time": ..., "user_data": {...}, ...})',
+    )
+
+
+def _problems_from_validation(exc: ValidationError) -> list[Problem]:
+    """One problem per bad field, named by its loc path, never echoing the input.
+
+    A field typed as a union fails once per member (``value.int``,
+    ``value.float``); the member tags are dropped from the path and the
+    failures merged into one problem.
+    """
+    messages: dict[str, list[str]] = {}
+    codes: dict[str, str] = {}
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        path = ".".join(str(part) for part in err["loc"] if not _is_union_tag(part))
+        codes.setdefault(path, _PYDANTIC_CODES.get(err["type"], "invalid_field"))
+        hint = _fix_hint(err["type"], err["msg"])
+        if hint not in messages.setdefault(path, []):
+            messages[path].append(hint)
+    return [
+        error(codes[path], path, f"{path or 'event'}: {' or '.join(hints)}")
+        for path, hints in messages.items()
+    ]
+
+
+def _is_union_tag(part: str | int) -> bool:
+    return isinstance(part, str) and _UNION_TAG.fullmatch(part) is not None
+
+
+def _fix_hint(error_type: str, message: str) -> str:
+    if error_type == "extra_forbidden":
+        return "unknown field; remove it or check its spelling against the Conversions API"
+    if error_type == "missing":
+        return "field required; add it"
+    return message

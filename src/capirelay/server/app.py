@@ -1,0 +1,181 @@
+"""The gateway's ASGI application: wiring, lifespan and the middleware every response passes.
+
+:func:`create_app` builds a Starlette app (not FastAPI: the hot path is one
+JSON parse, a loop over events and one group commit, and a framework layer
+per request would cost more than the work).  The lifespan opens the outbox and
+starts the delivery engine, and on shutdown stops the engine first (it
+finishes or releases in-flight batches) and then closes the outbox (pending
+writes committed).  An outbox or engine passed in by the caller belongs to the
+caller: the app uses it but neither opens, starts, stops nor closes it.
+
+Routes reach the shared pieces through ``app.state`` (``settings``,
+``outbox``, ``engine``, ``metrics``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from capirelay.config import Settings
+from capirelay.delivery.engine import DeliveryEngine
+from capirelay.metrics import Metrics
+from capirelay.outbox import Outbox, open_outbox
+from capirelay.server import routes_health, routes_ingest
+from capirelay.server.http import ApiError, JSONResponse, error_response
+from capirelay.server.openapi import openapi_document
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("capirelay.server")
+access_log = logging.getLogger("capirelay.access")
+
+_SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    outbox: Outbox | None = None,
+    engine: DeliveryEngine | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    metrics: Metrics | None = None,
+) -> Starlette:
+    """The gateway app for ``settings``; see the module docstring for ownership rules.
+
+    ``transport`` is handed to the delivery engine the app builds (tests plug
+    an in-process Graph API in there); ``metrics`` defaults to a fresh registry.
+    """
+    metrics = metrics or Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            app.state.outbox = outbox or await _open_owned_outbox(settings, stack)
+            app.state.engine = engine or await _start_owned_engine(
+                app.state.outbox, settings, metrics, transport, stack
+            )
+            if not settings.ingest_keys:
+                log.warning("no ingest_keys configured: POST /v1/events answers 401 to everyone")
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/v1/events", routes_ingest.post_events, methods=["POST"]),
+            Route("/v1/collect", routes_ingest.post_collect, methods=["POST"]),
+            Route("/v1/collect", routes_ingest.preflight_collect, methods=["OPTIONS"]),
+            Route("/healthz", routes_health.healthz, methods=["GET"]),
+            Route("/readyz", routes_health.readyz, methods=["GET"]),
+            Route("/metrics", routes_health.metrics_text, methods=["GET"]),
+            Route("/openapi.json", _openapi, methods=["GET"]),
+        ],
+        exception_handlers={
+            ApiError: _api_error,
+            404: _not_found,
+            405: _method_not_allowed,
+            500: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.outbox = outbox
+    app.state.engine = engine
+    app.add_middleware(GatewayHeadersMiddleware)
+    return app
+
+
+async def _open_owned_outbox(settings: Settings, stack: AsyncExitStack) -> Outbox:
+    owned = open_outbox(settings.storage, synchronous=settings.sqlite_synchronous)
+    await owned.open()
+    stack.push_async_callback(owned.close)
+    return owned
+
+
+async def _start_owned_engine(
+    outbox: Outbox,
+    settings: Settings,
+    metrics: Metrics,
+    transport: httpx.AsyncBaseTransport | None,
+    stack: AsyncExitStack,
+) -> DeliveryEngine:
+    owned = DeliveryEngine(outbox, settings, metrics, transport=transport)
+    await owned.start()
+    stack.push_async_callback(owned.stop)
+    return owned
+
+
+async def _openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(404, "not_found", "no such endpoint; see /openapi.json")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(405, "method_not_allowed", "method not allowed; see /openapi.json")
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # The exception text can hold anything; log only its type and the path.
+    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return error_response(500, "internal_error", "the gateway failed; nothing was acknowledged")
+
+
+class GatewayHeadersMiddleware:
+    """Security headers on every response, and an access log without query strings or IPs.
+
+    Pure ASGI (no BaseHTTPMiddleware) so it adds no task or body copy per
+    request.  The access line carries method, path, status and duration only:
+    query strings may hold click ids, and client IPs are personal data.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = [h for h in message.get("headers", []) if h[0].lower() != b"server"]
+                headers.extend(_SECURITY_HEADERS)
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            access_log.info(
+                "%s %s %d %.1fms",
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+            )

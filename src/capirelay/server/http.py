@@ -1,0 +1,102 @@
+"""HTTP plumbing shared by the routes: JSON responses, the error shape, bounded body reads.
+
+Every client error leaves the gateway as ``{"error": {"code", "message"}}``
+with a message that names the field and the fix; :class:`ApiError` is how a
+route says so.  Bodies are read while counting bytes, so a client cannot make
+the gateway buffer more than the configured limit (a declared
+``Content-Length`` over the limit is refused before a single body byte is
+read).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+__all__ = ["ApiError", "JSONResponse", "error_response", "parse_json", "read_body"]
+
+
+class JSONResponse(Response):
+    """orjson-encoded JSON; several times faster than the stdlib encoder on large results."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ApiError(Exception):
+    """A request the gateway refuses, as an HTTP status and a stable code."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+    def response(self, extra_headers: Mapping[str, str] | None = None) -> JSONResponse:
+        return error_response(
+            self.status, self.code, self.message, headers={**self.headers, **(extra_headers or {})}
+        )
+
+
+def error_response(
+    status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "body_too_large",
+        f"request body is larger than the {limit}-byte limit; send fewer events per request "
+        "(max_body_bytes / max_collect_body_bytes in the config)",
+        headers={"Connection": "close"},
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or :class:`ApiError` 413 as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise _too_large(limit)
+        except ValueError:
+            raise ApiError(400, "bad_content_length", "Content-Length must be an integer") from None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client closed the request early") from None
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise ApiError(400, "empty_body", "the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # The decoder's message gives line/column only, never the offending bytes.
+        raise ApiError(
+            400, "malformed_json", f"the request body is not valid JSON ({exc.msg} at {exc.pos})"
+        ) from None

@@ -1,0 +1,450 @@
+"""``POST /v1/events`` (server to server) and ``POST /v1/collect`` (browser beacon).
+
+Both run each event through :func:`capirelay.ingest.prepare_event` (raw
+identifiers are hashed there, before anything is stored or logged), hand the
+survivors to the outbox in one call (its group commit makes them durable) and
+answer 202 only after that commit.  A rejected event costs only itself.  When
+storage fails nothing is acknowledged: 503 with ``Retry-After``.
+
+The beacon is CORS-restricted per pixel (``allowed_origins``).  A preflight
+cannot name the pixel (the body is not sent), so it is answered for any
+origin some pixel allows; the POST itself is then checked against its own
+pixel.  A request without ``Origin`` is not a cross-site browser request and
+is served (CORS is a browser protection, not authentication).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crawlerdetect import CrawlerDetect
+from starlette.requests import Request
+from starlette.responses import Response
+
+from capirelay import browser_ids
+from capirelay.config import PixelSettings, Settings
+from capirelay.ingest import PreparedEvent, prepare_event
+from capirelay.metrics import Metrics
+from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
+from capirelay.problems import Problem
+from capirelay.server.auth import authenticate, authorize_pixel
+from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
+
+__all__ = ["MAX_EVENTS_PER_REQUEST", "post_collect", "post_events", "preflight_collect"]
+
+MAX_EVENTS_PER_REQUEST = 1000
+STORAGE_RETRY_AFTER_SECONDS = 5
+TEST_EVENT_CODE_HEADER = "x-test-event-code"
+
+_EVENTS_FIELDS = frozenset({"pixel_id", "data", "test_event_code"})
+_COLLECT_FIELDS = frozenset(
+    {
+        "pixel_id",
+        "event_name",
+        "event_id",
+        "event_time",
+        "custom_data",
+        "user_data",
+        "page_url",
+        "referrer_url",
+        "consent",
+    }
+)
+_CONSENT_SIGNALS = ("ad_storage", "ad_user_data")
+_CORS_METHODS = "POST, OPTIONS"
+_CORS_MAX_AGE = "600"
+
+_crawlers = CrawlerDetect()
+
+
+# ---------------------------------------------------------------------------
+# POST /v1/events
+
+
+async def post_events(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    caller = authenticate(request.headers.get("authorization"), settings)
+    body = parse_json(await read_body(request, settings.max_body_bytes))
+    pixel_id, events, body_code = _events_body(body)
+    pixel = _pixel(settings, pixel_id)
+    authorize_pixel(caller, pixel_id)
+    test_event_code = (
+        request.headers.get(TEST_EVENT_CODE_HEADER) or body_code or pixel.test_event_code
+    )
+    now = time.time()
+    prepared = [
+        prepare_event(
+            raw,
+            pixel_id=pixel_id,
+            pixel=pixel,
+            now=now,
+            test_event_code=test_event_code,
+            source=caller.source,
+            max_future_skew=settings.max_future_skew,
+        )
+        for raw in events
+    ]
+    statuses = await _commit(request, pixel_id, prepared, now=now, source=caller.source)
+    results = [
+        {
+            "index": index,
+            "event_id": item.event_id,
+            "status": status,
+            "problems": _problems_json(item.problems),
+        }
+        for index, (item, status) in enumerate(zip(prepared, statuses, strict=True))
+    ]
+    return JSONResponse({"results": results, "test_event_code": test_event_code}, 202)
+
+
+def _events_body(body: Any) -> tuple[str, list[Any], str | None]:
+    if not isinstance(body, dict):
+        raise _unprocessable('the body must be a JSON object: {"pixel_id": ..., "data": [...]}')
+    _reject_unknown_fields(body, _EVENTS_FIELDS)
+    pixel_id = _required_string(body, "pixel_id")
+    events = body.get("data")
+    if not isinstance(events, list):
+        raise _unprocessable("data must be an array of events in Conversions API shape")
+    if not events:
+        raise _unprocessable("data is empty; send between 1 and 1000 events")
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise ApiError(
+            413,
+            "too_many_events",
+            f"data holds {len(events)} events; the limit is {MAX_EVENTS_PER_REQUEST} per request "
+            "(Meta's batch limit); split the batch",
+        )
+    for index, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise _unprocessable(f"data[{index}] must be a JSON object (one event)")
+    return pixel_id, events, _optional_string(body, "test_event_code")
+
+
+# ---------------------------------------------------------------------------
+# POST /v1/collect
+
+
+@dataclass(frozen=True, slots=True)
+class _Beacon:
+    pixel_id: str
+    event_name: str
+    event_id: str | None
+    event_time: int | None
+    custom_data: dict[str, Any] | None
+    user_data: dict[str, Any]
+    page_url: str | None
+    referrer_url: str | None
+    consented: bool
+
+
+async def post_collect(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    origin = request.headers.get("origin")
+    cors = _cors_headers(origin) if _origin_allowed_anywhere(settings, origin) else {}
+    try:
+        return await _collect(request, settings, origin, cors)
+    except ApiError as exc:
+        return exc.response(cors if exc.status != 403 else None)
+
+
+async def _collect(
+    request: Request, settings: Settings, origin: str | None, cors: dict[str, str]
+) -> Response:
+    beacon = _beacon_body(parse_json(await read_body(request, settings.max_collect_body_bytes)))
+    pixel = _pixel(settings, beacon.pixel_id)
+    if origin is not None and not _origin_allowed(pixel, origin):
+        raise ApiError(
+            403,
+            "origin_not_allowed",
+            f"this page's origin may not send events to pixel {beacon.pixel_id}; "
+            f"add it to pixels.{beacon.pixel_id}.allowed_origins",
+        )
+    event_id = beacon.event_id or str(uuid.uuid4())
+    reason = _drop_reason(beacon, request.headers.get("user-agent"))
+    if reason is not None:
+        request.app.state.metrics.dropped.labels(beacon.pixel_id, reason).inc()
+        dropped: dict[str, Any] = {"event_id": event_id, "status": "dropped", "fbp": None}
+        return JSONResponse({**dropped, "problems": [], "reason": reason}, 202, headers=cors)
+
+    context = browser_ids.from_request(
+        url=str(request.url),
+        headers=request.headers,
+        cookies=request.cookies,
+        remote_addr=request.client.host if request.client else None,
+        trusted_proxies=settings.trusted_proxies,
+        page_url=beacon.page_url,
+        page_referrer=beacon.referrer_url,
+    )
+    now = time.time()
+    prepared = prepare_event(
+        _beacon_event(beacon, event_id, context, now),
+        pixel_id=beacon.pixel_id,
+        pixel=pixel,
+        now=now,
+        test_event_code=pixel.test_event_code,
+        source="collect",
+        max_future_skew=settings.max_future_skew,
+    )
+    [status] = await _commit(request, beacon.pixel_id, [prepared], now=now, source="collect")
+    response = JSONResponse(
+        {
+            "event_id": prepared.event_id or event_id,
+            "status": status,
+            "fbp": context.fbp,
+            "problems": _problems_json(prepared.problems),
+        },
+        202,
+        headers=cors,
+    )
+    for cookie in context.cookies_to_set:
+        response.headers.append("set-cookie", cookie.header_value())
+    return response
+
+
+def _drop_reason(beacon: _Beacon, user_agent: str | None) -> str | None:
+    """Why this beacon is deliberately not sent: no consent, or a crawler inflating counts."""
+    if not beacon.consented:
+        return "no_consent"
+    if user_agent and _crawlers.isCrawler(user_agent):
+        return "bot"
+    return None
+
+
+def _beacon_body(body: Any) -> _Beacon:
+    if not isinstance(body, dict):
+        raise _unprocessable('the body must be a JSON object: {"pixel_id": ..., "event_name": ...}')
+    _reject_unknown_fields(body, _COLLECT_FIELDS)
+    return _Beacon(
+        pixel_id=_required_string(body, "pixel_id"),
+        event_name=_required_string(body, "event_name"),
+        event_id=_optional_string(body, "event_id"),
+        event_time=_optional_unix_seconds(body, "event_time"),
+        custom_data=_optional_object(body, "custom_data"),
+        user_data=_optional_object(body, "user_data") or {},
+        page_url=_optional_string(body, "page_url"),
+        referrer_url=_optional_string(body, "referrer_url"),
+        consented=_consented(body.get("consent")),
+    )
+
+
+def _optional_unix_seconds(body: Mapping[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _unprocessable(f"{name} must be an integer (unix seconds); omit it to use now")
+    return value
+
+
+def _consented(consent: Any) -> bool:
+    """Absent/true, false, or Consent Mode-style ``{"ad_storage": "granted"|"denied"}``."""
+    if consent is None or consent is True:
+        return True
+    if consent is False:
+        return False
+    if isinstance(consent, dict):
+        for signal, value in consent.items():
+            if signal not in _CONSENT_SIGNALS or value not in ("granted", "denied"):
+                raise _unprocessable(
+                    "consent must be true/false or an object with ad_storage / ad_user_data "
+                    "set to 'granted' or 'denied'"
+                )
+        return all(consent.get(signal, "granted") == "granted" for signal in _CONSENT_SIGNALS)
+    raise _unprocessable('consent must be true/false or {"ad_storage": "granted"|"denied"}')
+
+
+def _beacon_event(
+    beacon: _Beacon, event_id: str, context: browser_ids.BrowserContext, now: float
+) -> dict[str, Any]:
+    # What the request itself tells us (IP, UA, cookies) wins over what the page claims.
+    user_data = {**beacon.user_data, **context.user_data()}
+    event: dict[str, Any] = {
+        "event_name": beacon.event_name,
+        "event_time": beacon.event_time if beacon.event_time is not None else int(now),
+        "event_id": event_id,
+        "action_source": "website",
+        "user_data": user_data,
+    }
+    if context.event_source_url:
+        event["event_source_url"] = context.event_source_url
+    if context.referrer_url:
+        event["referrer_url"] = context.referrer_url
+    if beacon.custom_data is not None:
+        event["custom_data"] = beacon.custom_data
+    return event
+
+
+async def preflight_collect(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    origin = request.headers.get("origin")
+    if not _origin_allowed_anywhere(settings, origin):
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "origin_not_allowed",
+                    "message": "this origin may not send beacons; "
+                    "add it to allowed_origins of the pixel",
+                }
+            },
+            403,
+        )
+    headers = _cors_headers(origin)
+    headers["access-control-allow-methods"] = _CORS_METHODS
+    requested = request.headers.get("access-control-request-headers")
+    headers["access-control-allow-headers"] = requested or "content-type"
+    headers["access-control-max-age"] = _CORS_MAX_AGE
+    return Response(status_code=204, headers=headers)
+
+
+def _normalize_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
+def _origin_allowed(pixel: PixelSettings, origin: str) -> bool:
+    wanted = _normalize_origin(origin)
+    return any(
+        allowed == "*" or _normalize_origin(allowed) == wanted for allowed in pixel.allowed_origins
+    )
+
+
+def _origin_allowed_anywhere(settings: Settings, origin: str | None) -> bool:
+    if not origin:
+        return False
+    return any(_origin_allowed(pixel, origin) for pixel in settings.pixels.values())
+
+
+def _cors_headers(origin: str | None) -> dict[str, str]:
+    # Credentials are allowed so the _fbp/_fbc cookies flow, which rules out "*": echo the origin.
+    return {
+        "access-control-allow-origin": origin or "",
+        "access-control-allow-credentials": "true",
+        "vary": "Origin",
+    }
+
+
+# ---------------------------------------------------------------------------
+# Shared
+
+
+async def _commit(
+    request: Request,
+    pixel_id: str,
+    prepared: Sequence[PreparedEvent],
+    *,
+    now: float,
+    source: str,
+) -> list[str]:
+    """Enqueue the accepted events in one durable commit; one status per prepared event."""
+    outbox: Outbox = request.app.state.outbox
+    metrics: Metrics = request.app.state.metrics
+    accepted: list[NewEvent] = [item.new_event for item in prepared if item.new_event is not None]
+    enqueued: list[EnqueueStatus] = []
+    if accepted:
+        try:
+            enqueued = await outbox.enqueue(accepted, now=now)
+        except StorageUnavailable:
+            raise ApiError(
+                503,
+                "storage_unavailable",
+                "the gateway cannot store events right now; nothing was accepted, retry later",
+                headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+            ) from None
+    statuses = _statuses(prepared, enqueued)
+    _count(metrics, pixel_id, source, accepted, enqueued, prepared)
+    if EnqueueStatus.QUEUED in enqueued:
+        request.app.state.engine.notify(pixel_id)
+    return statuses
+
+
+def _statuses(prepared: Sequence[PreparedEvent], enqueued: Sequence[EnqueueStatus]) -> list[str]:
+    answers = iter(enqueued)
+    return ["rejected" if item.new_event is None else str(next(answers)) for item in prepared]
+
+
+def _count(
+    metrics: Metrics,
+    pixel_id: str,
+    source: str,
+    accepted: Sequence[NewEvent],
+    enqueued: Sequence[EnqueueStatus],
+    prepared: Sequence[PreparedEvent],
+) -> None:
+    """Aggregate first: one ``labels().inc(n)`` per label set, not one per event."""
+    queued: Counter[str] = Counter()
+    duplicate: Counter[str] = Counter()
+    for event, status in zip(accepted, enqueued, strict=True):
+        (queued if status is EnqueueStatus.QUEUED else duplicate)[event.event_name] += 1
+    rejected: Counter[str] = Counter()
+    for item in prepared:
+        if item.new_event is None:
+            rejected.update({problem.code for problem in item.problems if problem.is_error})
+    for event_name, n in queued.items():
+        metrics.accepted.labels(pixel_id, event_name, source).inc(n)
+    for event_name, n in duplicate.items():
+        metrics.duplicates.labels(pixel_id, event_name).inc(n)
+    for code, n in rejected.items():
+        metrics.rejected.labels(pixel_id, code).inc(n)
+
+
+def _problems_json(problems: Sequence[Problem]) -> list[dict[str, str]]:
+    # Built by hand: dataclasses.asdict (Problem.to_dict) deep-copies and costs ~5x more,
+    # which shows at 1,000 results per response.
+    return [
+        {"code": p.code, "field": p.field, "severity": p.severity.value, "message": p.message}
+        for p in problems
+    ]
+
+
+def _pixel(settings: Settings, pixel_id: str) -> PixelSettings:
+    pixel = settings.pixels.get(pixel_id)
+    if pixel is None:
+        raise ApiError(
+            404,
+            "unknown_pixel",
+            "pixel_id is not configured on this gateway; check the id or add it under "
+            "[pixels.<id>] in the config",
+        )
+    return pixel
+
+
+def _unprocessable(message: str) -> ApiError:
+    return ApiError(422, "invalid_body", message)
+
+
+def _reject_unknown_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(key for key in body if key not in allowed)
+    if unknown:
+        names = ", ".join(repr(key[:64]) for key in unknown[:5])
+        raise _unprocessable(f"unknown field(s) {names}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _required_string(body: Mapping[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise _unprocessable(f"{name} is required and must be a non-empty string")
+    return value
+
+
+def _optional_string(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _unprocessable(f"{name} must be a string when given")
+    return value or None
+
+
+def _optional_object(body: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _unprocessable(f"{name} must be a JSON object when given")
+    return value

@@ -1,0 +1,118 @@
+"""Run the gateway under uvicorn: ``serve(settings, host=, port=)`` and the ``main`` entry point.
+
+Shutdown on SIGTERM/SIGINT is uvicorn's: stop accepting connections, let
+in-flight requests finish (at most ``timeout_graceful_shutdown`` seconds),
+then run the app's lifespan shutdown, which stops the delivery engine (it
+finishes or releases in-flight batches) and closes the outbox (pending writes
+committed).  A SIGKILL skips all that and loses nothing acknowledged: a 202
+is only sent after the commit, and leased batches come back when their lease
+expires.
+
+uvicorn's own access log and proxy-header rewriting are off: the app logs
+requests without query strings or client IPs, and applies ``trusted_proxies``
+itself when it reads ``X-Forwarded-For``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+import uvicorn
+
+from capirelay.config import ConfigError, Settings, load_settings
+from capirelay.server.app import create_app
+
+__all__ = ["DEFAULT_GRACEFUL_SHUTDOWN_SECONDS", "build_server", "main", "serve"]
+
+DEFAULT_GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def build_server(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    timeout_graceful_shutdown: int = DEFAULT_GRACEFUL_SHUTDOWN_SECONDS,
+) -> uvicorn.Server:
+    """A configured, not yet running uvicorn server for the gateway app."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=host,
+        port=port,
+        loop="auto",  # uvloop when installed
+        http="auto",  # httptools when installed
+        lifespan="on",
+        log_level=log_level,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=timeout_graceful_shutdown,
+    )
+    return uvicorn.Server(config)
+
+
+def serve(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "info",
+    timeout_graceful_shutdown: int = DEFAULT_GRACEFUL_SHUTDOWN_SECONDS,
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT; host and port default to the settings'."""
+    server = build_server(
+        settings,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        log_level=log_level,
+        timeout_graceful_shutdown=timeout_graceful_shutdown,
+    )
+    server.run()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m capirelay.server", description="Run the capirelay gateway."
+    )
+    parser.add_argument(
+        "--config", help="capirelay.toml (default: $CAPIRELAY_CONFIG or ./capirelay.toml)"
+    )
+    parser.add_argument("--host", help="interface to bind (default: settings.host)")
+    parser.add_argument("--port", type=int, help="port to bind (default: settings.port)")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--graceful-timeout",
+        type=int,
+        default=DEFAULT_GRACEFUL_SHUTDOWN_SECONDS,
+        help="seconds to let requests and delivery finish on SIGTERM",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        logging.getLogger("capirelay.server").error("%s", exc)
+        return 2
+    serve(
+        settings,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

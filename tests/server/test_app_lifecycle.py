@@ -1,0 +1,134 @@
+"""The app in-process (httpx.ASGITransport, lifespan run by hand): storage failure, readiness,
+who owns the outbox and the engine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from capirelay.config import Settings
+from capirelay.delivery.engine import DeliveryEngine
+from capirelay.emulator.testing import RunningEmulator
+from capirelay.metrics import Metrics
+from capirelay.outbox import SQLiteOutbox
+from capirelay.server import create_app
+from capirelay.server.run import main as run_main
+
+from .conftest import INGEST_KEY, PIXEL_ID, gateway_settings
+
+
+@pytest.fixture
+def lifecycle_settings(
+    tmp_path: Path, emulator: RunningEmulator, secrets_in_env: pytest.MonkeyPatch
+) -> Settings:
+    return gateway_settings(tmp_path / "owned.db", emulator.url)
+
+
+@asynccontextmanager
+async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://gateway.test",
+            headers={"Authorization": f"Bearer {INGEST_KEY}"},
+        ) as client:
+            yield client
+
+
+def batch(prefix: str, size: int, padding: int) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "pixel_id": PIXEL_ID,
+        "data": [
+            {
+                "event_name": "Purchase",
+                "event_time": now,
+                "event_id": f"{prefix}-{i}",
+                "action_source": "website",
+                "event_source_url": "https://shop.example/",
+                "user_data": {"external_id": f"{prefix}-{i}", "client_user_agent": "x" * padding},
+                "custom_data": {"value": 1, "currency": "EUR"},
+            }
+            for i in range(size)
+        ],
+    }
+
+
+async def test_storage_failure_is_503_and_acknowledges_nothing(
+    lifecycle_settings: Settings, tmp_path: Path
+) -> None:
+    # A 256 KiB quota stands in for a full disk: SQLite answers SQLITE_FULL past it.
+    outbox = SQLiteOutbox(tmp_path / "full.db", max_bytes=256 * 1024)
+    await outbox.open()
+    try:
+        async with running(create_app(lifecycle_settings, outbox=outbox)) as client:
+            statuses = []
+            for round_number in range(40):
+                response = await client.post(
+                    "/v1/events", json=batch(f"fill{round_number}", 50, 2000)
+                )
+                statuses.append(response.status_code)
+                if response.status_code != 202:
+                    break
+            assert statuses[0] == 202 and statuses[-1] == 503, statuses
+            assert response.headers["retry-after"].isdigit()
+            assert response.json()["error"]["code"] == "storage_unavailable"
+            assert "results" not in response.json()
+    finally:
+        await outbox.close()
+
+
+async def test_readiness_needs_a_running_engine(
+    lifecycle_settings: Settings, tmp_path: Path
+) -> None:
+    outbox = SQLiteOutbox(tmp_path / "ready.db")
+    await outbox.open()
+    metrics = Metrics()
+    engine = DeliveryEngine(outbox, lifecycle_settings, metrics)
+    try:
+        app = create_app(lifecycle_settings, outbox=outbox, engine=engine, metrics=metrics)
+        async with running(app) as client:
+            not_started = await client.get("/readyz")
+            await engine.start()
+            started = await client.get("/readyz")
+            await engine.stop()
+        # A caller-owned outbox outlives the app.
+        assert await outbox.ping()
+    finally:
+        await outbox.close()
+
+    assert not_started.status_code == 503
+    assert not_started.json()["status"] == "not_ready"
+    assert any(reason.startswith("delivery") for reason in not_started.json()["reasons"])
+    assert started.status_code == 200
+
+
+async def test_owned_outbox_and_engine_are_closed_on_shutdown(lifecycle_settings: Settings) -> None:
+    app = create_app(lifecycle_settings)
+    async with running(app) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        engine = app.state.engine
+        outbox = app.state.outbox
+        assert engine.running
+    assert not engine.running
+    assert not await outbox.ping()
+
+
+def test_command_line_refuses_a_missing_config(tmp_path: Path) -> None:
+    assert run_main(["--config", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_command_line_help_names_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_main(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert all(option in out for option in ("--config", "--host", "--port", "--graceful-timeout"))

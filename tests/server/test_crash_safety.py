@@ -1,0 +1,292 @@
+"""Crash safety: SIGKILL the gateway mid-traffic, restart it, and lose nothing that got a 202.
+
+The gateway runs as a real subprocess (``python -m capirelay.server``) against
+the emulator in this process.  Four client threads post 5,000 events in
+batches and, like any sane client, retry a batch until they get an answer.
+Half-way through, the gateway is SIGKILLed and restarted on the same port.
+
+What must hold:
+
+* every event acknowledged (``queued``, or ``duplicate`` for a retried batch
+  that had been committed before the crash) reaches Meta;
+* an event reaches Meta twice only inside the crash window: it was sent
+  before the kill, but the kill struck before the outbox recorded the ack, so
+  its lease expired and it was sent again.  Those re-sends are counted with
+  the emulator's dedup accounting and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from capirelay.emulator.testing import RunningEmulator, run_emulator
+
+PIXEL_ID = "1234567890"
+ACCESS_TOKEN = "crash-test-token"
+INGEST_KEY = "crash-test-ingest-key"
+TOTAL_EVENTS = 5000
+BATCH = 25
+THREADS = 4
+KILL_AFTER_ACKED = TOTAL_EVENTS // 3
+BATCH_SIZE_TO_META = 200
+MAX_IN_FLIGHT = 4
+DEADLINE_SECONDS = 50
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_config(tmp_path: Path, graph_url: str) -> Path:
+    config = tmp_path / "capirelay.toml"
+    config.write_text(
+        f"""
+storage = "sqlite:///{tmp_path / "crash.db"}"
+graph_url = "{graph_url}"
+
+[pixels.{PIXEL_ID}]
+access_token = {{ env = "CRASH_TEST_TOKEN" }}
+
+[ingest_keys.backend]
+key = {{ env = "CRASH_TEST_INGEST_KEY" }}
+
+[delivery]
+batch_size = {BATCH_SIZE_TO_META}
+max_in_flight = {MAX_IN_FLIGHT}
+linger_ms = 20
+lease_seconds = 2
+poll_seconds = 0.1
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+class Gateway:
+    """``python -m capirelay.server`` as a child process on a fixed port."""
+
+    def __init__(self, config: Path, port: int, log_path: Path) -> None:
+        self.config, self.port, self.log_path = config, port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("CAPIRELAY_")}
+        env.update(CRASH_TEST_TOKEN=ACCESS_TOKEN, CRASH_TEST_INGEST_KEY=INGEST_KEY)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "capirelay.server",
+                    "--config",
+                    str(self.config),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=self.config.parent,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("gateway did not become ready")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            return self.process.wait(15)
+        return self.process.returncode
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with run_emulator(pixels={PIXEL_ID: ACCESS_TOKEN}) as em:
+        yield em
+
+
+def make_batch(batch_number: int) -> list[dict[str, Any]]:
+    now = int(time.time())
+    return [
+        {
+            "event_name": "Purchase",
+            "event_time": now,
+            "event_id": f"crash-{batch_number}-{i}",
+            "action_source": "website",
+            "event_source_url": "https://shop.example/checkout",
+            "user_data": {
+                "email": f"buyer{batch_number}.{i}@example.com",
+                "client_user_agent": "Mozilla/5.0 (crash test)",
+                "client_ip_address": "8.8.4.4",
+            },
+            "custom_data": {"value": 10, "currency": "EUR"},
+        }
+        for i in range(BATCH)
+    ]
+
+
+class Traffic:
+    """Client threads posting batches, each retried until the gateway answers it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.lock = threading.Lock()
+        self.next_batch = 0
+        self.acked: set[str] = set()
+        self.statuses: Counter[str] = Counter()
+        self.retries = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        with httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {INGEST_KEY}"}, timeout=5
+        ) as client:
+            while (number := self._take()) is not None:
+                self._post_until_answered(client, number)
+
+    def _take(self) -> int | None:
+        with self.lock:
+            if self.next_batch * BATCH >= TOTAL_EVENTS:
+                return None
+            self.next_batch += 1
+            return self.next_batch - 1
+
+    def _post_until_answered(self, client: httpx.Client, number: int) -> None:
+        body = {"pixel_id": PIXEL_ID, "data": make_batch(number)}
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                response = client.post("/v1/events", json=body)
+            except httpx.TransportError:
+                response = None
+            if response is not None and response.status_code == 202:
+                self._record(response.json()["results"])
+                return
+            with self.lock:
+                self.retries += 1
+            time.sleep(0.05)
+        self.errors.append(f"batch {number} never answered")
+
+    def _record(self, results: list[dict[str, Any]]) -> None:
+        with self.lock:
+            for result in results:
+                self.statuses[result["status"]] += 1
+                if result["status"] in ("queued", "duplicate"):
+                    self.acked.add(result["event_id"])
+
+
+def test_sigkill_loses_nothing_acknowledged(
+    emulator: RunningEmulator, tmp_path: Path, record_property: Any
+) -> None:
+    gateway = Gateway(write_config(tmp_path, emulator.url), free_port(), tmp_path / "gw.log")
+    gateway.start()
+    traffic = Traffic(gateway.url)
+    threads = [threading.Thread(target=traffic.run, daemon=True) for _ in range(THREADS)]
+    try:
+        for thread in threads:
+            thread.start()
+        while len(traffic.acked) < KILL_AFTER_ACKED:
+            assert any(t.is_alive() for t in threads), "traffic ended before the crash"
+            time.sleep(0.005)
+        gateway.kill()
+        killed_at = time.time()
+        acked_before_kill = len(traffic.acked)
+        gateway.start()
+        for thread in threads:
+            thread.join(DEADLINE_SECONDS)
+
+        assert not traffic.errors
+        assert traffic.statuses["rejected"] == 0
+        assert len(traffic.acked) == TOTAL_EVENTS
+        wait_until_received(emulator, traffic.acked)
+        # Events leased by the killed process come back when their lease expires; wait for
+        # the queue to empty so every crash-window re-send is in before counting.
+        wait_until_queue_empty(gateway.url)
+        received = Counter(e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID))
+    finally:
+        exit_code = gateway.terminate()
+
+    sent_twice = {event_id: n for event_id, n in received.items() if n > 1}
+    first_receipt = first_receipts(emulator)
+    meta_duplicates = emulator.state.stats()["duplicates"]
+    record_property("acked_before_kill", acked_before_kill)
+    record_property("client_retries", traffic.retries)
+    record_property("sent_twice_in_crash_window", len(sent_twice))
+    print(
+        f"\ncrash test: {acked_before_kill} acked before SIGKILL, {traffic.retries} client retries,"
+        f" {len(sent_twice)} events re-sent after the crash (emulator dedup count"
+        f" {meta_duplicates}), graceful exit code {exit_code}"
+    )
+    assert traffic.acked <= set(received), "an acknowledged event never reached Meta"
+    # Re-sends are the crash window only: sent before the kill, not yet acked in the outbox.
+    assert all(first_receipt[event_id] <= killed_at for event_id in sent_twice)
+    assert len(sent_twice) <= BATCH_SIZE_TO_META * MAX_IN_FLIGHT
+    assert meta_duplicates == sum(n - 1 for n in sent_twice.values())
+    # uvicorn re-raises the SIGTERM it handled once shutdown is done (exit by signal, as
+    # supervisors expect); the outbox's clean close checkpointed and removed the WAL file.
+    assert exit_code in (0, -signal.SIGTERM)
+    assert not (tmp_path / "crash.db-wal").exists(), "the outbox was not closed cleanly"
+
+
+def wait_until_received(emulator: RunningEmulator, wanted: set[str]) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        if wanted <= {e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID)}:
+            return
+        time.sleep(0.1)
+
+
+def wait_until_queue_empty(url: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        depth = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("capirelay_queue_depth{")
+        )
+        if depth == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the gateway's queue did not drain")
+
+
+def first_receipts(emulator: RunningEmulator) -> dict[str, float]:
+    first: dict[str, float] = {}
+    for stored in emulator.state.events(PIXEL_ID):
+        first.setdefault(stored["event"]["event_id"], stored["received_at"])
+    return first

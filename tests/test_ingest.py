@@ -1,0 +1,181 @@
+"""capirelay.ingest.prepare_event: a raw CAPI-shaped event in, a hashed NewEvent or problems out."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+import pytest
+
+from capirelay.config import PixelSettings
+from capirelay.ingest import DERIVED_EVENT_ID_PREFIX, PreparedEvent, derive_event_id, prepare_event
+
+NOW = 1_790_000_000.0
+PIXEL_ID = "1234567890"
+RAW_EMAIL = "Jane.Doe@Example.com"
+RAW_PHONE = "(650) 555-1212"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "event_name": "Purchase",
+        "event_time": int(NOW) - 60,
+        "action_source": "website",
+        "event_source_url": "https://shop.example/thank-you",
+        "user_data": {
+            "email": RAW_EMAIL,
+            "phone": RAW_PHONE,
+            "client_ip_address": "203.0.113.7",
+            "client_user_agent": "Mozilla/5.0",
+            "fbp": "fb.1.1700000000000.123456789",
+        },
+        "custom_data": {"value": 25.0, "currency": "EUR"},
+    }
+    base.update(overrides)
+    return base
+
+
+def prepare(raw: Any, **kwargs: Any) -> PreparedEvent:
+    options: dict[str, Any] = {
+        "pixel_id": PIXEL_ID,
+        "pixel": PixelSettings(default_country="US"),
+        "now": NOW,
+        "test_event_code": None,
+        "source": "api",
+        "max_future_skew": 300,
+    }
+    options.update(kwargs)
+    return prepare_event(raw, **options)
+
+
+def test_accepted_event_is_hashed_and_keeps_its_id() -> None:
+    prepared = prepare(event(event_id="order-1"), test_event_code="TEST1", source="shop")
+
+    assert prepared.new_event is not None
+    new = prepared.new_event
+    payload = orjson.loads(new.payload)
+    assert payload["user_data"]["em"] == [sha("jane.doe@example.com")]
+    assert payload["user_data"]["ph"] == [sha("16505551212")]
+    assert RAW_EMAIL.encode() not in new.payload and b"555-1212" not in new.payload
+    assert (new.event_id, payload["event_id"], prepared.event_id) == ("order-1",) * 3
+    assert (new.pixel_id, new.event_name, new.event_time) == (PIXEL_ID, "Purchase", int(NOW) - 60)
+    assert (new.test_event_code, new.source) == ("TEST1", "shop")
+    assert new.deadline == new.event_time + 7 * 86400
+
+
+def test_physical_store_deadline_is_62_days() -> None:
+    raw = event(action_source="physical_store", event_source_url=None)
+    prepared = prepare(raw)
+    assert prepared.new_event is not None
+    assert prepared.new_event.deadline == prepared.new_event.event_time + 62 * 86400
+
+
+def test_missing_event_id_is_derived_from_hashed_content() -> None:
+    first = prepare(event())
+    respelled = event()
+    respelled["user_data"] = {**respelled["user_data"], "email": "  JANE.DOE@example.COM "}
+    second = prepare(respelled)
+    other_value = prepare(event(custom_data={"value": 26.0, "currency": "EUR"}))
+
+    assert first.event_id.startswith(DERIVED_EVENT_ID_PREFIX)
+    assert first.event_id == second.event_id, "same person, same conversion: same id"
+    assert first.event_id != other_value.event_id
+    assert first.new_event is not None
+    assert orjson.loads(first.new_event.payload)["event_id"] == first.event_id
+
+
+def test_derived_id_is_documented_formula() -> None:
+    payload = {"event_name": "Lead", "event_time": 1, "user_data": {"em": [sha("a@b.c")]}}
+    basis = {
+        "custom_data": {},
+        "event_name": "Lead",
+        "event_time": 1,
+        "pixel_id": PIXEL_ID,
+        "user_data": {"em": [sha("a@b.c")]},
+    }
+    expected = sha(orjson.dumps(basis, option=orjson.OPT_SORT_KEYS).decode())[:32]
+    assert derive_event_id(PIXEL_ID, payload) == DERIVED_EVENT_ID_PREFIX + expected
+    assert derive_event_id("999", payload) != derive_event_id(PIXEL_ID, payload)
+
+
+def test_already_hashed_identifiers_are_not_hashed_again() -> None:
+    hashed = sha("jane.doe@example.com")
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "email": hashed}
+    prepared = prepare(raw)
+    assert prepared.new_event is not None
+    assert orjson.loads(prepared.new_event.payload)["user_data"]["em"] == [hashed]
+
+
+# Each row: (description, event overrides, problem code, problem field).
+REJECTIONS = [
+    ("unknown top-level field", {"evnt_name": "x"}, "unknown_field", "evnt_name"),
+    ("unknown user_data key", {"user_data": {"emial": "x"}}, "unknown_field", "user_data.emial"),
+    (
+        "wrong value type",
+        {"custom_data": {"value": "lots", "currency": "EUR"}},
+        "invalid_field",
+        "custom_data.value",
+    ),
+    ("missing event_name", {"event_name": None}, "missing_field", "event_name"),
+    ("bad action_source", {"action_source": "carrier_pigeon"}, "invalid_field", "action_source"),
+    ("too old", {"event_time": int(NOW) - 8 * 86400}, "event_too_old", "event_time"),
+    ("in the future", {"event_time": int(NOW) + 3600}, "event_in_future", "event_time"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code", "field"), [r[1:] for r in REJECTIONS], ids=[r[0] for r in REJECTIONS]
+)
+def test_rejections_name_the_field(overrides: dict[str, Any], code: str, field: str) -> None:
+    raw = event(**overrides)
+    raw = {key: value for key, value in raw.items() if value is not None}
+    prepared = prepare(raw)
+
+    assert prepared.new_event is None and prepared.rejected
+    errors = [p for p in prepared.problems if p.is_error]
+    assert (code, field) in {(p.code, p.field) for p in errors}, errors
+    for problem in errors:
+        assert problem.message and RAW_EMAIL not in problem.message
+        assert "lots" not in problem.message and "carrier_pigeon" not in problem.message
+
+
+def test_pydantic_message_names_path_and_never_echoes_input() -> None:
+    prepared = prepare(event(custom_data={"value": "SECRET-VALUE", "currency": "EUR"}))
+    [problem] = [p for p in prepared.problems if p.field == "custom_data.value"]
+    assert problem.message.startswith("custom_data.value: Input should be a valid")
+    assert "SECRET-VALUE" not in problem.message
+
+
+def test_not_an_object_is_rejected() -> None:
+    prepared = prepare(["not", "an", "event"])
+    assert prepared.rejected
+    assert [p.code for p in prepared.problems] == ["invalid_type"]
+
+
+def test_given_event_id_survives_rejection() -> None:
+    prepared = prepare(event(event_id="order-9", bogus=1))
+    assert prepared.rejected and prepared.event_id == "order-9"
+
+
+def test_warnings_travel_with_an_accepted_event() -> None:
+    raw = event()
+    raw["user_data"] = {k: v for k, v in raw["user_data"].items() if k != "fbp"}
+    prepared = prepare(raw)
+    assert prepared.new_event is not None
+    assert prepared.problems and not any(p.is_error for p in prepared.problems)
+
+
+def test_unnormalizable_identifier_is_dropped_with_a_warning() -> None:
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "email": "not-an-email"}
+    prepared = prepare(raw)
+    assert prepared.new_event is not None
+    assert "em" not in orjson.loads(prepared.new_event.payload)["user_data"]
+    assert any(p.field.endswith("em") and not p.is_error for p in prepared.problems)
+    assert all("not-an-email" not in p.message for p in prepared.problems)
