@@ -235,6 +235,60 @@ def _startup_faults(latency_ms: str | None, fail_rate: float, throttle_rate: flo
     return [parse_fault(spec) for spec in specs]
 
 
+@app.command("serve")
+def serve_command(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="capirelay.toml (default: $CAPIRELAY_CONFIG or ./capirelay.toml)"
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Interface (default: settings.host).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port (default: settings.port).")
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level")] = "info",
+) -> None:
+    """Run the gateway: ingest, durable queue, delivery to Meta (SIGTERM stops it gracefully)."""
+    from capirelay.server.run import main as serve_main
+
+    argv = ["--log-level", log_level]
+    if config is not None:
+        argv += ["--config", str(config)]
+    if host is not None:
+        argv += ["--host", host]
+    if port is not None:
+        argv += ["--port", str(port)]
+    code = serve_main(argv)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("demo")
+def demo_command(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    db: Annotated[Path, typer.Option("--db", help="SQLite file for the demo's queue.")] = Path(
+        "capirelay-demo.db"
+    ),
+    once: Annotated[
+        bool, typer.Option("--once", help="Send the sample event, show it delivered, exit.")
+    ] = False,
+) -> None:
+    """Gateway + local Graph API emulator + a demo shop page, all on this machine."""
+    import asyncio
+    import logging
+
+    from capirelay.demo import DemoOptions, run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    code = asyncio.run(run_demo(DemoOptions(host=host, port=port, db_path=db, once=once), console))
+    if code:
+        raise typer.Exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``capirelay = "capirelay.cli:main"``)."""
     app(args=argv, prog_name="capirelay")
