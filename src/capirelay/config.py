@@ -40,7 +40,7 @@ class ConfigError(ValueError):
 
 
 class Secret(BaseModel):
-    """Where a secret comes from: ``env`` (variable name), ``file`` (path) or a literal ``value``."""
+    """Where a secret comes from: ``env`` (a variable), ``file`` (a path) or a literal ``value``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -162,7 +162,9 @@ class Settings(BaseSettings):
     def _pixel_ids(cls, v: dict[str, PixelSettings]) -> dict[str, PixelSettings]:
         for pixel_id in v:
             if not _PIXEL_ID.match(pixel_id):
-                raise ValueError(f"pixel id {pixel_id!r} must be the numeric id from Events Manager")
+                raise ValueError(
+                    f"pixel id {pixel_id!r} must be the numeric id from Events Manager"
+                )
         return v
 
     @classmethod
@@ -197,7 +199,9 @@ class Settings(BaseSettings):
                 )
         for name, key in self.ingest_keys.items():
             if key.key.is_literal:
-                out.append(f"ingest_keys.{name}.key is a literal in the config file; use env or file")
+                out.append(
+                    f"ingest_keys.{name}.key is a literal in the config file; use env or file"
+                )
         return out
 
 

@@ -40,7 +40,7 @@ class EnqueueStatus(StrEnum):
 class DeadLetterReason(StrEnum):
     INVALID = "invalid"  # Meta rejected the event itself (code 100 family), isolated by bisection
     EXPIRED = "expired"  # its deadline passed before Meta accepted it
-    CONFIG = "config"  # Meta refused for a setup reason that a retry cannot fix (pixel, version, LDU)
+    CONFIG = "config"  # Meta refused for a setup reason a retry cannot fix (pixel, version, LDU)
     REJECTED = "rejected"  # failed local re-validation (e.g. on replay)
 
 
@@ -236,5 +236,7 @@ class Outbox(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def dlq_purge(self, ids: Sequence[int] | None = None, flt: DLQFilter | None = None) -> int:
+    async def dlq_purge(
+        self, ids: Sequence[int] | None = None, flt: DLQFilter | None = None
+    ) -> int:
         """Delete dead letters by id or by filter; returns how many."""
