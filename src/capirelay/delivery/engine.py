@@ -1,0 +1,221 @@
+"""The delivery engine: one worker per pixel, plus the housekeeping that watches them all.
+
+The engine owns the pixel workers (:mod:`capirelay.delivery.worker`), one
+:class:`GraphClient` per (API version, app secret, partner agent), and a
+supervisor task that every ``poll_seconds`` finds pixels with due events (a
+pixel that appears only in the queue still gets a worker, which reports it
+as unconfigured), and every few seconds refreshes the queue gauges from
+``outbox.stats`` and forgets dedup keys older than 48 h.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import httpx
+
+from capirelay.config import PixelSettings, Settings
+from capirelay.delivery.status import PixelStatus
+from capirelay.delivery.worker import PixelWorker
+from capirelay.graph import GraphClient
+from capirelay.metrics import Metrics
+from capirelay.outbox import Outbox, StorageUnavailable
+from capirelay.retry import RetryPolicy
+
+__all__ = ["DeliveryEngine"]
+
+log = logging.getLogger("capirelay.delivery")
+
+STATS_INTERVAL = 5.0
+DEDUP_EXPIRY_INTERVAL = 600.0
+_DRAIN_POLL = 0.02
+
+_ClientKey = tuple[str, str | None, str | None]
+
+
+class DeliveryEngine:
+    """Moves events from the outbox to the Graph API; see the package docstring for the rules."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self._outbox = outbox
+        self._settings = settings
+        self._metrics = metrics
+        self._transport = transport
+        self._clock = clock
+        delivery = settings.delivery
+        self._policy = retry_policy or RetryPolicy(
+            base=delivery.backoff_base,
+            max_delay=max(delivery.backoff_max, delivery.backoff_base),
+        )
+        self._rng = random.Random()
+        self._workers: dict[str, PixelWorker] = {}
+        self._clients: dict[_ClientKey, GraphClient] = {}
+        self._supervisor: asyncio.Task[None] | None = None
+        self._running = False
+        self._last_stats = 0.0
+        self._last_dedup_expiry = 0.0
+        self._dlq_reasons: set[str] = set()
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        for pixel_id in self._settings.pixels:
+            self._worker(pixel_id)
+        with contextlib.suppress(StorageUnavailable):
+            for pixel_id in await self._outbox.due_pixels(now=self._clock()):
+                self._worker(pixel_id)
+        self._supervisor = asyncio.create_task(self._supervise(), name="capirelay-delivery")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Lease nothing new; finish in-flight batches within ``timeout``, release the rest."""
+        if not self._running:
+            return
+        self._running = False
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+        workers = list(self._workers.values())
+        await asyncio.gather(*(w.stop(timeout) for w in workers))
+        self._workers.clear()
+        clients = list(self._clients.values())
+        self._clients.clear()
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+
+    def notify(self, pixel_id: str) -> None:
+        """Ingest queued events for ``pixel_id``: wake its worker now (no poll delay)."""
+        if self._running:
+            self._worker(pixel_id).notify()
+
+    def pixel_status(self, pixel_id: str) -> PixelStatus:
+        worker = self._workers.get(pixel_id)
+        if worker is None:
+            worker = self._worker(pixel_id) if self._running else self._detached(pixel_id)
+        return worker.status()
+
+    def status(self) -> dict[str, PixelStatus]:
+        pixels = {*self._settings.pixels, *self._workers}
+        return {pixel_id: self.pixel_status(pixel_id) for pixel_id in sorted(pixels)}
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until the queue is empty (every event delivered or dead-lettered) and nothing
+        is in flight; False if ``timeout`` passed first (e.g. a pixel's breaker is open).
+
+        Events waiting out a backoff count as not drained: they will be due soon.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self._drained():
+                return True
+            for worker in self._workers.values():
+                worker.notify()
+            await asyncio.sleep(_DRAIN_POLL)
+        return await self._drained()
+
+    # ------------------------------------------------------------- internals
+
+    async def _drained(self) -> bool:
+        if any(not w.idle for w in self._workers.values()):
+            return False
+        stats = await self._outbox.stats(now=self._clock())
+        return stats.depth == 0
+
+    def _worker(self, pixel_id: str) -> PixelWorker:
+        worker = self._workers.get(pixel_id)
+        if worker is None:
+            worker = self._detached(pixel_id)
+            self._workers[pixel_id] = worker
+            worker.start()
+        return worker
+
+    def _detached(self, pixel_id: str) -> PixelWorker:
+        return PixelWorker(
+            pixel_id,
+            outbox=self._outbox,
+            settings=self._settings,
+            metrics=self._metrics,
+            client_for=self._client_for,
+            clock=self._clock,
+            retry_policy=self._policy,
+            rng=self._rng,
+        )
+
+    def _client_for(self, pixel: PixelSettings | None) -> GraphClient:
+        api_version = pixel.api_version if pixel else PixelSettings().api_version
+        app_secret = pixel.app_secret.resolve() if pixel and pixel.app_secret else None
+        partner_agent = (pixel.partner_agent if pixel else None) or self._settings.partner_agent
+        key = (api_version, app_secret, partner_agent)
+        client = self._clients.get(key)
+        if client is None:
+            client = GraphClient(
+                api_version=api_version,
+                base_url=self._settings.graph_url,
+                timeout=self._settings.delivery.request_timeout,
+                app_secret=app_secret,
+                partner_agent=partner_agent,
+                transport=self._transport,
+            )
+            self._clients[key] = client
+        return client
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._housekeeping()
+            except StorageUnavailable as exc:
+                log.warning("delivery housekeeping: outbox unavailable: %s", exc)
+            except Exception:
+                log.exception("delivery housekeeping failed; retrying")
+            await asyncio.sleep(self._settings.delivery.poll_seconds)
+
+    async def _housekeeping(self) -> None:
+        now = self._clock()
+        for pixel_id in await self._outbox.due_pixels(now=now):
+            self._worker(pixel_id).notify()
+        mono = time.monotonic()
+        if mono - self._last_stats >= STATS_INTERVAL:
+            self._last_stats = mono
+            await self.refresh_gauges()
+        if mono - self._last_dedup_expiry >= DEDUP_EXPIRY_INTERVAL:
+            self._last_dedup_expiry = mono
+            await self._outbox.expire_dedup(now=now)
+
+    async def refresh_gauges(self) -> None:
+        """Queue depth, oldest age, time to the nearest deadline and DLQ size, from the outbox."""
+        now = self._clock()
+        stats = await self._outbox.stats(now=now)
+        for pixel_id in {*self._workers, *stats.depth_by_pixel}:
+            self._metrics.queue_depth.labels(pixel_id).set(stats.depth_by_pixel.get(pixel_id, 0))
+        oldest = stats.oldest_queued_at
+        self._metrics.oldest_queued_age.set(max(0.0, now - oldest) if oldest else 0.0)
+        earliest = stats.earliest_deadline
+        self._metrics.min_time_to_deadline.set(earliest - now if earliest else 0.0)
+        self._dlq_reasons.update(stats.dlq_by_reason)
+        for reason in self._dlq_reasons:
+            self._metrics.dlq_size.labels(reason).set(stats.dlq_by_reason.get(reason, 0))

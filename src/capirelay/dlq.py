@@ -1,0 +1,206 @@
+"""Dead-letter queue operations for the CLI (``capirelay dlq ...``) and the dashboard.
+
+A dead letter is an event Meta refused or that ran out of time, kept with
+Meta's error, its ``fbtrace_id`` and its attempt history.  The stored event
+is the wire form (identifiers already SHA-256 hashed), so showing it is safe.
+
+Replay is the fix-and-resend loop: after the mapping or configuration is
+corrected, :func:`replay` re-validates each event against Meta's rules and
+re-queues only those that pass *and* are still inside their deadline
+(``event_time`` + 7 days, 62 for ``physical_store``); the rest are reported,
+never sent to certain rejection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from capirelay.outbox import DeadLetter, DLQFilter, Outbox
+from capirelay.problems import Problem, has_errors
+from capirelay.validate import validate_event
+
+__all__ = [
+    "DeadLetterDetail",
+    "DeadLetterSummary",
+    "ReplayReport",
+    "list_dead_letters",
+    "purge",
+    "replay",
+    "show",
+]
+
+PAGE_SIZE: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterSummary:
+    """One line of ``capirelay dlq list``."""
+
+    id: int
+    pixel_id: str
+    event_name: str
+    event_id: str
+    reason: str
+    code: int | None
+    subcode: int | None
+    message: str | None
+    fbtrace_id: str | None
+    attempts: int
+    dead_at: float
+    deadline: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterDetail:
+    """Everything about one dead letter (``capirelay dlq show``)."""
+
+    summary: DeadLetterSummary
+    event: dict[str, Any]  # the wire event as it would be sent (hashed identifiers)
+    error: dict[str, Any] | None
+    attempts: list[dict[str, Any]]
+    test_event_code: str | None
+    queued_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.summary.to_dict(),
+            "event": self.event,
+            "error": self.error,
+            "attempt_history": self.attempts,
+            "test_event_code": self.test_event_code,
+            "queued_at": self.queued_at,
+        }
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What :func:`replay` did (or, with ``dry_run``, would do) with each dead letter."""
+
+    requeued: list[int] = field(default_factory=list)
+    still_invalid: dict[int, list[Problem]] = field(default_factory=dict)
+    expired: list[int] = field(default_factory=list)
+    not_found: list[int] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "requeued": len(self.requeued),
+            "still_invalid": len(self.still_invalid),
+            "expired": len(self.expired),
+            "not_found": len(self.not_found),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "counts": self.counts,
+            "requeued": self.requeued,
+            "still_invalid": {
+                str(i): [p.to_dict() for p in problems]
+                for i, problems in self.still_invalid.items()
+            },
+            "expired": self.expired,
+            "not_found": self.not_found,
+        }
+
+
+def summarize(letter: DeadLetter) -> DeadLetterSummary:
+    error = letter.error or {}
+    return DeadLetterSummary(
+        id=letter.id,
+        pixel_id=letter.pixel_id,
+        event_name=letter.event_name,
+        event_id=letter.event_id,
+        reason=letter.reason,
+        code=error.get("code"),
+        subcode=error.get("subcode"),
+        message=error.get("message"),
+        fbtrace_id=error.get("fbtrace_id"),
+        attempts=len(letter.attempts),
+        dead_at=letter.dead_at,
+        deadline=letter.deadline,
+    )
+
+
+async def list_dead_letters(
+    outbox: Outbox, flt: DLQFilter | None = None, limit: int = 100, offset: int = 0
+) -> list[DeadLetterSummary]:
+    """Dead letters matching ``flt``, newest first."""
+    return [summarize(d) for d in await outbox.dlq_list(flt, limit=limit, offset=offset)]
+
+
+async def show(outbox: Outbox, dlq_id: int) -> DeadLetterDetail | None:
+    letter = await outbox.dlq_get(dlq_id)
+    if letter is None:
+        return None
+    return DeadLetterDetail(
+        summary=summarize(letter),
+        event=orjson.loads(letter.payload),
+        error=letter.error,
+        attempts=letter.attempts,
+        test_event_code=letter.test_event_code,
+        queued_at=letter.queued_at,
+    )
+
+
+async def replay(
+    outbox: Outbox,
+    target: Sequence[int] | DLQFilter,
+    *,
+    now: float,
+    dry_run: bool = False,
+) -> ReplayReport:
+    """Re-queue the dead letters in ``target`` that pass validation and are in their deadline."""
+    report = ReplayReport(dry_run=dry_run)
+    async for letter in _targets(outbox, target, report):
+        _judge(letter, now, report)
+    if report.requeued and not dry_run:
+        requeued = list(report.requeued)
+        for start in range(0, len(requeued), PAGE_SIZE):
+            await outbox.dlq_requeue(requeued[start : start + PAGE_SIZE], now=now)
+    return report
+
+
+async def purge(outbox: Outbox, target: Sequence[int] | DLQFilter) -> int:
+    """Delete dead letters by id or by filter (``DLQFilter()`` matches all); returns how many."""
+    if isinstance(target, DLQFilter):
+        return await outbox.dlq_purge(flt=target)
+    return await outbox.dlq_purge(ids=list(target))
+
+
+def _judge(letter: DeadLetter, now: float, report: ReplayReport) -> None:
+    if letter.deadline <= now:
+        report.expired.append(letter.id)
+        return
+    problems = validate_event(orjson.loads(letter.payload), now=now)
+    if has_errors(problems):
+        report.still_invalid[letter.id] = [p for p in problems if p.is_error]
+    else:
+        report.requeued.append(letter.id)
+
+
+async def _targets(
+    outbox: Outbox, target: Sequence[int] | DLQFilter, report: ReplayReport
+) -> AsyncIterator[DeadLetter]:
+    # Pages are read completely before anything is re-queued, so offsets never shift.
+    if isinstance(target, DLQFilter):
+        offset = 0
+        while page := await outbox.dlq_list(target, limit=PAGE_SIZE, offset=offset):
+            for letter in page:
+                yield letter
+            offset += len(page)
+        return
+    for dlq_id in dict.fromkeys(target):
+        found = await outbox.dlq_get(dlq_id)
+        if found is None:
+            report.not_found.append(dlq_id)
+        else:
+            yield found

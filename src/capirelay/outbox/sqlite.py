@@ -1,0 +1,772 @@
+"""The embedded outbox: one SQLite file in WAL mode, written by one group-committing thread.
+
+Why this shape:
+
+* **One writer thread, group commit.**  SQLite allows one writer at a time and
+  a durable commit costs an fsync.  Every state change (enqueue, lease, ack,
+  reschedule, dead-letter ...) is a small function handed to the writer
+  thread; the thread takes everything waiting in its inbox, runs it in ONE
+  transaction and commits once, then resolves each caller's future.  Many
+  concurrent HTTP requests therefore share one fsync, and a caller only hears
+  "done" after its data is on disk (``synchronous=FULL`` by default).
+* **Reads on their own connection** (one reader thread), so stats and DLQ
+  listings never wait behind writes; WAL gives them a consistent snapshot.
+* **Indexes that keep a million-row backlog cheap.**  A row is *ready*,
+  *waiting* (backoff) or *leased* (see ``schema_sqlite.sql``).  A lease first
+  promotes the pixel's waiting/leased rows whose time has come (partial index
+  on rows that are not ready), then reads ready rows in deadline order from
+  ``(pixel_id, state, deadline)`` and stops after ``limit`` rows: earliest
+  deadline first with no sort and nothing loaded beyond the batch.
+* **Storage failures are an answer, not a crash.**  Disk full or an I/O error
+  becomes :class:`StorageUnavailable` for the callers of that transaction
+  (ingest answers 503 and acknowledges nothing); the writer thread keeps
+  running and succeeds again once space returns.  When a grouped transaction
+  fails, each operation is retried alone, so an ``ack`` (which frees space)
+  still succeeds while an ``enqueue`` (which needs space) fails.
+
+Every SQL statement that moves rows takes its ids as one JSON array through
+``json_each`` so a 1,000-event ack is one statement, not a thousand.
+"""
+
+# SQL text here is built only from this module's constants; every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import orjson
+
+from capirelay.outbox.base import (
+    DEDUP_WINDOW_SECONDS,
+    Attempt,
+    DeadLetter,
+    DeadLetterReason,
+    DLQFilter,
+    EnqueueStatus,
+    LeasedEvent,
+    NewEvent,
+    Outbox,
+    QueueStats,
+    StorageUnavailable,
+)
+
+__all__ = ["MIGRATIONS", "Migration", "SQLiteOutbox"]
+
+log = logging.getLogger("capirelay.outbox")
+
+T = TypeVar("T")
+WriteFn = Callable[[sqlite3.Connection], Any]
+
+READY: Final = 0
+WAITING: Final = 1
+LEASED: Final = 2
+
+# Most attempts kept per event; a week of hourly retries must not grow a row without bound.
+ATTEMPT_LOG_LIMIT: Final = 20
+# Operations per grouped transaction; bounds how long one commit holds callers.
+MAX_GROUP: Final = 1024
+DEDUP_EXPIRY_CHUNK: Final = 10_000
+# Due rows promoted per lease, as a multiple of the lease size (see _PROMOTE_DUE).
+PROMOTE_FACTOR: Final = 2
+# Page cache per connection (KiB): a large backlog's indexes stay in memory, not re-read.
+CACHE_KIB: Final = 64 * 1024
+SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema step; ``PRAGMA user_version`` records the last one applied."""
+
+    version: int
+    description: str
+    script: str
+
+
+def _packaged_sql(name: str) -> str:
+    return resources.files("capirelay.outbox").joinpath(name).read_text(encoding="utf-8")
+
+
+MIGRATIONS: Final[tuple[Migration, ...]] = (
+    Migration(1, "queue, dedup and dead-letter tables", _packaged_sql("schema_sqlite.sql")),
+)
+
+
+def storage_error(exc: sqlite3.Error) -> StorageUnavailable:
+    """Describe a SQLite failure without any row data (SQLite's messages hold none)."""
+    name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+    return StorageUnavailable(f"SQLite outbox unavailable ({name}): {exc}")
+
+
+# --------------------------------------------------------------------------- SQL
+
+_LEASED_COLUMNS = (
+    "id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts, "
+    "test_event_code, queued_at"
+)
+_DLQ_COLUMNS = (
+    "id, pixel_id, event_name, event_id, payload, event_time, deadline, reason, error, "
+    "attempt_log, test_event_code, queued_at, dead_at"
+)
+_IDS = "SELECT value FROM json_each(?)"
+
+# Inserts the key, or takes it over when the remembered one is older than the window.
+# Zero rows changed means: seen inside the window, a duplicate.
+_CLAIM_DEDUP_KEY = """
+INSERT INTO dedup (pixel_id, event_name, event_id, seen_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at
+WHERE dedup.seen_at <= ?
+"""
+_INSERT_QUEUED = """
+INSERT INTO queue (pixel_id, event_name, event_id, payload, event_time, deadline,
+                   test_event_code, source, queued_at, state, available_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+"""
+# Bounded, longest-waiting first: after an outage hundreds of thousands of rows can come
+# due at once, and promoting them all in one lease would hold the writer (and ingest) for
+# seconds.  Promoting at least `limit` rows keeps every lease full while due rows remain.
+_PROMOTE_DUE = """
+UPDATE queue SET state = 0
+WHERE id IN (
+    SELECT id FROM queue INDEXED BY queue_not_ready
+    WHERE pixel_id = ? AND state > 0 AND available_at <= ?
+    ORDER BY available_at LIMIT ?
+)
+"""
+_LEASE = f"""
+UPDATE queue SET state = 2, available_at = ?
+WHERE id IN (
+    SELECT id FROM queue INDEXED BY queue_by_state_deadline
+    WHERE pixel_id = ? AND state = 0 ORDER BY deadline LIMIT ?
+)
+RETURNING {_LEASED_COLUMNS}
+"""
+# Appends one attempt (JSON) and drops the oldest past ATTEMPT_LOG_LIMIT.
+_APPEND_ATTEMPT = f"""
+json_insert(
+    CASE WHEN json_array_length(attempt_log) >= {ATTEMPT_LOG_LIMIT}
+         THEN json_remove(attempt_log, '$[0]') ELSE attempt_log END,
+    '$[#]', json(?))
+"""
+_RESCHEDULE = f"""
+UPDATE queue SET state = 1, available_at = ?, attempts = attempts + 1,
+                 attempt_log = {_APPEND_ATTEMPT}
+WHERE id IN ({_IDS})
+"""
+_RELEASE = f"UPDATE queue SET state = 0 WHERE state = 2 AND id IN ({_IDS})"
+_ACK = f"DELETE FROM queue WHERE id IN ({_IDS})"
+_MOVE_TO_DLQ = f"""
+INSERT INTO dead_letters (pixel_id, event_name, event_id, payload, event_time, deadline,
+                          test_event_code, source, queued_at, reason, error, attempt_log, dead_at)
+SELECT pixel_id, event_name, event_id, payload, event_time, deadline, test_event_code, source,
+       queued_at, ?, ?, CASE WHEN ? IS NULL THEN attempt_log ELSE {_APPEND_ATTEMPT} END, ?
+FROM queue WHERE id IN ({_IDS})
+"""
+_FORGET_DEDUP_OF_QUEUED = f"""
+DELETE FROM dedup WHERE (pixel_id, event_name, event_id) IN (
+    SELECT pixel_id, event_name, event_id FROM queue WHERE id IN ({_IDS}))
+"""
+_REQUEUE_FROM_DLQ = f"""
+INSERT INTO queue (pixel_id, event_name, event_id, payload, event_time, deadline,
+                   test_event_code, source, queued_at, attempts, state, available_at, attempt_log)
+SELECT pixel_id, event_name, event_id, payload, event_time, deadline, test_event_code, source,
+       ?, 0, 0, ?, attempt_log
+FROM dead_letters WHERE id IN ({_IDS})
+"""
+_REMEMBER_DEDUP_OF_DLQ = f"""
+INSERT INTO dedup (pixel_id, event_name, event_id, seen_at)
+SELECT pixel_id, event_name, event_id, ? FROM dead_letters WHERE id IN ({_IDS})
+ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at
+"""
+_DELETE_DLQ_IDS = f"DELETE FROM dead_letters WHERE id IN ({_IDS})"
+_EXPIRE_DEDUP_CHUNK = """
+DELETE FROM dedup WHERE (pixel_id, event_name, event_id) IN (
+    SELECT pixel_id, event_name, event_id FROM dedup WHERE seen_at <= ? LIMIT ?)
+"""
+# Distinct pixels by skipping through the index: O(pixels · log rows), never a full scan.
+_NEXT_PIXEL = (
+    "SELECT pixel_id FROM queue INDEXED BY queue_by_state_deadline "
+    "WHERE pixel_id > ? ORDER BY pixel_id LIMIT 1"
+)
+
+
+def _ids_json(ids: Sequence[int]) -> bytes:
+    return orjson.dumps([int(i) for i in ids])
+
+
+def _dlq_where(flt: DLQFilter | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if flt is not None:
+        for column, op, value in (
+            ("pixel_id", "=", flt.pixel_id),
+            ("event_name", "=", flt.event_name),
+            ("reason", "=", flt.reason),
+            ("dead_at", ">=", flt.since),
+            ("dead_at", "<", flt.until),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} ?")
+                params.append(value)
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    return where, params
+
+
+def _dead_letter_from_row(row: tuple[Any, ...]) -> DeadLetter:
+    (id_, pixel_id, event_name, event_id, payload, event_time, deadline, reason, error,
+     attempt_log, test_event_code, queued_at, dead_at) = row  # fmt: skip
+    return DeadLetter(
+        id=id_,
+        pixel_id=pixel_id,
+        event_name=event_name,
+        event_id=event_id,
+        payload=bytes(payload),
+        event_time=event_time,
+        deadline=deadline,
+        reason=reason,
+        error=orjson.loads(error) if error else None,
+        attempts=orjson.loads(attempt_log),
+        test_event_code=test_event_code,
+        queued_at=queued_at,
+        dead_at=dead_at,
+    )
+
+
+def _leased_from_row(row: tuple[Any, ...]) -> LeasedEvent:
+    (id_, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
+     test_event_code, queued_at) = row  # fmt: skip
+    return LeasedEvent(
+        id=id_,
+        pixel_id=pixel_id,
+        event_name=event_name,
+        event_id=event_id,
+        payload=bytes(payload),
+        event_time=event_time,
+        deadline=deadline,
+        attempts=attempts,
+        test_event_code=test_event_code,
+        queued_at=queued_at,
+    )
+
+
+def _distinct_pixels(conn: sqlite3.Connection) -> list[str]:
+    pixels: list[str] = []
+    row = conn.execute(_NEXT_PIXEL, ("",)).fetchone()
+    while row is not None:
+        pixels.append(row[0])
+        row = conn.execute(_NEXT_PIXEL, (row[0],)).fetchone()
+    return pixels
+
+
+# ------------------------------------------------------------------ connections
+
+
+def _connect(path: Path, *, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    # isolation_level=None: this module issues BEGIN/COMMIT itself (group commit).
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the numbered steps above ``PRAGMA user_version``; returns the new version."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    latest = migrations[-1].version if migrations else 0
+    if current > latest:
+        raise StorageUnavailable(
+            f"outbox schema version {current} is newer than this capirelay knows ({latest}); "
+            "upgrade capirelay or point storage at another file"
+        )
+    for step in migrations:
+        if step.version <= current:
+            continue
+        # One script, one transaction: a failed step leaves the previous version intact.
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{step.script}\nPRAGMA user_version = {step.version};\nCOMMIT;"
+            )
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        log.info("outbox schema migrated to version %d (%s)", step.version, step.description)
+        current = step.version
+    return current
+
+
+@dataclass(slots=True)
+class _WriteOp:
+    fn: WriteFn
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+_STOP: Final = object()
+
+
+def _deliver(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; its write still happened
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class _GroupCommitWriter(threading.Thread):
+    """The only thread that writes; see the module docstring for the group-commit rules."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], max_group: int) -> None:
+        super().__init__(name="capirelay-outbox-writer", daemon=True)
+        self._connect = connect
+        self._max_group = max_group
+        self._inbox: queue.SimpleQueue[_WriteOp | object] = queue.SimpleQueue()
+        self.ready: ThreadFuture[None] = ThreadFuture()
+        self.commits = 0
+        self.operations = 0
+
+    def submit(self, op: _WriteOp) -> None:
+        self._inbox.put(op)
+
+    def stop(self) -> None:
+        self._inbox.put(_STOP)
+
+    def run(self) -> None:
+        try:
+            conn = self._connect()
+            migrate(conn)
+        except (sqlite3.Error, StorageUnavailable) as exc:
+            self.ready.set_exception(
+                exc if isinstance(exc, StorageUnavailable) else storage_error(exc)
+            )
+            return
+        self.ready.set_result(None)
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        stopping = False
+        while not stopping:
+            first = self._inbox.get()
+            if first is _STOP:
+                return
+            group: list[_WriteOp] = [first]  # type: ignore[list-item]
+            while len(group) < self._max_group:
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                group.append(item)  # type: ignore[arg-type]
+            self._commit_group(conn, group)
+
+    def _commit_group(self, conn: sqlite3.Connection, group: list[_WriteOp]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [op.fn(conn) for op in group]
+            conn.execute("COMMIT")
+        except Exception:
+            self._rollback(conn)
+            if len(group) == 1:
+                self._commit_alone(conn, group[0])
+            else:
+                # Something in the group failed: retry each alone so one bad operation
+                # (or one that needs space the disk no longer has) fails only itself.
+                for op in group:
+                    self._commit_alone(conn, op)
+            return
+        self.commits += 1
+        self.operations += len(group)
+        for op, result in zip(group, results, strict=True):
+            self._resolve(op, result, None)
+
+    def _commit_alone(self, conn: sqlite3.Connection, op: _WriteOp) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = op.fn(conn)
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            self._rollback(conn)
+            self._resolve(op, None, exc)
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            log.error("outbox write failed: %s", storage_error(exc))
+            self._resolve(op, None, storage_error(exc))
+        except Exception as exc:
+            self._rollback(conn)
+            self._resolve(op, None, exc)
+        else:
+            self.commits += 1
+            self.operations += 1
+            self._resolve(op, result, None)
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        # SQLite rolls back by itself on some errors (SQLITE_FULL, IOERR); then there is
+        # nothing left to roll back and ROLLBACK itself would fail.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    @staticmethod
+    def _resolve(op: _WriteOp, value: Any, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
+            op.loop.call_soon_threadsafe(_deliver, op.future, value, error)
+
+
+class _Reader:
+    """One thread with its own read-only connection; WAL lets it read while the writer writes."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capirelay-reader")
+        self._conn: sqlite3.Connection | None = None
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = self._connect()
+            self._conn.execute("PRAGMA query_only = 1")
+        try:
+            return fn(self._conn)
+        except sqlite3.Error as exc:
+            raise storage_error(exc) from None
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, fn)
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_connection)
+        self._executor.shutdown(wait=True)
+
+
+class SQLiteOutbox(Outbox):
+    """The :class:`Outbox` on one SQLite file (WAL, group commit, ``synchronous`` as configured).
+
+    ``max_bytes`` caps the database size (a storage quota): past it, writes fail
+    with :class:`StorageUnavailable` exactly as on a full disk.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        max_bytes: int | None = None,
+        max_group: int = MAX_GROUP,
+    ) -> None:
+        mode = synchronous.upper()
+        if mode not in SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(SYNCHRONOUS_MODES)}")
+        if str(path) == ":memory:" or not str(path):
+            raise ValueError("the outbox needs a file: an in-memory database is not durable")
+        self.path = Path(path)
+        self.synchronous = mode
+        self.busy_timeout = busy_timeout
+        self.max_bytes = max_bytes
+        self._max_group = max_group
+        self._writer: _GroupCommitWriter | None = None
+        self._reader: _Reader | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = _connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+        if self.max_bytes is not None:
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")
+        return conn
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        return _connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        writer = _GroupCommitWriter(self._connect_writer, self._max_group)
+        writer.start()
+        await asyncio.wrap_future(writer.ready)
+        self._writer = writer
+        self._reader = _Reader(self._connect_reader)
+
+    async def close(self) -> None:
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
+        if writer is not None:
+            writer.stop()  # queued behind every pending write, so those finish first
+            await asyncio.get_running_loop().run_in_executor(None, writer.join)
+        if reader is not None:
+            await reader.close()
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed by the writer (group commit: usually far fewer than calls)."""
+        return self._writer.commits if self._writer else 0
+
+    @property
+    def write_operations(self) -> int:
+        """Write calls committed so far."""
+        return self._writer.operations if self._writer else 0
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        writer = self._writer
+        if writer is None or not writer.is_alive():
+            raise StorageUnavailable("the outbox is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        writer.submit(_WriteOp(fn, loop, future))
+        return await future
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader is None:
+            raise StorageUnavailable("the outbox is not open")
+        result: T = await self._reader.read(fn)
+        return result
+
+    async def ping(self) -> bool:
+        if self._writer is None or not self._writer.is_alive():
+            return False
+        try:
+            return bool(await self._read(lambda c: c.execute("SELECT 1").fetchone()[0]))
+        except StorageUnavailable:
+            return False
+
+    # ----------------------------------------------------------------- queue
+
+    async def enqueue(self, events: Sequence[NewEvent], *, now: float) -> list[EnqueueStatus]:
+        if not events:
+            return []
+        batch = tuple(events)
+        cutoff = now - DEDUP_WINDOW_SECONDS
+
+        def run(conn: sqlite3.Connection) -> list[EnqueueStatus]:
+            statuses: list[EnqueueStatus] = []
+            rows: list[tuple[Any, ...]] = []
+            for e in batch:
+                claimed = conn.execute(
+                    _CLAIM_DEDUP_KEY, (e.pixel_id, e.event_name, e.event_id, now, cutoff)
+                ).rowcount
+                if claimed:
+                    statuses.append(EnqueueStatus.QUEUED)
+                    rows.append(
+                        (e.pixel_id, e.event_name, e.event_id, e.payload, e.event_time,
+                         e.deadline, e.test_event_code, e.source, now, now)
+                    )  # fmt: skip
+                else:
+                    statuses.append(EnqueueStatus.DUPLICATE)
+            conn.executemany(_INSERT_QUEUED, rows)
+            return statuses
+
+        return await self._write(run)
+
+    async def lease(
+        self, pixel_id: str, *, limit: int, lease_seconds: float, now: float
+    ) -> list[LeasedEvent]:
+        if limit <= 0:
+            return []
+
+        def run(conn: sqlite3.Connection) -> list[LeasedEvent]:
+            conn.execute(_PROMOTE_DUE, (pixel_id, now, limit * PROMOTE_FACTOR))
+            rows = conn.execute(_LEASE, (now + lease_seconds, pixel_id, limit)).fetchall()
+            return sorted(map(_leased_from_row, rows), key=lambda e: (e.deadline, e.id))
+
+        return await self._write(run)
+
+    async def ack(self, ids: Sequence[int], *, now: float) -> None:
+        if ids:
+            payload = _ids_json(ids)
+            await self._write(lambda c: c.execute(_ACK, (payload,)))
+
+    async def reschedule(
+        self, ids: Sequence[int], *, next_attempt_at: float, attempt: Attempt
+    ) -> None:
+        if ids:
+            params = (next_attempt_at, orjson.dumps(attempt.to_dict()).decode(), _ids_json(ids))
+            await self._write(lambda c: c.execute(_RESCHEDULE, params))
+
+    async def release(self, ids: Sequence[int]) -> None:
+        if ids:
+            payload = _ids_json(ids)
+            await self._write(lambda c: c.execute(_RELEASE, (payload,)))
+
+    async def dead_letter(
+        self,
+        ids: Sequence[int],
+        *,
+        reason: DeadLetterReason,
+        attempt: Attempt | None,
+        now: float,
+    ) -> None:
+        if not ids:
+            return
+        id_list = _ids_json(ids)
+        attempt_json = orjson.dumps(attempt.to_dict()).decode() if attempt else None
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                _MOVE_TO_DLQ,
+                (str(reason), attempt_json, attempt_json, attempt_json, now, id_list),
+            )
+            conn.execute(_FORGET_DEDUP_OF_QUEUED, (id_list,))
+            conn.execute(_ACK, (id_list,))
+
+        await self._write(run)
+
+    async def due_pixels(self, *, now: float) -> list[str]:
+        def run(conn: sqlite3.Connection) -> list[str]:
+            return [p for p in _distinct_pixels(conn) if _pixel_due(conn, p, now)]
+
+        return await self._read(run)
+
+    async def next_due_at(self, pixel_id: str | None = None) -> float | None:
+        def run(conn: sqlite3.Connection) -> float | None:
+            pixels = [pixel_id] if pixel_id is not None else _distinct_pixels(conn)
+            times = [t for p in pixels if (t := _pixel_next_due(conn, p)) is not None]
+            return min(times) if times else None
+
+        return await self._read(run)
+
+    async def stats(self, *, now: float) -> QueueStats:
+        return await self._read(_queue_stats)
+
+    async def expire_dedup(self, *, now: float) -> int:
+        cutoff = now - DEDUP_WINDOW_SECONDS
+        removed = 0
+        # Chunked so a large expiry never holds the writer (and ingest) for long.
+        while True:
+            count = await self._write(
+                lambda c: c.execute(_EXPIRE_DEDUP_CHUNK, (cutoff, DEDUP_EXPIRY_CHUNK)).rowcount
+            )
+            removed += count
+            if count < DEDUP_EXPIRY_CHUNK:
+                return removed
+
+    # ------------------------------------------------------------ dead letters
+
+    async def dlq_list(
+        self, flt: DLQFilter | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        where, params = _dlq_where(flt)
+        sql = (
+            f"SELECT {_DLQ_COLUMNS} FROM dead_letters {where} "
+            "ORDER BY dead_at DESC, id DESC LIMIT ? OFFSET ?"
+        )
+        rows = await self._read(lambda c: c.execute(sql, (*params, limit, offset)).fetchall())
+        return [_dead_letter_from_row(r) for r in rows]
+
+    async def dlq_get(self, dlq_id: int) -> DeadLetter | None:
+        sql = f"SELECT {_DLQ_COLUMNS} FROM dead_letters WHERE id = ?"
+        row = await self._read(lambda c: c.execute(sql, (dlq_id,)).fetchone())
+        return _dead_letter_from_row(row) if row else None
+
+    async def dlq_requeue(self, ids: Sequence[int], *, now: float) -> int:
+        if not ids:
+            return 0
+        id_list = _ids_json(ids)
+
+        def run(conn: sqlite3.Connection) -> int:
+            moved = conn.execute(_REQUEUE_FROM_DLQ, (now, now, id_list)).rowcount
+            conn.execute(_REMEMBER_DEDUP_OF_DLQ, (now, id_list))
+            conn.execute(_DELETE_DLQ_IDS, (id_list,))
+            return int(moved)
+
+        return await self._write(run)
+
+    async def dlq_purge(
+        self, ids: Sequence[int] | None = None, flt: DLQFilter | None = None
+    ) -> int:
+        if ids is None and flt is None:
+            raise ValueError("dlq_purge needs ids or a filter (DLQFilter() matches everything)")
+        if ids is not None:
+            id_list = _ids_json(ids)
+            return await self._write(lambda c: int(c.execute(_DELETE_DLQ_IDS, (id_list,)).rowcount))
+        where, params = _dlq_where(flt)
+        sql = f"DELETE FROM dead_letters {where}"
+        return await self._write(lambda c: int(c.execute(sql, params).rowcount))
+
+
+# ------------------------------------------------------------------ read helpers
+
+
+def _pixel_due(conn: sqlite3.Connection, pixel_id: str, now: float) -> bool:
+    ready = conn.execute(
+        "SELECT 1 FROM queue WHERE pixel_id = ? AND state = 0 LIMIT 1", (pixel_id,)
+    ).fetchone()
+    if ready:
+        return True
+    waiting = conn.execute(
+        "SELECT 1 FROM queue INDEXED BY queue_not_ready "
+        "WHERE pixel_id = ? AND state > 0 AND available_at <= ? LIMIT 1",
+        (pixel_id, now),
+    ).fetchone()
+    return waiting is not None
+
+
+def _pixel_next_due(conn: sqlite3.Connection, pixel_id: str) -> float | None:
+    # A ready row is due already; its queued_at is a moment at or before "now".
+    ready = conn.execute(
+        "SELECT queued_at FROM queue WHERE pixel_id = ? AND state = 0 LIMIT 1", (pixel_id,)
+    ).fetchone()
+    not_ready = conn.execute(
+        "SELECT min(available_at) FROM queue INDEXED BY queue_not_ready "
+        "WHERE pixel_id = ? AND state > 0",
+        (pixel_id,),
+    ).fetchone()[0]
+    times = [t for t in (ready[0] if ready else None, not_ready) if t is not None]
+    return min(times) if times else None
+
+
+def _queue_stats(conn: sqlite3.Connection) -> QueueStats:
+    stats = QueueStats()
+    deadlines: list[float] = []
+    for pixel_id in _distinct_pixels(conn):
+        depth = conn.execute("SELECT count(*) FROM queue WHERE pixel_id = ?", (pixel_id,))
+        stats.depth_by_pixel[pixel_id] = depth.fetchone()[0]
+        stats.leased += conn.execute(
+            "SELECT count(*) FROM queue WHERE pixel_id = ? AND state = 2", (pixel_id,)
+        ).fetchone()[0]
+        for state in (READY, WAITING, LEASED):
+            earliest = conn.execute(
+                "SELECT min(deadline) FROM queue WHERE pixel_id = ? AND state = ?",
+                (pixel_id, state),
+            ).fetchone()[0]
+            if earliest is not None:
+                deadlines.append(earliest)
+    stats.depth = sum(stats.depth_by_pixel.values())
+    stats.earliest_deadline = min(deadlines) if deadlines else None
+    # Rows are inserted in time order, so the lowest id is the oldest queued row.
+    oldest = conn.execute("SELECT queued_at FROM queue ORDER BY id LIMIT 1").fetchone()
+    stats.oldest_queued_at = oldest[0] if oldest else None
+    for reason, count in conn.execute(
+        "SELECT reason, count(*) FROM dead_letters GROUP BY reason"
+    ).fetchall():
+        stats.dlq_by_reason[reason] = count
+    stats.dlq_size = sum(stats.dlq_by_reason.values())
+    return stats

@@ -1,0 +1,59 @@
+"""Real things for delivery tests: the emulator on a loopback port, a SQLite outbox file,
+a delivery engine with small timings so each scenario runs in seconds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from delivery_data import PIXEL, TOKEN, TOKEN_ENV, EngineFactory, make_settings
+
+from capirelay.delivery import DeliveryEngine
+from capirelay.emulator.testing import RunningEmulator, run_emulator
+from capirelay.metrics import Metrics
+from capirelay.outbox import SQLiteOutbox
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[RunningEmulator]:
+    async with run_emulator(pixels={PIXEL: TOKEN}) as running:
+        yield running
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[SQLiteOutbox]:
+    box = SQLiteOutbox(tmp_path / "outbox.db", synchronous="NORMAL")
+    await box.open()
+    yield box
+    await box.close()
+
+
+@pytest.fixture
+def token_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    return monkeypatch
+
+
+@pytest.fixture
+async def start_engine(
+    emulator: RunningEmulator, outbox: SQLiteOutbox, token_env: pytest.MonkeyPatch
+) -> AsyncIterator[EngineFactory]:
+    engines: list[DeliveryEngine] = []
+
+    async def start(**delivery: Any) -> DeliveryEngine:
+        clock = delivery.pop("clock", None)
+        engine = DeliveryEngine(
+            outbox,
+            make_settings(emulator.url, **delivery),
+            Metrics(),
+            **({"clock": clock} if clock else {}),
+        )
+        await engine.start()
+        engines.append(engine)
+        return engine
+
+    yield start
+    for engine in engines:
+        await engine.stop(timeout=2.0)

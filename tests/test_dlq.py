@@ -1,0 +1,152 @@
+"""DLQ operations on a real SQLite outbox: list, show, replay (re-validated, in deadline), purge."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from capirelay.dlq import list_dead_letters, purge, replay, show
+from capirelay.outbox import (
+    Attempt,
+    DeadLetterReason,
+    DLQFilter,
+    NewEvent,
+    SQLiteOutbox,
+)
+from capirelay.validate import deadline
+
+NOW = 1_800_000_000.0
+DAY = 86400
+PIXEL = "555"
+
+
+def wire(
+    event_id: str, *, age_days: float = 1, valid: bool = True, source: str = "website"
+) -> dict[str, Any]:
+    return {
+        "event_name": "Purchase",
+        "event_time": int(NOW - age_days * DAY),
+        "event_id": event_id,
+        "action_source": source,
+        "event_source_url": "https://shop.example/thanks",
+        "user_data": {
+            "em": [hashlib.sha256(b"someone@example.com").hexdigest()],
+            "client_user_agent": "Mozilla/5.0",
+            "client_ip_address": "203.0.113.5",
+        },
+        "custom_data": {"currency": "EUR", "value": 5.0} if valid else {"value": 5.0},
+    }
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[SQLiteOutbox]:
+    box = SQLiteOutbox(tmp_path / "dlq.db")
+    await box.open()
+    yield box
+    await box.close()
+
+
+async def dead_letter(
+    outbox: SQLiteOutbox, payload: dict[str, Any], reason: DeadLetterReason
+) -> int:
+    event = NewEvent(
+        pixel_id=PIXEL,
+        event_name=payload["event_name"],
+        event_id=payload["event_id"],
+        payload=orjson.dumps(payload),
+        event_time=payload["event_time"],
+        deadline=deadline(payload),
+    )
+    await outbox.enqueue([event], now=NOW - DAY)
+    [leased] = await outbox.lease(PIXEL, limit=1, lease_seconds=30, now=NOW - DAY)
+    rejection = Attempt(
+        at=NOW - DAY,
+        status=400,
+        code=100,
+        subcode=2804009,
+        message="Invalid parameter",
+        fbtrace_id="Trace1",
+        retry_class="invalid",
+    )
+    await outbox.dead_letter([leased.id], reason=reason, attempt=rejection, now=NOW - DAY)
+    [letter] = await outbox.dlq_list(limit=1)
+    return letter.id
+
+
+async def test_list_and_show(outbox: SQLiteOutbox) -> None:
+    dlq_id = await dead_letter(outbox, wire("a", valid=False), DeadLetterReason.INVALID)
+    [row] = await list_dead_letters(outbox)
+    assert (
+        row.id,
+        row.event_id,
+        row.reason,
+        row.code,
+        row.subcode,
+        row.fbtrace_id,
+        row.attempts,
+    ) == (
+        dlq_id,
+        "a",
+        "invalid",
+        100,
+        2804009,
+        "Trace1",
+        1,
+    )
+    assert await list_dead_letters(outbox, DLQFilter(reason="expired")) == []
+    detail = await show(outbox, dlq_id)
+    assert detail is not None
+    assert detail.event["user_data"]["em"] == [hashlib.sha256(b"someone@example.com").hexdigest()]
+    assert detail.to_dict()["fbtrace_id"] == "Trace1"
+    assert detail.attempts[0]["code"] == 100
+    assert await show(outbox, 424242) is None
+
+
+async def test_replay_requeues_only_valid_events_inside_their_deadline(
+    outbox: SQLiteOutbox,
+) -> None:
+    fixed = await dead_letter(outbox, wire("fixed"), DeadLetterReason.INVALID)
+    broken = await dead_letter(outbox, wire("broken", valid=False), DeadLetterReason.INVALID)
+    old = await dead_letter(outbox, wire("old", age_days=8), DeadLetterReason.EXPIRED)
+    store = await dead_letter(
+        outbox, wire("store", age_days=30, source="physical_store"), DeadLetterReason.CONFIG
+    )
+
+    preview = await replay(outbox, [fixed, broken, old, store, 999], now=NOW, dry_run=True)
+    assert len(await outbox.dlq_list()) == 4  # a dry run changes nothing
+    report = await replay(outbox, [fixed, broken, old, store, 999], now=NOW)
+    for result in (preview, report):
+        assert sorted(result.requeued) == sorted([fixed, store])
+        assert list(result.still_invalid) == [broken]
+        assert result.expired == [old]
+        assert result.not_found == [999]
+    assert report.counts == {"requeued": 2, "still_invalid": 1, "expired": 1, "not_found": 1}
+    assert {p.field for p in report.still_invalid[broken]} == {"custom_data.currency"}
+    assert report.to_dict()["counts"]["requeued"] == 2
+
+    leased = await outbox.lease(PIXEL, limit=10, lease_seconds=30, now=NOW)
+    assert sorted(e.event_id for e in leased) == ["fixed", "store"]
+    assert sorted(d.event_id for d in await outbox.dlq_list()) == ["broken", "old"]
+
+
+async def test_replay_by_filter(outbox: SQLiteOutbox) -> None:
+    for i in range(3):
+        await dead_letter(outbox, wire(f"inv{i}"), DeadLetterReason.INVALID)
+    await dead_letter(outbox, wire("cfg"), DeadLetterReason.CONFIG)
+    report = await replay(outbox, DLQFilter(reason="invalid"), now=NOW)
+    assert report.counts["requeued"] == 3
+    assert [d.event_id for d in await outbox.dlq_list()] == ["cfg"]
+
+
+async def test_purge(outbox: SQLiteOutbox) -> None:
+    first = await dead_letter(outbox, wire("p1"), DeadLetterReason.INVALID)
+    await dead_letter(outbox, wire("p2"), DeadLetterReason.EXPIRED)
+    await dead_letter(outbox, wire("p3"), DeadLetterReason.EXPIRED)
+    assert await purge(outbox, [first]) == 1
+    assert await purge(outbox, DLQFilter(reason="expired")) == 2
+    assert await outbox.dlq_list() == []
