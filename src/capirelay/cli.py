@@ -289,6 +289,15 @@ def demo_command(
         raise typer.Exit(code)
 
 
+def _register_subcommands() -> None:
+    from capirelay.cli_dlq import dlq_app
+
+    app.add_typer(dlq_app, name="dlq")
+
+
+_register_subcommands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``capirelay = "capirelay.cli:main"``)."""
     app(args=argv, prog_name="capirelay")

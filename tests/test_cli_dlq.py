@@ -1,0 +1,122 @@
+"""`capirelay dlq list|show|replay|purge` against a real SQLite outbox file."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from capirelay.cli import app
+from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, SQLiteOutbox
+from capirelay.validate import deadline
+
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+PIXEL = "555"
+
+
+def wire(event_id: str, *, now: float, valid: bool, age_days: float = 1) -> dict[str, Any]:
+    return {
+        "event_name": "Purchase",
+        "event_time": int(now - age_days * 86400),
+        "event_id": event_id,
+        "action_source": "website",
+        "event_source_url": "https://shop.example/thanks",
+        "user_data": {
+            "em": [hashlib.sha256(b"someone@example.com").hexdigest()],
+            "client_user_agent": "Mozilla/5.0",
+            "client_ip_address": "203.0.113.5",
+        },
+        "custom_data": {"currency": "eur", "value": 5.0} if valid else {"value": 5.0},
+    }
+
+
+async def seed(db: Path) -> None:
+    now = time.time()
+    box = SQLiteOutbox(db)
+    await box.open()
+    payloads = [
+        (wire("fixed-1", now=now, valid=True), DeadLetterReason.INVALID),
+        (wire("broken-2", now=now, valid=False), DeadLetterReason.INVALID),
+        (wire("old-3", now=now, valid=True, age_days=8), DeadLetterReason.EXPIRED),
+    ]
+    for payload, reason in payloads:
+        event = NewEvent(
+            pixel_id=PIXEL,
+            event_name="Purchase",
+            event_id=payload["event_id"],
+            payload=orjson.dumps(payload),
+            event_time=payload["event_time"],
+            deadline=deadline(payload),
+        )
+        await box.enqueue([event], now=now)
+        leased = await box.lease(PIXEL, limit=10, lease_seconds=30, now=now)
+        attempt = Attempt(
+            at=now,
+            status=400,
+            code=100,
+            subcode=2804009,
+            message="Missing value",
+            fbtrace_id="TRACE123",
+            retry_class="invalid",
+        )
+        await box.dead_letter([e.id for e in leased], reason=reason, attempt=attempt, now=now)
+    await box.close()
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> str:
+    db = tmp_path / "q.db"
+    asyncio.run(seed(db))
+    return f"sqlite:///{db}"
+
+
+def invoke(*args: str) -> Any:
+    return runner.invoke(app, ["dlq", *args])
+
+
+def test_list_and_filter(storage: str) -> None:
+    result = invoke("list", "--storage", storage)
+    assert result.exit_code == 0, result.output
+    for event_id in ("fixed-1", "broken-2", "old-3"):
+        assert event_id in result.output
+    expired = invoke("list", "--storage", storage, "--reason", "expired")
+    assert "old-3" in expired.output and "fixed-1" not in expired.output
+
+
+def test_show_explains_metas_error(storage: str) -> None:
+    result = invoke("show", "1", "--storage", storage)
+    assert result.exit_code == 0, result.output
+    assert "TRACE123" in result.output
+    assert "2804009" in result.output
+    assert "what to do:" in result.output
+    assert "someone@example.com" not in result.output  # only the hash is stored
+    assert invoke("show", "999", "--storage", storage).exit_code == 1
+
+
+def test_replay_requeues_valid_and_reports_the_rest(storage: str) -> None:
+    result = invoke("replay", "1", "2", "3", "--storage", storage)
+    assert result.exit_code == 1, result.output  # one is still invalid
+    assert "re-queued: 1" in result.output
+    assert "past their deadline (left in the DLQ): 1" in result.output
+    assert "still invalid 2: custom_data.currency" in result.output
+    remaining = invoke("list", "--storage", storage).output
+    assert "fixed-1" not in remaining and "broken-2" in remaining
+
+
+def test_purge_needs_ids_or_confirmation(storage: str) -> None:
+    assert invoke("purge", "--storage", storage).exit_code == 2
+    assert invoke("purge", "--storage", storage, "--reason", "expired").exit_code == 2
+    result = invoke("purge", "--storage", storage, "--reason", "expired", "--yes")
+    assert "purged: 1" in result.output
+    assert "purged: 1" in invoke("purge", "2", "--storage", storage).output
+
+
+def test_bad_storage_url_is_a_clear_error() -> None:
+    result = invoke("list", "--storage", "sqlite:///:memory:")
+    assert result.exit_code == 2
