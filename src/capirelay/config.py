@@ -86,6 +86,28 @@ def _coerce_secret(value: Any) -> Any:
     return value
 
 
+class ConsentPolicy(BaseModel):
+    """Per-pixel consent and Limited Data Use (LDU) policy.
+
+    ``ldu_countries``/``ldu_states``: when the event's location matches (ISO
+    alpha-2 country; US state code like ``ca``), the gateway sets
+    ``data_processing_options=["LDU"]`` with Meta's country/state codes
+    (``1``/``1000`` for US/California, ``0``/``0`` = geolocate).  ``ldu_all``
+    applies LDU to every event.  ``honor_gpc`` treats a ``Sec-GPC: 1`` browser
+    signal as an opt-out of sale/sharing (LDU on, event still sent unless
+    ``require_consent``).  ``require_consent`` drops browser events that do not
+    carry an explicit consent flag.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    require_consent: bool = False
+    honor_gpc: bool = True
+    ldu_all: bool = False
+    ldu_countries: list[str] = Field(default_factory=list)
+    ldu_states: list[str] = Field(default_factory=list)
+
+
 class PixelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -97,6 +119,9 @@ class PixelSettings(BaseModel):
     partner_agent: str | None = None
     # Browser beacon: which page origins may post to /v1/collect for this pixel.
     allowed_origins: list[str] = Field(default_factory=list)
+    # Drop browser events from known crawlers/bots (counted in metrics).
+    filter_bots: bool = True
+    consent: ConsentPolicy = Field(default_factory=ConsentPolicy)
 
     _v_secrets = field_validator("access_token", "app_secret", mode="before")(_coerce_secret)
 
@@ -118,6 +143,42 @@ class IngestKey(BaseModel):
     pixels: list[str] = Field(default_factory=list)
 
     _v_key = field_validator("key", mode="before")(_coerce_secret)
+
+
+class WebhookSettings(BaseModel):
+    """A signed inbound webhook: ``POST /v1/webhooks/{name}``.
+
+    ``preset`` is ``shopify``, ``woocommerce``, ``stripe`` or ``mapping`` (a
+    declarative mapping file, see ``mapping``); ``name`` (the table key) is the
+    URL segment.  The signing ``secret`` comes from env or a file.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str
+    pixel_id: str
+    secret: Secret
+    # For preset = "mapping" (or to override a preset's default mapping): a TOML file.
+    mapping: Path | None = None
+    # Stripe: how old a signature timestamp may be.
+    tolerance_seconds: int = Field(default=300, ge=1)
+    test_event_code: str | None = None
+
+    _v_secret = field_validator("secret", mode="before")(_coerce_secret)
+
+
+class DashboardSettings(BaseModel):
+    """The operator dashboard under ``/ui/``: off unless a credential is configured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Bearer/login token for the dashboard (and its actions).
+    admin_token: Secret | None = None
+    # Alternatively HTTP basic auth.
+    basic_user: str | None = None
+    basic_password: Secret | None = None
+
+    _v_secrets = field_validator("admin_token", "basic_password", mode="before")(_coerce_secret)
 
 
 class DeliverySettings(BaseModel):
@@ -155,6 +216,10 @@ class Settings(BaseSettings):
     pixels: dict[str, PixelSettings] = Field(default_factory=dict)
     ingest_keys: dict[str, IngestKey] = Field(default_factory=dict)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+    webhooks: dict[str, WebhookSettings] = Field(default_factory=dict)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    # PostgreSQL backend (storage = "postgresql://..."): connection pool size.
+    postgres_pool_size: int = Field(default=10, ge=1, le=200)
     max_future_skew: int = Field(default=300, ge=0)
 
     @field_validator("pixels")
