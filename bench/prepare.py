@@ -5,15 +5,20 @@ values from ``random.Random(seed)``) both ways, normalizes and hashes them, and
 serializes them in request-sized chunks of 1,000:
 
 * capirelay: typed ``Event``/``UserData``/``CustomData``/``Content`` ->
-  ``encode_request`` (normalize + hash + orjson), and the same from CAPI-shaped
-  dicts through ``Event.model_validate`` (the gateway's ingest path);
+  ``encode_request`` (normalize + hash + orjson); the same from CAPI-shaped
+  dicts through ``Event.model_validate``; and from the same dicts through
+  ``prepare_wire``, the gateway's ingest path, which builds the wire form
+  without models and must give byte-identical bodies (checked every run);
 * SDK: ``facebook_business.adobjects.serverside`` objects -> ``event.normalize()``
   per event -> ``json.dumps`` of the list, which is what the SDK does on send.
 
-Prints events/s, the ratio to the SDK, peak RSS, and per-field hash agreement
-between the two wire forms.  Run from the repository root::
+Prints events/s, the ratio to the SDK, peak RSS, per-field hash agreement
+between the two wire forms, and the hit rates of capirelay's memo caches.
+Every timed capirelay run starts with ``capirelay.normalize.clear_caches()``,
+so its caches are warmed only by the events of that run.  Run from the repository root::
 
-    .venv/bin/python bench/prepare.py [--events 10000] [--seed 7] [--repeat 3] [--profile]
+    .venv/bin/python bench/prepare.py [--events 10000] [--seed 7] [--repeat 3]
+                                      [--profile | --cache-ablation]
 """
 
 from __future__ import annotations
@@ -47,8 +52,9 @@ from capirelay.events import (
     Event,
     UserData,
     encode_request,
+    prepare_wire,
 )
-from capirelay.normalize import hash_field
+from capirelay.normalize import cache_info, clear_caches, hash_field
 
 CHUNK = 1000
 EVENT_TIME = 1_764_128_000
@@ -186,6 +192,7 @@ def build_event(r: Record) -> Event:
 
 
 def capirelay_typed(records: list[Record]) -> list[bytes]:
+    clear_caches()
     return [
         encode_request([build_event(r) for r in records[start : start + CHUNK]])
         for start in range(0, len(records), CHUNK)
@@ -227,8 +234,18 @@ def as_wire_dicts(records: list[Record]) -> list[dict[str, Any]]:
 
 
 def capirelay_from_dicts(dicts: list[dict[str, Any]]) -> list[bytes]:
+    clear_caches()
     return [
         encode_request([Event.model_validate(d) for d in dicts[start : start + CHUNK]])
+        for start in range(0, len(dicts), CHUNK)
+    ]
+
+
+def capirelay_ingest(dicts: list[dict[str, Any]]) -> list[bytes]:
+    """What the gateway does per request: ``prepare_wire`` each dict, encode the payloads."""
+    clear_caches()
+    return [
+        encode_request([prepare_wire(d).payload for d in dicts[start : start + CHUNK]])
         for start in range(0, len(dicts), CHUNK)
     ]
 
@@ -330,13 +347,15 @@ def hash_only(records: list[Record]) -> None:
 
 
 def breakdown(records: list[Record], repeat: int) -> dict[str, float]:
-    """Microseconds per event for each stage of the typed path, on one 1,000-event batch."""
+    """Microseconds per event for each stage, on one 1,000-event batch, caches warm."""
     records = records[:CHUNK]
+    dicts = as_wire_dicts(records)
     events = [build_event(r) for r in records]
     payloads = [event.to_payload() for event in events]
     stages: dict[str, Callable[[], object]] = {
         "build models (pydantic validation)": lambda: [build_event(r) for r in records],
         "to_wire (normalize, hash, compact)": lambda: [event.to_wire() for event in events],
+        "prepare_wire (dict to wire, no models)": lambda: [prepare_wire(d) for d in dicts],
         "  of which normalize.hash_field": lambda: hash_only(records),
         "orjson encode": lambda: [
             orjson.dumps({"data": payloads[start : start + CHUNK]})
@@ -365,10 +384,59 @@ def _as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def profile(records: list[Record]) -> None:
-    profiler = cProfile.Profile()
-    profiler.runcall(capirelay_typed, records)
-    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(20)
+def profile(records: list[Record], dicts: list[dict[str, Any]]) -> None:
+    for name, run in (
+        ("typed models", lambda: capirelay_typed(records)),
+        ("prepare_wire", lambda: capirelay_ingest(dicts)),
+    ):
+        print(f"==== capirelay ({name})")
+        profiler = cProfile.Profile()
+        profiler.runcall(run)
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(20)
+
+
+def cache_hit_rates(dicts: list[dict[str, Any]]) -> dict[str, tuple[int, int, float]]:
+    """(hits, misses, hit rate) per normalize cache over one cold ingest-path run."""
+    capirelay_ingest(dicts)
+    rates = {}
+    for name, info in cache_info().items():
+        calls = info.hits + info.misses
+        rates[name] = (info.hits, info.misses, info.hits / calls if calls else 0.0)
+    return rates
+
+
+def cache_ablation(records: list[Record], dicts: list[dict[str, Any]], repeat: int) -> None:
+    """The ingest path with normalize's hash caches switched off, against the SDK.
+
+    Real traffic repeats names less than this data set's pools do, so this
+    bounds what the caches contribute.  It swaps normalize's private key sets
+    for the duration of a run: a benchmark-only switch, not an API.
+    """
+    module: Any = sys.modules["capirelay.normalize"]
+    names, places = module._NAME_KEYS, module._PLACE_KEYS
+
+    def ingest_with(name_keys: frozenset[str], place_keys: frozenset[str]) -> list[bytes]:
+        module._NAME_KEYS, module._PLACE_KEYS = name_keys, place_keys
+        try:
+            return capirelay_ingest(dicts)
+        finally:
+            module._NAME_KEYS, module._PLACE_KEYS = names, places
+
+    runs = race(
+        {
+            "ingest path, caches on": lambda: ingest_with(names, places),
+            "ingest path, name cache off": lambda: ingest_with(frozenset(), places),
+            "ingest path, every hash cache off": lambda: ingest_with(frozenset(), frozenset()),
+            "facebook-business SDK": lambda: sdk(records),
+        },
+        repeat,
+    )
+    baseline = runs["facebook-business SDK"].seconds
+    print(f"| {'contender':<37} | {'events/s':>10} | {'vs SDK':>6} |")
+    print(f"|{'-' * 39}|{'-' * 12}|{'-' * 8}|")
+    for name, run in runs.items():
+        events_per_second = len(records) / run.seconds
+        print(f"| {name:<37} | {events_per_second:>10,.0f} | {baseline / run.seconds:>5.2f}x |")
 
 
 def main() -> None:
@@ -377,12 +445,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs per contender")
     parser.add_argument("--profile", action="store_true", help="cProfile the capirelay side")
+    parser.add_argument(
+        "--cache-ablation",
+        action="store_true",
+        help="time the ingest path with normalize's hash caches off instead",
+    )
     args = parser.parse_args()
 
     records = make_records(args.events, args.seed)
     dicts = as_wire_dicts(records)
     if args.profile:
-        profile(records)
+        profile(records, dicts)
+        return
+    if args.cache_ablation:
+        gc.collect()
+        gc.freeze()
+        cache_ablation(records, dicts, args.repeat)
         return
     # The inputs live for the whole run; keep the cyclic GC from rescanning them for
     # either contender, so each is charged only for the garbage it makes itself.
@@ -392,6 +470,7 @@ def main() -> None:
         {
             "capirelay (typed models)": lambda: capirelay_typed(records),
             "capirelay (model_validate dicts)": lambda: capirelay_from_dicts(dicts),
+            "capirelay (prepare_wire, ingest path)": lambda: capirelay_ingest(dicts),
             "facebook-business SDK": lambda: sdk(records),
         },
         args.repeat,
@@ -402,13 +481,17 @@ def main() -> None:
         f"{args.events:,} Purchase events, seed {args.seed}, best of {args.repeat} "
         f"(round-robin), Python {sys.version.split()[0]}, process peak RSS {peak_rss_mb:.0f} MB"
     )
-    print(f"| {'contender':<34} | {'events/s':>10} | {'vs SDK':>6} | {'peak alloc MB':>13} |")
-    print(f"|{'-' * 36}|{'-' * 12}|{'-' * 8}|{'-' * 15}|")
+    print(f"| {'contender':<37} | {'events/s':>10} | {'vs SDK':>6} | {'peak alloc MB':>13} |")
+    print(f"|{'-' * 39}|{'-' * 12}|{'-' * 8}|{'-' * 15}|")
     for name, run in runs.items():
         print(
-            f"| {name:<34} | {args.events / run.seconds:>10,.0f} | "
+            f"| {name:<37} | {args.events / run.seconds:>10,.0f} | "
             f"{baseline / run.seconds:>5.2f}x | {run.peak_traced_mb:>13.1f} |"
         )
+    same = runs["capirelay (prepare_wire, ingest path)"].output == (
+        runs["capirelay (model_validate dicts)"].output
+    )
+    print(f"prepare_wire bodies byte-identical to model_validate's: {'yes' if same else 'NO'}")
     print()
     shares = agreement(
         runs["capirelay (typed models)"].output or [], runs["facebook-business SDK"].output or []
@@ -419,10 +502,17 @@ def main() -> None:
         reason = WHY_THEY_DIFFER.get(field, "") if share < 1 else ""
         print(f"| {field:<11} | {share:>8.1%} | {reason} |")
     print()
-    print(f"| {'capirelay stage':<36} | {'us/event':>8} |")
-    print(f"|{'-' * 38}|{'-' * 10}|")
+    print(
+        f"| {'cache (one cold ingest run)':<27} | {'hits':>7} | {'misses':>7} | {'hit rate':>8} |"
+    )
+    print(f"|{'-' * 29}|{'-' * 9}|{'-' * 9}|{'-' * 10}|")
+    for name, (hits, misses, rate) in cache_hit_rates(dicts).items():
+        print(f"| {name:<27} | {hits:>7,} | {misses:>7,} | {rate:>8.1%} |")
+    print()
+    print(f"| {'capirelay stage':<40} | {'us/event':>8} |")
+    print(f"|{'-' * 42}|{'-' * 10}|")
     for stage, micros in breakdown(records, args.repeat).items():
-        print(f"| {stage:<36} | {micros:>8.1f} |")
+        print(f"| {stage:<40} | {micros:>8.1f} |")
 
 
 if __name__ == "__main__":

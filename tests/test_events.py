@@ -36,7 +36,9 @@ from capirelay.events import (
     MessagingChannel,
     UserData,
     WireEvent,
+    _prepare,
     encode_request,
+    prepare_wire,
 )
 from capirelay.problems import Problem, Severity
 
@@ -624,3 +626,333 @@ def test_typed_construction_matches_wire_dict_validation() -> None:
     )
     assert typed == from_wire
     assert typed.to_payload() == from_wire.to_payload()
+
+
+# --------------------------------------------------------------------------- prepare_wire
+
+
+def via_model(raw: Any, default_country: str | None = None) -> WireEvent | ValidationError:
+    try:
+        return Event.model_validate(raw).to_wire(default_country)
+    except ValidationError as exc:
+        return exc
+
+
+def assert_same_as_model(raw: Any, default_country: str | None = None) -> None:
+    """prepare_wire gives the model path's bytes and problems, or raises the same error."""
+    expected = via_model(raw, default_country)
+    if isinstance(expected, ValidationError):
+        with pytest.raises(ValidationError) as caught:
+            prepare_wire(raw, default_country=default_country)
+        assert caught.value.errors(include_context=False) == expected.errors(include_context=False)
+        return
+    wire = prepare_wire(raw, default_country=default_country)
+    # repr, not orjson: it also tells 1 from 1.0 and True, keeps key order, and takes
+    # the > 64-bit ints that orjson refuses to encode (for both paths alike).
+    assert repr(wire.payload) == repr(expected.payload)
+    assert wire.problems == expected.problems
+
+
+def ingest_shaped(**overrides: Any) -> dict[str, Any]:
+    """The event a shop's backend posts: the bench's shape, readable values, raw PII."""
+    raw: dict[str, Any] = {
+        "event_name": "Purchase",
+        "event_time": T0,
+        "action_source": "website",
+        "event_id": "order-1",
+        "event_source_url": "https://shop.example/thanks",
+        "user_data": {
+            "em": " Mary.Smith@Example.com ",
+            "ph": "+1 (650) 555-1212",
+            "fn": "Mary-Ann",
+            "ln": "O'Neil",
+            "ct": "San Francisco",
+            "st": "CA",
+            "zp": "94025-1234",
+            "country": "US",
+            "external_id": "cust-1",
+            "client_ip_address": "203.0.113.9",
+            "client_user_agent": "Mozilla/5.0",
+            "fbc": "fb.1.1554763741205.AbCdEf",
+            "fbp": "fb.1.1558571054389.1098115397",
+        },
+        "custom_data": {
+            "value": 12.5,
+            "currency": "USD",
+            "contents": [{"id": "sku-1", "quantity": 2, "item_price": 6.25}],
+        },
+    }
+    raw.update(overrides)
+    return raw
+
+
+def with_user(**user_data: Any) -> dict[str, Any]:
+    return ingest_shaped(user_data=user_data)
+
+
+def test_prepare_wire_takes_the_fast_path_for_the_ingest_shape() -> None:
+    raw = ingest_shaped()
+    fast = _prepare._fast_wire(raw, None)
+    assert fast is not None
+    assert fast == Event.model_validate(raw).to_wire()
+
+
+# Shapes the fast path must hand to the model (None from _fast_wire), with why; the
+# result must still be the model's, coerced or rejected the same way.
+NEEDS_THE_MODEL = [
+    ("unknown event key", ingest_shaped(evnt_id="x")),
+    ("ISO event_time", ingest_shaped(event_time="2025-11-26T03:33:20Z")),
+    ("float event_time", ingest_shaped(event_time=float(T0))),
+    ("bool event_time", ingest_shaped(event_time=True)),
+    ("missing event_name", {"event_time": T0}),
+    ("empty event_name", ingest_shaped(event_name="")),
+    ("surrogate in event_name", ingest_shaped(event_name="Buy\ud800")),
+    ("unknown action_source", ingest_shaped(action_source="shop")),
+    ("int event_id", ingest_shaped(event_id=1001)),
+    ("int opt_out", ingest_shaped(opt_out=1)),
+    ("bool as LDU country", ingest_shaped(data_processing_options_country=True)),
+    ("user_data null", ingest_shaped(user_data=None)),
+    ("user_data not a dict", ingest_shaped(user_data=[("em", "a@b.co")])),
+    ("unknown user_data key", ingest_shaped(user_data={"emial": "a@b.co"})),
+    ("both names of a field", ingest_shaped(user_data={"em": "a@b.co", "email": "c@d.co"})),
+    ("int phone", ingest_shaped(user_data={"ph": 16505551212})),
+    ("int in a list", ingest_shaped(user_data={"zp": ["94025", 94026]})),
+    ("tuple of emails", ingest_shaped(user_data={"em": ("a@b.co",)})),
+    ("list for a single-value key", ingest_shaped(user_data={"fi": ["m"]})),
+    ("int fb_login_id", ingest_shaped(user_data={"fb_login_id": 12345})),
+    ("numeric string amount", ingest_shaped(custom_data={"value": "12.50"})),
+    ("bool amount", ingest_shaped(custom_data={"value": True})),
+    ("segment in custom_data", ingest_shaped(custom_data={"customer_segmentation": "x"})),
+    ("event-level segment", ingest_shaped(customer_segmentation="new_customer_to_business")),
+    ("app_data", ingest_shaped(app_data={"advertiser_tracking_enabled": True})),
+    ("original_event_data", ingest_shaped(original_event_data={"event_name": "Lead"})),
+    ("float quantity", ingest_shaped(custom_data={"contents": [{"id": "a", "quantity": 2.0}]})),
+    ("bool item_price", ingest_shaped(custom_data={"contents": [{"item_price": True}]})),
+    ("huge int item_price", ingest_shaped(custom_data={"contents": [{"item_price": 2**60}]})),
+    ("content not a dict", ingest_shaped(custom_data={"contents": ["sku-1"]})),
+    ("non-text custom key", ingest_shaped(custom_data={1: "x"})),
+    ("unknown delivery", ingest_shaped(custom_data={"delivery_category": "drone"})),
+    ("dict subclass", type("Sub", (dict,), {})(ingest_shaped())),
+]
+
+
+@pytest.mark.parametrize(("why", "raw"), NEEDS_THE_MODEL, ids=[w for w, _ in NEEDS_THE_MODEL])
+def test_unusual_input_goes_through_the_model_with_the_same_result(why: str, raw: Any) -> None:
+    if type(raw) is dict:
+        assert _prepare._fast_wire(raw, None) is None, why
+    assert_same_as_model(raw)
+
+
+# Shapes the fast path serves itself; each must equal the model's output byte for byte.
+FAST_PATH_CASES = [
+    ("bench shape", ingest_shaped(), None),
+    ("keys in another order", dict(reversed(ingest_shaped().items())), None),
+    (
+        "user_data keys out of wire order",
+        with_user(fbp="fb.1.2.3", zp="SW1A 1AA", country="GB", em="x@y.uk"),
+        None,
+    ),
+    ("readable names", with_user(email="A@B.co", zip_code="94025"), None),
+    ("unknown two-letter country", with_user(country="zz", ph="(650) 555-1212"), "US"),
+    ("blank two-character country", with_user(country="  ", st="Ontario"), "CA"),
+    ("padded one-letter country", with_user(country=" u", zp="94025"), None),
+    ("country name as the hint", with_user(country="Canada", st="Ontario"), None),
+    ("national phone, event country", with_user(ph="020 7946 0958", country="gb"), "US"),
+    ("national phone, default country", with_user(ph="(650) 555-1212"), "US"),
+    ("hashed country, default's region", with_user(country=sha("us"), st="Ontario"), "CA"),
+    ("bad values become problems", with_user(em="nope", ph="12", ge="?"), None),
+    ("lists deduplicate", with_user(em=["A@b.co", "a@b.co", " "], country=["zz", "US"]), None),
+    ("blank and None values", with_user(em="", ph=None, fbc="  "), None),
+    ("single-value keys", with_user(f5first="Maryann", fi="M", doby="1997"), None),
+    ("already hashed", with_user(em=sha("a@b.co").upper(), ph="0" * 32), None),
+    ("empty user_data", ingest_shaped(user_data={}), None),
+    ("no user_data", {"event_name": "Lead", "event_time": T0}, None),
+    ("invalid currency", ingest_shaped(custom_data={"currency": "usdollars", "value": 3}), None),
+    ("problems in wire order", ingest_shaped(user_data={"em": "x"}, custom_data={"currency": "?"})
+     , None),
+    (
+        "custom properties and every declared key",
+        ingest_shaped(
+            custom_data={
+                "gift": {"wrap": True, "tags": ("a", "b")},
+                "note": "",
+                "skip": None,
+                "value": 0,
+                "net_revenue": 3,
+                "currency": " eur ",
+                "content_name": "",
+                "content_category": "shoes",
+                "content_ids": "sku-1",
+                "content_type": "product",
+                "order_id": "1001",
+                "predicted_ltv": 99.5,
+                "num_items": 0,
+                "status": "paid",
+                "search_string": "red shoes",
+                "delivery_category": "curbside",
+                "item_number": "7",
+                "contents": [
+                    {"extra": None, "id": 42, "quantity": 1, "item_price": 5, "title": ""},
+                    {},
+                    {"brand": "Acme", "description": "d", "category": "c"},
+                    {"delivery_category": "in_store"},
+                ],
+            }
+        ),
+        None,
+    ),
+    ("empty lists dropped", ingest_shaped(custom_data={"content_ids": [], "contents": []}), None),
+    ("custom_data null", ingest_shaped(custom_data=None), None),
+    (
+        "every plain event field",
+        ingest_shaped(
+            referrer_url="https://shop.example/cart",
+            opt_out=False,
+            data_processing_options=["LDU"],
+            data_processing_options_country=0,
+            data_processing_options_state=1000,
+            advanced_measurement_table="amt",
+            messaging_channel="whatsapp",
+            event_id="",
+        ),
+        None,
+    ),
+    ("LDU as one string", ingest_shaped(data_processing_options="LDU"), None),
+    ("LDU explicitly off", ingest_shaped(data_processing_options=[]), None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("why", "raw", "default_country"), FAST_PATH_CASES, ids=[w for w, _, _ in FAST_PATH_CASES]
+)
+def test_prepare_wire_equals_the_model_path(
+    why: str, raw: dict[str, Any], default_country: str | None
+) -> None:
+    assert _prepare._fast_wire(raw, default_country) is not None, why
+    assert_same_as_model(raw, default_country)
+
+
+def test_the_fast_path_knows_every_field_the_models_declare() -> None:
+    """A field added to a model must be added to the fast path's tables (or be refused)."""
+    assert list(_prepare._CUSTOM_DATA_KINDS) == list(CustomData.model_fields)
+    assert list(_prepare._CONTENT_KINDS) == list(Content.model_fields)
+    event_keys = {key for key, _ in _prepare._EVENT_KINDS}
+    left_to_model = {"app_data", "original_event_data", "attribution_data", "customer_segmentation"}
+    assert event_keys | left_to_model == set(Event.model_fields)
+    accepted = set(_prepare._USER_DATA_FIELDS)
+    assert {name for name in accepted if name in UserData.model_fields} == set(
+        UserData.model_fields
+    )
+
+
+# Values the generated events draw from: the common shapes, the edge cases each rule has,
+# and types the model coerces or refuses.
+TEXT = st.one_of(
+    st.sampled_from(
+        [
+            "", " ", "Mary", "O'Neil", "Zoë", "a@b.co", " A.B@Example.COM ", "nope",
+            "+1 (650) 555-1212", "(650) 555-1212", "020 7946 0958", "12", "US", "gb",
+            "Ontario", "United Kingdom", "CA", "94025", "SW1A 1AA", "m", "Female", "x",
+            "1997-02-16", "19970216", "usd", "EUR", "xyz", "website", "whatsapp",
+            "curbside", "LDU", sha("a@b.co"), "d41d8cd98f00b204e9800998ecf8427e",
+        ]
+    ),
+    st.text(max_size=12),
+)  # fmt: skip
+ODD = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**60), 2**60),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.lists(TEXT, max_size=3),
+    st.tuples(TEXT),
+)
+VALUE = st.one_of(TEXT, TEXT, TEXT, ODD)
+USER_KEYS = [*sorted(_prepare._USER_DATA_FIELDS), "emial"]
+USER_DATA = st.dictionaries(st.sampled_from(USER_KEYS), VALUE, max_size=8)
+CONTENT = st.dictionaries(st.sampled_from([*Content.model_fields, "extra"]), VALUE, max_size=4)
+CUSTOM_DATA = st.dictionaries(
+    st.sampled_from([*CustomData.model_fields, "gift"]),
+    VALUE | st.lists(CONTENT, max_size=3),
+    max_size=6,
+)
+EVENT_EXTRAS = st.dictionaries(
+    st.sampled_from([*(key for key, _ in _prepare._EVENT_KINDS if "_data" not in key), "evnt"]),
+    VALUE,
+    max_size=4,
+)  # fmt: skip
+
+
+# Well-typed events, the ones the fast path must serve itself: each key gets a value of
+# the type the model stores, so only the values (not the types) vary.
+TEXTS = st.lists(TEXT, max_size=3)
+LIST_KEYS = [name for name, spec in _prepare._USER_DATA_FIELDS.items() if spec[2]]
+TYPED_USER_DATA = st.dictionaries(
+    st.sampled_from(sorted(_prepare._USER_DATA_FIELDS)), TEXT | st.none(), max_size=9
+) | st.dictionaries(st.sampled_from(LIST_KEYS), TEXT | TEXTS, max_size=6)
+AMOUNT = st.integers(-(10**6), 10**6) | st.floats(-1e6, 1e6)
+ENUM_TEXT = st.sampled_from(["in_store", "curbside", "home_delivery"])
+TYPED_CONTENT = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": TEXT | st.integers(0, 10**12),
+        "quantity": st.integers(0, 100),
+        "item_price": AMOUNT,
+        "title": TEXT,
+        "brand": TEXT,
+        "delivery_category": ENUM_TEXT,
+        "extra": TEXT | st.none() | st.lists(st.integers(), max_size=2),
+    },
+)
+TYPED_CUSTOM_DATA = st.fixed_dictionaries(
+    {},
+    optional={
+        "value": AMOUNT,
+        "net_revenue": AMOUNT,
+        "currency": st.sampled_from(["usd", " EUR ", "gbp", "xyz", "", "dollars"]),
+        "content_name": TEXT,
+        "content_ids": TEXT | TEXTS,
+        "contents": st.lists(TYPED_CONTENT, max_size=3),
+        "num_items": st.integers(0, 10),
+        "delivery_category": ENUM_TEXT,
+        "order_id": TEXT,
+        "gift": st.none() | TEXT | st.dictionaries(TEXT, st.integers(), max_size=2),
+    },
+)
+TYPED_EVENT = st.fixed_dictionaries(
+    {"event_name": st.sampled_from(["Purchase", "Lead", " "]), "event_time": st.integers(0, 2**40)},
+    optional={
+        "action_source": st.sampled_from([member.value for member in ActionSource]),
+        "event_id": TEXT,
+        "event_source_url": TEXT,
+        "opt_out": st.booleans(),
+        "data_processing_options": st.just("LDU") | TEXTS,
+        "data_processing_options_country": st.integers(0, 1),
+        "messaging_channel": st.sampled_from(["whatsapp", "messenger", "instagram"]),
+        "user_data": TYPED_USER_DATA,
+        "custom_data": TYPED_CUSTOM_DATA | st.none(),
+    },
+)
+
+
+@st.composite
+def any_event(draw: st.DrawFn) -> dict[str, Any]:
+    raw: dict[str, Any] = {"event_name": "Purchase", "event_time": T0, **draw(EVENT_EXTRAS)}
+    user_data = draw(USER_DATA | st.none())
+    if user_data is not None:
+        raw["user_data"] = user_data
+    custom_data = draw(CUSTOM_DATA | st.none())
+    if custom_data is not None:
+        raw["custom_data"] = custom_data
+    return raw
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    raw=st.one_of(TYPED_EVENT, TYPED_EVENT, TYPED_EVENT, any_event()),
+    default_country=st.sampled_from([None, "US", "gb", "nowhere"]),
+)
+def test_prepare_wire_and_the_model_agree_on_any_event(
+    raw: dict[str, Any], default_country: str | None
+) -> None:
+    assert_same_as_model(raw, default_country)

@@ -22,11 +22,17 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from capirelay.normalize import (
+    NAME_CACHE_SIZE,
+    PLACE_CACHE_SIZE,
     WIRE_KEYS,
     NormalizationError,
+    cache_info,
+    clear_caches,
     hash_field,
+    hash_wire_key,
     is_sha256,
     normalize,
+    resolve_country,
     sha256_hex,
 )
 
@@ -653,3 +659,94 @@ def test_north_american_fast_path_agrees_with_phonenumbers(number: str, region: 
 )
 def test_compact_dates_fall_back_to_day_and_month_first(value: str, expected: str) -> None:
     assert normalize("db", value) == expected
+
+
+# --- The hot path and its caches --------------------------------------------------------------
+
+# (field, value, hint): one row per rule, cached and uncached keys, hinted and not.
+HOT_PATH_ROWS = [
+    ("em", " John_Smith@Gmail.com ", None),
+    ("ph", "(650) 555-1212", "US"),
+    ("ph", "020 7946 0958", "United Kingdom"),
+    ("ph", "020 7946 0958", None),
+    ("fn", "Mary-Ann", None),
+    ("ln", "Müller", None),
+    ("db", "2/16/1997", None),
+    ("ge", "Female", None),
+    ("ct", "São Paulo", None),
+    ("st", "Ontario", "ca"),
+    ("st", "Ontario", None),
+    ("zp", "94025-1234", "us"),
+    ("zp", "SW1A 1AA", "gb"),
+    ("country", "United States", None),
+    ("external_id", "Cust-42", None),
+    ("em", sha256_hex("a@b.co").upper(), None),
+    ("ct", "d41d8cd98f00b204e9800998ecf8427e", None),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "hint"), HOT_PATH_ROWS, ids=map(_id, HOT_PATH_ROWS))
+def test_hash_wire_key_is_hash_field_with_the_hint_resolved_once(
+    field: str, value: str, hint: str | None
+) -> None:
+    region = resolve_country(hint) if hint is not None else None
+    expected = hash_field(field, value, country=hint)
+    clear_caches()
+    assert hash_wire_key(WIRE_KEYS[field], value, region) == expected  # computed
+    assert hash_wire_key(WIRE_KEYS[field], value, region) == expected  # cached or not
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "cache"),
+    [
+        ("country", "US", "places"),
+        ("st", "CA", "places"),
+        ("ct", "Austin", "places"),
+        ("zp", "94025", None),
+        ("ge", "f", "places"),
+        ("fn", "Mary", "names"),
+        ("ln", "Smith", "names"),
+        ("em", "a@b.co", None),
+        ("ph", "+1 650 555 1212", None),
+        ("db", "19970216", None),
+        ("external_id", "cust-1", None),
+    ],
+)
+def test_only_place_gender_and_name_keys_are_memoized(
+    field: str, value: str, cache: str | None
+) -> None:
+    clear_caches()
+    for _ in range(3):
+        hash_field(field, value, country="us")
+    info = cache_info()
+    for name in ("places", "names"):
+        expected = (2, 1, 1) if name == cache else (0, 0, 0)
+        assert (info[name].hits, info[name].misses, info[name].currsize) == expected
+
+
+def test_caches_are_bounded_and_clear_empties_them() -> None:
+    assert cache_info()["places"].maxsize == PLACE_CACHE_SIZE
+    assert cache_info()["names"].maxsize == NAME_CACHE_SIZE <= PLACE_CACHE_SIZE
+    hash_field("fn", "Mary")
+    hash_field("ph", "(650) 555-1212", country="United States")
+    clear_caches()
+    assert all(info.currsize == 0 for info in cache_info().values())
+
+
+def test_bad_values_are_not_cached_and_keep_raising() -> None:
+    clear_caches()
+    for _ in range(2):
+        with pytest.raises(NormalizationError):
+            hash_wire_key("zp", "---", "us")
+    assert cache_info()["places"].currsize == 0
+
+
+@pytest.mark.parametrize("value", [["Austin"], 7, None, b"Austin"])
+def test_non_text_values_raise_normalization_error_on_cached_keys_too(value: object) -> None:
+    with pytest.raises(NormalizationError):
+        hash_wire_key("ct", value, None)  # type: ignore[arg-type]
+
+
+def test_zip_compatibility_characters_stay_lowercase() -> None:
+    # NFKC inside the digit mapping turns U+2120 into capital "SM".
+    assert normalize("zp", "\x80\u2120") == "sm"

@@ -7,6 +7,9 @@ raw or already-hashed identifiers, and turn into wire dicts with
 ``Event.to_wire()``: normalized, SHA-256 hashed, compacted, with a
 :class:`~capirelay.problems.Problem` for every value that had to be dropped.
 :func:`encode_request` builds the request body for up to 1,000 events.
+:func:`prepare_wire` is the ingest fast path: the same wire form as
+``Event.model_validate(raw).to_wire()``, without building models for the
+common shape of a CAPI-shaped dict.
 """
 
 from capirelay.events._enums import (
@@ -29,6 +32,7 @@ from capirelay.events._models import (
     OriginalEventData,
     WireEvent,
 )
+from capirelay.events._prepare import prepare_wire
 from capirelay.events._request import MAX_EVENTS_PER_REQUEST, encode_request
 from capirelay.events._user_data import UserData
 
@@ -52,4 +56,5 @@ __all__ = [
     "UserData",
     "WireEvent",
     "encode_request",
+    "prepare_wire",
 ]

@@ -187,15 +187,17 @@ class CustomData(_Open):
                 out["currency"] = code
             else:
                 del out["currency"]
-                problems.append(
-                    warning(
-                        "invalid_currency",
-                        "custom_data.currency",
-                        "custom_data.currency is not an ISO 4217 code and was dropped; "
-                        "send a three-letter code such as 'usd'.",
-                    )
-                )
+                problems.append(currency_problem())
         return out
+
+
+def currency_problem() -> Problem:
+    return warning(
+        "invalid_currency",
+        "custom_data.currency",
+        "custom_data.currency is not an ISO 4217 code and was dropped; "
+        "send a three-letter code such as 'usd'.",
+    )
 
 
 class ExtInfo(_Strict):

@@ -4,7 +4,7 @@
 wire keys (``em``, ``ph`` ...) for the same field, each a string or a list of
 strings, raw or already SHA-256 hashed.  :meth:`UserData.to_wire` turns it into
 the wire dict: every customer-information key normalized and hashed through
-:func:`capirelay.normalize.hash_field`, the browser and platform ids passed
+:func:`capirelay.normalize.hash_wire_key`, the browser and platform ids passed
 through untouched.
 
 Wire-form choices:
@@ -28,12 +28,13 @@ Wire-form choices:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from capirelay.normalize import NormalizationError, hash_field, is_sha256
+from capirelay.normalize import NormalizationError, hash_wire_key, is_sha256, resolve_country
 from capirelay.problems import Problem, warning
 
 StrOrList = str | list[str]
@@ -180,39 +181,90 @@ class UserData(BaseModel):
         ``country`` is absent, already hashed or unusable.
         """
         sink: list[Problem] = [] if problems is None else problems
-        out: dict[str, Any] = {}
-        hint = default_country
-        country = self.country
-        if country is not None:
-            hashes, hint = _hash_countries(_listed(country), default_country, sink)
+        return wire_user_data(self.__dict__, model_plan(), self.country, default_country, sink)
+
+
+# One step of turning a user_data mapping into its wire dict:
+# (key in the mapping, how it goes on the wire, wire key).
+PlanStep = tuple[str, int, str]
+# The steps split by kind, each part in wire order: (key in the mapping, wire key) for the
+# list-valued hashed keys, the same for the single-value hashed keys, then the plain keys
+# (whose key in the mapping is their wire key).  Declaration order puts every kind's
+# keys after the previous kind's, so emitting the parts one after another keeps wire order.
+UserDataPlan = tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[str, ...]]
+
+
+def split_plan(steps: Sequence[PlanStep]) -> UserDataPlan:
+    """``steps`` (in declaration order, ``country`` excluded) as a :data:`UserDataPlan`."""
+    kinds = [kind for _, kind, _ in steps]
+    if kinds != sorted(kinds):
+        raise ValueError("user_data plan steps must come in declaration order")
+    return (
+        tuple((name, key) for name, kind, key in steps if kind == _MULTI),
+        tuple((name, key) for name, kind, key in steps if kind == _SINGLE),
+        tuple(name for name, kind, _ in steps if kind == _PLAIN),
+    )
+
+
+def wire_user_data(
+    values: Mapping[str, Any],
+    plan: UserDataPlan,
+    country: str | list[str] | None,
+    default_country: str | None,
+    problems: list[Problem],
+) -> dict[str, Any]:
+    """The wire ``user_data`` dict from validated values, following ``plan``.
+
+    ``plan`` names the keys of ``values`` to emit (see :data:`UserDataPlan`),
+    ``country`` excluded: it is passed separately and hashed first because
+    its first readable value is the hint for ``ph``/``st``/``zp``.  Shared by
+    :meth:`UserData.to_wire` and the model-free ingest path, so the two
+    cannot drift apart.
+    """
+    out: dict[str, Any] = {}
+    hint = default_country
+    if type(country) is str and len(country) == 2 and not country.isspace():
+        # The common case, one ISO code: never a hash, so it is its own hint if it is valid.
+        try:
+            out["country"] = [hash_wire_key("country", country)]
+            hint = country
+        except NormalizationError as exc:
+            problems.append(normalization_problem("country", exc.reason))
+    elif country is not None:
+        hashes, hint = _hash_countries(_listed(country), default_country, problems)
+        if hashes:
+            out["country"] = hashes
+    # Resolved once per event: every hinted key then hashes against the same region.
+    region = resolve_country(hint) if hint is not None else None
+    multi, single, plain = plan
+    # Three flat loops with calls inlined: they run for every key of every event.
+    for name, key in multi:
+        value = values[name]
+        if type(value) is str:
+            if value and not value.isspace():
+                try:
+                    out[key] = [hash_wire_key(key, value, region)]
+                except NormalizationError as exc:
+                    problems.append(normalization_problem(key, exc.reason))
+        elif value is not None:
+            hashes = _hash_all(key, value, region, problems)
             if hashes:
-                out["country"] = hashes
-        # One pass in declaration order: this runs once per event on the hot path.
-        for attr, value in self.__dict__.items():
-            if value is None:
-                continue
-            kind, key = _WIRE_PLAN[attr]
-            if kind == _MULTI:
-                region = hint if key in _HINTED else None
-                if type(value) is str:  # the common case: skip the list machinery
-                    hashed = _hash_one(key, value, region, sink)
-                    if hashed is not None:
-                        out[key] = [hashed]
-                else:
-                    hashes = _hash_all(key, value, region, sink)
-                    if hashes:
-                        out[key] = hashes
-            elif kind == _SINGLE:
-                hashed = _hash_one(key, value, None, sink)
-                if hashed is not None:
-                    out[key] = hashed
-            elif kind == _PLAIN:
-                if type(value) is str:
-                    value = value.strip()
-                    if not value:
-                        continue
-                out[key] = value
-        return out
+                out[key] = hashes
+    for name, key in single:
+        value = values[name]
+        if value is not None:
+            hashed = _hash_one(key, value, None, problems)
+            if hashed is not None:
+                out[key] = hashed
+    for name in plain:
+        value = values[name]
+        if type(value) is str:
+            value = value.strip()
+            if value:
+                out[name] = value
+        elif value is not None:
+            out[name] = value
+    return out
 
 
 # How each attribute goes on the wire (plain ints: compared per field, per event).
@@ -227,7 +279,6 @@ _WIRE_PLAN: Final[dict[str, tuple[int, str]]] = {
     **{key: (_SINGLE, key) for key in SINGLE_VALUE_HASHED_KEYS},
     **{key: (_PLAIN, key) for key in UNHASHED_KEYS},
 }
-_HINTED: Final = COUNTRY_HINTED_KEYS
 
 
 def _listed(value: str | list[str]) -> list[str]:
@@ -235,24 +286,27 @@ def _listed(value: str | list[str]) -> list[str]:
 
 
 def _hash_all(
-    key: str, values: list[str], country: str | None, problems: list[Problem]
+    key: str, values: list[str], region: str | None, problems: list[Problem]
 ) -> list[str]:
     hashes: list[str] = []
     for value in values:
-        hashed = _hash_one(key, value, country, problems)
+        hashed = _hash_one(key, value, region, problems)
         if hashed is not None and hashed not in hashes:
             hashes.append(hashed)
     return hashes
 
 
-def _hash_one(key: str, value: str, country: str | None, problems: list[Problem]) -> str | None:
+def _hash_one(key: str, value: str, region: str | None, problems: list[Problem]) -> str | None:
     if not value or value.isspace():
         return None
     try:
-        return hash_field(key, value, country=country)
+        return hash_wire_key(key, value, region)
     except NormalizationError as exc:
         problems.append(normalization_problem(key, exc.reason))
         return None
+
+
+_SHA256_LENGTH: Final = 64
 
 
 def _hash_countries(
@@ -269,7 +323,8 @@ def _hash_countries(
         hashed = _hash_one("country", value, None, problems)
         if hashed is None:
             continue
-        if hint is None and not is_sha256(value.strip().lower()):
+        # A SHA-256 digest is 64 characters, so shorter text skips the regex.
+        if hint is None and not (len(value) >= _SHA256_LENGTH and is_sha256(value)):
             hint = value
         if hashed not in hashes:
             hashes.append(hashed)
@@ -283,4 +338,16 @@ def normalization_problem(key: str, reason: str) -> Problem:
         f"invalid_{name}",
         f"user_data.{key}",
         f"user_data.{key} could not be normalized ({reason}) and was dropped; {fix}.",
+    )
+
+
+@functools.cache
+def model_plan() -> UserDataPlan:
+    """Every :class:`UserData` attribute but ``country``, in declaration (wire) order."""
+    return split_plan(
+        [
+            (attr, *_WIRE_PLAN[attr])
+            for attr in UserData.model_fields
+            if _WIRE_PLAN[attr][0] != _DONE
+        ]
     )

@@ -20,13 +20,35 @@ Already-hashed input passes through :func:`hash_field` unchanged (lowercased):
   certainly useless.  A 32-character value of digits only is never taken for
   a hash (it is a phone number, or a number; the SDK sends such phones
   unhashed), and ``ph`` never passes MD5 through because a phone is digits.
+
+Memoization (results only ever live in this process's memory, never on disk):
+
+* Place and gender keys (``country st ct ge``) repeat heavily in real
+  traffic (one shop's customers live in few places), so their hashes are kept
+  in a bounded LRU cache of :data:`PLACE_CACHE_SIZE` entries keyed on
+  ``(key, value, region)``.
+* First and last names (``fn ln``) repeat too, but they are personal data, so
+  their cache is small (:data:`NAME_CACHE_SIZE` entries, least recently used
+  evicted): raw names stay in memory no longer than the busiest of them do.
+* Emails, phones, dates of birth, zip codes and external ids are never cached.
+  The first four are nearly unique per customer.  Zip codes repeat more, but
+  there are tens of thousands of them: measured with distinct zips, a cache
+  that mostly misses cost more (LRU bookkeeping, and cyclic-GC time on its
+  entries) than the ~1 µs rule it would save.
+
+:func:`clear_caches` empties every cache (including the country-hint cache);
+:func:`cache_info` reports their hit rates.  :func:`hash_wire_key` is the hot
+path for code that hashes many keys of one event: it takes a wire key and a
+region already resolved with :func:`resolve_country`, so the hint is resolved
+once per event rather than once per key.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import re
 from collections.abc import Callable
+from hashlib import sha256
 
 from . import _dates, _person, _phone, _places
 from ._errors import NormalizationError
@@ -34,9 +56,13 @@ from ._errors import NormalizationError
 __all__ = [
     "WIRE_KEYS",
     "NormalizationError",
+    "cache_info",
+    "clear_caches",
     "hash_field",
+    "hash_wire_key",
     "is_sha256",
     "normalize",
+    "resolve_country",
     "sha256_hex",
 ]
 
@@ -84,6 +110,14 @@ _HINTED_RULES: dict[str, _HintedRule] = {
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
+_MD5_LENGTH = 32
+
+PLACE_CACHE_SIZE = 8192
+NAME_CACHE_SIZE = 2048
+_PLACE_KEYS = frozenset({"country", "st", "ct", "ge"})
+_NAME_KEYS = frozenset({"fn", "ln"})
+
+resolve_country = _places.resolve_country
 
 
 def normalize(field: str, value: str, *, country: str | None = None) -> str:
@@ -106,12 +140,61 @@ def normalize(field: str, value: str, *, country: str | None = None) -> str:
 def hash_field(field: str, value: str, *, country: str | None = None) -> str:
     """SHA-256 hex of :func:`normalize`'s result, or an already-hashed value as is."""
     key = _wire_key(field)
-    if isinstance(value, str):
+    region = resolve_country(country) if country is not None and key in _HINTED_RULES else None
+    return hash_wire_key(key, value, region)
+
+
+def hash_wire_key(key: str, value: str, region: str | None = None) -> str:
+    """:func:`hash_field` for a wire ``key`` and an already-resolved ``region``.
+
+    ``key`` must be a wire key (``em``, ``ph`` ...; see :data:`WIRE_KEYS`) and
+    ``region`` an ISO alpha-2 code as :func:`resolve_country` returns it, or
+    ``None``; ``region`` only matters for ``ph``, ``st`` and ``zp``.
+    Raises :class:`NormalizationError` like :func:`hash_field`.
+    """
+    if type(value) is str:
+        if key in _PLACE_KEYS:
+            return _hash_place(key, value, region if key in _HINTED_RULES else None)
+        if key in _NAME_KEYS:
+            return _hash_name(key, value)
+    return _hash_uncached(key, value, region)
+
+
+def _hash_uncached(key: str, value: str, region: str | None) -> str:
+    # Stripping only shortens, so text shorter than an MD5 digest is never a hash.
+    if isinstance(value, str) and len(value) >= _MD5_LENGTH:
         candidate = value.strip()
         if _is_hash(key, candidate):
             return candidate.lower()
-    normalized = normalize(key, value, country=country)
-    return sha256_hex(normalized)
+    rule = _RULES.get(key)
+    normalized = rule(key, value) if rule is not None else _HINTED_RULES[key](key, value, region)
+    return sha256(normalized.encode()).hexdigest()
+
+
+# Errors are not cached (lru_cache never stores an exception), so a bad value costs
+# its full rule every time; only good values, the common case, are remembered.
+_hash_place = functools.lru_cache(maxsize=PLACE_CACHE_SIZE)(_hash_uncached)
+
+
+@functools.lru_cache(maxsize=NAME_CACHE_SIZE)
+def _hash_name(key: str, value: str) -> str:
+    return _hash_uncached(key, value, None)
+
+
+def clear_caches() -> None:
+    """Forget every memoized hash and country hint (benchmarks start cold with it)."""
+    _hash_place.cache_clear()
+    _hash_name.cache_clear()
+    _places.clear_hint_cache()
+
+
+def cache_info() -> dict[str, functools._CacheInfo]:
+    """Hits, misses and size of each cache, by name."""
+    return {
+        "places": _hash_place.cache_info(),
+        "names": _hash_name.cache_info(),
+        "country_hints": _places.hint_cache_info(),
+    }
 
 
 def is_sha256(value: str) -> bool:
@@ -121,7 +204,7 @@ def is_sha256(value: str) -> bool:
 
 def sha256_hex(text: str) -> str:
     """Lowercase hex SHA-256 of ``text`` encoded as UTF-8."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return sha256(text.encode("utf-8")).hexdigest()
 
 
 def _is_hash(key: str, candidate: str) -> bool:

@@ -70,12 +70,13 @@ def phone(field: str, value: str, region: str | None) -> str:
     if not isinstance(value, str):
         raise NormalizationError(field, f"expected text, got a {type(value).__name__}")
     text = ascii_digits(value).strip().lower()
-    digits = _NON_DIGIT.sub("", _TRUNK_ZERO.sub("", _EXTENSION.sub("", text)))
-    if not digits:
-        raise NormalizationError(field, "contains no digits")
+    # Checked before the digit extraction below: a NANP match has digits and no extension.
     nanp = _NANP.fullmatch(text)
     if nanp is not None and (region in _NANP_REGIONS or text.startswith("+")):
         return "1" + nanp.group(2) + nanp.group(3) + nanp.group(4)
+    digits = _NON_DIGIT.sub("", _TRUNK_ZERO.sub("", _EXTENSION.sub("", text)))
+    if not digits:
+        raise NormalizationError(field, "contains no digits")
     if text.lstrip("( ").startswith("+"):
         return _international(field, text)
     if region is not None and region in _SUPPORTED_REGIONS:

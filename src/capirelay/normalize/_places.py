@@ -129,6 +129,14 @@ def _cached_hint(value: str) -> str | None:
         return None
 
 
+def clear_hint_cache() -> None:
+    _cached_hint.cache_clear()
+
+
+def hint_cache_info() -> functools._CacheInfo:
+    return _cached_hint.cache_info()
+
+
 def _lookup_country(text: str) -> str | None:
     key = keep_categories(text, LETTERS_MARKS)
     table = _country_table()
@@ -150,7 +158,8 @@ def state(field: str, value: str, region: str | None) -> str:
 
 
 def zip_code(field: str, value: str, region: str | None) -> str:
-    text = ascii_digits(prepare(field, value))
+    # lower() again: the NFKC inside ascii_digits can bring capitals back ("℠" -> "SM").
+    text = ascii_digits(prepare(field, value)).lower()
     if region in _US_LIKE_ZIP_COUNTRIES:
         return _us_zip(field, text, _US_ZIP)
     if region is None and _US_ZIP_NO_HINT.fullmatch(text):
