@@ -24,14 +24,17 @@ import time
 from collections.abc import Callable
 from email import policy
 from email.parser import BytesParser
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capirelay.emulator._inspect import inspection_routes
 from capirelay.emulator._quality import dataset_quality_report
@@ -453,9 +456,35 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         Route("/{version}/dataset_quality", dataset_quality, methods=["GET"]),
         Route("/{version}/{pixel_id}/events", post_events, methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, middleware=[Middleware(ClockDateHeader, state=state)])
     app.state.emulator = state
     return app
+
+
+class ClockDateHeader:
+    """Stamp every answer's ``Date`` header from the emulator's clock, as Graph does from its own.
+
+    Lets clock-skew checks run against a frozen or shifted emulator clock; servers
+    running the app turn their own ``Date`` header off so there is only one.
+    """
+
+    def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"date"]
+                headers.append((b"date", formatdate(self.state.now(), usegmt=True).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_dated)
 
 
 def _body_kind(request: Request) -> str:

@@ -76,6 +76,7 @@ class EmulatorRunner:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            date_header=False,  # the app stamps Date from the emulator's clock
             timeout_graceful_shutdown=1,
         )
         server = uvicorn.Server(config)

@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from capirelay.config import ConfigError, Settings, load_settings
+from capirelay.logs import configure_logging
 from capirelay.server.app import create_app
 
 __all__ = ["DEFAULT_GRACEFUL_SHUTDOWN_SECONDS", "build_server", "main", "serve"]
@@ -36,8 +39,12 @@ def build_server(
     port: int,
     log_level: str = "info",
     timeout_graceful_shutdown: int = DEFAULT_GRACEFUL_SHUTDOWN_SECONDS,
+    log_config: dict[str, Any] | None = LOGGING_CONFIG,
 ) -> uvicorn.Server:
-    """A configured, not yet running uvicorn server for the gateway app."""
+    """A configured, not yet running uvicorn server for the gateway app.
+
+    ``log_config=None`` leaves logging to the caller (``configure_logging``).
+    """
     config = uvicorn.Config(
         create_app(settings),
         host=host,
@@ -46,6 +53,7 @@ def build_server(
         http="auto",  # httptools when installed
         lifespan="on",
         log_level=log_level,
+        log_config=log_config,
         access_log=False,
         server_header=False,
         proxy_headers=False,
@@ -61,6 +69,7 @@ def serve(
     port: int | None = None,
     log_level: str = "info",
     timeout_graceful_shutdown: int = DEFAULT_GRACEFUL_SHUTDOWN_SECONDS,
+    log_config: dict[str, Any] | None = LOGGING_CONFIG,
 ) -> None:
     """Run the gateway until SIGTERM/SIGINT; host and port default to the settings'."""
     server = build_server(
@@ -69,6 +78,7 @@ def serve(
         port=settings.port if port is None else port,
         log_level=log_level,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
+        log_config=log_config,
     )
     server.run()
 
@@ -86,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per line (ts, level, logger, message, extra fields)",
+    )
+    parser.add_argument(
         "--graceful-timeout",
         type=int,
         default=DEFAULT_GRACEFUL_SHUTDOWN_SECONDS,
@@ -96,9 +112,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(args.log_level, json=args.log_format == "json")
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -110,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=args.graceful_timeout,
+        log_config=None,  # configure_logging above owns every logger, uvicorn's too
     )
     return 0
 

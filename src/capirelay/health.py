@@ -1,0 +1,261 @@
+"""Health of what the gateway depends on but does not control: tokens, API versions, clocks.
+
+Each pixel's access token can be revoked or expire, its pinned Graph API
+version has a sunset date, and Meta judges ``event_time`` by *its* clock, not
+ours.  None of that shows up until deliveries start failing, so this module
+asks Graph ahead of time and answers in plain data the dashboard and
+``capirelay doctor`` both render:
+
+* :func:`token_health` calls ``GET /debug_token`` per pixel (validity, expiry,
+  scopes, and whether the token's grants name the pixel);
+* :func:`version_health` reads the sunset table
+  (:func:`capirelay.graph.versions.version_status`);
+* :func:`clock_skew` compares Graph's ``Date`` response header with the local
+  clock (:func:`probe_graph` also says whether Graph answers at all).
+
+Tokens never leave this module in any form: results carry the pixel id, never
+the token, and Graph's messages pass through :func:`capirelay.graph.errors.redact`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from capirelay.config import PixelSettings, Settings
+from capirelay.graph import GraphClient, GraphError, RetryClass, explain
+from capirelay.graph.errors import redact
+from capirelay.graph.versions import VersionStatus, version_status
+
+__all__ = [
+    "PROBE_TIMEOUT",
+    "REQUIRED_SCOPE",
+    "GraphProbe",
+    "TokenHealth",
+    "clock_skew",
+    "probe_graph",
+    "token_health",
+    "version_health",
+]
+
+# The permission a system-user token needs to post events to a dataset it was given.
+REQUIRED_SCOPE = "ads_management"
+PROBE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenHealth:
+    """What Graph says about one pixel's token.
+
+    ``valid`` is None when Graph could not be asked (unreachable, retired API
+    version): unknown, not bad.  ``expires_at`` is None for tokens that never
+    expire (system-user tokens).  ``pixel_access`` is None when Graph's answer
+    does not list granular targets.  ``error`` is Graph's code and message (no
+    token in it); ``explanation`` the fix, from :func:`capirelay.graph.explain`.
+    """
+
+    pixel_id: str
+    configured: bool
+    valid: bool | None
+    expires_at: datetime | None
+    scopes: tuple[str, ...]
+    error: str | None
+    explanation: str | None
+    pixel_access: bool | None = None
+
+    def days_left(self, now: datetime | None = None) -> float | None:
+        if self.expires_at is None:
+            return None
+        now = now or datetime.now(UTC)
+        return (self.expires_at - now).total_seconds() / 86400
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pixel_id": self.pixel_id,
+            "configured": self.configured,
+            "valid": self.valid,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "scopes": list(self.scopes),
+            "pixel_access": self.pixel_access,
+            "error": self.error,
+            "explanation": self.explanation,
+        }
+
+
+async def token_health(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> dict[str, TokenHealth]:
+    """Ask ``/debug_token`` about every pixel's token, concurrently; keyed by pixel id."""
+    pixel_ids = list(settings.pixels)
+    results = await asyncio.gather(
+        *(
+            _one_token(pixel_id, settings.pixels[pixel_id], settings, transport)
+            for pixel_id in pixel_ids
+        )
+    )
+    return dict(zip(pixel_ids, results, strict=True))
+
+
+async def _one_token(
+    pixel_id: str,
+    pixel: PixelSettings,
+    settings: Settings,
+    transport: httpx.AsyncBaseTransport | None,
+) -> TokenHealth:
+    token = pixel.access_token.resolve() if pixel.access_token else None
+    if token is None:
+        where = pixel.access_token.describe() if pixel.access_token else "the configuration"
+        return TokenHealth(
+            pixel_id,
+            configured=False,
+            valid=False,
+            expires_at=None,
+            scopes=(),
+            error=f"no access token found in {where}",
+            explanation=explain(104, None),
+        )
+    app_secret = pixel.app_secret.resolve() if pixel.app_secret else None
+    with warnings.catch_warnings():
+        # A retiring version is version_health's finding; the client's warning would repeat it.
+        warnings.simplefilter("ignore", UserWarning)
+        client = GraphClient(
+            api_version=pixel.api_version,
+            base_url=settings.graph_url,
+            timeout=PROBE_TIMEOUT,
+            app_secret=app_secret,
+            transport=transport,
+        )
+    async with client:
+        try:
+            # A token may inspect itself, so no separate app token is needed.
+            answer = await client.debug_token(token, access_token=token)
+        except GraphError as err:
+            return _from_graph_error(pixel_id, err)
+    return _from_debug_data(pixel_id, answer.get("data") or {}, token)
+
+
+def _from_graph_error(pixel_id: str, err: GraphError) -> TokenHealth:
+    # Only an auth answer says something about the token; an outage or a retired
+    # version says nothing either way.
+    says_invalid = err.retry_class is RetryClass.AUTH or err.code in (190, 102)
+    code = "" if err.code is None else f" ({err.code}{_sub(err.subcode)})"
+    return TokenHealth(
+        pixel_id,
+        configured=True,
+        valid=False if says_invalid else None,
+        expires_at=None,
+        scopes=(),
+        error=f"{err.message or 'request failed'}{code}",
+        explanation=explain(err.code, err.subcode, err.status),
+    )
+
+
+def _from_debug_data(pixel_id: str, data: dict[str, Any], token: str) -> TokenHealth:
+    scopes = tuple(s for s in data.get("scopes") or () if isinstance(s, str))
+    error = data.get("error") if isinstance(data.get("error"), dict) else None
+    valid = bool(data.get("is_valid"))
+    error_text = None
+    explanation = None
+    if error is not None or not valid:
+        code = error.get("code") if error else 190
+        subcode = error.get("subcode") if error else None
+        message = str(error.get("message", "")) if error else "Graph reports the token invalid"
+        error_text = redact(f"{message} ({code}{_sub(subcode)})", (token,))
+        explanation = explain(code if isinstance(code, int) else 190, subcode)
+    return TokenHealth(
+        pixel_id,
+        configured=True,
+        valid=valid,
+        expires_at=_expiry(data.get("expires_at")),
+        scopes=scopes,
+        error=error_text,
+        explanation=explanation,
+        pixel_access=_pixel_access(pixel_id, data.get("granular_scopes")),
+    )
+
+
+def _sub(subcode: Any) -> str:
+    return "" if subcode is None else f"/{subcode}"
+
+
+def _expiry(value: Any) -> datetime | None:
+    # Graph answers 0 for "never expires".
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return datetime.fromtimestamp(value, UTC)
+    return None
+
+
+def _pixel_access(pixel_id: str, granular: Any) -> bool | None:
+    if not isinstance(granular, list) or not granular:
+        return None
+    for grant in granular:
+        if isinstance(grant, dict) and grant.get("scope") == REQUIRED_SCOPE:
+            targets = grant.get("target_ids")
+            # No target list means the scope applies to everything the user can see.
+            return targets is None or pixel_id in [str(t) for t in targets]
+    return False
+
+
+def version_health(settings: Settings, today: date | None = None) -> dict[str, VersionStatus]:
+    """Sunset status of each pixel's pinned Graph API version, keyed by pixel id."""
+    return {
+        pixel_id: version_status(pixel.api_version, today)
+        for pixel_id, pixel in settings.pixels.items()
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class GraphProbe:
+    """One unauthenticated request to Graph: did it answer, and what time does it think it is.
+
+    ``skew_seconds`` is Graph's clock minus ours (positive: Graph is ahead), to
+    within the ``Date`` header's one-second resolution; None without an answer
+    or a ``Date`` header.
+    """
+
+    reachable: bool
+    status: int | None
+    skew_seconds: float | None
+    latency_ms: float | None
+    error: str | None
+
+
+async def probe_graph(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> GraphProbe:
+    """``GET`` Graph's root without a token: any HTTP answer proves it is reachable."""
+    async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, transport=transport) as http:
+        sent_at = time.time()
+        try:
+            response = await http.get(settings.graph_url.rstrip("/") + "/")
+        except httpx.HTTPError as exc:
+            return GraphProbe(False, None, None, None, f"{type(exc).__name__}: {exc}")
+        received_at = time.time()
+    skew = _skew(response.headers.get("date"), (sent_at + received_at) / 2)
+    return GraphProbe(True, response.status_code, skew, (received_at - sent_at) * 1000, None)
+
+
+def _skew(date_header: str | None, local_time: float) -> float | None:
+    if not date_header:
+        return None
+    try:
+        remote = parsedate_to_datetime(date_header)
+    except (TypeError, ValueError):
+        return None
+    if remote.tzinfo is None:
+        remote = remote.replace(tzinfo=UTC)
+    return remote.timestamp() - local_time
+
+
+async def clock_skew(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> float | None:
+    """Graph's clock minus the local clock, in seconds; None when Graph does not say."""
+    return (await probe_graph(settings, transport=transport)).skew_seconds

@@ -1,0 +1,164 @@
+"""Structured logs: one JSON object per line, and redaction as a last line of defence.
+
+The gateway's log lines are meant for machines (Loki, CloudWatch, ``jq``) as
+much as for people: :class:`JsonFormatter` writes ``ts``, ``level``,
+``logger``, ``message`` and every ``extra=`` field (``pixel``, ``count``,
+``result``, ``latency_ms``, ``fbtrace_id``...) as one orjson-encoded line.
+
+Code in capirelay never logs a token or a raw identifier on purpose; the
+:class:`RedactionFilter` exists for the line nobody reviewed (a third-party
+library's message, an exception text echoing a request).  It masks anything
+shaped like a Meta access token (``EAA...``), ``access_token=``/``input_token=``
+parameters, e-mail addresses, formatted phone numbers and IP addresses (but
+loopback and unspecified ones) in the message, in string ``extra`` fields and
+in exception text.  Bare digit runs are left alone on purpose: pixel ids and
+timestamps are digit runs too.
+
+``configure_logging(level, json=...)`` installs one stderr handler on the root
+logger with the filter attached, for ``capirelay serve --log-format json|text``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+
+__all__ = [
+    "JsonFormatter",
+    "RedactionFilter",
+    "TextFormatter",
+    "configure_logging",
+    "redact_text",
+]
+
+# Attributes every LogRecord has; anything else on a record came from ``extra=``.
+# uvicorn's ``color_message`` is the message again with ANSI colours: noise in a JSON line.
+_RECORD_ATTRS = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+    | {"message", "asctime", "color_message"}
+)
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+_TOKEN = re.compile(r"\bEAA[A-Za-z0-9]{16,}")
+_TOKEN_PARAM = re.compile(r"(?i)\b(access_token|input_token|appsecret_proof)=[^&\s\"']+")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# A leading "+" (E.164 style) or a formatted NANP number; plain digit runs are ids.
+_PHONE = re.compile(r"(?<![\w.])\+\d[\d ().-]{6,}\d\b|(?<![\w.])\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
+_IPV6_CANDIDATE = re.compile(r"(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])")
+
+
+def _mask_ip(match: re.Match[str]) -> str:
+    text = match.group(0)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text  # a clock time like 04:03:07 or a version, not an address
+    # The server's own bind address ("running on 127.0.0.1:8080") identifies nobody.
+    if address.is_loopback or address.is_unspecified:
+        return text
+    return "[ip]"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with token-, e-mail-, phone- and IP-shaped runs masked."""
+    text = _TOKEN.sub("[token]", text)
+    text = _TOKEN_PARAM.sub(lambda m: f"{m.group(1)}=[token]", text)
+    text = _EMAIL.sub("[email]", text)
+    text = _IPV6_CANDIDATE.sub(_mask_ip, text)
+    text = _IPV4.sub(_mask_ip, text)
+    return _PHONE.sub("[phone]", text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+class RedactionFilter(logging.Filter):
+    """Rewrite each record's message and string extras with :func:`redact_text`.
+
+    The message is rendered once (``msg % args``) and stored back, so every
+    handler and formatter downstream sees only the masked text.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_text(record.getMessage())
+        record.args = None
+        for key, value in list(vars(record).items()):
+            if key not in _RECORD_ATTRS:
+                setattr(record, key, _redact_value(value))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text)
+        return True
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts level logger message`` + ``extra`` fields (+ ``exc``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in _extras(record).items():
+            entry.setdefault(key, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """The classic one-line text format, with ``extra`` fields appended as ``key=value``."""
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        return f"{line} [{extras}]" if extras else line
+
+
+def configure_logging(
+    level: str | int = "info", json: bool = False, *, stream: IO[str] | None = None
+) -> logging.Handler:
+    """Route every logger through one redacting handler on ``stream`` (stderr); returns it.
+
+    Replaces the root logger's handlers, so calling it twice does not double lines.
+    """
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if json else TextFormatter())
+    handler.addFilter(RedactionFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    # uvicorn's loggers keep their own handlers unless told to propagate.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.propagate = True
+    return handler

@@ -1,0 +1,360 @@
+"""``capirelay doctor``: verdicts and exit codes against the real emulator and a real SQLite file.
+
+Scenarios from the issue: a healthy setup, a revoked token, an expired API
+version, a stalled queue and a growing DLQ; plus the pure check functions as tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from capirelay.cli import app
+from capirelay.doctor import (
+    Check,
+    DoctorReport,
+    Status,
+    backlog_check,
+    clock_check,
+    dlq_check,
+    run_doctor,
+)
+from capirelay.emulator.testing import RunningEmulator, run_emulator
+from capirelay.graph import explain
+from capirelay.normalize import sha256_hex
+from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, QueueStats, SQLiteOutbox
+
+PIXEL = "1234567890"
+TOKEN = "EAAdoctorTOKENabcdefghijklmnopqrstu"
+TOKEN_ENV = "CAPIRELAY_TEST_DOCTOR_TOKEN"
+DAY = 86400.0
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with run_emulator(pixels={PIXEL: TOKEN}) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+
+
+def write_config(tmp_path: Path, graph_url: str, *, pixel_extra: str = "") -> Path:
+    db = tmp_path / "capirelay.db"
+    asyncio.run(_create_outbox(db))
+    config = tmp_path / "capirelay.toml"
+    config.write_text(
+        f'storage = "sqlite:///{db}"\n'
+        f'graph_url = "{graph_url}"\n'
+        f"[pixels.{PIXEL}]\n"
+        f'access_token = {{ env = "{TOKEN_ENV}" }}\n'
+        f"{pixel_extra}",
+        encoding="utf-8",
+    )
+    return config
+
+
+async def _create_outbox(db: Path) -> None:
+    box = SQLiteOutbox(db)
+    await box.open()
+    await box.close()
+
+
+def doctor(config: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    result = runner.invoke(app, ["doctor", "--config", str(config), "--json", *args])
+    return result.exit_code, orjson.loads(result.stdout)
+
+
+def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {check["name"]: check for check in report["checks"]}
+
+
+def wire_event(event_id: str, event_time: int, **user_data: Any) -> dict[str, Any]:
+    return {
+        "event_name": "Purchase",
+        "event_time": event_time,
+        "event_id": event_id,
+        "action_source": "website",
+        "event_source_url": "https://shop.example/checkout",
+        "user_data": user_data,
+        "custom_data": {"currency": "EUR", "value": 10.0},
+    }
+
+
+async def _enqueue(db: Path, events: list[dict[str, Any]], *, now: float) -> SQLiteOutbox:
+    box = SQLiteOutbox(db)
+    await box.open()
+    await box.enqueue(
+        [
+            NewEvent(
+                pixel_id=PIXEL,
+                event_name=e["event_name"],
+                event_id=e["event_id"],
+                payload=orjson.dumps(e),
+                event_time=e["event_time"],
+                deadline=e["event_time"] + 7 * DAY,
+            )
+            for e in events
+        ],
+        now=now,
+    )
+    return box
+
+
+async def stall_queue(db: Path) -> None:
+    """Events queued 6.4 days ago that nobody delivered: 14 hours left."""
+    now = time.time()
+    event_time = int(now - 6.4 * DAY)
+    events = [
+        wire_event(f"stalled-{i}", event_time, em=sha256_hex(f"user{i}@example.com"), fbc="bad")
+        for i in range(4)
+    ]
+    box = await _enqueue(db, events, now=event_time)
+    await box.close()
+
+
+async def dead_letter_recently(db: Path) -> None:
+    now = time.time()
+    events = [wire_event(f"dead-{i}", int(now - 60), fbc="IwAR-no-prefix") for i in range(3)]
+    box = await _enqueue(db, events, now=now)
+    leased = await box.lease(PIXEL, limit=10, lease_seconds=30, now=now)
+    attempt = Attempt(
+        at=now,
+        status=400,
+        code=100,
+        subcode=2804001,
+        message="Invalid parameter",
+        fbtrace_id="TRACE1",
+        retry_class="invalid",
+    )
+    await box.dead_letter(
+        [e.id for e in leased], reason=DeadLetterReason.INVALID, attempt=attempt, now=now
+    )
+    await box.close()
+
+
+def test_healthy_setup_passes_every_check(tmp_path: Path, emulator: RunningEmulator) -> None:
+    code, report = doctor(write_config(tmp_path, emulator.url))
+    assert code == 0
+    assert report["status"] == "ok"
+    assert {c["status"] for c in report["checks"]} == {"ok"}
+    names = set(by_name(report))
+    assert {"config", "storage", "graph", "clock", f"token {PIXEL}"} <= names
+    assert {f"api version {PIXEL}", "backlog", "dead letters", "match quality"} <= names
+
+
+def test_revoked_token_fails(tmp_path: Path, emulator: RunningEmulator) -> None:
+    emulator.state.revoke_token(TOKEN)
+    code, report = doctor(write_config(tmp_path, emulator.url))
+    assert code == 1
+    token = by_name(report)[f"token {PIXEL}"]
+    assert token["status"] == "fail"
+    assert "(190/463)" in token["detail"]
+    assert token["fix"] == explain(190, 463)
+    assert TOKEN not in orjson.dumps(report).decode()
+
+
+def test_expired_version_fails(tmp_path: Path, emulator: RunningEmulator) -> None:
+    config = write_config(tmp_path, emulator.url, pixel_extra='api_version = "v19.0"\n')
+    code, report = doctor(config)
+    assert code == 1
+    checks = by_name(report)
+    version = checks[f"api version {PIXEL}"]
+    assert version["status"] == "fail"
+    assert version["detail"] == "v19.0 was retired on 2026-05-21"
+    assert version["fix"].startswith(f'set api_version = "v26.0" in [pixels.{PIXEL}]')
+    # Graph refuses the retired version, so the token cannot be judged either way.
+    assert checks[f"token {PIXEL}"]["status"] == "warn"
+
+
+def test_stalled_queue_fails_with_match_hints(tmp_path: Path, emulator: RunningEmulator) -> None:
+    config = write_config(tmp_path, emulator.url)
+    asyncio.run(stall_queue(tmp_path / "capirelay.db"))
+    code, report = doctor(config)
+    assert code == 1
+    checks = by_name(report)
+    backlog = checks["backlog"]
+    assert backlog["status"] == "fail"
+    assert backlog["detail"] == "4 queued, oldest 6 days old, most urgent expires in 14 h"
+    quality = checks["match quality Purchase"]
+    assert quality["status"] == "warn"
+    assert quality["detail"] == "predicted 2.5/10 from 4 sampled events"
+    assert quality["fix"] == (
+        "100% of Purchase events lack a phone; 100% of Purchase events lack a client IP "
+        "address; 100% of Purchase events lack a first and last name"
+    )
+
+
+def test_growing_dlq_fails_and_names_the_error_class(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    config = write_config(tmp_path, emulator.url)
+    asyncio.run(dead_letter_recently(tmp_path / "capirelay.db"))
+    code, report = doctor(config)
+    assert code == 1
+    checks = by_name(report)
+    assert checks["dead letters"]["status"] == "fail"
+    assert checks["dead letters"]["detail"] == "3 dead-lettered, 3 in the last 24 h"
+    errors = checks["errors 100/2804001"]
+    assert errors["status"] == "warn"
+    assert errors["detail"] == "3 dead letters (Purchase x3)"
+    assert errors["fix"] == explain(100, 2804001)
+
+
+def test_warnings_exit_zero_unless_strict(tmp_path: Path, emulator: RunningEmulator) -> None:
+    config = write_config(tmp_path, emulator.url)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace(f'{{ env = "{TOKEN_ENV}" }}', f'"{TOKEN}"'), encoding="utf-8")
+    code, report = doctor(config)
+    assert (code, report["status"]) == (0, "warn")
+    warned = [c for c in report["checks"] if c["status"] == "warn"]
+    assert [c["name"] for c in warned] == ["config"]
+    assert TOKEN not in orjson.dumps(report).decode()
+    strict_code, _ = doctor(config, "--strict")
+    assert strict_code == 1
+
+
+def test_unreachable_graph_and_broken_config(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, report = doctor(write_config(tmp_path, f"http://127.0.0.1:{port}"))
+    assert code == 1
+    checks = by_name(report)
+    assert checks["graph"]["status"] == "fail"
+    assert checks["clock"] == {
+        "name": "clock",
+        "status": "warn",
+        "detail": "clock skew unknown: Graph did not answer",
+        "fix": None,
+    }
+    assert checks[f"token {PIXEL}"]["status"] == "warn"
+
+    broken = tmp_path / "broken.toml"
+    broken.write_text('port = "not a port"\n', encoding="utf-8")
+    code, report = doctor(broken)
+    assert code == 1
+    assert [c["name"] for c in report["checks"]] == ["config"]
+    assert report["checks"][0]["detail"].startswith("invalid configuration")
+
+
+def test_rich_table_output(tmp_path: Path, emulator: RunningEmulator) -> None:
+    emulator.state.revoke_token(TOKEN)
+    config = write_config(tmp_path, emulator.url)
+    result = runner.invoke(app, ["doctor", "--config", str(config)], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert "capirelay doctor" in result.stdout
+    assert f"token {PIXEL}" in result.stdout
+    assert "Failures: events are being lost or will be" in result.stdout
+
+
+async def test_clock_skew_from_a_frozen_emulator_clock(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    emulator.state.set_clock(time.time() + 3600)
+    from capirelay.config import load_settings
+
+    settings = load_settings(write_config_async_safe(tmp_path, emulator.url))
+    report = await run_doctor(settings=settings)
+    clock = {c.name: c for c in report.checks}["clock"]
+    assert clock.status is Status.FAIL
+    # The Date header has a one-second resolution.
+    assert clock.detail in {f"local clock is {s} s behind Graph's" for s in (3599, 3600, 3601)}
+
+
+def write_config_async_safe(tmp_path: Path, graph_url: str) -> Path:
+    """write_config without creating the outbox (no nested event loop inside async tests)."""
+    config = tmp_path / "capirelay.toml"
+    config.write_text(
+        f'storage = "sqlite:///{tmp_path / "absent.db"}"\n'
+        f'graph_url = "{graph_url}"\n'
+        f"[pixels.{PIXEL}]\n"
+        f'access_token = {{ env = "{TOKEN_ENV}" }}\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+# ---------------------------------------------------------------- pure checks
+
+
+@pytest.mark.parametrize(
+    ("skew", "status"),
+    [
+        (0.4, Status.OK),
+        (-30.0, Status.OK),
+        (45.0, Status.WARN),
+        (-299.0, Status.WARN),
+        (301.0, Status.FAIL),
+        (-3600.0, Status.FAIL),
+        (None, Status.WARN),
+    ],
+)
+def test_clock_check(skew: float | None, status: Status) -> None:
+    assert clock_check(skew, max_future_skew=300).status is status
+
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("stats", "status", "detail"),
+    [
+        (QueueStats(), Status.OK, "queue empty"),
+        (
+            QueueStats(depth=5, oldest_queued_at=NOW - 30, earliest_deadline=NOW + 6 * DAY),
+            Status.OK,
+            "5 queued, oldest 30 s old, most urgent expires in 6 days",
+        ),
+        (
+            QueueStats(depth=5, oldest_queued_at=NOW - 7200, earliest_deadline=NOW + 6 * DAY),
+            Status.WARN,
+            "5 queued, oldest 2 h old, most urgent expires in 6 days",
+        ),
+        (
+            QueueStats(depth=1, oldest_queued_at=NOW - 60, earliest_deadline=NOW + 3600),
+            Status.FAIL,
+            "1 queued, oldest 60 s old, most urgent expires in 60 min",
+        ),
+    ],
+)
+def test_backlog_check(stats: QueueStats, status: Status, detail: str) -> None:
+    check = backlog_check(stats, NOW)
+    assert (check.status, check.detail) == (status, detail)
+    assert (check.fix is None) == (status is Status.OK)
+
+
+@pytest.mark.parametrize(
+    ("size", "recent", "status"),
+    [(0, 0, Status.OK), (12, 0, Status.WARN), (12, 1, Status.FAIL)],
+)
+def test_dlq_check(size: int, recent: int, status: Status) -> None:
+    assert dlq_check(size, recent).status is status
+
+
+@pytest.mark.parametrize(
+    ("statuses", "strict", "code"),
+    [
+        ([], False, 0),
+        ([Status.OK, Status.OK], False, 0),
+        ([Status.OK, Status.WARN], False, 0),
+        ([Status.OK, Status.WARN], True, 1),
+        ([Status.WARN, Status.FAIL], False, 1),
+    ],
+)
+def test_exit_code(statuses: list[Status], strict: bool, code: int) -> None:
+    report = DoctorReport([Check(f"c{i}", s, "seen") for i, s in enumerate(statuses)])
+    assert report.exit_code(strict=strict) == code

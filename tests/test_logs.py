@@ -1,0 +1,223 @@
+"""Structured JSON logs: line shape, redaction, and the delivery engine's one line per batch."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from capirelay.config import DeliverySettings, PixelSettings, Secret, Settings
+from capirelay.delivery import DeliveryEngine
+from capirelay.emulator.testing import run_emulator
+from capirelay.logs import (
+    JsonFormatter,
+    RedactionFilter,
+    TextFormatter,
+    configure_logging,
+    redact_text,
+)
+from capirelay.metrics import Metrics
+from capirelay.normalize import sha256_hex
+from capirelay.outbox import NewEvent, SQLiteOutbox
+
+PIXEL = "1234567890123456"
+TOKEN = "EAAlogtestTOKEN0123456789abcdefXYZ"
+TOKEN_ENV = "CAPIRELAY_TEST_LOGS_TOKEN"
+
+
+def record(msg: str, *args: Any, extra: dict[str, Any] | None = None) -> logging.LogRecord:
+    rec = logging.LogRecord("capirelay.test", logging.INFO, __file__, 1, msg, args, None)
+    for key, value in (extra or {}).items():
+        setattr(rec, key, value)
+    return rec
+
+
+def json_line(rec: logging.LogRecord) -> dict[str, Any]:
+    RedactionFilter().filter(rec)
+    line = JsonFormatter().format(rec)
+    assert "\n" not in line
+    parsed: dict[str, Any] = orjson.loads(line)
+    return parsed
+
+
+def test_json_line_shape_with_extra_fields() -> None:
+    rec = record(
+        "pixel %s: %d events delivered",
+        PIXEL,
+        3,
+        extra={"pixel": PIXEL, "count": 3, "result": "ok", "latency_ms": 12.5, "fbtrace_id": "A1"},
+    )
+    line = json_line(rec)
+    assert line == {
+        "ts": line["ts"],
+        "level": "info",
+        "logger": "capirelay.test",
+        "message": f"pixel {PIXEL}: 3 events delivered",
+        "pixel": PIXEL,
+        "count": 3,
+        "result": "ok",
+        "latency_ms": 12.5,
+        "fbtrace_id": "A1",
+    }
+    assert line["ts"].endswith("+00:00") and "T" in line["ts"]
+
+
+REDACTION_CASES = [
+    (f"token {TOKEN} refused", "token [token] refused"),
+    (
+        "POST /v26.0/1/events?access_token=abc123&x=1",
+        "POST /v26.0/1/events?access_token=[token]&x=1",
+    ),
+    ("debug input_token=secret-ish", "debug input_token=[token]"),
+    ("user Jane.Doe+shop@example.co.uk failed", "user [email] failed"),
+    ("call +1 (555) 123-4567 now", "call [phone] now"),
+    ("call +33612345678 now", "call [phone] now"),
+    ("call 555-123-4567 now", "call [phone] now"),
+    ("from 203.0.113.9 via proxy", "from [ip] via proxy"),
+    ("from 2001:db8::1 via proxy", "from [ip] via proxy"),
+    # Ids, versions, clock times and hashes are not identifiers: left alone.
+    (f"pixel {PIXEL}: 12 events at 1732600000", f"pixel {PIXEL}: 12 events at 1732600000"),
+    ("api v26.0 at 04:03:07", "api v26.0 at 04:03:07"),
+    ("em " + sha256_hex("a@b.co"), "em " + sha256_hex("a@b.co")),
+    ("version 1.2.3", "version 1.2.3"),
+    ("running on http://127.0.0.1:8080 and [::1]", "running on http://127.0.0.1:8080 and [::1]"),
+    ("bound to 0.0.0.0", "bound to 0.0.0.0"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), REDACTION_CASES)
+def test_redact_text(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+
+
+def test_redaction_covers_args_extras_and_exceptions() -> None:
+    try:
+        raise ValueError(f"bad token {TOKEN} for jane@example.com")
+    except ValueError:
+        rec = logging.LogRecord(
+            "capirelay.test",
+            logging.ERROR,
+            __file__,
+            1,
+            "failed for %s",
+            ("jane@example.com",),
+            exc_info=sys.exc_info(),
+        )
+    rec.client = {"ip": "203.0.113.9", "emails": ["x@example.org"]}
+    line = json_line(rec)
+    text = orjson.dumps(line).decode()
+    for secret in (TOKEN, "jane@example.com", "203.0.113.9", "x@example.org"):
+        assert secret not in text
+    assert line["message"] == "failed for [email]"
+    assert line["client"] == {"ip": "[ip]", "emails": ["[email]"]}
+    assert "ValueError: bad token [token] for [email]" in line["exc"]
+
+
+def test_text_formatter_appends_extras() -> None:
+    rec = record("batch sent", extra={"pixel": PIXEL, "count": 2})
+    assert TextFormatter().format(rec).endswith(f"batch sent [pixel={PIXEL} count=2]")
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    uvicorn = logging.getLogger("uvicorn")
+    saved_uvicorn = (list(uvicorn.handlers), uvicorn.propagate)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    uvicorn.handlers[:] = saved_uvicorn[0]
+    uvicorn.propagate = saved_uvicorn[1]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_configure_logging_json_routes_every_logger_through_redaction() -> None:
+    stream = io.StringIO()
+    configure_logging("info", json=True, stream=stream)
+    configure_logging("info", json=True, stream=stream)  # idempotent: no doubled lines
+    logging.getLogger("capirelay.x").info("sent", extra={"pixel": PIXEL, "count": 1})
+    logging.getLogger("uvicorn.error").warning(
+        "client 203.0.113.9 hung up", extra={"color_message": "\x1b[36mclient\x1b[0m"}
+    )
+    logging.getLogger("capirelay.x").debug("not at info level")
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(x["logger"], x["message"]) for x in lines] == [
+        ("capirelay.x", "sent"),
+        ("uvicorn.error", "client [ip] hung up"),
+    ]
+    assert lines[0]["pixel"] == PIXEL
+    assert "color_message" not in lines[1]
+
+
+async def test_delivery_logs_one_json_line_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(RedactionFilter())
+    delivery_logger = logging.getLogger("capirelay.delivery")
+    delivery_logger.addHandler(handler)
+    level = delivery_logger.level
+    delivery_logger.setLevel(logging.INFO)
+    settings = Settings(
+        pixels={PIXEL: PixelSettings(access_token=Secret(env=TOKEN_ENV))},
+        delivery=DeliverySettings(linger_ms=0, poll_seconds=0.05, batch_size=1000),
+    )
+    outbox = SQLiteOutbox(tmp_path / "outbox.db")
+    await outbox.open()
+    try:
+        async with run_emulator(pixels={PIXEL: TOKEN}) as emulator:
+            settings.graph_url = emulator.url
+            now = time.time()
+            await outbox.enqueue([_event(i, now) for i in range(25)], now=now)
+            engine = DeliveryEngine(outbox, settings, Metrics())
+            await engine.start()
+            try:
+                assert await engine.drain(timeout=10)
+            finally:
+                await engine.stop(timeout=2)
+    finally:
+        await outbox.close()
+        delivery_logger.removeHandler(handler)
+        delivery_logger.setLevel(level)
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    batches = [line for line in lines if "count" in line and line.get("result") == "ok"]
+    assert len(batches) == 1
+    batch = batches[0]
+    assert batch["pixel"] == PIXEL and batch["count"] == 25
+    assert isinstance(batch["latency_ms"], float) and batch["fbtrace_id"]
+    assert TOKEN not in stream.getvalue()
+    assert "jane" not in stream.getvalue()
+
+
+def _event(i: int, now: float) -> NewEvent:
+    payload: dict[str, Any] = {
+        "event_name": "Purchase",
+        "event_time": int(now),
+        "event_id": f"order-{i}",
+        "action_source": "website",
+        "event_source_url": "https://shop.example/checkout",
+        "user_data": {
+            "em": sha256_hex(f"jane{i}@example.com"),
+            "client_user_agent": "Mozilla/5.0",
+        },
+        "custom_data": {"currency": "EUR", "value": 10.0},
+    }
+    return NewEvent(
+        pixel_id=PIXEL,
+        event_name="Purchase",
+        event_id=f"order-{i}",
+        payload=orjson.dumps(payload),
+        event_time=int(now),
+        deadline=now + 7 * 86400,
+    )
