@@ -1,0 +1,231 @@
+"""``POST /v1/webhooks/{name}``: signed notifications from shops and payment processors.
+
+One configured webhook (``[webhooks.<name>]``: a preset, a pixel, a signing
+secret, optionally a mapping file) per URL.  The order of work is what makes
+it safe:
+
+1. the raw body is read under the size limit and the vendor's signature is
+   checked on those exact bytes, in constant time, before anything is parsed:
+   a bad or missing signature is a 401 and nothing is queued;
+2. the payload is parsed, its topic found, and the mapping applied; a topic no
+   rule maps (a refund, an unpaid order) is answered 200 ``"ignored"``;
+3. each mapped event goes through :func:`capirelay.ingest.prepare_event`
+   (normalize, hash, validate) and the survivors are committed to the outbox
+   in one call.  Their ids are derived from the vendor's order id, so a
+   redelivery is answered ``"duplicate"`` and sent to Meta once.
+
+Webhook senders retry anything but a 2xx, so an event rejected by validation
+is still answered 200 (with its problems in the body and counted in metrics):
+retrying cannot fix it.  Only a storage failure is a 503, so the vendor
+retries and nothing is lost.
+
+Mappings are compiled once, by :func:`load_webhooks` when the app is built,
+so a broken mapping file stops the gateway at start with ``FILE:LINE:
+FIELD`` instead of failing on the first order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from capirelay.config import ConfigError, PixelSettings, Settings, WebhookSettings
+from capirelay.ingest import PreparedEvent, prepare_event
+from capirelay.metrics import Metrics
+from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
+from capirelay.problems import Problem
+from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
+from capirelay.sources.mapping import EventMapping, MappedEvent, MappingLoadError, load_mapping
+from capirelay.sources.webhooks import SignatureError, WebhookPreset, get_preset
+
+__all__ = ["ConfiguredWebhook", "load_webhooks", "post_webhook"]
+
+log = logging.getLogger("capirelay.webhooks")
+
+STORAGE_RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ConfiguredWebhook:
+    """A webhook ready to serve: its settings, preset and compiled mapping."""
+
+    name: str
+    settings: WebhookSettings
+    preset: WebhookPreset
+    mapping: EventMapping
+
+    @property
+    def source(self) -> str:
+        return f"webhook:{self.name}"
+
+
+def load_webhooks(settings: Settings) -> dict[str, ConfiguredWebhook]:
+    """Resolve every ``[webhooks.<name>]``; :class:`ConfigError` lists what is wrong."""
+    webhooks: dict[str, ConfiguredWebhook] = {}
+    errors: list[str] = []
+    for name, hook in settings.webhooks.items():
+        try:
+            webhooks[name] = _configure(name, hook, settings)
+        except (ValueError, MappingLoadError) as exc:
+            errors.append(f"webhooks.{name}: {exc}")
+    if errors:
+        raise ConfigError("invalid webhook configuration:\n  " + "\n  ".join(errors))
+    return webhooks
+
+
+def _configure(name: str, hook: WebhookSettings, settings: Settings) -> ConfiguredWebhook:
+    preset = get_preset(hook.preset)
+    if hook.pixel_id not in settings.pixels:
+        raise ValueError(f"pixel_id {hook.pixel_id} is not configured under [pixels]")
+    mapping = load_mapping(hook.mapping) if hook.mapping is not None else preset.default_mapping()
+    if mapping is None:
+        raise ValueError(f'preset {preset.name!r} needs mapping = "path/to/mapping.toml"')
+    return ConfiguredWebhook(name, hook, preset, mapping)
+
+
+async def post_webhook(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    metrics: Metrics = request.app.state.metrics
+    webhooks: dict[str, ConfiguredWebhook] = request.app.state.webhooks
+    webhook = webhooks.get(request.path_params["name"])
+    if webhook is None:
+        raise ApiError(
+            404, "unknown_webhook", "no webhook of that name; see [webhooks] in the config"
+        )
+    body = await read_body(request, settings.max_body_bytes)
+    if webhook.preset.is_ping(body, request.headers):
+        metrics.webhooks.labels(webhook.name, "ping").inc()
+        return JSONResponse({"webhook": webhook.name, "status": "ping"})
+    _verify(webhook, body, request, metrics)
+    payload = parse_json(body)
+    topic = webhook.preset.topic(request.headers, payload)
+    now = time.time()
+    mapped = webhook.mapping.apply(payload, now=now, topic=topic)
+    if not mapped:
+        metrics.webhooks.labels(webhook.name, "ignored").inc()
+        return JSONResponse(
+            {"webhook": webhook.name, "topic": topic, "status": "ignored", "results": []}
+        )
+    pixel = settings.pixels[webhook.settings.pixel_id]
+    prepared = [_prepare(item, webhook, pixel, settings, now) for item in mapped]
+    statuses = await _commit(request, webhook, prepared, now)
+    metrics.webhooks.labels(webhook.name, "processed").inc()
+    results = [
+        {
+            "rule": item.rule,
+            "event_name": item.event.get("event_name"),
+            "event_id": ready.event_id,
+            "status": status,
+            "problems": _problems_json([*item.problems, *ready.problems]),
+        }
+        for item, ready, status in zip(mapped, prepared, statuses, strict=True)
+    ]
+    return JSONResponse(
+        {"webhook": webhook.name, "topic": topic, "status": "processed", "results": results}
+    )
+
+
+def _verify(webhook: ConfiguredWebhook, body: bytes, request: Request, metrics: Metrics) -> None:
+    secret = webhook.settings.secret.resolve()
+    if secret is None:
+        # The vendor retries a 503, so deliveries wait for the operator instead of being lost.
+        log.error(
+            "webhook %s: signing secret not found (%s)",
+            webhook.name,
+            webhook.settings.secret.describe(),
+        )
+        raise ApiError(
+            503,
+            "webhook_secret_missing",
+            "this webhook's signing secret is not configured on the gateway yet; retry later",
+            headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+        )
+    try:
+        webhook.preset.verify(
+            body,
+            request.headers,
+            secret,
+            now=time.time(),
+            tolerance_seconds=webhook.settings.tolerance_seconds,
+        )
+    except SignatureError as exc:
+        metrics.webhooks.labels(webhook.name, "unauthorized").inc()
+        log.warning("webhook %s: signature refused: %s", webhook.name, exc.reason)
+        raise ApiError(401, "invalid_signature", exc.reason) from None
+
+
+def _prepare(
+    item: MappedEvent,
+    webhook: ConfiguredWebhook,
+    pixel: PixelSettings,
+    settings: Settings,
+    now: float,
+) -> PreparedEvent:
+    return prepare_event(
+        item.event,
+        pixel_id=webhook.settings.pixel_id,
+        pixel=pixel,
+        now=now,
+        test_event_code=webhook.settings.test_event_code or pixel.test_event_code,
+        source=webhook.source,
+        max_future_skew=settings.max_future_skew,
+    )
+
+
+async def _commit(
+    request: Request, webhook: ConfiguredWebhook, prepared: Sequence[PreparedEvent], now: float
+) -> list[str]:
+    """Enqueue the accepted events in one durable commit; one status per prepared event."""
+    outbox: Outbox = request.app.state.outbox
+    accepted = [item.new_event for item in prepared if item.new_event is not None]
+    enqueued: list[EnqueueStatus] = []
+    if accepted:
+        try:
+            enqueued = await outbox.enqueue(accepted, now=now)
+        except StorageUnavailable:
+            raise ApiError(
+                503,
+                "storage_unavailable",
+                "the gateway cannot store events right now; nothing was accepted, retry later",
+                headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+            ) from None
+    _count(request.app.state.metrics, webhook, accepted, enqueued, prepared)
+    if EnqueueStatus.QUEUED in enqueued:
+        request.app.state.engine.notify(webhook.settings.pixel_id)
+    answers = iter(enqueued)
+    return ["rejected" if item.new_event is None else str(next(answers)) for item in prepared]
+
+
+def _count(
+    metrics: Metrics,
+    webhook: ConfiguredWebhook,
+    accepted: Sequence[NewEvent],
+    enqueued: Sequence[EnqueueStatus],
+    prepared: Sequence[PreparedEvent],
+) -> None:
+    pixel_id = webhook.settings.pixel_id
+    for event, status in zip(accepted, enqueued, strict=True):
+        if status is EnqueueStatus.QUEUED:
+            metrics.accepted.labels(pixel_id, event.event_name, webhook.source).inc()
+        else:
+            metrics.duplicates.labels(pixel_id, event.event_name).inc()
+    rejected: Counter[str] = Counter()
+    for item in prepared:
+        if item.new_event is None:
+            rejected.update({problem.code for problem in item.problems if problem.is_error})
+    for code, n in rejected.items():
+        metrics.rejected.labels(pixel_id, code).inc(n)
+
+
+def _problems_json(problems: Sequence[Problem]) -> list[dict[str, Any]]:
+    return [
+        {"code": p.code, "field": p.field, "severity": p.severity.value, "message": p.message}
+        for p in problems
+    ]

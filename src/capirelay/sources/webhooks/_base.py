@@ -1,0 +1,95 @@
+"""What every webhook preset is made of, and the HMAC checks they share.
+
+A preset is data plus three small functions: ``verify`` (the vendor's
+signature scheme, on the raw bytes, before anything is parsed), ``topic``
+(which kind of notification this is) and ``is_ping`` (a setup handshake to
+answer 200 without queueing anything).  Its default mapping is a TOML file
+beside its module, loaded once.
+
+Comparisons go through :func:`hmac.compare_digest` so the time taken does not
+reveal how much of a forged signature was right.  :class:`SignatureError`
+reasons say what was wrong with the request, never the secret or the
+expected signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from capirelay.sources.mapping import EventMapping, load_mapping
+
+__all__ = [
+    "SignatureError",
+    "Verifier",
+    "WebhookPreset",
+    "header",
+    "hmac_sha256",
+    "verify_base64_hmac",
+]
+
+# Headers arrive as a case-insensitive mapping (Starlette's Headers) or a dict
+# with lowercase keys; presets look names up in lowercase.
+Headers = Mapping[str, str]
+
+
+class SignatureError(Exception):
+    """The request is not provably from the vendor; ``reason`` is safe to log and return."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Verifier(Protocol):
+    def __call__(
+        self, body: bytes, headers: Headers, secret: str, *, now: float, tolerance_seconds: int
+    ) -> None: ...
+
+
+def _never_a_ping(body: bytes, headers: Headers) -> bool:
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookPreset:
+    """One webhook source: its signature scheme, topic, handshake and default mapping."""
+
+    name: str
+    verify: Verifier
+    topic: Callable[[Headers, Any], str | None]
+    mapping_path: Path | None
+    is_ping: Callable[[bytes, Headers], bool] = field(default=_never_a_ping)
+
+    def default_mapping(self) -> EventMapping | None:
+        return _load_packaged(self.mapping_path) if self.mapping_path is not None else None
+
+
+@cache
+def _load_packaged(path: Path) -> EventMapping:
+    return load_mapping(path)
+
+
+def hmac_sha256(secret: str, message: bytes) -> bytes:
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).digest()
+
+
+def header(headers: Headers, name: str) -> str | None:
+    value = headers.get(name)
+    return value.strip() if value is not None and value.strip() else None
+
+
+def verify_base64_hmac(body: bytes, headers: Headers, name: str, secret: str) -> None:
+    """Shopify's and WooCommerce's scheme: base64(HMAC-SHA256(secret, raw body)) in ``name``."""
+    given = header(headers, name)
+    if given is None:
+        raise SignatureError(f"missing {name} header; the request is not signed")
+    expected = base64.b64encode(hmac_sha256(secret, body))
+    if not hmac.compare_digest(expected, given.encode("ascii", "replace")):
+        raise SignatureError(f"{name} does not match the body signed with the configured secret")

@@ -1,0 +1,47 @@
+"""Shopify webhooks: ``orders/paid`` → Purchase, ``checkouts/create`` → InitiateCheckout.
+
+Shopify signs each delivery with ``X-Shopify-Hmac-Sha256``: the base64
+HMAC-SHA256 of the raw body, keyed with the app's client secret (or the
+secret shown under Settings → Notifications → Webhooks for a store-created
+webhook).  The topic is ``X-Shopify-Topic``.  Any other topic (refunds,
+``orders/create`` of an unpaid order, ...) matches no rule and is answered
+200 "ignored", so Shopify does not retry it.  The default mapping is
+``mapping.toml`` beside this file; event ids are
+``shopify:{order id}:Purchase`` and ``shopify:{checkout id}:InitiateCheckout``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from capirelay.sources.webhooks._base import (
+    Headers,
+    WebhookPreset,
+    header,
+    verify_base64_hmac,
+)
+
+__all__ = ["PRESET", "SIGNATURE_HEADER", "TOPIC_HEADER", "topic", "verify"]
+
+SIGNATURE_HEADER = "x-shopify-hmac-sha256"
+TOPIC_HEADER = "x-shopify-topic"
+
+
+def verify(
+    body: bytes, headers: Headers, secret: str, *, now: float, tolerance_seconds: int
+) -> None:
+    """Raise :class:`SignatureError` unless the body carries Shopify's HMAC for ``secret``."""
+    verify_base64_hmac(body, headers, SIGNATURE_HEADER, secret)
+
+
+def topic(headers: Headers, payload: Any) -> str | None:
+    return header(headers, TOPIC_HEADER)
+
+
+PRESET = WebhookPreset(
+    name="shopify",
+    verify=verify,
+    topic=topic,
+    mapping_path=Path(__file__).with_name("mapping.toml"),
+)

@@ -1,0 +1,468 @@
+"""``POST /v1/webhooks/{name}`` end to end: signed vendor payloads in over a real loopback socket,
+the gateway's SQLite outbox, the emulator as Meta out."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from capirelay.config import ConfigError, Secret, Settings, WebhookSettings
+from capirelay.delivery.engine import DeliveryEngine
+from capirelay.emulator.testing import RunningEmulator, run_emulator
+from capirelay.metrics import Metrics
+from capirelay.outbox import SQLiteOutbox
+from capirelay.server import create_app
+from capirelay.server.routes_webhooks import load_webhooks
+from server.conftest import (
+    INGEST_KEY,
+    PIXEL_ID,
+    gateway_settings,
+    serve_in_thread,
+    wait_for,
+)
+
+from .webhook_data import SIGNERS, fixture
+
+REPO = Path(__file__).resolve().parents[2]
+CRM_MAPPING = REPO / "examples" / "mappings" / "crm.toml"
+ACCESS_TOKEN = "webhook-test-access-token"
+TOKEN_ENV = "CAPIRELAY_TEST_ACCESS_TOKEN"
+INGEST_KEY_ENV = "CAPIRELAY_TEST_INGEST_KEY"
+SECRETS = {
+    "shop": "shpss_test_secret_0123",
+    "woo": "wc_test_secret_4567",
+    "stripe": "whsec_test_secret_89ab",
+    "crm": "crm_test_secret_cdef",
+}
+PRESET_OF = {"shop": "shopify", "woo": "woocommerce", "stripe": "stripe", "crm": "mapping"}
+
+
+def secret_env(name: str) -> str:
+    return f"CAPIRELAY_TEST_WEBHOOK_{name.upper()}"
+
+
+def webhook_settings() -> dict[str, WebhookSettings]:
+    hooks = {
+        name: WebhookSettings(
+            preset=PRESET_OF[name],
+            pixel_id=PIXEL_ID,
+            secret=Secret(env=secret_env(name)),
+            mapping=CRM_MAPPING if name == "crm" else None,
+        )
+        for name in SECRETS
+    }
+    hooks["unset"] = WebhookSettings(
+        preset="shopify", pixel_id=PIXEL_ID, secret=Secret(env="CAPIRELAY_TEST_NEVER_SET")
+    )
+    return hooks
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[RunningEmulator]:
+    with run_emulator(pixels={PIXEL_ID: ACCESS_TOKEN}) as em:
+        yield em
+
+
+@pytest.fixture(scope="module")
+def settings(
+    tmp_path_factory: pytest.TempPathFactory, emulator: RunningEmulator
+) -> Iterator[Settings]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TOKEN_ENV, ACCESS_TOKEN)
+        patch.setenv(INGEST_KEY_ENV, INGEST_KEY)
+        patch.delenv("CAPIRELAY_CONFIG", raising=False)
+        patch.delenv("CAPIRELAY_TEST_NEVER_SET", raising=False)
+        for name, secret in SECRETS.items():
+            patch.setenv(secret_env(name), secret)
+        db_path = tmp_path_factory.mktemp("webhooks") / "capirelay.db"
+        yield gateway_settings(db_path, emulator.url, webhooks=webhook_settings())
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings) -> Iterator[httpx.Client]:
+    with (
+        serve_in_thread(create_app(settings)) as url,
+        httpx.Client(base_url=url, timeout=10) as http,
+    ):
+        yield http
+
+
+def unique_id() -> int:
+    return random.randrange(10**11, 10**12)
+
+
+def iso_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def post(
+    client: httpx.Client, name: str, payload: Any, topic: str = "", *, secret: str | None = None
+) -> httpx.Response:
+    body = json.dumps(payload).encode()
+    headers = SIGNERS[PRESET_OF[name]](body, secret or SECRETS[name], time.time(), topic)
+    return client.post(f"/v1/webhooks/{name}", content=body, headers=headers)
+
+
+def delivered(emulator: RunningEmulator, event_id: str) -> list[dict[str, Any]]:
+    return [
+        stored["event"]
+        for stored in emulator.state.events(PIXEL_ID)
+        if stored["event"].get("event_id") == event_id
+    ]
+
+
+def wait_delivered(emulator: RunningEmulator, event_id: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = wait_for(lambda: delivered(emulator, event_id))
+    return found[0]
+
+
+def shopify_order(**overrides: Any) -> dict[str, Any]:
+    order = fixture("shopify", "orders_paid.json")
+    order.update(id=unique_id(), processed_at=iso_now(), **overrides)
+    return order
+
+
+def woo_order(status: str, order_id: int) -> dict[str, Any]:
+    order = fixture("woocommerce", "order_processing.json")
+    now = datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+    order.update(id=order_id, status=status, date_paid_gmt=now, date_created_gmt=now)
+    return order
+
+
+def stripe_event(name: str, payment_intent: str) -> dict[str, Any]:
+    event = fixture("stripe", name)
+    event["created"] = int(time.time())
+    obj = event["data"]["object"]
+    if obj["object"] == "payment_intent":
+        obj["id"] = payment_intent
+    else:
+        obj["payment_intent"] = payment_intent
+    return event
+
+
+# ---------------------------------------------------------------------------
+# Shopify
+
+
+def test_a_paid_shopify_order_is_sent_once_even_when_redelivered(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    order = shopify_order()
+    event_id = f"shopify:{order['id']}:Purchase"
+    first = post(client, "shop", order, "orders/paid")
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "processed"
+    [result] = first.json()["results"]
+    assert (result["event_name"], result["event_id"], result["status"]) == (
+        "Purchase",
+        event_id,
+        "queued",
+    )
+    sent = wait_delivered(emulator, event_id)
+    assert sent["custom_data"]["value"] == 238.9
+    assert sent["user_data"]["em"][0] != order["email"]  # hashed before storage
+    assert order["email"] not in json.dumps(sent)
+
+    again = post(client, "shop", order, "orders/paid")
+    assert again.status_code == 200
+    assert again.json()["results"][0]["status"] == "duplicate"
+    time.sleep(0.3)  # several delivery polls: a second copy would have gone out by now
+    assert len(delivered(emulator, event_id)) == 1
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["body", "secret", "missing header"],
+)
+def test_a_bad_signature_is_401_and_queues_nothing(
+    client: httpx.Client, emulator: RunningEmulator, tamper: str
+) -> None:
+    order = shopify_order()
+    body = json.dumps(order).encode()
+    secret = "not-the-secret" if tamper == "secret" else SECRETS["shop"]
+    headers = SIGNERS["shopify"](body, secret, time.time(), "orders/paid")
+    if tamper == "missing header":
+        del headers["X-Shopify-Hmac-Sha256"]
+    if tamper == "body":
+        body = body.replace(b'"238.90"', b'"0.01"')
+    response = client.post("/v1/webhooks/shop", content=body, headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_signature"
+    # Had anything been queued, the genuine delivery would now be a duplicate.
+    genuine = post(client, "shop", order, "orders/paid")
+    assert genuine.json()["results"][0]["status"] == "queued"
+
+
+def test_a_shopify_refund_is_ignored_with_200(client: httpx.Client) -> None:
+    response = post(client, "shop", fixture("shopify", "refunds_create.json"), "refunds/create")
+    assert response.status_code == 200
+    assert response.json() == {
+        "webhook": "shop",
+        "topic": "refunds/create",
+        "status": "ignored",
+        "results": [],
+    }
+
+
+def test_an_unpaid_shopify_order_is_no_purchase(client: httpx.Client) -> None:
+    order = fixture("shopify", "orders_create_pending.json")
+    assert post(client, "shop", order, "orders/create").json()["status"] == "ignored"
+    # Even on the paid topic, the condition on financial_status holds it back.
+    assert post(client, "shop", order, "orders/paid").json()["status"] == "ignored"
+
+
+def test_a_shopify_checkout_is_an_initiate_checkout(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    checkout = fixture("shopify", "checkouts_create.json")
+    checkout.update(id=unique_id(), created_at=iso_now())
+    response = post(client, "shop", checkout, "checkouts/create")
+    [result] = response.json()["results"]
+    assert result["event_name"] == "InitiateCheckout" and result["status"] == "queued"
+    assert wait_delivered(emulator, f"shopify:{checkout['id']}:InitiateCheckout")
+
+
+def test_an_event_meta_would_reject_is_answered_200_with_its_problems(
+    client: httpx.Client,
+) -> None:
+    order = shopify_order(currency=None)
+    response = post(client, "shop", order, "orders/paid")
+    assert response.status_code == 200  # a retry by Shopify could not fix it
+    [result] = response.json()["results"]
+    assert result["status"] == "rejected"
+    assert "invalid_currency" in {problem["code"] for problem in result["problems"]}
+    metrics = client.get("/metrics").text
+    assert (
+        f'capirelay_events_rejected_total{{pixel="{PIXEL_ID}",problem="invalid_currency"}}'
+        in metrics
+    )
+
+
+# ---------------------------------------------------------------------------
+# WooCommerce
+
+
+def test_woocommerce_purchase_only_once_paid_and_only_once(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    order_id = unique_id()
+    event_id = f"woocommerce:{order_id}:Purchase"
+    for status in ("pending", "on-hold", "failed", "cancelled"):
+        response = post(client, "woo", woo_order(status, order_id), "order.created")
+        assert response.json()["status"] == "ignored", status
+    processing = post(client, "woo", woo_order("processing", order_id), "order.updated")
+    assert processing.json()["results"][0]["status"] == "queued"
+    completed = post(client, "woo", woo_order("completed", order_id), "order.updated")
+    assert completed.json()["results"][0]["status"] == "duplicate"
+    sent = wait_delivered(emulator, event_id)
+    assert sent["custom_data"] == {
+        "content_type": "product",
+        "value": 54.8,
+        "currency": "eur",
+        "order_id": str(order_id),
+        "content_ids": ["93", "22"],
+        "num_items": 3,
+        "contents": [
+            {"id": "93", "quantity": 2, "item_price": 19.95, "title": "Woo Single #1"},
+            {"id": "22", "quantity": 1, "item_price": 10.0, "title": "Ship Your Idea"},
+        ],
+    }
+    time.sleep(0.3)
+    assert len(delivered(emulator, event_id)) == 1
+
+
+def test_woocommerce_ping_on_webhook_creation_is_answered_200(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/webhooks/woo",
+        content=b"webhook_id=14",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 200
+    assert response.json() == {"webhook": "woo", "status": "ping"}
+
+
+# ---------------------------------------------------------------------------
+# Stripe
+
+
+def test_stripe_checkout_and_payment_intent_of_one_payment_are_one_purchase(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    payment_intent = f"pi_test{unique_id()}"
+    event_id = f"stripe:{payment_intent}:Purchase"
+    session = post(
+        client, "stripe", stripe_event("checkout_session_completed.json", payment_intent)
+    )
+    assert session.json()["topic"] == "checkout.session.completed"
+    assert session.json()["results"][0]["status"] == "queued"
+    intent = post(client, "stripe", stripe_event("payment_intent_succeeded.json", payment_intent))
+    assert intent.json()["results"][0]["status"] == "duplicate"
+    sent = wait_delivered(emulator, event_id)
+    assert (sent["custom_data"]["value"], sent["custom_data"]["currency"]) == (49.0, "usd")
+    assert sent["action_source"] == "website"
+
+
+def test_a_stale_stripe_signature_is_401(client: httpx.Client) -> None:
+    event = stripe_event("payment_intent_succeeded.json", f"pi_test{unique_id()}")
+    body = json.dumps(event).encode()
+    stale = time.time() - 301
+    headers = SIGNERS["stripe"](body, SECRETS["stripe"], stale)
+    response = client.post("/v1/webhooks/stripe", content=body, headers=headers)
+    assert response.status_code == 401
+    assert "more than 300 s" in response.json()["error"]["message"]
+
+
+def test_an_unpaid_stripe_checkout_is_no_purchase(client: httpx.Client) -> None:
+    event = stripe_event("checkout_session_unpaid.json", f"pi_test{unique_id()}")
+    assert post(client, "stripe", event).json()["status"] == "ignored"
+
+
+# ---------------------------------------------------------------------------
+# A user's own mapping, and the edges
+
+
+def test_a_mapping_webhook_uses_the_users_file(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    sample = json.loads((REPO / "examples" / "mappings" / "crm.sample.json").read_text())
+    sample["occurred_at"] = iso_now()
+    sample["submission"]["id"] = f"sub_{unique_id()}"
+    response = post(client, "crm", sample, "contact.form_submitted")
+    [result] = response.json()["results"]
+    assert (result["rule"], result["event_name"], result["status"]) == (
+        "form submitted",
+        "Lead",
+        "queued",
+    )
+    sent = wait_delivered(emulator, f"crm:{sample['submission']['id']}:Lead")
+    assert sent["custom_data"] == {"lead_source": "crm", "content_name": "Request a demo"}
+
+
+def test_unknown_webhook_is_404(client: httpx.Client) -> None:
+    response = client.post("/v1/webhooks/magento", content=b"{}")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_webhook"
+
+
+def test_a_webhook_whose_secret_is_missing_answers_503_so_the_vendor_retries(
+    client: httpx.Client,
+) -> None:
+    body = json.dumps(shopify_order()).encode()
+    headers = SIGNERS["shopify"](body, "anything", time.time(), "orders/paid")
+    response = client.post("/v1/webhooks/unset", content=body, headers=headers)
+    assert response.status_code == 503
+    assert response.headers["retry-after"].isdigit()
+
+
+def test_an_oversized_body_is_413_before_the_signature_is_checked(client: httpx.Client) -> None:
+    body = b"{" + b" " * (300 * 1024) + b"}"
+    response = client.post("/v1/webhooks/shop", content=body)
+    assert response.status_code == 413
+
+
+def test_signed_but_malformed_json_is_400(client: httpx.Client) -> None:
+    body = b"{not json"
+    headers = SIGNERS["shopify"](body, SECRETS["shop"], time.time(), "orders/paid")
+    response = client.post("/v1/webhooks/shop", content=body, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "malformed_json"
+
+
+def test_webhook_outcomes_are_counted(client: httpx.Client) -> None:
+    post(client, "shop", fixture("shopify", "refunds_create.json"), "refunds/create")
+    metrics = client.get("/metrics").text
+    assert 'capirelay_webhooks_total{outcome="ignored",webhook="shop"}' in metrics
+    assert 'capirelay_webhooks_total{outcome="unauthorized",webhook="shop"}' in metrics
+
+
+# ---------------------------------------------------------------------------
+# Storage failure and start-up checks (in process)
+
+
+async def test_storage_failure_is_503_so_the_vendor_retries(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # A 256 KiB quota stands in for a full disk: SQLite answers SQLITE_FULL past it.
+    outbox = SQLiteOutbox(tmp_path / "full.db", max_bytes=256 * 1024)
+    await outbox.open()
+    # An engine the app does not start: nothing drains the outbox while it fills.
+    idle_engine = DeliveryEngine(outbox, settings, Metrics())
+    app = create_app(settings, outbox=outbox, engine=idle_engine)
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
+            ) as http,
+        ):
+            # Big batches until one does not fit, then single small events until none does:
+            # what is left is smaller than the webhook's event.
+            for size, padding in ((100, 2000), (1, 200)):
+                for round_number in range(2000):
+                    filler = await http.post(
+                        "/v1/events",
+                        headers={"Authorization": f"Bearer {INGEST_KEY}"},
+                        json={"pixel_id": PIXEL_ID, "data": filler_events(size, padding)},
+                    )
+                    if filler.status_code == 503:
+                        break
+                assert filler.status_code == 503
+            body = json.dumps(shopify_order()).encode()
+            headers = SIGNERS["shopify"](body, SECRETS["shop"], time.time(), "orders/paid")
+            response = await http.post("/v1/webhooks/shop", content=body, headers=headers)
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "storage_unavailable"
+    finally:
+        await outbox.close()
+
+
+def filler_events(size: int, padding: int) -> list[dict[str, Any]]:
+    now = int(time.time())
+    return [
+        {
+            "event_name": "Purchase",
+            "event_time": now,
+            "event_id": f"fill-{unique_id()}",
+            "action_source": "website",
+            "event_source_url": "https://shop.example/",
+            "user_data": {"external_id": str(unique_id()), "client_user_agent": "x" * padding},
+            "custom_data": {"value": 1, "currency": "EUR"},
+        }
+        for _ in range(size)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("hook", "words"),
+    [
+        ({"preset": "magento"}, "unknown webhook preset 'magento'"),
+        ({"pixel_id": "999"}, "pixel_id 999 is not configured"),
+        ({"preset": "mapping"}, "needs mapping ="),
+        ({"mapping": "broken"}, "broken.toml:2: event[0].topic"),
+        ({"mapping": "missing"}, "cannot read the mapping file"),
+    ],
+)
+def test_webhook_configuration_errors_stop_the_gateway_at_start(
+    settings: Settings, tmp_path: Path, hook: dict[str, Any], words: str
+) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[[event]]\ntopic = 1\n[event.set]\nevent_name = "A"\n', encoding="utf-8")
+    values: dict[str, Any] = {"preset": "shopify", "pixel_id": PIXEL_ID, "secret": "s"}
+    values.update(hook)
+    if values.get("mapping") in ("broken", "missing"):
+        values["mapping"] = tmp_path / f"{values['mapping']}.toml"
+    bad = settings.model_copy(update={"webhooks": {"bad": WebhookSettings(**values)}})
+    with pytest.raises(ConfigError) as caught:
+        load_webhooks(bad)
+    assert "webhooks.bad:" in str(caught.value)
+    assert words in str(caught.value)
+    with pytest.raises(ConfigError):
+        create_app(bad)
