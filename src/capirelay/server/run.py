@@ -115,17 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, json=args.log_format == "json")
     try:
         settings = load_settings(args.config)
+        # Building the app validates what the settings refer to (webhook presets,
+        # mapping files): a mistake there is a config error too, not a traceback.
+        serve(
+            settings,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=args.graceful_timeout,
+            log_config=None,  # configure_logging above owns every logger, uvicorn's too
+        )
     except ConfigError as exc:
         logging.getLogger("capirelay.server").error("%s", exc)
         return 2
-    serve(
-        settings,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=args.graceful_timeout,
-        log_config=None,  # configure_logging above owns every logger, uvicorn's too
-    )
     return 0
 
 

@@ -1,0 +1,28 @@
+"""`python -m capirelay.server` exits 2 with a clear message on any configuration mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from capirelay.server.run import main
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("[delivery]\nbatch_size = 0\n", "delivery.batch_size"),
+        (
+            '[webhooks.shop]\npreset = "nosuch"\npixel_id = "123"\nsecret = {env = "X"}\n',
+            "unknown webhook preset",
+        ),
+    ],
+)
+def test_config_mistakes_exit_2_with_the_setting_named(
+    tmp_path: Path, body: str, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "capirelay.toml"
+    config.write_text(f'storage = "sqlite:///{tmp_path / "q.db"}"\n' + body)
+    assert main(["--config", str(config), "--port", "0"]) == 2
+    assert expected in capsys.readouterr().err
