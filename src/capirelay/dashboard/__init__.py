@@ -1,0 +1,138 @@
+"""The operator dashboard under ``/ui/``: what the gateway received, sent, refused, and why.
+
+Server-rendered HTML (Jinja2 templates, inline SVG charts, one small CSS
+file, no JavaScript) so it loads fast on a phone and needs no front-end
+build.  It is **off** unless ``Settings.dashboard`` names a credential (an
+admin token, or HTTP basic user and password): without one :func:`create_dashboard`
+returns ``None``, no route is added, and ``/ui/`` answers 404 like any
+unknown path.
+
+Pages: overview (per pixel and event name, with throughput and error
+plots), errors grouped by Meta code/subcode with the fix, the dead-letter
+queue (browse, inspect, replay, purge), test events, match quality (predicted
+here, and Meta's own EMQ next to it) and health (tokens, breakers, API
+versions, clock skew).  Authentication, CSRF and the rolling statistics live
+in :mod:`~capirelay.dashboard.auth`, :mod:`~capirelay.dashboard.csrf` and
+:mod:`~capirelay.dashboard.stats`.
+
+Wiring (``capirelay.server.app``)::
+
+    dashboard = create_dashboard(settings, metrics, transport=transport)
+    routes += dashboard.routes() if dashboard else []
+    # in the lifespan:  await stack.enter_async_context(dashboard.running())
+
+The routes are a plain :class:`~starlette.routing.Mount` of the gateway app,
+so handlers reach the outbox and the delivery engine through
+``request.app.state`` like every other route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from capirelay.config import Settings
+from capirelay.dashboard.auth import DashboardAuth, dashboard_enabled
+from capirelay.dashboard.meta import MetaView
+from capirelay.dashboard.stats import SAMPLE_INTERVAL_SECONDS, ActivityRecorder, DeliveryLog
+from capirelay.dashboard.views import PREFIX, Views
+from capirelay.metrics import Metrics
+
+__all__ = ["Dashboard", "create_dashboard", "dashboard_enabled"]
+
+log = logging.getLogger("capirelay.dashboard")
+
+
+class Dashboard:
+    """One gateway's dashboard: its routes, and the sampler that keeps its history."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.recorder = ActivityRecorder(metrics, clock=clock)
+        self.deliveries = DeliveryLog(clock=clock)
+        metrics.delivery_listeners.append(self.deliveries)
+        self.views = Views(
+            settings,
+            metrics,
+            auth=DashboardAuth(settings.dashboard, clock=clock),
+            recorder=self.recorder,
+            deliveries=self.deliveries,
+            meta=MetaView(settings, transport=transport, clock=clock),
+            clock=clock,
+        )
+
+    def routes(self) -> list[BaseRoute]:
+        v = self.views
+        page = v.page
+        return [
+            Mount(
+                PREFIX,
+                routes=[
+                    Route("/", page(v.overview), methods=["GET"]),
+                    Route("/login", v.login_form, methods=["GET"]),
+                    Route("/login", v.login, methods=["POST"]),
+                    Route("/logout", page(v.logout), methods=["POST"]),
+                    Route("/errors", page(v.errors), methods=["GET"]),
+                    Route("/dlq", page(v.dlq_list), methods=["GET"]),
+                    Route("/dlq/replay", page(v.dlq_replay_filtered), methods=["POST"]),
+                    Route("/dlq/purge", page(v.dlq_purge_filtered), methods=["POST"]),
+                    Route("/dlq/{dlq_id:int}", page(v.dlq_detail), methods=["GET"]),
+                    Route("/dlq/{dlq_id:int}/replay", page(v.dlq_replay_one), methods=["POST"]),
+                    Route("/dlq/{dlq_id:int}/purge", page(v.dlq_purge_one), methods=["POST"]),
+                    Route("/test-events", page(v.test_events), methods=["GET"]),
+                    Route("/quality", page(v.quality), methods=["GET"]),
+                    Route("/health", page(v.health), methods=["GET"]),
+                    # The stylesheet is public: the login page needs it, and it holds nothing.
+                    Mount(
+                        "/static",
+                        app=StaticFiles(packages=[("capirelay.dashboard", "static")]),
+                        name="dashboard-static",
+                    ),
+                ],
+            )
+        ]
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Sample the counters every few seconds while the gateway runs."""
+        task = asyncio.create_task(self._sample_forever(), name="capirelay-dashboard-sampler")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _sample_forever(self) -> None:
+        while True:
+            try:
+                self.recorder.sample()
+            except Exception:
+                # The dashboard's history must never take the gateway down.
+                log.exception("dashboard sampler failed; retrying")
+            await asyncio.sleep(SAMPLE_INTERVAL_SECONDS)
+
+
+def create_dashboard(
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Dashboard | None:
+    """The dashboard for ``settings``, or ``None`` when no credential is configured."""
+    if not dashboard_enabled(settings.dashboard):
+        return None
+    return Dashboard(settings, metrics, transport=transport)

@@ -1,0 +1,650 @@
+"""The dashboard's pages and actions: one method per route, each guarded the same way.
+
+Every request passes :meth:`Views.guard` first: no valid credential means a
+redirect to the login form (pages) or 401 (actions and basic-auth setups);
+every POST must also carry the CSRF token of its principal and must not come
+from another origin (:mod:`capirelay.dashboard.csrf`).  Actions follow
+Post/Redirect/Get, reporting their outcome as counts in the redirect's query
+string, so a reload never repeats a replay or a purge.
+
+Pages read shared state (queue, dead letters) from the outbox and per-process
+history from :mod:`capirelay.dashboard.stats`; they show wire events only
+(identifiers already hashed) and never a token.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+import orjson
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from capirelay import dlq
+from capirelay.config import Settings
+from capirelay.dashboard import charts
+from capirelay.dashboard.auth import SESSION_COOKIE, SESSION_TTL_SECONDS, DashboardAuth, Principal
+from capirelay.dashboard.csrf import (
+    CSRF_FIELD,
+    LOGIN_COOKIE,
+    csrf_token,
+    login_token,
+    same_origin,
+    verify_csrf,
+    verify_login_token,
+)
+from capirelay.dashboard.meta import MetaView
+from capirelay.dashboard.stats import (
+    DEADLINE_WINDOW_SECONDS,
+    ActivityRecorder,
+    DeliveryLog,
+    histogram_summary,
+    overview_rows,
+    percentile,
+)
+from capirelay.delivery.engine import DeliveryEngine
+from capirelay.graph import explain
+from capirelay.health import version_health
+from capirelay.metrics import Metrics
+from capirelay.outbox import DLQFilter, Outbox
+from capirelay.quality import GOOD_SCORE, MATCH_KEYS, predict_match_quality
+
+__all__ = ["Views"]
+
+PREFIX: Final = "/ui"
+DLQ_PAGE_SIZE: Final = 50
+# Code/subcode filters are applied to this many matching letters (newest first).
+DLQ_SCAN_LIMIT: Final = 2000
+QUALITY_SAMPLE_QUEUED: Final = 500
+CHART_MINUTES: Final = 60
+MIN_CHART_MINUTES: Final = 15
+MAX_FORM_BYTES: Final = 16 * 1024
+MAX_FORM_FIELDS: Final = 32
+_PAGE_CSP: Final = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+_PAGE_HEADERS: Final = {
+    "content-security-policy": _PAGE_CSP,
+    # The gateway's default "no-referrer" makes browsers send "Origin: null" on form posts.
+    "referrer-policy": "same-origin",
+}
+
+Handler = Callable[[Request, Principal], Awaitable[Response]]
+
+
+class Views:
+    """Route handlers bound to one gateway's settings, metrics and dashboard state."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        auth: DashboardAuth,
+        recorder: ActivityRecorder,
+        deliveries: DeliveryLog,
+        meta: MetaView,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.auth = auth
+        self.recorder = recorder
+        self.deliveries = deliveries
+        self.meta = meta
+        self.clock = clock
+        self.templates = Environment(
+            loader=PackageLoader("capirelay.dashboard", "templates"),
+            autoescape=select_autoescape(["html"]),
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates.filters.update(
+            ago=self._ago,
+            utc=_utc,
+            seconds=_seconds,
+            pct=_pct,
+            jsonpretty=_json_pretty,
+            delivery=_delivery_label,
+            skew=_skew,
+        )
+
+    # ----------------------------------------------------------------- guard
+
+    def page(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap a page or action handler with authentication (and CSRF for POST)."""
+
+        async def endpoint(request: Request) -> Response:
+            principal = self.auth.authenticate(request)
+            if principal is None:
+                return self._unauthenticated(request)
+            if request.method == "POST":
+                form = await read_form(request)
+                if form is None or not self._csrf_ok(request, principal, form):
+                    return _plain(403, "refused: missing or invalid CSRF token")
+            return await handler(request, principal)
+
+        return endpoint
+
+    def _csrf_ok(self, request: Request, principal: Principal, form: Mapping[str, str]) -> bool:
+        key = self.auth.signing_key()
+        return (
+            key is not None
+            and same_origin(request)
+            and verify_csrf(key, principal, form.get(CSRF_FIELD))
+        )
+
+    def _unauthenticated(self, request: Request) -> Response:
+        if request.method == "GET" and self.auth.has_login_form:
+            return RedirectResponse(f"{PREFIX}/login", status_code=303)
+        headers = (
+            {} if self.auth.has_login_form else {"WWW-Authenticate": 'Basic realm="capirelay"'}
+        )
+        return _plain(401, "authentication required", headers)
+
+    def render(
+        self, request: Request, principal: Principal | None, name: str, **context: Any
+    ) -> HTMLResponse:
+        key = self.auth.signing_key()
+        token = csrf_token(key, principal) if key is not None and principal else ""
+        html = self.templates.get_template(name).render(
+            prefix=PREFIX,
+            csrf_field=CSRF_FIELD,
+            csrf=token,
+            principal=principal,
+            path=request.url.path,
+            now=self.clock(),
+            **context,
+        )
+        return HTMLResponse(html, headers=_PAGE_HEADERS)
+
+    # ----------------------------------------------------------------- login
+
+    async def login_form(self, request: Request) -> Response:
+        if not self.auth.has_login_form:
+            return self._unauthenticated(request)
+        if self.auth.authenticate(request) is not None:
+            return RedirectResponse(f"{PREFIX}/", status_code=303)
+        return self._login_page(request, error=None, status=200)
+
+    async def login(self, request: Request) -> Response:
+        key = self.auth.signing_key()
+        if not self.auth.has_login_form or key is None:
+            return self._unauthenticated(request)
+        form = await read_form(request)
+        if (
+            form is None
+            or not same_origin(request)
+            or not verify_login_token(key, request.cookies.get(LOGIN_COOKIE), form.get(CSRF_FIELD))
+        ):
+            return _plain(403, "refused: missing or invalid CSRF token")
+        if not self.auth.check_admin_token(form.get("token", "").strip()):
+            return self._login_page(request, error="That token is not right.", status=401)
+        session = self.auth.new_session()
+        if session is None:
+            return self._unauthenticated(request)
+        cookie, _ = session
+        response = RedirectResponse(f"{PREFIX}/", status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            cookie,
+            max_age=SESSION_TTL_SECONDS,
+            path=PREFIX,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        response.delete_cookie(LOGIN_COOKIE, path=PREFIX)
+        return response
+
+    def _login_page(self, request: Request, *, error: str | None, status: int) -> Response:
+        key = self.auth.signing_key()
+        nonce = secrets.token_urlsafe(18)
+        response = self.render(
+            request,
+            None,
+            "login.html",
+            error=error,
+            login_csrf=login_token(key, nonce) if key is not None else "",
+        )
+        response.status_code = status
+        response.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            max_age=900,
+            path=PREFIX,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(self, request: Request, principal: Principal) -> Response:
+        response = RedirectResponse(
+            f"{PREFIX}/login" if self.auth.has_login_form else f"{PREFIX}/", status_code=303
+        )
+        response.delete_cookie(SESSION_COOKIE, path=PREFIX)
+        return response
+
+    # -------------------------------------------------------------- overview
+
+    async def overview(self, request: Request, principal: Principal) -> Response:
+        outbox, engine = _shared(request)
+        self.recorder.sample()
+        now = self.clock()
+        stats = await outbox.stats(now=now)
+        queue = await outbox.queue_breakdown(now=now)
+        letters = await outbox.dlq_breakdown()
+        pixels = overview_rows(
+            self.settings.pixels,
+            self.recorder.totals(),
+            self.recorder.window_totals(CHART_MINUTES),
+            queue,
+            letters,
+        )
+        latency = {
+            p.pixel_id: {
+                "graph": histogram_summary(self.metrics.send_latency, p.pixel_id),
+                "end_to_end_p50": percentile(self.deliveries.latencies(p.pixel_id), 0.5),
+                "end_to_end_p95": percentile(self.deliveries.latencies(p.pixel_id), 0.95),
+            }
+            for p in pixels
+        }
+        return self.render(
+            request,
+            principal,
+            "overview.html",
+            pixels=pixels,
+            latency=latency,
+            breakers={pid: s.breaker for pid, s in engine.status().items()},
+            stats=stats,
+            deadline_window=DEADLINE_WINDOW_SECONDS,
+            throughput=self._throughput_chart(),
+            errors_chart=self._errors_chart(),
+            since=self.recorder.started_at,
+        )
+
+    def _chart_minutes(self) -> int:
+        """A young process gets a short axis, so its first minutes are not a spike at the edge."""
+        age_minutes = math.ceil((self.clock() - self.recorder.started_at) / 60) + 1
+        return min(max(age_minutes, MIN_CHART_MINUTES), CHART_MINUTES)
+
+    def _throughput_chart(self) -> Any:
+        minutes = self._chart_minutes()
+        series = [
+            charts.Series(label, self.recorder.series(outcome, minutes=minutes))
+            for label, outcome in (
+                ("received", "received"),
+                ("sent to Meta", "sent"),
+                ("deduplicated", "duplicate"),
+            )
+        ]
+        return charts.line_chart(series, title=f"Throughput, last {_span(minutes)}")
+
+    def _errors_chart(self) -> Any:
+        minutes = self._chart_minutes()
+        series = [
+            charts.Series(label, self.recorder.series(outcome, minutes=minutes))
+            for label, outcome in (
+                ("rejected at ingest", "rejected"),
+                ("Graph errors", "graph_errors"),
+                ("dead-lettered", "dead_lettered"),
+            )
+        ]
+        return charts.bar_chart(series, title=f"Errors, last {_span(minutes)}")
+
+    # ---------------------------------------------------------------- errors
+
+    async def errors(self, request: Request, principal: Principal) -> Response:
+        outbox, engine = _shared(request)
+        self.recorder.sample()
+        groups: dict[tuple[int | None, int | None], dict[str, Any]] = {}
+        for group in await outbox.dlq_breakdown():
+            entry = groups.setdefault(
+                (group.code, group.subcode),
+                {
+                    "code": group.code,
+                    "subcode": group.subcode,
+                    "explanation": _explain_group(group.code, group.subcode, group.reason),
+                    "count": 0,
+                    "rows": [],
+                },
+            )
+            entry["count"] += group.count
+            entry["rows"].append(group)
+        return self.render(
+            request,
+            principal,
+            "errors.html",
+            groups=sorted(groups.values(), key=lambda g: -g["count"]),
+            graph_errors=self._graph_error_counts(),
+            rejected=self._counter_details("rejected"),
+            last_errors={
+                pid: (s.last_error, explain(s.last_error.code, s.last_error.subcode))
+                for pid, s in engine.status().items()
+                if s.last_error is not None
+            },
+            errors_chart=self._errors_chart(),
+        )
+
+    def _graph_error_counts(self) -> list[dict[str, Any]]:
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for (outcome, pixel, _name, detail), value in self.recorder.totals().items():
+            if outcome != "graph_errors" or not value:
+                continue
+            code_text, _, subcode_text = detail.partition("/")
+            code, subcode = _int_or_none(code_text), _int_or_none(subcode_text)
+            rows[(pixel, detail)] = {
+                "pixel_id": pixel,
+                "code": code,
+                "subcode": subcode,
+                "count": int(value),
+                "explanation": explain(code, subcode),
+            }
+        return sorted(rows.values(), key=lambda r: -r["count"])
+
+    def _counter_details(self, outcome: str) -> list[tuple[str, str, int]]:
+        return sorted(
+            (
+                (pixel, detail, int(value))
+                for (out, pixel, _name, detail), value in self.recorder.totals().items()
+                if out == outcome and value
+            ),
+            key=lambda row: -row[2],
+        )
+
+    # ------------------------------------------------------------------- DLQ
+
+    async def dlq_list(self, request: Request, principal: Principal) -> Response:
+        outbox, _ = _shared(request)
+        query = request.query_params
+        flt = DLQFilter(
+            pixel_id=query.get("pixel") or None,
+            event_name=query.get("event") or None,
+            reason=query.get("reason") or None,
+        )
+        code, subcode = _int_or_none(query.get("code")), _int_or_none(query.get("subcode"))
+        offset = max(_int_or_none(query.get("offset")) or 0, 0)
+        if code is None and subcode is None:
+            letters = await dlq.list_dead_letters(outbox, flt, DLQ_PAGE_SIZE + 1, offset)
+        else:
+            scanned = await dlq.list_dead_letters(outbox, flt, DLQ_SCAN_LIMIT, 0)
+            matching = [
+                s
+                for s in scanned
+                if (code is None or s.code == code) and (subcode is None or s.subcode == subcode)
+            ]
+            letters = matching[offset : offset + DLQ_PAGE_SIZE + 1]
+        stats = await outbox.stats(now=self.clock())
+        return self.render(
+            request,
+            principal,
+            "dlq.html",
+            letters=letters[:DLQ_PAGE_SIZE],
+            has_more=len(letters) > DLQ_PAGE_SIZE,
+            offset=offset,
+            page_size=DLQ_PAGE_SIZE,
+            filters={
+                "pixel": flt.pixel_id or "",
+                "event": flt.event_name or "",
+                "reason": flt.reason or "",
+                "code": "" if code is None else str(code),
+                "subcode": "" if subcode is None else str(subcode),
+            },
+            pixels=sorted({*self.settings.pixels, *stats.depth_by_pixel}),
+            reasons=sorted(stats.dlq_by_reason),
+            dlq_size=stats.dlq_size,
+            notice=_notice(query),
+        )
+
+    async def dlq_detail(self, request: Request, principal: Principal) -> Response:
+        outbox, _ = _shared(request)
+        dlq_id = _int_or_none(request.path_params.get("dlq_id"))
+        detail = await dlq.show(outbox, dlq_id) if dlq_id is not None else None
+        if detail is None:
+            response = self.render(request, principal, "not_found.html", what="dead letter")
+            response.status_code = 404
+            return response
+        summary = detail.summary
+        return self.render(
+            request,
+            principal,
+            "dlq_detail.html",
+            letter=summary,
+            detail=detail,
+            explanation=_explain_group(summary.code, summary.subcode, summary.reason),
+            deadline_passed=summary.deadline <= self.clock(),
+        )
+
+    async def dlq_replay_one(self, request: Request, principal: Principal) -> Response:
+        outbox, engine = _shared(request)
+        dlq_id = _int_or_none(request.path_params.get("dlq_id"))
+        report = await dlq.replay(outbox, [dlq_id] if dlq_id is not None else [], now=self.clock())
+        return self._after_replay(engine, report)
+
+    async def dlq_replay_filtered(self, request: Request, principal: Principal) -> Response:
+        outbox, engine = _shared(request)
+        flt = _form_filter(await read_form(request) or {})
+        report = await dlq.replay(outbox, flt, now=self.clock())
+        return self._after_replay(engine, report)
+
+    def _after_replay(self, engine: DeliveryEngine, report: dlq.ReplayReport) -> Response:
+        for pixel_id in self.settings.pixels:
+            engine.notify(pixel_id)
+        counts = report.counts
+        return RedirectResponse(
+            f"{PREFIX}/dlq?replayed={counts['requeued']}&invalid={counts['still_invalid']}"
+            f"&expired={counts['expired']}&missing={counts['not_found']}",
+            status_code=303,
+        )
+
+    async def dlq_purge_one(self, request: Request, principal: Principal) -> Response:
+        outbox, _ = _shared(request)
+        dlq_id = _int_or_none(request.path_params.get("dlq_id"))
+        purged = await dlq.purge(outbox, [dlq_id] if dlq_id is not None else [])
+        return RedirectResponse(f"{PREFIX}/dlq?purged={purged}", status_code=303)
+
+    async def dlq_purge_filtered(self, request: Request, principal: Principal) -> Response:
+        outbox, _ = _shared(request)
+        form = await read_form(request) or {}
+        if form.get("confirm") != "yes":
+            return _plain(400, "tick the confirmation box to purge")
+        purged = await dlq.purge(outbox, _form_filter(form))
+        return RedirectResponse(f"{PREFIX}/dlq?purged={purged}", status_code=303)
+
+    # ----------------------------------------------------------- test events
+
+    async def test_events(self, request: Request, principal: Principal) -> Response:
+        test_events = list(reversed(self.deliveries.test_events))
+        recent = list(reversed(self.deliveries.recent))[:50]
+        return self.render(
+            request,
+            principal,
+            "test_events.html",
+            test_events=test_events,
+            recent=recent,
+            test_codes={pid: p.test_event_code for pid, p in self.settings.pixels.items()},
+        )
+
+    # --------------------------------------------------------- match quality
+
+    async def quality(self, request: Request, principal: Principal) -> Response:
+        outbox, _ = _shared(request)
+        by_pixel: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for event in self.deliveries.recent:
+            by_pixel[event.pixel_id].append(event.wire())
+        for queued in await outbox.queue_sample(limit=QUALITY_SAMPLE_QUEUED):
+            decoded = orjson.loads(queued.payload)
+            if isinstance(decoded, dict):
+                by_pixel[queued.pixel_id].append(decoded)
+        reports = {pid: predict_match_quality(sample) for pid, sample in by_pixel.items()}
+        pixel_ids = sorted({*self.settings.pixels, *reports})
+        emq = {pid: await self.meta.emq(pid) for pid in pixel_ids if pid in self.settings.pixels}
+        return self.render(
+            request,
+            principal,
+            "quality.html",
+            pixel_ids=pixel_ids,
+            reports=reports,
+            samples={pid: len(sample) for pid, sample in by_pixel.items()},
+            emq=emq,
+            keys=[key.name for key in MATCH_KEYS],
+            good_score=GOOD_SCORE,
+        )
+
+    # ---------------------------------------------------------------- health
+
+    async def health(self, request: Request, principal: Principal) -> Response:
+        outbox, engine = _shared(request)
+        now = self.clock()
+        stats = await outbox.stats(now=now)
+        return self.render(
+            request,
+            principal,
+            "health.html",
+            statuses=engine.status(),
+            tokens=await self.meta.tokens(),
+            versions=version_health(self.settings),
+            probe=await self.meta.probe(),
+            storage_ok=await outbox.ping(),
+            stats=stats,
+            explain=explain,
+            deadline_window=DEADLINE_WINDOW_SECONDS,
+        )
+
+    # ------------------------------------------------------------- formatting
+
+    def _ago(self, ts: float | None) -> str:
+        if ts is None:
+            return "—"
+        return _seconds(self.clock() - ts) + " ago"
+
+
+async def read_form(request: Request) -> dict[str, str] | None:
+    """The urlencoded form of a POST (the only kind the pages send); ``None`` when unreadable.
+
+    Read here rather than with ``request.form()``: that needs python-multipart for a
+    format these forms never use.  Starlette caches the body, so reading twice is free.
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in ("", "application/x-www-form-urlencoded"):
+        return None
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return None
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), max_num_fields=MAX_FORM_FIELDS)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return dict(pairs)
+
+
+def _shared(request: Request) -> tuple[Outbox, DeliveryEngine]:
+    return request.app.state.outbox, request.app.state.engine
+
+
+def _plain(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(text + "\n", status_code=status, media_type="text/plain", headers=headers)
+
+
+def _explain_group(code: int | None, subcode: int | None, reason: str) -> str:
+    if code is None and reason == "expired":
+        return (
+            "The event's deadline (event_time + 7 days, 62 for physical_store) passed before "
+            "Meta accepted it; it can no longer be delivered. Fix what kept it queued "
+            "(token, outage) so others do not follow."
+        )
+    if code is None and reason == "rejected":
+        return "The event failed local re-validation; fix the mapping and send it again."
+    return explain(code, subcode)
+
+
+def _form_filter(form: Mapping[str, str]) -> DLQFilter:
+    def text(name: str) -> str | None:
+        return form.get(name) or None
+
+    return DLQFilter(pixel_id=text("pixel"), event_name=text("event"), reason=text("reason"))
+
+
+def _notice(query: Any) -> list[str]:
+    """Outcome lines of the last action, built from the counts in the redirect."""
+    lines = []
+    for key, template in (
+        ("replayed", "{n} dead letter(s) re-queued for delivery."),
+        ("invalid", "{n} still fail validation; fix the mapping first."),
+        ("expired", "{n} are past their deadline and cannot be sent."),
+        ("missing", "{n} were no longer in the dead-letter queue."),
+        ("purged", "{n} dead letter(s) purged."),
+    ):
+        n = _int_or_none(query.get(key))
+        if n is not None and (n or key in ("replayed", "purged")):
+            lines.append(template.format(n=n))
+    return lines
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    value = max(value, 0.0)
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.0f} min"
+    if value < 172800:
+        return f"{value / 3600:.1f} h"
+    return f"{value / 86400:.1f} d"
+
+
+_DELIVERY_LABELS: Final = {
+    "closed": "delivering",
+    "open": "paused: token or setup error",
+    "half_open": "probing",
+    "unconfigured": "no access token",
+}
+
+
+def _span(minutes: int) -> str:
+    return "hour" if minutes == 60 else f"{minutes} minutes"
+
+
+def _delivery_label(breaker: str) -> str:
+    """The breaker state in words a marketer's engineer reads without knowing the pattern."""
+    return _DELIVERY_LABELS.get(str(breaker), str(breaker))
+
+
+def _skew(seconds: float) -> str:
+    rounded = round(seconds)
+    return "0 s" if rounded == 0 else f"{rounded:+d} s"
+
+
+def _pct(share: float | None) -> str:
+    return "—" if share is None else f"{share * 100:.0f}%"
+
+
+def _json_pretty(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
