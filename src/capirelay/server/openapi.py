@@ -125,8 +125,14 @@ _COLLECT_REQUEST = {
         },
         "page_url": {"type": ["string", "null"], "description": "location.href"},
         "referrer_url": {"type": ["string", "null"], "description": "document.referrer"},
+        "fbclid": {
+            "type": ["string", "null"],
+            "description": "click id kept since the landing page; builds fbc when the "
+            "page URL and cookies carry none (or an older click)",
+        },
         "consent": {
-            "description": "false (or a denied Consent Mode signal) drops the event",
+            "description": "false (or a denied Consent Mode signal) drops the event; with the "
+            "pixel's require_consent, an absent flag drops it too",
             "oneOf": [
                 {"type": "boolean"},
                 {"type": "null"},
@@ -238,6 +244,75 @@ def _collect_operation() -> dict[str, Any]:
     }
 
 
+_WEBHOOK_RESPONSE: dict[str, Any] = {
+    "type": "object",
+    "required": ["webhook", "status"],
+    "properties": {
+        "webhook": {"type": "string"},
+        "topic": {"type": ["string", "null"]},
+        "status": {"type": "string", "enum": ["processed", "ignored", "ping"]},
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "rule": {"type": "string"},
+                    "event_name": {"type": ["string", "null"]},
+                    "event_id": {"type": "string"},
+                    "status": {"type": "string", "enum": ["queued", "duplicate", "rejected"]},
+                    "problems": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/Problem"},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def _webhook_operation() -> dict[str, Any]:
+    return {
+        "summary": "Signed webhook (Shopify, WooCommerce, Stripe, or a mapping file)",
+        "description": (
+            "The signature is checked on the raw body before anything is parsed; the payload "
+            "is mapped to CAPI events by the webhook's preset or mapping file. Events rejected "
+            "by validation are answered 200 with their problems (the vendor must not retry "
+            "them); storage failures are 503 so the vendor retries."
+        ),
+        "operationId": "postWebhook",
+        "parameters": [
+            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        "responses": {
+            "200": _json_response("processed, ignored topic, or ping", _WEBHOOK_RESPONSE),
+            "400": _error_response("signed but malformed JSON"),
+            "401": _error_response("missing or invalid signature; nothing queued"),
+            "404": _error_response("no webhook of that name"),
+            "413": _error_response("body over max_body_bytes"),
+            "503": _error_response("signing secret or storage unavailable", _RETRY_AFTER),
+        },
+    }
+
+
+def _snippet_operation() -> dict[str, Any]:
+    return {
+        "summary": "The browser snippet (capirelay.track with the pixel eventID handshake)",
+        "operationId": "getSnippet",
+        "responses": {
+            "200": {
+                "description": "JavaScript",
+                "content": {"application/javascript": {"schema": {"type": "string"}}},
+            },
+            "304": {"description": "not modified (ETag)"},
+        },
+    }
+
+
 def _preflight_operation() -> dict[str, Any]:
     return {
         "summary": "CORS preflight for the beacon",
@@ -327,6 +402,8 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/v1/events": {"post": _events_operation()},
             "/v1/collect": {"post": _collect_operation(), "options": _preflight_operation()},
+            "/v1/webhooks/{name}": {"post": _webhook_operation()},
+            "/capirelay.js": {"get": _snippet_operation()},
             **_health_paths(),
         },
         "components": {
