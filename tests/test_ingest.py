@@ -179,3 +179,30 @@ def test_unnormalizable_identifier_is_dropped_with_a_warning() -> None:
     assert "em" not in orjson.loads(prepared.new_event.payload)["user_data"]
     assert any(p.field.endswith("em") and not p.is_error for p in prepared.problems)
     assert all("not-an-email" not in p.message for p in prepared.problems)
+
+
+def test_input_the_fast_path_declines_is_prepared_by_the_model() -> None:
+    # An ISO 8601 event_time is not the fast path's exact shape; the model coerces it.
+    iso = prepare(event(event_id="order-iso", event_time="2026-09-21T14:13:20+00:00"))
+    unix = prepare(event(event_id="order-iso", event_time=1_790_000_000))
+    assert iso.new_event is not None and unix.new_event is not None
+    assert iso.new_event.payload == unix.new_event.payload
+    assert iso.new_event.event_time == 1_790_000_000
+
+
+def test_same_event_twice_gives_the_same_queued_bytes() -> None:
+    raw = event()
+    first, second = prepare(raw), prepare(raw)
+    assert first.new_event is not None and second.new_event is not None
+    assert first.new_event == second.new_event
+    assert "event_id" not in raw, "the caller's dict is not modified"
+
+
+def test_wire_problems_and_rule_problems_both_reach_the_result() -> None:
+    raw = event(event_time=int(NOW) + 3600)
+    raw["user_data"] = {**raw["user_data"], "email": "not-an-email"}
+    prepared = prepare(raw)
+    assert prepared.rejected
+    by_code = {p.code: p for p in prepared.problems}
+    assert by_code["event_in_future"].is_error
+    assert any(p.field.endswith("em") and not p.is_error for p in prepared.problems)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import enum
 import hashlib
 import math
 from typing import Any
@@ -29,6 +30,14 @@ DELETE = object()
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Text(str):
+    """A str subclass: the checks' exact-type shortcuts must not reject it."""
+
+
+class Seconds(enum.IntEnum):
+    EVENT_TIME = NOW - 60
 
 
 EM = sha("jane@example.com")
@@ -129,6 +138,9 @@ ROWS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("event_id is a number", {"event_id": 1001}, ["invalid_type"]),
     ("custom_data is a list", {"event_name": "Lead", "custom_data": []}, ["invalid_type"]),
     ("opt_out is a string", {"opt_out": "yes"}, ["invalid_type"]),
+    ("event_name is a str subclass", {"event_name": Text("Purchase")}, []),
+    ("opt_out is a bool", {"opt_out": False}, []),
+    ("event_id is a bool", {"event_id": True}, ["invalid_type"]),
     # action_source enum
     ("action_source not in the enum", {"action_source": "web"}, ["invalid_action_source"]),
     ("action_source wrong case", {"action_source": "Website"}, ["invalid_action_source"]),
@@ -136,6 +148,7 @@ ROWS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("event_time as a string", {"event_time": str(NOW)}, ["invalid_event_time"]),
     ("event_time as a float", {"event_time": NOW + 0.5}, ["invalid_event_time"]),
     ("event_time as a bool", {"event_time": True}, ["invalid_event_time"]),
+    ("event_time as an int enum", {"event_time": Seconds.EVENT_TIME}, []),
     ("exactly 7 days old", {"event_time": NOW - 7 * DAY}, []),
     ("7 days and 1 s old", {"event_time": NOW - 7 * DAY - 1}, ["event_too_old"]),
     ("event_time in ms is far future", {"event_time": NOW * 1000}, ["event_in_future"]),
@@ -158,6 +171,7 @@ ROWS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("301 s ahead", {"event_time": NOW + 301}, ["event_in_future"]),
     # website requirements
     ("website without URL", {"event_source_url": DELETE}, ["missing_website_field"]),
+    ("website with an empty URL", {"event_source_url": ""}, ["missing_website_field"]),
     (
         "website without UA",
         {"user_data.client_user_agent": DELETE},
@@ -232,6 +246,8 @@ ROWS: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     # Limited Data Use
     ("no LDU", {"data_processing_options": []}, []),
+    ("processing options sent as null", {"data_processing_options": None}, []),
+    ("a state without a country", {"data_processing_options_state": 1000}, []),
     (
         "LDU with country and state",
         {
@@ -286,6 +302,21 @@ ROWS: list[tuple[str, dict[str, Any], list[str]]] = [
         ["missing_user_data"],
     ),
     (
+        "only blank customer information",
+        customer_info_only({"em": [], "client_user_agent": "", "fn": None}),
+        ["missing_user_data"],
+    ),
+    (
+        "a blank key beside a baseline-invalid pair",
+        customer_info_only({"db": [sha("19970216")], "client_user_agent": UA, "em": []}),
+        ["insufficient_customer_info"],
+    ),
+    (
+        "zero is a value, not a blank",
+        customer_info_only({"client_ip_address": 0}),
+        ["invalid_client_ip_address"],
+    ),
+    (
         "only unknown user_data keys",
         {"action_source": "system_generated", "user_data": {"favourite_colour": "blue"}},
         ["missing_user_data"],
@@ -323,6 +354,14 @@ ROWS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("hashed external_id", {"user_data.external_id": [sha("cust-77")]}, []),
     ("raw country", {"user_data.country": "us"}, ["unhashed_pii"]),
     ("number where a hash belongs", {"user_data.zp": 94025}, ["unhashed_pii"]),
+    ("number in a list of hashes", {"user_data.em": [EM, 5]}, ["unhashed_pii"]),
+    ("digest as a str subclass", {"user_data.em": [Text(EM)]}, []),
+    ("digest not in a list", {"user_data.em": EM}, []),
+    (
+        "two raw keys, two problems",
+        {"user_data.em": "a", "user_data.ph": "1"},
+        ["unhashed_pii"] * 2,
+    ),
     # fbc / fbp grammar
     ("fbc 4 segments mixed case", {"user_data.fbc": "fb.1.1789990000000.AbCdEf-_GhIJ"}, []),
     ("fbc 5 segments (8-char appendix)", {"user_data.fbc": f"{FBC}.AQIDAQMC"}, []),
@@ -338,6 +377,8 @@ ROWS: list[tuple[str, dict[str, Any], list[str]]] = [
         ["invalid_fbc"],
     ),
     ("fbc creation time in seconds", {"user_data.fbc": "fb.1.1789990000.IwAR"}, ["invalid_fbc"]),
+    ("fbc created at the first ms time", {"user_data.fbc": "fb.1.1000000000000.IwAR"}, []),
+    ("fbc created 1 ms before it", {"user_data.fbc": "fb.1.999999999999.IwAR"}, ["invalid_fbc"]),
     ("fbc created 300 s ahead", {"user_data.fbc": f"fb.1.{(NOW + 300) * 1000}.IwAR"}, []),
     (
         "fbc created 301 s ahead",

@@ -11,9 +11,13 @@ with it.
 Input is the **wire** dict, as sent to Meta: identifiers already normalized and
 SHA-256 hashed.  Messages name the field and the fix, never a value.
 
-Validation runs on every event at ingest, so everything that can be is
-precomputed (the ISO 4217 set, the regexes, the baseline key sets) and the
-checks are plain functions over dicts.
+Validation runs on every event at ingest (and again in the emulator and on
+DLQ replay), so everything that can be is precomputed (the ISO 4217 set, the
+regexes, the baseline key sets, each field's accepted exact types), the
+per-event facts every rule needs are read once into a :class:`Context`, and
+each check settles the common, valid case with a dict lookup or two before it
+does any real work.  A check answers the shared empty tuple when it finds
+nothing, so a valid event allocates no problem lists.
 
 The ``fbc``/``fbp`` grammar is :mod:`capirelay.browser_ids`' (one definition
 for what we build and what we accept); that leaf module is this one's only
@@ -33,7 +37,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 import pycountry
 
@@ -128,6 +132,8 @@ BASELINE_INVALID_COMBINATIONS = (
     frozenset({"fn", "ge"}),
     frozenset({"ln", "ge"}),
 )
+# A key outside every combination (em, ph, fbp...) settles the rule at once.
+_BASELINE_KEYS = frozenset().union(*BASELINE_INVALID_COMBINATIONS)
 
 # (field, accepted types, what to send) for optional top-level fields.
 FIELD_TYPES: tuple[tuple[str, tuple[type, ...], str], ...] = (
@@ -145,7 +151,14 @@ FIELD_TYPES: tuple[tuple[str, tuple[type, ...], str], ...] = (
     ("opt_out", (bool,), "true or false"),
 )
 
+# The same table keyed by field, with the exact types that pass at a glance: a
+# value of another type (a subclass, a bool) gets the full isinstance test.
+_EXACT_FIELD_TYPES: dict[str, frozenset[type]] = {
+    name: frozenset(types) for name, types, _ in FIELD_TYPES
+}
+
 SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
+_match_sha256_hex = SHA256_HEX_RE.fullmatch
 EXTINFO_SLOTS = 16
 EXTINFO_VERSIONS = frozenset({"i2", "a2"})
 
@@ -184,15 +197,25 @@ def _is_blank(value: Any) -> bool:
     return value is None or value == "" or value == [] or value == {}
 
 
+def _is_filled(value: Any) -> bool:
+    """``not _is_blank(value)``; a truthy value (nearly every one) answers at once."""
+    return bool(value) or not _is_blank(value)
+
+
 def _present_user_data_keys(user_data: Mapping[str, Any]) -> frozenset[str]:
-    return frozenset(
-        key for key, value in user_data.items() if key in USER_DATA_KEYS and not _is_blank(value)
-    )
+    known = USER_DATA_KEYS.intersection(user_data)
+    for key in known:
+        if not user_data[key]:  # rare: only then can a blank value hide among them
+            return frozenset([key for key in known if _is_filled(user_data[key])])
+    return known
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
-    """What every rule needs besides the event, computed once per event."""
+class Context(NamedTuple):
+    """What every rule needs besides the event, computed once per event.
+
+    A named tuple, not a dataclass: it is built for every event validated, and
+    a tuple is the cheapest immutable record to build.
+    """
 
     now: float
     max_future_skew: int
@@ -208,12 +231,12 @@ class Context:
         custom_data = event.get("custom_data")
         user_data = user_data if isinstance(user_data, dict) else _EMPTY_MAPPING
         return cls(
-            now=now,
-            max_future_skew=max_future_skew,
-            action_source=action_source if isinstance(action_source, str) else None,
-            user_data=user_data,
-            custom_data=custom_data if isinstance(custom_data, dict) else _EMPTY_MAPPING,
-            present_user_data_keys=_present_user_data_keys(user_data),
+            now,
+            max_future_skew,
+            action_source if isinstance(action_source, str) else None,
+            user_data,
+            custom_data if isinstance(custom_data, dict) else _EMPTY_MAPPING,
+            _present_user_data_keys(user_data),
         )
 
 
@@ -230,10 +253,15 @@ class Rule:
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _is_number(value: Any) -> bool:
+    value_type = type(value)
+    if value_type is float:
+        return math.isfinite(value)
+    if value_type is int:
+        return True
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
     return math.isfinite(value)
@@ -249,6 +277,12 @@ def _max_age(action_source: str | None) -> int:
 
 def _check_required(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
     # An empty user_data object is present; missing_user_data reports it.
+    for name in REQUIRED_FIELDS:
+        value = event.get(name)
+        if value is None or value == "":
+            break
+    else:
+        return _NO_PROBLEMS
     return [
         error("missing_field", name, f"{name} is required on every server event; set it")
         for name in REQUIRED_FIELDS
@@ -263,6 +297,12 @@ def _has_type(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def _check_types(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
+    for name, value in event.items():
+        exact = _EXACT_FIELD_TYPES.get(name)
+        if exact is not None and value is not None and type(value) not in exact:
+            break
+    else:
+        return _NO_PROBLEMS
     return [
         error("invalid_type", name, f"{name} must be {expected}; send it as {expected}")
         for name, types, expected in FIELD_TYPES
@@ -332,7 +372,9 @@ def _check_in_future(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem
 
 
 def _check_website(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
-    if ctx.action_source != "website":
+    if ctx.action_source != "website" or (
+        event.get("event_source_url") and ctx.user_data.get("client_user_agent")
+    ):
         return _NO_PROBLEMS
     problems = []
     if _is_blank(event.get("event_source_url")):
@@ -476,7 +518,17 @@ def _has_ldu(event: Mapping[str, Any]) -> bool:
     return isinstance(options, list) and "LDU" in options
 
 
+def _has_processing_fields(event: Mapping[str, Any]) -> bool:
+    return (
+        "data_processing_options" in event
+        or "data_processing_options_country" in event
+        or "data_processing_options_state" in event
+    )
+
+
 def _check_processing_options(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
+    if not _has_processing_fields(event):
+        return _NO_PROBLEMS
     problems = []
     options = event.get("data_processing_options")
     if options is not None and (
@@ -503,6 +555,8 @@ def _check_processing_options(event: Mapping[str, Any], ctx: Context) -> Iterabl
 
 
 def _check_ldu_location(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
+    if not _has_processing_fields(event):
+        return _NO_PROBLEMS
     country_set = event.get("data_processing_options_country") is not None
     problems = []
     if _has_ldu(event) and not country_set:
@@ -544,7 +598,9 @@ def _check_any_user_data(event: Mapping[str, Any], ctx: Context) -> Iterable[Pro
 
 def _check_baseline(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
     present = ctx.present_user_data_keys
-    if not present or not any(present <= combo for combo in BASELINE_INVALID_COMBINATIONS):
+    if not present or not present <= _BASELINE_KEYS:
+        return _NO_PROBLEMS
+    if not any(present <= combo for combo in BASELINE_INVALID_COMBINATIONS):
         return _NO_PROBLEMS
     return [
         error(
@@ -557,30 +613,63 @@ def _check_baseline(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]
 
 
 def _is_lowercase_sha256(value: Any) -> bool:
-    return isinstance(value, str) and SHA256_HEX_RE.fullmatch(value) is not None
+    return isinstance(value, str) and _match_sha256_hex(value) is not None
+
+
+def _all_lowercase_sha256(value: Any) -> bool:
+    if isinstance(value, list):
+        for item in value:
+            # Inlined _is_lowercase_sha256: two calls saved per identifier.
+            if not isinstance(item, str) or _match_sha256_hex(item) is None:
+                return False
+        return True
+    return _is_lowercase_sha256(value)
+
+
+def _all_hashed(user_data: Mapping[str, Any]) -> bool:
+    """True when every hashed key holds digests; the one-pass screen of :func:`_check_hashed`."""
+    for key, value in user_data.items():
+        if key in _HASHED_KEYS and value is not None and not _all_lowercase_sha256(value):
+            return False
+    return True
 
 
 def _check_hashed(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
-    problems = []
-    for key, value in ctx.user_data.items():
-        if key not in _HASHED_KEYS or value is None:
-            continue
-        values = value if isinstance(value, list) else (value,)
-        if not all(_is_lowercase_sha256(item) for item in values):
-            problems.append(
-                error(
-                    "unhashed_pii",
-                    f"user_data.{key}",
-                    f"user_data.{key} must be a lowercase SHA-256 hex digest (or a list of "
-                    "them); normalize and hash the value before sending",
-                )
-            )
-    return problems
+    if _all_hashed(ctx.user_data):
+        return _NO_PROBLEMS
+    unhashed = [
+        key
+        for key, value in ctx.user_data.items()
+        if key in _HASHED_KEYS and value is not None and not _all_lowercase_sha256(value)
+    ]
+    if not unhashed:
+        return _NO_PROBLEMS
+    return [
+        error(
+            "unhashed_pii",
+            f"user_data.{key}",
+            f"user_data.{key} must be a lowercase SHA-256 hex digest (or a list of "
+            "them); normalize and hash the value before sending",
+        )
+        for key in unhashed
+    ]
 
 
-def _click_cookie_problem(
-    code: str, key: str, parsed_time_ms: int | None, ctx: Context
-) -> list[Problem]:
+def _click_cookie_problems(
+    code: str, key: str, pattern: re.Pattern[str], ctx: Context
+) -> Iterable[Problem]:
+    value = ctx.user_data.get(key)
+    if value is None:
+        return _NO_PROBLEMS
+    # The grammar is browser_ids' (one definition); matched here without
+    # building a ParsedClickCookie because this runs on every event.
+    match = pattern.fullmatch(value) if isinstance(value, str) else None
+    parsed_time_ms = int(match.group(2)) if match else None
+    if (
+        parsed_time_ms is not None
+        and MIN_CLICK_COOKIE_TIME_MS <= parsed_time_ms <= (ctx.now + ctx.max_future_skew) * 1000
+    ):
+        return _NO_PROBLEMS
     path = f"user_data.{key}"
     if parsed_time_ms is None:
         return [
@@ -595,28 +684,15 @@ def _click_cookie_problem(
         return [error(code, path, f"{path} creation time must be in milliseconds")]
     if parsed_time_ms > (ctx.now + ctx.max_future_skew) * 1000:
         return [error(code, path, f"{path} creation time is in the future; check the clock")]
-    return []
-
-
-def _creation_time_ms(pattern: re.Pattern[str], value: Any) -> int | None:
-    # The grammar is browser_ids' (one definition); matched here without
-    # building a ParsedClickCookie because this runs on every event.
-    match = pattern.fullmatch(value) if isinstance(value, str) else None
-    return int(match.group(2)) if match else None
+    return _NO_PROBLEMS
 
 
 def _check_fbc(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
-    value = ctx.user_data.get("fbc")
-    if value is None:
-        return _NO_PROBLEMS
-    return _click_cookie_problem("invalid_fbc", "fbc", _creation_time_ms(FBC_RE, value), ctx)
+    return _click_cookie_problems("invalid_fbc", "fbc", FBC_RE, ctx)
 
 
 def _check_fbp(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
-    value = ctx.user_data.get("fbp")
-    if value is None:
-        return _NO_PROBLEMS
-    return _click_cookie_problem("invalid_fbp", "fbp", _creation_time_ms(FBP_RE, value), ctx)
+    return _click_cookie_problems("invalid_fbp", "fbp", FBP_RE, ctx)
 
 
 def _is_ip_literal(text: str) -> bool:
@@ -656,7 +732,7 @@ def _check_client_ip(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem
 
 
 def _check_event_id(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
-    if not _is_blank(event.get("event_id")):
+    if _is_filled(event.get("event_id")):
         return _NO_PROBLEMS
     return [
         warning(
@@ -671,7 +747,7 @@ def _check_event_id(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]
 def _check_browser_ids(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
     if ctx.action_source != "website":
         return _NO_PROBLEMS
-    if not _is_blank(ctx.user_data.get("fbp")) or not _is_blank(ctx.user_data.get("fbc")):
+    if _is_filled(ctx.user_data.get("fbp")) or _is_filled(ctx.user_data.get("fbc")):
         return _NO_PROBLEMS
     return [
         warning(
@@ -744,6 +820,8 @@ RULES: tuple[Rule, ...] = (
     ),
 )
 
+_CHECKS: tuple[Check, ...] = tuple(rule.check for rule in RULES)
+
 
 def validate_event(
     payload: Mapping[str, Any],
@@ -756,8 +834,10 @@ def validate_event(
         return [error("invalid_type", "data[]", "each event must be a JSON object")]
     ctx = Context.of(payload, time.time() if now is None else now, max_future_skew)
     problems: list[Problem] = []
-    for rule in RULES:
-        problems.extend(rule.check(payload, ctx))
+    for check in _CHECKS:
+        found = check(payload, ctx)
+        if found:
+            problems.extend(found)
     return problems
 
 

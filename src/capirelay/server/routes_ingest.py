@@ -6,6 +6,13 @@ survivors to the outbox in one call (its group commit makes them durable) and
 answer 202 only after that commit.  A rejected event costs only itself.  When
 storage fails nothing is acknowledged: 503 with ``Retry-After``.
 
+Before a beacon is prepared, the pixel's consent policy decides whether it is
+sent at all (``capirelay.sources.consent``: consent flag, ``Sec-GPC``) and
+known crawlers are dropped when ``filter_bots``; both are counted in
+``dropped{reason}``.  Every event, beacon or server-sent, then gets the
+pixel's Limited Data Use fields before it is hashed (the place is read from
+the raw ``user_data``).
+
 The beacon is CORS-restricted per pixel (``allowed_origins``).  A preflight
 cannot name the pixel (the body is not sent), so it is answered for any
 origin some pixel allows; the POST itself is then checked against its own
@@ -19,8 +26,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from crawlerdetect import CrawlerDetect
 from starlette.requests import Request
@@ -34,6 +42,7 @@ from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavai
 from capirelay.problems import Problem
 from capirelay.server.auth import authenticate, authorize_pixel
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
+from capirelay.sources import consent
 
 __all__ = ["MAX_EVENTS_PER_REQUEST", "post_collect", "post_events", "preflight_collect"]
 
@@ -53,9 +62,9 @@ _COLLECT_FIELDS = frozenset(
         "page_url",
         "referrer_url",
         "consent",
+        "fbclid",
     }
 )
-_CONSENT_SIGNALS = ("ad_storage", "ad_user_data")
 _CORS_METHODS = "POST, OPTIONS"
 _CORS_MAX_AGE = "600"
 
@@ -76,6 +85,8 @@ async def post_events(request: Request) -> Response:
     test_event_code = (
         request.headers.get(TEST_EVENT_CODE_HEADER) or body_code or pixel.test_event_code
     )
+    if consent.ldu_active(pixel.consent):
+        events = [_with_ldu(raw, pixel) for raw in events]
     now = time.time()
     prepared = [
         prepare_event(
@@ -125,6 +136,10 @@ def _events_body(body: Any) -> tuple[str, list[Any], str | None]:
     return pixel_id, events, _optional_string(body, "test_event_code")
 
 
+def _with_ldu(raw: dict[str, Any], pixel: PixelSettings) -> dict[str, Any]:
+    return consent.apply_ldu(raw, pixel.consent, default_country=pixel.default_country)
+
+
 # ---------------------------------------------------------------------------
 # POST /v1/collect
 
@@ -139,7 +154,8 @@ class _Beacon:
     user_data: dict[str, Any]
     page_url: str | None
     referrer_url: str | None
-    consented: bool
+    consented: bool | None
+    fbclid: str | None
 
 
 async def post_collect(request: Request) -> Response:
@@ -165,7 +181,8 @@ async def _collect(
             f"add it to pixels.{beacon.pixel_id}.allowed_origins",
         )
     event_id = beacon.event_id or str(uuid.uuid4())
-    reason = _drop_reason(beacon, request.headers.get("user-agent"))
+    gpc = consent.gpc_requested(request.headers)
+    reason = _drop_reason(beacon, pixel, gpc, request.headers.get("user-agent"))
     if reason is not None:
         request.app.state.metrics.dropped.labels(beacon.pixel_id, reason).inc()
         dropped: dict[str, Any] = {"event_id": event_id, "status": "dropped", "fbp": None}
@@ -180,9 +197,17 @@ async def _collect(
         page_url=beacon.page_url,
         page_referrer=beacon.referrer_url,
     )
+    if beacon.fbclid:
+        _use_session_click_id(context, beacon.fbclid)
     now = time.time()
-    prepared = prepare_event(
+    event = consent.apply_ldu(
         _beacon_event(beacon, event_id, context, now),
+        pixel.consent,
+        default_country=pixel.default_country,
+        gpc=gpc,
+    )
+    prepared = prepare_event(
+        event,
         pixel_id=beacon.pixel_id,
         pixel=pixel,
         now=now,
@@ -206,13 +231,44 @@ async def _collect(
     return response
 
 
-def _drop_reason(beacon: _Beacon, user_agent: str | None) -> str | None:
+def _drop_reason(
+    beacon: _Beacon, pixel: PixelSettings, gpc: bool, user_agent: str | None
+) -> str | None:
     """Why this beacon is deliberately not sent: no consent, or a crawler inflating counts."""
-    if not beacon.consented:
-        return "no_consent"
-    if user_agent and _crawlers.isCrawler(user_agent):
+    reason = consent.drop_reason(beacon.consented, gpc=gpc, policy=pixel.consent)
+    if reason is not None:
+        return reason
+    if pixel.filter_bots and user_agent and _crawlers.isCrawler(user_agent):
         return "bot"
     return None
+
+
+def _use_session_click_id(context: browser_ids.BrowserContext, fbclid: str) -> None:
+    """Build ``fbc`` from the click id the snippet kept since the landing page.
+
+    The page URL's own ``fbclid`` was already used by ``from_request``; this is
+    for later pages of the visit.  A cookie for the same click is kept as is;
+    a different (older) click is replaced, and the new ``_fbc`` cookie is
+    written where the ``_fbp`` one is (same domain and flags), or not at all
+    when this request cannot set first-party cookies.
+    """
+    page = urlsplit(context.event_source_url or "")
+    if "fbclid" in parse_qs(page.query):
+        return  # the click this page was opened by wins over an earlier one
+    current = browser_ids.parse_fbc(context.fbc)
+    if current is not None and current.payload == fbclid:
+        return
+    host = page.hostname or ""
+    try:
+        context.fbc = browser_ids.build_fbc(fbclid, host)
+    except ValueError:
+        return  # not a click id; the beacon's other fields still count
+    template = next((c for c in context.cookies_to_set if c.name == browser_ids.FBP_COOKIE), None)
+    context.cookies_to_set = [c for c in context.cookies_to_set if c.name != browser_ids.FBC_COOKIE]
+    if template is not None:
+        context.cookies_to_set.append(
+            replace(template, name=browser_ids.FBC_COOKIE, value=context.fbc)
+        )
 
 
 def _beacon_body(body: Any) -> _Beacon:
@@ -228,7 +284,8 @@ def _beacon_body(body: Any) -> _Beacon:
         user_data=_optional_object(body, "user_data") or {},
         page_url=_optional_string(body, "page_url"),
         referrer_url=_optional_string(body, "referrer_url"),
-        consented=_consented(body.get("consent")),
+        consented=_consent_flag(body.get("consent")),
+        fbclid=_optional_string(body, "fbclid"),
     )
 
 
@@ -243,21 +300,11 @@ def _optional_unix_seconds(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def _consented(consent: Any) -> bool:
-    """Absent/true, false, or Consent Mode-style ``{"ad_storage": "granted"|"denied"}``."""
-    if consent is None or consent is True:
-        return True
-    if consent is False:
-        return False
-    if isinstance(consent, dict):
-        for signal, value in consent.items():
-            if signal not in _CONSENT_SIGNALS or value not in ("granted", "denied"):
-                raise _unprocessable(
-                    "consent must be true/false or an object with ad_storage / ad_user_data "
-                    "set to 'granted' or 'denied'"
-                )
-        return all(consent.get(signal, "granted") == "granted" for signal in _CONSENT_SIGNALS)
-    raise _unprocessable('consent must be true/false or {"ad_storage": "granted"|"denied"}')
+def _consent_flag(value: Any) -> bool | None:
+    try:
+        return consent.parse_consent_flag(value)
+    except consent.ConsentFlagError as exc:
+        raise _unprocessable(str(exc)) from None
 
 
 def _beacon_event(
