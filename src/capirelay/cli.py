@@ -199,7 +199,14 @@ def emulator_command(
     if not pixel:
         console.print(f"  (demo token: {DEFAULT_EMULATOR_TOKEN})", highlight=False)
     console.print("  inspect: /_emulator/stats, /_emulator/pixels/{id}/events", highlight=False)
-    uvicorn.run(create_app(state), host=host, port=port, log_level="warning", lifespan="off")
+    uvicorn.run(
+        create_app(state),
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        date_header=False,  # the app stamps Date from the emulator's clock
+    )
 
 
 def _parse_pixels(specs: list[str] | None) -> dict[str, str]:
@@ -250,11 +257,14 @@ def serve_command(
         int | None, typer.Option("--port", help="Port (default: settings.port).")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text, or json: one JSON object per line.")
+    ] = "text",
 ) -> None:
     """Run the gateway: ingest, durable queue, delivery to Meta (SIGTERM stops it gracefully)."""
     from capirelay.server.run import main as serve_main
 
-    argv = ["--log-level", log_level]
+    argv = ["--log-level", log_level, "--log-format", log_format]
     if config is not None:
         argv += ["--config", str(config)]
     if host is not None:
@@ -291,8 +301,14 @@ def demo_command(
 
 def _register_subcommands() -> None:
     from capirelay.cli_dlq import dlq_app
+    from capirelay.cli_doctor import doctor_command
+    from capirelay.cli_mapping import mapping_app
+    from capirelay.cli_migrate import migrate_command
 
     app.add_typer(dlq_app, name="dlq")
+    app.command("doctor")(doctor_command)
+    app.add_typer(mapping_app, name="mapping")
+    app.command("migrate")(migrate_command)
 
 
 _register_subcommands()

@@ -8,10 +8,22 @@ problem codes and Meta error codes.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+if TYPE_CHECKING:
+    from capirelay.outbox.base import LeasedEvent
+
+__all__ = ["CONTENT_TYPE_LATEST", "DeliveryListener", "Metrics"]
+
+log = logging.getLogger("capirelay.metrics")
+
+# (pixel_id, events Meta accepted, effective test_event_code, fbtrace_id); must not block.
+DeliveryListener = Callable[[str, "Sequence[LeasedEvent]", "str | None", "str | None"], None]
 
 
 class Metrics:
@@ -40,6 +52,12 @@ class Metrics:
             "capirelay_events_dropped_total",
             "Events deliberately not sent (bot traffic, no consent).",
             ["pixel", "reason"],
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "capirelay_webhooks_total",
+            "Webhook deliveries by outcome (processed, ignored, ping, unauthorized).",
+            ["webhook", "outcome"],
             registry=r,
         )
         self.sent = Counter(
@@ -120,6 +138,27 @@ class Metrics:
             ["pixel"],
             registry=r,
         )
+
+        # In-process observers of accepted batches (the dashboard's recent-events ring).
+        self.delivery_listeners: list[DeliveryListener] = []
+
+    def delivered(
+        self,
+        pixel_id: str,
+        events: Sequence[LeasedEvent],
+        test_event_code: str | None,
+        fbtrace_id: str | None,
+    ) -> None:
+        """Meta accepted ``events``: tell the listeners (a no-op when there are none).
+
+        A failing listener is logged and skipped: observing a delivery must never
+        turn it into a failed (and later repeated) one.
+        """
+        for listener in self.delivery_listeners:
+            try:
+                listener(pixel_id, events, test_event_code, fbtrace_id)
+            except Exception:
+                log.exception("delivery listener %r failed", listener)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,5 +1,6 @@
-"""Real things for delivery tests: the emulator on a loopback port, a SQLite outbox file,
-a delivery engine with small timings so each scenario runs in seconds."""
+"""Real things for delivery tests: the emulator on a loopback port, the outbox on each
+backend (a SQLite file, or a fresh PostgreSQL schema: see ``tests/conftest.py``), a
+delivery engine with small timings so each scenario runs in seconds."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from delivery_data import PIXEL, TOKEN, TOKEN_ENV, EngineFactory, make_settings
 from capirelay.delivery import DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.metrics import Metrics
-from capirelay.outbox import SQLiteOutbox
+from capirelay.outbox import Outbox, SQLiteOutbox
+from capirelay.outbox.postgres import PostgresOutbox
 
 
 @pytest.fixture
@@ -23,8 +25,14 @@ async def emulator() -> AsyncIterator[RunningEmulator]:
 
 
 @pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[SQLiteOutbox]:
-    box = SQLiteOutbox(tmp_path / "outbox.db", synchronous="NORMAL")
+async def outbox(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Outbox]:
+    box: Outbox
+    if backend == "postgres":
+        box = PostgresOutbox(request.getfixturevalue("postgres_url"), pool_size=4)
+    else:
+        box = SQLiteOutbox(tmp_path / "outbox.db", synchronous="NORMAL")
     await box.open()
     yield box
     await box.close()
@@ -38,7 +46,7 @@ def token_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 @pytest.fixture
 async def start_engine(
-    emulator: RunningEmulator, outbox: SQLiteOutbox, token_env: pytest.MonkeyPatch
+    emulator: RunningEmulator, outbox: Outbox, token_env: pytest.MonkeyPatch
 ) -> AsyncIterator[EngineFactory]:
     engines: list[DeliveryEngine] = []
 

@@ -365,7 +365,9 @@ async def _wait_for(condition: object, timeout: float = 10.0) -> None:
 async def test_linger_gathers_a_burst_into_one_request(
     start_engine: EngineFactory, outbox: SQLiteOutbox, emulator: RunningEmulator
 ) -> None:
-    engine = await start_engine(linger_ms=300)
+    # A long poll: a poll timeout landing inside the burst would lease the first event
+    # alone, without lingering (only a notification lingers).
+    engine = await start_engine(linger_ms=300, poll_seconds=2.0)
     await asyncio.sleep(0.1)  # the worker is idle, waiting for work
     for burst in range(3):
         await queue_events(outbox, [new_event(wire_event(f"burst-{burst}"))])

@@ -1,4 +1,9 @@
-"""A real SQLite outbox file in a temporary directory, opened and closed per test."""
+"""The outbox under test, on each backend: a SQLite file in a temporary directory, or a
+fresh PostgreSQL schema of this run's database (see ``tests/conftest.py``).
+
+The behavioural suite (``test_sqlite_outbox.py``) runs unchanged against both;
+tests of SQLite-only mechanisms are marked ``sqlite_only``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from capirelay.outbox import SQLiteOutbox
+from capirelay.outbox import Outbox, SQLiteOutbox
+from capirelay.outbox.postgres import PostgresOutbox
 
 
 @pytest.fixture
@@ -16,8 +22,14 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def outbox(db_path: Path) -> AsyncIterator[SQLiteOutbox]:
-    box = SQLiteOutbox(db_path)
+async def outbox(
+    backend: str, db_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Outbox]:
+    box: Outbox
+    if backend == "postgres":
+        box = PostgresOutbox(request.getfixturevalue("postgres_url"), pool_size=4)
+    else:
+        box = SQLiteOutbox(db_path)
     await box.open()
     yield box
     await box.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from capirelay.outbox import SQLiteOutbox, open_outbox, sqlite_path_from_url
+from capirelay.outbox.postgres import PostgresOutbox
 
 
 @pytest.mark.parametrize(
@@ -31,8 +32,6 @@ def test_sqlite_urls(url: str, path: str) -> None:
         ("sqlite:///:memory:", "in-memory"),
         ("sqlite:///", "in-memory"),
         ("sqlite:///file::memory:?cache=shared", "in-memory"),
-        ("postgresql://capirelay@db/capirelay", "not available yet"),
-        ("postgres://db/capirelay", "not available yet"),
         ("mysql://db/capirelay", "unknown storage URL scheme 'mysql'"),
         ("capirelay.db", "unknown storage URL scheme"),
     ],
@@ -48,3 +47,30 @@ def test_options_reach_the_backend(tmp_path: Path) -> None:
     assert (outbox.synchronous, outbox.max_bytes) == ("NORMAL", 1 << 20)
     with pytest.raises(ValueError, match="synchronous"):
         open_outbox(f"sqlite:///{tmp_path}/x.db", synchronous="SOMETIMES")
+
+
+@pytest.mark.parametrize(
+    ("url", "conninfo"),
+    [
+        ("postgresql://capirelay@db/capirelay", "postgresql://capirelay@db/capirelay"),
+        ("postgres://db/capirelay", "postgresql://db/capirelay"),
+        (
+            "postgresql+psycopg://u@db:5433/x?sslmode=require",
+            "postgresql://u@db:5433/x?sslmode=require",
+        ),
+    ],
+)
+def test_postgres_urls(url: str, conninfo: str) -> None:
+    outbox = open_outbox(url)
+    assert isinstance(outbox, PostgresOutbox)
+    assert outbox.conninfo == conninfo
+
+
+def test_each_backend_takes_only_its_own_options(tmp_path: Path) -> None:
+    both = {"synchronous": "NORMAL", "pool_size": 3}
+    postgres = open_outbox("postgresql://db/capirelay", **both)
+    assert isinstance(postgres, PostgresOutbox)
+    assert postgres.pool_size == 3
+    sqlite = open_outbox(f"sqlite:///{tmp_path}/x.db", **both)
+    assert isinstance(sqlite, SQLiteOutbox)
+    assert sqlite.synchronous == "NORMAL"

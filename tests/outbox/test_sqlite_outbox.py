@@ -296,6 +296,8 @@ async def test_a_newer_schema_is_refused(db_path: Path) -> None:
         await box.open()
 
 
+# Group commit is the SQLite writer thread's mechanism (PostgreSQL: one transaction per call).
+@pytest.mark.sqlite_only
 async def test_concurrent_enqueues_share_commits(outbox: SQLiteOutbox) -> None:
     calls = 200
     before = outbox.commits
@@ -308,6 +310,8 @@ async def test_concurrent_enqueues_share_commits(outbox: SQLiteOutbox) -> None:
     assert (await outbox.stats(now=T0)).depth == calls
 
 
+# SQLite group commit; the PostgreSQL variant is in tests/postgres/test_postgres_outbox.py.
+@pytest.mark.sqlite_only
 async def test_a_failing_write_does_not_fail_its_group(outbox: SQLiteOutbox) -> None:
     broken = replace(make_event("x"), payload=None)  # type: ignore[arg-type]
     results = await asyncio.gather(

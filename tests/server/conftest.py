@@ -1,5 +1,5 @@
-"""Fixtures for the gateway tests: the emulator as Meta, a tmp-dir SQLite outbox, the app on a
-real loopback socket.
+"""Fixtures for the gateway tests: the emulator as Meta, the outbox on each backend (a tmp-dir
+SQLite file, or a fresh PostgreSQL schema), the app on a real loopback socket.
 
 ``serve_in_thread(app)`` runs any ASGI app under uvicorn on 127.0.0.1 with an
 ephemeral port in a background thread and stops it on exit; the gateway's
@@ -109,9 +109,11 @@ def secrets_in_env() -> Iterator[pytest.MonkeyPatch]:
         yield patch
 
 
-def gateway_settings(db_path: Path, graph_url: str, **overrides: Any) -> Settings:
+def gateway_settings(db_path: Path | str, graph_url: str, **overrides: Any) -> Settings:
+    """Settings for the test gateway; ``db_path`` is a SQLite file or a storage URL."""
+    storage = db_path if isinstance(db_path, str) else f"sqlite:///{db_path}"
     values: dict[str, Any] = {
-        "storage": f"sqlite:///{db_path}",
+        "storage": storage,
         "graph_url": graph_url,
         "pixels": {
             PIXEL_ID: PixelSettings(
@@ -143,11 +145,24 @@ def db_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def storage_url(backend: str, db_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The gateway's storage for this module and backend (the whole module runs per backend)."""
+    if backend == "postgres":
+        with request.getfixturevalue("pg_schema")() as url:
+            yield url
+    else:
+        yield f"sqlite:///{db_path}"
+
+
+@pytest.fixture(scope="module")
 def settings(
-    db_path: Path, emulator: RunningEmulator, secrets_in_env: pytest.MonkeyPatch
+    db_path: Path,
+    storage_url: str,
+    emulator: RunningEmulator,
+    secrets_in_env: pytest.MonkeyPatch,
 ) -> Settings:
     secrets_in_env.chdir(db_path.parent)
-    return gateway_settings(db_path, emulator.url)
+    return gateway_settings(storage_url, emulator.url)
 
 
 @pytest.fixture(scope="module")

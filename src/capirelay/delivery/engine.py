@@ -32,6 +32,8 @@ __all__ = ["DeliveryEngine"]
 log = logging.getLogger("capirelay.delivery")
 
 STATS_INTERVAL = 5.0
+# Longest single wait for a cross-process work announcement (LISTEN/NOTIFY on PostgreSQL).
+WORK_WAIT_SECONDS = 30.0
 DEDUP_EXPIRY_INTERVAL = 600.0
 _DRAIN_POLL = 0.02
 
@@ -65,6 +67,7 @@ class DeliveryEngine:
         self._workers: dict[str, PixelWorker] = {}
         self._clients: dict[_ClientKey, GraphClient] = {}
         self._supervisor: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._running = False
         self._last_stats = 0.0
         self._last_dedup_expiry = 0.0
@@ -90,6 +93,7 @@ class DeliveryEngine:
             for pixel_id in await self._outbox.due_pixels(now=self._clock()):
                 self._worker(pixel_id)
         self._supervisor = asyncio.create_task(self._supervise(), name="capirelay-delivery")
+        self._listener = asyncio.create_task(self._listen_for_work(), name="capirelay-work")
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Lease nothing new; finish in-flight batches within ``timeout``, release the rest."""
@@ -101,6 +105,11 @@ class DeliveryEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
             self._supervisor = None
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         workers = list(self._workers.values())
         await asyncio.gather(*(w.stop(timeout) for w in workers))
         self._workers.clear()
@@ -193,6 +202,19 @@ class DeliveryEngine:
             except Exception:
                 log.exception("delivery housekeeping failed; retrying")
             await asyncio.sleep(self._settings.delivery.poll_seconds)
+
+    async def _listen_for_work(self) -> None:
+        """Wake a pixel's worker as soon as any process sharing the outbox queues its events
+        (PostgreSQL LISTEN/NOTIFY); the supervisor's polling remains the fallback."""
+        while True:
+            try:
+                pixels = await self._outbox.wait_for_work(WORK_WAIT_SECONDS)
+            except Exception:
+                log.exception("delivery: waiting for work announcements failed; polling")
+                await asyncio.sleep(self._settings.delivery.poll_seconds)
+                continue
+            for pixel_id in pixels:
+                self.notify(pixel_id)
 
     async def _housekeeping(self) -> None:
         now = self._clock()

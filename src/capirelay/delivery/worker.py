@@ -385,6 +385,7 @@ class PixelWorker:
             self._record_failure(events, err, time.perf_counter() - started)
             return err
         self._record_success(events, response, time.perf_counter() - started)
+        self._metrics.delivered(self.pixel_id, events, tec, response.fbtrace_id)
         return response
 
     def _record_success(
@@ -463,6 +464,8 @@ class PixelWorker:
                 self.pixel_id,
                 extra={"pixel": self.pixel_id, "breaker": "closed"},
             )
+            with contextlib.suppress(StorageUnavailable):
+                await self._outbox.unhold_pixel(self.pixel_id)
             self._wake.set()
 
     async def _on_failure(
@@ -510,10 +513,13 @@ class PixelWorker:
             pause = self._policy.ceiling(self._throttle_streak)
         pause = min(pause, self._policy.max_delay)
         self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        await self._hold_everywhere(pause, "throttle", err)
 
     async def _trip_breaker(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
         await self._outbox.release([e.id for e in events])
-        if self.breaker.trip(time.monotonic(), wall_time=self._clock()):
+        tripped = self.breaker.trip(time.monotonic(), wall_time=self._clock())
+        await self._hold_everywhere(self.breaker.probe_interval, "breaker", err)
+        if tripped:
             self._metrics.breaker_open.labels(self.pixel_id).set(1)
             log.error(
                 "pixel %s: circuit breaker OPEN, delivery paused and events kept queued "
@@ -530,6 +536,20 @@ class PixelWorker:
                     "subcode": err.subcode,
                     "fbtrace_id": err.fbtrace_id,
                 },
+            )
+
+    async def _hold_everywhere(self, seconds: float, reason: str, err: GraphError) -> None:
+        """Ask the other replicas sharing the outbox (if any) not to lease this pixel for
+        ``seconds`` either: a revoked token is discovered once, not once per replica."""
+        now = self._clock()
+        with contextlib.suppress(StorageUnavailable):
+            await self._outbox.hold_pixel(
+                self.pixel_id,
+                until=now + seconds,
+                reason=reason,
+                now=now,
+                code=err.code,
+                subcode=err.subcode,
             )
 
     async def _isolate(

@@ -3,7 +3,7 @@
 ``open_outbox(url)`` picks the backend from the ``storage`` URL of the settings:
 
 * ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db``: :class:`SQLiteOutbox`
-* ``postgresql://...``: the PostgreSQL backend (not available yet)
+* ``postgresql://...``: :class:`~capirelay.outbox.postgres.PostgresOutbox` (shared by replicas)
 
 An in-memory SQLite database is refused: the outbox exists to survive a crash.
 """
@@ -46,6 +46,9 @@ __all__ = [
 
 _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_PREFIXES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+# The caller (the server) passes every backend's options; each backend takes its own.
+_SQLITE_ONLY_OPTIONS = frozenset({"synchronous", "busy_timeout", "max_bytes", "max_group"})
+_POSTGRES_ONLY_OPTIONS = frozenset({"pool_size", "connect_timeout", "migrate", "listen"})
 
 
 def sqlite_path_from_url(url: str) -> str:
@@ -65,14 +68,17 @@ def open_outbox(url: str, **kwargs: Any) -> Outbox:
     """Build (not yet open) the outbox named by a storage URL; ``await outbox.open()`` next.
 
     ``kwargs`` go to the backend (for SQLite: ``synchronous``, ``busy_timeout``,
-    ``max_bytes``).
+    ``max_bytes``; for PostgreSQL: ``pool_size``, ``connect_timeout``, ``migrate``,
+    ``listen``); options of the other backend are ignored.
     """
     if url.startswith(_SQLITE_PREFIX):
-        return SQLiteOutbox(sqlite_path_from_url(url), **kwargs)
+        options = {k: v for k, v in kwargs.items() if k not in _POSTGRES_ONLY_OPTIONS}
+        return SQLiteOutbox(sqlite_path_from_url(url), **options)
     if url.startswith(_POSTGRES_PREFIXES):
-        raise ValueError(
-            "the PostgreSQL outbox is not available yet; use storage = "
-            '"sqlite:///capirelay.db" for now'
-        )
+        # Imported here so that SQLite-only deployments never load psycopg.
+        from capirelay.outbox.postgres import PostgresOutbox
+
+        options = {k: v for k, v in kwargs.items() if k not in _SQLITE_ONLY_OPTIONS}
+        return PostgresOutbox(url, **options)
     scheme = url.split(":", 1)[0] if ":" in url else "(none)"
     raise ValueError(f"unknown storage URL scheme {scheme!r}: use sqlite:///path/to/capirelay.db")

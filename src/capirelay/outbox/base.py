@@ -24,8 +24,9 @@ resend with the same id must get through); ``dlq_requeue`` records it again.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -140,6 +141,35 @@ class QueueStats:
     dlq_by_reason: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class QueueGroup:
+    """Queued (and leased) events of one pixel and event name, for the dashboard."""
+
+    pixel_id: str
+    event_name: str
+    depth: int
+    oldest_queued_at: float | None
+    earliest_deadline: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DLQGroup:
+    """Dead letters sharing pixel, event name, reason and Meta's code/subcode.
+
+    ``message`` and ``fbtrace_id`` are those of the group's most recent letter.
+    """
+
+    pixel_id: str
+    event_name: str
+    reason: str
+    code: int | None
+    subcode: int | None
+    count: int
+    last_dead_at: float
+    message: str | None
+    fbtrace_id: str | None
+
+
 class Outbox(abc.ABC):
     """Durable queue + dedup store + dead-letter store.
 
@@ -240,3 +270,92 @@ class Outbox(abc.ABC):
         self, ids: Sequence[int] | None = None, flt: DLQFilter | None = None
     ) -> int:
         """Delete dead letters by id or by filter; returns how many."""
+
+    # ----------------------------------------------------------------------
+    # Read-only views for the dashboard.  Optional: the defaults below work on
+    # any backend through the abstract methods; backends override them with
+    # one aggregate query each.
+
+    async def queue_breakdown(self, *, now: float) -> list[QueueGroup]:
+        """Queue depth, oldest entry and earliest deadline per (pixel, event name).
+
+        Default: per pixel only (``event_name="*"``), from :meth:`stats`.
+        """
+        stats = await self.stats(now=now)
+        return [
+            QueueGroup(pixel_id, "*", depth, None, None)
+            for pixel_id, depth in sorted(stats.depth_by_pixel.items())
+            if depth
+        ]
+
+    async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
+        """Dead letters grouped by (pixel, event name, reason, code, subcode), largest first.
+
+        Default: aggregates :meth:`dlq_list` pages (newest first) in Python, reading
+        at most ``scan_limit`` letters.
+        """
+        groups: dict[tuple[str, str, str, int | None, int | None], DLQGroup] = {}
+        offset = 0
+        while offset < scan_limit and (
+            page := await self.dlq_list(None, limit=min(500, scan_limit - offset), offset=offset)
+        ):
+            for letter in page:
+                _add_to_group(groups, letter)
+            offset += len(page)
+        return sorted(groups.values(), key=lambda g: (-g.count, -g.last_dead_at))
+
+    async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
+        """Up to ``limit`` of the most recently queued events, without leasing them.
+
+        Default: none (the dashboard then samples delivered events only).
+        """
+        return []
+
+    # Optional hooks for backends shared by several processes (PostgreSQL).  The
+    # defaults are what one process with an embedded store needs: nothing.
+
+    async def wait_for_work(self, timeout: float) -> set[str]:
+        """Wait until another process announces queued events; the pixels it named.
+
+        Returns an empty set when ``timeout`` passed first.  The default has no
+        cross-process signal and just sleeps: the engine's polling finds the work.
+        """
+        await asyncio.sleep(max(timeout, 0.0))
+        return set()
+
+    async def hold_pixel(
+        self,
+        pixel_id: str,
+        *,
+        until: float,
+        reason: str,
+        now: float,
+        code: int | None = None,
+        subcode: int | None = None,
+    ) -> None:
+        """Ask every process sharing this outbox to lease nothing of ``pixel_id`` before
+        ``until`` (its breaker opened, or Meta throttled it).  Default: no-op, the one
+        process's own breaker and pause already do it."""
+        return None
+
+    async def unhold_pixel(self, pixel_id: str) -> None:
+        """Lift a hold (the breaker closed again).  Default: no-op."""
+        return None
+
+
+def _add_to_group(
+    groups: dict[tuple[str, str, str, int | None, int | None], DLQGroup], letter: DeadLetter
+) -> None:
+    error = letter.error or {}
+    key = (letter.pixel_id, letter.event_name, letter.reason, error.get("code"),
+           error.get("subcode"))  # fmt: skip
+    known = groups.get(key)
+    # Pages come newest first, so the first letter seen is the group's latest.
+    latest = known or DLQGroup(
+        *key,
+        count=0,
+        last_dead_at=letter.dead_at,
+        message=error.get("message"),
+        fbtrace_id=error.get("fbtrace_id"),
+    )
+    groups[key] = replace(latest, count=latest.count + 1)

@@ -55,10 +55,12 @@ from capirelay.outbox.base import (
     DeadLetter,
     DeadLetterReason,
     DLQFilter,
+    DLQGroup,
     EnqueueStatus,
     LeasedEvent,
     NewEvent,
     Outbox,
+    QueueGroup,
     QueueStats,
     StorageUnavailable,
 )
@@ -195,6 +197,21 @@ _EXPIRE_DEDUP_CHUNK = """
 DELETE FROM dedup WHERE (pixel_id, event_name, event_id) IN (
     SELECT pixel_id, event_name, event_id FROM dedup WHERE seen_at <= ? LIMIT ?)
 """
+# Dashboard aggregates: full scans, run on page views only (never on the hot path).
+_QUEUE_BREAKDOWN = """
+SELECT pixel_id, event_name, count(*), min(queued_at), min(deadline)
+FROM queue GROUP BY pixel_id, event_name ORDER BY pixel_id, event_name
+"""
+# With a single max() aggregate SQLite takes the bare columns (message, fbtrace_id)
+# from the row holding the maximum: the group's most recent letter.
+_DLQ_BREAKDOWN = """
+SELECT pixel_id, event_name, reason, json_extract(error, '$.code') AS code,
+       json_extract(error, '$.subcode') AS subcode, count(*) AS n, max(dead_at),
+       json_extract(error, '$.message'), json_extract(error, '$.fbtrace_id')
+FROM dead_letters GROUP BY pixel_id, event_name, reason, code, subcode
+ORDER BY n DESC
+"""
+_QUEUE_SAMPLE = f"SELECT {_LEASED_COLUMNS} FROM queue ORDER BY id DESC LIMIT ?"
 # Distinct pixels by skipping through the index: O(pixels · log rows), never a full scan.
 _NEXT_PIXEL = (
     "SELECT pixel_id FROM queue INDEXED BY queue_by_state_deadline "
@@ -710,6 +727,23 @@ class SQLiteOutbox(Outbox):
         where, params = _dlq_where(flt)
         sql = f"DELETE FROM dead_letters {where}"
         return await self._write(lambda c: int(c.execute(sql, params).rowcount))
+
+    # ------------------------------------------------------- dashboard views
+
+    async def queue_breakdown(self, *, now: float) -> list[QueueGroup]:
+        rows = await self._read(lambda c: c.execute(_QUEUE_BREAKDOWN).fetchall())
+        return [QueueGroup(*row) for row in rows]
+
+    async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
+        rows = await self._read(lambda c: c.execute(_DLQ_BREAKDOWN).fetchall())
+        return [
+            DLQGroup(pixel, name, reason, code, subcode, count, last, message, fbtrace)
+            for pixel, name, reason, code, subcode, count, last, message, fbtrace in rows
+        ]
+
+    async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
+        rows = await self._read(lambda c: c.execute(_QUEUE_SAMPLE, (limit,)).fetchall())
+        return [_leased_from_row(row) for row in rows]
 
 
 # ------------------------------------------------------------------ read helpers

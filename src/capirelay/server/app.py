@@ -27,12 +27,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capirelay.config import Settings
+from capirelay.dashboard import create_dashboard
 from capirelay.delivery.engine import DeliveryEngine
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox, open_outbox
-from capirelay.server import routes_health, routes_ingest
+from capirelay.server import routes_health, routes_ingest, routes_webhooks
 from capirelay.server.http import ApiError, JSONResponse, error_response
 from capirelay.server.openapi import openapi_document
+from capirelay.sources import snippet
 
 __all__ = ["create_app"]
 
@@ -61,6 +63,7 @@ def create_app(
     an in-process Graph API in there); ``metrics`` defaults to a fresh registry.
     """
     metrics = metrics or Metrics()
+    dashboard = create_dashboard(settings, metrics, transport=transport)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,6 +72,8 @@ def create_app(
             app.state.engine = engine or await _start_owned_engine(
                 app.state.outbox, settings, metrics, transport, stack
             )
+            if dashboard is not None:
+                await stack.enter_async_context(dashboard.running())
             if not settings.ingest_keys:
                 log.warning("no ingest_keys configured: POST /v1/events answers 401 to everyone")
             yield
@@ -78,10 +83,13 @@ def create_app(
             Route("/v1/events", routes_ingest.post_events, methods=["POST"]),
             Route("/v1/collect", routes_ingest.post_collect, methods=["POST"]),
             Route("/v1/collect", routes_ingest.preflight_collect, methods=["OPTIONS"]),
+            Route("/v1/webhooks/{name}", routes_webhooks.post_webhook, methods=["POST"]),
+            Route(snippet.SNIPPET_PATH, snippet.get_snippet, methods=["GET"]),
             Route("/healthz", routes_health.healthz, methods=["GET"]),
             Route("/readyz", routes_health.readyz, methods=["GET"]),
             Route("/metrics", routes_health.metrics_text, methods=["GET"]),
             Route("/openapi.json", _openapi, methods=["GET"]),
+            *(dashboard.routes() if dashboard is not None else []),
         ],
         exception_handlers={
             ApiError: _api_error,
@@ -93,6 +101,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.webhooks = routes_webhooks.load_webhooks(settings)
     app.state.outbox = outbox
     app.state.engine = engine
     app.add_middleware(GatewayHeadersMiddleware)
@@ -100,7 +109,11 @@ def create_app(
 
 
 async def _open_owned_outbox(settings: Settings, stack: AsyncExitStack) -> Outbox:
-    owned = open_outbox(settings.storage, synchronous=settings.sqlite_synchronous)
+    owned = open_outbox(
+        settings.storage,
+        synchronous=settings.sqlite_synchronous,
+        pool_size=settings.postgres_pool_size,
+    )
     await owned.open()
     stack.push_async_callback(owned.close)
     return owned
@@ -165,7 +178,9 @@ class GatewayHeadersMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [h for h in message.get("headers", []) if h[0].lower() != b"server"]
-                headers.extend(_SECURITY_HEADERS)
+                # A route that chose its own value (the cacheable snippet) keeps it.
+                present = {name.lower() for name, _ in headers}
+                headers.extend(h for h in _SECURITY_HEADERS if h[0] not in present)
                 message["headers"] = headers
             await send(message)
 

@@ -1,0 +1,141 @@
+"""PostgreSQL schema migrations: numbered ``sql/NNNN_*.sql`` files, applied once, in order.
+
+Several gateway replicas usually start at the same moment (a deployment rolls
+out N pods), and each one migrates on start.  The whole run therefore happens
+under a session-level ``pg_advisory_lock``: the first replica applies what is
+missing while the others wait on the lock, then find every version recorded
+in ``capirelay_migrations`` and apply nothing.  Each file runs in its own
+transaction together with the row that records it, so a failed step leaves the
+previous version intact and a re-run starts again at that step.
+
+The lock key is the pair (``MIGRATION_LOCK_CLASS``, hash of the current
+schema), so databases holding several capirelay schemas (one per test run,
+or per environment) migrate independently.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from typing import Final
+
+import psycopg
+from psycopg import AsyncConnection
+
+from capirelay.outbox.base import StorageUnavailable
+
+__all__ = [
+    "MIGRATIONS",
+    "MIGRATION_LOCK_CLASS",
+    "PgMigration",
+    "applied_versions",
+    "load_migrations",
+    "migrate",
+    "migrate_url",
+]
+
+log = logging.getLogger("capirelay.outbox")
+
+# "capi" in ASCII: the first half of the two-key advisory lock, the schema hash is the second.
+MIGRATION_LOCK_CLASS: Final = 0x63617069
+_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+_CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS capirelay_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+_LOCK = "SELECT pg_advisory_lock(%s, hashtext(coalesce(current_schema(), '')))"
+_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(coalesce(current_schema(), '')))"
+_RECORD = "INSERT INTO capirelay_migrations (version, name) VALUES (%s, %s)"
+
+
+@dataclass(frozen=True, slots=True)
+class PgMigration:
+    """One numbered schema step, read from ``capirelay/outbox/sql/NNNN_name.sql``."""
+
+    version: int
+    name: str
+    script: str
+
+
+def load_migrations() -> tuple[PgMigration, ...]:
+    """The packaged migration files, by version; refuses gaps and duplicates."""
+    steps: list[PgMigration] = []
+    for entry in resources.files("capirelay.outbox").joinpath("sql").iterdir():
+        match = _FILE_NAME.match(entry.name)
+        if match:
+            steps.append(PgMigration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    steps.sort(key=lambda m: m.version)
+    expected = list(range(1, len(steps) + 1))
+    if [m.version for m in steps] != expected:
+        raise RuntimeError(f"migration files must be numbered 0001.. without gaps: {steps!r}")
+    return tuple(steps)
+
+
+MIGRATIONS: Final = load_migrations()
+
+
+async def applied_versions(conn: AsyncConnection) -> list[int]:
+    """Versions recorded in ``capirelay_migrations`` (empty for a fresh database)."""
+    exists = await conn.execute("SELECT to_regclass('capirelay_migrations') IS NOT NULL")
+    row = await exists.fetchone()
+    if not row or not row[0]:
+        return []
+    cur = await conn.execute("SELECT version FROM capirelay_migrations ORDER BY version")
+    return [r[0] for r in await cur.fetchall()]
+
+
+async def migrate(
+    conn: AsyncConnection, migrations: tuple[PgMigration, ...] = MIGRATIONS
+) -> list[int]:
+    """Apply the missing steps under the advisory lock; returns the versions applied now.
+
+    ``conn`` must be in autocommit mode (the lock is held by the session across the
+    per-step transactions).
+    """
+    if not conn.autocommit:
+        raise ValueError("migrate() needs an autocommit connection")
+    await conn.execute(_LOCK, (MIGRATION_LOCK_CLASS,))
+    try:
+        await conn.execute(_CREATE_VERSION_TABLE)
+        done = set(await applied_versions(conn))
+        latest = migrations[-1].version if migrations else 0
+        if done and max(done) > latest:
+            raise StorageUnavailable(
+                f"outbox schema version {max(done)} is newer than this capirelay knows "
+                f"({latest}); upgrade capirelay or point storage at another database"
+            )
+        applied: list[int] = []
+        for step in migrations:
+            if step.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(step.script.encode())
+                await conn.execute(_RECORD, (step.version, step.name))
+            log.info("outbox schema migrated to version %d (%s)", step.version, step.name)
+            applied.append(step.version)
+        return applied
+    finally:
+        await conn.execute(_UNLOCK, (MIGRATION_LOCK_CLASS,))
+
+
+async def migrate_url(url: str, *, connect_timeout: float = 10.0) -> list[int]:
+    """Connect to ``url``, migrate, disconnect; what ``capirelay migrate`` runs."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            url, autocommit=True, connect_timeout=max(1, int(connect_timeout))
+        )
+    except psycopg.OperationalError as exc:
+        raise StorageUnavailable(f"PostgreSQL unreachable: {_first_line(exc)}") from exc
+    async with conn:
+        return await migrate(conn)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,553 @@
+"""The shared outbox: one PostgreSQL database behind any number of gateway replicas.
+
+Why this shape (``docs/postgres.md`` has the long version):
+
+* **The database arbitrates, not the replicas.**  Dedup is the primary key of
+  ``capirelay_dedup`` (``INSERT ... ON CONFLICT``), so two replicas receiving the
+  same webhook queue it once.  Leases are ``SELECT ... FOR UPDATE SKIP LOCKED``
+  with an expiry (``available_at``): replicas lease the same pixel concurrently
+  without blocking each other, and the rows of a replica that died mid-batch
+  come back when its lease ends.  Nothing is coordinated in memory.
+* **One statement per operation, one round trip per request.**  Enqueue sends
+  the whole request as parallel arrays (``unnest``); ack, reschedule, release
+  and dead-letter take one ``bigint[]`` of ids.  Every statement lives in
+  ``sql/queries.sql`` under a name, with its locking explained there.
+* **Durable before acknowledged.**  Each call runs in its own transaction on a
+  pooled connection (``psycopg_pool.AsyncConnectionPool``) and returns after
+  COMMIT, so ingest answers 202 only for committed events.
+* **Wake-up by LISTEN/NOTIFY, polling as the fallback.**  Enqueue announces the
+  pixels it queued (``pg_notify`` at commit); a dedicated listening connection
+  turns the announcements into :meth:`wait_for_work` results, so a replica
+  delivers events another replica accepted within milliseconds.  When the
+  listener is down the engine's ``poll_seconds`` loop still finds everything.
+* **Holds shared across replicas.**  A replica whose breaker opens or that Meta
+  throttles writes a hold (``capirelay_pixel_state``) that every replica's
+  lease statement honours.
+* **Storage failures are an answer, not a crash.**  A lost connection, a
+  database that is down or a pool that cannot hand out a connection in time
+  becomes :class:`StorageUnavailable` (ingest answers 503 and acknowledges
+  nothing); the pool replaces broken connections, so calls succeed again as
+  soon as the database is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, Final, TypeVar
+
+import orjson
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from capirelay.outbox.base import (
+    DEDUP_WINDOW_SECONDS,
+    Attempt,
+    DeadLetter,
+    DeadLetterReason,
+    DLQFilter,
+    DLQGroup,
+    EnqueueStatus,
+    LeasedEvent,
+    NewEvent,
+    Outbox,
+    QueueGroup,
+    QueueStats,
+    StorageUnavailable,
+)
+from capirelay.outbox.migrate import migrate
+from capirelay.outbox.sqlite import ATTEMPT_LOG_LIMIT, DEDUP_EXPIRY_CHUNK, PROMOTE_FACTOR
+
+__all__ = ["CHANNEL", "QUERIES", "PostgresOutbox", "load_queries", "postgres_conninfo"]
+
+log = logging.getLogger("capirelay.outbox")
+
+T = TypeVar("T")
+
+# The NOTIFY channel; the payload is the pixel id that has new events.
+CHANNEL: Final = "capirelay_work"
+# Deadlocks and serialization failures are the database asking for a retry, not an outage.
+TRANSIENT_RETRIES: Final = 3
+LISTEN_RECONNECT_MAX: Final = 5.0
+PING_TIMEOUT: Final = 1.0
+
+_NAME_LINE = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
+_POSTGRES_SCHEMES = ("postgresql+psycopg://", "postgres://")
+
+
+def load_queries(text: str | None = None) -> dict[str, str]:
+    """Split ``sql/queries.sql`` into ``{name: statement}`` at its ``-- name:`` lines."""
+    if text is None:
+        sql_dir = resources.files("capirelay.outbox").joinpath("sql")
+        text = sql_dir.joinpath("queries.sql").read_text(encoding="utf-8")
+    parts = _NAME_LINE.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = body.strip().rstrip(";")
+    return queries
+
+
+QUERIES: Final = load_queries()
+
+
+def postgres_conninfo(url: str) -> str:
+    """The storage URL as libpq understands it (``postgresql+psycopg://`` is SQLAlchemy's)."""
+    for scheme in _POSTGRES_SCHEMES:
+        if url.startswith(scheme):
+            return "postgresql://" + url[len(scheme) :]
+    return url
+
+
+def storage_error(exc: BaseException) -> StorageUnavailable:
+    """Describe a database failure by class and SQLSTATE: no URL, password or row data."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    code = f", SQLSTATE {sqlstate}" if sqlstate else ""
+    return StorageUnavailable(f"PostgreSQL outbox unavailable ({type(exc).__name__}{code})")
+
+
+_UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, PoolClosed)
+
+
+def _ids(ids: Sequence[int]) -> list[int]:
+    return [int(i) for i in ids]
+
+
+def _leased_from_row(row: Sequence[Any]) -> LeasedEvent:
+    (id_, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
+     test_event_code, queued_at) = row  # fmt: skip
+    return LeasedEvent(
+        id=id_,
+        pixel_id=pixel_id,
+        event_name=event_name,
+        event_id=event_id,
+        payload=bytes(payload),
+        event_time=event_time,
+        deadline=deadline,
+        attempts=attempts,
+        test_event_code=test_event_code,
+        queued_at=queued_at,
+    )
+
+
+def _dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:
+    (id_, pixel_id, event_name, event_id, payload, event_time, deadline, reason, error,
+     attempt_log, test_event_code, queued_at, dead_at) = row  # fmt: skip
+    return DeadLetter(
+        id=id_,
+        pixel_id=pixel_id,
+        event_name=event_name,
+        event_id=event_id,
+        payload=bytes(payload),
+        event_time=event_time,
+        deadline=deadline,
+        reason=reason,
+        error=error,
+        attempts=list(attempt_log),
+        test_event_code=test_event_code,
+        queued_at=queued_at,
+        dead_at=dead_at,
+    )
+
+
+def _filter_params(flt: DLQFilter | None) -> dict[str, Any]:
+    flt = flt or DLQFilter()
+    return {
+        "pixel_id": flt.pixel_id,
+        "event_name": flt.event_name,
+        "reason": flt.reason,
+        "since": flt.since,
+        "until": flt.until,
+    }
+
+
+class PostgresOutbox(Outbox):
+    """The :class:`Outbox` on PostgreSQL, safe to share between any number of processes.
+
+    ``pool_size`` is the most connections this process opens for queue work (plus
+    one for LISTEN).  ``migrate`` applies missing migrations on :meth:`open`
+    (under an advisory lock, see :mod:`capirelay.outbox.migrate`); ``listen``
+    starts the LISTEN connection behind :meth:`wait_for_work`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        connect_timeout: float = 5.0,
+        migrate: bool = True,
+        listen: bool = True,
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self.conninfo = postgres_conninfo(url)
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.migrate_on_open = migrate
+        self.listen = listen
+        # Leases carry this id so release/reschedule only touch rows this process holds.
+        self.owner = uuid.uuid4()
+        self._pool: AsyncConnectionPool[AsyncConnection[Any]] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._announced: set[str] = set()
+        self._work = asyncio.Event()
+        self.listening = False
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        if self.migrate_on_open:
+            await self._migrate()
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            self.conninfo,
+            min_size=min(2, self.pool_size),
+            max_size=self.pool_size,
+            open=False,
+            timeout=self.connect_timeout,
+            kwargs={"connect_timeout": max(1, round(self.connect_timeout))},
+            name="capirelay-outbox",
+        )
+        try:
+            await pool.open(wait=True, timeout=self.connect_timeout)
+        except _UNAVAILABLE as exc:
+            await pool.close()
+            raise storage_error(exc) from exc
+        self._pool = pool
+        if self.listen:
+            self._listener = asyncio.create_task(self._listen(), name="capirelay-outbox-listen")
+
+    async def _migrate(self) -> None:
+        try:
+            conn = await AsyncConnection.connect(
+                self.conninfo,
+                autocommit=True,
+                connect_timeout=max(1, round(self.connect_timeout)),
+            )
+        except _UNAVAILABLE as exc:
+            raise storage_error(exc) from exc
+        async with conn:
+            await migrate(conn)
+
+    async def close(self) -> None:
+        pool, listener = self._pool, self._listener
+        self._pool = self._listener = None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        if pool is not None:
+            await pool.close()
+
+    @asynccontextmanager
+    async def _transaction(
+        self, timeout: float | None = None
+    ) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection in a transaction that has COMMITted when the block exits.
+
+        ``timeout``: longest wait for a connection (default ``connect_timeout``).
+        Deadlocks and serialization failures pass through for :meth:`_in_transaction`
+        to retry; every other connection-level failure is :class:`StorageUnavailable`.
+        """
+        pool = self._pool
+        if pool is None:
+            raise StorageUnavailable("the outbox is not open")
+        try:
+            async with pool.connection(timeout=timeout) as conn:
+                yield conn
+        except psycopg.errors.TransactionRollback:
+            raise
+        except _UNAVAILABLE as exc:
+            raise storage_error(exc) from exc
+
+    async def _in_transaction(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run ``work`` in one transaction; retried whole when the database asks for it."""
+        attempt = 1
+        while True:
+            try:
+                async with self._transaction() as conn:
+                    return await work(conn)
+            except psycopg.errors.TransactionRollback as exc:
+                if attempt >= TRANSIENT_RETRIES:
+                    raise storage_error(exc) from exc
+                log.info("outbox: %s, retrying the transaction", type(exc).__name__)
+                attempt += 1
+
+    async def _run(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run one named statement in its own transaction; its rows (if any)."""
+
+        async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(QUERIES[name], params)
+            return await cur.fetchall() if cur.description else []
+
+        return await self._in_transaction(work)
+
+    async def _rowcount(self, name: str, params: Mapping[str, Any]) -> int:
+        """Run one named statement in its own transaction; how many rows it changed."""
+
+        async def work(conn: AsyncConnection[Any]) -> int:
+            return (await conn.execute(QUERIES[name], params)).rowcount
+
+        return await self._in_transaction(work)
+
+    async def ping(self) -> bool:
+        if self._pool is None:
+            return False
+        try:
+            # Readiness probes time out after a second or two: answer within PING_TIMEOUT.
+            async with self._transaction(timeout=PING_TIMEOUT) as conn:
+                cur = await conn.execute(QUERIES["ping"])
+                return bool(await cur.fetchone())
+        except StorageUnavailable:
+            return False
+
+    # ----------------------------------------------------------------- queue
+
+    async def enqueue(self, events: Sequence[NewEvent], *, now: float) -> list[EnqueueStatus]:
+        if not events:
+            return []
+        params = {
+            "pixel_ids": [e.pixel_id for e in events],
+            "event_names": [e.event_name for e in events],
+            "event_ids": [e.event_id for e in events],
+            "payloads": [e.payload for e in events],
+            "event_times": [e.event_time for e in events],
+            "deadlines": [float(e.deadline) for e in events],
+            "test_event_codes": [e.test_event_code for e in events],
+            "sources": [e.source for e in events],
+            "now": now,
+            "cutoff": now - DEDUP_WINDOW_SECONDS,
+            "channel": CHANNEL,
+        }
+        queued = {row[0] for row in await self._run("enqueue", params)}
+        return [
+            EnqueueStatus.QUEUED if position in queued else EnqueueStatus.DUPLICATE
+            for position in range(1, len(events) + 1)
+        ]
+
+    async def lease(
+        self, pixel_id: str, *, limit: int, lease_seconds: float, now: float
+    ) -> list[LeasedEvent]:
+        if limit <= 0:
+            return []
+        promote = {"pixel_id": pixel_id, "now": now, "promote": limit * PROMOTE_FACTOR}
+        lease = {
+            "pixel_id": pixel_id,
+            "now": now,
+            "limit": limit,
+            "lease_until": now + lease_seconds,
+            "owner": self.owner,
+        }
+
+        async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            # Pipelined: both statements go out in one round trip (the COMMIT is a second).
+            async with conn.pipeline():
+                await conn.execute(QUERIES["promote_due"], promote)
+                cur = await conn.execute(QUERIES["lease"], lease)
+            return await cur.fetchall()
+
+        rows = await self._in_transaction(work)
+        return sorted(map(_leased_from_row, rows), key=lambda e: (e.deadline, e.id))
+
+    async def ack(self, ids: Sequence[int], *, now: float) -> None:
+        if ids:
+            await self._run("ack", {"ids": _ids(ids)})
+
+    async def reschedule(
+        self, ids: Sequence[int], *, next_attempt_at: float, attempt: Attempt
+    ) -> None:
+        if ids:
+            await self._run(
+                "reschedule",
+                {
+                    "ids": _ids(ids),
+                    "next_attempt_at": next_attempt_at,
+                    "attempt": orjson.dumps(attempt.to_dict()).decode(),
+                    "log_limit": ATTEMPT_LOG_LIMIT,
+                    "owner": self.owner,
+                },
+            )
+
+    async def release(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._run("release", {"ids": _ids(ids), "owner": self.owner})
+
+    async def dead_letter(
+        self,
+        ids: Sequence[int],
+        *,
+        reason: DeadLetterReason,
+        attempt: Attempt | None,
+        now: float,
+    ) -> None:
+        if not ids:
+            return
+        await self._run(
+            "dead_letter",
+            {
+                "ids": _ids(ids),
+                "reason": str(reason),
+                "error": orjson.dumps(attempt.to_dict()).decode() if attempt else None,
+                "log_limit": ATTEMPT_LOG_LIMIT,
+                "now": now,
+            },
+        )
+
+    async def due_pixels(self, *, now: float) -> list[str]:
+        return [row[0] for row in await self._run("due_pixels", {"now": now})]
+
+    async def next_due_at(self, pixel_id: str | None = None) -> float | None:
+        if pixel_id is None:
+            rows = await self._run("next_due_at_any", {})
+        else:
+            rows = await self._run("next_due_at_pixel", {"pixel_id": pixel_id})
+        return rows[0][0] if rows else None
+
+    async def stats(self, *, now: float) -> QueueStats:
+        async def work(conn: AsyncConnection[Any]) -> tuple[list[Any], Any, list[Any]]:
+            async with conn.pipeline():
+                by_pixel = await conn.execute(QUERIES["stats_by_pixel"])
+                oldest = await conn.execute(QUERIES["oldest_queued_at"])
+                by_reason = await conn.execute(QUERIES["dlq_by_reason"])
+            return await by_pixel.fetchall(), await oldest.fetchone(), await by_reason.fetchall()
+
+        pixel_rows, oldest_row, reason_rows = await self._in_transaction(work)
+        stats = QueueStats()
+        deadlines = [row[3] for row in pixel_rows]
+        for pixel_id, depth, leased, _ in pixel_rows:
+            stats.depth_by_pixel[pixel_id] = depth
+            stats.leased += leased
+        stats.depth = sum(stats.depth_by_pixel.values())
+        stats.earliest_deadline = min(deadlines) if deadlines else None
+        stats.oldest_queued_at = oldest_row[0] if oldest_row else None
+        stats.dlq_by_reason = {reason: count for reason, count in reason_rows}
+        stats.dlq_size = sum(stats.dlq_by_reason.values())
+        return stats
+
+    async def expire_dedup(self, *, now: float) -> int:
+        params = {"cutoff": now - DEDUP_WINDOW_SECONDS, "chunk": DEDUP_EXPIRY_CHUNK}
+        removed = 0
+        # Chunked so one expiry never holds many row locks; each chunk commits on its own.
+        while True:
+            count = await self._rowcount("expire_dedup", params)
+            removed += count
+            if count < DEDUP_EXPIRY_CHUNK:
+                return removed
+
+    # ------------------------------------------------------------ dead letters
+
+    async def dlq_list(
+        self, flt: DLQFilter | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[DeadLetter]:
+        params = {**_filter_params(flt), "limit": limit, "offset": offset}
+        return [_dead_letter_from_row(row) for row in await self._run("dlq_list", params)]
+
+    async def dlq_get(self, dlq_id: int) -> DeadLetter | None:
+        rows = await self._run("dlq_get", {"id": int(dlq_id)})
+        return _dead_letter_from_row(rows[0]) if rows else None
+
+    async def dlq_requeue(self, ids: Sequence[int], *, now: float) -> int:
+        if not ids:
+            return 0
+        rows = await self._run("dlq_requeue", {"ids": _ids(ids), "now": now, "channel": CHANNEL})
+        return int(rows[0][0])
+
+    async def dlq_purge(
+        self, ids: Sequence[int] | None = None, flt: DLQFilter | None = None
+    ) -> int:
+        if ids is None and flt is None:
+            raise ValueError("dlq_purge needs ids or a filter (DLQFilter() matches everything)")
+        if ids is not None:
+            return await self._rowcount("dlq_purge_ids", {"ids": _ids(ids)})
+        return await self._rowcount("dlq_purge_filter", _filter_params(flt))
+
+    # ------------------------------------------------------- dashboard views
+
+    async def queue_breakdown(self, *, now: float) -> list[QueueGroup]:
+        return [QueueGroup(*row) for row in await self._run("queue_breakdown", {})]
+
+    async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
+        return [DLQGroup(*row) for row in await self._run("dlq_breakdown", {})]
+
+    async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
+        return [_leased_from_row(row) for row in await self._run("queue_sample", {"limit": limit})]
+
+    # ------------------------------------------------- shared pixel holds
+
+    async def hold_pixel(
+        self,
+        pixel_id: str,
+        *,
+        until: float,
+        reason: str,
+        now: float,
+        code: int | None = None,
+        subcode: int | None = None,
+    ) -> None:
+        await self._run(
+            "hold_pixel",
+            {
+                "pixel_id": pixel_id,
+                "until": until,
+                "reason": reason,
+                "code": code,
+                "subcode": subcode,
+                "now": now,
+            },
+        )
+
+    async def unhold_pixel(self, pixel_id: str) -> None:
+        await self._run("unhold_pixel", {"pixel_id": pixel_id})
+
+    # ------------------------------------------------------ LISTEN / NOTIFY
+
+    async def wait_for_work(self, timeout: float) -> set[str]:
+        """Pixels other processes (or this one) queued events for, announced by NOTIFY.
+
+        Without a live listener (``listen=False``, or its connection is down and
+        reconnecting) this just waits out ``timeout``: polling covers the gap.
+        """
+        try:
+            await asyncio.wait_for(self._work.wait(), timeout=max(timeout, 0.0))
+        except TimeoutError:
+            return set()
+        self._work.clear()
+        pixels, self._announced = self._announced, set()
+        return pixels
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._listen_once()
+                delay = 0.1
+            except _UNAVAILABLE as exc:
+                log.warning(
+                    "outbox LISTEN connection lost (%s); polling until it is back",
+                    type(exc).__name__,
+                )
+            finally:
+                self.listening = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LISTEN_RECONNECT_MAX)
+
+    async def _listen_once(self) -> None:
+        conn = await AsyncConnection.connect(
+            self.conninfo, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
+        )
+        async with conn:
+            await conn.execute(f"LISTEN {CHANNEL}")
+            self.listening = True
+            async for notify in conn.notifies():
+                self._announced.add(notify.payload)
+                self._work.set()

@@ -1,0 +1,354 @@
+-- capirelay PostgreSQL outbox: every statement the backend runs, by name.
+--
+-- capirelay.outbox.postgres loads this file once and runs each block by the name on its
+-- "-- name:" line.  Parameters are psycopg named placeholders; every value is bound,
+-- nothing is formatted into the text.  Row-moving statements take their ids as one
+-- bigint[] so that acking 1,000 events is one statement, not a thousand.
+
+-- name: enqueue
+-- Dedup and queue one request in ONE statement (one round trip, whatever its size).
+-- The events arrive as parallel arrays (unnest ... WITH ORDINALITY keeps their order);
+-- a key repeated inside the request keeps its first occurrence (DISTINCT ON).
+-- The dedup insert claims each key, or takes over a key older than the 48 h window;
+-- a key it could not claim is a duplicate.  Across replicas the primary key of
+-- capirelay_dedup does the arbitration: a concurrent insert of the same key waits for
+-- the first transaction and then sees its row, so exactly one of them queues the event.
+-- Keys are inserted in key order so that two requests sharing keys lock them in the
+-- same order and cannot deadlock.  The queued rows' pixels are announced with
+-- pg_notify, which PostgreSQL delivers at COMMIT (never for a rolled-back request).
+WITH input AS (
+    SELECT *
+    FROM unnest(%(pixel_ids)s::text[], %(event_names)s::text[], %(event_ids)s::text[],
+                %(payloads)s::bytea[], %(event_times)s::bigint[], %(deadlines)s::float8[],
+                %(test_event_codes)s::text[], %(sources)s::text[])
+         WITH ORDINALITY AS t (pixel_id, event_name, event_id, payload, event_time, deadline,
+                               test_event_code, source, ord)
+),
+first_of_key AS (
+    SELECT DISTINCT ON (pixel_id, event_name, event_id) *
+    FROM input
+    ORDER BY pixel_id, event_name, event_id, ord
+),
+claimed AS (
+    INSERT INTO capirelay_dedup AS d (pixel_id, event_name, event_id, seen_at)
+    SELECT pixel_id, event_name, event_id, %(now)s FROM first_of_key
+    ORDER BY pixel_id, event_name, event_id
+    ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at
+        WHERE d.seen_at <= %(cutoff)s
+    RETURNING pixel_id, event_name, event_id
+),
+queued AS (
+    INSERT INTO capirelay_queue (pixel_id, event_name, event_id, payload, event_time, deadline,
+                                 test_event_code, source, queued_at, state, available_at)
+    SELECT f.pixel_id, f.event_name, f.event_id, f.payload, f.event_time, f.deadline,
+           f.test_event_code, f.source, %(now)s, 0, %(now)s
+    FROM first_of_key AS f JOIN claimed USING (pixel_id, event_name, event_id)
+    ORDER BY f.ord
+    RETURNING pixel_id, event_name, event_id
+),
+announced AS (
+    SELECT count(pg_notify(%(channel)s, pixel_id)) AS pixels
+    FROM (SELECT DISTINCT pixel_id FROM queued) AS p
+)
+SELECT f.ord, announced.pixels
+FROM first_of_key AS f JOIN queued USING (pixel_id, event_name, event_id) CROSS JOIN announced;
+
+-- name: promote_due
+-- Rows whose backoff ended or whose lease expired (a crashed or stalled replica) become
+-- ready again, longest-waiting first and bounded: after an outage hundreds of thousands
+-- of rows come due at once, and promoting them all in one lease would hold row locks
+-- for seconds.  Promoting a multiple of the lease size keeps every lease full.
+-- FOR UPDATE SKIP LOCKED: rows another replica is promoting or leasing right now are
+-- skipped, not waited for; PostgreSQL re-checks the WHERE clause on the latest row
+-- version after locking, so a row leased by someone else in the meantime
+-- (available_at moved into the future) is skipped too.
+UPDATE capirelay_queue SET state = 0, lease_owner = NULL
+WHERE id IN (
+    SELECT id FROM capirelay_queue
+    WHERE pixel_id = %(pixel_id)s AND state > 0 AND available_at <= %(now)s
+    ORDER BY available_at
+    LIMIT %(promote)s
+    FOR UPDATE SKIP LOCKED
+);
+
+-- name: lease
+-- Lease up to `limit` ready rows of one pixel, earliest deadline first, straight off the
+-- partial index capirelay_queue_ready.  FOR UPDATE SKIP LOCKED lets replicas lease the
+-- same pixel concurrently: each one takes the next rows nobody holds, nobody blocks, and
+-- the state = 0 re-check after locking guarantees a row is leased by one replica only.
+-- The lease lasts until available_at; promote_due hands the rows to someone else after
+-- that.
+-- Holds (capirelay_pixel_state): while one is running, no replica leases the pixel.
+-- When a 'breaker' hold has run out, exactly one replica gets to send the next batch
+-- (the probe): `probe` re-arms the hold, and the row lock it takes makes concurrent
+-- leasers wait, re-check hold_until on the re-armed row and find nothing to claim.
+WITH probe AS (
+    UPDATE capirelay_pixel_state
+    SET hold_until = %(now)s + hold_seconds, updated_at = %(now)s
+    WHERE pixel_id = %(pixel_id)s AND reason = 'breaker' AND hold_until <= %(now)s
+    RETURNING pixel_id
+)
+UPDATE capirelay_queue AS q
+SET state = 2, available_at = %(lease_until)s, lease_owner = %(owner)s
+FROM (
+    SELECT id FROM capirelay_queue
+    WHERE pixel_id = %(pixel_id)s AND state = 0
+      AND NOT EXISTS (
+          SELECT 1 FROM capirelay_pixel_state AS s
+          WHERE s.pixel_id = %(pixel_id)s AND s.hold_until > %(now)s
+      )
+      AND (
+          EXISTS (SELECT 1 FROM probe)
+          OR NOT EXISTS (
+              SELECT 1 FROM capirelay_pixel_state AS s
+              WHERE s.pixel_id = %(pixel_id)s AND s.reason = 'breaker'
+          )
+      )
+    ORDER BY deadline
+    LIMIT %(limit)s
+    FOR UPDATE OF capirelay_queue SKIP LOCKED
+) AS picked
+WHERE q.id = picked.id
+RETURNING q.id, q.pixel_id, q.event_name, q.event_id, q.payload, q.event_time, q.deadline,
+          q.attempts, q.test_event_code, q.queued_at;
+
+-- name: ack
+-- Delivered: the rows go.  Deleting (not flagging) keeps the live table as small as
+-- the backlog; autovacuum (per-table settings in 0001) reclaims the dead tuples.
+-- Meta accepting a pixel's events proves its token works: a breaker hold on it (written
+-- by any replica) is lifted, so every replica resumes at once.
+WITH acked AS (
+    DELETE FROM capirelay_queue WHERE id = ANY(%(ids)s::bigint[])
+    RETURNING pixel_id
+)
+DELETE FROM capirelay_pixel_state
+WHERE reason = 'breaker' AND pixel_id IN (SELECT DISTINCT pixel_id FROM acked);
+
+-- name: reschedule
+-- A failed attempt: count it, append it to the bounded attempt log, wait until
+-- next_attempt_at.  A row whose lease passed to another replica is left to that one.
+UPDATE capirelay_queue
+SET state = 1,
+    available_at = %(next_attempt_at)s,
+    attempts = attempts + 1,
+    lease_owner = NULL,
+    attempt_log = (CASE WHEN jsonb_array_length(attempt_log) >= %(log_limit)s
+                        THEN attempt_log - 0 ELSE attempt_log END)
+                  || jsonb_build_array(%(attempt)s::jsonb)
+WHERE id = ANY(%(ids)s::bigint[]) AND (state <> 2 OR lease_owner = %(owner)s);
+
+-- name: release
+-- Give back untouched: only rows this outbox still holds (a lease that expired and
+-- moved to another replica must not be handed out a third time).
+UPDATE capirelay_queue SET state = 0, lease_owner = NULL
+WHERE id = ANY(%(ids)s::bigint[]) AND state = 2 AND lease_owner = %(owner)s;
+
+-- name: dead_letter
+-- Move rows to the dead-letter store and forget their dedup keys, in one statement:
+-- the data-modifying CTEs run exactly once each, all or nothing.
+WITH moved AS (
+    DELETE FROM capirelay_queue WHERE id = ANY(%(ids)s::bigint[])
+    RETURNING *
+),
+forgotten AS (
+    DELETE FROM capirelay_dedup AS d
+    USING moved AS m
+    WHERE d.pixel_id = m.pixel_id AND d.event_name = m.event_name AND d.event_id = m.event_id
+)
+INSERT INTO capirelay_dead_letters (pixel_id, event_name, event_id, payload, event_time,
+                                    deadline, test_event_code, source, queued_at, reason,
+                                    error, attempt_log, dead_at)
+SELECT pixel_id, event_name, event_id, payload, event_time, deadline, test_event_code, source,
+       queued_at, %(reason)s, %(error)s::jsonb,
+       CASE WHEN %(error)s::jsonb IS NULL THEN attempt_log
+            ELSE (CASE WHEN jsonb_array_length(attempt_log) >= %(log_limit)s
+                       THEN attempt_log - 0 ELSE attempt_log END)
+                 || jsonb_build_array(%(error)s::jsonb)
+       END,
+       %(now)s
+FROM moved
+ORDER BY id;
+
+-- name: due_pixels
+-- Pixels with a due event and no hold.  PostgreSQL has no skip scan, so the distinct
+-- pixels come from a "loose index scan" (a recursive CTE that jumps from one pixel to
+-- the next through each partial index): O(pixels · log rows), never a scan of the queue.
+WITH RECURSIVE ready AS (
+    (SELECT pixel_id FROM capirelay_queue WHERE state = 0 ORDER BY pixel_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.pixel_id FROM capirelay_queue AS q
+            WHERE q.state = 0 AND q.pixel_id > r.pixel_id ORDER BY q.pixel_id LIMIT 1)
+    FROM ready AS r WHERE r.pixel_id IS NOT NULL
+),
+not_ready AS (
+    (SELECT pixel_id FROM capirelay_queue WHERE state > 0 ORDER BY pixel_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.pixel_id FROM capirelay_queue AS q
+            WHERE q.state > 0 AND q.pixel_id > r.pixel_id ORDER BY q.pixel_id LIMIT 1)
+    FROM not_ready AS r WHERE r.pixel_id IS NOT NULL
+),
+candidates AS (
+    SELECT pixel_id FROM ready WHERE pixel_id IS NOT NULL
+    UNION
+    SELECT r.pixel_id FROM not_ready AS r
+    WHERE r.pixel_id IS NOT NULL AND EXISTS (
+        SELECT 1 FROM capirelay_queue AS q
+        WHERE q.pixel_id = r.pixel_id AND q.state > 0 AND q.available_at <= %(now)s
+    )
+)
+SELECT c.pixel_id FROM candidates AS c
+WHERE NOT EXISTS (
+    SELECT 1 FROM capirelay_pixel_state AS s
+    WHERE s.pixel_id = c.pixel_id AND s.hold_until > %(now)s
+)
+ORDER BY c.pixel_id;
+
+-- name: next_due_at_pixel
+-- A ready row is due already (its queued_at is a moment at or before "now"); otherwise
+-- the earliest backoff or lease end.  A hold on the pixel postpones it.
+SELECT CASE WHEN due IS NULL THEN NULL ELSE GREATEST(due, hold_until) END
+FROM (
+    SELECT LEAST(
+        (SELECT queued_at FROM capirelay_queue
+         WHERE pixel_id = %(pixel_id)s AND state = 0 LIMIT 1),
+        (SELECT min(available_at) FROM capirelay_queue
+         WHERE pixel_id = %(pixel_id)s AND state > 0)
+    ) AS due,
+    (SELECT hold_until FROM capirelay_pixel_state WHERE pixel_id = %(pixel_id)s) AS hold_until
+) AS t;
+
+-- name: next_due_at_any
+SELECT LEAST(
+    (SELECT queued_at FROM capirelay_queue WHERE state = 0 LIMIT 1),
+    (SELECT min(available_at) FROM capirelay_queue WHERE state > 0)
+);
+
+-- name: stats_by_pixel
+SELECT pixel_id, count(*), count(*) FILTER (WHERE state = 2), min(deadline)
+FROM capirelay_queue
+GROUP BY pixel_id;
+
+-- name: oldest_queued_at
+-- Rows are inserted in time order, so the lowest id is the oldest queued row.
+SELECT queued_at FROM capirelay_queue ORDER BY id LIMIT 1;
+
+-- name: dlq_by_reason
+SELECT reason, count(*) FROM capirelay_dead_letters GROUP BY reason;
+
+-- name: expire_dedup
+-- Forget keys older than the window, a chunk at a time so one expiry never holds many
+-- row locks.  SKIP LOCKED: a key an enqueue is re-claiming right now is left alone, and
+-- the seen_at re-check after locking keeps a key that was just re-claimed.
+DELETE FROM capirelay_dedup AS d
+USING (
+    SELECT pixel_id, event_name, event_id FROM capirelay_dedup
+    WHERE seen_at <= %(cutoff)s
+    LIMIT %(chunk)s
+    FOR UPDATE SKIP LOCKED
+) AS old
+WHERE d.pixel_id = old.pixel_id AND d.event_name = old.event_name
+  AND d.event_id = old.event_id AND d.seen_at <= %(cutoff)s;
+
+-- name: dlq_list
+SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, reason, error,
+       attempt_log, test_event_code, queued_at, dead_at
+FROM capirelay_dead_letters
+WHERE (%(pixel_id)s::text IS NULL OR pixel_id = %(pixel_id)s::text)
+  AND (%(event_name)s::text IS NULL OR event_name = %(event_name)s::text)
+  AND (%(reason)s::text IS NULL OR reason = %(reason)s::text)
+  AND (%(since)s::float8 IS NULL OR dead_at >= %(since)s::float8)
+  AND (%(until)s::float8 IS NULL OR dead_at < %(until)s::float8)
+ORDER BY dead_at DESC, id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: dlq_get
+SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, reason, error,
+       attempt_log, test_event_code, queued_at, dead_at
+FROM capirelay_dead_letters
+WHERE id = %(id)s;
+
+-- name: dlq_requeue
+-- Back to the queue with attempts reset and due now; the keys are remembered again
+-- (the event is about to be sent, so a resend of it is once more a duplicate).
+WITH moved AS (
+    DELETE FROM capirelay_dead_letters WHERE id = ANY(%(ids)s::bigint[])
+    RETURNING *
+),
+remembered AS (
+    INSERT INTO capirelay_dedup (pixel_id, event_name, event_id, seen_at)
+    SELECT DISTINCT ON (pixel_id, event_name, event_id) pixel_id, event_name, event_id, %(now)s
+    FROM moved
+    ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at
+),
+requeued AS (
+    INSERT INTO capirelay_queue (pixel_id, event_name, event_id, payload, event_time, deadline,
+                                 test_event_code, source, queued_at, attempts, state,
+                                 available_at, attempt_log)
+    SELECT pixel_id, event_name, event_id, payload, event_time, deadline, test_event_code,
+           source, %(now)s, 0, 0, %(now)s, attempt_log
+    FROM moved
+    ORDER BY id
+    RETURNING pixel_id
+),
+announced AS (
+    SELECT count(pg_notify(%(channel)s, pixel_id)) AS pixels
+    FROM (SELECT DISTINCT pixel_id FROM requeued) AS p
+)
+SELECT (SELECT count(*) FROM requeued), (SELECT pixels FROM announced);
+
+-- name: dlq_purge_ids
+DELETE FROM capirelay_dead_letters WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: dlq_purge_filter
+DELETE FROM capirelay_dead_letters
+WHERE (%(pixel_id)s::text IS NULL OR pixel_id = %(pixel_id)s::text)
+  AND (%(event_name)s::text IS NULL OR event_name = %(event_name)s::text)
+  AND (%(reason)s::text IS NULL OR reason = %(reason)s::text)
+  AND (%(since)s::float8 IS NULL OR dead_at >= %(since)s::float8)
+  AND (%(until)s::float8 IS NULL OR dead_at < %(until)s::float8);
+
+-- name: hold_pixel
+-- Written by the replica whose breaker opened or that Meta throttled; a longer hold
+-- already in place (e.g. an open breaker) is never shortened by a shorter one.
+INSERT INTO capirelay_pixel_state AS s
+    (pixel_id, hold_until, hold_seconds, reason, code, subcode, updated_at)
+VALUES (%(pixel_id)s, %(until)s, %(until)s - %(now)s, %(reason)s, %(code)s, %(subcode)s,
+        %(now)s)
+ON CONFLICT (pixel_id) DO UPDATE
+SET hold_until = excluded.hold_until, hold_seconds = excluded.hold_seconds,
+    reason = excluded.reason, code = excluded.code, subcode = excluded.subcode,
+    updated_at = excluded.updated_at
+WHERE s.hold_until < excluded.hold_until;
+
+-- name: unhold_pixel
+DELETE FROM capirelay_pixel_state WHERE pixel_id = %(pixel_id)s;
+
+-- name: ping
+SELECT 1;
+
+-- name: queue_breakdown
+-- Dashboard view: a full scan, run on page views only (never on the hot path).
+SELECT pixel_id, event_name, count(*), min(queued_at), min(deadline)
+FROM capirelay_queue
+GROUP BY pixel_id, event_name
+ORDER BY pixel_id, event_name;
+
+-- name: dlq_breakdown
+-- Dashboard view: message and fbtrace_id are those of each group's most recent letter.
+SELECT pixel_id, event_name, reason, code, subcode, count(*) AS n, max(dead_at),
+       (array_agg(error ->> 'message' ORDER BY dead_at DESC, id DESC))[1],
+       (array_agg(error ->> 'fbtrace_id' ORDER BY dead_at DESC, id DESC))[1]
+FROM (
+    SELECT id, pixel_id, event_name, reason, error, dead_at,
+           (error ->> 'code')::integer AS code, (error ->> 'subcode')::integer AS subcode
+    FROM capirelay_dead_letters
+) AS d
+GROUP BY pixel_id, event_name, reason, code, subcode
+ORDER BY n DESC, max(dead_at) DESC;
+
+-- name: queue_sample
+SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
+       test_event_code, queued_at
+FROM capirelay_queue
+ORDER BY id DESC
+LIMIT %(limit)s;

@@ -1,0 +1,152 @@
+"""Gateway replicas as real processes (``capirelay serve``) on one PostgreSQL outbox.
+
+Each replica is started exactly as ``examples/deploy`` runs it: the same
+``capirelay serve --config ... --host ... --port ...`` command, the very settings
+file of ``examples/deploy/capirelay.toml``, the storage URL in
+``CAPIRELAY_STORAGE`` and the secrets in environment variables.  Only the Graph
+API URL (the emulator) and the delivery timings are overridden, through the
+environment as an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+PIXEL_ID = "1234567890"
+ACCESS_TOKEN = "replica-test-token"
+INGEST_KEY = "replica-test-ingest-key"
+CAPIRELAY = str(Path(sys.executable).with_name("capirelay"))
+DEPLOY_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "deploy" / "capirelay.toml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def deployment_env(storage_url: str, graph_url: str, **delivery: Any) -> dict[str, str]:
+    """What a replica's environment holds in examples/deploy, pointed at the test's
+    database and emulator; ``delivery`` overrides [delivery] settings (test timings)."""
+    values = {"batch_size": 500, "max_in_flight": 4, "linger_ms": 20, "lease_seconds": 10,
+              "poll_seconds": 0.2, **delivery}  # fmt: skip
+    env = {
+        "CAPIRELAY_STORAGE": storage_url,
+        "CAPIRELAY_GRAPH_URL": graph_url,
+        "META_ACCESS_TOKEN": ACCESS_TOKEN,
+        "INGEST_KEY": INGEST_KEY,
+    }
+    env.update({f"CAPIRELAY_DELIVERY__{k.upper()}": str(v) for k, v in values.items()})
+    return env
+
+
+class Replica:
+    """One ``capirelay serve`` process on a loopback port."""
+
+    def __init__(self, name: str, settings_env: dict[str, str], workdir: Path) -> None:
+        self.name, self.settings_env, self.workdir = name, settings_env, workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAPIRELAY_")}
+        env.update(self.settings_env)
+        # The command of examples/deploy (Dockerfile CMD), on a loopback port.
+        command = [CAPIRELAY, "serve", "--config", str(DEPLOY_CONFIG), "--host", "127.0.0.1",
+                   "--port", str(self.port), "--log-level", "warning"]  # fmt: skip
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not become ready")
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                return self.process.wait(5)
+        return self.process.returncode
+
+
+@contextmanager
+def replicas(count: int, settings_env: dict[str, str], workdir: Path) -> Iterator[list[Replica]]:
+    """Start ``count`` replicas together (they migrate concurrently) and stop them after."""
+    started = [Replica(f"replica-{n}", settings_env, workdir) for n in range(count)]
+    try:
+        for replica in started:
+            replica.start()
+        for replica in started:
+            replica.wait_ready()
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def queue_depth(storage_url: str) -> int:
+    with psycopg.connect(storage_url) as conn:
+        row = conn.execute("SELECT count(*) FROM capirelay_queue").fetchone()
+    return int(row[0]) if row else 0
+
+
+def dedup_keys(storage_url: str) -> int:
+    with psycopg.connect(storage_url) as conn:
+        row = conn.execute("SELECT count(*) FROM capirelay_dedup").fetchone()
+    return int(row[0]) if row else 0
+
+
+def purchase(event_id: str, email: str) -> dict[str, Any]:
+    return {
+        "event_name": "Purchase",
+        "event_time": int(time.time()),
+        "event_id": event_id,
+        "action_source": "website",
+        "event_source_url": "https://shop.example/checkout",
+        "user_data": {
+            "email": email,
+            "client_user_agent": "Mozilla/5.0 (replica test)",
+            "client_ip_address": "8.8.4.4",
+        },
+        "custom_data": {"value": 10, "currency": "EUR"},
+    }

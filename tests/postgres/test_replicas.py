@@ -1,0 +1,251 @@
+"""Several ``capirelay serve`` processes on one PostgreSQL outbox, as a deployment runs them.
+
+* Two replicas receiving the same webhooks at the same moment send each event once.
+* Three replicas share a stream of events; one is SIGKILLed in the middle.  Every
+  event any replica acknowledged reaches Meta (the emulator); an event reaches it
+  twice only inside the crash window (sent by the killed replica before the kill,
+  not yet acked in the outbox, so its lease expired and a survivor sent it again).
+  Those re-sends are counted and reported.  ``make test`` runs 30,000 events; the
+  full 100,000 run under the ``slow`` marker (``make soak``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pg_replicas import (
+    ACCESS_TOKEN,
+    INGEST_KEY,
+    PIXEL_ID,
+    Replica,
+    dedup_keys,
+    deployment_env,
+    purchase,
+    queue_depth,
+    replicas,
+)
+
+from capirelay.emulator.testing import RunningEmulator, run_emulator
+
+POST_BATCH = 250
+CLIENT_THREADS = 6
+BATCH_SIZE_TO_META = 500
+MAX_IN_FLIGHT = 4
+DEADLINE_SECONDS = 75
+# The emulator shares this process with the client threads: under load it handles a
+# request the victim sent just before SIGKILL a moment after the kill.
+EMULATOR_LAG = 2.0
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with run_emulator(pixels={PIXEL_ID: ACCESS_TOKEN}) as em:
+        yield em
+
+
+def _client(url: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {INGEST_KEY}"}, timeout=10)
+
+
+def received_ids(emulator: RunningEmulator) -> Counter[str]:
+    return Counter(e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID))
+
+
+def wait_until(condition: Any, what: str, timeout: float = DEADLINE_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.1)
+
+
+# ------------------------------------------------------------------ webhook race
+
+
+def test_two_replicas_racing_on_the_same_webhook_deliver_it_once(
+    emulator: RunningEmulator, postgres_url: str, tmp_path: Path
+) -> None:
+    settings_env = deployment_env(postgres_url, emulator.url)
+    hooks = [
+        [purchase(f"hook-{n}-{i}", f"buyer{n}.{i}@example.com") for i in range(5)]
+        for n in range(60)
+    ]
+    with replicas(2, settings_env, tmp_path) as pair:
+        clients = [_client(r.url) for r in pair]
+        barrier = threading.Barrier(2)
+
+        def deliver_hook(client: httpx.Client, hook: list[dict[str, Any]]) -> list[Any]:
+            barrier.wait()  # both replicas get the webhook at the same moment
+            response = client.post("/v1/events", json={"pixel_id": PIXEL_ID, "data": hook})
+            assert response.status_code == 202, response.text
+            return list(response.json()["results"])
+
+        statuses: Counter[tuple[str, str]] = Counter()
+        with ThreadPoolExecutor(2) as pool:
+            for hook in hooks:
+                answers = pool.map(deliver_hook, clients, [hook, hook])
+                for results in answers:
+                    for result in results:
+                        statuses[(result["event_id"], result["status"])] += 1
+        for client in clients:
+            client.close()
+        wanted = {e["event_id"] for hook in hooks for e in hook}
+        wait_until(lambda: wanted <= set(received_ids(emulator)), "every webhook arrived")
+        wait_until(lambda: queue_depth(postgres_url) == 0, "the queue is empty")
+        time.sleep(0.5)  # a double send would have arrived by now
+        received = received_ids(emulator)
+        stored_keys = dedup_keys(postgres_url)
+
+    assert stored_keys == len(wanted)  # the replicas shared this database, not local files
+    assert all(statuses[(event_id, "queued")] == 1 for event_id in wanted)
+    assert all(statuses[(event_id, "duplicate")] == 1 for event_id in wanted)
+    assert {event_id: received[event_id] for event_id in wanted} == dict.fromkeys(wanted, 1)
+    assert emulator.state.stats()["duplicates"] == 0
+
+
+# ------------------------------------------------------------- crash of a replica
+
+
+class Traffic:
+    """Client threads posting batches round-robin over the replicas, each batch retried on
+    another replica until one acknowledges it (what a load balancer does for a dead one)."""
+
+    def __init__(self, fleet: list[Replica], total: int) -> None:
+        self.fleet = fleet
+        self.total = total
+        self.lock = threading.Lock()
+        self.next_batch = 0
+        self.acked: set[str] = set()
+        self.statuses: Counter[str] = Counter()
+        self.retries = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        clients = {r.name: _client(r.url) for r in self.fleet}
+        try:
+            while (number := self._take()) is not None:
+                self._post_until_answered(clients, number)
+        finally:
+            for client in clients.values():
+                client.close()
+
+    def _take(self) -> int | None:
+        with self.lock:
+            if self.next_batch * POST_BATCH >= self.total:
+                return None
+            self.next_batch += 1
+            return self.next_batch - 1
+
+    def _post_until_answered(self, clients: dict[str, httpx.Client], number: int) -> None:
+        body = {
+            "pixel_id": PIXEL_ID,
+            "data": [
+                purchase(f"r-{number}-{i}", f"buyer{number}.{i}@example.com")
+                for i in range(POST_BATCH)
+            ],
+        }
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        attempt = 0
+        while time.monotonic() < deadline:
+            replica = self.fleet[(number + attempt) % len(self.fleet)]
+            attempt += 1
+            try:
+                response = clients[replica.name].post("/v1/events", json=body)
+            except httpx.TransportError:
+                response = None
+            if response is not None and response.status_code == 202:
+                self._record(response.json()["results"])
+                return
+            with self.lock:
+                self.retries += 1
+            time.sleep(0.02)
+        self.errors.append(f"batch {number} never answered")
+
+    def _record(self, results: list[dict[str, Any]]) -> None:
+        with self.lock:
+            for result in results:
+                self.statuses[result["status"]] += 1
+                if result["status"] in ("queued", "duplicate"):
+                    self.acked.add(result["event_id"])
+
+
+def first_receipts(emulator: RunningEmulator) -> dict[str, float]:
+    first: dict[str, float] = {}
+    for stored in emulator.state.events(PIXEL_ID):
+        first.setdefault(stored["event"]["event_id"], stored["received_at"])
+    return first
+
+
+@pytest.mark.parametrize(
+    "total", [30_000, pytest.param(100_000, marks=pytest.mark.slow)], ids=["30k", "100k"]
+)
+def test_three_replicas_one_sigkilled_lose_nothing_acknowledged(
+    emulator: RunningEmulator,
+    postgres_url: str,
+    tmp_path: Path,
+    total: int,
+    record_property: Any,
+) -> None:
+    settings_env = deployment_env(postgres_url, emulator.url, batch_size=BATCH_SIZE_TO_META,
+                                  max_in_flight=MAX_IN_FLIGHT)  # fmt: skip
+    started = time.monotonic()
+    with replicas(3, settings_env, tmp_path) as fleet:
+        traffic = Traffic(fleet, total)
+        threads = [threading.Thread(target=traffic.run, daemon=True) for _ in range(CLIENT_THREADS)]
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: len(traffic.acked) >= total // 2, "half the events were acked")
+        victim = fleet[1]
+        victim.kill()
+        killed_at = time.time()
+        acked_before_kill = len(traffic.acked)
+        for thread in threads:
+            thread.join(DEADLINE_SECONDS)
+
+        assert not traffic.errors
+        assert traffic.statuses["rejected"] == 0
+        assert len(traffic.acked) == total
+        wait_until(
+            lambda: emulator.state.stats()["events_accepted"] >= total, "Meta received them all"
+        )
+        # The victim's leased events come back when their lease ends; wait for the queue to
+        # empty so every crash-window re-send is in before counting.
+        wait_until(lambda: queue_depth(postgres_url) == 0, "the queue is empty")
+        received = Counter(e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID))
+        survivors_exit = [r.stop() for r in fleet if r is not victim]
+
+    elapsed = time.monotonic() - started
+    sent_twice = {event_id: n for event_id, n in received.items() if n > 1}
+    first_receipt = first_receipts(emulator)
+    meta_duplicates = emulator.state.stats()["duplicates"]
+    for name, value in (
+        ("events", total),
+        ("acked_before_kill", acked_before_kill),
+        ("client_retries", traffic.retries),
+        ("sent_twice_in_crash_window", len(sent_twice)),
+        ("seconds", round(elapsed, 1)),
+    ):
+        record_property(name, value)
+    print(
+        f"\nreplica crash test: {total} events over 3 replicas in {elapsed:.1f} s; "
+        f"{acked_before_kill} acked before SIGKILL of {victim.name}, {traffic.retries} client "
+        f"retries, {len(sent_twice)} events sent twice (crash window; emulator dedup count "
+        f"{meta_duplicates})"
+    )
+    assert traffic.acked <= set(received), "an acknowledged event never reached Meta"
+    # Re-sends are the crash window only: the killed replica sent them (the emulator may
+    # finish reading a request up to EMULATOR_LAG after the kill) and never recorded the
+    # ack, so their lease expired and a survivor sent them again, once.
+    assert all(first_receipt[event_id] <= killed_at + EMULATOR_LAG for event_id in sent_twice)
+    assert all(n == 2 for n in sent_twice.values())
+    assert len(sent_twice) <= BATCH_SIZE_TO_META * MAX_IN_FLIGHT
+    assert meta_duplicates == sum(n - 1 for n in sent_twice.values())
+    assert all(code in (0, -15) for code in survivors_exit)
