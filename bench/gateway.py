@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -42,32 +39,22 @@ import orjson
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    HOST,
+    KEY,
+    PIXEL,
+    TOKEN,
+    free_port,
+    print_table,
+    start_emulator,
+    stop_process,
+    wait_http,
+)
+from _common import events_requests as _events_requests
 from _loadgen import LoadResult, build_request, run_load
 
-PIXEL = "1234567890"
-TOKEN = "bench-token"
-KEY = "bench-ingest-key"
-HOST = "127.0.0.1"
 ORIGIN = "http://shop.bench.example"
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def raw_event(i: int, now: int) -> dict[str, Any]:
@@ -119,12 +106,7 @@ class Gateway:
         return self.ps.memory_info().rss / 1e6
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def write_config(tmp: Path, graph_url: str) -> Path:
@@ -165,13 +147,7 @@ def set_fault(url: str, spec: dict[str, Any] | None) -> None:
 
 def events_requests(n: int, per_request: int, port: int) -> list[bytes]:
     now = int(time.time())
-    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-    out = []
-    for r in range(n):
-        data = [raw_event(r * per_request + j, now) for j in range(per_request)]
-        body = orjson.dumps({"pixel_id": PIXEL, "data": data})
-        out.append(build_request(HOST, port, "POST", "/v1/events", body, headers))
-    return out
+    return _events_requests(port, n, per_request, lambda i: raw_event(i, now))
 
 
 def collect_requests(n: int, port: int) -> list[bytes]:
@@ -221,16 +197,6 @@ def row(name: str, result: LoadResult, per_request: int = 1, goal: str = "") -> 
         f"{ok}/{result.requests}",
         goal,
     ]
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) + " |")
-    sys.stdout.flush()
 
 
 def wait_accepted(url: str, target: int, timeout: float) -> tuple[int, float]:
@@ -364,22 +330,7 @@ def main() -> None:
     naive_n = 300 if args.quick else 1000
 
     tmp = Path(tempfile.mkdtemp(prefix="capirelay-bench-"))
-    emu_port = free_port()
-    emulator = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "capirelay.emulator",
-            "--port",
-            str(emu_port),
-            "--pixel",
-            f"{PIXEL}:{TOKEN}",
-            "--no-store-events",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    graph_url = f"http://{HOST}:{emu_port}"
-    wait_http(f"{graph_url}/_emulator/stats")
+    emulator, graph_url = start_emulator()
     config = write_config(tmp, graph_url)
     print(f"# capirelay gateway benchmark ({os.cpu_count()} cores, {time.strftime('%Y-%m-%d')})")
     try:

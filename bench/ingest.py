@@ -35,13 +35,14 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PIXEL, print_table
 from capirelay.config import PixelSettings
 from capirelay.events import Event, prepare_wire
 from capirelay.ingest import derive_event_id, prepare_event
 from capirelay.normalize import clear_caches
 from capirelay.outbox import NewEvent, open_outbox
 from capirelay.validate import deadline, validate_event
-from gateway import PIXEL, raw_event
+from gateway import raw_event
 
 BATCH = 100  # events per request in bench/gateway.py's batched row
 ISSUE_GOAL_EVENTS_PER_SECOND = 20_000
@@ -181,16 +182,6 @@ def outbox_rows(events: Sequence[dict[str, Any]], now: int) -> list[list[str]]:
              f"{seconds / len(calls) * 1e3:.2f}"]
         )  # fmt: skip
     return rows
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) + " |")
-    sys.stdout.flush()
 
 
 def main() -> None:

@@ -27,14 +27,12 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -43,34 +41,24 @@ import orjson
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _loadgen import LoadResult, build_request, run_load
+from _common import (
+    HOST,
+    KEY,
+    PIXEL,
+    TOKEN,
+    free_port,
+    print_table,
+    start_emulator,
+    stop_process,
+    wait_http,
+)
+from _common import events_requests as _events_requests
+from _loadgen import LoadResult, run_load
 
-PIXEL = "1234567890"
-TOKEN = "bench-token"
-KEY = "bench-ingest-key"
-HOST = "127.0.0.1"
 PER_REQUEST = 100
 CONNECTIONS = 16
 POSTGRES_SERVER = os.environ.get("CAPIRELAY_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1/test")
 CAPIRELAY = str(Path(sys.executable).with_name("capirelay"))
-
-
-def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def raw_event(i: int, now: int, run: str) -> dict[str, Any]:
@@ -135,15 +123,10 @@ class Replica:
             cwd=config.parent,
             env=env,
         )
-        wait_http(f"http://{HOST}:{self.port}/readyz")
+        wait_http(f"http://{HOST}:{self.port}/readyz", interval=0.05)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def start_replicas(config: Path, storage: str, count: int, *, with_token: bool) -> list[Replica]:
@@ -152,13 +135,7 @@ def start_replicas(config: Path, storage: str, count: int, *, with_token: bool) 
 
 def events_requests(n: int, port: int, run: str) -> list[bytes]:
     now = int(time.time())
-    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
-    out = []
-    for r in range(n):
-        data = [raw_event(r * PER_REQUEST + j, now, run) for j in range(PER_REQUEST)]
-        body = orjson.dumps({"pixel_id": PIXEL, "data": data})
-        out.append(build_request(HOST, port, "POST", "/v1/events", body, headers))
-    return out
+    return _events_requests(port, n, PER_REQUEST, lambda i: raw_event(i, now, run))
 
 
 async def _load_all(replicas: Sequence[Replica], requests: list[list[bytes]]) -> LoadResult:
@@ -266,16 +243,6 @@ def _cost_row(name: str, seconds: float, events: int, per_call: int) -> list[str
 # ------------------------------------------------------------------------ main
 
 
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
-    print(f"\n## {title}\n")
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) + " |")
-    sys.stdout.flush()
-
-
 def scratch_database() -> tuple[str, str]:
     name = f"capirelay_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES_SERVER, autocommit=True) as admin:
@@ -302,22 +269,7 @@ def main() -> None:
     events = total_requests * PER_REQUEST
 
     tmp = Path(tempfile.mkdtemp(prefix="capirelay-pgbench-"))
-    emu_port = free_port()
-    emulator = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "capirelay.emulator",
-            "--port",
-            str(emu_port),
-            "--pixel",
-            f"{PIXEL}:{TOKEN}",
-            "--no-store-events",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    graph_url = f"http://{HOST}:{emu_port}"
-    wait_http(f"{graph_url}/_emulator/stats")
+    emulator, graph_url = start_emulator()
     config = write_config(tmp, graph_url)
     db_name, pg_url = scratch_database()
     print(

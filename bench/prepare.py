@@ -34,9 +34,9 @@ import string
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from facebook_business.adobjects.serverside.action_source import ActionSource as SdkActionSource
@@ -56,7 +56,8 @@ from capirelay.events import (
 )
 from capirelay.normalize import cache_info, clear_caches, hash_field
 
-CHUNK = 1000
+CHUNK = 1000  # events per request body, as Meta's batch limit allows
+T = TypeVar("T")
 EVENT_TIME = 1_764_128_000
 # Pools, not one value per event: real traffic repeats names and places.  The
 # identifiers (email, phone, external_id, IP, fbc, fbp, order, zip) are distinct.
@@ -161,6 +162,11 @@ def _phone(rng: random.Random) -> str:
     return f"+1 ({rng.choice(AREA_CODES)}) {exchange}-{line:04d}"
 
 
+def chunks(items: list[T]) -> Iterator[list[T]]:
+    """``items`` in request-sized slices of ``CHUNK``."""
+    return (items[start : start + CHUNK] for start in range(0, len(items), CHUNK))
+
+
 def build_event(r: Record) -> Event:
     return Event(
         event_name="Purchase",
@@ -193,10 +199,7 @@ def build_event(r: Record) -> Event:
 
 def capirelay_typed(records: list[Record]) -> list[bytes]:
     clear_caches()
-    return [
-        encode_request([build_event(r) for r in records[start : start + CHUNK]])
-        for start in range(0, len(records), CHUNK)
-    ]
+    return [encode_request([build_event(r) for r in chunk]) for chunk in chunks(records)]
 
 
 def as_wire_dicts(records: list[Record]) -> list[dict[str, Any]]:
@@ -235,26 +238,20 @@ def as_wire_dicts(records: list[Record]) -> list[dict[str, Any]]:
 
 def capirelay_from_dicts(dicts: list[dict[str, Any]]) -> list[bytes]:
     clear_caches()
-    return [
-        encode_request([Event.model_validate(d) for d in dicts[start : start + CHUNK]])
-        for start in range(0, len(dicts), CHUNK)
-    ]
+    return [encode_request([Event.model_validate(d) for d in chunk]) for chunk in chunks(dicts)]
 
 
 def capirelay_ingest(dicts: list[dict[str, Any]]) -> list[bytes]:
     """What the gateway does per request: ``prepare_wire`` each dict, encode the payloads."""
     clear_caches()
-    return [
-        encode_request([prepare_wire(d).payload for d in dicts[start : start + CHUNK]])
-        for start in range(0, len(dicts), CHUNK)
-    ]
+    return [encode_request([prepare_wire(d).payload for d in chunk]) for chunk in chunks(dicts)]
 
 
 def sdk(records: list[Record]) -> list[str]:
     bodies = []
-    for start in range(0, len(records), CHUNK):
+    for chunk in chunks(records):
         normalized = []
-        for r in records[start : start + CHUNK]:
+        for r in chunk:
             event = SdkEvent(
                 event_name="Purchase",
                 event_time=EVENT_TIME,
@@ -357,10 +354,7 @@ def breakdown(records: list[Record], repeat: int) -> dict[str, float]:
         "to_wire (normalize, hash, compact)": lambda: [event.to_wire() for event in events],
         "prepare_wire (dict to wire, no models)": lambda: [prepare_wire(d) for d in dicts],
         "  of which normalize.hash_field": lambda: hash_only(records),
-        "orjson encode": lambda: [
-            orjson.dumps({"data": payloads[start : start + CHUNK]})
-            for start in range(0, len(payloads), CHUNK)
-        ],
+        "orjson encode": lambda: [orjson.dumps({"data": chunk}) for chunk in chunks(payloads)],
     }
     return {name: best_seconds(run, repeat) / len(records) * 1e6 for name, run in stages.items()}
 

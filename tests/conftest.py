@@ -10,6 +10,10 @@ dropped afterwards.  ``CAPIRELAY_TEST_POSTGRES`` overrides the server URL.
 Backend parametrization: a test whose fixtures ask for ``backend`` runs once per
 storage backend; ``@pytest.mark.sqlite_only`` keeps a test that exercises a
 SQLite-specific mechanism (group-commit counters, ``max_page_count``) to SQLite.
+
+Emulator: ``emulator`` is a live Graph API emulator on a loopback port serving the
+pixels of ``emulator_data`` (directories needing other pixels or a wider scope
+override it), ``http`` a client for it.
 """
 
 from __future__ import annotations
@@ -18,10 +22,15 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 from urllib.parse import quote
 
+import httpx
 import psycopg
 import pytest
+
+from capirelay.emulator import RunningEmulator, run_emulator
+from emulator_data import OTHER_PIXEL, OTHER_TOKEN, PIXEL, TOKEN, make_event
 
 POSTGRES_SERVER_URL = os.environ.get(
     "CAPIRELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
@@ -110,3 +119,20 @@ def postgres_url(pg_schema: SchemaFactory) -> Iterator[str]:
     """A storage URL on a fresh schema of this run's database, for one test."""
     with pg_schema() as url:
         yield url
+
+
+@pytest.fixture
+def event_factory() -> Callable[..., dict[str, Any]]:
+    return make_event
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with run_emulator(pixels={PIXEL: TOKEN, OTHER_PIXEL: OTHER_TOKEN}, fault_seed=7) as running:
+        yield running
+
+
+@pytest.fixture
+def http(emulator: RunningEmulator) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=emulator.url, timeout=5.0) as client:
+        yield client

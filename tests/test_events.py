@@ -158,6 +158,43 @@ def test_a_bad_phone_drops_only_ph_and_reports_a_warning_without_the_value() -> 
     assert raw_phone not in problem.message
 
 
+@pytest.mark.parametrize(
+    ("phone", "country", "default_country", "warned"),
+    [
+        ("6505551212", None, None, True),  # national digits, nothing to complete them with
+        ("020 7946 0958", None, None, True),
+        (["+1 650 555 1212", "6505551212"], None, None, True),
+        ("6505551212", "us", None, False),
+        ("6505551212", None, "US", False),
+        ("+1 650 555 1212", None, None, False),
+        ("0044 20 7946 0958", None, None, False),
+        ("16505551212", None, None, False),  # already normalized with its country code
+        (sha("16505551212"), None, None, False),
+    ],
+)
+def test_a_phone_without_country_code_is_sent_with_a_warning(
+    phone: Any, country: str | None, default_country: str | None, warned: bool
+) -> None:
+    user_data = UserData(phone=phone, country=country, client_user_agent="Mozilla/5.0")
+    wire = event(user_data=user_data).to_wire(default_country)
+    assert wire.payload["user_data"]["ph"], "the number is still sent"
+    flagged = [p for p in wire.problems if p.code == "phone_without_country_code"]
+    assert len(flagged) == (1 if warned else 0)
+    if warned:
+        [problem] = flagged
+        assert (problem.field, problem.severity) == ("user_data.ph", Severity.WARNING)
+        assert "country code" in problem.message and "default_country" in problem.message
+        assert "6505551212" not in problem.message
+    raw = {
+        "event_name": "Purchase",
+        "event_time": T0,
+        "action_source": "website",
+        "user_data": {"ph": phone, "client_user_agent": "Mozilla/5.0"}
+        | ({"country": country} if country else {}),
+    }
+    assert_same_as_model(raw, default_country)
+
+
 def test_one_bad_value_in_a_list_keeps_the_good_ones() -> None:
     wire = event(user_data=UserData(email=["nope", "ok@example.com"])).to_wire()
     assert wire.payload["user_data"] == {"em": [sha("ok@example.com")]}

@@ -13,7 +13,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -21,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from capirelay.cli_storage import ConfigOpt, StorageOpt, storage_url
 from capirelay.outbox import DLQFilter, Outbox
 
 dlq_app = typer.Typer(help="Inspect, replay and purge dead-lettered events.", no_args_is_help=True)
@@ -28,12 +28,6 @@ console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="capirelay.toml (default: $CAPIRELAY_CONFIG).")
-]
-StorageOpt = Annotated[
-    str | None, typer.Option("--storage", help="Storage URL; overrides the config's.")
-]
 PixelOpt = Annotated[str | None, typer.Option("--pixel", help="Only this pixel.")]
 EventOpt = Annotated[str | None, typer.Option("--event-name", help="Only this event name.")]
 ReasonOpt = Annotated[
@@ -43,18 +37,8 @@ SinceOpt = Annotated[
     str | None, typer.Option("--since", help="Dead-lettered at or after (ISO date/time).")
 ]
 UntilOpt = Annotated[str | None, typer.Option("--until", help="Dead-lettered before (ISO).")]
-
-
-def _storage_url(config: Path | None, storage: str | None) -> str:
-    if storage:
-        return storage
-    from capirelay.config import ConfigError, load_settings
-
-    try:
-        return load_settings(config).storage
-    except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+IdsArg = Annotated[list[int] | None, typer.Argument(help="Dead-letter ids; or use filters.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter.")]
 
 
 def _with_outbox(url: str, action: Callable[[Outbox], Awaitable[T]]) -> T:
@@ -127,7 +111,7 @@ def list_command(
 
     flt = _filter(pixel, event_name, reason, since, until)
     rows = _with_outbox(
-        _storage_url(config, storage),
+        storage_url(config, storage),
         lambda o: dlq.list_dead_letters(o, flt, limit=limit, offset=offset),
     )
     if not rows:
@@ -169,7 +153,7 @@ def show_command(
     """Show one dead letter: the hashed wire event, Meta's answer, every attempt."""
     from capirelay import dlq
 
-    detail = _with_outbox(_storage_url(config, storage), lambda o: dlq.show(o, dlq_id))
+    detail = _with_outbox(storage_url(config, storage), lambda o: dlq.show(o, dlq_id))
     if detail is None:
         err_console.print(f"[red]no dead letter with id {dlq_id}[/red]")
         raise typer.Exit(1)
@@ -210,9 +194,7 @@ def _ids_or_filter(
 
 @dlq_app.command("replay")
 def replay_command(
-    ids: Annotated[
-        list[int] | None, typer.Argument(help="Dead-letter ids; or use filters.")
-    ] = None,
+    ids: IdsArg = None,
     config: ConfigOpt = None,
     storage: StorageOpt = None,
     pixel: PixelOpt = None,
@@ -220,7 +202,7 @@ def replay_command(
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    all_: AllOpt = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Judge only; move nothing.")] = False,
 ) -> None:
     """Re-validate and re-queue dead letters that are still inside their deadline."""
@@ -230,7 +212,7 @@ def replay_command(
         ids, _filter(pixel, event_name, reason, since, until), everything_ok=all_
     )
     report = _with_outbox(
-        _storage_url(config, storage),
+        storage_url(config, storage),
         lambda o: dlq.replay(o, target, now=time.time(), dry_run=dry_run),
     )
     verb = "would re-queue" if dry_run else "re-queued"
@@ -247,9 +229,7 @@ def replay_command(
 
 @dlq_app.command("purge")
 def purge_command(
-    ids: Annotated[
-        list[int] | None, typer.Argument(help="Dead-letter ids; or use filters.")
-    ] = None,
+    ids: IdsArg = None,
     config: ConfigOpt = None,
     storage: StorageOpt = None,
     pixel: PixelOpt = None,
@@ -257,7 +237,7 @@ def purge_command(
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    all_: AllOpt = False,
     yes: Annotated[bool, typer.Option("--yes", help="Confirm a filter-wide purge.")] = False,
 ) -> None:
     """Delete dead letters for good."""
@@ -269,5 +249,5 @@ def purge_command(
     if isinstance(target, DLQFilter) and not yes:
         err_console.print("[red]a purge by filter deletes every match: add --yes to confirm[/red]")
         raise typer.Exit(2)
-    count = _with_outbox(_storage_url(config, storage), lambda o: dlq.purge(o, target))
+    count = _with_outbox(storage_url(config, storage), lambda o: dlq.purge(o, target))
     console.print(f"purged: {count}")

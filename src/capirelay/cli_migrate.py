@@ -11,12 +11,11 @@ The URL is never printed: it may hold a password.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from capirelay.cli_storage import ConfigOpt, StorageOpt, storage_url
 from capirelay.outbox import StorageUnavailable
 
 console = Console()
@@ -25,32 +24,12 @@ err_console = Console(stderr=True)
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
-def _storage_url(config: Path | None, storage: str | None) -> str:
-    if storage:
-        return storage
-    from capirelay.config import ConfigError, load_settings
-
-    try:
-        return load_settings(config).storage
-    except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-
-
-def migrate_command(
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="capirelay.toml (default: $CAPIRELAY_CONFIG)."),
-    ] = None,
-    storage: Annotated[
-        str | None, typer.Option("--storage", help="Storage URL; overrides the config's.")
-    ] = None,
-) -> None:
+def migrate_command(config: ConfigOpt = None, storage: StorageOpt = None) -> None:
     """Apply the outbox schema migrations a PostgreSQL database is missing."""
     from capirelay.outbox.migrate import MIGRATIONS, migrate_url
     from capirelay.outbox.postgres import postgres_conninfo
 
-    url = _storage_url(config, storage)
+    url = storage_url(config, storage)
     if not url.startswith(_POSTGRES_SCHEMES):
         console.print(
             "nothing to do: the SQLite outbox migrates itself when it opens "

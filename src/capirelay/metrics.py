@@ -9,6 +9,7 @@ problem codes and Meta error codes.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,35 @@ log = logging.getLogger("capirelay.metrics")
 
 # (pixel_id, events Meta accepted, effective test_event_code, fbtrace_id); must not block.
 DeliveryListener = Callable[[str, "Sequence[LeasedEvent]", "str | None", "str | None"], None]
+
+# Meta's standard events always get their own ``event_name`` label value.
+STANDARD_EVENT_NAMES = frozenset(
+    {
+        "AddPaymentInfo",
+        "AddToCart",
+        "AddToWishlist",
+        "CompleteRegistration",
+        "Contact",
+        "CustomizeProduct",
+        "Donate",
+        "FindLocation",
+        "InitiateCheckout",
+        "Lead",
+        "PageView",
+        "Purchase",
+        "Schedule",
+        "Search",
+        "StartTrial",
+        "SubmitApplication",
+        "Subscribe",
+        "ViewContent",
+    }
+)
+# event_name comes from unauthenticated beacons: every new value would be a new series
+# (memory, scrape size), so custom names get their own label only up to a bound.
+MAX_CUSTOM_EVENT_LABELS = 50
+MAX_EVENT_LABEL_CHARS = 64
+OTHER_EVENT_LABEL = "other"
 
 
 class Metrics:
@@ -132,6 +162,12 @@ class Metrics:
             ["pixel"],
             registry=r,
         )
+        self.unconfirmed = Counter(
+            "capirelay_events_unconfirmed_total",
+            "Events in accepted requests that Meta's events_received did not count.",
+            ["pixel"],
+            registry=r,
+        )
         self.send_rate_limit = Gauge(
             "capirelay_pixel_concurrency_limit",
             "Current AIMD concurrency allowance per pixel (drops on throttling).",
@@ -141,6 +177,23 @@ class Metrics:
 
         # In-process observers of accepted batches (the dashboard's recent-events ring).
         self.delivery_listeners: list[DeliveryListener] = []
+        self._custom_event_labels: set[str] = set()
+        self._event_labels_lock = threading.Lock()
+
+    def event_label(self, event_name: str) -> str:
+        """The ``event_name`` label value for ``event_name``: the name itself for Meta's
+        standard events and the first custom names seen (up to
+        ``MAX_CUSTOM_EVENT_LABELS``, each at most ``MAX_EVENT_LABEL_CHARS`` long),
+        ``"other"`` for everything else."""
+        if event_name in STANDARD_EVENT_NAMES or event_name in self._custom_event_labels:
+            return event_name
+        if len(event_name) > MAX_EVENT_LABEL_CHARS:
+            return OTHER_EVENT_LABEL
+        with self._event_labels_lock:
+            if len(self._custom_event_labels) >= MAX_CUSTOM_EVENT_LABELS:
+                return OTHER_EVENT_LABEL
+            self._custom_event_labels.add(event_name)
+        return event_name
 
     def delivered(
         self,

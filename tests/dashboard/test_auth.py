@@ -181,3 +181,33 @@ def test_login_double_submit(nonce: str | None, token_for: str, ok: bool) -> Non
 def test_same_origin(origin: str | None, ok: bool) -> None:
     headers = {"host": "gw.example"} | ({"origin": origin} if origin else {})
     assert same_origin(_request(headers)) is ok
+
+
+@pytest.mark.parametrize(
+    ("settings", "authorization"),
+    [
+        ({"admin_token": TOKEN}, "Bearer x"),
+        ({"admin_token": TOKEN}, f"Bearer {TOKEN}-and-much-longer"),
+        (BASIC, "Basic " + base64.b64encode(b"o:a-much-longer-password").decode()),
+        (BASIC, "Basic " + base64.b64encode(b"ops:pw").decode()),
+    ],
+)
+def test_credential_compares_do_not_leak_the_secret_length(
+    settings: dict[str, Any], authorization: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # compare_digest returns early when lengths differ: both sides must be digests.
+    import hmac
+
+    real = hmac.compare_digest
+    lengths: list[tuple[int, int]] = []
+
+    def recording(a: bytes, b: bytes) -> bool:
+        lengths.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", recording)
+    DashboardAuth(DashboardSettings(**settings)).authenticate(
+        _request({"authorization": authorization})
+    )
+    assert lengths
+    assert set(lengths) == {(32, 32)}

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import OTHER_PIXEL, OTHER_TOKEN, PIXEL, TOKEN, make_event
 
 from capirelay.emulator import RunningEmulator
+from emulator_data import OTHER_PIXEL, OTHER_TOKEN, PIXEL, TOKEN, make_event
 
 EVENTS_PATH = f"/v26.0/{PIXEL}/events"
 

@@ -6,9 +6,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import PIXEL, TOKEN
 
 from capirelay.emulator import RunningEmulator
+from emulator_data import PIXEL, TOKEN
 
 facebook_business = pytest.importorskip("facebook_business")
 

@@ -8,10 +8,10 @@ import time
 
 import httpx
 import pytest
-from conftest import PIXEL, TOKEN, make_event
 
 from capirelay.emulator import EmulatorState, run_emulator
 from capirelay.graph import GraphClient, SyncGraphClient
+from emulator_data import PIXEL, TOKEN, make_event
 
 PIXELS = {PIXEL: TOKEN}
 

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from conftest import PIXEL, TOKEN, make_event
 
 from capirelay import __version__
 from capirelay.emulator import RunningEmulator
@@ -26,6 +25,7 @@ from capirelay.graph import (
     SyncGraphClient,
     encode_events_body,
 )
+from emulator_data import PIXEL, TOKEN, make_event
 
 OK_BODY = {"events_received": 1, "messages": [], "fbtrace_id": "TRACE1"}
 

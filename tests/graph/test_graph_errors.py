@@ -184,6 +184,17 @@ def test_non_graph_bodies(
             7.0,
         ),
         ({}, None),
+        # No wait is no estimate: the caller's escalating pause applies (review finding 1).
+        ({"retry-after": "0"}, None),
+        ({"retry-after": "-3"}, None),
+        ({"x-business-use-case-usage": '{"1": [{"estimated_time_to_regain_access": 0}]}'}, None),
+        (
+            {
+                "retry-after": "0",
+                "x-business-use-case-usage": '{"1": [{"estimated_time_to_regain_access": 9}]}',
+            },
+            None,
+        ),
     ],
 )
 def test_retry_after(headers: dict[str, str], retry_after: float | None) -> None:
@@ -193,11 +204,26 @@ def test_retry_after(headers: dict[str, str], retry_after: float | None) -> None
     assert error.retry_after == retry_after
 
 
-def test_retry_after_http_date_in_the_past_is_zero() -> None:
+def test_retry_after_http_date_in_the_past_is_no_estimate() -> None:
     error = GraphError.from_response(
         503, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, b"Service Unavailable"
     )
-    assert error.retry_after == 0.0
+    assert error.retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"), [(80004, 120.0), (80000, 120.0), (4, None), (17, None)]
+)
+def test_usage_header_is_read_only_for_business_use_case_limits(
+    code: int, expected: float | None
+) -> None:
+    # Graph attaches X-Business-Use-Case-Usage to many answers; only the BUC rate
+    # limits (80000-80014) are explained by it.
+    headers = {"x-business-use-case-usage": '{"1": [{"estimated_time_to_regain_access": 2}]}'}
+    body = graph_body(message="rate limited", type="OAuthException", code=code)
+    error = GraphError.from_response(400, headers, body)
+    assert error.retry_class is RetryClass.THROTTLED
+    assert error.retry_after == expected
 
 
 def test_known_token_and_token_looking_runs_are_redacted() -> None:

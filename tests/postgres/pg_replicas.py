@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,20 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
+
+from gateway_traffic import free_port, wait_ready
 
 PIXEL_ID = "1234567890"
 ACCESS_TOKEN = "replica-test-token"
 INGEST_KEY = "replica-test-ingest-key"
 CAPIRELAY = str(Path(sys.executable).with_name("capirelay"))
 DEPLOY_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "deploy" / "capirelay.toml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def deployment_env(storage_url: str, graph_url: str, **delivery: Any) -> dict[str, str]:
@@ -75,17 +69,7 @@ class Replica:
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=0.5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not become ready")
+        wait_ready(self.process, self.url, self.log_path, self.name, timeout)
 
     @property
     def alive(self) -> bool:

@@ -25,7 +25,6 @@ from pg_replicas import (
     ACCESS_TOKEN,
     INGEST_KEY,
     PIXEL_ID,
-    Replica,
     dedup_keys,
     deployment_env,
     purchase,
@@ -34,6 +33,7 @@ from pg_replicas import (
 )
 
 from capirelay.emulator.testing import RunningEmulator, run_emulator
+from gateway_traffic import Traffic, first_receipts
 
 POST_BATCH = 250
 CLIENT_THREADS = 6
@@ -114,74 +114,10 @@ def test_two_replicas_racing_on_the_same_webhook_deliver_it_once(
 # ------------------------------------------------------------- crash of a replica
 
 
-class Traffic:
-    """Client threads posting batches round-robin over the replicas, each batch retried on
-    another replica until one acknowledges it (what a load balancer does for a dead one)."""
-
-    def __init__(self, fleet: list[Replica], total: int) -> None:
-        self.fleet = fleet
-        self.total = total
-        self.lock = threading.Lock()
-        self.next_batch = 0
-        self.acked: set[str] = set()
-        self.statuses: Counter[str] = Counter()
-        self.retries = 0
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        clients = {r.name: _client(r.url) for r in self.fleet}
-        try:
-            while (number := self._take()) is not None:
-                self._post_until_answered(clients, number)
-        finally:
-            for client in clients.values():
-                client.close()
-
-    def _take(self) -> int | None:
-        with self.lock:
-            if self.next_batch * POST_BATCH >= self.total:
-                return None
-            self.next_batch += 1
-            return self.next_batch - 1
-
-    def _post_until_answered(self, clients: dict[str, httpx.Client], number: int) -> None:
-        body = {
-            "pixel_id": PIXEL_ID,
-            "data": [
-                purchase(f"r-{number}-{i}", f"buyer{number}.{i}@example.com")
-                for i in range(POST_BATCH)
-            ],
-        }
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        attempt = 0
-        while time.monotonic() < deadline:
-            replica = self.fleet[(number + attempt) % len(self.fleet)]
-            attempt += 1
-            try:
-                response = clients[replica.name].post("/v1/events", json=body)
-            except httpx.TransportError:
-                response = None
-            if response is not None and response.status_code == 202:
-                self._record(response.json()["results"])
-                return
-            with self.lock:
-                self.retries += 1
-            time.sleep(0.02)
-        self.errors.append(f"batch {number} never answered")
-
-    def _record(self, results: list[dict[str, Any]]) -> None:
-        with self.lock:
-            for result in results:
-                self.statuses[result["status"]] += 1
-                if result["status"] in ("queued", "duplicate"):
-                    self.acked.add(result["event_id"])
-
-
-def first_receipts(emulator: RunningEmulator) -> dict[str, float]:
-    first: dict[str, float] = {}
-    for stored in emulator.state.events(PIXEL_ID):
-        first.setdefault(stored["event"]["event_id"], stored["received_at"])
-    return first
+def replica_batch(number: int) -> list[dict[str, Any]]:
+    return [
+        purchase(f"r-{number}-{i}", f"buyer{number}.{i}@example.com") for i in range(POST_BATCH)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -198,7 +134,17 @@ def test_three_replicas_one_sigkilled_lose_nothing_acknowledged(
                                   max_in_flight=MAX_IN_FLIGHT)  # fmt: skip
     started = time.monotonic()
     with replicas(3, settings_env, tmp_path) as fleet:
-        traffic = Traffic(fleet, total)
+        traffic = Traffic(
+            [r.url for r in fleet],
+            pixel_id=PIXEL_ID,
+            ingest_key=INGEST_KEY,
+            total=total,
+            batch_size=POST_BATCH,
+            make_batch=replica_batch,
+            deadline_seconds=DEADLINE_SECONDS,
+            retry_pause=0.02,
+            client_timeout=10,
+        )
         threads = [threading.Thread(target=traffic.run, daemon=True) for _ in range(CLIENT_THREADS)]
         for thread in threads:
             thread.start()
@@ -224,7 +170,7 @@ def test_three_replicas_one_sigkilled_lose_nothing_acknowledged(
 
     elapsed = time.monotonic() - started
     sent_twice = {event_id: n for event_id, n in received.items() if n > 1}
-    first_receipt = first_receipts(emulator)
+    first_receipt = first_receipts(emulator, PIXEL_ID)
     meta_duplicates = emulator.state.stats()["duplicates"]
     for name, value in (
         ("events", total),

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ import httpx
 import pytest
 
 from capirelay.emulator.testing import RunningEmulator, run_emulator
+from gateway_traffic import Traffic, first_receipts, free_port, wait_ready
 
 PIXEL_ID = "1234567890"
 ACCESS_TOKEN = "crash-test-token"
@@ -44,12 +44,6 @@ KILL_AFTER_ACKED = TOTAL_EVENTS // 3
 BATCH_SIZE_TO_META = 200
 MAX_IN_FLIGHT = 4
 DEADLINE_SECONDS = 50
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(tmp_path: Path, graph_url: str) -> Path:
@@ -108,17 +102,7 @@ class Gateway:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=0.5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("gateway did not become ready")
+        wait_ready(self.process, self.url, self.log_path, "gateway", timeout=15)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -159,62 +143,22 @@ def make_batch(batch_number: int) -> list[dict[str, Any]]:
     ]
 
 
-class Traffic:
-    """Client threads posting batches, each retried until the gateway answers it."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.lock = threading.Lock()
-        self.next_batch = 0
-        self.acked: set[str] = set()
-        self.statuses: Counter[str] = Counter()
-        self.retries = 0
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        with httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {INGEST_KEY}"}, timeout=5
-        ) as client:
-            while (number := self._take()) is not None:
-                self._post_until_answered(client, number)
-
-    def _take(self) -> int | None:
-        with self.lock:
-            if self.next_batch * BATCH >= TOTAL_EVENTS:
-                return None
-            self.next_batch += 1
-            return self.next_batch - 1
-
-    def _post_until_answered(self, client: httpx.Client, number: int) -> None:
-        body = {"pixel_id": PIXEL_ID, "data": make_batch(number)}
-        deadline = time.monotonic() + DEADLINE_SECONDS
-        while time.monotonic() < deadline:
-            try:
-                response = client.post("/v1/events", json=body)
-            except httpx.TransportError:
-                response = None
-            if response is not None and response.status_code == 202:
-                self._record(response.json()["results"])
-                return
-            with self.lock:
-                self.retries += 1
-            time.sleep(0.05)
-        self.errors.append(f"batch {number} never answered")
-
-    def _record(self, results: list[dict[str, Any]]) -> None:
-        with self.lock:
-            for result in results:
-                self.statuses[result["status"]] += 1
-                if result["status"] in ("queued", "duplicate"):
-                    self.acked.add(result["event_id"])
-
-
 def test_sigkill_loses_nothing_acknowledged(
     emulator: RunningEmulator, tmp_path: Path, record_property: Any
 ) -> None:
     gateway = Gateway(write_config(tmp_path, emulator.url), free_port(), tmp_path / "gw.log")
     gateway.start()
-    traffic = Traffic(gateway.url)
+    traffic = Traffic(
+        [gateway.url],
+        pixel_id=PIXEL_ID,
+        ingest_key=INGEST_KEY,
+        total=TOTAL_EVENTS,
+        batch_size=BATCH,
+        make_batch=make_batch,
+        deadline_seconds=DEADLINE_SECONDS,
+        retry_pause=0.05,
+        client_timeout=5,
+    )
     threads = [threading.Thread(target=traffic.run, daemon=True) for _ in range(THREADS)]
     try:
         for thread in threads:
@@ -241,7 +185,7 @@ def test_sigkill_loses_nothing_acknowledged(
         exit_code = gateway.terminate()
 
     sent_twice = {event_id: n for event_id, n in received.items() if n > 1}
-    first_receipt = first_receipts(emulator)
+    first_receipt = first_receipts(emulator, PIXEL_ID)
     meta_duplicates = emulator.state.stats()["duplicates"]
     record_property("acked_before_kill", acked_before_kill)
     record_property("client_retries", traffic.retries)
@@ -283,10 +227,3 @@ def wait_until_queue_empty(url: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("the gateway's queue did not drain")
-
-
-def first_receipts(emulator: RunningEmulator) -> dict[str, float]:
-    first: dict[str, float] = {}
-    for stored in emulator.state.events(PIXEL_ID):
-        first.setdefault(stored["event"]["event_id"], stored["received_at"])
-    return first

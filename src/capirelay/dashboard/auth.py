@@ -100,7 +100,7 @@ class DashboardAuth:
         expected = self._admin_token()
         if expected is None or not submitted:
             return False
-        return hmac.compare_digest(submitted.encode(), expected.encode())
+        return _same_secret(submitted, expected)
 
     def new_session(self) -> tuple[str, Principal] | None:
         """A fresh session cookie value and its principal (``None`` when locked)."""
@@ -133,8 +133,8 @@ class DashboardAuth:
             return None
         user, sep, password = decoded.partition(":")
         # Both compares always run, so timing tells nothing about which half was wrong.
-        user_ok = hmac.compare_digest(user.encode(), expected_user.encode())
-        password_ok = hmac.compare_digest(password.encode(), expected_password.encode())
+        user_ok = _same_secret(user, expected_user)
+        password_ok = _same_secret(password, expected_password)
         return expected_user if sep and user_ok and password_ok else None
 
     def _session(self, cookie: str | None) -> Principal | None:
@@ -156,3 +156,12 @@ class DashboardAuth:
 def _mac(key: bytes, expires: int, nonce: str) -> str:
     message = f"session|{expires}|{nonce}".encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _same_secret(submitted: str, expected: str) -> bool:
+    """Constant-time equality that does not leak the expected secret's length either:
+    ``compare_digest`` returns early on a length mismatch, so both sides are hashed to
+    32 bytes first (as :mod:`capirelay.server.auth` does)."""
+    return hmac.compare_digest(
+        hashlib.sha256(submitted.encode()).digest(), hashlib.sha256(expected.encode()).digest()
+    )

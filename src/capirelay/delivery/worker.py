@@ -14,20 +14,40 @@ Settling rules (the whole point of the gateway, see docs/architecture.md):
 
 Bisection sends the left half first.  If it is accepted, the right half must hold
 the culprit (the whole batch was refused), so it is split again without being sent;
-that keeps the extra requests near ``log2(n)`` per bad event and never above ``2·log2(n)``.
+that keeps the extra requests near ``log2(n)`` per bad event and never above
+``2·log2(n) + 1``.  An event is only ever dead-lettered with an error Meta gave for
+that event sent alone: a lone event reached by inference is sent once more first,
+so a refusal that had nothing to do with it (a passing request-level error) cannot
+send it to the dead-letter queue.  Two exceptions to "dead-letter the lone event":
+
+* 100/2804001 (malformed ``fbc``): Meta's guidance is to drop the click id and send
+  again, once; only if that is refused too is the event dead-lettered.
+* the same generic code-100 refusal, naming no event, for every event sent alone
+  while nothing was accepted: that is the request (setup) being refused, not the
+  data, so the batch is released and the breaker opens as for a CONFIG error.
+
+A batch is handled only while its lease holds: each request is capped so that it
+ends with a safety margin before the lease expires, the lease is extended while
+bisection runs when the outbox can do that (``extend_lease``), and otherwise the
+undecided remainder is released rather than sent after another worker could have
+leased the same rows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
 
 from capirelay.config import PixelSettings, Settings
 from capirelay.delivery.status import AIMDLimit, Breaker, BreakerState, LastError, PixelStatus
@@ -48,6 +68,15 @@ PROBE_BATCH: Final = 10
 # Subcodes of code 100 that concern the pixel itself, not one event (100/33: unknown pixel).
 PIXEL_LEVEL_SUBCODES_OF_100: Final = frozenset({33})
 EVENT_TOO_OLD_SUBCODE: Final = 2804003
+MALFORMED_FBC_SUBCODE: Final = 2804001
+# Part of each lease kept free for recording outcomes after the last request ends.
+LEASE_MARGIN_SHARE: Final = 0.25
+LEASE_MARGIN_MAX_SECONDS: Final = 10.0
+# httpx applies request_timeout per phase (connect, write, read), so one request may take a
+# few timeouts; the worker caps the whole request at this many, and never past the lease.
+REQUEST_CAP_TIMEOUTS: Final = 3.0
+# How a Graph message points at one event of the request ("Event 3: ...", "index 3").
+_NAMES_AN_EVENT = re.compile(r"\bevent\s*#?\d+|\bindex\b", re.IGNORECASE)
 
 ClientFactory = Callable[[PixelSettings | None], GraphClient]
 
@@ -93,6 +122,51 @@ def attempt_from(err: GraphError, now: float) -> Attempt:
     )
 
 
+def names_an_event(err: GraphError) -> bool:
+    """Meta's message points at one event of the request (so the data, not the request)."""
+    return any(_NAMES_AN_EVENT.search(text or "") for text in (err.user_msg, err.message))
+
+
+def is_event_data_subcode(subcode: int | None) -> bool:
+    return subcode is not None and 2804000 <= subcode <= 2804999
+
+
+def without_fbc(payload: bytes) -> bytes | None:
+    """The event without ``user_data.fbc``; None when it has no fbc to drop."""
+    event: Any = orjson.loads(payload)
+    user_data = event.get("user_data") if isinstance(event, dict) else None
+    if not isinstance(user_data, dict) or "fbc" not in user_data:
+        return None
+    event["user_data"] = {k: v for k, v in user_data.items() if k != "fbc"}
+    return orjson.dumps(event)
+
+
+class _LeaseRunningOut(Exception):
+    """Too little of the batch's lease is left to send another request and record it."""
+
+
+class _RequestRefused(Exception):
+    """Every event sent alone got the same request-level refusal: a setup problem."""
+
+    def __init__(self, error: GraphError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One leased group on its way through send and bisection."""
+
+    events: list[LeasedEvent]
+    sent_at: float = 0.0  # wall time the latest request of this batch started
+    sends: int = 0
+    first_refusal: GraphError | None = None
+    accepted_any: bool = False
+    # Lone events refused like the whole request was, kept until it is clear whether the
+    # request or the event is at fault (see the module docstring).
+    refused_alike: list[tuple[LeasedEvent, GraphError]] = field(default_factory=list)
+
+
 class PixelWorker:
     """Leases and delivers one pixel's events; owns its breaker and AIMD limit."""
 
@@ -128,6 +202,16 @@ class PixelWorker:
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._counts: Counter[str] = Counter()
+        lease = self._delivery.lease_seconds
+        self._lease_margin = min(lease * LEASE_MARGIN_SHARE, LEASE_MARGIN_MAX_SECONDS)
+        self._request_cap = min(
+            REQUEST_CAP_TIMEOUTS * self._delivery.request_timeout,
+            (lease - self._lease_margin) / 2,
+        )
+        # Shrinks when a bisection outlasts its lease, so the next one fits in it.
+        self._batch_limit = self._delivery.batch_size
+        # Leased rows not yet settled -> when their lease expires (outbox clock).
+        self._leased_until: dict[int, float] = {}
         self._metrics.send_rate_limit.labels(pixel_id).set(self.aimd.limit)
         self._metrics.breaker_open.labels(pixel_id).set(0)
 
@@ -238,25 +322,47 @@ class PixelWorker:
 
     async def _lease_and_dispatch(self) -> None:
         probing = self.breaker.state is BreakerState.OPEN
-        limit = (
-            min(PROBE_BATCH, self._delivery.batch_size) if probing else self._delivery.batch_size
-        )
+        limit = min(PROBE_BATCH, self._batch_limit) if probing else self._batch_limit
+        now = self._clock()
         events = await self._outbox.lease(
             self.pixel_id,
             limit=limit,
             lease_seconds=self._delivery.lease_seconds,
-            now=self._clock(),
+            now=now,
         )
         if not events:
             await self._idle()
             return
-        if probing:
-            self.breaker.start_probe()
+        until = now + self._delivery.lease_seconds
+        self._leased_until.update((e.id, until) for e in events)
         live = await self._expire_overdue(events)
+        # A probe needs a live event: a batch that was all past its deadline proved nothing
+        # about the token, so the probe stays due and the next lease follows at once.
+        if probing and live:
+            self.breaker.start_probe()
+        elif probing:
+            await self._probe_again_now()
         for test_event_code, group in self._by_test_event_code(live).items():
             self._spawn(group, test_event_code)
         if len(events) < limit:
             await self._idle()
+
+    async def _probe_again_now(self) -> None:
+        """A shared outbox (PostgreSQL) re-arms the breaker hold for a whole probe interval
+        when it hands out the probe batch; that batch proved nothing, so end the hold now
+        (keeping it a breaker hold, so replicas still probe one at a time)."""
+        now = self._clock()
+        last = self.last_error
+        with contextlib.suppress(StorageUnavailable):
+            await self._outbox.unhold_pixel(self.pixel_id)
+            await self._outbox.hold_pixel(
+                self.pixel_id,
+                until=now,
+                reason="breaker",
+                now=now,
+                code=last.code if last else None,
+                subcode=last.subcode if last else None,
+            )
 
     async def _idle(self) -> None:
         """Nothing due: sleep until notified, the next retry is due, or the poll interval."""
@@ -340,13 +446,13 @@ class PixelWorker:
     # ---------------------------------------------------------------- a batch
 
     async def _deliver(self, events: list[LeasedEvent], test_event_code: str | None) -> None:
+        batch = _Batch(events)
         try:
-            await self._send_and_settle(events, test_event_code)
+            await self._send_and_settle(batch, test_event_code)
         except asyncio.CancelledError:
-            # Shutdown ran out of patience: give back whatever is still leased (release
-            # only touches rows still leased, so settled ones are unaffected).
+            # Shutdown ran out of patience: give back whatever is still leased.
             with contextlib.suppress(StorageUnavailable):
-                await self._outbox.release([e.id for e in events])
+                await self._outbox.release([e.id for e in self._unsettled(batch)])
             raise
         except StorageUnavailable as exc:
             # The lease expires and the events come back: delivery stays at-least-once.
@@ -355,38 +461,112 @@ class PixelWorker:
             log.exception(
                 "pixel %s: batch failed unexpectedly; its lease will expire", self.pixel_id
             )
+        finally:
+            for event in events:
+                self._leased_until.pop(event.id, None)
 
-    async def _send_and_settle(self, events: list[LeasedEvent], tec: str | None) -> None:
+    async def _send_and_settle(self, batch: _Batch, tec: str | None) -> None:
+        events = batch.events
         token = self._token()
         if token is None:
-            await self._outbox.release([e.id for e in events])
+            await self._release(events)
             self._set_unconfigured()
             return
-        result = await self._send(events, token, tec)
-        if isinstance(result, GraphError):
-            await self._on_failure(events, result, token, tec)
-        else:
-            await self._on_success(events)
+        try:
+            result = await self._send(events, token, tec, batch)
+            if isinstance(result, GraphError):
+                await self._on_failure(events, result, token, tec, batch)
+                await self._settle_refused_alike(batch)
+            else:
+                await self._on_success(events, batch)
+            self._batch_limit = min(self._delivery.batch_size, self._batch_limit * 2)
+        except _LeaseRunningOut:
+            # Without a lease heartbeat, smaller batches are what lets bisection finish
+            # (and make progress) inside one lease.
+            self._batch_limit = max(1, len(events) // 2)
+            undecided = self._unsettled(batch)
+            log.warning(
+                "pixel %s: lease nearly over, %d undecided events given back for another try",
+                self.pixel_id,
+                len(undecided),
+                extra={"pixel": self.pixel_id, "count": len(undecided), "result": "released"},
+            )
+            await self._release(undecided)
+        except _RequestRefused as refused:
+            await self._request_refused(self._unsettled(batch), refused.error)
+
+    def _unsettled(self, batch: _Batch) -> list[LeasedEvent]:
+        return [e for e in batch.events if e.id in self._leased_until]
 
     async def _send(
-        self, events: Sequence[LeasedEvent], token: str, tec: str | None
+        self, events: Sequence[LeasedEvent], token: str, tec: str | None, batch: _Batch
     ) -> EventsResponse | GraphError:
+        budget = await self._request_budget(batch)
         client = self._client_for(self.pixel)
+        batch.sends += 1
+        batch.sent_at = self._clock()
         started = time.perf_counter()
         self._counts["requests"] += 1
         try:
-            response = await client.send_events(
-                self.pixel_id,
-                [e.payload for e in events],
-                access_token=token,
-                test_event_code=tec,
-            )
+            async with asyncio.timeout(budget):
+                response = await client.send_events(
+                    self.pixel_id,
+                    [e.payload for e in events],
+                    access_token=token,
+                    test_event_code=tec,
+                )
         except GraphError as err:
             self._record_failure(events, err, time.perf_counter() - started)
             return err
+        except TimeoutError as exc:
+            # Cut short so that it cannot outlive the lease: an ordinary transient failure.
+            cut = GraphError.transport("timeout before the lease ends", exc)
+            self._record_failure(events, cut, time.perf_counter() - started)
+            return cut
         self._record_success(events, response, time.perf_counter() - started)
         self._metrics.delivered(self.pixel_id, events, tec, response.fbtrace_id)
         return response
+
+    async def _request_budget(self, batch: _Batch) -> float:
+        """Seconds the next request of ``batch`` may take, or :class:`_LeaseRunningOut`.
+
+        The batch's first request only needs some lease left; a later one (bisection)
+        needs room for a whole capped request, after trying to extend the lease.
+        """
+        needed = 0.0 if batch.sends == 0 else self._request_cap
+        left = self._lease_left(batch)
+        if batch.sends and left < max(needed, self._delivery.lease_seconds / 2):
+            await self._extend_lease(batch)
+            left = self._lease_left(batch)
+        if left <= 0 or left < needed:
+            raise _LeaseRunningOut
+        return min(self._request_cap, left)
+
+    def _lease_left(self, batch: _Batch) -> float:
+        """Lease time left for the batch's unsettled events, less the settling margin."""
+        expiries = [self._leased_until[e.id] for e in batch.events if e.id in self._leased_until]
+        if not expiries:
+            return 0.0
+        return min(expiries) - self._clock() - self._lease_margin
+
+    async def _extend_lease(self, batch: _Batch) -> None:
+        """Heartbeat for a long bisection, when the outbox offers ``extend_lease``."""
+        extend = getattr(self._outbox, "extend_lease", None)
+        if extend is None:
+            return
+        ids = [e.id for e in self._unsettled(batch)]
+        now = self._clock()
+        until = now + self._delivery.lease_seconds
+        try:
+            extended = await extend(ids, until=until, now=now)
+        except (StorageUnavailable, NotImplementedError):
+            return
+        if extended is False or (
+            isinstance(extended, int) and not isinstance(extended, bool) and extended < len(ids)
+        ):
+            return  # some rows are no longer ours: keep the old expiry, release in time
+        for event_id in ids:
+            self._leased_until[event_id] = until
 
     def _record_success(
         self, events: Sequence[LeasedEvent], response: EventsResponse, latency: float
@@ -409,6 +589,24 @@ class PixelWorker:
                 "fbtrace_id": response.fbtrace_id,
             },
         )
+        missing = len(events) - response.events_received
+        if missing > 0:
+            # Meta took the request but counted fewer events than were sent; nothing to
+            # retry (the request succeeded), but it must be visible.
+            self._metrics.unconfirmed.labels(pixel).inc(missing)
+            log.warning(
+                "pixel %s: Meta counted %d of %d events sent (fbtrace_id=%s)",
+                pixel,
+                response.events_received,
+                len(events),
+                response.fbtrace_id,
+                extra={
+                    "pixel": pixel,
+                    "count": len(events),
+                    "result": "ok:unconfirmed",
+                    "fbtrace_id": response.fbtrace_id,
+                },
+            )
 
     def _record_failure(
         self, events: Sequence[LeasedEvent], err: GraphError, latency: float
@@ -449,30 +647,52 @@ class PixelWorker:
 
     # ------------------------------------------------------------- outcomes
 
-    async def _on_success(self, events: Sequence[LeasedEvent]) -> None:
-        await self._outbox.ack([e.id for e in events], now=self._clock())
+    async def _on_success(self, events: Sequence[LeasedEvent], batch: _Batch) -> None:
+        await self._ack(events)
         self._counts["sent"] += len(events)
         for name, count in Counter(e.event_name for e in events).items():
-            self._metrics.sent.labels(self.pixel_id, name).inc(count)
+            self._metrics.sent.labels(self.pixel_id, self._metrics.event_label(name)).inc(count)
         self._throttle_streak = 0
         self.aimd.on_success()
         self._metrics.send_rate_limit.labels(self.pixel_id).set(self.aimd.limit)
-        if self.breaker.state is BreakerState.HALF_OPEN and self.breaker.close():
-            self._metrics.breaker_open.labels(self.pixel_id).set(0)
-            log.warning(
-                "pixel %s: circuit breaker closed, the token works again; delivery resumes",
-                self.pixel_id,
-                extra={"pixel": self.pixel_id, "breaker": "closed"},
-            )
-            with contextlib.suppress(StorageUnavailable):
-                await self._outbox.unhold_pixel(self.pixel_id)
-            self._wake.set()
+        await self._close_breaker_if_proven(batch.sent_at)
+        batch.accepted_any = True
+        await self._settle_refused_alike(batch)
+
+    async def _close_breaker_if_proven(self, sent_at: float) -> None:
+        """A request sent after the breaker opened went through: the token works again.
+
+        Checked from OPEN as well as HALF_OPEN: an older batch failing while the probe is
+        in flight re-opens the breaker, and the probe's success must still close it.
+        """
+        opened_at = self.breaker.opened_at
+        if self.breaker.state not in (BreakerState.OPEN, BreakerState.HALF_OPEN):
+            return
+        if opened_at is not None and sent_at < opened_at:
+            return
+        self.breaker.close()
+        self._metrics.breaker_open.labels(self.pixel_id).set(0)
+        log.warning(
+            "pixel %s: circuit breaker closed, the token works again; delivery resumes",
+            self.pixel_id,
+            extra={"pixel": self.pixel_id, "breaker": "closed"},
+        )
+        with contextlib.suppress(StorageUnavailable):
+            await self._outbox.unhold_pixel(self.pixel_id)
+        self._wake.set()
 
     async def _on_failure(
-        self, events: list[LeasedEvent], err: GraphError, token: str, tec: str | None
+        self,
+        events: list[LeasedEvent],
+        err: GraphError,
+        token: str,
+        tec: str | None,
+        batch: _Batch,
     ) -> None:
         if is_event_level(err):
-            await self._isolate(events, err, token, tec)
+            if batch.first_refusal is None:
+                batch.first_refusal = err
+            await self._isolate(events, err, token, tec, batch, sent_together=True)
         elif err.retry_class is RetryClass.THROTTLED:
             await self._throttled(events, err)
         elif err.retry_class in (RetryClass.AUTH, RetryClass.CONFIG):
@@ -494,6 +714,7 @@ class PixelWorker:
                 due_at[when].append(event.id)
         for when, ids in due_at.items():
             await self._outbox.reschedule(ids, next_attempt_at=when, attempt=attempt)
+            self._settled(ids)
         retried = len(events) - len(expired)
         self._counts["retried"] += retried
         self._metrics.retries.labels(self.pixel_id, str(err.retry_class)).inc(retried)
@@ -501,24 +722,24 @@ class PixelWorker:
             await self._dead_letter(expired, DeadLetterReason.EXPIRED, attempt, now)
 
     async def _throttled(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
-        await self._outbox.release([e.id for e in events])
+        await self._release(events)
         self._counts["throttles"] += 1
         self._metrics.retries.labels(self.pixel_id, str(err.retry_class)).inc(len(events))
         self._throttle_streak += 1
         self.aimd.on_throttle()
         self._metrics.send_rate_limit.labels(self.pixel_id).set(self.aimd.limit)
-        # Meta's own estimate wins; without one, pause longer on each throttle in a row.
+        # Meta's own estimate wins; without one (or with "0", while Meta still refuses),
+        # pause longer on each throttle in a row.
         pause = err.retry_after
-        if pause is None:
+        if pause is None or pause <= 0:
             pause = self._policy.ceiling(self._throttle_streak)
         pause = min(pause, self._policy.max_delay)
         self._paused_until = max(self._paused_until, time.monotonic() + pause)
         await self._hold_everywhere(pause, "throttle", err)
 
     async def _trip_breaker(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
-        await self._outbox.release([e.id for e in events])
+        await self._release(events)
         tripped = self.breaker.trip(time.monotonic(), wall_time=self._clock())
-        await self._hold_everywhere(self.breaker.probe_interval, "breaker", err)
         if tripped:
             self._metrics.breaker_open.labels(self.pixel_id).set(1)
             log.error(
@@ -537,6 +758,20 @@ class PixelWorker:
                     "fbtrace_id": err.fbtrace_id,
                 },
             )
+        # After the state, gauge and log: they must agree the moment the breaker is open.
+        await self._hold_everywhere(self.breaker.probe_interval, "breaker", err)
+
+    async def _request_refused(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
+        log.error(
+            "pixel %s: Meta refused each event alone with the same error naming no event "
+            "(code=%s subcode=%s): treated as a setup problem, events kept queued",
+            self.pixel_id,
+            err.code,
+            err.subcode,
+            extra={"pixel": self.pixel_id, "code": err.code, "subcode": err.subcode},
+        )
+        as_config = GraphError(**{**err.to_dict(), "retry_class": RetryClass.CONFIG})
+        await self._trip_breaker(events, as_config)
 
     async def _hold_everywhere(self, seconds: float, reason: str, err: GraphError) -> None:
         """Ask the other replicas sharing the outbox (if any) not to lease this pixel for
@@ -552,40 +787,157 @@ class PixelWorker:
                 subcode=err.subcode,
             )
 
+    # ------------------------------------------------------------ bisection
+
     async def _isolate(
-        self, events: list[LeasedEvent], err: GraphError, token: str, tec: str | None
+        self,
+        events: list[LeasedEvent],
+        err: GraphError,
+        token: str,
+        tec: str | None,
+        batch: _Batch,
+        *,
+        sent_together: bool,
     ) -> None:
-        """Split a refused batch until each bad event stands alone (see module docstring)."""
+        """Split a refused batch until each bad event stands alone (see module docstring).
+
+        ``sent_together``: ``err`` is Meta's answer to exactly ``events``; otherwise it
+        was inferred (a sibling half was accepted) and nothing was sent as this group.
+        """
         if len(events) == 1:
-            await self._dead_letter(
-                events, dead_letter_reason(err), attempt_from(err, self._clock())
-            )
+            await self._settle_lone(events[0], err if sent_together else None, token, tec, batch)
             return
         middle = len(events) // 2
         left, right = events[:middle], events[middle:]
-        left_result = await self._bisect_send(left, token, tec)
+        left_result = await self._bisect_send(left, token, tec, batch)
         if not isinstance(left_result, GraphError):
-            await self._on_success(left)
-            await self._isolate(right, err, token, tec)
+            await self._on_success(left, batch)
+            await self._isolate(right, err, token, tec, batch, sent_together=False)
             return
         if not is_event_level(left_result):
             # Meta's answer changed class mid-bisection (outage, throttle, token): the
             # unsent right half shares the left half's fate.
-            await self._on_failure(left + right, left_result, token, tec)
+            await self._on_failure(left + right, left_result, token, tec, batch)
             return
-        await self._isolate(left, left_result, token, tec)
-        right_result = await self._bisect_send(right, token, tec)
+        await self._isolate(left, left_result, token, tec, batch, sent_together=True)
+        right_result = await self._bisect_send(right, token, tec, batch)
         if isinstance(right_result, GraphError):
-            await self._on_failure(right, right_result, token, tec)
+            await self._on_failure(right, right_result, token, tec, batch)
         else:
-            await self._on_success(right)
+            await self._on_success(right, batch)
+
+    async def _settle_lone(
+        self,
+        event: LeasedEvent,
+        own_error: GraphError | None,
+        token: str,
+        tec: str | None,
+        batch: _Batch,
+    ) -> None:
+        """One suspect event: make sure Meta refused *it*, then dead-letter it."""
+        if own_error is None:
+            result = await self._bisect_send([event], token, tec, batch)
+            if not isinstance(result, GraphError):
+                await self._on_success([event], batch)
+                return
+            if not is_event_level(result):
+                await self._on_failure([event], result, token, tec, batch)
+                return
+            own_error = result
+        if (
+            own_error.code == 100
+            and own_error.subcode == MALFORMED_FBC_SUBCODE
+            and await self._resend_without_fbc(event, own_error, token, tec, batch)
+        ):
+            return
+        if self._refused_like_the_request(own_error, batch):
+            batch.refused_alike.append((event, own_error))
+            if len(batch.refused_alike) >= 2:
+                raise _RequestRefused(own_error)
+            return
+        await self._dead_letter(
+            [event], dead_letter_reason(own_error), attempt_from(own_error, self._clock())
+        )
+
+    def _refused_like_the_request(self, err: GraphError, batch: _Batch) -> bool:
+        """A generic code-100 refusal naming no event, same as the whole request got,
+        while nothing of the batch was accepted: maybe the request, not this event."""
+        first = batch.first_refusal
+        return (
+            not batch.accepted_any
+            and first is not None
+            and err.code == 100
+            and (err.code, err.subcode) == (first.code, first.subcode)
+            and not is_event_data_subcode(err.subcode)
+            and not names_an_event(err)
+            and not names_an_event(first)
+        )
+
+    async def _settle_refused_alike(self, batch: _Batch) -> None:
+        """Lone events held back by :meth:`_refused_like_the_request` that turned out to be
+        bad themselves (another event was accepted, or no second one failed alike)."""
+        held, batch.refused_alike = batch.refused_alike, []
+        for event, err in held:
+            await self._dead_letter(
+                [event], dead_letter_reason(err), attempt_from(err, self._clock())
+            )
+
+    async def _resend_without_fbc(
+        self, event: LeasedEvent, err: GraphError, token: str, tec: str | None, batch: _Batch
+    ) -> bool:
+        """Meta: a malformed fbc (100/2804001) is dropped and the event sent again, once.
+
+        True when the event is settled (delivered, rescheduled or dead-lettered).
+        """
+        stripped = without_fbc(event.payload)
+        if stripped is None:
+            return False
+        result = await self._bisect_send(
+            [dataclasses.replace(event, payload=stripped)], token, tec, batch
+        )
+        if not isinstance(result, GraphError):
+            log.warning(
+                "pixel %s: Meta refused an event's fbc as malformed (100/2804001); "
+                "it was delivered without fbc (event_name=%s)",
+                self.pixel_id,
+                self._metrics.event_label(event.event_name),
+                extra={"pixel": self.pixel_id, "count": 1, "result": "ok:fbc_dropped"},
+            )
+            await self._on_success([event], batch)
+            return True
+        if not is_event_level(result):
+            await self._on_failure([event], result, token, tec, batch)
+            return True
+        attempt = dataclasses.replace(
+            attempt_from(result, self._clock()),
+            message=f"sent again without user_data.fbc after 100/2804001: {result.message}",
+        )
+        await self._dead_letter([event], dead_letter_reason(result), attempt)
+        return True
 
     async def _bisect_send(
-        self, events: Sequence[LeasedEvent], token: str, tec: str | None
+        self, events: Sequence[LeasedEvent], token: str, tec: str | None, batch: _Batch
     ) -> EventsResponse | GraphError:
         self._counts["bisect_requests"] += 1
         self._metrics.bisect_requests.labels(self.pixel_id).inc()
-        return await self._send(events, token, tec)
+        return await self._send(events, token, tec, batch)
+
+    # ---------------------------------------------------- outbox settlement
+
+    def _settled(self, ids: Sequence[int]) -> None:
+        for event_id in ids:
+            self._leased_until.pop(event_id, None)
+
+    async def _ack(self, events: Sequence[LeasedEvent]) -> None:
+        ids = [e.id for e in events]
+        await self._outbox.ack(ids, now=self._clock())
+        self._settled(ids)
+
+    async def _release(self, events: Sequence[LeasedEvent]) -> None:
+        ids = [e.id for e in events]
+        if ids:
+            await self._outbox.release(ids)
+        self._settled(ids)
 
     async def _dead_letter(
         self,
@@ -595,9 +947,9 @@ class PixelWorker:
         now: float | None = None,
     ) -> None:
         at = self._clock() if now is None else now
-        await self._outbox.dead_letter(
-            [e.id for e in events], reason=reason, attempt=attempt, now=at
-        )
+        ids = [e.id for e in events]
+        await self._outbox.dead_letter(ids, reason=reason, attempt=attempt, now=at)
+        self._settled(ids)
         self._counts["dead_lettered"] += len(events)
         self._metrics.dead_lettered.labels(self.pixel_id, str(reason)).inc(len(events))
         log.warning(

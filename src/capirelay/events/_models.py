@@ -180,15 +180,20 @@ class CustomData(_Open):
 
     def to_wire(self, problems: list[Problem]) -> dict[str, Any]:
         out = compact(self)
-        currency = out.get("currency")
-        if currency is not None:
-            code = currency.strip().lower()
-            if code in ISO_4217_CODES:
-                out["currency"] = code
-            else:
-                del out["currency"]
-                problems.append(currency_problem())
+        normalize_currency(out, problems)
         return out
+
+
+def normalize_currency(custom_data: dict[str, Any], problems: list[Problem]) -> None:
+    """Lower-case a wire ``custom_data``'s currency in place; drop one that is not ISO 4217."""
+    currency = custom_data.get("currency")
+    if currency is not None:
+        code = currency.strip().lower()
+        if code in ISO_4217_CODES:
+            custom_data["currency"] = code
+        else:
+            del custom_data["currency"]
+            problems.append(currency_problem())
 
 
 def currency_problem() -> Problem:

@@ -30,10 +30,9 @@ from pydantic import AliasChoices
 
 from capirelay.events._enums import ActionSource, DeliveryCategory, MessagingChannel
 from capirelay.events._models import (
-    ISO_4217_CODES,
     Event,
     WireEvent,
-    currency_problem,
+    normalize_currency,
     wire_value,
 )
 from capirelay.events._user_data import (
@@ -328,14 +327,7 @@ def _custom_data_wire(custom: Any, problems: list[Problem]) -> dict[str, Any] | 
     out = _compact(custom, plan, _CUSTOM_DATA_KINDS)
     if out is None:
         return None
-    currency = out.get("currency")
-    if currency is not None:
-        code = currency.strip().lower()
-        if code in ISO_4217_CODES:
-            out["currency"] = code
-        else:
-            del out["currency"]
-            problems.append(currency_problem())
+    normalize_currency(out, problems)
     return out
 
 

@@ -32,6 +32,7 @@ import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
+import phonenumbers
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from capirelay.normalize import NormalizationError, hash_wire_key, is_sha256, resolve_country
@@ -264,7 +265,49 @@ def wire_user_data(
                 out[name] = value
         elif value is not None:
             out[name] = value
+    if region is None and "ph" in out and _phone_lacks_country_code(values, multi):
+        problems.append(PHONE_WITHOUT_COUNTRY_CODE)
     return out
+
+
+# Meta requires the country code in ph.  Without a country to complete a national number
+# the digits are sent as given (they may still match), and the sender is told how to fix it.
+PHONE_WITHOUT_COUNTRY_CODE: Final = warning(
+    "phone_without_country_code",
+    "user_data.ph",
+    "user_data.ph has no country code and the event has no country to add one, so it was "
+    "sent as given and may not match; send the phone with its country code or set the "
+    "event's country / pixel default_country.",
+)
+
+
+def _phone_lacks_country_code(values: Mapping[str, Any], multi: Sequence[tuple[str, str]]) -> bool:
+    for name, key in multi:
+        if key == "ph":
+            phones = values[name]
+            listed = [phones] if type(phones) is str else phones or []
+            return any(type(p) is str and _national_only(p) for p in listed)
+    return False
+
+
+def _national_only(phone: str) -> bool:
+    """True for a phone that is neither hashed nor written with its country code.
+
+    Written internationally means a leading ``+``/``00``, or digits that already form a
+    valid number when read with a country code (``16505551212``); validity is only a
+    hint here, so ageing allocation metadata can at worst add a warning.
+    """
+    text = phone.strip()
+    if not text or (len(text) >= _SHA256_LENGTH and is_sha256(text)):
+        return False
+    if text.lstrip("( ").startswith("+") or text.startswith("00"):
+        return False
+    digits = "".join(ch for ch in text if ch.isdigit())
+    try:
+        number = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        return True
+    return not phonenumbers.is_valid_number(number)
 
 
 # How each attribute goes on the wire (plain ints: compared per field, per event).

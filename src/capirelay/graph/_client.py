@@ -1,8 +1,9 @@
 """The Conversions API client: one POST per batch, over one reused connection pool.
 
 ``GraphClient`` (async) and ``SyncGraphClient`` share everything except the I/O:
-building the request (:class:`_RequestBuilder`) and reading the response
-(:func:`_read_json`) are pure, so both clients behave identically.
+building the request (:class:`_RequestBuilder`), reading the response
+(:func:`_read_json`) and naming transport failures (:func:`_transport_errors`) are
+I/O-free, so both clients behave identically.
 
 Choices, each for a reason:
 * The access token and ``appsecret_proof`` travel in the JSON body, never in the
@@ -21,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -84,6 +86,15 @@ def _encode_event(index: int, event: EventInput) -> bytes:
     return orjson.dumps(event)
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One request as arguments to ``build_request`` of an httpx client, sync or async."""
+
+    method: str
+    url: str
+    options: dict[str, Any]
+
+
 class _RequestBuilder:
     """The I/O-free half of the client: URLs, bodies, headers and response parsing."""
 
@@ -102,6 +113,44 @@ class _RequestBuilder:
         self.base_url = base_url.rstrip("/")
         self.app_secret = app_secret
         self.partner_agent = partner_agent
+
+    def events_request(
+        self,
+        pixel_id: str | int,
+        events: Sequence[EventInput],
+        *,
+        access_token: str,
+        test_event_code: str | None,
+        partner_agent: str | None,
+        namespace_id: str | None,
+        upload_id: str | None,
+        upload_tag: str | None,
+        upload_source: str | None,
+    ) -> _Call:
+        """The ``POST /{pixel_id}/events`` request; raises ValueError before any I/O."""
+        url = self.events_url(pixel_id)
+        body = self.events_body(
+            events,
+            access_token=access_token,
+            test_event_code=test_event_code,
+            partner_agent=partner_agent,
+            namespace_id=namespace_id,
+            upload_id=upload_id,
+            upload_tag=upload_tag,
+            upload_source=upload_source,
+        )
+        return _Call("POST", url, {"content": body, "headers": _JSON_HEADERS})
+
+    def get_request(self, path: str, params: Mapping[str, str], access_token: str) -> _Call:
+        """A versioned ``GET /{version}/{path}``, the caller's token in the header."""
+        return _Call(
+            "GET",
+            f"{self.base_url}/{self.api_version}/{path}",
+            {
+                "params": {**params, **self.proof_params(access_token)},
+                "headers": self.auth_headers(access_token),
+            },
+        )
 
     def events_url(self, pixel_id: str | int) -> str:
         pixel = str(pixel_id)
@@ -202,6 +251,26 @@ def _client_options(timeout: float, transport: Any) -> dict[str, Any]:
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
+def _dataset_quality_params(
+    dataset_id: str | int, fields: str, agent_name: str | None
+) -> dict[str, str]:
+    params = {"dataset_id": str(dataset_id), "fields": fields}
+    if agent_name:
+        params["agent_name"] = agent_name
+    return params
+
+
+@contextmanager
+def _transport_errors() -> Iterator[None]:
+    """Timeouts and connection failures as :class:`GraphError`, their text free of secrets."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise GraphError.transport("timeout", exc) from None
+    except httpx.TransportError as exc:
+        raise GraphError.transport("connection error", exc) from None
+
+
 class GraphClient:
     """Async Conversions API client; one ``httpx.AsyncClient`` (keep-alive pool) per instance.
 
@@ -258,8 +327,8 @@ class GraphClient:
         upload_source: str | None = None,
     ) -> EventsResponse:
         """POST up to 1,000 events; raises :class:`GraphError` on any failure."""
-        url = self._builder.events_url(pixel_id)
-        body = self._builder.events_body(
+        call = self._builder.events_request(
+            pixel_id,
             events,
             access_token=access_token,
             test_event_code=test_event_code,
@@ -269,12 +338,16 @@ class GraphClient:
             upload_tag=upload_tag,
             upload_source=upload_source,
         )
-        response = await self._request("POST", url, content=body, headers=_JSON_HEADERS)
+        response = await self._send(call)
         result = self._builder.read_events_response(response, access_token)
-        logger.debug(
-            "pixel %s: %d events received (fbtrace_id=%s)",
+        # Meta counting fewer events than were sent is worth a warning (the request itself
+        # succeeded, so nothing raises); the delivery engine also counts it in a metric.
+        logger.log(
+            logging.DEBUG if result.events_received >= len(events) else logging.WARNING,
+            "pixel %s: %d of %d events received (fbtrace_id=%s)",
             pixel_id,
             result.events_received,
+            len(events),
             result.fbtrace_id,
         )
         return result
@@ -285,9 +358,7 @@ class GraphClient:
         Graph only takes ``input_token`` as a query parameter, so it is the one token
         that appears in a URL; the caller's own token rides in the header.
         """
-        return await self._get(
-            "debug_token", {"input_token": input_token}, access_token, versioned=True
-        )
+        return await self._get("debug_token", {"input_token": input_token}, access_token)
 
     async def dataset_quality(
         self,
@@ -298,30 +369,17 @@ class GraphClient:
         agent_name: str | None = None,
     ) -> dict[str, Any]:
         """``GET /{version}/dataset_quality``: EMQ and key coverage per event name."""
-        params = {"dataset_id": str(dataset_id), "fields": fields}
-        if agent_name:
-            params["agent_name"] = agent_name
-        return await self._get("dataset_quality", params, access_token, versioned=True)
+        params = _dataset_quality_params(dataset_id, fields, agent_name)
+        return await self._get("dataset_quality", params, access_token)
 
-    async def _get(
-        self, path: str, params: dict[str, str], access_token: str, *, versioned: bool
-    ) -> dict[str, Any]:
-        url = _get_url(self._builder, path, versioned)
-        response = await self._request(
-            "GET",
-            url,
-            params={**params, **self._builder.proof_params(access_token)},
-            headers=self._builder.auth_headers(access_token),
-        )
+    async def _get(self, path: str, params: dict[str, str], access_token: str) -> dict[str, Any]:
+        response = await self._send(self._builder.get_request(path, params, access_token))
         return _read_json(response, access_token)
 
-    async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return await self._http.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise GraphError.transport("timeout", exc) from None
-        except httpx.TransportError as exc:
-            raise GraphError.transport("connection error", exc) from None
+    async def _send(self, call: _Call) -> httpx.Response:
+        request = self._http.build_request(call.method, call.url, **call.options)
+        with _transport_errors():
+            return await self._http.send(request)
 
 
 class SyncGraphClient:
@@ -377,8 +435,8 @@ class SyncGraphClient:
         upload_source: str | None = None,
     ) -> EventsResponse:
         """POST up to 1,000 events; raises :class:`GraphError` on any failure."""
-        url = self._builder.events_url(pixel_id)
-        body = self._builder.events_body(
+        call = self._builder.events_request(
+            pixel_id,
             events,
             access_token=access_token,
             test_event_code=test_event_code,
@@ -388,7 +446,7 @@ class SyncGraphClient:
             upload_tag=upload_tag,
             upload_source=upload_source,
         )
-        response = self._request("POST", url, content=body, headers=_JSON_HEADERS)
+        response = self._send(call)
         return self._builder.read_events_response(response, access_token)
 
     def debug_token(self, input_token: str, *, access_token: str) -> dict[str, Any]:
@@ -404,30 +462,14 @@ class SyncGraphClient:
         agent_name: str | None = None,
     ) -> dict[str, Any]:
         """See :meth:`GraphClient.dataset_quality`."""
-        params = {"dataset_id": str(dataset_id), "fields": fields}
-        if agent_name:
-            params["agent_name"] = agent_name
+        params = _dataset_quality_params(dataset_id, fields, agent_name)
         return self._get("dataset_quality", params, access_token)
 
     def _get(self, path: str, params: dict[str, str], access_token: str) -> dict[str, Any]:
-        url = _get_url(self._builder, path, versioned=True)
-        response = self._request(
-            "GET",
-            url,
-            params={**params, **self._builder.proof_params(access_token)},
-            headers=self._builder.auth_headers(access_token),
-        )
+        response = self._send(self._builder.get_request(path, params, access_token))
         return _read_json(response, access_token)
 
-    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self._http.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise GraphError.transport("timeout", exc) from None
-        except httpx.TransportError as exc:
-            raise GraphError.transport("connection error", exc) from None
-
-
-def _get_url(builder: _RequestBuilder, path: str, versioned: bool) -> str:
-    prefix = f"/{builder.api_version}" if versioned else ""
-    return f"{builder.base_url}{prefix}/{path}"
+    def _send(self, call: _Call) -> httpx.Response:
+        request = self._http.build_request(call.method, call.url, **call.options)
+        with _transport_errors():
+            return self._http.send(request)

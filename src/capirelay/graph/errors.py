@@ -45,7 +45,8 @@ class RetryClass(StrEnum):
     CONFIG = "config"
 
 
-THROTTLE_CODES = frozenset({4, 17, 32, 613, *range(80000, 80015)})
+BUC_THROTTLE_CODES = frozenset(range(80000, 80015))
+THROTTLE_CODES = frozenset({4, 17, 32, 613, *BUC_THROTTLE_CODES})
 # 368 ("temporarily blocked for policy violations") is retryable but only after a
 # long pause; it is TRANSIENT so the event keeps its deadline, and explain() tells
 # the operator to check the account, because a block that persists needs a human.
@@ -280,8 +281,9 @@ class GraphError(Exception):
         secrets: tuple[str, ...] = (),
     ) -> GraphError:
         """Parse a non-2xx (or error-carrying) response; never raises."""
-        retry_after = retry_after_from_headers(headers)
         error = _graph_error_object(body)
+        code = None if error is None else _as_int(error.get("code"))
+        retry_after = retry_after_from_headers(headers, code=code)
         if error is None:
             return cls(
                 status=status,
@@ -290,7 +292,7 @@ class GraphError(Exception):
             )
         return cls(
             status=status,
-            code=_as_int(error.get("code")),
+            code=code,
             subcode=_as_int(error.get("error_subcode")),
             type=_as_str(error.get("type")),
             message=redact(_as_str(error.get("message")) or "", secrets),
@@ -338,16 +340,30 @@ def _describe_non_graph_body(status: int, headers: Mapping[str, str]) -> str:
     return f"HTTP {status} without a Graph error body ({content_type})"
 
 
-def retry_after_from_headers(headers: Mapping[str, str]) -> float | None:
+def retry_after_from_headers(
+    headers: Mapping[str, str], *, code: int | None = None
+) -> float | None:
     """Seconds to wait, from ``Retry-After`` or Meta's business-use-case usage header.
 
     ``X-Business-Use-Case-Usage`` maps a business id to a list of usage objects whose
-    ``estimated_time_to_regain_access`` is in minutes; the longest one wins.
+    ``estimated_time_to_regain_access`` is in minutes; the longest one wins.  It is
+    read only for the business-use-case rate limits (codes 80000-80014) it describes:
+    Graph sends it on ordinary responses too, where it says nothing about this error.
+
+    A wait of zero or less (``Retry-After: 0``, a date in the past, an estimate of 0
+    minutes while Meta still refuses) is no estimate at all: ``None``, so the caller
+    falls back to its own escalating pause instead of retrying at once.
     """
     explicit = _parse_retry_after(headers.get("retry-after"))
     if explicit is not None:
-        return explicit
-    return _parse_buc_usage(headers.get("x-business-use-case-usage"))
+        return _positive_or_none(explicit)
+    if code is None or code not in BUC_THROTTLE_CODES:
+        return None
+    return _positive_or_none(_parse_buc_usage(headers.get("x-business-use-case-usage")))
+
+
+def _positive_or_none(seconds: float | None) -> float | None:
+    return seconds if seconds is not None and seconds > 0 else None
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -355,14 +371,14 @@ def _parse_retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        return float(value)
     except ValueError:
         pass
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return (when - datetime.now(UTC)).total_seconds()
 
 
 def _parse_buc_usage(value: str | None) -> float | None:

@@ -38,8 +38,9 @@ from capirelay import browser_ids
 from capirelay.config import PixelSettings, Settings
 from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.metrics import Metrics
-from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
+from capirelay.outbox.base import EnqueueStatus, NewEvent
 from capirelay.problems import Problem
+from capirelay.server._commit import commit_prepared
 from capirelay.server.auth import authenticate, authorize_pixel
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
 from capirelay.sources import consent
@@ -47,7 +48,6 @@ from capirelay.sources import consent
 __all__ = ["MAX_EVENTS_PER_REQUEST", "post_collect", "post_events", "preflight_collect"]
 
 MAX_EVENTS_PER_REQUEST = 1000
-STORAGE_RETRY_AFTER_SECONDS = 5
 TEST_EVENT_CODE_HEADER = "x-test-event-code"
 
 _EVENTS_FIELDS = frozenset({"pixel_id", "data", "test_event_code"})
@@ -389,30 +389,10 @@ async def _commit(
     source: str,
 ) -> list[str]:
     """Enqueue the accepted events in one durable commit; one status per prepared event."""
-    outbox: Outbox = request.app.state.outbox
+    committed = await commit_prepared(request, pixel_id, prepared, now=now)
     metrics: Metrics = request.app.state.metrics
-    accepted: list[NewEvent] = [item.new_event for item in prepared if item.new_event is not None]
-    enqueued: list[EnqueueStatus] = []
-    if accepted:
-        try:
-            enqueued = await outbox.enqueue(accepted, now=now)
-        except StorageUnavailable:
-            raise ApiError(
-                503,
-                "storage_unavailable",
-                "the gateway cannot store events right now; nothing was accepted, retry later",
-                headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
-            ) from None
-    statuses = _statuses(prepared, enqueued)
-    _count(metrics, pixel_id, source, accepted, enqueued, prepared)
-    if EnqueueStatus.QUEUED in enqueued:
-        request.app.state.engine.notify(pixel_id)
-    return statuses
-
-
-def _statuses(prepared: Sequence[PreparedEvent], enqueued: Sequence[EnqueueStatus]) -> list[str]:
-    answers = iter(enqueued)
-    return ["rejected" if item.new_event is None else str(next(answers)) for item in prepared]
+    _count(metrics, pixel_id, source, committed.accepted, committed.enqueued, prepared)
+    return committed.statuses
 
 
 def _count(
@@ -433,9 +413,9 @@ def _count(
         if item.new_event is None:
             rejected.update({problem.code for problem in item.problems if problem.is_error})
     for event_name, n in queued.items():
-        metrics.accepted.labels(pixel_id, event_name, source).inc(n)
+        metrics.accepted.labels(pixel_id, metrics.event_label(event_name), source).inc(n)
     for event_name, n in duplicate.items():
-        metrics.duplicates.labels(pixel_id, event_name).inc(n)
+        metrics.duplicates.labels(pixel_id, metrics.event_label(event_name)).inc(n)
     for code, n in rejected.items():
         metrics.rejected.labels(pixel_id, code).inc(n)
 

@@ -39,8 +39,9 @@ from starlette.responses import Response
 from capirelay.config import ConfigError, PixelSettings, Settings, WebhookSettings
 from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.metrics import Metrics
-from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
+from capirelay.outbox.base import EnqueueStatus, NewEvent
 from capirelay.problems import Problem
+from capirelay.server._commit import STORAGE_RETRY_AFTER_SECONDS, commit_prepared
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
 from capirelay.sources.mapping import EventMapping, MappedEvent, MappingLoadError, load_mapping
 from capirelay.sources.webhooks import SignatureError, WebhookPreset, get_preset
@@ -48,8 +49,6 @@ from capirelay.sources.webhooks import SignatureError, WebhookPreset, get_preset
 __all__ = ["ConfiguredWebhook", "load_webhooks", "post_webhook"]
 
 log = logging.getLogger("capirelay.webhooks")
-
-STORAGE_RETRY_AFTER_SECONDS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,24 +182,9 @@ async def _commit(
     request: Request, webhook: ConfiguredWebhook, prepared: Sequence[PreparedEvent], now: float
 ) -> list[str]:
     """Enqueue the accepted events in one durable commit; one status per prepared event."""
-    outbox: Outbox = request.app.state.outbox
-    accepted = [item.new_event for item in prepared if item.new_event is not None]
-    enqueued: list[EnqueueStatus] = []
-    if accepted:
-        try:
-            enqueued = await outbox.enqueue(accepted, now=now)
-        except StorageUnavailable:
-            raise ApiError(
-                503,
-                "storage_unavailable",
-                "the gateway cannot store events right now; nothing was accepted, retry later",
-                headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
-            ) from None
-    _count(request.app.state.metrics, webhook, accepted, enqueued, prepared)
-    if EnqueueStatus.QUEUED in enqueued:
-        request.app.state.engine.notify(webhook.settings.pixel_id)
-    answers = iter(enqueued)
-    return ["rejected" if item.new_event is None else str(next(answers)) for item in prepared]
+    committed = await commit_prepared(request, webhook.settings.pixel_id, prepared, now=now)
+    _count(request.app.state.metrics, webhook, committed.accepted, committed.enqueued, prepared)
+    return committed.statuses
 
 
 def _count(
@@ -213,9 +197,11 @@ def _count(
     pixel_id = webhook.settings.pixel_id
     for event, status in zip(accepted, enqueued, strict=True):
         if status is EnqueueStatus.QUEUED:
-            metrics.accepted.labels(pixel_id, event.event_name, webhook.source).inc()
+            metrics.accepted.labels(
+                pixel_id, metrics.event_label(event.event_name), webhook.source
+            ).inc()
         else:
-            metrics.duplicates.labels(pixel_id, event.event_name).inc()
+            metrics.duplicates.labels(pixel_id, metrics.event_label(event.event_name)).inc()
     rejected: Counter[str] = Counter()
     for item in prepared:
         if item.new_event is None:

@@ -1,16 +1,14 @@
-"""Fixtures for the emulator tests: a live emulator on a loopback port, valid events."""
+"""The pixels, tokens and wire event the emulator and Graph client tests share.
+
+Plain data, imported by the tests; the live ``emulator`` fixture that serves these
+pixels is in ``tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
-
-import httpx
-import pytest
-
-from capirelay.emulator import RunningEmulator, run_emulator
 
 PIXEL = "1234567890"
 TOKEN = "EAAtesttokenforthepixel0123456789"
@@ -35,20 +33,3 @@ def make_event(index: int = 0, **overrides: Any) -> dict[str, Any]:
     }
     event.update(overrides)
     return event
-
-
-@pytest.fixture
-def event_factory() -> Callable[..., dict[str, Any]]:
-    return make_event
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    with run_emulator(pixels={PIXEL: TOKEN, OTHER_PIXEL: OTHER_TOKEN}, fault_seed=7) as running:
-        yield running
-
-
-@pytest.fixture
-def http(emulator: RunningEmulator) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=emulator.url, timeout=5.0) as client:
-        yield client

@@ -1,0 +1,106 @@
+"""What the loopback benchmarks share: the bench pixel and keys, free ports, waiting for a
+server, starting the emulator, stopping a subprocess, building ``/v1/events`` load and
+printing a result table.
+
+Every benchmark script runs its servers as subprocesses on 127.0.0.1 and prints
+Markdown tables; one copy of that machinery keeps the scripts' setups (and their
+tables) identical, so their figures compare.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import closing
+from typing import Any
+
+import httpx
+import orjson
+
+from _loadgen import build_request
+
+PIXEL = "1234567890"
+TOKEN = "bench-token"
+KEY = "bench-ingest-key"
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0, interval: float = 0.1) -> None:
+    """Return once ``url`` answers below 500; raise after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(interval)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a gateway drains and closes its outbox on it), SIGKILL after 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
+    """The Graph API emulator as a subprocess serving the bench pixel; its base URL.
+
+    ``--no-store-events``: a benchmark sends millions of events and reads only counters.
+    """
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "capirelay.emulator",
+            "--port",
+            str(port),
+            "--pixel",
+            f"{PIXEL}:{TOKEN}",
+            "--no-store-events",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    graph_url = f"http://{HOST}:{port}"
+    wait_http(f"{graph_url}/_emulator/stats")
+    return proc, graph_url
+
+
+def events_requests(
+    port: int, count: int, per_request: int, event: Callable[[int], dict[str, Any]]
+) -> list[bytes]:
+    """``count`` pre-encoded ``POST /v1/events`` requests of ``per_request`` events each;
+    ``event(i)`` builds the i-th event of the run."""
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    out = []
+    for r in range(count):
+        data = [event(r * per_request + j) for j in range(per_request)]
+        body = orjson.dumps({"pixel_id": PIXEL, "data": data})
+        out.append(build_request(HOST, port, "POST", "/v1/events", body, headers))
+    return out
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    print(f"\n## {title}\n")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)) + " |")
+    sys.stdout.flush()

@@ -1,0 +1,57 @@
+"""The durable commit every ingest route ends with: queue what was accepted, or answer 503.
+
+``/v1/events``, ``/v1/collect`` and the webhook routes each prepare events their own
+way, then store them the same way: one ``enqueue`` (one durable commit) for the
+accepted events, nothing acknowledged when storage is down, the delivery engine
+woken for the pixel, and one status per prepared event in request order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from capirelay.ingest import PreparedEvent
+from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
+from capirelay.server.http import ApiError
+
+__all__ = ["STORAGE_RETRY_AFTER_SECONDS", "Committed", "commit_prepared"]
+
+# What a 503 asks the client (or webhook vendor) to wait before retrying.
+STORAGE_RETRY_AFTER_SECONDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    accepted: list[NewEvent]  # the events handed to the outbox, in order
+    enqueued: list[EnqueueStatus]  # the outbox's answer for each accepted event
+    statuses: list[str]  # one per prepared event: queued, duplicate or rejected
+
+
+async def commit_prepared(
+    request: Request, pixel_id: str, prepared: Sequence[PreparedEvent], *, now: float
+) -> Committed:
+    """Enqueue the accepted events in one durable commit and wake delivery for ``pixel_id``.
+
+    Raises the 503 :class:`ApiError` when storage is unavailable: nothing was accepted.
+    """
+    outbox: Outbox = request.app.state.outbox
+    accepted = [item.new_event for item in prepared if item.new_event is not None]
+    enqueued: list[EnqueueStatus] = []
+    if accepted:
+        try:
+            enqueued = await outbox.enqueue(accepted, now=now)
+        except StorageUnavailable:
+            raise ApiError(
+                503,
+                "storage_unavailable",
+                "the gateway cannot store events right now; nothing was accepted, retry later",
+                headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+            ) from None
+    if EnqueueStatus.QUEUED in enqueued:
+        request.app.state.engine.notify(pixel_id)
+    answers = iter(enqueued)
+    statuses = ["rejected" if item.new_event is None else str(next(answers)) for item in prepared]
+    return Committed(accepted, enqueued, statuses)
