@@ -33,7 +33,7 @@ typecheck: $(STAMP)
 
 ## Long-running reliability suite (crash loops, soak).
 soak: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -s -m slow
 
 bench: $(STAMP)
 	$(BIN)/python bench/prepare.py

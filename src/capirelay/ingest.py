@@ -93,11 +93,17 @@ def prepare_event(
         wire = prepare_wire(raw, default_country=pixel.default_country)
     except ValidationError as exc:
         return PreparedEvent(None, _given_event_id(raw), _problems_from_validation(exc))
+    except RecursionError:
+        # Free-form custom_data nested ~1,000 deep: refuse this event, not the request.
+        return PreparedEvent(None, _given_event_id(raw), [_unencodable()])
 
     payload = wire.payload
     event_id = payload.get("event_id")
     if not event_id:
-        event_id = derive_event_id(pixel_id, payload)
+        try:
+            event_id = derive_event_id(pixel_id, payload)
+        except orjson.JSONEncodeError:
+            return PreparedEvent(None, "", [_unencodable()])
         # The id goes on the wire so Meta deduplicates our retries against the browser pixel.
         payload["event_id"] = event_id
     # A new list: the wire's own stays as prepare_wire left it.
@@ -105,11 +111,15 @@ def prepare_event(
     if problems and has_errors(problems):
         return PreparedEvent(None, event_id, problems)
 
+    try:
+        encoded = orjson.dumps(payload)
+    except orjson.JSONEncodeError:
+        return PreparedEvent(None, event_id, [*problems, _unencodable()])
     new_event = NewEvent(
         pixel_id=pixel_id,
         event_name=payload["event_name"],
         event_id=event_id,
-        payload=orjson.dumps(payload),
+        payload=encoded,
         event_time=int(payload["event_time"]),
         deadline=deadline(payload),
         test_event_code=test_event_code,
@@ -142,6 +152,17 @@ def _not_an_object() -> Problem:
         "",
         "each event must be a JSON object in Conversions API shape "
         '({"event_name": ..., "event_time": ..., "user_data": {...}, ...})',
+    )
+
+
+def _unencodable() -> Problem:
+    # orjson refuses integers beyond 64 bits and nesting deeper than 254 levels: such an event
+    # cannot be written to the outbox or sent, so it is refused like any other bad event.
+    return error(
+        "invalid_value",
+        "",
+        "the event holds a number beyond 64 bits or values nested too deep to send; "
+        "send numbers (event_time: Unix seconds) within 64 bits and flatten custom_data",
     )
 
 

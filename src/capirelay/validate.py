@@ -498,7 +498,7 @@ def _check_messaging_channel(event: Mapping[str, Any], ctx: Context) -> Iterable
     channel = event.get("messaging_channel")
     if channel is None and ctx.action_source != "business_messaging":
         return _NO_PROBLEMS
-    if channel in MESSAGING_CHANNELS:
+    if isinstance(channel, str) and channel in MESSAGING_CHANNELS:
         return _NO_PROBLEMS
     return [
         error(
