@@ -1,4 +1,5 @@
-"""DLQ operations on a real SQLite outbox: list, show, replay (re-validated, in deadline), purge."""
+"""DLQ operations on a real outbox (each backend): list, show, replay (re-validated, in
+deadline, through dedup), purge."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from capirelay.outbox import (
     DeadLetterReason,
     DLQFilter,
     NewEvent,
+    Outbox,
     SQLiteOutbox,
 )
+from capirelay.outbox.postgres import PostgresOutbox
 from capirelay.validate import deadline
 
 NOW = 1_800_000_000.0
@@ -44,17 +47,21 @@ def wire(
 
 
 @pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[SQLiteOutbox]:
-    box = SQLiteOutbox(tmp_path / "dlq.db")
+async def outbox(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Outbox]:
+    box: Outbox
+    if backend == "postgres":
+        box = PostgresOutbox(request.getfixturevalue("postgres_url"), pool_size=2, listen=False)
+    else:
+        box = SQLiteOutbox(tmp_path / "dlq.db")
     await box.open()
     yield box
     await box.close()
 
 
-async def dead_letter(
-    outbox: SQLiteOutbox, payload: dict[str, Any], reason: DeadLetterReason
-) -> int:
-    event = NewEvent(
+def new_event(payload: dict[str, Any]) -> NewEvent:
+    return NewEvent(
         pixel_id=PIXEL,
         event_name=payload["event_name"],
         event_id=payload["event_id"],
@@ -62,7 +69,10 @@ async def dead_letter(
         event_time=payload["event_time"],
         deadline=deadline(payload),
     )
-    await outbox.enqueue([event], now=NOW - DAY)
+
+
+async def dead_letter(outbox: Outbox, payload: dict[str, Any], reason: DeadLetterReason) -> int:
+    await outbox.enqueue([new_event(payload)], now=NOW - DAY)
     [leased] = await outbox.lease(PIXEL, limit=1, lease_seconds=30, now=NOW - DAY)
     rejection = Attempt(
         at=NOW - DAY,
@@ -78,7 +88,7 @@ async def dead_letter(
     return letter.id
 
 
-async def test_list_and_show(outbox: SQLiteOutbox) -> None:
+async def test_list_and_show(outbox: Outbox) -> None:
     dlq_id = await dead_letter(outbox, wire("a", valid=False), DeadLetterReason.INVALID)
     [row] = await list_dead_letters(outbox)
     assert (
@@ -108,7 +118,7 @@ async def test_list_and_show(outbox: SQLiteOutbox) -> None:
 
 
 async def test_replay_requeues_only_valid_events_inside_their_deadline(
-    outbox: SQLiteOutbox,
+    outbox: Outbox,
 ) -> None:
     fixed = await dead_letter(outbox, wire("fixed"), DeadLetterReason.INVALID)
     broken = await dead_letter(outbox, wire("broken", valid=False), DeadLetterReason.INVALID)
@@ -125,7 +135,13 @@ async def test_replay_requeues_only_valid_events_inside_their_deadline(
         assert list(result.still_invalid) == [broken]
         assert result.expired == [old]
         assert result.not_found == [999]
-    assert report.counts == {"requeued": 2, "still_invalid": 1, "expired": 1, "not_found": 1}
+    assert report.counts == {
+        "requeued": 2,
+        "still_invalid": 1,
+        "expired": 1,
+        "not_found": 1,
+        "duplicate": 0,
+    }
     assert {p.field for p in report.still_invalid[broken]} == {"custom_data.currency"}
     assert report.to_dict()["counts"]["requeued"] == 2
 
@@ -134,7 +150,7 @@ async def test_replay_requeues_only_valid_events_inside_their_deadline(
     assert sorted(d.event_id for d in await outbox.dlq_list()) == ["broken", "old"]
 
 
-async def test_replay_by_filter(outbox: SQLiteOutbox) -> None:
+async def test_replay_by_filter(outbox: Outbox) -> None:
     for i in range(3):
         await dead_letter(outbox, wire(f"inv{i}"), DeadLetterReason.INVALID)
     await dead_letter(outbox, wire("cfg"), DeadLetterReason.CONFIG)
@@ -143,10 +159,33 @@ async def test_replay_by_filter(outbox: SQLiteOutbox) -> None:
     assert [d.event_id for d in await outbox.dlq_list()] == ["cfg"]
 
 
-async def test_purge(outbox: SQLiteOutbox) -> None:
+async def test_purge(outbox: Outbox) -> None:
     first = await dead_letter(outbox, wire("p1"), DeadLetterReason.INVALID)
     await dead_letter(outbox, wire("p2"), DeadLetterReason.EXPIRED)
     await dead_letter(outbox, wire("p3"), DeadLetterReason.EXPIRED)
     assert await purge(outbox, [first]) == 1
     assert await purge(outbox, DLQFilter(reason="expired")) == 2
     assert await outbox.dlq_list() == []
+
+
+async def test_replay_leaves_a_letter_whose_corrected_resend_is_queued(outbox: Outbox) -> None:
+    letter = await dead_letter(outbox, wire("order-7"), DeadLetterReason.INVALID)
+    # The client fixed the event and resent it with the same event_id: queued again.
+    await outbox.enqueue([new_event(wire("order-7"))], now=NOW - 60)
+    report = await replay(outbox, [letter], now=NOW)
+    assert (report.requeued, report.duplicate) == ([], [letter])
+    assert report.counts["duplicate"] == 1
+    assert [d.id for d in await outbox.dlq_list()] == [letter]
+    assert (await outbox.stats(now=NOW)).depth == 1  # only the resend
+
+
+async def test_replay_of_two_letters_with_one_key_queues_one(outbox: Outbox) -> None:
+    first = await dead_letter(outbox, wire("order-8"), DeadLetterReason.INVALID)
+    second = await dead_letter(outbox, wire("order-8"), DeadLetterReason.EXPIRED)
+    preview = await replay(outbox, [first, second], now=NOW, dry_run=True)
+    report = await replay(outbox, [first, second], now=NOW)
+    for result in (preview, report):
+        assert (result.requeued, result.duplicate) == ([first], [second])
+    [queued] = await outbox.lease(PIXEL, limit=10, lease_seconds=30, now=NOW)
+    assert queued.event_id == "order-8"
+    assert [d.id for d in await outbox.dlq_list()] == [second]

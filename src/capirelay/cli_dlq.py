@@ -223,6 +223,9 @@ def replay_command(
             console.print(f"still invalid {letter_id}: {problem.field}: {problem.message}")
     if report.not_found:
         console.print(f"not found: {', '.join(map(str, report.not_found))}")
+    if report.duplicate:
+        held = ", ".join(map(str, report.duplicate))
+        console.print(f"duplicates (event already queued or sent; left in the DLQ): {held}")
     if report.still_invalid or report.not_found:
         raise typer.Exit(1)
 

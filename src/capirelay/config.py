@@ -254,7 +254,7 @@ class Settings(BaseSettings):
             if pixel.access_token and pixel.access_token.is_literal:
                 out.append(
                     f"pixels.{pixel_id}.access_token is a literal in the config file; "
-                    "move it to an environment variable (access_token = {env = \"...\"}) "
+                    'move it to an environment variable (access_token = {env = "..."}) '
                     "or a file so it stays out of your repository"
                 )
             if pixel.access_token is None:

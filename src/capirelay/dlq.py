@@ -8,7 +8,11 @@ Replay is the fix-and-resend loop: after the mapping or configuration is
 corrected, :func:`replay` re-validates each event against Meta's rules and
 re-queues only those that pass *and* are still inside their deadline
 (``event_time`` + 7 days, 62 for ``physical_store``); the rest are reported,
-never sent to certain rejection.
+never sent to certain rejection.  Replay respects dedup like ingest does: a
+letter whose ``(pixel, event_name, event_id)`` is held by a queued event or by
+one sent inside the 48 h window (say, a corrected resend), or that repeats the
+key of another letter in the same replay, stays in the DLQ as a ``duplicate``
+instead of reaching Meta twice.
 """
 
 from __future__ import annotations
@@ -87,6 +91,9 @@ class ReplayReport:
     still_invalid: dict[int, list[Problem]] = field(default_factory=dict)
     expired: list[int] = field(default_factory=list)
     not_found: list[int] = field(default_factory=list)
+    # Left in the DLQ: the key is held, or another letter of this replay has it.  A dry
+    # run only sees the second kind (holding keys are checked when moving).
+    duplicate: list[int] = field(default_factory=list)
     dry_run: bool = False
 
     @property
@@ -96,6 +103,7 @@ class ReplayReport:
             "still_invalid": len(self.still_invalid),
             "expired": len(self.expired),
             "not_found": len(self.not_found),
+            "duplicate": len(self.duplicate),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +117,7 @@ class ReplayReport:
             },
             "expired": self.expired,
             "not_found": self.not_found,
+            "duplicate": self.duplicate,
         }
 
 
@@ -160,12 +169,20 @@ async def replay(
 ) -> ReplayReport:
     """Re-queue the dead letters in ``target`` that pass validation and are in their deadline."""
     report = ReplayReport(dry_run=dry_run)
+    keys_seen: set[tuple[str, str, str]] = set()
     async for letter in _targets(outbox, target, report):
-        _judge(letter, now, report)
+        key = (letter.pixel_id, letter.event_name, letter.event_id)
+        if key in keys_seen:
+            report.duplicate.append(letter.id)
+            continue
+        if _judge(letter, now, report):
+            keys_seen.add(key)
     if report.requeued and not dry_run:
-        requeued = list(report.requeued)
-        for start in range(0, len(requeued), PAGE_SIZE):
-            await outbox.dlq_requeue(requeued[start : start + PAGE_SIZE], now=now)
+        candidates, report.requeued = report.requeued, []
+        for start in range(0, len(candidates), PAGE_SIZE):
+            moved = await outbox.dlq_requeue(candidates[start : start + PAGE_SIZE], now=now)
+            report.requeued.extend(moved.requeued)
+            report.duplicate.extend(moved.duplicate)
     return report
 
 
@@ -176,15 +193,18 @@ async def purge(outbox: Outbox, target: Sequence[int] | DLQFilter) -> int:
     return await outbox.dlq_purge(ids=list(target))
 
 
-def _judge(letter: DeadLetter, now: float, report: ReplayReport) -> None:
+def _judge(letter: DeadLetter, now: float, report: ReplayReport) -> bool:
+    """File the letter under expired, still invalid or (to re-queue) requeued; True for
+    the last."""
     if letter.deadline <= now:
         report.expired.append(letter.id)
-        return
+        return False
     problems = validate_event(orjson.loads(letter.payload), now=now)
     if has_errors(problems):
         report.still_invalid[letter.id] = [p for p in problems if p.is_error]
-    else:
-        report.requeued.append(letter.id)
+        return False
+    report.requeued.append(letter.id)
+    return True
 
 
 async def _targets(

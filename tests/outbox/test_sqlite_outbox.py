@@ -16,10 +16,17 @@ from capirelay.outbox import (
     DeadLetterReason,
     DLQFilter,
     EnqueueStatus,
+    RequeueResult,
     SQLiteOutbox,
     StorageUnavailable,
 )
-from capirelay.outbox.sqlite import ATTEMPT_LOG_LIMIT, MIGRATIONS
+from capirelay.outbox.sqlite import (
+    ATTEMPT_LOG_LIMIT,
+    MIGRATIONS,
+    _GroupCommitWriter,
+    _WriteOp,
+    migrate,
+)
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
 
@@ -44,7 +51,7 @@ async def test_same_key_twice_in_one_call_queues_the_first_only(outbox: SQLiteOu
     [
         ("111", "Purchase", 60, DUPLICATE),  # same key a minute later
         ("111", "Purchase", DEDUP_WINDOW_SECONDS - 1, DUPLICATE),  # still inside 48 h
-        ("111", "Purchase", DEDUP_WINDOW_SECONDS, QUEUED),  # window over
+        ("111", "Purchase", DEDUP_WINDOW_SECONDS, DUPLICATE),  # window over, still queued
         ("111", "Lead", 60, QUEUED),  # other event_name
         ("222", "Purchase", 60, QUEUED),  # other pixel
     ],
@@ -60,6 +67,8 @@ async def test_dedup_across_calls(
 async def test_expire_dedup_forgets_only_keys_older_than_the_window(outbox: SQLiteOutbox) -> None:
     await outbox.enqueue([make_event("old")], now=T0)
     await outbox.enqueue([make_event("new")], now=T0 + 3600)
+    delivered = await outbox.lease("111", limit=10, lease_seconds=30, now=T0 + 3600)
+    await outbox.ack([e.id for e in delivered], now=T0 + 3600)
     assert await outbox.expire_dedup(now=T0 + DEDUP_WINDOW_SECONDS + 1) == 1
     later = T0 + DEDUP_WINDOW_SECONDS + 2
     assert await outbox.enqueue([make_event("old"), make_event("new")], now=later) == [
@@ -217,7 +226,7 @@ async def test_dlq_requeue_resets_attempts_and_remembers_the_key(outbox: SQLiteO
     [leased] = await outbox.lease("111", limit=1, lease_seconds=30, now=T0)
     await outbox.dead_letter([leased.id], reason=DeadLetterReason.INVALID, attempt=None, now=T0)
     [dead] = await outbox.dlq_list()
-    assert await outbox.dlq_requeue([dead.id, 12345], now=T0 + 50) == 1
+    assert await outbox.dlq_requeue([dead.id, 12345], now=T0 + 50) == RequeueResult([dead.id])
     assert await outbox.dlq_list() == []
     [back] = await outbox.lease("111", limit=1, lease_seconds=30, now=T0 + 50)
     assert (back.event_id, back.attempts, back.queued_at) == ("a", 0, T0 + 50)
@@ -353,3 +362,62 @@ async def test_closed_outbox_is_unavailable(db_path: Path) -> None:
     assert not await box.ping()
     with pytest.raises(StorageUnavailable):
         await box.enqueue([make_event("a")], now=T0)
+
+
+@pytest.mark.sqlite_only
+async def test_close_runs_the_writes_already_submitted(db_path: Path) -> None:
+    box = SQLiteOutbox(db_path)
+    await box.open()
+    pending = [asyncio.ensure_future(box.enqueue([make_event(f"e{i}")], now=T0)) for i in range(50)]
+    closing = asyncio.ensure_future(box.close())
+    results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 10)
+    await asyncio.wait_for(closing, 10)
+    assert results == [[QUEUED]] * 50
+    reopened = SQLiteOutbox(db_path)
+    await reopened.open()
+    try:
+        assert (await reopened.stats(now=T0)).depth == 50
+    finally:
+        await reopened.close()
+
+
+@pytest.mark.sqlite_only
+async def test_a_stopping_writer_refuses_new_writes_at_once(db_path: Path) -> None:
+    writer = _GroupCommitWriter(lambda: sqlite3.connect(db_path, isolation_level=None), 8)
+    writer.start()
+    writer.ready.result(timeout=10)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[object] = loop.create_future()
+    writer.submit(_WriteOp(lambda conn: "ran", loop, done))
+    writer.stop()
+    late: asyncio.Future[object] = loop.create_future()
+    with pytest.raises(StorageUnavailable, match="closing"):
+        writer.submit(_WriteOp(lambda conn: "never", loop, late))
+    assert await asyncio.wait_for(done, 10) == "ran"  # submitted before the stop: it ran
+    await loop.run_in_executor(None, writer.join, 10)
+    assert not writer.is_alive()
+
+
+@pytest.mark.sqlite_only
+async def test_version_1_files_upgrade_with_their_queued_keys_pinned(db_path: Path) -> None:
+    with sqlite3.connect(db_path, isolation_level=None) as conn:
+        migrate(conn, MIGRATIONS[:1])
+        conn.execute(
+            "INSERT INTO queue (pixel_id, event_name, event_id, payload, event_time, deadline,"
+            " source, queued_at, available_at) VALUES ('111', 'Purchase', 'old', x'7b7d', 1, ?,"
+            " 'api', ?, ?)",
+            (T0 + 9e5, T0, T0),
+        )
+        conn.execute("INSERT INTO dedup VALUES ('111', 'Purchase', 'old', ?)", (T0,))
+    box = SQLiteOutbox(db_path)
+    await box.open()
+    try:
+        later = T0 + DEDUP_WINDOW_SECONDS + 1
+        assert await box.expire_dedup(now=later) == 0
+        assert await box.enqueue([make_event("old")], now=later) == [DUPLICATE]
+        [leased] = await box.lease("111", limit=10, lease_seconds=30, now=later)
+        await box.ack([leased.id], now=later, lease_id=leased.lease_id)
+        assert (await box.stats(now=later)).depth == 0
+        assert await box.expire_dedup(now=later) == 1
+    finally:
+        await box.close()

@@ -141,6 +141,14 @@ def without_fbc(payload: bytes) -> bytes | None:
     return orjson.dumps(event)
 
 
+def _by_lease(events: Sequence[LeasedEvent]) -> dict[str | None, list[int]]:
+    """Event ids grouped by the lease that handed them out (settling is per lease)."""
+    groups: dict[str | None, list[int]] = defaultdict(list)
+    for event in events:
+        groups[event.lease_id or None].append(event.id)
+    return groups
+
+
 class _LeaseRunningOut(Exception):
     """Too little of the batch's lease is left to send another request and record it."""
 
@@ -452,7 +460,7 @@ class PixelWorker:
         except asyncio.CancelledError:
             # Shutdown ran out of patience: give back whatever is still leased.
             with contextlib.suppress(StorageUnavailable):
-                await self._outbox.release([e.id for e in self._unsettled(batch)])
+                await self._release(self._unsettled(batch))
             raise
         except StorageUnavailable as exc:
             # The lease expires and the events come back: delivery stays at-least-once.
@@ -550,23 +558,30 @@ class PixelWorker:
         return min(expiries) - self._clock() - self._lease_margin
 
     async def _extend_lease(self, batch: _Batch) -> None:
-        """Heartbeat for a long bisection, when the outbox offers ``extend_lease``."""
-        extend = getattr(self._outbox, "extend_lease", None)
-        if extend is None:
-            return
-        ids = [e.id for e in self._unsettled(batch)]
+        """Heartbeat for a long bisection: extend the lease of the batch's unsettled rows.
+
+        Rows the outbox does not extend are no longer ours (their lease lapsed and
+        another worker took them): they count as settled here and the batch stops
+        (:class:`_LeaseRunningOut`), giving back only what this lease still holds.
+        """
         now = self._clock()
         until = now + self._delivery.lease_seconds
-        try:
-            extended = await extend(ids, until=until, now=now)
-        except (StorageUnavailable, NotImplementedError):
-            return
-        if extended is False or (
-            isinstance(extended, int) and not isinstance(extended, bool) and extended < len(ids)
-        ):
-            return  # some rows are no longer ours: keep the old expiry, release in time
-        for event_id in ids:
-            self._leased_until[event_id] = until
+        lost: list[int] = []
+        for lease_id, ids in _by_lease(self._unsettled(batch)).items():
+            try:
+                extended = set(
+                    await self._outbox.extend_lease(ids, until=until, now=now, lease_id=lease_id)
+                )
+            except (StorageUnavailable, NotImplementedError):
+                return  # keep the old expiry; the batch gives its rows back in time
+            for event_id in ids:
+                if event_id in extended:
+                    self._leased_until[event_id] = until
+                else:
+                    lost.append(event_id)
+        if lost:
+            self._settled(lost)
+            raise _LeaseRunningOut
 
     def _record_success(
         self, events: Sequence[LeasedEvent], response: EventsResponse, latency: float
@@ -704,16 +719,18 @@ class PixelWorker:
         now = self._clock()
         attempt = attempt_from(err, now)
         draw = _FixedDraw(self._rng.random())
-        due_at: dict[float, list[int]] = defaultdict(list)
+        due_at: dict[tuple[float, str | None], list[int]] = defaultdict(list)
         expired: list[LeasedEvent] = []
         for event in events:
             when = self._policy.next_attempt_at(event.attempts + 1, now, event.deadline, draw)
             if when is None:
                 expired.append(event)
             else:
-                due_at[when].append(event.id)
-        for when, ids in due_at.items():
-            await self._outbox.reschedule(ids, next_attempt_at=when, attempt=attempt)
+                due_at[(when, event.lease_id or None)].append(event.id)
+        for (when, lease_id), ids in due_at.items():
+            await self._outbox.reschedule(
+                ids, next_attempt_at=when, attempt=attempt, lease_id=lease_id
+            )
             self._settled(ids)
         retried = len(events) - len(expired)
         self._counts["retried"] += retried
@@ -929,15 +946,15 @@ class PixelWorker:
             self._leased_until.pop(event_id, None)
 
     async def _ack(self, events: Sequence[LeasedEvent]) -> None:
-        ids = [e.id for e in events]
-        await self._outbox.ack(ids, now=self._clock())
-        self._settled(ids)
+        now = self._clock()
+        for lease_id, ids in _by_lease(events).items():
+            await self._outbox.ack(ids, now=now, lease_id=lease_id)
+            self._settled(ids)
 
     async def _release(self, events: Sequence[LeasedEvent]) -> None:
-        ids = [e.id for e in events]
-        if ids:
-            await self._outbox.release(ids)
-        self._settled(ids)
+        for lease_id, ids in _by_lease(events).items():
+            await self._outbox.release(ids, lease_id=lease_id)
+            self._settled(ids)
 
     async def _dead_letter(
         self,
@@ -947,9 +964,11 @@ class PixelWorker:
         now: float | None = None,
     ) -> None:
         at = self._clock() if now is None else now
-        ids = [e.id for e in events]
-        await self._outbox.dead_letter(ids, reason=reason, attempt=attempt, now=at)
-        self._settled(ids)
+        for lease_id, ids in _by_lease(events).items():
+            await self._outbox.dead_letter(
+                ids, reason=reason, attempt=attempt, now=at, lease_id=lease_id
+            )
+            self._settled(ids)
         self._counts["dead_lettered"] += len(events)
         self._metrics.dead_lettered.labels(self.pixel_id, str(reason)).inc(len(events))
         log.warning(

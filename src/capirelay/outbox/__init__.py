@@ -23,6 +23,7 @@ from capirelay.outbox.base import (
     NewEvent,
     Outbox,
     QueueStats,
+    RequeueResult,
     StorageUnavailable,
 )
 from capirelay.outbox.sqlite import SQLiteOutbox
@@ -38,6 +39,7 @@ __all__ = [
     "NewEvent",
     "Outbox",
     "QueueStats",
+    "RequeueResult",
     "SQLiteOutbox",
     "StorageUnavailable",
     "open_outbox",

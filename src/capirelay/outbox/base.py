@@ -15,10 +15,28 @@ Lifecycle of a row::
                   └──────────── dlq_requeue ◄─────────────┘
 
 Dedup: ``(pixel_id, event_name, event_id)`` is remembered for
-:data:`DEDUP_WINDOW_SECONDS` (Meta's 48 hours).  ``enqueue`` answers
-``DUPLICATE`` for a key seen inside the window and stores nothing.  Dead-
-lettering an event forgets its key (Meta never accepted it, so a corrected
-resend with the same id must get through); ``dlq_requeue`` records it again.
+:data:`DEDUP_WINDOW_SECONDS` (Meta's 48 hours), and for as long as an event
+with that key is still in the queue (an open breaker can hold events for days;
+a client retry must not queue a second copy meanwhile).  ``enqueue`` answers
+``DUPLICATE`` for a key it cannot claim and stores nothing.  Dead-lettering an
+event forgets its key (Meta never accepted it, so a corrected resend with the
+same id must get through); ``dlq_requeue`` claims it again exactly like
+``enqueue``, so a letter whose key is held meanwhile stays in the DLQ and is
+reported as a duplicate instead of being sent twice.
+
+Leases: every :meth:`Outbox.lease` call stamps its rows with a fresh random
+lease id, carried by each :class:`LeasedEvent`.  A lease expires after
+``lease_seconds``; the rows are then leased again (to this process or another
+replica) under a new lease id.  The settle methods (``ack``, ``reschedule``,
+``release``, ``dead_letter``) and :meth:`Outbox.extend_lease` take ids plus an
+optional ``lease_id``: given, they touch only rows still carrying that lease id,
+so a worker whose lease ran out can neither delete nor reschedule rows someone
+else is now sending.  This holds across replicas because the check is in the
+database, not in process memory.  Without ``lease_id`` they act as before (ids
+only; PostgreSQL additionally checks the process) — kept for callers that settle
+rows they never leased, such as tools and tests.  A worker should pass the
+``lease_id`` of the events it settles, and call ``extend_lease`` (a heartbeat)
+while a batch is still in flight.
 """
 
 from __future__ import annotations
@@ -92,6 +110,9 @@ class Attempt:
 
 @dataclass(frozen=True, slots=True)
 class LeasedEvent:
+    """A queued event handed to a worker; ``lease_id`` names the lease it came with
+    (empty for events read without leasing, e.g. :meth:`Outbox.queue_sample`)."""
+
     id: int
     pixel_id: str
     event_name: str
@@ -102,6 +123,17 @@ class LeasedEvent:
     attempts: int
     test_event_code: str | None
     queued_at: float
+    lease_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RequeueResult:
+    """What :meth:`Outbox.dlq_requeue` did: letters moved back to the queue, and letters
+    left in the DLQ because their dedup key is held (by a queued or recently sent event,
+    or by another letter of the same call).  Ids that matched no letter are in neither."""
+
+    requeued: list[int] = field(default_factory=list)
+    duplicate: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,18 +240,45 @@ class Outbox(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def ack(self, ids: Sequence[int], *, now: float) -> None:
-        """The events were accepted by Meta: remove them from the queue."""
+    async def extend_lease(
+        self, ids: Sequence[int], *, until: float, now: float, lease_id: str | None = None
+    ) -> list[int]:
+        """Heartbeat: the lease of these events now ends at ``until``.
+
+        Only rows this caller still holds are extended: with ``lease_id``, rows still
+        carrying it (even if the lease ran out, as long as nobody leased them since);
+        without it, rows still leased (PostgreSQL: by this process).  Returns the ids
+        extended; an id missing from the answer was lost and must not be settled.
+        ``until`` must lie after ``now``.
+        """
+
+    @abc.abstractmethod
+    async def ack(self, ids: Sequence[int], *, now: float, lease_id: str | None = None) -> None:
+        """The events were accepted by Meta: remove them from the queue.
+
+        With ``lease_id``, only rows still held under that lease (see module docstring).
+        """
 
     @abc.abstractmethod
     async def reschedule(
-        self, ids: Sequence[int], *, next_attempt_at: float, attempt: Attempt
+        self,
+        ids: Sequence[int],
+        *,
+        next_attempt_at: float,
+        attempt: Attempt,
+        lease_id: str | None = None,
     ) -> None:
-        """A failed attempt: record it, count it and make the events due later."""
+        """A failed attempt: record it, count it and make the events due later.
+
+        With ``lease_id``, only rows still held under that lease.
+        """
 
     @abc.abstractmethod
-    async def release(self, ids: Sequence[int]) -> None:
-        """Give leased events back untouched (shutdown, open breaker)."""
+    async def release(self, ids: Sequence[int], *, lease_id: str | None = None) -> None:
+        """Give leased events back untouched (shutdown, open breaker).
+
+        With ``lease_id``, only rows still held under that lease.
+        """
 
     @abc.abstractmethod
     async def dead_letter(
@@ -229,8 +288,12 @@ class Outbox(abc.ABC):
         reason: DeadLetterReason,
         attempt: Attempt | None,
         now: float,
+        lease_id: str | None = None,
     ) -> None:
-        """Move events to the dead-letter store and forget their dedup keys."""
+        """Move events to the dead-letter store and forget their dedup keys.
+
+        With ``lease_id``, only rows still held under that lease.
+        """
 
     @abc.abstractmethod
     async def due_pixels(self, *, now: float) -> list[str]:
@@ -246,7 +309,8 @@ class Outbox(abc.ABC):
 
     @abc.abstractmethod
     async def expire_dedup(self, *, now: float) -> int:
-        """Forget dedup keys older than the window; returns how many."""
+        """Forget dedup keys older than the window whose event is no longer queued
+        (queued or leased keys are kept however old); returns how many."""
 
     @abc.abstractmethod
     async def dlq_list(
@@ -258,11 +322,13 @@ class Outbox(abc.ABC):
     async def dlq_get(self, dlq_id: int) -> DeadLetter | None: ...
 
     @abc.abstractmethod
-    async def dlq_requeue(self, ids: Sequence[int], *, now: float) -> int:
+    async def dlq_requeue(self, ids: Sequence[int], *, now: float) -> RequeueResult:
         """Move dead letters back to the queue (attempts reset, due now).
 
-        The caller has re-validated them and checked their deadline.
-        Returns how many moved.
+        The caller has re-validated them and checked their deadline.  Each letter
+        claims its dedup key exactly as :meth:`enqueue` does; a letter whose key is
+        held stays in the DLQ and is reported in ``duplicate``.  Several letters of
+        one call sharing a key: the lowest id is re-queued, the others are duplicates.
         """
 
     @abc.abstractmethod

@@ -20,6 +20,10 @@ Why this shape (``docs/postgres.md`` has the long version):
   turns the announcements into :meth:`wait_for_work` results, so a replica
   delivers events another replica accepted within milliseconds.  When the
   listener is down the engine's ``poll_seconds`` loop still finds everything.
+* **Leases are named.**  Each lease call stamps its rows with a fresh lease id
+  (``LeasedEvent.lease_id``); settle and :meth:`extend_lease` calls given it touch
+  only rows still held under it, so a batch whose lease ran out and was taken by
+  another replica (or by this one again) is never settled twice.
 * **Holds shared across replicas.**  A replica whose breaker opens or that Meta
   throttles writes a hold (``capirelay_pixel_state``) that every replica's
   lease statement honours.
@@ -47,6 +51,13 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from capirelay.outbox._rows import (
+    dead_letter_from_row,
+    dlq_filter_values,
+    leased_from_row,
+    queue_stats,
+    require_purge_target,
+)
 from capirelay.outbox.base import (
     DEDUP_WINDOW_SECONDS,
     Attempt,
@@ -60,6 +71,7 @@ from capirelay.outbox.base import (
     Outbox,
     QueueGroup,
     QueueStats,
+    RequeueResult,
     StorageUnavailable,
 )
 from capirelay.outbox.migrate import migrate
@@ -119,54 +131,6 @@ _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, PoolClosed)
 
 def _ids(ids: Sequence[int]) -> list[int]:
     return [int(i) for i in ids]
-
-
-def _leased_from_row(row: Sequence[Any]) -> LeasedEvent:
-    (id_, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
-     test_event_code, queued_at) = row  # fmt: skip
-    return LeasedEvent(
-        id=id_,
-        pixel_id=pixel_id,
-        event_name=event_name,
-        event_id=event_id,
-        payload=bytes(payload),
-        event_time=event_time,
-        deadline=deadline,
-        attempts=attempts,
-        test_event_code=test_event_code,
-        queued_at=queued_at,
-    )
-
-
-def _dead_letter_from_row(row: Sequence[Any]) -> DeadLetter:
-    (id_, pixel_id, event_name, event_id, payload, event_time, deadline, reason, error,
-     attempt_log, test_event_code, queued_at, dead_at) = row  # fmt: skip
-    return DeadLetter(
-        id=id_,
-        pixel_id=pixel_id,
-        event_name=event_name,
-        event_id=event_id,
-        payload=bytes(payload),
-        event_time=event_time,
-        deadline=deadline,
-        reason=reason,
-        error=error,
-        attempts=list(attempt_log),
-        test_event_code=test_event_code,
-        queued_at=queued_at,
-        dead_at=dead_at,
-    )
-
-
-def _filter_params(flt: DLQFilter | None) -> dict[str, Any]:
-    flt = flt or DLQFilter()
-    return {
-        "pixel_id": flt.pixel_id,
-        "event_name": flt.event_name,
-        "reason": flt.reason,
-        "since": flt.since,
-        "until": flt.until,
-    }
 
 
 class PostgresOutbox(Outbox):
@@ -341,12 +305,14 @@ class PostgresOutbox(Outbox):
         if limit <= 0:
             return []
         promote = {"pixel_id": pixel_id, "now": now, "promote": limit * PROMOTE_FACTOR}
+        lease_id = uuid.uuid4().hex
         lease = {
             "pixel_id": pixel_id,
             "now": now,
             "limit": limit,
             "lease_until": now + lease_seconds,
             "owner": self.owner,
+            "lease_id": lease_id,
         }
 
         async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
@@ -357,14 +323,30 @@ class PostgresOutbox(Outbox):
             return await cur.fetchall()
 
         rows = await self._in_transaction(work)
-        return sorted(map(_leased_from_row, rows), key=lambda e: (e.deadline, e.id))
+        leased = [leased_from_row(row, lease_id) for row in rows]
+        return sorted(leased, key=lambda e: (e.deadline, e.id))
 
-    async def ack(self, ids: Sequence[int], *, now: float) -> None:
+    async def extend_lease(
+        self, ids: Sequence[int], *, until: float, now: float, lease_id: str | None = None
+    ) -> list[int]:
+        if until <= now:
+            raise ValueError("a lease extension must end after now")
+        if not ids:
+            return []
+        params = {"ids": _ids(ids), "until": until, "owner": self.owner, "lease_id": lease_id}
+        return sorted(row[0] for row in await self._run("extend_lease", params))
+
+    async def ack(self, ids: Sequence[int], *, now: float, lease_id: str | None = None) -> None:
         if ids:
-            await self._run("ack", {"ids": _ids(ids)})
+            await self._run("ack", {"ids": _ids(ids), "lease_id": lease_id})
 
     async def reschedule(
-        self, ids: Sequence[int], *, next_attempt_at: float, attempt: Attempt
+        self,
+        ids: Sequence[int],
+        *,
+        next_attempt_at: float,
+        attempt: Attempt,
+        lease_id: str | None = None,
     ) -> None:
         if ids:
             await self._run(
@@ -375,12 +357,15 @@ class PostgresOutbox(Outbox):
                     "attempt": orjson.dumps(attempt.to_dict()).decode(),
                     "log_limit": ATTEMPT_LOG_LIMIT,
                     "owner": self.owner,
+                    "lease_id": lease_id,
                 },
             )
 
-    async def release(self, ids: Sequence[int]) -> None:
+    async def release(self, ids: Sequence[int], *, lease_id: str | None = None) -> None:
         if ids:
-            await self._run("release", {"ids": _ids(ids), "owner": self.owner})
+            await self._run(
+                "release", {"ids": _ids(ids), "owner": self.owner, "lease_id": lease_id}
+            )
 
     async def dead_letter(
         self,
@@ -389,6 +374,7 @@ class PostgresOutbox(Outbox):
         reason: DeadLetterReason,
         attempt: Attempt | None,
         now: float,
+        lease_id: str | None = None,
     ) -> None:
         if not ids:
             return
@@ -400,6 +386,7 @@ class PostgresOutbox(Outbox):
                 "error": orjson.dumps(attempt.to_dict()).decode() if attempt else None,
                 "log_limit": ATTEMPT_LOG_LIMIT,
                 "now": now,
+                "lease_id": lease_id,
             },
         )
 
@@ -422,17 +409,7 @@ class PostgresOutbox(Outbox):
             return await by_pixel.fetchall(), await oldest.fetchone(), await by_reason.fetchall()
 
         pixel_rows, oldest_row, reason_rows = await self._in_transaction(work)
-        stats = QueueStats()
-        deadlines = [row[3] for row in pixel_rows]
-        for pixel_id, depth, leased, _ in pixel_rows:
-            stats.depth_by_pixel[pixel_id] = depth
-            stats.leased += leased
-        stats.depth = sum(stats.depth_by_pixel.values())
-        stats.earliest_deadline = min(deadlines) if deadlines else None
-        stats.oldest_queued_at = oldest_row[0] if oldest_row else None
-        stats.dlq_by_reason = {reason: count for reason, count in reason_rows}
-        stats.dlq_size = sum(stats.dlq_by_reason.values())
-        return stats
+        return queue_stats(pixel_rows, oldest_row[0] if oldest_row else None, reason_rows)
 
     async def expire_dedup(self, *, now: float) -> int:
         params = {"cutoff": now - DEDUP_WINDOW_SECONDS, "chunk": DEDUP_EXPIRY_CHUNK}
@@ -449,27 +426,34 @@ class PostgresOutbox(Outbox):
     async def dlq_list(
         self, flt: DLQFilter | None = None, *, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
-        params = {**_filter_params(flt), "limit": limit, "offset": offset}
-        return [_dead_letter_from_row(row) for row in await self._run("dlq_list", params)]
+        params = {**dlq_filter_values(flt), "limit": limit, "offset": offset}
+        return [dead_letter_from_row(row) for row in await self._run("dlq_list", params)]
 
     async def dlq_get(self, dlq_id: int) -> DeadLetter | None:
         rows = await self._run("dlq_get", {"id": int(dlq_id)})
-        return _dead_letter_from_row(rows[0]) if rows else None
+        return dead_letter_from_row(rows[0]) if rows else None
 
-    async def dlq_requeue(self, ids: Sequence[int], *, now: float) -> int:
+    async def dlq_requeue(self, ids: Sequence[int], *, now: float) -> RequeueResult:
         if not ids:
-            return 0
-        rows = await self._run("dlq_requeue", {"ids": _ids(ids), "now": now, "channel": CHANNEL})
-        return int(rows[0][0])
+            return RequeueResult()
+        params = {
+            "ids": _ids(ids),
+            "now": now,
+            "cutoff": now - DEDUP_WINDOW_SECONDS,
+            "channel": CHANNEL,
+        }
+        result = RequeueResult()
+        for dlq_id, moved, _ in await self._run("dlq_requeue", params):
+            (result.requeued if moved else result.duplicate).append(dlq_id)
+        return result
 
     async def dlq_purge(
         self, ids: Sequence[int] | None = None, flt: DLQFilter | None = None
     ) -> int:
-        if ids is None and flt is None:
-            raise ValueError("dlq_purge needs ids or a filter (DLQFilter() matches everything)")
+        require_purge_target(ids, flt)
         if ids is not None:
             return await self._rowcount("dlq_purge_ids", {"ids": _ids(ids)})
-        return await self._rowcount("dlq_purge_filter", _filter_params(flt))
+        return await self._rowcount("dlq_purge_filter", dlq_filter_values(flt))
 
     # ------------------------------------------------------- dashboard views
 
@@ -480,7 +464,7 @@ class PostgresOutbox(Outbox):
         return [DLQGroup(*row) for row in await self._run("dlq_breakdown", {})]
 
     async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
-        return [_leased_from_row(row) for row in await self._run("queue_sample", {"limit": limit})]
+        return [leased_from_row(row) for row in await self._run("queue_sample", {"limit": limit})]
 
     # ------------------------------------------------- shared pixel holds
 

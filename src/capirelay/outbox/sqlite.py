@@ -25,7 +25,13 @@ Why this shape:
   still succeeds while an ``enqueue`` (which needs space) fails.
 
 Every SQL statement that moves rows takes its ids as one JSON array through
-``json_each`` so a 1,000-event ack is one statement, not a thousand.
+``json_each`` so a 1,000-event ack is one statement, not a thousand; enqueue
+claims all of a call's dedup keys with one set-based upsert the same way.
+
+A lease stamps its rows with a random lease id; settle calls that pass it touch
+only rows still carrying it (see :mod:`capirelay.outbox.base`).  Closing refuses
+new writes with :class:`StorageUnavailable` and fails any write the thread can
+no longer run, so no caller waits forever on a stopped writer.
 """
 
 # SQL text here is built only from this module's constants; every value is a bound parameter.
@@ -35,8 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -49,6 +57,14 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
+from capirelay.outbox._rows import (
+    DLQ_FILTER_FIELDS,
+    dead_letter_from_row,
+    dlq_filter_values,
+    leased_from_row,
+    queue_stats,
+    require_purge_target,
+)
 from capirelay.outbox.base import (
     DEDUP_WINDOW_SECONDS,
     Attempt,
@@ -62,6 +78,7 @@ from capirelay.outbox.base import (
     Outbox,
     QueueGroup,
     QueueStats,
+    RequeueResult,
     StorageUnavailable,
 )
 
@@ -86,6 +103,11 @@ PROMOTE_FACTOR: Final = 2
 # Page cache per connection (KiB): a large backlog's indexes stay in memory, not re-read.
 CACHE_KIB: Final = 64 * 1024
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+# Most rows per multi-row VALUES statement (10 parameters a row stays far below SQLite's
+# 32,766-parameter limit).
+MAX_PIECE: Final = 256
+# queue.lease_id of a row no lease holds; lease ids lie above it (schema version 2 says why).
+NO_LEASE: Final = 1 << 62
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +125,7 @@ def _packaged_sql(name: str) -> str:
 
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "queue, dedup and dead-letter tables", _packaged_sql("schema_sqlite.sql")),
+    Migration(2, "lease ids, queued dedup keys", _packaged_sql("schema_sqlite_0002_leases.sql")),
 )
 
 
@@ -124,18 +147,27 @@ _DLQ_COLUMNS = (
 )
 _IDS = "SELECT value FROM json_each(?)"
 
-# Inserts the key, or takes it over when the remembered one is older than the window.
-# Zero rows changed means: seen inside the window, a duplicate.
-_CLAIM_DEDUP_KEY = """
-INSERT INTO dedup (pixel_id, event_name, event_id, seen_at) VALUES (?, ?, ?, ?)
-ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at
-WHERE dedup.seen_at <= ?
+# Enqueue claims a call's dedup keys and inserts its rows with multi-row VALUES
+# statements: one statement step per piece instead of one per event.  Piece sizes are
+# powers of two (at most MAX_PIECE rows), so a handful of statement texts cover every
+# call size and stay in the connection's prepared-statement cache.
+#
+# The claim inserts each key, or takes it over when the remembered one is older than
+# the window AND its event is no longer queued (dedup.queued).  RETURNING names the keys
+# claimed; a key repeated in the call is claimed once (its later row conflicts with the
+# first, whose seen_at is inside the window; pieces run in call order).
+_CLAIM_DEDUP_KEYS_HEAD = (
+    "INSERT INTO dedup (pixel_id, event_name, event_id, seen_at, queued) VALUES "
+)
+_CLAIM_DEDUP_KEYS_TAIL = """
+ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at, queued = 1
+WHERE dedup.seen_at <= ? AND dedup.queued = 0
+RETURNING pixel_id, event_name, event_id
 """
-_INSERT_QUEUED = """
+_INSERT_QUEUED_HEAD = """
 INSERT INTO queue (pixel_id, event_name, event_id, payload, event_time, deadline,
                    test_event_code, source, queued_at, state, available_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
-"""
+VALUES """
 # Bounded, longest-waiting first: after an outage hundreds of thousands of rows can come
 # due at once, and promoting them all in one lease would hold the writer (and ingest) for
 # seconds.  Promoting at least `limit` rows keeps every lease full while due rows remain.
@@ -148,7 +180,7 @@ WHERE id IN (
 )
 """
 _LEASE = f"""
-UPDATE queue SET state = 2, available_at = ?
+UPDATE queue SET state = 2, available_at = ?, lease_id = ?
 WHERE id IN (
     SELECT id FROM queue INDEXED BY queue_by_state_deadline
     WHERE pixel_id = ? AND state = 0 ORDER BY deadline LIMIT ?
@@ -163,11 +195,28 @@ json_insert(
     '$[#]', json(?))
 """
 _RESCHEDULE = f"""
-UPDATE queue SET state = 1, available_at = ?, attempts = attempts + 1,
+UPDATE queue SET state = 1, available_at = ?, attempts = attempts + 1, lease_id = {NO_LEASE},
                  attempt_log = {_APPEND_ATTEMPT}
 WHERE id IN ({_IDS})
 """
-_RELEASE = f"UPDATE queue SET state = 0 WHERE state = 2 AND id IN ({_IDS})"
+_RELEASE = f"""
+UPDATE queue SET state = 0, lease_id = {NO_LEASE} WHERE state = 2 AND id IN ({_IDS})
+"""
+# The ids (as a JSON array) of the rows still carrying a lease id: what a settle call
+# given that lease id may touch.
+_HELD_IDS = f"SELECT json_group_array(id) FROM queue WHERE id IN ({_IDS}) AND lease_id = ?"
+# A heartbeat never shortens a lease.  A row whose lease ran out but that nobody leased
+# since (still this lease id, even if promoted to ready) is taken back.
+_EXTEND_HELD = f"""
+UPDATE queue SET state = 2, available_at = max(available_at, ?)
+WHERE id IN ({_IDS}) AND lease_id = ?
+RETURNING id
+"""
+_EXTEND_LEASED = f"""
+UPDATE queue SET available_at = max(available_at, ?)
+WHERE id IN ({_IDS}) AND state = 2
+RETURNING id
+"""
 _ACK = f"DELETE FROM queue WHERE id IN ({_IDS})"
 _MOVE_TO_DLQ = f"""
 INSERT INTO dead_letters (pixel_id, event_name, event_id, payload, event_time, deadline,
@@ -175,6 +224,11 @@ INSERT INTO dead_letters (pixel_id, event_name, event_id, payload, event_time, d
 SELECT pixel_id, event_name, event_id, payload, event_time, deadline, test_event_code, source,
        queued_at, ?, ?, CASE WHEN ? IS NULL THEN attempt_log ELSE {_APPEND_ATTEMPT} END, ?
 FROM queue WHERE id IN ({_IDS})
+"""
+# Delivered: the key stays remembered for the rest of its window, no longer pinned.
+_UNPIN_DEDUP_OF_QUEUED = f"""
+UPDATE dedup SET queued = 0 WHERE (pixel_id, event_name, event_id) IN (
+    SELECT pixel_id, event_name, event_id FROM queue WHERE id IN ({_IDS}))
 """
 _FORGET_DEDUP_OF_QUEUED = f"""
 DELETE FROM dedup WHERE (pixel_id, event_name, event_id) IN (
@@ -187,15 +241,15 @@ SELECT pixel_id, event_name, event_id, payload, event_time, deadline, test_event
        ?, 0, 0, ?, attempt_log
 FROM dead_letters WHERE id IN ({_IDS})
 """
-_REMEMBER_DEDUP_OF_DLQ = f"""
-INSERT INTO dedup (pixel_id, event_name, event_id, seen_at)
-SELECT pixel_id, event_name, event_id, ? FROM dead_letters WHERE id IN ({_IDS})
-ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at
+_DLQ_KEYS = f"""
+SELECT id, pixel_id, event_name, event_id FROM dead_letters WHERE id IN ({_IDS}) ORDER BY id
 """
 _DELETE_DLQ_IDS = f"DELETE FROM dead_letters WHERE id IN ({_IDS})"
+# A key whose event is still queued (or leased) is kept however old: forgetting it would
+# let a client retry queue a second copy while the first still waits for delivery.
 _EXPIRE_DEDUP_CHUNK = """
 DELETE FROM dedup WHERE (pixel_id, event_name, event_id) IN (
-    SELECT pixel_id, event_name, event_id FROM dedup WHERE seen_at <= ? LIMIT ?)
+    SELECT pixel_id, event_name, event_id FROM dedup WHERE seen_at <= ? AND queued = 0 LIMIT ?)
 """
 # Dashboard aggregates: full scans, run on page views only (never on the hot path).
 _QUEUE_BREAKDOWN = """
@@ -223,59 +277,89 @@ def _ids_json(ids: Sequence[int]) -> bytes:
     return orjson.dumps([int(i) for i in ids])
 
 
+def _new_lease_id() -> int:
+    return NO_LEASE + 1 + secrets.randbelow((1 << 63) - NO_LEASE - 1)
+
+
+def _lease_number(lease_id: str) -> int:
+    """This backend's lease ids are decimal integers; anything else matches no row."""
+    return int(lease_id) if lease_id.isdigit() else -1
+
+
+def _held_ids(conn: sqlite3.Connection, id_list: bytes, lease_id: str | None) -> bytes | str:
+    """The ids a settle call may touch: all of them, or those still under ``lease_id``."""
+    if lease_id is None:
+        return id_list
+    held: str = conn.execute(_HELD_IDS, (id_list, _lease_number(lease_id))).fetchone()[0]
+    return held
+
+
+def _pieces(count: int) -> list[int]:
+    """``count`` split into power-of-two sizes, largest first (100 -> 64, 32, 4)."""
+    sizes: list[int] = []
+    while count:
+        size = min(MAX_PIECE, 1 << (count.bit_length() - 1))
+        sizes.append(size)
+        count -= size
+    return sizes
+
+
+@functools.cache
+def _claim_sql(rows: int) -> str:
+    return _CLAIM_DEDUP_KEYS_HEAD + ", ".join(["(?, ?, ?, ?, 1)"] * rows) + _CLAIM_DEDUP_KEYS_TAIL
+
+
+@functools.cache
+def _insert_queued_sql(rows: int) -> str:
+    return _INSERT_QUEUED_HEAD + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)"] * rows)
+
+
+def _claim_keys(
+    conn: sqlite3.Connection, keys: Sequence[tuple[str, str, str]], now: float
+) -> list[bool]:
+    """Claim each dedup key (see ``_claim_sql``); per key, in order, whether it was
+    claimed.  A key repeated in ``keys`` counts as claimed at its first place only."""
+    cutoff = now - DEDUP_WINDOW_SECONDS
+    claimed: set[tuple[str, str, str]] = set()
+    start = 0
+    for size in _pieces(len(keys)):
+        params = [v for key in keys[start : start + size] for v in (*key, now)]
+        params.append(cutoff)
+        claimed.update(map(tuple, conn.execute(_claim_sql(size), params).fetchall()))
+        start += size
+    outcome: list[bool] = []
+    for key in keys:
+        outcome.append(key in claimed)
+        claimed.discard(key)
+    return outcome
+
+
+def _insert_queued(conn: sqlite3.Connection, events: Sequence[NewEvent], now: float) -> None:
+    start = 0
+    for size in _pieces(len(events)):
+        params = [
+            v
+            for e in events[start : start + size]
+            for v in (e.pixel_id, e.event_name, e.event_id, e.payload, e.event_time,
+                      e.deadline, e.test_event_code, e.source, now, now)
+        ]  # fmt: skip
+        conn.execute(_insert_queued_sql(size), params)
+        start += size
+
+
 def _dlq_where(flt: DLQFilter | None) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if flt is not None:
-        for column, op, value in (
-            ("pixel_id", "=", flt.pixel_id),
-            ("event_name", "=", flt.event_name),
-            ("reason", "=", flt.reason),
-            ("dead_at", ">=", flt.since),
-            ("dead_at", "<", flt.until),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {op} ?")
-                params.append(value)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    return where, params
+    values = dlq_filter_values(flt)
+    terms = [
+        (f"{column} {op} ?", values[name])
+        for name, column, op in DLQ_FILTER_FIELDS
+        if values[name] is not None
+    ]
+    where = f"WHERE {' AND '.join(clause for clause, _ in terms)}" if terms else ""
+    return where, [value for _, value in terms]
 
 
 def _dead_letter_from_row(row: tuple[Any, ...]) -> DeadLetter:
-    (id_, pixel_id, event_name, event_id, payload, event_time, deadline, reason, error,
-     attempt_log, test_event_code, queued_at, dead_at) = row  # fmt: skip
-    return DeadLetter(
-        id=id_,
-        pixel_id=pixel_id,
-        event_name=event_name,
-        event_id=event_id,
-        payload=bytes(payload),
-        event_time=event_time,
-        deadline=deadline,
-        reason=reason,
-        error=orjson.loads(error) if error else None,
-        attempts=orjson.loads(attempt_log),
-        test_event_code=test_event_code,
-        queued_at=queued_at,
-        dead_at=dead_at,
-    )
-
-
-def _leased_from_row(row: tuple[Any, ...]) -> LeasedEvent:
-    (id_, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
-     test_event_code, queued_at) = row  # fmt: skip
-    return LeasedEvent(
-        id=id_,
-        pixel_id=pixel_id,
-        event_name=event_name,
-        event_id=event_id,
-        payload=bytes(payload),
-        event_time=event_time,
-        deadline=deadline,
-        attempts=attempts,
-        test_event_code=test_event_code,
-        queued_at=queued_at,
-    )
+    return dead_letter_from_row(row, orjson.loads)
 
 
 def _distinct_pixels(conn: sqlite3.Connection) -> list[str]:
@@ -353,15 +437,26 @@ class _GroupCommitWriter(threading.Thread):
         self._connect = connect
         self._max_group = max_group
         self._inbox: queue.SimpleQueue[_WriteOp | object] = queue.SimpleQueue()
+        # Guards _closing together with the inbox: once _STOP is in, nothing follows it.
+        self._gate = threading.Lock()
+        self._closing = False
         self.ready: ThreadFuture[None] = ThreadFuture()
         self.commits = 0
         self.operations = 0
 
     def submit(self, op: _WriteOp) -> None:
-        self._inbox.put(op)
+        """Queue a write; :class:`StorageUnavailable` at once if the writer is stopping."""
+        with self._gate:
+            if self._closing:
+                raise StorageUnavailable("the outbox is closing")
+            self._inbox.put(op)
 
     def stop(self) -> None:
-        self._inbox.put(_STOP)
+        """Refuse new writes; the thread finishes those already queued, then exits."""
+        with self._gate:
+            if not self._closing:
+                self._closing = True
+                self._inbox.put(_STOP)
 
     def run(self) -> None:
         try:
@@ -377,6 +472,20 @@ class _GroupCommitWriter(threading.Thread):
             self._serve(conn)
         finally:
             conn.close()
+            self._refuse_pending()
+
+    def _refuse_pending(self) -> None:
+        """Fail every write the thread will no longer run (it is exiting) instead of
+        leaving its caller waiting forever."""
+        with self._gate:
+            self._closing = True
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _WriteOp):
+                self._resolve(item, None, StorageUnavailable("the outbox closed before this write"))
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         stopping = False
@@ -581,25 +690,12 @@ class SQLiteOutbox(Outbox):
         if not events:
             return []
         batch = tuple(events)
-        cutoff = now - DEDUP_WINDOW_SECONDS
+        keys = [(e.pixel_id, e.event_name, e.event_id) for e in batch]
 
         def run(conn: sqlite3.Connection) -> list[EnqueueStatus]:
-            statuses: list[EnqueueStatus] = []
-            rows: list[tuple[Any, ...]] = []
-            for e in batch:
-                claimed = conn.execute(
-                    _CLAIM_DEDUP_KEY, (e.pixel_id, e.event_name, e.event_id, now, cutoff)
-                ).rowcount
-                if claimed:
-                    statuses.append(EnqueueStatus.QUEUED)
-                    rows.append(
-                        (e.pixel_id, e.event_name, e.event_id, e.payload, e.event_time,
-                         e.deadline, e.test_event_code, e.source, now, now)
-                    )  # fmt: skip
-                else:
-                    statuses.append(EnqueueStatus.DUPLICATE)
-            conn.executemany(_INSERT_QUEUED, rows)
-            return statuses
+            claimed = _claim_keys(conn, keys, now)
+            _insert_queued(conn, [e for e, ok in zip(batch, claimed, strict=True) if ok], now)
+            return [EnqueueStatus.QUEUED if ok else EnqueueStatus.DUPLICATE for ok in claimed]
 
         return await self._write(run)
 
@@ -609,29 +705,71 @@ class SQLiteOutbox(Outbox):
         if limit <= 0:
             return []
 
+        lease_number = _new_lease_id()
+        lease_id = str(lease_number)
+
         def run(conn: sqlite3.Connection) -> list[LeasedEvent]:
             conn.execute(_PROMOTE_DUE, (pixel_id, now, limit * PROMOTE_FACTOR))
-            rows = conn.execute(_LEASE, (now + lease_seconds, pixel_id, limit)).fetchall()
-            return sorted(map(_leased_from_row, rows), key=lambda e: (e.deadline, e.id))
+            params = (now + lease_seconds, lease_number, pixel_id, limit)
+            rows = conn.execute(_LEASE, params).fetchall()
+            leased = [leased_from_row(row, lease_id) for row in rows]
+            return sorted(leased, key=lambda e: (e.deadline, e.id))
 
         return await self._write(run)
 
-    async def ack(self, ids: Sequence[int], *, now: float) -> None:
+    async def extend_lease(
+        self, ids: Sequence[int], *, until: float, now: float, lease_id: str | None = None
+    ) -> list[int]:
+        if until <= now:
+            raise ValueError("a lease extension must end after now")
+        if not ids:
+            return []
+        id_list = _ids_json(ids)
+
+        def run(conn: sqlite3.Connection) -> list[int]:
+            if lease_id is None:
+                rows = conn.execute(_EXTEND_LEASED, (until, id_list)).fetchall()
+            else:
+                params = (until, id_list, _lease_number(lease_id))
+                rows = conn.execute(_EXTEND_HELD, params).fetchall()
+            return sorted(row[0] for row in rows)
+
+        return await self._write(run)
+
+    async def ack(self, ids: Sequence[int], *, now: float, lease_id: str | None = None) -> None:
         if ids:
-            payload = _ids_json(ids)
-            await self._write(lambda c: c.execute(_ACK, (payload,)))
+            requested = _ids_json(ids)
+
+            def run(conn: sqlite3.Connection) -> None:
+                id_list = _held_ids(conn, requested, lease_id)
+                conn.execute(_UNPIN_DEDUP_OF_QUEUED, (id_list,))
+                conn.execute(_ACK, (id_list,))
+
+            await self._write(run)
 
     async def reschedule(
-        self, ids: Sequence[int], *, next_attempt_at: float, attempt: Attempt
+        self,
+        ids: Sequence[int],
+        *,
+        next_attempt_at: float,
+        attempt: Attempt,
+        lease_id: str | None = None,
     ) -> None:
-        if ids:
-            params = (next_attempt_at, orjson.dumps(attempt.to_dict()).decode(), _ids_json(ids))
-            await self._write(lambda c: c.execute(_RESCHEDULE, params))
+        if not ids:
+            return
+        attempt_json = orjson.dumps(attempt.to_dict()).decode()
+        id_list = _ids_json(ids)
 
-    async def release(self, ids: Sequence[int]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            held = _held_ids(conn, id_list, lease_id)
+            conn.execute(_RESCHEDULE, (next_attempt_at, attempt_json, held))
+
+        await self._write(run)
+
+    async def release(self, ids: Sequence[int], *, lease_id: str | None = None) -> None:
         if ids:
-            payload = _ids_json(ids)
-            await self._write(lambda c: c.execute(_RELEASE, (payload,)))
+            id_list = _ids_json(ids)
+            await self._write(lambda c: c.execute(_RELEASE, (_held_ids(c, id_list, lease_id),)))
 
     async def dead_letter(
         self,
@@ -640,13 +778,15 @@ class SQLiteOutbox(Outbox):
         reason: DeadLetterReason,
         attempt: Attempt | None,
         now: float,
+        lease_id: str | None = None,
     ) -> None:
         if not ids:
             return
-        id_list = _ids_json(ids)
+        requested = _ids_json(ids)
         attempt_json = orjson.dumps(attempt.to_dict()).decode() if attempt else None
 
         def run(conn: sqlite3.Connection) -> None:
+            id_list = _held_ids(conn, requested, lease_id)
             conn.execute(
                 _MOVE_TO_DLQ,
                 (str(reason), attempt_json, attempt_json, attempt_json, now, id_list),
@@ -703,24 +843,28 @@ class SQLiteOutbox(Outbox):
         row = await self._read(lambda c: c.execute(sql, (dlq_id,)).fetchone())
         return _dead_letter_from_row(row) if row else None
 
-    async def dlq_requeue(self, ids: Sequence[int], *, now: float) -> int:
+    async def dlq_requeue(self, ids: Sequence[int], *, now: float) -> RequeueResult:
         if not ids:
-            return 0
+            return RequeueResult()
         id_list = _ids_json(ids)
 
-        def run(conn: sqlite3.Connection) -> int:
-            moved = conn.execute(_REQUEUE_FROM_DLQ, (now, now, id_list)).rowcount
-            conn.execute(_REMEMBER_DEDUP_OF_DLQ, (now, id_list))
-            conn.execute(_DELETE_DLQ_IDS, (id_list,))
-            return int(moved)
+        def run(conn: sqlite3.Connection) -> RequeueResult:
+            letters = conn.execute(_DLQ_KEYS, (id_list,)).fetchall()
+            claimed = _claim_keys(conn, [(p, n, e) for _, p, n, e in letters], now)
+            result = RequeueResult()
+            for (dlq_id, *_), ok in zip(letters, claimed, strict=True):
+                (result.requeued if ok else result.duplicate).append(dlq_id)
+            moving = _ids_json(result.requeued)
+            conn.execute(_REQUEUE_FROM_DLQ, (now, now, moving))
+            conn.execute(_DELETE_DLQ_IDS, (moving,))
+            return result
 
         return await self._write(run)
 
     async def dlq_purge(
         self, ids: Sequence[int] | None = None, flt: DLQFilter | None = None
     ) -> int:
-        if ids is None and flt is None:
-            raise ValueError("dlq_purge needs ids or a filter (DLQFilter() matches everything)")
+        require_purge_target(ids, flt)
         if ids is not None:
             id_list = _ids_json(ids)
             return await self._write(lambda c: int(c.execute(_DELETE_DLQ_IDS, (id_list,)).rowcount))
@@ -743,7 +887,7 @@ class SQLiteOutbox(Outbox):
 
     async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
         rows = await self._read(lambda c: c.execute(_QUEUE_SAMPLE, (limit,)).fetchall())
-        return [_leased_from_row(row) for row in rows]
+        return [leased_from_row(row) for row in rows]
 
 
 # ------------------------------------------------------------------ read helpers
@@ -778,29 +922,28 @@ def _pixel_next_due(conn: sqlite3.Connection, pixel_id: str) -> float | None:
 
 
 def _queue_stats(conn: sqlite3.Connection) -> QueueStats:
-    stats = QueueStats()
-    deadlines: list[float] = []
-    for pixel_id in _distinct_pixels(conn):
-        depth = conn.execute("SELECT count(*) FROM queue WHERE pixel_id = ?", (pixel_id,))
-        stats.depth_by_pixel[pixel_id] = depth.fetchone()[0]
-        stats.leased += conn.execute(
-            "SELECT count(*) FROM queue WHERE pixel_id = ? AND state = 2", (pixel_id,)
-        ).fetchone()[0]
-        for state in (READY, WAITING, LEASED):
-            earliest = conn.execute(
-                "SELECT min(deadline) FROM queue WHERE pixel_id = ? AND state = ?",
-                (pixel_id, state),
-            ).fetchone()[0]
-            if earliest is not None:
-                deadlines.append(earliest)
-    stats.depth = sum(stats.depth_by_pixel.values())
-    stats.earliest_deadline = min(deadlines) if deadlines else None
+    pixel_rows = [_pixel_stats(conn, pixel_id) for pixel_id in _distinct_pixels(conn)]
     # Rows are inserted in time order, so the lowest id is the oldest queued row.
     oldest = conn.execute("SELECT queued_at FROM queue ORDER BY id LIMIT 1").fetchone()
-    stats.oldest_queued_at = oldest[0] if oldest else None
-    for reason, count in conn.execute(
+    reason_rows = conn.execute(
         "SELECT reason, count(*) FROM dead_letters GROUP BY reason"
-    ).fetchall():
-        stats.dlq_by_reason[reason] = count
-    stats.dlq_size = sum(stats.dlq_by_reason.values())
-    return stats
+    ).fetchall()
+    return queue_stats(pixel_rows, oldest[0] if oldest else None, reason_rows)
+
+
+def _pixel_stats(conn: sqlite3.Connection, pixel_id: str) -> tuple[str, int, int, float | None]:
+    """``(pixel_id, depth, leased, earliest deadline)``; the deadline per state so that
+    each lookup uses the ``(pixel_id, state, deadline)`` index."""
+    depth = conn.execute("SELECT count(*) FROM queue WHERE pixel_id = ?", (pixel_id,)).fetchone()[0]
+    leased = conn.execute(
+        "SELECT count(*) FROM queue WHERE pixel_id = ? AND state = 2", (pixel_id,)
+    ).fetchone()[0]
+    deadlines = [
+        conn.execute(
+            "SELECT min(deadline) FROM queue WHERE pixel_id = ? AND state = ?",
+            (pixel_id, state),
+        ).fetchone()[0]
+        for state in (READY, WAITING, LEASED)
+    ]
+    known = [d for d in deadlines if d is not None]
+    return pixel_id, depth, leased, min(known) if known else None

@@ -8,6 +8,7 @@ woken for the pixel, and one status per prepared event in request order.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,10 +18,21 @@ from capirelay.ingest import PreparedEvent
 from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
 from capirelay.server.http import ApiError
 
-__all__ = ["STORAGE_RETRY_AFTER_SECONDS", "Committed", "commit_prepared"]
+__all__ = [
+    "STORAGE_RETRY_AFTER_SECONDS",
+    "WRITE_FAILURE_NOT_READY_SECONDS",
+    "Committed",
+    "commit_prepared",
+    "recent_write_failure",
+]
 
 # What a 503 asks the client (or webhook vendor) to wait before retrying.
 STORAGE_RETRY_AFTER_SECONDS = 5
+# How long /readyz reports "not ready" after a write was refused (disk full, database
+# down), unless a later write succeeds first.  Reads may still work then, so a ping
+# alone would keep the load balancer sending traffic that is bound to get 503s; after
+# this window readiness is retried.
+WRITE_FAILURE_NOT_READY_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +56,25 @@ async def commit_prepared(
         try:
             enqueued = await outbox.enqueue(accepted, now=now)
         except StorageUnavailable:
+            request.app.state.last_write_failure = time.monotonic()
             raise ApiError(
                 503,
                 "storage_unavailable",
                 "the gateway cannot store events right now; nothing was accepted, retry later",
                 headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
             ) from None
+        request.app.state.last_write_failure = None  # storage takes writes again
     if EnqueueStatus.QUEUED in enqueued:
         request.app.state.engine.notify(pixel_id)
     answers = iter(enqueued)
     statuses = ["rejected" if item.new_event is None else str(next(answers)) for item in prepared]
     return Committed(accepted, enqueued, statuses)
+
+
+def recent_write_failure(state: object) -> float | None:
+    """Seconds since storage last refused a write, if that is within the not-ready window."""
+    failed_at = getattr(state, "last_write_failure", None)
+    if failed_at is None:
+        return None
+    age = time.monotonic() - failed_at
+    return age if age < WRITE_FAILURE_NOT_READY_SECONDS else None

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from capirelay.metrics import CONTENT_TYPE_LATEST, Metrics
 from capirelay.outbox.base import DeadLetterReason, Outbox, QueueStats, StorageUnavailable
+from capirelay.server._commit import recent_write_failure
 from capirelay.server.http import JSONResponse, error_response
 
 __all__ = ["healthz", "metrics_text", "readyz"]
@@ -33,6 +34,13 @@ async def readyz(request: Request) -> Response:
     reasons = []
     if not await _storage_answers(request.app.state.outbox):
         reasons.append("storage: the outbox does not answer (disk full, database down?)")
+    else:
+        refused = recent_write_failure(request.app.state)
+        if refused is not None:
+            reasons.append(
+                f"storage: a write was refused {refused:.0f} s ago (disk full?); "
+                "ingest answers 503 until storage accepts writes again"
+            )
     engine = request.app.state.engine
     if engine is None or not engine.running:
         reasons.append("delivery: the delivery engine is not running")

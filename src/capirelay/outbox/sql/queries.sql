@@ -9,8 +9,9 @@
 -- Dedup and queue one request in ONE statement (one round trip, whatever its size).
 -- The events arrive as parallel arrays (unnest ... WITH ORDINALITY keeps their order);
 -- a key repeated inside the request keeps its first occurrence (DISTINCT ON).
--- The dedup insert claims each key, or takes over a key older than the 48 h window;
--- a key it could not claim is a duplicate.  Across replicas the primary key of
+-- The dedup insert claims each key (pinning it: queued = true), or takes over a key
+-- older than the 48 h window whose event is no longer queued; a key it could not claim
+-- is a duplicate.  Across replicas the primary key of
 -- capirelay_dedup does the arbitration: a concurrent insert of the same key waits for
 -- the first transaction and then sees its row, so exactly one of them queues the event.
 -- Keys are inserted in key order so that two requests sharing keys lock them in the
@@ -30,11 +31,12 @@ first_of_key AS (
     ORDER BY pixel_id, event_name, event_id, ord
 ),
 claimed AS (
-    INSERT INTO capirelay_dedup AS d (pixel_id, event_name, event_id, seen_at)
-    SELECT pixel_id, event_name, event_id, %(now)s FROM first_of_key
+    INSERT INTO capirelay_dedup AS d (pixel_id, event_name, event_id, seen_at, queued)
+    SELECT pixel_id, event_name, event_id, %(now)s, true FROM first_of_key
     ORDER BY pixel_id, event_name, event_id
-    ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at
-        WHERE d.seen_at <= %(cutoff)s
+    ON CONFLICT (pixel_id, event_name, event_id)
+        DO UPDATE SET seen_at = excluded.seen_at, queued = true
+        WHERE d.seen_at <= %(cutoff)s AND NOT d.queued
     RETURNING pixel_id, event_name, event_id
 ),
 queued AS (
@@ -77,7 +79,8 @@ WHERE id IN (
 -- same pixel concurrently: each one takes the next rows nobody holds, nobody blocks, and
 -- the state = 0 re-check after locking guarantees a row is leased by one replica only.
 -- The lease lasts until available_at; promote_due hands the rows to someone else after
--- that.
+-- that.  lease_id names this one lease (promote_due leaves it: until someone leases the
+-- rows again, the holder may still settle or extend them).
 -- Holds (capirelay_pixel_state): while one is running, no replica leases the pixel.
 -- When a 'breaker' hold has run out, exactly one replica gets to send the next batch
 -- (the probe): `probe` re-arms the hold, and the row lock it takes makes concurrent
@@ -89,7 +92,8 @@ WITH probe AS (
     RETURNING pixel_id
 )
 UPDATE capirelay_queue AS q
-SET state = 2, available_at = %(lease_until)s, lease_owner = %(owner)s
+SET state = 2, available_at = %(lease_until)s, lease_owner = %(owner)s,
+    lease_id = %(lease_id)s
 FROM (
     SELECT id FROM capirelay_queue
     WHERE pixel_id = %(pixel_id)s AND state = 0
@@ -115,39 +119,72 @@ RETURNING q.id, q.pixel_id, q.event_name, q.event_id, q.payload, q.event_time, q
 -- name: ack
 -- Delivered: the rows go.  Deleting (not flagging) keeps the live table as small as
 -- the backlog; autovacuum (per-table settings in 0001) reclaims the dead tuples.
+-- Given a lease id, only rows still held under it (a lease that ran out and was taken
+-- by someone else is theirs to settle).  Their dedup keys stay for the rest of the
+-- window, no longer pinned.
 -- Meta accepting a pixel's events proves its token works: a breaker hold on it (written
 -- by any replica) is lifted, so every replica resumes at once.
 WITH acked AS (
-    DELETE FROM capirelay_queue WHERE id = ANY(%(ids)s::bigint[])
-    RETURNING pixel_id
+    DELETE FROM capirelay_queue
+    WHERE id = ANY(%(ids)s::bigint[])
+      AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
+    RETURNING pixel_id, event_name, event_id
+),
+unpinned AS (
+    UPDATE capirelay_dedup AS d SET queued = false
+    FROM acked AS a
+    WHERE d.pixel_id = a.pixel_id AND d.event_name = a.event_name AND d.event_id = a.event_id
 )
 DELETE FROM capirelay_pixel_state
 WHERE reason = 'breaker' AND pixel_id IN (SELECT DISTINCT pixel_id FROM acked);
 
 -- name: reschedule
 -- A failed attempt: count it, append it to the bounded attempt log, wait until
--- next_attempt_at.  A row whose lease passed to another replica is left to that one.
+-- next_attempt_at.  A row whose lease passed to another replica is left to that one;
+-- given a lease id, so is a row leased again under any other lease.
 UPDATE capirelay_queue
 SET state = 1,
     available_at = %(next_attempt_at)s,
     attempts = attempts + 1,
     lease_owner = NULL,
+    lease_id = NULL,
     attempt_log = (CASE WHEN jsonb_array_length(attempt_log) >= %(log_limit)s
                         THEN attempt_log - 0 ELSE attempt_log END)
                   || jsonb_build_array(%(attempt)s::jsonb)
-WHERE id = ANY(%(ids)s::bigint[]) AND (state <> 2 OR lease_owner = %(owner)s);
+WHERE id = ANY(%(ids)s::bigint[])
+  AND CASE WHEN %(lease_id)s::text IS NULL THEN state <> 2 OR lease_owner = %(owner)s
+           ELSE lease_id = %(lease_id)s::text END;
 
 -- name: release
 -- Give back untouched: only rows this outbox still holds (a lease that expired and
--- moved to another replica must not be handed out a third time).
-UPDATE capirelay_queue SET state = 0, lease_owner = NULL
-WHERE id = ANY(%(ids)s::bigint[]) AND state = 2 AND lease_owner = %(owner)s;
+-- moved to another replica must not be handed out a third time); given a lease id,
+-- only rows still held under it.
+UPDATE capirelay_queue SET state = 0, lease_owner = NULL, lease_id = NULL
+WHERE id = ANY(%(ids)s::bigint[])
+  AND CASE WHEN %(lease_id)s::text IS NULL THEN state = 2 AND lease_owner = %(owner)s
+           ELSE lease_id = %(lease_id)s::text END;
+
+-- name: extend_lease
+-- Heartbeat for a batch still in flight: its lease now ends at `until` (never earlier
+-- than it did).  Given a lease id: rows still carrying it, including rows whose lease
+-- ran out but that nobody leased since (taken back); without: rows this process still
+-- has leased.  A row another leaser has locked right now is waited for, and the WHERE
+-- re-check on its new version then leaves it out.  The ids extended come back.
+UPDATE capirelay_queue
+SET state = 2, available_at = GREATEST(available_at, %(until)s), lease_owner = %(owner)s
+WHERE id = ANY(%(ids)s::bigint[])
+  AND CASE WHEN %(lease_id)s::text IS NULL THEN state = 2 AND lease_owner = %(owner)s
+           ELSE lease_id = %(lease_id)s::text END
+RETURNING id;
 
 -- name: dead_letter
 -- Move rows to the dead-letter store and forget their dedup keys, in one statement:
 -- the data-modifying CTEs run exactly once each, all or nothing.
+-- Given a lease id, only rows still held under it.
 WITH moved AS (
-    DELETE FROM capirelay_queue WHERE id = ANY(%(ids)s::bigint[])
+    DELETE FROM capirelay_queue
+    WHERE id = ANY(%(ids)s::bigint[])
+      AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
     RETURNING *
 ),
 forgotten AS (
@@ -237,17 +274,18 @@ SELECT reason, count(*) FROM capirelay_dead_letters GROUP BY reason;
 
 -- name: expire_dedup
 -- Forget keys older than the window, a chunk at a time so one expiry never holds many
--- row locks.  SKIP LOCKED: a key an enqueue is re-claiming right now is left alone, and
--- the seen_at re-check after locking keeps a key that was just re-claimed.
+-- row locks.  A key whose event is still queued (pinned) is kept however old.
+-- SKIP LOCKED: a key an enqueue is re-claiming right now is left alone, and the
+-- re-check after locking keeps a key that was just re-claimed or pinned.
 DELETE FROM capirelay_dedup AS d
 USING (
     SELECT pixel_id, event_name, event_id FROM capirelay_dedup
-    WHERE seen_at <= %(cutoff)s
+    WHERE seen_at <= %(cutoff)s AND NOT queued
     LIMIT %(chunk)s
     FOR UPDATE SKIP LOCKED
 ) AS old
 WHERE d.pixel_id = old.pixel_id AND d.event_name = old.event_name
-  AND d.event_id = old.event_id AND d.seen_at <= %(cutoff)s;
+  AND d.event_id = old.event_id AND d.seen_at <= %(cutoff)s AND NOT d.queued;
 
 -- name: dlq_list
 SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, reason, error,
@@ -268,17 +306,36 @@ FROM capirelay_dead_letters
 WHERE id = %(id)s;
 
 -- name: dlq_requeue
--- Back to the queue with attempts reset and due now; the keys are remembered again
--- (the event is about to be sent, so a resend of it is once more a duplicate).
-WITH moved AS (
-    DELETE FROM capirelay_dead_letters WHERE id = ANY(%(ids)s::bigint[])
-    RETURNING *
+-- Back to the queue with attempts reset and due now, if the letter can claim its dedup
+-- key exactly as enqueue does: a key held by a queued event or by one sent inside the
+-- window (a corrected resend, say) leaves the letter in the DLQ, reported as a
+-- duplicate.  Letters of this call sharing a key: the lowest id goes, the rest are
+-- duplicates.  FOR UPDATE: two concurrent replays of one letter move it once.
+-- One row per letter found: (id, re-queued?); `announced` notifies the pixels.
+WITH letters AS (
+    SELECT id, pixel_id, event_name, event_id FROM capirelay_dead_letters
+    WHERE id = ANY(%(ids)s::bigint[])
+    FOR UPDATE
 ),
-remembered AS (
-    INSERT INTO capirelay_dedup (pixel_id, event_name, event_id, seen_at)
-    SELECT DISTINCT ON (pixel_id, event_name, event_id) pixel_id, event_name, event_id, %(now)s
-    FROM moved
-    ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at
+first_of_key AS (
+    SELECT DISTINCT ON (pixel_id, event_name, event_id) *
+    FROM letters
+    ORDER BY pixel_id, event_name, event_id, id
+),
+claimed AS (
+    INSERT INTO capirelay_dedup AS d (pixel_id, event_name, event_id, seen_at, queued)
+    SELECT pixel_id, event_name, event_id, %(now)s, true FROM first_of_key
+    ORDER BY pixel_id, event_name, event_id
+    ON CONFLICT (pixel_id, event_name, event_id)
+        DO UPDATE SET seen_at = excluded.seen_at, queued = true
+        WHERE d.seen_at <= %(cutoff)s AND NOT d.queued
+    RETURNING pixel_id, event_name, event_id
+),
+moved AS (
+    DELETE FROM capirelay_dead_letters AS l
+    USING first_of_key AS f JOIN claimed USING (pixel_id, event_name, event_id)
+    WHERE l.id = f.id
+    RETURNING l.*
 ),
 requeued AS (
     INSERT INTO capirelay_queue (pixel_id, event_name, event_id, payload, event_time, deadline,
@@ -294,7 +351,9 @@ announced AS (
     SELECT count(pg_notify(%(channel)s, pixel_id)) AS pixels
     FROM (SELECT DISTINCT pixel_id FROM requeued) AS p
 )
-SELECT (SELECT count(*) FROM requeued), (SELECT pixels FROM announced);
+SELECT l.id, m.id IS NOT NULL, a.pixels
+FROM letters AS l LEFT JOIN moved AS m ON m.id = l.id CROSS JOIN announced AS a
+ORDER BY l.id;
 
 -- name: dlq_purge_ids
 DELETE FROM capirelay_dead_letters WHERE id = ANY(%(ids)s::bigint[]);
