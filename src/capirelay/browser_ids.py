@@ -240,7 +240,7 @@ def _parse_ip(text: str | None) -> IPAddress | None:
 
 
 def strip_ip_appendix(value: str) -> str:
-    """Drop the builder appendix from ``ip.XXXXXXXX`` (as in the ``_fbi`` cookie)."""
+    """Drop the builder appendix from ``ip.<8-character appendix>`` (as in the ``_fbi`` cookie)."""
     match = _IP_APPENDIX_RE.fullmatch(value)
     if match is not None and _parse_ip(match.group(1)) is not None:
         return match.group(1)

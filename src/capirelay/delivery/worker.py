@@ -572,7 +572,7 @@ class PixelWorker:
                 extended = set(
                     await self._outbox.extend_lease(ids, until=until, now=now, lease_id=lease_id)
                 )
-            except (StorageUnavailable, NotImplementedError):
+            except StorageUnavailable:
                 return  # keep the old expiry; the batch gives its rows back in time
             for event_id in ids:
                 if event_id in extended:
