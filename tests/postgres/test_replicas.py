@@ -5,8 +5,8 @@
   event any replica acknowledged reaches Meta (the emulator); an event reaches it
   twice only inside the crash window (sent by the killed replica before the kill,
   not yet acked in the outbox, so its lease expired and a survivor sent it again).
-  Those re-sends are counted and reported.  ``make test`` runs 30,000 events; the
-  full 100,000 run under the ``slow`` marker (``make soak``).
+  Those re-sends are counted and reported.  ``make test`` runs the full 100,000
+  events (about 16 s on a quiet 2-core machine).
 """
 
 from __future__ import annotations
@@ -120,9 +120,7 @@ def replica_batch(number: int) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize(
-    "total", [30_000, pytest.param(100_000, marks=pytest.mark.slow)], ids=["30k", "100k"]
-)
+@pytest.mark.parametrize("total", [100_000], ids=["100k"])
 def test_three_replicas_one_sigkilled_lose_nothing_acknowledged(
     emulator: RunningEmulator,
     postgres_url: str,
