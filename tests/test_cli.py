@@ -185,7 +185,16 @@ def test_send_rejects_a_non_numeric_pixel(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--pixel", "nocolon"], ["--pixel", "abc:T"], ["--latency-ms", "fast"], ["--fail-rate", "2"]],
+    [
+        ["--pixel", "nocolon"],
+        ["--pixel", "abc:T"],
+        ["--latency-ms", "fast"],
+        ["--fail-rate", "2"],
+        ["--fault", "not json"],
+        ["--fault", "[1]"],
+        ["--fault", '{"kind":"meteor"}'],
+        ["--fault", '{"kind":"timeout","count":0}'],
+    ],
 )
 def test_emulator_rejects_bad_options(args: list[str]) -> None:
     result = runner.invoke(app, ["emulator", *args])
@@ -211,6 +220,8 @@ def test_emulator_command_serves_in_the_foreground() -> None:
             f"{PIXEL}:{TOKEN}",
             "--latency-ms",
             "1-3",
+            "--fault",
+            '{"kind": "throttle", "code": 613, "count": 1}',
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -227,7 +238,9 @@ def test_emulator_command_serves_in_the_foreground() -> None:
                 assert process.poll() is None, "the emulator exited"
                 assert time.monotonic() < deadline, "the emulator did not start"
                 time.sleep(0.1)
-        response = httpx.post(
+        kinds = sorted(f["kind"] for f in httpx.get(f"{url}/_emulator/faults").json()["data"])
+        assert kinds == ["latency", "throttle"]
+        post = lambda: httpx.post(  # noqa: E731
             f"{url}/v26.0/{PIXEL}/events",
             json={
                 "data": [
@@ -243,6 +256,10 @@ def test_emulator_command_serves_in_the_foreground() -> None:
                 "access_token": TOKEN,
             },
         )
+        throttled = post()  # the --fault from the command line, once
+        assert throttled.status_code == 400
+        assert throttled.json()["error"]["code"] == 613
+        response = post()
         assert response.status_code == 200, response.text
         assert len(httpx.get(f"{url}/_emulator/faults").json()["data"]) == 1
     finally:

@@ -179,6 +179,17 @@ def emulator_command(
         bool, typer.Option("--store-events/--no-store-events", help="Keep event bodies.")
     ] = True,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for fault randomness.")] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault",
+            help=(
+                "A fault as JSON, repeatable, same form as POST /_emulator/faults, e.g. "
+                '\'{"kind":"timeout","count":3}\', \'{"kind":"throttle","code":613,'
+                '"duration":60}\', \'{"kind":"token_revoked"}\'.'
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Run the local Graph API emulator in the foreground (Ctrl-C to stop)."""
     import uvicorn
@@ -188,7 +199,7 @@ def emulator_command(
     pixels = _parse_pixels(pixel)
     state = EmulatorState(pixels=pixels, store_events=store_events, fault_seed=seed)
     try:
-        for spec in _startup_faults(latency_ms, fail_rate, throttle_rate):
+        for spec in [*_startup_faults(latency_ms, fail_rate, throttle_rate), *_json_faults(fault)]:
             state.faults.add(spec)
     except ValueError as exc:
         err_console.print(f"[red]{exc}[/red]")
@@ -220,6 +231,21 @@ def _parse_pixels(specs: list[str] | None) -> dict[str, str]:
             raise typer.Exit(EXIT_USAGE)
         pixels[pixel_id] = token
     return pixels
+
+
+def _json_faults(specs: list[str] | None) -> list[Any]:
+    from capirelay.emulator import parse_fault
+
+    faults = []
+    for text in specs or []:
+        try:
+            spec = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise ValueError(f"--fault takes a JSON object, got {text[:40]!r}") from None
+        if not isinstance(spec, dict):
+            raise ValueError('--fault takes a JSON object such as \'{"kind":"timeout"}\'')
+        faults.append(parse_fault(spec))
+    return faults
 
 
 def _startup_faults(latency_ms: str | None, fail_rate: float, throttle_rate: float) -> list[Any]:
