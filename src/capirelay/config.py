@@ -218,9 +218,15 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     webhooks: dict[str, WebhookSettings] = Field(default_factory=dict)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    # When set, GET /metrics needs 'Authorization: Bearer <token>' (Prometheus
+    # `authorization: {credentials_file: ...}`); unset, it is open (it holds no
+    # identifiers or secrets) for scrapers on a private network.
+    metrics_token: Secret | None = None
     # PostgreSQL backend (storage = "postgresql://..."): connection pool size.
     postgres_pool_size: int = Field(default=10, ge=1, le=200)
     max_future_skew: int = Field(default=300, ge=0)
+
+    _v_metrics_token = field_validator("metrics_token", mode="before")(_coerce_secret)
 
     @field_validator("pixels")
     @classmethod

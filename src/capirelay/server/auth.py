@@ -84,3 +84,27 @@ def _bearer_token(authorization: str | None) -> str:
             headers=_CHALLENGE,
         )
     return token
+
+
+def authorize_metrics_scrape(authorization: str | None, settings: Settings) -> None:
+    """``/metrics`` is open unless ``metrics_token`` is set; then it needs that bearer token."""
+    if settings.metrics_token is None:
+        return
+    expected = settings.metrics_token.resolve()
+    scheme, _, presented = (authorization or "").partition(" ")
+    ok = (
+        expected is not None
+        and hmac.compare_digest(
+            hashlib.sha256(presented.strip().encode()).digest(),
+            hashlib.sha256(expected.encode()).digest(),
+        )
+        and scheme.lower() == "bearer"
+    )
+    if not ok:
+        raise ApiError(
+            401,
+            "invalid_metrics_token",
+            "this gateway protects /metrics: scrape it with 'Authorization: Bearer <token>' "
+            "using metrics_token from the gateway config",
+            headers=_CHALLENGE,
+        )

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from capirelay.metrics import CONTENT_TYPE_LATEST, Metrics
 from capirelay.outbox.base import DeadLetterReason, Outbox, QueueStats, StorageUnavailable
 from capirelay.server._commit import recent_write_failure
+from capirelay.server.auth import authorize_metrics_scrape
 from capirelay.server.http import JSONResponse, error_response
 
 __all__ = ["healthz", "metrics_text", "readyz"]
@@ -50,6 +51,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_text(request: Request) -> Response:
+    authorize_metrics_scrape(request.headers.get("authorization"), request.app.state.settings)
     metrics: Metrics = request.app.state.metrics
     outbox: Outbox | None = request.app.state.outbox
     if outbox is None:
