@@ -256,21 +256,30 @@ def emulator() -> Iterator[RunningEmulator]:
 
 
 @pytest.fixture(scope="module")
-def settings(
-    tmp_path_factory: pytest.TempPathFactory, emulator: RunningEmulator
-) -> Iterator[Settings]:
+def storage_url(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """This module's gateway storage: the whole module runs once per backend."""
+    if backend == "postgres":
+        with request.getfixturevalue("pg_schema")() as url:
+            yield url
+    else:
+        yield f"sqlite:///{tmp_path_factory.mktemp('consent') / 'capirelay.db'}"
+
+
+@pytest.fixture(scope="module")
+def settings(storage_url: str, emulator: RunningEmulator) -> Iterator[Settings]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(TOKEN_ENV, TOKEN)
         patch.setenv(INGEST_KEY_ENV, INGEST_KEY)
         patch.delenv("CAPIRELAY_CONFIG", raising=False)
-        db_path = tmp_path_factory.mktemp("consent") / "capirelay.db"
         pixels = {
             OPEN_PIXEL: pixel(),
             STRICT_PIXEL: pixel(consent=ConsentPolicy(require_consent=True)),
             LDU_PIXEL: pixel(consent=ConsentPolicy(ldu_states=["CA"])),
             BOTS_ALLOWED_PIXEL: pixel(filter_bots=False),
         }
-        yield gateway_settings(db_path, emulator.url, pixels=pixels)
+        yield gateway_settings(storage_url, emulator.url, pixels=pixels)
 
 
 @pytest.fixture(scope="module")

@@ -72,9 +72,19 @@ def emulator() -> Iterator[RunningEmulator]:
 
 
 @pytest.fixture(scope="module")
-def settings(
-    tmp_path_factory: pytest.TempPathFactory, emulator: RunningEmulator
-) -> Iterator[Settings]:
+def storage_url(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """This module's gateway storage: the whole module runs once per backend."""
+    if backend == "postgres":
+        with request.getfixturevalue("pg_schema")() as url:
+            yield url
+    else:
+        yield f"sqlite:///{tmp_path_factory.mktemp('webhooks') / 'capirelay.db'}"
+
+
+@pytest.fixture(scope="module")
+def settings(storage_url: str, emulator: RunningEmulator) -> Iterator[Settings]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(TOKEN_ENV, ACCESS_TOKEN)
         patch.setenv(INGEST_KEY_ENV, INGEST_KEY)
@@ -82,8 +92,7 @@ def settings(
         patch.delenv("CAPIRELAY_TEST_NEVER_SET", raising=False)
         for name, secret in SECRETS.items():
             patch.setenv(secret_env(name), secret)
-        db_path = tmp_path_factory.mktemp("webhooks") / "capirelay.db"
-        yield gateway_settings(db_path, emulator.url, webhooks=webhook_settings())
+        yield gateway_settings(storage_url, emulator.url, webhooks=webhook_settings())
 
 
 @pytest.fixture(scope="module")
