@@ -9,6 +9,7 @@ acknowledged is then looked for at the emulator.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import threading
@@ -46,6 +47,26 @@ def wait_ready(
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{name} did not become ready")
+
+
+def kill_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL, as a crash would, and reap the process."""
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+
+
+def stop_process(process: subprocess.Popen[bytes] | None) -> int | None:
+    """SIGTERM and wait (SIGKILL if it hangs); the exit code, None if never started."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait(5)
+    return process.returncode
 
 
 def first_receipts(emulator: RunningEmulator, pixel_id: str) -> dict[str, float]:

@@ -11,7 +11,6 @@ environment as an operator would.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from gateway_traffic import free_port, wait_ready
+from gateway_traffic import free_port, kill_process, stop_process, wait_ready
 
 PIXEL_ID = "1234567890"
 ACCESS_TOKEN = "replica-test-token"
@@ -77,20 +76,11 @@ class Replica:
 
     def kill(self) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        kill_process(self.process)
 
     def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                return self.process.wait(5)
-        return self.process.returncode
+        """SIGTERM and wait (SIGKILL if it hangs); the exit code, None if never started."""
+        return stop_process(self.process)
 
 
 @contextmanager

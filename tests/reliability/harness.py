@@ -13,7 +13,6 @@ account of them.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capirelay.emulator.app import create_app as create_emulator_app
 from capirelay.emulator.state import EmulatorState
+from gateway_traffic import kill_process, stop_process, wait_ready
 from server.conftest import serve_in_thread
 
 PIXEL_ID = "1234567890"
@@ -306,18 +306,7 @@ class GatewayProcess:
 
     def wait_ready(self) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"gateway exited with {self.process.returncode}: {tail}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=0.5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("the gateway did not become ready")
+        wait_ready(self.process, self.url, self.log_path, "gateway", STARTUP_TIMEOUT)
 
     @property
     def pid(self) -> int:
@@ -326,18 +315,8 @@ class GatewayProcess:
 
     def kill(self) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        kill_process(self.process)
 
     def stop(self) -> int | None:
         """SIGTERM and wait (SIGKILL if it hangs); the exit code, None if never started."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                return self.process.wait(5)
-        return self.process.returncode
+        return stop_process(self.process)

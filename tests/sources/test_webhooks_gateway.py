@@ -72,18 +72,6 @@ def emulator() -> Iterator[RunningEmulator]:
 
 
 @pytest.fixture(scope="module")
-def storage_url(
-    backend: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[str]:
-    """This module's gateway storage: the whole module runs once per backend."""
-    if backend == "postgres":
-        with request.getfixturevalue("pg_schema")() as url:
-            yield url
-    else:
-        yield f"sqlite:///{tmp_path_factory.mktemp('webhooks') / 'capirelay.db'}"
-
-
-@pytest.fixture(scope="module")
 def settings(storage_url: str, emulator: RunningEmulator) -> Iterator[Settings]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(TOKEN_ENV, ACCESS_TOKEN)
