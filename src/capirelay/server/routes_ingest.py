@@ -18,6 +18,10 @@ cannot name the pixel (the body is not sent), so it is answered for any
 origin some pixel allows; the POST itself is then checked against its own
 pixel.  A request without ``Origin`` is not a cross-site browser request and
 is served (CORS is a browser protection, not authentication).
+
+Abuse defences (``capirelay.server.beacon_guard``): a beacon is rate limited
+per client address and per pixel as soon as its pixel is known, before
+anything is stored; ``POST /v1/events`` is held to its ingest key's quota.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.metrics import Metrics
 from capirelay.outbox.base import EnqueueStatus, NewEvent
 from capirelay.problems import Problem
+from capirelay.server import beacon_guard
 from capirelay.server._commit import commit_prepared
 from capirelay.server.auth import authenticate, authorize_pixel
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
@@ -82,6 +87,7 @@ async def post_events(request: Request) -> Response:
     pixel_id, events, body_code = _events_body(body)
     pixel = _pixel(settings, pixel_id)
     authorize_pixel(caller, pixel_id)
+    beacon_guard.limit_ingest_key(request, caller.source, pixel_id, len(events))
     test_event_code = (
         request.headers.get(TEST_EVENT_CODE_HEADER) or body_code or pixel.test_event_code
     )
@@ -173,6 +179,7 @@ async def _collect(
 ) -> Response:
     beacon = _beacon_body(parse_json(await read_body(request, settings.max_collect_body_bytes)))
     pixel = _pixel(settings, beacon.pixel_id)
+    beacon_guard.limit_collect(request, settings, beacon.pixel_id)
     if origin is not None and not _origin_allowed(pixel, origin):
         raise ApiError(
             403,
