@@ -21,7 +21,10 @@ is served (CORS is a browser protection, not authentication).
 
 Abuse defences (``capirelay.server.beacon_guard``): a beacon is rate limited
 per client address and per pixel as soon as its pixel is known, before
-anything is stored; ``POST /v1/events`` is held to its ingest key's quota.
+anything is stored; its name must be in the pixel's ``beacon_events`` when
+that is set; a ``token`` (``capirelay.beacon_tokens``) must match the event,
+and the pixel's ``require_verified`` names need one.  ``POST /v1/events`` is
+held to its ingest key's quota.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ _COLLECT_FIELDS = frozenset(
         "referrer_url",
         "consent",
         "fbclid",
+        "token",
     }
 )
 _CORS_METHODS = "POST, OPTIONS"
@@ -162,6 +166,7 @@ class _Beacon:
     referrer_url: str | None
     consented: bool | None
     fbclid: str | None
+    token: str | None
 
 
 async def post_collect(request: Request) -> Response:
@@ -187,11 +192,22 @@ async def _collect(
             f"this page's origin may not send events to pixel {beacon.pixel_id}; "
             f"add it to pixels.{beacon.pixel_id}.allowed_origins",
         )
+    metrics: Metrics = request.app.state.metrics
+    beacon_guard.check_event_allowed(metrics, pixel, beacon.pixel_id, beacon.event_name)
+    verification = beacon_guard.verify_beacon(
+        metrics,
+        pixel,
+        pixel_id=beacon.pixel_id,
+        event_name=beacon.event_name,
+        event_id=beacon.event_id,
+        custom_data=beacon.custom_data,
+        token=beacon.token,
+    )
     event_id = beacon.event_id or str(uuid.uuid4())
     gpc = consent.gpc_requested(request.headers)
     reason = _drop_reason(beacon, pixel, gpc, request.headers.get("user-agent"))
     if reason is not None:
-        request.app.state.metrics.dropped.labels(beacon.pixel_id, reason).inc()
+        metrics.dropped.labels(beacon.pixel_id, reason).inc()
         dropped: dict[str, Any] = {"event_id": event_id, "status": "dropped", "fbp": None}
         return JSONResponse({**dropped, "problems": [], "reason": reason}, 202, headers=cors)
 
@@ -223,6 +239,9 @@ async def _collect(
         max_future_skew=settings.max_future_skew,
     )
     [status] = await _commit(request, beacon.pixel_id, [prepared], now=now, source="collect")
+    if status == EnqueueStatus.QUEUED.value:
+        label = metrics.event_label(beacon.event_name)
+        metrics.beacon_verification.labels(beacon.pixel_id, label, verification).inc()
     response = JSONResponse(
         {
             "event_id": prepared.event_id or event_id,
@@ -293,6 +312,7 @@ def _beacon_body(body: Any) -> _Beacon:
         referrer_url=_optional_string(body, "referrer_url"),
         consented=_consent_flag(body.get("consent")),
         fbclid=_optional_string(body, "fbclid"),
+        token=_optional_string(body, "token"),
     )
 
 
