@@ -337,6 +337,11 @@ class Settings(BaseSettings):
                     'move it to an environment variable (access_token = {env = "..."}) '
                     "or a file so it stays out of your repository"
                 )
+            if pixel.verification_secret and pixel.verification_secret.is_literal:
+                out.append(
+                    f"pixels.{pixel_id}.verification_secret is a literal in the config file; "
+                    "use env or file"
+                )
             if pixel.access_token is None:
                 out.append(
                     f"pixels.{pixel_id}.access_token is not set: events are queued but "
