@@ -121,6 +121,11 @@ allowed_origins = ["{ORIGIN}"]
 default_country = "US"
 [ingest_keys.bench]
 key = {{ env = "BENCH_INGEST_KEY" }}
+# The load generator is one address sending thousands of beacons a second: far over the
+# default per-address and per-pixel limits, which this benchmark does not measure.
+[rate_limits]
+collect_per_address = {{ rate = 1_000_000, burst = 1_000_000 }}
+collect_per_pixel = {{ rate = 1_000_000, burst = 1_000_000 }}
 [delivery]
 batch_size = 1000
 linger_ms = 20

@@ -11,6 +11,7 @@ country=None)``); its module is importable as usual with
 
 __version__ = "0.1.0"  # first: submodules read it while this package initializes
 
+from capirelay.beacon_tokens import mint_beacon_token, verify_beacon_token
 from capirelay.events import Content, CustomData, Event, UserData, WireEvent, encode_request
 from capirelay.graph import EventsResponse, GraphClient, GraphError, RetryClass, SyncGraphClient
 from capirelay.normalize import NormalizationError, hash_field, normalize
@@ -33,5 +34,7 @@ __all__ = [
     "__version__",
     "encode_request",
     "hash_field",
+    "mint_beacon_token",
     "normalize",
+    "verify_beacon_token",
 ]

@@ -62,6 +62,7 @@ __all__ = [
     "mint_fbp",
     "parse_fbc",
     "parse_fbp",
+    "request_address",
     "strip_ip_appendix",
     "subdomain_index",
 ]
@@ -598,3 +599,16 @@ def from_asgi_scope(
         page_referrer=page_referrer,
         now_ms=now_ms,
     )
+
+
+def request_address(
+    remote_addr: str | None, headers: Mapping[str, str], trusted_proxies: Sequence[str] = ()
+) -> str | None:
+    """The address of the client behind a request, any range, for rate limiting.
+
+    The same proxy rules as :func:`client_ip` (``X-Forwarded-For`` only through
+    ``trusted_proxies``), without the ``_fbi`` cookie (the client writes it) and
+    without dropping private or loopback addresses.
+    """
+    address = _request_ip(remote_addr, headers, _trusted_networks(tuple(trusted_proxies)))
+    return str(address) if address is not None else None

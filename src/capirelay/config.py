@@ -122,8 +122,39 @@ class PixelSettings(BaseModel):
     # Drop browser events from known crawlers/bots (counted in metrics).
     filter_bots: bool = True
     consent: ConsentPolicy = Field(default_factory=ConsentPolicy)
+    # Browser beacon: the event names /v1/collect accepts for this pixel; unset: any name.
+    beacon_events: list[str] | None = None
+    # Browser beacon: names that need a server-signed token (capirelay.beacon_tokens).
+    require_verified: list[str] = Field(default_factory=list)
+    # The HMAC-SHA256 key the shop's server signs beacon tokens with (env or file).
+    verification_secret: Secret | None = None
 
-    _v_secrets = field_validator("access_token", "app_secret", mode="before")(_coerce_secret)
+    _v_secrets = field_validator(
+        "access_token", "app_secret", "verification_secret", mode="before"
+    )(_coerce_secret)
+
+    @field_validator("beacon_events", "require_verified")
+    @classmethod
+    def _event_names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not isinstance(n, str) or not n.strip() for n in v):
+            raise ValueError('event names must be non-empty strings, e.g. ["Purchase"]')
+        return v
+
+    @model_validator(mode="after")
+    def _verified_names_need_a_secret(self) -> PixelSettings:
+        if self.require_verified and self.verification_secret is None:
+            raise ValueError(
+                "require_verified needs verification_secret (the key your server signs "
+                'beacon tokens with), e.g. verification_secret = { env = "..." }'
+            )
+        if self.beacon_events is not None:
+            missing = [n for n in self.require_verified if n not in self.beacon_events]
+            if missing:
+                raise ValueError(
+                    f"require_verified names {missing} that beacon_events does not allow; "
+                    "add them to beacon_events"
+                )
+        return self
 
     @field_validator("api_version")
     @classmethod
@@ -142,7 +173,18 @@ class IngestKey(BaseModel):
     # Pixels this key may send to; empty means all configured pixels.
     pixels: list[str] = Field(default_factory=list)
 
+    # Quota: events per second this key may send (a request of N events takes N), and
+    # how many it may send at once.  Unset: no quota.
+    events_per_second: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
     _v_key = field_validator("key", mode="before")(_coerce_secret)
+
+    @model_validator(mode="after")
+    def _quota_pair(self) -> IngestKey:
+        if (self.events_per_second is None) != (self.burst is None):
+            raise ValueError("set both events_per_second and burst for a quota, or neither")
+        return self
 
 
 class WebhookSettings(BaseModel):
@@ -165,6 +207,37 @@ class WebhookSettings(BaseModel):
     test_event_code: str | None = None
 
     _v_secret = field_validator("secret", mode="before")(_coerce_secret)
+
+
+class RateLimit(BaseModel):
+    """A token bucket: ``rate`` requests per second on average, ``burst`` at once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class RateLimitSettings(BaseModel):
+    """Token-bucket limits on the unauthenticated routes (``capirelay.server.rate_limit``).
+
+    Per gateway process: N replicas let N times these through (see the README).
+    The defaults fit a busy shop's real traffic: a shopper's browser sends a few
+    beacons per page; a whole shop rarely more than a few hundred a second.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # POST /v1/collect, per client address (IPv6: per /64), behind trusted_proxies.
+    collect_per_address: RateLimit = RateLimit(rate=10, burst=100)
+    # POST /v1/collect, per pixel, all addresses together.
+    collect_per_pixel: RateLimit = RateLimit(rate=500, burst=5000)
+    # POST /v1/webhooks/<name>, per client address, checked before the signature.
+    webhook_per_address: RateLimit = RateLimit(rate=50, burst=500)
+    # POST /v1/webhooks/<name>, per webhook, all addresses together.
+    webhook_per_name: RateLimit = RateLimit(rate=200, burst=2000)
+    # Buckets kept per limit (least recently used ones are forgotten past it).
+    max_tracked_addresses: int = Field(default=100_000, ge=100)
 
 
 class DashboardSettings(BaseModel):
@@ -218,6 +291,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     webhooks: dict[str, WebhookSettings] = Field(default_factory=dict)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     # When set, GET /metrics needs 'Authorization: Bearer <token>' (Prometheus
     # `authorization: {credentials_file: ...}`); unset, it is open (it holds no
     # identifiers or secrets) for scrapers on a private network.
@@ -262,6 +336,11 @@ class Settings(BaseSettings):
                     f"pixels.{pixel_id}.access_token is a literal in the config file; "
                     'move it to an environment variable (access_token = {env = "..."}) '
                     "or a file so it stays out of your repository"
+                )
+            if pixel.verification_secret and pixel.verification_secret.is_literal:
+                out.append(
+                    f"pixels.{pixel_id}.verification_secret is a literal in the config file; "
+                    "use env or file"
                 )
             if pixel.access_token is None:
                 out.append(

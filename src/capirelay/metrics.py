@@ -84,6 +84,12 @@ class Metrics:
             ["pixel", "reason"],
             registry=r,
         )
+        self.beacon_verification = Counter(
+            "capirelay_beacon_verification_total",
+            "Browser beacons queued, by whether a server-signed token vouched for them.",
+            ["pixel", "event_name", "result"],
+            registry=r,
+        )
         self.webhooks = Counter(
             "capirelay_webhooks_total",
             "Webhook deliveries by outcome (processed, ignored, ping, unauthorized).",

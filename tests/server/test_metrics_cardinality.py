@@ -7,9 +7,13 @@ on a loopback port (module fixtures in ``conftest.py``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
+from capirelay.config import RateLimit, RateLimitSettings, Settings
+from capirelay.emulator.testing import RunningEmulator
 from capirelay.metrics import (
     MAX_CUSTOM_EVENT_LABELS,
     MAX_EVENT_LABEL_CHARS,
@@ -18,7 +22,26 @@ from capirelay.metrics import (
     Metrics,
 )
 
-from .conftest import PIXEL_ID, SHOP_ORIGIN
+from .conftest import PIXEL_ID, SHOP_ORIGIN, gateway_settings
+
+# 300 beacons from one address: more than the default per-address burst, on purpose
+# (this module tests label cardinality, not rate limits), so the limits are set here.
+FLOOD_LIMITS = RateLimitSettings(
+    collect_per_address=RateLimit(rate=10_000, burst=10_000),
+    collect_per_pixel=RateLimit(rate=10_000, burst=10_000),
+)
+
+
+@pytest.fixture(scope="module")
+def settings(
+    db_path: Path,
+    storage_url: str,
+    emulator: RunningEmulator,
+    secrets_in_env: pytest.MonkeyPatch,
+) -> Settings:
+    secrets_in_env.chdir(db_path.parent)
+    return gateway_settings(storage_url, emulator.url, rate_limits=FLOOD_LIMITS)
+
 
 BEACON_HEADERS = {
     "Origin": SHOP_ORIGIN,

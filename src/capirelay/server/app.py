@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from capirelay.config import Settings
+from capirelay.config import RateLimit, Settings
 from capirelay.dashboard import create_dashboard
 from capirelay.delivery.engine import DeliveryEngine
 from capirelay.metrics import Metrics
@@ -34,6 +34,7 @@ from capirelay.outbox import Outbox, open_outbox
 from capirelay.server import routes_health, routes_ingest, routes_webhooks
 from capirelay.server.http import ApiError, JSONResponse, error_response
 from capirelay.server.openapi import openapi_document
+from capirelay.server.rate_limit import GatewayLimits
 from capirelay.sources import snippet
 
 __all__ = ["create_app"]
@@ -102,10 +103,19 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.webhooks = routes_webhooks.load_webhooks(settings)
+    app.state.limits = GatewayLimits.from_settings(settings.rate_limits, _ingest_quotas(settings))
     app.state.outbox = outbox
     app.state.engine = engine
     app.add_middleware(GatewayHeadersMiddleware)
     return app
+
+
+def _ingest_quotas(settings: Settings) -> dict[str, RateLimit]:
+    return {
+        name: RateLimit(rate=key.events_per_second, burst=key.burst)
+        for name, key in settings.ingest_keys.items()
+        if key.events_per_second is not None and key.burst is not None
+    }
 
 
 async def _open_owned_outbox(settings: Settings, stack: AsyncExitStack) -> Outbox:

@@ -125,6 +125,11 @@ _COLLECT_REQUEST = {
         },
         "page_url": {"type": ["string", "null"], "description": "location.href"},
         "referrer_url": {"type": ["string", "null"], "description": "document.referrer"},
+        "token": {
+            "type": ["string", "null"],
+            "description": "a server-signed token vouching for this event (value, currency, "
+            "event_id); see capirelay.beacon_tokens",
+        },
         "fbclid": {
             "type": ["string", "null"],
             "description": "click id kept since the landing page; builds fbc when the "
@@ -212,6 +217,7 @@ def _events_operation() -> dict[str, Any]:
             "404": _error_response("unknown pixel"),
             "413": _error_response("body over max_body_bytes, or more than 1,000 events"),
             "422": _error_response("wrong top-level shape"),
+            "429": _error_response("over the ingest key's quota; nothing accepted", _RETRY_AFTER),
             "503": _error_response("storage unavailable; nothing accepted", _RETRY_AFTER),
         },
     }
@@ -235,10 +241,14 @@ def _collect_operation() -> dict[str, Any]:
                 headers={"Set-Cookie": {"schema": {"type": "string"}}, **_CORS_ORIGIN},
             ),
             "400": _error_response("malformed JSON"),
-            "403": _error_response("origin not in the pixel's allowed_origins"),
+            "403": _error_response(
+                "origin not in the pixel's allowed_origins, or a purchase token refused "
+                "(token_expired, token_mismatch, verification_required...)"
+            ),
             "404": _error_response("unknown pixel"),
             "413": _error_response("body over max_collect_body_bytes"),
-            "422": _error_response("wrong shape"),
+            "422": _error_response("wrong shape, or event_name not in the pixel's beacon_events"),
+            "429": _error_response("over the per-address or per-pixel rate limit", _RETRY_AFTER),
             "503": _error_response("storage unavailable; nothing accepted", _RETRY_AFTER),
         },
     }
@@ -294,6 +304,7 @@ def _webhook_operation() -> dict[str, Any]:
             "401": _error_response("missing or invalid signature; nothing queued"),
             "404": _error_response("no webhook of that name"),
             "413": _error_response("body over max_body_bytes"),
+            "429": _error_response("over the per-address or per-webhook rate limit", _RETRY_AFTER),
             "503": _error_response("signing secret or storage unavailable", _RETRY_AFTER),
         },
     }

@@ -18,6 +18,13 @@ cannot name the pixel (the body is not sent), so it is answered for any
 origin some pixel allows; the POST itself is then checked against its own
 pixel.  A request without ``Origin`` is not a cross-site browser request and
 is served (CORS is a browser protection, not authentication).
+
+Abuse defences (``capirelay.server.beacon_guard``): a beacon is rate limited
+per client address and per pixel as soon as its pixel is known, before
+anything is stored; its name must be in the pixel's ``beacon_events`` when
+that is set; a ``token`` (``capirelay.beacon_tokens``) must match the event,
+and the pixel's ``require_verified`` names need one.  ``POST /v1/events`` is
+held to its ingest key's quota.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.metrics import Metrics
 from capirelay.outbox.base import EnqueueStatus, NewEvent
 from capirelay.problems import Problem
+from capirelay.server import beacon_guard
 from capirelay.server._commit import commit_prepared
 from capirelay.server.auth import authenticate, authorize_pixel
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
@@ -63,6 +71,7 @@ _COLLECT_FIELDS = frozenset(
         "referrer_url",
         "consent",
         "fbclid",
+        "token",
     }
 )
 _CORS_METHODS = "POST, OPTIONS"
@@ -82,6 +91,7 @@ async def post_events(request: Request) -> Response:
     pixel_id, events, body_code = _events_body(body)
     pixel = _pixel(settings, pixel_id)
     authorize_pixel(caller, pixel_id)
+    beacon_guard.limit_ingest_key(request, caller.source, pixel_id, len(events))
     test_event_code = (
         request.headers.get(TEST_EVENT_CODE_HEADER) or body_code or pixel.test_event_code
     )
@@ -156,6 +166,7 @@ class _Beacon:
     referrer_url: str | None
     consented: bool | None
     fbclid: str | None
+    token: str | None
 
 
 async def post_collect(request: Request) -> Response:
@@ -173,6 +184,7 @@ async def _collect(
 ) -> Response:
     beacon = _beacon_body(parse_json(await read_body(request, settings.max_collect_body_bytes)))
     pixel = _pixel(settings, beacon.pixel_id)
+    beacon_guard.limit_collect(request, settings, beacon.pixel_id)
     if origin is not None and not _origin_allowed(pixel, origin):
         raise ApiError(
             403,
@@ -180,11 +192,22 @@ async def _collect(
             f"this page's origin may not send events to pixel {beacon.pixel_id}; "
             f"add it to pixels.{beacon.pixel_id}.allowed_origins",
         )
+    metrics: Metrics = request.app.state.metrics
+    beacon_guard.check_event_allowed(metrics, pixel, beacon.pixel_id, beacon.event_name)
+    verification = beacon_guard.verify_beacon(
+        metrics,
+        pixel,
+        pixel_id=beacon.pixel_id,
+        event_name=beacon.event_name,
+        event_id=beacon.event_id,
+        custom_data=beacon.custom_data,
+        token=beacon.token,
+    )
     event_id = beacon.event_id or str(uuid.uuid4())
     gpc = consent.gpc_requested(request.headers)
     reason = _drop_reason(beacon, pixel, gpc, request.headers.get("user-agent"))
     if reason is not None:
-        request.app.state.metrics.dropped.labels(beacon.pixel_id, reason).inc()
+        metrics.dropped.labels(beacon.pixel_id, reason).inc()
         dropped: dict[str, Any] = {"event_id": event_id, "status": "dropped", "fbp": None}
         return JSONResponse({**dropped, "problems": [], "reason": reason}, 202, headers=cors)
 
@@ -216,6 +239,9 @@ async def _collect(
         max_future_skew=settings.max_future_skew,
     )
     [status] = await _commit(request, beacon.pixel_id, [prepared], now=now, source="collect")
+    if status == EnqueueStatus.QUEUED.value:
+        label = metrics.event_label(beacon.event_name)
+        metrics.beacon_verification.labels(beacon.pixel_id, label, verification).inc()
     response = JSONResponse(
         {
             "event_id": prepared.event_id or event_id,
@@ -286,6 +312,7 @@ def _beacon_body(body: Any) -> _Beacon:
         referrer_url=_optional_string(body, "referrer_url"),
         consented=_consent_flag(body.get("consent")),
         fbclid=_optional_string(body, "fbclid"),
+        token=_optional_string(body, "token"),
     )
 
 

@@ -4,6 +4,10 @@ One configured webhook (``[webhooks.<name>]``: a preset, a pixel, a signing
 secret, optionally a mapping file) per URL.  The order of work is what makes
 it safe:
 
+0. the sender's address and the webhook are rate limited
+   (``capirelay.server.rate_limit``) before the body is read: a flood of
+   forged requests is answered 429 without a single HMAC computed, and a
+   real vendor retries a 429 later;
 1. the raw body is read under the size limit and the vendor's signature is
    checked on those exact bytes, in constant time, before anything is parsed:
    a bad or missing signature is a 401 and nothing is queued;
@@ -42,6 +46,7 @@ from capirelay.metrics import Metrics
 from capirelay.outbox.base import EnqueueStatus, NewEvent
 from capirelay.problems import Problem
 from capirelay.server._commit import STORAGE_RETRY_AFTER_SECONDS, commit_prepared
+from capirelay.server.beacon_guard import limit_webhook
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
 from capirelay.sources.mapping import EventMapping, MappedEvent, MappingLoadError, load_mapping
 from capirelay.sources.webhooks import SignatureError, WebhookPreset, get_preset
@@ -98,6 +103,7 @@ async def post_webhook(request: Request) -> Response:
         raise ApiError(
             404, "unknown_webhook", "no webhook of that name; see [webhooks] in the config"
         )
+    limit_webhook(request, settings, webhook.name, webhook.settings.pixel_id)
     body = await read_body(request, settings.max_body_bytes)
     if webhook.preset.is_ping(body, request.headers):
         metrics.webhooks.labels(webhook.name, "ping").inc()

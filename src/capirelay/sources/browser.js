@@ -61,6 +61,7 @@
     if (deferred) { body.event_time = ev.time; } // waited for consent: keep when it happened
     if (state) { body.consent = state; }
     if (clickId) { body.fbclid = clickId; }
+    if (ev.token) { body.token = ev.token; } // server-signed: binds id, value and currency
     post(JSON.stringify(body));
     if (typeof w.fbq === "function") {
       w.fbq(STANDARD.test(ev.name) ? "track" : "trackCustom", ev.name, ev.params, { eventID: ev.id });
@@ -69,7 +70,8 @@
 
   function track(name, params, user, options) {
     var ev = { name: name, params: params || {}, user: user || {}, id: options && options.eventId || uuid(),
-      time: Math.floor(new Date().getTime() / 1000), url: w.location.href, referrer: d.referrer };
+      time: Math.floor(new Date().getTime() / 1000), url: w.location.href, referrer: d.referrer,
+      token: options && options.token || null };
     if (undecided()) {
       if (queue.length < 50) { queue.push(ev); }
     } else if (!state || granted()) {
