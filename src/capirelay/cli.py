@@ -310,17 +310,28 @@ def demo_command(
         "capirelay-demo.db"
     ),
     once: Annotated[
-        bool, typer.Option("--once", help="Send the sample event, show it delivered, exit.")
+        bool, typer.Option("--once", help="Send one sample event, show it delivered, exit.")
     ] = False,
 ) -> None:
-    """Gateway + local Graph API emulator + a demo shop page, all on this machine."""
+    """Gateway + local Graph API emulator + a demo shop page, all on this machine.
+
+    Prints the shop and dashboard URLs, the dashboard token, the ingest key with
+    a curl example, and writes the demo's settings to capirelay-demo.toml (next
+    to --db) so `capirelay dlq list --config capirelay-demo.toml` reads its queue.
+    ./capirelay.toml is not read.  Ctrl-C stops it.
+    """
     import asyncio
     import logging
 
     from capirelay.demo import DemoOptions, run_demo
 
     logging.basicConfig(level=logging.WARNING)
-    code = asyncio.run(run_demo(DemoOptions(host=host, port=port, db_path=db, once=once), console))
+    try:
+        code = asyncio.run(
+            run_demo(DemoOptions(host=host, port=port, db_path=db, once=once), console)
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        code = 0
     if code:
         raise typer.Exit(code)
 
