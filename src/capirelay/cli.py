@@ -324,14 +324,15 @@ def demo_command(
     import logging
 
     from capirelay.demo import DemoOptions, run_demo
+    from capirelay.logs import logging_configured
 
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        code = asyncio.run(
-            run_demo(DemoOptions(host=host, port=port, db_path=db, once=once), console)
-        )
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
-        code = 0
+    with logging_configured(logging.WARNING):
+        try:
+            code = asyncio.run(
+                run_demo(DemoOptions(host=host, port=port, db_path=db, once=once), console)
+            )
+        except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+            code = 0
     if code:
         raise typer.Exit(code)
 
