@@ -340,11 +340,13 @@ def demo_command(
 def _register_subcommands() -> None:
     from capirelay.cli_dlq import dlq_app
     from capirelay.cli_doctor import doctor_command
+    from capirelay.cli_init import init_command
     from capirelay.cli_mapping import mapping_app
     from capirelay.cli_migrate import migrate_command
 
     app.add_typer(dlq_app, name="dlq")
     app.command("doctor")(doctor_command)
+    app.command("init")(init_command)
     app.add_typer(mapping_app, name="mapping")
     app.command("migrate")(migrate_command)
 
