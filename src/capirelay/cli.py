@@ -12,7 +12,6 @@ Secrets never come from flags (they would land in shell history and ``ps``):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -64,98 +63,6 @@ def hash_command(
         raise typer.Exit(EXIT_USAGE) from None
     console.print(f"normalized: {normalized}", highlight=False)
     console.print(f"sha256:     {hashed}", highlight=False)
-
-
-@app.command("send")
-def send_command(
-    event_file: Annotated[
-        Path, typer.Argument(help="JSON file: one CAPI event, a list, or {'data': [...]}.")
-    ],
-    pixel: Annotated[str, typer.Option("--pixel", help="Pixel (dataset) id.")],
-    test_event_code: Annotated[
-        str | None, typer.Option("--test-event-code", help="Route to Events Manager > Test.")
-    ] = None,
-    api_version: Annotated[str, typer.Option("--api-version")] = "v26.0",
-    graph_url: Annotated[
-        str, typer.Option("--graph-url", help="Graph base URL (an emulator's URL for testing).")
-    ] = "https://graph.facebook.com",
-    default_country: Annotated[
-        str | None, typer.Option("--default-country", help="Completes national phones/zips.")
-    ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds.")] = 1.5,
-) -> None:
-    """Send events from a JSON file; the token comes from CAPIRELAY_ACCESS_TOKEN."""
-    from capirelay.graph import GraphError, SyncGraphClient
-
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        err_console.print(f"[red]set {TOKEN_ENV}[/red] to the pixel's access token")
-        raise typer.Exit(EXIT_USAGE)
-    if not pixel.isascii() or not pixel.isdigit():
-        err_console.print("[red]--pixel must be the numeric pixel id[/red]")
-        raise typer.Exit(EXIT_USAGE)
-    payloads = _wire_events(_read_events(event_file), default_country)
-    try:
-        client = SyncGraphClient(api_version=api_version, base_url=graph_url, timeout=timeout)
-        with client:
-            result = client.send_events(
-                pixel, payloads, access_token=token, test_event_code=test_event_code
-            )
-    except GraphError as exc:
-        err_console.print(f"[red]Meta rejected the request:[/red] {exc}", highlight=False)
-        if exc.user_msg:
-            err_console.print(f"  {exc.user_title or 'detail'}: {exc.user_msg}", highlight=False)
-        err_console.print(f"  what to do: {exc.explanation}", highlight=False)
-        raise typer.Exit(EXIT_FAILED) from None
-    except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_USAGE) from None
-    console.print(f"events_received: {result.events_received}", highlight=False)
-    console.print(f"fbtrace_id: {result.fbtrace_id}", highlight=False)
-    for message in result.messages:
-        console.print(f"message: {message}", highlight=False)
-
-
-def _read_events(path: Path) -> list[dict[str, Any]]:
-    try:
-        loaded = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        err_console.print(f"[red]cannot read {path}:[/red] {exc.strerror}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except orjson.JSONDecodeError:
-        err_console.print(f"[red]{path} is not valid JSON[/red]")
-        raise typer.Exit(EXIT_USAGE) from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("data"), list):
-        loaded = loaded["data"]
-    events = loaded if isinstance(loaded, list) else [loaded]
-    if not events or not all(isinstance(e, dict) for e in events):
-        err_console.print("[red]expected a JSON object or a non-empty list of objects[/red]")
-        raise typer.Exit(EXIT_USAGE)
-    return events
-
-
-def _wire_events(events: list[dict[str, Any]], default_country: str | None) -> list[dict[str, Any]]:
-    """Normalize and hash each event; report (never echo) what was dropped."""
-    from pydantic import ValidationError
-
-    from capirelay.events import Event
-
-    payloads = []
-    for index, raw in enumerate(events):
-        try:
-            wire = Event.model_validate(raw).to_wire(default_country=default_country)
-        except ValidationError as exc:
-            for detail in exc.errors(include_input=False, include_url=False):
-                location = ".".join(str(part) for part in detail["loc"])
-                err_console.print(f"[red]event {index}: {location}:[/red] {detail['msg']}")
-            raise typer.Exit(EXIT_USAGE) from None
-        for problem in wire.problems:
-            err_console.print(
-                f"[yellow]event {index}: {problem.field}:[/yellow] {problem.message}",
-                highlight=False,
-            )
-        payloads.append(wire.payload)
-    return payloads
 
 
 @app.command("emulator")
@@ -343,10 +250,12 @@ def _register_subcommands() -> None:
     from capirelay.cli_init import init_command
     from capirelay.cli_mapping import mapping_app
     from capirelay.cli_migrate import migrate_command
+    from capirelay.cli_send import send_command
 
     app.add_typer(dlq_app, name="dlq")
     app.command("doctor")(doctor_command)
     app.command("init")(init_command)
+    app.command("send")(send_command)
     app.add_typer(mapping_app, name="mapping")
     app.command("migrate")(migrate_command)
 
