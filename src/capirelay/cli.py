@@ -19,6 +19,10 @@ import orjson
 import typer
 from rich.console import Console
 
+from capirelay._cli_help import quiet_flag_types
+
+quiet_flag_types()
+
 app = typer.Typer(
     name="capirelay",
     help="Self-hosted gateway and toolkit for the Meta Conversions API.",
@@ -36,42 +40,17 @@ DEFAULT_EMULATOR_PIXEL = "1234567890"
 DEFAULT_EMULATOR_TOKEN = "emulator-token"  # public, documented: the emulator's demo token
 
 
-@app.command("hash")
-def hash_command(
-    field: Annotated[str, typer.Argument(help="Wire key or name: em, email, ph, phone, fn ...")],
-    value: Annotated[str, typer.Argument(help="The raw value to normalize and hash.")],
-    country: Annotated[
-        str | None,
-        typer.Option("--country", help="Country hint (ISO alpha-2 or name) for ph, st, zp."),
-    ] = None,
-) -> None:
-    """Print a value normalized as Meta expects, and its SHA-256."""
-    from capirelay.normalize import NormalizationError, hash_field, is_sha256, normalize
-
-    try:
-        if is_sha256(value):
-            # Already hashed: nothing to normalize; show what would go on the wire.
-            normalized = "(already a SHA-256 hash; sent unchanged)"
-        else:
-            normalized = normalize(field, value, country=country)
-        hashed = hash_field(field, value, country=country)
-    except NormalizationError as exc:
-        err_console.print(f"[red]cannot use this value for {exc.field}:[/red] {exc.reason}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except (KeyError, ValueError):
-        err_console.print(f"[red]unknown field[/red] {field!r}: use a wire key such as em or ph")
-        raise typer.Exit(EXIT_USAGE) from None
-    console.print(f"normalized: {normalized}", highlight=False)
-    console.print(f"sha256:     {hashed}", highlight=False)
-
-
 @app.command("emulator")
 def emulator_command(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8765,
     pixel: Annotated[
         list[str] | None,
-        typer.Option("--pixel", help="ID:TOKEN to accept (repeatable). Default: a demo pixel."),
+        typer.Option(
+            "--pixel",
+            metavar="ID:TOKEN",
+            help="A pixel and token to accept (repeatable). Default: a demo pixel.",
+        ),
     ] = None,
     latency_ms: Annotated[
         str | None, typer.Option("--latency-ms", help="Added latency: N or MIN-MAX (ms).")
@@ -90,15 +69,21 @@ def emulator_command(
         list[str] | None,
         typer.Option(
             "--fault",
-            help=(
-                "A fault as JSON, repeatable, same form as POST /_emulator/faults, e.g. "
-                '\'{"kind":"timeout","count":3}\', \'{"kind":"throttle","code":613,'
-                '"duration":60}\', \'{"kind":"token_revoked"}\'.'
-            ),
+            metavar="JSON",
+            help="A fault, repeatable, as for POST /_emulator/faults (examples above).",
         ),
     ] = None,
 ) -> None:
-    """Run the local Graph API emulator in the foreground (Ctrl-C to stop)."""
+    """Run the local Graph API emulator in the foreground (Ctrl-C to stop).
+
+    Fault examples:
+
+    --fault '{"kind":"timeout","count":3}'
+
+    --fault '{"kind":"throttle","code":613,"duration":60}'
+
+    --fault '{"kind":"token_revoked"}'
+    """
     import uvicorn
 
     from capirelay.emulator import EmulatorState, create_app
@@ -247,6 +232,7 @@ def demo_command(
 def _register_subcommands() -> None:
     from capirelay.cli_dlq import dlq_app
     from capirelay.cli_doctor import doctor_command
+    from capirelay.cli_hash import hash_command
     from capirelay.cli_init import init_command
     from capirelay.cli_mapping import mapping_app
     from capirelay.cli_migrate import migrate_command
@@ -254,6 +240,7 @@ def _register_subcommands() -> None:
 
     app.add_typer(dlq_app, name="dlq")
     app.command("doctor")(doctor_command)
+    app.command("hash")(hash_command)
     app.command("init")(init_command)
     app.command("send")(send_command)
     app.add_typer(mapping_app, name="mapping")
