@@ -105,3 +105,16 @@ def test_serve_without_pixels_exits_2_and_points_at_init(tmp_path: Path) -> None
     assert "no capirelay.toml found" in result.stderr
     assert "run `capirelay init`" in result.stderr
     assert not list(tmp_path.glob("*.db"))  # refused before opening any storage
+
+
+def test_serve_takes_its_log_handler_with_it(syntax_error: Path) -> None:
+    # A handler left on the root logger after the command's stderr is gone turns every
+    # later log line into a "--- Logging error ---" traceback.
+    import logging
+
+    from capirelay.server.run import main
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    assert main(["--config", str(syntax_error)]) == 2
+    assert (list(root.handlers), root.level) == before

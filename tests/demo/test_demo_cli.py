@@ -143,6 +143,11 @@ def test_the_printed_token_opens_the_dashboard(demo: tuple[Running, Path, int]) 
         answer = browser.post("/ui/login", data={"token": token, "csrf_token": csrf.group(1)})
         assert answer.status_code == 303
         assert browser.get("/ui/").status_code == 200
+        for icon in ("/favicon.ico", "/ui/static/favicon.ico"):
+            answer = browser.get(icon)
+            assert answer.status_code == 200, icon
+            assert answer.content.startswith(b"\x00\x00\x01\x00")  # an ICO file
+        assert browser.get("/favicon.ico").headers["content-type"] == "image/x-icon"
 
 
 def test_the_printed_curl_sends_an_event_and_the_outcome_is_printed(
