@@ -107,3 +107,10 @@ def test_doctor_says_what_it_reached_or_not(tmp_path: Path) -> None:
     graph = checks["graph"][0]
     assert graph["status"] == "fail"
     assert graph["detail"].startswith("http://127.0.0.1:") and "unreachable" in graph["detail"]
+
+
+def test_doctor_says_which_config_and_storage_it_checks(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    result = runner.invoke(app, ["doctor", "--config", str(config)])
+    storage = f"sqlite:///{tmp_path / 'capirelay.toml.db'}"
+    assert result.stderr.splitlines()[0] == f"config: {config}  storage: {storage}"

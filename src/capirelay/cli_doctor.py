@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from capirelay.cli_storage import load_config_or_exit
+from capirelay.cli_storage import announce_config, load_config_or_exit
 from capirelay.doctor import DoctorReport, Status, run_doctor
 
 _STYLES = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
@@ -47,6 +47,7 @@ def doctor_command(
     library_logger.setLevel(logging.ERROR)
     try:
         settings, path = load_config_or_exit(config)
+        announce_config(path, settings)
         report = asyncio.run(run_doctor(path, settings=settings))
     finally:
         library_logger.setLevel(level)

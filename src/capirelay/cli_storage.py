@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigOpt",
     "StorageOpt",
+    "announce_config",
     "existing_storage_url",
     "load_config_or_exit",
     "sqlite_file",
@@ -67,9 +68,16 @@ def storage_url(config: Path | None, storage: str | None, *, announce: bool = Tr
         return storage
     settings, path = load_config_or_exit(config)
     if announce:
-        source = str(path) if path is not None else "no config file (defaults, CAPIRELAY_*)"
-        typer.echo(f"config: {source}  storage: {redact_storage_url(settings.storage)}", err=True)
+        announce_config(path, settings)
     return settings.storage
+
+
+def announce_config(path: Path | None, settings: Settings) -> None:
+    """``config: FILE  storage: URL`` on stderr (a password in the URL masked)."""
+    from capirelay.config import redact_storage_url
+
+    source = str(path) if path is not None else "no config file (defaults, CAPIRELAY_*)"
+    typer.echo(f"config: {source}  storage: {redact_storage_url(settings.storage)}", err=True)
 
 
 def sqlite_file(url: str) -> Path | None:
