@@ -118,3 +118,16 @@ def test_serve_takes_its_log_handler_with_it(syntax_error: Path) -> None:
     before = (list(root.handlers), root.level)
     assert main(["--config", str(syntax_error)]) == 2
     assert (list(root.handlers), root.level) == before
+
+
+def test_mistakes_found_after_loading_point_at_their_table(tmp_path: Path) -> None:
+    path = tmp_path / "hooks.toml"
+    path.write_text(
+        f'storage = "sqlite:///{tmp_path / "q.db"}"\n[pixels.123]\n\n'
+        '[webhooks.shop]\npreset = "nosuch"\npixel_id = "123"\nsecret = { env = "X" }\n'
+    )
+    result = runner.invoke(app, ["serve", "--config", str(path), "--port", "0"])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if "WARNING" not in line]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{path}:4:11: webhooks.shop: unknown webhook preset 'nosuch'")

@@ -23,7 +23,9 @@ from pydantic import BaseModel, ValidationError
 
 from capirelay.sources._toml_lines import KeyLines
 
-__all__ = ["field_suggestion", "syntax_error_line", "validation_error_lines"]
+__all__ = ["field_suggestion", "locate", "syntax_error_line", "validation_error_lines"]
+
+_SETTING_LINE = re.compile(r"^\s*([A-Za-z_][\w-]*(?:\.[\w-]+)*): (.+)$")
 
 _POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _END_OF_DOCUMENT = re.compile(r"\s*\(at end of document\)\s*$")
@@ -63,6 +65,30 @@ def validation_error_lines(
             what = f"{dotted}: {_lower(error['msg'])}"
         out.append(f"{_where(path, keys, lines, loc)}: {what}")
     return out
+
+
+def locate(path: Path | None, message: str) -> str:
+    """``setting.path: problem`` lines of ``message`` as ``FILE:LINE:COL: ...`` lines.
+
+    For mistakes found after the settings loaded (webhook presets, mapping files):
+    a header line such as ``invalid webhook configuration:`` is dropped, lines that
+    name no setting are kept as they are.
+    """
+    text = _read(path) if path is not None else ""
+    if not text:
+        return message
+    keys = KeyLines(text)
+    lines = text.splitlines()
+    out = []
+    for line in message.splitlines():
+        match = _SETTING_LINE.match(line)
+        if match is None:
+            if not line.rstrip().endswith(":"):
+                out.append(line.strip())
+            continue
+        loc = match.group(1).split(".")
+        out.append(f"{_where(path, keys, lines, loc)}: {line.strip()}")
+    return "\n".join(out)
 
 
 def field_suggestion(root: type[BaseModel], loc: Sequence[str | int]) -> str | None:

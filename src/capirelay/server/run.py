@@ -25,6 +25,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
 from capirelay.config import ConfigError, Settings, config_path, load_settings, redact_storage_url
+from capirelay.config_errors import locate
 from capirelay.logs import logging_configured
 from capirelay.server.app import create_app
 
@@ -118,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    path = None
     try:
         path = config_path(args.config)
         settings = load_settings(args.config)
@@ -133,7 +135,7 @@ def _main(args: argparse.Namespace) -> int:
         )
     except ConfigError as exc:
         # One line per mistake, FILE:LINE:COL first, straight to stderr: no log prefix.
-        sys.stderr.write(f"{exc}\n")
+        sys.stderr.write(f"{locate(exc.path or path, str(exc))}\n")
         return 2
     if not settings.pixels:
         where = f"{path} has" if path is not None else "no capirelay.toml found, and"
