@@ -81,7 +81,8 @@ def render_config(answers: InitAnswers) -> str:
     )
     lines = [
         "# capirelay gateway configuration, written by `capirelay init`.",
-        "# Every setting: README, section Configuration. Check it with `capirelay doctor`.",
+        "# Every setting: examples/capirelay.toml in the capirelay repository.",
+        "# Check this file with `capirelay doctor`.",
         "# Secrets are never in this file: each is { env = ... } or { file = ... }.",
         "",
         "# The durable queue: a SQLite file, or postgresql://... for several replicas.",
