@@ -186,6 +186,24 @@ def test_dlq_list_with_the_demo_config_reads_the_demos_queue(
     assert not (cwd / "elsewhere.db").exists()
 
 
+def test_a_busy_port_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(CAPIRELAY), "demo", "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stdout
+    assert "pass --port" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_ctrl_c_ends_the_demo_with_status_zero(tmp_path: Path) -> None:
     running = _start([str(CAPIRELAY), "demo", "--port", str(_free_port())], tmp_path)
     running.wait_for(r"Ctrl-C stops the demo")

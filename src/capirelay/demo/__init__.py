@@ -27,6 +27,7 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -288,6 +289,18 @@ async def _poll(client: httpx.AsyncClient, outbox: Any, emulator_url: str) -> tu
     return {"depth": stats.depth, "dlq_size": stats.dlq_size}, meta
 
 
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or ``None`` when it is free."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def _install_stop_handlers(stop: asyncio.Event) -> dict[int, Any]:
     """Ctrl-C / SIGTERM end the demo normally (exit 0), not with a KeyboardInterrupt.
 
@@ -317,6 +330,16 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     from capirelay.server import create_app
 
     console = console or Console()
+    busy = _port_in_use(options.host, options.port)
+    if busy is not None:
+        console.print(
+            f"cannot listen on {options.host}:{options.port} ({busy}); "
+            "stop what uses it or pass --port",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 2
     files = DemoFiles.of(options)
     keys = {
         "ingest": os.environ.get(DEMO_KEY_ENV, "").strip() or DEFAULT_INGEST_KEY,
@@ -343,7 +366,9 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
             serve_task.add_done_callback(lambda _: stop.set())
             while not server.started:
                 if serve_task.done():
-                    await serve_task
+                    with contextlib.suppress(SystemExit):  # uvicorn exits on a failed start
+                        await serve_task
+                    console.print("the demo gateway did not start (see the message above)")
                     return 1
                 await asyncio.sleep(0.05)
             url = f"http://{options.host}:{options.port}"

@@ -185,7 +185,7 @@ class OutcomeRecorder:
         return [self._with_delivery(o) for o in reversed(latest)]
 
     def _with_delivery(self, outcome: Outcome) -> Outcome:
-        if outcome.status not in ("queued", "duplicate"):
+        if outcome.status != "queued":
             return outcome
         trace = self.tracer.fbtrace_id(outcome.event_id)
         if trace is None:
