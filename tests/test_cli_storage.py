@@ -114,3 +114,14 @@ def test_doctor_says_which_config_and_storage_it_checks(tmp_path: Path) -> None:
     result = runner.invoke(app, ["doctor", "--config", str(config)])
     storage = f"sqlite:///{tmp_path / 'capirelay.toml.db'}"
     assert result.stderr.splitlines()[0] == f"config: {config}  storage: {storage}"
+
+
+def test_after_the_demo_dlq_list_points_at_the_demos_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "capirelay-demo.toml").write_text('storage = "sqlite:///capirelay-demo.db"\n')
+    result = runner.invoke(app, ["dlq", "list"])
+    assert result.exit_code == 1
+    assert "the demo's queue: --config capirelay-demo.toml" in result.stderr
+    assert not (tmp_path / "capirelay.db").exists()

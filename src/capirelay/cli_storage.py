@@ -96,10 +96,16 @@ def existing_storage_url(config: Path | None, storage: str | None) -> str:
     url = storage_url(config, storage)
     path = sqlite_file(url)
     if path is not None and not path.exists():
+        demo = Path("capirelay-demo.toml")
+        hint = (
+            f"; the demo's queue: --config {demo}"
+            if demo.is_file() and (config is None or Path(config) != demo)
+            else ""
+        )
         typer.echo(
             f"no database at {path}: nothing has been queued there yet, or this is not the "
             "config you meant (pass --config FILE or set CAPIRELAY_CONFIG); "
-            "nothing was created",
+            f"nothing was created{hint}",
             err=True,
         )
         raise typer.Exit(1)
