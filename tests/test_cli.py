@@ -104,8 +104,8 @@ def send(emulator: RunningEmulator, path: Path, *extra: str, token: str | None =
 def test_send_hashes_and_delivers(emulator: RunningEmulator, tmp_path: Path) -> None:
     result = send(emulator, write_json(tmp_path, raw_event()), "--test-event-code", "TEST42")
     assert result.exit_code == 0, result.output
-    assert "events_received: 1" in result.output
-    assert "fbtrace_id: " in result.output
+    assert "sent 1 event(s) to pixel 1234567890: events_received 1, fbtrace_id " in result.output
+    assert "Events Manager > Test events under TEST42" in result.output
     (stored,) = emulator.state.events(PIXEL, test_event_code="TEST42")
     email_hashes = stored["event"]["user_data"]["em"]
     expected = hashlib.sha256(RAW_EMAIL.strip().lower().encode()).hexdigest()
@@ -121,7 +121,7 @@ def test_send_accepts_a_list_or_a_data_envelope(
     payload = events if shape == "list" else {"data": events}
     result = send(emulator, write_json(tmp_path, payload))
     assert result.exit_code == 0, result.output
-    assert "events_received: 2" in result.output
+    assert "events_received 2" in result.output
 
 
 def test_send_without_token_env_exits_2(emulator: RunningEmulator, tmp_path: Path) -> None:
@@ -136,8 +136,9 @@ def test_send_with_a_bad_token_explains_and_exits_1(
     secret = "EAAwrongtokenwrongtoken123456789"
     result = send(emulator, write_json(tmp_path, raw_event()), token=secret)
     assert result.exit_code == 1
-    assert "code=190" in result.output
-    assert "new system-user token" in result.output
+    assert "not sent: the request with 1 event(s) failed (HTTP 400, code 190" in result.stderr
+    assert "system-user token with the ads_management permission" in result.output
+    assert "2 of" not in result.output and "1 of 1 event was not sent" in result.output
     assert secret not in result.output
 
 
@@ -145,14 +146,60 @@ def test_send_an_invalid_event_names_its_index(emulator: RunningEmulator, tmp_pa
     old = raw_event("old", event_time=int(time.time()) - 9 * 86400)
     result = send(emulator, write_json(tmp_path, [raw_event("ok"), old]))
     assert result.exit_code == 1
-    assert "Event 1:" in result.output
+    assert "event 1 (Purchase, event_id old): not sent" in result.output
     assert "7 days" in result.output
     assert RAW_EMAIL not in result.output
+    # The valid event was still sent: one bad event does not cost the others.
+    assert [e["event"]["event_id"] for e in emulator.state.events(PIXEL)] == ["ok"]
+
+
+def test_send_lists_every_problem_and_sends_the_valid_events(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    bad_purchase = raw_event("p-1", custom_data={"value": "lots", "currency": "DOLLARS"})
+    del bad_purchase["action_source"]
+    lead = raw_event("lead-1", event_name="Lead", custom_data={})
+    result = send(emulator, write_json(tmp_path, [bad_purchase, lead]))
+    assert result.exit_code == 1
+    err = result.stderr
+    assert "event 0 (Purchase, event_id p-1): not sent" in err
+    problems = [line for line in err.splitlines() if line.startswith("  error   ")]
+    assert len(problems) >= 3, err  # every problem, not only the first
+    assert any("action_source" in line for line in problems)
+    assert any("custom_data.value" in line for line in problems)
+    assert any("currency" in line for line in err.splitlines())
+    assert "1 of 2 events were not sent" not in err and "1 of 2 event was not sent" in err
+    assert "dead-letter" not in result.output and "replay" not in result.output
+    assert "sent 1 event(s)" in result.stdout
+    assert [e["event"]["event_id"] for e in emulator.state.events(PIXEL)] == ["lead-1"]
+
+
+def test_send_to_an_unreachable_graph_says_nothing_was_retried(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    result = runner.invoke(
+        app,
+        [
+            "send",
+            str(write_json(tmp_path, raw_event())),
+            "--pixel",
+            PIXEL,
+            "--graph-url",
+            f"http://127.0.0.1:{closed}",
+        ],
+        env={"CAPIRELAY_ACCESS_TOKEN": TOKEN},
+    )
+    assert result.exit_code == 1
+    assert "not sent: the request with 1 event(s) failed (no answer)" in result.stderr
+    assert "nothing will be retried" in result.stderr
+    assert "retried automatically" not in result.output
+    assert "no action needed" not in result.output
 
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("{not json", "not valid JSON"), ("[]", "non-empty list"), ("[1]", "non-empty list")],
+    [("{not json", "not valid JSON"), ("[]", "holds no events")],
 )
 def test_send_rejects_bad_files(
     emulator: RunningEmulator, tmp_path: Path, content: str, message: str
@@ -166,9 +213,17 @@ def test_send_rejects_bad_files(
 
 def test_send_model_errors_do_not_echo_values(emulator: RunningEmulator, tmp_path: Path) -> None:
     result = send(emulator, write_json(tmp_path, raw_event(event_time="yesterday at noon")))
-    assert result.exit_code == 2
-    assert "event 0" in result.output
+    assert result.exit_code == 1
+    assert "event 0 (Purchase, event_id cli-1): not sent" in result.output
     assert "yesterday at noon" not in result.output
+
+
+def test_send_names_events_that_are_not_objects(emulator: RunningEmulator, tmp_path: Path) -> None:
+    result = send(emulator, write_json(tmp_path, [1, raw_event("fine")]))
+    assert result.exit_code == 1
+    assert "event 0 (?): not sent" in result.stderr
+    assert "the event must be a JSON object" in result.stderr
+    assert [e["event"]["event_id"] for e in emulator.state.events(PIXEL)] == ["fine"]
 
 
 def test_send_rejects_a_non_numeric_pixel(tmp_path: Path) -> None:

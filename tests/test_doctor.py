@@ -154,6 +154,8 @@ def test_healthy_setup_passes_every_check(tmp_path: Path, emulator: RunningEmula
     names = set(by_name(report))
     assert {"config", "storage", "graph", "clock", f"token {PIXEL}"} <= names
     assert {f"api version {PIXEL}", "backlog", "dead letters", "match quality"} <= names
+    graph = by_name(report)["graph"]["detail"]
+    assert graph.startswith(f"reached {emulator.url}") and "proves the network path" in graph
 
 
 def test_revoked_token_fails(tmp_path: Path, emulator: RunningEmulator) -> None:
@@ -245,10 +247,11 @@ def test_unreachable_graph_and_broken_config(tmp_path: Path) -> None:
 
     broken = tmp_path / "broken.toml"
     broken.write_text('port = "not a port"\n', encoding="utf-8")
-    code, report = doctor(broken)
-    assert code == 1
-    assert [c["name"] for c in report["checks"]] == ["config"]
-    assert report["checks"][0]["detail"].startswith("invalid configuration")
+    result = runner.invoke(app, ["doctor", "--config", str(broken)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith(f"{broken}:1:1: port: ")
+    report = orjson.loads(orjson.dumps(asyncio.run(run_doctor(broken)).to_dict()))
+    assert report["checks"][0]["detail"].startswith(f"{broken}:1:1: port: ")
 
 
 def test_rich_table_output(tmp_path: Path, emulator: RunningEmulator) -> None:

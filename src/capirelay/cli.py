@@ -12,13 +12,16 @@ Secrets never come from flags (they would land in shell history and ``ps``):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
 import typer
 from rich.console import Console
+
+from capirelay._cli_help import quiet_flag_types
+
+quiet_flag_types()
 
 app = typer.Typer(
     name="capirelay",
@@ -37,134 +40,17 @@ DEFAULT_EMULATOR_PIXEL = "1234567890"
 DEFAULT_EMULATOR_TOKEN = "emulator-token"  # public, documented: the emulator's demo token
 
 
-@app.command("hash")
-def hash_command(
-    field: Annotated[str, typer.Argument(help="Wire key or name: em, email, ph, phone, fn ...")],
-    value: Annotated[str, typer.Argument(help="The raw value to normalize and hash.")],
-    country: Annotated[
-        str | None,
-        typer.Option("--country", help="Country hint (ISO alpha-2 or name) for ph, st, zp."),
-    ] = None,
-) -> None:
-    """Print a value normalized as Meta expects, and its SHA-256."""
-    from capirelay.normalize import NormalizationError, hash_field, is_sha256, normalize
-
-    try:
-        if is_sha256(value):
-            # Already hashed: nothing to normalize; show what would go on the wire.
-            normalized = "(already a SHA-256 hash; sent unchanged)"
-        else:
-            normalized = normalize(field, value, country=country)
-        hashed = hash_field(field, value, country=country)
-    except NormalizationError as exc:
-        err_console.print(f"[red]cannot use this value for {exc.field}:[/red] {exc.reason}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except (KeyError, ValueError):
-        err_console.print(f"[red]unknown field[/red] {field!r}: use a wire key such as em or ph")
-        raise typer.Exit(EXIT_USAGE) from None
-    console.print(f"normalized: {normalized}", highlight=False)
-    console.print(f"sha256:     {hashed}", highlight=False)
-
-
-@app.command("send")
-def send_command(
-    event_file: Annotated[
-        Path, typer.Argument(help="JSON file: one CAPI event, a list, or {'data': [...]}.")
-    ],
-    pixel: Annotated[str, typer.Option("--pixel", help="Pixel (dataset) id.")],
-    test_event_code: Annotated[
-        str | None, typer.Option("--test-event-code", help="Route to Events Manager > Test.")
-    ] = None,
-    api_version: Annotated[str, typer.Option("--api-version")] = "v26.0",
-    graph_url: Annotated[
-        str, typer.Option("--graph-url", help="Graph base URL (an emulator's URL for testing).")
-    ] = "https://graph.facebook.com",
-    default_country: Annotated[
-        str | None, typer.Option("--default-country", help="Completes national phones/zips.")
-    ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds.")] = 1.5,
-) -> None:
-    """Send events from a JSON file; the token comes from CAPIRELAY_ACCESS_TOKEN."""
-    from capirelay.graph import GraphError, SyncGraphClient
-
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        err_console.print(f"[red]set {TOKEN_ENV}[/red] to the pixel's access token")
-        raise typer.Exit(EXIT_USAGE)
-    if not pixel.isascii() or not pixel.isdigit():
-        err_console.print("[red]--pixel must be the numeric pixel id[/red]")
-        raise typer.Exit(EXIT_USAGE)
-    payloads = _wire_events(_read_events(event_file), default_country)
-    try:
-        client = SyncGraphClient(api_version=api_version, base_url=graph_url, timeout=timeout)
-        with client:
-            result = client.send_events(
-                pixel, payloads, access_token=token, test_event_code=test_event_code
-            )
-    except GraphError as exc:
-        err_console.print(f"[red]Meta rejected the request:[/red] {exc}", highlight=False)
-        if exc.user_msg:
-            err_console.print(f"  {exc.user_title or 'detail'}: {exc.user_msg}", highlight=False)
-        err_console.print(f"  what to do: {exc.explanation}", highlight=False)
-        raise typer.Exit(EXIT_FAILED) from None
-    except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(EXIT_USAGE) from None
-    console.print(f"events_received: {result.events_received}", highlight=False)
-    console.print(f"fbtrace_id: {result.fbtrace_id}", highlight=False)
-    for message in result.messages:
-        console.print(f"message: {message}", highlight=False)
-
-
-def _read_events(path: Path) -> list[dict[str, Any]]:
-    try:
-        loaded = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        err_console.print(f"[red]cannot read {path}:[/red] {exc.strerror}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except orjson.JSONDecodeError:
-        err_console.print(f"[red]{path} is not valid JSON[/red]")
-        raise typer.Exit(EXIT_USAGE) from None
-    if isinstance(loaded, dict) and isinstance(loaded.get("data"), list):
-        loaded = loaded["data"]
-    events = loaded if isinstance(loaded, list) else [loaded]
-    if not events or not all(isinstance(e, dict) for e in events):
-        err_console.print("[red]expected a JSON object or a non-empty list of objects[/red]")
-        raise typer.Exit(EXIT_USAGE)
-    return events
-
-
-def _wire_events(events: list[dict[str, Any]], default_country: str | None) -> list[dict[str, Any]]:
-    """Normalize and hash each event; report (never echo) what was dropped."""
-    from pydantic import ValidationError
-
-    from capirelay.events import Event
-
-    payloads = []
-    for index, raw in enumerate(events):
-        try:
-            wire = Event.model_validate(raw).to_wire(default_country=default_country)
-        except ValidationError as exc:
-            for detail in exc.errors(include_input=False, include_url=False):
-                location = ".".join(str(part) for part in detail["loc"])
-                err_console.print(f"[red]event {index}: {location}:[/red] {detail['msg']}")
-            raise typer.Exit(EXIT_USAGE) from None
-        for problem in wire.problems:
-            err_console.print(
-                f"[yellow]event {index}: {problem.field}:[/yellow] {problem.message}",
-                highlight=False,
-            )
-        payloads.append(wire.payload)
-    return payloads
-
-
 @app.command("emulator")
 def emulator_command(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8765,
     pixel: Annotated[
         list[str] | None,
-        typer.Option("--pixel", help="ID:TOKEN to accept (repeatable). Default: a demo pixel."),
+        typer.Option(
+            "--pixel",
+            metavar="ID:TOKEN",
+            help="A pixel and token to accept (repeatable). Default: a demo pixel.",
+        ),
     ] = None,
     latency_ms: Annotated[
         str | None, typer.Option("--latency-ms", help="Added latency: N or MIN-MAX (ms).")
@@ -183,15 +69,21 @@ def emulator_command(
         list[str] | None,
         typer.Option(
             "--fault",
-            help=(
-                "A fault as JSON, repeatable, same form as POST /_emulator/faults, e.g. "
-                '\'{"kind":"timeout","count":3}\', \'{"kind":"throttle","code":613,'
-                '"duration":60}\', \'{"kind":"token_revoked"}\'.'
-            ),
+            metavar="JSON",
+            help="A fault, repeatable, as for POST /_emulator/faults (examples above).",
         ),
     ] = None,
 ) -> None:
-    """Run the local Graph API emulator in the foreground (Ctrl-C to stop)."""
+    """Run the local Graph API emulator in the foreground (Ctrl-C to stop).
+
+    Fault examples:
+
+    --fault '{"kind":"timeout","count":3}'
+
+    --fault '{"kind":"throttle","code":613,"duration":60}'
+
+    --fault '{"kind":"token_revoked"}'
+    """
     import uvicorn
 
     from capirelay.emulator import EmulatorState, create_app
@@ -310,17 +202,29 @@ def demo_command(
         "capirelay-demo.db"
     ),
     once: Annotated[
-        bool, typer.Option("--once", help="Send the sample event, show it delivered, exit.")
+        bool, typer.Option("--once", help="Send one sample event, show it delivered, exit.")
     ] = False,
 ) -> None:
-    """Gateway + local Graph API emulator + a demo shop page, all on this machine."""
+    """Gateway + local Graph API emulator + a demo shop page, all on this machine.
+
+    Prints the shop and dashboard URLs, the dashboard token, the ingest key with
+    a curl example, and writes the demo's settings to capirelay-demo.toml (next
+    to --db) so `capirelay dlq list --config capirelay-demo.toml` reads its queue.
+    ./capirelay.toml is not read.  Ctrl-C stops it.
+    """
     import asyncio
     import logging
 
     from capirelay.demo import DemoOptions, run_demo
+    from capirelay.logs import logging_configured
 
-    logging.basicConfig(level=logging.WARNING)
-    code = asyncio.run(run_demo(DemoOptions(host=host, port=port, db_path=db, once=once), console))
+    with logging_configured(logging.WARNING):
+        try:
+            code = asyncio.run(
+                run_demo(DemoOptions(host=host, port=port, db_path=db, once=once), console)
+            )
+        except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+            code = 0
     if code:
         raise typer.Exit(code)
 
@@ -328,11 +232,17 @@ def demo_command(
 def _register_subcommands() -> None:
     from capirelay.cli_dlq import dlq_app
     from capirelay.cli_doctor import doctor_command
+    from capirelay.cli_hash import hash_command
+    from capirelay.cli_init import init_command
     from capirelay.cli_mapping import mapping_app
     from capirelay.cli_migrate import migrate_command
+    from capirelay.cli_send import send_command
 
     app.add_typer(dlq_app, name="dlq")
     app.command("doctor")(doctor_command)
+    app.command("hash")(hash_command)
+    app.command("init")(init_command)
+    app.command("send")(send_command)
     app.add_typer(mapping_app, name="mapping")
     app.command("migrate")(migrate_command)
 

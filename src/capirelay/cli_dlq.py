@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from capirelay.cli_storage import ConfigOpt, StorageOpt, storage_url
+from capirelay.cli_storage import ConfigOpt, StorageOpt, existing_storage_url
 from capirelay.outbox import DLQFilter, Outbox
 
 dlq_app = typer.Typer(help="Inspect, replay and purge dead-lettered events.", no_args_is_help=True)
@@ -111,7 +111,7 @@ def list_command(
 
     flt = _filter(pixel, event_name, reason, since, until)
     rows = _with_outbox(
-        storage_url(config, storage),
+        existing_storage_url(config, storage),
         lambda o: dlq.list_dead_letters(o, flt, limit=limit, offset=offset),
     )
     if not rows:
@@ -153,7 +153,7 @@ def show_command(
     """Show one dead letter: the hashed wire event, Meta's answer, every attempt."""
     from capirelay import dlq
 
-    detail = _with_outbox(storage_url(config, storage), lambda o: dlq.show(o, dlq_id))
+    detail = _with_outbox(existing_storage_url(config, storage), lambda o: dlq.show(o, dlq_id))
     if detail is None:
         err_console.print(f"[red]no dead letter with id {dlq_id}[/red]")
         raise typer.Exit(1)
@@ -212,7 +212,7 @@ def replay_command(
         ids, _filter(pixel, event_name, reason, since, until), everything_ok=all_
     )
     report = _with_outbox(
-        storage_url(config, storage),
+        existing_storage_url(config, storage),
         lambda o: dlq.replay(o, target, now=time.time(), dry_run=dry_run),
     )
     verb = "would re-queue" if dry_run else "re-queued"
@@ -252,5 +252,5 @@ def purge_command(
     if isinstance(target, DLQFilter) and not yes:
         err_console.print("[red]a purge by filter deletes every match: add --yes to confirm[/red]")
         raise typer.Exit(2)
-    count = _with_outbox(storage_url(config, storage), lambda o: dlq.purge(o, target))
+    count = _with_outbox(existing_storage_url(config, storage), lambda o: dlq.purge(o, target))
     console.print(f"purged: {count}")

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from capirelay.cli_storage import announce_config, load_config_or_exit
 from capirelay.doctor import DoctorReport, Status, run_doctor
 
 _STYLES = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
@@ -30,7 +31,9 @@ _SUMMARY = {
 def doctor_command(
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="capirelay.toml (default: $CAPIRELAY_CONFIG)."),
+        typer.Option(
+            "--config", help="Config file (default: $CAPIRELAY_CONFIG, else ./capirelay.toml)."
+        ),
     ] = None,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 1 on warnings too, not only on failures.")
@@ -43,7 +46,9 @@ def doctor_command(
     level = library_logger.level
     library_logger.setLevel(logging.ERROR)
     try:
-        report = asyncio.run(run_doctor(config))
+        settings, path = load_config_or_exit(config)
+        announce_config(path, settings)
+        report = asyncio.run(run_doctor(path, settings=settings))
     finally:
         library_logger.setLevel(level)
     if as_json:

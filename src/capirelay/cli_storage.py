@@ -1,38 +1,112 @@
-"""The ``--config`` / ``--storage`` pair of every command that opens the outbox directly
-(``capirelay dlq ...``, ``capirelay migrate``), and how it resolves to a storage URL.
+"""How every command finds its config and storage, and says which it uses.
 
-One definition keeps the flags, their help and the precedence (``--storage`` over
-the config's ``storage``) the same across those commands.
+The config file is ``--config``, else ``$CAPIRELAY_CONFIG``, else
+``./capirelay.toml`` (when it exists; otherwise defaults and ``CAPIRELAY_*``
+variables).  ``--storage`` overrides the config's ``storage``.  Each command
+prints, on stderr, which config and storage it uses (a password in a
+PostgreSQL URL is masked), so an empty answer from the wrong database is never
+mistaken for an empty queue.  A config mistake is one ``FILE:LINE:COL: ...``
+line and exit status 2.
+
+Commands that only read (``dlq list``, ``dlq show``) refuse a SQLite file that
+does not exist instead of creating an empty database as a side effect.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-__all__ = ["ConfigOpt", "StorageOpt", "storage_url"]
+if TYPE_CHECKING:
+    from capirelay.config import Settings
 
-_err_console = Console(stderr=True)
+__all__ = [
+    "ConfigOpt",
+    "StorageOpt",
+    "announce_config",
+    "existing_storage_url",
+    "load_config_or_exit",
+    "sqlite_file",
+    "storage_url",
+]
+
+EXIT_USAGE = 2
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="capirelay.toml (default: $CAPIRELAY_CONFIG).")
+    Path | None,
+    typer.Option(
+        "--config", help="Config file (default: $CAPIRELAY_CONFIG, else ./capirelay.toml)."
+    ),
 ]
 StorageOpt = Annotated[
     str | None, typer.Option("--storage", help="Storage URL; overrides the config's.")
 ]
 
 
-def storage_url(config: Path | None, storage: str | None) -> str:
-    """``--storage`` if given, else the settings' ``storage``; a bad config exits with 2."""
-    if storage:
-        return storage
-    from capirelay.config import ConfigError, load_settings
+def load_config_or_exit(config: Path | None) -> tuple[Settings, Path | None]:
+    """The settings and the file they came from; a mistake prints its line(s) and exits 2."""
+    from capirelay.config import ConfigError, config_path, load_settings
 
     try:
-        return load_settings(config).storage
+        path = config_path(config)
+        settings = load_settings(config)
     except ConfigError as exc:
-        _err_console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    return settings, path
+
+
+def storage_url(config: Path | None, storage: str | None, *, announce: bool = True) -> str:
+    """``--storage`` if given, else the settings' ``storage``; says which on stderr."""
+    from capirelay.config import redact_storage_url
+
+    if storage:
+        if announce:
+            typer.echo(f"storage: {redact_storage_url(storage)} (from --storage)", err=True)
+        return storage
+    settings, path = load_config_or_exit(config)
+    if announce:
+        announce_config(path, settings)
+    return settings.storage
+
+
+def announce_config(path: Path | None, settings: Settings) -> None:
+    """``config: FILE  storage: URL`` on stderr (a password in the URL masked)."""
+    from capirelay.config import redact_storage_url
+
+    source = str(path) if path is not None else "no config file (defaults, CAPIRELAY_*)"
+    typer.echo(f"config: {source}  storage: {redact_storage_url(settings.storage)}", err=True)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite:///...`` URL (``None`` for other backends and in-memory)."""
+    for prefix in ("sqlite:///", "sqlite://"):
+        if url.startswith(prefix):
+            rest = url[len(prefix) :].split("?", 1)[0]
+            if not rest or rest == ":memory:":
+                return None
+            return Path(rest)
+    return None
+
+
+def existing_storage_url(config: Path | None, storage: str | None) -> str:
+    """Like :func:`storage_url`, for commands that only read: a missing SQLite file exits 1."""
+    url = storage_url(config, storage)
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        demo = Path("capirelay-demo.toml")
+        hint = (
+            f"; the demo's queue: --config {demo}"
+            if demo.is_file() and (config is None or Path(config) != demo)
+            else ""
+        )
+        typer.echo(
+            f"no database at {path}: nothing has been queued there yet, or this is not the "
+            "config you meant (pass --config FILE or set CAPIRELAY_CONFIG); "
+            f"nothing was created{hint}",
+            err=True,
+        )
+        raise typer.Exit(1)
+    return url

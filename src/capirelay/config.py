@@ -36,7 +36,14 @@ _PIXEL_ID = re.compile(r"^[0-9]{1,32}$")
 
 
 class ConfigError(ValueError):
-    """The configuration cannot work; the message names the setting and the fix."""
+    """The configuration cannot work; the message names the setting and the fix.
+
+    ``path`` is the config file it is about, when there is one.
+    """
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class Secret(BaseModel):
@@ -355,26 +362,56 @@ class Settings(BaseSettings):
         return out
 
 
+def redact_storage_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print and log)."""
+    return re.sub(r"(://[^:/@\s]+):[^/\s]*@", r"\1:***@", url)
+
+
+def config_path(config_file: str | Path | None = None) -> Path | None:
+    """The config file commands read: ``--config``, else ``$CAPIRELAY_CONFIG``, else
+    ``./capirelay.toml`` when it exists; ``None`` when there is none (defaults + env).
+
+    Raises :class:`ConfigError` when a file is named explicitly but does not exist.
+    """
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise ConfigError(f"config file {config_file} does not exist (given with --config)")
+        return Path(config_file)
+    named = os.environ.get("CAPIRELAY_CONFIG")
+    if named:
+        if not Path(named).is_file():
+            raise ConfigError(f"config file {named} does not exist (named by CAPIRELAY_CONFIG)")
+        return Path(named)
+    default = Path("capirelay.toml")
+    return default if default.is_file() else None
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
     """Load settings; ``config_file`` overrides ``CAPIRELAY_CONFIG``.
 
-    Raises :class:`ConfigError` with the setting's path and the reason.
+    Raises :class:`ConfigError` whose message is one ``FILE:LINE:COL: what is wrong``
+    line per mistake (see :mod:`capirelay.config_errors`).
     """
+    import tomllib
+
     from pydantic import ValidationError
 
+    from capirelay.config_errors import syntax_error_line, validation_error_lines
+
+    path = config_path(config_file)
     previous = os.environ.get("CAPIRELAY_CONFIG")
     if config_file is not None:
-        if not Path(config_file).is_file():
-            raise ConfigError(f"config file {config_file} does not exist")
         os.environ["CAPIRELAY_CONFIG"] = str(config_file)
     try:
         settings = Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        assert path is not None  # only a file can have a syntax error
+        raise ConfigError(syntax_error_line(path, exc), path=path) from None
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{loc}: {err['msg']}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+        lines = validation_error_lines(path, exc, Settings)
+        raise ConfigError("\n".join(lines), path=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}:1:1: the file is not UTF-8 text", path=path) from None
     finally:
         if config_file is not None:
             if previous is None:

@@ -148,6 +148,60 @@ def config_checks(settings: Settings) -> list[Check]:
     return checks
 
 
+def credential_checks(settings: Settings) -> list[Check]:
+    """Ingest keys and the dashboard credential: configured, and readable right now."""
+    checks: list[Check] = []
+    if not settings.ingest_keys:
+        checks.append(
+            Check(
+                "ingest keys",
+                Status.OK,
+                "none configured: POST /v1/events refuses server-to-server events (fine when "
+                "only the browser beacon and webhooks send; capirelay init writes one)",
+            )
+        )
+    unreadable = [
+        f"ingest_keys.{name}.key ({key.key.describe()})"
+        for name, key in settings.ingest_keys.items()
+        if key.key.resolve() is None
+    ]
+    for where in unreadable:
+        checks.append(
+            Check(
+                "ingest keys",
+                Status.FAIL,
+                f"{where} is missing or empty",
+                "create the file / set the variable: requests with this key are refused",
+            )
+        )
+    if settings.ingest_keys and not unreadable:
+        checks.append(
+            Check("ingest keys", Status.OK, f"{len(settings.ingest_keys)} key(s) set and readable")
+        )
+    checks.append(_dashboard_check(settings))
+    return checks
+
+
+def _dashboard_check(settings: Settings) -> Check:
+    dashboard = settings.dashboard
+    secret = dashboard.admin_token or dashboard.basic_password
+    if secret is None:
+        return Check(
+            "dashboard",
+            Status.OK,
+            "off (no [dashboard] admin_token): /ui/ answers 404",
+        )
+    name = "admin_token" if dashboard.admin_token is not None else "basic_password"
+    if secret.resolve() is None:
+        return Check(
+            "dashboard",
+            Status.FAIL,
+            f"dashboard.{name} ({secret.describe()}) is missing or empty: nobody can sign in",
+            "create the file / set the variable, or remove [dashboard] to turn the UI off",
+        )
+    return Check("dashboard", Status.OK, f"on at /ui/; dashboard.{name} is set and readable")
+
+
 def storage_check(storage_url: str, error: str | None) -> Check:
     kind = storage_url.split(":", 1)[0]
     if error is None:
@@ -164,7 +218,12 @@ def storage_check(storage_url: str, error: str | None) -> Check:
 def graph_check(probe: GraphProbe, graph_url: str) -> Check:
     if probe.reachable:
         latency = f" in {probe.latency_ms:.0f} ms" if probe.latency_ms is not None else ""
-        return Check("graph", Status.OK, f"{graph_url} answered HTTP {probe.status}{latency}")
+        return Check(
+            "graph",
+            Status.OK,
+            f"reached {graph_url}{latency} (a token-less probe; any HTTP answer, here "
+            f"{probe.status}, proves the network path to Graph works)",
+        )
     return Check(
         "graph",
         Status.FAIL,
@@ -385,11 +444,17 @@ async def run_doctor(
             settings = load_settings(config)
         except ConfigError as exc:
             report.checks.append(
-                Check("config", Status.FAIL, str(exc), "fix capirelay.toml, then run again")
+                Check(
+                    "config",
+                    Status.FAIL,
+                    str(exc),
+                    f"fix {exc.path or 'the settings'}, then run again",
+                )
             )
             return report
     now = time.time() if now is None else now
     report.checks.extend(config_checks(settings))
+    report.checks.extend(credential_checks(settings))
     storage, probe, tokens = await asyncio.gather(
         _storage_facts(settings.storage, now),
         probe_graph(settings, transport=transport),

@@ -20,10 +20,12 @@ logger with the filter attached, for ``capirelay serve --log-format json|text``.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -162,3 +164,32 @@ def configure_logging(
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
     return handler
+
+
+@contextlib.contextmanager
+def logging_configured(
+    level: str | int = "info", json: bool = False, *, stream: IO[str] | None = None
+) -> Iterator[logging.Handler]:
+    """:func:`configure_logging` for as long as the block runs, then put everything back.
+
+    The process (or command) that installs a handler closes it: a handler left on
+    the root logger after its stream is gone (a test runner's captured stderr, a
+    closed pipe) turns every later log call into a "--- Logging error ---".
+    """
+    root = logging.getLogger()
+    saved_root = (list(root.handlers), root.level)
+    saved_uvicorn = {
+        name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+    }
+    handler = configure_logging(level, json, stream=stream)
+    try:
+        yield handler
+    finally:
+        root.handlers[:] = saved_root[0]
+        root.setLevel(saved_root[1])
+        for name, (handlers, propagate) in saved_uvicorn.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+        handler.close()

@@ -195,9 +195,31 @@ def test_buy_reaches_meta_with_the_pixels_event_id(demo: Demo, page: Page) -> No
     assert fbp is not None and fbp.startswith("fb.")
     assert event["user_data"]["fbp"] == fbp
 
+    # The page shows what really happened: delivered, with the Graph request's fbtrace_id.
+    line = page.locator(f'#log .outcome[data-event-id="{event_id}"][data-status="delivered"]')
+    line.wait_for(timeout=DELIVERY_SECONDS * 1000)
+    assert re.search(r"delivered to Meta \(emulator\) · fbtrace_id \S+", line.inner_text())
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "demo-shop-after-buy.png"), full_page=True)
-    assert event_id in page.inner_text("#log")
+
+
+def test_a_headless_buy_shows_it_was_dropped_as_a_bot(demo: Demo, browser: Browser) -> None:
+    # Headless Chromium's own user agent ("HeadlessChrome"): the gateway drops it as a bot,
+    # and the page must say so instead of claiming the purchase was sent.
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        before = _bots_dropped(demo)
+        page.goto(f"{demo.url}/shop")
+        event_id = _buy(page)
+        line = page.locator(f'#log .outcome[data-event-id="{event_id}"][data-status="dropped"]')
+        line.wait_for(timeout=DELIVERY_SECONDS * 1000)
+        assert "dropped by the gateway" in line.inner_text()
+        assert "crawler or a headless browser" in line.inner_text()
+        assert _bots_dropped(demo) == before + 1
+        assert event_id not in _received(demo)
+    finally:
+        context.close()
 
 
 def test_nothing_is_sent_before_consent_and_the_queue_flushes_after(demo: Demo, page: Page) -> None:

@@ -83,6 +83,8 @@ def _log_in(page: playwright_sync.Page, gateway: Gateway) -> None:
 def test_log_in_watch_counts_replay_a_dead_letter(
     page: playwright_sync.Page, gateway: Gateway, uid: str
 ) -> None:
+    missing: list[str] = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
     _log_in(page, gateway)
     sent_before = _sent(page, "Purchase")
 
@@ -147,7 +149,15 @@ def test_log_in_watch_counts_replay_a_dead_letter(
 
     page.goto(f"{gateway.url}/ui/quality")
     assert "lack" in page.inner_text("main")
+    # At 1280 px the whole Match quality table is in view: no column cut off or scrolled away.
+    widths = page.evaluate(
+        "[...document.querySelectorAll('table.quality')].map("
+        "t => [t.parentElement.scrollWidth, t.parentElement.clientWidth])"
+    )
+    assert widths and all(scroll <= client for scroll, client in widths), widths
     _shot(page, "07-quality")
+    # The icon a browser asks every dashboard page's origin for exists.
+    assert page.evaluate("document.querySelector('link[rel=icon]').href").endswith("favicon.ico")
 
     page.goto(f"{gateway.url}/ui/health")
     assert page.locator('td [data-col="token"]').first.inner_text() == "valid"
@@ -168,6 +178,8 @@ def test_log_in_watch_counts_replay_a_dead_letter(
         gateway.clear_faults()
     assert page.locator('tr[data-event="Lead"] td[data-col="dlq"] a').count() == 1
     _shot(page, "10-overview-with-dead-letter")
+
+    assert missing == [], missing  # no 404 on any dashboard page (favicon included)
 
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"{gateway.url}/ui/")

@@ -1,10 +1,20 @@
 """``capirelay demo``: the whole path on one machine, with nothing to configure.
 
 It starts the local Graph API emulator (standing in for Meta), the gateway on
-an embedded SQLite file, and a small shop page whose "Buy" button sends a
-``Purchase`` through the browser beacon.  One server-to-server event is sent
-at start so something flows immediately.  The terminal shows events moving
-from ingest to the queue to "Meta".
+an embedded SQLite file with the dashboard on, and a small shop page whose
+"Buy" button sends a ``Purchase`` through the browser beacon.  One
+server-to-server event is sent at start so something flows immediately.
+
+It prints one block with every way in (shop, dashboard and its token, the
+ingest key with a ready ``curl``, the emulator, the database and the config it
+wrote), then a table of what happened to each event: queued, dropped and why,
+rejected and why, delivered to "Meta" with the ``fbtrace_id``.  The shop page
+shows the same outcome for each click.
+
+The demo's settings are its own: ``./capirelay.toml`` and ``CAPIRELAY_*``
+variables are not read.  It writes them to ``capirelay-demo.toml`` (next to the
+database; secrets in 0600 files beside it) so other commands can look at the
+demo's queue: ``capirelay dlq list --config capirelay-demo.toml``.
 
 ``--once`` sends the sample event, waits until the emulator has it and exits
 (used by the test suite and handy as a smoke test).
@@ -13,7 +23,12 @@ from ingest to the queue to "Meta".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shlex
+import signal
+import socket
+import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -21,17 +36,40 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 
-from capirelay.config import IngestKey, PixelSettings, Secret, Settings
+from capirelay.config import (
+    DashboardSettings,
+    IngestKey,
+    PixelSettings,
+    Secret,
+    Settings,
+)
+from capirelay.demo._outcomes import Outcome, OutcomeRecorder, TracingEmulatorState
+from capirelay.secret_files import new_token, toml_string, write_secret
+
+__all__ = [
+    "DEMO_PIXEL_ID",
+    "DemoFiles",
+    "DemoOptions",
+    "demo_settings",
+    "run_demo",
+    "sample_event",
+    "shop_page",
+]
 
 DEMO_PIXEL_ID = "1234567890"
-DEMO_TOKEN_ENV = "CAPIRELAY_DEMO_ACCESS_TOKEN"
+DEMO_TOKEN = "emulator-token"  # the emulator's public demo token, not a Meta credential
 DEMO_KEY_ENV = "CAPIRELAY_DEMO_INGEST_KEY"
+DEMO_ADMIN_ENV = "CAPIRELAY_DEMO_ADMIN_TOKEN"
+DEFAULT_INGEST_KEY = "demo-ingest-key"
+POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -40,26 +78,89 @@ class DemoOptions:
     port: int = 8080
     db_path: Path = Path("capirelay-demo.db")
     once: bool = False
+    # The settings file the demo writes; default: the database's name with .toml.
+    config_path: Path | None = None
 
 
-def demo_settings(options: DemoOptions, graph_url: str) -> Settings:
+@dataclass(frozen=True)
+class DemoFiles:
+    """Where the demo keeps its queue, its settings and its secrets (absolute paths)."""
+
+    db: Path
+    config: Path
+    secrets: Path
+
+    @classmethod
+    def of(cls, options: DemoOptions) -> DemoFiles:
+        db = options.db_path.absolute()
+        config = (options.config_path or options.db_path.with_suffix(".toml")).absolute()
+        return cls(db=db, config=config, secrets=config.with_name(config.stem + "-secrets"))
+
+
+class _DemoSettings(Settings):
+    """Settings from the demo's own values only: no ./capirelay.toml, no CAPIRELAY_* variables."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: Any, init_settings: Any, *_: Any, **__: Any
+    ) -> Any:
+        return (init_settings,)
+
+
+def demo_settings(options: DemoOptions, graph_url: str, files: DemoFiles | None = None) -> Settings:
+    files = files or DemoFiles.of(options)
     origins = [f"http://{options.host}:{options.port}", f"http://localhost:{options.port}"]
-    return Settings(
-        storage=f"sqlite:///{options.db_path}",
+    return _DemoSettings(
+        storage=f"sqlite:///{files.db}",
         host=options.host,
         port=options.port,
         graph_url=graph_url,
         pixels={
             DEMO_PIXEL_ID: PixelSettings(
-                access_token=Secret(env=DEMO_TOKEN_ENV),
+                access_token=Secret(file=files.secrets / "access-token"),
                 test_event_code="TEST_DEMO",
                 default_country="US",
                 allowed_origins=origins,
             )
         },
-        ingest_keys={"demo-backend": IngestKey(key=Secret(env=DEMO_KEY_ENV))},
+        ingest_keys={"demo-backend": IngestKey(key=Secret(file=files.secrets / "ingest-key"))},
+        dashboard=DashboardSettings(admin_token=Secret(file=files.secrets / "admin-token")),
         delivery={"linger_ms": 50},  # type: ignore[arg-type]
     )
+
+
+def write_demo_config(settings: Settings, files: DemoFiles) -> None:
+    """The demo's settings as a TOML file other commands can read (``--config``)."""
+    pixel = settings.pixels[DEMO_PIXEL_ID]
+    origins = ", ".join(toml_string(o) for o in pixel.allowed_origins)
+    lines = [
+        "# Written by `capirelay demo` on every start: the demo's own settings, so other",
+        "# commands read the demo's queue, e.g. `capirelay dlq list --config "
+        f"{files.config.name}`.",
+        "# The demo does not read this file (nor ./capirelay.toml); edits are overwritten.",
+        f"storage = {toml_string(settings.storage)}",
+        f"host = {toml_string(settings.host)}",
+        f"port = {settings.port}",
+        f"graph_url = {toml_string(settings.graph_url)}  # this run's local Graph API emulator",
+        "",
+        f"[pixels.{DEMO_PIXEL_ID}]",
+        f"access_token = {{ file = {toml_string(str(files.secrets / 'access-token'))} }}",
+        'test_event_code = "TEST_DEMO"',
+        'default_country = "US"',
+        f"allowed_origins = [{origins}]",
+        "",
+        "[ingest_keys.demo-backend]",
+        f"key = {{ file = {toml_string(str(files.secrets / 'ingest-key'))} }}",
+        "",
+        "[dashboard]",
+        f"admin_token = {{ file = {toml_string(str(files.secrets / 'admin-token'))} }}",
+        "",
+        "[delivery]",
+        "linger_ms = 50",
+        "",
+    ]
+    files.config.parent.mkdir(parents=True, exist_ok=True)
+    files.config.write_text("\n".join(lines), encoding="utf-8")
 
 
 def shop_page(pixel_id: str) -> str:
@@ -96,22 +197,130 @@ def sample_event() -> dict[str, Any]:
     }
 
 
-def _status_table(gateway: dict[str, Any], meta: dict[str, Any], url: str) -> Table:
-    table = Table(title=f"capirelay demo — shop at {url}/  ·  metrics at {url}/metrics")
+def curl_example(url: str, ingest_key: str) -> str:
+    body = orjson.dumps(
+        {
+            "pixel_id": DEMO_PIXEL_ID,
+            "data": [
+                {
+                    "event_name": "Lead",
+                    "event_time": "NOW",
+                    "action_source": "website",
+                    "event_source_url": "https://shop.example/contact",
+                    "user_data": {"email": "lead@example.com", "client_user_agent": "curl"},
+                }
+            ],
+        }
+    ).decode()
+    # event_time must be recent: the shell fills it in when the command runs.
+    body = body.replace('"NOW"', "'$(date +%s)'")
+    return (
+        f"curl -s {url}/v1/events -H {shlex.quote('Authorization: Bearer ' + ingest_key)} "
+        f"-H 'Content-Type: application/json' -d '{body}'"
+    )
+
+
+def _welcome(
+    console: Console, url: str, emulator_url: str, files: DemoFiles, keys: dict[str, str]
+) -> None:
+    cwd_config = Path("capirelay.toml")
+    lines = [
+        ("capirelay demo", "bold green"),
+        (f"  shop:      {url}/shop", ""),
+        (f"  dashboard: {url}/ui/  token: {keys['admin']}", ""),
+        (f"  ingest key: {keys['ingest']}   try:", ""),
+        (f"    {curl_example(url, keys['ingest'])}", "dim"),
+        (f"  Graph emulator {emulator_url}  (stands in for Meta)", ""),
+        (f"  database:  {files.db}", ""),
+        (f"  config:    {files.config}", ""),
+        (f"    e.g. capirelay dlq list --config {_relative(files.config)}", "dim"),
+    ]
+    if cwd_config.is_file():
+        note = f"  note: {cwd_config.absolute()} is NOT used by the demo (it has its own settings)"
+        lines.append((note, ""))
+    for text, style in lines:
+        # One physical line each: long URLs and the curl command must stay copy-pasteable.
+        console.print(Text(text, style=style), soft_wrap=True)
+    _flush(console)
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _flush(console: Console) -> None:
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        console.file.flush()
+
+
+def _status_table(
+    gateway: dict[str, Any], meta: dict[str, Any], recorder: OutcomeRecorder, url: str
+) -> Table:
+    table = Table(title=f"capirelay demo — shop at {url}/shop  ·  dashboard at {url}/ui/")
     table.add_column("where")
     table.add_column("what", justify="right")
+    counts = recorder.counts
     table.add_row("gateway queue depth", str(gateway.get("depth", "?")))
     table.add_row("gateway dead-letter queue", str(gateway.get("dlq_size", "?")))
+    table.add_row("events dropped by the gateway (bots, no consent)", str(counts.get("dropped", 0)))
+    table.add_row("events rejected as invalid", str(counts.get("rejected", 0)))
     table.add_row("emulator (Meta) events accepted", str(meta.get("events_accepted", "?")))
     table.add_row("emulator duplicates dropped (48 h rule)", str(meta.get("duplicates", "?")))
-    table.add_row("emulator requests", str(meta.get("requests", "?")))
+    recent = recorder.recent()
+    if recent:
+        table.add_section()
+        for outcome in recent:
+            table.add_row(
+                f"{outcome.event_name} {outcome.event_id} ({outcome.source})",
+                Text(outcome.describe(), style=_STATUS_STYLES.get(outcome.status, "")),
+            )
     return table
+
+
+_STATUS_STYLES = {"delivered": "green", "dropped": "yellow", "rejected": "red"}
 
 
 async def _poll(client: httpx.AsyncClient, outbox: Any, emulator_url: str) -> tuple[dict, dict]:
     stats = await outbox.stats(now=time.time())
     meta = (await client.get(f"{emulator_url}/_emulator/stats")).json()
     return {"depth": stats.depth, "dlq_size": stats.dlq_size}, meta
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or ``None`` when it is free."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def _install_stop_handlers(stop: asyncio.Event) -> dict[int, Any]:
+    """Ctrl-C / SIGTERM end the demo normally (exit 0), not with a KeyboardInterrupt.
+
+    uvicorn captures both signals while it serves and re-raises them afterwards;
+    re-raised into these handlers they are a no-op, so ``make run`` ends cleanly.
+    """
+    if sys.platform == "win32":
+        return {}
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return {}
+    return previous
 
 
 async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
@@ -121,55 +330,133 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     from capirelay.server import create_app
 
     console = console or Console()
-    token = os.environ.setdefault(DEMO_TOKEN_ENV, "demo-access-token")
-    ingest_key = os.environ.setdefault(DEMO_KEY_ENV, "demo-ingest-key")
-    with run_emulator(pixels={DEMO_PIXEL_ID: token}) as emulator:
-        settings = demo_settings(options, emulator.url)
-        app = create_app(settings)
-
-        async def shop(_: Request) -> HTMLResponse:
-            return HTMLResponse(shop_page(DEMO_PIXEL_ID))
-
-        async def root(_: Request) -> RedirectResponse:
-            return RedirectResponse("/shop")
-
-        app.add_route("/shop", shop, methods=["GET"])
-        app.add_route("/", root, methods=["GET"])
-        config = uvicorn.Config(
-            app, host=options.host, port=options.port, log_level="warning", lifespan="on"
-        )
-        server = uvicorn.Server(config)
-        serve_task = asyncio.create_task(server.serve())
-        while not server.started:
-            if serve_task.done():
-                await serve_task
-                return 1
-            await asyncio.sleep(0.05)
-        url = f"http://{options.host}:{options.port}"
+    busy = _port_in_use(options.host, options.port)
+    if busy is not None:
         console.print(
-            f"[bold green]capirelay demo[/] gateway {url}  ·  Graph emulator {emulator.url}"
+            f"cannot listen on {options.host}:{options.port} ({busy}); "
+            "stop what uses it or pass --port",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
-        console.print(f"Open [link={url}/shop]{url}/shop[/link] and press Buy.")
-        async with httpx.AsyncClient(timeout=5.0) as client:
-            response = await client.post(
-                f"{url}/v1/events",
-                headers={"Authorization": f"Bearer {ingest_key}"},
-                json={"pixel_id": DEMO_PIXEL_ID, "data": [sample_event()]},
+        return 2
+    files = DemoFiles.of(options)
+    keys = {
+        "ingest": os.environ.get(DEMO_KEY_ENV, "").strip() or DEFAULT_INGEST_KEY,
+        "admin": os.environ.get(DEMO_ADMIN_ENV, "").strip() or new_token(),
+    }
+    write_secret(files.secrets / "access-token", DEMO_TOKEN)
+    write_secret(files.secrets / "ingest-key", keys["ingest"])
+    write_secret(files.secrets / "admin-token", keys["admin"])
+    stop = asyncio.Event()
+    previous_handlers = _install_stop_handlers(stop)
+    tracer = TracingEmulatorState(pixels={DEMO_PIXEL_ID: DEMO_TOKEN})
+    try:
+        with run_emulator(state=tracer) as emulator:
+            settings = demo_settings(options, emulator.url, files)
+            write_demo_config(settings, files)
+            app = create_app(settings)
+            recorder = OutcomeRecorder(app, tracer)
+            _add_demo_routes(app, recorder)
+            config = uvicorn.Config(
+                recorder, host=options.host, port=options.port, log_level="warning", lifespan="on"
             )
-            console.print(f"sample server event: HTTP {response.status_code} {response.json()}")
+            server = uvicorn.Server(config)
+            serve_task = asyncio.create_task(server.serve())
+            serve_task.add_done_callback(lambda _: stop.set())
+            while not server.started:
+                if serve_task.done():
+                    with contextlib.suppress(SystemExit):  # uvicorn exits on a failed start
+                        await serve_task
+                    console.print("the demo gateway did not start (see the message above)")
+                    return 1
+                await asyncio.sleep(0.05)
+            url = f"http://{options.host}:{options.port}"
+            _welcome(console, url, emulator.url, files, keys)
             try:
-                if options.once:
-                    return await _wait_for_delivery(client, emulator.url, console)
-                outbox = app.state.outbox
-                with Live(console=console, refresh_per_second=2) as live:
-                    while not serve_task.done():
-                        gateway, meta = await _poll(client, outbox, emulator.url)
-                        live.update(_status_table(gateway, meta, url))
-                        await asyncio.sleep(1.0)
+                return await _run(options, console, app, recorder, url, emulator.url, keys, stop)
             finally:
                 server.should_exit = True
                 await serve_task
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+
+async def _run(
+    options: DemoOptions,
+    console: Console,
+    app: Any,
+    recorder: OutcomeRecorder,
+    url: str,
+    emulator_url: str,
+    keys: dict[str, str],
+    stop: asyncio.Event,
+) -> int:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        response = await client.post(
+            f"{url}/v1/events",
+            headers={"Authorization": f"Bearer {keys['ingest']}"},
+            json={"pixel_id": DEMO_PIXEL_ID, "data": [sample_event()]},
+        )
+        console.print(
+            f"sample server event: HTTP {response.status_code} {response.json()}", soft_wrap=True
+        )
+        if options.once:
+            console.print("--once: waiting for the sample event to reach the emulator, then exit")
+            return await _wait_for_delivery(client, emulator_url, console)
+        console.print(f"Open {url}/shop and press Buy; Ctrl-C stops the demo.", soft_wrap=True)
+        _flush(console)
+        outbox = app.state.outbox
+        if console.is_terminal:
+            with Live(console=console, refresh_per_second=2) as live:
+                while not stop.is_set():
+                    gateway, meta = await _poll(client, outbox, emulator_url)
+                    live.update(_status_table(gateway, meta, recorder, url))
+                    await _wait(stop, POLL_SECONDS)
+        else:
+            await _log_lines(console, recorder, stop)
+        console.print("demo stopped")
     return 0
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def _log_lines(console: Console, recorder: OutcomeRecorder, stop: asyncio.Event) -> None:
+    """Not a terminal (nohup, a pipe, a log file): one flushed line per change of outcome."""
+    shown: dict[str, str] = {}
+    while not stop.is_set():
+        for outcome in reversed(recorder.recent(limit=50)):
+            if shown.get(outcome.event_id) != outcome.status:
+                shown[outcome.event_id] = outcome.status
+                console.print(_outcome_line(outcome), soft_wrap=True, highlight=False)
+        _flush(console)
+        await _wait(stop, POLL_SECONDS)
+
+
+def _outcome_line(outcome: Outcome) -> str:
+    return f"{outcome.event_name} {outcome.event_id} ({outcome.source}): {outcome.describe()}"
+
+
+def _add_demo_routes(app: Any, recorder: OutcomeRecorder) -> None:
+    async def shop(_: Request) -> HTMLResponse:
+        return HTMLResponse(shop_page(DEMO_PIXEL_ID))
+
+    async def root(_: Request) -> RedirectResponse:
+        return RedirectResponse("/shop")
+
+    async def outcome(request: Request) -> JSONResponse:
+        found = recorder.get(request.path_params["event_id"])
+        if found is None:
+            return JSONResponse({"status": "unknown"}, status_code=404)
+        return JSONResponse(found.to_dict())
+
+    app.add_route("/shop", shop, methods=["GET"])
+    app.add_route("/", root, methods=["GET"])
+    app.add_route("/demo/outcome/{event_id}", outcome, methods=["GET"])
 
 
 async def _wait_for_delivery(client: httpx.AsyncClient, emulator_url: str, console: Console) -> int:

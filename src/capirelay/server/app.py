@@ -14,10 +14,12 @@ Routes reach the shared pieces through ``app.state`` (``settings``,
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from importlib import resources
 
 import httpx
 from starlette.applications import Starlette
@@ -90,6 +92,7 @@ def create_app(
             Route("/readyz", routes_health.readyz, methods=["GET"]),
             Route("/metrics", routes_health.metrics_text, methods=["GET"]),
             Route("/openapi.json", _openapi, methods=["GET"]),
+            Route("/favicon.ico", _favicon, methods=["GET"]),
             *(dashboard.routes() if dashboard is not None else []),
         ],
         exception_handlers={
@@ -144,6 +147,20 @@ async def _start_owned_engine(
 
 async def _openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
+
+
+@functools.cache
+def _favicon_bytes() -> bytes:
+    return resources.files("capirelay.dashboard").joinpath("static/favicon.ico").read_bytes()
+
+
+async def _favicon(request: Request) -> Response:
+    """Browsers ask every page's origin for it; the dashboard's icon, cached for a day."""
+    return Response(
+        _favicon_bytes(),
+        media_type="image/x-icon",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

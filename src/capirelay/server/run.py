@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from capirelay.config import ConfigError, Settings, load_settings
-from capirelay.logs import configure_logging
+from capirelay.config import ConfigError, Settings, config_path, load_settings, redact_storage_url
+from capirelay.config_errors import locate
+from capirelay.logs import logging_configured
 from capirelay.server.app import create_app
 
 __all__ = ["DEFAULT_GRACEFUL_SHUTDOWN_SECONDS", "build_server", "main", "serve"]
@@ -112,22 +114,42 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure_logging(args.log_level, json=args.log_format == "json")
+    with logging_configured(args.log_level, json=args.log_format == "json"):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    path = None
     try:
+        path = config_path(args.config)
         settings = load_settings(args.config)
         # Building the app validates what the settings refer to (webhook presets,
         # mapping files): a mistake there is a config error too, not a traceback.
-        serve(
+        server = build_server(
             settings,
-            host=args.host,
-            port=args.port,
+            host=args.host or settings.host,
+            port=settings.port if args.port is None else args.port,
             log_level=args.log_level,
             timeout_graceful_shutdown=args.graceful_timeout,
             log_config=None,  # configure_logging above owns every logger, uvicorn's too
         )
     except ConfigError as exc:
-        logging.getLogger("capirelay.server").error("%s", exc)
+        # One line per mistake, FILE:LINE:COL first, straight to stderr: no log prefix.
+        sys.stderr.write(f"{locate(exc.path or path, str(exc))}\n")
         return 2
+    if not settings.pixels:
+        where = f"{path} has" if path is not None else "no capirelay.toml found, and"
+        sys.stderr.write(
+            f"{where} no [pixels.<PIXEL_ID>] table: nothing could be delivered; "
+            "run `capirelay init` to write a config (or pass --config FILE)\n"
+        )
+        return 2
+    logging.getLogger("capirelay.server").info(
+        "config %s, storage %s",
+        path if path is not None else "(none: defaults and CAPIRELAY_* variables)",
+        redact_storage_url(settings.storage),
+    )
+    server.run()
     return 0
 
 

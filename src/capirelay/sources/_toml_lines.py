@@ -61,6 +61,10 @@ class KeyLines:
             key = key[:-1]
         return None
 
+    def exact_line(self, path: Sequence[str | int]) -> int | None:
+        """The line where exactly ``path`` is written (no ancestor fallback)."""
+        return self._lines.get(tuple(path))
+
     def _with_indices(self, names: Sequence[str]) -> KeyPath:
         path: KeyPath = ()
         for name in names:

@@ -1,0 +1,124 @@
+"""``capirelay hash``: the "why does my hash not match" debugger.
+
+It prints a value normalized the way Meta expects, and its SHA-256.  A hash
+only matches when both sides normalized the same way, so every input that
+this normalization reads with a guess or with information dropped gets a
+warning on stderr (stdout keeps the two result lines for scripts): a phone
+number without a country code, a ZIP+4, a state that is not a code, an
+ambiguous date, a name or city that lost characters, an extension cut off.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+__all__ = ["hash_command", "lossy_warnings"]
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+EXIT_USAGE = 2
+
+_INTERNATIONAL = re.compile(r"^\s*(\+|00[1-9])")
+_EXTENSION = re.compile(r"(?:e?xt(?:ension)?\.?|x|#)\s*\d+\s*$", re.IGNORECASE)
+_DAY_MONTH_YEAR = re.compile(r"^\s*(\d{1,2})\s*([/\-.\s])\s*(\d{1,2})\s*\2\s*(\d{2}|\d{4})\s*$")
+_TWO_DIGIT_YEAR = re.compile(r"(^|\D)\d{1,2}\D+\d{1,2}\D+\d{2}\s*$")
+
+
+def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -> list[str]:
+    """Why ``value`` -> ``normalized`` may not be what the other side hashed (wire ``key``)."""
+    warnings: list[str] = []
+    if key == "ph":
+        if country is None and not _INTERNATIONAL.match(value):
+            warnings.append(
+                "this phone number has no country code and no --country was given: it was "
+                "hashed as the national digits, which never match Meta's (Meta needs the "
+                "country code, e.g. 1 for the US); pass --country US or write +1 ..."
+            )
+        if _EXTENSION.search(value.strip()):
+            warnings.append("the extension was dropped: Meta matches the number without it")
+    elif key == "zp":
+        digits = re.sub(r"\D", "", value)
+        if re.fullmatch(r"\s*\d{5}\s*-?\s*\d{4}\s*", value):
+            warnings.append(
+                "a ZIP+4 code: only the first 5 digits are used, as Meta asks (US ZIP codes)"
+            )
+        elif country is None and digits != value.strip():
+            warnings.append(
+                "no --country given: the postal code was only lowercased and stripped of "
+                "spaces and dashes; pass --country for that country's rules"
+            )
+    elif key == "st" and len(normalized) != 2:
+        warnings.append(
+            f"'{normalized}' is not a 2-letter state code: Meta matches US states on their "
+            "ANSI abbreviation (e.g. ca) and other regions on a 2-character code; "
+            "pass the code (or --country US for US state names)"
+        )
+    elif key == "db":
+        warnings.extend(_date_warnings(value))
+    elif key in ("fn", "ln", "ct"):
+        kept = sum(ch.isalpha() for ch in normalized)
+        if kept < sum(ch.isalpha() for ch in value):
+            warnings.append(
+                "some letters were removed while normalizing: check that the other side "
+                "hashed the same text"
+            )
+        if any(ch.isdigit() for ch in normalized):
+            warnings.append("the value contains digits: names and cities normally have none")
+    return warnings
+
+
+def _date_warnings(value: str) -> list[str]:
+    out = []
+    match = _DAY_MONTH_YEAR.match(value)
+    ambiguous = (
+        match is not None
+        and int(match.group(1)) <= 12
+        and int(match.group(3)) <= 12
+        and match.group(1) != match.group(3)
+    )
+    if match is not None and ambiguous:
+        order = "day first" if match.group(2) == "." else "month first (US)"
+        out.append(f"day and month are both 12 or less: read {order}; write YYYY-MM-DD to be sure")
+    if _TWO_DIGIT_YEAR.search(value):
+        out.append("a two-digit year: the century was guessed; write all four digits")
+    return out
+
+
+def hash_command(
+    field: Annotated[str, typer.Argument(help="Wire key or name: em, email, ph, phone, fn ...")],
+    value: Annotated[str, typer.Argument(help="The raw value to normalize and hash.")],
+    country: Annotated[
+        str | None,
+        typer.Option("--country", help="Country hint (ISO alpha-2 or name) for ph, st, zp."),
+    ] = None,
+) -> None:
+    """Print a value normalized as Meta expects, and its SHA-256.
+
+    Warnings about inputs that were guessed at or lost information (a phone
+    number without a country code, a ZIP+4 ...) go to stderr.
+    """
+    from capirelay.normalize import WIRE_KEYS, NormalizationError, hash_field, is_sha256, normalize
+
+    warnings: list[str] = []
+    try:
+        if is_sha256(value):
+            # Already hashed: nothing to normalize; show what would go on the wire.
+            normalized = "(already a SHA-256 hash; sent unchanged)"
+        else:
+            normalized = normalize(field, value, country=country)
+            warnings = lossy_warnings(WIRE_KEYS[field], value, normalized, country)
+        hashed = hash_field(field, value, country=country)
+    except NormalizationError as exc:
+        err_console.print(f"[red]cannot use this value for {exc.field}:[/red] {exc.reason}")
+        raise typer.Exit(EXIT_USAGE) from None
+    except (KeyError, ValueError):
+        err_console.print(f"[red]unknown field[/red] {field!r}: use a wire key such as em or ph")
+        raise typer.Exit(EXIT_USAGE) from None
+    console.print(f"normalized: {normalized}")
+    console.print(f"sha256:     {hashed}")
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}")

@@ -1,0 +1,264 @@
+"""``capirelay send``: send events from a JSON file straight to Graph, checked locally first.
+
+Meta refuses a whole request when one event in it is invalid, so each event is
+validated here with the gateway's own rules before anything is sent: the
+valid ones go out in one request, every problem of every invalid one is
+listed (by event index, name and id), and the exit status is non-zero when
+any event was not sent.  ``send`` has no queue: nothing it fails to send is
+retried, and its messages say so.
+
+The token comes from ``CAPIRELAY_ACCESS_TOKEN`` (a flag would land in shell
+history and ``ps``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+
+from capirelay.problems import Problem
+
+__all__ = ["send_command"]
+
+console = Console(soft_wrap=True, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+TOKEN_ENV = "CAPIRELAY_ACCESS_TOKEN"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+@dataclass
+class Checked:
+    """One event of the file after local validation."""
+
+    index: int
+    name: str
+    event_id: str | None
+    payload: dict[str, Any] | None = None
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        ident = f", event_id {self.event_id}" if self.event_id else ""
+        return f"event {self.index} ({self.name}{ident})"
+
+
+def send_command(
+    event_file: Annotated[
+        Path, typer.Argument(help="JSON file: one CAPI event, a list, or {'data': [...]}.")
+    ],
+    pixel: Annotated[str, typer.Option("--pixel", help="Pixel (dataset) id.")],
+    test_event_code: Annotated[
+        str | None, typer.Option("--test-event-code", help="Show in Events Manager > Test events.")
+    ] = None,
+    api_version: Annotated[str, typer.Option("--api-version", help="Graph API version.")] = "v26.0",
+    graph_url: Annotated[
+        str, typer.Option("--graph-url", help="Graph base URL (an emulator's URL for testing).")
+    ] = "https://graph.facebook.com",
+    default_country: Annotated[
+        str | None, typer.Option("--default-country", help="Completes national phones/zips.")
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds.")] = 1.5,
+) -> None:
+    """Check events from a JSON file locally, then send the valid ones to Graph.
+
+    The access token comes from CAPIRELAY_ACCESS_TOKEN.  Exits 1 when any event
+    was not sent (each problem is listed); nothing is retried.
+    """
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        err_console.print(f"set {TOKEN_ENV} to the pixel's access token")
+        raise typer.Exit(EXIT_USAGE)
+    if not pixel.isascii() or not pixel.isdigit():
+        err_console.print("--pixel must be the numeric pixel (dataset) id")
+        raise typer.Exit(EXIT_USAGE)
+    checked = [_check(index, raw, default_country) for index, raw in enumerate(_read(event_file))]
+    valid = [c for c in checked if c.payload is not None and not c.errors]
+    for item in checked:
+        _print_problems(item)
+    sent = _send(valid, pixel, token, test_event_code, api_version, graph_url, timeout)
+    not_sent = len(checked) - (len(valid) if sent else 0)
+    if not_sent:
+        plural = "event was" if not_sent == 1 else "events were"
+        err_console.print(
+            f"{not_sent} of {len(checked)} {plural} not sent (why: above). send keeps no "
+            "queue and retries nothing: send them again once fixed.",
+            markup=False,
+        )
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _read(path: Path) -> list[Any]:
+    try:
+        loaded = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        err_console.print(f"cannot read {path}: {exc.strerror}")
+        raise typer.Exit(EXIT_USAGE) from None
+    except orjson.JSONDecodeError as exc:
+        err_console.print(f"{path} is not valid JSON: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("data"), list):
+        loaded = loaded["data"]
+    events = loaded if isinstance(loaded, list) else [loaded]
+    if not events:
+        err_console.print(f"{path} holds no events: give one event object or a list of them")
+        raise typer.Exit(EXIT_USAGE)
+    return events
+
+
+def _check(index: int, raw: Any, default_country: str | None) -> Checked:
+    """Validate one event like the gateway does; never echo a value."""
+    from pydantic import ValidationError
+
+    from capirelay.events import Event
+    from capirelay.validate import validate_event
+
+    if not isinstance(raw, dict):
+        return Checked(index, "?", None, errors=["the event must be a JSON object"])
+    name = str(raw.get("event_name") or "?")
+    event_id = raw.get("event_id")
+    item = Checked(index, name, str(event_id) if event_id not in (None, "") else None)
+    try:
+        wire = Event.model_validate(raw).to_wire(default_country=default_country)
+    except ValidationError as exc:
+        seen: set[str] = set()
+        for detail in exc.errors(include_input=False, include_url=False):
+            location = _real_path(raw, detail["loc"])
+            if location not in seen:
+                seen.add(location)
+                item.errors.append(f"{location}: {detail['msg']}")
+        # Meta's rules on the rest of the event, so every problem shows in one run.
+        rest = {k: v for k, v in raw.items() if k != "user_data" and k not in seen}
+        for problem in validate_event(rest):
+            if (
+                problem.is_error
+                and not problem.field.startswith("user_data")
+                and not any(problem.field == s or problem.field.startswith(s + ".") for s in seen)
+            ):
+                item.errors.append(f"{problem.field}: {problem.message}")
+        return item
+    _sort(item, wire.problems)
+    _sort(item, validate_event(wire.payload))
+    item.payload = wire.payload
+    return item
+
+
+def _real_path(raw: dict[str, Any], loc: tuple[Any, ...]) -> str:
+    """``loc`` cut to the keys that exist in the event (drops pydantic's union member tags)."""
+    parts: list[str] = []
+    current: Any = raw
+    for part in loc:
+        in_dict = isinstance(current, dict) and part in current
+        in_list = isinstance(current, list) and isinstance(part, int) and part < len(current)
+        if in_dict or in_list:
+            current = current[part]
+        elif not parts or isinstance(current, dict):
+            parts.append(str(part))  # a missing field: name it, then stop
+            break
+        else:
+            break
+        parts.append(str(part))
+    return ".".join(parts) or "event"
+
+
+def _sort(item: Checked, problems: list[Problem]) -> None:
+    for problem in problems:
+        line = f"{problem.field}: {problem.message}"
+        target = item.errors if problem.is_error else item.warnings
+        if line not in target:
+            target.append(line)
+
+
+def _print_problems(item: Checked) -> None:
+    if item.errors:
+        err_console.print(f"[red]{item.label}: not sent[/red]")
+        for line in item.errors:
+            err_console.print(f"  error   {line}", markup=False)
+    elif item.warnings:
+        err_console.print(f"[yellow]{item.label}: valid, with warnings[/yellow]")
+    for line in item.warnings:
+        err_console.print(f"  warning {line}", markup=False)
+
+
+def _send(
+    valid: list[Checked],
+    pixel: str,
+    token: str,
+    test_event_code: str | None,
+    api_version: str,
+    graph_url: str,
+    timeout: float,
+) -> bool:
+    """Send the valid events in one request; True when Graph accepted it."""
+    from capirelay.graph import GraphError, SyncGraphClient
+
+    if not valid:
+        return False
+    payloads = [item.payload for item in valid if item.payload is not None]
+    try:
+        with SyncGraphClient(
+            api_version=api_version, base_url=graph_url, timeout=timeout
+        ) as client:
+            result = client.send_events(
+                pixel, payloads, access_token=token, test_event_code=test_event_code
+            )
+    except GraphError as exc:
+        _print_graph_error(exc, len(payloads))
+        return False
+    except ValueError as exc:
+        err_console.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    console.print(
+        f"sent {len(payloads)} event(s) to pixel {pixel}: events_received "
+        f"{result.events_received}, fbtrace_id {result.fbtrace_id}"
+    )
+    if test_event_code:
+        console.print(f"they show in Events Manager > Test events under {test_event_code}")
+    for message in result.messages:
+        console.print(f"message from Meta: {message}")
+    return True
+
+
+_WHAT_TO_DO = {
+    "transient": (
+        "Meta or the network failed for now. Nothing was sent and nothing will be retried: "
+        "run the command again later (the gateway, `capirelay serve`, queues and retries)."
+    ),
+    "throttled": (
+        "Meta is rate-limiting this pixel or app. Nothing was sent: wait a few minutes and "
+        "run the command again."
+    ),
+    "auth": (
+        f"the access token in {TOKEN_ENV} was refused: use a system-user token with the "
+        "ads_management permission on this pixel (Business Settings > System users)."
+    ),
+    "config": (
+        "Meta refused the pixel or the API version: check --pixel (the dataset id from "
+        "Events Manager) and --api-version."
+    ),
+    "invalid": (
+        "Meta refused the events although they passed the local checks; its message above "
+        "names the field. Fix it and run the command again."
+    ),
+}
+
+
+def _print_graph_error(exc: Any, count: int) -> None:
+    where = f"HTTP {exc.status}" if exc.status else "no answer"
+    err_console.print(
+        f"[red]not sent:[/red] the request with {count} event(s) failed ({where}"
+        f"{f', code {exc.code}' if exc.code else ''}"
+        f"{f', fbtrace_id {exc.fbtrace_id}' if exc.fbtrace_id else ''})"
+    )
+    detail = exc.user_msg or exc.message
+    if detail:
+        err_console.print(f"  Meta says: {detail}", markup=False)
+    err_console.print(f"  what to do: {_WHAT_TO_DO.get(str(exc.retry_class), '')}", markup=False)

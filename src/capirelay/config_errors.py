@@ -1,0 +1,175 @@
+"""Configuration mistakes as one line each: ``FILE:LINE:COL: what is wrong``.
+
+:func:`capirelay.config.load_settings` turns a TOML syntax error or a
+validation error into these lines, so every command that reads the config
+(``serve``, ``doctor``, ``dlq``, ``migrate`` ...) says the same thing, names
+the real file and points at the line to edit.  An unknown key gets the
+closest valid one as a suggestion (``did you mean `default_country`?``).
+Values are never echoed: a misplaced token must not end up in a terminal log.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from capirelay.sources._toml_lines import KeyLines
+
+__all__ = ["field_suggestion", "locate", "syntax_error_line", "validation_error_lines"]
+
+_SETTING_LINE = re.compile(r"^\s*([A-Za-z_][\w-]*(?:\.[\w-]+)*): (.+)$")
+
+_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_END_OF_DOCUMENT = re.compile(r"\s*\(at end of document\)\s*$")
+
+
+def syntax_error_line(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """``FILE:LINE:COL: TOML syntax error: ...`` from tomllib's message."""
+    message = str(exc)
+    if match := _POSITION.search(message):
+        reason = message[: match.start()]
+        return f"{path}:{match.group(1)}:{match.group(2)}: TOML syntax error: {_lower(reason)}"
+    if match := _END_OF_DOCUMENT.search(message):
+        reason = message[: match.start()]
+        lines = _read(path).splitlines() or [""]
+        return f"{path}:{len(lines)}:{len(lines[-1]) + 1}: TOML syntax error: {_lower(reason)}"
+    return f"{path}:1:1: TOML syntax error: {_lower(message)}"
+
+
+def validation_error_lines(
+    path: Path | None, exc: ValidationError, root: type[BaseModel]
+) -> list[str]:
+    """One ``FILE:LINE:COL: ...`` line per error (``settings: ...`` when not from the file)."""
+    text = _read(path) if path is not None else ""
+    keys = KeyLines(text) if text else None
+    lines = text.splitlines()
+    out = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc = [part for part in error["loc"] if isinstance(part, str | int)]
+        loc = _settings_path(loc, error["type"])
+        dotted = ".".join(str(part) for part in loc)
+        if error["type"] == "extra_forbidden":
+            what = f"unknown key `{dotted}`"
+            suggestion = field_suggestion(root, loc)
+            if suggestion:
+                what += f"; did you mean `{suggestion}`?"
+        else:
+            what = f"{dotted}: {_lower(error['msg'])}"
+        out.append(f"{_where(path, keys, lines, loc)}: {what}")
+    return out
+
+
+def locate(path: Path | None, message: str) -> str:
+    """``setting.path: problem`` lines of ``message`` as ``FILE:LINE:COL: ...`` lines.
+
+    For mistakes found after the settings loaded (webhook presets, mapping files):
+    a header line such as ``invalid webhook configuration:`` is dropped, lines that
+    name no setting are kept as they are.
+    """
+    text = _read(path) if path is not None else ""
+    if not text:
+        return message
+    keys = KeyLines(text)
+    lines = text.splitlines()
+    out = []
+    for line in message.splitlines():
+        match = _SETTING_LINE.match(line)
+        if match is None:
+            if not line.rstrip().endswith(":"):
+                out.append(line.strip())
+            continue
+        loc = match.group(1).split(".")
+        out.append(f"{_where(path, keys, lines, loc)}: {line.strip()}")
+    return "\n".join(out)
+
+
+def field_suggestion(root: type[BaseModel], loc: Sequence[str | int]) -> str | None:
+    """The valid key closest to ``loc``'s last part in the model it was written in."""
+    if not loc:
+        return None
+    model = _model_at(root, loc[:-1])
+    if model is None:
+        return None
+    names = [name for name in model.model_fields if not name.startswith("_")]
+    matches = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _settings_path(loc: list[str | int], kind: str) -> list[str | int]:
+    # Union/tagged members add pseudo-parts such as "function-before[...]"; drop them.
+    return [part for part in loc if not (isinstance(part, str) and "[" in part)] or loc
+
+
+def _model_at(root: type[BaseModel], path: Sequence[str | int]) -> type[BaseModel] | None:
+    current: Any = root
+    expect_key = False
+    for part in path:
+        if expect_key:
+            expect_key = False
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current, expect_key = _unwrap(field.annotation)
+    if expect_key:
+        return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """The model inside ``X | None`` or ``dict[str, X]``; True when a dict key comes next."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _unwrap(members[0]) if len(members) == 1 else (None, False)
+    if origin is dict:
+        return typing.get_args(annotation)[1], True
+    return annotation, False
+
+
+def _where(
+    path: Path | None, keys: KeyLines | None, lines: list[str], loc: Sequence[str | int]
+) -> str:
+    if path is None or keys is None:
+        return "settings"
+    number = keys.exact_line(loc)
+    if number is None:
+        number = keys.line_of(loc)
+        if number is None:
+            return f"{path} (or a CAPIRELAY_* environment variable)"
+    text = lines[number - 1] if number <= len(lines) else ""
+    column = _column(text, loc)
+    return f"{path}:{number}:{column}"
+
+
+def _column(text: str, loc: Sequence[str | int]) -> int:
+    for part in reversed(loc):
+        if isinstance(part, str):
+            found = text.find(part)
+            if found >= 0:
+                return found + 1
+    return len(text) - len(text.lstrip()) + 1
+
+
+def _read(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _lower(text: str) -> str:
+    text = text.strip()
+    return text[:1].lower() + text[1:] if text else text

@@ -1,0 +1,55 @@
+"""`capirelay hash` warns on stderr about every input it had to guess at or cut down."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from typer.testing import CliRunner
+
+from capirelay.cli import app
+
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+
+
+@pytest.mark.parametrize(
+    ("args", "normalized", "warning"),
+    [
+        (["ph", "(650)555-1212"], "6505551212", "no country code and no --country"),
+        (["phone", "650-555-1212 ext. 12", "--country", "US"], "16505551212", "extension"),
+        (["zp", "94025-1234"], "94025", "ZIP+4"),
+        (["zp", "SW1A 1AA"], "sw1a1aa", "no --country given"),
+        (["st", "Bavaria"], "bavaria", "not a 2-letter state code"),
+        (["db", "01/02/1990"], "19900102", "read month first (US)"),
+        (["db", "01.02.1990"], "19900201", "read day first"),
+        (["db", "2/16/97"], "19970216", "two-digit year"),
+        (["fn", "Jo3"], "jo3", "contains digits"),
+    ],
+)
+def test_lossy_inputs_warn_on_stderr(args: list[str], normalized: str, warning: str) -> None:
+    result = runner.invoke(app, ["hash", *args])
+    assert result.exit_code == 0, result.output
+    digest = hashlib.sha256(normalized.encode()).hexdigest()
+    # stdout keeps exactly the two result lines; the warning is on stderr only.
+    assert result.stdout.splitlines() == [f"normalized: {normalized}", f"sha256:     {digest}"]
+    assert result.stderr.startswith("warning: ")
+    assert warning in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ph", "+1 (650) 555-1212"],
+        ["ph", "(650) 555-1212", "--country", "US"],
+        ["em", " Foo@Example.COM "],
+        ["st", "California"],
+        ["zp", "94025"],
+        ["db", "1990-02-01"],
+        ["ct", "St. Louis"],
+        ["fn", "José"],
+    ],
+)
+def test_faithful_inputs_do_not_warn(args: list[str]) -> None:
+    result = runner.invoke(app, ["hash", *args])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""

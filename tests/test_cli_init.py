@@ -1,0 +1,180 @@
+"""`capirelay init`: prompts with defaults or flags only; secrets in 0600 files; no overwrite."""
+
+from __future__ import annotations
+
+import re
+import stat
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from capirelay.cli import app
+from capirelay.config import load_settings
+from capirelay.emulator.testing import RunningEmulator, run_emulator
+
+PIXEL = "1234567890"
+TOKEN = "init-test-token"
+runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "CAPIRELAY_CONFIG": None})
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    with run_emulator(pixels={PIXEL: TOKEN}) as running:
+        yield running
+
+
+def _flags(tmp_path: Path, emulator: RunningEmulator) -> list[str]:
+    return [
+        "init",
+        "--no-input",
+        "--config",
+        str(tmp_path / "capirelay.toml"),
+        "--pixel",
+        PIXEL,
+        "--token-env",
+        "META_TOKEN_FOR_INIT",
+        "--origin",
+        "https://Shop.example/",
+        "--origin",
+        "https://www.shop.example",
+        "--country",
+        "US",
+        "--public-url",
+        "https://capi.shop.example",
+        "--graph-url",
+        emulator.url,
+    ]
+
+
+def test_non_interactive_init_writes_a_working_config(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("META_TOKEN_FOR_INIT", TOKEN)
+    result = runner.invoke(app, _flags(tmp_path, emulator))
+    assert result.exit_code == 0, result.output
+    config = tmp_path / "capirelay.toml"
+    text = config.read_text()
+    assert text.startswith("# capirelay gateway configuration, written by `capirelay init`.")
+
+    settings = load_settings(config)
+    pixel = settings.pixels[PIXEL]
+    assert pixel.access_token is not None and pixel.access_token.env == "META_TOKEN_FOR_INIT"
+    assert pixel.allowed_origins == ["https://shop.example", "https://www.shop.example"]
+    assert pixel.default_country == "us"
+    assert settings.storage == f"sqlite:///{tmp_path / 'capirelay.db'}"
+    secrets = tmp_path / "capirelay-secrets"
+    for secret, path in (
+        (settings.ingest_keys["backend"].key, secrets / "ingest-key"),
+        (settings.dashboard.admin_token, secrets / "dashboard-token"),
+    ):
+        assert secret is not None and secret.file == path
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        value = secret.resolve()
+        assert value is not None and len(value) >= 40
+        assert value not in text  # referenced as { file = ... }, never written into the TOML
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+
+    out = result.stdout
+    assert (
+        f'<script src="https://capi.shop.example/capirelay.js" data-pixel-id="{PIXEL}" '
+        "async></script>" in out
+    )
+    bearer = f'-H "Authorization: Bearer $(cat {secrets / "ingest-key"})"'
+    assert f"curl -s https://capi.shop.example/v1/events {bearer}" in out
+    # The doctor ran on what was written, against the (emulated) Graph API.
+    assert "capirelay doctor" in out
+    assert f"token {PIXEL}" in out
+    assert "ingest keys" in out and "1 key(s) set and readable" in out
+    assert not (tmp_path / "capirelay.db").exists()  # the doctor only reads
+
+
+def test_init_refuses_to_overwrite_without_force_and_keeps_secrets_with_it(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    assert runner.invoke(app, _flags(tmp_path, emulator)).exit_code == 0
+    config = tmp_path / "capirelay.toml"
+    key_file = tmp_path / "capirelay-secrets" / "ingest-key"
+    key = key_file.read_text()
+    config.write_text("# edited by hand\n" + config.read_text())
+
+    again = runner.invoke(app, _flags(tmp_path, emulator))
+    assert again.exit_code == 1
+    assert "already exists; pass --force" in again.stderr
+    assert config.read_text().startswith("# edited by hand")
+
+    forced = runner.invoke(app, [*_flags(tmp_path, emulator), "--force"])
+    assert forced.exit_code == 0
+    assert not config.read_text().startswith("# edited by hand")
+    assert key_file.read_text() == key  # not rotated behind the user's back
+    assert f"kept existing {key_file}" in forced.stdout
+
+
+def test_interactive_init_asks_with_defaults_and_asks_again_on_mistakes(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    answers = "\n".join(
+        [
+            "12ab",  # not a pixel id: asked again
+            PIXEL,
+            "file",  # the token comes from a file
+            "",  # default file path
+            TOKEN,  # pasted: stored in that file
+            "shop.example",  # not an origin: asked again
+            "https://shop.example",
+            "Germany",  # not alpha-2: asked again
+            "de",
+            "",  # default gateway URL
+        ]
+    )
+    result = runner.invoke(
+        app,
+        ["init", "--config", str(tmp_path / "capirelay.toml"), "--graph-url", emulator.url],
+        input=answers + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "the pixel (dataset) id is the number in Events Manager" in result.stderr
+    assert "'shop.example' is not an origin" in result.stderr
+    assert "'Germany' is not an ISO 3166 alpha-2 code" in result.stderr
+    written = tomllib.loads((tmp_path / "capirelay.toml").read_text())
+    pixel = written["pixels"][PIXEL]
+    token_file = tmp_path / "capirelay-secrets" / "access-token"
+    assert pixel["access_token"] == {"file": str(token_file)}
+    assert token_file.read_text().strip() == TOKEN
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert pixel["allowed_origins"] == ["https://shop.example"]
+    assert pixel["default_country"] == "de"
+    assert 'src="http://127.0.0.1:8080/capirelay.js"' in result.stdout
+    # The token in the file works: the doctor's token check passes against the emulator.
+    assert re.search(r"token 1234567890\s+│ ok", result.stdout)
+
+
+def test_no_input_needs_the_pixel(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["init", "--no-input", "--config", str(tmp_path / "c.toml")])
+    assert result.exit_code == 2
+    assert "Pixel (dataset) id from Events Manager: required" in result.stderr
+    assert not (tmp_path / "c.toml").exists()
+
+
+def test_bad_flags_are_named(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "init",
+            "--no-input",
+            "--config",
+            str(tmp_path / "c.toml"),
+            "--pixel",
+            PIXEL,
+            "--token-env",
+            "X",
+            "--origin",
+            "ftp://nope",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "'ftp://nope' is not an origin" in result.stderr
+    assert not (tmp_path / "c.toml").exists()
+    assert not (tmp_path / "capirelay-secrets").exists()

@@ -1,0 +1,133 @@
+"""Every config mistake is one `FILE:LINE:COL: what is wrong` line and exit status 2.
+
+Each command that reads the config is run as a user would (Typer's runner,
+and the console script for `serve`), so the file named is the real one and
+nothing but that line reaches stderr.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from capirelay.cli import app
+from capirelay.config import ConfigError, load_settings
+
+runner = CliRunner(env={"COLUMNS": "80", "NO_COLOR": "1", "CAPIRELAY_CONFIG": None})
+CAPIRELAY = Path(sys.executable).with_name("capirelay")
+
+READING_COMMANDS = [["doctor"], ["dlq", "list"], ["migrate"], ["serve", "--port", "0"]]
+
+
+@pytest.fixture
+def syntax_error(tmp_path: Path) -> Path:
+    path = tmp_path / "broken.toml"
+    path.write_text('port = 8080\n[pixels.123]\naccess_token = {env = "TOKEN"\n')
+    return path
+
+
+@pytest.fixture
+def typo(tmp_path: Path) -> Path:
+    path = tmp_path / "typo.toml"
+    path.write_text(
+        f'storage = "sqlite:///{tmp_path / "q.db"}"\n\n[pixels.123]\n  default_contry = "US"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS, ids=" ".join)
+def test_a_toml_syntax_error_is_one_line_from_every_command(
+    command: list[str], syntax_error: Path
+) -> None:
+    result = runner.invoke(app, [*command, "--config", str(syntax_error)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"{syntax_error}:3:30: TOML syntax error: unclosed inline table"
+    ]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS, ids=" ".join)
+def test_an_unknown_key_names_the_file_the_line_and_the_closest_key(
+    command: list[str], typo: Path
+) -> None:
+    result = runner.invoke(app, [*command, "--config", str(typo)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"{typo}:4:3: unknown key `pixels.123.default_contry`; did you mean `default_country`?"
+    ]
+
+
+def test_capirelay_config_names_the_file_in_the_message(
+    typo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPIRELAY_CONFIG", str(typo))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(f"{typo}:4:3: unknown key")
+    assert caught.value.path == typo
+
+
+def test_a_bad_value_points_at_its_line_and_never_echoes_it(tmp_path: Path) -> None:
+    path = tmp_path / "values.toml"
+    path.write_text('[delivery]\nbatch_size = 5000\n[dashboard]\nadmin_tokn = "s3cret-value"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    lines = str(caught.value).splitlines()
+    assert f"{path}:2:1: delivery.batch_size: input should be less than or equal to 1000" in lines
+    assert f"{path}:4:1: unknown key `dashboard.admin_tokn`; did you mean `admin_token`?" in lines
+    assert "s3cret-value" not in str(caught.value)
+
+
+def test_a_missing_config_named_by_the_environment_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPIRELAY_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(ConfigError, match=r"nope\.toml does not exist \(named by CAPIRELAY_CONFIG"):
+        load_settings()
+
+
+def test_serve_without_pixels_exits_2_and_points_at_init(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(CAPIRELAY), "serve", "--port", "0"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "no capirelay.toml found" in result.stderr
+    assert "run `capirelay init`" in result.stderr
+    assert not list(tmp_path.glob("*.db"))  # refused before opening any storage
+
+
+def test_serve_takes_its_log_handler_with_it(syntax_error: Path) -> None:
+    # A handler left on the root logger after the command's stderr is gone turns every
+    # later log line into a "--- Logging error ---" traceback.
+    import logging
+
+    from capirelay.server.run import main
+
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    assert main(["--config", str(syntax_error)]) == 2
+    assert (list(root.handlers), root.level) == before
+
+
+def test_mistakes_found_after_loading_point_at_their_table(tmp_path: Path) -> None:
+    path = tmp_path / "hooks.toml"
+    path.write_text(
+        f'storage = "sqlite:///{tmp_path / "q.db"}"\n[pixels.123]\n\n'
+        '[webhooks.shop]\npreset = "nosuch"\npixel_id = "123"\nsecret = { env = "X" }\n'
+    )
+    result = runner.invoke(app, ["serve", "--config", str(path), "--port", "0"])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if "WARNING" not in line]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{path}:4:11: webhooks.shop: unknown webhook preset 'nosuch'")
