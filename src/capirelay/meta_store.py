@@ -132,12 +132,18 @@ class MetaStore(abc.ABC):
     # -- checks -----------------------------------------------------------------
 
     async def save_checks(
-        self, pixel_id: str, checks: Sequence[CheckResult], *, now: float
+        self,
+        pixel_id: str,
+        checks: Sequence[CheckResult],
+        *,
+        now: float,
+        keep: frozenset[str] = frozenset(),
     ) -> list[CheckChange]:
         """Store this run's checks; the transitions against the previous run.
 
         A check seen failing for the first time is a transition; so is a check that
-        failed last time and is passing now or no longer reported at all.
+        failed last time and is passing now or no longer reported at all.  Stored
+        checks of a source in ``keep`` (its fetch failed this run) stay as they were.
         """
         previous = {c.key: c for c in await self.latest_checks(pixel_id)}
         changes: list[CheckChange] = []
@@ -193,7 +199,7 @@ class MetaStore(abc.ABC):
                 )
                 changes.append(change)
         for key, before in previous.items():
-            if key in seen:
+            if key in seen or before.source in keep:
                 continue
             statements.append(
                 (

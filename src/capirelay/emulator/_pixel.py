@@ -212,11 +212,11 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
         record.scopes = tuple(str(s) for s in scopes)
         return _json({"scopes": list(record.scopes)})
 
-    inspection = [
+    inspection: list[BaseRoute] = [
         Route("/_emulator/pixels/{pixel_id}/browser_events", browser_events, methods=["POST"]),
         Route("/_emulator/tokens/scopes", token_scopes, methods=["POST"]),
     ]
-    graph = [
+    graph: list[BaseRoute] = [
         Route("/{version}/{pixel_id}/{edge:str}", node, methods=["GET"]),
         Route("/{version}/{pixel_id}", node, methods=["GET", "POST"]),
     ]
