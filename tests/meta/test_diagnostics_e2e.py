@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from meta_data import HOUR, PIXEL, TOKEN, make_settings, queue, wait_sent
 
 from capirelay.delivery import DeliveryEngine
 from capirelay.diagnostics import DiagnosticsRunner
@@ -17,7 +18,6 @@ from capirelay.meta_advice import AAM_OFF, COOKIES_DISABLED, HAD_PII, UNDERCOUNT
 from capirelay.meta_store import meta_store_for
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox
-from meta_data import HOUR, PIXEL, TOKEN, make_settings, queue, wait_sent
 
 
 class Clock:
@@ -180,7 +180,8 @@ async def test_a_failing_step_keeps_its_previous_checks(
         await runner.run_once()
         assert failing(metrics, "pixel_decline") == 1.0
         # Now the token loses access: every call fails; nothing is marked as resolved.
-        (await http.post("/_emulator/tokens/revoke", json={"access_token": TOKEN})).raise_for_status()
+        revoke = await http.post("/_emulator/tokens/revoke", json={"access_token": TOKEN})
+        revoke.raise_for_status()
     clock.now += 3600
     runs = await runner.run_once()
     assert runs is not None and set(runs[0].errors) == {
