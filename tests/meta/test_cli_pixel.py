@@ -30,7 +30,8 @@ def config(tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.Monkey
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     path = tmp_path / "capirelay.toml"
     path.write_text(
-        f'graph_url = "{emulator.url}"\n[pixels.{PIXEL}]\naccess_token = {{ env = "{TOKEN_ENV}" }}\n',
+        f'graph_url = "{emulator.url}"\n'
+        f'[pixels.{PIXEL}]\naccess_token = {{ env = "{TOKEN_ENV}" }}\n',
         encoding="utf-8",
     )
     return path
