@@ -46,6 +46,11 @@ def status(config: Path) -> dict[str, object]:
 
 
 def test_status_enable_aam_and_cookies(config: Path, emulator: RunningEmulator) -> None:
+    assert status(config)["enable_automatic_matching"] is True  # Meta's default today
+    assert status(config)["warnings"] == []
+    # Someone turned AAM off in Events Manager.
+    turn_off = {"enable_automatic_matching": "false", "access_token": TOKEN}
+    httpx.post(f"{emulator.url}/v26.0/{PIXEL}", data=turn_off).raise_for_status()
     before = status(config)
     assert before["enable_automatic_matching"] is False
     assert any("enable-aam" in str(w) for w in before["warnings"])  # type: ignore[attr-defined]
@@ -77,13 +82,13 @@ def test_a_token_without_permission_gets_the_fix(config: Path, emulator: Running
         f"{emulator.url}/_emulator/tokens/scopes",
         json={"access_token": TOKEN, "scopes": ["ads_read"]},
     ).raise_for_status()
-    result = runner.invoke(app, ["pixel", "enable-aam", "--config", str(config)])
+    result = runner.invoke(app, ["pixel", "first-party-cookies", "off", "--config", str(config)])
     assert result.exit_code == 1
     message = " ".join(result.stderr.split())  # Rich wraps long lines
     assert "Permissions error" in message
     assert "assign the user to this dataset with full control (Manage)" in message
     assert TOKEN not in result.output
-    assert status(config)["enable_automatic_matching"] is False
+    assert status(config)["first_party_cookie_status"] == "FIRST_PARTY_COOKIE_ENABLED"
 
 
 def test_user_errors_name_the_field(config: Path) -> None:

@@ -51,6 +51,10 @@ async def test_schedule_finds_checks_settings_and_undercount(
     store = meta_store_for(outbox)
     runner = DiagnosticsRunner(settings, store, metrics, clock=clock, holder="replica-a")
     runner.start()
+    async with GraphClient(base_url=emulator.url) as client:  # someone turned AAM off
+        await client.update_pixel_settings(
+            PIXEL, access_token=TOKEN, enable_automatic_matching=False
+        )
     engine = DeliveryEngine(outbox, settings, metrics)
     await engine.start()
     try:
@@ -64,7 +68,7 @@ async def test_schedule_finds_checks_settings_and_undercount(
         result = runs[0].reconciliation
         assert result is not None
         assert (result.acknowledged, result.server, result.undercount) == (30, 30, False)
-        assert failing(metrics, AAM_OFF) == 1.0  # the emulator's pixel starts with AAM off
+        assert failing(metrics, AAM_OFF) == 1.0
         assert failing(metrics, COOKIES_DISABLED) == 0.0
         assert failing(metrics, "pixel_missing_param_in_events") == 0.0
         assert any("capirelay:aam_off started failing" in r.getMessage() for r in caplog.records)

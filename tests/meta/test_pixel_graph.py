@@ -17,8 +17,11 @@ def test_settings_round_trip_and_persist(emulator: RunningEmulator) -> None:
     with SyncGraphClient(base_url=emulator.url) as client:
         before = client.pixel_settings(PIXEL, access_token=TOKEN)
         assert before.pixel_id == PIXEL
-        assert before.enable_automatic_matching is False
+        assert before.enable_automatic_matching is True  # as Meta creates pixels today
+        assert len(before.automatic_matching_fields) == 11
         assert before.first_party_cookie_status == "FIRST_PARTY_COOKIE_ENABLED"
+        client.update_pixel_settings(PIXEL, access_token=TOKEN, enable_automatic_matching=False)
+        assert client.pixel_settings(PIXEL, access_token=TOKEN).aam_on is False
         answer = client.update_pixel_settings(
             PIXEL,
             access_token=TOKEN,
@@ -40,9 +43,9 @@ def test_update_without_permission_is_graph_error_200(
     http.post("/_emulator/tokens/scopes", json={"access_token": TOKEN, "scopes": ["ads_read"]})
     with SyncGraphClient(base_url=emulator.url) as client:
         with pytest.raises(GraphError) as caught:
-            client.update_pixel_settings(PIXEL, access_token=TOKEN, enable_automatic_matching=True)
+            client.update_pixel_settings(PIXEL, access_token=TOKEN, enable_automatic_matching=False)
         # reading still works with ads_read
-        assert client.pixel_settings(PIXEL, access_token=TOKEN).aam_on is False
+        assert client.pixel_settings(PIXEL, access_token=TOKEN).aam_on is True
     assert caught.value.code == 200
     assert caught.value.retry_class is RetryClass.AUTH
     assert TOKEN not in str(caught.value)

@@ -23,13 +23,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-# New pixels in the emulator start with AAM off and first-party cookies on, so
-# both of capirelay's warnings and both fixes can be exercised.
+# New pixels start as Meta creates them today: AAM on for every field, first-party
+# cookies on.  Tests turn either off through the same POST /{pixel_id} a user would.
 DEFAULT_SETTINGS: Final[dict[str, Any]] = {
-    "enable_automatic_matching": False,
-    "automatic_matching_fields": [],
+    "enable_automatic_matching": True,
+    "automatic_matching_fields": [
+        "em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id"
+    ],
     "first_party_cookie_status": "FIRST_PARTY_COOKIE_ENABLED",
-}
+}  # fmt: skip
 HASHED_KEYS: Final = ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 HOUR = 3600
@@ -50,7 +52,10 @@ def had_pii(event: dict[str, Any]) -> bool:
 
 @dataclass(slots=True)
 class PixelMeta:
-    settings: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
+    settings: dict[str, Any] = field(
+        default_factory=lambda: {k: list(v) if isinstance(v, list) else v
+                                 for k, v in DEFAULT_SETTINGS.items()}
+    )  # fmt: skip
     # (hour start, aggregation, event name, value) -> count
     counts: Counter[tuple[int, str, str, str]] = field(default_factory=Counter)
     # (event_name, event_id) -> source that was seen first
