@@ -137,3 +137,13 @@ def test_parse_stats_reads_iso_and_unix_times() -> None:
                    "data": [{"value": "Purchase", "count": "3"}, {"value": "x"}]}]}
     )  # fmt: skip
     assert len(buckets) == 1 and buckets[0].rows[0].count == 3 and len(buckets[0].rows) == 1
+
+
+def test_new_fault_kinds_parse_and_name_the_missing_field() -> None:
+    from capirelay.emulator import parse_fault
+
+    fault = parse_fault({"kind": "da_check_failed", "check": "pixel_decline", "count": 2})
+    assert (fault.check, fault.count) == ("pixel_decline", 2)
+    assert parse_fault({"kind": "uncounted"}).kind == "uncounted"
+    with pytest.raises(ValueError, match="da_check_failed faults need check"):
+        parse_fault({"kind": "da_check_failed"})

@@ -8,6 +8,8 @@
 -- delivered_hourly: events Meta acknowledged (events_received) per pixel, event
 -- name and hour, added to by every replica, compared with Meta's /stats.
 -- meta_lease: a lease row so one replica at a time runs the schedule.
+-- Keyed tables are WITHOUT ROWID and the small history table has no index, so the step
+-- adds five pages to a new database (a quota-capped outbox keeps its room for events).
 
 CREATE TABLE meta_checks (
     pixel_id   text             NOT NULL,
@@ -21,7 +23,7 @@ CREATE TABLE meta_checks (
     changed_at real NOT NULL,
     checked_at real NOT NULL,
     PRIMARY KEY (pixel_id, key)
-);
+) WITHOUT ROWID;
 
 CREATE TABLE meta_check_history (
     id       INTEGER PRIMARY KEY,
@@ -33,14 +35,13 @@ CREATE TABLE meta_check_history (
     message  text             NOT NULL,
     at       real NOT NULL
 );
-CREATE INDEX meta_check_history_pixel ON meta_check_history (pixel_id, at);
 
 CREATE TABLE meta_runs (
     pixel_id text             PRIMARY KEY,
     ran_at   real NOT NULL,
     error    text,
     summary  text             NOT NULL
-);
+) WITHOUT ROWID;
 
 CREATE TABLE delivered_hourly (
     pixel_id     text   NOT NULL,
@@ -49,10 +50,10 @@ CREATE TABLE delivered_hourly (
     sent         integer NOT NULL,
     acknowledged integer NOT NULL,
     PRIMARY KEY (pixel_id, hour, event_name)
-);
+) WITHOUT ROWID;
 
 CREATE TABLE meta_lease (
     name   text             PRIMARY KEY,
     holder text             NOT NULL,
     until  real NOT NULL
-);
+) WITHOUT ROWID;
