@@ -17,7 +17,13 @@ import httpx
 from capirelay.config import Settings
 from capirelay.doctor import Check, Status
 from capirelay.graph import GraphClient, GraphError
-from capirelay.meta_advice import HAD_PII, advice_for, explain_settings_error
+from capirelay.meta_advice import (
+    AAM_OFF,
+    COOKIES_DISABLED,
+    HAD_PII,
+    advice_for,
+    explain_settings_error,
+)
 from capirelay.meta_store import CheckState, RunRecord, meta_store_for
 from capirelay.outbox import open_outbox, sqlite_path_from_url
 
@@ -123,7 +129,8 @@ def diagnostics_checks(
                 )
             )
     for state in latest:
-        if not state.failing:
+        # AAM and cookie settings are read live by pixel_settings_checks; not twice.
+        if not state.failing or state.key in (AAM_OFF, COOKIES_DISABLED):
             continue
         meta_text = f"{state.title}: {state.message}" if state.message else state.title
         if state.action_uri:
