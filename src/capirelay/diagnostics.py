@@ -20,9 +20,9 @@ current state.  A step whose call fails leaves its previous checks as they
 were (no false "resolved"); a throttled answer ends the run until next time.
 
 What capirelay delivered comes from :class:`DeliveredRecorder`, a listener on
-Meta's ``events_received``, flushed to the per-hour table at every run and on
-shutdown.  Counts of a process killed before a flush are lost, which can only
-make the undercount alert quieter, never louder.
+Meta's ``events_received``, flushed to the per-hour table every five minutes,
+before every run and on shutdown.  Counts of a process killed before a flush
+are lost, which can only make the undercount alert quieter, never louder.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ LEASE_NAME: Final = "meta-diagnostics"
 GRAPH_TIMEOUT: Final = 10.0
 STATS_AGGREGATIONS: Final = ("event_source", "event_processing_results", "had_pii")
 KEEP_DELIVERED_SECONDS: Final = 8 * 24 * HOUR  # /stats reaches back seven days
+FLUSH_SECONDS: Final = 300.0
 
 
 class DeliveredRecorder:
@@ -194,14 +195,22 @@ class DiagnosticsRunner:
             log.warning("diagnostics: could not store delivered counts at shutdown: %s", exc)
 
     async def _loop(self) -> None:
-        delay = self.next_delay(first=True)
+        # Delivered counts are flushed every FLUSH_SECONDS between runs, so a killed
+        # process loses at most that much of them.
+        due = time.monotonic() + self.next_delay(first=True)
         while True:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(0.0, min(FLUSH_SECONDS, due - time.monotonic())))
+            if time.monotonic() < due:
+                try:
+                    await self.recorder.flush(self._store)
+                except Exception as exc:
+                    log.warning("diagnostics: could not store delivered counts: %s", exc)
+                continue
             try:
                 await self.run_once()
             except Exception:
                 log.exception("diagnostics run failed; next run as scheduled")
-            delay = self.next_delay()
+            due = time.monotonic() + self.next_delay()
 
     # -- one run -------------------------------------------------------------
 

@@ -3,6 +3,7 @@ the emulator as Meta, an injected clock; one run at a time, driven by the test."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -195,3 +196,21 @@ async def test_a_failing_step_keeps_its_previous_checks(
     latest = {c.key: c.failing for c in await store.latest_checks(PIXEL)}
     assert latest["pixel_decline"] is True
     assert [c.key for c in await store.check_history(PIXEL) if not c.failing] == []
+
+
+async def test_the_schedule_runs_by_itself_and_stops(
+    emulator: RunningEmulator, outbox: Outbox
+) -> None:
+    settings = make_settings(emulator.url, enabled=True, first_run_seconds=0, interval_seconds=60)
+    store = meta_store_for(outbox)
+    metrics = Metrics()
+    runner = DiagnosticsRunner(settings, store, metrics)
+    runner.start()
+    try:
+        async with asyncio.timeout(15):
+            while PIXEL not in await store.runs():
+                await asyncio.sleep(0.02)
+    finally:
+        await runner.stop()
+    assert runner.recorder not in metrics.acknowledged_listeners
+    assert (await store.runs())[PIXEL].error is None
