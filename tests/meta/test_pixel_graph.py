@@ -147,3 +147,12 @@ def test_new_fault_kinds_parse_and_name_the_missing_field() -> None:
     assert parse_fault({"kind": "uncounted"}).kind == "uncounted"
     with pytest.raises(ValueError, match="da_check_failed faults need check"):
         parse_fault({"kind": "da_check_failed"})
+
+
+def test_unknown_pixel_edges_and_other_pixels_are_graph_errors(http: httpx.Client) -> None:
+    auth = {"Authorization": f"OAuth {TOKEN}"}
+    unknown = http.get(f"/v26.0/{PIXEL}/events", headers=auth)
+    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == 2500
+    foreign = http.get("/v26.0/999/stats", headers=auth)
+    assert foreign.json()["error"]["code"] == 100
+    assert foreign.json()["error"]["error_subcode"] == 33

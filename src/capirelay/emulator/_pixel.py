@@ -117,7 +117,9 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
             return _write_node(pixel_id, token, params)
         if edge == "da_checks":
             return _da_checks(pixel_id, params)
-        return _stats(pixel_id, params)
+        if edge == "stats":
+            return _stats(pixel_id, params)
+        raise GraphReply(400, 2500, f"Unknown path components: /{pixel_id}/{edge}")
 
     def _read_node(pixel_id: str, params: dict[str, Any]) -> dict[str, Any]:
         settings = state.pixel_settings(pixel_id)
