@@ -236,6 +236,7 @@ def _register_subcommands() -> None:
     from capirelay.cli_init import init_command
     from capirelay.cli_mapping import mapping_app
     from capirelay.cli_migrate import migrate_command
+    from capirelay.cli_pixel import pixel_app
     from capirelay.cli_send import send_command
 
     app.add_typer(dlq_app, name="dlq")
@@ -245,6 +246,7 @@ def _register_subcommands() -> None:
     app.command("send")(send_command)
     app.add_typer(mapping_app, name="mapping")
     app.command("migrate")(migrate_command)
+    app.add_typer(pixel_app, name="pixel")
 
 
 _register_subcommands()

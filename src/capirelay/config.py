@@ -275,6 +275,21 @@ class DeliverySettings(BaseModel):
     poll_seconds: float = Field(default=1.0, gt=0)
 
 
+class DiagnosticsSettings(BaseModel):
+    """Meta's diagnostics checks, pixel settings and sent-versus-counted, pulled on a schedule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    interval_seconds: float = Field(default=3600.0, ge=60.0)
+    jitter: float = Field(default=0.1, ge=0.0, le=0.5)
+    first_run_seconds: float = Field(default=60.0, ge=0.0)
+    reporting_lag_hours: float = Field(default=3.0, ge=0.0, le=72.0)
+    lookback_hours: int = Field(default=24, ge=1, le=168)
+    tolerance: float = Field(default=0.02, ge=0.0, le=1.0)
+    min_events: int = Field(default=20, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CAPIRELAY_",
@@ -299,6 +314,7 @@ class Settings(BaseSettings):
     webhooks: dict[str, WebhookSettings] = Field(default_factory=dict)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    diagnostics: DiagnosticsSettings = Field(default_factory=DiagnosticsSettings)
     # When set, GET /metrics needs 'Authorization: Bearer <token>' (Prometheus
     # `authorization: {credentials_file: ...}`); unset, it is open (it holds no
     # identifiers or secrets) for scrapers on a private network.

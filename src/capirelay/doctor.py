@@ -468,6 +468,9 @@ async def run_doctor(
     report.checks.extend(token_checks(tokens, datetime.fromtimestamp(now, UTC)))
     report.checks.extend(version_checks(version_health(settings, today)))
     report.checks.extend(_queue_checks(storage, now))
+    from capirelay.doctor_meta import meta_doctor_checks  # it imports Check from here
+
+    report.checks.extend(await meta_doctor_checks(settings, transport=transport, now=now))
     return report
 
 

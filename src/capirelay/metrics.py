@@ -19,12 +19,15 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 if TYPE_CHECKING:
     from capirelay.outbox.base import LeasedEvent
 
-__all__ = ["CONTENT_TYPE_LATEST", "DeliveryListener", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "AcknowledgedListener", "DeliveryListener", "Metrics"]
 
 log = logging.getLogger("capirelay.metrics")
 
 # (pixel_id, events Meta accepted, effective test_event_code, fbtrace_id); must not block.
 DeliveryListener = Callable[[str, "Sequence[LeasedEvent]", "str | None", "str | None"], None]
+
+# (pixel_id, events Meta accepted, its events_received); must not block.
+AcknowledgedListener = Callable[[str, "Sequence[LeasedEvent]", int], None]
 
 # Meta's standard events always get their own ``event_name`` label value.
 STANDARD_EVENT_NAMES = frozenset(
@@ -181,8 +184,42 @@ class Metrics:
             registry=r,
         )
 
+        # Meta's side (capirelay.diagnostics): checks, reconciliation.
+        self.meta_diagnostics_failing = Gauge(
+            "capirelay_meta_diagnostics_failing",
+            "1 while a Meta diagnostics check (or capirelay's finding) fails for the pixel.",
+            ["pixel", "key"],
+            registry=r,
+        )
+        self.meta_diagnostics_transitions = Counter(
+            "capirelay_meta_diagnostics_transitions_total",
+            "Checks that started (state=failing) or stopped (state=passing) failing.",
+            ["pixel", "key", "state"],
+            registry=r,
+        )
+        self.meta_diagnostics_runs = Counter(
+            "capirelay_meta_diagnostics_runs_total",
+            "Scheduled diagnostics runs per pixel by result (ok or the failing step).",
+            ["pixel", "result"],
+            registry=r,
+        )
+        self.meta_reconciliation_gap = Gauge(
+            "capirelay_meta_reconciliation_gap_ratio",
+            "Share of acknowledged server events Meta's /stats does not count (settled hours).",
+            ["pixel"],
+            registry=r,
+        )
+        self.meta_reconciliation_alert = Gauge(
+            "capirelay_meta_reconciliation_alert",
+            "1 while a reconciliation alert holds (kind=undercount or had_pii).",
+            ["pixel", "kind"],
+            registry=r,
+        )
+
         # In-process observers of accepted batches (the dashboard's recent-events ring).
         self.delivery_listeners: list[DeliveryListener] = []
+        # Observers of Meta's events_received per accepted batch (delivered-per-hour counter).
+        self.acknowledged_listeners: list[AcknowledgedListener] = []
         self._custom_event_labels: set[str] = set()
         self._event_labels_lock = threading.Lock()
 
@@ -218,6 +255,16 @@ class Metrics:
                 listener(pixel_id, events, test_event_code, fbtrace_id)
             except Exception:
                 log.exception("delivery listener %r failed", listener)
+
+    def acknowledged(
+        self, pixel_id: str, events: Sequence[LeasedEvent], events_received: int
+    ) -> None:
+        """Meta's ``events_received`` for an accepted batch: tell the listeners."""
+        for listener in self.acknowledged_listeners:
+            try:
+                listener(pixel_id, events, events_received)
+            except Exception:
+                log.exception("acknowledged listener %r failed", listener)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

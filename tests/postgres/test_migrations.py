@@ -20,6 +20,12 @@ TABLES = {
     "capirelay_dedup",
     "capirelay_dead_letters",
     "capirelay_pixel_state",
+    # 0004: Meta diagnostics
+    "capirelay_meta_checks",
+    "capirelay_meta_check_history",
+    "capirelay_meta_runs",
+    "capirelay_delivered_hourly",
+    "capirelay_meta_lease",
 }
 
 

@@ -10,10 +10,11 @@ unknown path.
 Pages: overview (per pixel and event name, with throughput and error
 plots), errors grouped by Meta code/subcode with the fix, the dead-letter
 queue (browse, inspect, replay, purge), test events, match quality (predicted
-here, and Meta's own EMQ next to it) and health (tokens, breakers, API
-versions, clock skew).  Authentication, CSRF and the rolling statistics live
-in :mod:`~capirelay.dashboard.auth`, :mod:`~capirelay.dashboard.csrf` and
-:mod:`~capirelay.dashboard.stats`.
+here, and Meta's own EMQ next to it), Meta's diagnostics and sent versus
+counted (:mod:`~capirelay.dashboard.diagnostics`) and health (tokens, breakers,
+API versions, clock skew, AAM and first-party cookies).  Authentication, CSRF
+and the rolling statistics live in :mod:`~capirelay.dashboard.auth`,
+:mod:`~capirelay.dashboard.csrf` and :mod:`~capirelay.dashboard.stats`.
 
 Wiring (``capirelay.server.app``)::
 
@@ -40,6 +41,7 @@ from starlette.staticfiles import StaticFiles
 
 from capirelay.config import Settings
 from capirelay.dashboard.auth import DashboardAuth, dashboard_enabled
+from capirelay.dashboard.diagnostics import DiagnosticsPage
 from capirelay.dashboard.meta import MetaView
 from capirelay.dashboard.stats import SAMPLE_INTERVAL_SECONDS, ActivityRecorder, DeliveryLog
 from capirelay.dashboard.views import PREFIX, Views
@@ -95,6 +97,7 @@ class Dashboard:
                     Route("/test-events", page(v.test_events), methods=["GET"]),
                     Route("/quality", page(v.quality), methods=["GET"]),
                     Route("/health", page(v.health), methods=["GET"]),
+                    Route("/diagnostics", page(DiagnosticsPage(v)), methods=["GET"]),
                     # The stylesheet is public: the login page needs it, and it holds nothing.
                     Mount(
                         "/static",

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
 import httpx
 
 from capirelay.config import Settings
 from capirelay.graph import GraphClient, GraphError
+from capirelay.graph._pixel import AdsPixelSettings
 from capirelay.health import GraphProbe, TokenHealth, probe_graph, token_health
 
-__all__ = ["CACHE_SECONDS", "MetaEMQ", "MetaView"]
+__all__ = ["CACHE_SECONDS", "MetaEMQ", "MetaView", "PixelSettingsView"]
 
 CACHE_SECONDS: Final = 300.0
 HEALTH_CACHE_SECONDS: Final = 60.0
@@ -38,6 +39,16 @@ class MetaEMQ:
     by_event: dict[str, dict[str, Any]]
     error: str | None
     fetched_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PixelSettingsView:
+    """One pixel's AAM and cookie settings at Meta, or why they could not be read."""
+
+    pixel_id: str
+    settings: AdsPixelSettings | None
+    error: str | None
+    warnings: list[str] = field(default_factory=list)
 
 
 class _Cached(Generic[T]):
@@ -70,6 +81,7 @@ class MetaView:
         self._emq: dict[str, _Cached[MetaEMQ]] = {}
         self._tokens: _Cached[dict[str, TokenHealth]] = _Cached(HEALTH_CACHE_SECONDS, clock)
         self._probe: _Cached[GraphProbe] = _Cached(HEALTH_CACHE_SECONDS, clock)
+        self._pixel_settings: _Cached[list[PixelSettingsView]] = _Cached(CACHE_SECONDS, clock)
 
     async def emq(self, pixel_id: str) -> MetaEMQ:
         cached = self._emq.setdefault(pixel_id, _Cached(CACHE_SECONDS, self._clock))
@@ -82,6 +94,46 @@ class MetaView:
 
     async def probe(self) -> GraphProbe:
         return await self._probe.get(lambda: probe_graph(self._settings, transport=self._transport))
+
+    async def pixel_settings(self) -> list[PixelSettingsView]:
+        """AAM and first-party cookie settings of every pixel with a token (Health page)."""
+        return await self._pixel_settings.get(self._fetch_pixel_settings)
+
+    async def _fetch_pixel_settings(self) -> list[PixelSettingsView]:
+        from capirelay.meta_advice import (
+            AAM_OFF,
+            COOKIES_DISABLED,
+            advice_for,
+            explain_settings_error,
+        )
+
+        out = []
+        for pixel_id, pixel in self._settings.pixels.items():
+            token = pixel.access_token.resolve() if pixel.access_token else None
+            if token is None:
+                continue
+            app_secret = pixel.app_secret.resolve() if pixel.app_secret else None
+            async with GraphClient(
+                api_version=pixel.api_version,
+                base_url=self._settings.graph_url,
+                timeout=DATASET_QUALITY_TIMEOUT,
+                app_secret=app_secret,
+                transport=self._transport,
+            ) as client:
+                try:
+                    found = await client.pixel_settings(pixel_id, access_token=token)
+                except GraphError as err:
+                    out.append(
+                        PixelSettingsView(pixel_id, None, explain_settings_error(err, pixel_id))
+                    )
+                    continue
+            warnings = []
+            if not found.aam_on:
+                warnings.append(advice_for(AAM_OFF))
+            if found.cookies_disabled:
+                warnings.append(advice_for(COOKIES_DISABLED))
+            out.append(PixelSettingsView(pixel_id, found, None, warnings))
+        return out
 
     async def _fetch_emq(self, pixel_id: str) -> MetaEMQ:
         pixel = self._settings.pixels.get(pixel_id)

@@ -515,6 +515,7 @@ class Views:
             tokens=await self.meta.tokens(),
             versions=version_health(self.settings),
             probe=await self.meta.probe(),
+            pixel_settings=await self.meta.pixel_settings(),
             storage_ok=await outbox.ping(),
             stats=stats,
             explain=explain,

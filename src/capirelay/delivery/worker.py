@@ -533,6 +533,8 @@ class PixelWorker:
             return cut
         self._record_success(events, response, time.perf_counter() - started)
         self._metrics.delivered(self.pixel_id, events, tec, response.fbtrace_id)
+        if tec is None:
+            self._metrics.acknowledged(self.pixel_id, events, response.events_received)
         return response
 
     async def _request_budget(self, batch: _Batch) -> float:

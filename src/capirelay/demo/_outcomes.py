@@ -102,10 +102,15 @@ class TracingEmulatorState(EmulatorState):
         self._traces: OrderedDict[str, str] = OrderedDict()
 
     def accept(
-        self, pixel_id: str, events: Iterable[dict[str, Any]], test_event_code: str | None
+        self,
+        pixel_id: str,
+        events: Iterable[dict[str, Any]],
+        test_event_code: str | None,
+        *,
+        counted: bool = True,
     ) -> int:
         events = list(events)
-        count = super().accept(pixel_id, events, test_event_code)
+        count = super().accept(pixel_id, events, test_event_code, counted=counted)
         with self._trace_lock:
             self._accepted_ids = [str(e["event_id"]) for e in events if e.get("event_id")]
         return count

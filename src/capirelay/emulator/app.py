@@ -9,6 +9,7 @@
   version (2635), nonsense version (2500), more than 1,000 events (100), and any
   invalid event, which rejects the whole request naming the event's index;
 * ``GET /{version}/dataset_quality`` and ``GET [/{version}]/debug_token``;
+* the pixel node's settings, ``da_checks`` and ``stats`` (:mod:`capirelay.emulator._pixel`);
 * ``/_emulator/...``: inspect accepted events, stats, the request log (never a
   token or a body), register pixels, revoke tokens, set the clock, inject faults.
 
@@ -417,7 +418,8 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         validate_events(state, pixel_id, events)
         test_event_code = params.get("test_event_code") or None
         log["test_event_code"] = test_event_code
-        received = state.accept(pixel_id, events, test_event_code)
+        counted = not state.faults.take(frozenset({FaultKind.UNCOUNTED}), pixel_id)
+        received = state.accept(pixel_id, events, test_event_code, counted=counted)
         return _json({"events_received": received, "messages": [], "fbtrace_id": fbtrace_id})
 
     async def dataset_quality(request: Request) -> Response:
@@ -449,12 +451,17 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         state.record_request(log)
         return response
 
+    from capirelay.emulator._pixel import pixel_routes  # it imports this module's helpers
+
+    pixel_inspection, pixel_graph = pixel_routes(state)
     routes = [
         *inspection_routes(state),
+        *pixel_inspection,
         Route("/debug_token", debug_token, methods=["GET"]),
         Route("/{version}/debug_token", debug_token, methods=["GET"]),
         Route("/{version}/dataset_quality", dataset_quality, methods=["GET"]),
         Route("/{version}/{pixel_id}/events", post_events, methods=["POST"]),
+        *pixel_graph,
     ]
     app = Starlette(routes=routes, middleware=[Middleware(ClockDateHeader, state=state)])
     app.state.emulator = state

@@ -8,7 +8,10 @@ clock, so it works while the emulator's event clock is frozen) and fires with
 ``probability`` (a seeded RNG keeps runs reproducible).
 
 The :class:`FaultBook` holds the active faults; the app asks it, per request,
-which faults apply.  Faults only ever touch ``POST /{version}/{pixel}/events``.
+which faults apply.  Faults touch ``POST /{version}/{pixel}/events``, except
+``da_check_failed`` (``GET /{pixel}/da_checks`` answers that check as failed)
+and ``uncounted`` (events of an accepted request are acknowledged but left out
+of ``GET /{pixel}/stats``, as when Meta drops them after receipt).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class FaultKind(StrEnum):
     TOKEN_REVOKED = "token_revoked"
     GRAPH_ERROR = "graph_error"
     INVALID_EVENT = "invalid_event"
+    DA_CHECK_FAILED = "da_check_failed"
+    UNCOUNTED = "uncounted"
 
 
 # Faults that decide the whole response before the request is looked at.
@@ -50,6 +55,9 @@ class Fault:
     token_revoked: ``token`` (None = every token) answers 190/463
     graph_error:   any ``code``/``subcode``/``status``/``message``/``is_transient``
     invalid_event: rejects requests containing ``event_id`` with 100/``subcode``
+    da_check_failed: ``check`` (a da_checks key) answers ``failed``, ``message`` as its
+                   user_message; ``count`` counts da_checks requests
+    uncounted:     the events of the next ``count`` accepted requests stay out of /stats
     """
 
     kind: FaultKind
@@ -70,6 +78,7 @@ class Fault:
     regain_minutes: float | None = None
     token: str | None = None
     event_id: str | None = None
+    check: str | None = None
     expires_at: float | None = None  # monotonic deadline derived from duration
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,6 +109,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "regain_minutes": (int, float),
     "token": (str,),
     "event_id": (str, int),
+    "check": (str,),
 }
 
 
@@ -138,6 +148,7 @@ def _check_fault(fault: Fault) -> None:
         FaultKind.LATENCY: "latency_ms",
         FaultKind.GRAPH_ERROR: "code",
         FaultKind.INVALID_EVENT: "event_id",
+        FaultKind.DA_CHECK_FAILED: "check",
     }.get(fault.kind)
     if required and getattr(fault, required) is None:
         raise ValueError(f"{fault.kind} faults need {required}")

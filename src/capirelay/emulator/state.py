@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from capirelay.emulator._pixel_state import PixelMetaBook
 from capirelay.emulator.faults import FaultBook
 from capirelay.problems import Problem
 
@@ -103,6 +104,7 @@ class EmulatorState:
         self.validator: Validator = validator or _default_validator
         self._meta_subcodes = meta_subcodes
         self.faults = FaultBook(fault_seed)
+        self.pixel_meta = PixelMetaBook()  # settings and /stats counts (guarded by _lock)
         self._initial_pixels = dict(pixels or {})
         self._tokens: dict[str, TokenRecord] = {}
         self._pixels: set[str] = set()
@@ -178,9 +180,19 @@ class EmulatorState:
     # -- traffic -------------------------------------------------------------
 
     def accept(
-        self, pixel_id: str, events: Iterable[dict[str, Any]], test_event_code: str | None
+        self,
+        pixel_id: str,
+        events: Iterable[dict[str, Any]],
+        test_event_code: str | None,
+        *,
+        counted: bool = True,
     ) -> int:
-        """Record validated events; duplicates count but are flagged, never re-stored."""
+        """Record validated events; duplicates count but are flagged, never re-stored.
+
+        ``counted`` False leaves them out of ``/stats`` (the ``uncounted`` fault);
+        test events never reach ``/stats``.
+        """
+        for_stats: list[tuple[dict[str, Any], bool]] = []
         received_at = self.now()
         minute = int(received_at // 60)
         cutoff_minute = int((received_at - DEDUP_WINDOW_SECONDS) // 60)
@@ -207,6 +219,10 @@ class EmulatorState:
                     self._cover(pixel_id, event, received_at)
                 if stored is not None:
                     stored.append(StoredEvent(event, received_at, test_event_code, duplicate))
+                if counted and test_event_code is None:
+                    for_stats.append((event, duplicate))
+            if for_stats:
+                self.pixel_meta.record(pixel_id, "SERVER", for_stats, received_at)
             self._received += count
             self._maybe_sweep(minute)
         return count
@@ -234,6 +250,27 @@ class EmulatorState:
         user_data = event.get("user_data")
         if isinstance(user_data, dict):
             coverage.keys.update(k for k, v in user_data.items() if v not in (None, "", []))
+
+    def pixel_settings(self, pixel_id: str) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.pixel_meta.meta(pixel_id).settings)
+
+    def update_pixel_settings(self, pixel_id: str, changes: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.pixel_meta.meta(pixel_id).settings.update(changes)
+
+    def pixel_stats(
+        self, pixel_id: str, aggregation: str, start: float, end: float, source: str | None
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            return self.pixel_meta.stats(pixel_id, aggregation, start, end, source)
+
+    def accept_browser(self, pixel_id: str, events: Iterable[dict[str, Any]]) -> int:
+        """Record simulated Pixel (browser) fires for ``/stats`` and browser/server dedup."""
+        with self._lock:
+            batch = [(e, False) for e in events]
+            self.pixel_meta.record(pixel_id, "WEB", batch, self.now())
+        return len(batch)
 
     def record_request(self, entry: dict[str, Any]) -> None:
         """Append one request to the log; callers pass no token, no body."""
@@ -300,6 +337,7 @@ class EmulatorState:
                 record.revoked = False
 
     def _reset_traffic(self) -> None:
+        self.pixel_meta.reset_traffic()
         self._events = {}
         self._dedup_keys = {}
         self._coverage = {}

@@ -16,6 +16,13 @@ from capirelay.graph._client import (
     appsecret_proof,
     encode_events_body,
 )
+from capirelay.graph._pixel import (
+    AAM_FIELDS,
+    AdsPixelSettings,
+    DACheck,
+    StatsBucket,
+    StatsRow,
+)
 from capirelay.graph.errors import GraphError, RetryClass, classify, explain
 from capirelay.graph.versions import (
     API_VERSIONS,
@@ -25,16 +32,21 @@ from capirelay.graph.versions import (
 )
 
 __all__ = [
+    "AAM_FIELDS",
     "API_VERSIONS",
     "DEFAULT_API_VERSION",
     "DEFAULT_BASE_URL",
     "DEFAULT_TIMEOUT",
     "MAX_EVENTS_PER_REQUEST",
     "USER_AGENT",
+    "AdsPixelSettings",
+    "DACheck",
     "EventsResponse",
     "GraphClient",
     "GraphError",
     "RetryClass",
+    "StatsBucket",
+    "StatsRow",
     "SyncGraphClient",
     "VersionStatus",
     "appsecret_proof",

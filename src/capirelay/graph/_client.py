@@ -32,6 +32,8 @@ import httpx
 import orjson
 
 from capirelay import __version__
+from capirelay.graph import _pixel
+from capirelay.graph._pixel import AdsPixelSettings, DACheck, StatsBucket
 from capirelay.graph.errors import GraphError
 from capirelay.graph.versions import DEFAULT_API_VERSION, is_well_formed, warn_if_retiring
 
@@ -152,6 +154,11 @@ class _RequestBuilder:
             },
         )
 
+    def post_form_request(self, path: str, params: Mapping[str, str], access_token: str) -> _Call:
+        """A versioned form ``POST /{version}/{path}``, the token in the body (never the URL)."""
+        body = {**params, "access_token": access_token, **self.proof_params(access_token)}
+        return _Call("POST", f"{self.base_url}/{self.api_version}/{path}", {"data": body})
+
     def events_url(self, pixel_id: str | int) -> str:
         pixel = str(pixel_id)
         if not pixel.isascii() or not pixel.isdigit():
@@ -258,6 +265,25 @@ def _dataset_quality_params(
     if agent_name:
         params["agent_name"] = agent_name
     return params
+
+
+def _da_checks_params(connection_method: str, checks: Sequence[str] | None) -> dict[str, str]:
+    if connection_method not in _pixel.CONNECTION_METHODS:
+        raise ValueError(f"connection_method must be one of {', '.join(_pixel.CONNECTION_METHODS)}")
+    params = {"connection_method": connection_method}
+    if checks:
+        params["checks"] = orjson.dumps(list(checks)).decode()
+    return params
+
+
+def _pixel_path(pixel_id: str | int, edge: str = "") -> str:
+    pixel = str(pixel_id)
+    if not pixel.isascii() or not pixel.isdigit():
+        raise ValueError("pixel_id must be the numeric pixel or dataset id")
+    return f"{pixel}/{edge}" if edge else pixel
+
+
+MAX_STATS_PAGES = 20
 
 
 @contextmanager
@@ -372,6 +398,66 @@ class GraphClient:
         params = _dataset_quality_params(dataset_id, fields, agent_name)
         return await self._get("dataset_quality", params, access_token)
 
+    async def pixel_settings(self, pixel_id: str | int, *, access_token: str) -> AdsPixelSettings:
+        """``GET /{pixel_id}``: Automatic Advanced Matching and first-party cookie settings."""
+        answer = await self._get(
+            _pixel_path(pixel_id), {"fields": _pixel.PIXEL_SETTINGS_FIELDS}, access_token
+        )
+        return _pixel.parse_pixel_settings(str(pixel_id), answer)
+
+    async def update_pixel_settings(
+        self,
+        pixel_id: str | int,
+        *,
+        access_token: str,
+        enable_automatic_matching: bool | None = None,
+        automatic_matching_fields: Sequence[str] | None = None,
+        first_party_cookie_status: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /{pixel_id}`` with the given settings; Graph answers ``{"success": true}``."""
+        params = _pixel.pixel_update_params(
+            enable_automatic_matching=enable_automatic_matching,
+            automatic_matching_fields=automatic_matching_fields,
+            first_party_cookie_status=first_party_cookie_status,
+        )
+        call = self._builder.post_form_request(_pixel_path(pixel_id), params, access_token)
+        return _read_json(await self._send(call), access_token)
+
+    async def da_checks(
+        self,
+        pixel_id: str | int,
+        *,
+        access_token: str,
+        connection_method: str = "SERVER",
+        checks: Sequence[str] | None = None,
+    ) -> list[DACheck]:
+        """``GET /{pixel_id}/da_checks``: the pixel's diagnostics checks and their results."""
+        params = _da_checks_params(connection_method, checks)
+        answer = await self._get(_pixel_path(pixel_id, "da_checks"), params, access_token)
+        return _pixel.parse_da_checks(answer)
+
+    async def pixel_stats(
+        self,
+        pixel_id: str | int,
+        *,
+        access_token: str,
+        aggregation: str,
+        start_time: float,
+        end_time: float,
+        event_source: str | None = None,
+    ) -> list[StatsBucket]:
+        """``GET /{pixel_id}/stats``: hourly counts by ``aggregation``, all pages."""
+        params = _pixel.stats_params(aggregation, start_time, end_time, event_source)
+        buckets: list[StatsBucket] = []
+        for _page in range(MAX_STATS_PAGES):
+            answer = await self._get(_pixel_path(pixel_id, "stats"), params, access_token)
+            buckets.extend(_pixel.parse_stats(answer))
+            after = _pixel.next_cursor(answer)
+            if after is None:
+                break
+            params = {**params, "after": after}
+        return buckets
+
     async def _get(self, path: str, params: dict[str, str], access_token: str) -> dict[str, Any]:
         response = await self._send(self._builder.get_request(path, params, access_token))
         return _read_json(response, access_token)
@@ -464,6 +550,66 @@ class SyncGraphClient:
         """See :meth:`GraphClient.dataset_quality`."""
         params = _dataset_quality_params(dataset_id, fields, agent_name)
         return self._get("dataset_quality", params, access_token)
+
+    def pixel_settings(self, pixel_id: str | int, *, access_token: str) -> AdsPixelSettings:
+        """See :meth:`GraphClient.pixel_settings`."""
+        answer = self._get(
+            _pixel_path(pixel_id), {"fields": _pixel.PIXEL_SETTINGS_FIELDS}, access_token
+        )
+        return _pixel.parse_pixel_settings(str(pixel_id), answer)
+
+    def update_pixel_settings(
+        self,
+        pixel_id: str | int,
+        *,
+        access_token: str,
+        enable_automatic_matching: bool | None = None,
+        automatic_matching_fields: Sequence[str] | None = None,
+        first_party_cookie_status: str | None = None,
+    ) -> dict[str, Any]:
+        """See :meth:`GraphClient.update_pixel_settings`."""
+        params = _pixel.pixel_update_params(
+            enable_automatic_matching=enable_automatic_matching,
+            automatic_matching_fields=automatic_matching_fields,
+            first_party_cookie_status=first_party_cookie_status,
+        )
+        call = self._builder.post_form_request(_pixel_path(pixel_id), params, access_token)
+        return _read_json(self._send(call), access_token)
+
+    def da_checks(
+        self,
+        pixel_id: str | int,
+        *,
+        access_token: str,
+        connection_method: str = "SERVER",
+        checks: Sequence[str] | None = None,
+    ) -> list[DACheck]:
+        """See :meth:`GraphClient.da_checks`."""
+        params = _da_checks_params(connection_method, checks)
+        answer = self._get(_pixel_path(pixel_id, "da_checks"), params, access_token)
+        return _pixel.parse_da_checks(answer)
+
+    def pixel_stats(
+        self,
+        pixel_id: str | int,
+        *,
+        access_token: str,
+        aggregation: str,
+        start_time: float,
+        end_time: float,
+        event_source: str | None = None,
+    ) -> list[StatsBucket]:
+        """See :meth:`GraphClient.pixel_stats`."""
+        params = _pixel.stats_params(aggregation, start_time, end_time, event_source)
+        buckets: list[StatsBucket] = []
+        for _page in range(MAX_STATS_PAGES):
+            answer = self._get(_pixel_path(pixel_id, "stats"), params, access_token)
+            buckets.extend(_pixel.parse_stats(answer))
+            after = _pixel.next_cursor(answer)
+            if after is None:
+                break
+            params = {**params, "after": after}
+        return buckets
 
     def _get(self, path: str, params: dict[str, str], access_token: str) -> dict[str, Any]:
         response = self._send(self._builder.get_request(path, params, access_token))

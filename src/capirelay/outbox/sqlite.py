@@ -126,6 +126,11 @@ def _packaged_sql(name: str) -> str:
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "queue, dedup and dead-letter tables", _packaged_sql("schema_sqlite.sql")),
     Migration(2, "lease ids, queued dedup keys", _packaged_sql("schema_sqlite_0002_leases.sql")),
+    Migration(
+        3,
+        "Meta diagnostics checks, history, runs, delivered per hour, schedule lease",
+        _packaged_sql("schema_sqlite_0003_meta_diagnostics.sql"),
+    ),
 )
 
 

@@ -31,6 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from capirelay.config import RateLimit, Settings
 from capirelay.dashboard import create_dashboard
 from capirelay.delivery.engine import DeliveryEngine
+from capirelay.diagnostics import DiagnosticsRunner
+from capirelay.meta_store import meta_store_for
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox, open_outbox
 from capirelay.server import routes_health, routes_ingest, routes_webhooks
@@ -72,6 +74,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             app.state.outbox = outbox or await _open_owned_outbox(settings, stack)
+            # Started before the engine so it stops after it: its last flush then holds
+            # every delivery the engine acknowledged.
+            app.state.diagnostics = _start_diagnostics(
+                app.state.outbox, settings, metrics, transport, stack
+            )
             app.state.engine = engine or await _start_owned_engine(
                 app.state.outbox, settings, metrics, transport, stack
             )
@@ -109,6 +116,7 @@ def create_app(
     app.state.limits = GatewayLimits.from_settings(settings.rate_limits, _ingest_quotas(settings))
     app.state.outbox = outbox
     app.state.engine = engine
+    app.state.diagnostics = None
     app.add_middleware(GatewayHeadersMiddleware)
     return app
 
@@ -143,6 +151,24 @@ async def _start_owned_engine(
     await owned.start()
     stack.push_async_callback(owned.stop)
     return owned
+
+
+def _start_diagnostics(
+    outbox: Outbox,
+    settings: Settings,
+    metrics: Metrics,
+    transport: httpx.AsyncBaseTransport | None,
+    stack: AsyncExitStack,
+) -> DiagnosticsRunner | None:
+    """Meta's diagnostics on a schedule (and the delivered-per-hour counter)."""
+    try:
+        store = meta_store_for(outbox)
+    except TypeError:  # an outbox implementation without the diagnostics tables
+        return None
+    runner = DiagnosticsRunner(settings, store, metrics, transport=transport)
+    runner.start()
+    stack.push_async_callback(runner.stop)
+    return runner
 
 
 async def _openapi(request: Request) -> Response:

@@ -1,0 +1,69 @@
+"""``doctor`` shows Meta's side: pixel settings now, and the last scheduled diagnostics,
+Meta's text and link beside capirelay's fix (both backends)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from meta_data import PIXEL, TOKEN, make_settings
+
+from capirelay.diagnostics import DiagnosticsRunner
+from capirelay.doctor import run_doctor
+from capirelay.emulator import RunningEmulator, run_emulator
+from capirelay.graph import GraphClient
+from capirelay.meta_store import meta_store_for
+from capirelay.metrics import Metrics
+from capirelay.outbox import Outbox, open_outbox
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[RunningEmulator]:
+    async with run_emulator(pixels={PIXEL: TOKEN}) as running:
+        yield running
+
+
+@pytest.fixture
+def storage_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite:///{tmp_path / 'capirelay.db'}"
+
+
+async def test_doctor_reports_settings_and_stored_diagnostics(
+    emulator: RunningEmulator, storage_url: str
+) -> None:
+    settings = make_settings(emulator.url).model_copy(update={"storage": storage_url})
+    async with GraphClient(base_url=emulator.url) as client:
+        await client.update_pixel_settings(
+            PIXEL,
+            access_token=TOKEN,
+            enable_automatic_matching=False,
+            first_party_cookie_status="FIRST_PARTY_COOKIE_DISABLED",
+        )
+    async with httpx.AsyncClient(base_url=emulator.url) as http:
+        fault = {"kind": "da_check_failed", "check": "pixel_decline", "message": "Volume fell"}
+        (await http.post("/_emulator/faults", json=fault)).raise_for_status()
+    outbox: Outbox = open_outbox(storage_url)
+    await outbox.open()
+    try:
+        runner = DiagnosticsRunner(settings, meta_store_for(outbox), Metrics())
+        assert await runner.run_once() is not None
+    finally:
+        await outbox.close()
+
+    report = await run_doctor(settings=settings, now=time.time() + 1800)
+    checks = {c.name: c for c in report.checks}
+    assert checks[f"aam {PIXEL}"].status == "warn"
+    assert "capirelay pixel enable-aam" in (checks[f"aam {PIXEL}"].fix or "")
+    cookies = checks[f"first-party cookies {PIXEL}"]
+    assert cookies.status == "warn" and "first-party-cookies on" in (cookies.fix or "")
+    decline = checks[f"meta {PIXEL} pixel_decline"]
+    assert decline.status == "warn"
+    assert decline.detail.startswith("Meta: Event volume declined: Volume fell (https://")
+    assert "capirelay dlq list" in (decline.fix or "")
+    assert checks[f"meta diagnostics {PIXEL}"].detail.startswith("last run 0.5 h ago")
+    assert TOKEN not in str(report.to_dict())

@@ -1,0 +1,66 @@
+"""Sent versus counted, the pure part: lag, tolerance, minimum volume, dedup coverage,
+rows without event names, and sharing a short events_received over event names."""
+
+from __future__ import annotations
+
+import pytest
+
+from capirelay.diagnostics import DeliveredRecorder
+from capirelay.graph._pixel import StatsBucket, StatsRow
+from capirelay.meta_store import DeliveredHour
+from capirelay.outbox.base import LeasedEvent
+from capirelay.reconcile import ALL_EVENTS, HOUR, reconcile
+
+PIXEL = "1"
+H0 = 1_800_000_000 // HOUR * HOUR
+
+
+def bucket(aggregation: str, hour: int, *rows: tuple[str, int, str | None]) -> StatsBucket:
+    return StatsBucket(aggregation, hour, [StatsRow(v, c, e) for v, c, e in rows])
+
+
+def test_only_settled_hours_are_compared_and_tolerance_applies() -> None:
+    delivered = [DeliveredHour(PIXEL, "Purchase", H0, 100, 100),
+                 DeliveredHour(PIXEL, "Purchase", H0 + HOUR, 100, 100)]  # fmt: skip
+    stats = [
+        bucket("event_source", H0, ("SERVER", 98, "Purchase"), ("WEB", 50, "Purchase")),
+        bucket("event_processing_results", H0, ("deduplicated", 40, "Purchase")),
+        bucket("event_source", H0 + HOUR, ("SERVER", 10, "Purchase")),  # still arriving
+    ]
+    now = H0 + 4 * HOUR  # hour 0 ended 3 h ago (settled), hour 1 only 2 h ago
+    result = reconcile(delivered, stats, now=now, lag_hours=3, tolerance=0.02, min_events=20)
+    assert [r.compared for r in result.rows] == [True, False]
+    assert (result.acknowledged, result.server, result.gap_ratio) == (100, 98, 0.02)
+    assert not result.undercount  # exactly at the tolerance
+    assert result.dedup_coverage == pytest.approx(40 / 50)
+    stricter = reconcile(delivered, stats, now=now, lag_hours=3, tolerance=0.01,
+                         min_events=20)  # fmt: skip
+    assert stricter.undercount
+    quiet = reconcile(delivered, stats, now=now, lag_hours=3, tolerance=0.01, min_events=500)
+    assert not quiet.undercount  # too few events to judge
+
+
+def test_rows_without_event_names_compare_totals_and_had_pii_needs_no_lag() -> None:
+    delivered = [DeliveredHour(PIXEL, "Purchase", H0, 5, 5), DeliveredHour(PIXEL, "Lead", H0, 5, 5)]
+    stats = [bucket("event_source", H0, ("SERVER", 10, None)),
+             bucket("had_pii", H0 + 5 * HOUR, ("true", 2, None), ("false", 9, None))]  # fmt: skip
+    result = reconcile(delivered, stats, now=H0 + 5 * HOUR, lag_hours=3, tolerance=0.02,
+                       min_events=1)  # fmt: skip
+    assert {r.event_name for r in result.rows} == {ALL_EVENTS}
+    assert (result.acknowledged, result.server, result.undercount) == (10, 10, False)
+    assert result.had_pii == 2
+
+
+def _leased(name: str, index: int) -> LeasedEvent:
+    return LeasedEvent(index, PIXEL, name, f"e{index}", b"{}", 0, 0.0, 0, None, 0.0)
+
+
+def test_a_short_events_received_is_shared_out_over_event_names() -> None:
+    recorder = DeliveredRecorder(clock=lambda: H0 + 10)
+    events = [_leased("Purchase", i) for i in range(6)] + [_leased("Lead", 6 + i) for i in range(3)]
+    recorder(PIXEL, events, 7)
+    rows = {r.event_name: (r.sent, r.acknowledged) for r in recorder.take()}
+    assert rows == {"Purchase": (6, 5), "Lead": (3, 2)}
+    assert recorder.take() == []
+    recorder.give_back([DeliveredHour(PIXEL, "Lead", H0, 1, 1)])
+    assert recorder.take() == [DeliveredHour(PIXEL, "Lead", H0, 1, 1)]
