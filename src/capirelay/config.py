@@ -29,6 +29,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from capirelay.limits import check_test_event_code
+
 log = logging.getLogger("capirelay.config")
 
 DEFAULT_API_VERSION = "v26.0"
@@ -108,6 +110,14 @@ class ConsentPolicy(BaseModel):
     ldu_states: list[str] = Field(default_factory=list)
 
 
+def _test_event_code_limit(value: str | None) -> str | None:
+    """The same limit ingest applies (capirelay.limits), refused when the config is read."""
+    problems = check_test_event_code(value)
+    if problems:
+        raise ValueError(problems[0].message)
+    return value
+
+
 class PixelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -124,6 +134,7 @@ class PixelSettings(BaseModel):
     consent: ConsentPolicy = Field(default_factory=ConsentPolicy)
 
     _v_secrets = field_validator("access_token", "app_secret", mode="before")(_coerce_secret)
+    _v_test_event_code = field_validator("test_event_code")(_test_event_code_limit)
 
     @field_validator("api_version")
     @classmethod
@@ -165,6 +176,7 @@ class WebhookSettings(BaseModel):
     test_event_code: str | None = None
 
     _v_secret = field_validator("secret", mode="before")(_coerce_secret)
+    _v_test_event_code = field_validator("test_event_code")(_test_event_code_limit)
 
 
 class DashboardSettings(BaseModel):

@@ -54,6 +54,11 @@ DEDUP_WINDOW_SECONDS = 48 * 3600
 class EnqueueStatus(StrEnum):
     QUEUED = "queued"
     DUPLICATE = "duplicate"
+    # The backend cannot store this event's values (PostgreSQL: a data exception such as
+    # U+0000 in text, or a key beyond an index's size).  Ingest's limits
+    # (capirelay.limits) keep such events out; this is the backend's own safety net, so
+    # one bad row costs only itself and never reads as "storage unavailable".
+    REJECTED = "rejected"
 
 
 class DeadLetterReason(StrEnum):

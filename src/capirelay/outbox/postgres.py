@@ -127,6 +127,16 @@ def storage_error(exc: BaseException) -> StorageUnavailable:
 
 
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, PoolClosed)
+# What a row's own values cause (SQLSTATE class 22 "data exception", e.g. U+0000 in text;
+# class 54 "program limit exceeded", e.g. an index row too large): the row's problem, not
+# the database's.  ProgramLimitExceeded is an OperationalError subclass, so it is checked
+# before _UNAVAILABLE everywhere.
+_BAD_DATA = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
+
+
+def _jsonb_text(value: Any) -> str:
+    """JSON for a jsonb column: jsonb refuses the \\u0000 escape, so NUL becomes U+FFFD."""
+    return orjson.dumps(value).decode().replace("\\u0000", "\\ufffd")
 
 
 def _ids(ids: Sequence[int]) -> list[int]:
@@ -229,7 +239,7 @@ class PostgresOutbox(Outbox):
         try:
             async with pool.connection(timeout=timeout) as conn:
                 yield conn
-        except psycopg.errors.TransactionRollback:
+        except (psycopg.errors.TransactionRollback, *_BAD_DATA):
             raise
         except _UNAVAILABLE as exc:
             raise storage_error(exc) from exc
@@ -293,7 +303,18 @@ class PostgresOutbox(Outbox):
             "cutoff": now - DEDUP_WINDOW_SECONDS,
             "channel": CHANNEL,
         }
-        queued = {row[0] for row in await self._run("enqueue", params)}
+        try:
+            queued = {row[0] for row in await self._run("enqueue", params)}
+        except _BAD_DATA as exc:
+            if len(events) == 1:
+                log.warning("outbox: an event's values cannot be stored (%s)", type(exc).__name__)
+                return [EnqueueStatus.REJECTED]
+            # Nothing of the request was stored (one transaction): bisect to the row(s) at
+            # fault so the others are queued.  Halves in order keep "first occurrence of a
+            # key wins" (the second half sees the first half's claims as duplicates).
+            middle = len(events) // 2
+            first = await self.enqueue(events[:middle], now=now)
+            return first + await self.enqueue(events[middle:], now=now)
         return [
             EnqueueStatus.QUEUED if position in queued else EnqueueStatus.DUPLICATE
             for position in range(1, len(events) + 1)
@@ -354,7 +375,7 @@ class PostgresOutbox(Outbox):
                 {
                     "ids": _ids(ids),
                     "next_attempt_at": next_attempt_at,
-                    "attempt": orjson.dumps(attempt.to_dict()).decode(),
+                    "attempt": _jsonb_text(attempt.to_dict()),
                     "log_limit": ATTEMPT_LOG_LIMIT,
                     "owner": self.owner,
                     "lease_id": lease_id,
@@ -383,7 +404,7 @@ class PostgresOutbox(Outbox):
             {
                 "ids": _ids(ids),
                 "reason": str(reason),
-                "error": orjson.dumps(attempt.to_dict()).decode() if attempt else None,
+                "error": _jsonb_text(attempt.to_dict()) if attempt else None,
                 "log_limit": ATTEMPT_LOG_LIMIT,
                 "now": now,
                 "lease_id": lease_id,

@@ -16,6 +16,7 @@ from starlette.requests import Request
 
 from capirelay.ingest import PreparedEvent
 from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
+from capirelay.problems import Problem, error
 from capirelay.server.http import ApiError
 
 __all__ = [
@@ -67,8 +68,24 @@ async def commit_prepared(
     if EnqueueStatus.QUEUED in enqueued:
         request.app.state.engine.notify(pixel_id)
     answers = iter(enqueued)
-    statuses = ["rejected" if item.new_event is None else str(next(answers)) for item in prepared]
+    statuses: list[str] = []
+    for item in prepared:
+        status = "rejected" if item.new_event is None else str(next(answers))
+        if item.new_event is not None and status == EnqueueStatus.REJECTED:
+            # The backend refused this row's values (limits should have caught them first):
+            # the event's problem, reported with it; storage stays ready.
+            item.problems.append(_UNSTORABLE)
+        statuses.append(status)
     return Committed(accepted, enqueued, statuses)
+
+
+_UNSTORABLE: Problem = error(
+    "unstorable_value",
+    "event",
+    "the storage refused one of this event's values (a control character or an oversized "
+    "field); check event_id, event_name and custom_data against the limits in "
+    "docs/reliability.md",
+)
 
 
 def recent_write_failure(state: object) -> float | None:
