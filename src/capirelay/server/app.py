@@ -32,6 +32,7 @@ from capirelay.delivery.engine import DeliveryEngine
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox, open_outbox
 from capirelay.server import routes_health, routes_ingest, routes_webhooks
+from capirelay.server.body_limit import BodyLimitMiddleware
 from capirelay.server.http import ApiError, JSONResponse, error_response
 from capirelay.server.openapi import openapi_document
 from capirelay.sources import snippet
@@ -104,6 +105,7 @@ def create_app(
     app.state.webhooks = routes_webhooks.load_webhooks(settings)
     app.state.outbox = outbox
     app.state.engine = engine
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(GatewayHeadersMiddleware)
     return app
 
