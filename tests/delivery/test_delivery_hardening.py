@@ -147,13 +147,14 @@ async def test_expired_events_do_not_delay_breaker_recovery(
 async def test_a_passing_request_level_refusal_dead_letters_nothing(
     start_engine: EngineFactory, outbox: Outbox, emulator: RunningEmulator
 ) -> None:
-    # One generic code-100 refusal of the whole request, naming no event.
+    # One generic code-100 refusal of the whole request, naming no event: the pixel is
+    # held (breaker) and probed, the events stay queued.
     await add_faults(
         emulator, {"kind": "graph_error", "code": 100, "message": "Invalid parameter", "count": 1}
     )
     wanted = ids("good", 8)
     await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
-    engine = await start_engine()
+    engine = await start_engine(breaker_probe_seconds=0.3)
     engine.notify(PIXEL)
     assert await engine.drain(timeout=10)
     assert sorted(await delivered_ids(emulator)) == wanted
