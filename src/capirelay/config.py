@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -132,6 +132,9 @@ class PixelSettings(BaseModel):
     # Drop browser events from known crawlers/bots (counted in metrics).
     filter_bots: bool = True
     consent: ConsentPolicy = Field(default_factory=ConsentPolicy)
+    # Emails, phone numbers and secrets in event_source_url/referrer_url query strings or
+    # custom_data: "strip" them (warning), "reject" the event, or "keep" (capirelay.pii_scrub).
+    pii_in_urls: Literal["strip", "reject", "keep"] = "strip"
 
     _v_secrets = field_validator("access_token", "app_secret", mode="before")(_coerce_secret)
     _v_test_event_code = field_validator("test_event_code")(_test_event_code_limit)

@@ -37,6 +37,7 @@ from capirelay.config import PixelSettings
 from capirelay.events import prepare_wire
 from capirelay.limits import MAX_EVENT_ID, check_event_limits, check_test_event_code
 from capirelay.outbox.base import NewEvent
+from capirelay.pii_scrub import scrub_event
 from capirelay.problems import Problem, error, has_errors
 from capirelay.validate import deadline, validate_event
 
@@ -100,6 +101,9 @@ def prepare_event(
         return PreparedEvent(None, _given_event_id(raw), [_unencodable()])
 
     payload = wire.payload
+    # Emails, phones and secrets leave URLs and custom_data before the id is derived
+    # and anything is stored (the pixel's pii_in_urls policy).
+    pii_problems = scrub_event(payload, pixel.pii_in_urls)
     event_id = payload.get("event_id")
     if not event_id:
         try:
@@ -116,6 +120,7 @@ def prepare_event(
     # are what storage and Meta can take; Meta's rules are validate_event's.
     problems = (
         wire.problems
+        + pii_problems
         + validate_event(payload, now=now, max_future_skew=max_future_skew)
         + check_event_limits(payload, encoded, test_event_code)
     )

@@ -165,6 +165,8 @@ def test_a_paid_shopify_order_is_sent_once_even_when_redelivered(
     )
     sent = wait_delivered(emulator, event_id)
     assert sent["custom_data"]["value"] == 238.9
+    # order_status_url is a capability link (?key=...): only the storefront is sent.
+    assert sent["event_source_url"] == "https://jsmith.myshopify.com/"
     assert sent["user_data"]["em"][0] != order["email"]  # hashed before storage
     assert order["email"] not in json.dumps(sent)
 
