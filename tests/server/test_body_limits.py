@@ -71,8 +71,8 @@ def every_route(settings: Settings) -> list[tuple[str, str]]:
         routes += [(method.upper(), concrete) for method in operations if method != "parameters"]
     dashboard = create_dashboard(settings, Metrics())
     assert dashboard is not None
-    (mount,) = dashboard.routes()
-    assert isinstance(mount, Mount)
+    [mount] = [r for r in dashboard.routes() if isinstance(r, Mount)]
+    routes.append(("GET", "/ui"))  # the relative redirect to /ui/
     for route in mount.routes:
         path = "/ui" + route.path.replace("{dlq_id:int}", "1")
         if isinstance(route, Route):

@@ -61,6 +61,7 @@ from capirelay.outbox._rows import (
 from capirelay.outbox.base import (
     DEDUP_WINDOW_SECONDS,
     Attempt,
+    AuditRecord,
     DeadLetter,
     DeadLetterReason,
     DLQFilter,
@@ -513,6 +514,54 @@ class PostgresOutbox(Outbox):
 
     async def unhold_pixel(self, pixel_id: str) -> None:
         await self._run("unhold_pixel", {"pixel_id": pixel_id})
+
+    # ------------------------------------------------------ operator records
+
+    async def _statement(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall() if cur.description else []
+
+        return await self._in_transaction(work)
+
+    async def revoke_session(self, session_hash: str, *, expires_at: float, now: float) -> None:
+        async def work(conn: AsyncConnection[Any]) -> None:
+            await conn.execute(
+                "DELETE FROM capirelay_revoked_sessions WHERE expires_at <= %(now)s", {"now": now}
+            )
+            await conn.execute(
+                "INSERT INTO capirelay_revoked_sessions (session_hash, expires_at) "
+                "VALUES (%(hash)s, %(expires_at)s) ON CONFLICT (session_hash) "
+                "DO UPDATE SET expires_at = excluded.expires_at",
+                {"hash": session_hash, "expires_at": expires_at},
+            )
+
+        await self._in_transaction(work)
+
+    async def session_revoked(self, session_hash: str) -> bool:
+        rows = await self._statement(
+            "SELECT 1 FROM capirelay_revoked_sessions WHERE session_hash = %(hash)s",
+            {"hash": session_hash},
+        )
+        return bool(rows)
+
+    async def record_audit(
+        self, *, at: float, actor: str, action: str, target: str, count: int, origin: str
+    ) -> None:
+        await self._statement(
+            "INSERT INTO capirelay_operator_audit (at, actor, action, target, count, origin) "
+            "VALUES (%(at)s, %(actor)s, %(action)s, %(target)s, %(count)s, %(origin)s)",
+            {"at": at, "actor": actor, "action": action, "target": target, "count": count,
+             "origin": origin},
+        )  # fmt: skip
+
+    async def audit_log(self, *, limit: int = 100) -> list[AuditRecord]:
+        rows = await self._statement(
+            "SELECT id, at, actor, action, target, count, origin FROM capirelay_operator_audit "
+            "ORDER BY id DESC LIMIT %(limit)s",
+            {"limit": limit},
+        )
+        return [AuditRecord(*row) for row in rows]
 
     # ------------------------------------------------------ LISTEN / NOTIFY
 

@@ -68,6 +68,7 @@ from capirelay.outbox._rows import (
 from capirelay.outbox.base import (
     DEDUP_WINDOW_SECONDS,
     Attempt,
+    AuditRecord,
     DeadLetter,
     DeadLetterReason,
     DLQFilter,
@@ -126,6 +127,9 @@ def _packaged_sql(name: str) -> str:
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "queue, dedup and dead-letter tables", _packaged_sql("schema_sqlite.sql")),
     Migration(2, "lease ids, queued dedup keys", _packaged_sql("schema_sqlite_0002_leases.sql")),
+    Migration(
+        3, "dashboard sessions, operator audit", _packaged_sql("schema_sqlite_0003_operator.sql")
+    ),
 )
 
 
@@ -888,6 +892,47 @@ class SQLiteOutbox(Outbox):
     async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
         rows = await self._read(lambda c: c.execute(_QUEUE_SAMPLE, (limit,)).fetchall())
         return [leased_from_row(row) for row in rows]
+
+    # ------------------------------------------------------ operator records
+
+    async def revoke_session(self, session_hash: str, *, expires_at: float, now: float) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT OR REPLACE INTO revoked_sessions (session_hash, expires_at) VALUES (?, ?)",
+                (session_hash, expires_at),
+            )
+
+        await self._write(run)
+
+    async def session_revoked(self, session_hash: str) -> bool:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT 1 FROM revoked_sessions WHERE session_hash = ?", (session_hash,)
+            ).fetchone()
+        )
+        return row is not None
+
+    async def record_audit(
+        self, *, at: float, actor: str, action: str, target: str, count: int, origin: str
+    ) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO operator_audit (at, actor, action, target, count, origin) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (at, actor, action, target, count, origin),
+            )
+        )
+
+    async def audit_log(self, *, limit: int = 100) -> list[AuditRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT id, at, actor, action, target, count, origin FROM operator_audit "
+                "ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [AuditRecord(*row) for row in rows]
 
 
 # ------------------------------------------------------------------ read helpers

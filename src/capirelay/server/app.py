@@ -100,6 +100,10 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # No automatic slash redirects: Starlette builds them as absolute URLs from the Host
+    # header (a client could make the gateway redirect to any host); routes that want one
+    # answer a relative Location themselves (GET /ui).
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.webhooks = routes_webhooks.load_webhooks(settings)
