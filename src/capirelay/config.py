@@ -228,6 +228,9 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     max_collect_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Seconds a client may take to send a request's headers before its connection is
+    # closed (slowloris); see capirelay.server.header_timeout.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     pixels: dict[str, PixelSettings] = Field(default_factory=dict)
     ingest_keys: dict[str, IngestKey] = Field(default_factory=dict)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
