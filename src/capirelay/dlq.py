@@ -223,6 +223,7 @@ async def purge(
 
 
 MAX_AUDIT_IDS = 20
+MAX_AUDIT_TARGET = 500
 
 
 def describe_target(target: Sequence[int] | DLQFilter) -> str:
@@ -242,7 +243,10 @@ def describe_target(target: Sequence[int] | DLQFilter) -> str:
         )
         if value is not None
     ]
-    return "filter " + (" ".join(parts) if parts else "(all)")
+    text = "filter " + (" ".join(parts) if parts else "(all)")
+    # Filters are typed by operators into forms and flags: no control character (NUL
+    # cannot be stored on PostgreSQL) and a bounded length in the audit trail.
+    return "".join(char if ord(char) >= 0x20 else "?" for char in text)[:MAX_AUDIT_TARGET]
 
 
 def _judge(letter: DeadLetter, now: float, report: ReplayReport) -> bool:

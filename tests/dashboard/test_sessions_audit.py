@@ -234,3 +234,25 @@ def test_redirects_are_relative_whatever_the_host_header(
     # A trailing slash is not "fixed" by an absolute redirect either.
     assert httpx.get(first + "/ui/dlq/", headers=headers, timeout=10).status_code == 404
     assert httpx.get(first + "/healthz/", headers=headers, timeout=10).status_code == 404
+
+
+def test_a_nul_in_a_dlq_filter_matches_nothing_and_fails_nothing(
+    replicas: tuple[str, str, RunningEmulator], storage: str
+) -> None:
+    first, _, _ = replicas
+    session = log_in(first)
+    listing = page(first, session, "/ui/dlq?pixel=%00&event=a%00b")
+    assert listing.status_code == 200
+    purge = httpx.post(
+        first + "/ui/dlq/purge",
+        data={"csrf_token": csrf_from(listing.text), "pixel": "\x00", "confirm": "yes"},
+        cookies={SESSION_COOKIE: session},
+        headers={"Origin": first},
+        timeout=10,
+    )
+    assert purge.status_code == 303, purge.text
+    assert purge.headers["location"].endswith("purged=0")
+    records = orjson.loads(
+        runner.invoke(cli_app, ["dlq", "audit", "--storage", storage, "--json"]).output
+    )
+    assert records[0]["target"] == "filter pixel=?"

@@ -140,6 +140,13 @@ def _jsonb_text(value: Any) -> str:
     return orjson.dumps(value).decode().replace("\\u0000", "\\ufffd")
 
 
+def _matches_nothing(flt: DLQFilter | None) -> bool:
+    """A filter text holding U+0000 matches no stored row (text cannot hold it), and
+    PostgreSQL would refuse the query itself: answer "nothing" rather than fail."""
+    values = dlq_filter_values(flt).values()
+    return any(isinstance(value, str) and "\x00" in value for value in values)
+
+
 def _ids(ids: Sequence[int]) -> list[int]:
     return [int(i) for i in ids]
 
@@ -448,6 +455,8 @@ class PostgresOutbox(Outbox):
     async def dlq_list(
         self, flt: DLQFilter | None = None, *, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
+        if _matches_nothing(flt):
+            return []
         params = {**dlq_filter_values(flt), "limit": limit, "offset": offset}
         return [dead_letter_from_row(row) for row in await self._run("dlq_list", params)]
 
@@ -475,6 +484,8 @@ class PostgresOutbox(Outbox):
         require_purge_target(ids, flt)
         if ids is not None:
             return await self._rowcount("dlq_purge_ids", {"ids": _ids(ids)})
+        if _matches_nothing(flt):
+            return 0
         return await self._rowcount("dlq_purge_filter", dlq_filter_values(flt))
 
     # ------------------------------------------------------- dashboard views
