@@ -1,4 +1,4 @@
-"""``capirelay dlq list|show|replay|purge``: the dead-letter queue from the terminal.
+"""``capirelay dlq list|show|replay|purge|audit``: the dead-letter queue from the terminal.
 
 Thin wrappers over :mod:`capirelay.dlq`.  The storage comes from the same
 settings as ``capirelay serve`` (``--config`` or ``CAPIRELAY_CONFIG``), or
@@ -10,6 +10,8 @@ filter; a filter-wide purge asks for ``--yes``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import getpass
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -213,7 +215,7 @@ def replay_command(
     )
     report = _with_outbox(
         existing_storage_url(config, storage),
-        lambda o: dlq.replay(o, target, now=time.time(), dry_run=dry_run),
+        lambda o: dlq.replay(o, target, now=time.time(), dry_run=dry_run, actor=_cli_actor()),
     )
     verb = "would re-queue" if dry_run else "re-queued"
     console.print(f"{verb}: {len(report.requeued)}")
@@ -252,5 +254,39 @@ def purge_command(
     if isinstance(target, DLQFilter) and not yes:
         err_console.print("[red]a purge by filter deletes every match: add --yes to confirm[/red]")
         raise typer.Exit(2)
-    count = _with_outbox(existing_storage_url(config, storage), lambda o: dlq.purge(o, target))
+    count = _with_outbox(
+        existing_storage_url(config, storage), lambda o: dlq.purge(o, target, actor=_cli_actor())
+    )
     console.print(f"purged: {count}")
+
+
+@dlq_app.command("audit")
+def audit_command(
+    config: ConfigOpt = None,
+    storage: StorageOpt = None,
+    limit: Annotated[int, typer.Option("--limit", help="Most records shown.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+) -> None:
+    """Who replayed or purged dead letters, when, with which filter, and how many."""
+    records = _with_outbox(existing_storage_url(config, storage), lambda o: o.audit_log(limit=limit))
+    if as_json:
+        console.print_json(orjson.dumps([dataclasses.asdict(r) for r in records]).decode())
+        return
+    if not records:
+        console.print("no replay or purge recorded yet")
+        return
+    table = Table("when (UTC)", "who", "action", "target", "count", "from")
+    for record in records:
+        table.add_row(
+            _when(record.at), record.actor, record.action, record.target,
+            str(record.count), record.origin,
+        )  # fmt: skip
+    console.print(table)
+
+
+def _cli_actor() -> str:
+    """The operating-system user running the command (the audit trail's "who")."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"

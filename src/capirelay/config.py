@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -28,6 +28,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from capirelay.limits import check_test_event_code
 
 log = logging.getLogger("capirelay.config")
 
@@ -115,6 +117,14 @@ class ConsentPolicy(BaseModel):
     ldu_states: list[str] = Field(default_factory=list)
 
 
+def _test_event_code_limit(value: str | None) -> str | None:
+    """The same limit ingest applies (capirelay.limits), refused when the config is read."""
+    problems = check_test_event_code(value)
+    if problems:
+        raise ValueError(problems[0].message)
+    return value
+
+
 class PixelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -136,9 +146,14 @@ class PixelSettings(BaseModel):
     # The HMAC-SHA256 key the shop's server signs beacon tokens with (env or file).
     verification_secret: Secret | None = None
 
+    # Emails, phone numbers and secrets in event_source_url/referrer_url query strings or
+    # custom_data: "strip" them (warning), "reject" the event, or "keep" (capirelay.pii_scrub).
+    pii_in_urls: Literal["strip", "reject", "keep"] = "strip"
+
     _v_secrets = field_validator(
         "access_token", "app_secret", "verification_secret", mode="before"
     )(_coerce_secret)
+    _v_test_event_code = field_validator("test_event_code")(_test_event_code_limit)
 
     @field_validator("beacon_events", "require_verified")
     @classmethod
@@ -214,6 +229,7 @@ class WebhookSettings(BaseModel):
     test_event_code: str | None = None
 
     _v_secret = field_validator("secret", mode="before")(_coerce_secret)
+    _v_test_event_code = field_validator("test_event_code")(_test_event_code_limit)
 
 
 class RateLimit(BaseModel):
@@ -308,6 +324,9 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     max_collect_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Seconds a client may take to send a request's headers before its connection is
+    # closed (slowloris); see capirelay.server.header_timeout.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     pixels: dict[str, PixelSettings] = Field(default_factory=dict)
     ingest_keys: dict[str, IngestKey] = Field(default_factory=dict)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)

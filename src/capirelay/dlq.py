@@ -17,6 +17,7 @@ instead of reaching Meta twice.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -166,8 +167,14 @@ async def replay(
     *,
     now: float,
     dry_run: bool = False,
+    actor: str | None = None,
+    origin: str = "cli",
 ) -> ReplayReport:
-    """Re-queue the dead letters in ``target`` that pass validation and are in their deadline."""
+    """Re-queue the dead letters in ``target`` that pass validation and are in their deadline.
+
+    With ``actor`` (who asked: ``admin token``, ``cli:<user>``...), the replay is kept in
+    the audit trail with ``origin``, its target and how many letters it re-queued.
+    """
     report = ReplayReport(dry_run=dry_run)
     keys_seen: set[tuple[str, str, str]] = set()
     async for letter in _targets(outbox, target, report):
@@ -183,14 +190,63 @@ async def replay(
             moved = await outbox.dlq_requeue(candidates[start : start + PAGE_SIZE], now=now)
             report.requeued.extend(moved.requeued)
             report.duplicate.extend(moved.duplicate)
+    if actor is not None and not dry_run:
+        await outbox.record_audit(
+            at=now, actor=actor, action="replay", target=describe_target(target),
+            count=len(report.requeued), origin=origin,
+        )  # fmt: skip
     return report
 
 
-async def purge(outbox: Outbox, target: Sequence[int] | DLQFilter) -> int:
-    """Delete dead letters by id or by filter (``DLQFilter()`` matches all); returns how many."""
+async def purge(
+    outbox: Outbox,
+    target: Sequence[int] | DLQFilter,
+    *,
+    actor: str | None = None,
+    origin: str = "cli",
+    now: float | None = None,
+) -> int:
+    """Delete dead letters by id or by filter (``DLQFilter()`` matches all); returns how many.
+
+    With ``actor``, the purge is kept in the audit trail (see :func:`replay`).
+    """
     if isinstance(target, DLQFilter):
-        return await outbox.dlq_purge(flt=target)
-    return await outbox.dlq_purge(ids=list(target))
+        purged = await outbox.dlq_purge(flt=target)
+    else:
+        purged = await outbox.dlq_purge(ids=list(target))
+    if actor is not None:
+        await outbox.record_audit(
+            at=time.time() if now is None else now, actor=actor, action="purge",
+            target=describe_target(target), count=purged, origin=origin,
+        )  # fmt: skip
+    return purged
+
+
+MAX_AUDIT_IDS = 20
+MAX_AUDIT_TARGET = 500
+
+
+def describe_target(target: Sequence[int] | DLQFilter) -> str:
+    """What a replay or purge was given, for the audit trail: ids, or the filter's fields."""
+    if not isinstance(target, DLQFilter):
+        ids = [str(i) for i in target]
+        more = f" (+{len(ids) - MAX_AUDIT_IDS} more)" if len(ids) > MAX_AUDIT_IDS else ""
+        return "ids " + ", ".join(ids[:MAX_AUDIT_IDS]) + more
+    parts = [
+        f"{name}={value}"
+        for name, value in (
+            ("pixel", target.pixel_id),
+            ("event_name", target.event_name),
+            ("reason", target.reason),
+            ("since", target.since),
+            ("until", target.until),
+        )
+        if value is not None
+    ]
+    text = "filter " + (" ".join(parts) if parts else "(all)")
+    # Filters are typed by operators into forms and flags: no control character (NUL
+    # cannot be stored on PostgreSQL) and a bounded length in the audit trail.
+    return "".join(char if ord(char) >= 0x20 else "?" for char in text)[:MAX_AUDIT_TARGET]
 
 
 def _judge(letter: DeadLetter, now: float, report: ReplayReport) -> bool:

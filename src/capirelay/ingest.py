@@ -35,7 +35,9 @@ from pydantic import ValidationError
 
 from capirelay.config import PixelSettings
 from capirelay.events import prepare_wire
+from capirelay.limits import MAX_EVENT_ID, check_event_limits, check_test_event_code
 from capirelay.outbox.base import NewEvent
+from capirelay.pii_scrub import scrub_event
 from capirelay.problems import Problem, error, has_errors
 from capirelay.validate import deadline, validate_event
 
@@ -92,12 +94,16 @@ def prepare_event(
     try:
         wire = prepare_wire(raw, default_country=pixel.default_country)
     except ValidationError as exc:
-        return PreparedEvent(None, _given_event_id(raw), _problems_from_validation(exc))
+        problems = _problems_from_validation(exc) + check_test_event_code(test_event_code)
+        return PreparedEvent(None, _given_event_id(raw), problems)
     except RecursionError:
         # Free-form custom_data nested ~1,000 deep: refuse this event, not the request.
         return PreparedEvent(None, _given_event_id(raw), [_unencodable()])
 
     payload = wire.payload
+    # Emails, phones and secrets leave URLs and custom_data before the id is derived
+    # and anything is stored (the pixel's pii_in_urls policy).
+    pii_problems = scrub_event(payload, pixel.pii_in_urls)
     event_id = payload.get("event_id")
     if not event_id:
         try:
@@ -106,15 +112,20 @@ def prepare_event(
             return PreparedEvent(None, "", [_unencodable()])
         # The id goes on the wire so Meta deduplicates our retries against the browser pixel.
         payload["event_id"] = event_id
-    # A new list: the wire's own stays as prepare_wire left it.
-    problems = wire.problems + validate_event(payload, now=now, max_future_skew=max_future_skew)
-    if problems and has_errors(problems):
-        return PreparedEvent(None, event_id, problems)
-
     try:
         encoded = orjson.dumps(payload)
     except orjson.JSONEncodeError:
-        return PreparedEvent(None, event_id, [*problems, _unencodable()])
+        return PreparedEvent(None, _shown_id(event_id), [_unencodable()])
+    # A new list: the wire's own stays as prepare_wire left it.  The limits (capirelay.limits)
+    # are what storage and Meta can take; Meta's rules are validate_event's.
+    problems = (
+        wire.problems
+        + pii_problems
+        + validate_event(payload, now=now, max_future_skew=max_future_skew)
+        + check_event_limits(payload, encoded, test_event_code)
+    )
+    if problems and has_errors(problems):
+        return PreparedEvent(None, _shown_id(event_id), problems)
     new_event = NewEvent(
         pixel_id=pixel_id,
         event_name=payload["event_name"],
@@ -143,7 +154,14 @@ def derive_event_id(pixel_id: str, payload: Mapping[str, Any]) -> str:
 
 def _given_event_id(raw: Mapping[str, Any]) -> str:
     value = raw.get("event_id")
-    return value if isinstance(value, str) else ""
+    return _shown_id(value) if isinstance(value, str) else ""
+
+
+def _shown_id(event_id: Any) -> str:
+    """The id to echo in a result: not when it breaks a limit (the problem names it)."""
+    if not isinstance(event_id, str) or len(event_id) > MAX_EVENT_ID:
+        return ""
+    return "" if any(ord(char) < 0x20 for char in event_id) else event_id
 
 
 def _not_an_object() -> Problem:

@@ -183,6 +183,13 @@ class Metrics:
             ["pixel"],
             registry=r,
         )
+        self.pii_found = Counter(
+            "capirelay_pii_found_total",
+            "Emails, phone numbers or secrets found in URLs or custom_data at ingest, by "
+            "the pixel's pii_in_urls action (removed or rejected).",
+            ["pixel", "action"],
+            registry=r,
+        )
 
         # Meta's side (capirelay.diagnostics): checks, reconciliation.
         self.meta_diagnostics_failing = Gauge(

@@ -27,15 +27,14 @@ PAGES = ["/ui/", "/ui/errors", "/ui/dlq", "/ui/dlq/1", "/ui/test-events", "/ui/q
          "/ui/health"]  # fmt: skip
 ACTIONS = ["/ui/logout", "/ui/dlq/replay", "/ui/dlq/purge", "/ui/dlq/1/replay",
            "/ui/dlq/1/purge"]  # fmt: skip
-PUBLIC = {("GET", "/ui/login"), ("POST", "/ui/login"), ("GET", "/ui/static")}
+PUBLIC = {("GET", "/ui/login"), ("POST", "/ui/login"), ("GET", "/ui/static"), ("GET", "/ui")}
 
 
 def _route_table(settings: Settings) -> set[tuple[str, str]]:
     dashboard = create_dashboard(settings, Metrics())
     assert dashboard is not None
-    (mount,) = dashboard.routes()
-    assert isinstance(mount, Mount)
-    found = set()
+    [mount] = [r for r in dashboard.routes() if isinstance(r, Mount)]
+    found = {("GET", "/ui")}  # the relative redirect to /ui/, in front of the mount
     for route in mount.routes:
         path = "/ui" + route.path.replace("{dlq_id:int}", "1")
         if isinstance(route, Route):

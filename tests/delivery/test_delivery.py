@@ -402,7 +402,9 @@ async def test_one_pixels_breaker_does_not_hold_up_another(
         engine.notify(PIXEL)
         engine.notify(other_pixel)
         await _wait_for(lambda: engine.pixel_status(other_pixel).sent == 5)
-        assert engine.pixel_status(PIXEL).breaker is BreakerState.OPEN
+        # The blocked pixel's refusal may still be on its way back (the release is written
+        # before the breaker opens): wait for it rather than race it.
+        await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
         assert engine.pixel_status(other_pixel).breaker is BreakerState.CLOSED
         assert len(emulator.state.events(other_pixel)) == 5
         assert (await outbox.stats(now=time.time())).depth_by_pixel == {PIXEL: 5}

@@ -147,13 +147,14 @@ async def test_expired_events_do_not_delay_breaker_recovery(
 async def test_a_passing_request_level_refusal_dead_letters_nothing(
     start_engine: EngineFactory, outbox: Outbox, emulator: RunningEmulator
 ) -> None:
-    # One generic code-100 refusal of the whole request, naming no event.
+    # One generic code-100 refusal of the whole request, naming no event: the pixel is
+    # held (breaker) and probed, the events stay queued.
     await add_faults(
         emulator, {"kind": "graph_error", "code": 100, "message": "Invalid parameter", "count": 1}
     )
     wanted = ids("good", 8)
     await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
-    engine = await start_engine()
+    engine = await start_engine(breaker_probe_seconds=0.3)
     engine.notify(PIXEL)
     assert await engine.drain(timeout=10)
     assert sorted(await delivered_ids(emulator)) == wanted
@@ -178,6 +179,32 @@ async def test_every_event_refused_alike_is_a_setup_problem_not_bad_data(
     await clear_faults(emulator)
     assert await engine.drain(timeout=10)
     assert sorted(await delivered_ids(emulator)) == wanted
+    assert await outbox.dlq_list() == []
+
+
+@pytest.mark.parametrize("code", [9999, 11])
+async def test_an_unknown_error_holds_the_pixel_and_dead_letters_nothing(
+    start_engine: EngineFactory, outbox: Outbox, emulator: RunningEmulator, code: int
+) -> None:
+    # An error naming no event is no evidence against the events: no bisection.
+    await add_faults(
+        emulator,
+        {"kind": "graph_error", "code": code, "status": 400, "message": "?", "duration": 30},
+    )
+    wanted = ids(f"unknown{code}", 40)
+    await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
+    engine = await start_engine(breaker_probe_seconds=0.3)
+    engine.notify(PIXEL)
+    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+    status = engine.pixel_status(PIXEL)
+    assert status.last_error is not None and status.last_error.retry_class == "unknown"
+    assert status.bisect_requests == 0
+    stats = await outbox.stats(now=time.time())
+    assert (stats.depth, stats.dlq_size) == (40, 0)
+
+    await clear_faults(emulator)
+    assert await engine.drain(timeout=10)
+    assert sorted(await delivered_ids(emulator)) == sorted(wanted)
     assert await outbox.dlq_list() == []
 
 

@@ -15,7 +15,10 @@ from capirelay.outbox import DeadLetterReason
     [
         (400, 100, 2804009, True, DeadLetterReason.INVALID),  # missing value: bisect
         (400, 100, 2804003, True, DeadLetterReason.EXPIRED),  # too old by Meta's clock
-        (400, 100, None, True, DeadLetterReason.INVALID),  # invalid parameter
+        (400, 100, None, False, None),  # invalid parameter naming no event: hold, not bisect
+        (400, 100, 2804050, True, DeadLetterReason.INVALID),  # generic invalid event
+        (400, 9999, None, False, None),  # unknown code: hold the pixel
+        (400, 11, None, False, None),  # method deprecated: hold the pixel
         (400, 100, 2804030, True, DeadLetterReason.CONFIG),  # LDU required: per event, config
         (400, 100, 33, False, None),  # unknown pixel: breaker, not bisect
         (400, 190, 463, False, None),  # expired token

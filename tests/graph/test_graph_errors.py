@@ -8,13 +8,15 @@ import orjson
 import pytest
 
 from capirelay.graph import GraphError, RetryClass, classify, explain
+from capirelay.graph.errors import CODE_100_SUBCODES
 
-T, TH, A, INV, C = (
+T, TH, A, INV, C, U = (
     RetryClass.TRANSIENT,
     RetryClass.THROTTLED,
     RetryClass.AUTH,
     RetryClass.INVALID,
     RetryClass.CONFIG,
+    RetryClass.UNKNOWN,
 )
 
 # (http status, code, subcode, is_transient) -> class; one row per rule.
@@ -37,7 +39,7 @@ CLASSIFICATION = [
     (400, 80004, 2446079, True, TH),
     (400, 80014, None, False, TH),
     (429, None, None, False, TH),
-    (429, 100, None, False, INV),
+    (429, 100, None, False, TH),  # code 100 without an event-data subcode is no verdict
     (400, 190, None, False, A),
     (400, 190, 460, False, A),
     (400, 190, 463, False, A),
@@ -51,8 +53,14 @@ CLASSIFICATION = [
     (400, 100, 2804001, False, INV),
     (400, 100, 2804009, False, INV),
     (400, 100, 2804050, False, INV),
-    (400, 100, None, False, INV),
-    (400, 999, None, False, INV),
+    (400, 100, 2804007, False, INV),  # third-party map, marked unverified in the table
+    (400, 100, 2804019, False, INV),
+    (400, 100, None, False, U),  # names no event: hold the pixel, never dead-letter
+    (400, 100, 2804999, False, U),  # not in the table
+    (400, 100, 1234, False, U),
+    (400, 999, None, False, U),
+    (400, 9999, None, False, U),
+    (400, 11, None, False, U),  # "method deprecated"
     (400, 100, 33, False, C),
     (400, 100, 2804030, False, C),
     (400, 2635, None, False, C),
@@ -64,6 +72,35 @@ CLASSIFICATION = [
     (400, 190, None, True, T),
     (400, 4, None, False, TH),  # rate limits stay THROTTLED
 ]
+
+
+@pytest.mark.parametrize(
+    ("code", "subcode", "message", "expected"),
+    [
+        (100, None, "Invalid parameter", U),
+        (100, None, "Event 3: Invalid parameter", INV),  # names an event: the data's
+        (9999, None, "(#100) index 7 has an invalid value", INV),
+        (9999, None, "Unknown error", U),
+        (100, 2804050, "", INV),
+    ],
+)
+def test_an_error_naming_an_event_is_the_datas(
+    code: int, subcode: int | None, message: str, expected: RetryClass
+) -> None:
+    assert classify(400, code, subcode, False, message) is expected
+    assert GraphError(status=400, code=code, subcode=subcode, message=message).retry_class is (
+        expected
+    )
+
+
+def test_the_subcode_table_marks_what_is_unverified() -> None:
+    assert CODE_100_SUBCODES[2804030].scope == "event"  # per event, but a setup fix
+    assert CODE_100_SUBCODES[2804030].retry_class is C
+    assert CODE_100_SUBCODES[33].scope == "pixel"
+    assert CODE_100_SUBCODES[2804003].dead_letter == "expired"
+    unverified = {s for s, rule in CODE_100_SUBCODES.items() if not rule.verified}
+    assert unverified == {2804007, 2804016, 2804017, 2804019, 2804048}
+    assert all(2804000 <= s <= 2804999 for s in CODE_100_SUBCODES if s != 33)
 
 
 @pytest.mark.parametrize(("status", "code", "subcode", "transient", "expected"), CLASSIFICATION)

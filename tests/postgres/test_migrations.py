@@ -26,6 +26,9 @@ TABLES = {
     "capirelay_meta_runs",
     "capirelay_delivered_hourly",
     "capirelay_meta_lease",
+    # 0005: dashboard sessions, operator audit
+    "capirelay_revoked_sessions",
+    "capirelay_operator_audit",
 }
 
 

@@ -33,6 +33,7 @@ PUBLIC = {
     ("GET", "/ui/login"),
     ("POST", "/ui/login"),
     ("GET", "/ui/static"),
+    ("GET", "/ui"),  # a relative redirect to /ui/, which checks credentials
 }
 WRONG_AUTHORIZATIONS = {
     "missing": None,

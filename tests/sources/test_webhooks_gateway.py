@@ -165,6 +165,8 @@ def test_a_paid_shopify_order_is_sent_once_even_when_redelivered(
     )
     sent = wait_delivered(emulator, event_id)
     assert sent["custom_data"]["value"] == 238.9
+    # order_status_url is a capability link (?key=...): only the storefront is sent.
+    assert sent["event_source_url"] == "https://jsmith.myshopify.com/"
     assert sent["user_data"]["em"][0] != order["email"]  # hashed before storage
     assert order["email"] not in json.dumps(sent)
 
@@ -173,6 +175,27 @@ def test_a_paid_shopify_order_is_sent_once_even_when_redelivered(
     assert again.json()["results"][0]["status"] == "duplicate"
     time.sleep(0.3)  # several delivery polls: a second copy would have gone out by now
     assert len(delivered(emulator, event_id)) == 1
+
+
+def test_a_signed_order_whose_id_holds_nul_is_answered_200_with_a_rejected_result(
+    client: httpx.Client,
+) -> None:
+    # A 5xx here would make Shopify retry the delivery for days; the event is the problem.
+    order = shopify_order()
+    order["id"] = f"{unique_id()}\x00"
+    response = post(client, "shop", order, "orders/paid")
+    assert response.status_code == 200, response.text
+    [result] = response.json()["results"]
+    assert result["status"] == "rejected"
+    assert result["event_id"] == ""  # the hostile id is not echoed
+    assert {(p["code"], p["field"]) for p in result["problems"]} >= {
+        ("control_character", "event_id")
+    }
+    assert client.get("/readyz").status_code == 200
+    assert (
+        post(client, "shop", shopify_order(), "orders/paid").json()["results"][0]["status"]
+        == "queued"
+    )
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
 from capirelay.config import Settings
@@ -80,32 +82,38 @@ class Dashboard:
         v = self.views
         page = v.page
         return [
+            # "/ui" without the slash: a relative redirect (Starlette's own slash redirect
+            # builds an absolute URL from the Host header, which a client controls).
+            Route(PREFIX, _to_dashboard, methods=["GET"]),
             Mount(
                 PREFIX,
-                routes=[
-                    Route("/", page(v.overview), methods=["GET"]),
-                    Route("/login", v.login_form, methods=["GET"]),
-                    Route("/login", v.login, methods=["POST"]),
-                    Route("/logout", page(v.logout), methods=["POST"]),
-                    Route("/errors", page(v.errors), methods=["GET"]),
-                    Route("/dlq", page(v.dlq_list), methods=["GET"]),
-                    Route("/dlq/replay", page(v.dlq_replay_filtered), methods=["POST"]),
-                    Route("/dlq/purge", page(v.dlq_purge_filtered), methods=["POST"]),
-                    Route("/dlq/{dlq_id:int}", page(v.dlq_detail), methods=["GET"]),
-                    Route("/dlq/{dlq_id:int}/replay", page(v.dlq_replay_one), methods=["POST"]),
-                    Route("/dlq/{dlq_id:int}/purge", page(v.dlq_purge_one), methods=["POST"]),
-                    Route("/test-events", page(v.test_events), methods=["GET"]),
-                    Route("/quality", page(v.quality), methods=["GET"]),
-                    Route("/health", page(v.health), methods=["GET"]),
-                    Route("/diagnostics", page(DiagnosticsPage(v)), methods=["GET"]),
-                    # The stylesheet is public: the login page needs it, and it holds nothing.
-                    Mount(
-                        "/static",
-                        app=StaticFiles(packages=[("capirelay.dashboard", "static")]),
-                        name="dashboard-static",
-                    ),
-                ],
-            )
+                app=Router(
+                    redirect_slashes=False,
+                    routes=[
+                        Route("/", page(v.overview), methods=["GET"]),
+                        Route("/login", v.login_form, methods=["GET"]),
+                        Route("/login", v.login, methods=["POST"]),
+                        Route("/logout", page(v.logout), methods=["POST"]),
+                        Route("/errors", page(v.errors), methods=["GET"]),
+                        Route("/dlq", page(v.dlq_list), methods=["GET"]),
+                        Route("/dlq/replay", page(v.dlq_replay_filtered), methods=["POST"]),
+                        Route("/dlq/purge", page(v.dlq_purge_filtered), methods=["POST"]),
+                        Route("/dlq/{dlq_id:int}", page(v.dlq_detail), methods=["GET"]),
+                        Route("/dlq/{dlq_id:int}/replay", page(v.dlq_replay_one), methods=["POST"]),
+                        Route("/dlq/{dlq_id:int}/purge", page(v.dlq_purge_one), methods=["POST"]),
+                        Route("/test-events", page(v.test_events), methods=["GET"]),
+                        Route("/quality", page(v.quality), methods=["GET"]),
+                        Route("/health", page(v.health), methods=["GET"]),
+                        Route("/diagnostics", page(DiagnosticsPage(v)), methods=["GET"]),
+                        # The stylesheet is public: the login page needs it, and it holds nothing.
+                        Mount(
+                            "/static",
+                            app=StaticFiles(packages=[("capirelay.dashboard", "static")]),
+                            name="dashboard-static",
+                        ),
+                    ],
+                ),
+            ),
         ]
 
     @contextlib.asynccontextmanager
@@ -139,3 +147,7 @@ def create_dashboard(
     if not dashboard_enabled(settings.dashboard):
         return None
     return Dashboard(settings, metrics, transport=transport)
+
+
+async def _to_dashboard(request: Request) -> Response:
+    return RedirectResponse(f"{PREFIX}/", status_code=303)

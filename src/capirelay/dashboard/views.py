@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from capirelay import dlq
 from capirelay.config import Settings
-from capirelay.dashboard import charts
+from capirelay.dashboard import charts, sessions
 from capirelay.dashboard.auth import SESSION_COOKIE, SESSION_TTL_SECONDS, DashboardAuth, Principal
 from capirelay.dashboard.csrf import (
     CSRF_FIELD,
@@ -60,6 +60,7 @@ __all__ = ["Views"]
 
 PREFIX: Final = "/ui"
 DLQ_PAGE_SIZE: Final = 50
+AUDIT_SHOWN: Final = 20  # latest replays/purges shown under the dead letters
 # Code/subcode filters are applied to this many matching letters (newest first).
 DLQ_SCAN_LIMIT: Final = 2000
 QUALITY_SAMPLE_QUEUED: Final = 500
@@ -102,6 +103,7 @@ class Views:
         self.deliveries = deliveries
         self.meta = meta
         self.clock = clock
+        self.login_throttle = sessions.LoginThrottle()
         self.templates = Environment(
             loader=PackageLoader("capirelay.dashboard", "templates"),
             autoescape=select_autoescape(["html"]),
@@ -124,7 +126,7 @@ class Views:
         """Wrap a page or action handler with authentication (and CSRF for POST)."""
 
         async def endpoint(request: Request) -> Response:
-            principal = self.auth.authenticate(request)
+            principal = await self._principal(request)
             if principal is None:
                 return self._unauthenticated(request)
             if request.method == "POST":
@@ -134,6 +136,13 @@ class Views:
             return await handler(request, principal)
 
         return endpoint
+
+    async def _principal(self, request: Request) -> Principal | None:
+        """The authenticated caller; a session ended by logout (on any replica) is none."""
+        principal = self.auth.authenticate(request)
+        if principal is not None and await sessions.is_revoked(request.app.state.outbox, principal):
+            return None
+        return principal
 
     def _csrf_ok(self, request: Request, principal: Principal, form: Mapping[str, str]) -> bool:
         key = self.auth.signing_key()
@@ -172,7 +181,7 @@ class Views:
     async def login_form(self, request: Request) -> Response:
         if not self.auth.has_login_form:
             return self._unauthenticated(request)
-        if self.auth.authenticate(request) is not None:
+        if await self._principal(request) is not None:
             return RedirectResponse(f"{PREFIX}/", status_code=303)
         return self._login_page(request, error=None, status=200)
 
@@ -187,8 +196,18 @@ class Views:
             or not verify_login_token(key, request.cookies.get(LOGIN_COOKIE), form.get(CSRF_FIELD))
         ):
             return _plain(403, "refused: missing or invalid CSRF token")
+        client = sessions.client_key(request, self.settings.trusted_proxies)
+        wait = self.login_throttle.retry_after(client)
+        if wait is not None:
+            response = self._login_page(
+                request, error="Too many wrong tokens: wait a minute, then try again.", status=429
+            )
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
         if not self.auth.check_admin_token(form.get("token", "").strip()):
+            self.login_throttle.failed(client)
             return self._login_page(request, error="That token is not right.", status=401)
+        self.login_throttle.succeeded(client)
         session = self.auth.new_session()
         if session is None:
             return self._unauthenticated(request)
@@ -229,6 +248,7 @@ class Views:
         return response
 
     async def logout(self, request: Request, principal: Principal) -> Response:
+        await sessions.revoke(request.app.state.outbox, principal, now=self.clock())
         response = RedirectResponse(
             f"{PREFIX}/login" if self.auth.has_login_form else f"{PREFIX}/", status_code=303
         )
@@ -404,6 +424,7 @@ class Views:
             reasons=sorted(stats.dlq_by_reason),
             dlq_size=stats.dlq_size,
             notice=_notice(query),
+            audit=await outbox.audit_log(limit=AUDIT_SHOWN),
         )
 
     async def dlq_detail(self, request: Request, principal: Principal) -> Response:
@@ -428,13 +449,21 @@ class Views:
     async def dlq_replay_one(self, request: Request, principal: Principal) -> Response:
         outbox, engine = _shared(request)
         dlq_id = _int_or_none(request.path_params.get("dlq_id"))
-        report = await dlq.replay(outbox, [dlq_id] if dlq_id is not None else [], now=self.clock())
+        report = await dlq.replay(
+            outbox,
+            [dlq_id] if dlq_id is not None else [],
+            now=self.clock(),
+            actor=sessions.actor_of(principal),
+            origin="dashboard",
+        )
         return self._after_replay(engine, report)
 
     async def dlq_replay_filtered(self, request: Request, principal: Principal) -> Response:
         outbox, engine = _shared(request)
         flt = _form_filter(await read_form(request) or {})
-        report = await dlq.replay(outbox, flt, now=self.clock())
+        report = await dlq.replay(
+            outbox, flt, now=self.clock(), actor=sessions.actor_of(principal), origin="dashboard"
+        )
         return self._after_replay(engine, report)
 
     def _after_replay(self, engine: DeliveryEngine, report: dlq.ReplayReport) -> Response:
@@ -450,7 +479,13 @@ class Views:
     async def dlq_purge_one(self, request: Request, principal: Principal) -> Response:
         outbox, _ = _shared(request)
         dlq_id = _int_or_none(request.path_params.get("dlq_id"))
-        purged = await dlq.purge(outbox, [dlq_id] if dlq_id is not None else [])
+        purged = await dlq.purge(
+            outbox,
+            [dlq_id] if dlq_id is not None else [],
+            actor=sessions.actor_of(principal),
+            origin="dashboard",
+            now=self.clock(),
+        )
         return RedirectResponse(f"{PREFIX}/dlq?purged={purged}", status_code=303)
 
     async def dlq_purge_filtered(self, request: Request, principal: Principal) -> Response:
@@ -458,7 +493,13 @@ class Views:
         form = await read_form(request) or {}
         if form.get("confirm") != "yes":
             return _plain(400, "tick the confirmation box to purge")
-        purged = await dlq.purge(outbox, _form_filter(form))
+        purged = await dlq.purge(
+            outbox,
+            _form_filter(form),
+            actor=sessions.actor_of(principal),
+            origin="dashboard",
+            now=self.clock(),
+        )
         return RedirectResponse(f"{PREFIX}/dlq?purged={purged}", status_code=303)
 
     # ----------------------------------------------------------- test events

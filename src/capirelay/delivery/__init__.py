@@ -11,7 +11,8 @@ circuit breaker on token/setup errors and keep everything queued.  See
 
 from capirelay.delivery.engine import DeliveryEngine
 from capirelay.delivery.status import AIMDLimit, Breaker, BreakerState, LastError, PixelStatus
-from capirelay.delivery.worker import PixelWorker, is_event_level
+from capirelay.delivery.worker import PixelWorker
+from capirelay.graph.errors import is_event_level
 
 __all__ = [
     "AIMDLimit",

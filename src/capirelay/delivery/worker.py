@@ -11,6 +11,12 @@ Settling rules (the whole point of the gateway, see docs/architecture.md):
                            ``breaker_probe_seconds`` using the token read afresh
 * INVALID, event CONFIG -> bisect until each bad event stands alone; ack every good
                            half, dead-letter each bad event with Meta's error
+* UNKNOWN               -> like AUTH: release, open the breaker, alert; an error that
+                           names no event is no evidence against the events
+
+Which errors are the events' (may split a batch, may dead-letter) is decided by one
+table beside :func:`capirelay.graph.errors.classify`: code 100 with an event-data
+subcode listed in ``CODE_100_SUBCODES``, or an error whose message names an event.
 
 Bisection sends the left half first.  If it is accepted, the right half must hold
 the culprit (the whole batch was refused), so it is split again without being sent;
@@ -18,13 +24,9 @@ that keeps the extra requests near ``log2(n)`` per bad event and never above
 ``2·log2(n) + 1``.  An event is only ever dead-lettered with an error Meta gave for
 that event sent alone: a lone event reached by inference is sent once more first,
 so a refusal that had nothing to do with it (a passing request-level error) cannot
-send it to the dead-letter queue.  Two exceptions to "dead-letter the lone event":
-
-* 100/2804001 (malformed ``fbc``): Meta's guidance is to drop the click id and send
-  again, once; only if that is refused too is the event dead-lettered.
-* the same generic code-100 refusal, naming no event, for every event sent alone
-  while nothing was accepted: that is the request (setup) being refused, not the
-  data, so the batch is released and the breaker opens as for a CONFIG error.
+send it to the dead-letter queue.  One exception to "dead-letter the lone event":
+100/2804001 (malformed ``fbc``): Meta's guidance is to drop the click id and send
+again, once; only if that is refused too is the event dead-lettered.
 
 A batch is handled only while its lease holds: each request is capped so that it
 ends with a safety margin before the lease expires, the lease is extended while
@@ -40,11 +42,10 @@ import contextlib
 import dataclasses
 import logging
 import random
-import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -52,6 +53,7 @@ import orjson
 from capirelay.config import PixelSettings, Settings
 from capirelay.delivery.status import AIMDLimit, Breaker, BreakerState, LastError, PixelStatus
 from capirelay.graph import EventsResponse, GraphClient, GraphError, RetryClass
+from capirelay.graph.errors import dead_letter_kind, is_event_level
 from capirelay.metrics import Metrics
 from capirelay.outbox import (
     Attempt,
@@ -65,19 +67,13 @@ from capirelay.retry import RetryPolicy
 log = logging.getLogger("capirelay.delivery")
 
 PROBE_BATCH: Final = 10
-# Subcodes of code 100 that concern the pixel itself, not one event (100/33: unknown pixel).
-PIXEL_LEVEL_SUBCODES_OF_100: Final = frozenset({33})
-EVENT_TOO_OLD_SUBCODE: Final = 2804003
-MALFORMED_FBC_SUBCODE: Final = 2804001
+MALFORMED_FBC_SUBCODE: Final = 2804001  # see CODE_100_SUBCODES in capirelay.graph.errors
 # Part of each lease kept free for recording outcomes after the last request ends.
 LEASE_MARGIN_SHARE: Final = 0.25
 LEASE_MARGIN_MAX_SECONDS: Final = 10.0
 # httpx applies request_timeout per phase (connect, write, read), so one request may take a
 # few timeouts; the worker caps the whole request at this many, and never past the lease.
 REQUEST_CAP_TIMEOUTS: Final = 3.0
-# How a Graph message points at one event of the request ("Event 3: ...", "index 3").
-_NAMES_AN_EVENT = re.compile(r"\bevent\s*#?\d+|\bindex\b", re.IGNORECASE)
-
 ClientFactory = Callable[[PixelSettings | None], GraphClient]
 
 
@@ -91,23 +87,10 @@ class _FixedDraw:
         return self.value
 
 
-def is_event_level(err: GraphError) -> bool:
-    """Meta refused something inside the events (bisect), not the pixel or token."""
-    if err.retry_class is RetryClass.INVALID:
-        return True
-    return (
-        err.retry_class is RetryClass.CONFIG
-        and err.code == 100
-        and err.subcode not in PIXEL_LEVEL_SUBCODES_OF_100
-    )
-
-
 def dead_letter_reason(err: GraphError) -> DeadLetterReason:
-    if err.code == 100 and err.subcode == EVENT_TOO_OLD_SUBCODE:
-        return DeadLetterReason.EXPIRED  # Meta's clock says the 7/62-day window has passed
-    if err.retry_class is RetryClass.CONFIG:
-        return DeadLetterReason.CONFIG
-    return DeadLetterReason.INVALID
+    """Why an event Meta refused alone goes to the DLQ (100/2804003: Meta's clock says
+    the 7/62-day window has passed, so ``expired``); from the table in graph.errors."""
+    return DeadLetterReason(dead_letter_kind(err))
 
 
 def attempt_from(err: GraphError, now: float) -> Attempt:
@@ -120,15 +103,6 @@ def attempt_from(err: GraphError, now: float) -> Attempt:
         fbtrace_id=err.fbtrace_id,
         retry_class=str(err.retry_class),
     )
-
-
-def names_an_event(err: GraphError) -> bool:
-    """Meta's message points at one event of the request (so the data, not the request)."""
-    return any(_NAMES_AN_EVENT.search(text or "") for text in (err.user_msg, err.message))
-
-
-def is_event_data_subcode(subcode: int | None) -> bool:
-    return subcode is not None and 2804000 <= subcode <= 2804999
 
 
 def without_fbc(payload: bytes) -> bytes | None:
@@ -153,14 +127,6 @@ class _LeaseRunningOut(Exception):
     """Too little of the batch's lease is left to send another request and record it."""
 
 
-class _RequestRefused(Exception):
-    """Every event sent alone got the same request-level refusal: a setup problem."""
-
-    def __init__(self, error: GraphError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 @dataclass(slots=True)
 class _Batch:
     """One leased group on its way through send and bisection."""
@@ -168,11 +134,6 @@ class _Batch:
     events: list[LeasedEvent]
     sent_at: float = 0.0  # wall time the latest request of this batch started
     sends: int = 0
-    first_refusal: GraphError | None = None
-    accepted_any: bool = False
-    # Lone events refused like the whole request was, kept until it is clear whether the
-    # request or the event is at fault (see the module docstring).
-    refused_alike: list[tuple[LeasedEvent, GraphError]] = field(default_factory=list)
 
 
 class PixelWorker:
@@ -484,7 +445,6 @@ class PixelWorker:
             result = await self._send(events, token, tec, batch)
             if isinstance(result, GraphError):
                 await self._on_failure(events, result, token, tec, batch)
-                await self._settle_refused_alike(batch)
             else:
                 await self._on_success(events, batch)
             self._batch_limit = min(self._delivery.batch_size, self._batch_limit * 2)
@@ -500,8 +460,6 @@ class PixelWorker:
                 extra={"pixel": self.pixel_id, "count": len(undecided), "result": "released"},
             )
             await self._release(undecided)
-        except _RequestRefused as refused:
-            await self._request_refused(self._unsettled(batch), refused.error)
 
     def _unsettled(self, batch: _Batch) -> list[LeasedEvent]:
         return [e for e in batch.events if e.id in self._leased_until]
@@ -673,8 +631,6 @@ class PixelWorker:
         self.aimd.on_success()
         self._metrics.send_rate_limit.labels(self.pixel_id).set(self.aimd.limit)
         await self._close_breaker_if_proven(batch.sent_at)
-        batch.accepted_any = True
-        await self._settle_refused_alike(batch)
 
     async def _close_breaker_if_proven(self, sent_at: float) -> None:
         """A request sent after the breaker opened went through: the token works again.
@@ -707,12 +663,10 @@ class PixelWorker:
         batch: _Batch,
     ) -> None:
         if is_event_level(err):
-            if batch.first_refusal is None:
-                batch.first_refusal = err
             await self._isolate(events, err, token, tec, batch, sent_together=True)
         elif err.retry_class is RetryClass.THROTTLED:
             await self._throttled(events, err)
-        elif err.retry_class in (RetryClass.AUTH, RetryClass.CONFIG):
+        elif err.retry_class in (RetryClass.AUTH, RetryClass.CONFIG, RetryClass.UNKNOWN):
             await self._trip_breaker(events, err)
         else:
             await self._retry_later(events, err)
@@ -779,18 +733,6 @@ class PixelWorker:
             )
         # After the state, gauge and log: they must agree the moment the breaker is open.
         await self._hold_everywhere(self.breaker.probe_interval, "breaker", err)
-
-    async def _request_refused(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
-        log.error(
-            "pixel %s: Meta refused each event alone with the same error naming no event "
-            "(code=%s subcode=%s): treated as a setup problem, events kept queued",
-            self.pixel_id,
-            err.code,
-            err.subcode,
-            extra={"pixel": self.pixel_id, "code": err.code, "subcode": err.subcode},
-        )
-        as_config = GraphError(**{**err.to_dict(), "retry_class": RetryClass.CONFIG})
-        await self._trip_breaker(events, as_config)
 
     async def _hold_everywhere(self, seconds: float, reason: str, err: GraphError) -> None:
         """Ask the other replicas sharing the outbox (if any) not to lease this pixel for
@@ -869,37 +811,9 @@ class PixelWorker:
             and await self._resend_without_fbc(event, own_error, token, tec, batch)
         ):
             return
-        if self._refused_like_the_request(own_error, batch):
-            batch.refused_alike.append((event, own_error))
-            if len(batch.refused_alike) >= 2:
-                raise _RequestRefused(own_error)
-            return
         await self._dead_letter(
             [event], dead_letter_reason(own_error), attempt_from(own_error, self._clock())
         )
-
-    def _refused_like_the_request(self, err: GraphError, batch: _Batch) -> bool:
-        """A generic code-100 refusal naming no event, same as the whole request got,
-        while nothing of the batch was accepted: maybe the request, not this event."""
-        first = batch.first_refusal
-        return (
-            not batch.accepted_any
-            and first is not None
-            and err.code == 100
-            and (err.code, err.subcode) == (first.code, first.subcode)
-            and not is_event_data_subcode(err.subcode)
-            and not names_an_event(err)
-            and not names_an_event(first)
-        )
-
-    async def _settle_refused_alike(self, batch: _Batch) -> None:
-        """Lone events held back by :meth:`_refused_like_the_request` that turned out to be
-        bad themselves (another event was accepted, or no second one failed alike)."""
-        held, batch.refused_alike = batch.refused_alike, []
-        for event, err in held:
-            await self._dead_letter(
-                [event], dead_letter_reason(err), attempt_from(err, self._clock())
-            )
 
     async def _resend_without_fbc(
         self, event: LeasedEvent, err: GraphError, token: str, tec: str | None, batch: _Batch

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -36,6 +37,10 @@ class RetryClass(StrEnum):
           the same way, so trip the pixel's breaker and alert; do not dead-letter.
     INVALID: this request's data is wrong; bisect the batch, dead-letter the culprit.
     CONFIG: the pixel id, API version or dataset setup is wrong; breaker + alert.
+    UNKNOWN: an error capirelay does not know that names no event (a new code, a
+          deprecated method, code 100 without an event-data subcode).  It is no
+          evidence against the events: hold the pixel (breaker + probes), alert, and
+          keep the events queued until Meta accepts them or their deadline passes.
     """
 
     TRANSIENT = "transient"
@@ -43,6 +48,7 @@ class RetryClass(StrEnum):
     AUTH = "auth"
     INVALID = "invalid"
     CONFIG = "config"
+    UNKNOWN = "unknown"
 
 
 BUC_THROTTLE_CODES = frozenset(range(80000, 80015))
@@ -58,18 +64,85 @@ AUTH_CODES = frozenset({3, 10, 102, 104, 190, *range(200, 300)})
 # 2635: deprecated version; 2500: unknown path component (nonsense version or path);
 # 12: endpoint deprecated for this version.
 CONFIG_CODES = frozenset({12, 2500, 2635})
-CONFIG_SUBCODES_OF_100 = frozenset({33, 2804030})
+
+
+@dataclass(frozen=True, slots=True)
+class SubcodeRule:
+    """What one ``error_subcode`` of Graph code 100 means for the events of a request.
+
+    ``scope``: ``event`` when the subcode is about one event's data (the batch may be
+    split to find it, and that event dead-lettered); ``pixel`` when it is about the
+    pixel or dataset (breaker, never bisect).  ``dead_letter``: the dead-letter reason
+    for an event Meta refused alone with this subcode.  ``verified``: whether the
+    meaning is documented (Meta or observed with the official SDK) or only inferred
+    from third-party code (reference: official-sdk-and-spec.md §4.9, peers-and-pain.md
+    Appendix A).
+    """
+
+    subcode: int
+    meaning: str
+    retry_class: RetryClass
+    scope: Literal["event", "pixel"]
+    dead_letter: Literal["invalid", "expired", "config"]
+    verified: bool
+
+
+# The one table of code-100 subcodes.  Only these (or an error whose message names an
+# event index) may split a batch or dead-letter an event; any other code-100 subcode is
+# UNKNOWN: the pixel is held and the events stay queued.
+CODE_100_SUBCODES: dict[int, SubcodeRule] = {
+    rule.subcode: rule
+    for rule in (
+        SubcodeRule(33, "pixel/dataset not found or not accessible", RetryClass.CONFIG,
+                    "pixel", "config", verified=True),
+        SubcodeRule(2804001, "click id (fbc) incorrectly formatted", RetryClass.INVALID,
+                    "event", "invalid", verified=True),
+        SubcodeRule(2804003, "event timestamp too old", RetryClass.INVALID,
+                    "event", "expired", verified=True),
+        SubcodeRule(2804007, "invalid event data (third-party map)", RetryClass.INVALID,
+                    "event", "invalid", verified=False),
+        SubcodeRule(2804009, "Purchase without value/currency", RetryClass.INVALID,
+                    "event", "invalid", verified=True),
+        SubcodeRule(2804016, "invalid event data (third-party map)", RetryClass.INVALID,
+                    "event", "invalid", verified=False),
+        SubcodeRule(2804017, "invalid event data (third-party map)", RetryClass.INVALID,
+                    "event", "invalid", verified=False),
+        SubcodeRule(2804019, "event_time outside the window (third-party comment)",
+                    RetryClass.INVALID, "event", "invalid", verified=False),
+        # Per event (an event without data_processing_options), fixed in the setup.
+        SubcodeRule(2804030, "Limited Data Use selection required", RetryClass.CONFIG,
+                    "event", "config", verified=True),
+        SubcodeRule(2804048, "invalid event data (third-party map)", RetryClass.INVALID,
+                    "event", "invalid", verified=False),
+        SubcodeRule(2804050, "invalid event (observed with the official SDK)",
+                    RetryClass.INVALID, "event", "invalid", verified=True),
+    )
+}  # fmt: skip
+
+# How a Graph message points at one event of the request ("Event 3: ...", "index 3").
+_NAMES_AN_EVENT = re.compile(r"\bevent\s*#?\d+|\bindex\b", re.IGNORECASE)
+
+
+def names_an_event(*texts: str | None) -> bool:
+    """Meta's message points at one event of the request (so the data, not the request)."""
+    return any(_NAMES_AN_EVENT.search(text or "") for text in texts)
 
 
 def classify(
-    status: int | None, code: int | None, subcode: int | None, is_transient: bool
+    status: int | None,
+    code: int | None,
+    subcode: int | None,
+    is_transient: bool,
+    message: str | None = None,
 ) -> RetryClass:
     """Map a failure to its retry class (see the module docstring for the table).
 
     ``status`` is the HTTP status (None for a transport failure), ``code`` and
     ``subcode`` Graph's ``code``/``error_subcode`` (None when the body was not a
-    Graph error).  Rate limits win over ``is_transient`` (they need a slower pace,
-    not just another try); Graph's ``is_transient: true`` wins over everything else.
+    Graph error), ``message`` Graph's message and user message (an event index named
+    there makes an otherwise unknown error the data's).  Rate limits win over
+    ``is_transient`` (they need a slower pace, not just another try); Graph's
+    ``is_transient: true`` wins over everything else.
     """
     if code in THROTTLE_CODES:
         return RetryClass.THROTTLED
@@ -77,17 +150,19 @@ def classify(
         return RetryClass.TRANSIENT
     if code in AUTH_CODES:
         return RetryClass.AUTH
-    if code in CONFIG_CODES or (code == 100 and subcode in CONFIG_SUBCODES_OF_100):
+    if code in CONFIG_CODES:
         return RetryClass.CONFIG
-    if code == 100:
-        return RetryClass.INVALID
+    if code == 100 and subcode in CODE_100_SUBCODES:
+        return CODE_100_SUBCODES[subcode].retry_class
     if status == 429:
         return RetryClass.THROTTLED
     if status is None or status >= 500:
         return RetryClass.TRANSIENT
     if code is None:
         return _classify_without_graph_error(status)
-    return RetryClass.INVALID
+    if names_an_event(message):
+        return RetryClass.INVALID
+    return RetryClass.UNKNOWN
 
 
 def _classify_without_graph_error(status: int) -> RetryClass:
@@ -98,6 +173,22 @@ def _classify_without_graph_error(status: int) -> RetryClass:
     if status in (404, 405):
         return RetryClass.CONFIG
     return RetryClass.TRANSIENT
+
+
+def is_event_level(err: GraphError) -> bool:
+    """Meta refused something inside the events: the batch may be split to find it."""
+    if err.retry_class is RetryClass.INVALID:
+        return True
+    rule = CODE_100_SUBCODES.get(err.subcode) if err.code == 100 and err.subcode else None
+    return rule is not None and rule.scope == "event" and err.retry_class is rule.retry_class
+
+
+def dead_letter_kind(err: GraphError) -> Literal["invalid", "expired", "config"]:
+    """The dead-letter reason for an event Meta refused alone with ``err``."""
+    rule = CODE_100_SUBCODES.get(err.subcode) if err.code == 100 and err.subcode else None
+    if rule is not None and rule.scope == "event":
+        return rule.dead_letter
+    return "config" if err.retry_class is RetryClass.CONFIG else "invalid"
 
 
 _EXPLANATIONS: dict[tuple[int, int | None], str] = {
@@ -170,6 +261,11 @@ _CLASS_EXPLANATIONS: dict[RetryClass, str] = {
         "Configuration problem (pixel id, API version or dataset setup): fix capirelay's "
         "configuration; deliveries resume by themselves afterwards."
     ),
+    RetryClass.UNKNOWN: (
+        "Meta answered with an error capirelay does not know and that names no event: "
+        "delivery for the pixel is paused and probed, events stay queued (nothing is "
+        "dead-lettered for it); check Meta's status and the message, and report the code."
+    ),
 }
 
 
@@ -228,7 +324,9 @@ class GraphError(Exception):
         self.fbtrace_id = fbtrace_id
         self.is_transient = is_transient
         self.retry_after = retry_after
-        self.retry_class = retry_class or classify(status, code, subcode, is_transient)
+        self.retry_class = retry_class or classify(
+            status, code, subcode, is_transient, f"{message}\n{user_msg or ''}"
+        )
         super().__init__(str(self))
 
     def __str__(self) -> str:

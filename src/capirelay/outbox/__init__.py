@@ -15,6 +15,7 @@ from typing import Any
 from capirelay.outbox.base import (
     DEDUP_WINDOW_SECONDS,
     Attempt,
+    AuditRecord,
     DeadLetter,
     DeadLetterReason,
     DLQFilter,
@@ -31,6 +32,7 @@ from capirelay.outbox.sqlite import SQLiteOutbox
 __all__ = [
     "DEDUP_WINDOW_SECONDS",
     "Attempt",
+    "AuditRecord",
     "DLQFilter",
     "DeadLetter",
     "DeadLetterReason",

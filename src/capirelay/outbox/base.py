@@ -54,6 +54,11 @@ DEDUP_WINDOW_SECONDS = 48 * 3600
 class EnqueueStatus(StrEnum):
     QUEUED = "queued"
     DUPLICATE = "duplicate"
+    # The backend cannot store this event's values (PostgreSQL: a data exception such as
+    # U+0000 in text, or a key beyond an index's size).  Ingest's limits
+    # (capirelay.limits) keep such events out; this is the backend's own safety net, so
+    # one bad row costs only itself and never reads as "storage unavailable".
+    REJECTED = "rejected"
 
 
 class DeadLetterReason(StrEnum):
@@ -151,6 +156,24 @@ class DeadLetter:
     test_event_code: str | None
     queued_at: float
     dead_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One operator action on the dead-letter queue: who, when, what, how many.
+
+    ``actor`` names the credential (``admin token``, ``basic:<user>``, ``session <id>``,
+    ``cli:<os user>``), ``action`` is ``replay`` or ``purge``, ``target`` the filter or
+    ids it was given, ``origin`` where it came from (``dashboard`` or ``cli``).
+    """
+
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    count: int
+    origin: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +430,28 @@ class Outbox(abc.ABC):
     async def unhold_pixel(self, pixel_id: str) -> None:
         """Lift a hold (the breaker closed again).  Default: no-op."""
         return None
+
+    # Operator records (dashboard sessions, DLQ audit): shared by every process using
+    # this storage, so a logout or an audit entry holds on every replica.
+
+    async def revoke_session(self, session_hash: str, *, expires_at: float, now: float) -> None:
+        """Remember that the dashboard session ``session_hash`` ended (until ``expires_at``);
+        forgets revocations whose cookies have expired meanwhile."""
+        raise NotImplementedError
+
+    async def session_revoked(self, session_hash: str) -> bool:
+        """True when the session was ended by :meth:`revoke_session`."""
+        raise NotImplementedError
+
+    async def record_audit(
+        self, *, at: float, actor: str, action: str, target: str, count: int, origin: str
+    ) -> None:
+        """Append one :class:`AuditRecord`."""
+        raise NotImplementedError
+
+    async def audit_log(self, *, limit: int = 100) -> list[AuditRecord]:
+        """The latest audit records, newest first."""
+        raise NotImplementedError
 
 
 def _add_to_group(

@@ -61,6 +61,7 @@ from capirelay.outbox._rows import (
 from capirelay.outbox.base import (
     DEDUP_WINDOW_SECONDS,
     Attempt,
+    AuditRecord,
     DeadLetter,
     DeadLetterReason,
     DLQFilter,
@@ -127,6 +128,23 @@ def storage_error(exc: BaseException) -> StorageUnavailable:
 
 
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, PoolClosed)
+# What a row's own values cause (SQLSTATE class 22 "data exception", e.g. U+0000 in text;
+# class 54 "program limit exceeded", e.g. an index row too large): the row's problem, not
+# the database's.  ProgramLimitExceeded is an OperationalError subclass, so it is checked
+# before _UNAVAILABLE everywhere.
+_BAD_DATA = (psycopg.DataError, psycopg.errors.ProgramLimitExceeded)
+
+
+def _jsonb_text(value: Any) -> str:
+    """JSON for a jsonb column: jsonb refuses the \\u0000 escape, so NUL becomes U+FFFD."""
+    return orjson.dumps(value).decode().replace("\\u0000", "\\ufffd")
+
+
+def _matches_nothing(flt: DLQFilter | None) -> bool:
+    """A filter text holding U+0000 matches no stored row (text cannot hold it), and
+    PostgreSQL would refuse the query itself: answer "nothing" rather than fail."""
+    values = dlq_filter_values(flt).values()
+    return any(isinstance(value, str) and "\x00" in value for value in values)
 
 
 def _ids(ids: Sequence[int]) -> list[int]:
@@ -229,7 +247,7 @@ class PostgresOutbox(Outbox):
         try:
             async with pool.connection(timeout=timeout) as conn:
                 yield conn
-        except psycopg.errors.TransactionRollback:
+        except (psycopg.errors.TransactionRollback, *_BAD_DATA):
             raise
         except _UNAVAILABLE as exc:
             raise storage_error(exc) from exc
@@ -293,7 +311,18 @@ class PostgresOutbox(Outbox):
             "cutoff": now - DEDUP_WINDOW_SECONDS,
             "channel": CHANNEL,
         }
-        queued = {row[0] for row in await self._run("enqueue", params)}
+        try:
+            queued = {row[0] for row in await self._run("enqueue", params)}
+        except _BAD_DATA as exc:
+            if len(events) == 1:
+                log.warning("outbox: an event's values cannot be stored (%s)", type(exc).__name__)
+                return [EnqueueStatus.REJECTED]
+            # Nothing of the request was stored (one transaction): bisect to the row(s) at
+            # fault so the others are queued.  Halves in order keep "first occurrence of a
+            # key wins" (the second half sees the first half's claims as duplicates).
+            middle = len(events) // 2
+            first = await self.enqueue(events[:middle], now=now)
+            return first + await self.enqueue(events[middle:], now=now)
         return [
             EnqueueStatus.QUEUED if position in queued else EnqueueStatus.DUPLICATE
             for position in range(1, len(events) + 1)
@@ -354,7 +383,7 @@ class PostgresOutbox(Outbox):
                 {
                     "ids": _ids(ids),
                     "next_attempt_at": next_attempt_at,
-                    "attempt": orjson.dumps(attempt.to_dict()).decode(),
+                    "attempt": _jsonb_text(attempt.to_dict()),
                     "log_limit": ATTEMPT_LOG_LIMIT,
                     "owner": self.owner,
                     "lease_id": lease_id,
@@ -383,7 +412,7 @@ class PostgresOutbox(Outbox):
             {
                 "ids": _ids(ids),
                 "reason": str(reason),
-                "error": orjson.dumps(attempt.to_dict()).decode() if attempt else None,
+                "error": _jsonb_text(attempt.to_dict()) if attempt else None,
                 "log_limit": ATTEMPT_LOG_LIMIT,
                 "now": now,
                 "lease_id": lease_id,
@@ -426,6 +455,8 @@ class PostgresOutbox(Outbox):
     async def dlq_list(
         self, flt: DLQFilter | None = None, *, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
+        if _matches_nothing(flt):
+            return []
         params = {**dlq_filter_values(flt), "limit": limit, "offset": offset}
         return [dead_letter_from_row(row) for row in await self._run("dlq_list", params)]
 
@@ -453,6 +484,8 @@ class PostgresOutbox(Outbox):
         require_purge_target(ids, flt)
         if ids is not None:
             return await self._rowcount("dlq_purge_ids", {"ids": _ids(ids)})
+        if _matches_nothing(flt):
+            return 0
         return await self._rowcount("dlq_purge_filter", dlq_filter_values(flt))
 
     # ------------------------------------------------------- dashboard views
@@ -492,6 +525,54 @@ class PostgresOutbox(Outbox):
 
     async def unhold_pixel(self, pixel_id: str) -> None:
         await self._run("unhold_pixel", {"pixel_id": pixel_id})
+
+    # ------------------------------------------------------ operator records
+
+    async def _statement(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchall() if cur.description else []
+
+        return await self._in_transaction(work)
+
+    async def revoke_session(self, session_hash: str, *, expires_at: float, now: float) -> None:
+        async def work(conn: AsyncConnection[Any]) -> None:
+            await conn.execute(
+                "DELETE FROM capirelay_revoked_sessions WHERE expires_at <= %(now)s", {"now": now}
+            )
+            await conn.execute(
+                "INSERT INTO capirelay_revoked_sessions (session_hash, expires_at) "
+                "VALUES (%(hash)s, %(expires_at)s) ON CONFLICT (session_hash) "
+                "DO UPDATE SET expires_at = excluded.expires_at",
+                {"hash": session_hash, "expires_at": expires_at},
+            )
+
+        await self._in_transaction(work)
+
+    async def session_revoked(self, session_hash: str) -> bool:
+        rows = await self._statement(
+            "SELECT 1 FROM capirelay_revoked_sessions WHERE session_hash = %(hash)s",
+            {"hash": session_hash},
+        )
+        return bool(rows)
+
+    async def record_audit(
+        self, *, at: float, actor: str, action: str, target: str, count: int, origin: str
+    ) -> None:
+        await self._statement(
+            "INSERT INTO capirelay_operator_audit (at, actor, action, target, count, origin) "
+            "VALUES (%(at)s, %(actor)s, %(action)s, %(target)s, %(count)s, %(origin)s)",
+            {"at": at, "actor": actor, "action": action, "target": target, "count": count,
+             "origin": origin},
+        )  # fmt: skip
+
+    async def audit_log(self, *, limit: int = 100) -> list[AuditRecord]:
+        rows = await self._statement(
+            "SELECT id, at, actor, action, target, count, origin FROM capirelay_operator_audit "
+            "ORDER BY id DESC LIMIT %(limit)s",
+            {"limit": limit},
+        )
+        return [AuditRecord(*row) for row in rows]
 
     # ------------------------------------------------------ LISTEN / NOTIFY
 

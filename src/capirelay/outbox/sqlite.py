@@ -68,6 +68,7 @@ from capirelay.outbox._rows import (
 from capirelay.outbox.base import (
     DEDUP_WINDOW_SECONDS,
     Attempt,
+    AuditRecord,
     DeadLetter,
     DeadLetterReason,
     DLQFilter,
@@ -130,6 +131,9 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         3,
         "Meta diagnostics checks, history, runs, delivered per hour, schedule lease",
         _packaged_sql("schema_sqlite_0003_meta_diagnostics.sql"),
+    ),
+    Migration(
+        4, "dashboard sessions, operator audit", _packaged_sql("schema_sqlite_0004_operator.sql")
     ),
 )
 
@@ -893,6 +897,47 @@ class SQLiteOutbox(Outbox):
     async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
         rows = await self._read(lambda c: c.execute(_QUEUE_SAMPLE, (limit,)).fetchall())
         return [leased_from_row(row) for row in rows]
+
+    # ------------------------------------------------------ operator records
+
+    async def revoke_session(self, session_hash: str, *, expires_at: float, now: float) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT OR REPLACE INTO revoked_sessions (session_hash, expires_at) VALUES (?, ?)",
+                (session_hash, expires_at),
+            )
+
+        await self._write(run)
+
+    async def session_revoked(self, session_hash: str) -> bool:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT 1 FROM revoked_sessions WHERE session_hash = ?", (session_hash,)
+            ).fetchone()
+        )
+        return row is not None
+
+    async def record_audit(
+        self, *, at: float, actor: str, action: str, target: str, count: int, origin: str
+    ) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO operator_audit (at, actor, action, target, count, origin) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (at, actor, action, target, count, origin),
+            )
+        )
+
+    async def audit_log(self, *, limit: int = 100) -> list[AuditRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT id, at, actor, action, target, count, origin FROM operator_audit "
+                "ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [AuditRecord(*row) for row in rows]
 
 
 # ------------------------------------------------------------------ read helpers

@@ -9,13 +9,16 @@ woken for the pixel, and one status per prepared event in request order.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from starlette.requests import Request
 
 from capirelay.ingest import PreparedEvent
+from capirelay.metrics import Metrics
 from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
+from capirelay.problems import Problem, error
 from capirelay.server.http import ApiError
 
 __all__ = [
@@ -50,6 +53,7 @@ async def commit_prepared(
     Raises the 503 :class:`ApiError` when storage is unavailable: nothing was accepted.
     """
     outbox: Outbox = request.app.state.outbox
+    _count_pii(request.app.state.metrics, pixel_id, prepared)
     accepted = [item.new_event for item in prepared if item.new_event is not None]
     enqueued: list[EnqueueStatus] = []
     if accepted:
@@ -67,8 +71,39 @@ async def commit_prepared(
     if EnqueueStatus.QUEUED in enqueued:
         request.app.state.engine.notify(pixel_id)
     answers = iter(enqueued)
-    statuses = ["rejected" if item.new_event is None else str(next(answers)) for item in prepared]
+    statuses: list[str] = []
+    for item in prepared:
+        status = "rejected" if item.new_event is None else str(next(answers))
+        if item.new_event is not None and status == EnqueueStatus.REJECTED:
+            # The backend refused this row's values (limits should have caught them first):
+            # the event's problem, reported with it; storage stays ready.
+            item.problems.append(_UNSTORABLE)
+        statuses.append(status)
     return Committed(accepted, enqueued, statuses)
+
+
+_UNSTORABLE: Problem = error(
+    "unstorable_value",
+    "event",
+    "the storage refused one of this event's values (a control character or an oversized "
+    "field); check event_id, event_name and custom_data against the limits in "
+    "docs/reliability.md",
+)
+
+
+def _count_pii(metrics: Metrics, pixel_id: str, prepared: Sequence[PreparedEvent]) -> None:
+    """Personal data found at ingest (capirelay.pii_scrub), counted once per request."""
+    found = Counter(
+        _PII_ACTIONS[problem.code]
+        for item in prepared
+        for problem in item.problems
+        if problem.code in _PII_ACTIONS
+    )
+    for action, n in found.items():
+        metrics.pii_found.labels(pixel_id, action).inc(n)
+
+
+_PII_ACTIONS = {"pii_removed": "removed", "pii_in_event": "rejected"}
 
 
 def recent_write_failure(state: object) -> float | None:

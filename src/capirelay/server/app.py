@@ -36,6 +36,7 @@ from capirelay.meta_store import meta_store_for
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox, open_outbox
 from capirelay.server import routes_health, routes_ingest, routes_webhooks
+from capirelay.server.body_limit import BodyLimitMiddleware
 from capirelay.server.http import ApiError, JSONResponse, error_response
 from capirelay.server.openapi import openapi_document
 from capirelay.server.rate_limit import GatewayLimits
@@ -110,6 +111,10 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # No automatic slash redirects: Starlette builds them as absolute URLs from the Host
+    # header (a client could make the gateway redirect to any host); routes that want one
+    # answer a relative Location themselves (GET /ui).
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.webhooks = routes_webhooks.load_webhooks(settings)
@@ -117,6 +122,7 @@ def create_app(
     app.state.outbox = outbox
     app.state.engine = engine
     app.state.diagnostics = None
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(GatewayHeadersMiddleware)
     return app
 

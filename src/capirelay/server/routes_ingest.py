@@ -433,9 +433,12 @@ def _count(
     """Aggregate first: one ``labels().inc(n)`` per label set, not one per event."""
     queued: Counter[str] = Counter()
     duplicate: Counter[str] = Counter()
-    for event, status in zip(accepted, enqueued, strict=True):
-        (queued if status is EnqueueStatus.QUEUED else duplicate)[event.event_name] += 1
     rejected: Counter[str] = Counter()
+    for event, status in zip(accepted, enqueued, strict=True):
+        if status is EnqueueStatus.REJECTED:
+            rejected["unstorable_value"] += 1
+            continue
+        (queued if status is EnqueueStatus.QUEUED else duplicate)[event.event_name] += 1
     for item in prepared:
         if item.new_event is None:
             rejected.update({problem.code for problem in item.problems if problem.is_error})

@@ -201,14 +201,16 @@ def _count(
     prepared: Sequence[PreparedEvent],
 ) -> None:
     pixel_id = webhook.settings.pixel_id
+    rejected: Counter[str] = Counter()
     for event, status in zip(accepted, enqueued, strict=True):
-        if status is EnqueueStatus.QUEUED:
+        if status is EnqueueStatus.REJECTED:
+            rejected["unstorable_value"] += 1
+        elif status is EnqueueStatus.QUEUED:
             metrics.accepted.labels(
                 pixel_id, metrics.event_label(event.event_name), webhook.source
             ).inc()
         else:
             metrics.duplicates.labels(pixel_id, metrics.event_label(event.event_name)).inc()
-    rejected: Counter[str] = Counter()
     for item in prepared:
         if item.new_event is None:
             rejected.update({problem.code for problem in item.problems if problem.is_error})

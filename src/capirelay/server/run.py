@@ -28,6 +28,7 @@ from capirelay.config import ConfigError, Settings, config_path, load_settings, 
 from capirelay.config_errors import locate
 from capirelay.logs import logging_configured
 from capirelay.server.app import create_app
+from capirelay.server.header_timeout import auto_protocol, with_header_timeout
 
 __all__ = ["DEFAULT_GRACEFUL_SHUTDOWN_SECONDS", "build_server", "main", "serve"]
 
@@ -52,7 +53,8 @@ def build_server(
         host=host,
         port=port,
         loop="auto",  # uvloop when installed
-        http="auto",  # httptools when installed
+        # httptools when installed, closing connections whose headers take too long
+        http=with_header_timeout(auto_protocol(), settings.header_timeout_seconds),
         lifespan="on",
         log_level=log_level,
         log_config=log_config,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = [
     "TRANSFORMS",
@@ -171,6 +172,19 @@ def _join(value: Any, argument: str | None, currency: str | None) -> Any:
     return (argument if argument is not None else ",").join(parts) or None
 
 
+def _url_origin(value: Any, argument: str | None, currency: str | None) -> Any:
+    """``https://shop.example/`` from any URL of the shop: no path, query or fragment, so
+    a capability link (Shopify's ``order_status_url``, ``...?key=``) leaves no secret."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TransformError(f"'url_origin' needs a URL string, got {_type_name(value)}")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TransformError("'url_origin' needs an absolute http(s) URL")
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/"
+
+
 def _default(value: Any, argument: str | None, currency: str | None) -> Any:
     if value is None or value == "" or value == []:
         return argument
@@ -190,6 +204,7 @@ TRANSFORMS: dict[str, Transform] = {
     "cents_to_units": _cents_to_units,
     "minor_to_units": _minor_to_units,
     "iso8601_to_unix": _iso8601_to_unix,
+    "url_origin": _url_origin,
 }
 
 # Transforms written ``name:argument`` (``join: ``, ``default:USD``).

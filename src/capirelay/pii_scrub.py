@@ -1,0 +1,189 @@
+"""Personal data and secrets where Meta must not receive them: URLs and custom data.
+
+Meta flags events whose ``event_source_url`` / ``referrer_url`` query strings
+or ``custom_data`` carry personal data (an email, a phone number), and can
+restrict the pixel for it; a capability link (``?key=``, ``?token=``) in a URL
+hands a secret to everyone who reads the queue or Meta's logs.  Identifiers
+belong in ``user_data``, where they are normalized and hashed.
+
+:func:`scrub_event` finds such values in the wire event at ingest, before it is
+stored, and applies the pixel's ``pii_in_urls`` policy:
+
+* ``strip`` (default): drop the query parameter (or the ``custom_data`` value),
+  keep the event, and record a warning ``pii_removed`` naming the field;
+* ``reject``: refuse the event with the error ``pii_in_event``;
+* ``keep``: send as is (a deliberate choice, e.g. values known to be synthetic).
+
+What counts: an email address anywhere in a value (after percent-decoding), a
+phone-like value (a leading ``+`` or separators such as ``(650) 555-1212``,
+8-15 digits: bare digit runs are order ids and timestamps, not phones), any
+value of a parameter or key named like an email or phone field, and any
+parameter named like a secret (``key``, ``token``, ``password``...).  Problems
+name the field, never the value or the parameter's name.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
+
+import orjson
+
+from capirelay.problems import Problem, error, warning
+
+__all__ = ["PIIPolicy", "contains_pii", "scrub_event", "scrub_url"]
+
+PIIPolicy = Literal["strip", "reject", "keep"]
+
+_URL_FIELDS = ("event_source_url", "referrer_url")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+# A phone written as one: "+" and digits, or digit groups with separators; found anywhere
+# in a text ("call 650-555-1212"), never inside a longer digit run.
+_PHONE = re.compile(
+    r"(?<![\d+])(?:\+\s?\d[\d\s().\-]{6,20}\d|\(?\d{2,4}\)?[\s.\-]\d{2,4}[\s.\-]\d{3,5})(?!\d)"
+)
+_PII_NAMES = re.compile(r"e-?mail|phone|mobile|^tel$|telephone|^ph$|^em$", re.IGNORECASE)
+_SECRET_NAMES = re.compile(
+    r"^(?:key|token|access_token|auth|authorization|password|passwd|pwd|secret|signature|sig"
+    r"|api_key|apikey|session|sessionid)$",
+    re.IGNORECASE,
+)
+# A cheap first look over a whole URL query or custom_data's JSON: anything that could be
+# an email, a phone, or a field named like one or like a secret.  Most events hold none
+# and skip the walk; a hit only means "look closer" (the walk decides).  Substring tests
+# and one digit-led pattern: a many-branch case-insensitive regex costs ~100 us here.
+# custom_data: values that could be an email or a phone, keys named like one.
+_SUSPECT_IN_DATA = ("@", "+", "mail", "phone", "mobil", "tel", '"ph"', '"em"')
+# URL query strings: the same, plus parameters named like secrets.
+_SUSPECT_IN_URL = (
+    "@", "+", "mail", "phone", "mobil", "tel", "ph=", "em=", "key", "token", "auth",
+    "passw", "pwd", "secret", "sig", "session",
+)  # fmt: skip
+_PHONE_SHAPE = re.compile(r"\d\)?[\s.\-]\d{2,4}[\s.\-]\d{3}")
+
+
+def _suspect(text: str, words: tuple[str, ...]) -> bool:
+    lower = text.lower()
+    return any(word in lower for word in words) or bool(_PHONE_SHAPE.search(text))
+
+
+_MIN_PHONE_DIGITS = 8
+_MAX_PHONE_DIGITS = 15
+
+
+def contains_pii(text: str) -> bool:
+    """True when ``text`` holds an email address or is written like a phone number."""
+    if "@" in text and _EMAIL.search(text):
+        return True
+    for match in _PHONE.finditer(text):
+        digits = sum(char.isdigit() for char in match.group())
+        if _MIN_PHONE_DIGITS <= digits <= _MAX_PHONE_DIGITS:
+            return True
+    return False
+
+
+def _flagged_parameter(name: str, value: str) -> bool:
+    if _SECRET_NAMES.match(name) or _PII_NAMES.search(name):
+        return bool(value)
+    # parse_qsl has already percent-decoded name and value.
+    return contains_pii(value) or contains_pii(name)
+
+
+def scrub_url(url: str) -> tuple[str, bool]:
+    """``url`` without flagged query parameters (and fragment), and whether any was found."""
+    tail = url.partition("?")[2] or url.partition("#")[2]
+    if not tail or not _suspect(unquote_plus(tail), _SUSPECT_IN_URL):
+        return url, False
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(name, value) for name, value in pairs if not _flagged_parameter(name, value)]
+    fragment_flagged = bool(parts.fragment) and contains_pii(unquote_plus(parts.fragment))
+    if len(kept) == len(pairs) and not fragment_flagged:
+        return url, False
+    fragment = "" if fragment_flagged else parts.fragment
+    return urlunsplit(parts._replace(query=urlencode(kept), fragment=fragment)), True
+
+
+def scrub_event(payload: dict[str, Any], policy: PIIPolicy) -> list[Problem]:
+    """Apply ``policy`` to ``payload`` in place (see the module docstring); its problems."""
+    if policy == "keep":
+        return []
+    found: list[str] = []
+    for field in _URL_FIELDS:
+        url = payload.get(field)
+        if isinstance(url, str) and ("?" in url or "#" in url):
+            cleaned, flagged = scrub_url(url)
+            if flagged:
+                found.append(field)
+                if policy == "strip":
+                    payload[field] = cleaned
+    custom = payload.get("custom_data")
+    if isinstance(custom, dict) and custom and _suspect_values(custom):
+        in_custom = _scrub_values(custom, "custom_data", strip=False)
+        if in_custom and policy == "strip":
+            # A copy: the wire dict may share custom_data with the caller's input.
+            payload["custom_data"] = custom = copy.deepcopy(custom)
+            _scrub_values(custom, "custom_data", strip=True)
+        found.extend(in_custom)
+    if policy == "reject":
+        return [
+            error(
+                "pii_in_event",
+                field,
+                f"{field} holds an email address, phone number or secret; Meta restricts "
+                "pixels that receive personal data there: send identifiers in user_data "
+                "(hashed) and drop them from URLs and custom_data",
+            )
+            for field in found
+        ]
+    return [
+        warning(
+            "pii_removed",
+            field,
+            f"{field} held an email address, phone number or secret, removed before "
+            "storage; send identifiers in user_data instead (pii_in_urls policy: strip)",
+        )
+        for field in found
+    ]
+
+
+def _suspect_values(custom: dict[str, Any]) -> bool:
+    try:
+        text = orjson.dumps(custom).decode()
+    except orjson.JSONEncodeError:
+        return True  # the walk will tell (and ingest refuses what cannot be encoded)
+    return _suspect(text, _SUSPECT_IN_DATA)
+
+
+def _scrub_values(container: Any, path: str, *, strip: bool) -> list[str]:
+    found: list[str] = []
+    if isinstance(container, dict):
+        for key in list(container):
+            value = container[key]
+            if contains_pii(str(key)):  # the key itself is personal data: never echo it
+                found.append(path)
+                if strip:
+                    del container[key]
+                continue
+            where = f"{path}.{key}"[:200]
+            if isinstance(value, str) and (
+                contains_pii(value) or (_PII_NAMES.search(str(key)) and value)
+            ):
+                found.append(where)
+                if strip:
+                    del container[key]
+            elif isinstance(value, dict | list):
+                found.extend(_scrub_values(value, where, strip=strip))
+    elif isinstance(container, list):
+        for index in range(len(container) - 1, -1, -1):
+            value = container[index]
+            where = f"{path}[{index}]"
+            if isinstance(value, str) and contains_pii(value):
+                found.append(where)
+                if strip:
+                    del container[index]
+            elif isinstance(value, dict | list):
+                found.extend(_scrub_values(value, where, strip=strip))
+    return found

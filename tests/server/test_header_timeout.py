@@ -1,0 +1,94 @@
+"""Slowloris: a connection that sends half a request line and then nothing is closed.
+
+The gateway runs as ``capirelay serve`` builds it (:func:`build_server`), on both of
+uvicorn's HTTP parsers.  Every wait below waits for a condition (the server closing
+the socket, or a response); the socket timeout only stops a broken test from hanging.
+How long the close took is printed (``-s``) for docs/reliability.md, never asserted.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from capirelay.config import Settings
+from capirelay.server.header_timeout import with_header_timeout
+from capirelay.server.run import build_server
+
+HEADER_TIMEOUT = 0.5
+GUARD = 15.0  # only against a hang; never what the test measures
+
+
+@pytest.fixture(params=[H11Protocol, HttpToolsProtocol], ids=["h11", "httptools"])
+def address(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, int]]:
+    monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
+    settings = Settings(
+        storage=f"sqlite:///{tmp_path / 'slow.db'}", header_timeout_seconds=HEADER_TIMEOUT
+    )
+    server = build_server(settings, host="127.0.0.1", port=0, log_config=None)
+    # The parser under test (build_server picks uvicorn's "auto" one).
+    server.config.http = with_header_timeout(request.param, HEADER_TIMEOUT)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + GUARD
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
+        time.sleep(0.01)
+    yield sock.getsockname()
+    server.should_exit = True
+    thread.join(GUARD)
+    sock.close()
+
+
+def closed_after(conn: socket.socket) -> float:
+    """Seconds until the server closed ``conn`` (reads until EOF)."""
+    started = time.monotonic()
+    conn.settimeout(GUARD)
+    while conn.recv(4096):
+        pass
+    return time.monotonic() - started
+
+
+def test_half_a_request_line_then_nothing_is_closed(address: tuple[str, int]) -> None:
+    with socket.create_connection(address, timeout=GUARD) as conn:
+        conn.sendall(b"GET /healthz HT")
+        waited = closed_after(conn)
+    print(f"\nhalf a request line: closed after {waited:.2f} s (header timeout {HEADER_TIMEOUT} s)")
+    assert waited >= HEADER_TIMEOUT * 0.9  # not closed before its time
+
+
+def test_a_silent_connection_is_closed(address: tuple[str, int]) -> None:
+    with socket.create_connection(address, timeout=GUARD) as conn:
+        waited = closed_after(conn)
+    print(f"\nno byte at all: closed after {waited:.2f} s")
+    assert waited >= HEADER_TIMEOUT * 0.9
+
+
+def test_half_a_second_request_on_a_kept_alive_connection_is_closed(
+    address: tuple[str, int],
+) -> None:
+    with socket.create_connection(address, timeout=GUARD) as conn:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        first = conn.recv(4096)
+        assert first.startswith(b"HTTP/1.1 200")
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: gate")
+        assert closed_after(conn) >= HEADER_TIMEOUT * 0.9
+
+
+def test_headers_sent_in_pieces_within_the_bound_are_served(address: tuple[str, int]) -> None:
+    with socket.create_connection(address, timeout=GUARD) as conn:
+        for piece in (b"GET /hea", b"lthz HTTP/1.1\r\n", b"Host: gateway\r\n", b"\r\n"):
+            conn.sendall(piece)
+        answer = conn.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200")

@@ -1,0 +1,156 @@
+"""Personal data and secrets in URLs and custom_data, found at ingest: tables, then policies."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from capirelay.config import PixelSettings
+from capirelay.ingest import prepare_event
+from capirelay.pii_scrub import contains_pii, scrub_url
+from capirelay.sources._transforms import TRANSFORMS, TransformError
+
+NOW = time.time()
+
+PII = [
+    "john.smith@example.com",
+    "contact: JOHN@EXAMPLE.CO.UK please",
+    "(650) 555-1212",
+    "650-555-1212",
+    "call 650.555.1212 today",
+    "+1 650 555 1212",
+    "+16505551212",
+    "+44 20 7946 0958",
+]
+NOT_PII = [
+    "order-1001",
+    "1700000000000",  # a timestamp
+    "4410000000123",  # a product id
+    "2026-12-04",
+    "2026-12-04T10:00:00+01:00",
+    "203.0.113.7",
+    "fb.1.1700000000000.123456789",
+    "SKU-12345-678",
+    "v10.15.7",
+    "@handle",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", PII)
+def test_personal_data_is_found(text: str) -> None:
+    assert contains_pii(text)
+
+
+@pytest.mark.parametrize("text", NOT_PII)
+def test_ids_dates_and_addresses_are_not_personal_data(text: str) -> None:
+    assert not contains_pii(text)
+
+
+@pytest.mark.parametrize(
+    ("url", "cleaned"),
+    [
+        ("https://s.example/thanks?email=john%40x.com&utm_source=fb", "https://s.example/thanks?utm_source=fb"),
+        ("https://s.example/?q=shoes&ref=%2B1%20650%20555%201212", "https://s.example/?q=shoes"),
+        ("https://s.example/?e=x", "https://s.example/?e=x"),
+        ("https://s.example/?Email=someone", "https://s.example/"),
+        ("https://s.example/?phone=1", "https://s.example/"),
+        ("https://s.example/orders/1/authenticate?key=imasecretipod", "https://s.example/orders/1/authenticate"),
+        ("https://s.example/?token=abc&fbclid=IwAR1", "https://s.example/?fbclid=IwAR1"),
+        ("https://s.example/p#john@x.com", "https://s.example/p"),
+        ("https://s.example/p?fbclid=IwAR1-_x#top", "https://s.example/p?fbclid=IwAR1-_x#top"),
+    ],
+)  # fmt: skip
+def test_flagged_query_parameters_are_removed(url: str, cleaned: str) -> None:
+    assert scrub_url(url)[0] == cleaned
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "event_name": "Purchase",
+        "event_time": int(NOW) - 10,
+        "event_id": "order-1",
+        "action_source": "website",
+        "event_source_url": "https://shop.example/thanks?email=jane%40example.com&step=3",
+        "user_data": {"em": "a" * 64, "client_user_agent": "Mozilla/5.0"},
+        "custom_data": {
+            "value": 10.0,
+            "currency": "EUR",
+            "note": "call me at +1 650 555 1212",
+            "contents": [{"id": "sku-1", "quantity": 1, "title": "jane@example.com"}],
+            "kept": "blue shoes",
+        },
+    }
+    base.update(overrides)
+    return base
+
+
+def prepare(raw: dict[str, Any], policy: str) -> Any:
+    return prepare_event(
+        raw, pixel_id="1", pixel=PixelSettings(pii_in_urls=policy), now=NOW,
+        test_event_code=None, source="t", max_future_skew=300,
+    )  # fmt: skip
+
+
+def test_strip_removes_the_values_and_keeps_the_event_with_warnings() -> None:
+    raw = event()
+    prepared = prepare(raw, "strip")
+    assert prepared.new_event is not None
+    stored = orjson.loads(prepared.new_event.payload)
+    assert stored["event_source_url"] == "https://shop.example/thanks?step=3"
+    assert "note" not in stored["custom_data"]
+    assert stored["custom_data"]["kept"] == "blue shoes"
+    assert "title" not in stored["custom_data"]["contents"][0]
+    assert b"jane" not in prepared.new_event.payload and b"555" not in prepared.new_event.payload
+    warned = {(p.code, p.field, p.severity.value) for p in prepared.problems}
+    assert {
+        ("pii_removed", "event_source_url", "warning"),
+        ("pii_removed", "custom_data.note", "warning"),
+        ("pii_removed", "custom_data.contents[0].title", "warning"),
+    } <= warned
+    assert all("jane" not in p.message and "555" not in p.message for p in prepared.problems)
+    # The caller's own event is left as it was.
+    assert raw["custom_data"]["note"] == "call me at +1 650 555 1212"
+
+
+def test_reject_refuses_the_event_naming_each_field() -> None:
+    prepared = prepare(event(), "reject")
+    assert prepared.rejected
+    fields = {p.field for p in prepared.problems if p.code == "pii_in_event"}
+    assert fields == {"event_source_url", "custom_data.note", "custom_data.contents[0].title"}
+
+
+def test_keep_sends_as_is() -> None:
+    prepared = prepare(event(), "keep")
+    assert prepared.new_event is not None
+    assert b"jane%40example.com" in prepared.new_event.payload
+    assert not [p for p in prepared.problems if p.code.startswith("pii")]
+
+
+def test_a_key_that_is_an_email_is_neither_kept_nor_echoed() -> None:
+    raw = event(custom_data={"value": 1.0, "currency": "EUR", "jane@example.com": 1})
+    prepared = prepare(raw, "strip")
+    assert prepared.new_event is not None
+    assert b"jane" not in prepared.new_event.payload
+    assert all("jane" not in p.field for p in prepared.problems)
+
+
+@pytest.mark.parametrize(
+    ("url", "origin"),
+    [
+        ("https://jsmith.myshopify.com/548380009/orders/b19/authenticate?key=s", "https://jsmith.myshopify.com/"),
+        ("https://user:pw@shop.example:8443/checkout/order-pay/7/?key=wc_order_1", "https://shop.example:8443/"),
+        (None, None),
+    ],
+)  # fmt: skip
+def test_url_origin_leaves_no_secret(url: str | None, origin: str | None) -> None:
+    assert TRANSFORMS["url_origin"](url, None, None) == origin
+
+
+@pytest.mark.parametrize("bad", ["/relative/path", "mailto:x@y.com", 42])
+def test_url_origin_refuses_what_is_not_a_web_url(bad: Any) -> None:
+    with pytest.raises(TransformError):
+        TRANSFORMS["url_origin"](bad, None, None)
