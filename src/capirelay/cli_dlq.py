@@ -268,7 +268,9 @@ def audit_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
 ) -> None:
     """Who replayed or purged dead letters, when, with which filter, and how many."""
-    records = _with_outbox(existing_storage_url(config, storage), lambda o: o.audit_log(limit=limit))
+    records = _with_outbox(
+        existing_storage_url(config, storage), lambda o: o.audit_log(limit=limit)
+    )
     if as_json:
         console.print_json(orjson.dumps([dataclasses.asdict(r) for r in records]).decode())
         return
