@@ -164,7 +164,7 @@ def audited_actions(storage: str, first: str, second: str) -> None:
 
     result = runner.invoke(cli_app, ["dlq", "audit", "--storage", storage, "--json"])
     assert result.exit_code == 0, result.output
-    records = orjson.loads(result.output)
+    records = orjson.loads(result.stdout)
     assert [r["action"] for r in records] == ["purge", "replay"]
     replayed = records[1]
     assert replayed["count"] == 3
@@ -176,7 +176,7 @@ def audited_actions(storage: str, first: str, second: str) -> None:
     # The CLI's own actions are audited as the OS user.
     runner.invoke(cli_app, ["dlq", "purge", "--storage", storage, "--all", "--yes"])
     latest = orjson.loads(
-        runner.invoke(cli_app, ["dlq", "audit", "--storage", storage, "--json"]).output
+        runner.invoke(cli_app, ["dlq", "audit", "--storage", storage, "--json"]).stdout
     )[0]
     assert (latest["origin"], latest["action"]) == ("cli", "purge")
     assert latest["actor"].startswith("cli:")
@@ -253,6 +253,6 @@ def test_a_nul_in_a_dlq_filter_matches_nothing_and_fails_nothing(
     assert purge.status_code == 303, purge.text
     assert purge.headers["location"].endswith("purged=0")
     records = orjson.loads(
-        runner.invoke(cli_app, ["dlq", "audit", "--storage", storage, "--json"]).output
+        runner.invoke(cli_app, ["dlq", "audit", "--storage", storage, "--json"]).stdout
     )
     assert records[0]["target"] == "filter pixel=?"
