@@ -35,6 +35,7 @@ from pydantic import ValidationError
 
 from capirelay.config import PixelSettings
 from capirelay.events import prepare_wire
+from capirelay.orders import order_key
 from capirelay.outbox.base import NewEvent
 from capirelay.problems import Problem, error, has_errors
 from capirelay.validate import deadline, validate_event
@@ -85,8 +86,13 @@ def prepare_event(
     test_event_code: str | None,
     source: str,
     max_future_skew: int,
+    order_by_event_id: bool = False,
 ) -> PreparedEvent:
-    """Parse, normalize+hash, id, validate; see the module docstring."""
+    """Parse, normalize+hash, id, validate; see the module docstring.
+
+    ``order_by_event_id``: a vendor preset's event, whose id names an order, gets an
+    order-ledger key even without ``custom_data.order_id`` (see :mod:`capirelay.orders`).
+    """
     if not isinstance(raw, Mapping):
         return PreparedEvent(None, "", [_not_an_object()])
     try:
@@ -124,6 +130,9 @@ def prepare_event(
         deadline=deadline(payload),
         test_event_code=test_event_code,
         source=source,
+        order_key=order_key(
+            pixel_id, payload, test_event_code=test_event_code, by_event_id=order_by_event_id
+        ),
     )
     return PreparedEvent(new_event, event_id, problems)
 

@@ -20,6 +20,7 @@ TABLES = {
     "capirelay_dedup",
     "capirelay_dead_letters",
     "capirelay_pixel_state",
+    "capirelay_order_ledger",
 }
 
 

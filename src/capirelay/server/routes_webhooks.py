@@ -39,6 +39,7 @@ from starlette.responses import Response
 from capirelay.config import ConfigError, PixelSettings, Settings, WebhookSettings
 from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.metrics import Metrics
+from capirelay.orders import ORDER_PRESETS
 from capirelay.outbox.base import EnqueueStatus, NewEvent
 from capirelay.problems import Problem
 from capirelay.server._commit import STORAGE_RETRY_AFTER_SECONDS, commit_prepared
@@ -175,6 +176,7 @@ def _prepare(
         test_event_code=webhook.settings.test_event_code or pixel.test_event_code,
         source=webhook.source,
         max_future_skew=settings.max_future_skew,
+        order_by_event_id=webhook.preset.name in ORDER_PRESETS,
     )
 
 
