@@ -6,12 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from outbox_data import T0, make_event
 
 from capirelay.orders import order_key
 from capirelay.outbox import DEDUP_WINDOW_SECONDS, Outbox
 from capirelay.outbox.base import DeadLetterReason, EnqueueStatus, NewEvent
-
-from outbox_data import T0, make_event
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
 DAY = 86400.0
