@@ -163,6 +163,9 @@ class WebhookSettings(BaseModel):
     # Stripe: how old a signature timestamp may be.
     tolerance_seconds: int = Field(default=300, ge=1)
     test_event_code: str | None = None
+    # Shopify/WooCommerce: each line item's content id, e.g. "{sku}" or "{sku}_{id}|wc_post_id_{id}"
+    # (capirelay.sources.content_ids); default: the vendor's own Meta catalog integration's form.
+    content_id: str | None = None
 
     _v_secret = field_validator("secret", mode="before")(_coerce_secret)
 
