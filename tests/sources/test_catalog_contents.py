@@ -21,7 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from capirelay.cli import app
 from capirelay.config import ConfigError, Secret, Settings, WebhookSettings
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.server import create_app
@@ -328,3 +330,30 @@ def test_an_item_with_no_id_at_all_is_left_out_with_a_problem() -> None:
     [problem] = [p for p in mapped.problems if p.code == "content_without_id"]
     assert problem.field == "custom_data.contents[1].id"
     assert "content_id" in problem.message
+
+
+# ---------------------------------------------------------------------------
+# capirelay mapping test
+
+
+def _mapping_test(tmp_path: Path, preset: str, payload: Any, *topic: str) -> tuple[int, str]:
+    sample = tmp_path / "sample.json"
+    sample.write_text(json.dumps(payload), encoding="utf-8")
+    runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
+    result = runner.invoke(app, ["mapping", "test", preset, str(sample), *topic])
+    return result.exit_code, result.stdout
+
+
+def test_mapping_test_says_which_stripe_topic_carries_the_buyer(tmp_path: Path) -> None:
+    code, out = _mapping_test(
+        tmp_path, "stripe", _stripe_event("payment_intent.succeeded", _guest_payment_intent())
+    )
+    assert code == 1
+    assert "hint: stripe payment_intent.succeeded: a guest PaymentIntent carries no customer" in out
+    assert "checkout.session.completed" in out
+
+
+def test_mapping_test_shows_the_catalog_ids_the_gateway_sends(tmp_path: Path) -> None:
+    code, out = _mapping_test(tmp_path, "shopify", _shopify_order(), "--topic", "orders/paid")
+    assert code == 0, out
+    assert '"LENS-PROTECT-2YR"' in out and '"CASE-LEATHER-PREM"' in out
