@@ -257,7 +257,13 @@ NAME_CASES = [
     ("fn", "e-\u0301mile", None, "\xe9mile"),  # removal re-composes to NFC
     ("fn", "Louis XIV the 2nd", None, "louisxivthe2nd"),
     ("fn", "-- . --", None, ERROR),
-    ("fn", "\U0001f600", None, ERROR),
+    ("fn", "\U0001f600", None, "\U0001f600"),  # emoji stay, as in Meta's param builder
+    ("fn", "Mary \u2764\ufe0f", None, "mary\u2764\ufe0f"),  # with its variation selector
+    ("fn", "Ann\ufe0f", None, "ann\ufe0f"),  # a stray selector is a mark: kept, like Meta
+    ("fn", "Jo \U0001f44b\U0001f3fd", None, "jo\U0001f44b\U0001f3fd"),  # skin tone kept
+    ("fn", "Sam \U0001f468\u200d\U0001f4bb!", None,
+     "sam\U0001f468\u200d\U0001f4bb"),  # ZWJ sequence kept whole, "!" dropped
+    ("fn", "\u2014\u00b7\u2014", None, ERROR),  # punctuation only
     ("f5first", "Jonathan", None, "jonat"),
     ("f5last", "Smith-Jones", None, "smith"),
     ("f5first", "Al", None, "al"),

@@ -350,8 +350,15 @@ ROWS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("one raw email in a list", {"user_data.em": [EM, "jane@example.com"]}, ["unhashed_pii"]),
     ("uppercase hex digest", {"user_data.em": [EM.upper()]}, ["unhashed_pii"]),
     ("raw phone", {"user_data.ph": ["16505551212"]}, ["unhashed_pii"]),
-    ("raw external_id", {"user_data.external_id": "cust-77"}, ["unhashed_pii"]),
+    ("raw external_id", {"user_data.external_id": "cust-77"}, ["unhashed_external_id"]),
     ("hashed external_id", {"user_data.external_id": [sha("cust-77")]}, []),
+    # contents (Meta requires id in each)
+    ("contents with ids", {"custom_data.contents": [{"id": "SKU-1", "quantity": 1}]}, []),
+    ("numeric content id", {"custom_data.contents": [{"id": 42, "quantity": 1}]}, []),
+    ("content without id", {"custom_data.contents": [{"quantity": 1}]}, ["invalid_contents"]),
+    ("content with blank id", {"custom_data.contents": [{"id": " "}]}, ["invalid_contents"]),
+    ("content not an object", {"custom_data.contents": ["SKU-1"]}, ["invalid_contents"]),
+    ("contents not a list", {"custom_data.contents": {"id": "SKU-1"}}, ["invalid_contents"]),
     ("raw country", {"user_data.country": "us"}, ["unhashed_pii"]),
     ("number where a hash belongs", {"user_data.zp": 94025}, ["unhashed_pii"]),
     ("number in a list of hashes", {"user_data.em": [EM, 5]}, ["unhashed_pii"]),
@@ -568,3 +575,15 @@ def test_browser_ids_output_passes_the_grammar_rules() -> None:
     event = tweaked({"user_data": {"em": [EM], **context.user_data()}})
     assert event["user_data"]["fbc"].endswith(".IwAR_MiXeD-Case")
     assert validate_event(event, now=NOW) == []
+
+
+def test_rules_say_who_enforces_them() -> None:
+    policy = {rule.code for rule in RULES if rule.enforced_by == "capirelay"}
+    assert policy == {"unhashed_external_id", "missing_event_id", "missing_browser_ids"}
+    assert {rule.enforced_by for rule in RULES} == {"meta", "capirelay"}
+
+
+def test_meta_only_leaves_out_capirelays_policy() -> None:
+    event = tweaked({"user_data.external_id": "cust-77"})
+    assert [p.code for p in validate_event(event, now=NOW)] == ["unhashed_external_id"]
+    assert validate_event(event, now=NOW, meta_only=True) == []

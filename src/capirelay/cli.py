@@ -73,6 +73,13 @@ def emulator_command(
             help="A fault, repeatable, as for POST /_emulator/faults (examples above).",
         ),
     ] = None,
+    app_secret_env: Annotated[
+        str | None,
+        typer.Option(
+            "--app-secret-env",
+            help="Environment variable holding the app secret: appsecret_proof is then verified.",
+        ),
+    ] = None,
 ) -> None:
     """Run the local Graph API emulator in the foreground (Ctrl-C to stop).
 
@@ -84,12 +91,20 @@ def emulator_command(
 
     --fault '{"kind":"token_revoked"}'
     """
+    import os
+
     import uvicorn
 
     from capirelay.emulator import EmulatorState, create_app
 
     pixels = _parse_pixels(pixel)
-    state = EmulatorState(pixels=pixels, store_events=store_events, fault_seed=seed)
+    app_secret = os.environ.get(app_secret_env) if app_secret_env else None
+    if app_secret_env and not app_secret:
+        err_console.print(f"[red]--app-secret-env: {app_secret_env} is not set or empty[/red]")
+        raise typer.Exit(EXIT_USAGE)
+    state = EmulatorState(
+        pixels=pixels, store_events=store_events, fault_seed=seed, app_secret=app_secret
+    )
     try:
         for spec in [*_startup_faults(latency_ms, fail_rate, throttle_rate), *_json_faults(fault)]:
             state.faults.add(spec)

@@ -26,6 +26,12 @@ from capirelay.config import PixelSettings
 from capirelay.events import Event
 from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.problems import Problem
+from capirelay.sources.content_ids import (
+    DEFAULT_TEMPLATES,
+    PRESET_FIELDS,
+    ContentIdTemplate,
+    with_content_ids,
+)
 from capirelay.sources.mapping import (
     EventMapping,
     MappedEvent,
@@ -34,6 +40,7 @@ from capirelay.sources.mapping import (
     redacted_summary,
 )
 from capirelay.sources.webhooks import PRESETS
+from capirelay.sources.webhooks._base import identifier_hint
 
 mapping_app = typer.Typer(help="Check declarative event mapping files.", no_args_is_help=True)
 
@@ -72,6 +79,7 @@ def test_command(
 ) -> None:
     """Print the events MAPPING makes of SAMPLE.json, and every problem; send nothing."""
     compiled, preset_topic = _mapping(mapping)
+    preset = PRESETS.get(mapping) if not Path(mapping).exists() else None
     payload = _sample(sample)
     now = _now(at)
     if topic is None and preset_topic is not None:
@@ -96,6 +104,9 @@ def test_command(
         )
         rejected += prepared.rejected
         _print_event(number, len(mapped), item, prepared, default_country)
+        hint = identifier_hint(preset, topic, prepared.problems) if preset is not None else None
+        if hint is not None:
+            typer.echo(f"  hint: {hint.message}")
     queued = len(mapped) - rejected
     typer.echo(f"\n{len(mapped)} event(s): {queued} would be queued, {rejected} rejected")
     if rejected:
@@ -109,6 +120,12 @@ def _mapping(name: str) -> tuple[EventMapping, Any]:
         preset = PRESETS[name]
         compiled = preset.default_mapping()
         if compiled is not None:
+            template = DEFAULT_TEMPLATES.get(name)
+            if template is not None:  # the ids the gateway sends for this preset
+                fields = PRESET_FIELDS[name]
+                compiled = with_content_ids(
+                    compiled, ContentIdTemplate.parse(template, fields, setting="content_id")
+                )
             return compiled, lambda payload: preset.topic({}, payload)
     try:
         return load_mapping(path), None

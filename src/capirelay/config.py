@@ -227,6 +227,9 @@ class WebhookSettings(BaseModel):
     # Stripe: how old a signature timestamp may be.
     tolerance_seconds: int = Field(default=300, ge=1)
     test_event_code: str | None = None
+    # Shopify/WooCommerce: each line item's content id, e.g. "{sku}" or "{sku}_{id}|wc_post_id_{id}"
+    # (capirelay.sources.content_ids); default: the vendor's own Meta catalog integration's form.
+    content_id: str | None = None
 
     _v_secret = field_validator("secret", mode="before")(_coerce_secret)
     _v_test_event_code = field_validator("test_event_code")(_test_event_code_limit)
@@ -306,6 +309,19 @@ class DiagnosticsSettings(BaseModel):
     min_events: int = Field(default=20, ge=1)
 
 
+class OrderLedgerSettings(BaseModel):
+    """``[order_ledger]``: how long order events stay deduplicated (see capirelay.orders)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Past Meta's 48 h dedup window: long enough for refunds, late fulfilment and a
+    # year-end replay.  At least 3 days, or the ledger would add nothing to the dedup.
+    retention_days: int = Field(default=400, ge=3, le=3650)
+    # Bound on storage: beyond it the oldest entries go first.  Measured (bench/order_ledger.py):
+    # ~70 bytes an entry on SQLite, ~150 on PostgreSQL, so the default cap is ~0.7 / 1.5 GB.
+    max_entries: int = Field(default=10_000_000, ge=1000)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CAPIRELAY_",
@@ -341,6 +357,7 @@ class Settings(BaseSettings):
     # PostgreSQL backend (storage = "postgresql://..."): connection pool size.
     postgres_pool_size: int = Field(default=10, ge=1, le=200)
     max_future_skew: int = Field(default=300, ge=0)
+    order_ledger: OrderLedgerSettings = Field(default_factory=OrderLedgerSettings)
 
     _v_metrics_token = field_validator("metrics_token", mode="before")(_coerce_secret)
 

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from capirelay.config import PixelSettings
 from capirelay.events import prepare_wire
 from capirelay.limits import MAX_EVENT_ID, check_event_limits, check_test_event_code
+from capirelay.orders import order_key
 from capirelay.outbox.base import NewEvent
 from capirelay.pii_scrub import scrub_event
 from capirelay.problems import Problem, error, has_errors
@@ -87,8 +88,13 @@ def prepare_event(
     test_event_code: str | None,
     source: str,
     max_future_skew: int,
+    order_by_event_id: bool = False,
 ) -> PreparedEvent:
-    """Parse, normalize+hash, id, validate; see the module docstring."""
+    """Parse, normalize+hash, id, validate; see the module docstring.
+
+    ``order_by_event_id``: a vendor preset's event, whose id names an order, gets an
+    order-ledger key even without ``custom_data.order_id`` (see :mod:`capirelay.orders`).
+    """
     if not isinstance(raw, Mapping):
         return PreparedEvent(None, "", [_not_an_object()])
     try:
@@ -135,6 +141,9 @@ def prepare_event(
         deadline=deadline(payload),
         test_event_code=test_event_code,
         source=source,
+        order_key=order_key(
+            pixel_id, payload, test_event_code=test_event_code, by_event_id=order_by_event_id
+        ),
     )
     return PreparedEvent(new_event, event_id, problems)
 

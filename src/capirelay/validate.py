@@ -48,7 +48,9 @@ __all__ = [
     "ACTION_SOURCES",
     "GENERIC_SUBCODE",
     "MAX_EVENTS_PER_REQUEST",
+    "META",
     "META_SUBCODES",
+    "POLICY",
     "RULES",
     "Context",
     "Rule",
@@ -123,6 +125,8 @@ UNHASHED_USER_DATA_KEYS = (
 )
 USER_DATA_KEYS = frozenset(HASHED_USER_DATA_KEYS + UNHASHED_USER_DATA_KEYS)
 _HASHED_KEYS = frozenset(HASHED_USER_DATA_KEYS)
+# Meta refuses these unhashed; external_id it only recommends hashing (capirelay's policy).
+_META_HASHED_KEYS = _HASHED_KEYS - {"external_id"}
 
 # Since v13, an event whose customer information is only (a subset of) one of
 # these combinations is invalid (Best Practices, "baseline matching").
@@ -185,6 +189,8 @@ META_SUBCODES: dict[str, int] = {
     "missing_user_data": GENERIC_SUBCODE,
     "insufficient_customer_info": GENERIC_SUBCODE,
     "unhashed_pii": GENERIC_SUBCODE,
+    "unhashed_external_id": GENERIC_SUBCODE,
+    "invalid_contents": GENERIC_SUBCODE,
     "invalid_fbp": GENERIC_SUBCODE,
     "invalid_client_ip_address": GENERIC_SUBCODE,
 }
@@ -243,13 +249,24 @@ class Context(NamedTuple):
 Check = Callable[[Mapping[str, Any], Context], Iterable[Problem]]
 
 
+META = "meta"
+POLICY = "capirelay"
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One acceptance rule; every problem its ``check`` yields carries ``code``."""
+    """One acceptance rule; every problem its ``check`` yields carries ``code``.
+
+    ``enforced_by`` says who refuses an event breaking it: ``"meta"`` (Graph does;
+    the emulator applies these and only these) or ``"capirelay"`` (the gateway's
+    own policy, stricter than Graph, e.g. hashing ``external_id``, which Meta only
+    recommends; warnings are advice, so they are capirelay's too).
+    """
 
     code: str
     description: str
     check: Check
+    enforced_by: str = META
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
@@ -629,7 +646,7 @@ def _all_lowercase_sha256(value: Any) -> bool:
 def _all_hashed(user_data: Mapping[str, Any]) -> bool:
     """True when every hashed key holds digests; the one-pass screen of :func:`_check_hashed`."""
     for key, value in user_data.items():
-        if key in _HASHED_KEYS and value is not None and not _all_lowercase_sha256(value):
+        if key in _META_HASHED_KEYS and value is not None and not _all_lowercase_sha256(value):
             return False
     return True
 
@@ -640,7 +657,7 @@ def _check_hashed(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
     unhashed = [
         key
         for key, value in ctx.user_data.items()
-        if key in _HASHED_KEYS and value is not None and not _all_lowercase_sha256(value)
+        if key in _META_HASHED_KEYS and value is not None and not _all_lowercase_sha256(value)
     ]
     if not unhashed:
         return _NO_PROBLEMS
@@ -653,6 +670,55 @@ def _check_hashed(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
         )
         for key in unhashed
     ]
+
+
+def _check_external_id_hashed(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
+    value = ctx.user_data.get("external_id")
+    if value is None or _all_lowercase_sha256(value):
+        return _NO_PROBLEMS
+    return [
+        error(
+            "unhashed_external_id",
+            "user_data.external_id",
+            "user_data.external_id must be a lowercase SHA-256 hex digest (capirelay hashes "
+            "it at ingest; Meta recommends it): send the raw id through capirelay, or hash it",
+        )
+    ]
+
+
+def _check_contents(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
+    contents = ctx.custom_data.get("contents")
+    if contents is None:
+        return _NO_PROBLEMS
+    if not isinstance(contents, list):
+        return [
+            error(
+                "invalid_contents",
+                "custom_data.contents",
+                "custom_data.contents must be an array of objects with id and quantity",
+            )
+        ]
+    problems: list[Problem] = []
+    for index, content in enumerate(contents):
+        where = f"custom_data.contents[{index}]"
+        if not isinstance(content, dict):
+            problems.append(
+                error("invalid_contents", where, f"{where} must be an object with id and quantity")
+            )
+            continue
+        item_id = content.get("id")
+        if not (isinstance(item_id, str | int) and not isinstance(item_id, bool)) or (
+            str(item_id).strip() == ""
+        ):
+            problems.append(
+                error(
+                    "invalid_contents",
+                    f"{where}.id",
+                    f"{where}.id is required: the product id of your catalog; set it, or "
+                    "leave the item out",
+                )
+            )
+    return problems
 
 
 def _click_cookie_problems(
@@ -809,18 +875,34 @@ RULES: tuple[Rule, ...] = (
         _check_baseline,
     ),
     Rule("unhashed_pii", "hashed keys hold lowercase SHA-256 hex digests", _check_hashed),
+    Rule(
+        "unhashed_external_id",
+        "external_id is hashed (Meta recommends it; capirelay requires it)",
+        _check_external_id_hashed,
+        POLICY,
+    ),
+    Rule("invalid_contents", "custom_data.contents items are objects with an id", _check_contents),
     Rule("invalid_fbc", "fbc follows fb.{idx}.{ms}.{fbclid}[.{appendix}]", _check_fbc),
     Rule("invalid_fbp", "fbp follows fb.{idx}.{ms}.{random}[.{appendix}]", _check_fbp),
     Rule(
         "invalid_client_ip_address", "client_ip_address is one IPv4/IPv6 address", _check_client_ip
     ),
-    Rule("missing_event_id", "warning: event_id enables dedup with the Pixel", _check_event_id),
     Rule(
-        "missing_browser_ids", "warning: website events should carry fbp or fbc", _check_browser_ids
+        "missing_event_id",
+        "warning: event_id enables dedup with the Pixel",
+        _check_event_id,
+        POLICY,
+    ),
+    Rule(
+        "missing_browser_ids",
+        "warning: website events should carry fbp or fbc",
+        _check_browser_ids,
+        POLICY,
     ),
 )
 
 _CHECKS: tuple[Check, ...] = tuple(rule.check for rule in RULES)
+_META_CHECKS: tuple[Check, ...] = tuple(rule.check for rule in RULES if rule.enforced_by == META)
 
 
 def validate_event(
@@ -828,13 +910,18 @@ def validate_event(
     *,
     now: float | None = None,
     max_future_skew: int = DEFAULT_MAX_FUTURE_SKEW,
+    meta_only: bool = False,
 ) -> list[Problem]:
-    """Every problem Meta's rules find in one wire event, in rule order."""
+    """Every problem the rules find in one wire event, in rule order.
+
+    ``meta_only``: only the rules Graph itself enforces (``Rule.enforced_by ==
+    "meta"``), as the emulator answers; the gateway applies capirelay's policy too.
+    """
     if not isinstance(payload, dict):
         return [error("invalid_type", "data[]", "each event must be a JSON object")]
     ctx = Context.of(payload, time.time() if now is None else now, max_future_skew)
     problems: list[Problem] = []
-    for check in _CHECKS:
+    for check in _META_CHECKS if meta_only else _CHECKS:
         found = check(payload, ctx)
         if found:
             problems.extend(found)

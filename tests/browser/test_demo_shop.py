@@ -331,6 +331,6 @@ def test_headless_browsers_are_filtered_as_bots(demo: Demo, browser: Browser) ->
             assert time.monotonic() < deadline, "the gateway never counted the bot"
             time.sleep(0.05)
         assert event_id not in _received(demo)
-        assert "_fbp" not in {c["name"] for c in robot.cookies()}
+        # The page's own _fbp may exist: the snippet writes it on the page as the pixel does.
     finally:
         robot.close()

@@ -29,6 +29,8 @@ TABLES = {
     # 0005: dashboard sessions, operator audit
     "capirelay_revoked_sessions",
     "capirelay_operator_audit",
+    # 0006: order ledger
+    "capirelay_order_ledger",
 }
 
 

@@ -288,11 +288,11 @@ def test_woocommerce_purchase_only_once_paid_and_only_once(
         "value": 54.8,
         "currency": "eur",
         "order_id": str(order_id),
-        "content_ids": ["93", "22"],
+        "content_ids": ["93", "23"],  # variation 23 of product 22: the catalog's item
         "num_items": 3,
         "contents": [
             {"id": "93", "quantity": 2, "item_price": 19.95, "title": "Woo Single #1"},
-            {"id": "22", "quantity": 1, "item_price": 10.0, "title": "Ship Your Idea"},
+            {"id": "23", "quantity": 1, "item_price": 10.0, "title": "Ship Your Idea"},
         ],
     }
     time.sleep(0.3)

@@ -5,7 +5,8 @@ The engine owns the pixel workers (:mod:`capirelay.delivery.worker`), one
 supervisor task that every ``poll_seconds`` finds pixels with due events (a
 pixel that appears only in the queue still gets a worker, which reports it
 as unconfigured), and every few seconds refreshes the queue gauges from
-``outbox.stats`` and forgets dedup keys older than 48 h.
+``outbox.stats`` and forgets dedup keys older than 48 h and order-ledger entries
+past their retention.
 """
 
 from __future__ import annotations
@@ -227,6 +228,12 @@ class DeliveryEngine:
         if mono - self._last_dedup_expiry >= DEDUP_EXPIRY_INTERVAL:
             self._last_dedup_expiry = mono
             await self._outbox.expire_dedup(now=now)
+            ledger = self._settings.order_ledger
+            await self._outbox.prune_order_ledger(
+                now=now,
+                retention_seconds=ledger.retention_days * 86400.0,
+                max_entries=ledger.max_entries,
+            )
 
     async def refresh_gauges(self) -> None:
         """Queue depth, oldest age, time to the nearest deadline and DLQ size, from the outbox."""

@@ -37,6 +37,13 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from capirelay.emulator._graph import (
+    TraceIdHeader,
+    batch_handler,
+    check_appsecret_proof,
+    graph_http_error,
+    www_authenticate,
+)
 from capirelay.emulator._inspect import inspection_routes
 from capirelay.emulator._quality import dataset_quality_report
 from capirelay.emulator.faults import (
@@ -105,6 +112,8 @@ class GraphReply(Exception):
     def response(self, fbtrace_id: str) -> Response:
         body = orjson.dumps({"error": {**self.error, "fbtrace_id": fbtrace_id}})
         headers = {"x-fb-trace-id": fbtrace_id, **self.headers}
+        if self.code == 190:
+            headers.setdefault("www-authenticate", www_authenticate(self.error["message"]))
         return Response(body, self.status, headers=headers, media_type="application/json")
 
 
@@ -231,6 +240,16 @@ def check_token(state: EmulatorState, token: str | None, revoked_by_fault: bool)
             190,
             "Error validating access token: The session has been invalidated or has expired.",
             subcode=463,
+        )
+
+
+def check_proof(state: EmulatorState, token: str, params: dict[str, Any]) -> None:
+    if not check_appsecret_proof(state, token, params):
+        raise GraphReply(
+            400,
+            100,
+            "Invalid appsecret_proof provided in the API argument",
+            type="GraphMethodException",
         )
 
 
@@ -403,6 +422,7 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         token = find_token(request, params)
         check_token(state, token, _revoked_by_fault(state, pixel_id, token))
         assert token is not None
+        check_proof(state, token, params)
         check_pixel(state, token, pixel_id)
         events = decode_data(params.get("data"))
         log["events"] = len(events)
@@ -420,7 +440,10 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         log["test_event_code"] = test_event_code
         counted = not state.faults.take(frozenset({FaultKind.UNCOUNTED}), pixel_id)
         received = state.accept(pixel_id, events, test_event_code, counted=counted)
-        return _json({"events_received": received, "messages": [], "fbtrace_id": fbtrace_id})
+        return _json(
+            {"events_received": received, "messages": [], "fbtrace_id": fbtrace_id},
+            headers={"x-fb-trace-id": fbtrace_id},
+        )
 
     async def dataset_quality(request: Request) -> Response:
         return await _authorized_get(request, _dataset_quality_body)
@@ -443,7 +466,8 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
             token = find_token(request, params)
             check_token(state, token, False)
             assert token is not None
-            response = _json(build(state, params, token))
+            check_proof(state, token, params)
+            response = _json(build(state, params, token), headers={"x-fb-trace-id": fbtrace_id})
         except GraphReply as reply:
             response = reply.response(fbtrace_id)
             log["error_code"] = reply.code
@@ -462,8 +486,13 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         Route("/{version}/dataset_quality", dataset_quality, methods=["GET"]),
         Route("/{version}/{pixel_id}/events", post_events, methods=["POST"]),
         *pixel_graph,
+        Route("/{version}/", batch_handler, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(ClockDateHeader, state=state)])
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(ClockDateHeader, state=state), Middleware(TraceIdHeader)],
+        exception_handlers={404: graph_http_error, 405: graph_http_error},
+    )
     app.state.emulator = state
     return app
 

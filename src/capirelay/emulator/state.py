@@ -41,7 +41,9 @@ def _default_validator(payload: dict[str, Any], now: float) -> list[Problem]:
     # (e.g. for --help) even in a trimmed install.
     from capirelay.validate import validate_event
 
-    return validate_event(payload, now=now)
+    # Only what Graph itself refuses: capirelay's stricter policy (e.g. a hashed
+    # external_id) is the gateway's business, not Meta's.
+    return validate_event(payload, now=now, meta_only=True)
 
 
 def _default_subcodes() -> Mapping[str, int]:
@@ -96,8 +98,11 @@ class EmulatorState:
         validator: Validator | None = None,
         meta_subcodes: Mapping[str, int] | None = None,
         fault_seed: int | None = None,
+        app_secret: str | None = None,
     ) -> None:
         self._lock = threading.RLock()
+        # The app's secret, when known: appsecret_proof values are then verified.
+        self.app_secret = app_secret
         self._clock: Clock = time.time
         self.set_clock(now)
         self.store_events = store_events

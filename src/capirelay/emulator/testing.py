@@ -130,9 +130,11 @@ def run_emulator(
     store_events: bool = True,
     state: EmulatorState | None = None,
     fault_seed: int | None = None,
+    app_secret: str | None = None,
 ) -> EmulatorRunner:
     """An emulator serving ``pixels`` ({pixel_id: token}); ``port=0`` picks a free port.
 
+    ``app_secret``: the app's secret, so that ``appsecret_proof`` values are verified.
     ``now`` freezes (a timestamp) or drives (a callable) the emulator's clock, which
     decides event-time validation, dedup windows and version expiry.  Pass ``state``
     to serve an existing :class:`EmulatorState` (the other arguments then only add
@@ -140,7 +142,11 @@ def run_emulator(
     """
     if state is None:
         state = EmulatorState(
-            pixels=pixels, now=now, store_events=store_events, fault_seed=fault_seed
+            pixels=pixels,
+            now=now,
+            store_events=store_events,
+            fault_seed=fault_seed,
+            app_secret=app_secret,
         )
     else:
         for pixel_id, token in (pixels or {}).items():

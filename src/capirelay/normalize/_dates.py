@@ -9,7 +9,10 @@ punctuation" and wants ``YYYYMMDD`` with a year from 1900 to now
 * day and month around a final year: ``01/31/1990``, ``31.01.1990``,
   ``2/16/97``;
 * month names or abbreviations in English: ``Jan 31 1990``,
-  ``31 January 1990``, ``January 31st, 1990``, ``Wed, 31 Jan 1990``.
+  ``31 January 1990``, ``January 31st, 1990``, ``Wed, 31 Jan 1990``;
+* Chinese, Japanese and Korean dates whose numbers carry their part
+  (年/년 year, 月/월 month, 日/일 day) in any order: ``1990年12月31日``,
+  ``12月31日1990年`` (Meta's param builder reads both as ``19901231``).
 
 When day and month are both <= 12 the order is ambiguous.  We read it
 month-first, the US convention (Meta's own example is US), *except* when the
@@ -62,18 +65,37 @@ _TOKEN = re.compile(r"\d+|[^\W\d_]+")
 _YEAR_FIRST = re.compile(r"((?:19|20)[0-9]{2})([-/]?)(0[1-9]|1[0-2])\2([0-2][0-9]|3[01])")
 _ISO_WITH_TIME = re.compile(r"(\d{4}-\d{1,2}-\d{1,2})[t ]\d")
 _DAY_FIRST_SEPARATOR = "."
+_CJK_MARKS = {"年": "y", "년": "y", "月": "m", "월": "m", "日": "d", "일": "d"}
+_CJK_PART = re.compile(r"(\d{1,4})\s*(年|년|月|월|日|일)\s*")
 
 
 def date_of_birth(field: str, value: str) -> str:
     text = ascii_digits(prepare(field, value))
     plain = _YEAR_FIRST.fullmatch(text)
+    cjk = _cjk_parts(text) if plain is None else None
     if plain is not None:
         year, month, day = int(plain.group(1)), int(plain.group(3)), int(plain.group(4))
+    elif cjk is not None:
+        year, month, day = cjk
     else:
         iso = _ISO_WITH_TIME.match(text)
         year, month, day = _parse_parts(field, iso.group(1) if iso else text)
     _checked(field, year, month, day)
     return f"{year:04d}{month:02d}{day:02d}"
+
+
+def _cjk_parts(text: str) -> tuple[int, int, int] | None:
+    """``1990年12月31日``, ``12月31日1990年``, ``1990년 12월 31일``: each number names its part
+    (年/년 year, 月/월 month, 日/일 day), in any order; ``None`` when the text is not that."""
+    found = _CJK_PART.findall(text)
+    if len(found) != 3:
+        return None
+    parts: dict[str, int] = {}
+    for number, mark in found:
+        parts[_CJK_MARKS[mark]] = int(number)
+    if len(parts) != 3 or _CJK_PART.sub("", text).strip(" ,./-") != "":
+        return None
+    return parts["y"], parts["m"], parts["d"]
 
 
 def day_of_birth(field: str, value: str) -> str:

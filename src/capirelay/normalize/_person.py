@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from ._errors import NormalizationError
-from ._text import LETTERS_MARKS_DIGITS, keep_categories, prepare
+from ._text import LETTERS_MARKS_DIGITS, keep_categories, keep_name_characters, prepare
 
 # One "@", a non-empty local part, a domain of at least two non-empty labels,
 # no whitespace or control/format characters anywhere.  Deliberately not an
@@ -66,8 +66,14 @@ def _email_shape_problem(text: str) -> str:
 
 
 def name(field: str, value: str) -> str:
-    """Lowercase letters (any script), marks and digits; punctuation and spaces go."""
-    text = keep_categories(prepare(field, value), LETTERS_MARKS_DIGITS)
+    """Lowercase letters (any script), marks, digits and emoji; punctuation and spaces go.
+
+    Emoji stay whole, as in Meta's param builder (which strips only ASCII punctuation
+    and whitespace from names: ``John😀`` -> ``john😀``): the symbol, its variation
+    selector, skin-tone modifier, zero-width joiners and tag characters
+    (``Mary ❤️`` -> ``mary❤️``, not ``mary`` plus a stray selector).
+    """
+    text = keep_name_characters(prepare(field, value))
     if not text:
         raise NormalizationError(field, "has no letters once punctuation and spaces are removed")
     return text

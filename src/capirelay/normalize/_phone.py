@@ -78,6 +78,10 @@ def phone(field: str, value: str, region: str | None) -> str:
     if not digits:
         raise NormalizationError(field, "contains no digits")
     if text.lstrip("( ").startswith("+"):
+        if digits.startswith("00"):
+            # "+001 616 ...": an international 00 prefix written after the "+" (Meta's
+            # param builder drops leading zeros: 16169547888).
+            return _international(field, "+" + digits.lstrip("0"))
         return _international(field, text)
     if region is not None and region in _SUPPORTED_REGIONS:
         return _national(field, text, digits, region.upper())

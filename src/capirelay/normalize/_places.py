@@ -92,6 +92,8 @@ _FUZZY_MIN_LENGTH = 4
 _US_LIKE_ZIP_COUNTRIES = frozenset({"us", "pr", "vi", "gu", "as", "mp"})
 _US_ZIP = re.compile(r"(\d{5})(?:[-\s]?\d{4})?")
 _US_ZIP_NO_HINT = re.compile(r"(\d{5})(?:[-\s]\d{4})?")
+# Five digits with spaces among them, then a dash and four digits: "98 121-9431".
+_SPACED_US_ZIP = re.compile(r"(?:\d\s*){5}-\s*\d{4}")
 _ZIP_DROPPED = re.compile(r"[\s\-]")
 _ARMED_FORCES_CODES = ("aa", "ae", "ap")
 _US_STATE_ALIASES = {"washingtondc": "dc", "usvirginislands": "vi"}
@@ -150,10 +152,20 @@ def state(field: str, value: str, region: str | None) -> str:
     key = keep_categories(prepare(field, value), LETTERS_MARKS_DIGITS)
     if not key:
         raise NormalizationError(field, "has no letters once punctuation and spaces are removed")
-    for table in _state_tables(region):
+    tables = _state_tables(region)
+    for table in tables:
         code = table.get(key) or table.get(fold_accents(key))
         if code is not None:
             return code
+    # Digits stuck to a state (a zip: "Florida32801", "CA 94025"; "CA-1", "123CA") are not
+    # part of it: Meta's param builder keeps the letters only.  Only a name or code found
+    # that way wins; otherwise the value stays as written (numeric subdivision codes).
+    letters = keep_categories(key, LETTERS_MARKS)
+    if letters and letters != key:
+        for table in tables:
+            code = table.get(letters) or table.get(fold_accents(letters))
+            if code is not None:
+                return code
     return key
 
 
@@ -161,13 +173,23 @@ def zip_code(field: str, value: str, region: str | None) -> str:
     # lower() again: the NFKC inside ascii_digits can bring capitals back ("℠" -> "SM").
     text = ascii_digits(prepare(field, value)).lower()
     if region in _US_LIKE_ZIP_COUNTRIES:
-        return _us_zip(field, text, _US_ZIP)
-    if region is None and _US_ZIP_NO_HINT.fullmatch(text):
-        return _us_zip(field, text, _US_ZIP_NO_HINT)
+        return _us_zip(field, _us_zip_spacing(text, _US_ZIP), _US_ZIP)
+    if region is None:
+        spaced = _us_zip_spacing(text, _US_ZIP_NO_HINT)
+        if _US_ZIP_NO_HINT.fullmatch(spaced):
+            return _us_zip(field, spaced, _US_ZIP_NO_HINT)
     compact = keep_categories(_ZIP_DROPPED.sub("", text), LETTERS_MARKS_DIGITS)
     if not compact:
         raise NormalizationError(field, "has no letters or digits")
     return compact
+
+
+def _us_zip_spacing(text: str, pattern: re.Pattern[str]) -> str:
+    """``98 121-9431`` -> ``98121-9431``: spaces inside a ZIP+4 go (Meta's Java SDK removes
+    whitespace before cutting at the dash); a text that already fits stays as it is."""
+    if pattern.fullmatch(text) or not _SPACED_US_ZIP.fullmatch(text):
+        return text
+    return re.sub(r"\s+", "", text)
 
 
 def _us_zip(field: str, text: str, pattern: re.Pattern[str]) -> str:

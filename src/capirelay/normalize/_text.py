@@ -56,6 +56,30 @@ def keep_categories(text: str, categories: frozenset[str]) -> str:
     return unicodedata.normalize("NFC", kept)
 
 
+# Emoji parts that are not symbols (So) themselves: skin-tone modifiers (Sk), the zero-width
+# joiner and the tag characters of subdivision flags (Cf).  Variation selectors are marks.
+_EMOJI_PARTS = frozenset(
+    [chr(c) for c in range(0x1F3FB, 0x1F400)]
+    + ["\u200d"]
+    + [chr(c) for c in range(0xE0020, 0xE0080)]
+)
+
+
+def keep_name_characters(text: str) -> str:
+    """Letters, marks, digits and emoji (``So`` symbols with their modifiers, joiners and
+    tags): what a name keeps once punctuation and spaces are gone."""
+    if text.isascii():
+        return _NON_ASCII_LETTER_DIGIT.sub("", text)
+    kept = "".join(
+        ch
+        for ch in text
+        if unicodedata.category(ch)[0] in LETTERS_MARKS_DIGITS
+        or unicodedata.category(ch) == "So"
+        or ch in _EMOJI_PARTS
+    )
+    return unicodedata.normalize("NFC", kept)
+
+
 def ascii_digits(text: str) -> str:
     """Map every Unicode decimal digit (full-width, Arabic-Indic, ...) to ASCII.
 

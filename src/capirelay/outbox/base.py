@@ -24,6 +24,13 @@ same id must get through); ``dlq_requeue`` claims it again exactly like
 ``enqueue``, so a letter whose key is held meanwhile stays in the DLQ and is
 reported as a duplicate instead of being sent twice.
 
+Order ledger: an event with an ``order_key`` (see :mod:`capirelay.orders`) is
+also checked against the order ledger at ``enqueue``: a key already there is a
+``DUPLICATE`` however old its dedup row, and a queued event's key is written in
+the same transaction.  Dead-lettering keeps the entry and ``dlq_requeue`` ignores
+the ledger (a replay is the one way to resend an order).  Entries are pruned by
+:meth:`Outbox.prune_order_ledger` after the retention, oldest first past a cap.
+
 Leases: every :meth:`Outbox.lease` call stamps its rows with a fresh random
 lease id, carried by each :class:`LeasedEvent`.  A lease expires after
 ``lease_seconds``; the rows are then leased again (to this process or another
@@ -87,6 +94,9 @@ class NewEvent:
     deadline: float  # unix seconds; see capirelay.validate.deadline
     test_event_code: str | None = None
     source: str = "api"
+    # Order ledger key (capirelay.orders.order_key): set for order events, which are then
+    # refused as duplicates for the ledger's retention, not only for the 48 h dedup window.
+    order_key: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +369,17 @@ class Outbox(abc.ABC):
         self, ids: Sequence[int] | None = None, flt: DLQFilter | None = None
     ) -> int:
         """Delete dead letters by id or by filter; returns how many."""
+
+    async def prune_order_ledger(
+        self, *, now: float, retention_seconds: float, max_entries: int
+    ) -> int:
+        """Forget order-ledger entries older than ``retention_seconds``, and the oldest ones
+        beyond ``max_entries``; returns how many.  Default: a backend without a ledger."""
+        return 0
+
+    async def order_ledger_size(self) -> int:
+        """How many order-ledger entries are kept.  Default: a backend without a ledger."""
+        return 0
 
     # ----------------------------------------------------------------------
     # Read-only views for the dashboard.  Optional: the defaults below work on

@@ -298,21 +298,13 @@ class PostgresOutbox(Outbox):
     async def enqueue(self, events: Sequence[NewEvent], *, now: float) -> list[EnqueueStatus]:
         if not events:
             return []
-        params = {
-            "pixel_ids": [e.pixel_id for e in events],
-            "event_names": [e.event_name for e in events],
-            "event_ids": [e.event_id for e in events],
-            "payloads": [e.payload for e in events],
-            "event_times": [e.event_time for e in events],
-            "deadlines": [float(e.deadline) for e in events],
-            "test_event_codes": [e.test_event_code for e in events],
-            "sources": [e.source for e in events],
-            "now": now,
-            "cutoff": now - DEDUP_WINDOW_SECONDS,
-            "channel": CHANNEL,
-        }
         try:
-            queued = {row[0] for row in await self._run("enqueue", params)}
+            if any(e.order_key is not None for e in events):
+                queued = await self._in_transaction(lambda conn: _enqueue_orders(conn, events, now))
+            else:
+                queued = {
+                    row[0] - 1 for row in await self._run("enqueue", _enqueue_params(events, now))
+                }
         except _BAD_DATA as exc:
             if len(events) == 1:
                 log.warning("outbox: an event's values cannot be stored (%s)", type(exc).__name__)
@@ -324,8 +316,8 @@ class PostgresOutbox(Outbox):
             first = await self.enqueue(events[:middle], now=now)
             return first + await self.enqueue(events[middle:], now=now)
         return [
-            EnqueueStatus.QUEUED if position in queued else EnqueueStatus.DUPLICATE
-            for position in range(1, len(events) + 1)
+            EnqueueStatus.QUEUED if index in queued else EnqueueStatus.DUPLICATE
+            for index in range(len(events))
         ]
 
     async def lease(
@@ -449,6 +441,25 @@ class PostgresOutbox(Outbox):
             removed += count
             if count < DEDUP_EXPIRY_CHUNK:
                 return removed
+
+    async def prune_order_ledger(
+        self, *, now: float, retention_seconds: float, max_entries: int
+    ) -> int:
+        cutoff = now - retention_seconds
+        beyond_cap = await self._run("order_ledger_cap", {"max_entries": max(0, max_entries)})
+        if beyond_cap:
+            cutoff = max(cutoff, float(beyond_cap[0][0]))
+        params = {"cutoff": cutoff, "chunk": DEDUP_EXPIRY_CHUNK}
+        removed = 0
+        while True:  # chunked like expire_dedup; each chunk commits on its own
+            count = await self._rowcount("prune_order_ledger", params)
+            removed += count
+            if count < DEDUP_EXPIRY_CHUNK:
+                return removed
+
+    async def order_ledger_size(self) -> int:
+        [(count,)] = await self._run("order_ledger_size", {})
+        return int(count)
 
     # ------------------------------------------------------------ dead letters
 
@@ -616,3 +627,40 @@ class PostgresOutbox(Outbox):
             async for notify in conn.notifies():
                 self._announced.add(notify.payload)
                 self._work.set()
+
+
+def _enqueue_params(events: Sequence[NewEvent], now: float) -> dict[str, Any]:
+    return {
+        "pixel_ids": [e.pixel_id for e in events],
+        "event_names": [e.event_name for e in events],
+        "event_ids": [e.event_id for e in events],
+        "payloads": [e.payload for e in events],
+        "event_times": [e.event_time for e in events],
+        "deadlines": [float(e.deadline) for e in events],
+        "test_event_codes": [e.test_event_code for e in events],
+        "sources": [e.source for e in events],
+        "now": now,
+        "cutoff": now - DEDUP_WINDOW_SECONDS,
+        "channel": CHANNEL,
+    }
+
+
+async def _enqueue_orders(
+    conn: AsyncConnection[Any], events: Sequence[NewEvent], now: float
+) -> set[int]:
+    """Enqueue a request holding order events: claim their ledger keys, then queue (dedup
+    as usual) the events without a key or with a new one.  The indexes of queued events."""
+    keys = sorted({e.order_key for e in events if e.order_key is not None})
+    cur = await conn.execute(QUERIES["claim_order_keys"], {"keys": keys, "now": now})
+    claimed = {bytes(row[0]) for row in await cur.fetchall()}
+    picked: list[int] = []
+    for index, event in enumerate(events):
+        if event.order_key is None:
+            picked.append(index)
+        elif event.order_key in claimed:
+            picked.append(index)
+            claimed.discard(event.order_key)  # a key repeated in the request: first place only
+    if not picked:
+        return set()
+    cur = await conn.execute(QUERIES["enqueue"], _enqueue_params([events[i] for i in picked], now))
+    return {picked[row[0] - 1] for row in await cur.fetchall()}

@@ -135,6 +135,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(
         4, "dashboard sessions, operator audit", _packaged_sql("schema_sqlite_0004_operator.sql")
     ),
+    Migration(5, "order ledger", _packaged_sql("schema_sqlite_0005_order_ledger.sql")),
 )
 
 
@@ -227,6 +228,12 @@ WHERE id IN ({_IDS}) AND state = 2
 RETURNING id
 """
 _ACK = f"DELETE FROM queue WHERE id IN ({_IDS})"
+# The seen_at of the newest entry beyond the ledger's cap (entries at or before it go).
+_ORDER_LEDGER_CAP = "SELECT seen_at FROM order_ledger ORDER BY seen_at DESC LIMIT 1 OFFSET ?"
+_PRUNE_ORDER_LEDGER = """
+DELETE FROM order_ledger
+WHERE key IN (SELECT key FROM order_ledger WHERE seen_at <= ? ORDER BY seen_at LIMIT ?)
+"""
 _MOVE_TO_DLQ = f"""
 INSERT INTO dead_letters (pixel_id, event_name, event_id, payload, event_time, deadline,
                           test_event_code, source, queued_at, reason, error, attempt_log, dead_at)
@@ -340,6 +347,36 @@ def _claim_keys(
     for key in keys:
         outcome.append(key in claimed)
         claimed.discard(key)
+    return outcome
+
+
+@functools.cache
+def _claim_orders_sql(rows: int) -> str:
+    return (
+        "INSERT INTO order_ledger (key, seen_at) VALUES "
+        + ", ".join(["(?, ?)"] * rows)
+        + " ON CONFLICT (key) DO NOTHING RETURNING key"
+    )
+
+
+def _claim_orders(conn: sqlite3.Connection, events: Sequence[NewEvent], now: float) -> list[bool]:
+    """Write the order-ledger entries of a call's order events; per event, in order, whether
+    it may be queued (no order key, or its key was new; a key repeated in the call counts
+    at its first place only)."""
+    keys = list(dict.fromkeys(e.order_key for e in events if e.order_key is not None))
+    claimed: set[bytes] = set()
+    start = 0
+    for size in _pieces(len(keys)):
+        params = [v for key in keys[start : start + size] for v in (key, now)]
+        claimed.update(bytes(row[0]) for row in conn.execute(_claim_orders_sql(size), params))
+        start += size
+    outcome: list[bool] = []
+    for event in events:
+        if event.order_key is None:
+            outcome.append(True)
+        else:
+            outcome.append(event.order_key in claimed)
+            claimed.discard(event.order_key)
     return outcome
 
 
@@ -702,7 +739,16 @@ class SQLiteOutbox(Outbox):
         keys = [(e.pixel_id, e.event_name, e.event_id) for e in batch]
 
         def run(conn: sqlite3.Connection) -> list[EnqueueStatus]:
-            claimed = _claim_keys(conn, keys, now)
+            if any(e.order_key is not None for e in batch):
+                new_order = _claim_orders(conn, batch, now)
+                picked = [i for i, ok in enumerate(new_order) if ok]
+                claimed = [False] * len(batch)
+                for i, ok in zip(
+                    picked, _claim_keys(conn, [keys[i] for i in picked], now), strict=True
+                ):
+                    claimed[i] = ok
+            else:
+                claimed = _claim_keys(conn, keys, now)
             _insert_queued(conn, [e for e, ok in zip(batch, claimed, strict=True) if ok], now)
             return [EnqueueStatus.QUEUED if ok else EnqueueStatus.DUPLICATE for ok in claimed]
 
@@ -833,6 +879,30 @@ class SQLiteOutbox(Outbox):
             removed += count
             if count < DEDUP_EXPIRY_CHUNK:
                 return removed
+
+    async def prune_order_ledger(
+        self, *, now: float, retention_seconds: float, max_entries: int
+    ) -> int:
+        cutoff = now - retention_seconds
+        beyond_cap = await self._read(
+            lambda c: c.execute(_ORDER_LEDGER_CAP, (max(0, max_entries),)).fetchone()
+        )
+        if beyond_cap is not None:
+            cutoff = max(cutoff, float(beyond_cap[0]))
+        removed = 0
+        while True:  # chunked, like expire_dedup: never holds the writer (and ingest) for long
+            count = await self._write(
+                lambda c: c.execute(_PRUNE_ORDER_LEDGER, (cutoff, DEDUP_EXPIRY_CHUNK)).rowcount
+            )
+            removed += count
+            if count < DEDUP_EXPIRY_CHUNK:
+                return removed
+
+    async def order_ledger_size(self) -> int:
+        count: int = await self._read(
+            lambda c: c.execute("SELECT count(*) FROM order_ledger").fetchone()[0]
+        )
+        return count
 
     # ------------------------------------------------------------ dead letters
 

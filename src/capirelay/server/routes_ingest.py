@@ -214,7 +214,7 @@ async def _collect(
     context = browser_ids.from_request(
         url=str(request.url),
         headers=request.headers,
-        cookies=request.cookies,
+        cookies=_page_cookies(request.cookies, beacon.user_data),
         remote_addr=request.client.host if request.client else None,
         trusted_proxies=settings.trusted_proxies,
         page_url=beacon.page_url,
@@ -255,6 +255,27 @@ async def _collect(
     for cookie in context.cookies_to_set:
         response.headers.append("set-cookie", cookie.header_value())
     return response
+
+
+def _page_cookies(cookies: Mapping[str, str], user_data: Mapping[str, Any]) -> dict[str, str]:
+    """The request's cookies with the page's own valid ``fbp``/``fbc`` taking their place.
+
+    The snippet sends the page's first-party ``_fbp``/``_fbc`` (the pixel's, or
+    the ones it wrote on the page's domain) in ``user_data``.  On another site
+    the gateway never sees those cookies, and a cookie of its own domain is a
+    third-party one, so a valid value from the body wins; an invalid one is
+    ignored (and then replaced, like a missing one).  ``from_request`` mints
+    only when neither the body nor a cookie holds a valid value.
+    """
+    merged = dict(cookies)
+    for key, cookie, parse in (
+        ("fbp", browser_ids.FBP_COOKIE, browser_ids.parse_fbp),
+        ("fbc", browser_ids.FBC_COOKIE, browser_ids.parse_fbc),
+    ):
+        value = user_data.get(key)
+        if isinstance(value, str) and parse(value) is not None:
+            merged[cookie] = value
+    return merged
 
 
 def _drop_reason(

@@ -43,13 +43,21 @@ from starlette.responses import Response
 from capirelay.config import ConfigError, PixelSettings, Settings, WebhookSettings
 from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.metrics import Metrics
+from capirelay.orders import ORDER_PRESETS
 from capirelay.outbox.base import EnqueueStatus, NewEvent
 from capirelay.problems import Problem
 from capirelay.server._commit import STORAGE_RETRY_AFTER_SECONDS, commit_prepared
 from capirelay.server.beacon_guard import limit_webhook
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
+from capirelay.sources.content_ids import (
+    DEFAULT_TEMPLATES,
+    PRESET_FIELDS,
+    ContentIdTemplate,
+    with_content_ids,
+)
 from capirelay.sources.mapping import EventMapping, MappedEvent, MappingLoadError, load_mapping
 from capirelay.sources.webhooks import SignatureError, WebhookPreset, get_preset
+from capirelay.sources.webhooks._base import identifier_hint
 
 __all__ = ["ConfiguredWebhook", "load_webhooks", "post_webhook"]
 
@@ -91,6 +99,16 @@ def _configure(name: str, hook: WebhookSettings, settings: Settings) -> Configur
     mapping = load_mapping(hook.mapping) if hook.mapping is not None else preset.default_mapping()
     if mapping is None:
         raise ValueError(f'preset {preset.name!r} needs mapping = "path/to/mapping.toml"')
+    # The preset's catalog form applies to its own mapping; a user's mapping file keeps its
+    # ids unless content_id is set explicitly.
+    template = hook.content_id or (
+        DEFAULT_TEMPLATES.get(preset.name) if hook.mapping is None else None
+    )
+    if template is not None:
+        parsed = ContentIdTemplate.parse(
+            template, PRESET_FIELDS.get(preset.name, {}), setting="content_id"
+        )
+        mapping = with_content_ids(mapping, parsed)
     return ConfiguredWebhook(name, hook, preset, mapping)
 
 
@@ -128,13 +146,22 @@ async def post_webhook(request: Request) -> Response:
             "event_name": item.event.get("event_name"),
             "event_id": ready.event_id,
             "status": status,
-            "problems": _problems_json([*item.problems, *ready.problems]),
+            "problems": _problems_json(
+                _with_hint(webhook, topic, [*item.problems, *ready.problems])
+            ),
         }
         for item, ready, status in zip(mapped, prepared, statuses, strict=True)
     ]
     return JSONResponse(
         {"webhook": webhook.name, "topic": topic, "status": "processed", "results": results}
     )
+
+
+def _with_hint(
+    webhook: ConfiguredWebhook, topic: str | None, problems: list[Problem]
+) -> list[Problem]:
+    hint = identifier_hint(webhook.preset, topic, problems)
+    return problems if hint is None else [*problems, hint]
 
 
 def _verify(webhook: ConfiguredWebhook, body: bytes, request: Request, metrics: Metrics) -> None:
@@ -181,6 +208,7 @@ def _prepare(
         test_event_code=webhook.settings.test_event_code or pixel.test_event_code,
         source=webhook.source,
         max_future_skew=settings.max_future_skew,
+        order_by_event_id=webhook.preset.name in ORDER_PRESETS,
     )
 
 

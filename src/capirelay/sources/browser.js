@@ -26,7 +26,7 @@
 
   // The landing page's click id, kept for the visit so later beacons still build fbc.
   var m = /[?&]fbclid=([A-Za-z0-9_-]+)(&|#|$)/.exec(w.location.search);
-  var clickId = m && m[1];
+  var clickId = m && m[1], urlClick = clickId;
   function remember() {
     if (clickId && (granted() || !state && !cfg.requireConsent)) { store(clickId); }
     clickId = clickId || store();
@@ -51,12 +51,45 @@
     }
   }
 
+  // The page's first-party _fbp/_fbc (the pixel's when it ran first). When missing they are written
+  // on the page's own domain as the pixel does, so every beacon of the visit carries one fbp even
+  // when the gateway is on another site and cannot set the page's cookies.
+  var FBP = /^fb\.\d{1,3}\.\d{1,16}\.\d{1,20}(\.[\w-]{2,8})?$/, FBC = /^fb\.\d{1,3}\.\d{1,16}\.[\w-]+(\.[\w-]{2,8})?$/;
+  var memo = {};
+  function cookie(name) {
+    var c = new RegExp("(?:^|; *)" + name + "=([^;]*)").exec(d.cookie);
+    return c ? c[1] : null;
+  }
+  function setCookie(name, make) { // the shortest domain suffix that takes the cookie, like the pixel
+    var host = w.location.hostname, parts = host.split("."), i, v, attrs;
+    var single = parts.length < 2 || /^[\d.]+$|:/.test(host); // localhost, IP: host-only
+    attrs = "; path=/; max-age=7776000; SameSite=Lax" + (w.location.protocol === "https:" ? "; Secure" : "");
+    for (i = single ? 0 : parts.length - 2; i >= 0; i--) {
+      v = make(single ? 0 : parts.length - 1 - i);
+      try { d.cookie = name + "=" + v + (single ? "" : "; domain=" + parts.slice(i).join(".")) + attrs; } catch (e) { break; }
+      if (cookie(name) === v) { return v; }
+    }
+    return v; // cookies blocked: still one value for this page
+  }
+  function browserIds() {
+    var now = new Date().getTime(), fbp = cookie("_fbp") || memo.fbp, fbc = cookie("_fbc") || memo.fbc;
+    if (!FBP.test(fbp || "")) {
+      fbp = memo.fbp = setCookie("_fbp", function (i) { return "fb." + i + "." + now + "." + Math.floor(Math.random() * 2147483647); });
+    }
+    if (urlClick && (!FBC.test(fbc || "") || fbc.split(".")[3] !== urlClick)) {
+      fbc = memo.fbc = setCookie("_fbc", function (i) { return "fb." + i + "." + now + "." + urlClick; });
+    }
+    return FBC.test(fbc || "") ? { fbp: fbp, fbc: fbc } : { fbp: fbp };
+  }
+
   function putIfAny(body, name, o) { for (var k in o) { if (o.hasOwnProperty(k)) { body[name] = o; return; } } }
 
   function send(ev, deferred) {
     var body = { pixel_id: cfg.pixelId, event_name: ev.name, event_id: ev.id, page_url: ev.url };
     putIfAny(body, "custom_data", ev.params);
-    putIfAny(body, "user_data", ev.user);
+    var user = browserIds(), k; // what track() was given wins over the cookies
+    for (k in ev.user) { if (ev.user.hasOwnProperty(k)) { user[k] = ev.user[k]; } }
+    putIfAny(body, "user_data", user);
     if (ev.referrer) { body.referrer_url = ev.referrer; }
     if (deferred) { body.event_time = ev.time; } // waited for consent: keep when it happened
     if (state) { body.consent = state; }

@@ -109,8 +109,10 @@ from capirelay.sources._transforms import (
 )
 
 __all__ = [
+    "ContentsSpec",
     "EventMapping",
     "EventRule",
+    "FieldSpec",
     "MappedEvent",
     "MappingIssue",
     "MappingLoadError",
@@ -295,9 +297,21 @@ class EventRule:
                 value = spec.evaluate(item, problems, where)
                 if not _is_empty(value):
                     content[spec.target[-1]] = value
-            if content:
+            if content and "id" not in content:
+                problems.append(_content_without_id(index))
+            elif content:
                 contents.append(content)
         return contents
+
+
+def _content_without_id(index: int) -> Problem:
+    where = f"custom_data.contents[{index}].id"
+    return warning(
+        "content_without_id",
+        where,
+        f"{where}: this item has no id (no product id, variant id or SKU); Meta requires id in "
+        "every content, so the item was left out — map an id, or set the webhook's content_id",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -411,3 +411,33 @@ SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attemp
 FROM capirelay_queue
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: claim_order_keys
+-- Write the order-ledger entries of a request's order events (see 0006_order_ledger.sql);
+-- RETURNING names the keys that were new: only their events may be queued.  Runs in the
+-- enqueue's transaction, before the dedup claim, keys in order (no deadlock between
+-- requests sharing keys).
+INSERT INTO capirelay_order_ledger (key, seen_at)
+SELECT k, %(now)s FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k
+ON CONFLICT (key) DO NOTHING
+RETURNING key;
+
+-- name: order_ledger_cap
+-- The seen_at of the newest entry beyond the ledger's cap (entries at or before it go).
+SELECT seen_at FROM capirelay_order_ledger ORDER BY seen_at DESC OFFSET %(max_entries)s LIMIT 1;
+
+-- name: prune_order_ledger
+-- Forget entries at or before the cutoff, a chunk at a time, oldest first; SKIP LOCKED
+-- leaves a key an enqueue holds right now alone (replicas may prune concurrently).
+DELETE FROM capirelay_order_ledger AS l
+USING (
+    SELECT key FROM capirelay_order_ledger
+    WHERE seen_at <= %(cutoff)s
+    ORDER BY seen_at
+    LIMIT %(chunk)s
+    FOR UPDATE SKIP LOCKED
+) AS old
+WHERE l.key = old.key;
+
+-- name: order_ledger_size
+SELECT count(*) FROM capirelay_order_ledger;

@@ -17,12 +17,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from capirelay.problems import Problem, warning
 from capirelay.sources.mapping import EventMapping, load_mapping
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "WebhookPreset",
     "header",
     "hmac_sha256",
+    "identifier_hint",
     "verify_base64_hmac",
 ]
 
@@ -66,6 +68,9 @@ class WebhookPreset:
     topic: Callable[[Headers, Any], str | None]
     mapping_path: Path | None
     is_ping: Callable[[bytes, Headers], bool] = field(default=_never_a_ping)
+    # Topic -> where that topic's payload carries the buyer's identifiers, shown when an
+    # event of it is rejected for missing user data (capirelay mapping test, webhook answers).
+    identifier_hints: Mapping[str, str] = field(default_factory=dict)
 
     def default_mapping(self) -> EventMapping | None:
         return _load_packaged(self.mapping_path) if self.mapping_path is not None else None
@@ -93,3 +98,20 @@ def verify_base64_hmac(body: bytes, headers: Headers, name: str, secret: str) ->
     expected = base64.b64encode(hmac_sha256(secret, body))
     if not hmac.compare_digest(expected, given.encode("ascii", "replace")):
         raise SignatureError(f"{name} does not match the body signed with the configured secret")
+
+
+_MISSING_USER_DATA = frozenset({"missing_user_data", "insufficient_customer_info"})
+
+
+def identifier_hint(
+    preset: WebhookPreset, topic: str | None, problems: Sequence[Problem]
+) -> Problem | None:
+    """A problem saying where ``topic`` carries the buyer, when ``problems`` say none was found."""
+    hint = preset.identifier_hints.get(topic or "")
+    missing = any(
+        p.code in _MISSING_USER_DATA or (p.code == "missing_field" and p.field == "user_data")
+        for p in problems
+    )
+    if hint is None or not missing:
+        return None
+    return warning("identifier_hint", "user_data", f"{preset.name} {topic}: {hint}")

@@ -28,7 +28,7 @@ from capirelay.sources.webhooks._base import (
     hmac_sha256,
 )
 
-__all__ = ["PRESET", "SIGNATURE_HEADER", "sign", "topic", "verify"]
+__all__ = ["IDENTIFIER_HINTS", "PRESET", "SIGNATURE_HEADER", "sign", "topic", "verify"]
 
 SIGNATURE_HEADER = "stripe-signature"
 
@@ -84,9 +84,22 @@ def topic(headers: Headers, payload: Any) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+IDENTIFIER_HINTS = {
+    "payment_intent.succeeded": (
+        "a guest PaymentIntent carries no customer: put email/phone (metadata keys email, "
+        "phone, first_name, last_name, city, state, zip, country, external_id) in its metadata, "
+        "or also subscribe to checkout.session.completed, whose customer_details carry them"
+    ),
+    "checkout.session.completed": (
+        "collect the email or phone in Checkout (customer_details), or pass them in the "
+        "session's metadata (email, phone, ...)"
+    ),
+}
+
 PRESET = WebhookPreset(
     name="stripe",
     verify=verify,
     topic=topic,
     mapping_path=Path(__file__).with_name("mapping.toml"),
+    identifier_hints=IDENTIFIER_HINTS,
 )

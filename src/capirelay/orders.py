@@ -1,0 +1,75 @@
+"""The order ledger's keys: one sale reaches Meta once per order, not once per 48 hours.
+
+Meta deduplicates a browser and a server copy of one event for 48 hours, and
+the outbox remembers ``(pixel_id, event_name, event_id)`` for the same window.
+Orders outlive that window: WooCommerce marks an order ``completed`` days
+after payment, Shopify sends order updates for weeks, Stripe events are
+replayed from the dashboard, a backend resends an old order.  A second
+``Purchase`` after 48 hours is a double-counted sale.
+
+So order events also get an entry in the outbox's order ledger, kept for
+``order_ledger.retention_days`` (default 400: refunds and late fulfilment).
+An order event is:
+
+* any event with ``custom_data.order_id``: keyed by pixel, event name, test
+  event code and that order id;
+* an event of a vendor webhook preset (``shopify``, ``woocommerce``,
+  ``stripe``) without one: keyed by its event id, which the preset derives
+  from the vendor's order or payment id.
+
+Not every explicit ``event_id``: that would be a row per event for a year.
+The ledger stores only :func:`order_key`, 16 bytes of a SHA-256 digest, never
+the order id itself.  An entry is written when the event is accepted and is
+kept when the event is dead-lettered or expires: ``capirelay dlq replay`` is
+then the one way to send it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ORDER_KEY_BYTES", "ORDER_PRESETS", "order_key"]
+
+ORDER_PRESETS = frozenset({"shopify", "woocommerce", "stripe"})
+ORDER_KEY_BYTES = 16  # 128 bits: no collision in any ledger size that fits on a disk
+_DOMAIN = "capirelay-order-ledger-v1"
+
+
+def _order_id(payload: Mapping[str, Any]) -> str | None:
+    custom = payload.get("custom_data")
+    if not isinstance(custom, Mapping):
+        return None
+    value = custom.get("order_id")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def order_key(
+    pixel_id: str,
+    payload: Mapping[str, Any],
+    *,
+    test_event_code: str | None,
+    by_event_id: bool = False,
+) -> bytes | None:
+    """The ledger key of a wire event, or ``None`` when it is no order event.
+
+    ``by_event_id``: the event comes from a vendor webhook preset, whose event id
+    names the order, so it is an order event even without ``custom_data.order_id``.
+    Test events (``test_event_code``) get keys of their own, so testing an order
+    never blocks the live one.
+    """
+    order_id = _order_id(payload)
+    if order_id is not None:
+        reference = "order_id\x00" + order_id
+    elif by_event_id and isinstance(payload.get("event_id"), str):
+        reference = "event_id\x00" + payload["event_id"]
+    else:
+        return None
+    material = "\x00".join(
+        (_DOMAIN, pixel_id, str(payload.get("event_name", "")), test_event_code or "", reference)
+    )
+    return hashlib.sha256(material.encode("utf-8")).digest()[:ORDER_KEY_BYTES]
