@@ -151,8 +151,11 @@ def test_new_fault_kinds_parse_and_name_the_missing_field() -> None:
 
 def test_unknown_pixel_edges_and_other_pixels_are_graph_errors(http: httpx.Client) -> None:
     auth = {"Authorization": f"OAuth {TOKEN}"}
-    unknown = http.get(f"/v26.0/{PIXEL}/events", headers=auth)
+    unknown = http.get(f"/v26.0/{PIXEL}/no_such_edge", headers=auth)
     assert unknown.status_code == 400 and unknown.json()["error"]["code"] == 2500
+    post_only = http.get(f"/v26.0/{PIXEL}/events", headers=auth)  # the events edge is POST-only
+    assert post_only.status_code == 400
+    assert post_only.json()["error"]["message"] == "Unsupported get request."
     foreign = http.get("/v26.0/999/stats", headers=auth)
     assert foreign.json()["error"]["code"] == 100
     assert foreign.json()["error"]["error_subcode"] == 33

@@ -94,7 +94,7 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
         try:
             check_version(state, request.path_params["version"])
             if not pixel_id.isdigit():
-                raise GraphReply(400, 2500, f"Unknown path components: /{pixel_id}")
+                raise GraphReply(400, 2500, f"Unknown path components: {request.url.path}")
             params = await read_params(request) if request.method == "POST" else {}
             params = {**dict(request.query_params), **params}
             token = find_token(request, params)
@@ -119,7 +119,12 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
             return _da_checks(pixel_id, params)
         if edge == "stats":
             return _stats(pixel_id, params)
-        raise GraphReply(400, 2500, f"Unknown path components: /{pixel_id}/{edge}")
+        if edge == "events":  # POST-only edge (its own route): Graph names the method
+            method = request.method.lower()
+            raise GraphReply(
+                400, 100, f"Unsupported {method} request.", type="GraphMethodException"
+            )
+        raise GraphReply(400, 2500, f"Unknown path components: {request.url.path}")
 
     def _read_node(pixel_id: str, params: dict[str, Any]) -> dict[str, Any]:
         settings = state.pixel_settings(pixel_id)
