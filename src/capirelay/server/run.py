@@ -27,9 +27,26 @@ from capirelay.config import ConfigError, Settings, load_settings
 from capirelay.logs import configure_logging
 from capirelay.server.app import create_app
 
-__all__ = ["DEFAULT_GRACEFUL_SHUTDOWN_SECONDS", "build_server", "main", "serve"]
+__all__ = [
+    "DEFAULT_GRACEFUL_SHUTDOWN_SECONDS",
+    "UVICORN_OPTIONS",
+    "build_server",
+    "main",
+    "serve",
+]
 
 DEFAULT_GRACEFUL_SHUTDOWN_SECONDS = 10
+
+# The server options every gateway process runs with (bench/wrk/floor.py uses the same,
+# so the benchmark's floor measures the framework under identical settings).
+UVICORN_OPTIONS: dict[str, Any] = {
+    "loop": "auto",  # uvloop when installed
+    "http": "auto",  # httptools when installed
+    "lifespan": "on",
+    "access_log": False,
+    "server_header": False,
+    "proxy_headers": False,
+}
 
 
 def build_server(
@@ -49,15 +66,10 @@ def build_server(
         create_app(settings),
         host=host,
         port=port,
-        loop="auto",  # uvloop when installed
-        http="auto",  # httptools when installed
-        lifespan="on",
         log_level=log_level,
         log_config=log_config,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
+        **UVICORN_OPTIONS,
     )
     return uvicorn.Server(config)
 
