@@ -26,6 +26,11 @@ function request()
       .. '"page_url":"https://shop.bench.example/p/%d?fbclid=IwAR%d",'
       .. '"custom_data":{"value":5.0,"currency":"USD"}}',
     c.pixel, c.prefix, n, n, n)
-  local headers = { Cookie = "_fbp=fb.1.1700000000000." .. n }
+  -- wrk.format replaces wrk.headers when given a table: carry them over, then the cookie.
+  local headers = {}
+  for k, v in pairs(wrk.headers) do
+    headers[k] = v
+  end
+  headers["Cookie"] = "_fbp=fb.1.1700000000000." .. n
   return wrk.format(nil, nil, headers, body)
 end

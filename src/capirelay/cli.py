@@ -286,11 +286,20 @@ def serve_command(
     log_format: Annotated[
         str, typer.Option("--log-format", help="text, or json: one JSON object per line.")
     ] = "text",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Gateway processes sharing the port (default: one per core; 1: one process).",
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway: ingest, durable queue, delivery to Meta (SIGTERM stops it gracefully)."""
     from capirelay.server.run import main as serve_main
+    from capirelay.server.workers import default_workers
 
     argv = ["--log-level", log_level, "--log-format", log_format]
+    argv += ["--workers", str(default_workers() if workers is None else workers)]
     if config is not None:
         argv += ["--config", str(config)]
     if host is not None:

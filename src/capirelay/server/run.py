@@ -26,6 +26,7 @@ from uvicorn.config import LOGGING_CONFIG
 from capirelay.config import ConfigError, Settings, load_settings
 from capirelay.logs import configure_logging
 from capirelay.server.app import create_app
+from capirelay.server.workers import serve_workers
 
 __all__ = [
     "DEFAULT_GRACEFUL_SHUTDOWN_SECONDS",
@@ -114,6 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         help="json: one JSON object per line (ts, level, logger, message, extra fields)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (capirelay serve defaults to one per core; "
+        "1: a single process, as before)",
+    )
+    parser.add_argument(
         "--graceful-timeout",
         type=int,
         default=DEFAULT_GRACEFUL_SHUTDOWN_SECONDS,
@@ -127,6 +135,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, json=args.log_format == "json")
     try:
         settings = load_settings(args.config)
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
+        if args.workers > 1:
+            # Build one app here first: a mistake in what the settings refer to is a
+            # config error in the supervisor, not N crashing workers.
+            create_app(settings)
+            serve_workers(
+                settings,
+                config_file=args.config,
+                workers=args.workers,
+                host=args.host or settings.host,
+                port=settings.port if args.port is None else args.port,
+                log_level=args.log_level,
+                log_format=args.log_format,
+                timeout_graceful_shutdown=args.graceful_timeout,
+            )
+            return 0
         # Building the app validates what the settings refer to (webhook presets,
         # mapping files): a mistake there is a config error too, not a traceback.
         serve(
