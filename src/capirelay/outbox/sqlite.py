@@ -429,6 +429,11 @@ def _deliver(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_result(value)
 
 
+def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, value in outcomes:
+        _deliver(future, value, None)
+
+
 class _GroupCommitWriter(threading.Thread):
     """The only thread that writes; see the module docstring for the group-commit rules."""
 
@@ -522,8 +527,7 @@ class _GroupCommitWriter(threading.Thread):
             return
         self.commits += 1
         self.operations += len(group)
-        for op, result in zip(group, results, strict=True):
-            self._resolve(op, result, None)
+        self._resolve_group(group, results)
 
     def _commit_alone(self, conn: sqlite3.Connection, op: _WriteOp) -> None:
         try:
@@ -557,6 +561,18 @@ class _GroupCommitWriter(threading.Thread):
     def _resolve(op: _WriteOp, value: Any, error: BaseException | None) -> None:
         with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
             op.loop.call_soon_threadsafe(_deliver, op.future, value, error)
+
+    @staticmethod
+    def _resolve_group(group: list[_WriteOp], results: list[Any]) -> None:
+        """Resolve a committed group with ONE wake-up per event loop, not one per call:
+        each ``call_soon_threadsafe`` is a cross-thread wake-up of the loop, and a group
+        commonly holds dozens of requests of the same loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+        for op, result in zip(group, results, strict=True):
+            by_loop.setdefault(op.loop, []).append((op.future, result))
+        for loop, outcomes in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is already closed
+                loop.call_soon_threadsafe(_deliver_all, outcomes)
 
 
 class _Reader:
