@@ -47,6 +47,7 @@ import queue
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
@@ -106,6 +107,9 @@ SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 # Most rows per multi-row VALUES statement (10 parameters a row stays far below SQLite's
 # 32,766-parameter limit).
 MAX_PIECE: Final = 256
+# How often the writer retries for the write lock another process holds (seconds).
+BEGIN_RETRY_FIRST: Final = 0.0001
+BEGIN_RETRY_MAX: Final = 0.001
 # queue.lease_id of a row no lease holds; lease ids lie above it (schema version 2 says why).
 NO_LEASE: Final = 1 << 62
 
@@ -437,10 +441,16 @@ def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
 class _GroupCommitWriter(threading.Thread):
     """The only thread that writes; see the module docstring for the group-commit rules."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], max_group: int) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        max_group: int,
+        busy_timeout: float = 5.0,
+    ) -> None:
         super().__init__(name="capirelay-outbox-writer", daemon=True)
         self._connect = connect
         self._max_group = max_group
+        self._busy_timeout = busy_timeout
         self._inbox: queue.SimpleQueue[_WriteOp | object] = queue.SimpleQueue()
         # Guards _closing together with the inbox: once _STOP is in, nothing follows it.
         self._gate = threading.Lock()
@@ -472,6 +482,10 @@ class _GroupCommitWriter(threading.Thread):
                 exc if isinstance(exc, StorageUnavailable) else storage_error(exc)
             )
             return
+        # From here on the writer waits for the file's write lock itself (_begin): SQLite's
+        # own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, which under
+        # `serve --workers N` (N writers on one file) turns a 0.5 ms wait into a 100 ms one.
+        conn.execute("PRAGMA busy_timeout = 0")
         self.ready.set_result(None)
         try:
             self._serve(conn)
@@ -510,9 +524,28 @@ class _GroupCommitWriter(threading.Thread):
                 group.append(item)  # type: ignore[arg-type]
             self._commit_group(conn, group)
 
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` (take the write lock), retried every 0.1 to 1 ms while another
+        process holds it, for at most ``busy_timeout`` seconds; then SQLITE_BUSY."""
+        delay = BEGIN_RETRY_FIRST
+        deadline: float | None = None
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                now = time.monotonic()
+                deadline = now + self._busy_timeout if deadline is None else deadline
+                if now >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, BEGIN_RETRY_MAX)
+
     def _commit_group(self, conn: sqlite3.Connection, group: list[_WriteOp]) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             results = [op.fn(conn) for op in group]
             conn.execute("COMMIT")
         except Exception:
@@ -531,7 +564,7 @@ class _GroupCommitWriter(threading.Thread):
 
     def _commit_alone(self, conn: sqlite3.Connection, op: _WriteOp) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             result = op.fn(conn)
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
@@ -652,7 +685,7 @@ class SQLiteOutbox(Outbox):
         if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _GroupCommitWriter(self._connect_writer, self._max_group)
+        writer = _GroupCommitWriter(self._connect_writer, self._max_group, self.busy_timeout)
         writer.start()
         await asyncio.wrap_future(writer.ready)
         self._writer = writer
