@@ -290,7 +290,10 @@ def serve_command(
         int | None,
         typer.Option(
             "--workers",
-            help="Gateway processes sharing the port (default: one per core; 1: one process).",
+            envvar="CAPIRELAY_WORKERS",
+            help="Gateway processes sharing the port (default: one per core; 1: one process). "
+            "In a container with a CPU limit, or several replicas on one host, set it to "
+            "the cores each replica should use.",
         ),
     ] = None,
 ) -> None:

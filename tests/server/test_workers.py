@@ -32,25 +32,31 @@ import psutil
 import psycopg
 import pytest
 
+from capirelay.emulator.testing import run_emulator
 from gateway_traffic import free_port, stop_process, wait_ready
 
 PIXEL_ID = "1234567890"
 INGEST_KEY = "workers-test-ingest-key"
+ACCESS_TOKEN = "workers-test-token"
 WORKERS = 2
 
 
-def _config(directory: Path, storage: str) -> Path:
+def _config(directory: Path, storage: str, graph_url: str) -> Path:
+    token = 'access_token = { env = "WORKERS_TEST_TOKEN" }' if graph_url else ""
     config = directory / "capirelay.toml"
     config.write_text(
         f"""
 storage = "{storage}"
-graph_url = "http://127.0.0.1:9"
+graph_url = "{graph_url or "http://127.0.0.1:9"}"
 [pixels.{PIXEL_ID}]
 default_country = "US"
+{token}
 [ingest_keys.backend]
 key = {{ env = "WORKERS_TEST_INGEST_KEY" }}
 [delivery]
 poll_seconds = 0.2
+linger_ms = 20
+request_timeout = 30
 """,
         encoding="utf-8",
     )
@@ -58,13 +64,14 @@ poll_seconds = 0.2
 
 
 class Gateway:
-    def __init__(self, directory: Path, storage: str) -> None:
+    def __init__(self, directory: Path, storage: str, graph_url: str = "") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.storage = storage
         self.log_path = directory / "gateway.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPIRELAY_")}
         env["WORKERS_TEST_INGEST_KEY"] = INGEST_KEY
+        env["WORKERS_TEST_TOKEN"] = ACCESS_TOKEN
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -72,7 +79,7 @@ class Gateway:
                     "-m",
                     "capirelay.server",
                     "--config",
-                    str(_config(directory, storage)),
+                    str(_config(directory, storage, graph_url)),
                     "--port",
                     str(self.port),
                     "--workers",
@@ -240,3 +247,23 @@ def test_sigterm_stops_every_worker_gracefully(gateway: Gateway) -> None:
     _, alive = psutil.wait_procs(workers, timeout=15)
     assert not alive
     assert "Traceback" not in gateway.log_path.read_text()
+
+
+def test_every_worker_delivers_and_each_event_reaches_meta_once(
+    storage: str, tmp_path: Path
+) -> None:
+    """Each worker runs a delivery engine; leases in the database keep them apart."""
+    with run_emulator(pixels={PIXEL_ID: ACCESS_TOKEN}) as emulator:
+        gateway = Gateway(tmp_path, storage, emulator.url)
+        try:
+            ids = [f"d-{uuid.uuid4().hex[:8]}-{i}" for i in range(400)]
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda i: gateway.post(_event(i)), ids))
+            assert {a.json()["results"][0]["status"] for a in answers} == {"queued"}
+            assert _wait_for(lambda: emulator.state.stats()["events_accepted"] >= len(ids))
+            assert _wait_for(lambda: not _queued_ids(storage)), "the queue did not empty"
+            received = [e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID)]
+            assert sorted(received) == sorted(ids)
+            assert _metric_total(gateway.url, "capirelay_events_sent_total") == len(ids)
+        finally:
+            stop_process(gateway.process)
