@@ -37,6 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -194,9 +195,30 @@ def start_capirelay(config: Path, workers: int | None) -> Server:
 
 
 def fresh_storage(storage: str, tmp: Path, label: str) -> str:
+    """A fresh SQLite file, or a fresh schema of the PostgreSQL database (see drop_schemas)."""
     if storage == "sqlite":
         return f"sqlite:///{tmp / f'bench-{label}.db'}"
-    return storage
+    import psycopg
+
+    schema = f"capirelay_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(storage, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    _schemas.append(schema)
+    separator = "&" if "?" in storage else "?"
+    return f"{storage}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+_schemas: list[str] = []
+
+
+def drop_schemas(storage: str) -> None:
+    if not _schemas:
+        return
+    import psycopg
+
+    with psycopg.connect(storage, autocommit=True) as conn:
+        for schema in _schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 def main() -> None:
@@ -275,6 +297,7 @@ def main() -> None:
             finally:
                 gateway.stop()
                 floor.stop()
+        drop_schemas(args.storage)
     print_table(
         f"wrk ingest vs floor ({args.storage.split(':')[0]}, "
         f"{args.duration:g} s per run, same run)",
