@@ -35,6 +35,7 @@ gateway (the same app as ``--workers 1``):
 from __future__ import annotations
 
 import asyncio
+import atexit
 import ctypes
 import logging
 import os
@@ -44,6 +45,7 @@ import tempfile
 from pathlib import Path
 
 import uvicorn
+from prometheus_client.multiprocess import mark_process_dead
 from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
@@ -75,6 +77,10 @@ def worker_app() -> Starlette:
     from capirelay.server.app import create_app
 
     _die_with_parent()
+    # A worker that exits drops out of the live-worker gauges (breaker, allowance); one
+    # that is SIGKILLed stays in them until the supervisor restarts (its counters, which
+    # are cumulative, count either way).
+    atexit.register(mark_process_dead, os.getpid())
     level, _, fmt = os.environ.get(_ENV_LOG, "info:text").partition(":")
     configure_logging(level, json=fmt == "json")
     return create_app(load_settings())
