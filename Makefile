@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck soak bench clean
+.PHONY: install run test lint typecheck soak bench bench-ingest clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,3 +40,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache build dist
+
+## Ingest under wrk, side by side with the bare-Starlette floor (ratios); ~2 min.
+## BENCH_INGEST_ARGS="--workers 1,2 --duration 10" to compare worker counts.
+bench-ingest: $(STAMP)
+	command -v wrk >/dev/null || apt-get install -y wrk
+	$(BIN)/python bench/ingest_wrk.py $(BENCH_INGEST_ARGS)

@@ -9,17 +9,20 @@ problem codes and Meta error codes.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
     from capirelay.outbox.base import LeasedEvent
 
-__all__ = ["CONTENT_TYPE_LATEST", "AcknowledgedListener", "DeliveryListener", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "AcknowledgedListener", "DeliveryListener", "Metrics", "collect"]
 
 log = logging.getLogger("capirelay.metrics")
 
@@ -57,6 +60,21 @@ STANDARD_EVENT_NAMES = frozenset(
 MAX_CUSTOM_EVENT_LABELS = 50
 MAX_EVENT_LABEL_CHARS = 64
 OTHER_EVENT_LABEL = "other"
+
+
+def _multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def collect(metric: Counter | Gauge | Histogram) -> list[Metric]:
+    """``metric.collect()``, or under ``--workers N`` the same family summed over every
+    worker (what the dashboard charts read, so they count all workers' events)."""
+    directory = _multiprocess_dir()
+    if directory is None:
+        return list(metric.collect())
+    names = {family.name for family in metric.describe()}
+    collector = MultiProcessCollector(None, path=directory)
+    return [family for family in collector.collect() if family.name in names]
 
 
 class Metrics:
@@ -150,26 +168,37 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "capirelay_queue_depth", "Events waiting for delivery.", ["pixel"], registry=r
+            "capirelay_queue_depth",
+            "Events waiting for delivery.",
+            ["pixel"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.oldest_queued_age = Gauge(
             "capirelay_queue_oldest_age_seconds",
             "Age of the oldest queued event.",
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.min_time_to_deadline = Gauge(
             "capirelay_queue_min_seconds_to_deadline",
             "Time left before the most urgent queued event expires (7 d / 62 d rule).",
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.dlq_size = Gauge(
-            "capirelay_dlq_size", "Events in the dead-letter queue.", ["reason"], registry=r
+            "capirelay_dlq_size",
+            "Events in the dead-letter queue.",
+            ["reason"],
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.breaker_open = Gauge(
             "capirelay_breaker_open",
             "1 while a pixel's circuit breaker is open (auth/permission errors).",
             ["pixel"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.unconfirmed = Counter(
             "capirelay_events_unconfirmed_total",
@@ -182,6 +211,7 @@ class Metrics:
             "Current AIMD concurrency allowance per pixel (drops on throttling).",
             ["pixel"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.pii_found = Counter(
             "capirelay_pii_found_total",
@@ -274,4 +304,13 @@ class Metrics:
                 log.exception("acknowledged listener %r failed", listener)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition text: this registry, or, under ``capirelay serve --workers N``
+        (``PROMETHEUS_MULTIPROC_DIR`` set), every worker's values added up (gauges as
+        their ``multiprocess_mode`` says: storage-derived ones are the most recent
+        reading, a worker's breaker the max over live workers, its allowance the sum)."""
+        directory = _multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=directory)
+        return generate_latest(merged)

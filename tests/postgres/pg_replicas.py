@@ -58,6 +58,9 @@ class Replica:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPIRELAY_")}
         env.update(self.settings_env)
+        # Three replicas share this test machine's cores: one process each, as before
+        # `serve` started one worker per core (what --workers adds is tests/server/test_workers).
+        env["CAPIRELAY_WORKERS"] = "1"
         # The command of examples/deploy (Dockerfile CMD), on a loopback port.
         command = [CAPIRELAY, "serve", "--config", str(DEPLOY_CONFIG), "--host", "127.0.0.1",
                    "--port", str(self.port), "--log-level", "warning"]  # fmt: skip

@@ -33,7 +33,7 @@ from typing import Any, Final
 import orjson
 from prometheus_client import Counter, Histogram
 
-from capirelay.metrics import Metrics
+from capirelay.metrics import Metrics, collect
 from capirelay.outbox.base import DLQGroup, LeasedEvent, QueueGroup
 
 __all__ = [
@@ -70,7 +70,7 @@ SeriesKey = tuple[str, str, str, str]
 
 
 def _counter_values(counter: Counter) -> Iterable[tuple[dict[str, str], float]]:
-    for family in counter.collect():
+    for family in collect(counter):
         for sample in family.samples:
             if sample.name.endswith("_total"):
                 yield sample.labels, sample.value
@@ -268,7 +268,7 @@ def histogram_summary(histogram: Histogram, pixel_id: str) -> LatencySummary:
     """Count, mean and bucket-interpolated p50/p95 of one pixel's Graph request latency."""
     buckets: list[tuple[float, float]] = []
     count = total = 0.0
-    for family in histogram.collect():
+    for family in collect(histogram):
         for sample in family.samples:
             if sample.labels.get("pixel") != pixel_id:
                 continue

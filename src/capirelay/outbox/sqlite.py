@@ -47,6 +47,7 @@ import queue
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,9 @@ SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 # Most rows per multi-row VALUES statement (10 parameters a row stays far below SQLite's
 # 32,766-parameter limit).
 MAX_PIECE: Final = 256
+# How often the writer retries for the write lock another process holds (seconds).
+BEGIN_RETRY_FIRST: Final = 0.0001
+BEGIN_RETRY_MAX: Final = 0.001
 # queue.lease_id of a row no lease holds; lease ids lie above it (schema version 2 says why).
 NO_LEASE: Final = 1 << 62
 
@@ -475,13 +479,24 @@ def _deliver(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_result(value)
 
 
+def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, value in outcomes:
+        _deliver(future, value, None)
+
+
 class _GroupCommitWriter(threading.Thread):
     """The only thread that writes; see the module docstring for the group-commit rules."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], max_group: int) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        max_group: int,
+        busy_timeout: float = 5.0,
+    ) -> None:
         super().__init__(name="capirelay-outbox-writer", daemon=True)
         self._connect = connect
         self._max_group = max_group
+        self._busy_timeout = busy_timeout
         self._inbox: queue.SimpleQueue[_WriteOp | object] = queue.SimpleQueue()
         # Guards _closing together with the inbox: once _STOP is in, nothing follows it.
         self._gate = threading.Lock()
@@ -513,6 +528,10 @@ class _GroupCommitWriter(threading.Thread):
                 exc if isinstance(exc, StorageUnavailable) else storage_error(exc)
             )
             return
+        # From here on the writer waits for the file's write lock itself (_begin): SQLite's
+        # own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, which under
+        # `serve --workers N` (N writers on one file) turns a 0.5 ms wait into a 100 ms one.
+        conn.execute("PRAGMA busy_timeout = 0")
         self.ready.set_result(None)
         try:
             self._serve(conn)
@@ -551,9 +570,28 @@ class _GroupCommitWriter(threading.Thread):
                 group.append(item)  # type: ignore[arg-type]
             self._commit_group(conn, group)
 
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` (take the write lock), retried every 0.1 to 1 ms while another
+        process holds it, for at most ``busy_timeout`` seconds; then SQLITE_BUSY."""
+        delay = BEGIN_RETRY_FIRST
+        deadline: float | None = None
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                now = time.monotonic()
+                deadline = now + self._busy_timeout if deadline is None else deadline
+                if now >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, BEGIN_RETRY_MAX)
+
     def _commit_group(self, conn: sqlite3.Connection, group: list[_WriteOp]) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             results = [op.fn(conn) for op in group]
             conn.execute("COMMIT")
         except Exception:
@@ -568,12 +606,11 @@ class _GroupCommitWriter(threading.Thread):
             return
         self.commits += 1
         self.operations += len(group)
-        for op, result in zip(group, results, strict=True):
-            self._resolve(op, result, None)
+        self._resolve_group(group, results)
 
     def _commit_alone(self, conn: sqlite3.Connection, op: _WriteOp) -> None:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             result = op.fn(conn)
             conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
@@ -603,6 +640,18 @@ class _GroupCommitWriter(threading.Thread):
     def _resolve(op: _WriteOp, value: Any, error: BaseException | None) -> None:
         with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
             op.loop.call_soon_threadsafe(_deliver, op.future, value, error)
+
+    @staticmethod
+    def _resolve_group(group: list[_WriteOp], results: list[Any]) -> None:
+        """Resolve a committed group with ONE wake-up per event loop, not one per call:
+        each ``call_soon_threadsafe`` is a cross-thread wake-up of the loop, and a group
+        commonly holds dozens of requests of the same loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+        for op, result in zip(group, results, strict=True):
+            by_loop.setdefault(op.loop, []).append((op.future, result))
+        for loop, outcomes in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is already closed
+                loop.call_soon_threadsafe(_deliver_all, outcomes)
 
 
 class _Reader:
@@ -682,7 +731,7 @@ class SQLiteOutbox(Outbox):
         if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _GroupCommitWriter(self._connect_writer, self._max_group)
+        writer = _GroupCommitWriter(self._connect_writer, self._max_group, self.busy_timeout)
         writer.start()
         await asyncio.wrap_future(writer.ready)
         self._writer = writer

@@ -76,3 +76,18 @@ def with_header_timeout(base: type[Any], seconds: float) -> type[asyncio.Protoco
     HeaderTimeoutProtocol.__name__ = f"HeaderTimeout{base.__name__}"
     HeaderTimeoutProtocol.__qualname__ = HeaderTimeoutProtocol.__name__
     return HeaderTimeoutProtocol
+
+
+# Worker processes (``capirelay serve --workers N``) get their protocol class by import
+# string, since uvicorn pickles its config for each child: ``header_timeout:WorkerProtocol``
+# is built on first access from the timeout the supervisor put in the environment.
+HEADER_TIMEOUT_ENV = "CAPIRELAY_WORKER_HEADER_TIMEOUT"
+WORKER_PROTOCOL = "capirelay.server.header_timeout:WorkerProtocol"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "WorkerProtocol":
+        import os
+
+        return with_header_timeout(auto_protocol(), float(os.environ.get(HEADER_TIMEOUT_ENV, "10")))
+    raise AttributeError(name)

@@ -29,10 +29,28 @@ from capirelay.config_errors import locate
 from capirelay.logs import logging_configured
 from capirelay.server.app import create_app
 from capirelay.server.header_timeout import auto_protocol, with_header_timeout
+from capirelay.server.workers import serve_workers
 
-__all__ = ["DEFAULT_GRACEFUL_SHUTDOWN_SECONDS", "build_server", "main", "serve"]
+__all__ = [
+    "DEFAULT_GRACEFUL_SHUTDOWN_SECONDS",
+    "UVICORN_OPTIONS",
+    "build_server",
+    "main",
+    "serve",
+]
 
 DEFAULT_GRACEFUL_SHUTDOWN_SECONDS = 10
+
+# The server options every gateway process runs with (bench/wrk/floor.py uses the same,
+# so the benchmark's floor measures the framework under identical settings).
+UVICORN_OPTIONS: dict[str, Any] = {
+    "loop": "auto",  # uvloop when installed
+    "http": "auto",  # httptools when installed
+    "lifespan": "on",
+    "access_log": False,
+    "server_header": False,
+    "proxy_headers": False,
+}
 
 
 def build_server(
@@ -52,16 +70,14 @@ def build_server(
         create_app(settings),
         host=host,
         port=port,
-        loop="auto",  # uvloop when installed
-        # httptools when installed, closing connections whose headers take too long
-        http=with_header_timeout(auto_protocol(), settings.header_timeout_seconds),
-        lifespan="on",
         log_level=log_level,
         log_config=log_config,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
         timeout_graceful_shutdown=timeout_graceful_shutdown,
+        **{
+            **UVICORN_OPTIONS,
+            # httptools when installed, closing connections whose headers take too long
+            "http": with_header_timeout(auto_protocol(), settings.header_timeout_seconds),
+        },
     )
     return uvicorn.Server(config)
 
@@ -106,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
         help="json: one JSON object per line (ts, level, logger, message, extra fields)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes sharing the port (1: a single process; 'capirelay serve "
+        "--workers auto': one per core)",
+    )
+    parser.add_argument(
         "--graceful-timeout",
         type=int,
         default=DEFAULT_GRACEFUL_SHUTDOWN_SECONDS,
@@ -125,6 +148,23 @@ def _main(args: argparse.Namespace) -> int:
     try:
         path = config_path(args.config)
         settings = load_settings(args.config)
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
+        if args.workers > 1:
+            # Build one app here first: a mistake in what the settings refer to is a
+            # config error in the supervisor, not N crashing workers.
+            create_app(settings)
+            serve_workers(
+                settings,
+                config_file=args.config,
+                workers=args.workers,
+                host=args.host or settings.host,
+                port=settings.port if args.port is None else args.port,
+                log_level=args.log_level,
+                log_format=args.log_format,
+                timeout_graceful_shutdown=args.graceful_timeout,
+            )
+            return 0
         # Building the app validates what the settings refer to (webhook presets,
         # mapping files): a mistake there is a config error too, not a traceback.
         server = build_server(

@@ -1,0 +1,344 @@
+"""Ingest throughput under ``wrk``, side by side with a fixed floor, as ratios.
+
+``wrk`` (Debian's native load generator, so the load does not compete in Python)
+drives, in ONE run and with the same Lua scripts and bodies:
+
+* the floor: ``bench/wrk/floor.py``, a bare Starlette app on one uvicorn process with
+  the gateway's server options, whose routes read the body and answer 202;
+* ``capirelay serve`` on SQLite (``synchronous=FULL``) or PostgreSQL, once per
+  ``--workers`` value.
+
+Every event is unique (``bench/wrk/*.lua``: run id, wrk thread and a counter in each
+event id), so each one is prepared, hashed, deduplicated and durably committed.  The
+gateway gets no access token: delivery keeps the events queued, so the figure is ingest
+alone.  Each figure is printed next to the floor of the same run and as a ratio to it,
+so a loaded machine moves both; the ratio is what to compare across runs.
+
+Rate limits: the config sets none.  This version of capirelay has no beacon rate limit;
+if the Settings model has rate-limit or quota fields (a later version), the run names
+them and ``--extra-toml`` lifts them (TOML appended to the config; pixel keys go under
+``[pixels.1234567890]``, e.g. ``--extra-toml bench/wrk/limits.toml``).
+
+    make bench-ingest                                  # the default run, about 2 minutes
+    .venv/bin/python bench/ingest_wrk.py --duration 8 --workers 1,2
+    .venv/bin/python bench/ingest_wrk.py --storage postgresql://127.0.0.1:5432/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import HOST, KEY, PIXEL, free_port, print_table, stop_process, wait_http
+
+HERE = Path(__file__).resolve().parent
+WRK_DIR = HERE / "wrk"
+ORIGIN = "http://shop.bench.example"
+PYTHON = sys.executable
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    script: str
+    events_per_request: int
+    connections: int
+
+
+ROUTES = {
+    "events": Route("POST /v1/events, 1 event", "events_single.lua", 1, 32),
+    "collect": Route("POST /v1/collect, 1 event", "collect.lua", 1, 32),
+    "batch": Route("POST /v1/events, 100 events", "events_batch.lua", 100, 8),
+}
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests: int
+    seconds: float
+    non2xx: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+_SUMMARY = re.compile(r"WRK_SUMMARY (.*)")
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """The ``WRK_SUMMARY`` line ``bench/wrk/common.lua``'s ``done()`` prints.
+
+    wrk's own text (``Requests/sec``, ``--latency``'s distribution) is there too; the
+    summary line carries the same numbers unrounded, in microseconds.
+    """
+    match = _SUMMARY.search(output)
+    if match is None:
+        raise RuntimeError(f"wrk printed no summary:\n{output}")
+    fields = dict(item.split("=") for item in match.group(1).split())
+    n = {k: int(v) for k, v in fields.items()}
+    return WrkResult(
+        requests=n["requests"],
+        seconds=n["duration_us"] / 1e6,
+        non2xx=n["non2xx"],
+        errors=n["connect_errors"] + n["read_errors"] + n["write_errors"] + n["timeouts"],
+        p50_ms=n["p50_us"] / 1000,
+        p99_ms=n["p99_us"] / 1000,
+    )
+
+
+def run_wrk(
+    port: int, route: Route, *, duration: float, threads: int, run_id: str, connections: int
+) -> WrkResult:
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_DIR / route.script),
+        f"http://{HOST}:{port}",
+        "--",
+        run_id,
+        KEY,
+        PIXEL,
+        ORIGIN,
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 60)
+    return parse_wrk(done.stdout)
+
+
+def ensure_wrk() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit(
+            "wrk is not installed: `apt-get install -y wrk` (make bench-ingest does it)"
+        )
+
+
+def write_config(tmp: Path, storage: str, extra_toml: str) -> Path:
+    config = tmp / "capirelay.toml"
+    config.write_text(
+        f"""
+storage = "{storage}"
+graph_url = "http://{HOST}:9"
+[ingest_keys.bench]
+key = {{ env = "BENCH_INGEST_KEY" }}
+[pixels.{PIXEL}]
+allowed_origins = ["{ORIGIN}"]
+default_country = "US"
+{extra_toml}
+"""
+    )
+    return config
+
+
+def limit_fields() -> list[str]:
+    """Settings fields that look like rate limits or quotas (none in this version)."""
+    from capirelay.config import PixelSettings, Settings
+
+    names = [f"{name}" for name in Settings.model_fields] + [
+        f"pixels.<id>.{name}" for name in PixelSettings.model_fields
+    ]
+    return [name for name in names if re.search(r"rate|quota|limit", name)]
+
+
+class Server:
+    def __init__(self, cmd: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        wait_http(f"http://{HOST}:{port}/healthz", timeout=60)
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def start_floor() -> Server:
+    port = free_port()
+    return Server([PYTHON, str(WRK_DIR / "floor.py"), "--port", str(port)], port)
+
+
+def start_capirelay(config: Path, workers: int | None) -> Server:
+    port = free_port()
+    env = dict(os.environ, BENCH_INGEST_KEY=KEY)
+    cmd = [
+        str(Path(PYTHON).parent / "capirelay"),
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
+    return Server(cmd, port, env)
+
+
+def fresh_storage(storage: str, tmp: Path, label: str) -> str:
+    """A fresh SQLite file, or a fresh schema of the PostgreSQL database (see drop_schemas)."""
+    if storage == "sqlite":
+        return f"sqlite:///{tmp / f'bench-{label}.db'}"
+    import psycopg
+
+    schema = f"capirelay_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(storage, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    _schemas.append(schema)
+    separator = "&" if "?" in storage else "?"
+    return f"{storage}{separator}options={quote(f'-csearch_path={schema}')}"
+
+
+_schemas: list[str] = []
+
+
+def drop_schemas(storage: str) -> None:
+    if not _schemas:
+        return
+    import psycopg
+
+    with psycopg.connect(storage, autocommit=True) as conn:
+        for schema in _schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per server")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="comma-separated capirelay --workers values to compare "
+        "(default: the server's own default only)",
+    )
+    parser.add_argument("--routes", default="events,collect,batch")
+    parser.add_argument(
+        "--storage",
+        default="sqlite",
+        help="sqlite (a fresh file per configuration) or a postgresql:// URL",
+    )
+    parser.add_argument("--extra-toml", type=Path, help="TOML appended to the bench config")
+    args = parser.parse_args()
+    ensure_wrk()
+
+    routes = [ROUTES[name] for name in args.routes.split(",")]
+    worker_counts: list[int | None] = [int(w) for w in args.workers.split(",") if w] or [None]
+    extra = args.extra_toml.read_text() if args.extra_toml else ""
+    limits = limit_fields()
+    if limits and not extra:
+        print(f"note: this capirelay has rate-limit/quota settings {limits}; the config sets")
+        print("      none of them (their defaults apply): pass --extra-toml to lift them")
+    else:
+        print(
+            "rate limits: none configured ("
+            + ("set by --extra-toml" if extra else "this capirelay has no rate-limit settings")
+            + ")"
+        )
+    print(f"machine: {os.cpu_count()} cores; wrk -t{args.threads}, {args.duration:g} s per run")
+
+    rows: list[list[str]] = []
+    checks: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="capirelay-wrk-") as tmpdir:
+        tmp = Path(tmpdir)
+        for workers in worker_counts:
+            label = "default" if workers is None else str(workers)
+            config = write_config(tmp, fresh_storage(args.storage, tmp, label), extra)
+            floor = start_floor()
+            gateway = start_capirelay(config, workers)
+            sent = 0
+            try:
+                floors: dict[str, WrkResult] = {}
+                for route in routes:
+                    run_id = uuid.uuid4().hex[:8]
+                    common = dict(threads=args.threads, connections=route.connections)
+                    run_wrk(floor.port, route, duration=args.warmup, run_id=run_id + "w", **common)
+                    warm = run_wrk(
+                        gateway.port, route, duration=args.warmup, run_id=run_id + "w", **common
+                    )
+                    sent += (warm.requests - warm.non2xx) * route.events_per_request
+                    floor_result = run_wrk(
+                        floor.port, route, duration=args.duration, run_id=run_id + "f", **common
+                    )
+                    time.sleep(0.5)
+                    ours = run_wrk(
+                        gateway.port, route, duration=args.duration, run_id=run_id, **common
+                    )
+                    sent += (ours.requests - ours.non2xx) * route.events_per_request
+                    floors[route.script] = floor_result
+                    # The batched route is compared with the single-event floor (events/s
+                    # per floor request/s), as the issue's goal states it.
+                    yardstick = floors.get(ROUTES["events"].script, floor_result)
+                    rows.append(table_row(route, f"floor ({label})", floor_result, None))
+                    rows.append(table_row(route, f"capirelay w={label}", ours, yardstick))
+                checks.append(f"w={label}: {accepted_events(gateway.port):,} events accepted "
+                              f"(metrics), {sent:,} in 2xx answers wrk counted "
+                              "(wrk does not count requests in flight when it stops)")  # fmt: skip
+            finally:
+                gateway.stop()
+                floor.stop()
+        drop_schemas(args.storage)
+    print_table(
+        f"wrk ingest vs floor ({args.storage.split(':')[0]}, "
+        f"{args.duration:g} s per run, same run)",
+        ["route", "server", "conns", "req/s", "events/s", "p50 ms", "p99 ms", "non-2xx/err",
+         "ratio to floor req/s"],
+        rows,
+    )  # fmt: skip
+    for line in checks:
+        print(line)
+
+
+def accepted_events(port: int) -> int:
+    """``capirelay_events_accepted_total`` summed over its series, from ``/metrics``."""
+    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=30).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("capirelay_events_accepted_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def table_row(route: Route, server: str, result: WrkResult, floor: WrkResult | None) -> list[str]:
+    """One table line; ``floor`` None for the floor's own line."""
+    events = result.rate * route.events_per_request
+    if floor is None:
+        ratio_text = "1.00 (yardstick)" if route.events_per_request == 1 else "-"
+    else:
+        ratio = events / floor.rate if floor.rate else 0.0
+        ratio_text = f"{ratio:.2f}" + (" (events/s)" if route.events_per_request > 1 else "")
+    return [
+        route.name,
+        server,
+        str(route.connections),
+        f"{result.rate:,.0f}",
+        f"{events:,.0f}",
+        f"{result.p50_ms:.1f}",
+        f"{result.p99_ms:.1f}",
+        f"{result.non2xx}/{result.errors}",
+        ratio_text,
+    ]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""``capirelay serve --workers 2``: several gateway processes on one port, on both backends.
+
+The gateway runs as a real supervisor with two real worker processes.  It has no access
+token, so every acknowledged event must stay in the queue, where the tests read it back
+straight from the database:
+
+* dedup is exact across the workers: one event id sent on many fresh connections at
+  once (the kernel spreads connections over the workers) is queued once, and every
+  other answer is ``duplicate``; the metrics, summed over the workers, say the same;
+* a 202 means committed: SIGKILL of the supervisor mid-traffic (its workers die with
+  it) loses no event that was answered ``queued``;
+* SIGTERM stops every worker gracefully, and ``/readyz`` answers before that.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+import pytest
+
+from capirelay.emulator.testing import run_emulator
+from gateway_traffic import free_port, stop_process, wait_ready
+
+PIXEL_ID = "1234567890"
+INGEST_KEY = "workers-test-ingest-key"
+ACCESS_TOKEN = "workers-test-token"
+WORKERS = 2
+
+
+def _config(directory: Path, storage: str, graph_url: str) -> Path:
+    token = 'access_token = { env = "WORKERS_TEST_TOKEN" }' if graph_url else ""
+    config = directory / "capirelay.toml"
+    config.write_text(
+        f"""
+storage = "{storage}"
+graph_url = "{graph_url or "http://127.0.0.1:9"}"
+header_timeout_seconds = 1
+[pixels.{PIXEL_ID}]
+default_country = "US"
+{token}
+[ingest_keys.backend]
+key = {{ env = "WORKERS_TEST_INGEST_KEY" }}
+[delivery]
+poll_seconds = 0.2
+linger_ms = 20
+request_timeout = 30
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+class Gateway:
+    def __init__(self, directory: Path, storage: str, graph_url: str = "") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.storage = storage
+        self.log_path = directory / "gateway.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAPIRELAY_")}
+        env["WORKERS_TEST_INGEST_KEY"] = INGEST_KEY
+        env["WORKERS_TEST_TOKEN"] = ACCESS_TOKEN
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "capirelay.server",
+                    "--config",
+                    str(_config(directory, storage, graph_url)),
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(WORKERS),
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=directory,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_ready(self.process, self.url, self.log_path, "gateway", 60)
+
+    def workers(self) -> list[psutil.Process]:
+        """The worker processes (uvicorn's spawn helper, if any, is not one)."""
+        children = psutil.Process(self.process.pid).children()
+        return [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+
+    def post(self, event: dict[str, Any]) -> httpx.Response:
+        # A fresh connection per request, so requests spread over the workers.
+        return httpx.post(
+            f"{self.url}/v1/events",
+            json={"pixel_id": PIXEL_ID, "data": [event]},
+            headers={"Authorization": f"Bearer {INGEST_KEY}"},
+            timeout=30,
+        )
+
+
+def _event(event_id: str) -> dict[str, Any]:
+    return {
+        "event_name": "Purchase",
+        "event_time": int(time.time()) - 2,
+        "event_id": event_id,
+        "action_source": "website",
+        "event_source_url": "https://shop.example/checkout",
+        "user_data": {
+            "email": f"{event_id}@example.com",
+            "client_ip_address": "203.0.113.9",
+            "client_user_agent": "Mozilla/5.0 (X11; Linux x86_64) workers-test",
+        },
+        "custom_data": {"value": 19.5, "currency": "EUR"},
+    }
+
+
+def _queued_ids(storage: str) -> list[str]:
+    """Event ids in the queue table, read straight from the database."""
+    if storage.startswith("sqlite:///"):
+        with sqlite3.connect(storage.removeprefix("sqlite:///")) as conn:
+            return [row[0] for row in conn.execute("SELECT event_id FROM queue")]
+    with psycopg.connect(storage) as conn:
+        return [row[0] for row in conn.execute("SELECT event_id FROM capirelay_queue")]
+
+
+def _metric_total(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def _wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def storage(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    if backend == "postgres":
+        with request.getfixturevalue("pg_schema")() as url:
+            yield url
+    else:
+        yield f"sqlite:///{tmp_path / 'workers.db'}"
+
+
+@pytest.fixture
+def gateway(storage: str, tmp_path: Path) -> Iterator[Gateway]:
+    running = Gateway(tmp_path, storage)
+    try:
+        yield running
+    finally:
+        stop_process(running.process)
+
+
+def test_dedup_is_exact_across_workers_and_metrics_add_up(gateway: Gateway) -> None:
+    assert len(gateway.workers()) == WORKERS
+    assert httpx.get(f"{gateway.url}/readyz", timeout=10).status_code == 200
+
+    event = _event(f"same-{uuid.uuid4().hex[:8]}")
+    senders = 24
+    with ThreadPoolExecutor(senders) as pool:
+        answers = list(pool.map(lambda _: gateway.post(event), range(senders)))
+    assert [a.status_code for a in answers] == [202] * senders
+    statuses = sorted(a.json()["results"][0]["status"] for a in answers)
+    assert statuses == ["duplicate"] * (senders - 1) + ["queued"]
+
+    unique = [f"u-{uuid.uuid4().hex[:8]}-{i}" for i in range(60)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: gateway.post(_event(i)), unique))
+    assert {a.json()["results"][0]["status"] for a in answers} == {"queued"}
+
+    queued = _queued_ids(gateway.storage)
+    assert sorted(queued) == sorted([event["event_id"], *unique])
+    # Any worker's /metrics answers for all of them.
+    for _ in range(4):
+        assert _metric_total(gateway.url, "capirelay_events_accepted_total") == 61
+        assert _metric_total(gateway.url, "capirelay_events_duplicate_total") == senders - 1
+        assert _metric_total(gateway.url, "capirelay_queue_depth") == 61
+
+
+def test_sigkill_of_the_supervisor_loses_nothing_acknowledged(gateway: Gateway) -> None:
+    workers = gateway.workers()
+    assert len(workers) == WORKERS
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def send(thread_no: int) -> None:
+        n = 0
+        while not stop.is_set():
+            event_id = f"k-{thread_no}-{n}"
+            n += 1
+            try:
+                answer = gateway.post(_event(event_id))
+            except httpx.TransportError:
+                continue  # the gateway died under this request: not acknowledged
+            if answer.status_code == 202:
+                assert answer.json()["results"][0]["status"] == "queued"
+                with lock:
+                    acknowledged.append(event_id)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert _wait_for(lambda: len(acknowledged) >= 300), "traffic did not flow"
+        gateway.process.send_signal(signal.SIGKILL)
+        gateway.process.wait(10)
+        # The workers die with their supervisor (no orphan keeps the port or the file).
+        _, alive = psutil.wait_procs(workers, timeout=15)
+        assert not alive
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+
+    queued = set(_queued_ids(gateway.storage))
+    missing = [event_id for event_id in acknowledged if event_id not in queued]
+    assert not missing, f"{len(missing)} acknowledged events lost, e.g. {missing[:3]}"
+    assert len(queued) >= len(acknowledged) >= 300
+
+
+def test_sigterm_stops_every_worker_gracefully(gateway: Gateway) -> None:
+    workers = gateway.workers()
+    assert gateway.post(_event(f"t-{uuid.uuid4().hex[:8]}")).status_code == 202
+    assert stop_process(gateway.process) == 0
+    # The supervisor returns only after joining its workers (their exit codes are its
+    # to read, not ours): none is left, and none failed on the way out.
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive
+    assert "Traceback" not in gateway.log_path.read_text()
+
+
+def test_every_worker_delivers_and_each_event_reaches_meta_once(
+    storage: str, tmp_path: Path
+) -> None:
+    """Each worker runs a delivery engine; leases in the database keep them apart."""
+    with run_emulator(pixels={PIXEL_ID: ACCESS_TOKEN}) as emulator:
+        gateway = Gateway(tmp_path, storage, emulator.url)
+        try:
+            ids = [f"d-{uuid.uuid4().hex[:8]}-{i}" for i in range(400)]
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda i: gateway.post(_event(i)), ids))
+            assert {a.json()["results"][0]["status"] for a in answers} == {"queued"}
+            assert _wait_for(lambda: emulator.state.stats()["events_accepted"] >= len(ids))
+            assert _wait_for(lambda: not _queued_ids(storage)), "the queue did not empty"
+            received = [e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID)]
+            assert sorted(received) == sorted(ids)
+            assert _metric_total(gateway.url, "capirelay_events_sent_total") == len(ids)
+        finally:
+            stop_process(gateway.process)
+
+
+def test_every_worker_closes_connections_whose_headers_never_complete(gateway: Gateway) -> None:
+    """The header timeout reaches the worker processes too (their protocol comes by name)."""
+    for _ in range(2 * WORKERS):  # fresh connections spread over the workers
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as conn:
+            conn.sendall(b"GET /healthz HT")
+            while conn.recv(4096):  # EOF: the server closed it (a hang fails on the 30 s guard)
+                pass
+    assert gateway.post(_event("after-slow-clients")).status_code == 202
+
