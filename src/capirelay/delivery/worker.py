@@ -60,6 +60,7 @@ from capirelay.outbox import (
     Outbox,
     StorageUnavailable,
 )
+from capirelay.outbox.receipts import MetaAnswer
 from capirelay.retry import RetryPolicy
 
 log = logging.getLogger("capirelay.delivery")
@@ -173,6 +174,8 @@ class _Batch:
     # Lone events refused like the whole request was, kept until it is clear whether the
     # request or the event is at fault (see the module docstring).
     refused_alike: list[tuple[LeasedEvent, GraphError]] = field(default_factory=list)
+    # Meta's answer to the latest accepted request of this batch (for the receipts).
+    answer: MetaAnswer | None = None
 
 
 class PixelWorker:
@@ -532,6 +535,7 @@ class PixelWorker:
             self._record_failure(events, cut, time.perf_counter() - started)
             return cut
         self._record_success(events, response, time.perf_counter() - started)
+        batch.answer = MetaAnswer(response.fbtrace_id, response.events_received, batch.sent_at)
         self._metrics.delivered(self.pixel_id, events, tec, response.fbtrace_id)
         return response
 
@@ -663,7 +667,7 @@ class PixelWorker:
     # ------------------------------------------------------------- outcomes
 
     async def _on_success(self, events: Sequence[LeasedEvent], batch: _Batch) -> None:
-        await self._ack(events)
+        await self._ack(events, batch.answer)
         self._counts["sent"] += len(events)
         for name, count in Counter(e.event_name for e in events).items():
             self._metrics.sent.labels(self.pixel_id, self._metrics.event_label(name)).inc(count)
@@ -945,10 +949,10 @@ class PixelWorker:
         for event_id in ids:
             self._leased_until.pop(event_id, None)
 
-    async def _ack(self, events: Sequence[LeasedEvent]) -> None:
+    async def _ack(self, events: Sequence[LeasedEvent], answer: MetaAnswer | None = None) -> None:
         now = self._clock()
         for lease_id, ids in _by_lease(events).items():
-            await self._outbox.ack(ids, now=now, lease_id=lease_id)
+            await self._outbox.ack_delivered(ids, now=now, lease_id=lease_id, answer=answer)
             self._settled(ids)
 
     async def _release(self, events: Sequence[LeasedEvent]) -> None:

@@ -57,6 +57,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
+from capirelay.outbox._receipts_sqlite import SQLiteReceipts, insert_dead_letter_receipts
 from capirelay.outbox._rows import (
     DLQ_FILTER_FIELDS,
     dead_letter_from_row,
@@ -126,6 +127,7 @@ def _packaged_sql(name: str) -> str:
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "queue, dedup and dead-letter tables", _packaged_sql("schema_sqlite.sql")),
     Migration(2, "lease ids, queued dedup keys", _packaged_sql("schema_sqlite_0002_leases.sql")),
+    Migration(3, "receipts, erasure audit", _packaged_sql("schema_sqlite_0003_receipts.sql")),
 )
 
 
@@ -591,7 +593,7 @@ class _Reader:
         self._executor.shutdown(wait=True)
 
 
-class SQLiteOutbox(Outbox):
+class SQLiteOutbox(SQLiteReceipts, Outbox):
     """The :class:`Outbox` on one SQLite file (WAL, group commit, ``synchronous`` as configured).
 
     ``max_bytes`` caps the database size (a storage quota): past it, writes fail
@@ -787,6 +789,7 @@ class SQLiteOutbox(Outbox):
 
         def run(conn: sqlite3.Connection) -> None:
             id_list = _held_ids(conn, requested, lease_id)
+            insert_dead_letter_receipts(conn, id_list, str(reason), attempt_json, now)
             conn.execute(
                 _MOVE_TO_DLQ,
                 (str(reason), attempt_json, attempt_json, attempt_json, now, id_list),
