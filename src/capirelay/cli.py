@@ -330,11 +330,13 @@ def _register_subcommands() -> None:
     from capirelay.cli_doctor import doctor_command
     from capirelay.cli_mapping import mapping_app
     from capirelay.cli_migrate import migrate_command
+    from capirelay.cli_trace import trace_command
 
     app.add_typer(dlq_app, name="dlq")
     app.command("doctor")(doctor_command)
     app.add_typer(mapping_app, name="mapping")
     app.command("migrate")(migrate_command)
+    app.command("trace")(trace_command)
 
 
 _register_subcommands()

@@ -41,6 +41,7 @@ from starlette.staticfiles import StaticFiles
 from capirelay.config import Settings
 from capirelay.dashboard.auth import DashboardAuth, dashboard_enabled
 from capirelay.dashboard.meta import MetaView
+from capirelay.dashboard.search import search_page
 from capirelay.dashboard.stats import SAMPLE_INTERVAL_SECONDS, ActivityRecorder, DeliveryLog
 from capirelay.dashboard.views import PREFIX, Views
 from capirelay.metrics import Metrics
@@ -95,6 +96,7 @@ class Dashboard:
                     Route("/test-events", page(v.test_events), methods=["GET"]),
                     Route("/quality", page(v.quality), methods=["GET"]),
                     Route("/health", page(v.health), methods=["GET"]),
+                    Route("/search", page(search_page(v)), methods=["GET"]),
                     # The stylesheet is public: the login page needs it, and it holds nothing.
                     Mount(
                         "/static",

@@ -31,7 +31,7 @@ from capirelay.dashboard import create_dashboard
 from capirelay.delivery.engine import DeliveryEngine
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox, open_outbox
-from capirelay.server import routes_health, routes_ingest, routes_webhooks
+from capirelay.server import routes_health, routes_ingest, routes_trace, routes_webhooks
 from capirelay.server.http import ApiError, JSONResponse, error_response
 from capirelay.server.openapi import openapi_document
 from capirelay.sources import snippet
@@ -82,6 +82,7 @@ def create_app(
         routes=[
             Route("/v1/events", routes_ingest.post_events, methods=["POST"]),
             Route("/v1/collect", routes_ingest.post_collect, methods=["POST"]),
+            Route("/v1/events/{event_id:path}", routes_trace.get_event, methods=["GET"]),
             Route("/v1/collect", routes_ingest.preflight_collect, methods=["OPTIONS"]),
             Route("/v1/webhooks/{name}", routes_webhooks.post_webhook, methods=["POST"]),
             Route(snippet.SNIPPET_PATH, snippet.get_snippet, methods=["GET"]),
