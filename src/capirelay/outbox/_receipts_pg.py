@@ -13,6 +13,7 @@ one set-based statement per call (parallel arrays through ``unnest``).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final, TypeVar
 
 from psycopg import AsyncConnection
@@ -20,6 +21,7 @@ from psycopg import AsyncConnection
 from capirelay.outbox.receipts import (
     ErasureResult,
     MetaAnswer,
+    Outcome,
     Receipt,
     TracedEvent,
     TraceRecord,
@@ -77,7 +79,7 @@ WITH input AS (
 ),
 bumped AS (
     UPDATE capirelay_receipts AS r
-    SET count = r.count + 1, last_attempt_at = i.recorded_at
+    SET count = r.count + i.count, last_attempt_at = i.last_attempt_at
     FROM input AS i
     WHERE i.outcome = 'duplicate' AND r.outcome = 'duplicate' AND r.event_id = i.event_id
       AND r.pixel_id = i.pixel_id AND r.event_name = i.event_name
@@ -204,9 +206,29 @@ def _receipt_arrays(receipts: Sequence[Receipt]) -> dict[str, list[Any]]:
     return {f"c{i}": [row[i] for row in rows] for i in range(len(_ARRAY_TYPES))}
 
 
+def _collapse_duplicates(receipts: Sequence[Receipt]) -> list[Receipt]:
+    """One receipt per duplicated key of a call (its count summed), other receipts as they are."""
+    out: list[Receipt] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for r in receipts:
+        if r.outcome != Outcome.DUPLICATE:
+            out.append(r)
+            continue
+        key = (r.pixel_id, r.event_name, r.event_id)
+        if key in seen:
+            first = out[seen[key]]
+            out[seen[key]] = replace(
+                first, count=first.count + r.count, last_attempt_at=r.recorded_at
+            )
+        else:
+            seen[key] = len(out)
+            out.append(replace(r, last_attempt_at=r.recorded_at))
+    return out
+
+
 async def write_receipts(conn: AsyncConnection[Any], receipts: Sequence[Receipt]) -> None:
     if receipts:
-        await conn.execute(WRITE_RECEIPTS, _receipt_arrays(receipts))
+        await conn.execute(WRITE_RECEIPTS, _receipt_arrays(_collapse_duplicates(receipts)))
 
 
 async def insert_dead_letter_receipts(

@@ -358,6 +358,7 @@ def duplicate_receipt(
         source=source,
         recorded_at=now,
         received_at=now,
+        last_attempt_at=now,
         test_event_code=test_event_code,
         reason="an event with this pixel, event_name and event_id was received "
         "in the last 48 hours or is still queued",
