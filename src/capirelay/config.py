@@ -187,7 +187,7 @@ class ReceiptSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     retention_days: float = Field(default=30.0, gt=0)
-    max_receipts: int = Field(default=5_000_000, ge=1)
+    max_receipts: int = Field(default=2_000_000, ge=1)
     prune_interval_seconds: float = Field(default=600.0, ge=1)
 
 

@@ -19,7 +19,7 @@ error code/subcode/message), plus two short keys for lookups:
   negligible while keeping neither the raw value nor the full hash.
 
 Receipts are bounded: older than the retention (default 30 days) or beyond the cap
-(default 5,000,000, oldest first) they are pruned in the background.
+(default 2,000,000, oldest first) they are pruned in the background.
 """
 
 from __future__ import annotations
