@@ -44,8 +44,8 @@ from capirelay.problems import Problem
 
 __all__ = ["import_command"]
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 PLAIN_PROGRESS_SECONDS = 5.0
 
 

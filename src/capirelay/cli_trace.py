@@ -24,8 +24,8 @@ from capirelay.trace import iso, status_of, story, trace_json
 
 __all__ = ["trace_command"]
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 async def _load(url: str, key: str, pixel: str | None, by_order: bool) -> list[TraceRecord]:
