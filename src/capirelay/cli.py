@@ -328,6 +328,7 @@ def demo_command(
 def _register_subcommands() -> None:
     from capirelay.cli_dlq import dlq_app
     from capirelay.cli_doctor import doctor_command
+    from capirelay.cli_erase import erase_command
     from capirelay.cli_import import import_command
     from capirelay.cli_mapping import mapping_app
     from capirelay.cli_migrate import migrate_command
@@ -339,6 +340,7 @@ def _register_subcommands() -> None:
     app.command("migrate")(migrate_command)
     app.command("trace")(trace_command)
     app.command("import")(import_command)
+    app.command("erase")(erase_command)
 
 
 _register_subcommands()

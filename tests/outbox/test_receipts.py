@@ -150,7 +150,7 @@ async def test_erase_removes_every_trace_of_one_person(outbox: Outbox) -> None:
     assert not (await outbox.trace("q1")).known
     assert not (await outbox.trace("d1")).known and not (await outbox.trace("r1")).known
     assert [p.where for p in (await outbox.trace("q2")).pending] == ["queue"]
-    audit = await outbox.erasure_log()  # type: ignore[attr-defined]
+    audit = await outbox.erasure_log()
     assert audit[0]["value_sha256"] == EMAIL_HASH and audit[0]["queued"] == 1
     again = await outbox.erase({"em": {EMAIL_HASH}}, pixel_id=None, now=T0 + 6, audit=[])
     assert again.total == 0

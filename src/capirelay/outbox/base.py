@@ -457,6 +457,10 @@ class Outbox(abc.ABC):
         """Remove queued and dead-lettered events and receipts carrying one of ``hashes``."""
         raise NotImplementedError(f"{type(self).__name__} cannot erase identifiers")
 
+    async def erasure_log(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest erasure requests (field, identifier SHA-256, time, counts)."""
+        return []
+
 
 def _add_to_group(
     groups: dict[tuple[str, str, str, int | None, int | None], DLQGroup], letter: DeadLetter
