@@ -20,6 +20,8 @@ TABLES = {
     "capirelay_dedup",
     "capirelay_dead_letters",
     "capirelay_pixel_state",
+    "capirelay_receipts",
+    "capirelay_erasures",
 }
 
 
