@@ -23,7 +23,7 @@ from server.conftest import serve_in_thread
 from .conftest import ADMIN_TOKEN, Gateway, csrf_from, dashboard_settings, purchase, wait_for
 
 PAGES = ["/ui/", "/ui/errors", "/ui/dlq", "/ui/dlq/1", "/ui/test-events", "/ui/quality",
-         "/ui/health"]  # fmt: skip
+         "/ui/health", "/ui/search"]  # fmt: skip
 ACTIONS = ["/ui/logout", "/ui/dlq/replay", "/ui/dlq/purge", "/ui/dlq/1/replay",
            "/ui/dlq/1/purge"]  # fmt: skip
 PUBLIC = {("GET", "/ui/login"), ("POST", "/ui/login"), ("GET", "/ui/static")}
