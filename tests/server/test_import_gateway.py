@@ -263,3 +263,38 @@ def test_the_importer_pickles_for_worker_processes() -> None:
     [item] = copy.prepare(1, {"x": 1}, now)
     assert item.new_event is None
     assert {p.code for p in item.problems} >= {"missing_field"}
+
+
+def test_a_mapping_file_reads_a_csv_of_any_layout(config_file: Path, tmp_path: Path) -> None:
+    mapping = tmp_path / "pos.toml"
+    mapping.write_text(
+        """
+[[event]]
+[event.set]
+event_name = "Purchase"
+action_source = "physical_store"
+custom_data.currency = "GBP"
+[event.map]
+event_time = "Sold"
+user_data.email = '"Customer Mail"'  # a JMESPath quoted identifier
+custom_data.value = { path = "Total", transform = "float" }
+"""
+    )
+    sold = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - 2 * DAY))
+    data = tmp_path / "pos.csv"
+    data.write_text(f'"Customer Mail",Total,Sold\nbuyer@example.com,12.00,{sold}\n,3,never\n')
+
+    code, output = run_import(
+        str(data),
+        "--pixel",
+        PIXEL_ID,
+        "--config",
+        str(config_file),
+        "--mapping",
+        str(mapping),
+        "--dry-run",
+    )
+
+    assert code == 1, output
+    assert output.strip().splitlines()[-1] == "1 would be queued, 1 rejected (dry run)"
+    assert "invalid_value 1" in output  # the second row's time
