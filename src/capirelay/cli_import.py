@@ -230,20 +230,19 @@ def _execute(
         return importer.dry_run(rows, rejects, progress)
     from capirelay.outbox import open_outbox
 
-    async def run() -> ImportSummary:
+    try:
         outbox = open_outbox(url)
+    except ValueError as exc:  # a storage URL that names no backend
+        raise _fail(str(exc)) from None
+
+    async def run() -> ImportSummary:
         await outbox.open()
         try:
             return await importer.run(outbox, rows, rejects, progress, workers=workers)
         finally:
             await outbox.close()
 
-    try:
-        return asyncio.run(run())
-    except ValueError as exc:
-        if isinstance(exc, ImportFileError):
-            raise
-        raise _fail(str(exc)) from None
+    return asyncio.run(run())
 
 
 def _report(summary: ImportSummary, dry_run: bool, rejected: Path | None) -> None:

@@ -105,16 +105,20 @@ def read_rows(stream: IO[bytes], fmt: str) -> Iterator[Row]:
                     yield number, None
         return
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text)
-    header = next(reader, None)
-    if header is None:
-        raise ImportFileError("the file is empty: a CSV import needs a header row")
-    columns = [name.strip() for name in header]
-    if fmt == "csv":
-        _check_header(columns)
-    for row in reader:
-        if row:
-            yield reader.line_num, dict(zip(columns, row, strict=False))
+    try:
+        reader = csv.reader(text)
+        header = next(reader, None)
+        if header is None:
+            raise ImportFileError("the file is empty: a CSV import needs a header row")
+        columns = [name.strip() for name in header]
+        if fmt == "csv":
+            _check_header(columns)
+        for row in reader:
+            if row:
+                yield reader.line_num, dict(zip(columns, row, strict=False))
+    finally:
+        # The caller owns the file (and reads its position for progress): do not close it.
+        text.detach()
 
 
 def _check_header(columns: list[str]) -> None:

@@ -298,3 +298,11 @@ custom_data.value = { path = "Total", transform = "float" }
     assert code == 1, output
     assert output.strip().splitlines()[-1] == "1 would be queued, 1 rejected (dry run)"
     assert "invalid_value 1" in output  # the second row's time
+
+
+def test_reading_rows_leaves_the_file_open_for_progress(tmp_path: Path) -> None:
+    path = tmp_path / "one.csv"
+    path.write_text("event_name,event_time\nPurchase,1\n")
+    with path.open("rb") as f:
+        assert len(list(read_rows(f, "csv"))) == 1
+        assert f.tell() == path.stat().st_size  # still open: progress reads it at the end
