@@ -110,7 +110,7 @@ def same_event(i: int, rng: random.Random, now: int) -> dict[str, Any]:
 
 
 def run_import(
-    csv_path: Path, config: Path, storage: str | None
+    csv_path: Path, config: Path, storage: str | None, workers: int = 0
 ) -> tuple[float, float, float, str]:
     cmd = [
         sys.executable,
@@ -125,6 +125,7 @@ def run_import(
     ]
     if storage:
         cmd += ["--storage", storage]
+    cmd += ["--workers", str(workers)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     main_peak = tree_peak = 0
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--ingest-events", type=int, default=100_000)
     parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--workers", type=int, default=0, help="capirelay import --workers")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -157,10 +159,10 @@ def main() -> None:
         csv_path = tmp / "orders.csv"
         write_csv(csv_path, args.rows)
         size_mb = csv_path.stat().st_size / 2**20
-        seconds, peak, tree, summary = run_import(csv_path, config, None)
+        seconds, peak, tree, summary = run_import(csv_path, config, None, args.workers)
         rows.append(
             [
-                "capirelay import, SQLite",
+                f"capirelay import --workers {args.workers}, SQLite",
                 f"{args.rows:,}",
                 f"{size_mb:,.0f}",
                 f"{args.rows / seconds:,.0f}",
@@ -176,12 +178,12 @@ def main() -> None:
                 admin.execute(f'CREATE SCHEMA "{schema}"')
                 try:
                     url = f"{POSTGRES}?options=-csearch_path%3D{schema}"
-                    seconds, peak, tree, summary = run_import(csv_path, config, url)
+                    seconds, peak, tree, summary = run_import(csv_path, config, url, args.workers)
                 finally:
                     admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
             rows.append(
                 [
-                    "capirelay import, PostgreSQL",
+                    f"capirelay import --workers {args.workers}, PostgreSQL",
                     f"{args.rows:,}",
                     f"{size_mb:,.0f}",
                     f"{args.rows / seconds:,.0f}",

@@ -37,7 +37,6 @@ from capirelay.importer import (
     Importer,
     ImportFileError,
     ImportSummary,
-    auto_workers,
     read_rows,
 )
 from capirelay.problems import Problem
@@ -131,9 +130,12 @@ def import_command(
         str | None, typer.Option("--test-event-code", help="Send as test events.")
     ] = None,
     workers: Annotated[
-        int | None,
-        typer.Option("--workers", help="Preparing processes (default: by file size; 0 = none)."),
-    ] = None,
+        int,
+        typer.Option(
+            "--workers",
+            help="Extra processes preparing rows, for idle cores (default 0: this one only).",
+        ),
+    ] = 0,
     rejected: Annotated[
         Path | None, typer.Option("--rejected", help="Rejected rows file (FILE.rejected.csv).")
     ] = None,
@@ -174,8 +176,7 @@ def import_command(
     rejects = _Rejects(None if dry_run else rejected or file.with_name(file.name + ".rejected.csv"))
     try:
         rows = read_rows(raw, kind if mapping is None or kind == "jsonl" else "csv-mapped")
-        pool = auto_workers(file.stat().st_size) if workers is None else workers
-        summary = _run(importer, raw, rows, rejects, dry_run, storage or settings.storage, pool)
+        summary = _run(importer, raw, rows, rejects, dry_run, storage or settings.storage, workers)
     except ImportFileError as exc:
         raise _fail(f"{file}: {exc}") from None
     finally:

@@ -32,7 +32,6 @@ import asyncio
 import csv
 import io
 import multiprocessing
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -57,7 +56,6 @@ __all__ = [
     "ImportFileError",
     "ImportSummary",
     "Importer",
-    "auto_workers",
     "parse_time",
     "read_rows",
 ]
@@ -447,16 +445,3 @@ def _init_worker(importer: Importer) -> None:
 def _prepare_in_worker(chunk: list[Row], now: float) -> list[tuple[int, PreparedEvent]]:
     assert _worker_importer is not None
     return _worker_importer.prepare_chunk(chunk, now)
-
-
-# Below this size a file imports faster in one process than it takes to start workers.
-POOL_MIN_BYTES: Final = 8 * 2**20
-MAX_WORKERS: Final = 4
-
-
-def auto_workers(file_bytes: int) -> int:
-    """Preparing processes for a file of this size: none for small files, else one per
-    CPU (at most four; the writing process is the other bottleneck)."""
-    if file_bytes < POOL_MIN_BYTES:
-        return 0
-    return min(os.cpu_count() or 1, MAX_WORKERS)
