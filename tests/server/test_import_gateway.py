@@ -306,3 +306,21 @@ def test_reading_rows_leaves_the_file_open_for_progress(tmp_path: Path) -> None:
     with path.open("rb") as f:
         assert len(list(read_rows(f, "csv"))) == 1
         assert f.tell() == path.stat().st_size  # still open: progress reads it at the end
+
+
+def test_worker_processes_prepare_the_same_events(
+    emulator: RunningEmulator, config_file: Path, tmp_path: Path, uid: str
+) -> None:
+    rows = [store_sale(uid, n) for n in range(5)] + [store_sale(uid, 9, value="x")]
+    data = write_csv(tmp_path / "pooled.csv", rows)
+
+    code, output = run_import(
+        str(data), "--pixel", PIXEL_ID, "--config", str(config_file), "--workers", "2"
+    )
+
+    assert code == 1, output
+    assert output.strip().splitlines()[-1] == "5 queued, 0 duplicate, 1 rejected"
+    sent = wait_for(lambda: (found := delivered_for(emulator, uid)) and len(found) >= 5 and found)
+    assert sorted(e["custom_data"]["order_id"] for e in sent) == [
+        f"{uid}store-{n}" for n in range(5)
+    ]
