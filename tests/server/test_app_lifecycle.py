@@ -65,8 +65,8 @@ def batch(prefix: str, size: int, padding: int) -> dict[str, Any]:
 async def test_storage_failure_is_503_and_acknowledges_nothing(
     lifecycle_settings: Settings, tmp_path: Path
 ) -> None:
-    # A 256 KiB quota stands in for a full disk: SQLite answers SQLITE_FULL past it.
-    outbox = SQLiteOutbox(tmp_path / "full.db", max_bytes=256 * 1024)
+    # A 512 KiB quota stands in for a full disk: SQLite answers SQLITE_FULL past it.
+    outbox = SQLiteOutbox(tmp_path / "full.db", max_bytes=512 * 1024)
     await outbox.open()
     try:
         async with running(create_app(lifecycle_settings, outbox=outbox)) as client:
