@@ -6,7 +6,7 @@ Lines) row by row, turns each row into a CAPI-shaped event (the default columns
 below, or a TOML + JMESPath mapping file), and sends every event through the same
 pipeline as ``POST /v1/events`` (:func:`capirelay.ingest.prepare_event`: normalize →
 hash → validate, with a stable event id) and the outbox's dedup, in batches of
-5,000, straight into the configured storage, from where a gateway delivers them.
+2,500, straight into the configured storage, from where a gateway delivers them.
 
 Memory stays bounded by the batch, whatever the file's size: rows are read
 lazily, a batch is prepared while the previous one is being written, and nothing
@@ -62,7 +62,7 @@ __all__ = [
 
 FORMATS: Final = ("csv", "jsonl")
 SOURCE: Final = "import"
-BATCH: Final = 5000  # rows per enqueue: 200 durable commits per million rows
+BATCH: Final = 2500  # rows per enqueue: 400 durable commits per million rows
 USER_COLUMNS: Final = {
     "email": "email",
     "phone": "phone",
