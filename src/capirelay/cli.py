@@ -267,12 +267,15 @@ def demo_command(
 def _register_subcommands() -> None:
     from capirelay.cli_dlq import dlq_app
     from capirelay.cli_doctor import doctor_command
+    from capirelay.cli_erase import erase_command
     from capirelay.cli_hash import hash_command
+    from capirelay.cli_import import import_command
     from capirelay.cli_init import init_command
     from capirelay.cli_mapping import mapping_app
     from capirelay.cli_migrate import migrate_command
     from capirelay.cli_pixel import pixel_app
     from capirelay.cli_send import send_command
+    from capirelay.cli_trace import trace_command
 
     app.add_typer(dlq_app, name="dlq")
     app.command("doctor")(doctor_command)
@@ -282,6 +285,9 @@ def _register_subcommands() -> None:
     app.add_typer(mapping_app, name="mapping")
     app.command("migrate")(migrate_command)
     app.add_typer(pixel_app, name="pixel")
+    app.command("trace")(trace_command)
+    app.command("import")(import_command)
+    app.command("erase")(erase_command)
 
 
 _register_subcommands()

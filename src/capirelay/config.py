@@ -280,6 +280,16 @@ class DashboardSettings(BaseModel):
     _v_secrets = field_validator("admin_token", "basic_password", mode="before")(_coerce_secret)
 
 
+class ReceiptSettings(BaseModel):
+    """Receipts of final event states (``capirelay trace``): how long and how many to keep."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retention_days: float = Field(default=30.0, gt=0)
+    max_receipts: int = Field(default=2_000_000, ge=1)
+    prune_interval_seconds: float = Field(default=600.0, ge=1)
+
+
 class DeliverySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -350,6 +360,7 @@ class Settings(BaseSettings):
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     diagnostics: DiagnosticsSettings = Field(default_factory=DiagnosticsSettings)
+    receipts: ReceiptSettings = Field(default_factory=ReceiptSettings)
     # When set, GET /metrics needs 'Authorization: Bearer <token>' (Prometheus
     # `authorization: {credentials_file: ...}`); unset, it is open (it holds no
     # identifiers or secrets) for scrapers on a private network.

@@ -24,7 +24,7 @@ from .conftest import ADMIN_TOKEN, Gateway, csrf_from, dashboard_settings, purch
 
 PAGES = ["/ui/", "/ui/errors", "/ui/dlq", "/ui/dlq/1", "/ui/test-events", "/ui/quality",
          "/ui/diagnostics",
-         "/ui/health"]  # fmt: skip
+         "/ui/health", "/ui/search"]  # fmt: skip
 ACTIONS = ["/ui/logout", "/ui/dlq/replay", "/ui/dlq/purge", "/ui/dlq/1/replay",
            "/ui/dlq/1/purge"]  # fmt: skip
 PUBLIC = {("GET", "/ui/login"), ("POST", "/ui/login"), ("GET", "/ui/static"), ("GET", "/ui")}

@@ -31,6 +31,9 @@ TABLES = {
     "capirelay_operator_audit",
     # 0006: order ledger
     "capirelay_order_ledger",
+    # 0007: receipts, erasure audit
+    "capirelay_receipts",
+    "capirelay_erasures",
 }
 
 

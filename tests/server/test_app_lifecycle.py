@@ -65,9 +65,9 @@ def batch(prefix: str, size: int, padding: int) -> dict[str, Any]:
 async def test_storage_failure_is_503_and_acknowledges_nothing(
     lifecycle_settings: Settings, tmp_path: Path
 ) -> None:
-    # A 384 KiB quota stands in for a full disk: SQLite answers SQLITE_FULL past it.
+    # A 640 KiB quota stands in for a full disk: SQLite answers SQLITE_FULL past it.
     # (Room for the schema, which grows with migrations, plus at least one batch.)
-    outbox = SQLiteOutbox(tmp_path / "full.db", max_bytes=384 * 1024)
+    outbox = SQLiteOutbox(tmp_path / "full.db", max_bytes=640 * 1024)
     await outbox.open()
     try:
         async with running(create_app(lifecycle_settings, outbox=outbox)) as client:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -279,4 +279,3 @@ def test_every_worker_closes_connections_whose_headers_never_complete(gateway: G
             while conn.recv(4096):  # EOF: the server closed it (a hang fails on the 30 s guard)
                 pass
     assert gateway.post(_event("after-slow-clients")).status_code == 202
-

@@ -45,6 +45,7 @@ from capirelay.config import Settings
 from capirelay.dashboard.auth import DashboardAuth, dashboard_enabled
 from capirelay.dashboard.diagnostics import DiagnosticsPage
 from capirelay.dashboard.meta import MetaView
+from capirelay.dashboard.search import search_page
 from capirelay.dashboard.stats import SAMPLE_INTERVAL_SECONDS, ActivityRecorder, DeliveryLog
 from capirelay.dashboard.views import PREFIX, Views
 from capirelay.metrics import Metrics
@@ -105,6 +106,7 @@ class Dashboard:
                         Route("/quality", page(v.quality), methods=["GET"]),
                         Route("/health", page(v.health), methods=["GET"]),
                         Route("/diagnostics", page(DiagnosticsPage(v)), methods=["GET"]),
+                        Route("/search", page(search_page(v)), methods=["GET"]),
                         # The stylesheet is public: the login page needs it, and it holds nothing.
                         Mount(
                             "/static",

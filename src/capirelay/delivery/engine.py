@@ -72,6 +72,7 @@ class DeliveryEngine:
         self._running = False
         self._last_stats = 0.0
         self._last_dedup_expiry = 0.0
+        self._last_receipt_prune = 0.0
         self._dlq_reasons: set[str] = set()
 
     # ------------------------------------------------------------------ API
@@ -233,6 +234,13 @@ class DeliveryEngine:
                 now=now,
                 retention_seconds=ledger.retention_days * 86400.0,
                 max_entries=ledger.max_entries,
+            )
+        receipts = self._settings.receipts
+        if mono - self._last_receipt_prune >= receipts.prune_interval_seconds:
+            self._last_receipt_prune = mono
+            retention = receipts.retention_days * 86400
+            await self._outbox.prune_receipts(
+                now=now, retention_seconds=retention, cap=receipts.max_receipts
             )
 
     async def refresh_gauges(self) -> None:

@@ -62,6 +62,7 @@ from capirelay.outbox import (
     Outbox,
     StorageUnavailable,
 )
+from capirelay.outbox.receipts import MetaAnswer
 from capirelay.retry import RetryPolicy
 
 log = logging.getLogger("capirelay.delivery")
@@ -134,6 +135,8 @@ class _Batch:
     events: list[LeasedEvent]
     sent_at: float = 0.0  # wall time the latest request of this batch started
     sends: int = 0
+    # Meta's answer to the latest accepted request of this batch (for the receipts).
+    answer: MetaAnswer | None = None
 
 
 class PixelWorker:
@@ -490,6 +493,7 @@ class PixelWorker:
             self._record_failure(events, cut, time.perf_counter() - started)
             return cut
         self._record_success(events, response, time.perf_counter() - started)
+        batch.answer = MetaAnswer(response.fbtrace_id, response.events_received, batch.sent_at)
         self._metrics.delivered(self.pixel_id, events, tec, response.fbtrace_id)
         if tec is None:
             self._metrics.acknowledged(self.pixel_id, events, response.events_received)
@@ -623,7 +627,7 @@ class PixelWorker:
     # ------------------------------------------------------------- outcomes
 
     async def _on_success(self, events: Sequence[LeasedEvent], batch: _Batch) -> None:
-        await self._ack(events)
+        await self._ack(events, batch.answer)
         self._counts["sent"] += len(events)
         for name, count in Counter(e.event_name for e in events).items():
             self._metrics.sent.labels(self.pixel_id, self._metrics.event_label(name)).inc(count)
@@ -861,10 +865,10 @@ class PixelWorker:
         for event_id in ids:
             self._leased_until.pop(event_id, None)
 
-    async def _ack(self, events: Sequence[LeasedEvent]) -> None:
+    async def _ack(self, events: Sequence[LeasedEvent], answer: MetaAnswer | None = None) -> None:
         now = self._clock()
         for lease_id, ids in _by_lease(events).items():
-            await self._outbox.ack(ids, now=now, lease_id=lease_id)
+            await self._outbox.ack_delivered(ids, now=now, lease_id=lease_id, answer=answer)
             self._settled(ids)
 
     async def _release(self, events: Sequence[LeasedEvent]) -> None:

@@ -50,10 +50,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+
+from capirelay.outbox.receipts import ErasureResult, MetaAnswer, Receipt, TraceRecord
 
 DEDUP_WINDOW_SECONDS = 48 * 3600
 
@@ -473,6 +475,57 @@ class Outbox(abc.ABC):
     async def audit_log(self, *, limit: int = 100) -> list[AuditRecord]:
         """The latest audit records, newest first."""
         raise NotImplementedError
+
+    # Receipts, traces and erasure (capirelay.outbox.receipts).  Both backends override
+    # these; the defaults let another backend work without receipts.
+
+    async def ack_delivered(
+        self,
+        ids: Sequence[int],
+        *,
+        now: float,
+        lease_id: str | None = None,
+        answer: MetaAnswer | None = None,
+    ) -> None:
+        """:meth:`ack`, writing each event's receipt (with Meta's ``answer``) in the same
+        commit.  Default: a plain ack, no receipt."""
+        await self.ack(ids, now=now, lease_id=lease_id)
+
+    async def record_receipts(self, receipts: Sequence[Receipt]) -> None:
+        """Store receipts of events that never reached the queue (duplicates, drops).
+        A duplicate of a key that already has a duplicate receipt bumps its count."""
+        return None
+
+    async def trace(self, event_id: str, *, pixel_id: str | None = None) -> TraceRecord:
+        """Receipts, queued rows and dead letters of one ``event_id``."""
+        return TraceRecord(event_id)
+
+    async def event_ids_for_order(
+        self, order_id: str, *, pixel_id: str | None = None, limit: int = 20
+    ) -> list[str]:
+        """Event ids whose receipts carry this ``custom_data.order_id``, newest first."""
+        return []
+
+    async def prune_receipts(
+        self, *, now: float, retention_seconds: float, cap: int, chunk: int = 10_000
+    ) -> int:
+        """Delete receipts older than the retention and beyond the cap; how many."""
+        return 0
+
+    async def erase(
+        self,
+        hashes: Mapping[str, set[str]],
+        *,
+        pixel_id: str | None,
+        now: float,
+        audit: Sequence[tuple[str, str]],
+    ) -> ErasureResult:
+        """Remove queued and dead-lettered events and receipts carrying one of ``hashes``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot erase identifiers")
+
+    async def erasure_log(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest erasure requests (field, identifier SHA-256, time, counts)."""
+        return []
 
 
 def _add_to_group(

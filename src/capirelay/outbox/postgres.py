@@ -51,6 +51,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from capirelay.outbox._receipts_pg import PostgresReceipts, insert_dead_letter_receipts
 from capirelay.outbox._rows import (
     dead_letter_from_row,
     dlq_filter_values,
@@ -151,7 +152,7 @@ def _ids(ids: Sequence[int]) -> list[int]:
     return [int(i) for i in ids]
 
 
-class PostgresOutbox(Outbox):
+class PostgresOutbox(PostgresReceipts, Outbox):
     """The :class:`Outbox` on PostgreSQL, safe to share between any number of processes.
 
     ``pool_size`` is the most connections this process opens for queue work (plus
@@ -399,17 +400,24 @@ class PostgresOutbox(Outbox):
     ) -> None:
         if not ids:
             return
-        await self._run(
-            "dead_letter",
-            {
-                "ids": _ids(ids),
-                "reason": str(reason),
-                "error": _jsonb_text(attempt.to_dict()) if attempt else None,
-                "log_limit": ATTEMPT_LOG_LIMIT,
-                "now": now,
-                "lease_id": lease_id,
-            },
-        )
+        params = {
+            "ids": _ids(ids),
+            "reason": str(reason),
+            "error": _jsonb_text(attempt.to_dict()) if attempt else None,
+            "log_limit": ATTEMPT_LOG_LIMIT,
+            "now": now,
+            "lease_id": lease_id,
+        }
+
+        async def work(conn: AsyncConnection[Any]) -> None:
+            # Receipts first: that locks the rows, so the move takes exactly those.
+            attempt_dict = attempt.to_dict() if attempt else None
+            await insert_dead_letter_receipts(
+                conn, _ids(ids), lease_id, str(reason), attempt_dict, now
+            )
+            await conn.execute(QUERIES["dead_letter"], params)
+
+        await self._in_transaction(work)
 
     async def due_pixels(self, *, now: float) -> list[str]:
         return [row[0] for row in await self._run("due_pixels", {"now": now})]

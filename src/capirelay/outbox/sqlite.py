@@ -58,6 +58,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
+from capirelay.outbox._receipts_sqlite import SQLiteReceipts, insert_dead_letter_receipts
 from capirelay.outbox._rows import (
     DLQ_FILTER_FIELDS,
     dead_letter_from_row,
@@ -140,6 +141,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
         4, "dashboard sessions, operator audit", _packaged_sql("schema_sqlite_0004_operator.sql")
     ),
     Migration(5, "order ledger", _packaged_sql("schema_sqlite_0005_order_ledger.sql")),
+    Migration(6, "receipts, erasure audit", _packaged_sql("schema_sqlite_0006_receipts.sql")),
 )
 
 
@@ -686,7 +688,7 @@ class _Reader:
         self._executor.shutdown(wait=True)
 
 
-class SQLiteOutbox(Outbox):
+class SQLiteOutbox(SQLiteReceipts, Outbox):
     """The :class:`Outbox` on one SQLite file (WAL, group commit, ``synchronous`` as configured).
 
     ``max_bytes`` caps the database size (a storage quota): past it, writes fail
@@ -891,6 +893,7 @@ class SQLiteOutbox(Outbox):
 
         def run(conn: sqlite3.Connection) -> None:
             id_list = _held_ids(conn, requested, lease_id)
+            insert_dead_letter_receipts(conn, id_list, str(reason), attempt_json, now)
             conn.execute(
                 _MOVE_TO_DLQ,
                 (str(reason), attempt_json, attempt_json, attempt_json, now, id_list),

@@ -19,6 +19,7 @@ from capirelay.ingest import PreparedEvent
 from capirelay.metrics import Metrics
 from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
 from capirelay.problems import Problem, error
+from capirelay.server._receipts import record_duplicates
 from capirelay.server.http import ApiError
 
 __all__ = [
@@ -68,6 +69,8 @@ async def commit_prepared(
                 headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
             ) from None
         request.app.state.last_write_failure = None  # storage takes writes again
+        if EnqueueStatus.DUPLICATE in enqueued:
+            await record_duplicates(outbox, accepted, enqueued, now=now)
     if EnqueueStatus.QUEUED in enqueued:
         request.app.state.engine.notify(pixel_id)
     answers = iter(enqueued)

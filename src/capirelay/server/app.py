@@ -35,7 +35,7 @@ from capirelay.diagnostics import DiagnosticsRunner
 from capirelay.meta_store import meta_store_for
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox, open_outbox
-from capirelay.server import routes_health, routes_ingest, routes_webhooks
+from capirelay.server import routes_health, routes_ingest, routes_trace, routes_webhooks
 from capirelay.server.body_limit import BodyLimitMiddleware
 from capirelay.server.http import ApiError, JSONResponse, error_response
 from capirelay.server.openapi import openapi_document
@@ -93,6 +93,7 @@ def create_app(
         routes=[
             Route("/v1/events", routes_ingest.post_events, methods=["POST"]),
             Route("/v1/collect", routes_ingest.post_collect, methods=["POST"]),
+            Route("/v1/events/{event_id:path}", routes_trace.get_event, methods=["GET"]),
             Route("/v1/collect", routes_ingest.preflight_collect, methods=["OPTIONS"]),
             Route("/v1/webhooks/{name}", routes_webhooks.post_webhook, methods=["POST"]),
             Route(snippet.SNIPPET_PATH, snippet.get_snippet, methods=["GET"]),

@@ -17,6 +17,7 @@ from typing import Any
 
 from capirelay import __version__
 from capirelay.events import Event
+from capirelay.server.openapi_trace import EVENT_TRACE, trace_operation
 
 __all__ = ["openapi_document"]
 
@@ -402,6 +403,7 @@ def openapi_document() -> dict[str, Any]:
         "CollectRequest": _COLLECT_REQUEST,
         "CollectResponse": _COLLECT_RESPONSE,
         "Readiness": _READINESS,
+        "EventTrace": EVENT_TRACE,
     }
     return {
         "openapi": "3.1.0",
@@ -412,6 +414,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": {
             "/v1/events": {"post": _events_operation()},
+            "/v1/events/{event_id}": {"get": trace_operation()},
             "/v1/collect": {"post": _collect_operation(), "options": _preflight_operation()},
             "/v1/webhooks/{name}": {"post": _webhook_operation()},
             "/capirelay.js": {"get": _snippet_operation()},

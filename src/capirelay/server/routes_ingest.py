@@ -49,6 +49,7 @@ from capirelay.outbox.base import EnqueueStatus, NewEvent
 from capirelay.problems import Problem
 from capirelay.server import beacon_guard
 from capirelay.server._commit import commit_prepared
+from capirelay.server._receipts import record_dropped
 from capirelay.server.auth import authenticate, authorize_pixel
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
 from capirelay.sources import consent
@@ -208,6 +209,14 @@ async def _collect(
     reason = _drop_reason(beacon, pixel, gpc, request.headers.get("user-agent"))
     if reason is not None:
         metrics.dropped.labels(beacon.pixel_id, reason).inc()
+        await record_dropped(
+            request.app.state.outbox,
+            pixel_id=beacon.pixel_id,
+            event_name=beacon.event_name,
+            event_id=event_id,
+            reason=reason,
+            now=time.time(),
+        )
         dropped: dict[str, Any] = {"event_id": event_id, "status": "dropped", "fbp": None}
         return JSONResponse({**dropped, "problems": [], "reason": reason}, 202, headers=cors)
 

@@ -1,0 +1,506 @@
+"""Receipts, traces and erasure on the PostgreSQL outbox (migration 0004).
+
+Mixed into :class:`~capirelay.outbox.postgres.PostgresOutbox`.  The ack of a delivered
+batch deletes its rows (RETURNING what the receipts need) and inserts their receipts in
+one transaction; a dead-letter move locks its rows, writes their receipts and moves
+them in one transaction too (:func:`insert_dead_letter_receipts`).  Receipts go in with
+one set-based statement per call (parallel arrays through ``unnest``).
+"""
+
+# SQL text here is built only from this module's constants; every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Final, TypeVar
+
+from psycopg import AsyncConnection
+
+from capirelay.outbox.receipts import (
+    ErasureResult,
+    MetaAnswer,
+    Outcome,
+    Receipt,
+    TracedEvent,
+    TraceRecord,
+    carries,
+    dead_letter_from_row,
+    decode_list,
+    delivered_from_row,
+    json_or_none,
+    order_key,
+    short_key,
+)
+
+T = TypeVar("T")
+
+PRUNE_CHUNK: Final = 10_000
+
+_COLUMNS: Final = (
+    "pixel_id, event_name, event_id, outcome, source, recorded_at, received_at, "
+    "first_attempt_at, last_attempt_at, attempts, fbtrace_id, events_received, "
+    "test_event_code, reason, problems, attempt_log, order_key, identity, count"
+)
+_ARRAY_TYPES: Final = (
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "float8",
+    "float8",
+    "float8",
+    "float8",
+    "int",
+    "text",
+    "int",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "text",
+    "int",
+)
+_UNNEST: Final = ", ".join(f"%(c{i})s::{t}[]" for i, t in enumerate(_ARRAY_TYPES))
+_SELECT_INPUT: Final = (
+    "i.pixel_id, i.event_name, i.event_id, i.outcome, i.source, i.recorded_at, i.received_at, "
+    "i.first_attempt_at, i.last_attempt_at, i.attempts, i.fbtrace_id, i.events_received, "
+    "i.test_event_code, i.reason, i.problems::jsonb, i.attempt_log::jsonb, i.order_key, "
+    "i.identity, i.count"
+)
+# Duplicates of a key that already has a duplicate receipt bump it; everything else is new.
+WRITE_RECEIPTS: Final = f"""
+WITH input AS (
+    SELECT * FROM unnest({_UNNEST}) WITH ORDINALITY
+        AS i ({_COLUMNS}, ord)
+),
+bumped AS (
+    UPDATE capirelay_receipts AS r
+    SET count = r.count + i.count, last_attempt_at = i.last_attempt_at
+    FROM input AS i
+    WHERE i.outcome = 'duplicate' AND r.outcome = 'duplicate' AND r.event_id = i.event_id
+      AND r.pixel_id = i.pixel_id AND r.event_name = i.event_name
+    RETURNING i.ord
+)
+INSERT INTO capirelay_receipts ({_COLUMNS})
+SELECT {_SELECT_INPUT} FROM input AS i
+WHERE i.ord NOT IN (SELECT ord FROM bumped)
+ORDER BY i.ord
+"""
+_SETTLED_COLUMNS: Final = (
+    "pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log, "
+    "test_event_code, payload"
+)
+# As the `ack` statement of queries.sql, returning what the receipts need.
+ACK_RETURNING: Final = f"""
+WITH acked AS (
+    DELETE FROM capirelay_queue
+    WHERE id = ANY(%(ids)s::bigint[])
+      AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
+    RETURNING {_SETTLED_COLUMNS}
+),
+unpinned AS (
+    UPDATE capirelay_dedup AS d SET queued = false
+    FROM acked AS a
+    WHERE d.pixel_id = a.pixel_id AND d.event_name = a.event_name AND d.event_id = a.event_id
+),
+unheld AS (
+    DELETE FROM capirelay_pixel_state
+    WHERE reason = 'breaker' AND pixel_id IN (SELECT DISTINCT pixel_id FROM acked)
+)
+SELECT {_SETTLED_COLUMNS} FROM acked
+"""
+# The rows a dead-letter call is about to move, locked until its transaction ends.
+LOCK_SETTLING: Final = f"""
+SELECT {_SETTLED_COLUMNS} FROM capirelay_queue
+WHERE id = ANY(%(ids)s::bigint[])
+  AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
+ORDER BY id
+FOR UPDATE
+"""
+_RECEIPTS_OF: Final = (
+    f"SELECT id, {_COLUMNS} FROM capirelay_receipts WHERE event_id = %(event_id)s ORDER BY id"
+)
+_QUEUED_OF: Final = """
+SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
+       test_event_code, state, available_at
+FROM capirelay_queue WHERE event_id = %(event_id)s ORDER BY id
+"""
+_LETTERS_OF: Final = """
+SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_event_code,
+       reason, dead_at
+FROM capirelay_dead_letters WHERE event_id = %(event_id)s ORDER BY id
+"""
+_EVENT_IDS_OF_ORDER: Final = """
+SELECT event_id FROM capirelay_receipts
+WHERE order_key = %(key)s AND (%(pixel_id)s::text IS NULL OR pixel_id = %(pixel_id)s::text)
+GROUP BY event_id ORDER BY max(id) DESC LIMIT %(limit)s
+"""
+_PRUNE_OLD: Final = """
+DELETE FROM capirelay_receipts WHERE id IN (
+    SELECT id FROM capirelay_receipts WHERE recorded_at < %(cutoff)s
+    ORDER BY recorded_at LIMIT %(chunk)s)
+"""
+_PRUNE_OVER_CAP: Final = """
+DELETE FROM capirelay_receipts WHERE id IN (
+    SELECT id FROM capirelay_receipts
+    WHERE id <= (SELECT max(id) FROM capirelay_receipts) - %(cap)s
+    ORDER BY id LIMIT %(chunk)s)
+"""
+_PAYLOAD_CANDIDATES: Final = {
+    "queue": "SELECT id, pixel_id, payload FROM capirelay_queue "
+    "WHERE position(%(needle)s::bytea IN payload) > 0",
+    "dead_letters": "SELECT id, pixel_id, payload FROM capirelay_dead_letters "
+    "WHERE position(%(needle)s::bytea IN payload) > 0",
+}
+_RECEIPT_CANDIDATES: Final = (
+    "SELECT id, pixel_id, identity FROM capirelay_receipts WHERE strpos(identity, %(key)s) > 0"
+)
+_ERASE_QUEUED: Final = """
+WITH gone AS (
+    DELETE FROM capirelay_queue WHERE id = ANY(%(ids)s::bigint[])
+    RETURNING pixel_id, event_name, event_id
+),
+unpinned AS (
+    UPDATE capirelay_dedup AS d SET queued = false
+    FROM gone AS g
+    WHERE d.pixel_id = g.pixel_id AND d.event_name = g.event_name AND d.event_id = g.event_id
+)
+SELECT count(*) FROM gone
+"""
+_INSERT_ERASURE: Final = """
+INSERT INTO capirelay_erasures
+    (requested_at, field, value_sha256, pixel_id, queued, dead_letters, receipts)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+"""
+
+
+def _receipt_arrays(receipts: Sequence[Receipt]) -> dict[str, list[Any]]:
+    rows = [
+        (
+            r.pixel_id,
+            r.event_name,
+            r.event_id,
+            str(r.outcome),
+            r.source,
+            r.recorded_at,
+            r.received_at,
+            r.first_attempt_at,
+            r.last_attempt_at,
+            r.attempts,
+            r.fbtrace_id,
+            r.events_received,
+            r.test_event_code,
+            r.reason,
+            json_or_none(r.problems),
+            json_or_none(r.attempt_log),
+            r.order_key,
+            r.identity,
+            r.count,
+        )
+        for r in receipts
+    ]
+    return {f"c{i}": [row[i] for row in rows] for i in range(len(_ARRAY_TYPES))}
+
+
+def _collapse_duplicates(receipts: Sequence[Receipt]) -> list[Receipt]:
+    """One receipt per duplicated key of a call (its count summed), other receipts as they are."""
+    out: list[Receipt] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for r in receipts:
+        if r.outcome != Outcome.DUPLICATE:
+            out.append(r)
+            continue
+        key = (r.pixel_id, r.event_name, r.event_id)
+        if key in seen:
+            first = out[seen[key]]
+            out[seen[key]] = replace(
+                first, count=first.count + r.count, last_attempt_at=r.recorded_at
+            )
+        else:
+            seen[key] = len(out)
+            out.append(replace(r, last_attempt_at=r.recorded_at))
+    return out
+
+
+async def write_receipts(conn: AsyncConnection[Any], receipts: Sequence[Receipt]) -> None:
+    if receipts:
+        await conn.execute(WRITE_RECEIPTS, _receipt_arrays(_collapse_duplicates(receipts)))
+
+
+async def insert_dead_letter_receipts(
+    conn: AsyncConnection[Any],
+    ids: list[int],
+    lease_id: str | None,
+    reason: str,
+    attempt: dict[str, Any] | None,
+    now: float,
+) -> None:
+    """Lock the rows a dead-letter move is about to take and write their receipts."""
+    cur = await conn.execute(LOCK_SETTLING, {"ids": ids, "lease_id": lease_id})
+    receipts = [dead_letter_from_row(row, reason, attempt, now) for row in await cur.fetchall()]
+    await write_receipts(conn, receipts)
+
+
+def _receipt_from_row(row: Sequence[Any]) -> Receipt:
+    (
+        id_,
+        pixel_id,
+        event_name,
+        event_id,
+        outcome,
+        source,
+        recorded_at,
+        received_at,
+        first_at,
+        last_at,
+        attempts,
+        fbtrace_id,
+        events_received,
+        tec,
+        reason,
+        problems,
+        attempt_log,
+        order,
+        identity,
+        count,
+    ) = row
+    return Receipt(
+        id=id_,
+        pixel_id=pixel_id,
+        event_name=event_name,
+        event_id=event_id,
+        outcome=outcome,
+        source=source,
+        recorded_at=recorded_at,
+        received_at=received_at,
+        first_attempt_at=first_at,
+        last_attempt_at=last_at,
+        attempts=attempts,
+        fbtrace_id=fbtrace_id,
+        events_received=events_received,
+        test_event_code=tec,
+        reason=reason,
+        problems=decode_list(problems),
+        attempt_log=decode_list(attempt_log),
+        order_key=order,
+        identity=identity,
+        count=count,
+    )
+
+
+class PostgresReceipts:
+    """Receipt methods of the PostgreSQL outbox (see the module docstring)."""
+
+    _in_transaction: Callable[[Callable[[AsyncConnection[Any]], Awaitable[Any]]], Awaitable[Any]]
+
+    async def ack_delivered(
+        self,
+        ids: Sequence[int],
+        *,
+        now: float,
+        lease_id: str | None = None,
+        answer: MetaAnswer | None = None,
+    ) -> None:
+        if not ids:
+            return
+        params = {"ids": [int(i) for i in ids], "lease_id": lease_id}
+
+        async def work(conn: AsyncConnection[Any]) -> None:
+            cur = await conn.execute(ACK_RETURNING, params)
+            receipts = [delivered_from_row(row, answer, now) for row in await cur.fetchall()]
+            await write_receipts(conn, receipts)
+
+        await self._in_transaction(work)
+
+    async def record_receipts(self, receipts: Sequence[Receipt]) -> None:
+        if receipts:
+            batch = tuple(receipts)
+
+            async def work(conn: AsyncConnection[Any]) -> None:
+                await write_receipts(conn, batch)
+
+            await self._in_transaction(work)
+
+    async def trace(self, event_id: str, *, pixel_id: str | None = None) -> TraceRecord:
+        params = {"event_id": event_id}
+
+        async def work(conn: AsyncConnection[Any]) -> TraceRecord:
+            cur = await conn.execute(_RECEIPTS_OF, params)
+            receipts = [_receipt_from_row(row) for row in await cur.fetchall()]
+            cur = await conn.execute(_QUEUED_OF, params)
+            pending = [
+                TracedEvent(
+                    "queue",
+                    p,
+                    n,
+                    e,
+                    src,
+                    qa,
+                    att,
+                    decode_list(log),
+                    tec,
+                    next_attempt_at=available_at if state == 1 else None,
+                )
+                for p, n, e, src, qa, att, log, tec, state, available_at in await cur.fetchall()
+            ]
+            cur = await conn.execute(_LETTERS_OF, params)
+            for p, n, e, src, qa, log, tec, reason, dead_at in await cur.fetchall():
+                attempts = decode_list(log)
+                pending.append(
+                    TracedEvent(
+                        "dead_letters",
+                        p,
+                        n,
+                        e,
+                        src,
+                        qa,
+                        len(attempts),
+                        attempts,
+                        tec,
+                        reason=reason,
+                        dead_at=dead_at,
+                    )
+                )
+            if pixel_id is not None:
+                receipts = [r for r in receipts if r.pixel_id == pixel_id]
+                pending = [t for t in pending if t.pixel_id == pixel_id]
+            return TraceRecord(event_id, receipts, pending)
+
+        result: TraceRecord = await self._in_transaction(work)
+        return result
+
+    async def event_ids_for_order(
+        self, order_id: str, *, pixel_id: str | None = None, limit: int = 20
+    ) -> list[str]:
+        key = order_key(order_id)
+        if key is None:
+            return []
+        params = {"key": key, "pixel_id": pixel_id, "limit": limit}
+
+        async def work(conn: AsyncConnection[Any]) -> list[str]:
+            cur = await conn.execute(_EVENT_IDS_OF_ORDER, params)
+            return [row[0] for row in await cur.fetchall()]
+
+        found: list[str] = await self._in_transaction(work)
+        return found
+
+    async def prune_receipts(
+        self, *, now: float, retention_seconds: float, cap: int, chunk: int = PRUNE_CHUNK
+    ) -> int:
+        removed = 0
+        steps = (
+            (_PRUNE_OLD, {"cutoff": now - retention_seconds, "chunk": chunk}),
+            (_PRUNE_OVER_CAP, {"cap": cap, "chunk": chunk}),
+        )
+        for sql, params in steps:
+            while True:
+
+                async def work(
+                    conn: AsyncConnection[Any], sql: str = sql, params: Any = params
+                ) -> int:
+                    return (await conn.execute(sql, params)).rowcount
+
+                count: int = await self._in_transaction(work)
+                removed += count
+                if count < chunk:
+                    break
+        return removed
+
+    async def receipt_count(self) -> int:
+        async def work(conn: AsyncConnection[Any]) -> int:
+            cur = await conn.execute("SELECT count(*) FROM capirelay_receipts")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+        count: int = await self._in_transaction(work)
+        return count
+
+    async def erase(
+        self,
+        hashes: Mapping[str, set[str]],
+        *,
+        pixel_id: str | None,
+        now: float,
+        audit: Sequence[tuple[str, str]],
+    ) -> ErasureResult:
+        needles = sorted({h for values in hashes.values() for h in values})
+        short = sorted({f"{name}:{short_key(h)}" for name, vs in hashes.items() for h in vs})
+
+        async def matching(conn: AsyncConnection[Any], table: str) -> list[int]:
+            found: set[int] = set()
+            for needle in needles:
+                cur = await conn.execute(_PAYLOAD_CANDIDATES[table], {"needle": needle.encode()})
+                for id_, pixel, payload in await cur.fetchall():
+                    if (pixel_id is None or pixel == pixel_id) and carries(bytes(payload), hashes):
+                        found.add(id_)
+            return sorted(found)
+
+        async def work(conn: AsyncConnection[Any]) -> ErasureResult:
+            queued = await matching(conn, "queue")
+            letters = await matching(conn, "dead_letters")
+            receipt_ids: set[int] = set()
+            for key in short:
+                cur = await conn.execute(_RECEIPT_CANDIDATES, {"key": key})
+                for id_, pixel, identity in await cur.fetchall():
+                    if (pixel_id is None or pixel == pixel_id) and key in identity.split(" "):
+                        receipt_ids.add(id_)
+            cur = await conn.execute(_ERASE_QUEUED, {"ids": queued})
+            row = await cur.fetchone()
+            removed_letters = await conn.execute(
+                "DELETE FROM capirelay_dead_letters WHERE id = ANY(%(ids)s::bigint[])",
+                {"ids": letters},
+            )
+            removed_receipts = await conn.execute(
+                "DELETE FROM capirelay_receipts WHERE id = ANY(%(ids)s::bigint[])",
+                {"ids": sorted(receipt_ids)},
+            )
+            result = ErasureResult(
+                queued=int(row[0]) if row else 0,
+                dead_letters=removed_letters.rowcount,
+                receipts=removed_receipts.rowcount,
+            )
+            async with conn.cursor() as insert:
+                await insert.executemany(
+                    _INSERT_ERASURE,
+                    [
+                        (
+                            now,
+                            name,
+                            digest,
+                            pixel_id,
+                            result.queued,
+                            result.dead_letters,
+                            result.receipts,
+                        )
+                        for name, digest in audit
+                    ],
+                )
+            return result
+
+        erased: ErasureResult = await self._in_transaction(work)
+        return erased
+
+    async def erasure_log(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(
+                "SELECT requested_at, field, value_sha256, pixel_id, queued, dead_letters, "
+                "receipts FROM capirelay_erasures ORDER BY id DESC LIMIT %(limit)s",
+                {"limit": limit},
+            )
+            return await cur.fetchall()
+
+        rows = await self._in_transaction(work)
+        keys = (
+            "requested_at",
+            "field",
+            "value_sha256",
+            "pixel_id",
+            "queued",
+            "dead_letters",
+            "receipts",
+        )
+        return [dict(zip(keys, row, strict=True)) for row in rows]

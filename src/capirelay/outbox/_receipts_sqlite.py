@@ -1,0 +1,410 @@
+"""Receipts, traces and erasure on the SQLite outbox (schema version 3).
+
+Mixed into :class:`~capirelay.outbox.sqlite.SQLiteOutbox`: every write goes through
+its group-committing writer thread, so a receipt shares the commit (and the fsync)
+of the state change it records: the ack of a delivered batch inserts its receipts in
+the very transaction that deletes the rows; a dead-letter move does the same
+(:func:`insert_dead_letter_receipts`, called from ``dead_letter``).
+"""
+
+# SQL text here is built only from this module's constants; every value is a bound parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
+
+import orjson
+
+from capirelay.outbox.receipts import (
+    ErasureResult,
+    MetaAnswer,
+    Outcome,
+    Receipt,
+    TracedEvent,
+    TraceRecord,
+    carries,
+    dead_letter_from_row,
+    decode_list,
+    delivered_from_row,
+    json_or_none,
+    order_key,
+    short_key,
+)
+
+T = TypeVar("T")
+
+PRUNE_CHUNK: Final = 10_000
+_IDS = "SELECT value FROM json_each(?)"
+_NO_LEASE: Final = 1 << 62
+
+RECEIPT_COLUMNS: Final = (
+    "pixel_id, event_name, event_id, outcome, source, recorded_at, received_at, "
+    "first_attempt_at, last_attempt_at, attempts, fbtrace_id, events_received, "
+    "test_event_code, reason, problems, attempt_log, order_key, identity, count"
+)
+_INSERT_RECEIPT = (
+    f"INSERT INTO receipts ({RECEIPT_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_BUMP_DUPLICATE = """
+UPDATE receipts SET count = count + 1, last_attempt_at = ?
+WHERE id = (SELECT id FROM receipts WHERE event_id = ? AND pixel_id = ? AND event_name = ?
+            AND outcome = 'duplicate' ORDER BY id DESC LIMIT 1)
+"""
+_SETTLING_ROWS = f"""
+SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
+       test_event_code, payload
+FROM queue WHERE id IN ({_IDS})
+"""
+_HELD = f"SELECT json_group_array(id) FROM queue WHERE id IN ({_IDS}) AND lease_id = ?"
+_UNPIN = f"""
+UPDATE dedup SET queued = 0 WHERE (pixel_id, event_name, event_id) IN (
+    SELECT pixel_id, event_name, event_id FROM queue WHERE id IN ({_IDS}))
+"""
+_DELETE_QUEUED = f"DELETE FROM queue WHERE id IN ({_IDS})"
+_DELETE_LETTERS = f"DELETE FROM dead_letters WHERE id IN ({_IDS})"
+_DELETE_RECEIPTS = f"DELETE FROM receipts WHERE id IN ({_IDS})"
+_RECEIPTS_OF = f"SELECT id, {RECEIPT_COLUMNS} FROM receipts WHERE event_id = ? ORDER BY id"
+_QUEUED_OF = """
+SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
+       test_event_code, state, available_at
+FROM queue WHERE event_id = ? ORDER BY id
+"""
+_LETTERS_OF = """
+SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_event_code,
+       reason, dead_at
+FROM dead_letters WHERE event_id = ? ORDER BY id
+"""
+_EVENT_IDS_OF_ORDER = """
+SELECT event_id FROM receipts WHERE order_key = ? AND (? IS NULL OR pixel_id = ?)
+GROUP BY event_id ORDER BY max(id) DESC LIMIT ?
+"""
+_PRUNE_OLD = """
+DELETE FROM receipts WHERE id IN (
+    SELECT id FROM receipts WHERE recorded_at < ? ORDER BY recorded_at LIMIT ?)
+"""
+_PRUNE_OVER_CAP = """
+DELETE FROM receipts WHERE id IN (
+    SELECT id FROM receipts WHERE id <= (SELECT max(id) FROM receipts) - ? ORDER BY id LIMIT ?)
+"""
+_INSERT_ERASURE = """
+INSERT INTO erasures (requested_at, field, value_sha256, pixel_id, queued, dead_letters, receipts)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def receipt_params(r: Receipt) -> tuple[Any, ...]:
+    return (
+        r.pixel_id,
+        r.event_name,
+        r.event_id,
+        str(r.outcome),
+        r.source,
+        r.recorded_at,
+        r.received_at,
+        r.first_attempt_at,
+        r.last_attempt_at,
+        r.attempts,
+        r.fbtrace_id,
+        r.events_received,
+        r.test_event_code,
+        r.reason,
+        json_or_none(r.problems),
+        json_or_none(r.attempt_log),
+        r.order_key,
+        r.identity,
+        r.count,
+    )
+
+
+def receipt_from_row(row: Sequence[Any]) -> Receipt:
+    (
+        id_,
+        pixel_id,
+        event_name,
+        event_id,
+        outcome,
+        source,
+        recorded_at,
+        received_at,
+        first_at,
+        last_at,
+        attempts,
+        fbtrace_id,
+        events_received,
+        tec,
+        reason,
+        problems,
+        attempt_log,
+        order,
+        identity,
+        count,
+    ) = row
+    return Receipt(
+        id=id_,
+        pixel_id=pixel_id,
+        event_name=event_name,
+        event_id=event_id,
+        outcome=outcome,
+        source=source,
+        recorded_at=recorded_at,
+        received_at=received_at,
+        first_attempt_at=first_at,
+        last_attempt_at=last_at,
+        attempts=attempts,
+        fbtrace_id=fbtrace_id,
+        events_received=events_received,
+        test_event_code=tec,
+        reason=reason,
+        problems=decode_list(problems),
+        attempt_log=decode_list(attempt_log),
+        order_key=order,
+        identity=identity,
+        count=count,
+    )
+
+
+def _held(conn: sqlite3.Connection, id_list: bytes, lease_id: str | None) -> bytes | str:
+    if lease_id is None:
+        return id_list
+    number = int(lease_id) if lease_id.isdigit() else -1
+    held: str = conn.execute(_HELD, (id_list, number)).fetchone()[0]
+    return held
+
+
+def write_receipts(conn: sqlite3.Connection, receipts: Sequence[Receipt]) -> None:
+    """Insert receipts; a duplicate whose key already has a duplicate receipt bumps it."""
+    fresh: list[Receipt] = []
+    for r in receipts:
+        if r.outcome == Outcome.DUPLICATE:
+            params = (r.recorded_at, r.event_id, r.pixel_id, r.event_name)
+            if conn.execute(_BUMP_DUPLICATE, params).rowcount:
+                continue
+        fresh.append(r)
+    if fresh:
+        conn.executemany(_INSERT_RECEIPT, [receipt_params(r) for r in fresh])
+
+
+def insert_dead_letter_receipts(
+    conn: sqlite3.Connection,
+    id_list: bytes | str,
+    reason: str,
+    attempt_json: str | None,
+    now: float,
+) -> None:
+    """Receipts for the queue rows about to move to the dead-letter store (same transaction)."""
+    attempt = orjson.loads(attempt_json) if attempt_json else None
+    receipts = [
+        dead_letter_from_row(row, reason, attempt, now)
+        for row in conn.execute(_SETTLING_ROWS, (id_list,)).fetchall()
+    ]
+    write_receipts(conn, receipts)
+
+
+def _ids_json(ids: Sequence[int]) -> bytes:
+    return orjson.dumps([int(i) for i in ids])
+
+
+class SQLiteReceipts:
+    """Receipt methods of the SQLite outbox (see the module docstring)."""
+
+    _write: Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
+    _read: Callable[[Callable[[sqlite3.Connection], Any]], Awaitable[Any]]
+
+    async def ack_delivered(
+        self,
+        ids: Sequence[int],
+        *,
+        now: float,
+        lease_id: str | None = None,
+        answer: MetaAnswer | None = None,
+    ) -> None:
+        if not ids:
+            return
+        requested = _ids_json(ids)
+
+        def run(conn: sqlite3.Connection) -> None:
+            id_list = _held(conn, requested, lease_id)
+            receipts = [
+                delivered_from_row(row, answer, now)
+                for row in conn.execute(_SETTLING_ROWS, (id_list,)).fetchall()
+            ]
+            write_receipts(conn, receipts)
+            conn.execute(_UNPIN, (id_list,))
+            conn.execute(_DELETE_QUEUED, (id_list,))
+
+        await self._write(run)
+
+    async def record_receipts(self, receipts: Sequence[Receipt]) -> None:
+        if receipts:
+            batch = tuple(receipts)
+            await self._write(lambda c: write_receipts(c, batch))
+
+    async def trace(self, event_id: str, *, pixel_id: str | None = None) -> TraceRecord:
+        def run(conn: sqlite3.Connection) -> TraceRecord:
+            receipts = [receipt_from_row(r) for r in conn.execute(_RECEIPTS_OF, (event_id,))]
+            pending = [
+                TracedEvent(
+                    "queue",
+                    p,
+                    n,
+                    e,
+                    src,
+                    qa,
+                    att,
+                    decode_list(log),
+                    tec,
+                    next_attempt_at=available_at if state == 1 else None,
+                )
+                for p, n, e, src, qa, att, log, tec, state, available_at in conn.execute(
+                    _QUEUED_OF, (event_id,)
+                )
+            ]
+            for p, n, e, src, qa, log, tec, reason, dead_at in conn.execute(
+                _LETTERS_OF, (event_id,)
+            ):
+                attempts = decode_list(log)
+                pending.append(
+                    TracedEvent(
+                        "dead_letters",
+                        p,
+                        n,
+                        e,
+                        src,
+                        qa,
+                        len(attempts),
+                        attempts,
+                        tec,
+                        reason=reason,
+                        dead_at=dead_at,
+                    )
+                )
+            if pixel_id is not None:
+                receipts = [r for r in receipts if r.pixel_id == pixel_id]
+                pending = [t for t in pending if t.pixel_id == pixel_id]
+            return TraceRecord(event_id, receipts, pending)
+
+        result: TraceRecord = await self._read(run)
+        return result
+
+    async def event_ids_for_order(
+        self, order_id: str, *, pixel_id: str | None = None, limit: int = 20
+    ) -> list[str]:
+        key = order_key(order_id)
+        if key is None:
+            return []
+        params = (key, pixel_id, pixel_id, limit)
+        rows = await self._read(lambda c: c.execute(_EVENT_IDS_OF_ORDER, params).fetchall())
+        return [row[0] for row in rows]
+
+    async def prune_receipts(
+        self, *, now: float, retention_seconds: float, cap: int, chunk: int = PRUNE_CHUNK
+    ) -> int:
+        """Delete receipts older than the retention, then the oldest beyond ``cap``;
+        a chunk per transaction so pruning never holds the writer for long."""
+        removed = 0
+        cutoff = now - retention_seconds
+        steps: tuple[tuple[str, float], ...] = ((_PRUNE_OLD, cutoff), (_PRUNE_OVER_CAP, cap))
+        for sql, first in steps:
+            params = (first, chunk)
+            while True:
+
+                def run(conn: sqlite3.Connection, sql: str = sql, params: Any = params) -> int:
+                    return int(conn.execute(sql, params).rowcount)
+
+                count: int = await self._write(run)
+                removed += count
+                if count < chunk:
+                    break
+        return removed
+
+    async def receipt_count(self) -> int:
+        count: int = await self._read(
+            lambda c: c.execute("SELECT count(*) FROM receipts").fetchone()[0]
+        )
+        return count
+
+    async def erase(
+        self,
+        hashes: Mapping[str, set[str]],
+        *,
+        pixel_id: str | None,
+        now: float,
+        audit: Sequence[tuple[str, str]],
+    ) -> ErasureResult:
+        """Remove every queued and dead-lettered event and every receipt carrying one of
+        ``hashes`` (wire key -> full SHA-256 digests), of one pixel or all; record the
+        request (``audit``: (field, value digest) pairs) in the same transaction."""
+        needles = sorted({h for values in hashes.values() for h in values})
+        short = sorted({f"{name}:{short_key(h)}" for name, vs in hashes.items() for h in vs})
+
+        def candidates(conn: sqlite3.Connection, table: str) -> list[int]:
+            found: set[int] = set()
+            for needle in needles:
+                sql = f"SELECT id, pixel_id, payload FROM {table} WHERE instr(payload, ?) > 0"
+                for id_, pixel, payload in conn.execute(sql, (needle.encode(),)):
+                    if (pixel_id is None or pixel == pixel_id) and carries(bytes(payload), hashes):
+                        found.add(id_)
+            return sorted(found)
+
+        def receipt_ids(conn: sqlite3.Connection) -> list[int]:
+            found: set[int] = set()
+            for key in short:
+                sql = "SELECT id, pixel_id, identity FROM receipts WHERE instr(identity, ?) > 0"
+                for id_, pixel, identity in conn.execute(sql, (key,)):
+                    if (pixel_id is None or pixel == pixel_id) and key in identity.split(" "):
+                        found.add(id_)
+            return sorted(found)
+
+        def scan(conn: sqlite3.Connection) -> tuple[list[int], list[int], list[int]]:
+            return candidates(conn, "queue"), candidates(conn, "dead_letters"), receipt_ids(conn)
+
+        queued, letters, receipts = await self._read(scan)
+
+        def run(conn: sqlite3.Connection) -> ErasureResult:
+            q, d, r = _ids_json(queued), _ids_json(letters), _ids_json(receipts)
+            conn.execute(_UNPIN, (q,))
+            result = ErasureResult(
+                queued=conn.execute(_DELETE_QUEUED, (q,)).rowcount,
+                dead_letters=conn.execute(_DELETE_LETTERS, (d,)).rowcount,
+                receipts=conn.execute(_DELETE_RECEIPTS, (r,)).rowcount,
+            )
+            conn.executemany(
+                _INSERT_ERASURE,
+                [
+                    (
+                        now,
+                        name,
+                        digest,
+                        pixel_id,
+                        result.queued,
+                        result.dead_letters,
+                        result.receipts,
+                    )
+                    for name, digest in audit
+                ],
+            )
+            return result
+
+        erased: ErasureResult = await self._write(run)
+        return erased
+
+    async def erasure_log(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT requested_at, field, value_sha256, pixel_id, queued, dead_letters, receipts "
+            "FROM erasures ORDER BY id DESC LIMIT ?"
+        )
+        rows = await self._read(lambda c: c.execute(sql, (limit,)).fetchall())
+        keys = (
+            "requested_at",
+            "field",
+            "value_sha256",
+            "pixel_id",
+            "queued",
+            "dead_letters",
+            "receipts",
+        )
+        return [dict(zip(keys, row, strict=True)) for row in rows]

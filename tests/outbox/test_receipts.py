@@ -1,0 +1,156 @@
+"""Receipts in the outbox, on both backends: written with the ack or dead-letter move they
+record, hash-only, found by event id and order id, pruned by retention and cap, erased."""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+from outbox_data import T0, WEEK
+
+from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, Outbox
+from capirelay.outbox.receipts import MetaAnswer, Outcome, Receipt, duplicate_receipt
+
+LEASE = 30.0
+EMAIL_HASH = hashlib.sha256(b"jane@example.com").hexdigest()
+OTHER_HASH = hashlib.sha256(b"someone@example.com").hexdigest()
+
+
+def event(event_id: str, *, em: str = EMAIL_HASH, order_id: str | None = None) -> NewEvent:
+    payload = {
+        "event_name": "Purchase",
+        "event_id": event_id,
+        "event_time": int(T0),
+        "user_data": {"em": [em]},
+        "custom_data": {"order_id": order_id} if order_id else {},
+    }
+    return NewEvent(
+        "111", "Purchase", event_id, orjson.dumps(payload), int(T0), T0 + WEEK, source="backend"
+    )
+
+
+async def lease_all(outbox: Outbox, now: float = T0) -> list[int]:
+    return [e.id for e in await outbox.lease("111", limit=100, lease_seconds=LEASE, now=now)]
+
+
+async def test_a_delivery_after_a_failure_keeps_both_answers(outbox: Outbox) -> None:
+    await outbox.enqueue([event("e1", order_id="A-1001")], now=T0)
+    ids = await lease_all(outbox)
+    failure = Attempt(at=T0 + 1, status=500, code=2, message="unavailable", fbtrace_id="Ffail")
+    await outbox.reschedule(ids, next_attempt_at=T0 + 10, attempt=failure)
+    ids = await lease_all(outbox, T0 + 10)
+    answer = MetaAnswer(fbtrace_id="Fok", events_received=1, sent_at=T0 + 11)
+    await outbox.ack_delivered(ids, now=T0 + 12, answer=answer)
+
+    record = await outbox.trace("e1")
+    [receipt] = record.receipts
+    assert record.delivered and not record.pending
+    assert receipt.outcome == Outcome.DELIVERED and receipt.source == "backend"
+    assert (receipt.received_at, receipt.first_attempt_at, receipt.last_attempt_at) == (
+        T0,
+        T0 + 1,
+        T0 + 11,
+    )
+    assert receipt.attempts == 2 and receipt.fbtrace_id == "Fok" and receipt.events_received == 1
+    assert [a["fbtrace_id"] for a in receipt.attempt_log] == ["Ffail"]
+    assert receipt.identity == f"em:{EMAIL_HASH[:16]}"
+    assert await outbox.event_ids_for_order("A-1001") == ["e1"]
+    assert await outbox.event_ids_for_order("A-1002") == []
+    # Delivered means gone from the queue, and its dedup key still answers duplicate.
+    assert await lease_all(outbox, T0 + 100) == []
+    assert [str(s) for s in await outbox.enqueue([event("e1")], now=T0 + 20)] == ["duplicate"]
+
+
+async def test_a_lease_taken_over_writes_no_receipt(outbox: Outbox) -> None:
+    await outbox.enqueue([event("e2")], now=T0)
+    [first] = await outbox.lease("111", limit=10, lease_seconds=LEASE, now=T0)
+    await outbox.lease("111", limit=10, lease_seconds=LEASE, now=T0 + LEASE + 1)
+
+    await outbox.ack_delivered([first.id], now=T0 + 40, lease_id=first.lease_id)
+
+    assert (await outbox.trace("e2")).receipts == []
+    assert [p.where for p in (await outbox.trace("e2")).pending] == ["queue"]
+
+
+async def test_dead_letters_are_receipted_with_the_refusal(outbox: Outbox) -> None:
+    await outbox.enqueue([event("e3")], now=T0)
+    ids = await lease_all(outbox)
+    refusal = Attempt(
+        at=T0 + 2, status=400, code=100, subcode=2804050, message="bad", fbtrace_id="Fbad"
+    )
+    await outbox.dead_letter(ids, reason=DeadLetterReason.INVALID, attempt=refusal, now=T0 + 3)
+
+    record = await outbox.trace("e3")
+    [receipt] = record.receipts
+    assert receipt.outcome == Outcome.DEAD_LETTERED and receipt.reason == "invalid"
+    assert receipt.problems == [{"code": 100, "subcode": 2804050, "message": "bad"}]
+    assert receipt.attempts == 1 and receipt.fbtrace_id == "Fbad"
+    assert [p.where for p in record.pending] == ["dead_letters"]
+    assert (await outbox.trace("e3", pixel_id="222")).known is False
+
+
+async def test_duplicates_bump_one_receipt(outbox: Outbox) -> None:
+    new = event("e4")
+    receipts = [
+        duplicate_receipt(
+            pixel_id="111",
+            event_name="Purchase",
+            event_id="e4",
+            source="api",
+            payload=new.payload,
+            test_event_code=None,
+            now=T0 + n,
+        )
+        for n in range(3)
+    ]
+    await outbox.record_receipts(receipts[:1])
+    await outbox.record_receipts(receipts[1:])
+
+    [receipt] = (await outbox.trace("e4")).receipts
+    assert receipt.count == 3 and receipt.last_attempt_at == T0 + 2
+
+
+def receipt(event_id: str, at: float) -> Receipt:
+    return Receipt("111", "Purchase", event_id, Outcome.DROPPED, "collect", at, at, reason="bot")
+
+
+async def test_pruning_keeps_the_retention_and_the_cap(outbox: Outbox) -> None:
+    await outbox.record_receipts([receipt(f"old{i}", T0 - 40 * 86400) for i in range(5)])
+    await outbox.record_receipts([receipt(f"new{i}", T0 + i) for i in range(12)])
+
+    removed = await outbox.prune_receipts(
+        now=T0 + 20, retention_seconds=30 * 86400, cap=10, chunk=3
+    )
+
+    assert removed == 7
+    assert not (await outbox.trace("old0")).known
+    assert not (await outbox.trace("new1")).known  # beyond the cap: the oldest go
+    assert (await outbox.trace("new2")).known and (await outbox.trace("new11")).known
+
+
+async def test_erase_removes_every_trace_of_one_person(outbox: Outbox) -> None:
+    await outbox.enqueue(
+        [event("q1"), event("q2", em=OTHER_HASH), event("d1"), event("r1")], now=T0
+    )
+    leased = {
+        e.event_id: e.id for e in await outbox.lease("111", limit=10, lease_seconds=LEASE, now=T0)
+    }
+    await outbox.dead_letter(
+        [leased["d1"]], reason=DeadLetterReason.EXPIRED, attempt=None, now=T0 + 1
+    )
+    await outbox.ack_delivered([leased["r1"]], now=T0 + 1, answer=MetaAnswer("F", 1))
+    await outbox.release([leased["q1"], leased["q2"]])
+
+    result = await outbox.erase(
+        {"em": {EMAIL_HASH}}, pixel_id=None, now=T0 + 5, audit=[("em", EMAIL_HASH)]
+    )
+
+    # q1 queued; d1 in the DLQ plus its receipt; r1's receipt.
+    assert (result.queued, result.dead_letters, result.receipts) == (1, 1, 2)
+    assert not (await outbox.trace("q1")).known
+    assert not (await outbox.trace("d1")).known and not (await outbox.trace("r1")).known
+    assert [p.where for p in (await outbox.trace("q2")).pending] == ["queue"]
+    audit = await outbox.erasure_log()
+    assert audit[0]["value_sha256"] == EMAIL_HASH and audit[0]["queued"] == 1
+    again = await outbox.erase({"em": {EMAIL_HASH}}, pixel_id=None, now=T0 + 6, audit=[])
+    assert again.total == 0

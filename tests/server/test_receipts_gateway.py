@@ -1,0 +1,211 @@
+"""Receipts end to end, on both backends: an event's story after it reached a final state, from
+``GET /v1/events/{event_id}``, ``capirelay trace`` and the dashboard's search box."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from capirelay.cli import app as cli_app
+from capirelay.config import Settings
+from capirelay.emulator.testing import RunningEmulator
+
+from .conftest import INGEST_KEY, LIMITED_KEY, PIXEL_ID, gateway_settings, wait_for
+
+RAW_EMAIL = "Receipt.Person@Example.com"
+ADMIN_TOKEN = "dashboard-admin-token-for-receipts"
+
+
+@pytest.fixture(scope="module")
+def settings(
+    db_path: Path,
+    storage_url: str,
+    emulator: RunningEmulator,
+    secrets_in_env: pytest.MonkeyPatch,
+) -> Settings:
+    secrets_in_env.chdir(db_path.parent)
+    secrets_in_env.setenv("CAPIRELAY_TEST_RECEIPTS_ADMIN", ADMIN_TOKEN)
+    return gateway_settings(
+        storage_url,
+        emulator.url,
+        dashboard={"admin_token": {"env": "CAPIRELAY_TEST_RECEIPTS_ADMIN"}},
+    )
+
+
+@pytest.fixture
+def fresh_emulator(emulator: RunningEmulator) -> Iterator[RunningEmulator]:
+    yield emulator
+    httpx.delete(f"{emulator.url}/_emulator/faults").raise_for_status()
+
+
+def event(event_id: str, **custom: Any) -> dict[str, Any]:
+    return {
+        "event_name": "Purchase",
+        "event_time": int(time.time()) - 60,
+        "event_id": event_id,
+        "action_source": "website",
+        "event_source_url": "https://shop.example/thanks",
+        "user_data": {
+            "email": RAW_EMAIL,
+            "client_ip_address": "8.8.4.4",
+            "client_user_agent": "Mozilla/5.0 (test)",
+        },
+        "custom_data": {"value": 12.5, "currency": "EUR", **custom},
+    }
+
+
+def trace(client: httpx.Client, event_id: str, key: str = INGEST_KEY) -> httpx.Response:
+    return client.get(
+        f"/v1/events/{event_id}",
+        params={"pixel_id": PIXEL_ID},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+
+
+def wait_status(client: httpx.Client, event_id: str, status: str) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        response = trace(client, event_id)
+        body = response.json() if response.status_code == 200 else None
+        return body if body and body["status"] == status else None
+
+    found: dict[str, Any] = wait_for(reached)
+    return found
+
+
+def test_a_delivered_event_has_a_receipt_with_metas_answer(
+    client: httpx.Client, uid: str, storage_url: str
+) -> None:
+    event_id = f"{uid}order-1001"
+    response = client.post(
+        "/v1/events", json={"pixel_id": PIXEL_ID, "data": [event(event_id, order_id="1001")]}
+    )
+    assert response.status_code == 202
+
+    body = wait_status(client, event_id, "delivered")
+    [receipt] = body["receipts"]
+    assert receipt["outcome"] == "delivered" and receipt["source"] == "backend"
+    assert receipt["fbtrace_id"] and receipt["events_received"] >= 1
+    assert receipt["attempts"] == 1
+    assert receipt["received_at"] <= receipt["last_attempt_at"]
+    steps = [step["what"] for step in body["story"]]
+    assert steps == ["received", "delivered"]
+    assert body["story"][-1]["fbtrace_id"] == receipt["fbtrace_id"]
+    assert "receipt.person" not in response.text.lower() + str(body).lower()
+
+    # The CLI tells the same story from the same storage, while the gateway runs on it.
+    result = CliRunner().invoke(cli_app, ["trace", event_id, "--storage", storage_url, "--json"])
+    assert result.exit_code == 0, result.output
+    cli_body = orjson.loads(result.output)
+    assert cli_body["status"] == "delivered"
+    assert cli_body["receipts"][0]["fbtrace_id"] == receipt["fbtrace_id"]
+    table = CliRunner().invoke(cli_app, ["trace", event_id, "--storage", storage_url])
+    assert table.exit_code == 0 and "delivered" in table.output
+
+    by_order = CliRunner().invoke(
+        cli_app, ["trace", "1001", "--order", "--storage", storage_url, "--json"]
+    )
+    assert by_order.exit_code == 0, by_order.output
+    assert event_id in [item["event_id"] for item in orjson.loads(by_order.output)]
+
+
+def test_unknown_events_exit_1_and_answer_404(
+    client: httpx.Client, uid: str, storage_url: str
+) -> None:
+    result = CliRunner().invoke(cli_app, ["trace", f"{uid}never", "--storage", storage_url])
+    assert result.exit_code == 1
+    assert "No event with event_id" in result.output
+    response = trace(client, f"{uid}never")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_event"
+
+
+def test_duplicates_are_receipted_once_per_key(client: httpx.Client, uid: str) -> None:
+    event_id = f"{uid}dup"
+    for _ in range(3):
+        client.post("/v1/events", json={"pixel_id": PIXEL_ID, "data": [event(event_id)]})
+
+    body = wait_status(client, event_id, "delivered")
+    duplicates = [r for r in body["receipts"] if r["outcome"] == "duplicate"]
+    assert len(duplicates) == 1 and duplicates[0]["count"] == 2
+    assert "duplicate" in [step["what"] for step in body["story"]]
+
+
+def test_a_dead_lettered_event_shows_metas_refusal(
+    client: httpx.Client, fresh_emulator: RunningEmulator, uid: str, storage_url: str
+) -> None:
+    bad = f"{uid}refused"
+    httpx.post(
+        f"{fresh_emulator.url}/_emulator/faults",
+        json={"faults": [{"kind": "invalid_event", "event_id": bad, "subcode": 2804050}]},
+    ).raise_for_status()
+    client.post("/v1/events", json={"pixel_id": PIXEL_ID, "data": [event(bad)]})
+
+    body = wait_status(client, bad, "dead_lettered")
+    [receipt] = [r for r in body["receipts"] if r["outcome"] == "dead_lettered"]
+    assert receipt["reason"] == "invalid"
+    assert receipt["problems"][0]["code"] == 100
+    assert receipt["problems"][0]["subcode"] == 2804050
+    assert body["pending"][0]["where"] == "dead_letters"
+    result = CliRunner().invoke(cli_app, ["trace", bad, "--storage", storage_url])
+    assert result.exit_code == 1 and "dead_lettered" in result.output
+
+
+def test_dropped_beacons_are_receipted_without_identifiers(
+    gateway_url: str, client: httpx.Client, uid: str
+) -> None:
+    event_id = f"{uid}no-consent"
+    with httpx.Client(base_url=gateway_url) as http:
+        response = http.post(
+            "/v1/collect",
+            json={
+                "pixel_id": PIXEL_ID,
+                "event_name": "PageView",
+                "event_id": event_id,
+                "consent": False,
+                "user_data": {"email": RAW_EMAIL},
+            },
+            headers={"User-Agent": "Mozilla/5.0 (test)", "Origin": "https://shop.example"},
+        )
+    assert response.json()["status"] == "dropped"
+
+    body = wait_status(client, event_id, "dropped")
+    [receipt] = body["receipts"]
+    assert receipt["source"] == "collect" and receipt["reason"] == response.json()["reason"]
+
+
+def test_keys_read_only_their_pixels_and_requests_are_checked(
+    client: httpx.Client, uid: str
+) -> None:
+    assert trace(client, f"{uid}x", key=LIMITED_KEY).status_code == 403
+    assert trace(client, f"{uid}x", key="wrong-key").status_code == 401
+    missing = client.get(f"/v1/events/{uid}x")
+    assert missing.status_code == 422 and "pixel_id" in missing.json()["error"]["message"]
+
+
+def test_the_dashboard_search_box_finds_events_and_orders(
+    client: httpx.Client, gateway_url: str, uid: str
+) -> None:
+    event_id = f"{uid}dash"
+    client.post(
+        "/v1/events", json={"pixel_id": PIXEL_ID, "data": [event(event_id, order_id=f"{uid}A7")]}
+    )
+    delivered = wait_status(client, event_id, "delivered")
+    fbtrace = delivered["receipts"][0]["fbtrace_id"]
+
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=gateway_url, headers=auth) as http:
+        page = http.get("/ui/search", params={"q": event_id})
+        by_order = http.get("/ui/search", params={"q": f"{uid}A7"})
+        nothing = http.get("/ui/search", params={"q": f"{uid}none"})
+        home = http.get("/ui/")
+    assert page.status_code == 200
+    assert 'data-status="delivered"' in page.text and fbtrace in page.text
+    assert f'data-event-id="{event_id}"' in by_order.text and "found by order id" in by_order.text
+    assert 'id="search-none"' in nothing.text
+    assert 'action="/ui/search"' in home.text
