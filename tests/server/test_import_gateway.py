@@ -145,7 +145,7 @@ def test_an_import_is_delivered_once_and_rerunning_queues_nothing(
     traced = CliRunner().invoke(
         cli_app, ["trace", f"{uid}store-0", "--order", "--config", str(config_file), "--json"]
     )
-    [story] = orjson.loads(traced.output)
+    [story] = orjson.loads(traced.stdout)
     assert story["status"] == "delivered"
     assert {r["source"] for r in story["receipts"]} == {"import"}
 

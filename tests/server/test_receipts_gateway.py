@@ -102,7 +102,7 @@ def test_a_delivered_event_has_a_receipt_with_metas_answer(
     # The CLI tells the same story from the same storage, while the gateway runs on it.
     result = CliRunner().invoke(cli_app, ["trace", event_id, "--storage", storage_url, "--json"])
     assert result.exit_code == 0, result.output
-    cli_body = orjson.loads(result.output)
+    cli_body = orjson.loads(result.stdout)
     assert cli_body["status"] == "delivered"
     assert cli_body["receipts"][0]["fbtrace_id"] == receipt["fbtrace_id"]
     table = CliRunner().invoke(cli_app, ["trace", event_id, "--storage", storage_url])
@@ -112,7 +112,7 @@ def test_a_delivered_event_has_a_receipt_with_metas_answer(
         cli_app, ["trace", "1001", "--order", "--storage", storage_url, "--json"]
     )
     assert by_order.exit_code == 0, by_order.output
-    assert event_id in [item["event_id"] for item in orjson.loads(by_order.output)]
+    assert event_id in [item["event_id"] for item in orjson.loads(by_order.stdout)]
 
 
 def test_unknown_events_exit_1_and_answer_404(

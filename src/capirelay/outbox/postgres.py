@@ -411,7 +411,8 @@ class PostgresOutbox(PostgresReceipts, Outbox):
 
         async def work(conn: AsyncConnection[Any]) -> None:
             # Receipts first: that locks the rows, so the move takes exactly those.
-            attempt_dict = attempt.to_dict() if attempt else None
+            # Meta's message may hold U+0000, which neither text nor jsonb can store.
+            attempt_dict = orjson.loads(_jsonb_text(attempt.to_dict())) if attempt else None
             await insert_dead_letter_receipts(
                 conn, _ids(ids), lease_id, str(reason), attempt_dict, now
             )
