@@ -255,7 +255,9 @@ ERROR_CASES = [
     ErrorCase("auth-190-revoked", RetryClass.AUTH, (400, 190, 463), _revoke),
     ErrorCase("invalid-2804xxx", RetryClass.INVALID, (400, 100, 2804003),
               send={"events": [make_event(1), _old_event()]}),
-    ErrorCase("invalid-over-1000", RetryClass.INVALID, (400, 100, None),
+    # Code 100 without an event-data subcode names no event: not evidence against the
+    # events, so the pixel is held (docs/reliability.md, Graph error classes).
+    ErrorCase("unknown-over-1000", RetryClass.UNKNOWN, (400, 100, None),
               send={"raw_count": 1001}),
     ErrorCase("config-2635", RetryClass.CONFIG, (400, 2635, None),
               client={"api_version": "v15.0"}),

@@ -26,6 +26,7 @@ PUBLIC = {
     ("POST", "/v1/collect"),
     ("OPTIONS", "/v1/collect"),
     ("GET", "/capirelay.js"),
+    ("GET", "/favicon.ico"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
@@ -52,6 +53,7 @@ def _concrete(path: str) -> str:
         path.replace("{dlq_id:int}", "1")
         .replace("{name}", "shop")
         .replace("{path:path}", "dashboard.css")
+        .replace("{event_id:path}", "order-1001")
     )
 
 
@@ -79,7 +81,11 @@ def guarded_routes(settings: Settings) -> list[tuple[str, str]]:
 
 def test_every_route_is_classified(settings: Settings) -> None:
     guarded = guarded_routes(settings)
-    known = {("POST", "/v1/events"), ("POST", "/v1/webhooks/shop")}
+    known = {
+        ("POST", "/v1/events"),
+        ("GET", "/v1/events/order-1001"),  # an event's story, for ingest keys
+        ("POST", "/v1/webhooks/shop"),
+    }
     unexpected = [r for r in guarded if r not in known and not r[1].startswith("/ui/")]
     assert not unexpected, f"routes with no credential test: {unexpected}"
     assert ("POST", "/v1/events") in guarded
