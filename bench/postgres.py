@@ -241,11 +241,13 @@ async def statement_costs(
             )
         batches.append(batch)
     cpu = BackendCpu(admin_url, app_name).start()
+    wal_start = _wal_lsn(admin_url)
     try:
         started = time.perf_counter()
         for batch in batches:
             await outbox.enqueue(batch, now=now)
         enqueue_s = time.perf_counter() - started
+        backlog_bytes = _relation_bytes(admin_url, "capirelay_queue")
         lease_s = ack_s = 0.0
         leased_total = 0
         while True:
@@ -262,9 +264,17 @@ async def statement_costs(
             ack_s += time.perf_counter() - t1
             leased_total += len(leased)
         cpu_s = cpu.stop()
+        wal_bytes = _wal_bytes_since(admin_url, wal_start)
     finally:
         await outbox.close()
     n = len(batches) * PER_REQUEST
+    STORAGE.update(
+        backlog=backlog_bytes / n,
+        dedup=_relation_bytes(admin_url, "capirelay_dedup") / n,
+        ledger=_relation_bytes(admin_url, "capirelay_order_ledger") / n,
+        receipts=_relation_bytes(admin_url, "capirelay_receipts") / n,
+        wal=wal_bytes / n,
+    )
     if leased_total != n:
         raise RuntimeError(f"delivered {leased_total} of {n} events")
     wall = enqueue_s / n + (lease_s + ack_s) / leased_total
@@ -276,6 +286,30 @@ async def statement_costs(
         ["database backend CPU per delivered event", f"{cpu_s / n * 1e6:.1f}", ""],
     ]
     return rows, cpu_s / n, wall
+
+
+# Bytes per event of the last statement_costs run (table + indexes + TOAST, and WAL).
+STORAGE: dict[str, float] = {}
+
+
+def _relation_bytes(url: str, table: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_total_relation_size(%s::regclass)", (table,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _wal_lsn(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    return str(row[0]) if row else "0/0"
+
+
+def _wal_bytes_since(url: str, start: str) -> int:
+    # WAL written by the whole server meanwhile (other databases' work counts too).
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (start,))
+        value = row.fetchone()
+    return int(value[0]) if value else 0
 
 
 def _with_app(url: str, app_name: str) -> str:
@@ -432,12 +466,18 @@ def main() -> None:
             reset_schema(pg_url)
             asyncio.run(migrate_url(pg_url))
             cost_rows, cpu, wall = asyncio.run(statement_costs(url, cost_events, admin_url=pg_url))
-            durable = durable or (cpu, wall)
             print_table(
                 f"PostgreSQL outbox statements, one client ({title})",
                 ["statement", "µs per event", "rate"],
                 cost_rows,
             )
+            if durable is None:
+                durable = (cpu, wall)
+                print_table(
+                    "PostgreSQL bytes per event (durable run; WAL: the whole server's)",
+                    ["what", "bytes per event"],
+                    [[k, f"{v:,.0f}"] for k, v in STORAGE.items()],
+                )
         assert durable is not None
         runs = max(5, args.runs)
         one, two = replica_scaling(

@@ -145,7 +145,7 @@ TABLES: Final[tuple[TableCopy, ...]] = (
             "queued",
             "dead_letters",
             "receipts",
-        ),  # fmt: skip
+        ),
         identity="id",
     ),
     TableCopy(
