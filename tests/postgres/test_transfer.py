@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 from capirelay.cli import app
 from capirelay.meta_store import CheckResult, DeliveredHour, meta_store_for
 from capirelay.orders import order_key
-from capirelay.outbox import Attempt, DeadLetterReason, NewEvent
+from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, StorageUnavailable
 from capirelay.outbox.postgres import PostgresOutbox
 from capirelay.outbox.receipts import MetaAnswer, Outcome, duplicate_receipt
 from capirelay.outbox.sqlite import SQLiteOutbox
-from capirelay.outbox.transfer import NOT_COPIED, TABLES
+from capirelay.outbox.transfer import NOT_COPIED, TABLES, transfer
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
 T0 = 1_800_000_000.0
@@ -226,3 +226,16 @@ def test_wrong_urls_name_the_option(tmp_path: Path, postgres_url: str) -> None:
         app, ["migrate", "--from", f"sqlite:///{tmp_path}/x.db", "--to", "mysql://h/db"]
     )
     assert not_pg.exit_code == 2 and "--to must be a PostgreSQL URL" in not_pg.output
+
+
+def test_a_running_gateway_holding_the_file_is_named(sqlite_file: Path, postgres_url: str) -> None:
+    holder = sqlite3.connect(sqlite_file, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # what a gateway's writer holds while it commits
+    try:
+        with pytest.raises(StorageUnavailable, match="stop the gateway"):
+            transfer(str(sqlite_file), postgres_url, busy_timeout=0.05)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM capirelay_queue").fetchone() == (0,)

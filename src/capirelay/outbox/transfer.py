@@ -222,7 +222,7 @@ class TransferReport:
         return sum(t.copied for t in self.tables)
 
 
-def _open_source(path: str) -> tuple[sqlite3.Connection, int, int]:
+def _open_source(path: str, busy_timeout: float) -> tuple[sqlite3.Connection, int, int]:
     from capirelay.outbox.sqlite import migrate as sqlite_migrate
 
     try:
@@ -233,7 +233,7 @@ def _open_source(path: str) -> tuple[sqlite3.Connection, int, int]:
             f"--from: cannot read the SQLite file {path!r} ({exc.strerror}); "
             "pass the gateway's storage URL, e.g. sqlite:///./capirelay.db"
         ) from None
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
     try:
         before = conn.execute("PRAGMA user_version").fetchone()[0]
         if before == 0:
@@ -329,16 +329,19 @@ def _copy_table(
     return source_rows, inserted, released
 
 
-def transfer(sqlite_path: str, postgres_conninfo: str, *, merge: bool = False) -> TransferReport:
+def transfer(
+    sqlite_path: str, postgres_conninfo: str, *, merge: bool = False, busy_timeout: float = 30.0
+) -> TransferReport:
     """Copy every persistent table of the SQLite outbox at ``sqlite_path`` into PostgreSQL.
 
     Raises :class:`TargetNotEmpty` when the target holds rows and ``merge`` is false,
     :class:`StorageUnavailable` for an unreadable source or unreachable target, and
     ``RuntimeError`` when the counts after the copy disagree (nothing is committed then).
+    ``busy_timeout``: how long to wait for another process's write lock on the SQLite file.
     """
     from capirelay.outbox.migrate import migrate_url
 
-    source, version_before, version = _open_source(sqlite_path)
+    source, version_before, version = _open_source(sqlite_path, busy_timeout)
     try:
         applied = asyncio.run(migrate_url(postgres_conninfo))
         try:
@@ -349,15 +352,28 @@ def transfer(sqlite_path: str, postgres_conninfo: str, *, merge: bool = False) -
             ) from None
         with target:
             # A write transaction on the source: nothing changes it while the copy runs.
-            source.execute("BEGIN IMMEDIATE")
+            try:
+                source.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                raise StorageUnavailable(
+                    "--from: the SQLite file stays locked by another process; stop the "
+                    "gateway (and anything else using the file), then run this again"
+                ) from None
             try:
                 report = _copy_all(source, target, merge=merge)
+                target.commit()
+            except psycopg.Error as exc:
+                target.rollback()
+                sqlstate = f", SQLSTATE {exc.sqlstate}" if exc.sqlstate else ""
+                raise StorageUnavailable(
+                    f"--to: PostgreSQL refused the copy ({type(exc).__name__}{sqlstate}); "
+                    "nothing was committed"
+                ) from None
             except BaseException:
                 target.rollback()
                 raise
             finally:
                 source.execute("ROLLBACK")
-            target.commit()
     finally:
         source.close()
     released, results = report
