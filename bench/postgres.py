@@ -16,9 +16,16 @@ Phases, per scenario
    or SQLite synchronous=FULL) before its 202.
 2. drain: the replicas restart with the token and deliver the backlog to the
    emulator; events/s from restart to the last accepted event.
-3. (PostgreSQL only) per-event database cost of the outbox statements, timed
-   from one client on an idle server: enqueue (100-event requests), lease +
-   ack (500-event batches).
+3. (PostgreSQL only) per-event database cost of the outbox statements from one
+   client: enqueue of order events (100-event requests: ledger + dedup + queue),
+   lease + ack with receipts (500-event batches); client wall time per statement
+   and the CPU time of the database backend serving it (/proc, see _pgcpu.py).
+4. replica scaling: a backlog filled through one token-less replica, drained by
+   1 or 2 replicas, alternating, at least 5 runs each; the medians.
+
+The last two lines are meant to be compared from run to run:
+    database CPU per delivered event: N us (client wall N us)
+    replica scaling, median of K alternating runs: 1 replica N ev/s, 2 replicas N ev/s
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import argparse
 import asyncio
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,6 +62,7 @@ from _common import (
 )
 from _common import events_requests as _events_requests
 from _loadgen import LoadResult, run_load
+from _pgcpu import BackendCpu
 
 PER_REQUEST = 100
 CONNECTIONS = 16
@@ -101,7 +110,7 @@ poll_seconds = 0.2
 class Replica:
     """``capirelay serve`` as a subprocess, storage from ``CAPIRELAY_STORAGE``."""
 
-    def __init__(self, config: Path, storage: str, *, with_token: bool) -> None:
+    def __init__(self, config: Path, storage: str, *, with_token: bool, wait: bool = True) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPIRELAY_")}
         env.update(CAPIRELAY_STORAGE=storage, BENCH_INGEST_KEY=KEY)
         if with_token:
@@ -123,7 +132,8 @@ class Replica:
             cwd=config.parent,
             env=env,
         )
-        wait_http(f"http://{HOST}:{self.port}/readyz", interval=0.05)
+        if wait:
+            wait_http(f"http://{HOST}:{self.port}/readyz", interval=0.05)
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -191,27 +201,53 @@ def drain(config: Path, storage: str, count: int, graph_url: str, target: int) -
 # --------------------------------------------------------------- database cost
 
 
-async def statement_costs(storage: str, events: int) -> list[list[str]]:
-    """Per-event wall time of enqueue / lease / ack from one client on an idle server."""
+async def statement_costs(
+    storage: str, events: int, *, admin_url: str
+) -> tuple[list[list[str]], float, float]:
+    """Per-event cost of enqueue / lease / ack from one client, as the gateway calls them.
+
+    Every event is an order event (an order-ledger row at enqueue) and is acked with
+    Meta's answer (a receipt row in the ack's transaction): the writes a delivered
+    purchase costs.  Returns the table rows, the database backend's CPU seconds per
+    event (from /proc, see _pgcpu) and the client's wall seconds per event.
+    """
+    from capirelay.orders import order_key
     from capirelay.outbox import NewEvent
     from capirelay.outbox.postgres import PostgresOutbox
+    from capirelay.outbox.receipts import MetaAnswer
 
-    outbox = PostgresOutbox(storage, pool_size=1, listen=False)
+    app_name = f"capirelay-bench-cost-{uuid.uuid4().hex[:6]}"
+    outbox = PostgresOutbox(_with_app(storage, app_name), pool_size=1, listen=False)
     await outbox.open()
-    payload = orjson.dumps(raw_event(0, int(time.time()), "cost"))
     now = time.time()
-    batches = [
-        [
-            NewEvent(PIXEL, "Purchase", f"cost-{b}-{i}", payload, int(now), now + 86400)
-            for i in range(PER_REQUEST)
-        ]
-        for b in range(events // PER_REQUEST)
-    ]
+    batches = []
+    for b in range(events // PER_REQUEST):
+        batch = []
+        for i in range(PER_REQUEST):
+            raw = raw_event(b * PER_REQUEST + i, int(now), "cost")
+            raw["custom_data"]["order_id"] = f"order-{b}-{i}"
+            key = order_key(PIXEL, raw, test_event_code=None)
+            batch.append(
+                NewEvent(
+                    PIXEL,
+                    "Purchase",
+                    f"cost-{b}-{i}",
+                    orjson.dumps(raw),
+                    int(now),
+                    now + 86400,
+                    source="api",
+                    order_key=key,
+                )
+            )
+        batches.append(batch)
+    cpu = BackendCpu(admin_url, app_name).start()
+    wal_start = _wal_lsn(admin_url)
     try:
         started = time.perf_counter()
         for batch in batches:
             await outbox.enqueue(batch, now=now)
         enqueue_s = time.perf_counter() - started
+        backlog_bytes = _relation_bytes(admin_url, "capirelay_queue")
         lease_s = ack_s = 0.0
         leased_total = 0
         while True:
@@ -220,24 +256,127 @@ async def statement_costs(storage: str, events: int) -> list[list[str]]:
             t1 = time.perf_counter()
             if not leased:
                 break
-            await outbox.ack([e.id for e in leased], now=time.time())
+            answer = MetaAnswer(fbtrace_id="Fbench", events_received=len(leased), sent_at=now)
+            await outbox.ack_delivered(
+                [e.id for e in leased], now=time.time(), lease_id=leased[0].lease_id, answer=answer
+            )
             lease_s += t1 - t0
             ack_s += time.perf_counter() - t1
             leased_total += len(leased)
+        cpu_s = cpu.stop()
+        wal_bytes = _wal_bytes_since(admin_url, wal_start)
     finally:
         await outbox.close()
     n = len(batches) * PER_REQUEST
-    per_event_total = enqueue_s / n + (lease_s + ack_s) / leased_total
-    return [
-        _cost_row("enqueue (dedup + insert + NOTIFY), 100 events/call", enqueue_s, n, 100),
+    STORAGE.update(
+        backlog=backlog_bytes / n,
+        dedup=_relation_bytes(admin_url, "capirelay_dedup") / n,
+        ledger=_relation_bytes(admin_url, "capirelay_order_ledger") / n,
+        receipts=_relation_bytes(admin_url, "capirelay_receipts") / n,
+        wal=wal_bytes / n,
+    )
+    if leased_total != n:
+        raise RuntimeError(f"delivered {leased_total} of {n} events")
+    wall = enqueue_s / n + (lease_s + ack_s) / leased_total
+    rows = [
+        _cost_row("enqueue (ledger + dedup + insert + NOTIFY), 100/call", enqueue_s, n, 100),
         _cost_row("lease (promote + SKIP LOCKED), 500 events/call", lease_s, leased_total, 500),
-        _cost_row("ack (DELETE ... = ANY(ids)), 500 events/call", ack_s, leased_total, 500),
-        ["total per delivered event", f"{per_event_total * 1e6:.1f}", ""],
+        _cost_row("ack + receipts (ack_delivered), 500 events/call", ack_s, leased_total, 500),
+        ["total per delivered event (client wall)", f"{wall * 1e6:.1f}", ""],
+        ["database backend CPU per delivered event", f"{cpu_s / n * 1e6:.1f}", ""],
     ]
+    return rows, cpu_s / n, wall
+
+
+# Bytes per event of the last statement_costs run (table + indexes + TOAST, and WAL).
+STORAGE: dict[str, float] = {}
+
+
+def _relation_bytes(url: str, table: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_total_relation_size(%s::regclass)", (table,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _wal_lsn(url: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    return str(row[0]) if row else "0/0"
+
+
+def _wal_bytes_since(url: str, start: str) -> int:
+    # WAL written by the whole server meanwhile (other databases' work counts too).
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (start,))
+        value = row.fetchone()
+    return int(value[0]) if value else 0
+
+
+def _with_app(url: str, app_name: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}application_name={app_name}"
 
 
 def _cost_row(name: str, seconds: float, events: int, per_call: int) -> list[str]:
     return [name, f"{seconds / events * 1e6:.1f}", f"{events / per_call / seconds:,.0f} calls/s"]
+
+
+# ------------------------------------------------------------------ replica scaling
+
+
+def scaling_events(quick: bool) -> int:
+    return 20_000 if quick else 100_000
+
+
+def drain_rate(config: Path, storage: str, count: int, graph_url: str, events: int) -> float:
+    """Fill a backlog through one token-less replica, then drain it with ``count`` replicas.
+
+    events/s from the first event Meta (the emulator) accepts to the last: replica start-up
+    (a second process starting takes its own second) is not counted against either count.
+    The replicas start together and their backends are sampled for database CPU.
+    """
+    run = uuid.uuid4().hex[:6]
+    holders = start_replicas(config, storage, 1, with_token=False)
+    try:
+        result = ingest(holders, events // PER_REQUEST, run)
+    finally:
+        for replica in holders:
+            replica.stop()
+    delivered = result.statuses.get(202, 0) * PER_REQUEST
+    base = accepted(graph_url)
+    target = base + delivered
+    procs = [Replica(config, storage, with_token=True, wait=False) for _ in range(count)]
+    try:
+        first: float | None = None
+        deadline = time.perf_counter() + 600
+        while True:
+            seen = accepted(graph_url)
+            now = time.perf_counter()
+            if first is None and seen > base:
+                first, first_seen = now, seen
+            if seen >= target:
+                break
+            if now > deadline:
+                raise RuntimeError("drain did not finish in 10 minutes")
+            time.sleep(0.01)
+        assert first is not None
+        return (target - first_seen) / max(now - first, 1e-6)
+    finally:
+        for replica in procs:
+            replica.stop()
+
+
+def replica_scaling(
+    config: Path, pg_url: str, graph_url: str, *, runs: int, events: int
+) -> tuple[float, float]:
+    """Median drain rate of 1 and of 2 replicas, over ``runs`` runs each, alternating."""
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for n in range(runs):
+        for count in (1, 2):
+            reset_schema(pg_url)
+            rates[count].append(drain_rate(config, pg_url, count, graph_url, events))
+            print(f"  scaling run {n + 1}: {count} replica(s) {rates[count][-1]:,.0f} ev/s",
+                  file=sys.stderr)  # fmt: skip
+    return statistics.median(rates[1]), statistics.median(rates[2])
 
 
 # ------------------------------------------------------------------------ main
@@ -264,6 +403,9 @@ def reset_schema(url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="20,000 events per scenario")
+    parser.add_argument(
+        "--runs", type=int, default=5, help="drains per replica count (at least 5), alternating"
+    )
     args = parser.parse_args()
     total_requests = 200 if args.quick else 1000
     events = total_requests * PER_REQUEST
@@ -316,17 +458,40 @@ def main() -> None:
         # synchronous_commit=off (this session only) separates the statements' own cost
         # from the WAL flush each durable COMMIT waits for.
         no_flush = f"{pg_url}?options=-csynchronous_commit%3Doff"
+        durable: tuple[float, float] | None = None
         for title, url in (
             ("durable COMMIT, as deployed", pg_url),
             ("synchronous_commit=off: the statements alone", no_flush),
         ):
             reset_schema(pg_url)
             asyncio.run(migrate_url(pg_url))
+            cost_rows, cpu, wall = asyncio.run(statement_costs(url, cost_events, admin_url=pg_url))
             print_table(
                 f"PostgreSQL outbox statements, one client ({title})",
                 ["statement", "µs per event", "rate"],
-                asyncio.run(statement_costs(url, cost_events)),
+                cost_rows,
             )
+            if durable is None:
+                durable = (cpu, wall)
+                print_table(
+                    "PostgreSQL bytes per event (durable run; WAL: the whole server's)",
+                    ["what", "bytes per event"],
+                    [[k, f"{v:,.0f}"] for k, v in STORAGE.items()],
+                )
+        assert durable is not None
+        runs = max(5, args.runs)
+        one, two = replica_scaling(
+            config, pg_url, graph_url, runs=runs, events=scaling_events(args.quick)
+        )
+        print()
+        print(
+            f"database CPU per delivered event: {durable[0] * 1e6:.1f} us "
+            f"(client wall {durable[1] * 1e6:.1f} us)"
+        )
+        print(
+            f"replica scaling, median of {runs} alternating runs: "
+            f"1 replica {one:,.0f} ev/s, 2 replicas {two:,.0f} ev/s"
+        )
     finally:
         drop_database(db_name)
         emulator.send_signal(signal.SIGTERM)

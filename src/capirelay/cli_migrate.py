@@ -6,11 +6,15 @@ schema changes as a separate step (a Kubernetes init container or Job, a
 release hook) and for checking what a database holds.  The storage comes from
 ``--storage URL`` or from the settings (``--config`` or ``CAPIRELAY_CONFIG``).
 The URL is never printed: it may hold a password.
+
+``--from sqlite:///... --to postgresql://...`` moves a SQLite outbox into PostgreSQL
+instead (gateway stopped; see :mod:`capirelay.outbox.transfer`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,11 +28,37 @@ err_console = Console(stderr=True)
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
-def migrate_command(config: ConfigOpt = None, storage: StorageOpt = None) -> None:
-    """Apply the outbox schema migrations a PostgreSQL database is missing."""
+FromOpt = Annotated[
+    str | None,
+    typer.Option("--from", help="Copy this SQLite outbox (sqlite:///path) into --to."),
+]
+ToOpt = Annotated[
+    str | None, typer.Option("--to", help="The PostgreSQL storage URL to copy --from into.")
+]
+MergeOpt = Annotated[
+    bool, typer.Option("--merge", help="With --from: add to a PostgreSQL outbox holding rows.")
+]
+
+
+def migrate_command(
+    config: ConfigOpt = None,
+    storage: StorageOpt = None,
+    source: FromOpt = None,
+    target: ToOpt = None,
+    merge: MergeOpt = False,
+) -> None:
+    """Apply the outbox schema migrations a PostgreSQL database is missing.
+
+    With --from and --to: copy a SQLite outbox into PostgreSQL (stop the gateway first).
+    """
     from capirelay.outbox.migrate import MIGRATIONS, migrate_url
     from capirelay.outbox.postgres import postgres_conninfo
 
+    if source is not None or target is not None:
+        from capirelay.cli_transfer import transfer_command
+
+        transfer_command(source, target, merge=merge)
+        return
     url = storage_url(config, storage)
     if not url.startswith(_POSTGRES_SCHEMES):
         console.print(

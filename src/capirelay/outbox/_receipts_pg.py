@@ -64,7 +64,8 @@ _ARRAY_TYPES: Final = (
     "text",
     "int",
 )
-_UNNEST: Final = ", ".join(f"%(c{i})s::{t}[]" for i, t in enumerate(_ARRAY_TYPES))
+# Binary parameters (%b): typed arrays the server reads without parsing text.
+_UNNEST: Final = ", ".join(f"%(c{i})b::{t}[]" for i, t in enumerate(_ARRAY_TYPES))
 _SELECT_INPUT: Final = (
     "i.pixel_id, i.event_name, i.event_id, i.outcome, i.source, i.recorded_at, i.received_at, "
     "i.first_attempt_at, i.last_attempt_at, i.attempts, i.fbtrace_id, i.events_received, "
@@ -98,7 +99,7 @@ _SETTLED_COLUMNS: Final = (
 ACK_RETURNING: Final = f"""
 WITH acked AS (
     DELETE FROM capirelay_queue
-    WHERE id = ANY(%(ids)s::bigint[])
+    WHERE id = ANY(%(ids)b::bigint[])
       AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
     RETURNING {_SETTLED_COLUMNS}
 ),
@@ -116,7 +117,7 @@ SELECT {_SETTLED_COLUMNS} FROM acked
 # The rows a dead-letter call is about to move, locked until its transaction ends.
 LOCK_SETTLING: Final = f"""
 SELECT {_SETTLED_COLUMNS} FROM capirelay_queue
-WHERE id = ANY(%(ids)s::bigint[])
+WHERE id = ANY(%(ids)b::bigint[])
   AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
 ORDER BY id
 FOR UPDATE
@@ -186,24 +187,29 @@ def _receipt_arrays(receipts: Sequence[Receipt]) -> dict[str, list[Any]]:
             r.event_id,
             str(r.outcome),
             r.source,
-            r.recorded_at,
-            r.received_at,
-            r.first_attempt_at,
-            r.last_attempt_at,
-            r.attempts,
+            float(r.recorded_at),
+            _float(r.received_at),
+            _float(r.first_attempt_at),
+            _float(r.last_attempt_at),
+            int(r.attempts),
             r.fbtrace_id,
-            r.events_received,
+            None if r.events_received is None else int(r.events_received),
             r.test_event_code,
             r.reason,
             json_or_none(r.problems),
             json_or_none(r.attempt_log),
             r.order_key,
             r.identity,
-            r.count,
+            int(r.count),
         )
         for r in receipts
     ]
     return {f"c{i}": [row[i] for row in rows] for i in range(len(_ARRAY_TYPES))}
+
+
+def _float(value: float | None) -> float | None:
+    # A binary float8[] takes floats only (an int among them would not dump).
+    return None if value is None else float(value)
 
 
 def _collapse_duplicates(receipts: Sequence[Receipt]) -> list[Receipt]:
@@ -310,7 +316,8 @@ class PostgresReceipts:
         params = {"ids": [int(i) for i in ids], "lease_id": lease_id}
 
         async def work(conn: AsyncConnection[Any]) -> None:
-            cur = await conn.execute(ACK_RETURNING, params)
+            # Binary results: the payloads come back as bytes, not hex text to encode.
+            cur = await conn.execute(ACK_RETURNING, params, binary=True)
             receipts = [delivered_from_row(row, answer, now) for row in await cur.fetchall()]
             await write_receipts(conn, receipts)
 

@@ -341,7 +341,8 @@ class PostgresOutbox(PostgresReceipts, Outbox):
             # Pipelined: both statements go out in one round trip (the COMMIT is a second).
             async with conn.pipeline():
                 await conn.execute(QUERIES["promote_due"], promote)
-                cur = await conn.execute(QUERIES["lease"], lease)
+                # Binary results: payloads come back as bytes, not hex text to encode.
+                cur = await conn.execute(QUERIES["lease"], lease, binary=True)
             return await cur.fetchall()
 
         rows = await self._in_transaction(work)
@@ -644,7 +645,8 @@ def _enqueue_params(events: Sequence[NewEvent], now: float) -> dict[str, Any]:
         "event_names": [e.event_name for e in events],
         "event_ids": [e.event_id for e in events],
         "payloads": [e.payload for e in events],
-        "event_times": [e.event_time for e in events],
+        # Binary typed arrays (%b in the statement): ints and floats, never mixed.
+        "event_times": [int(e.event_time) for e in events],
         "deadlines": [float(e.deadline) for e in events],
         "test_event_codes": [e.test_event_code for e in events],
         "sources": [e.source for e in events],

@@ -19,9 +19,9 @@
 -- pg_notify, which PostgreSQL delivers at COMMIT (never for a rolled-back request).
 WITH input AS (
     SELECT *
-    FROM unnest(%(pixel_ids)s::text[], %(event_names)s::text[], %(event_ids)s::text[],
-                %(payloads)s::bytea[], %(event_times)s::bigint[], %(deadlines)s::float8[],
-                %(test_event_codes)s::text[], %(sources)s::text[])
+    FROM unnest(%(pixel_ids)b::text[], %(event_names)b::text[], %(event_ids)b::text[],
+                %(payloads)b::bytea[], %(event_times)b::bigint[], %(deadlines)b::float8[],
+                %(test_event_codes)b::text[], %(sources)b::text[])
          WITH ORDINALITY AS t (pixel_id, event_name, event_id, payload, event_time, deadline,
                                test_event_code, source, ord)
 ),
@@ -126,7 +126,7 @@ RETURNING q.id, q.pixel_id, q.event_name, q.event_id, q.payload, q.event_time, q
 -- by any replica) is lifted, so every replica resumes at once.
 WITH acked AS (
     DELETE FROM capirelay_queue
-    WHERE id = ANY(%(ids)s::bigint[])
+    WHERE id = ANY(%(ids)b::bigint[])
       AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
     RETURNING pixel_id, event_name, event_id
 ),
@@ -151,7 +151,7 @@ SET state = 1,
     attempt_log = (CASE WHEN jsonb_array_length(attempt_log) >= %(log_limit)s
                         THEN attempt_log - 0 ELSE attempt_log END)
                   || jsonb_build_array(%(attempt)s::jsonb)
-WHERE id = ANY(%(ids)s::bigint[])
+WHERE id = ANY(%(ids)b::bigint[])
   AND CASE WHEN %(lease_id)s::text IS NULL THEN state <> 2 OR lease_owner = %(owner)s
            ELSE lease_id = %(lease_id)s::text END;
 
@@ -160,7 +160,7 @@ WHERE id = ANY(%(ids)s::bigint[])
 -- moved to another replica must not be handed out a third time); given a lease id,
 -- only rows still held under it.
 UPDATE capirelay_queue SET state = 0, lease_owner = NULL, lease_id = NULL
-WHERE id = ANY(%(ids)s::bigint[])
+WHERE id = ANY(%(ids)b::bigint[])
   AND CASE WHEN %(lease_id)s::text IS NULL THEN state = 2 AND lease_owner = %(owner)s
            ELSE lease_id = %(lease_id)s::text END;
 
@@ -172,7 +172,7 @@ WHERE id = ANY(%(ids)s::bigint[])
 -- re-check on its new version then leaves it out.  The ids extended come back.
 UPDATE capirelay_queue
 SET state = 2, available_at = GREATEST(available_at, %(until)s), lease_owner = %(owner)s
-WHERE id = ANY(%(ids)s::bigint[])
+WHERE id = ANY(%(ids)b::bigint[])
   AND CASE WHEN %(lease_id)s::text IS NULL THEN state = 2 AND lease_owner = %(owner)s
            ELSE lease_id = %(lease_id)s::text END
 RETURNING id;
@@ -183,7 +183,7 @@ RETURNING id;
 -- Given a lease id, only rows still held under it.
 WITH moved AS (
     DELETE FROM capirelay_queue
-    WHERE id = ANY(%(ids)s::bigint[])
+    WHERE id = ANY(%(ids)b::bigint[])
       AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
     RETURNING *
 ),
@@ -418,7 +418,7 @@ LIMIT %(limit)s;
 -- enqueue's transaction, before the dedup claim, keys in order (no deadlock between
 -- requests sharing keys).
 INSERT INTO capirelay_order_ledger (key, seen_at)
-SELECT k, %(now)s FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k
+SELECT k, %(now)s FROM unnest(%(keys)b::bytea[]) AS k ORDER BY k
 ON CONFLICT (key) DO NOTHING
 RETURNING key;
 
