@@ -26,8 +26,8 @@ _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 def migrate_command(config: ConfigOpt = None, storage: StorageOpt = None) -> None:
     """Apply the outbox schema migrations a PostgreSQL database is missing."""
-    from capirelay.outbox.migrate import MIGRATIONS, migrate_url
     from capirelay.outbox.postgres import postgres_conninfo
+    from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate_url
 
     url = storage_url(config, storage)
     if not url.startswith(_POSTGRES_SCHEMES):

@@ -12,7 +12,7 @@ Why this shape:
 * **Reads on their own connection** (one reader thread), so stats and DLQ
   listings never wait behind writes; WAL gives them a consistent snapshot.
 * **Indexes that keep a million-row backlog cheap.**  A row is *ready*,
-  *waiting* (backoff) or *leased* (see ``schema_sqlite.sql``).  A lease first
+  *waiting* (backoff) or *leased* (see ``migrations/0001_outbox.sql``).  A lease first
   promotes the pixel's waiting/leased rows whose time has come (partial index
   on rows that are not ready), then reads ready rows in deadline order from
   ``(pixel_id, state, deadline)`` and stops after ``limit`` rows: earliest
@@ -34,9 +34,6 @@ new writes with :class:`StorageUnavailable` and fails any write the thread can
 no longer run, so no caller waits forever on a stopped writer.
 """
 
-# SQL text here is built only from this module's constants; every value is a bound parameter.
-# ruff: noqa: S608
-
 from __future__ import annotations
 
 import asyncio
@@ -52,13 +49,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import orjson
 
-from capirelay.outbox._receipts_sqlite import SQLiteReceipts, insert_dead_letter_receipts
 from capirelay.outbox._rows import (
     DLQ_FILTER_FIELDS,
     dead_letter_from_row,
@@ -67,8 +62,12 @@ from capirelay.outbox._rows import (
     queue_stats,
     require_purge_target,
 )
+from capirelay.outbox._sql import Migration, load_migrations, load_queries
 from capirelay.outbox.base import (
+    ATTEMPT_LOG_LIMIT,
+    DEDUP_EXPIRY_CHUNK,
     DEDUP_WINDOW_SECONDS,
+    PROMOTE_FACTOR,
     Attempt,
     AuditRecord,
     DeadLetter,
@@ -79,13 +78,15 @@ from capirelay.outbox.base import (
     LeasedEvent,
     NewEvent,
     Outbox,
+    OutboxViews,
     QueueGroup,
     QueueStats,
     RequeueResult,
     StorageUnavailable,
 )
+from capirelay.outbox.sqlite.receipts import SQLiteReceipts, insert_dead_letter_receipts
 
-__all__ = ["MIGRATIONS", "Migration", "SQLiteOutbox"]
+__all__ = ["MIGRATIONS", "QUERIES", "SQLiteOutbox", "migrate"]
 
 log = logging.getLogger("capirelay.outbox")
 
@@ -96,13 +97,8 @@ READY: Final = 0
 WAITING: Final = 1
 LEASED: Final = 2
 
-# Most attempts kept per event; a week of hourly retries must not grow a row without bound.
-ATTEMPT_LOG_LIMIT: Final = 20
 # Operations per grouped transaction; bounds how long one commit holds callers.
 MAX_GROUP: Final = 1024
-DEDUP_EXPIRY_CHUNK: Final = 10_000
-# Due rows promoted per lease, as a multiple of the lease size (see _PROMOTE_DUE).
-PROMOTE_FACTOR: Final = 2
 # Page cache per connection (KiB): a large backlog's indexes stay in memory, not re-read.
 CACHE_KIB: Final = 64 * 1024
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
@@ -116,32 +112,10 @@ BEGIN_RETRY_MAX: Final = 0.001
 NO_LEASE: Final = 1 << 62
 
 
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """One numbered schema step; ``PRAGMA user_version`` records the last one applied."""
-
-    version: int
-    description: str
-    script: str
-
-
-def _packaged_sql(name: str) -> str:
-    return resources.files("capirelay.outbox").joinpath(name).read_text(encoding="utf-8")
-
-
-MIGRATIONS: Final[tuple[Migration, ...]] = (
-    Migration(1, "queue, dedup and dead-letter tables", _packaged_sql("schema_sqlite.sql")),
-    Migration(2, "lease ids, queued dedup keys", _packaged_sql("schema_sqlite_0002_leases.sql")),
-    Migration(
-        3,
-        "Meta diagnostics checks, history, runs, delivered per hour, schedule lease",
-        _packaged_sql("schema_sqlite_0003_meta_diagnostics.sql"),
-    ),
-    Migration(
-        4, "dashboard sessions, operator audit", _packaged_sql("schema_sqlite_0004_operator.sql")
-    ),
-    Migration(5, "order ledger", _packaged_sql("schema_sqlite_0005_order_ledger.sql")),
-    Migration(6, "receipts, erasure audit", _packaged_sql("schema_sqlite_0006_receipts.sql")),
+MIGRATIONS: Final[tuple[Migration, ...]] = load_migrations("capirelay.outbox.sqlite")
+QUERIES: Final = load_queries(
+    "capirelay.outbox.sqlite",
+    {"attempt_log_limit": ATTEMPT_LOG_LIMIT, "no_lease": NO_LEASE},
 )
 
 
@@ -151,148 +125,15 @@ def storage_error(exc: sqlite3.Error) -> StorageUnavailable:
     return StorageUnavailable(f"SQLite outbox unavailable ({name}): {exc}")
 
 
-# --------------------------------------------------------------------------- SQL
+@functools.cache
+def _many_rows_sql(name: str, row: str, rows: int) -> str:
+    """Statement ``name`` with a VALUES list of ``rows`` times ``row``.
 
-_LEASED_COLUMNS = (
-    "id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts, "
-    "test_event_code, queued_at"
-)
-_DLQ_COLUMNS = (
-    "id, pixel_id, event_name, event_id, payload, event_time, deadline, reason, error, "
-    "attempt_log, test_event_code, queued_at, dead_at"
-)
-_IDS = "SELECT value FROM json_each(?)"
-
-# Enqueue claims a call's dedup keys and inserts its rows with multi-row VALUES
-# statements: one statement step per piece instead of one per event.  Piece sizes are
-# powers of two (at most MAX_PIECE rows), so a handful of statement texts cover every
-# call size and stay in the connection's prepared-statement cache.
-#
-# The claim inserts each key, or takes it over when the remembered one is older than
-# the window AND its event is no longer queued (dedup.queued).  RETURNING names the keys
-# claimed; a key repeated in the call is claimed once (its later row conflicts with the
-# first, whose seen_at is inside the window; pieces run in call order).
-_CLAIM_DEDUP_KEYS_HEAD = (
-    "INSERT INTO dedup (pixel_id, event_name, event_id, seen_at, queued) VALUES "
-)
-_CLAIM_DEDUP_KEYS_TAIL = """
-ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at, queued = 1
-WHERE dedup.seen_at <= ? AND dedup.queued = 0
-RETURNING pixel_id, event_name, event_id
-"""
-_INSERT_QUEUED_HEAD = """
-INSERT INTO queue (pixel_id, event_name, event_id, payload, event_time, deadline,
-                   test_event_code, source, queued_at, state, available_at)
-VALUES """
-# Bounded, longest-waiting first: after an outage hundreds of thousands of rows can come
-# due at once, and promoting them all in one lease would hold the writer (and ingest) for
-# seconds.  Promoting at least `limit` rows keeps every lease full while due rows remain.
-_PROMOTE_DUE = """
-UPDATE queue SET state = 0
-WHERE id IN (
-    SELECT id FROM queue INDEXED BY queue_not_ready
-    WHERE pixel_id = ? AND state > 0 AND available_at <= ?
-    ORDER BY available_at LIMIT ?
-)
-"""
-_LEASE = f"""
-UPDATE queue SET state = 2, available_at = ?, lease_id = ?
-WHERE id IN (
-    SELECT id FROM queue INDEXED BY queue_by_state_deadline
-    WHERE pixel_id = ? AND state = 0 ORDER BY deadline LIMIT ?
-)
-RETURNING {_LEASED_COLUMNS}
-"""
-# Appends one attempt (JSON) and drops the oldest past ATTEMPT_LOG_LIMIT.
-_APPEND_ATTEMPT = f"""
-json_insert(
-    CASE WHEN json_array_length(attempt_log) >= {ATTEMPT_LOG_LIMIT}
-         THEN json_remove(attempt_log, '$[0]') ELSE attempt_log END,
-    '$[#]', json(?))
-"""
-_RESCHEDULE = f"""
-UPDATE queue SET state = 1, available_at = ?, attempts = attempts + 1, lease_id = {NO_LEASE},
-                 attempt_log = {_APPEND_ATTEMPT}
-WHERE id IN ({_IDS})
-"""
-_RELEASE = f"""
-UPDATE queue SET state = 0, lease_id = {NO_LEASE} WHERE state = 2 AND id IN ({_IDS})
-"""
-# The ids (as a JSON array) of the rows still carrying a lease id: what a settle call
-# given that lease id may touch.
-_HELD_IDS = f"SELECT json_group_array(id) FROM queue WHERE id IN ({_IDS}) AND lease_id = ?"
-# A heartbeat never shortens a lease.  A row whose lease ran out but that nobody leased
-# since (still this lease id, even if promoted to ready) is taken back.
-_EXTEND_HELD = f"""
-UPDATE queue SET state = 2, available_at = max(available_at, ?)
-WHERE id IN ({_IDS}) AND lease_id = ?
-RETURNING id
-"""
-_EXTEND_LEASED = f"""
-UPDATE queue SET available_at = max(available_at, ?)
-WHERE id IN ({_IDS}) AND state = 2
-RETURNING id
-"""
-_ACK = f"DELETE FROM queue WHERE id IN ({_IDS})"
-# The seen_at of the newest entry beyond the ledger's cap (entries at or before it go).
-_ORDER_LEDGER_CAP = "SELECT seen_at FROM order_ledger ORDER BY seen_at DESC LIMIT 1 OFFSET ?"
-_PRUNE_ORDER_LEDGER = """
-DELETE FROM order_ledger
-WHERE key IN (SELECT key FROM order_ledger WHERE seen_at <= ? ORDER BY seen_at LIMIT ?)
-"""
-_MOVE_TO_DLQ = f"""
-INSERT INTO dead_letters (pixel_id, event_name, event_id, payload, event_time, deadline,
-                          test_event_code, source, queued_at, reason, error, attempt_log, dead_at)
-SELECT pixel_id, event_name, event_id, payload, event_time, deadline, test_event_code, source,
-       queued_at, ?, ?, CASE WHEN ? IS NULL THEN attempt_log ELSE {_APPEND_ATTEMPT} END, ?
-FROM queue WHERE id IN ({_IDS})
-"""
-# Delivered: the key stays remembered for the rest of its window, no longer pinned.
-_UNPIN_DEDUP_OF_QUEUED = f"""
-UPDATE dedup SET queued = 0 WHERE (pixel_id, event_name, event_id) IN (
-    SELECT pixel_id, event_name, event_id FROM queue WHERE id IN ({_IDS}))
-"""
-_FORGET_DEDUP_OF_QUEUED = f"""
-DELETE FROM dedup WHERE (pixel_id, event_name, event_id) IN (
-    SELECT pixel_id, event_name, event_id FROM queue WHERE id IN ({_IDS}))
-"""
-_REQUEUE_FROM_DLQ = f"""
-INSERT INTO queue (pixel_id, event_name, event_id, payload, event_time, deadline,
-                   test_event_code, source, queued_at, attempts, state, available_at, attempt_log)
-SELECT pixel_id, event_name, event_id, payload, event_time, deadline, test_event_code, source,
-       ?, 0, 0, ?, attempt_log
-FROM dead_letters WHERE id IN ({_IDS})
-"""
-_DLQ_KEYS = f"""
-SELECT id, pixel_id, event_name, event_id FROM dead_letters WHERE id IN ({_IDS}) ORDER BY id
-"""
-_DELETE_DLQ_IDS = f"DELETE FROM dead_letters WHERE id IN ({_IDS})"
-# A key whose event is still queued (or leased) is kept however old: forgetting it would
-# let a client retry queue a second copy while the first still waits for delivery.
-_EXPIRE_DEDUP_CHUNK = """
-DELETE FROM dedup WHERE (pixel_id, event_name, event_id) IN (
-    SELECT pixel_id, event_name, event_id FROM dedup WHERE seen_at <= ? AND queued = 0 LIMIT ?)
-"""
-# Dashboard aggregates: full scans, run on page views only (never on the hot path).
-_QUEUE_BREAKDOWN = """
-SELECT pixel_id, event_name, count(*), min(queued_at), min(deadline)
-FROM queue GROUP BY pixel_id, event_name ORDER BY pixel_id, event_name
-"""
-# With a single max() aggregate SQLite takes the bare columns (message, fbtrace_id)
-# from the row holding the maximum: the group's most recent letter.
-_DLQ_BREAKDOWN = """
-SELECT pixel_id, event_name, reason, json_extract(error, '$.code') AS code,
-       json_extract(error, '$.subcode') AS subcode, count(*) AS n, max(dead_at),
-       json_extract(error, '$.message'), json_extract(error, '$.fbtrace_id')
-FROM dead_letters GROUP BY pixel_id, event_name, reason, code, subcode
-ORDER BY n DESC
-"""
-_QUEUE_SAMPLE = f"SELECT {_LEASED_COLUMNS} FROM queue ORDER BY id DESC LIMIT ?"
-# Distinct pixels by skipping through the index: O(pixels · log rows), never a full scan.
-_NEXT_PIXEL = (
-    "SELECT pixel_id FROM queue INDEXED BY queue_by_state_deadline "
-    "WHERE pixel_id > ? ORDER BY pixel_id LIMIT 1"
-)
+    Enqueue claims a call's dedup keys and inserts its rows with multi-row VALUES
+    statements: one statement step per piece instead of one per event.  Piece sizes are
+    powers of two (at most MAX_PIECE rows), so a handful of statement texts cover every
+    call size and stay in the connection's prepared-statement cache."""
+    return QUERIES[name].replace("{values}", ", ".join([row] * rows))
 
 
 def _ids_json(ids: Sequence[int]) -> bytes:
@@ -308,11 +149,9 @@ def _lease_number(lease_id: str) -> int:
     return int(lease_id) if lease_id.isdigit() else -1
 
 
-def _held_ids(conn: sqlite3.Connection, id_list: bytes, lease_id: str | None) -> bytes | str:
-    """The ids a settle call may touch: all of them, or those still under ``lease_id``."""
-    if lease_id is None:
-        return id_list
-    held: str = conn.execute(_HELD_IDS, (id_list, _lease_number(lease_id))).fetchone()[0]
+def _held_ids(conn: sqlite3.Connection, id_list: bytes, lease_id: str) -> str:
+    """The ids a settle call may touch: those still under ``lease_id``."""
+    held: str = conn.execute(QUERIES["held_ids"], (id_list, _lease_number(lease_id))).fetchone()[0]
     return held
 
 
@@ -326,16 +165,6 @@ def _pieces(count: int) -> list[int]:
     return sizes
 
 
-@functools.cache
-def _claim_sql(rows: int) -> str:
-    return _CLAIM_DEDUP_KEYS_HEAD + ", ".join(["(?, ?, ?, ?, 1)"] * rows) + _CLAIM_DEDUP_KEYS_TAIL
-
-
-@functools.cache
-def _insert_queued_sql(rows: int) -> str:
-    return _INSERT_QUEUED_HEAD + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)"] * rows)
-
-
 def _claim_keys(
     conn: sqlite3.Connection, keys: Sequence[tuple[str, str, str]], now: float
 ) -> list[bool]:
@@ -347,22 +176,20 @@ def _claim_keys(
     for size in _pieces(len(keys)):
         params = [v for key in keys[start : start + size] for v in (*key, now)]
         params.append(cutoff)
-        claimed.update(map(tuple, conn.execute(_claim_sql(size), params).fetchall()))
+        claimed.update(
+            map(
+                tuple,
+                conn.execute(
+                    _many_rows_sql("claim_dedup_keys", "(?, ?, ?, ?, 1)", size), params
+                ).fetchall(),
+            )
+        )
         start += size
     outcome: list[bool] = []
     for key in keys:
         outcome.append(key in claimed)
         claimed.discard(key)
     return outcome
-
-
-@functools.cache
-def _claim_orders_sql(rows: int) -> str:
-    return (
-        "INSERT INTO order_ledger (key, seen_at) VALUES "
-        + ", ".join(["(?, ?)"] * rows)
-        + " ON CONFLICT (key) DO NOTHING RETURNING key"
-    )
 
 
 def _claim_orders(conn: sqlite3.Connection, events: Sequence[NewEvent], now: float) -> list[bool]:
@@ -374,7 +201,10 @@ def _claim_orders(conn: sqlite3.Connection, events: Sequence[NewEvent], now: flo
     start = 0
     for size in _pieces(len(keys)):
         params = [v for key in keys[start : start + size] for v in (key, now)]
-        claimed.update(bytes(row[0]) for row in conn.execute(_claim_orders_sql(size), params))
+        claimed.update(
+            bytes(row[0])
+            for row in conn.execute(_many_rows_sql("claim_order_keys", "(?, ?)", size), params)
+        )
         start += size
     outcome: list[bool] = []
     for event in events:
@@ -395,7 +225,9 @@ def _insert_queued(conn: sqlite3.Connection, events: Sequence[NewEvent], now: fl
             for v in (e.pixel_id, e.event_name, e.event_id, e.payload, e.event_time,
                       e.deadline, e.test_event_code, e.source, now, now)
         ]  # fmt: skip
-        conn.execute(_insert_queued_sql(size), params)
+        conn.execute(
+            _many_rows_sql("insert_queued", "(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)", size), params
+        )
         start += size
 
 
@@ -416,10 +248,10 @@ def _dead_letter_from_row(row: tuple[Any, ...]) -> DeadLetter:
 
 def _distinct_pixels(conn: sqlite3.Connection) -> list[str]:
     pixels: list[str] = []
-    row = conn.execute(_NEXT_PIXEL, ("",)).fetchone()
+    row = conn.execute(QUERIES["next_pixel"], ("",)).fetchone()
     while row is not None:
         pixels.append(row[0])
-        row = conn.execute(_NEXT_PIXEL, (row[0],)).fetchone()
+        row = conn.execute(QUERIES["next_pixel"], (row[0],)).fetchone()
     return pixels
 
 
@@ -457,7 +289,7 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIO
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        log.info("outbox schema migrated to version %d (%s)", step.version, step.description)
+        log.info("outbox schema migrated to version %d (%s)", step.version, step.name)
         current = step.version
     return current
 
@@ -688,7 +520,7 @@ class _Reader:
         self._executor.shutdown(wait=True)
 
 
-class SQLiteOutbox(SQLiteReceipts, Outbox):
+class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
     """The :class:`Outbox` on one SQLite file (WAL, group commit, ``synchronous`` as configured).
 
     ``max_bytes`` caps the database size (a storage quota): past it, writes fail
@@ -777,7 +609,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
         if self._writer is None or not self._writer.is_alive():
             return False
         try:
-            return bool(await self._read(lambda c: c.execute("SELECT 1").fetchone()[0]))
+            return bool(await self._read(lambda c: c.execute(QUERIES["ping"]).fetchone()[0]))
         except StorageUnavailable:
             return False
 
@@ -815,16 +647,16 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
         lease_id = str(lease_number)
 
         def run(conn: sqlite3.Connection) -> list[LeasedEvent]:
-            conn.execute(_PROMOTE_DUE, (pixel_id, now, limit * PROMOTE_FACTOR))
+            conn.execute(QUERIES["promote_due"], (pixel_id, now, limit * PROMOTE_FACTOR))
             params = (now + lease_seconds, lease_number, pixel_id, limit)
-            rows = conn.execute(_LEASE, params).fetchall()
+            rows = conn.execute(QUERIES["lease"], params).fetchall()
             leased = [leased_from_row(row, lease_id) for row in rows]
             return sorted(leased, key=lambda e: (e.deadline, e.id))
 
         return await self._write(run)
 
     async def extend_lease(
-        self, ids: Sequence[int], *, until: float, now: float, lease_id: str | None = None
+        self, ids: Sequence[int], *, until: float, now: float, lease_id: str
     ) -> list[int]:
         if until <= now:
             raise ValueError("a lease extension must end after now")
@@ -833,23 +665,20 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
         id_list = _ids_json(ids)
 
         def run(conn: sqlite3.Connection) -> list[int]:
-            if lease_id is None:
-                rows = conn.execute(_EXTEND_LEASED, (until, id_list)).fetchall()
-            else:
-                params = (until, id_list, _lease_number(lease_id))
-                rows = conn.execute(_EXTEND_HELD, params).fetchall()
+            params = (until, id_list, _lease_number(lease_id))
+            rows = conn.execute(QUERIES["extend_lease"], params).fetchall()
             return sorted(row[0] for row in rows)
 
         return await self._write(run)
 
-    async def ack(self, ids: Sequence[int], *, now: float, lease_id: str | None = None) -> None:
+    async def ack(self, ids: Sequence[int], *, now: float, lease_id: str) -> None:
         if ids:
             requested = _ids_json(ids)
 
             def run(conn: sqlite3.Connection) -> None:
                 id_list = _held_ids(conn, requested, lease_id)
-                conn.execute(_UNPIN_DEDUP_OF_QUEUED, (id_list,))
-                conn.execute(_ACK, (id_list,))
+                conn.execute(QUERIES["unpin_dedup_of_queued"], (id_list,))
+                conn.execute(QUERIES["ack"], (id_list,))
 
             await self._write(run)
 
@@ -859,7 +688,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
         *,
         next_attempt_at: float,
         attempt: Attempt,
-        lease_id: str | None = None,
+        lease_id: str,
     ) -> None:
         if not ids:
             return
@@ -868,14 +697,16 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
 
         def run(conn: sqlite3.Connection) -> None:
             held = _held_ids(conn, id_list, lease_id)
-            conn.execute(_RESCHEDULE, (next_attempt_at, attempt_json, held))
+            conn.execute(QUERIES["reschedule"], (next_attempt_at, attempt_json, held))
 
         await self._write(run)
 
-    async def release(self, ids: Sequence[int], *, lease_id: str | None = None) -> None:
+    async def release(self, ids: Sequence[int], *, lease_id: str) -> None:
         if ids:
             id_list = _ids_json(ids)
-            await self._write(lambda c: c.execute(_RELEASE, (_held_ids(c, id_list, lease_id),)))
+            await self._write(
+                lambda c: c.execute(QUERIES["release"], (_held_ids(c, id_list, lease_id),))
+            )
 
     async def dead_letter(
         self,
@@ -884,7 +715,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
         reason: DeadLetterReason,
         attempt: Attempt | None,
         now: float,
-        lease_id: str | None = None,
+        lease_id: str,
     ) -> None:
         if not ids:
             return
@@ -895,11 +726,11 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
             id_list = _held_ids(conn, requested, lease_id)
             insert_dead_letter_receipts(conn, id_list, str(reason), attempt_json, now)
             conn.execute(
-                _MOVE_TO_DLQ,
+                QUERIES["move_to_dlq"],
                 (str(reason), attempt_json, attempt_json, attempt_json, now, id_list),
             )
-            conn.execute(_FORGET_DEDUP_OF_QUEUED, (id_list,))
-            conn.execute(_ACK, (id_list,))
+            conn.execute(QUERIES["forget_dedup_of_queued"], (id_list,))
+            conn.execute(QUERIES["ack"], (id_list,))
 
         await self._write(run)
 
@@ -926,7 +757,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
         # Chunked so a large expiry never holds the writer (and ingest) for long.
         while True:
             count = await self._write(
-                lambda c: c.execute(_EXPIRE_DEDUP_CHUNK, (cutoff, DEDUP_EXPIRY_CHUNK)).rowcount
+                lambda c: c.execute(QUERIES["expire_dedup"], (cutoff, DEDUP_EXPIRY_CHUNK)).rowcount
             )
             removed += count
             if count < DEDUP_EXPIRY_CHUNK:
@@ -937,14 +768,16 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
     ) -> int:
         cutoff = now - retention_seconds
         beyond_cap = await self._read(
-            lambda c: c.execute(_ORDER_LEDGER_CAP, (max(0, max_entries),)).fetchone()
+            lambda c: c.execute(QUERIES["order_ledger_cap"], (max(0, max_entries),)).fetchone()
         )
         if beyond_cap is not None:
             cutoff = max(cutoff, float(beyond_cap[0]))
         removed = 0
         while True:  # chunked, like expire_dedup: never holds the writer (and ingest) for long
             count = await self._write(
-                lambda c: c.execute(_PRUNE_ORDER_LEDGER, (cutoff, DEDUP_EXPIRY_CHUNK)).rowcount
+                lambda c: (
+                    c.execute(QUERIES["prune_order_ledger"], (cutoff, DEDUP_EXPIRY_CHUNK)).rowcount
+                )
             )
             removed += count
             if count < DEDUP_EXPIRY_CHUNK:
@@ -952,7 +785,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
 
     async def order_ledger_size(self) -> int:
         count: int = await self._read(
-            lambda c: c.execute("SELECT count(*) FROM order_ledger").fetchone()[0]
+            lambda c: c.execute(QUERIES["order_ledger_size"]).fetchone()[0]
         )
         return count
 
@@ -962,16 +795,12 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
         self, flt: DLQFilter | None = None, *, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
         where, params = _dlq_where(flt)
-        sql = (
-            f"SELECT {_DLQ_COLUMNS} FROM dead_letters {where} "
-            "ORDER BY dead_at DESC, id DESC LIMIT ? OFFSET ?"
-        )
+        sql = QUERIES["dlq_list"].replace("{where}", where)
         rows = await self._read(lambda c: c.execute(sql, (*params, limit, offset)).fetchall())
         return [_dead_letter_from_row(r) for r in rows]
 
     async def dlq_get(self, dlq_id: int) -> DeadLetter | None:
-        sql = f"SELECT {_DLQ_COLUMNS} FROM dead_letters WHERE id = ?"
-        row = await self._read(lambda c: c.execute(sql, (dlq_id,)).fetchone())
+        row = await self._read(lambda c: c.execute(QUERIES["dlq_get"], (dlq_id,)).fetchone())
         return _dead_letter_from_row(row) if row else None
 
     async def dlq_requeue(self, ids: Sequence[int], *, now: float) -> RequeueResult:
@@ -980,14 +809,14 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
         id_list = _ids_json(ids)
 
         def run(conn: sqlite3.Connection) -> RequeueResult:
-            letters = conn.execute(_DLQ_KEYS, (id_list,)).fetchall()
+            letters = conn.execute(QUERIES["dlq_keys"], (id_list,)).fetchall()
             claimed = _claim_keys(conn, [(p, n, e) for _, p, n, e in letters], now)
             result = RequeueResult()
             for (dlq_id, *_), ok in zip(letters, claimed, strict=True):
                 (result.requeued if ok else result.duplicate).append(dlq_id)
             moving = _ids_json(result.requeued)
-            conn.execute(_REQUEUE_FROM_DLQ, (now, now, moving))
-            conn.execute(_DELETE_DLQ_IDS, (moving,))
+            conn.execute(QUERIES["requeue_from_dlq"], (now, now, moving))
+            conn.execute(QUERIES["dlq_purge_ids"], (moving,))
             return result
 
         return await self._write(run)
@@ -998,45 +827,42 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
         require_purge_target(ids, flt)
         if ids is not None:
             id_list = _ids_json(ids)
-            return await self._write(lambda c: int(c.execute(_DELETE_DLQ_IDS, (id_list,)).rowcount))
+            return await self._write(
+                lambda c: int(c.execute(QUERIES["dlq_purge_ids"], (id_list,)).rowcount)
+            )
         where, params = _dlq_where(flt)
-        sql = f"DELETE FROM dead_letters {where}"
+        sql = QUERIES["dlq_purge_filter"].replace("{where}", where)
         return await self._write(lambda c: int(c.execute(sql, params).rowcount))
 
     # ------------------------------------------------------- dashboard views
 
     async def queue_breakdown(self, *, now: float) -> list[QueueGroup]:
-        rows = await self._read(lambda c: c.execute(_QUEUE_BREAKDOWN).fetchall())
+        rows = await self._read(lambda c: c.execute(QUERIES["queue_breakdown"]).fetchall())
         return [QueueGroup(*row) for row in rows]
 
     async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
-        rows = await self._read(lambda c: c.execute(_DLQ_BREAKDOWN).fetchall())
+        rows = await self._read(lambda c: c.execute(QUERIES["dlq_breakdown"]).fetchall())
         return [
             DLQGroup(pixel, name, reason, code, subcode, count, last, message, fbtrace)
             for pixel, name, reason, code, subcode, count, last, message, fbtrace in rows
         ]
 
     async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
-        rows = await self._read(lambda c: c.execute(_QUEUE_SAMPLE, (limit,)).fetchall())
+        rows = await self._read(lambda c: c.execute(QUERIES["queue_sample"], (limit,)).fetchall())
         return [leased_from_row(row) for row in rows]
 
     # ------------------------------------------------------ operator records
 
     async def revoke_session(self, session_hash: str, *, expires_at: float, now: float) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM revoked_sessions WHERE expires_at <= ?", (now,))
-            conn.execute(
-                "INSERT OR REPLACE INTO revoked_sessions (session_hash, expires_at) VALUES (?, ?)",
-                (session_hash, expires_at),
-            )
+            conn.execute(QUERIES["forget_expired_revocations"], (now,))
+            conn.execute(QUERIES["revoke_session"], (session_hash, expires_at))
 
         await self._write(run)
 
     async def session_revoked(self, session_hash: str) -> bool:
         row = await self._read(
-            lambda c: c.execute(
-                "SELECT 1 FROM revoked_sessions WHERE session_hash = ?", (session_hash,)
-            ).fetchone()
+            lambda c: c.execute(QUERIES["session_revoked"], (session_hash,)).fetchone()
         )
         return row is not None
 
@@ -1044,21 +870,11 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
         self, *, at: float, actor: str, action: str, target: str, count: int, origin: str
     ) -> None:
         await self._write(
-            lambda c: c.execute(
-                "INSERT INTO operator_audit (at, actor, action, target, count, origin) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (at, actor, action, target, count, origin),
-            )
+            lambda c: c.execute(QUERIES["record_audit"], (at, actor, action, target, count, origin))
         )
 
     async def audit_log(self, *, limit: int = 100) -> list[AuditRecord]:
-        rows = await self._read(
-            lambda c: c.execute(
-                "SELECT id, at, actor, action, target, count, origin FROM operator_audit "
-                "ORDER BY id DESC LIMIT ?",
-                (limit,),
-            ).fetchall()
-        )
+        rows = await self._read(lambda c: c.execute(QUERIES["audit_log"], (limit,)).fetchall())
         return [AuditRecord(*row) for row in rows]
 
 
@@ -1066,55 +882,32 @@ class SQLiteOutbox(SQLiteReceipts, Outbox):
 
 
 def _pixel_due(conn: sqlite3.Connection, pixel_id: str, now: float) -> bool:
-    ready = conn.execute(
-        "SELECT 1 FROM queue WHERE pixel_id = ? AND state = 0 LIMIT 1", (pixel_id,)
-    ).fetchone()
-    if ready:
+    if conn.execute(QUERIES["pixel_ready"], (pixel_id,)).fetchone():
         return True
-    waiting = conn.execute(
-        "SELECT 1 FROM queue INDEXED BY queue_not_ready "
-        "WHERE pixel_id = ? AND state > 0 AND available_at <= ? LIMIT 1",
-        (pixel_id, now),
-    ).fetchone()
-    return waiting is not None
+    return conn.execute(QUERIES["pixel_waiting_due"], (pixel_id, now)).fetchone() is not None
 
 
 def _pixel_next_due(conn: sqlite3.Connection, pixel_id: str) -> float | None:
-    # A ready row is due already; its queued_at is a moment at or before "now".
-    ready = conn.execute(
-        "SELECT queued_at FROM queue WHERE pixel_id = ? AND state = 0 LIMIT 1", (pixel_id,)
-    ).fetchone()
-    not_ready = conn.execute(
-        "SELECT min(available_at) FROM queue INDEXED BY queue_not_ready "
-        "WHERE pixel_id = ? AND state > 0",
-        (pixel_id,),
-    ).fetchone()[0]
+    ready = conn.execute(QUERIES["pixel_ready_queued_at"], (pixel_id,)).fetchone()
+    not_ready = conn.execute(QUERIES["pixel_not_ready_next"], (pixel_id,)).fetchone()[0]
     times = [t for t in (ready[0] if ready else None, not_ready) if t is not None]
     return min(times) if times else None
 
 
 def _queue_stats(conn: sqlite3.Connection) -> QueueStats:
     pixel_rows = [_pixel_stats(conn, pixel_id) for pixel_id in _distinct_pixels(conn)]
-    # Rows are inserted in time order, so the lowest id is the oldest queued row.
-    oldest = conn.execute("SELECT queued_at FROM queue ORDER BY id LIMIT 1").fetchone()
-    reason_rows = conn.execute(
-        "SELECT reason, count(*) FROM dead_letters GROUP BY reason"
-    ).fetchall()
+    oldest = conn.execute(QUERIES["oldest_queued_at"]).fetchone()
+    reason_rows = conn.execute(QUERIES["dlq_by_reason"]).fetchall()
     return queue_stats(pixel_rows, oldest[0] if oldest else None, reason_rows)
 
 
 def _pixel_stats(conn: sqlite3.Connection, pixel_id: str) -> tuple[str, int, int, float | None]:
     """``(pixel_id, depth, leased, earliest deadline)``; the deadline per state so that
     each lookup uses the ``(pixel_id, state, deadline)`` index."""
-    depth = conn.execute("SELECT count(*) FROM queue WHERE pixel_id = ?", (pixel_id,)).fetchone()[0]
-    leased = conn.execute(
-        "SELECT count(*) FROM queue WHERE pixel_id = ? AND state = 2", (pixel_id,)
-    ).fetchone()[0]
+    depth = conn.execute(QUERIES["pixel_depth"], (pixel_id,)).fetchone()[0]
+    leased = conn.execute(QUERIES["pixel_leased"], (pixel_id,)).fetchone()[0]
     deadlines = [
-        conn.execute(
-            "SELECT min(deadline) FROM queue WHERE pixel_id = ? AND state = ?",
-            (pixel_id, state),
-        ).fetchone()[0]
+        conn.execute(QUERIES["pixel_min_deadline"], (pixel_id, state)).fetchone()[0]
         for state in (READY, WAITING, LEASED)
     ]
     known = [d for d in deadlines if d is not None]

@@ -167,9 +167,7 @@ def receipt_from_row(row: Sequence[Any]) -> Receipt:
     )
 
 
-def _held(conn: sqlite3.Connection, id_list: bytes, lease_id: str | None) -> bytes | str:
-    if lease_id is None:
-        return id_list
+def _held(conn: sqlite3.Connection, id_list: bytes, lease_id: str) -> str:
     number = int(lease_id) if lease_id.isdigit() else -1
     held: str = conn.execute(_HELD, (id_list, number)).fetchone()[0]
     return held
@@ -219,7 +217,7 @@ class SQLiteReceipts:
         ids: Sequence[int],
         *,
         now: float,
-        lease_id: str | None = None,
+        lease_id: str,
         answer: MetaAnswer | None = None,
     ) -> None:
         if not ids:
