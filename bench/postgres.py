@@ -220,7 +220,7 @@ async def statement_costs(storage: str, events: int) -> list[list[str]]:
             t1 = time.perf_counter()
             if not leased:
                 break
-            await outbox.ack([e.id for e in leased], now=time.time())
+            await outbox.ack([e.id for e in leased], now=time.time(), lease_id=leased[0].lease_id)
             lease_s += t1 - t0
             ack_s += time.perf_counter() - t1
             leased_total += len(leased)
