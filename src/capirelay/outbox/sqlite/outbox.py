@@ -62,9 +62,8 @@ from capirelay.outbox._rows import (
     queue_stats,
     require_purge_target,
 )
-from capirelay.outbox._sql import Migration, load_migrations, load_queries
+from capirelay.outbox._sql import Migration
 from capirelay.outbox.base import (
-    ATTEMPT_LOG_LIMIT,
     DEDUP_EXPIRY_CHUNK,
     DEDUP_WINDOW_SECONDS,
     PROMOTE_FACTOR,
@@ -84,6 +83,7 @@ from capirelay.outbox.base import (
     RequeueResult,
     StorageUnavailable,
 )
+from capirelay.outbox.sqlite._statements import MIGRATIONS, NO_LEASE, QUERIES
 from capirelay.outbox.sqlite.receipts import SQLiteReceipts, insert_dead_letter_receipts
 
 __all__ = ["MIGRATIONS", "QUERIES", "SQLiteOutbox", "migrate"]
@@ -108,15 +108,6 @@ MAX_PIECE: Final = 256
 # How often the writer retries for the write lock another process holds (seconds).
 BEGIN_RETRY_FIRST: Final = 0.0001
 BEGIN_RETRY_MAX: Final = 0.001
-# queue.lease_id of a row no lease holds; lease ids lie above it (schema version 2 says why).
-NO_LEASE: Final = 1 << 62
-
-
-MIGRATIONS: Final[tuple[Migration, ...]] = load_migrations("capirelay.outbox.sqlite")
-QUERIES: Final = load_queries(
-    "capirelay.outbox.sqlite",
-    {"attempt_log_limit": ATTEMPT_LOG_LIMIT, "no_lease": NO_LEASE},
-)
 
 
 def storage_error(exc: sqlite3.Error) -> StorageUnavailable:

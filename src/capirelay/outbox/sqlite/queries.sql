@@ -218,3 +218,74 @@ ORDER BY id DESC LIMIT ?
 
 -- name: ping
 SELECT 1
+
+-- ------------------------------------------------------------------ receipts (receipts.py)
+
+-- name: insert_receipt
+INSERT INTO receipts (pixel_id, event_name, event_id, outcome, source, recorded_at, received_at,
+                      first_attempt_at, last_attempt_at, attempts, fbtrace_id, events_received,
+                      test_event_code, reason, problems, attempt_log, order_key, identity, count)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: bump_duplicate_receipt
+UPDATE receipts SET count = count + 1, last_attempt_at = ?
+WHERE id = (SELECT id FROM receipts WHERE event_id = ? AND pixel_id = ? AND event_name = ?
+            AND outcome = 'duplicate' ORDER BY id DESC LIMIT 1)
+
+-- name: settling_rows
+-- What the receipts of queue rows about to be acked or dead-lettered need.
+SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
+       test_event_code, payload
+FROM queue WHERE id IN (SELECT value FROM json_each(?))
+
+-- name: receipts_of
+SELECT id, pixel_id, event_name, event_id, outcome, source, recorded_at, received_at,
+       first_attempt_at, last_attempt_at, attempts, fbtrace_id, events_received,
+       test_event_code, reason, problems, attempt_log, order_key, identity, count
+FROM receipts WHERE event_id = ? ORDER BY id
+
+-- name: queued_of
+SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
+       test_event_code, state, available_at
+FROM queue WHERE event_id = ? ORDER BY id
+
+-- name: letters_of
+SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_event_code,
+       reason, dead_at
+FROM dead_letters WHERE event_id = ? ORDER BY id
+
+-- name: event_ids_of_order
+SELECT event_id FROM receipts WHERE order_key = ? AND (? IS NULL OR pixel_id = ?)
+GROUP BY event_id ORDER BY max(id) DESC LIMIT ?
+
+-- name: prune_old_receipts
+DELETE FROM receipts WHERE id IN (
+    SELECT id FROM receipts WHERE recorded_at < ? ORDER BY recorded_at LIMIT ?)
+
+-- name: prune_receipts_over_cap
+DELETE FROM receipts WHERE id IN (
+    SELECT id FROM receipts WHERE id <= (SELECT max(id) FROM receipts) - ? ORDER BY id LIMIT ?)
+
+-- name: receipt_count
+SELECT count(*) FROM receipts
+
+-- name: erase_candidates_queue
+-- Rows whose payload holds a digest; the caller checks the field it sits in.
+SELECT id, pixel_id, payload FROM queue WHERE instr(payload, ?) > 0
+
+-- name: erase_candidates_dead_letters
+SELECT id, pixel_id, payload FROM dead_letters WHERE instr(payload, ?) > 0
+
+-- name: erase_candidates_receipts
+SELECT id, pixel_id, identity FROM receipts WHERE instr(identity, ?) > 0
+
+-- name: delete_receipts_ids
+DELETE FROM receipts WHERE id IN (SELECT value FROM json_each(?))
+
+-- name: insert_erasure
+INSERT INTO erasures (requested_at, field, value_sha256, pixel_id, queued, dead_letters, receipts)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+
+-- name: erasure_log
+SELECT requested_at, field, value_sha256, pixel_id, queued, dead_letters, receipts
+FROM erasures ORDER BY id DESC LIMIT ?
