@@ -17,7 +17,7 @@ from capirelay.outbox import (
     SQLiteOutbox,
     StorageUnavailable,
 )
-from capirelay.outbox.sqlite.outbox import MIGRATIONS, _GroupCommitWriter, _WriteOp, migrate
+from capirelay.outbox.sqlite.writer import MIGRATIONS, GroupCommitWriter, WriteOp, migrate
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
 
@@ -136,16 +136,16 @@ async def test_close_runs_the_writes_already_submitted(db_path: Path) -> None:
 
 @pytest.mark.sqlite_only
 async def test_a_stopping_writer_refuses_new_writes_at_once(db_path: Path) -> None:
-    writer = _GroupCommitWriter(lambda: sqlite3.connect(db_path, isolation_level=None), 8)
+    writer = GroupCommitWriter(lambda: sqlite3.connect(db_path, isolation_level=None), 8)
     writer.start()
     writer.ready.result(timeout=10)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[object] = loop.create_future()
-    writer.submit(_WriteOp(lambda conn: "ran", loop, done))
+    writer.submit(WriteOp(lambda conn: "ran", loop, done))
     writer.stop()
     late: asyncio.Future[object] = loop.create_future()
     with pytest.raises(StorageUnavailable, match="closing"):
-        writer.submit(_WriteOp(lambda conn: "never", loop, late))
+        writer.submit(WriteOp(lambda conn: "never", loop, late))
     assert await asyncio.wait_for(done, 10) == "ran"  # submitted before the stop: it ran
     await loop.run_in_executor(None, writer.join, 10)
     assert not writer.is_alive()

@@ -1,8 +1,13 @@
 """The outbox contract: durable queue, dedup store and dead-letter store behind one interface.
 
 The delivery engine, the ingest path and the CLI are written against
-:class:`Outbox` only; :mod:`capirelay.outbox.sqlite` (embedded default) and the
-PostgreSQL backend implement it.  The outbox only ever holds wire-ready,
+:class:`Outbox` only; :mod:`capirelay.outbox.sqlite` (embedded default),
+:mod:`capirelay.outbox.postgres` (shared by replicas) and
+:mod:`capirelay.outbox.memory` (in-process, for tests and tools) implement it, and
+one contract suite (``tests/outbox/test_outbox_contract.py``) runs on all three.
+:class:`OutboxCore` is what each must do; :class:`Outbox` adds the optional
+stores (:class:`ReplicaHooks`, :class:`OperatorRecords`, :class:`ReceiptStore`);
+:class:`OutboxViews` are the dashboard-only reads.  The outbox only ever holds wire-ready,
 hashed events (``payload`` is the orjson encoding of the wire event), so raw
 PII never reaches disk.
 
@@ -441,7 +446,6 @@ class ReplicaHooks:
 
     async def unhold_pixel(self, pixel_id: str) -> None:
         """Lift a hold (the breaker closed again).  Default: no-op."""
-        return None
 
 
 class OperatorRecords:
@@ -569,8 +573,7 @@ class ScanViews:
         return sorted(groups.values(), key=lambda g: (-g.count, -g.last_dead_at))
 
     async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
-        """None (the dashboard then samples delivered events only)."""
-        return []
+        return []  # none: the dashboard then samples delivered events only
 
 
 def views_of(outbox: Outbox) -> OutboxViews:

@@ -37,18 +37,9 @@ no longer run, so no caller waits forever on a stopped writer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import logging
-import queue
 import secrets
 import sqlite3
-import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future as ThreadFuture
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -62,7 +53,6 @@ from capirelay.outbox._rows import (
     queue_stats,
     require_purge_target,
 )
-from capirelay.outbox._sql import Migration
 from capirelay.outbox.base import (
     DEDUP_EXPIRY_CHUNK,
     DEDUP_WINDOW_SECONDS,
@@ -83,15 +73,20 @@ from capirelay.outbox.base import (
     RequeueResult,
     StorageUnavailable,
 )
-from capirelay.outbox.sqlite._statements import MIGRATIONS, NO_LEASE, QUERIES
+from capirelay.outbox.sqlite._statements import (
+    MIGRATIONS,
+    NO_LEASE,
+    QUERIES,
+    claim_keys,
+    claim_orders,
+    insert_queued,
+)
 from capirelay.outbox.sqlite.receipts import SQLiteReceipts, insert_dead_letter_receipts
+from capirelay.outbox.sqlite.writer import GroupCommitWriter, Reader, WriteOp, connect, migrate
 
 __all__ = ["MIGRATIONS", "QUERIES", "SQLiteOutbox", "migrate"]
 
-log = logging.getLogger("capirelay.outbox")
-
 T = TypeVar("T")
-WriteFn = Callable[[sqlite3.Connection], Any]
 
 READY: Final = 0
 WAITING: Final = 1
@@ -99,32 +94,7 @@ LEASED: Final = 2
 
 # Operations per grouped transaction; bounds how long one commit holds callers.
 MAX_GROUP: Final = 1024
-# Page cache per connection (KiB): a large backlog's indexes stay in memory, not re-read.
-CACHE_KIB: Final = 64 * 1024
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
-# Most rows per multi-row VALUES statement (10 parameters a row stays far below SQLite's
-# 32,766-parameter limit).
-MAX_PIECE: Final = 256
-# How often the writer retries for the write lock another process holds (seconds).
-BEGIN_RETRY_FIRST: Final = 0.0001
-BEGIN_RETRY_MAX: Final = 0.001
-
-
-def storage_error(exc: sqlite3.Error) -> StorageUnavailable:
-    """Describe a SQLite failure without any row data (SQLite's messages hold none)."""
-    name = getattr(exc, "sqlite_errorname", type(exc).__name__)
-    return StorageUnavailable(f"SQLite outbox unavailable ({name}): {exc}")
-
-
-@functools.cache
-def _many_rows_sql(name: str, row: str, rows: int) -> str:
-    """Statement ``name`` with a VALUES list of ``rows`` times ``row``.
-
-    Enqueue claims a call's dedup keys and inserts its rows with multi-row VALUES
-    statements: one statement step per piece instead of one per event.  Piece sizes are
-    powers of two (at most MAX_PIECE rows), so a handful of statement texts cover every
-    call size and stay in the connection's prepared-statement cache."""
-    return QUERIES[name].replace("{values}", ", ".join([row] * rows))
 
 
 def _ids_json(ids: Sequence[int]) -> bytes:
@@ -144,82 +114,6 @@ def _held_ids(conn: sqlite3.Connection, id_list: bytes, lease_id: str) -> str:
     """The ids a settle call may touch: those still under ``lease_id``."""
     held: str = conn.execute(QUERIES["held_ids"], (id_list, _lease_number(lease_id))).fetchone()[0]
     return held
-
-
-def _pieces(count: int) -> list[int]:
-    """``count`` split into power-of-two sizes, largest first (100 -> 64, 32, 4)."""
-    sizes: list[int] = []
-    while count:
-        size = min(MAX_PIECE, 1 << (count.bit_length() - 1))
-        sizes.append(size)
-        count -= size
-    return sizes
-
-
-def _claim_keys(
-    conn: sqlite3.Connection, keys: Sequence[tuple[str, str, str]], now: float
-) -> list[bool]:
-    """Claim each dedup key (see ``_claim_sql``); per key, in order, whether it was
-    claimed.  A key repeated in ``keys`` counts as claimed at its first place only."""
-    cutoff = now - DEDUP_WINDOW_SECONDS
-    claimed: set[tuple[str, str, str]] = set()
-    start = 0
-    for size in _pieces(len(keys)):
-        params = [v for key in keys[start : start + size] for v in (*key, now)]
-        params.append(cutoff)
-        claimed.update(
-            map(
-                tuple,
-                conn.execute(
-                    _many_rows_sql("claim_dedup_keys", "(?, ?, ?, ?, 1)", size), params
-                ).fetchall(),
-            )
-        )
-        start += size
-    outcome: list[bool] = []
-    for key in keys:
-        outcome.append(key in claimed)
-        claimed.discard(key)
-    return outcome
-
-
-def _claim_orders(conn: sqlite3.Connection, events: Sequence[NewEvent], now: float) -> list[bool]:
-    """Write the order-ledger entries of a call's order events; per event, in order, whether
-    it may be queued (no order key, or its key was new; a key repeated in the call counts
-    at its first place only)."""
-    keys = list(dict.fromkeys(e.order_key for e in events if e.order_key is not None))
-    claimed: set[bytes] = set()
-    start = 0
-    for size in _pieces(len(keys)):
-        params = [v for key in keys[start : start + size] for v in (key, now)]
-        claimed.update(
-            bytes(row[0])
-            for row in conn.execute(_many_rows_sql("claim_order_keys", "(?, ?)", size), params)
-        )
-        start += size
-    outcome: list[bool] = []
-    for event in events:
-        if event.order_key is None:
-            outcome.append(True)
-        else:
-            outcome.append(event.order_key in claimed)
-            claimed.discard(event.order_key)
-    return outcome
-
-
-def _insert_queued(conn: sqlite3.Connection, events: Sequence[NewEvent], now: float) -> None:
-    start = 0
-    for size in _pieces(len(events)):
-        params = [
-            v
-            for e in events[start : start + size]
-            for v in (e.pixel_id, e.event_name, e.event_id, e.payload, e.event_time,
-                      e.deadline, e.test_event_code, e.source, now, now)
-        ]  # fmt: skip
-        conn.execute(
-            _many_rows_sql("insert_queued", "(?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)", size), params
-        )
-        start += size
 
 
 def _dlq_where(flt: DLQFilter | None) -> tuple[str, list[Any]]:
@@ -244,271 +138,6 @@ def _distinct_pixels(conn: sqlite3.Connection) -> list[str]:
         pixels.append(row[0])
         row = conn.execute(QUERIES["next_pixel"], (row[0],)).fetchone()
     return pixels
-
-
-# ------------------------------------------------------------------ connections
-
-
-def _connect(path: Path, *, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
-    # isolation_level=None: this module issues BEGIN/COMMIT itself (group commit).
-    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-    return conn
-
-
-def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Apply the numbered steps above ``PRAGMA user_version``; returns the new version."""
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    latest = migrations[-1].version if migrations else 0
-    if current > latest:
-        raise StorageUnavailable(
-            f"outbox schema version {current} is newer than this capirelay knows ({latest}); "
-            "upgrade capirelay or point storage at another file"
-        )
-    for step in migrations:
-        if step.version <= current:
-            continue
-        # One script, one transaction: a failed step leaves the previous version intact.
-        try:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{step.script}\nPRAGMA user_version = {step.version};\nCOMMIT;"
-            )
-        except sqlite3.Error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        log.info("outbox schema migrated to version %d (%s)", step.version, step.name)
-        current = step.version
-    return current
-
-
-@dataclass(slots=True)
-class _WriteOp:
-    fn: WriteFn
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-
-
-_STOP: Final = object()
-
-
-def _deliver(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller was cancelled; its write still happened
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
-
-
-def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, value in outcomes:
-        _deliver(future, value, None)
-
-
-class _GroupCommitWriter(threading.Thread):
-    """The only thread that writes; see the module docstring for the group-commit rules."""
-
-    def __init__(
-        self,
-        connect: Callable[[], sqlite3.Connection],
-        max_group: int,
-        busy_timeout: float = 5.0,
-    ) -> None:
-        super().__init__(name="capirelay-outbox-writer", daemon=True)
-        self._connect = connect
-        self._max_group = max_group
-        self._busy_timeout = busy_timeout
-        self._inbox: queue.SimpleQueue[_WriteOp | object] = queue.SimpleQueue()
-        # Guards _closing together with the inbox: once _STOP is in, nothing follows it.
-        self._gate = threading.Lock()
-        self._closing = False
-        self.ready: ThreadFuture[None] = ThreadFuture()
-        self.commits = 0
-        self.operations = 0
-
-    def submit(self, op: _WriteOp) -> None:
-        """Queue a write; :class:`StorageUnavailable` at once if the writer is stopping."""
-        with self._gate:
-            if self._closing:
-                raise StorageUnavailable("the outbox is closing")
-            self._inbox.put(op)
-
-    def stop(self) -> None:
-        """Refuse new writes; the thread finishes those already queued, then exits."""
-        with self._gate:
-            if not self._closing:
-                self._closing = True
-                self._inbox.put(_STOP)
-
-    def run(self) -> None:
-        try:
-            conn = self._connect()
-            migrate(conn)
-        except (sqlite3.Error, StorageUnavailable) as exc:
-            self.ready.set_exception(
-                exc if isinstance(exc, StorageUnavailable) else storage_error(exc)
-            )
-            return
-        # From here on the writer waits for the file's write lock itself (_begin): SQLite's
-        # own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, which under
-        # `serve --workers N` (N writers on one file) turns a 0.5 ms wait into a 100 ms one.
-        conn.execute("PRAGMA busy_timeout = 0")
-        self.ready.set_result(None)
-        try:
-            self._serve(conn)
-        finally:
-            conn.close()
-            self._refuse_pending()
-
-    def _refuse_pending(self) -> None:
-        """Fail every write the thread will no longer run (it is exiting) instead of
-        leaving its caller waiting forever."""
-        with self._gate:
-            self._closing = True
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, _WriteOp):
-                self._resolve(item, None, StorageUnavailable("the outbox closed before this write"))
-
-    def _serve(self, conn: sqlite3.Connection) -> None:
-        stopping = False
-        while not stopping:
-            first = self._inbox.get()
-            if first is _STOP:
-                return
-            group: list[_WriteOp] = [first]  # type: ignore[list-item]
-            while len(group) < self._max_group:
-                try:
-                    item = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                group.append(item)  # type: ignore[arg-type]
-            self._commit_group(conn, group)
-
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE`` (take the write lock), retried every 0.1 to 1 ms while another
-        process holds it, for at most ``busy_timeout`` seconds; then SQLITE_BUSY."""
-        delay = BEGIN_RETRY_FIRST
-        deadline: float | None = None
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
-                    raise
-                now = time.monotonic()
-                deadline = now + self._busy_timeout if deadline is None else deadline
-                if now >= deadline:
-                    raise
-            time.sleep(delay)
-            delay = min(delay * 2, BEGIN_RETRY_MAX)
-
-    def _commit_group(self, conn: sqlite3.Connection, group: list[_WriteOp]) -> None:
-        try:
-            self._begin(conn)
-            results = [op.fn(conn) for op in group]
-            conn.execute("COMMIT")
-        except Exception:
-            self._rollback(conn)
-            if len(group) == 1:
-                self._commit_alone(conn, group[0])
-            else:
-                # Something in the group failed: retry each alone so one bad operation
-                # (or one that needs space the disk no longer has) fails only itself.
-                for op in group:
-                    self._commit_alone(conn, op)
-            return
-        self.commits += 1
-        self.operations += len(group)
-        self._resolve_group(group, results)
-
-    def _commit_alone(self, conn: sqlite3.Connection, op: _WriteOp) -> None:
-        try:
-            self._begin(conn)
-            result = op.fn(conn)
-            conn.execute("COMMIT")
-        except sqlite3.IntegrityError as exc:
-            self._rollback(conn)
-            self._resolve(op, None, exc)
-        except sqlite3.Error as exc:
-            self._rollback(conn)
-            log.error("outbox write failed: %s", storage_error(exc))
-            self._resolve(op, None, storage_error(exc))
-        except Exception as exc:
-            self._rollback(conn)
-            self._resolve(op, None, exc)
-        else:
-            self.commits += 1
-            self.operations += 1
-            self._resolve(op, result, None)
-
-    @staticmethod
-    def _rollback(conn: sqlite3.Connection) -> None:
-        # SQLite rolls back by itself on some errors (SQLITE_FULL, IOERR); then there is
-        # nothing left to roll back and ROLLBACK itself would fail.
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-
-    @staticmethod
-    def _resolve(op: _WriteOp, value: Any, error: BaseException | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
-            op.loop.call_soon_threadsafe(_deliver, op.future, value, error)
-
-    @staticmethod
-    def _resolve_group(group: list[_WriteOp], results: list[Any]) -> None:
-        """Resolve a committed group with ONE wake-up per event loop, not one per call:
-        each ``call_soon_threadsafe`` is a cross-thread wake-up of the loop, and a group
-        commonly holds dozens of requests of the same loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
-        for op, result in zip(group, results, strict=True):
-            by_loop.setdefault(op.loop, []).append((op.future, result))
-        for loop, outcomes in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is already closed
-                loop.call_soon_threadsafe(_deliver_all, outcomes)
-
-
-class _Reader:
-    """One thread with its own read-only connection; WAL lets it read while the writer writes."""
-
-    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
-        self._connect = connect
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capirelay-reader")
-        self._conn: sqlite3.Connection | None = None
-
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = self._connect()
-            self._conn.execute("PRAGMA query_only = 1")
-        try:
-            return fn(self._conn)
-        except sqlite3.Error as exc:
-            raise storage_error(exc) from None
-
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run, fn)
-
-    def _close_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close_connection)
-        self._executor.shutdown(wait=True)
 
 
 class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
@@ -537,30 +166,30 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         self.busy_timeout = busy_timeout
         self.max_bytes = max_bytes
         self._max_group = max_group
-        self._writer: _GroupCommitWriter | None = None
-        self._reader: _Reader | None = None
+        self._writer: GroupCommitWriter | None = None
+        self._reader: Reader | None = None
 
     # ------------------------------------------------------------- lifecycle
 
     def _connect_writer(self) -> sqlite3.Connection:
-        conn = _connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+        conn = connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
         if self.max_bytes is not None:
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             conn.execute(f"PRAGMA max_page_count = {max(1, self.max_bytes // page_size)}")
         return conn
 
     def _connect_reader(self) -> sqlite3.Connection:
-        return _connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
+        return connect(self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
 
     async def open(self) -> None:
         if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _GroupCommitWriter(self._connect_writer, self._max_group, self.busy_timeout)
+        writer = GroupCommitWriter(self._connect_writer, self._max_group, self.busy_timeout)
         writer.start()
         await asyncio.wrap_future(writer.ready)
         self._writer = writer
-        self._reader = _Reader(self._connect_reader)
+        self._reader = Reader(self._connect_reader)
 
     async def close(self) -> None:
         writer, reader = self._writer, self._reader
@@ -587,7 +216,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
             raise StorageUnavailable("the outbox is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        writer.submit(_WriteOp(fn, loop, future))
+        writer.submit(WriteOp(fn, loop, future))
         return await future
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -614,16 +243,16 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
 
         def run(conn: sqlite3.Connection) -> list[EnqueueStatus]:
             if any(e.order_key is not None for e in batch):
-                new_order = _claim_orders(conn, batch, now)
+                new_order = claim_orders(conn, batch, now)
                 picked = [i for i, ok in enumerate(new_order) if ok]
                 claimed = [False] * len(batch)
                 for i, ok in zip(
-                    picked, _claim_keys(conn, [keys[i] for i in picked], now), strict=True
+                    picked, claim_keys(conn, [keys[i] for i in picked], now), strict=True
                 ):
                     claimed[i] = ok
             else:
-                claimed = _claim_keys(conn, keys, now)
-            _insert_queued(conn, [e for e, ok in zip(batch, claimed, strict=True) if ok], now)
+                claimed = claim_keys(conn, keys, now)
+            insert_queued(conn, [e for e, ok in zip(batch, claimed, strict=True) if ok], now)
             return [EnqueueStatus.QUEUED if ok else EnqueueStatus.DUPLICATE for ok in claimed]
 
         return await self._write(run)
@@ -801,7 +430,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
 
         def run(conn: sqlite3.Connection) -> RequeueResult:
             letters = conn.execute(QUERIES["dlq_keys"], (id_list,)).fetchall()
-            claimed = _claim_keys(conn, [(p, n, e) for _, p, n, e in letters], now)
+            claimed = claim_keys(conn, [(p, n, e) for _, p, n, e in letters], now)
             result = RequeueResult()
             for (dlq_id, *_), ok in zip(letters, claimed, strict=True):
                 (result.requeued if ok else result.duplicate).append(dlq_id)
