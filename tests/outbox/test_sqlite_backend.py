@@ -17,6 +17,9 @@ from capirelay.outbox import (
     SQLiteOutbox,
     StorageUnavailable,
 )
+from capirelay.outbox._sql import split_queries
+from capirelay.outbox.base import ATTEMPT_LOG_LIMIT
+from capirelay.outbox.sqlite import QUERIES
 from capirelay.outbox.sqlite.writer import MIGRATIONS, GroupCommitWriter, WriteOp, migrate
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
@@ -174,3 +177,20 @@ async def test_version_1_files_upgrade_with_their_queued_keys_pinned(db_path: Pa
         assert await box.expire_dedup(now=later) == 1
     finally:
         await box.close()
+
+
+def test_the_packaged_sql_loads_with_its_constants_filled() -> None:
+    """queries.sql and migrations/ ship in the package and load through the shared loader:
+    only the per-call tokens ({values}, {where}) are left in the text."""
+    per_call = {name for name, sql in QUERIES.items() if "{" in sql}
+    assert per_call == {
+        "claim_dedup_keys",
+        "insert_queued",
+        "claim_order_keys",
+        "dlq_list",
+        "dlq_purge_filter",
+    }
+    assert f">= {ATTEMPT_LOG_LIMIT}" in QUERIES["reschedule"]
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    with pytest.raises(ValueError, match="defined twice"):
+        split_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
