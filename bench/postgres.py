@@ -452,7 +452,7 @@ def main() -> None:
             ["storage", "ingest events/s", "p50 ms", "p99 ms", "202s", "drain events/s"],
             rows,
         )
-        from capirelay.outbox.migrate import migrate_url
+        from capirelay.outbox.postgres.migrate import migrate_url
 
         cost_events = min(events, 50_000)
         # synchronous_commit=off (this session only) separates the statements' own cost

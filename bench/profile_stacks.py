@@ -24,11 +24,11 @@ from pathlib import Path
 STAGES: list[tuple[str, re.Pattern[str]]] = [
     (stage, re.compile(pattern))
     for stage, pattern in [
-        ("writer: dedup claim (upsert)", r"^_claim_keys "),
+        ("writer: dedup claim (upsert)", r"^claim_keys "),
         ("writer: insert rows", r"^_insert_queued "),
-        ("writer: BEGIN/COMMIT (fsync)", r"^_GroupCommitWriter\._(commit_group|commit_alone) "),
-        ("writer: resolve futures (cross-thread)", r"^_GroupCommitWriter\._resolve "),
-        ("writer: other", r"^_GroupCommitWriter\."),
+        ("writer: BEGIN/COMMIT (fsync)", r"^GroupCommitWriter\._(commit_group|commit_alone) "),
+        ("writer: resolve futures (cross-thread)", r"^GroupCommitWriter\._resolve "),
+        ("writer: other", r"^GroupCommitWriter\."),
         ("owner IPC (pack/unpack, socket)", r"capirelay/server/_owner|capirelay/server/_ipc"),
         ("prepare: validate_event", r"^validate_event "),
         ("prepare: derive_event_id", r"^derive_event_id "),

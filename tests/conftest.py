@@ -9,7 +9,9 @@ dropped afterwards.  ``CAPIRELAY_TEST_POSTGRES`` overrides the server URL.
 
 Backend parametrization: a test whose fixtures ask for ``backend`` runs once per
 storage backend; ``@pytest.mark.sqlite_only`` keeps a test that exercises a
-SQLite-specific mechanism (group-commit counters, ``max_page_count``) to SQLite.
+SQLite-specific mechanism (group-commit counters, ``max_page_count``) to SQLite, and
+``@pytest.mark.outbox_contract`` adds the in-memory outbox (``memory``) to the backends
+(tests of the contract itself, through the ``outbox`` fixture of ``tests/outbox``).
 
 Emulator: ``emulator`` is a live Graph API emulator on a loopback port serving the
 pixels of ``emulator_data`` (directories needing other pixels or a wider scope
@@ -44,12 +46,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only: exercises a SQLite-specific mechanism; not run on PostgreSQL"
     )
+    config.addinivalue_line(
+        "markers", "outbox_contract: a test of the Outbox contract; also run on InMemoryOutbox"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
-        backends = ("sqlite",) if only_sqlite else BACKENDS
+        contract = metafunc.definition.get_closest_marker("outbox_contract") is not None
+        backends = ("sqlite",) if only_sqlite else ("memory", *BACKENDS) if contract else BACKENDS
         metafunc.parametrize("backend", backends, scope=_backend_scope(metafunc))
 
 

@@ -65,7 +65,13 @@ async def seed(db: Path) -> None:
             fbtrace_id="TRACE123",
             retry_class="invalid",
         )
-        await box.dead_letter([e.id for e in leased], reason=reason, attempt=attempt, now=now)
+        await box.dead_letter(
+            [e.id for e in leased],
+            reason=reason,
+            attempt=attempt,
+            now=now,
+            lease_id=leased[0].lease_id,
+        )
     await box.close()
 
 

@@ -83,7 +83,9 @@ async def dead_letter(outbox: Outbox, payload: dict[str, Any], reason: DeadLette
         fbtrace_id="Trace1",
         retry_class="invalid",
     )
-    await outbox.dead_letter([leased.id], reason=reason, attempt=rejection, now=NOW - DAY)
+    await outbox.dead_letter(
+        [leased.id], reason=reason, attempt=rejection, now=NOW - DAY, lease_id=leased.lease_id
+    )
     [letter] = await outbox.dlq_list(limit=1)
     return letter.id
 

@@ -141,7 +141,11 @@ async def dead_letter_recently(db: Path) -> None:
         retry_class="invalid",
     )
     await box.dead_letter(
-        [e.id for e in leased], reason=DeadLetterReason.INVALID, attempt=attempt, now=now
+        [e.id for e in leased],
+        reason=DeadLetterReason.INVALID,
+        attempt=attempt,
+        now=now,
+        lease_id=leased[0].lease_id,
     )
     await box.close()
 

@@ -7,7 +7,6 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,7 +24,8 @@ from capirelay.logs import (
 )
 from capirelay.metrics import Metrics
 from capirelay.normalize import sha256_hex
-from capirelay.outbox import NewEvent, SQLiteOutbox
+from capirelay.outbox import NewEvent
+from capirelay.outbox.memory import InMemoryOutbox
 
 PIXEL = "1234567890123456"
 TOKEN = "EAAlogtestTOKEN0123456789abcdefXYZ"
@@ -157,9 +157,7 @@ def test_configure_logging_json_routes_every_logger_through_redaction() -> None:
     assert "color_message" not in lines[1]
 
 
-async def test_delivery_logs_one_json_line_per_batch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_delivery_logs_one_json_line_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -173,7 +171,7 @@ async def test_delivery_logs_one_json_line_per_batch(
         pixels={PIXEL: PixelSettings(access_token=Secret(env=TOKEN_ENV))},
         delivery=DeliverySettings(linger_ms=0, poll_seconds=0.05, batch_size=1000),
     )
-    outbox = SQLiteOutbox(tmp_path / "outbox.db")
+    outbox = InMemoryOutbox()  # the log lines are the subject, not the storage
     await outbox.open()
     try:
         async with run_emulator(pixels={PIXEL: TOKEN}) as emulator:

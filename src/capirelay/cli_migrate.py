@@ -51,8 +51,8 @@ def migrate_command(
 
     With --from and --to: copy a SQLite outbox into PostgreSQL (stop the gateway first).
     """
-    from capirelay.outbox.migrate import MIGRATIONS, migrate_url
     from capirelay.outbox.postgres import postgres_conninfo
+    from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate_url
 
     if source is not None or target is not None:
         from capirelay.cli_transfer import transfer_command

@@ -40,7 +40,7 @@ from capirelay.health import (
     version_health,
 )
 from capirelay.outbox import DLQFilter, Outbox, QueueStats, open_outbox, sqlite_path_from_url
-from capirelay.outbox.base import DLQGroup
+from capirelay.outbox.base import DLQGroup, views_of
 from capirelay.quality import GOOD_SCORE, QualityReport, predict_match_quality
 
 __all__ = [
@@ -533,8 +533,8 @@ async def _read_queue_facts(outbox: Outbox, now: float, facts: _StorageFacts) ->
         DLQFilter(since=now - DLQ_RECENT_WINDOW_SECONDS), limit=DLQ_RECENT_SCAN
     )
     facts.recent_dead = len(recent)
-    facts.groups = await outbox.dlq_breakdown()
-    queued = await outbox.queue_sample(limit=SAMPLE_SIZE)
+    facts.groups = await views_of(outbox).dlq_breakdown()
+    queued = await views_of(outbox).queue_sample(limit=SAMPLE_SIZE)
     dead = recent[:SAMPLE_SIZE] or await outbox.dlq_list(limit=SAMPLE_SIZE)
     facts.sample = _decode_payloads([e.payload for e in queued] + [d.payload for d in dead])
 

@@ -1,6 +1,6 @@
 """Where the diagnostics schedule keeps its results, on either storage backend.
 
-Tables (``outbox/sql/0004_meta_diagnostics.sql`` and SQLite schema version 3):
+Tables (``outbox/{postgres,sqlite}/migrations/000N_meta_diagnostics.sql``):
 the latest result of every check per pixel, one history row per transition
 (a check starting or stopping to fail), the last run per pixel with a JSON
 summary, the events Meta acknowledged per pixel, event name and hour, and a

@@ -1,8 +1,8 @@
 """The outbox's read-only dashboard views: queue and dead letters grouped, recent queued events.
 
-The SQLite implementation is checked against the interface's default
-implementation (written with the abstract methods only), so a backend that
-overrides them must agree with the same answers.
+The SQLite and in-memory implementations are checked against :class:`ScanViews`
+(written with the core contract only), so a backend that implements
+:class:`OutboxViews` must agree with the same answers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, Outbox, SQLiteOutbox
-from capirelay.outbox.base import DLQGroup, QueueGroup
+from capirelay.outbox.base import DLQGroup, QueueGroup, ScanViews, views_of
+from capirelay.outbox.memory import InMemoryOutbox
 
 NOW = 1_790_000_000.0
 WEEK = 7 * 86400
@@ -30,9 +31,16 @@ def _refusal(code: int | None, subcode: int | None, trace: str) -> Attempt:
                    fbtrace_id=trace, retry_class="invalid")  # fmt: skip
 
 
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[SQLiteOutbox]:
-    box = SQLiteOutbox(str(tmp_path / "views.db"))
+Box = SQLiteOutbox | InMemoryOutbox  # both implement the core contract and OutboxViews
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def outbox(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Box]:
+    box: Box
+    if request.param == "memory":
+        box = InMemoryOutbox()
+    else:
+        box = SQLiteOutbox(str(tmp_path / "views.db"))
     await box.open()
     try:
         yield box
@@ -53,24 +61,24 @@ async def _fill(box: Outbox) -> None:
         _event("222", "Lead", "old", t + 70),
     ]
     await box.enqueue(events, now=NOW)
-    leased = {
-        e.event_id: e.id for e in await box.lease("111", limit=100, lease_seconds=60, now=NOW)
-    }
-    leased |= {
-        e.event_id: e.id for e in await box.lease("222", limit=100, lease_seconds=60, now=NOW)
-    }
-    await box.dead_letter([leased["bad1"]], reason=DeadLetterReason.INVALID,
-                          attempt=_refusal(100, 2804050, "T1"), now=NOW + 1)  # fmt: skip
-    await box.dead_letter([leased["bad2"]], reason=DeadLetterReason.INVALID,
-                          attempt=_refusal(100, 2804050, "T2"), now=NOW + 2)  # fmt: skip
-    await box.dead_letter([leased["bad3"]], reason=DeadLetterReason.CONFIG,
-                          attempt=_refusal(100, 2804030, "T3"), now=NOW + 3)  # fmt: skip
-    await box.dead_letter([leased["old"]], reason=DeadLetterReason.EXPIRED, attempt=None,
-                          now=NOW + 4)  # fmt: skip
-    await box.release([leased[i] for i in ("p1", "p2", "l1", "q1")])
+    leased = {e.event_id: e for e in await box.lease("111", limit=100, lease_seconds=60, now=NOW)}
+    leased |= {e.event_id: e for e in await box.lease("222", limit=100, lease_seconds=60, now=NOW)}
+
+    async def dead(event_id: str, reason: DeadLetterReason, attempt: Attempt | None,
+                   at: float) -> None:  # fmt: skip
+        held = leased[event_id]
+        await box.dead_letter([held.id], reason=reason, attempt=attempt, now=at,
+                              lease_id=held.lease_id)  # fmt: skip
+
+    await dead("bad1", DeadLetterReason.INVALID, _refusal(100, 2804050, "T1"), NOW + 1)
+    await dead("bad2", DeadLetterReason.INVALID, _refusal(100, 2804050, "T2"), NOW + 2)
+    await dead("bad3", DeadLetterReason.CONFIG, _refusal(100, 2804030, "T3"), NOW + 3)
+    await dead("old", DeadLetterReason.EXPIRED, None, NOW + 4)
+    for event_id in ("p1", "p2", "l1", "q1"):
+        await box.release([leased[event_id].id], lease_id=leased[event_id].lease_id)
 
 
-async def test_queue_breakdown_groups_by_pixel_and_event_name(outbox: SQLiteOutbox) -> None:
+async def test_queue_breakdown_groups_by_pixel_and_event_name(outbox: Box) -> None:
     await _fill(outbox)
     t = int(NOW) - 3600
     assert await outbox.queue_breakdown(now=NOW) == [
@@ -80,16 +88,16 @@ async def test_queue_breakdown_groups_by_pixel_and_event_name(outbox: SQLiteOutb
     ]
 
 
-async def test_default_queue_breakdown_is_per_pixel(outbox: SQLiteOutbox) -> None:
+async def test_default_queue_breakdown_is_per_pixel(outbox: Box) -> None:
     await _fill(outbox)
-    assert await Outbox.queue_breakdown(outbox, now=NOW) == [
+    assert await ScanViews(outbox).queue_breakdown(now=NOW) == [
         QueueGroup("111", "*", 3, None, None),
         QueueGroup("222", "*", 1, None, None),
     ]
 
 
 async def test_dlq_breakdown_groups_by_code_and_keeps_the_latest_trace(
-    outbox: SQLiteOutbox,
+    outbox: Box,
 ) -> None:
     await _fill(outbox)
     groups = await outbox.dlq_breakdown()
@@ -102,12 +110,13 @@ async def test_dlq_breakdown_groups_by_code_and_keeps_the_latest_trace(
     }
 
 
-async def test_sqlite_dlq_breakdown_agrees_with_the_default(outbox: SQLiteOutbox) -> None:
+async def test_dlq_breakdown_agrees_with_the_scan(outbox: Box) -> None:
     await _fill(outbox)
-    assert set(await outbox.dlq_breakdown()) == set(await Outbox.dlq_breakdown(outbox))
+    assert set(await outbox.dlq_breakdown()) == set(await ScanViews(outbox).dlq_breakdown())
+    assert views_of(outbox) is outbox
 
 
-async def test_queue_sample_returns_newest_queued_without_leasing(outbox: SQLiteOutbox) -> None:
+async def test_queue_sample_returns_newest_queued_without_leasing(outbox: Box) -> None:
     await _fill(outbox)
     sample = await outbox.queue_sample(limit=3)
     assert [e.event_id for e in sample] == ["q1", "l1", "p2"]
@@ -117,8 +126,8 @@ async def test_queue_sample_returns_newest_queued_without_leasing(outbox: SQLite
     assert [e.event_id for e in leased] == ["q1"]
 
 
-async def test_views_of_an_empty_outbox(outbox: SQLiteOutbox) -> None:
+async def test_views_of_an_empty_outbox(outbox: Box) -> None:
     assert await outbox.queue_breakdown(now=NOW) == []
     assert await outbox.dlq_breakdown() == []
     assert await outbox.queue_sample(limit=10) == []
-    assert await Outbox.queue_sample(outbox, limit=10) == []
+    assert await ScanViews(outbox).queue_sample(limit=10) == []

@@ -119,7 +119,11 @@ async def dead_letters(storage: str, ids: list[str]) -> None:
         leased = await box.lease(PIXEL_ID, limit=len(ids), lease_seconds=60, now=now)
         attempt = Attempt(at=now, status=400, code=100, subcode=2804050, message="bad")
         await box.dead_letter(
-            [e.id for e in leased], reason=DeadLetterReason.INVALID, attempt=attempt, now=now
+            [e.id for e in leased],
+            reason=DeadLetterReason.INVALID,
+            attempt=attempt,
+            now=now,
+            lease_id=leased[0].lease_id,
         )
     finally:
         await box.close()

@@ -3,7 +3,7 @@
 Regression tests for review findings 2 (a lease that ran out must not let its old
 holder settle rows someone else now holds), 3 (a replayed dead letter claims its
 dedup key like enqueue) and 4 (a key is never forgotten while its event is queued);
-on both backends.
+part of the contract suite (every backend and the in-memory outbox).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from capirelay.outbox import (
     Outbox,
     RequeueResult,
 )
+
+pytestmark = pytest.mark.outbox_contract
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
 LEASE = 30.0
@@ -48,7 +50,11 @@ async def _dead_letter(box: Outbox, ids: list[int], lease_id: str) -> None:
     )
 
 
-SETTLES: list[Settle] = [_ack, _reschedule, _release, _dead_letter]
+async def _ack_delivered(box: Outbox, ids: list[int], lease_id: str) -> None:
+    await box.ack_delivered(ids, now=T0 + LEASE, lease_id=lease_id)
+
+
+SETTLES: list[Settle] = [_ack, _ack_delivered, _reschedule, _release, _dead_letter]
 
 
 async def _lease_all(box: Outbox, now: float = T0) -> list[LeasedEvent]:
@@ -58,7 +64,13 @@ async def _lease_all(box: Outbox, now: float = T0) -> list[LeasedEvent]:
 async def _dead_letter_one(box: Outbox, event_id: str, now: float = T0) -> int:
     await box.enqueue([make_event(event_id)], now=now)
     [leased] = await _lease_all(box, now)
-    await box.dead_letter([leased.id], reason=DeadLetterReason.INVALID, attempt=None, now=now)
+    await box.dead_letter(
+        [leased.id],
+        reason=DeadLetterReason.INVALID,
+        attempt=None,
+        now=now,
+        lease_id=leased.lease_id,
+    )
     letters = await box.dlq_list()
     return max(letter.id for letter in letters)
 
@@ -102,13 +114,16 @@ async def test_the_holder_settles_its_own_lease_even_after_it_ran_out(
     assert (await outbox.stats(now=T0 + LEASE)).leased == 0
 
 
-async def test_settling_without_a_lease_id_works_as_before(outbox: Outbox) -> None:
-    await outbox.enqueue([make_event("a"), make_event("b")], now=T0)
-    leased = await _lease_all(outbox)
-    await outbox.ack([leased[0].id], now=T0)
-    await outbox.release([leased[1].id])
-    [again] = await _lease_all(outbox)
-    assert again.id == leased[1].id
+@pytest.mark.parametrize("settle", SETTLES, ids=lambda f: f.__name__.strip("_"))
+async def test_a_lease_id_nobody_was_given_settles_nothing(outbox: Outbox, settle: Settle) -> None:
+    """The lease id is required: the empty one of an event only looked at (a dashboard
+    sample) or an unknown one touches no row."""
+    await outbox.enqueue([make_event("a")], now=T0)
+    [held] = await _lease_all(outbox)
+    for lease_id in ("", "0", "not-a-lease"):
+        await settle(outbox, [held.id], lease_id)
+    assert (await outbox.stats(now=T0)).leased == 1
+    assert (await outbox.stats(now=T0)).dlq_size == 0
 
 
 async def test_extend_lease_keeps_a_batch_in_flight_from_being_leased_again(
@@ -144,8 +159,9 @@ async def test_extend_lease_answers_only_the_rows_still_held(outbox: Outbox) -> 
     assert await outbox.extend_lease(
         [current.id], until=later + LEASE, now=later, lease_id=current.lease_id
     ) == [current.id]
-    # Without a lease id: whatever is still leased.
-    assert await outbox.extend_lease([current.id, 999], until=later + 60, now=later) == [current.id]
+    assert await outbox.extend_lease(
+        [current.id, 999], until=later + 60, now=later, lease_id=current.lease_id
+    ) == [current.id]
 
 
 async def test_extend_lease_takes_back_a_lapsed_lease_nobody_took(outbox: Outbox) -> None:
@@ -160,7 +176,7 @@ async def test_extend_lease_takes_back_a_lapsed_lease_nobody_took(outbox: Outbox
 
 async def test_extend_lease_must_end_in_the_future(outbox: Outbox) -> None:
     with pytest.raises(ValueError, match="after now"):
-        await outbox.extend_lease([1], until=T0, now=T0)
+        await outbox.extend_lease([1], until=T0, now=T0, lease_id="any")
 
 
 # ----------------------------------------------------------- dedup while queued
@@ -189,7 +205,7 @@ async def test_a_delivered_key_expires_after_the_window(outbox: Outbox) -> None:
 async def test_an_old_delivered_key_is_taken_over_at_enqueue(outbox: Outbox) -> None:
     await outbox.enqueue([make_event("sent")], now=T0)
     [leased] = await _lease_all(outbox)
-    await outbox.ack([leased.id], now=T0 + 1)
+    await outbox.ack([leased.id], now=T0 + 1, lease_id=leased.lease_id)
     later = T0 + DEDUP_WINDOW_SECONDS
     assert await outbox.enqueue([make_event("sent"), make_event("sent")], now=later) == [
         QUEUED,

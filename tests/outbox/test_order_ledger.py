@@ -1,5 +1,6 @@
-"""The order ledger on both backends: an order is queued once for the ledger's retention, not
-only for the 48 h dedup window; dead letters keep their entry; a DLQ replay resends."""
+"""The order ledger on every backend (contract suite): an order is queued once for the
+ledger's retention, not only for the 48 h dedup window; dead letters keep their entry; a
+DLQ replay resends."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from outbox_data import T0, make_event
 from capirelay.orders import order_key
 from capirelay.outbox import DEDUP_WINDOW_SECONDS, Outbox
 from capirelay.outbox.base import DeadLetterReason, EnqueueStatus, NewEvent
+
+pytestmark = pytest.mark.outbox_contract
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
 DAY = 86400.0

@@ -29,18 +29,20 @@ def event(event_id: str, *, em: str = EMAIL_HASH, order_id: str | None = None) -
     )
 
 
-async def lease_all(outbox: Outbox, now: float = T0) -> list[int]:
-    return [e.id for e in await outbox.lease("111", limit=100, lease_seconds=LEASE, now=now)]
+async def lease_all(outbox: Outbox, now: float = T0) -> tuple[list[int], str]:
+    """The ids leased, and the lease id they carry."""
+    leased = await outbox.lease("111", limit=100, lease_seconds=LEASE, now=now)
+    return [e.id for e in leased], leased[0].lease_id if leased else ""
 
 
 async def test_a_delivery_after_a_failure_keeps_both_answers(outbox: Outbox) -> None:
     await outbox.enqueue([event("e1", order_id="A-1001")], now=T0)
-    ids = await lease_all(outbox)
+    ids, lease = await lease_all(outbox)
     failure = Attempt(at=T0 + 1, status=500, code=2, message="unavailable", fbtrace_id="Ffail")
-    await outbox.reschedule(ids, next_attempt_at=T0 + 10, attempt=failure)
-    ids = await lease_all(outbox, T0 + 10)
+    await outbox.reschedule(ids, next_attempt_at=T0 + 10, attempt=failure, lease_id=lease)
+    ids, lease = await lease_all(outbox, T0 + 10)
     answer = MetaAnswer(fbtrace_id="Fok", events_received=1, sent_at=T0 + 11)
-    await outbox.ack_delivered(ids, now=T0 + 12, answer=answer)
+    await outbox.ack_delivered(ids, now=T0 + 12, answer=answer, lease_id=lease)
 
     record = await outbox.trace("e1")
     [receipt] = record.receipts
@@ -57,7 +59,7 @@ async def test_a_delivery_after_a_failure_keeps_both_answers(outbox: Outbox) -> 
     assert await outbox.event_ids_for_order("A-1001") == ["e1"]
     assert await outbox.event_ids_for_order("A-1002") == []
     # Delivered means gone from the queue, and its dedup key still answers duplicate.
-    assert await lease_all(outbox, T0 + 100) == []
+    assert await lease_all(outbox, T0 + 100) == ([], "")
     assert [str(s) for s in await outbox.enqueue([event("e1")], now=T0 + 20)] == ["duplicate"]
 
 
@@ -74,11 +76,13 @@ async def test_a_lease_taken_over_writes_no_receipt(outbox: Outbox) -> None:
 
 async def test_dead_letters_are_receipted_with_the_refusal(outbox: Outbox) -> None:
     await outbox.enqueue([event("e3")], now=T0)
-    ids = await lease_all(outbox)
+    ids, lease = await lease_all(outbox)
     refusal = Attempt(
         at=T0 + 2, status=400, code=100, subcode=2804050, message="bad", fbtrace_id="Fbad"
     )
-    await outbox.dead_letter(ids, reason=DeadLetterReason.INVALID, attempt=refusal, now=T0 + 3)
+    await outbox.dead_letter(
+        ids, reason=DeadLetterReason.INVALID, attempt=refusal, now=T0 + 3, lease_id=lease
+    )
 
     record = await outbox.trace("e3")
     [receipt] = record.receipts
@@ -132,14 +136,15 @@ async def test_erase_removes_every_trace_of_one_person(outbox: Outbox) -> None:
     await outbox.enqueue(
         [event("q1"), event("q2", em=OTHER_HASH), event("d1"), event("r1")], now=T0
     )
-    leased = {
-        e.event_id: e.id for e in await outbox.lease("111", limit=10, lease_seconds=LEASE, now=T0)
-    }
+    taken = await outbox.lease("111", limit=10, lease_seconds=LEASE, now=T0)
+    leased, lease = {e.event_id: e.id for e in taken}, taken[0].lease_id
     await outbox.dead_letter(
-        [leased["d1"]], reason=DeadLetterReason.EXPIRED, attempt=None, now=T0 + 1
+        [leased["d1"]], reason=DeadLetterReason.EXPIRED, attempt=None, now=T0 + 1, lease_id=lease
     )
-    await outbox.ack_delivered([leased["r1"]], now=T0 + 1, answer=MetaAnswer("F", 1))
-    await outbox.release([leased["q1"], leased["q2"]])
+    await outbox.ack_delivered(
+        [leased["r1"]], now=T0 + 1, answer=MetaAnswer("F", 1), lease_id=lease
+    )
+    await outbox.release([leased["q1"], leased["q2"]], lease_id=lease)
 
     result = await outbox.erase(
         {"em": {EMAIL_HASH}}, pixel_id=None, now=T0 + 5, audit=[("em", EMAIL_HASH)]

@@ -11,7 +11,12 @@ from typer.testing import CliRunner
 
 from capirelay.cli import app
 from capirelay.outbox import StorageUnavailable
-from capirelay.outbox.migrate import MIGRATIONS, applied_versions, load_migrations, migrate_url
+from capirelay.outbox.postgres.migrate import (
+    MIGRATIONS,
+    applied_versions,
+    load_migrations,
+    migrate_url,
+)
 
 ALL_VERSIONS = [m.version for m in MIGRATIONS]
 TABLES = {

@@ -114,9 +114,9 @@ async def test_a_dead_replicas_lease_expires_to_another(open_replica: OpenReplic
     assert {e.id for e in again} == {e.id for e in taken}
     # The stalled replica wakes up and gives "its" events back: they are not its own any
     # more, so nothing happens and the new holder keeps them.
-    await dead.release([e.id for e in taken])
+    await dead.release([e.id for e in taken], lease_id=taken[0].lease_id)
     assert await alive.lease("111", limit=10, lease_seconds=30, now=T0 + 31) == []
-    await alive.ack([e.id for e in again], now=T0 + 31)
+    await alive.ack([e.id for e in again], now=T0 + 31, lease_id=again[0].lease_id)
     assert (await alive.stats(now=T0 + 31)).depth == 0
 
 
@@ -148,7 +148,7 @@ async def test_after_a_breaker_hold_one_replica_probes_and_an_ack_lifts_it(
     assert await tripped.due_pixels(now=T0 + 61) == []
     # The probe was accepted: the ack lifts the hold on every replica.
     [probe] = [e for batch in both for e in batch]
-    await first.ack([probe.id], now=T0 + 62)
+    await first.ack([probe.id], now=T0 + 62, lease_id=probe.lease_id)
     assert len(await second.lease("111", limit=10, lease_seconds=30, now=T0 + 62)) == 3
 
 
@@ -193,7 +193,9 @@ async def test_reopen_keeps_queue_dead_letters_and_dedup(postgres_url: str) -> N
     await first.open()
     await first.enqueue([event("a"), event("b")], now=T0)
     [leased, _] = await first.lease("111", limit=2, lease_seconds=30, now=T0)
-    await first.dead_letter([leased.id], reason=DeadLetterReason.INVALID, attempt=None, now=T0)
+    await first.dead_letter(
+        [leased.id], reason=DeadLetterReason.INVALID, attempt=None, now=T0, lease_id=leased.lease_id
+    )
     await first.close()
     second = PostgresOutbox(postgres_url, pool_size=2)
     await second.open()

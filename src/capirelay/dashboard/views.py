@@ -54,6 +54,7 @@ from capirelay.graph import explain
 from capirelay.health import version_health
 from capirelay.metrics import Metrics
 from capirelay.outbox import DLQFilter, Outbox
+from capirelay.outbox.base import views_of
 from capirelay.quality import GOOD_SCORE, MATCH_KEYS, predict_match_quality
 
 __all__ = ["Views"]
@@ -262,8 +263,8 @@ class Views:
         self.recorder.sample()
         now = self.clock()
         stats = await outbox.stats(now=now)
-        queue = await outbox.queue_breakdown(now=now)
-        letters = await outbox.dlq_breakdown()
+        queue = await views_of(outbox).queue_breakdown(now=now)
+        letters = await views_of(outbox).dlq_breakdown()
         pixels = overview_rows(
             self.settings.pixels,
             self.recorder.totals(),
@@ -328,7 +329,7 @@ class Views:
         outbox, engine = _shared(request)
         self.recorder.sample()
         groups: dict[tuple[int | None, int | None], dict[str, Any]] = {}
-        for group in await outbox.dlq_breakdown():
+        for group in await views_of(outbox).dlq_breakdown():
             entry = groups.setdefault(
                 (group.code, group.subcode),
                 {
@@ -523,7 +524,7 @@ class Views:
         by_pixel: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for event in self.deliveries.recent:
             by_pixel[event.pixel_id].append(event.wire())
-        for queued in await outbox.queue_sample(limit=QUALITY_SAMPLE_QUEUED):
+        for queued in await views_of(outbox).queue_sample(limit=QUALITY_SAMPLE_QUEUED):
             decoded = orjson.loads(queued.payload)
             if isinstance(decoded, dict):
                 by_pixel[queued.pixel_id].append(decoded)

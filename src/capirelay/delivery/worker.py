@@ -116,11 +116,11 @@ def without_fbc(payload: bytes) -> bytes | None:
     return orjson.dumps(event)
 
 
-def _by_lease(events: Sequence[LeasedEvent]) -> dict[str | None, list[int]]:
+def _by_lease(events: Sequence[LeasedEvent]) -> dict[str, list[int]]:
     """Event ids grouped by the lease that handed them out (settling is per lease)."""
-    groups: dict[str | None, list[int]] = defaultdict(list)
+    groups: dict[str, list[int]] = defaultdict(list)
     for event in events:
-        groups[event.lease_id or None].append(event.id)
+        groups[event.lease_id].append(event.id)
     return groups
 
 
@@ -679,14 +679,14 @@ class PixelWorker:
         now = self._clock()
         attempt = attempt_from(err, now)
         draw = _FixedDraw(self._rng.random())
-        due_at: dict[tuple[float, str | None], list[int]] = defaultdict(list)
+        due_at: dict[tuple[float, str], list[int]] = defaultdict(list)
         expired: list[LeasedEvent] = []
         for event in events:
             when = self._policy.next_attempt_at(event.attempts + 1, now, event.deadline, draw)
             if when is None:
                 expired.append(event)
             else:
-                due_at[(when, event.lease_id or None)].append(event.id)
+                due_at[(when, event.lease_id)].append(event.id)
         for (when, lease_id), ids in due_at.items():
             await self._outbox.reschedule(
                 ids, next_attempt_at=when, attempt=attempt, lease_id=lease_id

@@ -1,4 +1,12 @@
-"""The durable outbox: one interface (:class:`Outbox`) and the backends behind it.
+"""The durable outbox: one contract (:mod:`.base`) and the backends behind it.
+
+* :mod:`.base`: :class:`Outbox` (the core contract plus its named optional stores),
+  :class:`OutboxViews` (dashboard-only reads) and the shared contract constants;
+* :mod:`.memory`: :class:`~capirelay.outbox.memory.InMemoryOutbox`, the in-process twin
+  for tests and tools (not durable, never a ``storage`` URL);
+* :mod:`.sqlite` and :mod:`.postgres`: the two database backends, each a package with
+  its named queries (``queries.sql``) and numbered migrations (``migrations/``), read
+  by the one loader :mod:`._sql`.
 
 ``open_outbox(url)`` picks the backend from the ``storage`` URL of the settings:
 
@@ -23,6 +31,8 @@ from capirelay.outbox.base import (
     LeasedEvent,
     NewEvent,
     Outbox,
+    OutboxCore,
+    OutboxViews,
     QueueStats,
     RequeueResult,
     StorageUnavailable,
@@ -40,6 +50,8 @@ __all__ = [
     "LeasedEvent",
     "NewEvent",
     "Outbox",
+    "OutboxCore",
+    "OutboxViews",
     "QueueStats",
     "RequeueResult",
     "SQLiteOutbox",

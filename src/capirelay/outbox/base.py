@@ -1,8 +1,13 @@
 """The outbox contract: durable queue, dedup store and dead-letter store behind one interface.
 
 The delivery engine, the ingest path and the CLI are written against
-:class:`Outbox` only; :mod:`capirelay.outbox.sqlite` (embedded default) and the
-PostgreSQL backend implement it.  The outbox only ever holds wire-ready,
+:class:`Outbox` only; :mod:`capirelay.outbox.sqlite` (embedded default),
+:mod:`capirelay.outbox.postgres` (shared by replicas) and
+:mod:`capirelay.outbox.memory` (in-process, for tests and tools) implement it, and
+one contract suite (``tests/outbox/test_outbox_contract.py``) runs on all three.
+:class:`OutboxCore` is what each must do; :class:`Outbox` adds the optional
+stores (:class:`ReplicaHooks`, :class:`OperatorRecords`, :class:`ReceiptStore`);
+:class:`OutboxViews` are the dashboard-only reads.  The outbox only ever holds wire-ready,
 hashed events (``payload`` is the orjson encoding of the wire event), so raw
 PII never reaches disk.
 
@@ -35,15 +40,12 @@ Leases: every :meth:`Outbox.lease` call stamps its rows with a fresh random
 lease id, carried by each :class:`LeasedEvent`.  A lease expires after
 ``lease_seconds``; the rows are then leased again (to this process or another
 replica) under a new lease id.  The settle methods (``ack``, ``reschedule``,
-``release``, ``dead_letter``) and :meth:`Outbox.extend_lease` take ids plus an
-optional ``lease_id``: given, they touch only rows still carrying that lease id,
-so a worker whose lease ran out can neither delete nor reschedule rows someone
-else is now sending.  This holds across replicas because the check is in the
-database, not in process memory.  Without ``lease_id`` they act as before (ids
-only; PostgreSQL additionally checks the process) — kept for callers that settle
-rows they never leased, such as tools and tests.  A worker should pass the
-``lease_id`` of the events it settles, and call ``extend_lease`` (a heartbeat)
-while a batch is still in flight.
+``release``, ``dead_letter``, ``ack_delivered``) and :meth:`Outbox.extend_lease` take
+ids plus the required ``lease_id`` of the lease that handed them out: they touch
+only rows still carrying that lease id, so a worker whose lease ran out can
+neither delete nor reschedule rows someone else is now sending.  This holds
+across replicas because the check is in the database, not in process memory.  A
+worker calls ``extend_lease`` (a heartbeat) while a batch is still in flight.
 """
 
 from __future__ import annotations
@@ -53,11 +55,21 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, Protocol, runtime_checkable
 
 from capirelay.outbox.receipts import ErasureResult, MetaAnswer, Receipt, TraceRecord
 
 DEDUP_WINDOW_SECONDS = 48 * 3600
+
+# Contract constants every backend shares.
+# Most attempts kept per event; a week of hourly retries must not grow a row without bound.
+ATTEMPT_LOG_LIMIT: Final = 20
+# Rows removed per transaction by expire_dedup and prune_order_ledger: a large expiry
+# never holds the writer (and ingest) or many row locks for long.
+DEDUP_EXPIRY_CHUNK: Final = 10_000
+# Due rows promoted per lease, as a multiple of the lease size: after an outage hundreds
+# of thousands of rows can come due at once; promoting at least ``limit`` keeps leases full.
+PROMOTE_FACTOR: Final = 2
 
 
 class EnqueueStatus(StrEnum):
@@ -128,7 +140,7 @@ class Attempt:
 @dataclass(frozen=True, slots=True)
 class LeasedEvent:
     """A queued event handed to a worker; ``lease_id`` names the lease it came with
-    (empty for events read without leasing, e.g. :meth:`Outbox.queue_sample`)."""
+    (empty for events read without leasing, e.g. :meth:`OutboxViews.queue_sample`)."""
 
     id: int
     pixel_id: str
@@ -237,8 +249,17 @@ class DLQGroup:
     fbtrace_id: str | None
 
 
-class Outbox(abc.ABC):
-    """Durable queue + dedup store + dead-letter store.
+class OutboxCore(abc.ABC):
+    """The core contract: durable queue + dedup store + leases + dead-letter store + order
+    ledger, and the settle calls of delivery.  :class:`~capirelay.outbox.memory.InMemoryOutbox`,
+    SQLite and PostgreSQL implement it and pass one contract suite
+    (``tests/outbox/test_outbox_contract.py``).
+
+    :class:`Outbox` adds the optional stores, grouped below as named contracts with
+    defaults that work on any backend: :class:`ReplicaHooks` (coordination between processes),
+    :class:`OperatorRecords` (dashboard sessions, DLQ audit) and :class:`ReceiptStore`
+    (receipts, traces, erasure); the dashboard-only reads are :class:`OutboxViews`.
+    Meta diagnostics live in :mod:`capirelay.meta_store`.
 
     Every method that changes state has committed durably when it returns.
     Implementations raise :class:`StorageUnavailable` when they cannot.
@@ -276,23 +297,34 @@ class Outbox(abc.ABC):
 
     @abc.abstractmethod
     async def extend_lease(
-        self, ids: Sequence[int], *, until: float, now: float, lease_id: str | None = None
+        self, ids: Sequence[int], *, until: float, now: float, lease_id: str
     ) -> list[int]:
         """Heartbeat: the lease of these events now ends at ``until``.
 
-        Only rows this caller still holds are extended: with ``lease_id``, rows still
-        carrying it (even if the lease ran out, as long as nobody leased them since);
-        without it, rows still leased (PostgreSQL: by this process).  Returns the ids
-        extended; an id missing from the answer was lost and must not be settled.
-        ``until`` must lie after ``now``.
+        Only rows still carrying ``lease_id`` are extended (even if the lease ran out,
+        as long as nobody leased them since).  Returns the ids extended; an id missing
+        from the answer was lost and must not be settled.  ``until`` must lie after
+        ``now``.
         """
 
     @abc.abstractmethod
-    async def ack(self, ids: Sequence[int], *, now: float, lease_id: str | None = None) -> None:
+    async def ack(self, ids: Sequence[int], *, now: float, lease_id: str) -> None:
         """The events were accepted by Meta: remove them from the queue.
 
-        With ``lease_id``, only rows still held under that lease (see module docstring).
+        Only rows still held under ``lease_id`` (see module docstring).
         """
+
+    @abc.abstractmethod
+    async def ack_delivered(
+        self,
+        ids: Sequence[int],
+        *,
+        now: float,
+        lease_id: str,
+        answer: MetaAnswer | None = None,
+    ) -> None:
+        """:meth:`ack`, writing each event's receipt (with Meta's ``answer``) in the same
+        commit where the backend keeps receipts (:class:`ReceiptStore`)."""
 
     @abc.abstractmethod
     async def reschedule(
@@ -301,18 +333,18 @@ class Outbox(abc.ABC):
         *,
         next_attempt_at: float,
         attempt: Attempt,
-        lease_id: str | None = None,
+        lease_id: str,
     ) -> None:
         """A failed attempt: record it, count it and make the events due later.
 
-        With ``lease_id``, only rows still held under that lease.
+        Only rows still held under ``lease_id``.
         """
 
     @abc.abstractmethod
-    async def release(self, ids: Sequence[int], *, lease_id: str | None = None) -> None:
+    async def release(self, ids: Sequence[int], *, lease_id: str) -> None:
         """Give leased events back untouched (shutdown, open breaker).
 
-        With ``lease_id``, only rows still held under that lease.
+        Only rows still held under ``lease_id``.
         """
 
     @abc.abstractmethod
@@ -323,11 +355,11 @@ class Outbox(abc.ABC):
         reason: DeadLetterReason,
         attempt: Attempt | None,
         now: float,
-        lease_id: str | None = None,
+        lease_id: str,
     ) -> None:
         """Move events to the dead-letter store and forget their dedup keys.
 
-        With ``lease_id``, only rows still held under that lease.
+        Only rows still held under ``lease_id``.
         """
 
     @abc.abstractmethod
@@ -372,59 +404,21 @@ class Outbox(abc.ABC):
     ) -> int:
         """Delete dead letters by id or by filter; returns how many."""
 
+    @abc.abstractmethod
     async def prune_order_ledger(
         self, *, now: float, retention_seconds: float, max_entries: int
     ) -> int:
         """Forget order-ledger entries older than ``retention_seconds``, and the oldest ones
-        beyond ``max_entries``; returns how many.  Default: a backend without a ledger."""
-        return 0
+        beyond ``max_entries``; returns how many."""
 
+    @abc.abstractmethod
     async def order_ledger_size(self) -> int:
-        """How many order-ledger entries are kept.  Default: a backend without a ledger."""
-        return 0
+        """How many order-ledger entries are kept."""
 
-    # ----------------------------------------------------------------------
-    # Read-only views for the dashboard.  Optional: the defaults below work on
-    # any backend through the abstract methods; backends override them with
-    # one aggregate query each.
 
-    async def queue_breakdown(self, *, now: float) -> list[QueueGroup]:
-        """Queue depth, oldest entry and earliest deadline per (pixel, event name).
-
-        Default: per pixel only (``event_name="*"``), from :meth:`stats`.
-        """
-        stats = await self.stats(now=now)
-        return [
-            QueueGroup(pixel_id, "*", depth, None, None)
-            for pixel_id, depth in sorted(stats.depth_by_pixel.items())
-            if depth
-        ]
-
-    async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
-        """Dead letters grouped by (pixel, event name, reason, code, subcode), largest first.
-
-        Default: aggregates :meth:`dlq_list` pages (newest first) in Python, reading
-        at most ``scan_limit`` letters.
-        """
-        groups: dict[tuple[str, str, str, int | None, int | None], DLQGroup] = {}
-        offset = 0
-        while offset < scan_limit and (
-            page := await self.dlq_list(None, limit=min(500, scan_limit - offset), offset=offset)
-        ):
-            for letter in page:
-                _add_to_group(groups, letter)
-            offset += len(page)
-        return sorted(groups.values(), key=lambda g: (-g.count, -g.last_dead_at))
-
-    async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
-        """Up to ``limit`` of the most recently queued events, without leasing them.
-
-        Default: none (the dashboard then samples delivered events only).
-        """
-        return []
-
-    # Optional hooks for backends shared by several processes (PostgreSQL).  The
-    # defaults are what one process with an embedded store needs: nothing.
+class ReplicaHooks:
+    """Hooks for backends shared by several processes (PostgreSQL).  The defaults are
+    what one process with an embedded store needs: nothing."""
 
     async def wait_for_work(self, timeout: float) -> set[str]:
         """Wait until another process announces queued events; the pixels it named.
@@ -452,44 +446,37 @@ class Outbox(abc.ABC):
 
     async def unhold_pixel(self, pixel_id: str) -> None:
         """Lift a hold (the breaker closed again).  Default: no-op."""
-        return None
 
-    # Operator records (dashboard sessions, DLQ audit): shared by every process using
-    # this storage, so a logout or an audit entry holds on every replica.
+
+class OperatorRecords:
+    """Dashboard sessions and the DLQ audit: shared by every process using this storage,
+    so a logout or an audit entry holds on every replica.  Both database backends and
+    the in-memory outbox implement it; the defaults refuse."""
 
     async def revoke_session(self, session_hash: str, *, expires_at: float, now: float) -> None:
         """Remember that the dashboard session ``session_hash`` ended (until ``expires_at``);
         forgets revocations whose cookies have expired meanwhile."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} keeps no dashboard sessions")
 
     async def session_revoked(self, session_hash: str) -> bool:
         """True when the session was ended by :meth:`revoke_session`."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} keeps no dashboard sessions")
 
     async def record_audit(
         self, *, at: float, actor: str, action: str, target: str, count: int, origin: str
     ) -> None:
         """Append one :class:`AuditRecord`."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} keeps no audit log")
 
     async def audit_log(self, *, limit: int = 100) -> list[AuditRecord]:
         """The latest audit records, newest first."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} keeps no audit log")
 
-    # Receipts, traces and erasure (capirelay.outbox.receipts).  Both backends override
-    # these; the defaults let another backend work without receipts.
 
-    async def ack_delivered(
-        self,
-        ids: Sequence[int],
-        *,
-        now: float,
-        lease_id: str | None = None,
-        answer: MetaAnswer | None = None,
-    ) -> None:
-        """:meth:`ack`, writing each event's receipt (with Meta's ``answer``) in the same
-        commit.  Default: a plain ack, no receipt."""
-        await self.ack(ids, now=now, lease_id=lease_id)
+class ReceiptStore:
+    """Receipts, traces and erasure (:mod:`capirelay.outbox.receipts`).  Both database
+    backends implement it (``Outbox.ack_delivered`` writes the delivered receipts); the
+    defaults are a backend without receipts."""
 
     async def record_receipts(self, receipts: Sequence[Receipt]) -> None:
         """Store receipts of events that never reached the queue (duplicates, drops).
@@ -526,6 +513,72 @@ class Outbox(abc.ABC):
     async def erasure_log(self, *, limit: int = 100) -> list[dict[str, Any]]:
         """The latest erasure requests (field, identifier SHA-256, time, counts)."""
         return []
+
+
+class Outbox(OutboxCore, ReplicaHooks, OperatorRecords, ReceiptStore):
+    """What the gateway is written against: the core contract (:class:`OutboxCore`) plus
+    the optional stores, each with working defaults.  Backends subclass this and
+    override the stores they keep."""
+
+
+@runtime_checkable
+class OutboxViews(Protocol):
+    """Read-only aggregates for the dashboard and ``capirelay doctor`` (full scans, run on
+    page views only, never on the delivery path).  Every backend implements them with
+    one query each; :func:`views_of` falls back to :class:`ScanViews` for one that
+    does not."""
+
+    async def queue_breakdown(self, *, now: float) -> list[QueueGroup]:
+        """Queue depth, oldest entry and earliest deadline per (pixel, event name)."""
+        ...
+
+    async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
+        """Dead letters grouped by (pixel, event name, reason, code, subcode), largest
+        first; ``message`` and ``fbtrace_id`` of each group's latest letter."""
+        ...
+
+    async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
+        """Up to ``limit`` of the most recently queued events, without leasing them."""
+        ...
+
+
+class ScanViews:
+    """:class:`OutboxViews` of any :class:`Outbox`, through its core methods."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    async def queue_breakdown(self, *, now: float) -> list[QueueGroup]:
+        """Per pixel only (``event_name="*"``), from :meth:`Outbox.stats`."""
+        stats = await self._outbox.stats(now=now)
+        return [
+            QueueGroup(pixel_id, "*", depth, None, None)
+            for pixel_id, depth in sorted(stats.depth_by_pixel.items())
+            if depth
+        ]
+
+    async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
+        """Aggregates :meth:`Outbox.dlq_list` pages (newest first), reading at most
+        ``scan_limit`` letters."""
+        groups: dict[tuple[str, str, str, int | None, int | None], DLQGroup] = {}
+        offset = 0
+        while offset < scan_limit and (
+            page := await self._outbox.dlq_list(
+                None, limit=min(500, scan_limit - offset), offset=offset
+            )
+        ):
+            for letter in page:
+                _add_to_group(groups, letter)
+            offset += len(page)
+        return sorted(groups.values(), key=lambda g: (-g.count, -g.last_dead_at))
+
+    async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
+        return []  # none: the dashboard then samples delivered events only
+
+
+def views_of(outbox: Outbox) -> OutboxViews:
+    """The dashboard views of ``outbox``: its own, or :class:`ScanViews` over it."""
+    return outbox if isinstance(outbox, OutboxViews) else ScanViews(outbox)
 
 
 def _add_to_group(

@@ -339,7 +339,7 @@ def transfer(
     ``RuntimeError`` when the counts after the copy disagree (nothing is committed then).
     ``busy_timeout``: how long to wait for another process's write lock on the SQLite file.
     """
-    from capirelay.outbox.migrate import migrate_url
+    from capirelay.outbox.postgres.migrate import migrate_url
 
     source, version_before, version = _open_source(sqlite_path, busy_timeout)
     try:

@@ -240,7 +240,7 @@ async def write_receipts(conn: AsyncConnection[Any], receipts: Sequence[Receipt]
 async def insert_dead_letter_receipts(
     conn: AsyncConnection[Any],
     ids: list[int],
-    lease_id: str | None,
+    lease_id: str,
     reason: str,
     attempt: dict[str, Any] | None,
     now: float,
@@ -308,7 +308,7 @@ class PostgresReceipts:
         ids: Sequence[int],
         *,
         now: float,
-        lease_id: str | None = None,
+        lease_id: str,
         answer: MetaAnswer | None = None,
     ) -> None:
         if not ids:

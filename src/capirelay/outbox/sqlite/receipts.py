@@ -1,4 +1,5 @@
-"""Receipts, traces and erasure on the SQLite outbox (schema version 3).
+"""Receipts, traces and erasure on the SQLite outbox (migration 0006); statements in
+``queries.sql``.
 
 Mixed into :class:`~capirelay.outbox.sqlite.SQLiteOutbox`: every write goes through
 its group-committing writer thread, so a receipt shares the commit (and the fsync)
@@ -6,9 +7,6 @@ of the state change it records: the ack of a delivered batch inserts its receipt
 the very transaction that deletes the rows; a dead-letter move does the same
 (:func:`insert_dead_letter_receipts`, called from ``dead_letter``).
 """
-
-# SQL text here is built only from this module's constants; every value is a bound parameter.
-# ruff: noqa: S608
 
 from __future__ import annotations
 
@@ -33,67 +31,11 @@ from capirelay.outbox.receipts import (
     order_key,
     short_key,
 )
+from capirelay.outbox.sqlite._statements import QUERIES
 
 T = TypeVar("T")
 
 PRUNE_CHUNK: Final = 10_000
-_IDS = "SELECT value FROM json_each(?)"
-_NO_LEASE: Final = 1 << 62
-
-RECEIPT_COLUMNS: Final = (
-    "pixel_id, event_name, event_id, outcome, source, recorded_at, received_at, "
-    "first_attempt_at, last_attempt_at, attempts, fbtrace_id, events_received, "
-    "test_event_code, reason, problems, attempt_log, order_key, identity, count"
-)
-_INSERT_RECEIPT = (
-    f"INSERT INTO receipts ({RECEIPT_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_BUMP_DUPLICATE = """
-UPDATE receipts SET count = count + 1, last_attempt_at = ?
-WHERE id = (SELECT id FROM receipts WHERE event_id = ? AND pixel_id = ? AND event_name = ?
-            AND outcome = 'duplicate' ORDER BY id DESC LIMIT 1)
-"""
-_SETTLING_ROWS = f"""
-SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
-       test_event_code, payload
-FROM queue WHERE id IN ({_IDS})
-"""
-_HELD = f"SELECT json_group_array(id) FROM queue WHERE id IN ({_IDS}) AND lease_id = ?"
-_UNPIN = f"""
-UPDATE dedup SET queued = 0 WHERE (pixel_id, event_name, event_id) IN (
-    SELECT pixel_id, event_name, event_id FROM queue WHERE id IN ({_IDS}))
-"""
-_DELETE_QUEUED = f"DELETE FROM queue WHERE id IN ({_IDS})"
-_DELETE_LETTERS = f"DELETE FROM dead_letters WHERE id IN ({_IDS})"
-_DELETE_RECEIPTS = f"DELETE FROM receipts WHERE id IN ({_IDS})"
-_RECEIPTS_OF = f"SELECT id, {RECEIPT_COLUMNS} FROM receipts WHERE event_id = ? ORDER BY id"
-_QUEUED_OF = """
-SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
-       test_event_code, state, available_at
-FROM queue WHERE event_id = ? ORDER BY id
-"""
-_LETTERS_OF = """
-SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_event_code,
-       reason, dead_at
-FROM dead_letters WHERE event_id = ? ORDER BY id
-"""
-_EVENT_IDS_OF_ORDER = """
-SELECT event_id FROM receipts WHERE order_key = ? AND (? IS NULL OR pixel_id = ?)
-GROUP BY event_id ORDER BY max(id) DESC LIMIT ?
-"""
-_PRUNE_OLD = """
-DELETE FROM receipts WHERE id IN (
-    SELECT id FROM receipts WHERE recorded_at < ? ORDER BY recorded_at LIMIT ?)
-"""
-_PRUNE_OVER_CAP = """
-DELETE FROM receipts WHERE id IN (
-    SELECT id FROM receipts WHERE id <= (SELECT max(id) FROM receipts) - ? ORDER BY id LIMIT ?)
-"""
-_INSERT_ERASURE = """
-INSERT INTO erasures (requested_at, field, value_sha256, pixel_id, queued, dead_letters, receipts)
-VALUES (?, ?, ?, ?, ?, ?, ?)
-"""
 
 
 def receipt_params(r: Receipt) -> tuple[Any, ...]:
@@ -167,11 +109,9 @@ def receipt_from_row(row: Sequence[Any]) -> Receipt:
     )
 
 
-def _held(conn: sqlite3.Connection, id_list: bytes, lease_id: str | None) -> bytes | str:
-    if lease_id is None:
-        return id_list
+def _held(conn: sqlite3.Connection, id_list: bytes, lease_id: str) -> str:
     number = int(lease_id) if lease_id.isdigit() else -1
-    held: str = conn.execute(_HELD, (id_list, number)).fetchone()[0]
+    held: str = conn.execute(QUERIES["held_ids"], (id_list, number)).fetchone()[0]
     return held
 
 
@@ -181,11 +121,11 @@ def write_receipts(conn: sqlite3.Connection, receipts: Sequence[Receipt]) -> Non
     for r in receipts:
         if r.outcome == Outcome.DUPLICATE:
             params = (r.recorded_at, r.event_id, r.pixel_id, r.event_name)
-            if conn.execute(_BUMP_DUPLICATE, params).rowcount:
+            if conn.execute(QUERIES["bump_duplicate_receipt"], params).rowcount:
                 continue
         fresh.append(r)
     if fresh:
-        conn.executemany(_INSERT_RECEIPT, [receipt_params(r) for r in fresh])
+        conn.executemany(QUERIES["insert_receipt"], [receipt_params(r) for r in fresh])
 
 
 def insert_dead_letter_receipts(
@@ -199,7 +139,7 @@ def insert_dead_letter_receipts(
     attempt = orjson.loads(attempt_json) if attempt_json else None
     receipts = [
         dead_letter_from_row(row, reason, attempt, now)
-        for row in conn.execute(_SETTLING_ROWS, (id_list,)).fetchall()
+        for row in conn.execute(QUERIES["settling_rows"], (id_list,)).fetchall()
     ]
     write_receipts(conn, receipts)
 
@@ -219,7 +159,7 @@ class SQLiteReceipts:
         ids: Sequence[int],
         *,
         now: float,
-        lease_id: str | None = None,
+        lease_id: str,
         answer: MetaAnswer | None = None,
     ) -> None:
         if not ids:
@@ -230,11 +170,11 @@ class SQLiteReceipts:
             id_list = _held(conn, requested, lease_id)
             receipts = [
                 delivered_from_row(row, answer, now)
-                for row in conn.execute(_SETTLING_ROWS, (id_list,)).fetchall()
+                for row in conn.execute(QUERIES["settling_rows"], (id_list,)).fetchall()
             ]
             write_receipts(conn, receipts)
-            conn.execute(_UNPIN, (id_list,))
-            conn.execute(_DELETE_QUEUED, (id_list,))
+            conn.execute(QUERIES["unpin_dedup_of_queued"], (id_list,))
+            conn.execute(QUERIES["ack"], (id_list,))
 
         await self._write(run)
 
@@ -245,7 +185,9 @@ class SQLiteReceipts:
 
     async def trace(self, event_id: str, *, pixel_id: str | None = None) -> TraceRecord:
         def run(conn: sqlite3.Connection) -> TraceRecord:
-            receipts = [receipt_from_row(r) for r in conn.execute(_RECEIPTS_OF, (event_id,))]
+            receipts = [
+                receipt_from_row(r) for r in conn.execute(QUERIES["receipts_of"], (event_id,))
+            ]
             pending = [
                 TracedEvent(
                     "queue",
@@ -260,11 +202,11 @@ class SQLiteReceipts:
                     next_attempt_at=available_at if state == 1 else None,
                 )
                 for p, n, e, src, qa, att, log, tec, state, available_at in conn.execute(
-                    _QUEUED_OF, (event_id,)
+                    QUERIES["queued_of"], (event_id,)
                 )
             ]
             for p, n, e, src, qa, log, tec, reason, dead_at in conn.execute(
-                _LETTERS_OF, (event_id,)
+                QUERIES["letters_of"], (event_id,)
             ):
                 attempts = decode_list(log)
                 pending.append(
@@ -297,7 +239,9 @@ class SQLiteReceipts:
         if key is None:
             return []
         params = (key, pixel_id, pixel_id, limit)
-        rows = await self._read(lambda c: c.execute(_EVENT_IDS_OF_ORDER, params).fetchall())
+        rows = await self._read(
+            lambda c: c.execute(QUERIES["event_ids_of_order"], params).fetchall()
+        )
         return [row[0] for row in rows]
 
     async def prune_receipts(
@@ -307,7 +251,10 @@ class SQLiteReceipts:
         a chunk per transaction so pruning never holds the writer for long."""
         removed = 0
         cutoff = now - retention_seconds
-        steps: tuple[tuple[str, float], ...] = ((_PRUNE_OLD, cutoff), (_PRUNE_OVER_CAP, cap))
+        steps: tuple[tuple[str, float], ...] = (
+            (QUERIES["prune_old_receipts"], cutoff),
+            (QUERIES["prune_receipts_over_cap"], cap),
+        )
         for sql, first in steps:
             params = (first, chunk)
             while True:
@@ -322,9 +269,7 @@ class SQLiteReceipts:
         return removed
 
     async def receipt_count(self) -> int:
-        count: int = await self._read(
-            lambda c: c.execute("SELECT count(*) FROM receipts").fetchone()[0]
-        )
+        count: int = await self._read(lambda c: c.execute(QUERIES["receipt_count"]).fetchone()[0])
         return count
 
     async def erase(
@@ -344,7 +289,7 @@ class SQLiteReceipts:
         def candidates(conn: sqlite3.Connection, table: str) -> list[int]:
             found: set[int] = set()
             for needle in needles:
-                sql = f"SELECT id, pixel_id, payload FROM {table} WHERE instr(payload, ?) > 0"
+                sql = QUERIES[f"erase_candidates_{table}"]
                 for id_, pixel, payload in conn.execute(sql, (needle.encode(),)):
                     if (pixel_id is None or pixel == pixel_id) and carries(bytes(payload), hashes):
                         found.add(id_)
@@ -353,7 +298,7 @@ class SQLiteReceipts:
         def receipt_ids(conn: sqlite3.Connection) -> list[int]:
             found: set[int] = set()
             for key in short:
-                sql = "SELECT id, pixel_id, identity FROM receipts WHERE instr(identity, ?) > 0"
+                sql = QUERIES["erase_candidates_receipts"]
                 for id_, pixel, identity in conn.execute(sql, (key,)):
                     if (pixel_id is None or pixel == pixel_id) and key in identity.split(" "):
                         found.add(id_)
@@ -366,14 +311,14 @@ class SQLiteReceipts:
 
         def run(conn: sqlite3.Connection) -> ErasureResult:
             q, d, r = _ids_json(queued), _ids_json(letters), _ids_json(receipts)
-            conn.execute(_UNPIN, (q,))
+            conn.execute(QUERIES["unpin_dedup_of_queued"], (q,))
             result = ErasureResult(
-                queued=conn.execute(_DELETE_QUEUED, (q,)).rowcount,
-                dead_letters=conn.execute(_DELETE_LETTERS, (d,)).rowcount,
-                receipts=conn.execute(_DELETE_RECEIPTS, (r,)).rowcount,
+                queued=conn.execute(QUERIES["ack"], (q,)).rowcount,
+                dead_letters=conn.execute(QUERIES["dlq_purge_ids"], (d,)).rowcount,
+                receipts=conn.execute(QUERIES["delete_receipts_ids"], (r,)).rowcount,
             )
             conn.executemany(
-                _INSERT_ERASURE,
+                QUERIES["insert_erasure"],
                 [
                     (
                         now,
@@ -393,11 +338,7 @@ class SQLiteReceipts:
         return erased
 
     async def erasure_log(self, *, limit: int = 100) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT requested_at, field, value_sha256, pixel_id, queued, dead_letters, receipts "
-            "FROM erasures ORDER BY id DESC LIMIT ?"
-        )
-        rows = await self._read(lambda c: c.execute(sql, (limit,)).fetchall())
+        rows = await self._read(lambda c: c.execute(QUERIES["erasure_log"], (limit,)).fetchall())
         keys = (
             "requested_at",
             "field",

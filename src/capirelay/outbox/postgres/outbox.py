@@ -11,7 +11,7 @@ Why this shape (``docs/postgres.md`` has the long version):
 * **One statement per operation, one round trip per request.**  Enqueue sends
   the whole request as parallel arrays (``unnest``); ack, reschedule, release
   and dead-letter take one ``bigint[]`` of ids.  Every statement lives in
-  ``sql/queries.sql`` under a name, with its locking explained there.
+  ``queries.sql`` (beside this module) under a name, with its locking explained there.
 * **Durable before acknowledged.**  Each call runs in its own transaction on a
   pooled connection (``psycopg_pool.AsyncConnectionPool``) and returns after
   COMMIT, so ingest answers 202 only for committed events.
@@ -39,11 +39,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from importlib import resources
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -51,7 +49,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from capirelay.outbox._receipts_pg import PostgresReceipts, insert_dead_letter_receipts
+from capirelay.outbox import _sql
 from capirelay.outbox._rows import (
     dead_letter_from_row,
     dlq_filter_values,
@@ -60,7 +58,10 @@ from capirelay.outbox._rows import (
     require_purge_target,
 )
 from capirelay.outbox.base import (
+    ATTEMPT_LOG_LIMIT,
+    DEDUP_EXPIRY_CHUNK,
     DEDUP_WINDOW_SECONDS,
+    PROMOTE_FACTOR,
     Attempt,
     AuditRecord,
     DeadLetter,
@@ -71,13 +72,14 @@ from capirelay.outbox.base import (
     LeasedEvent,
     NewEvent,
     Outbox,
+    OutboxViews,
     QueueGroup,
     QueueStats,
     RequeueResult,
     StorageUnavailable,
 )
-from capirelay.outbox.migrate import migrate
-from capirelay.outbox.sqlite import ATTEMPT_LOG_LIMIT, DEDUP_EXPIRY_CHUNK, PROMOTE_FACTOR
+from capirelay.outbox.postgres.migrate import migrate
+from capirelay.outbox.postgres.receipts import PostgresReceipts, insert_dead_letter_receipts
 
 __all__ = ["CHANNEL", "QUERIES", "PostgresOutbox", "load_queries", "postgres_conninfo"]
 
@@ -92,22 +94,14 @@ TRANSIENT_RETRIES: Final = 3
 LISTEN_RECONNECT_MAX: Final = 5.0
 PING_TIMEOUT: Final = 1.0
 
-_NAME_LINE = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 _POSTGRES_SCHEMES = ("postgresql+psycopg://", "postgres://")
 
 
 def load_queries(text: str | None = None) -> dict[str, str]:
-    """Split ``sql/queries.sql`` into ``{name: statement}`` at its ``-- name:`` lines."""
-    if text is None:
-        sql_dir = resources.files("capirelay.outbox").joinpath("sql")
-        text = sql_dir.joinpath("queries.sql").read_text(encoding="utf-8")
-    parts = _NAME_LINE.split(text)
-    queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
-            raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = body.strip().rstrip(";")
-    return queries
+    """``{name: statement}`` of ``queries.sql`` (or of ``text``), split at ``-- name:`` lines."""
+    return (
+        _sql.load_queries("capirelay.outbox.postgres") if text is None else _sql.split_queries(text)
+    )
 
 
 QUERIES: Final = load_queries()
@@ -152,12 +146,12 @@ def _ids(ids: Sequence[int]) -> list[int]:
     return [int(i) for i in ids]
 
 
-class PostgresOutbox(PostgresReceipts, Outbox):
+class PostgresOutbox(PostgresReceipts, Outbox, OutboxViews):
     """The :class:`Outbox` on PostgreSQL, safe to share between any number of processes.
 
     ``pool_size`` is the most connections this process opens for queue work (plus
     one for LISTEN).  ``migrate`` applies missing migrations on :meth:`open`
-    (under an advisory lock, see :mod:`capirelay.outbox.migrate`); ``listen``
+    (under an advisory lock, see :mod:`capirelay.outbox.postgres.migrate`); ``listen``
     starts the LISTEN connection behind :meth:`wait_for_work`.
     """
 
@@ -350,7 +344,7 @@ class PostgresOutbox(PostgresReceipts, Outbox):
         return sorted(leased, key=lambda e: (e.deadline, e.id))
 
     async def extend_lease(
-        self, ids: Sequence[int], *, until: float, now: float, lease_id: str | None = None
+        self, ids: Sequence[int], *, until: float, now: float, lease_id: str
     ) -> list[int]:
         if until <= now:
             raise ValueError("a lease extension must end after now")
@@ -359,7 +353,7 @@ class PostgresOutbox(PostgresReceipts, Outbox):
         params = {"ids": _ids(ids), "until": until, "owner": self.owner, "lease_id": lease_id}
         return sorted(row[0] for row in await self._run("extend_lease", params))
 
-    async def ack(self, ids: Sequence[int], *, now: float, lease_id: str | None = None) -> None:
+    async def ack(self, ids: Sequence[int], *, now: float, lease_id: str) -> None:
         if ids:
             await self._run("ack", {"ids": _ids(ids), "lease_id": lease_id})
 
@@ -369,7 +363,7 @@ class PostgresOutbox(PostgresReceipts, Outbox):
         *,
         next_attempt_at: float,
         attempt: Attempt,
-        lease_id: str | None = None,
+        lease_id: str,
     ) -> None:
         if ids:
             await self._run(
@@ -384,7 +378,7 @@ class PostgresOutbox(PostgresReceipts, Outbox):
                 },
             )
 
-    async def release(self, ids: Sequence[int], *, lease_id: str | None = None) -> None:
+    async def release(self, ids: Sequence[int], *, lease_id: str) -> None:
         if ids:
             await self._run(
                 "release", {"ids": _ids(ids), "owner": self.owner, "lease_id": lease_id}
@@ -397,7 +391,7 @@ class PostgresOutbox(PostgresReceipts, Outbox):
         reason: DeadLetterReason,
         attempt: Attempt | None,
         now: float,
-        lease_id: str | None = None,
+        lease_id: str,
     ) -> None:
         if not ids:
             return

@@ -1,4 +1,4 @@
-"""PostgreSQL schema migrations: numbered ``sql/NNNN_*.sql`` files, applied once, in order.
+"""PostgreSQL schema migrations: numbered ``migrations/NNNN_*.sql`` files, applied once, in order.
 
 Several gateway replicas usually start at the same moment (a deployment rolls
 out N pods), and each one migrates on start.  The whole run therefore happens
@@ -16,20 +16,19 @@ or per environment) migrate independently.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
-from importlib import resources
 from typing import Final
 
 import psycopg
 from psycopg import AsyncConnection
 
+from capirelay.outbox._sql import Migration
+from capirelay.outbox._sql import load_migrations as _load_migrations
 from capirelay.outbox.base import StorageUnavailable
 
 __all__ = [
     "MIGRATIONS",
     "MIGRATION_LOCK_CLASS",
-    "PgMigration",
+    "Migration",
     "applied_versions",
     "load_migrations",
     "migrate",
@@ -40,7 +39,6 @@ log = logging.getLogger("capirelay.outbox")
 
 # "capi" in ASCII: the first half of the two-key advisory lock, the schema hash is the second.
 MIGRATION_LOCK_CLASS: Final = 0x63617069
-_FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 _CREATE_VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS capirelay_migrations (
@@ -54,27 +52,9 @@ _UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(coalesce(current_schema(), '')
 _RECORD = "INSERT INTO capirelay_migrations (version, name) VALUES (%s, %s)"
 
 
-@dataclass(frozen=True, slots=True)
-class PgMigration:
-    """One numbered schema step, read from ``capirelay/outbox/sql/NNNN_name.sql``."""
-
-    version: int
-    name: str
-    script: str
-
-
-def load_migrations() -> tuple[PgMigration, ...]:
-    """The packaged migration files, by version; refuses gaps and duplicates."""
-    steps: list[PgMigration] = []
-    for entry in resources.files("capirelay.outbox").joinpath("sql").iterdir():
-        match = _FILE_NAME.match(entry.name)
-        if match:
-            steps.append(PgMigration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
-    steps.sort(key=lambda m: m.version)
-    expected = list(range(1, len(steps) + 1))
-    if [m.version for m in steps] != expected:
-        raise RuntimeError(f"migration files must be numbered 0001.. without gaps: {steps!r}")
-    return tuple(steps)
+def load_migrations() -> tuple[Migration, ...]:
+    """The packaged PostgreSQL migration files, by version (see :mod:`capirelay.outbox._sql`)."""
+    return _load_migrations("capirelay.outbox.postgres")
 
 
 MIGRATIONS: Final = load_migrations()
@@ -91,7 +71,7 @@ async def applied_versions(conn: AsyncConnection) -> list[int]:
 
 
 async def migrate(
-    conn: AsyncConnection, migrations: tuple[PgMigration, ...] = MIGRATIONS
+    conn: AsyncConnection, migrations: tuple[Migration, ...] = MIGRATIONS
 ) -> list[int]:
     """Apply the missing steps under the advisory lock; returns the versions applied now.
 

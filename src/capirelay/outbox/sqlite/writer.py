@@ -1,0 +1,308 @@
+"""The SQLite outbox's threads: one group-committing writer, one reader, and migrations.
+
+See :mod:`capirelay.outbox.sqlite.outbox` for why writes are grouped: every state
+change is a small function handed to :class:`GroupCommitWriter`, which runs all
+that wait in ONE transaction and commits once; :class:`Reader` answers reads on its
+own connection (WAL gives it a consistent snapshot while the writer writes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future as ThreadFuture
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+from capirelay.outbox._sql import Migration
+from capirelay.outbox.base import StorageUnavailable
+from capirelay.outbox.sqlite._statements import MIGRATIONS
+
+__all__ = ["GroupCommitWriter", "Reader", "WriteOp", "connect", "migrate", "storage_error"]
+
+log = logging.getLogger("capirelay.outbox")
+
+T = TypeVar("T")
+WriteFn = Callable[[sqlite3.Connection], Any]
+
+# Page cache per connection (KiB): a large backlog's indexes stay in memory, not re-read.
+CACHE_KIB: Final = 64 * 1024
+# How often the writer retries for the write lock another process holds (seconds).
+BEGIN_RETRY_FIRST: Final = 0.0001
+BEGIN_RETRY_MAX: Final = 0.001
+
+
+def storage_error(exc: sqlite3.Error) -> StorageUnavailable:
+    """Describe a SQLite failure without any row data (SQLite's messages hold none)."""
+    name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+    return StorageUnavailable(f"SQLite outbox unavailable ({name}): {exc}")
+
+
+def connect(path: Path, *, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
+    # isolation_level=None: this module issues BEGIN/COMMIT itself (group commit).
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the numbered steps above ``PRAGMA user_version``; returns the new version."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    latest = migrations[-1].version if migrations else 0
+    if current > latest:
+        raise StorageUnavailable(
+            f"outbox schema version {current} is newer than this capirelay knows ({latest}); "
+            "upgrade capirelay or point storage at another file"
+        )
+    for step in migrations:
+        if step.version <= current:
+            continue
+        # One script, one transaction: a failed step leaves the previous version intact.
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{step.script}\nPRAGMA user_version = {step.version};\nCOMMIT;"
+            )
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        log.info("outbox schema migrated to version %d (%s)", step.version, step.name)
+        current = step.version
+    return current
+
+
+@dataclass(slots=True)
+class WriteOp:
+    fn: WriteFn
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+_STOP: Final = object()
+
+
+def _deliver(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; its write still happened
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, value in outcomes:
+        _deliver(future, value, None)
+
+
+class GroupCommitWriter(threading.Thread):
+    """The only thread that writes; see the module docstring for the group-commit rules."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        max_group: int,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(name="capirelay-outbox-writer", daemon=True)
+        self._connect = connect
+        self._max_group = max_group
+        self._busy_timeout = busy_timeout
+        self._inbox: queue.SimpleQueue[WriteOp | object] = queue.SimpleQueue()
+        # Guards _closing together with the inbox: once _STOP is in, nothing follows it.
+        self._gate = threading.Lock()
+        self._closing = False
+        self.ready: ThreadFuture[None] = ThreadFuture()
+        self.commits = 0
+        self.operations = 0
+
+    def submit(self, op: WriteOp) -> None:
+        """Queue a write; :class:`StorageUnavailable` at once if the writer is stopping."""
+        with self._gate:
+            if self._closing:
+                raise StorageUnavailable("the outbox is closing")
+            self._inbox.put(op)
+
+    def stop(self) -> None:
+        """Refuse new writes; the thread finishes those already queued, then exits."""
+        with self._gate:
+            if not self._closing:
+                self._closing = True
+                self._inbox.put(_STOP)
+
+    def run(self) -> None:
+        try:
+            conn = self._connect()
+            migrate(conn)
+        except (sqlite3.Error, StorageUnavailable) as exc:
+            self.ready.set_exception(
+                exc if isinstance(exc, StorageUnavailable) else storage_error(exc)
+            )
+            return
+        # From here on the writer waits for the file's write lock itself (_begin): SQLite's
+        # own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, which under
+        # `serve --workers N` (N writers on one file) turns a 0.5 ms wait into a 100 ms one.
+        conn.execute("PRAGMA busy_timeout = 0")
+        self.ready.set_result(None)
+        try:
+            self._serve(conn)
+        finally:
+            conn.close()
+            self._refuse_pending()
+
+    def _refuse_pending(self) -> None:
+        """Fail every write the thread will no longer run (it is exiting) instead of
+        leaving its caller waiting forever."""
+        with self._gate:
+            self._closing = True
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, WriteOp):
+                self._resolve(item, None, StorageUnavailable("the outbox closed before this write"))
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        stopping = False
+        while not stopping:
+            first = self._inbox.get()
+            if first is _STOP:
+                return
+            group: list[WriteOp] = [first]  # type: ignore[list-item]
+            while len(group) < self._max_group:
+                try:
+                    item = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                group.append(item)  # type: ignore[arg-type]
+            self._commit_group(conn, group)
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE`` (take the write lock), retried every 0.1 to 1 ms while another
+        process holds it, for at most ``busy_timeout`` seconds; then SQLITE_BUSY."""
+        delay = BEGIN_RETRY_FIRST
+        deadline: float | None = None
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                now = time.monotonic()
+                deadline = now + self._busy_timeout if deadline is None else deadline
+                if now >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, BEGIN_RETRY_MAX)
+
+    def _commit_group(self, conn: sqlite3.Connection, group: list[WriteOp]) -> None:
+        try:
+            self._begin(conn)
+            results = [op.fn(conn) for op in group]
+            conn.execute("COMMIT")
+        except Exception:
+            self._rollback(conn)
+            if len(group) == 1:
+                self._commit_alone(conn, group[0])
+            else:
+                # Something in the group failed: retry each alone so one bad operation
+                # (or one that needs space the disk no longer has) fails only itself.
+                for op in group:
+                    self._commit_alone(conn, op)
+            return
+        self.commits += 1
+        self.operations += len(group)
+        self._resolve_group(group, results)
+
+    def _commit_alone(self, conn: sqlite3.Connection, op: WriteOp) -> None:
+        try:
+            self._begin(conn)
+            result = op.fn(conn)
+            conn.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            self._rollback(conn)
+            self._resolve(op, None, exc)
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            log.error("outbox write failed: %s", storage_error(exc))
+            self._resolve(op, None, storage_error(exc))
+        except Exception as exc:
+            self._rollback(conn)
+            self._resolve(op, None, exc)
+        else:
+            self.commits += 1
+            self.operations += 1
+            self._resolve(op, result, None)
+
+    @staticmethod
+    def _rollback(conn: sqlite3.Connection) -> None:
+        # SQLite rolls back by itself on some errors (SQLITE_FULL, IOERR); then there is
+        # nothing left to roll back and ROLLBACK itself would fail.
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+
+    @staticmethod
+    def _resolve(op: WriteOp, value: Any, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
+            op.loop.call_soon_threadsafe(_deliver, op.future, value, error)
+
+    @staticmethod
+    def _resolve_group(group: list[WriteOp], results: list[Any]) -> None:
+        """Resolve a committed group with ONE wake-up per event loop, not one per call:
+        each ``call_soon_threadsafe`` is a cross-thread wake-up of the loop, and a group
+        commonly holds dozens of requests of the same loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+        for op, result in zip(group, results, strict=True):
+            by_loop.setdefault(op.loop, []).append((op.future, result))
+        for loop, outcomes in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # that loop is already closed
+                loop.call_soon_threadsafe(_deliver_all, outcomes)
+
+
+class Reader:
+    """One thread with its own read-only connection; WAL lets it read while the writer writes."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capirelay-reader")
+        self._conn: sqlite3.Connection | None = None
+
+    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = self._connect()
+            self._conn.execute("PRAGMA query_only = 1")
+        try:
+            return fn(self._conn)
+        except sqlite3.Error as exc:
+            raise storage_error(exc) from None
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run, fn)
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_connection)
+        self._executor.shutdown(wait=True)
