@@ -67,17 +67,25 @@ async def _fill(path: Path) -> None:
             now=T0,
         )
         assert [str(s) for s in statuses] == ["queued"] * 6
-        leased = {
-            e.event_id: e.id for e in await box.lease("111", limit=10, lease_seconds=LEASE, now=T0)
-        }
+        batch = await box.lease("111", limit=10, lease_seconds=LEASE, now=T0)
+        lease_id = batch[0].lease_id
+        leased = {e.event_id: e.id for e in batch}
         nul = Attempt(at=T0 + 1, status=500, code=2, message="down \x00 here", fbtrace_id="Fx")
-        await box.reschedule([leased["waiting"]], next_attempt_at=T0 + 3600, attempt=nul)
-        await box.release([leased["ready"], leased["ordered"]])
+        await box.reschedule(
+            [leased["waiting"]], next_attempt_at=T0 + 3600, attempt=nul, lease_id=lease_id
+        )
+        await box.release([leased["ready"], leased["ordered"]], lease_id=lease_id)
         answer = MetaAnswer(fbtrace_id="Fok", events_received=1, sent_at=T0 + 2)
-        await box.ack_delivered([leased["delivered"]], now=T0 + 2, answer=answer)
+        await box.ack_delivered(
+            [leased["delivered"]], now=T0 + 2, answer=answer, lease_id=lease_id
+        )
         refusal = Attempt(at=T0 + 2, status=400, code=100, subcode=2804050, message="bad")
         await box.dead_letter(
-            [leased["dead"]], reason=DeadLetterReason.INVALID, attempt=refusal, now=T0 + 2
+            [leased["dead"]],
+            reason=DeadLetterReason.INVALID,
+            attempt=refusal,
+            now=T0 + 2,
+            lease_id=lease_id,
         )
         # "leased" stays leased: the gateway was stopped mid-send.
         await box.record_receipts(
