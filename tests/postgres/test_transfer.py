@@ -76,9 +76,7 @@ async def _fill(path: Path) -> None:
         )
         await box.release([leased["ready"], leased["ordered"]], lease_id=lease_id)
         answer = MetaAnswer(fbtrace_id="Fok", events_received=1, sent_at=T0 + 2)
-        await box.ack_delivered(
-            [leased["delivered"]], now=T0 + 2, answer=answer, lease_id=lease_id
-        )
+        await box.ack_delivered([leased["delivered"]], now=T0 + 2, answer=answer, lease_id=lease_id)
         refusal = Attempt(at=T0 + 2, status=400, code=100, subcode=2804050, message="bad")
         await box.dead_letter(
             [leased["dead"]],
