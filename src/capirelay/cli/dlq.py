@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from capirelay.cli_storage import ConfigOpt, StorageOpt, existing_storage_url
+from capirelay.cli.storage import ConfigOpt, StorageOpt, existing_storage_url
 from capirelay.outbox import DLQFilter, Outbox
 
 dlq_app = typer.Typer(help="Inspect, replay and purge dead-lettered events.", no_args_is_help=True)

@@ -15,7 +15,7 @@ import asyncio
 import typer
 from rich.console import Console
 
-from capirelay.cli_storage import ConfigOpt, StorageOpt, storage_url
+from capirelay.cli.storage import ConfigOpt, StorageOpt, storage_url
 from capirelay.outbox import StorageUnavailable
 
 console = Console()

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from capirelay.cli_storage import announce_config, load_config_or_exit
+from capirelay.cli.storage import announce_config, load_config_or_exit
 from capirelay.doctor import DoctorReport, Status, run_doctor
 
 _STYLES = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
