@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from capirelay.cli.storage import ConfigOpt, StorageOpt, storage_url
+from capirelay.ops.trace import iso, status_of, story, trace_json
 from capirelay.outbox.receipts import TraceRecord
-from capirelay.trace import iso, status_of, story, trace_json
 
 __all__ = ["trace_command"]
 

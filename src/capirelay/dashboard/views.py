@@ -27,7 +27,6 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from capirelay import dlq
 from capirelay.config import Settings
 from capirelay.dashboard import charts, sessions
 from capirelay.dashboard.auth import SESSION_COOKIE, SESSION_TTL_SECONDS, DashboardAuth, Principal
@@ -51,10 +50,11 @@ from capirelay.dashboard.stats import (
 )
 from capirelay.delivery.engine import DeliveryEngine
 from capirelay.graph import explain
-from capirelay.health import version_health
 from capirelay.metrics import Metrics
+from capirelay.ops import dlq
+from capirelay.ops.health import version_health
+from capirelay.ops.quality import GOOD_SCORE, MATCH_KEYS, predict_match_quality
 from capirelay.outbox import DLQFilter, Outbox
-from capirelay.quality import GOOD_SCORE, MATCH_KEYS, predict_match_quality
 
 __all__ = ["Views"]
 
