@@ -36,12 +36,12 @@ from capirelay.graph import _pixel
 from capirelay.graph._pixel import AdsPixelSettings, DACheck, StatsBucket
 from capirelay.graph.errors import GraphError
 from capirelay.graph.versions import DEFAULT_API_VERSION, is_well_formed, warn_if_retiring
+from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
 
 logger = logging.getLogger("capirelay.graph")
 
 DEFAULT_BASE_URL = "https://graph.facebook.com"
 DEFAULT_TIMEOUT = 1.5
-MAX_EVENTS_PER_REQUEST = 1000
 USER_AGENT = f"capirelay/{__version__}"
 DEFAULT_LIMITS = httpx.Limits(
     max_connections=64, max_keepalive_connections=32, keepalive_expiry=30.0

@@ -55,9 +55,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from capirelay.meta_facts import DEDUP_WINDOW_SECONDS as DEDUP_WINDOW_SECONDS
 from capirelay.outbox.receipts import ErasureResult, MetaAnswer, Receipt, TraceRecord
-
-DEDUP_WINDOW_SECONDS = 48 * 3600
 
 
 class EnqueueStatus(StrEnum):

@@ -36,6 +36,7 @@ from starlette.responses import Response
 from capirelay import browser_ids
 from capirelay.config import PixelSettings, Settings
 from capirelay.ingest import prepare_event
+from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
 from capirelay.metrics import Metrics
 from capirelay.outbox.base import EnqueueStatus
 from capirelay.server import beacon_guard, cors
@@ -58,9 +59,8 @@ from capirelay.sources.beacon import (
     use_session_click_id,
 )
 
-__all__ = ["MAX_EVENTS_PER_REQUEST", "post_collect", "post_events", "preflight_collect"]
+__all__ = ["post_collect", "post_events", "preflight_collect"]
 
-MAX_EVENTS_PER_REQUEST = 1000
 TEST_EVENT_CODE_HEADER = "x-test-event-code"
 
 _EVENTS_FIELDS = frozenset({"pixel_id", "data", "test_event_code"})
