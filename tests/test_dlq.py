@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from capirelay.dlq import list_dead_letters, purge, replay, show
+from capirelay.ops.dlq import list_dead_letters, purge, replay, show
 from capirelay.outbox import (
     Attempt,
     DeadLetterReason,

@@ -18,7 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from capirelay.cli import app
-from capirelay.doctor import (
+from capirelay.emulator.testing import RunningEmulator, run_emulator
+from capirelay.graph import explain
+from capirelay.normalize import sha256_hex
+from capirelay.ops.doctor import (
     Check,
     DoctorReport,
     Status,
@@ -27,9 +30,6 @@ from capirelay.doctor import (
     dlq_check,
     run_doctor,
 )
-from capirelay.emulator.testing import RunningEmulator, run_emulator
-from capirelay.graph import explain
-from capirelay.normalize import sha256_hex
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, QueueStats, SQLiteOutbox
 
 PIXEL = "1234567890"

@@ -13,7 +13,7 @@ import pytest
 
 from capirelay.config import PixelSettings, Secret, Settings
 from capirelay.emulator.testing import RunningEmulator, run_emulator
-from capirelay.health import clock_skew, probe_graph, token_health, version_health
+from capirelay.ops.health import clock_skew, probe_graph, token_health, version_health
 
 PIXEL = "1234567890"
 OTHER_PIXEL = "5550001111"

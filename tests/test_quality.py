@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from capirelay.normalize import sha256_hex
-from capirelay.quality import MATCH_KEYS, OVERALL, predict_match_quality
+from capirelay.ops.quality import MATCH_KEYS, OVERALL, predict_match_quality
 
 EM = sha256_hex("jane@example.com")
 PH = sha256_hex("15551234567")
@@ -80,7 +80,7 @@ def test_coverage_counts_only_present_and_valid_keys(
     assert quality.present[key] == present
 
 
-# (user_data, expected score): weights documented in capirelay.quality
+# (user_data, expected score): weights documented in capirelay.ops.quality
 SCORE_CASES: list[tuple[dict[str, Any], float]] = [
     ({}, 0.0),
     (FULL_USER_DATA, 10.0),

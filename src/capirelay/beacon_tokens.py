@@ -41,6 +41,7 @@ import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from capirelay.meta_facts import DEDUP_WINDOW_SECONDS
 from capirelay.sources._transforms import currency_exponent
 
 __all__ = [
@@ -56,7 +57,7 @@ __all__ = [
 TOKEN_VERSION = "v1"
 CANONICAL_PREFIX = "capirelay-beacon-v1"
 DEFAULT_TOKEN_TTL = 3600
-MAX_TOKEN_LIFETIME = 48 * 3600  # the dedup window: a replay inside it is a duplicate
+MAX_TOKEN_LIFETIME = DEDUP_WINDOW_SECONDS  # a replay inside it is a duplicate
 _TOKEN_RE = re.compile(r"^v1\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})$")
 
 

@@ -44,10 +44,10 @@ import orjson
 
 from capirelay.config import PixelSettings
 from capirelay.ingest import PreparedEvent, prepare_event
+from capirelay.ops.quality import QualityReport, predict_match_quality
 from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox
 from capirelay.outbox.receipts import duplicate_receipt
 from capirelay.problems import Problem, Severity, error
-from capirelay.quality import QualityReport, predict_match_quality
 from capirelay.sources.mapping import EventMapping
 
 __all__ = [

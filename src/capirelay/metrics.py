@@ -221,7 +221,7 @@ class Metrics:
             registry=r,
         )
 
-        # Meta's side (capirelay.diagnostics): checks, reconciliation.
+        # Meta's side (capirelay.ops.diagnostics): checks, reconciliation.
         self.meta_diagnostics_failing = Gauge(
             "capirelay_meta_diagnostics_failing",
             "1 while a Meta diagnostics check (or capirelay's finding) fails for the pixel.",

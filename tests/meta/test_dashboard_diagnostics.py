@@ -16,11 +16,11 @@ import pytest
 from meta_data import HOUR, PIXEL, TOKEN
 
 from capirelay.config import Settings
-from capirelay.diagnostics import DiagnosticsRunner
 from capirelay.emulator import RunningEmulator, run_emulator
 from capirelay.graph import GraphClient, SyncGraphClient
-from capirelay.meta_store import DeliveredHour, meta_store_for
 from capirelay.metrics import Metrics
+from capirelay.ops.diagnostics import DiagnosticsRunner
+from capirelay.ops.meta_store import DeliveredHour, meta_store_for
 from capirelay.outbox import open_outbox
 from capirelay.server import create_app
 from dashboard.conftest import csrf_from

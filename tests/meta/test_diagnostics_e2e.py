@@ -12,12 +12,12 @@ import pytest
 from meta_data import HOUR, PIXEL, TOKEN, make_settings, queue, wait_sent
 
 from capirelay.delivery import DeliveryEngine
-from capirelay.diagnostics import DiagnosticsRunner
 from capirelay.emulator import RunningEmulator, run_emulator
 from capirelay.graph import GraphClient
-from capirelay.meta_advice import AAM_OFF, COOKIES_DISABLED, HAD_PII, UNDERCOUNT
-from capirelay.meta_store import meta_store_for
 from capirelay.metrics import Metrics
+from capirelay.ops.diagnostics import DiagnosticsRunner
+from capirelay.ops.meta_advice import AAM_OFF, COOKIES_DISABLED, HAD_PII, UNDERCOUNT
+from capirelay.ops.meta_store import meta_store_for
 from capirelay.outbox import Outbox
 
 

@@ -11,12 +11,12 @@ import httpx
 import pytest
 from meta_data import PIXEL, TOKEN, make_settings
 
-from capirelay.diagnostics import DiagnosticsRunner
-from capirelay.doctor import run_doctor
 from capirelay.emulator import RunningEmulator, run_emulator
 from capirelay.graph import GraphClient
-from capirelay.meta_store import meta_store_for
 from capirelay.metrics import Metrics
+from capirelay.ops.diagnostics import DiagnosticsRunner
+from capirelay.ops.doctor import run_doctor
+from capirelay.ops.meta_store import meta_store_for
 from capirelay.outbox import Outbox, open_outbox
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capirelay.meta_store import CheckResult, DeliveredHour, meta_store_for
+from capirelay.ops.meta_store import CheckResult, DeliveredHour, meta_store_for
 from capirelay.outbox import Outbox
 
 PIXEL = "1234567890"

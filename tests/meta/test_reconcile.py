@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from capirelay.diagnostics import DeliveredRecorder
 from capirelay.graph._pixel import StatsBucket, StatsRow
-from capirelay.meta_store import DeliveredHour
+from capirelay.ops.diagnostics import DeliveredRecorder
+from capirelay.ops.meta_store import DeliveredHour
+from capirelay.ops.reconcile import ALL_EVENTS, HOUR, reconcile
 from capirelay.outbox.base import LeasedEvent
-from capirelay.reconcile import ALL_EVENTS, HOUR, reconcile
 
 PIXEL = "1"
 H0 = 1_800_000_000 // HOUR * HOUR

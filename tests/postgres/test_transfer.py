@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from capirelay.cli import app
-from capirelay.meta_store import CheckResult, DeliveredHour, meta_store_for
+from capirelay.ops.meta_store import CheckResult, DeliveredHour, meta_store_for
 from capirelay.orders import order_key
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, StorageUnavailable
 from capirelay.outbox.postgres import PostgresOutbox

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from capirelay.cli import app as cli_app
-from capirelay.cli_erase import erasure_hashes
+from capirelay.cli.erase import erasure_hashes
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.outbox import open_outbox
 

@@ -44,6 +44,7 @@ from starlette.staticfiles import StaticFiles
 from capirelay.config import Settings
 from capirelay.dashboard.auth import DashboardAuth, dashboard_enabled
 from capirelay.dashboard.diagnostics import DiagnosticsPage
+from capirelay.dashboard.dlq_pages import DlqPages
 from capirelay.dashboard.meta import MetaView
 from capirelay.dashboard.search import search_page
 from capirelay.dashboard.stats import SAMPLE_INTERVAL_SECONDS, ActivityRecorder, DeliveryLog
@@ -81,6 +82,7 @@ class Dashboard:
 
     def routes(self) -> list[BaseRoute]:
         v = self.views
+        dlq = DlqPages(v)
         page = v.page
         return [
             # "/ui" without the slash: a relative redirect (Starlette's own slash redirect
@@ -96,12 +98,12 @@ class Dashboard:
                         Route("/login", v.login, methods=["POST"]),
                         Route("/logout", page(v.logout), methods=["POST"]),
                         Route("/errors", page(v.errors), methods=["GET"]),
-                        Route("/dlq", page(v.dlq_list), methods=["GET"]),
-                        Route("/dlq/replay", page(v.dlq_replay_filtered), methods=["POST"]),
-                        Route("/dlq/purge", page(v.dlq_purge_filtered), methods=["POST"]),
-                        Route("/dlq/{dlq_id:int}", page(v.dlq_detail), methods=["GET"]),
-                        Route("/dlq/{dlq_id:int}/replay", page(v.dlq_replay_one), methods=["POST"]),
-                        Route("/dlq/{dlq_id:int}/purge", page(v.dlq_purge_one), methods=["POST"]),
+                        Route("/dlq", page(dlq.list), methods=["GET"]),
+                        Route("/dlq/replay", page(dlq.replay_filtered), methods=["POST"]),
+                        Route("/dlq/purge", page(dlq.purge_filtered), methods=["POST"]),
+                        Route("/dlq/{dlq_id:int}", page(dlq.detail), methods=["GET"]),
+                        Route("/dlq/{dlq_id:int}/replay", page(dlq.replay_one), methods=["POST"]),
+                        Route("/dlq/{dlq_id:int}/purge", page(dlq.purge_one), methods=["POST"]),
                         Route("/test-events", page(v.test_events), methods=["GET"]),
                         Route("/quality", page(v.quality), methods=["GET"]),
                         Route("/health", page(v.health), methods=["GET"]),

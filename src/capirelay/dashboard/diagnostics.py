@@ -1,9 +1,9 @@
 """The dashboard's Diagnostics page: Meta's checks, their history, and sent versus counted.
 
-Everything shown is what the scheduled run (:mod:`capirelay.diagnostics`) stored,
+Everything shown is what the scheduled run (:mod:`capirelay.ops.diagnostics`) stored,
 so a page view costs two or three reads and never a Graph call.  Each failing
 check shows Meta's own title, message and link beside capirelay's explanation
-of what to change (:func:`capirelay.meta_advice.advice_for`); the
+of what to change (:func:`capirelay.ops.meta_advice.advice_for`); the
 reconciliation chart plots, per hour, what Meta acknowledged against what its
 ``/stats`` counts as server and browser events.
 """
@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from capirelay.dashboard import charts
-from capirelay.meta_advice import advice_for
-from capirelay.meta_store import CheckState, meta_store_for
-from capirelay.reconcile import HOUR, hourly_series
+from capirelay.ops.meta_advice import advice_for
+from capirelay.ops.meta_store import CheckState, meta_store_for
+from capirelay.ops.reconcile import HOUR, hourly_series
 
 if TYPE_CHECKING:
     from capirelay.dashboard.auth import Principal

@@ -20,7 +20,7 @@ import httpx
 from capirelay.config import Settings
 from capirelay.graph import GraphClient, GraphError
 from capirelay.graph._pixel import AdsPixelSettings
-from capirelay.health import GraphProbe, TokenHealth, probe_graph, token_health
+from capirelay.ops.health import GraphProbe, TokenHealth, probe_graph, token_health
 
 __all__ = ["CACHE_SECONDS", "MetaEMQ", "MetaView", "PixelSettingsView"]
 
@@ -100,7 +100,7 @@ class MetaView:
         return await self._pixel_settings.get(self._fetch_pixel_settings)
 
     async def _fetch_pixel_settings(self) -> list[PixelSettingsView]:
-        from capirelay.meta_advice import (
+        from capirelay.ops.meta_advice import (
             AAM_OFF,
             COOKIES_DISABLED,
             advice_for,

@@ -1,7 +1,7 @@
 """The dashboard's search box: an event id or an order id, answered with the event's story.
 
 The same story as ``capirelay trace`` and ``GET /v1/events/{event_id}``
-(:mod:`capirelay.trace`): first the text is taken as an ``event_id``; when nothing
+(:mod:`capirelay.ops.trace`): first the text is taken as an ``event_id``; when nothing
 is known under that id it is taken as a ``custom_data.order_id`` (receipts keep a
 hash of it, so the order id itself is never stored).
 """
@@ -15,9 +15,9 @@ from starlette.responses import Response
 
 from capirelay.dashboard.auth import Principal
 from capirelay.dashboard.views import Views
+from capirelay.ops.trace import status_of, story
 from capirelay.outbox.base import Outbox, StorageUnavailable
 from capirelay.outbox.receipts import TraceRecord
-from capirelay.trace import status_of, story
 
 __all__ = ["search_page"]
 

@@ -33,6 +33,7 @@ from typing import Any, Final
 import orjson
 from prometheus_client import Counter, Histogram
 
+from capirelay.meta_facts import MAX_EVENT_AGE_SECONDS
 from capirelay.metrics import Metrics, collect
 from capirelay.outbox.base import DLQGroup, LeasedEvent, QueueGroup
 
@@ -52,7 +53,7 @@ __all__ = [
 BUCKET_SECONDS: Final = 60
 KEPT_BUCKETS: Final = 180
 SAMPLE_INTERVAL_SECONDS: Final = 5.0
-DEADLINE_WINDOW_SECONDS: Final = 7 * 86400
+DEADLINE_WINDOW_SECONDS: Final = MAX_EVENT_AGE_SECONDS
 
 # outcome -> (Metrics attribute, label holding the event name or None, label holding the detail)
 OUTCOMES: Final[dict[str, tuple[str, str | None, str | None]]] = {

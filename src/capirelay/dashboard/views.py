@@ -27,7 +27,6 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from capirelay import dlq
 from capirelay.config import Settings
 from capirelay.dashboard import charts, sessions
 from capirelay.dashboard.auth import SESSION_COOKIE, SESSION_TTL_SECONDS, DashboardAuth, Principal
@@ -51,19 +50,15 @@ from capirelay.dashboard.stats import (
 )
 from capirelay.delivery.engine import DeliveryEngine
 from capirelay.graph import explain
-from capirelay.health import version_health
 from capirelay.metrics import Metrics
-from capirelay.outbox import DLQFilter, Outbox
+from capirelay.ops.health import version_health
+from capirelay.ops.quality import GOOD_SCORE, MATCH_KEYS, predict_match_quality
+from capirelay.outbox import Outbox
 from capirelay.outbox.base import views_of
-from capirelay.quality import GOOD_SCORE, MATCH_KEYS, predict_match_quality
 
 __all__ = ["Views"]
 
 PREFIX: Final = "/ui"
-DLQ_PAGE_SIZE: Final = 50
-AUDIT_SHOWN: Final = 20  # latest replays/purges shown under the dead letters
-# Code/subcode filters are applied to this many matching letters (newest first).
-DLQ_SCAN_LIMIT: Final = 2000
 QUALITY_SAMPLE_QUEUED: Final = 500
 CHART_MINUTES: Final = 60
 MIN_CHART_MINUTES: Final = 15
@@ -383,126 +378,6 @@ class Views:
             key=lambda row: -row[2],
         )
 
-    # ------------------------------------------------------------------- DLQ
-
-    async def dlq_list(self, request: Request, principal: Principal) -> Response:
-        outbox, _ = _shared(request)
-        query = request.query_params
-        flt = DLQFilter(
-            pixel_id=query.get("pixel") or None,
-            event_name=query.get("event") or None,
-            reason=query.get("reason") or None,
-        )
-        code, subcode = _int_or_none(query.get("code")), _int_or_none(query.get("subcode"))
-        offset = max(_int_or_none(query.get("offset")) or 0, 0)
-        if code is None and subcode is None:
-            letters = await dlq.list_dead_letters(outbox, flt, DLQ_PAGE_SIZE + 1, offset)
-        else:
-            scanned = await dlq.list_dead_letters(outbox, flt, DLQ_SCAN_LIMIT, 0)
-            matching = [
-                s
-                for s in scanned
-                if (code is None or s.code == code) and (subcode is None or s.subcode == subcode)
-            ]
-            letters = matching[offset : offset + DLQ_PAGE_SIZE + 1]
-        stats = await outbox.stats(now=self.clock())
-        return self.render(
-            request,
-            principal,
-            "dlq.html",
-            letters=letters[:DLQ_PAGE_SIZE],
-            has_more=len(letters) > DLQ_PAGE_SIZE,
-            offset=offset,
-            page_size=DLQ_PAGE_SIZE,
-            filters={
-                "pixel": flt.pixel_id or "",
-                "event": flt.event_name or "",
-                "reason": flt.reason or "",
-                "code": "" if code is None else str(code),
-                "subcode": "" if subcode is None else str(subcode),
-            },
-            pixels=sorted({*self.settings.pixels, *stats.depth_by_pixel}),
-            reasons=sorted(stats.dlq_by_reason),
-            dlq_size=stats.dlq_size,
-            notice=_notice(query),
-            audit=await outbox.audit_log(limit=AUDIT_SHOWN),
-        )
-
-    async def dlq_detail(self, request: Request, principal: Principal) -> Response:
-        outbox, _ = _shared(request)
-        dlq_id = _int_or_none(request.path_params.get("dlq_id"))
-        detail = await dlq.show(outbox, dlq_id) if dlq_id is not None else None
-        if detail is None:
-            response = self.render(request, principal, "not_found.html", what="dead letter")
-            response.status_code = 404
-            return response
-        summary = detail.summary
-        return self.render(
-            request,
-            principal,
-            "dlq_detail.html",
-            letter=summary,
-            detail=detail,
-            explanation=_explain_group(summary.code, summary.subcode, summary.reason),
-            deadline_passed=summary.deadline <= self.clock(),
-        )
-
-    async def dlq_replay_one(self, request: Request, principal: Principal) -> Response:
-        outbox, engine = _shared(request)
-        dlq_id = _int_or_none(request.path_params.get("dlq_id"))
-        report = await dlq.replay(
-            outbox,
-            [dlq_id] if dlq_id is not None else [],
-            now=self.clock(),
-            actor=sessions.actor_of(principal),
-            origin="dashboard",
-        )
-        return self._after_replay(engine, report)
-
-    async def dlq_replay_filtered(self, request: Request, principal: Principal) -> Response:
-        outbox, engine = _shared(request)
-        flt = _form_filter(await read_form(request) or {})
-        report = await dlq.replay(
-            outbox, flt, now=self.clock(), actor=sessions.actor_of(principal), origin="dashboard"
-        )
-        return self._after_replay(engine, report)
-
-    def _after_replay(self, engine: DeliveryEngine, report: dlq.ReplayReport) -> Response:
-        for pixel_id in self.settings.pixels:
-            engine.notify(pixel_id)
-        counts = report.counts
-        return RedirectResponse(
-            f"{PREFIX}/dlq?replayed={counts['requeued']}&invalid={counts['still_invalid']}"
-            f"&expired={counts['expired']}&missing={counts['not_found']}",
-            status_code=303,
-        )
-
-    async def dlq_purge_one(self, request: Request, principal: Principal) -> Response:
-        outbox, _ = _shared(request)
-        dlq_id = _int_or_none(request.path_params.get("dlq_id"))
-        purged = await dlq.purge(
-            outbox,
-            [dlq_id] if dlq_id is not None else [],
-            actor=sessions.actor_of(principal),
-            origin="dashboard",
-            now=self.clock(),
-        )
-        return RedirectResponse(f"{PREFIX}/dlq?purged={purged}", status_code=303)
-
-    async def dlq_purge_filtered(self, request: Request, principal: Principal) -> Response:
-        outbox, _ = _shared(request)
-        form = await read_form(request) or {}
-        if form.get("confirm") != "yes":
-            return _plain(400, "tick the confirmation box to purge")
-        purged = await dlq.purge(
-            outbox,
-            _form_filter(form),
-            actor=sessions.actor_of(principal),
-            origin="dashboard",
-            now=self.clock(),
-        )
-        return RedirectResponse(f"{PREFIX}/dlq?purged={purged}", status_code=303)
-
     # ----------------------------------------------------------- test events
 
     async def test_events(self, request: Request, principal: Principal) -> Response:
@@ -609,29 +484,6 @@ def _explain_group(code: int | None, subcode: int | None, reason: str) -> str:
     if code is None and reason == "rejected":
         return "The event failed local re-validation; fix the mapping and send it again."
     return explain(code, subcode)
-
-
-def _form_filter(form: Mapping[str, str]) -> DLQFilter:
-    def text(name: str) -> str | None:
-        return form.get(name) or None
-
-    return DLQFilter(pixel_id=text("pixel"), event_name=text("event"), reason=text("reason"))
-
-
-def _notice(query: Any) -> list[str]:
-    """Outcome lines of the last action, built from the counts in the redirect."""
-    lines = []
-    for key, template in (
-        ("replayed", "{n} dead letter(s) re-queued for delivery."),
-        ("invalid", "{n} still fail validation; fix the mapping first."),
-        ("expired", "{n} are past their deadline and cannot be sent."),
-        ("missing", "{n} were no longer in the dead-letter queue."),
-        ("purged", "{n} dead letter(s) purged."),
-    ):
-        n = _int_or_none(query.get(key))
-        if n is not None and (n or key in ("replayed", "purged")):
-            lines.append(template.format(n=n))
-    return lines
 
 
 def _int_or_none(value: Any) -> int | None:

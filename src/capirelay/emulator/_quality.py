@@ -4,6 +4,8 @@ Meta does not publish how Event Match Quality is scored, only which keys matter
 most (email, phone, IP, name, click id; reference section 5).  The emulator's
 score is therefore a documented approximation: each match key contributes its
 coverage (share of accepted events carrying it) times a weight, capped at 10.
+The weights are the gateway's own (:data:`capirelay.meta_facts.MATCH_KEY_WEIGHTS`),
+so the emulator's score and ``capirelay doctor``'s prediction agree.
 The shape follows ``GET /{version}/dataset_quality`` (``web[]`` per event name
 with ``event_match_quality``, ``event_coverage``, ``dedupe_key_feedback`` and
 ``data_freshness``).  The emulator sees no browser events, so event coverage
@@ -15,24 +17,29 @@ from __future__ import annotations
 from typing import Any
 
 from capirelay.emulator.state import EmulatorState, KeyCoverage
+from capirelay.meta_facts import IP_UA_PAIR_BONUS, MATCH_KEY_WEIGHTS
 
-# wire key -> (Dataset Quality identifier, weight in the emulator's EMQ approximation)
+# wire key -> Dataset Quality identifier; weights are capirelay.meta_facts.MATCH_KEY_WEIGHTS,
+# the same as the gateway's predicted score (capirelay.ops.quality).
+IDENTIFIERS: dict[str, str] = {
+    "em": "email",
+    "ph": "phone",
+    "client_ip_address": "ip_address",
+    "fbc": "click_id",
+    "external_id": "external_id",
+    "fbp": "browser_id",
+    "client_user_agent": "user_agent",
+    "fn": "first_name",
+    "ln": "last_name",
+    "db": "date_of_birth",
+    "ge": "gender",
+    "ct": "city",
+    "st": "state",
+    "zp": "zip_code",
+    "country": "country",
+}
 MATCH_KEYS: dict[str, tuple[str, float]] = {
-    "em": ("email", 2.5),
-    "ph": ("phone", 2.0),
-    "client_ip_address": ("ip_address", 1.2),
-    "fbc": ("click_id", 1.2),
-    "external_id": ("external_id", 1.0),
-    "fbp": ("browser_id", 0.8),
-    "client_user_agent": ("user_agent", 0.4),
-    "fn": ("first_name", 0.4),
-    "ln": ("last_name", 0.4),
-    "db": ("date_of_birth", 0.15),
-    "ge": ("gender", 0.15),
-    "ct": ("city", 0.15),
-    "st": ("state", 0.15),
-    "zp": ("zip_code", 0.15),
-    "country": ("country", 0.15),
+    key: (identifier, MATCH_KEY_WEIGHTS.get(key, 0.0)) for key, identifier in IDENTIFIERS.items()
 }
 EVENT_COVERAGE_GOAL = 75
 _HIGH_VALUE_KEYS = ("em", "ph", "client_ip_address", "fbc")
@@ -48,7 +55,11 @@ def dataset_quality_report(state: EmulatorState, dataset_id: str) -> dict[str, A
 
 def _event_report(event_name: str, coverage: KeyCoverage) -> dict[str, Any]:
     shares = {key: coverage.keys.get(key, 0) / coverage.events for key in MATCH_KEYS}
-    score = min(10.0, sum(weight * shares[key] for key, (_, weight) in MATCH_KEYS.items()))
+    # Coverage per key only (not per event): the IP + user agent pair is credited for
+    # the share that must carry both, and fn/ln for their own shares.
+    pair = max(0.0, shares["client_ip_address"] + shares["client_user_agent"] - 1.0)
+    weighted = sum(weight * shares[key] for key, (_, weight) in MATCH_KEYS.items())
+    score = min(10.0, weighted + IP_UA_PAIR_BONUS * pair)
     return {
         "event_name": event_name,
         "event_match_quality": {

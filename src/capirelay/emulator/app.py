@@ -54,8 +54,8 @@ from capirelay.emulator.faults import (
 )
 from capirelay.emulator.state import EmulatorState
 from capirelay.graph.versions import DEFAULT_API_VERSION, version_status
+from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
 
-MAX_EVENTS = 1000
 _SECRET_PARAMS = frozenset({"access_token", "appsecret_proof", "input_token"})
 _HTML_ERROR = (
     "<!DOCTYPE html><html><head><title>Error</title></head><body>"
@@ -426,13 +426,13 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         check_pixel(state, token, pixel_id)
         events = decode_data(params.get("data"))
         log["events"] = len(events)
-        if len(events) > MAX_EVENTS:
+        if len(events) > MAX_EVENTS_PER_REQUEST:
             raise GraphReply(
                 400,
                 100,
                 "Invalid parameter",
                 user_title="Too many events",
-                user_msg=f"You can send up to {MAX_EVENTS} events in data; "
+                user_msg=f"You can send up to {MAX_EVENTS_PER_REQUEST} events in data; "
                 f"this request had {len(events)}.",
             )
         validate_events(state, pixel_id, events)

@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+from capirelay.meta_facts import SUBCODE_INVALID_EVENT
+
 
 class FaultKind(StrEnum):
     LATENCY = "latency"
@@ -40,7 +42,7 @@ class FaultKind(StrEnum):
 # Faults that decide the whole response before the request is looked at.
 RESPONSE_KINDS = frozenset({FaultKind.HTTP_ERROR, FaultKind.THROTTLE, FaultKind.GRAPH_ERROR})
 THROTTLE_CODES = (4, 17, 613, 80000, 80003, 80004, 80014)
-DEFAULT_INVALID_EVENT_SUBCODE = 2804050
+DEFAULT_INVALID_EVENT_SUBCODE = SUBCODE_INVALID_EVENT
 
 
 @dataclass(slots=True)

@@ -25,9 +25,9 @@ from typing import Any
 
 from capirelay.emulator._pixel_state import PixelMetaBook
 from capirelay.emulator.faults import FaultBook
+from capirelay.meta_facts import DEDUP_WINDOW_SECONDS
 from capirelay.problems import Problem
 
-DEDUP_WINDOW_SECONDS = 48 * 3600
 REQUEST_LOG_SIZE = 500
 DEFAULT_SCOPES = ("ads_management", "ads_read", "business_management")
 

@@ -9,13 +9,12 @@ batches is the caller's job (``capirelay.delivery`` does it).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from capirelay.events._models import Event
-
-MAX_EVENTS_PER_REQUEST: Final = 1000
+from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
 
 
 def encode_request(

@@ -35,12 +35,14 @@ from typing import Any, Final
 import phonenumbers
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from capirelay.meta_facts import SINGLE_VALUE_HASHED_KEYS, UNHASHED_USER_DATA_KEYS
 from capirelay.normalize import NormalizationError, hash_wire_key, is_sha256, resolve_country
 from capirelay.problems import Problem, warning
 
 StrOrList = str | list[str]
 
-# Readable attribute -> wire key for the keys Meta accepts as string or list.
+# Readable attribute -> wire key for the keys Meta accepts as string or list
+# (capirelay.meta_facts.MULTI_VALUE_HASHED_KEYS, readable names ours).
 MULTI_VALUE_KEYS: Final[tuple[tuple[str, str], ...]] = (
     ("country", "country"),
     ("email", "em"),
@@ -53,31 +55,6 @@ MULTI_VALUE_KEYS: Final[tuple[tuple[str, str], ...]] = (
     ("state", "st"),
     ("zip_code", "zp"),
     ("external_id", "external_id"),
-)
-SINGLE_VALUE_HASHED_KEYS: Final[tuple[str, ...]] = (
-    "f5first",
-    "f5last",
-    "fi",
-    "dobd",
-    "dobm",
-    "doby",
-)
-UNHASHED_KEYS: Final[tuple[str, ...]] = (
-    "client_ip_address",
-    "client_user_agent",
-    "fbc",
-    "fbp",
-    "subscription_id",
-    "fb_login_id",
-    "lead_id",
-    "anon_id",
-    "madid",
-    "page_id",
-    "page_scoped_user_id",
-    "ctwa_clid",
-    "ig_account_id",
-    "ig_sid",
-    "whatsapp_business_account_id",
 )
 # Keys whose normalization depends on the customer's country.
 COUNTRY_HINTED_KEYS: Final[frozenset[str]] = frozenset({"ph", "st", "zp"})
@@ -320,7 +297,7 @@ _WIRE_PLAN: Final[dict[str, tuple[int, str]]] = {
     **{attr: (_MULTI, key) for attr, key in MULTI_VALUE_KEYS},
     "country": (_DONE, "country"),
     **{key: (_SINGLE, key) for key in SINGLE_VALUE_HASHED_KEYS},
-    **{key: (_PLAIN, key) for key in UNHASHED_KEYS},
+    **{key: (_PLAIN, key) for key in UNHASHED_USER_DATA_KEYS},
 }
 
 

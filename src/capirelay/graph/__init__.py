@@ -8,11 +8,9 @@ from capirelay.graph import versions
 from capirelay.graph._client import (
     DEFAULT_BASE_URL,
     DEFAULT_TIMEOUT,
-    MAX_EVENTS_PER_REQUEST,
     USER_AGENT,
     EventsResponse,
     GraphClient,
-    SyncGraphClient,
     appsecret_proof,
     encode_events_body,
 )
@@ -23,6 +21,7 @@ from capirelay.graph._pixel import (
     StatsBucket,
     StatsRow,
 )
+from capirelay.graph._sync_client import SyncGraphClient
 from capirelay.graph.errors import GraphError, RetryClass, classify, explain
 from capirelay.graph.versions import (
     API_VERSIONS,
@@ -30,6 +29,7 @@ from capirelay.graph.versions import (
     VersionStatus,
     version_status,
 )
+from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
 
 __all__ = [
     "AAM_FIELDS",

@@ -21,6 +21,15 @@ from typing import Any, Literal
 
 import orjson
 
+from capirelay.meta_facts import (
+    SUBCODE_EVENT_TIME_WINDOW,
+    SUBCODE_EVENT_TOO_OLD,
+    SUBCODE_INVALID_EVENT,
+    SUBCODE_INVALID_FBC,
+    SUBCODE_LDU_REQUIRED,
+    SUBCODE_PURCHASE_MISSING_VALUE,
+)
+
 MAX_MESSAGE_CHARS = 300
 _REDACTED = "[redacted]"
 # Meta access tokens start with EAA; long opaque runs are redacted even when the
@@ -95,26 +104,27 @@ CODE_100_SUBCODES: dict[int, SubcodeRule] = {
     for rule in (
         SubcodeRule(33, "pixel/dataset not found or not accessible", RetryClass.CONFIG,
                     "pixel", "config", verified=True),
-        SubcodeRule(2804001, "click id (fbc) incorrectly formatted", RetryClass.INVALID,
-                    "event", "invalid", verified=True),
-        SubcodeRule(2804003, "event timestamp too old", RetryClass.INVALID,
+        SubcodeRule(SUBCODE_INVALID_FBC, "click id (fbc) incorrectly formatted",
+                    RetryClass.INVALID, "event", "invalid", verified=True),
+        SubcodeRule(SUBCODE_EVENT_TOO_OLD, "event timestamp too old", RetryClass.INVALID,
                     "event", "expired", verified=True),
         SubcodeRule(2804007, "invalid event data (third-party map)", RetryClass.INVALID,
                     "event", "invalid", verified=False),
-        SubcodeRule(2804009, "Purchase without value/currency", RetryClass.INVALID,
-                    "event", "invalid", verified=True),
+        SubcodeRule(SUBCODE_PURCHASE_MISSING_VALUE, "Purchase without value/currency",
+                    RetryClass.INVALID, "event", "invalid", verified=True),
         SubcodeRule(2804016, "invalid event data (third-party map)", RetryClass.INVALID,
                     "event", "invalid", verified=False),
         SubcodeRule(2804017, "invalid event data (third-party map)", RetryClass.INVALID,
                     "event", "invalid", verified=False),
-        SubcodeRule(2804019, "event_time outside the window (third-party comment)",
+        SubcodeRule(SUBCODE_EVENT_TIME_WINDOW,
+                    "event_time outside the window (third-party comment)",
                     RetryClass.INVALID, "event", "invalid", verified=False),
         # Per event (an event without data_processing_options), fixed in the setup.
-        SubcodeRule(2804030, "Limited Data Use selection required", RetryClass.CONFIG,
-                    "event", "config", verified=True),
+        SubcodeRule(SUBCODE_LDU_REQUIRED, "Limited Data Use selection required",
+                    RetryClass.CONFIG, "event", "config", verified=True),
         SubcodeRule(2804048, "invalid event data (third-party map)", RetryClass.INVALID,
                     "event", "invalid", verified=False),
-        SubcodeRule(2804050, "invalid event (observed with the official SDK)",
+        SubcodeRule(SUBCODE_INVALID_EVENT, "invalid event (observed with the official SDK)",
                     RetryClass.INVALID, "event", "invalid", verified=True),
     )
 }  # fmt: skip
@@ -196,19 +206,19 @@ _EXPLANATIONS: dict[tuple[int, int | None], str] = {
         "Pixel/dataset not found or not accessible with this token (100/33): check the pixel "
         "id, and in Business Settings give the token's system user access to this dataset."
     ),
-    (100, 2804030): (
+    (100, SUBCODE_LDU_REQUIRED): (
         "Limited Data Use selection required (100/2804030): send data_processing_options "
         "(['LDU'] with country/state, or []) as your consent setup requires."
     ),
-    (100, 2804003): (
+    (100, SUBCODE_EVENT_TOO_OLD): (
         "Event timestamp too old (100/2804003): event_time must be within 7 days (62 for "
         "physical_store); this event can no longer be delivered."
     ),
-    (100, 2804001): (
+    (100, SUBCODE_INVALID_FBC): (
         "Click ID (fbc) incorrectly formatted (100/2804001): send fbc as "
         "fb.<subdomain_index>.<creation_time_ms>.<fbclid> without changing the fbclid's case."
     ),
-    (100, 2804009): (
+    (100, SUBCODE_PURCHASE_MISSING_VALUE): (
         "Purchase without value or currency (100/2804009): map custom_data.value and a "
         "3-letter ISO 4217 custom_data.currency for every Purchase."
     ),

@@ -50,6 +50,8 @@ import re
 from collections.abc import Callable
 from hashlib import sha256
 
+from capirelay.meta_facts import HASHED_USER_DATA_KEYS
+
 from . import _dates, _person, _phone, _places
 from ._errors import NormalizationError
 
@@ -66,12 +68,8 @@ __all__ = [
     "sha256_hex",
 ]
 
-_WIRE_FIELDS = (
-    "em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country", "external_id",
-    "f5first", "f5last", "fi", "dobd", "dobm", "doby",
-)  # fmt: skip
 WIRE_KEYS: dict[str, str] = {
-    **{key: key for key in _WIRE_FIELDS},
+    **{key: key for key in HASHED_USER_DATA_KEYS},
     "email": "em",
     "phone": "ph",
     "first_name": "fn",

@@ -57,9 +57,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final, Protocol, runtime_checkable
 
+from capirelay.meta_facts import DEDUP_WINDOW_SECONDS as DEDUP_WINDOW_SECONDS
 from capirelay.outbox.receipts import ErasureResult, MetaAnswer, Receipt, TraceRecord
-
-DEDUP_WINDOW_SECONDS = 48 * 3600
 
 # Contract constants every backend shares.
 # Most attempts kept per event; a week of hourly retries must not grow a row without bound.
@@ -259,7 +258,7 @@ class OutboxCore(abc.ABC):
     defaults that work on any backend: :class:`ReplicaHooks` (coordination between processes),
     :class:`OperatorRecords` (dashboard sessions, DLQ audit) and :class:`ReceiptStore`
     (receipts, traces, erasure); the dashboard-only reads are :class:`OutboxViews`.
-    Meta diagnostics live in :mod:`capirelay.meta_store`.
+    Meta diagnostics live in :mod:`capirelay.ops.meta_store`.
 
     Every method that changes state has committed durably when it returns.
     Implementations raise :class:`StorageUnavailable` when they cannot.

@@ -3,7 +3,9 @@
 ``/v1/events``, ``/v1/collect`` and the webhook routes each prepare events their own
 way, then store them the same way: one ``enqueue`` (one durable commit) for the
 accepted events, nothing acknowledged when storage is down, the delivery engine
-woken for the pixel, and one status per prepared event in request order.
+woken for the pixel, and one status per prepared event in request order.  :func:`commit_events` adds
+the counting every route does after it (accepted, duplicates, rejected), and
+:func:`problems_json` the problems' shape in every route's answer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ __all__ = [
     "STORAGE_RETRY_AFTER_SECONDS",
     "WRITE_FAILURE_NOT_READY_SECONDS",
     "Committed",
+    "commit_events",
     "commit_prepared",
+    "problems_json",
     "recent_write_failure",
 ]
 
@@ -83,6 +87,59 @@ async def commit_prepared(
             item.problems.append(_UNSTORABLE)
         statuses.append(status)
     return Committed(accepted, enqueued, statuses)
+
+
+async def commit_events(
+    request: Request,
+    pixel_id: str,
+    prepared: Sequence[PreparedEvent],
+    *,
+    now: float,
+    source: str,
+) -> list[str]:
+    """:func:`commit_prepared`, then count the outcome; one status per prepared event."""
+    committed = await commit_prepared(request, pixel_id, prepared, now=now)
+    metrics: Metrics = request.app.state.metrics
+    _count(metrics, pixel_id, source, committed.accepted, committed.enqueued, prepared)
+    return committed.statuses
+
+
+def problems_json(problems: Sequence[Problem]) -> list[dict[str, str]]:
+    """Problems as the ingest routes answer them."""
+    # Built by hand: dataclasses.asdict (Problem.to_dict) deep-copies and costs ~5x more,
+    # which shows at 1,000 results per response.
+    return [
+        {"code": p.code, "field": p.field, "severity": p.severity.value, "message": p.message}
+        for p in problems
+    ]
+
+
+def _count(
+    metrics: Metrics,
+    pixel_id: str,
+    source: str,
+    accepted: Sequence[NewEvent],
+    enqueued: Sequence[EnqueueStatus],
+    prepared: Sequence[PreparedEvent],
+) -> None:
+    """Aggregate first: one ``labels().inc(n)`` per label set, not one per event."""
+    queued: Counter[str] = Counter()
+    duplicate: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
+    for event, status in zip(accepted, enqueued, strict=True):
+        if status is EnqueueStatus.REJECTED:
+            rejected["unstorable_value"] += 1
+            continue
+        (queued if status is EnqueueStatus.QUEUED else duplicate)[event.event_name] += 1
+    for item in prepared:
+        if item.new_event is None:
+            rejected.update({problem.code for problem in item.problems if problem.is_error})
+    for event_name, n in queued.items():
+        metrics.accepted.labels(pixel_id, metrics.event_label(event_name), source).inc(n)
+    for event_name, n in duplicate.items():
+        metrics.duplicates.labels(pixel_id, metrics.event_label(event_name)).inc(n)
+    for code, n in rejected.items():
+        metrics.rejected.labels(pixel_id, code).inc(n)
 
 
 _UNSTORABLE: Problem = error(

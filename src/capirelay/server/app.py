@@ -31,9 +31,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from capirelay.config import RateLimit, Settings
 from capirelay.dashboard import create_dashboard
 from capirelay.delivery.engine import DeliveryEngine
-from capirelay.diagnostics import DiagnosticsRunner
-from capirelay.meta_store import meta_store_for
 from capirelay.metrics import Metrics
+from capirelay.ops.diagnostics import DiagnosticsRunner
+from capirelay.ops.meta_store import meta_store_for
 from capirelay.outbox import Outbox, open_outbox
 from capirelay.server import routes_health, routes_ingest, routes_trace, routes_webhooks
 from capirelay.server.body_limit import BodyLimitMiddleware

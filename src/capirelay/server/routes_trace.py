@@ -16,10 +16,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from capirelay.config import Settings
+from capirelay.ops.trace import trace_json
 from capirelay.outbox.base import Outbox, StorageUnavailable
 from capirelay.server.auth import authenticate, authorize_pixel
 from capirelay.server.http import ApiError, JSONResponse
-from capirelay.trace import trace_json
 
 __all__ = ["get_event"]
 

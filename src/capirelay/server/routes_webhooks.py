@@ -32,10 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,9 +41,12 @@ from capirelay.config import ConfigError, PixelSettings, Settings, WebhookSettin
 from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.metrics import Metrics
 from capirelay.orders import ORDER_PRESETS
-from capirelay.outbox.base import EnqueueStatus, NewEvent
 from capirelay.problems import Problem
-from capirelay.server._commit import STORAGE_RETRY_AFTER_SECONDS, commit_prepared
+from capirelay.server._commit import (
+    STORAGE_RETRY_AFTER_SECONDS,
+    commit_events,
+    problems_json,
+)
 from capirelay.server.beacon_guard import limit_webhook
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
 from capirelay.sources.content_ids import (
@@ -138,7 +138,9 @@ async def post_webhook(request: Request) -> Response:
         )
     pixel = settings.pixels[webhook.settings.pixel_id]
     prepared = [_prepare(item, webhook, pixel, settings, now) for item in mapped]
-    statuses = await _commit(request, webhook, prepared, now)
+    statuses = await commit_events(
+        request, webhook.settings.pixel_id, prepared, now=now, source=webhook.source
+    )
     metrics.webhooks.labels(webhook.name, "processed").inc()
     results = [
         {
@@ -146,7 +148,7 @@ async def post_webhook(request: Request) -> Response:
             "event_name": item.event.get("event_name"),
             "event_id": ready.event_id,
             "status": status,
-            "problems": _problems_json(
+            "problems": problems_json(
                 _with_hint(webhook, topic, [*item.problems, *ready.problems])
             ),
         }
@@ -210,44 +212,3 @@ def _prepare(
         max_future_skew=settings.max_future_skew,
         order_by_event_id=webhook.preset.name in ORDER_PRESETS,
     )
-
-
-async def _commit(
-    request: Request, webhook: ConfiguredWebhook, prepared: Sequence[PreparedEvent], now: float
-) -> list[str]:
-    """Enqueue the accepted events in one durable commit; one status per prepared event."""
-    committed = await commit_prepared(request, webhook.settings.pixel_id, prepared, now=now)
-    _count(request.app.state.metrics, webhook, committed.accepted, committed.enqueued, prepared)
-    return committed.statuses
-
-
-def _count(
-    metrics: Metrics,
-    webhook: ConfiguredWebhook,
-    accepted: Sequence[NewEvent],
-    enqueued: Sequence[EnqueueStatus],
-    prepared: Sequence[PreparedEvent],
-) -> None:
-    pixel_id = webhook.settings.pixel_id
-    rejected: Counter[str] = Counter()
-    for event, status in zip(accepted, enqueued, strict=True):
-        if status is EnqueueStatus.REJECTED:
-            rejected["unstorable_value"] += 1
-        elif status is EnqueueStatus.QUEUED:
-            metrics.accepted.labels(
-                pixel_id, metrics.event_label(event.event_name), webhook.source
-            ).inc()
-        else:
-            metrics.duplicates.labels(pixel_id, metrics.event_label(event.event_name)).inc()
-    for item in prepared:
-        if item.new_event is None:
-            rejected.update({problem.code for problem in item.problems if problem.is_error})
-    for code, n in rejected.items():
-        metrics.rejected.labels(pixel_id, code).inc(n)
-
-
-def _problems_json(problems: Sequence[Problem]) -> list[dict[str, Any]]:
-    return [
-        {"code": p.code, "field": p.field, "severity": p.severity.value, "message": p.message}
-        for p in problems
-    ]

@@ -18,9 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from capirelay.cli_storage import ConfigOpt, StorageOpt, storage_url
+from capirelay.cli.storage import ConfigOpt, StorageOpt, storage_url
+from capirelay.ops.trace import iso, status_of, story, trace_json
 from capirelay.outbox.receipts import TraceRecord
-from capirelay.trace import iso, status_of, story, trace_json
 
 __all__ = ["trace_command"]
 

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from capirelay.cli_storage import ConfigOpt, StorageOpt
+from capirelay.cli.storage import ConfigOpt, StorageOpt
 from capirelay.outbox.receipts import ErasureResult
 
 __all__ = ["erase_command", "erasure_hashes"]

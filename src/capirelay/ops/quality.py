@@ -16,8 +16,10 @@ SHA-256 for the hashed keys (``em ph fn ln db ct st zp country``), Meta's
 ``client_ip_address``, any non-empty string for ``client_user_agent`` and
 ``external_id`` (Meta recommends hashing ``external_id`` but accepts it raw).
 
-Score weights (a documented guess; Meta publishes none).  They sum to 10, so an
-event that carries every key scores 10, and they follow the reference §5:
+Score weights (a documented guess; Meta publishes none; the numbers live in
+:data:`capirelay.meta_facts.MATCH_KEY_WEIGHTS`, shared with the emulator's
+Dataset Quality answer).  They sum to 10, so an event that carries every key
+scores 10, and they follow the reference §5:
 
 ========================  ======  ==================================================
 key                       weight  why
@@ -52,6 +54,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capirelay.browser_ids import parse_fbc, parse_fbp
+from capirelay.meta_facts import IP_UA_PAIR_BONUS
+from capirelay.meta_facts import MATCH_KEY_WEIGHTS as W
 from capirelay.normalize import is_sha256
 
 __all__ = [
@@ -67,7 +71,6 @@ __all__ = [
 ]
 
 GOOD_SCORE = 6.0  # Meta: "aim for an Event Match Quality score of 6.0 or higher"
-IP_UA_PAIR_BONUS = 0.5
 HINT_MIN_SHARE = 0.05  # below 5 % a gap is noise, not advice
 MAX_HINTS = 8
 OVERALL = "(all events)"
@@ -113,33 +116,52 @@ class MatchKey:
 
 
 MATCH_KEYS: tuple[MatchKey, ...] = (
-    MatchKey("em", ("em",), 2.5, "an email", is_sha256, "not SHA-256 hashes"),
-    MatchKey("ph", ("ph",), 1.5, "a phone", is_sha256, "not SHA-256 hashes"),
-    MatchKey("fn+ln", ("fn", "ln"), 1.0, "a first and last name", is_sha256, "not SHA-256 hashes"),
-    MatchKey("db", ("db",), 0.25, "a date of birth", is_sha256, "not SHA-256 hashes"),
-    MatchKey("ct", ("ct",), 0.0625, "a city", is_sha256, "not SHA-256 hashes"),
-    MatchKey("st", ("st",), 0.0625, "a state", is_sha256, "not SHA-256 hashes"),
-    MatchKey("zp", ("zp",), 0.0625, "a zip code", is_sha256, "not SHA-256 hashes"),
-    MatchKey("country", ("country",), 0.0625, "a country", is_sha256, "not SHA-256 hashes"),
-    MatchKey("external_id", ("external_id",), 0.75, "an external_id", _is_nonblank, "blank"),
+    MatchKey("em", ("em",), W["em"], "an email", is_sha256, "not SHA-256 hashes"),
+    MatchKey("ph", ("ph",), W["ph"], "a phone", is_sha256, "not SHA-256 hashes"),
+    MatchKey(
+        "fn+ln",
+        ("fn", "ln"),
+        W["fn"] + W["ln"],
+        "a first and last name",
+        is_sha256,
+        "not SHA-256 hashes",
+    ),
+    MatchKey("db", ("db",), W["db"], "a date of birth", is_sha256, "not SHA-256 hashes"),
+    MatchKey("ct", ("ct",), W["ct"], "a city", is_sha256, "not SHA-256 hashes"),
+    MatchKey("st", ("st",), W["st"], "a state", is_sha256, "not SHA-256 hashes"),
+    MatchKey("zp", ("zp",), W["zp"], "a zip code", is_sha256, "not SHA-256 hashes"),
+    MatchKey("country", ("country",), W["country"], "a country", is_sha256, "not SHA-256 hashes"),
+    MatchKey(
+        "external_id", ("external_id",), W["external_id"], "an external_id", _is_nonblank, "blank"
+    ),
     MatchKey(
         "client_ip_address",
         ("client_ip_address",),
-        1.0,
+        W["client_ip_address"],
         "a client IP address",
         _is_ip,
         "not IP addresses",
     ),
     MatchKey(
-        "client_user_agent", ("client_user_agent",), 0.5, "a user agent", _is_nonblank, "blank"
+        "client_user_agent",
+        ("client_user_agent",),
+        W["client_user_agent"],
+        "a user agent",
+        _is_nonblank,
+        "blank",
     ),
     MatchKey(
-        "fbc", ("fbc",), 1.0, "an fbc (click ID)", lambda v: parse_fbc(v) is not None, "malformed"
+        "fbc",
+        ("fbc",),
+        W["fbc"],
+        "an fbc (click ID)",
+        lambda v: parse_fbc(v) is not None,
+        "malformed",
     ),
     MatchKey(
         "fbp",
         ("fbp",),
-        0.75,
+        W["fbp"],
         "an fbp (browser ID)",
         lambda v: parse_fbp(v) is not None,
         "malformed",

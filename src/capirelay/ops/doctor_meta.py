@@ -1,8 +1,8 @@
 """``doctor``'s view of Meta's side: pixel settings (AAM, first-party cookies) and the
 latest scheduled diagnostics, each with Meta's text and link beside capirelay's fix.
 
-Kept apart from :mod:`capirelay.doctor` so the core checks stay small; they are
-all :class:`~capirelay.doctor.Check` verdicts, so the CLI, ``--json`` and the
+Kept apart from :mod:`capirelay.ops.doctor` so the core checks stay small; they are
+all :class:`~capirelay.ops.doctor.Check` verdicts, so the CLI, ``--json`` and the
 dashboard render them like every other check.
 """
 
@@ -15,16 +15,16 @@ from pathlib import Path
 import httpx
 
 from capirelay.config import Settings
-from capirelay.doctor import Check, Status
 from capirelay.graph import GraphClient, GraphError
-from capirelay.meta_advice import (
+from capirelay.ops.doctor import Check, Status
+from capirelay.ops.meta_advice import (
     AAM_OFF,
     COOKIES_DISABLED,
     HAD_PII,
     advice_for,
     explain_settings_error,
 )
-from capirelay.meta_store import CheckState, RunRecord, meta_store_for
+from capirelay.ops.meta_store import CheckState, RunRecord, meta_store_for
 from capirelay.outbox import open_outbox, sqlite_path_from_url
 
 __all__ = ["diagnostics_checks", "meta_doctor_checks", "pixel_settings_checks"]

@@ -418,9 +418,9 @@ def _report(config: Path, answers: InitAnswers, kept: list[Path]) -> None:
 
 
 def _doctor(config: Path) -> None:
-    from capirelay.cli_doctor import render
+    from capirelay.cli.doctor import render
     from capirelay.config import ConfigError, load_settings
-    from capirelay.doctor import Status, run_doctor
+    from capirelay.ops.doctor import Status, run_doctor
 
     library_logger = logging.getLogger("capirelay")
     level = library_logger.level

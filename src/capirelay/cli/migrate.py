@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from capirelay.cli_storage import ConfigOpt, StorageOpt, storage_url
+from capirelay.cli.storage import ConfigOpt, StorageOpt, storage_url
 from capirelay.outbox import StorageUnavailable
 
 console = Console()
@@ -55,7 +55,7 @@ def migrate_command(
     from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate_url
 
     if source is not None or target is not None:
-        from capirelay.cli_transfer import transfer_command
+        from capirelay.cli.transfer import transfer_command
 
         transfer_command(source, target, merge=merge)
         return

@@ -1,6 +1,6 @@
 """``capirelay dlq list|show|replay|purge|audit``: the dead-letter queue from the terminal.
 
-Thin wrappers over :mod:`capirelay.dlq`.  The storage comes from the same
+Thin wrappers over :mod:`capirelay.ops.dlq`.  The storage comes from the same
 settings as ``capirelay serve`` (``--config`` or ``CAPIRELAY_CONFIG``), or
 ``--storage URL``.  Everything shown is hashed: dead letters hold wire events,
 never raw identifiers.  ``replay`` and ``purge`` act on explicit ids or on a
@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from capirelay.cli_storage import ConfigOpt, StorageOpt, existing_storage_url
+from capirelay.cli.storage import ConfigOpt, StorageOpt, existing_storage_url
 from capirelay.outbox import DLQFilter, Outbox
 
 dlq_app = typer.Typer(help="Inspect, replay and purge dead-lettered events.", no_args_is_help=True)
@@ -109,7 +109,7 @@ def list_command(
     offset: Annotated[int, typer.Option("--offset")] = 0,
 ) -> None:
     """List dead letters, newest first."""
-    from capirelay import dlq
+    from capirelay.ops import dlq
 
     flt = _filter(pixel, event_name, reason, since, until)
     rows = _with_outbox(
@@ -153,7 +153,7 @@ def show_command(
     storage: StorageOpt = None,
 ) -> None:
     """Show one dead letter: the hashed wire event, Meta's answer, every attempt."""
-    from capirelay import dlq
+    from capirelay.ops import dlq
 
     detail = _with_outbox(existing_storage_url(config, storage), lambda o: dlq.show(o, dlq_id))
     if detail is None:
@@ -208,7 +208,7 @@ def replay_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Judge only; move nothing.")] = False,
 ) -> None:
     """Re-validate and re-queue dead letters that are still inside their deadline."""
-    from capirelay import dlq
+    from capirelay.ops import dlq
 
     target = _ids_or_filter(
         ids, _filter(pixel, event_name, reason, since, until), everything_ok=all_
@@ -246,7 +246,7 @@ def purge_command(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm a filter-wide purge.")] = False,
 ) -> None:
     """Delete dead letters for good."""
-    from capirelay import dlq
+    from capirelay.ops import dlq
 
     target = _ids_or_filter(
         ids, _filter(pixel, event_name, reason, since, until), everything_ok=all_

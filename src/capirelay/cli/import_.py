@@ -31,7 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from capirelay.cli_storage import ConfigOpt, StorageOpt
+from capirelay.cli.storage import ConfigOpt, StorageOpt
 from capirelay.importer import (
     FORMATS,
     Importer,

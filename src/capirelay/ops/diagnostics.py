@@ -10,11 +10,11 @@ shared PostgreSQL) fetches, per configured pixel with a token:
    ``data_freshness``;
 4. ``/stats`` by ``event_source``, ``event_processing_results`` and ``had_pii``
    for the last ``lookback_hours``, reconciled with what capirelay delivered
-   (:mod:`capirelay.reconcile`).
+   (:mod:`capirelay.ops.reconcile`).
 
 Every finding becomes a check (Meta's own, or capirelay's ``capirelay:*``),
 stored with its latest state and a history of transitions
-(:mod:`capirelay.meta_store`).  A check that starts or stops failing is logged
+(:mod:`capirelay.ops.meta_store`).  A check that starts or stops failing is logged
 and counted; ``capirelay_meta_diagnostics_failing{pixel,key}`` holds the
 current state.  A step whose call fails leaves its previous checks as they
 were (no false "resolved"); a throttled answer ends the run until next time.
@@ -46,7 +46,8 @@ import httpx
 from capirelay.config import Settings
 from capirelay.graph import GraphClient, GraphError, RetryClass
 from capirelay.graph._pixel import DACheck, StatsBucket
-from capirelay.meta_advice import (
+from capirelay.metrics import Metrics
+from capirelay.ops.meta_advice import (
     AAM_OFF,
     COOKIES_DISABLED,
     HAD_PII,
@@ -54,10 +55,9 @@ from capirelay.meta_advice import (
     dq_key,
     explain_settings_error,
 )
-from capirelay.meta_store import CheckChange, CheckResult, DeliveredHour, MetaStore
-from capirelay.metrics import Metrics
+from capirelay.ops.meta_store import CheckChange, CheckResult, DeliveredHour, MetaStore
+from capirelay.ops.reconcile import HOUR, Reconciliation, reconcile
 from capirelay.outbox.base import LeasedEvent
-from capirelay.reconcile import HOUR, Reconciliation, reconcile
 
 __all__ = ["LEASE_NAME", "DeliveredRecorder", "DiagnosticsRunner", "PixelRun"]
 

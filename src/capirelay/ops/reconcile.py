@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capirelay.graph._pixel import StatsBucket
-from capirelay.meta_store import DeliveredHour
+from capirelay.ops.meta_store import DeliveredHour
 
 __all__ = ["ALL_EVENTS", "HOUR", "HourRow", "Reconciliation", "reconcile"]
 

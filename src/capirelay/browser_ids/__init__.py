@@ -43,6 +43,25 @@ from urllib.parse import parse_qs, urlsplit
 
 from publicsuffixlist import PublicSuffixList
 
+from capirelay.browser_ids._client_ip import (
+    _header,
+    _is_trusted,
+    _parse_ip,
+    _request_ip,
+    _trusted_networks,
+    client_ip,
+)
+from capirelay.browser_ids._patterns import (
+    _CLICK_ID_RE,
+    _COOKIE_NAME_RE,
+    _COOKIE_OCTETS_RE,
+    _UNSAFE_COOKIE_VALUE_RE,
+    _UNSAFE_URL_RE,
+    APPENDIX_RE,
+    FBC_RE,
+    FBP_RE,
+)
+
 __all__ = [
     "APPENDIX_RE",
     "COOKIE_MAX_AGE",
@@ -72,27 +91,6 @@ FBP_COOKIE = "_fbp"
 FBI_COOKIE = "_fbi"
 COOKIE_MAX_AGE = 90 * 24 * 3600  # 7,776,000 s, the Pixel's and the builder's lifetime
 FBP_RANDOM_MAX = 2_147_483_647
-
-# Legacy 2-char appendix tokens, one per builder language (PHP, Python, Java,
-# Node, Ruby, client JS); any other 2-char 5th segment is not Meta's.
-LEGACY_APPENDIX_TOKENS = frozenset({"AQ", "Ag", "Aw", "BA", "BQ", "Bg"})
-
-_APPENDIX = r"(?:[A-Za-z0-9_-]{8}|" + "|".join(sorted(LEGACY_APPENDIX_TOKENS)) + ")"
-# fbclid values are base64url-like (``IwAR...``, ``IwZXh0bgNhZW0...``); a dot
-# would shift the segments, anything else is junk Meta answers with 2804001.
-_CLICK_ID = r"[A-Za-z0-9_-]+"
-FBC_RE = re.compile(rf"fb\.(\d{{1,3}})\.(\d{{1,16}})\.({_CLICK_ID})(?:\.({_APPENDIX}))?")
-FBP_RE = re.compile(rf"fb\.(\d{{1,3}})\.(\d{{1,16}})\.(\d{{1,20}})(?:\.({_APPENDIX}))?")
-_CLICK_ID_RE = re.compile(_CLICK_ID)
-APPENDIX_RE = re.compile(_APPENDIX)
-_IP_APPENDIX_RE = re.compile(rf"(.+)\.{_APPENDIX}")
-# RFC 6265 cookie-octets minus nothing we need: no CTLs, whitespace, DQUOTE,
-# comma, semicolon or backslash.  Anything else in a value we write is refused.
-_COOKIE_OCTETS_RE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*")
-_COOKIE_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_UNSAFE_HEADER_CHARS_RE = re.compile(r"[\x00-\x1f\x7f]")
-_UNSAFE_COOKIE_VALUE_RE = re.compile(r"[\x00-\x20\x7f;,\"\\]")
-_UNSAFE_URL_RE = re.compile(r"[\x00-\x20\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,124 +208,6 @@ def subdomain_index(host: str) -> int:
     """Meta's ``subdomain_index``: dots in the eTLD+1 (``example.com`` -> 1), 0 without one."""
     registrable = etld_plus_one(host)
     return 0 if registrable is None else registrable.count(".")
-
-
-# ---------------------------------------------------------------------------
-# Client IP
-
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _parse_ip(text: str | None) -> IPAddress | None:
-    """An address from an XFF hop or a socket peer; ports and brackets tolerated."""
-    if not text:
-        return None
-    text = text.strip()
-    if text.startswith("["):
-        text = text[1:].split("]", 1)[0]
-    elif text.count(":") == 1:
-        text = text.split(":", 1)[0]
-    if "%" in text:  # zone ids mean nothing off the local link
-        return None
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def strip_ip_appendix(value: str) -> str:
-    """Drop the builder appendix from ``ip.<8-character appendix>`` (as in the ``_fbi`` cookie)."""
-    match = _IP_APPENDIX_RE.fullmatch(value)
-    if match is not None and _parse_ip(match.group(1)) is not None:
-        return match.group(1)
-    return value
-
-
-@lru_cache(maxsize=64)
-def _trusted_networks(trusted_proxies: tuple[str, ...]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in trusted_proxies)
-
-
-def _is_trusted(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
-    return any(address in network for network in networks)
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    """Case-insensitive header lookup that also works on a plain dict."""
-    value = headers.get(name)
-    if value is None:
-        for key, candidate in headers.items():
-            if key.lower() == name:
-                value = candidate
-                break
-    if value is None or _UNSAFE_HEADER_CHARS_RE.search(value):
-        return None
-    return value
-
-
-def _request_ip(
-    remote_addr: str | None, headers: Mapping[str, str], networks: tuple[IPNetwork, ...]
-) -> IPAddress | None:
-    """The address of whoever connected to the first proxy we trust.
-
-    ``X-Forwarded-For`` is read only when the socket peer is a trusted proxy,
-    right to left, skipping trusted hops; the first untrusted hop is the
-    client.  Entries left of it were written by the client and are ignored.
-    """
-    peer = _parse_ip(remote_addr)
-    if peer is None or not _is_trusted(peer, networks):
-        return peer
-    forwarded = _header(headers, "x-forwarded-for")
-    if not forwarded:
-        return peer
-    hops = [hop for hop in (part.strip() for part in forwarded.split(",")) if hop]
-    closest: IPAddress = peer
-    for hop in reversed(hops):
-        address = _parse_ip(hop)
-        if address is None:
-            return None  # a trusted proxy never writes junk: this hop came from the client
-        if not _is_trusted(address, networks):
-            return address
-        closest = address
-    return closest
-
-
-def client_ip(
-    remote_addr: str | None,
-    headers: Mapping[str, str],
-    trusted_proxies: Sequence[str] = (),
-    *,
-    fbi_cookie: str | None = None,
-    allow_private: bool = False,
-) -> str | None:
-    """The client IP to send as ``client_ip_address``, or ``None``.
-
-    Priority, as in Meta's Node builder but with the full RFC 6890 special
-    ranges (``is_global``): public IPv6 from ``_fbi`` > public IPv6 from the
-    request > public IPv4 from ``_fbi`` > public IPv4 from the request.
-    Special-range addresses (private, loopback, documentation...) are used only
-    with ``allow_private`` (handy on a developer machine); Meta cannot match
-    on them.  ``trusted_proxies`` holds IPs or CIDRs.
-    """
-    networks = _trusted_networks(tuple(trusted_proxies))
-    candidates: list[IPAddress] = []
-    if fbi_cookie and not _UNSAFE_COOKIE_VALUE_RE.search(fbi_cookie):
-        from_cookie = _parse_ip(strip_ip_appendix(fbi_cookie))
-        if from_cookie is not None:
-            candidates.append(from_cookie)
-    from_request_ip = _request_ip(remote_addr, headers, networks)
-    if from_request_ip is not None:
-        candidates.append(from_request_ip)
-    ranked = sorted(
-        (c for c in candidates if allow_private or c.is_global),
-        key=lambda c: (not c.is_global, c.version != 6),  # stable: cookie before request
-    )
-    return str(ranked[0]) if ranked else None
 
 
 # ---------------------------------------------------------------------------

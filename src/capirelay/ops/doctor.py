@@ -31,7 +31,7 @@ import orjson
 from capirelay.config import ConfigError, Settings, load_settings
 from capirelay.graph import explain
 from capirelay.graph.versions import DEFAULT_API_VERSION, VersionStatus
-from capirelay.health import (
+from capirelay.ops.health import (
     REQUIRED_SCOPE,
     GraphProbe,
     TokenHealth,
@@ -39,9 +39,9 @@ from capirelay.health import (
     token_health,
     version_health,
 )
+from capirelay.ops.quality import GOOD_SCORE, QualityReport, predict_match_quality
 from capirelay.outbox import DLQFilter, Outbox, QueueStats, open_outbox, sqlite_path_from_url
 from capirelay.outbox.base import DLQGroup, views_of
-from capirelay.quality import GOOD_SCORE, QualityReport, predict_match_quality
 
 __all__ = [
     "BACKLOG_FAIL_SECONDS_TO_DEADLINE",
@@ -468,7 +468,7 @@ async def run_doctor(
     report.checks.extend(token_checks(tokens, datetime.fromtimestamp(now, UTC)))
     report.checks.extend(version_checks(version_health(settings, today)))
     report.checks.extend(_queue_checks(storage, now))
-    from capirelay.doctor_meta import meta_doctor_checks  # it imports Check from here
+    from capirelay.ops.doctor_meta import meta_doctor_checks  # it imports Check from here
 
     report.checks.extend(await meta_doctor_checks(settings, transport=transport, now=now))
     return report

@@ -19,7 +19,7 @@ from rich.table import Table
 from capirelay.config import ConfigError, Settings, load_settings
 from capirelay.graph import GraphError, SyncGraphClient
 from capirelay.graph._pixel import AAM_FIELDS, COOKIE_DISABLED, COOKIE_ENABLED
-from capirelay.meta_advice import AAM_OFF, COOKIES_DISABLED, advice_for, explain_settings_error
+from capirelay.ops.meta_advice import AAM_OFF, COOKIES_DISABLED, advice_for, explain_settings_error
 
 pixel_app = typer.Typer(
     help="Automatic Advanced Matching and first-party cookies of your pixels, at Meta.",

@@ -1,4 +1,4 @@
-"""``capirelay doctor``: run :mod:`capirelay.doctor` and print its verdicts as a Rich table.
+"""``capirelay doctor``: run :mod:`capirelay.ops.doctor` and print its verdicts as a Rich table.
 
 Exit codes: 0 when nothing needs a human, 1 when a check failed (or, with
 ``--strict``, warned).  ``--json`` prints the same report for scripts and CI.
@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from capirelay.cli_storage import announce_config, load_config_or_exit
-from capirelay.doctor import DoctorReport, Status, run_doctor
+from capirelay.cli.storage import announce_config, load_config_or_exit
+from capirelay.ops.doctor import DoctorReport, Status, run_doctor
 
 _STYLES = {Status.OK: "green", Status.WARN: "yellow", Status.FAIL: "bold red"}
 _SUMMARY = {

@@ -1,0 +1,5 @@
+"""``python -m capirelay``: the same command line as the ``capirelay`` script."""
+
+from capirelay.cli import main
+
+main()
