@@ -63,21 +63,19 @@ from capirelay.outbox.base import (
     DEDUP_WINDOW_SECONDS,
     PROMOTE_FACTOR,
     Attempt,
-    AuditRecord,
     DeadLetter,
     DeadLetterReason,
     DLQFilter,
-    DLQGroup,
     EnqueueStatus,
     LeasedEvent,
     NewEvent,
     Outbox,
     OutboxViews,
-    QueueGroup,
     QueueStats,
     RequeueResult,
     StorageUnavailable,
 )
+from capirelay.outbox.postgres._operator import PostgresOperatorRecords
 from capirelay.outbox.postgres.migrate import migrate
 from capirelay.outbox.postgres.receipts import PostgresReceipts, insert_dead_letter_receipts
 
@@ -146,7 +144,7 @@ def _ids(ids: Sequence[int]) -> list[int]:
     return [int(i) for i in ids]
 
 
-class PostgresOutbox(PostgresReceipts, Outbox, OutboxViews):
+class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxViews):
     """The :class:`Outbox` on PostgreSQL, safe to share between any number of processes.
 
     ``pool_size`` is the most connections this process opens for queue work (plus
@@ -502,92 +500,6 @@ class PostgresOutbox(PostgresReceipts, Outbox, OutboxViews):
         if _matches_nothing(flt):
             return 0
         return await self._rowcount("dlq_purge_filter", dlq_filter_values(flt))
-
-    # ------------------------------------------------------- dashboard views
-
-    async def queue_breakdown(self, *, now: float) -> list[QueueGroup]:
-        return [QueueGroup(*row) for row in await self._run("queue_breakdown", {})]
-
-    async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
-        return [DLQGroup(*row) for row in await self._run("dlq_breakdown", {})]
-
-    async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
-        return [leased_from_row(row) for row in await self._run("queue_sample", {"limit": limit})]
-
-    # ------------------------------------------------- shared pixel holds
-
-    async def hold_pixel(
-        self,
-        pixel_id: str,
-        *,
-        until: float,
-        reason: str,
-        now: float,
-        code: int | None = None,
-        subcode: int | None = None,
-    ) -> None:
-        await self._run(
-            "hold_pixel",
-            {
-                "pixel_id": pixel_id,
-                "until": until,
-                "reason": reason,
-                "code": code,
-                "subcode": subcode,
-                "now": now,
-            },
-        )
-
-    async def unhold_pixel(self, pixel_id: str) -> None:
-        await self._run("unhold_pixel", {"pixel_id": pixel_id})
-
-    # ------------------------------------------------------ operator records
-
-    async def _statement(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchall() if cur.description else []
-
-        return await self._in_transaction(work)
-
-    async def revoke_session(self, session_hash: str, *, expires_at: float, now: float) -> None:
-        async def work(conn: AsyncConnection[Any]) -> None:
-            await conn.execute(
-                "DELETE FROM capirelay_revoked_sessions WHERE expires_at <= %(now)s", {"now": now}
-            )
-            await conn.execute(
-                "INSERT INTO capirelay_revoked_sessions (session_hash, expires_at) "
-                "VALUES (%(hash)s, %(expires_at)s) ON CONFLICT (session_hash) "
-                "DO UPDATE SET expires_at = excluded.expires_at",
-                {"hash": session_hash, "expires_at": expires_at},
-            )
-
-        await self._in_transaction(work)
-
-    async def session_revoked(self, session_hash: str) -> bool:
-        rows = await self._statement(
-            "SELECT 1 FROM capirelay_revoked_sessions WHERE session_hash = %(hash)s",
-            {"hash": session_hash},
-        )
-        return bool(rows)
-
-    async def record_audit(
-        self, *, at: float, actor: str, action: str, target: str, count: int, origin: str
-    ) -> None:
-        await self._statement(
-            "INSERT INTO capirelay_operator_audit (at, actor, action, target, count, origin) "
-            "VALUES (%(at)s, %(actor)s, %(action)s, %(target)s, %(count)s, %(origin)s)",
-            {"at": at, "actor": actor, "action": action, "target": target, "count": count,
-             "origin": origin},
-        )  # fmt: skip
-
-    async def audit_log(self, *, limit: int = 100) -> list[AuditRecord]:
-        rows = await self._statement(
-            "SELECT id, at, actor, action, target, count, origin FROM capirelay_operator_audit "
-            "ORDER BY id DESC LIMIT %(limit)s",
-            {"limit": limit},
-        )
-        return [AuditRecord(*row) for row in rows]
 
     # ------------------------------------------------------ LISTEN / NOTIFY
 

@@ -441,3 +441,24 @@ WHERE l.key = old.key;
 
 -- name: order_ledger_size
 SELECT count(*) FROM capirelay_order_ledger;
+
+-- name: revoke_session
+-- End a dashboard session on every replica (until its cookie would have expired anyway),
+-- forgetting revocations whose cookies have expired meanwhile.
+WITH forgotten AS (
+    DELETE FROM capirelay_revoked_sessions WHERE expires_at <= %(now)s
+)
+INSERT INTO capirelay_revoked_sessions (session_hash, expires_at)
+VALUES (%(hash)s, %(expires_at)s)
+ON CONFLICT (session_hash) DO UPDATE SET expires_at = excluded.expires_at;
+
+-- name: session_revoked
+SELECT 1 FROM capirelay_revoked_sessions WHERE session_hash = %(hash)s;
+
+-- name: record_audit
+INSERT INTO capirelay_operator_audit (at, actor, action, target, count, origin)
+VALUES (%(at)s, %(actor)s, %(action)s, %(target)s, %(count)s, %(origin)s);
+
+-- name: audit_log
+SELECT id, at, actor, action, target, count, origin FROM capirelay_operator_audit
+ORDER BY id DESC LIMIT %(limit)s;
