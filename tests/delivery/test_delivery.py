@@ -27,6 +27,7 @@ from delivery_data import (
     wire_event,
 )
 
+from capirelay.clock import ManualClock
 from capirelay.config import PixelSettings, Secret
 from capirelay.delivery import BreakerState, DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator
@@ -297,7 +298,7 @@ async def test_retries_stop_at_the_deadline(
     await queue_events(
         outbox, [new_event(wire_event("edge"), deadline_at=real_deadline)], now=time.time() + offset
     )
-    engine = await start_engine(clock=lambda: time.time() + offset)
+    engine = await start_engine(clock=ManualClock(wall=time.time() + offset))
     engine.notify(PIXEL)
     assert await engine.drain(timeout=10)
     [dead] = await outbox.dlq_list()

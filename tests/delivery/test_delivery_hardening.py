@@ -32,6 +32,7 @@ from delivery_data import (
     wire_event,
 )
 
+from capirelay.clock import ManualClock
 from capirelay.delivery import BreakerState, DeliveryEngine
 from capirelay.delivery.worker import PixelWorker
 from capirelay.emulator.testing import RunningEmulator
@@ -266,6 +267,7 @@ async def test_a_successful_probe_closes_a_breaker_reopened_meanwhile(
     await add_faults(emulator, {"kind": "latency", "latency_ms": 300})
     await queue_events(outbox, [new_event(wire_event("probe"))])
     settings = make_settings(emulator.url, breaker_probe_seconds=60.0)
+    clock = ManualClock()
     async with GraphClient(base_url=emulator.url) as client:
         worker = PixelWorker(
             PIXEL,
@@ -273,16 +275,17 @@ async def test_a_successful_probe_closes_a_breaker_reopened_meanwhile(
             settings=settings,
             metrics=Metrics(),
             client_for=lambda _pixel: client,
-            clock=time.time,
+            clock=clock,
             retry_policy=RetryPolicy(base=0.05, max_delay=0.2),
             rng=random.Random(7),
         )
         # Opened a while ago; its probe is due now.
-        worker.breaker.trip(time.monotonic() - 120.0, wall_time=time.time() - 1.0)
+        worker.breaker.trip(clock.monotonic() - 120.0, wall_time=clock.time() - 1.0)
         await worker._lease_and_dispatch()
         assert worker.breaker.state is BreakerState.HALF_OPEN
         # An older batch fails with the old token while the probe is in flight.
-        worker.breaker.trip(time.monotonic(), wall_time=time.time())
+        clock.advance(0.5)
+        worker.breaker.trip(clock.monotonic(), wall_time=clock.time())
         await asyncio.gather(*list(worker._in_flight))
         assert worker.breaker.state is BreakerState.CLOSED
     assert await delivered_ids(emulator) == ["probe"]
