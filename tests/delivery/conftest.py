@@ -51,12 +51,9 @@ async def start_engine(
     engines: list[DeliveryEngine] = []
 
     async def start(**delivery: Any) -> DeliveryEngine:
-        clock = delivery.pop("clock", None)
+        options = {key: delivery.pop(key) for key in ("clock", "transport") if key in delivery}
         engine = DeliveryEngine(
-            outbox,
-            make_settings(emulator.url, **delivery),
-            Metrics(),
-            **({"clock": clock} if clock else {}),
+            outbox, make_settings(emulator.url, **delivery), Metrics(), **options
         )
         await engine.start()
         engines.append(engine)

@@ -8,6 +8,7 @@ the emulator cannot give: there a transport-level stand-in answers for Graph.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -40,16 +41,21 @@ from capirelay.graph import GraphClient
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox
 from capirelay.retry import RetryPolicy
+from waiting import wait_for_async
 
 FBC = "fb.1.1700000000000.IwAR0aBcDeF"
 
 
-async def _wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
+class TimedTransport(httpx.AsyncHTTPTransport):
+    """The real HTTP transport, noting when each request to Graph started (loop time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[float] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.started.append(asyncio.get_running_loop().time())
+        return await super().handle_async_request(request)
 
 
 async def _stored_events(emulator: RunningEmulator) -> list[dict[str, Any]]:
@@ -67,17 +73,18 @@ async def test_a_zero_wait_estimate_still_backs_off(
     start_engine: EngineFactory, outbox: Outbox, emulator: RunningEmulator, code: int
 ) -> None:
     # Meta says "0 minutes to regain access" while it keeps refusing: that is no estimate.
-    await add_faults(
-        emulator, {"kind": "throttle", "code": code, "duration": 1.0, "regain_minutes": 0}
-    )
-    engine = await start_engine(backoff_base=0.2, backoff_max=5.0)
+    await add_faults(emulator, {"kind": "throttle", "code": code, "count": 3, "regain_minutes": 0})
+    transport = TimedTransport()
+    engine = await start_engine(backoff_base=0.2, backoff_max=5.0, transport=transport)
     await queue_events(outbox, [new_event(wire_event(i)) for i in ids("thr0", 3)])
     engine.notify(PIXEL)
-    await asyncio.sleep(1.0)
-    # Pauses of 0.2, 0.4, 0.8 s: three tries in the throttled second, not one per poll.
-    assert emulator.state.stats()["requests"] <= 4
     assert await engine.drain(timeout=10)
     assert sorted(await delivered_ids(emulator)) == ids("thr0", 3)
+    # Three throttles, then the send: each pause at least the escalating 0.2, 0.4, 0.8 s
+    # (a slow machine only lengthens the gaps; without backoff they would be ~one poll).
+    assert len(transport.started) == 4
+    gaps = [b - a for a, b in itertools.pairwise(transport.started)]
+    assert all(gap >= pause for gap, pause in zip(gaps, (0.2, 0.4, 0.8), strict=True)), gaps
 
 
 # ------------------------------------------------------------------ 2: leases
@@ -106,10 +113,11 @@ async def test_no_request_outlives_the_lease(
     await add_faults(emulator, {"kind": "timeout", "seconds": 10, "count": 1})
     engine = await start_engine(lease_seconds=2.0, request_timeout=5.0)
     await queue_events(outbox, [new_event(wire_event("hung"))])
-    started = time.monotonic()
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).retried == 1, timeout=5)
-    assert time.monotonic() - started < 1.5
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).retried == 1, timeout=5)
+    # Cut by the worker at the lease budget, not by the HTTP client's 5 s timeout.
+    last_error = engine.pixel_status(PIXEL).last_error
+    assert last_error is not None and "before the lease ends" in last_error.message
     assert await engine.drain(timeout=5)
     assert await delivered_ids(emulator) == ["hung"]
     assert emulator.state.stats()["duplicates"] == 0
@@ -122,20 +130,26 @@ async def test_expired_events_do_not_delay_breaker_recovery(
     start_engine: EngineFactory, outbox: Outbox, emulator: RunningEmulator
 ) -> None:
     await change_token(emulator, "revoke", TOKEN)
-    now = time.time()
+    clock = ManualClock()
+    now = clock.time()
     expiring = [new_event(wire_event(i), deadline_at=now + 0.5) for i in ids("old", 40)]
     live = ids("live", 3)
-    await queue_events(outbox, expiring + [new_event(wire_event(i)) for i in live])
-    engine = await start_engine(breaker_probe_seconds=0.6)
+    await queue_events(outbox, expiring + [new_event(wire_event(i)) for i in live], now=now)
+    engine = await start_engine(breaker_probe_seconds=0.6, clock=clock)
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
-    await asyncio.sleep(1.0)  # the 40 events pass their deadline while the token is bad
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
 
+    # The 40 events pass their deadline while the token is bad, and one probe interval
+    # passes: the four probe batches of expired events must not cost four intervals.
+    clock.advance(1.0)
+
+    async def all_expired() -> bool:
+        return (await outbox.stats(now=clock.time())).dlq_size == 40
+
+    await wait_for_async(all_expired, timeout=10)
     await change_token(emulator, "restore", TOKEN)
-    fixed = time.monotonic()
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.CLOSED)
-    # One probe interval at most; four probe batches of expired events used to cost four.
-    assert time.monotonic() - fixed < 1.2
+    clock.advance(0.6)  # at most one more probe interval
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.CLOSED)
     assert await engine.drain(timeout=5)
     assert sorted(await delivered_ids(emulator)) == live
     letters = await outbox.dlq_list(limit=100)
@@ -173,7 +187,7 @@ async def test_every_event_refused_alike_is_a_setup_problem_not_bad_data(
     await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
     engine = await start_engine(breaker_probe_seconds=0.3)
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
     stats = await outbox.stats(now=time.time())
     assert (stats.depth, stats.dlq_size) == (8, 0)
 
@@ -196,7 +210,7 @@ async def test_an_unknown_error_holds_the_pixel_and_dead_letters_nothing(
     await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
     engine = await start_engine(breaker_probe_seconds=0.3)
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
     status = engine.pixel_status(PIXEL)
     assert status.last_error is not None and status.last_error.retry_class == "unknown"
     assert status.bisect_requests == 0

@@ -34,6 +34,7 @@ from pg_replicas import (
 
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from gateway_traffic import Traffic, first_receipts
+from waiting import wait_for
 
 POST_BATCH = 250
 CLIENT_THREADS = 6
@@ -57,14 +58,6 @@ def _client(url: str) -> httpx.Client:
 
 def received_ids(emulator: RunningEmulator) -> Counter[str]:
     return Counter(e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID))
-
-
-def wait_until(condition: Any, what: str, timeout: float = DEADLINE_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.1)
 
 
 # ------------------------------------------------------------------ webhook race
@@ -98,8 +91,14 @@ def test_two_replicas_racing_on_the_same_webhook_deliver_it_once(
         for client in clients:
             client.close()
         wanted = {e["event_id"] for hook in hooks for e in hook}
-        wait_until(lambda: wanted <= set(received_ids(emulator)), "every webhook arrived")
-        wait_until(lambda: queue_depth(postgres_url) == 0, "the queue is empty")
+        wait_for(
+            lambda: wanted <= set(received_ids(emulator)),
+            DEADLINE_SECONDS,
+            what="every webhook arrived",
+        )
+        wait_for(
+            lambda: queue_depth(postgres_url) == 0, DEADLINE_SECONDS, what="the queue is empty"
+        )
         time.sleep(0.5)  # a double send would have arrived by now
         received = received_ids(emulator)
         stored_keys = dedup_keys(postgres_url)
@@ -146,7 +145,11 @@ def test_three_replicas_one_sigkilled_lose_nothing_acknowledged(
         threads = [threading.Thread(target=traffic.run, daemon=True) for _ in range(CLIENT_THREADS)]
         for thread in threads:
             thread.start()
-        wait_until(lambda: len(traffic.acked) >= total // 2, "half the events were acked")
+        wait_for(
+            lambda: len(traffic.acked) >= total // 2,
+            DEADLINE_SECONDS,
+            what="half the events were acked",
+        )
         victim = fleet[1]
         victim.kill()
         killed_at = time.time()
@@ -157,12 +160,16 @@ def test_three_replicas_one_sigkilled_lose_nothing_acknowledged(
         assert not traffic.errors
         assert traffic.statuses["rejected"] == 0
         assert len(traffic.acked) == total
-        wait_until(
-            lambda: emulator.state.stats()["events_accepted"] >= total, "Meta received them all"
+        wait_for(
+            lambda: emulator.state.stats()["events_accepted"] >= total,
+            DEADLINE_SECONDS,
+            what="Meta received them all",
         )
         # The victim's leased events come back when their lease ends; wait for the queue to
         # empty so every crash-window re-send is in before counting.
-        wait_until(lambda: queue_depth(postgres_url) == 0, "the queue is empty")
+        wait_for(
+            lambda: queue_depth(postgres_url) == 0, DEADLINE_SECONDS, what="the queue is empty"
+        )
         received = Counter(e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID))
         survivors_exit = [r.stop() for r in fleet if r is not victim]
 

@@ -34,6 +34,7 @@ from capirelay.config import DeliverySettings, IngestKey, PixelSettings, Secret,
 from capirelay.emulator.faults import parse_fault
 from capirelay.server import create_app
 from server.conftest import serve_in_thread
+from waiting import wait_for
 
 from .harness import (
     ACCESS_TOKEN,
@@ -44,7 +45,6 @@ from .harness import (
     purchase,
     queue_depth,
     recorded_emulator,
-    wait_for,
 )
 
 EVENTS = 200

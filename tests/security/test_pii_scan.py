@@ -51,10 +51,10 @@ from reliability.harness import (
     purchase,
     queue_depth,
     recorded_emulator,
-    wait_for,
     write_config,
 )
 from sources.webhook_data import fixture, shopify_headers
+from waiting import wait_for
 
 from .conftest import SHOPIFY_SECRET
 

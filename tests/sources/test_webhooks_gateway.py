@@ -26,8 +26,8 @@ from server.conftest import (
     PIXEL_ID,
     gateway_settings,
     serve_in_thread,
-    wait_for,
 )
+from waiting import wait_for
 
 from .webhook_data import SIGNERS, fixture
 
