@@ -1,5 +1,6 @@
-"""The outbox under test, on each backend: a SQLite file in a temporary directory, or a
-fresh PostgreSQL schema of this run's database (see ``tests/conftest.py``).
+"""The outbox under test is ``outbox`` of ``tests/conftest.py``, on each backend: a SQLite
+file in a temporary directory (``db_path``, for tests that reopen it), or a fresh
+PostgreSQL schema of this run's database.
 
 The behavioural suite (``test_sqlite_outbox.py``) runs unchanged against both;
 tests of SQLite-only mechanisms are marked ``sqlite_only``.
@@ -7,29 +8,11 @@ tests of SQLite-only mechanisms are marked ``sqlite_only``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-
-from capirelay.outbox import Outbox, SQLiteOutbox
-from capirelay.outbox.postgres import PostgresOutbox
 
 
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "outbox.db"
-
-
-@pytest.fixture
-async def outbox(
-    backend: str, db_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Outbox]:
-    box: Outbox
-    if backend == "postgres":
-        box = PostgresOutbox(request.getfixturevalue("postgres_url"), pool_size=4)
-    else:
-        box = SQLiteOutbox(db_path)
-    await box.open()
-    yield box
-    await box.close()
