@@ -15,6 +15,7 @@ from delivery_data import (
     TOKEN,
     TOKEN_ENV,
     EngineFactory,
+    TimedTransport,
     add_faults,
     change_token,
     clear_faults,
@@ -233,22 +234,15 @@ async def test_throttling_lowers_concurrency_then_it_recovers(
     start_engine: EngineFactory, outbox: SQLiteOutbox, emulator: RunningEmulator
 ) -> None:
     await add_faults(emulator, {"kind": "throttle", "code": 80004, "count": 3, "regain_minutes": 0})
-    engine = await start_engine(batch_size=20, max_in_flight=4)
+    # The limit in force as each request leaves (no sampling that could miss the dip).
     limits: list[int] = []
-    watching = True
-
-    async def watch() -> None:
-        while watching:
-            limits.append(engine.pixel_status(PIXEL).concurrency_limit)
-            await asyncio.sleep(0.002)
-
-    watcher = asyncio.create_task(watch())
+    transport = TimedTransport()
+    engine = await start_engine(batch_size=20, max_in_flight=4, transport=transport)
+    transport.on_request = lambda: limits.append(engine.pixel_status(PIXEL).concurrency_limit)
     wanted = ids("thr", 800)
     await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
     engine.notify(PIXEL)
     assert await engine.drain(timeout=20)
-    watching = False
-    await watcher
     status = engine.pixel_status(PIXEL)
     assert status.throttles == 3
     assert min(limits) <= 2

@@ -21,6 +21,7 @@ from delivery_data import (
     PIXEL,
     TOKEN,
     EngineFactory,
+    TimedTransport,
     add_faults,
     change_token,
     clear_faults,
@@ -44,18 +45,6 @@ from capirelay.retry import RetryPolicy
 from waiting import wait_for_async
 
 FBC = "fb.1.1700000000000.IwAR0aBcDeF"
-
-
-class TimedTransport(httpx.AsyncHTTPTransport):
-    """The real HTTP transport, noting when each request to Graph started (loop time)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.started: list[float] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.started.append(asyncio.get_running_loop().time())
-        return await super().handle_async_request(request)
 
 
 async def _stored_events(emulator: RunningEmulator) -> list[dict[str, Any]]:

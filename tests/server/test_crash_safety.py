@@ -33,6 +33,7 @@ import pytest
 
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from gateway_traffic import Traffic, first_receipts, free_port, wait_ready
+from waiting import wait_for
 
 PIXEL_ID = "1234567890"
 ACCESS_TOKEN = "crash-test-token"
@@ -176,10 +177,22 @@ def test_sigkill_loses_nothing_acknowledged(
         assert not traffic.errors
         assert traffic.statuses["rejected"] == 0
         assert len(traffic.acked) == TOTAL_EVENTS
-        wait_until_received(emulator, traffic.acked)
+        wait_for(
+            lambda: (
+                traffic.acked <= {e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID)}
+            ),
+            DEADLINE_SECONDS,
+            interval=0.1,
+            what="every acknowledged event at Meta",
+        )
         # Events leased by the killed process come back when their lease expires; wait for
         # the queue to empty so every crash-window re-send is in before counting.
-        wait_until_queue_empty(gateway.url)
+        wait_for(
+            lambda: queue_depth(gateway.url) == 0,
+            DEADLINE_SECONDS,
+            interval=0.1,
+            what="an empty queue",
+        )
         received = Counter(e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID))
     finally:
         exit_code = gateway.terminate()
@@ -206,24 +219,10 @@ def test_sigkill_loses_nothing_acknowledged(
     assert not (tmp_path / "crash.db-wal").exists(), "the outbox was not closed cleanly"
 
 
-def wait_until_received(emulator: RunningEmulator, wanted: set[str]) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        if wanted <= {e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID)}:
-            return
-        time.sleep(0.1)
-
-
-def wait_until_queue_empty(url: str) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        metrics = httpx.get(f"{url}/metrics", timeout=5).text
-        depth = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in metrics.splitlines()
-            if line.startswith("capirelay_queue_depth{")
-        )
-        if depth == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the gateway's queue did not drain")
+def queue_depth(url: str) -> float:
+    metrics = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("capirelay_queue_depth{")
+    )
