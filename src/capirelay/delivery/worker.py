@@ -229,6 +229,10 @@ class PixelWorker:
             await self._sleep(pause)
             return False
         await self._wait_in_flight_below(self.aimd.limit)
+        # The batch that freed the slot may have paused the pixel (throttle) or opened the
+        # breaker: decide again rather than lease past that pause or outside a probe.
+        if self._paused_until > self._clock.monotonic() or self.breaker.sending_blocked:
+            return False
         return not self._stopping
 
     async def _wait_for_probe(self) -> bool:
@@ -496,7 +500,7 @@ class PixelWorker:
             await self._dead_letter(expired, DeadLetterReason.EXPIRED, attempt, now)
 
     async def _throttled(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
-        await self._release(events)
+        # Pause first, release after: released events must not be leased again at once.
         self._throttle_streak += 1
         self.aimd.on_throttle()
         self._telemetry.throttled(len(events), err, self.aimd.limit)
@@ -507,13 +511,15 @@ class PixelWorker:
             pause = self._policy.ceiling(self._throttle_streak)
         pause = min(pause, self._policy.max_delay)
         self._paused_until = max(self._paused_until, self._clock.monotonic() + pause)
+        await self._release(events)
         await self._hold_everywhere(pause, "throttle", err)
 
     async def _trip_breaker(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
-        await self._release(events)
+        # Open first, release after: released events wait for the probe, not the next lease.
         tripped = self.breaker.trip(self._clock.monotonic(), wall_time=self._clock.time())
         if tripped:
             self._telemetry.breaker_opened(err)
+        await self._release(events)
         # After the state, gauge and log: they must agree the moment the breaker is open.
         await self._hold_everywhere(self.breaker.probe_interval, "breaker", err)
 
