@@ -126,7 +126,12 @@ async def test_expired_events_do_not_delay_breaker_recovery(
     await queue_events(outbox, expiring + [new_event(wire_event(i)) for i in live], now=now)
     engine = await start_engine(breaker_probe_seconds=0.6, clock=clock)
     engine.notify(PIXEL)
-    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+
+    def settled_open() -> bool:  # the refused batch is released and its hold recorded
+        status = engine.pixel_status(PIXEL)
+        return status.breaker is BreakerState.OPEN and status.in_flight == 0
+
+    await wait_for_async(settled_open)
 
     # The 40 events pass their deadline while the token is bad, and one probe interval
     # passes: the four probe batches of expired events must not cost four intervals.
