@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck soak bench bench-ingest clean
+.PHONY: install run test lint typecheck soak bench bench-ingest clean golden
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,3 +46,7 @@ clean:
 bench-ingest: $(STAMP)
 	command -v wrk >/dev/null || apt-get install -y wrk
 	$(BIN)/python bench/ingest_wrk.py $(BENCH_INGEST_ARGS)
+
+# Rewrite tests/sources/golden/*.out.json from the current code; review the diff after.
+golden: $(STAMP)
+	$(BIN)/python tests/sources/test_mapping_golden.py

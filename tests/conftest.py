@@ -13,6 +13,11 @@ SQLite-specific mechanism (group-commit counters, ``max_page_count``) to SQLite,
 ``@pytest.mark.outbox_contract`` adds the in-memory outbox (``memory``) to the backends
 (tests of the contract itself, through the ``outbox`` fixture of ``tests/outbox``).
 
+Outbox: ``outbox`` is an open outbox on ``backend`` (a SQLite file ``outbox.db`` in
+``tmp_path``, or a fresh PostgreSQL schema), the one per-backend outbox fixture of the
+suite; a directory that wants SQLite's faster ``synchronous=NORMAL`` overrides
+``sqlite_synchronous``.  Waiting for a condition: ``tests/waiting.py``.
+
 Emulator: ``emulator`` is a live Graph API emulator on a loopback port serving the
 pixels of ``emulator_data`` (directories needing other pixels or a wider scope
 override it), ``http`` a client for it.
@@ -22,8 +27,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -32,6 +38,9 @@ import psycopg
 import pytest
 
 from capirelay.emulator import RunningEmulator, run_emulator
+from capirelay.outbox import Outbox, SQLiteOutbox
+from capirelay.outbox.memory import InMemoryOutbox
+from capirelay.outbox.postgres import PostgresOutbox
 from emulator_data import OTHER_PIXEL, OTHER_TOKEN, PIXEL, TOKEN, make_event
 
 POSTGRES_SERVER_URL = os.environ.get(
@@ -125,6 +134,29 @@ def postgres_url(pg_schema: SchemaFactory) -> Iterator[str]:
     """A storage URL on a fresh schema of this run's database, for one test."""
     with pg_schema() as url:
         yield url
+
+
+@pytest.fixture
+def sqlite_synchronous() -> str:
+    """SQLite's ``synchronous`` for the ``outbox`` fixture (the production default)."""
+    return "FULL"
+
+
+@pytest.fixture
+async def outbox(
+    backend: str, tmp_path: Path, sqlite_synchronous: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Outbox]:
+    """An open outbox on ``backend``, closed after the test."""
+    box: Outbox
+    if backend == "postgres":
+        box = PostgresOutbox(request.getfixturevalue("postgres_url"), pool_size=4)
+    elif backend == "memory":  # tests marked outbox_contract
+        box = InMemoryOutbox()
+    else:
+        box = SQLiteOutbox(tmp_path / "outbox.db", synchronous=sqlite_synchronous)
+    await box.open()
+    yield box
+    await box.close()
 
 
 @pytest.fixture

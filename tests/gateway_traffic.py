@@ -21,8 +21,6 @@ from typing import Any
 
 import httpx
 
-from capirelay.emulator.testing import RunningEmulator
-
 BatchFactory = Callable[[int], list[dict[str, Any]]]
 
 
@@ -67,14 +65,6 @@ def stop_process(process: subprocess.Popen[bytes] | None) -> int | None:
             process.kill()
             return process.wait(5)
     return process.returncode
-
-
-def first_receipts(emulator: RunningEmulator, pixel_id: str) -> dict[str, float]:
-    """When the emulator first received each event id."""
-    first: dict[str, float] = {}
-    for stored in emulator.state.events(pixel_id):
-        first.setdefault(stored["event"]["event_id"], stored["received_at"])
-    return first
 
 
 class Traffic:

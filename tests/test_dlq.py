@@ -4,12 +4,9 @@ deadline, through dedup), purge."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from capirelay.ops.dlq import list_dead_letters, purge, replay, show
 from capirelay.outbox import (
@@ -18,9 +15,7 @@ from capirelay.outbox import (
     DLQFilter,
     NewEvent,
     Outbox,
-    SQLiteOutbox,
 )
-from capirelay.outbox.postgres import PostgresOutbox
 from capirelay.validate import deadline
 
 NOW = 1_800_000_000.0
@@ -44,20 +39,6 @@ def wire(
         },
         "custom_data": {"currency": "EUR", "value": 5.0} if valid else {"value": 5.0},
     }
-
-
-@pytest.fixture
-async def outbox(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Outbox]:
-    box: Outbox
-    if backend == "postgres":
-        box = PostgresOutbox(request.getfixturevalue("postgres_url"), pool_size=2, listen=False)
-    else:
-        box = SQLiteOutbox(tmp_path / "dlq.db")
-    await box.open()
-    yield box
-    await box.close()
 
 
 def new_event(payload: dict[str, Any]) -> NewEvent:

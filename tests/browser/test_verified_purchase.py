@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from waiting import wait_for
+
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
     pytest.mark.browser,
@@ -31,7 +33,7 @@ from capirelay import mint_beacon_token  # noqa: E402
 from capirelay.config import PixelSettings, Secret  # noqa: E402
 from capirelay.emulator.testing import RunningEmulator, run_emulator  # noqa: E402
 from capirelay.server import create_app  # noqa: E402
-from server.conftest import gateway_settings, serve_in_thread, wait_for  # noqa: E402
+from server.conftest import gateway_settings, serve_in_thread  # noqa: E402
 
 PIXEL_ID = "1234567890"
 ACCESS_TOKEN = "browser-test-access-token"

@@ -23,7 +23,7 @@ from capirelay.config import IngestKey, PixelSettings, Secret, Settings
 from capirelay.emulator.faults import parse_fault
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.server import create_app
-from server.conftest import serve_in_thread, wait_for
+from server.conftest import serve_in_thread
 
 PIXEL_ID = "1234567890"
 ACCESS_TOKEN = "dash-access-token-not-real"
@@ -41,7 +41,6 @@ __all__ = [
     "TEST_CODE",
     "Gateway",
     "csrf_from",
-    "wait_for",
 ]
 
 _CSRF = re.compile(r'name="csrf(?:_token" value|-token" content)="([0-9a-f]*)"')

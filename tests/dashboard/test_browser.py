@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ADMIN_TOKEN, TEST_CODE, Gateway, purchase, wait_for
+from waiting import wait_for
+
+from .conftest import ADMIN_TOKEN, TEST_CODE, Gateway, purchase
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"

@@ -8,7 +8,9 @@ import re
 
 import httpx
 
-from .conftest import PIXEL_ID, TEST_CODE, Gateway, csrf_from, purchase, wait_for
+from waiting import wait_for
+
+from .conftest import PIXEL_ID, TEST_CODE, Gateway, csrf_from, purchase
 
 
 def _cell(html: str, event_name: str, column: str) -> int:

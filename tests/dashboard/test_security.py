@@ -19,8 +19,9 @@ from capirelay.dashboard.auth import SESSION_COOKIE
 from capirelay.metrics import Metrics
 from capirelay.server import create_app
 from server.conftest import serve_in_thread
+from waiting import wait_for
 
-from .conftest import ADMIN_TOKEN, Gateway, csrf_from, dashboard_settings, purchase, wait_for
+from .conftest import ADMIN_TOKEN, Gateway, csrf_from, dashboard_settings, purchase
 
 PAGES = ["/ui/", "/ui/errors", "/ui/dlq", "/ui/dlq/1", "/ui/test-events", "/ui/quality",
          "/ui/diagnostics",

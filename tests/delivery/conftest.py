@@ -1,11 +1,10 @@
 """Real things for delivery tests: the emulator on a loopback port, the outbox on each
-backend (a SQLite file, or a fresh PostgreSQL schema: see ``tests/conftest.py``), a
+backend (``outbox`` in ``tests/conftest.py``), a
 delivery engine with small timings so each scenario runs in seconds."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,8 +13,7 @@ from delivery_data import PIXEL, TOKEN, TOKEN_ENV, EngineFactory, make_settings
 from capirelay.delivery import DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.metrics import Metrics
-from capirelay.outbox import Outbox, SQLiteOutbox
-from capirelay.outbox.postgres import PostgresOutbox
+from capirelay.outbox import Outbox
 
 
 @pytest.fixture
@@ -25,17 +23,9 @@ async def emulator() -> AsyncIterator[RunningEmulator]:
 
 
 @pytest.fixture
-async def outbox(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
-) -> AsyncIterator[Outbox]:
-    box: Outbox
-    if backend == "postgres":
-        box = PostgresOutbox(request.getfixturevalue("postgres_url"), pool_size=4)
-    else:
-        box = SQLiteOutbox(tmp_path / "outbox.db", synchronous="NORMAL")
-    await box.open()
-    yield box
-    await box.close()
+def sqlite_synchronous() -> str:
+    """Many small commits per scenario: skip the fsync the durability tests cover."""
+    return "NORMAL"
 
 
 @pytest.fixture
@@ -51,12 +41,9 @@ async def start_engine(
     engines: list[DeliveryEngine] = []
 
     async def start(**delivery: Any) -> DeliveryEngine:
-        clock = delivery.pop("clock", None)
+        options = {key: delivery.pop(key) for key in ("clock", "transport") if key in delivery}
         engine = DeliveryEngine(
-            outbox,
-            make_settings(emulator.url, **delivery),
-            Metrics(),
-            **({"clock": clock} if clock else {}),
+            outbox, make_settings(emulator.url, **delivery), Metrics(), **options
         )
         await engine.start()
         engines.append(engine)

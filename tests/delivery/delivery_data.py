@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -118,3 +119,19 @@ def make_settings(graph_url: str, **delivery: Any) -> Settings:
         pixels={PIXEL: PixelSettings(access_token=Secret(env=TOKEN_ENV))},
         delivery=DeliverySettings(**{**FAST_DELIVERY, **delivery}),
     )
+
+
+class TimedTransport(httpx.AsyncHTTPTransport):
+    """The real HTTP transport, noting when each request to Graph started (loop time) and
+    calling ``on_request`` first (to read the engine's state as each request leaves)."""
+
+    def __init__(self, on_request: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.started: list[float] = []
+        self.on_request = on_request
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.started.append(asyncio.get_running_loop().time())
+        if self.on_request is not None:
+            self.on_request()
+        return await super().handle_async_request(request)

@@ -15,6 +15,7 @@ from delivery_data import (
     TOKEN,
     TOKEN_ENV,
     EngineFactory,
+    TimedTransport,
     add_faults,
     change_token,
     clear_faults,
@@ -27,11 +28,13 @@ from delivery_data import (
     wire_event,
 )
 
+from capirelay.clock import ManualClock
 from capirelay.config import PixelSettings, Secret
 from capirelay.delivery import BreakerState, DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.metrics import Metrics
 from capirelay.outbox import SQLiteOutbox
+from waiting import wait_for_async
 
 
 async def test_events_go_out_in_one_batch(
@@ -155,12 +158,13 @@ async def test_revoked_token_opens_the_breaker_and_nothing_is_lost(
     wanted = ids("auth", 30)
     await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
     status = engine.pixel_status(PIXEL)
     assert status.last_error is not None and status.last_error.code == 190
     assert status.opened_at is not None
     assert metric(engine.metrics, "capirelay_breaker_open", {"pixel": PIXEL}) == 1
-    await asyncio.sleep(0.5)  # a couple of failed probes
+    # The first request and two failed probes: the breaker held, nothing went out.
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).failed_requests >= 3)
     stats = await outbox.stats(now=time.time())
     assert (stats.depth, stats.dlq_size) == (30, 0)
     assert await delivered_ids(emulator) == []
@@ -185,7 +189,7 @@ async def test_rotated_token_is_picked_up_without_restart(
     engine = await start_engine()
     await queue_events(outbox, [new_event(wire_event(i)) for i in ids("rot", 10)])
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
 
     emulator.state.register_pixel(PIXEL, ROTATED_TOKEN)
     token_env.setenv(TOKEN_ENV, ROTATED_TOKEN)
@@ -201,7 +205,7 @@ async def test_unknown_pixel_opens_the_breaker_instead_of_dead_lettering(
     engine = await start_engine()
     await queue_events(outbox, [new_event(wire_event(i)) for i in ids("cfg", 5)])
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
     assert (await outbox.stats(now=time.time())).dlq_size == 0
     await clear_faults(emulator)
     assert await engine.drain(timeout=10)
@@ -218,7 +222,7 @@ async def test_missing_token_keeps_events_queued_until_configured(
     engine = await start_engine()
     await queue_events(outbox, [new_event(wire_event(i)) for i in ids("unc", 4)])
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.UNCONFIGURED)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.UNCONFIGURED)
     assert not await engine.drain(timeout=0.2)
     assert emulator.state.stats()["requests"] == 0
     token_env.setenv(TOKEN_ENV, TOKEN)
@@ -230,22 +234,15 @@ async def test_throttling_lowers_concurrency_then_it_recovers(
     start_engine: EngineFactory, outbox: SQLiteOutbox, emulator: RunningEmulator
 ) -> None:
     await add_faults(emulator, {"kind": "throttle", "code": 80004, "count": 3, "regain_minutes": 0})
-    engine = await start_engine(batch_size=20, max_in_flight=4)
+    # The limit in force as each request leaves (no sampling that could miss the dip).
     limits: list[int] = []
-    watching = True
-
-    async def watch() -> None:
-        while watching:
-            limits.append(engine.pixel_status(PIXEL).concurrency_limit)
-            await asyncio.sleep(0.002)
-
-    watcher = asyncio.create_task(watch())
+    transport = TimedTransport()
+    engine = await start_engine(batch_size=20, max_in_flight=4, transport=transport)
+    transport.on_request = lambda: limits.append(engine.pixel_status(PIXEL).concurrency_limit)
     wanted = ids("thr", 800)
     await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
     engine.notify(PIXEL)
     assert await engine.drain(timeout=20)
-    watching = False
-    await watcher
     status = engine.pixel_status(PIXEL)
     assert status.throttles == 3
     assert min(limits) <= 2
@@ -266,7 +263,7 @@ async def test_throttle_pause_honors_retry_after(
     engine = await start_engine(backoff_max=5.0)  # the pause is capped by backoff_max
     await queue_events(outbox, [new_event(wire_event("paused"))])
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).throttles == 1)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).throttles == 1)
     assert engine.pixel_status(PIXEL).paused_for_seconds > 0.5
     assert await delivered_ids(emulator) == []
     assert await engine.drain(timeout=10)
@@ -297,7 +294,7 @@ async def test_retries_stop_at_the_deadline(
     await queue_events(
         outbox, [new_event(wire_event("edge"), deadline_at=real_deadline)], now=time.time() + offset
     )
-    engine = await start_engine(clock=lambda: time.time() + offset)
+    engine = await start_engine(clock=ManualClock(wall=time.time() + offset))
     engine.notify(PIXEL)
     assert await engine.drain(timeout=10)
     [dead] = await outbox.dlq_list()
@@ -313,7 +310,7 @@ async def test_graceful_stop_finishes_in_flight_batches(
     engine = await start_engine()
     await queue_events(outbox, [new_event(wire_event(i)) for i in ids("fin", 20)])
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).in_flight == 1)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).in_flight == 1)
     await engine.stop(timeout=5)
     assert not engine.running
     assert len(await delivered_ids(emulator)) == 20
@@ -327,10 +324,9 @@ async def test_stop_releases_what_cannot_finish_in_time(
     engine = await start_engine(request_timeout=5.0)
     await queue_events(outbox, [new_event(wire_event(i)) for i in ids("rel", 20)])
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).in_flight == 1)
-    started = time.monotonic()
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).in_flight == 1)
     await engine.stop(timeout=0.2)
-    assert time.monotonic() - started < 2
+    # Had stop waited for the 3 s request, the events would be delivered: they are queued.
     stats = await outbox.stats(now=time.time())
     assert (stats.depth, stats.leased) == (20, 0)
     # Released, not rescheduled: due again at once, no attempt counted.
@@ -348,20 +344,12 @@ async def test_gauges_reflect_the_queue(
     await queue_events(outbox, [new_event(wire_event("old"), deadline_at=time.time() - 5)])
     engine = await start_engine()
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
     await engine.refresh_gauges()
     assert metric(engine.metrics, "capirelay_queue_depth", {"pixel": PIXEL}) == 7
     assert metric(engine.metrics, "capirelay_dlq_size", {"reason": "expired"}) == 1
     assert metric(engine.metrics, "capirelay_queue_min_seconds_to_deadline", {}) > 6 * 86400
     assert engine.status()[PIXEL].breaker is BreakerState.OPEN
-
-
-async def _wait_for(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 async def test_linger_gathers_a_burst_into_one_request(
@@ -401,10 +389,10 @@ async def test_one_pixels_breaker_does_not_hold_up_another(
         )
         engine.notify(PIXEL)
         engine.notify(other_pixel)
-        await _wait_for(lambda: engine.pixel_status(other_pixel).sent == 5)
+        await wait_for_async(lambda: engine.pixel_status(other_pixel).sent == 5)
         # The blocked pixel's refusal may still be on its way back (the release is written
         # before the breaker opens): wait for it rather than race it.
-        await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+        await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
         assert engine.pixel_status(other_pixel).breaker is BreakerState.CLOSED
         assert len(emulator.state.events(other_pixel)) == 5
         assert (await outbox.stats(now=time.time())).depth_by_pixel == {PIXEL: 5}

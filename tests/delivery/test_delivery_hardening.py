@@ -8,6 +8,7 @@ the emulator cannot give: there a transport-level stand-in answers for Graph.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -20,6 +21,7 @@ from delivery_data import (
     PIXEL,
     TOKEN,
     EngineFactory,
+    TimedTransport,
     add_faults,
     change_token,
     clear_faults,
@@ -32,6 +34,7 @@ from delivery_data import (
     wire_event,
 )
 
+from capirelay.clock import ManualClock
 from capirelay.delivery import BreakerState, DeliveryEngine
 from capirelay.delivery.worker import PixelWorker
 from capirelay.emulator.testing import RunningEmulator
@@ -39,16 +42,9 @@ from capirelay.graph import GraphClient
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox
 from capirelay.retry import RetryPolicy
+from waiting import wait_for_async
 
 FBC = "fb.1.1700000000000.IwAR0aBcDeF"
-
-
-async def _wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
 
 
 async def _stored_events(emulator: RunningEmulator) -> list[dict[str, Any]]:
@@ -66,17 +62,18 @@ async def test_a_zero_wait_estimate_still_backs_off(
     start_engine: EngineFactory, outbox: Outbox, emulator: RunningEmulator, code: int
 ) -> None:
     # Meta says "0 minutes to regain access" while it keeps refusing: that is no estimate.
-    await add_faults(
-        emulator, {"kind": "throttle", "code": code, "duration": 1.0, "regain_minutes": 0}
-    )
-    engine = await start_engine(backoff_base=0.2, backoff_max=5.0)
+    await add_faults(emulator, {"kind": "throttle", "code": code, "count": 3, "regain_minutes": 0})
+    transport = TimedTransport()
+    engine = await start_engine(backoff_base=0.2, backoff_max=5.0, transport=transport)
     await queue_events(outbox, [new_event(wire_event(i)) for i in ids("thr0", 3)])
     engine.notify(PIXEL)
-    await asyncio.sleep(1.0)
-    # Pauses of 0.2, 0.4, 0.8 s: three tries in the throttled second, not one per poll.
-    assert emulator.state.stats()["requests"] <= 4
     assert await engine.drain(timeout=10)
     assert sorted(await delivered_ids(emulator)) == ids("thr0", 3)
+    # Three throttles, then the send: each pause at least the escalating 0.2, 0.4, 0.8 s
+    # (a slow machine only lengthens the gaps; without backoff they would be ~one poll).
+    assert len(transport.started) == 4
+    gaps = [b - a for a, b in itertools.pairwise(transport.started)]
+    assert all(gap >= pause for gap, pause in zip(gaps, (0.2, 0.4, 0.8), strict=True)), gaps
 
 
 # ------------------------------------------------------------------ 2: leases
@@ -105,10 +102,11 @@ async def test_no_request_outlives_the_lease(
     await add_faults(emulator, {"kind": "timeout", "seconds": 10, "count": 1})
     engine = await start_engine(lease_seconds=2.0, request_timeout=5.0)
     await queue_events(outbox, [new_event(wire_event("hung"))])
-    started = time.monotonic()
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).retried == 1, timeout=5)
-    assert time.monotonic() - started < 1.5
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).retried == 1, timeout=5)
+    # Cut by the worker at the lease budget, not by the HTTP client's 5 s timeout.
+    last_error = engine.pixel_status(PIXEL).last_error
+    assert last_error is not None and "before the lease ends" in last_error.message
     assert await engine.drain(timeout=5)
     assert await delivered_ids(emulator) == ["hung"]
     assert emulator.state.stats()["duplicates"] == 0
@@ -121,20 +119,31 @@ async def test_expired_events_do_not_delay_breaker_recovery(
     start_engine: EngineFactory, outbox: Outbox, emulator: RunningEmulator
 ) -> None:
     await change_token(emulator, "revoke", TOKEN)
-    now = time.time()
+    clock = ManualClock()
+    now = clock.time()
     expiring = [new_event(wire_event(i), deadline_at=now + 0.5) for i in ids("old", 40)]
     live = ids("live", 3)
-    await queue_events(outbox, expiring + [new_event(wire_event(i)) for i in live])
-    engine = await start_engine(breaker_probe_seconds=0.6)
+    await queue_events(outbox, expiring + [new_event(wire_event(i)) for i in live], now=now)
+    engine = await start_engine(breaker_probe_seconds=0.6, clock=clock)
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
-    await asyncio.sleep(1.0)  # the 40 events pass their deadline while the token is bad
 
+    def settled_open() -> bool:  # the refused batch is released and its hold recorded
+        status = engine.pixel_status(PIXEL)
+        return status.breaker is BreakerState.OPEN and status.in_flight == 0
+
+    await wait_for_async(settled_open)
+
+    # The 40 events pass their deadline while the token is bad, and one probe interval
+    # passes: the four probe batches of expired events must not cost four intervals.
+    clock.advance(1.0)
+
+    async def all_expired() -> bool:
+        return (await outbox.stats(now=clock.time())).dlq_size == 40
+
+    await wait_for_async(all_expired, timeout=10)
     await change_token(emulator, "restore", TOKEN)
-    fixed = time.monotonic()
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.CLOSED)
-    # One probe interval at most; four probe batches of expired events used to cost four.
-    assert time.monotonic() - fixed < 1.2
+    clock.advance(0.6)  # at most one more probe interval
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.CLOSED)
     assert await engine.drain(timeout=5)
     assert sorted(await delivered_ids(emulator)) == live
     letters = await outbox.dlq_list(limit=100)
@@ -172,7 +181,7 @@ async def test_every_event_refused_alike_is_a_setup_problem_not_bad_data(
     await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
     engine = await start_engine(breaker_probe_seconds=0.3)
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
     stats = await outbox.stats(now=time.time())
     assert (stats.depth, stats.dlq_size) == (8, 0)
 
@@ -195,7 +204,7 @@ async def test_an_unknown_error_holds_the_pixel_and_dead_letters_nothing(
     await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
     engine = await start_engine(breaker_probe_seconds=0.3)
     engine.notify(PIXEL)
-    await _wait_for(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
     status = engine.pixel_status(PIXEL)
     assert status.last_error is not None and status.last_error.retry_class == "unknown"
     assert status.bisect_requests == 0
@@ -266,6 +275,7 @@ async def test_a_successful_probe_closes_a_breaker_reopened_meanwhile(
     await add_faults(emulator, {"kind": "latency", "latency_ms": 300})
     await queue_events(outbox, [new_event(wire_event("probe"))])
     settings = make_settings(emulator.url, breaker_probe_seconds=60.0)
+    clock = ManualClock()
     async with GraphClient(base_url=emulator.url) as client:
         worker = PixelWorker(
             PIXEL,
@@ -273,16 +283,17 @@ async def test_a_successful_probe_closes_a_breaker_reopened_meanwhile(
             settings=settings,
             metrics=Metrics(),
             client_for=lambda _pixel: client,
-            clock=time.time,
+            clock=clock,
             retry_policy=RetryPolicy(base=0.05, max_delay=0.2),
             rng=random.Random(7),
         )
         # Opened a while ago; its probe is due now.
-        worker.breaker.trip(time.monotonic() - 120.0, wall_time=time.time() - 1.0)
+        worker.breaker.trip(clock.monotonic() - 120.0, wall_time=clock.time() - 1.0)
         await worker._lease_and_dispatch()
         assert worker.breaker.state is BreakerState.HALF_OPEN
         # An older batch fails with the old token while the probe is in flight.
-        worker.breaker.trip(time.monotonic(), wall_time=time.time())
+        clock.advance(0.5)
+        worker.breaker.trip(clock.monotonic(), wall_time=clock.time())
         await asyncio.gather(*list(worker._in_flight))
         assert worker.breaker.state is BreakerState.CLOSED
     assert await delivered_ids(emulator) == ["probe"]

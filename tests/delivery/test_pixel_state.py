@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from capirelay.delivery import AIMDLimit, Breaker, BreakerState, is_event_level
-from capirelay.delivery.worker import dead_letter_reason
+from capirelay.delivery.lease import dead_letter_reason
 from capirelay.graph import GraphError
 from capirelay.outbox import DeadLetterReason
 

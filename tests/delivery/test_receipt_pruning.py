@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -13,6 +12,7 @@ from capirelay.emulator.testing import RunningEmulator
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox
 from capirelay.outbox.receipts import Outcome, Receipt
+from waiting import wait_for_async
 
 DAY = 86400
 
@@ -39,10 +39,11 @@ async def test_housekeeping_prunes_old_and_excess_receipts(
     engine = DeliveryEngine(outbox, settings, Metrics())
     await engine.start()
     try:
-        deadline = time.monotonic() + 10
-        while await _known(outbox, "new0"):
-            assert time.monotonic() < deadline, "receipts were not pruned"
-            await asyncio.sleep(0.02)
+
+        async def pruned() -> bool:
+            return not await _known(outbox, "new0")
+
+        await wait_for_async(pruned, timeout=10, what="receipts pruned")
     finally:
         await engine.stop(timeout=2)
     assert not await _known(outbox, "old")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import Any
 
@@ -17,6 +16,7 @@ from capirelay.config import (
 )
 from capirelay.metrics import Metrics
 from capirelay.outbox import NewEvent, Outbox
+from waiting import wait_for_async
 
 PIXEL = "1234567890"
 TOKEN = "EAAtesttokenforthepixel0123456789"
@@ -71,8 +71,10 @@ async def wait_sent(metrics: Metrics, count: int, timeout: float = 15.0) -> None
     """Wait (polling the engine's counter, not sleeping blindly) until ``count`` events were
     sent and acknowledged (the counter moves after the acknowledgement is recorded)."""
     labels = {"pixel": PIXEL, "event_name": "Purchase"}
-    async with asyncio.timeout(timeout):
-        while (metrics.registry.get_sample_value("capirelay_events_sent_total", labels) or 0) < (
-            count
-        ):
-            await asyncio.sleep(0.02)
+    await wait_for_async(
+        lambda: (
+            (metrics.registry.get_sample_value("capirelay_events_sent_total", labels) or 0) >= count
+        ),
+        timeout=timeout,
+        what=f"{count} events sent",
+    )

@@ -3,7 +3,6 @@ the emulator as Meta, an injected clock; one run at a time, driven by the test."
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -19,6 +18,7 @@ from capirelay.ops.diagnostics import DiagnosticsRunner
 from capirelay.ops.meta_advice import AAM_OFF, COOKIES_DISABLED, HAD_PII, UNDERCOUNT
 from capirelay.ops.meta_store import meta_store_for
 from capirelay.outbox import Outbox
+from waiting import wait_for_async
 
 
 class Clock:
@@ -207,9 +207,11 @@ async def test_the_schedule_runs_by_itself_and_stops(
     runner = DiagnosticsRunner(settings, store, metrics)
     runner.start()
     try:
-        async with asyncio.timeout(15):
-            while PIXEL not in await store.runs():
-                await asyncio.sleep(0.02)
+
+        async def ran() -> bool:
+            return PIXEL in await store.runs()
+
+        await wait_for_async(ran, timeout=15, what="a scheduled run")
     finally:
         await runner.stop()
     assert runner.recorder not in metrics.acknowledged_listeners

@@ -107,6 +107,13 @@ def queue_depth(storage_url: str) -> int:
     return int(row[0]) if row else 0
 
 
+def leased_event_ids(storage_url: str) -> set[str]:
+    """Event ids of the queue rows held by a lease right now (state 2: leased)."""
+    with psycopg.connect(storage_url) as conn:
+        rows = conn.execute("SELECT event_id FROM capirelay_queue WHERE state = 2").fetchall()
+    return {row[0] for row in rows}
+
+
 def dedup_keys(storage_url: str) -> int:
     with psycopg.connect(storage_url) as conn:
         row = conn.execute("SELECT count(*) FROM capirelay_dedup").fetchone()

@@ -21,6 +21,7 @@ from capirelay.outbox import (
     StorageUnavailable,
 )
 from capirelay.outbox.postgres import PostgresOutbox, load_queries
+from waiting import wait_for_async
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
 T0 = 1_800_000_000.0
@@ -171,7 +172,7 @@ async def test_unhold_lifts_the_hold_for_everyone(open_replica: OpenReplica) -> 
 
 async def test_notify_wakes_the_other_replicas(open_replica: OpenReplica) -> None:
     sender, listener = await open_replica(), await open_replica()
-    await _until(lambda: listener.listening)
+    await wait_for_async(lambda: listener.listening, timeout=5, what="LISTEN started")
     assert await listener.wait_for_work(0.05) == set()
     await sender.enqueue([event("a"), event("b", pixel_id="222")], now=T0)
     assert await listener.wait_for_work(5) == {"111", "222"}
@@ -251,11 +252,3 @@ async def test_unreachable_database_fails_to_open_and_ping_is_false() -> None:
     assert not await box.ping()
     with pytest.raises(StorageUnavailable, match="not open"):
         await box.enqueue([event("a")], now=T0)
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)

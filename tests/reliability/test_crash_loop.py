@@ -32,6 +32,8 @@ from typing import Any
 import httpx
 import pytest
 
+from waiting import wait_for
+
 from .harness import (
     INGEST_KEY,
     PIXEL_ID,
@@ -40,7 +42,6 @@ from .harness import (
     purchase,
     queue_depth,
     recorded_emulator,
-    wait_for,
     write_config,
 )
 

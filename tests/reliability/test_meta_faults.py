@@ -31,20 +31,22 @@ import httpx
 import pytest
 
 from capirelay.config import DeliverySettings, IngestKey, PixelSettings, Secret, Settings
+from capirelay.delivery.worker import PROBE_BATCH
 from capirelay.emulator.faults import parse_fault
 from capirelay.server import create_app
 from server.conftest import serve_in_thread
+from waiting import wait_for
 
 from .harness import (
     ACCESS_TOKEN,
     INGEST_KEY,
     PIXEL_ID,
+    GraphRequest,
     RecordedEmulator,
     dlq_size,
     purchase,
     queue_depth,
     recorded_emulator,
-    wait_for,
 )
 
 EVENTS = 200
@@ -55,7 +57,24 @@ REQUEST_TIMEOUT = 0.5
 GAP_BOUND = BACKOFF_MAX + REQUEST_TIMEOUT + 1.5
 ATTEMPT_BOUND = 25
 DELIVERY_TIMEOUT = 30.0
+PROBE_SECONDS = 0.3
 SEVEN_DAYS = 7 * 24 * 3600
+
+
+def probes_sent(meta: RecordedEmulator) -> list[GraphRequest]:
+    """Refused requests of probe size: only the open breaker sends so few events at once."""
+    return [r for r in meta.graph.requests if r.status != 200 and len(r.event_ids) <= PROBE_BATCH]
+
+
+def assert_probed_not_hammered(meta: RecordedEmulator, queued: int) -> None:
+    """After the first refusals (at most every queued event once), only probes went out,
+    at most one per ``breaker_probe_seconds`` (a lower bound: load only widens the gaps)."""
+    refused = [r for r in meta.graph.requests if r.status != 200]
+    probes = probes_sent(meta)
+    assert sum(len(r.event_ids) for r in refused) <= queued + PROBE_BATCH * len(probes)
+    ordered = sorted(probes, key=lambda r: r.at)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(ordered)]
+    assert all(gap >= PROBE_SECONDS * 0.95 for gap in gaps), gaps
 
 
 def settings_for(graph_url: str, db_path: Path, api_version: str = "v26.0") -> Settings:
@@ -76,7 +95,7 @@ def settings_for(graph_url: str, db_path: Path, api_version: str = "v26.0") -> S
             backoff_base=0.1,
             backoff_max=BACKOFF_MAX,
             request_timeout=REQUEST_TIMEOUT,
-            breaker_probe_seconds=0.3,
+            breaker_probe_seconds=PROBE_SECONDS,
         ),
     )
 
@@ -221,18 +240,18 @@ def test_revoked_token_buffers_and_a_restored_token_drains(
 ) -> None:
     meta.state.revoke_token(ACCESS_TOKEN)
     acked = send(gateway, fresh_events())
-    time.sleep(1.5)  # several breaker probes' worth
+    wait_for(lambda: len(probes_sent(meta)) >= 3, timeout=DELIVERY_TIMEOUT, what="three probes")
     probes = len(meta.graph.requests)
     assert not acked & meta.accepted_ids()
     assert queue_depth(gateway) == EVENTS
     # The breaker probes with a small batch; it does not hammer Meta with the backlog.
-    assert probes <= 1.5 / 0.3 + 4
+    assert_probed_not_hammered(meta, EVENTS)
 
     meta.state.restore_token(ACCESS_TOKEN)
     wait_for(lambda: acked <= meta.accepted_ids(), timeout=DELIVERY_TIMEOUT)
     wait_for(lambda: queue_depth(gateway) == 0)
     assert dlq_size(gateway) == {}
-    print(f"\ntoken revoked 1.5 s: {probes} probe requests, then {EVENTS} events delivered, lost 0")
+    print(f"\ntoken revoked: {probes} refused requests, then {EVENTS} events delivered, lost 0")
 
 
 @pytest.mark.filterwarnings("ignore:v15.0 stopped working")  # the client's own warning
@@ -242,12 +261,12 @@ def test_an_expired_api_version_keeps_events_until_the_config_is_fixed(
     db_path = tmp_path / "version.db"
     with serve_in_thread(create_app(settings_for(meta.url, db_path, api_version="v15.0"))) as url:
         acked = send(url, fresh_events(50))
-        time.sleep(1.0)
+        wait_for(lambda: len(probes_sent(meta)) >= 3, timeout=DELIVERY_TIMEOUT, what="probes")
         assert not meta.accepted_ids()
         assert queue_depth(url) == 50
         assert dlq_size(url) == {}
         refused = len(meta.graph.requests)
-        assert refused <= 1.0 / 0.3 + 4
+        assert_probed_not_hammered(meta, 50)
     # The operator fixes api_version and restarts: the same outbox drains.
     with serve_in_thread(create_app(settings_for(meta.url, db_path))) as url:
         wait_for(lambda: acked <= meta.accepted_ids(), timeout=DELIVERY_TIMEOUT)

@@ -29,6 +29,7 @@ import pytest
 
 from capirelay.server import create_app
 from server.conftest import serve_in_thread
+from waiting import wait_for
 
 from .harness import (
     INGEST_KEY,
@@ -38,7 +39,6 @@ from .harness import (
     purchase,
     queue_depth,
     recorded_emulator,
-    wait_for,
 )
 from .test_meta_faults import settings_for
 

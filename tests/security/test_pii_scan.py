@@ -48,13 +48,14 @@ from reliability.harness import (
     SECRETS,
     GatewayProcess,
     RecordedEmulator,
+    metric_total,
     purchase,
     queue_depth,
     recorded_emulator,
-    wait_for,
     write_config,
 )
 from sources.webhook_data import fixture, shopify_headers
+from waiting import wait_for
 
 from .conftest import SHOPIFY_SECRET
 
@@ -207,7 +208,8 @@ def test_nothing_the_gateway_wrote_holds_an_identifier_or_a_secret(
         gateway.start()
         meta.state.revoke_token(ACCESS_TOKEN)
         expected = drive_traffic(gateway, meta)
-        time.sleep(0.5)  # a few auth failures and breaker probes get logged
+        # A few auth failures and breaker probes get logged (the first refusal, two probes).
+        wait_for(lambda: metric_total(gateway.url, "capirelay_graph_errors_total") >= 3, timeout=30)
         meta.state.restore_token(ACCESS_TOKEN)
         wait_for(lambda: expected <= meta.accepted_ids(), timeout=30)
         wait_for(lambda: queue_depth(gateway.url) == 0, timeout=30)

@@ -21,6 +21,7 @@ from capirelay import mint_beacon_token
 from capirelay.config import PixelSettings, Secret, Settings
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.server import create_app
+from waiting import wait_for
 
 from .conftest import (
     OTHER_PIXEL_ID,
@@ -30,7 +31,6 @@ from .conftest import (
     TOKEN_ENV,
     gateway_settings,
     serve_in_thread,
-    wait_for,
 )
 
 SECRET = "shop-server-signing-secret-0123456789"

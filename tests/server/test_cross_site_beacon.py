@@ -32,8 +32,9 @@ from capirelay.browser_ids import parse_fbc, parse_fbp
 from capirelay.config import PixelSettings, Secret
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.server import create_app
+from waiting import wait_for
 
-from .conftest import PIXEL_ID, TOKEN_ENV, gateway_settings, serve_in_thread, wait_for
+from .conftest import PIXEL_ID, TOKEN_ENV, gateway_settings, serve_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

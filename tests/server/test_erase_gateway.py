@@ -18,8 +18,9 @@ from capirelay.cli import app as cli_app
 from capirelay.cli.erase import erasure_hashes
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.outbox import open_outbox
+from waiting import wait_for
 
-from .conftest import PIXEL_ID, TOKEN_ENV, wait_for
+from .conftest import PIXEL_ID, TOKEN_ENV
 
 PERSON = "Erase.Me@Example.com"
 OTHER = "keep.me@example.com"

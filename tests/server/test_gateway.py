@@ -15,6 +15,7 @@ import pytest
 
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.server.openapi import openapi_document
+from waiting import wait_for
 
 from .conftest import (
     CONFIG_TEST_CODE,
@@ -23,7 +24,6 @@ from .conftest import (
     OTHER_PIXEL_ID,
     PIXEL_ID,
     SHOP_ORIGIN,
-    wait_for,
 )
 
 RAW_EMAIL = "Jane.Doe@Example.com"

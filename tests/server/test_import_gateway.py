@@ -17,8 +17,9 @@ from capirelay.config import PixelSettings, Secret
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.importer import Importer, read_rows
 from capirelay.sources.mapping import parse_mapping
+from waiting import wait_for
 
-from .conftest import PIXEL_ID, TOKEN_ENV, wait_for
+from .conftest import PIXEL_ID, TOKEN_ENV
 
 DAY = 86400
 HEADER = [

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 from capirelay.cli import app as cli_app
 from capirelay.config import Settings
 from capirelay.emulator.testing import RunningEmulator
+from waiting import wait_for
 
-from .conftest import INGEST_KEY, LIMITED_KEY, PIXEL_ID, gateway_settings, wait_for
+from .conftest import INGEST_KEY, LIMITED_KEY, PIXEL_ID, gateway_settings
 
 RAW_EMAIL = "Receipt.Person@Example.com"
 ADMIN_TOKEN = "dashboard-admin-token-for-receipts"

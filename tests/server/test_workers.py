@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ import pytest
 
 from capirelay.emulator.testing import run_emulator
 from gateway_traffic import free_port, stop_process, wait_ready
+from waiting import wait_for
 
 PIXEL_ID = "1234567890"
 INGEST_KEY = "workers-test-ingest-key"
@@ -145,15 +146,6 @@ def _metric_total(url: str, name: str) -> float:
     )
 
 
-def _wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def storage(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     if backend == "postgres":
@@ -223,7 +215,7 @@ def test_sigkill_of_the_supervisor_loses_nothing_acknowledged(gateway: Gateway) 
     for thread in threads:
         thread.start()
     try:
-        assert _wait_for(lambda: len(acknowledged) >= 300), "traffic did not flow"
+        wait_for(lambda: len(acknowledged) >= 300, timeout=30, what="traffic flowing")
         gateway.process.send_signal(signal.SIGKILL)
         gateway.process.wait(10)
         # The workers die with their supervisor (no orphan keeps the port or the file).
@@ -262,8 +254,8 @@ def test_every_worker_delivers_and_each_event_reaches_meta_once(
             with ThreadPoolExecutor(8) as pool:
                 answers = list(pool.map(lambda i: gateway.post(_event(i)), ids))
             assert {a.json()["results"][0]["status"] for a in answers} == {"queued"}
-            assert _wait_for(lambda: emulator.state.stats()["events_accepted"] >= len(ids))
-            assert _wait_for(lambda: not _queued_ids(storage)), "the queue did not empty"
+            wait_for(lambda: emulator.state.stats()["events_accepted"] >= len(ids), timeout=30)
+            wait_for(lambda: not _queued_ids(storage), timeout=30, what="an empty queue")
             received = [e["event"]["event_id"] for e in emulator.state.events(PIXEL_ID)]
             assert sorted(received) == sorted(ids)
             assert _metric_total(gateway.url, "capirelay_events_sent_total") == len(ids)

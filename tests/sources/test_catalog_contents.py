@@ -36,8 +36,9 @@ from capirelay.sources.content_ids import (
     with_content_ids,
 )
 from capirelay.sources.webhooks import PRESETS
-from server.conftest import INGEST_KEY, PIXEL_ID, gateway_settings, serve_in_thread, wait_for
+from server.conftest import INGEST_KEY, PIXEL_ID, gateway_settings, serve_in_thread
 from vendor_data import vendor_fixture
+from waiting import wait_for
 
 from .test_webhooks_gateway import unique_id
 from .webhook_data import SIGNERS

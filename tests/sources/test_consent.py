@@ -28,7 +28,8 @@ from capirelay.sources.consent import (
     ldu_codes,
     parse_consent_flag,
 )
-from server.conftest import INGEST_KEY, gateway_settings, serve_in_thread, wait_for
+from server.conftest import INGEST_KEY, gateway_settings, serve_in_thread
+from waiting import wait_for
 
 # ---------------------------------------------------------------------------
 # The consent flag a page sends

@@ -23,8 +23,9 @@ from capirelay.config import Secret, Settings, WebhookSettings
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.outbox.postgres import postgres_conninfo
 from capirelay.server import create_app
-from server.conftest import INGEST_KEY, PIXEL_ID, gateway_settings, serve_in_thread, wait_for
+from server.conftest import INGEST_KEY, PIXEL_ID, gateway_settings, serve_in_thread
 from vendor_data import vendor_fixture
+from waiting import wait_for
 
 from .test_webhooks_gateway import unique_id
 from .webhook_data import SIGNERS

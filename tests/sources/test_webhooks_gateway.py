@@ -3,6 +3,7 @@ the gateway's SQLite outbox, the emulator as Meta out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -18,7 +19,8 @@ from capirelay.config import ConfigError, Secret, Settings, WebhookSettings
 from capirelay.delivery.engine import DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.metrics import Metrics
-from capirelay.outbox import SQLiteOutbox
+from capirelay.outbox import SQLiteOutbox, open_outbox
+from capirelay.outbox.receipts import TraceRecord
 from capirelay.server import create_app
 from capirelay.server.routes_webhooks import load_webhooks
 from server.conftest import (
@@ -26,8 +28,8 @@ from server.conftest import (
     PIXEL_ID,
     gateway_settings,
     serve_in_thread,
-    wait_for,
 )
+from waiting import wait_for
 
 from .webhook_data import SIGNERS, fixture
 
@@ -121,6 +123,27 @@ def wait_delivered(emulator: RunningEmulator, event_id: str) -> dict[str, Any]:
     return found[0]
 
 
+def stored_trace(storage_url: str, event_id: str) -> TraceRecord:
+    """What the gateway's storage holds for ``event_id`` (receipts and queued rows)."""
+
+    async def read() -> TraceRecord:
+        box = open_outbox(storage_url)
+        await box.open()
+        try:
+            return await box.trace(event_id, pixel_id=PIXEL_ID)
+        finally:
+            await box.close()
+
+    return asyncio.run(read())
+
+
+def assert_sent_once(storage_url: str, emulator: RunningEmulator, event_id: str) -> None:
+    """Delivered once, and nothing left in the queue that could send a second copy."""
+    trace = wait_for(lambda: (t := stored_trace(storage_url, event_id)).delivered and t)
+    assert trace.pending == [], "a second copy is queued"
+    assert len(delivered(emulator, event_id)) == 1
+
+
 def shopify_order(**overrides: Any) -> dict[str, Any]:
     order = fixture("shopify", "orders_paid.json")
     order.update(id=unique_id(), processed_at=iso_now(), **overrides)
@@ -150,7 +173,7 @@ def stripe_event(name: str, payment_intent: str) -> dict[str, Any]:
 
 
 def test_a_paid_shopify_order_is_sent_once_even_when_redelivered(
-    client: httpx.Client, emulator: RunningEmulator
+    client: httpx.Client, emulator: RunningEmulator, storage_url: str
 ) -> None:
     order = shopify_order()
     event_id = f"shopify:{order['id']}:Purchase"
@@ -173,8 +196,7 @@ def test_a_paid_shopify_order_is_sent_once_even_when_redelivered(
     again = post(client, "shop", order, "orders/paid")
     assert again.status_code == 200
     assert again.json()["results"][0]["status"] == "duplicate"
-    time.sleep(0.3)  # several delivery polls: a second copy would have gone out by now
-    assert len(delivered(emulator, event_id)) == 1
+    assert_sent_once(storage_url, emulator, event_id)
 
 
 def test_a_signed_order_whose_id_holds_nul_is_answered_200_with_a_rejected_result(
@@ -271,7 +293,7 @@ def test_an_event_meta_would_reject_is_answered_200_with_its_problems(
 
 
 def test_woocommerce_purchase_only_once_paid_and_only_once(
-    client: httpx.Client, emulator: RunningEmulator
+    client: httpx.Client, emulator: RunningEmulator, storage_url: str
 ) -> None:
     order_id = unique_id()
     event_id = f"woocommerce:{order_id}:Purchase"
@@ -295,8 +317,7 @@ def test_woocommerce_purchase_only_once_paid_and_only_once(
             {"id": "23", "quantity": 1, "item_price": 10.0, "title": "Ship Your Idea"},
         ],
     }
-    time.sleep(0.3)
-    assert len(delivered(emulator, event_id)) == 1
+    assert_sent_once(storage_url, emulator, event_id)
 
 
 def test_woocommerce_ping_on_webhook_creation_is_answered_200(client: httpx.Client) -> None:

@@ -6,7 +6,8 @@ supervisor task that every ``poll_seconds`` finds pixels with due events (a
 pixel that appears only in the queue still gets a worker, which reports it
 as unconfigured), and every few seconds refreshes the queue gauges from
 ``outbox.stats`` and forgets dedup keys older than 48 h and order-ledger entries
-past their retention.
+past their retention.  Wall and monotonic time come from one injected
+:class:`capirelay.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
-from collections.abc import Callable
 
 import httpx
 
+from capirelay.clock import SYSTEM_CLOCK, Clock
 from capirelay.config import PixelSettings, Settings
 from capirelay.delivery.status import PixelStatus
 from capirelay.delivery.worker import PixelWorker
@@ -51,7 +51,7 @@ class DeliveryEngine:
         metrics: Metrics,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         retry_policy: RetryPolicy | None = None,
     ) -> None:
         self._outbox = outbox
@@ -92,7 +92,7 @@ class DeliveryEngine:
         for pixel_id in self._settings.pixels:
             self._worker(pixel_id)
         with contextlib.suppress(StorageUnavailable):
-            for pixel_id in await self._outbox.due_pixels(now=self._clock()):
+            for pixel_id in await self._outbox.due_pixels(now=self._clock.time()):
                 self._worker(pixel_id)
         self._supervisor = asyncio.create_task(self._supervise(), name="capirelay-delivery")
         self._listener = asyncio.create_task(self._listen_for_work(), name="capirelay-work")
@@ -140,8 +140,10 @@ class DeliveryEngine:
 
         Events waiting out a backoff count as not drained: they will be due soon.
         """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        # A bound on a real wait (for I/O), so the event loop's clock, not the injected one.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
             if await self._drained():
                 return True
             for worker in self._workers.values():
@@ -154,7 +156,7 @@ class DeliveryEngine:
     async def _drained(self) -> bool:
         if any(not w.idle for w in self._workers.values()):
             return False
-        stats = await self._outbox.stats(now=self._clock())
+        stats = await self._outbox.stats(now=self._clock.time())
         return stats.depth == 0
 
     def _worker(self, pixel_id: str) -> PixelWorker:
@@ -219,10 +221,10 @@ class DeliveryEngine:
                 self.notify(pixel_id)
 
     async def _housekeeping(self) -> None:
-        now = self._clock()
+        now = self._clock.time()
         for pixel_id in await self._outbox.due_pixels(now=now):
             self._worker(pixel_id).notify()
-        mono = time.monotonic()
+        mono = self._clock.monotonic()
         if mono - self._last_stats >= STATS_INTERVAL:
             self._last_stats = mono
             await self.refresh_gauges()
@@ -245,7 +247,7 @@ class DeliveryEngine:
 
     async def refresh_gauges(self) -> None:
         """Queue depth, oldest age, time to the nearest deadline and DLQ size, from the outbox."""
-        now = self._clock()
+        now = self._clock.time()
         stats = await self._outbox.stats(now=now)
         for pixel_id in {*self._workers, *stats.depth_by_pixel}:
             self._metrics.queue_depth.labels(pixel_id).set(stats.depth_by_pixel.get(pixel_id, 0))

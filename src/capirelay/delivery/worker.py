@@ -18,21 +18,11 @@ Which errors are the events' (may split a batch, may dead-letter) is decided by 
 table beside :func:`capirelay.graph.errors.classify`: code 100 with an event-data
 subcode listed in ``CODE_100_SUBCODES``, or an error whose message names an event.
 
-Bisection sends the left half first.  If it is accepted, the right half must hold
-the culprit (the whole batch was refused), so it is split again without being sent;
-that keeps the extra requests near ``log2(n)`` per bad event and never above
-``2·log2(n) + 1``.  An event is only ever dead-lettered with an error Meta gave for
-that event sent alone: a lone event reached by inference is sent once more first,
-so a refusal that had nothing to do with it (a passing request-level error) cannot
-send it to the dead-letter queue.  One exception to "dead-letter the lone event":
-100/2804001 (malformed ``fbc``): Meta's guidance is to drop the click id and send
-again, once; only if that is refused too is the event dead-lettered.
-
-A batch is handled only while its lease holds: each request is capped so that it
-ends with a safety margin before the lease expires, the lease is extended while
-bisection runs when the outbox can do that (``extend_lease``), and otherwise the
-undecided remainder is released rather than sent after another worker could have
-leased the same rows.
+How a refused batch is split (:mod:`capirelay.delivery.bisect`), how long its lease
+lets it run (:mod:`capirelay.delivery.lease`) and what is logged and counted
+(:mod:`capirelay.delivery.telemetry`) live in their own modules; this one decides.
+Time comes from one injected :class:`capirelay.clock.Clock` (wall time for what the
+outbox stores, monotonic time for pauses), so tests can drive it.
 """
 
 from __future__ import annotations
@@ -43,17 +33,19 @@ import dataclasses
 import logging
 import random
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-import orjson
-
+from capirelay.clock import Clock
 from capirelay.config import PixelSettings, Settings
+from capirelay.delivery.bisect import Bisection
+from capirelay.delivery.lease import LeaseBudget, LeaseRunningOut, attempt_from, dead_letter_reason
 from capirelay.delivery.status import AIMDLimit, Breaker, BreakerState, LastError, PixelStatus
+from capirelay.delivery.telemetry import PixelTelemetry
 from capirelay.graph import EventsResponse, GraphClient, GraphError, RetryClass
-from capirelay.graph.errors import dead_letter_kind, is_event_level
+from capirelay.graph.errors import is_event_level
 from capirelay.metrics import Metrics
 from capirelay.outbox import (
     Attempt,
@@ -68,13 +60,6 @@ from capirelay.retry import RetryPolicy
 log = logging.getLogger("capirelay.delivery")
 
 PROBE_BATCH: Final = 10
-MALFORMED_FBC_SUBCODE: Final = 2804001  # see CODE_100_SUBCODES in capirelay.graph.errors
-# Part of each lease kept free for recording outcomes after the last request ends.
-LEASE_MARGIN_SHARE: Final = 0.25
-LEASE_MARGIN_MAX_SECONDS: Final = 10.0
-# httpx applies request_timeout per phase (connect, write, read), so one request may take a
-# few timeouts; the worker caps the whole request at this many, and never past the lease.
-REQUEST_CAP_TIMEOUTS: Final = 3.0
 ClientFactory = Callable[[PixelSettings | None], GraphClient]
 
 
@@ -86,46 +71,6 @@ class _FixedDraw:
 
     def random(self) -> float:
         return self.value
-
-
-def dead_letter_reason(err: GraphError) -> DeadLetterReason:
-    """Why an event Meta refused alone goes to the DLQ (100/2804003: Meta's clock says
-    the 7/62-day window has passed, so ``expired``); from the table in graph.errors."""
-    return DeadLetterReason(dead_letter_kind(err))
-
-
-def attempt_from(err: GraphError, now: float) -> Attempt:
-    return Attempt(
-        at=now,
-        status=err.status,
-        code=err.code,
-        subcode=err.subcode,
-        message=err.message,
-        fbtrace_id=err.fbtrace_id,
-        retry_class=str(err.retry_class),
-    )
-
-
-def without_fbc(payload: bytes) -> bytes | None:
-    """The event without ``user_data.fbc``; None when it has no fbc to drop."""
-    event: Any = orjson.loads(payload)
-    user_data = event.get("user_data") if isinstance(event, dict) else None
-    if not isinstance(user_data, dict) or "fbc" not in user_data:
-        return None
-    event["user_data"] = {k: v for k, v in user_data.items() if k != "fbc"}
-    return orjson.dumps(event)
-
-
-def _by_lease(events: Sequence[LeasedEvent]) -> dict[str, list[int]]:
-    """Event ids grouped by the lease that handed them out (settling is per lease)."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for event in events:
-        groups[event.lease_id].append(event.id)
-    return groups
-
-
-class _LeaseRunningOut(Exception):
-    """Too little of the batch's lease is left to send another request and record it."""
 
 
 @dataclass(slots=True)
@@ -150,7 +95,7 @@ class PixelWorker:
         settings: Settings,
         metrics: Metrics,
         client_for: ClientFactory,
-        clock: Callable[[], float],
+        clock: Clock,
         retry_policy: RetryPolicy,
         rng: random.Random,
     ) -> None:
@@ -165,7 +110,7 @@ class PixelWorker:
         self._rng = rng
         self.breaker = Breaker(probe_interval=self._delivery.breaker_probe_seconds)
         self.aimd = AIMDLimit(ceiling=self._delivery.max_in_flight)
-        self.last_error: LastError | None = None
+        self._telemetry = PixelTelemetry(pixel_id, metrics, clock)
         self._paused_until = 0.0  # monotonic
         self._throttle_streak = 0
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -173,17 +118,14 @@ class PixelWorker:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._counts: Counter[str] = Counter()
-        lease = self._delivery.lease_seconds
-        self._lease_margin = min(lease * LEASE_MARGIN_SHARE, LEASE_MARGIN_MAX_SECONDS)
-        self._request_cap = min(
-            REQUEST_CAP_TIMEOUTS * self._delivery.request_timeout,
-            (lease - self._lease_margin) / 2,
+        self._lease = LeaseBudget(
+            outbox,
+            clock,
+            lease_seconds=self._delivery.lease_seconds,
+            request_timeout=self._delivery.request_timeout,
         )
         # Shrinks when a bisection outlasts its lease, so the next one fits in it.
         self._batch_limit = self._delivery.batch_size
-        # Leased rows not yet settled -> when their lease expires (outbox clock).
-        self._leased_until: dict[int, float] = {}
         self._metrics.send_rate_limit.labels(pixel_id).set(self.aimd.limit)
         self._metrics.breaker_open.labels(pixel_id).set(0)
 
@@ -192,6 +134,10 @@ class PixelWorker:
     @property
     def pixel(self) -> PixelSettings | None:
         return self._settings.pixels.get(self.pixel_id)
+
+    @property
+    def last_error(self) -> LastError | None:
+        return self._telemetry.last_error
 
     @property
     def in_flight(self) -> int:
@@ -224,7 +170,8 @@ class PixelWorker:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     def status(self) -> PixelStatus:
-        now = time.monotonic()
+        now = self._clock.monotonic()
+        counts = self._telemetry.counts
         return PixelStatus(
             pixel_id=self.pixel_id,
             breaker=self.breaker.state,
@@ -234,13 +181,13 @@ class PixelWorker:
             max_concurrency=self.aimd.ceiling,
             in_flight=len(self._in_flight),
             paused_for_seconds=max(0.0, self._paused_until - now),
-            sent=self._counts["sent"],
-            requests=self._counts["requests"],
-            failed_requests=self._counts["failed_requests"],
-            retried=self._counts["retried"],
-            dead_lettered=self._counts["dead_lettered"],
-            bisect_requests=self._counts["bisect_requests"],
-            throttles=self._counts["throttles"],
+            sent=counts["sent"],
+            requests=counts["requests"],
+            failed_requests=counts["failed_requests"],
+            retried=counts["retried"],
+            dead_lettered=counts["dead_lettered"],
+            bisect_requests=counts["bisect_requests"],
+            throttles=counts["throttles"],
         )
 
     # ------------------------------------------------------------ main loop
@@ -273,19 +220,23 @@ class PixelWorker:
             await self._wait_in_flight_below(1)
             if self.breaker.state is BreakerState.HALF_OPEN and not self._in_flight:
                 # The probe neither proved nor disproved the token (e.g. a 5xx): probe again later.
-                self.breaker.trip(time.monotonic(), wall_time=self._clock())
+                self.breaker.trip(self._clock.monotonic(), wall_time=self._clock.time())
             return False
         if self.breaker.state is BreakerState.OPEN:
             return await self._wait_for_probe()
-        pause = self._paused_until - time.monotonic()
+        pause = self._paused_until - self._clock.monotonic()
         if pause > 0:
             await self._sleep(pause)
             return False
         await self._wait_in_flight_below(self.aimd.limit)
+        # The batch that freed the slot may have paused the pixel (throttle) or opened the
+        # breaker: decide again rather than lease past that pause or outside a probe.
+        if self._paused_until > self._clock.monotonic() or self.breaker.sending_blocked:
+            return False
         return not self._stopping
 
     async def _wait_for_probe(self) -> bool:
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if self.breaker.probe_due(now):
             return True
         wait_for = (self.breaker.next_probe_at or now) - now
@@ -295,7 +246,7 @@ class PixelWorker:
     async def _lease_and_dispatch(self) -> None:
         probing = self.breaker.state is BreakerState.OPEN
         limit = min(PROBE_BATCH, self._batch_limit) if probing else self._batch_limit
-        now = self._clock()
+        now = self._clock.time()
         events = await self._outbox.lease(
             self.pixel_id,
             limit=limit,
@@ -305,8 +256,7 @@ class PixelWorker:
         if not events:
             await self._idle()
             return
-        until = now + self._delivery.lease_seconds
-        self._leased_until.update((e.id, until) for e in events)
+        self._lease.leased(events, now + self._delivery.lease_seconds)
         live = await self._expire_overdue(events)
         # A probe needs a live event: a batch that was all past its deadline proved nothing
         # about the token, so the probe stays due and the next lease follows at once.
@@ -323,7 +273,7 @@ class PixelWorker:
         """A shared outbox (PostgreSQL) re-arms the breaker hold for a whole probe interval
         when it hands out the probe batch; that batch proved nothing, so end the hold now
         (keeping it a breaker hold, so replicas still probe one at a time)."""
-        now = self._clock()
+        now = self._clock.time()
         last = self.last_error
         with contextlib.suppress(StorageUnavailable):
             await self._outbox.unhold_pixel(self.pixel_id)
@@ -341,7 +291,7 @@ class PixelWorker:
         next_due = await self._outbox.next_due_at(self.pixel_id)
         timeout = self._delivery.poll_seconds
         if next_due is not None:
-            timeout = min(timeout, max(0.0, next_due - self._clock()))
+            timeout = min(timeout, max(0.0, next_due - self._clock.time()))
         woken = await self._sleep_or_wake(timeout)
         if woken and self._delivery.linger_ms and not self._stopping:
             # Let a burst of notifications fill the batch before leasing.
@@ -363,8 +313,8 @@ class PixelWorker:
         # Only stop interrupts a pause/probe wait; notifications must not shorten it.
         if self._stopping:
             return
-        deadline = time.monotonic() + seconds
-        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+        deadline = self._clock.monotonic() + seconds
+        while not self._stopping and (left := deadline - self._clock.monotonic()) > 0:
             await self._sleep_or_wake(left)
 
     async def _wait_in_flight_below(self, limit: int) -> None:
@@ -392,7 +342,7 @@ class PixelWorker:
         return groups
 
     async def _expire_overdue(self, events: list[LeasedEvent]) -> list[LeasedEvent]:
-        now = self._clock()
+        now = self._clock.time()
         overdue = [e for e in events if e.deadline <= now]
         if overdue:
             await self._dead_letter(overdue, DeadLetterReason.EXPIRED, None, now)
@@ -406,14 +356,7 @@ class PixelWorker:
 
     def _set_unconfigured(self) -> None:
         if self.breaker.mark_unconfigured():
-            log.error(
-                "pixel %s: no access token configured or readable; events stay queued "
-                "until one is set (pixels.%s.access_token)",
-                self.pixel_id,
-                self.pixel_id,
-                extra={"pixel": self.pixel_id, "breaker": "unconfigured"},
-            )
-            self._metrics.breaker_open.labels(self.pixel_id).set(1)
+            self._telemetry.unconfigured()
 
     # ---------------------------------------------------------------- a batch
 
@@ -434,8 +377,7 @@ class PixelWorker:
                 "pixel %s: batch failed unexpectedly; its lease will expire", self.pixel_id
             )
         finally:
-            for event in events:
-                self._leased_until.pop(event.id, None)
+            self._lease.settled(e.id for e in events)
 
     async def _send_and_settle(self, batch: _Batch, tec: str | None) -> None:
         events = batch.events
@@ -451,31 +393,26 @@ class PixelWorker:
             else:
                 await self._on_success(events, batch)
             self._batch_limit = min(self._delivery.batch_size, self._batch_limit * 2)
-        except _LeaseRunningOut:
+        except LeaseRunningOut:
             # Without a lease heartbeat, smaller batches are what lets bisection finish
             # (and make progress) inside one lease.
             self._batch_limit = max(1, len(events) // 2)
             undecided = self._unsettled(batch)
-            log.warning(
-                "pixel %s: lease nearly over, %d undecided events given back for another try",
-                self.pixel_id,
-                len(undecided),
-                extra={"pixel": self.pixel_id, "count": len(undecided), "result": "released"},
-            )
+            self._telemetry.lease_ran_out(len(undecided))
             await self._release(undecided)
 
     def _unsettled(self, batch: _Batch) -> list[LeasedEvent]:
-        return [e for e in batch.events if e.id in self._leased_until]
+        return self._lease.unsettled(batch.events)
 
     async def _send(
         self, events: Sequence[LeasedEvent], token: str, tec: str | None, batch: _Batch
     ) -> EventsResponse | GraphError:
-        budget = await self._request_budget(batch)
+        budget = await self._lease.request_budget(batch.events, batch.sends)
         client = self._client_for(self.pixel)
         batch.sends += 1
-        batch.sent_at = self._clock()
+        batch.sent_at = self._clock.time()
         started = time.perf_counter()
-        self._counts["requests"] += 1
+        self._telemetry.request_sent()
         try:
             async with asyncio.timeout(budget):
                 response = await client.send_events(
@@ -485,152 +422,25 @@ class PixelWorker:
                     test_event_code=tec,
                 )
         except GraphError as err:
-            self._record_failure(events, err, time.perf_counter() - started)
+            self._telemetry.request_failed(events, err, time.perf_counter() - started)
             return err
         except TimeoutError as exc:
             # Cut short so that it cannot outlive the lease: an ordinary transient failure.
             cut = GraphError.transport("timeout before the lease ends", exc)
-            self._record_failure(events, cut, time.perf_counter() - started)
+            self._telemetry.request_failed(events, cut, time.perf_counter() - started)
             return cut
-        self._record_success(events, response, time.perf_counter() - started)
+        self._telemetry.request_ok(events, response, time.perf_counter() - started)
         batch.answer = MetaAnswer(response.fbtrace_id, response.events_received, batch.sent_at)
         self._metrics.delivered(self.pixel_id, events, tec, response.fbtrace_id)
         if tec is None:
             self._metrics.acknowledged(self.pixel_id, events, response.events_received)
         return response
 
-    async def _request_budget(self, batch: _Batch) -> float:
-        """Seconds the next request of ``batch`` may take, or :class:`_LeaseRunningOut`.
-
-        The batch's first request only needs some lease left; a later one (bisection)
-        needs room for a whole capped request, after trying to extend the lease.
-        """
-        needed = 0.0 if batch.sends == 0 else self._request_cap
-        left = self._lease_left(batch)
-        if batch.sends and left < max(needed, self._delivery.lease_seconds / 2):
-            await self._extend_lease(batch)
-            left = self._lease_left(batch)
-        if left <= 0 or left < needed:
-            raise _LeaseRunningOut
-        return min(self._request_cap, left)
-
-    def _lease_left(self, batch: _Batch) -> float:
-        """Lease time left for the batch's unsettled events, less the settling margin."""
-        expiries = [self._leased_until[e.id] for e in batch.events if e.id in self._leased_until]
-        if not expiries:
-            return 0.0
-        return min(expiries) - self._clock() - self._lease_margin
-
-    async def _extend_lease(self, batch: _Batch) -> None:
-        """Heartbeat for a long bisection: extend the lease of the batch's unsettled rows.
-
-        Rows the outbox does not extend are no longer ours (their lease lapsed and
-        another worker took them): they count as settled here and the batch stops
-        (:class:`_LeaseRunningOut`), giving back only what this lease still holds.
-        """
-        now = self._clock()
-        until = now + self._delivery.lease_seconds
-        lost: list[int] = []
-        for lease_id, ids in _by_lease(self._unsettled(batch)).items():
-            try:
-                extended = set(
-                    await self._outbox.extend_lease(ids, until=until, now=now, lease_id=lease_id)
-                )
-            except StorageUnavailable:
-                return  # keep the old expiry; the batch gives its rows back in time
-            for event_id in ids:
-                if event_id in extended:
-                    self._leased_until[event_id] = until
-                else:
-                    lost.append(event_id)
-        if lost:
-            self._settled(lost)
-            raise _LeaseRunningOut
-
-    def _record_success(
-        self, events: Sequence[LeasedEvent], response: EventsResponse, latency: float
-    ) -> None:
-        pixel = self.pixel_id
-        self._metrics.requests.labels(pixel, "ok").inc()
-        self._metrics.send_latency.labels(pixel).observe(latency)
-        self._metrics.batch_size.labels(pixel).observe(len(events))
-        log.info(
-            "pixel %s: %d events delivered in %.0f ms (fbtrace_id=%s)",
-            pixel,
-            len(events),
-            latency * 1000,
-            response.fbtrace_id,
-            extra={
-                "pixel": pixel,
-                "count": len(events),
-                "result": "ok",
-                "latency_ms": round(latency * 1000, 1),
-                "fbtrace_id": response.fbtrace_id,
-            },
-        )
-        missing = len(events) - response.events_received
-        if missing > 0:
-            # Meta took the request but counted fewer events than were sent; nothing to
-            # retry (the request succeeded), but it must be visible.
-            self._metrics.unconfirmed.labels(pixel).inc(missing)
-            log.warning(
-                "pixel %s: Meta counted %d of %d events sent (fbtrace_id=%s)",
-                pixel,
-                response.events_received,
-                len(events),
-                response.fbtrace_id,
-                extra={
-                    "pixel": pixel,
-                    "count": len(events),
-                    "result": "ok:unconfirmed",
-                    "fbtrace_id": response.fbtrace_id,
-                },
-            )
-
-    def _record_failure(
-        self, events: Sequence[LeasedEvent], err: GraphError, latency: float
-    ) -> None:
-        pixel = self.pixel_id
-        self._counts["failed_requests"] += 1
-        self._metrics.requests.labels(pixel, str(err.retry_class)).inc()
-        self._metrics.send_latency.labels(pixel).observe(latency)
-        self._metrics.batch_size.labels(pixel).observe(len(events))
-        self._metrics.meta_errors.labels(
-            pixel, str(err.code), str(err.subcode), str(err.retry_class)
-        ).inc()
-        self.last_error = LastError(
-            at=self._clock(),
-            status=err.status,
-            code=err.code,
-            subcode=err.subcode,
-            message=err.message,
-            fbtrace_id=err.fbtrace_id,
-            retry_class=str(err.retry_class),
-        )
-        log.warning(
-            "pixel %s: %d events refused in %.0f ms: %s",
-            pixel,
-            len(events),
-            latency * 1000,
-            err,
-            extra={
-                "pixel": pixel,
-                "count": len(events),
-                "result": str(err.retry_class),
-                "latency_ms": round(latency * 1000, 1),
-                "fbtrace_id": err.fbtrace_id,
-                "code": err.code,
-                "subcode": err.subcode,
-            },
-        )
-
     # ------------------------------------------------------------- outcomes
 
     async def _on_success(self, events: Sequence[LeasedEvent], batch: _Batch) -> None:
         await self._ack(events, batch.answer)
-        self._counts["sent"] += len(events)
-        for name, count in Counter(e.event_name for e in events).items():
-            self._metrics.sent.labels(self.pixel_id, self._metrics.event_label(name)).inc(count)
+        self._telemetry.delivered(events)
         self._throttle_streak = 0
         self.aimd.on_success()
         self._metrics.send_rate_limit.labels(self.pixel_id).set(self.aimd.limit)
@@ -648,12 +458,7 @@ class PixelWorker:
         if opened_at is not None and sent_at < opened_at:
             return
         self.breaker.close()
-        self._metrics.breaker_open.labels(self.pixel_id).set(0)
-        log.warning(
-            "pixel %s: circuit breaker closed, the token works again; delivery resumes",
-            self.pixel_id,
-            extra={"pixel": self.pixel_id, "breaker": "closed"},
-        )
+        self._telemetry.breaker_closed()
         with contextlib.suppress(StorageUnavailable):
             await self._outbox.unhold_pixel(self.pixel_id)
         self._wake.set()
@@ -667,7 +472,8 @@ class PixelWorker:
         batch: _Batch,
     ) -> None:
         if is_event_level(err):
-            await self._isolate(events, err, token, tec, batch, sent_together=True)
+            send = _BatchSend(self, token, tec, batch)
+            await Bisection(send, _BatchSettlement(self, batch, token, tec)).run(events, err)
         elif err.retry_class is RetryClass.THROTTLED:
             await self._throttled(events, err)
         elif err.retry_class in (RetryClass.AUTH, RetryClass.CONFIG, RetryClass.UNKNOWN):
@@ -676,7 +482,7 @@ class PixelWorker:
             await self._retry_later(events, err)
 
     async def _retry_later(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
-        now = self._clock()
+        now = self._clock.time()
         attempt = attempt_from(err, now)
         draw = _FixedDraw(self._rng.random())
         due_at: dict[tuple[float, str], list[int]] = defaultdict(list)
@@ -688,60 +494,39 @@ class PixelWorker:
             else:
                 due_at[(when, event.lease_id)].append(event.id)
         for (when, lease_id), ids in due_at.items():
-            await self._outbox.reschedule(
-                ids, next_attempt_at=when, attempt=attempt, lease_id=lease_id
-            )
-            self._settled(ids)
-        retried = len(events) - len(expired)
-        self._counts["retried"] += retried
-        self._metrics.retries.labels(self.pixel_id, str(err.retry_class)).inc(retried)
+            await self._lease.reschedule(ids, when, attempt, lease_id)
+        self._telemetry.retried(len(events) - len(expired), err)
         if expired:
             await self._dead_letter(expired, DeadLetterReason.EXPIRED, attempt, now)
 
     async def _throttled(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
-        await self._release(events)
-        self._counts["throttles"] += 1
-        self._metrics.retries.labels(self.pixel_id, str(err.retry_class)).inc(len(events))
+        # Pause first, release after: released events must not be leased again at once.
         self._throttle_streak += 1
         self.aimd.on_throttle()
-        self._metrics.send_rate_limit.labels(self.pixel_id).set(self.aimd.limit)
+        self._telemetry.throttled(len(events), err, self.aimd.limit)
         # Meta's own estimate wins; without one (or with "0", while Meta still refuses),
         # pause longer on each throttle in a row.
         pause = err.retry_after
         if pause is None or pause <= 0:
             pause = self._policy.ceiling(self._throttle_streak)
         pause = min(pause, self._policy.max_delay)
-        self._paused_until = max(self._paused_until, time.monotonic() + pause)
+        self._paused_until = max(self._paused_until, self._clock.monotonic() + pause)
+        await self._release(events)
         await self._hold_everywhere(pause, "throttle", err)
 
     async def _trip_breaker(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
-        await self._release(events)
-        tripped = self.breaker.trip(time.monotonic(), wall_time=self._clock())
+        # Open first, release after: released events wait for the probe, not the next lease.
+        tripped = self.breaker.trip(self._clock.monotonic(), wall_time=self._clock.time())
         if tripped:
-            self._metrics.breaker_open.labels(self.pixel_id).set(1)
-            log.error(
-                "pixel %s: circuit breaker OPEN, delivery paused and events kept queued "
-                "(code=%s subcode=%s fbtrace_id=%s): %s",
-                self.pixel_id,
-                err.code,
-                err.subcode,
-                err.fbtrace_id,
-                err.explanation,
-                extra={
-                    "pixel": self.pixel_id,
-                    "breaker": "open",
-                    "code": err.code,
-                    "subcode": err.subcode,
-                    "fbtrace_id": err.fbtrace_id,
-                },
-            )
+            self._telemetry.breaker_opened(err)
+        await self._release(events)
         # After the state, gauge and log: they must agree the moment the breaker is open.
         await self._hold_everywhere(self.breaker.probe_interval, "breaker", err)
 
     async def _hold_everywhere(self, seconds: float, reason: str, err: GraphError) -> None:
         """Ask the other replicas sharing the outbox (if any) not to lease this pixel for
         ``seconds`` either: a revoked token is discovered once, not once per replica."""
-        now = self._clock()
+        now = self._clock.time()
         with contextlib.suppress(StorageUnavailable):
             await self._outbox.hold_pixel(
                 self.pixel_id,
@@ -752,129 +537,13 @@ class PixelWorker:
                 subcode=err.subcode,
             )
 
-    # ------------------------------------------------------------ bisection
-
-    async def _isolate(
-        self,
-        events: list[LeasedEvent],
-        err: GraphError,
-        token: str,
-        tec: str | None,
-        batch: _Batch,
-        *,
-        sent_together: bool,
-    ) -> None:
-        """Split a refused batch until each bad event stands alone (see module docstring).
-
-        ``sent_together``: ``err`` is Meta's answer to exactly ``events``; otherwise it
-        was inferred (a sibling half was accepted) and nothing was sent as this group.
-        """
-        if len(events) == 1:
-            await self._settle_lone(events[0], err if sent_together else None, token, tec, batch)
-            return
-        middle = len(events) // 2
-        left, right = events[:middle], events[middle:]
-        left_result = await self._bisect_send(left, token, tec, batch)
-        if not isinstance(left_result, GraphError):
-            await self._on_success(left, batch)
-            await self._isolate(right, err, token, tec, batch, sent_together=False)
-            return
-        if not is_event_level(left_result):
-            # Meta's answer changed class mid-bisection (outage, throttle, token): the
-            # unsent right half shares the left half's fate.
-            await self._on_failure(left + right, left_result, token, tec, batch)
-            return
-        await self._isolate(left, left_result, token, tec, batch, sent_together=True)
-        right_result = await self._bisect_send(right, token, tec, batch)
-        if isinstance(right_result, GraphError):
-            await self._on_failure(right, right_result, token, tec, batch)
-        else:
-            await self._on_success(right, batch)
-
-    async def _settle_lone(
-        self,
-        event: LeasedEvent,
-        own_error: GraphError | None,
-        token: str,
-        tec: str | None,
-        batch: _Batch,
-    ) -> None:
-        """One suspect event: make sure Meta refused *it*, then dead-letter it."""
-        if own_error is None:
-            result = await self._bisect_send([event], token, tec, batch)
-            if not isinstance(result, GraphError):
-                await self._on_success([event], batch)
-                return
-            if not is_event_level(result):
-                await self._on_failure([event], result, token, tec, batch)
-                return
-            own_error = result
-        if (
-            own_error.code == 100
-            and own_error.subcode == MALFORMED_FBC_SUBCODE
-            and await self._resend_without_fbc(event, own_error, token, tec, batch)
-        ):
-            return
-        await self._dead_letter(
-            [event], dead_letter_reason(own_error), attempt_from(own_error, self._clock())
-        )
-
-    async def _resend_without_fbc(
-        self, event: LeasedEvent, err: GraphError, token: str, tec: str | None, batch: _Batch
-    ) -> bool:
-        """Meta: a malformed fbc (100/2804001) is dropped and the event sent again, once.
-
-        True when the event is settled (delivered, rescheduled or dead-lettered).
-        """
-        stripped = without_fbc(event.payload)
-        if stripped is None:
-            return False
-        result = await self._bisect_send(
-            [dataclasses.replace(event, payload=stripped)], token, tec, batch
-        )
-        if not isinstance(result, GraphError):
-            log.warning(
-                "pixel %s: Meta refused an event's fbc as malformed (100/2804001); "
-                "it was delivered without fbc (event_name=%s)",
-                self.pixel_id,
-                self._metrics.event_label(event.event_name),
-                extra={"pixel": self.pixel_id, "count": 1, "result": "ok:fbc_dropped"},
-            )
-            await self._on_success([event], batch)
-            return True
-        if not is_event_level(result):
-            await self._on_failure([event], result, token, tec, batch)
-            return True
-        attempt = dataclasses.replace(
-            attempt_from(result, self._clock()),
-            message=f"sent again without user_data.fbc after 100/2804001: {result.message}",
-        )
-        await self._dead_letter([event], dead_letter_reason(result), attempt)
-        return True
-
-    async def _bisect_send(
-        self, events: Sequence[LeasedEvent], token: str, tec: str | None, batch: _Batch
-    ) -> EventsResponse | GraphError:
-        self._counts["bisect_requests"] += 1
-        self._metrics.bisect_requests.labels(self.pixel_id).inc()
-        return await self._send(events, token, tec, batch)
-
     # ---------------------------------------------------- outbox settlement
 
-    def _settled(self, ids: Sequence[int]) -> None:
-        for event_id in ids:
-            self._leased_until.pop(event_id, None)
-
     async def _ack(self, events: Sequence[LeasedEvent], answer: MetaAnswer | None = None) -> None:
-        now = self._clock()
-        for lease_id, ids in _by_lease(events).items():
-            await self._outbox.ack_delivered(ids, now=now, lease_id=lease_id, answer=answer)
-            self._settled(ids)
+        await self._lease.ack(events, self._clock.time(), answer)
 
     async def _release(self, events: Sequence[LeasedEvent]) -> None:
-        for lease_id, ids in _by_lease(events).items():
-            await self._outbox.release(ids, lease_id=lease_id)
-            self._settled(ids)
+        await self._lease.release(events)
 
     async def _dead_letter(
         self,
@@ -883,21 +552,49 @@ class PixelWorker:
         attempt: Attempt | None,
         now: float | None = None,
     ) -> None:
-        at = self._clock() if now is None else now
-        for lease_id, ids in _by_lease(events).items():
-            await self._outbox.dead_letter(
-                ids, reason=reason, attempt=attempt, now=at, lease_id=lease_id
+        at = self._clock.time() if now is None else now
+        await self._lease.dead_letter(events, reason, attempt, at)
+        self._telemetry.dead_lettered(len(events), reason, attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchSend:
+    """Bisection's ``send`` for one batch: a counted request within the batch's lease."""
+
+    worker: PixelWorker
+    token: str
+    tec: str | None
+    batch: _Batch
+
+    async def __call__(self, events: Sequence[LeasedEvent]) -> EventsResponse | GraphError:
+        self.worker._telemetry.bisect_request()
+        return await self.worker._send(events, self.token, self.tec, self.batch)
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchSettlement:
+    """Bisection's decisions for one batch, recorded in the outbox as they are made."""
+
+    worker: PixelWorker
+    batch: _Batch
+    token: str
+    tec: str | None
+
+    async def delivered(self, events: Sequence[LeasedEvent], *, fbc_dropped: bool = False) -> None:
+        if fbc_dropped:
+            self.worker._telemetry.fbc_dropped(events[0])
+        await self.worker._on_success(events, self.batch)
+
+    async def refused(self, events: list[LeasedEvent], err: GraphError) -> None:
+        await self.worker._on_failure(events, err, self.token, self.tec, self.batch)
+
+    async def dead_lettered(
+        self, event: LeasedEvent, err: GraphError, *, fbc_dropped: bool = False
+    ) -> None:
+        attempt = attempt_from(err, self.worker._clock.time())
+        if fbc_dropped:
+            attempt = dataclasses.replace(
+                attempt,
+                message=f"sent again without user_data.fbc after 100/2804001: {err.message}",
             )
-            self._settled(ids)
-        self._counts["dead_lettered"] += len(events)
-        self._metrics.dead_lettered.labels(self.pixel_id, str(reason)).inc(len(events))
-        log.warning(
-            "pixel %s: %d events dead-lettered (%s, code=%s subcode=%s fbtrace_id=%s)",
-            self.pixel_id,
-            len(events),
-            reason,
-            attempt.code if attempt else None,
-            attempt.subcode if attempt else None,
-            attempt.fbtrace_id if attempt else None,
-            extra={"pixel": self.pixel_id, "count": len(events), "result": f"dlq:{reason}"},
-        )
+        await self.worker._dead_letter([event], dead_letter_reason(err), attempt)
