@@ -39,3 +39,24 @@ def test_subcodes_of_the_rules_are_in_the_graph_table() -> None:
     for subcode in set(validate.META_SUBCODES.values()):
         assert subcode in CODE_100_SUBCODES, subcode
     assert CODE_100_SUBCODES[meta_facts.SUBCODE_EVENT_TOO_OLD].dead_letter == "expired"
+
+
+def test_graph_codes_the_emulator_answers_are_the_ones_the_client_classifies() -> None:
+    from capirelay.emulator.faults import THROTTLE_CODES as EMULATED_THROTTLES
+    from capirelay.graph.errors import (
+        AUTH_CODES,
+        CONFIG_CODES,
+        THROTTLE_CODES,
+        TRANSIENT_CODES,
+        RetryClass,
+        classify,
+    )
+
+    assert set(EMULATED_THROTTLES) <= THROTTLE_CODES
+    assert meta_facts.CODE_ACCESS_TOKEN in AUTH_CODES
+    assert {meta_facts.CODE_UNKNOWN_PATH, meta_facts.CODE_VERSION_DEPRECATED} <= CONFIG_CODES
+    assert meta_facts.CODE_SERVICE in TRANSIENT_CODES
+    # The four classes never claim the same code.
+    sets = [AUTH_CODES, CONFIG_CODES, THROTTLE_CODES, TRANSIENT_CODES]
+    assert sum(len(s) for s in sets) == len(set().union(*sets))
+    assert classify(400, meta_facts.CODE_RATE_LIMIT, None, False) is RetryClass.THROTTLED

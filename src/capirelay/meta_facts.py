@@ -16,6 +16,26 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CODES_AD_ACCOUNT_RATE_LIMIT",
+    "CODE_ACCESS_TOKEN",
+    "CODE_APP_RATE_LIMIT",
+    "CODE_CAPABILITY",
+    "CODE_DEPRECATED_ENDPOINT",
+    "CODE_INVALID_PARAMETER",
+    "CODE_PAGE_RATE_LIMIT",
+    "CODE_PERMISSION",
+    "CODE_PERMISSION_RANGE",
+    "CODE_POLICY_BLOCK",
+    "CODE_RATE_LIMIT",
+    "CODE_SERVICE",
+    "CODE_SESSION_KEY",
+    "CODE_SIGNATURE",
+    "CODE_TEMPORARY",
+    "CODE_TRANSIENT_5000",
+    "CODE_UNKNOWN",
+    "CODE_UNKNOWN_PATH",
+    "CODE_USER_RATE_LIMIT",
+    "CODE_VERSION_DEPRECATED",
     "DAY",
     "DEDUP_WINDOW_SECONDS",
     "HASHED_USER_DATA_KEYS",
@@ -143,3 +163,29 @@ SUBCODE_LDU_REQUIRED: Final = 2804030
 SUBCODE_EVENT_TIME_WINDOW: Final = 2804019
 # Observed with the official SDK for invalid events whose exact subcode is unknown.
 SUBCODE_INVALID_EVENT: Final = 2804050
+
+# --- Graph error codes (top level) -------------------------------------------------
+
+# Graph API "Handling Errors" page and the Marketing API rate-limiting page (reference
+# §8 and Appendix A); what capirelay does with each is graph.errors' table.
+CODE_UNKNOWN: Final = 1  # "An unknown error occurred" (retry)
+CODE_SERVICE: Final = 2  # "Service temporarily unavailable" (retry)
+CODE_CAPABILITY: Final = 3  # the app lacks the capability
+CODE_APP_RATE_LIMIT: Final = 4  # application request limit reached
+CODE_PERMISSION: Final = 10  # permission denied
+CODE_DEPRECATED_ENDPOINT: Final = 12  # method deprecated for this API version
+CODE_USER_RATE_LIMIT: Final = 17  # user request limit reached
+CODE_PAGE_RATE_LIMIT: Final = 32  # page request limit reached
+CODE_INVALID_PARAMETER: Final = 100  # invalid parameter; event data carries a subcode
+CODE_SESSION_KEY: Final = 102  # session key invalid
+CODE_SIGNATURE: Final = 104  # incorrect signature / access token required
+CODE_ACCESS_TOKEN: Final = 190  # access token invalid or expired (subcode 463, 460...)
+CODE_PERMISSION_RANGE: Final = range(200, 300)  # "(#2xx) permission" errors, e.g. (#200)
+CODE_TEMPORARY: Final = 341  # application limit / temporary issue
+CODE_POLICY_BLOCK: Final = 368  # temporarily blocked for policy violations
+CODE_RATE_LIMIT: Final = 613  # calls to this API exceeded the rate limit
+CODE_UNKNOWN_PATH: Final = 2500  # unknown path components (nonsense version or path)
+CODE_VERSION_DEPRECATED: Final = 2635  # the requested API version is deprecated
+CODE_TRANSIENT_5000: Final = 5000  # observed as temporary
+# Business Use Case rate limits (ads_management, custom audiences, ...): 80000-80014.
+CODES_AD_ACCOUNT_RATE_LIMIT: Final = range(80000, 80015)

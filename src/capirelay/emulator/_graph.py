@@ -34,6 +34,11 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capirelay.emulator.state import EmulatorState
+from capirelay.meta_facts import (
+    CODE_INVALID_PARAMETER,
+    CODE_SERVICE,
+    CODE_UNKNOWN_PATH,
+)
 
 __all__ = [
     "MAX_BATCH",
@@ -93,7 +98,7 @@ async def graph_http_error(request: Request, exc: Exception) -> Response:
         error = {
             "message": f"Unsupported {method} request.",
             "type": "GraphMethodException",
-            "code": 100,
+            "code": CODE_INVALID_PARAMETER,
             "is_transient": False,
         }
         return _error(400, error, fbtrace_id)
@@ -101,14 +106,14 @@ async def graph_http_error(request: Request, exc: Exception) -> Response:
         error = {
             "message": f"Unknown path components: {request.url.path}",
             "type": "OAuthException",
-            "code": 2500,
+            "code": CODE_UNKNOWN_PATH,
             "is_transient": False,
         }
         return _error(400, error, fbtrace_id)
     error = {
         "message": "An unexpected error has occurred. Please retry your request later.",
         "type": "OAuthException",
-        "code": 2,
+        "code": CODE_SERVICE,
         "is_transient": True,
     }
     return _error(500, error, fbtrace_id)

@@ -32,6 +32,11 @@ from capirelay.emulator.app import (
 )
 from capirelay.emulator.faults import FaultKind
 from capirelay.emulator.state import EmulatorState
+from capirelay.meta_facts import (
+    CODE_INVALID_PARAMETER,
+    CODE_PERMISSION_RANGE,
+    CODE_UNKNOWN_PATH,
+)
 
 AAM_FIELDS: Final = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
 COOKIE_STATUSES: Final = ("FIRST_PARTY_COOKIE_ENABLED", "FIRST_PARTY_COOKIE_DISABLED", "EMPTY")
@@ -75,7 +80,11 @@ def _parse_time(value: str | None, default: float) -> float:
 
     parsed = parse_time(value)
     if parsed is None:
-        raise GraphReply(400, 100, "(#100) start_time and end_time must be Unix or ISO 8601 times")
+        raise GraphReply(
+            400,
+            CODE_INVALID_PARAMETER,
+            "(#100) start_time and end_time must be Unix or ISO 8601 times",
+        )
     return parsed
 
 
@@ -94,7 +103,9 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
         try:
             check_version(state, request.path_params["version"])
             if not pixel_id.isdigit():
-                raise GraphReply(400, 2500, f"Unknown path components: {request.url.path}")
+                raise GraphReply(
+                    400, CODE_UNKNOWN_PATH, f"Unknown path components: {request.url.path}"
+                )
             params = await read_params(request) if request.method == "POST" else {}
             params = {**dict(request.query_params), **params}
             token = find_token(request, params)
@@ -122,9 +133,12 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
         if edge == "events":  # POST-only edge (its own route): Graph names the method
             method = request.method.lower()
             raise GraphReply(
-                400, 100, f"Unsupported {method} request.", type="GraphMethodException"
+                400,
+                CODE_INVALID_PARAMETER,
+                f"Unsupported {method} request.",
+                type="GraphMethodException",
             )
-        raise GraphReply(400, 2500, f"Unknown path components: {request.url.path}")
+        raise GraphReply(400, CODE_UNKNOWN_PATH, f"Unknown path components: {request.url.path}")
 
     def _read_node(pixel_id: str, params: dict[str, Any]) -> dict[str, Any]:
         settings = state.pixel_settings(pixel_id)
@@ -137,7 +151,7 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
         if record is None or not WRITE_SCOPES & set(record.scopes):
             raise GraphReply(
                 403,
-                200,
+                CODE_PERMISSION_RANGE[0],
                 "(#200) Permissions error",
                 type="OAuthException",
                 user_title="Permissions error",
@@ -146,15 +160,18 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
             )
         changes = _changes(params)
         if not changes:
-            raise GraphReply(400, 100, "(#100) No fields to update were given")
+            raise GraphReply(400, CODE_INVALID_PARAMETER, "(#100) No fields to update were given")
         state.update_pixel_settings(pixel_id, changes)
         return {"success": True}
 
     def _da_checks(pixel_id: str, params: dict[str, Any]) -> dict[str, Any]:
         method = params.get("connection_method")
         if method is not None and method not in ("ALL", "APP", "BROWSER", "SERVER"):
-            raise GraphReply(400, 100, "(#100) param connection_method must be one of "
-                             "{ALL, APP, BROWSER, SERVER}")  # fmt: skip
+            raise GraphReply(
+                400,
+                CODE_INVALID_PARAMETER,
+                "(#100) param connection_method must be one of {ALL, APP, BROWSER, SERVER}",
+            )
         wanted = _list_param(params.get("checks")) or list(DA_CHECKS)
         failing = {
             str(f.check): f
@@ -163,7 +180,7 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
         data = []
         for key in wanted:
             if key not in DA_CHECKS:
-                raise GraphReply(400, 100, f"(#100) Unknown check {key!r}")
+                raise GraphReply(400, CODE_INVALID_PARAMETER, f"(#100) Unknown check {key!r}")
             title, description = DA_CHECKS[key]
             fault = failing.get(key)
             data.append(
@@ -181,13 +198,19 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
     def _stats(pixel_id: str, params: dict[str, Any]) -> dict[str, Any]:
         aggregation = str(params.get("aggregation") or "event")
         if aggregation not in AGGREGATIONS:
-            raise GraphReply(400, 100, "(#100) param aggregation must be one of the listed values")
+            raise GraphReply(
+                400,
+                CODE_INVALID_PARAMETER,
+                "(#100) param aggregation must be one of the listed values",
+            )
         now = state.now()
         end = _parse_time(params.get("end_time"), now)
         start = max(_parse_time(params.get("start_time"), end - 24 * 3600), now - STATS_LOOKBACK)
         source = params.get("event_source")
         if source is not None and source not in ("WEB_ONLY", "SERVER_ONLY"):
-            raise GraphReply(400, 100, "(#100) event_source must be WEB_ONLY or SERVER_ONLY")
+            raise GraphReply(
+                400, CODE_INVALID_PARAMETER, "(#100) event_source must be WEB_ONLY or SERVER_ONLY"
+            )
         return {"data": state.pixel_stats(pixel_id, aggregation, start, end, source), "paging": {}}
 
     async def browser_events(request: Request) -> Response:
@@ -240,7 +263,9 @@ def _list_param(value: Any) -> list[str]:
         try:
             parsed = orjson.loads(text)
         except orjson.JSONDecodeError:
-            raise GraphReply(400, 100, "(#100) list parameters must be JSON arrays") from None
+            raise GraphReply(
+                400, CODE_INVALID_PARAMETER, "(#100) list parameters must be JSON arrays"
+            ) from None
         if isinstance(parsed, list):
             return [str(v) for v in parsed]
     return [part for part in text.split(",") if part]
@@ -251,19 +276,30 @@ def _changes(params: dict[str, Any]) -> dict[str, Any]:
     enabled = params.get("enable_automatic_matching")
     if enabled is not None:
         if str(enabled).lower() not in ("true", "false", "1", "0"):
-            raise GraphReply(400, 100, "(#100) param enable_automatic_matching must be a boolean")
+            raise GraphReply(
+                400,
+                CODE_INVALID_PARAMETER,
+                "(#100) param enable_automatic_matching must be a boolean",
+            )
         changes["enable_automatic_matching"] = str(enabled).lower() in ("true", "1")
     if params.get("automatic_matching_fields") is not None:
         fields = _list_param(params["automatic_matching_fields"])
         bad = [f for f in fields if f not in AAM_FIELDS]
         if bad:
-            raise GraphReply(400, 100, f"(#100) automatic_matching_fields[{bad[0]}] is not a "
-                             "valid value")  # fmt: skip
+            raise GraphReply(
+                400,
+                CODE_INVALID_PARAMETER,
+                f"(#100) automatic_matching_fields[{bad[0]}] is not a valid value",
+            )
         changes["automatic_matching_fields"] = fields
     status = params.get("first_party_cookie_status")
     if status is not None:
         if status not in COOKIE_STATUSES:
-            raise GraphReply(400, 100, "(#100) param first_party_cookie_status must be one of "
-                             f"{{{', '.join(COOKIE_STATUSES)}}}")  # fmt: skip
+            raise GraphReply(
+                400,
+                CODE_INVALID_PARAMETER,
+                "(#100) param first_party_cookie_status must be one of "
+                f"{{{', '.join(COOKIE_STATUSES)}}}",
+            )
         changes["first_party_cookie_status"] = status
     return changes

@@ -54,7 +54,17 @@ from capirelay.emulator.faults import (
 )
 from capirelay.emulator.state import EmulatorState
 from capirelay.graph.versions import DEFAULT_API_VERSION, version_status
-from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
+from capirelay.meta_facts import (
+    CODE_ACCESS_TOKEN,
+    CODE_APP_RATE_LIMIT,
+    CODE_INVALID_PARAMETER,
+    CODE_RATE_LIMIT,
+    CODE_SIGNATURE,
+    CODE_UNKNOWN_PATH,
+    CODE_USER_RATE_LIMIT,
+    CODE_VERSION_DEPRECATED,
+    MAX_EVENTS_PER_REQUEST,
+)
 
 _SECRET_PARAMS = frozenset({"access_token", "appsecret_proof", "input_token"})
 _HTML_ERROR = (
@@ -63,9 +73,9 @@ _HTML_ERROR = (
     "as we can.</p></body></html>"
 )
 _THROTTLE_ERRORS: dict[int, tuple[str, int | None]] = {
-    4: ("(#4) Application request limit reached", None),
-    17: ("(#17) User request limit reached", 2446079),
-    613: ("(#613) Calls to this api have exceeded the rate limit.", 1487742),
+    CODE_APP_RATE_LIMIT: ("(#4) Application request limit reached", None),
+    CODE_USER_RATE_LIMIT: ("(#17) User request limit reached", 2446079),
+    CODE_RATE_LIMIT: ("(#613) Calls to this api have exceeded the rate limit.", 1487742),
     80000: ("(#80000) There have been too many calls from this ad-account.", 2446079),
     80003: ("(#80003) There have been too many calls to this ad-account.", 2446079),
     80004: (
@@ -112,7 +122,7 @@ class GraphReply(Exception):
     def response(self, fbtrace_id: str) -> Response:
         body = orjson.dumps({"error": {**self.error, "fbtrace_id": fbtrace_id}})
         headers = {"x-fb-trace-id": fbtrace_id, **self.headers}
-        if self.code == 190:
+        if self.code == CODE_ACCESS_TOKEN:
             headers.setdefault("www-authenticate", www_authenticate(self.error["message"]))
         return Response(body, self.status, headers=headers, media_type="application/json")
 
@@ -149,9 +159,13 @@ def _parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise GraphReply(400, 100, "(#100) The request body is not valid JSON") from None
+        raise GraphReply(
+            400, CODE_INVALID_PARAMETER, "(#100) The request body is not valid JSON"
+        ) from None
     if not isinstance(parsed, dict):
-        raise GraphReply(400, 100, "(#100) The request body must be a JSON object")
+        raise GraphReply(
+            400, CODE_INVALID_PARAMETER, "(#100) The request body must be a JSON object"
+        )
     return parsed
 
 
@@ -161,7 +175,7 @@ def _parse_multipart(content_type: str, body: bytes) -> dict[str, str]:
         b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
     )
     if not message.is_multipart():
-        raise GraphReply(400, 100, "(#100) Malformed multipart body")
+        raise GraphReply(400, CODE_INVALID_PARAMETER, "(#100) Malformed multipart body")
     fields: dict[str, str] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
@@ -184,14 +198,16 @@ def find_token(request: Request, params: dict[str, Any]) -> str | None:
 def decode_data(value: Any) -> list[dict[str, Any]]:
     """``data`` as a list of event objects, whichever of Graph's encodings was used."""
     if value is None or value == "":
-        raise GraphReply(400, 100, "(#100) The parameter data is required")
+        raise GraphReply(400, CODE_INVALID_PARAMETER, "(#100) The parameter data is required")
     if isinstance(value, str):
         try:
             value = orjson.loads(value)
         except orjson.JSONDecodeError:
-            raise GraphReply(400, 100, "(#100) param data must be an array.") from None
+            raise GraphReply(
+                400, CODE_INVALID_PARAMETER, "(#100) param data must be an array."
+            ) from None
     if not isinstance(value, list):
-        raise GraphReply(400, 100, "(#100) param data must be an array.")
+        raise GraphReply(400, CODE_INVALID_PARAMETER, "(#100) param data must be an array.")
     events: list[dict[str, Any]] = []
     for index, item in enumerate(value):
         event = item
@@ -203,7 +219,7 @@ def decode_data(value: Any) -> list[dict[str, Any]]:
         if not isinstance(event, dict):
             raise GraphReply(
                 400,
-                100,
+                CODE_INVALID_PARAMETER,
                 "(#100) param data must be an array of objects or JSON-encoded strings.",
                 user_title="Invalid event",
                 user_msg=f"Event {index}: is not a JSON object.",
@@ -220,24 +236,28 @@ def check_version(state: EmulatorState, version: str) -> None:
     if status.state == "expired":
         raise GraphReply(
             400,
-            2635,
+            CODE_VERSION_DEPRECATED,
             f"(#2635) You are calling a deprecated version of the Ads API. Please update to "
             f"the latest version: {DEFAULT_API_VERSION}.",
         )
     if status.state == "unknown":
-        raise GraphReply(400, 2500, f"Unknown path components: /{version}")
+        raise GraphReply(400, CODE_UNKNOWN_PATH, f"Unknown path components: /{version}")
 
 
 def check_token(state: EmulatorState, token: str | None, revoked_by_fault: bool) -> None:
     if token is None:
-        raise GraphReply(400, 104, "An access token is required to request this resource.")
+        raise GraphReply(
+            400, CODE_SIGNATURE, "An access token is required to request this resource."
+        )
     record = state.token(token)
     if record is None:
-        raise GraphReply(400, 190, "Invalid OAuth access token - Cannot parse access token")
+        raise GraphReply(
+            400, CODE_ACCESS_TOKEN, "Invalid OAuth access token - Cannot parse access token"
+        )
     if record.revoked or revoked_by_fault:
         raise GraphReply(
             400,
-            190,
+            CODE_ACCESS_TOKEN,
             "Error validating access token: The session has been invalidated or has expired.",
             subcode=463,
         )
@@ -247,7 +267,7 @@ def check_proof(state: EmulatorState, token: str, params: dict[str, Any]) -> Non
     if not check_appsecret_proof(state, token, params):
         raise GraphReply(
             400,
-            100,
+            CODE_INVALID_PARAMETER,
             "Invalid appsecret_proof provided in the API argument",
             type="GraphMethodException",
         )
@@ -257,7 +277,7 @@ def check_pixel(state: EmulatorState, token: str, pixel_id: str) -> None:
     if not state.can_access(token, pixel_id):
         raise GraphReply(
             400,
-            100,
+            CODE_INVALID_PARAMETER,
             f"Unsupported post request. Object with ID '{pixel_id}' does not exist, cannot be "
             "loaded due to missing permissions, or does not support this operation.",
             subcode=33,
@@ -276,7 +296,7 @@ def validate_events(state: EmulatorState, pixel_id: str, events: list[dict[str, 
             if problem.is_error:
                 raise GraphReply(
                     400,
-                    100,
+                    CODE_INVALID_PARAMETER,
                     "Invalid parameter",
                     subcode=state.meta_subcodes.get(problem.code, DEFAULT_INVALID_EVENT_SUBCODE),
                     user_title=problem.code.replace("_", " ").capitalize(),
@@ -291,7 +311,7 @@ def _raise_injected_invalid(
     if fault is not None and state.faults.consume(fault):
         raise GraphReply(
             400,
-            100,
+            CODE_INVALID_PARAMETER,
             fault.message or "Invalid parameter",
             subcode=fault.subcode or DEFAULT_INVALID_EVENT_SUBCODE,
             user_title="Invalid event (injected)",
@@ -429,7 +449,7 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         if len(events) > MAX_EVENTS_PER_REQUEST:
             raise GraphReply(
                 400,
-                100,
+                CODE_INVALID_PARAMETER,
                 "Invalid parameter",
                 user_title="Too many events",
                 user_msg=f"You can send up to {MAX_EVENTS_PER_REQUEST} events in data; "
@@ -536,12 +556,14 @@ def _debug_token_body(
 ) -> dict[str, Any]:
     input_token = params.get("input_token")
     if not isinstance(input_token, str) or not input_token:
-        raise GraphReply(400, 100, "(#100) The parameter input_token is required")
+        raise GraphReply(
+            400, CODE_INVALID_PARAMETER, "(#100) The parameter input_token is required"
+        )
     record = state.token(input_token)
     if record is None:
         return {
             "data": {
-                "error": {"code": 190, "message": "Invalid OAuth access token."},
+                "error": {"code": CODE_ACCESS_TOKEN, "message": "Invalid OAuth access token."},
                 "is_valid": False,
                 "scopes": [],
             }
@@ -567,7 +589,7 @@ def _dataset_quality_body(
 ) -> dict[str, Any]:
     dataset_id = params.get("dataset_id")
     if not isinstance(dataset_id, str) or not dataset_id:
-        raise GraphReply(400, 100, "(#100) The parameter dataset_id is required")
+        raise GraphReply(400, CODE_INVALID_PARAMETER, "(#100) The parameter dataset_id is required")
     check_pixel(state, access_token, dataset_id)
     return dataset_quality_report(state, dataset_id)
 

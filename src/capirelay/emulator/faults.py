@@ -24,7 +24,12 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
-from capirelay.meta_facts import SUBCODE_INVALID_EVENT
+from capirelay.meta_facts import (
+    CODE_APP_RATE_LIMIT,
+    CODE_RATE_LIMIT,
+    CODE_USER_RATE_LIMIT,
+    SUBCODE_INVALID_EVENT,
+)
 
 
 class FaultKind(StrEnum):
@@ -41,7 +46,16 @@ class FaultKind(StrEnum):
 
 # Faults that decide the whole response before the request is looked at.
 RESPONSE_KINDS = frozenset({FaultKind.HTTP_ERROR, FaultKind.THROTTLE, FaultKind.GRAPH_ERROR})
-THROTTLE_CODES = (4, 17, 613, 80000, 80003, 80004, 80014)
+# The throttling codes the emulator can answer (graph.errors classes them all as throttled).
+THROTTLE_CODES = (
+    CODE_APP_RATE_LIMIT,
+    CODE_USER_RATE_LIMIT,
+    CODE_RATE_LIMIT,
+    80000,  # Business Use Case limits (CODES_AD_ACCOUNT_RATE_LIMIT) Meta answers most
+    80003,
+    80004,
+    80014,
+)
 DEFAULT_INVALID_EVENT_SUBCODE = SUBCODE_INVALID_EVENT
 
 

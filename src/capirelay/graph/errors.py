@@ -22,6 +22,25 @@ from typing import Any, Literal
 import orjson
 
 from capirelay.meta_facts import (
+    CODE_ACCESS_TOKEN,
+    CODE_APP_RATE_LIMIT,
+    CODE_CAPABILITY,
+    CODE_DEPRECATED_ENDPOINT,
+    CODE_PAGE_RATE_LIMIT,
+    CODE_PERMISSION,
+    CODE_PERMISSION_RANGE,
+    CODE_POLICY_BLOCK,
+    CODE_RATE_LIMIT,
+    CODE_SERVICE,
+    CODE_SESSION_KEY,
+    CODE_SIGNATURE,
+    CODE_TEMPORARY,
+    CODE_TRANSIENT_5000,
+    CODE_UNKNOWN,
+    CODE_UNKNOWN_PATH,
+    CODE_USER_RATE_LIMIT,
+    CODE_VERSION_DEPRECATED,
+    CODES_AD_ACCOUNT_RATE_LIMIT,
     SUBCODE_EVENT_TIME_WINDOW,
     SUBCODE_EVENT_TOO_OLD,
     SUBCODE_INVALID_EVENT,
@@ -60,19 +79,38 @@ class RetryClass(StrEnum):
     UNKNOWN = "unknown"
 
 
-BUC_THROTTLE_CODES = frozenset(range(80000, 80015))
-THROTTLE_CODES = frozenset({4, 17, 32, 613, *BUC_THROTTLE_CODES})
+BUC_THROTTLE_CODES = frozenset(CODES_AD_ACCOUNT_RATE_LIMIT)
+THROTTLE_CODES = frozenset(
+    {
+        CODE_APP_RATE_LIMIT,
+        CODE_USER_RATE_LIMIT,
+        CODE_PAGE_RATE_LIMIT,
+        CODE_RATE_LIMIT,
+        *BUC_THROTTLE_CODES,
+    }
+)
 # 368 ("temporarily blocked for policy violations") is retryable but only after a
 # long pause; it is TRANSIENT so the event keeps its deadline, and explain() tells
 # the operator to check the account, because a block that persists needs a human.
-TRANSIENT_CODES = frozenset({1, 2, 341, 368, 5000})
+TRANSIENT_CODES = frozenset(
+    {CODE_UNKNOWN, CODE_SERVICE, CODE_TEMPORARY, CODE_POLICY_BLOCK, CODE_TRANSIENT_5000}
+)
 # 3 (capability), 10 and 200-299 (permission) are AUTH rather than CONFIG: the fix is
 # granting the app or system user a permission, i.e. the same token-side action as a
 # 190, and like a 190 they fail every event of the pixel.
-AUTH_CODES = frozenset({3, 10, 102, 104, 190, *range(200, 300)})
+AUTH_CODES = frozenset(
+    {
+        CODE_CAPABILITY,
+        CODE_PERMISSION,
+        CODE_SESSION_KEY,
+        CODE_SIGNATURE,
+        CODE_ACCESS_TOKEN,
+        *CODE_PERMISSION_RANGE,
+    }
+)
 # 2635: deprecated version; 2500: unknown path component (nonsense version or path);
 # 12: endpoint deprecated for this version.
-CONFIG_CODES = frozenset({12, 2500, 2635})
+CONFIG_CODES = frozenset({CODE_DEPRECATED_ENDPOINT, CODE_UNKNOWN_PATH, CODE_VERSION_DEPRECATED})
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ __all__ = [
     "delivered_receipt",
     "identity_of",
     "order_key",
+    "receipt_from_row",
     "short_key",
 ]
 
@@ -433,4 +434,52 @@ def dead_letter_from_row(
         reason=reason,
         attempt=attempt,
         now=now,
+    )
+
+
+def receipt_from_row(row: Sequence[Any]) -> Receipt:
+    """A ``Receipt`` from a receipts-table row (both backends select the same columns)."""
+    (
+        id_,
+        pixel_id,
+        event_name,
+        event_id,
+        outcome,
+        source,
+        recorded_at,
+        received_at,
+        first_at,
+        last_at,
+        attempts,
+        fbtrace_id,
+        events_received,
+        tec,
+        reason,
+        problems,
+        attempt_log,
+        order,
+        identity,
+        count,
+    ) = row
+    return Receipt(
+        id=id_,
+        pixel_id=pixel_id,
+        event_name=event_name,
+        event_id=event_id,
+        outcome=outcome,
+        source=source,
+        recorded_at=recorded_at,
+        received_at=received_at,
+        first_attempt_at=first_at,
+        last_attempt_at=last_at,
+        attempts=attempts,
+        fbtrace_id=fbtrace_id,
+        events_received=events_received,
+        test_event_code=tec,
+        reason=reason,
+        problems=decode_list(problems),
+        attempt_log=decode_list(attempt_log),
+        order_key=order,
+        identity=identity,
+        count=count,
     )

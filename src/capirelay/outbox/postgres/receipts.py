@@ -31,6 +31,7 @@ from capirelay.outbox.receipts import (
     delivered_from_row,
     json_or_none,
     order_key,
+    receipt_from_row,
     short_key,
 )
 
@@ -251,53 +252,6 @@ async def insert_dead_letter_receipts(
     await write_receipts(conn, receipts)
 
 
-def _receipt_from_row(row: Sequence[Any]) -> Receipt:
-    (
-        id_,
-        pixel_id,
-        event_name,
-        event_id,
-        outcome,
-        source,
-        recorded_at,
-        received_at,
-        first_at,
-        last_at,
-        attempts,
-        fbtrace_id,
-        events_received,
-        tec,
-        reason,
-        problems,
-        attempt_log,
-        order,
-        identity,
-        count,
-    ) = row
-    return Receipt(
-        id=id_,
-        pixel_id=pixel_id,
-        event_name=event_name,
-        event_id=event_id,
-        outcome=outcome,
-        source=source,
-        recorded_at=recorded_at,
-        received_at=received_at,
-        first_attempt_at=first_at,
-        last_attempt_at=last_at,
-        attempts=attempts,
-        fbtrace_id=fbtrace_id,
-        events_received=events_received,
-        test_event_code=tec,
-        reason=reason,
-        problems=decode_list(problems),
-        attempt_log=decode_list(attempt_log),
-        order_key=order,
-        identity=identity,
-        count=count,
-    )
-
-
 class PostgresReceipts:
     """Receipt methods of the PostgreSQL outbox (see the module docstring)."""
 
@@ -337,7 +291,7 @@ class PostgresReceipts:
 
         async def work(conn: AsyncConnection[Any]) -> TraceRecord:
             cur = await conn.execute(_RECEIPTS_OF, params)
-            receipts = [_receipt_from_row(row) for row in await cur.fetchall()]
+            receipts = [receipt_from_row(row) for row in await cur.fetchall()]
             cur = await conn.execute(_QUEUED_OF, params)
             pending = [
                 TracedEvent(

@@ -29,6 +29,7 @@ from capirelay.outbox.receipts import (
     delivered_from_row,
     json_or_none,
     order_key,
+    receipt_from_row,
     short_key,
 )
 from capirelay.outbox.sqlite._statements import QUERIES
@@ -59,53 +60,6 @@ def receipt_params(r: Receipt) -> tuple[Any, ...]:
         r.order_key,
         r.identity,
         r.count,
-    )
-
-
-def receipt_from_row(row: Sequence[Any]) -> Receipt:
-    (
-        id_,
-        pixel_id,
-        event_name,
-        event_id,
-        outcome,
-        source,
-        recorded_at,
-        received_at,
-        first_at,
-        last_at,
-        attempts,
-        fbtrace_id,
-        events_received,
-        tec,
-        reason,
-        problems,
-        attempt_log,
-        order,
-        identity,
-        count,
-    ) = row
-    return Receipt(
-        id=id_,
-        pixel_id=pixel_id,
-        event_name=event_name,
-        event_id=event_id,
-        outcome=outcome,
-        source=source,
-        recorded_at=recorded_at,
-        received_at=received_at,
-        first_attempt_at=first_at,
-        last_attempt_at=last_at,
-        attempts=attempts,
-        fbtrace_id=fbtrace_id,
-        events_received=events_received,
-        test_event_code=tec,
-        reason=reason,
-        problems=decode_list(problems),
-        attempt_log=decode_list(attempt_log),
-        order_key=order,
-        identity=identity,
-        count=count,
     )
 
 
