@@ -33,7 +33,9 @@ def _config(tmp_path: Path, name: str = "capirelay.toml", extra: str = "") -> Pa
     return path
 
 
-@pytest.mark.parametrize("command", [["dlq", "list"], ["dlq", "show", "1"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "command", [["dlq", "list"], ["dlq", "show", "1"], ["trace", "order-1"]], ids=" ".join
+)
 def test_reading_a_missing_sqlite_queue_creates_nothing(tmp_path: Path, command: list[str]) -> None:
     config = _config(tmp_path)
     result = runner.invoke(app, [*command, "--config", str(config)])

@@ -73,8 +73,11 @@ USER_COLUMNS: Final = {
     "zip_code": "zip_code",
     "country": "country",
     "external_id": "external_id",
+    # Website rows need these (Meta requires them for action_source=website).
+    "client_ip_address": "client_ip_address",
+    "client_user_agent": "client_user_agent",
 }
-EVENT_COLUMNS: Final = ("event_name", "event_time", "event_id", "action_source")
+EVENT_COLUMNS: Final = ("event_name", "event_time", "event_id", "action_source", "event_source_url")
 CUSTOM_COLUMNS: Final = ("value", "currency", "order_id")
 DEFAULT_COLUMNS: Final = (*EVENT_COLUMNS, *USER_COLUMNS, *CUSTOM_COLUMNS)
 _NESTED: Final = ("user_data", "custom_data")

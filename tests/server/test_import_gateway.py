@@ -173,6 +173,32 @@ def test_a_dry_run_predicts_quality_and_writes_nothing(
     assert traced.exit_code == 1
 
 
+def test_website_rows_carry_their_page_and_browser_in_default_columns(
+    config_file: Path, tmp_path: Path, uid: str
+) -> None:
+    """Meta requires event_source_url and client_user_agent for website events: the
+    default columns take them (and the IP), so no mapping file is needed."""
+    row = {
+        **store_sale(uid, 0),
+        "action_source": "website",
+        "event_source_url": "https://shop.example/thank-you",
+        "client_user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+        "client_ip_address": "203.0.113.9",
+    }
+    data = tmp_path / "web.csv"
+    with data.open("w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=list(row))
+        out.writeheader()
+        out.writerow(row)
+
+    code, output = run_import(
+        str(data), "--pixel", PIXEL_ID, "--config", str(config_file), "--dry-run"
+    )
+
+    assert code == 0, output
+    assert output.strip().splitlines()[-1] == "1 would be queued, 0 rejected (dry run)"
+
+
 def test_a_mapping_file_reads_any_layout_from_json_lines(
     emulator: RunningEmulator, config_file: Path, tmp_path: Path, uid: str
 ) -> None:

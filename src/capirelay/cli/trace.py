@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from capirelay.cli.storage import ConfigOpt, StorageOpt, storage_url
+from capirelay.cli.storage import ConfigOpt, StorageOpt, existing_storage_url
 from capirelay.ops.trace import iso, status_of, story, trace_json
 from capirelay.outbox.receipts import TraceRecord
 
@@ -54,7 +54,7 @@ def trace_command(
     storage: StorageOpt = None,
 ) -> None:
     """Show an event's whole story: queued, attempts, delivered or dead-lettered."""
-    url = storage_url(config, storage)
+    url = existing_storage_url(config, storage)  # reading: never creates a database
     try:
         records = asyncio.run(_load(url, event_id, pixel, order))
     except ValueError as exc:
