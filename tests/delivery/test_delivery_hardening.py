@@ -132,6 +132,7 @@ async def test_expired_events_do_not_delay_breaker_recovery(
         return status.breaker is BreakerState.OPEN and status.in_flight == 0
 
     await wait_for_async(settled_open)
+    refused = engine.pixel_status(PIXEL).failed_requests  # the first batch, all 43 events
 
     # The 40 events pass their deadline while the token is bad, and one probe interval
     # passes: the four probe batches of expired events must not cost four intervals.
@@ -141,6 +142,12 @@ async def test_expired_events_do_not_delay_breaker_recovery(
         return (await outbox.stats(now=clock.time())).dlq_size == 40
 
     await wait_for_async(all_expired, timeout=10)
+    # Right after them the live events go out as the probe, still with the revoked
+    # token: wait until that refusal is settled, so it cannot land after the restore
+    # (and re-open the breaker for an interval the manual clock would never reach).
+    await wait_for_async(
+        lambda: engine.pixel_status(PIXEL).failed_requests > refused and settled_open()
+    )
     await change_token(emulator, "restore", TOKEN)
     clock.advance(0.6)  # at most one more probe interval
     await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.CLOSED)
