@@ -47,6 +47,7 @@ __all__ = [
     "order_key",
     "receipt_from_row",
     "short_key",
+    "trace_from_rows",
 ]
 
 # Hex digits of SHA-256 kept per lookup key (64 bits).
@@ -483,3 +484,37 @@ def receipt_from_row(row: Sequence[Any]) -> Receipt:
         identity=identity,
         count=count,
     )
+
+
+def trace_from_rows(
+    event_id: str,
+    pixel_id: str | None,
+    receipt_rows: Iterable[Sequence[Any]],
+    queued_rows: Iterable[Sequence[Any]],
+    letter_rows: Iterable[Sequence[Any]],
+) -> TraceRecord:
+    """One event's :class:`TraceRecord` from the rows both backends select: its receipts,
+    its queue rows (``pixel_id, event_name, event_id, source, queued_at, attempts,
+    attempt_log, test_event_code, state, available_at``; state 1 is waiting) and its dead
+    letters (``pixel_id, event_name, event_id, source, queued_at, attempt_log,
+    test_event_code, reason, dead_at``), narrowed to ``pixel_id`` when given."""
+    receipts = [receipt_from_row(row) for row in receipt_rows]
+    pending = [
+        TracedEvent(
+            "queue", p, n, e, src, qa, att, decode_list(log), tec,
+            next_attempt_at=available_at if state == 1 else None,
+        )
+        for p, n, e, src, qa, att, log, tec, state, available_at in queued_rows
+    ]  # fmt: skip
+    for p, n, e, src, qa, log, tec, reason, dead_at in letter_rows:
+        attempts = decode_list(log)
+        pending.append(
+            TracedEvent(
+                "dead_letters", p, n, e, src, qa, len(attempts), attempts, tec,
+                reason=reason, dead_at=dead_at,
+            )
+        )  # fmt: skip
+    if pixel_id is not None:
+        receipts = [r for r in receipts if r.pixel_id == pixel_id]
+        pending = [t for t in pending if t.pixel_id == pixel_id]
+    return TraceRecord(event_id, receipts, pending)

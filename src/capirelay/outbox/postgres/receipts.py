@@ -23,16 +23,14 @@ from capirelay.outbox.receipts import (
     MetaAnswer,
     Outcome,
     Receipt,
-    TracedEvent,
     TraceRecord,
     carries,
     dead_letter_from_row,
-    decode_list,
     delivered_from_row,
     json_or_none,
     order_key,
-    receipt_from_row,
     short_key,
+    trace_from_rows,
 )
 
 T = TypeVar("T")
@@ -290,46 +288,10 @@ class PostgresReceipts:
         params = {"event_id": event_id}
 
         async def work(conn: AsyncConnection[Any]) -> TraceRecord:
-            cur = await conn.execute(_RECEIPTS_OF, params)
-            receipts = [receipt_from_row(row) for row in await cur.fetchall()]
-            cur = await conn.execute(_QUEUED_OF, params)
-            pending = [
-                TracedEvent(
-                    "queue",
-                    p,
-                    n,
-                    e,
-                    src,
-                    qa,
-                    att,
-                    decode_list(log),
-                    tec,
-                    next_attempt_at=available_at if state == 1 else None,
-                )
-                for p, n, e, src, qa, att, log, tec, state, available_at in await cur.fetchall()
-            ]
-            cur = await conn.execute(_LETTERS_OF, params)
-            for p, n, e, src, qa, log, tec, reason, dead_at in await cur.fetchall():
-                attempts = decode_list(log)
-                pending.append(
-                    TracedEvent(
-                        "dead_letters",
-                        p,
-                        n,
-                        e,
-                        src,
-                        qa,
-                        len(attempts),
-                        attempts,
-                        tec,
-                        reason=reason,
-                        dead_at=dead_at,
-                    )
-                )
-            if pixel_id is not None:
-                receipts = [r for r in receipts if r.pixel_id == pixel_id]
-                pending = [t for t in pending if t.pixel_id == pixel_id]
-            return TraceRecord(event_id, receipts, pending)
+            receipt_rows = await (await conn.execute(_RECEIPTS_OF, params)).fetchall()
+            queued_rows = await (await conn.execute(_QUEUED_OF, params)).fetchall()
+            letter_rows = await (await conn.execute(_LETTERS_OF, params)).fetchall()
+            return trace_from_rows(event_id, pixel_id, receipt_rows, queued_rows, letter_rows)
 
         result: TraceRecord = await self._in_transaction(work)
         return result

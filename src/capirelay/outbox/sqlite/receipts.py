@@ -21,16 +21,14 @@ from capirelay.outbox.receipts import (
     MetaAnswer,
     Outcome,
     Receipt,
-    TracedEvent,
     TraceRecord,
     carries,
     dead_letter_from_row,
-    decode_list,
     delivered_from_row,
     json_or_none,
     order_key,
-    receipt_from_row,
     short_key,
+    trace_from_rows,
 )
 from capirelay.outbox.sqlite._statements import QUERIES
 
@@ -139,49 +137,13 @@ class SQLiteReceipts:
 
     async def trace(self, event_id: str, *, pixel_id: str | None = None) -> TraceRecord:
         def run(conn: sqlite3.Connection) -> TraceRecord:
-            receipts = [
-                receipt_from_row(r) for r in conn.execute(QUERIES["receipts_of"], (event_id,))
-            ]
-            pending = [
-                TracedEvent(
-                    "queue",
-                    p,
-                    n,
-                    e,
-                    src,
-                    qa,
-                    att,
-                    decode_list(log),
-                    tec,
-                    next_attempt_at=available_at if state == 1 else None,
-                )
-                for p, n, e, src, qa, att, log, tec, state, available_at in conn.execute(
-                    QUERIES["queued_of"], (event_id,)
-                )
-            ]
-            for p, n, e, src, qa, log, tec, reason, dead_at in conn.execute(
-                QUERIES["letters_of"], (event_id,)
-            ):
-                attempts = decode_list(log)
-                pending.append(
-                    TracedEvent(
-                        "dead_letters",
-                        p,
-                        n,
-                        e,
-                        src,
-                        qa,
-                        len(attempts),
-                        attempts,
-                        tec,
-                        reason=reason,
-                        dead_at=dead_at,
-                    )
-                )
-            if pixel_id is not None:
-                receipts = [r for r in receipts if r.pixel_id == pixel_id]
-                pending = [t for t in pending if t.pixel_id == pixel_id]
-            return TraceRecord(event_id, receipts, pending)
+            return trace_from_rows(
+                event_id,
+                pixel_id,
+                conn.execute(QUERIES["receipts_of"], (event_id,)),
+                conn.execute(QUERIES["queued_of"], (event_id,)),
+                conn.execute(QUERIES["letters_of"], (event_id,)),
+            )
 
         result: TraceRecord = await self._read(run)
         return result
