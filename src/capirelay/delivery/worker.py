@@ -229,8 +229,7 @@ class PixelWorker:
             await self._sleep(pause)
             return False
         await self._wait_in_flight_below(self.aimd.limit)
-        # The batch that freed the slot may have paused the pixel (throttle) or opened the
-        # breaker: decide again rather than lease past that pause or outside a probe.
+        # The batch that freed the slot may have paused the pixel or opened the breaker.
         if self._paused_until > self._clock.monotonic() or self.breaker.sending_blocked:
             return False
         return not self._stopping
@@ -301,8 +300,9 @@ class PixelWorker:
         """True when woken by :meth:`notify` (or stop) before ``seconds`` passed."""
         if self._stopping:
             return True
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout=max(seconds, 0.0))
+        try:  # asyncio.timeout: 3.11's wait_for can swallow a stop's cancel (gh-86296)
+            async with asyncio.timeout(max(seconds, 0.0)):
+                await self._wake.wait()
         except TimeoutError:
             return False
         finally:

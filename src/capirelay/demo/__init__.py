@@ -422,7 +422,8 @@ async def _run(
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+        async with asyncio.timeout(seconds):  # cancellation-safe, unlike 3.11's wait_for
+            await stop.wait()
 
 
 async def _log_lines(console: Console, recorder: OutcomeRecorder, stop: asyncio.Event) -> None:

@@ -510,7 +510,10 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         reconnecting) this just waits out ``timeout``: polling covers the gap.
         """
         try:
-            await asyncio.wait_for(self._work.wait(), timeout=max(timeout, 0.0))
+            # Not wait_for: on Python 3.11 it can swallow the cancellation of a stopping
+            # engine when a NOTIFY sets the event at the same moment (gh-86296).
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await self._work.wait()
         except TimeoutError:
             return set()
         self._work.clear()
