@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from capirelay.meta_facts import STANDARD_EVENTS
 from capirelay.problems import Problem, error
 
 __all__ = [
@@ -62,30 +63,6 @@ MAX_URL = 4096
 MAX_EVENT_BYTES = 64 * 1024
 MAX_CONTENTS = 1000
 MAX_ABS_VALUE = 1e12
-
-# Meta's standard events (Pixel reference); any other name is a custom event.
-STANDARD_EVENTS = frozenset(
-    {
-        "AddPaymentInfo",
-        "AddToCart",
-        "AddToWishlist",
-        "CompleteRegistration",
-        "Contact",
-        "CustomizeProduct",
-        "Donate",
-        "FindLocation",
-        "InitiateCheckout",
-        "Lead",
-        "PageView",
-        "Purchase",
-        "Schedule",
-        "Search",
-        "StartTrial",
-        "SubmitApplication",
-        "Subscribe",
-        "ViewContent",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ __all__ = [
     "MAX_EVENT_AGE_SECONDS",
     "MULTI_VALUE_HASHED_KEYS",
     "SINGLE_VALUE_HASHED_KEYS",
+    "STANDARD_EVENTS",
     "SUBCODE_EVENT_TIME_WINDOW",
     "SUBCODE_EVENT_TOO_OLD",
     "SUBCODE_INVALID_EVENT",
@@ -63,6 +64,30 @@ __all__ = [
 # that builds or accepts a batch checks it: events.encode_request, the Graph
 # client, validate_batch, POST /v1/events and the emulator.
 MAX_EVENTS_PER_REQUEST: Final = 1000
+
+# Meta's standard events (Pixel reference); any other name is a custom event.
+STANDARD_EVENTS: Final = frozenset(
+    {
+        "AddPaymentInfo",
+        "AddToCart",
+        "AddToWishlist",
+        "CompleteRegistration",
+        "Contact",
+        "CustomizeProduct",
+        "Donate",
+        "FindLocation",
+        "InitiateCheckout",
+        "Lead",
+        "PageView",
+        "Purchase",
+        "Schedule",
+        "Search",
+        "StartTrial",
+        "SubmitApplication",
+        "Subscribe",
+        "ViewContent",
+    }
+)
 
 # --- Windows -----------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from capirelay.meta_facts import STANDARD_EVENTS
+
 if TYPE_CHECKING:
     from capirelay.outbox.base import LeasedEvent
 
@@ -33,28 +35,7 @@ DeliveryListener = Callable[[str, "Sequence[LeasedEvent]", "str | None", "str | 
 AcknowledgedListener = Callable[[str, "Sequence[LeasedEvent]", int], None]
 
 # Meta's standard events always get their own ``event_name`` label value.
-STANDARD_EVENT_NAMES = frozenset(
-    {
-        "AddPaymentInfo",
-        "AddToCart",
-        "AddToWishlist",
-        "CompleteRegistration",
-        "Contact",
-        "CustomizeProduct",
-        "Donate",
-        "FindLocation",
-        "InitiateCheckout",
-        "Lead",
-        "PageView",
-        "Purchase",
-        "Schedule",
-        "Search",
-        "StartTrial",
-        "SubmitApplication",
-        "Subscribe",
-        "ViewContent",
-    }
-)
+STANDARD_EVENT_NAMES = STANDARD_EVENTS
 # event_name comes from unauthenticated beacons: every new value would be a new series
 # (memory, scrape size), so custom names get their own label only up to a bound.
 MAX_CUSTOM_EVENT_LABELS = 50
