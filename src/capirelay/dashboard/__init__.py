@@ -50,6 +50,7 @@ from capirelay.dashboard.search import search_page
 from capirelay.dashboard.stats import SAMPLE_INTERVAL_SECONDS, ActivityRecorder, DeliveryLog
 from capirelay.dashboard.views import PREFIX, Views
 from capirelay.metrics import Metrics
+from capirelay.tasks import cancel_and_wait
 
 __all__ = ["Dashboard", "create_dashboard", "dashboard_enabled"]
 
@@ -127,9 +128,7 @@ class Dashboard:
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _sample_forever(self) -> None:
         while True:

@@ -27,6 +27,7 @@ from capirelay.graph import GraphClient
 from capirelay.metrics import Metrics
 from capirelay.outbox import Outbox, StorageUnavailable
 from capirelay.retry import RetryPolicy
+from capirelay.tasks import cancel_and_wait
 
 __all__ = ["DeliveryEngine"]
 
@@ -102,16 +103,8 @@ class DeliveryEngine:
         if not self._running:
             return
         self._running = False
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-            self._supervisor = None
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await cancel_and_wait(self._supervisor, self._listener)
+        self._supervisor = self._listener = None
         workers = list(self._workers.values())
         await asyncio.gather(*(w.stop(timeout) for w in workers))
         self._workers.clear()

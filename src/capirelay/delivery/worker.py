@@ -56,6 +56,7 @@ from capirelay.outbox import (
 )
 from capirelay.outbox.receipts import MetaAnswer
 from capirelay.retry import RetryPolicy
+from capirelay.tasks import cancel_and_wait
 
 log = logging.getLogger("capirelay.delivery")
 
@@ -164,10 +165,7 @@ class PixelWorker:
                 await self._task
         if self._in_flight:
             _, pending = await asyncio.wait(self._in_flight, timeout=max(timeout, 0.0))
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            await cancel_and_wait(*pending)
 
     def status(self) -> PixelStatus:
         now = self._clock.monotonic()

@@ -28,7 +28,6 @@ are lost, which can only make the undercount alert quieter, never louder.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -58,6 +57,7 @@ from capirelay.ops.meta_advice import (
 from capirelay.ops.meta_store import CheckChange, CheckResult, DeliveredHour, MetaStore
 from capirelay.ops.reconcile import HOUR, Reconciliation, reconcile
 from capirelay.outbox.base import LeasedEvent
+from capirelay.tasks import cancel_and_wait
 
 __all__ = ["LEASE_NAME", "DeliveredRecorder", "DiagnosticsRunner", "PixelRun"]
 
@@ -183,10 +183,7 @@ class DiagnosticsRunner:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         if self.recorder in self._metrics.acknowledged_listeners:
             self._metrics.acknowledged_listeners.remove(self.recorder)
         try:

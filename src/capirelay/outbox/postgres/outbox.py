@@ -37,7 +37,6 @@ Why this shape (``docs/postgres.md`` has the long version):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -78,6 +77,7 @@ from capirelay.outbox.base import (
 from capirelay.outbox.postgres._operator import PostgresOperatorRecords
 from capirelay.outbox.postgres.migrate import migrate
 from capirelay.outbox.postgres.receipts import PostgresReceipts, insert_dead_letter_receipts
+from capirelay.tasks import cancel_and_wait
 
 __all__ = ["CHANNEL", "QUERIES", "PostgresOutbox", "load_queries", "postgres_conninfo"]
 
@@ -217,10 +217,7 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
     async def close(self) -> None:
         pool, listener = self._pool, self._listener
         self._pool = self._listener = None
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        await cancel_and_wait(listener)
         if pool is not None:
             await pool.close()
 
