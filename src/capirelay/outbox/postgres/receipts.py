@@ -1,4 +1,4 @@
-"""Receipts, traces and erasure on the PostgreSQL outbox (migration 0004).
+"""Receipts, traces and erasure on the PostgreSQL outbox (migration 0007).
 
 Mixed into :class:`~capirelay.outbox.postgres.PostgresOutbox`.  The ack of a delivered
 batch deletes its rows (RETURNING what the receipts need) and inserts their receipts in
