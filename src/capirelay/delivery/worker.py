@@ -220,9 +220,10 @@ class PixelWorker:
             return False
         await self._wait_in_flight_below(self.aimd.limit)
         # The batch that freed the slot may have paused the pixel or opened the breaker.
-        if self._paused_until > self._clock.monotonic() or self.breaker.sending_blocked:
-            return False
-        return not self._stopping
+        return not (self._held_back() or self._stopping)
+
+    def _held_back(self) -> bool:
+        return self._paused_until > self._clock.monotonic() or self.breaker.sending_blocked
 
     async def _wait_for_probe(self) -> bool:
         now = self._clock.monotonic()
@@ -245,6 +246,10 @@ class PixelWorker:
         if not events:
             await self._idle()
             return
+        if not probing and self._held_back():
+            # A batch refused while this lease was on its way paused the pixel (or opened its
+            # breaker) and released its events: give them back, the pause decides when.
+            return await self._release(events)
         self._lease.leased(events, now + self._delivery.lease_seconds)
         live = await self._expire_overdue(events)
         # A probe needs a live event: a batch that was all past its deadline proved nothing
