@@ -365,3 +365,31 @@ def test_dlq_check(size: int, recent: int, status: Status) -> None:
 def test_exit_code(statuses: list[Status], strict: bool, code: int) -> None:
     report = DoctorReport([Check(f"c{i}", s, "seen") for i, s in enumerate(statuses)])
     assert report.exit_code(strict=strict) == code
+
+
+def test_a_missing_token_fix_names_the_setting_and_how_to_set_it(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    code, report = doctor(write_config(tmp_path, emulator.url))
+    assert code == 1
+    token = by_name(report)[f"token {PIXEL}"]
+    assert token["status"] == "fail"
+    assert token["fix"] == (
+        f"pixels.{PIXEL}.access_token reads the environment variable {TOKEN_ENV}, which is "
+        f"unset or empty: export {TOKEN_ENV}=<token> for the gateway's process"
+    )
+    # No access_token at all: the exact setting, its file and environment forms.
+    bare = tmp_path / "bare.toml"
+    bare.write_text(
+        f'storage = "sqlite:///{tmp_path / "capirelay.db"}"\ngraph_url = "{emulator.url}"\n'
+        f'[pixels.{PIXEL}]\ntest_event_code = "TEST1"\n',
+        encoding="utf-8",
+    )
+    code, report = doctor(bare)
+    fix = by_name(report)[f"token {PIXEL}"]["fix"]
+    assert code == 1
+    assert f"set pixels.{PIXEL}.access_token" in fix
+    assert 'access_token = { env = "CAPIRELAY_TOKEN" }' in fix
+    assert 'access_token = { file = "/run/secrets/capi_token" }' in fix
+    assert f"CAPIRELAY_PIXELS__{PIXEL}__ACCESS_TOKEN=<token>" in fix

@@ -21,6 +21,16 @@ class UniformSource(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class FixedDraw:
+    """One jitter draw shared by a whole batch, so its events stay together when rescheduled."""
+
+    value: float
+
+    def random(self) -> float:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Exponential backoff with jitter, capped by ``max_delay`` and by the event's deadline.
 

@@ -14,8 +14,9 @@ import orjson
 import pytest
 
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, Outbox, SQLiteOutbox
-from capirelay.outbox.base import DLQGroup, QueueGroup, ScanViews, views_of
+from capirelay.outbox.base import DLQGroup, QueueGroup
 from capirelay.outbox.memory import InMemoryOutbox
+from capirelay.outbox.views import ScanViews, views_of
 
 NOW = 1_790_000_000.0
 WEEK = 7 * 86400

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -223,7 +222,8 @@ async def test_missing_token_keeps_events_queued_until_configured(
     await queue_events(outbox, [new_event(wire_event(i)) for i in ids("unc", 4)])
     engine.notify(PIXEL)
     await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.UNCONFIGURED)
-    assert not await engine.drain(timeout=0.2)
+    # No token can be read, so no request can leave: the events stay queued.
+    assert (await outbox.stats(now=time.time())).depth == 4
     assert emulator.state.stats()["requests"] == 0
     token_env.setenv(TOKEN_ENV, TOKEN)
     assert await engine.drain(timeout=10)
@@ -355,14 +355,17 @@ async def test_gauges_reflect_the_queue(
 async def test_linger_gathers_a_burst_into_one_request(
     start_engine: EngineFactory, outbox: SQLiteOutbox, emulator: RunningEmulator
 ) -> None:
-    # A long poll: a poll timeout landing inside the burst would lease the first event
-    # alone, without lingering (only a notification lingers).
-    engine = await start_engine(linger_ms=300, poll_seconds=2.0)
-    await asyncio.sleep(0.1)  # the worker is idle, waiting for work
+    # The linger runs on the injected clock, so it lasts until the test moves the clock;
+    # a poll that never times out leaves the notifications as the only way out of the idle
+    # wait (a poll timeout would lease the first event alone, without lingering).
+    clock = ManualClock()
+    engine = await start_engine(linger_ms=300, poll_seconds=3600.0, clock=clock)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).waiting == "work")
     for burst in range(3):
-        await queue_events(outbox, [new_event(wire_event(f"burst-{burst}"))])
+        await queue_events(outbox, [new_event(wire_event(f"burst-{burst}"))], now=clock.time())
         engine.notify(PIXEL)
-        await asyncio.sleep(0.02)
+        await wait_for_async(lambda: engine.pixel_status(PIXEL).waiting == "linger")
+    clock.advance(0.3)
     assert await engine.drain(timeout=5)
     assert len(await delivered_ids(emulator)) == 3
     assert emulator.state.stats()["requests"] == 1

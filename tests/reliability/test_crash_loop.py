@@ -140,7 +140,12 @@ def test_crash_loop_loses_nothing_acknowledged(
             gateway.start()
         with ledger.lock:
             ledger.cycle = CYCLES
-        time.sleep(1.0)
+
+        def acked_after_the_last_restart() -> bool:
+            with ledger.lock:
+                return CYCLES in ledger.acked_in_cycle.values()
+
+        wait_for(acked_after_the_last_restart, timeout=60)
         stop.set()
         for thread in threads:
             thread.join(RETRY_FOR_SECONDS + 10)

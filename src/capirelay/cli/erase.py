@@ -92,7 +92,11 @@ def erase_command(
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     audit = sorted((key, digest) for key, digests in hashes.items() for digest in digests)
-    result = asyncio.run(_erase(storage or settings.storage, hashes, pixel, audit))
+    try:
+        result = asyncio.run(_erase(storage or settings.storage, hashes, pixel, audit))
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
     where = f"pixel {pixel}" if pixel else "every pixel"
     console.print(
         f"erased from {where}: {result.queued} queued events, {result.dead_letters} dead "
@@ -106,9 +110,14 @@ def erase_command(
 async def _erase(
     url: str, hashes: dict[str, set[str]], pixel: str | None, audit: list[tuple[str, str]]
 ) -> ErasureResult:
-    from capirelay.outbox import open_outbox
+    from capirelay.outbox import ErasureStore, open_outbox
 
     outbox = open_outbox(url)
+    if not isinstance(outbox, ErasureStore):
+        raise ValueError(
+            f"storage {url!r} cannot erase identifiers: point --storage (or storage in "
+            "capirelay.toml) at the SQLite or PostgreSQL outbox the gateway writes"
+        )
     await outbox.open()
     try:
         return await outbox.erase(hashes, pixel_id=pixel, now=time.time(), audit=audit)

@@ -26,6 +26,13 @@ __all__ = ["trace_command"]
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+# Piped or redirected output has no width to fit: a table as wide as its longest values,
+# so a grep or a file gets every fbtrace_id and error message whole.
+PIPE_WIDTH = 100_000
+
+
+def _out() -> Console:
+    return console if console.is_terminal else Console(soft_wrap=True, width=PIPE_WIDTH)
 
 
 async def _load(url: str, key: str, pixel: str | None, by_order: bool) -> list[TraceRecord]:
@@ -86,7 +93,8 @@ def trace_command(
 def _print(record: TraceRecord) -> None:
     status = status_of(record)
     colour = {"delivered": "green", "queued": "yellow"}.get(status, "red")
-    console.print(f"[bold]{record.event_id}[/bold]: [{colour}]{status}[/{colour}]")
+    out = _out()
+    out.print(f"[bold]{record.event_id}[/bold]: [{colour}]{status}[/{colour}]")
     table = Table(show_header=True, header_style="bold")
     for column in ("when (UTC)", "pixel", "event", "step", "detail", "fbtrace_id"):
         table.add_column(column)
@@ -99,4 +107,4 @@ def _print(record: TraceRecord) -> None:
             step.detail,
             step.fbtrace_id or "",
         )
-    console.print(table)
+    out.print(table)

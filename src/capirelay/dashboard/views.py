@@ -54,7 +54,7 @@ from capirelay.metrics import Metrics
 from capirelay.ops.health import version_health
 from capirelay.ops.quality import GOOD_SCORE, MATCH_KEYS, predict_match_quality
 from capirelay.outbox import Outbox
-from capirelay.outbox.base import views_of
+from capirelay.outbox.views import views_of
 
 __all__ = ["Views"]
 

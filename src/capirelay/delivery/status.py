@@ -137,6 +137,9 @@ class PixelStatus:
     dead_lettered: int = 0
     bisect_requests: int = 0
     throttles: int = 0
+    # What the worker waits for: "work" (nothing due; a notification or the poll ends it),
+    # "linger" (a notification came; a burst gathers for ``linger_ms``), "" otherwise.
+    waiting: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

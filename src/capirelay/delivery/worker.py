@@ -55,23 +55,13 @@ from capirelay.outbox import (
     StorageUnavailable,
 )
 from capirelay.outbox.receipts import MetaAnswer
-from capirelay.retry import RetryPolicy
+from capirelay.retry import FixedDraw, RetryPolicy
 from capirelay.tasks import cancel_and_wait
 
 log = logging.getLogger("capirelay.delivery")
 
 PROBE_BATCH: Final = 10
 ClientFactory = Callable[[PixelSettings | None], GraphClient]
-
-
-@dataclass(frozen=True, slots=True)
-class _FixedDraw:
-    """One jitter draw shared by a whole batch, so its events stay together when rescheduled."""
-
-    value: float
-
-    def random(self) -> float:
-        return self.value
 
 
 @dataclass(slots=True)
@@ -119,6 +109,7 @@ class PixelWorker:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._waiting = ""  # PixelStatus.waiting
         self._lease = LeaseBudget(
             outbox,
             clock,
@@ -186,6 +177,7 @@ class PixelWorker:
             dead_lettered=counts["dead_lettered"],
             bisect_requests=counts["bisect_requests"],
             throttles=counts["throttles"],
+            waiting=self._waiting,
         )
 
     # ------------------------------------------------------------ main loop
@@ -228,9 +220,10 @@ class PixelWorker:
             return False
         await self._wait_in_flight_below(self.aimd.limit)
         # The batch that freed the slot may have paused the pixel or opened the breaker.
-        if self._paused_until > self._clock.monotonic() or self.breaker.sending_blocked:
-            return False
-        return not self._stopping
+        return not (self._held_back() or self._stopping)
+
+    def _held_back(self) -> bool:
+        return self._paused_until > self._clock.monotonic() or self.breaker.sending_blocked
 
     async def _wait_for_probe(self) -> bool:
         now = self._clock.monotonic()
@@ -253,6 +246,10 @@ class PixelWorker:
         if not events:
             await self._idle()
             return
+        if not probing and self._held_back():
+            # A batch refused while this lease was on its way paused the pixel (or opened its
+            # breaker) and released its events: give them back, the pause decides when.
+            return await self._release(events)
         self._lease.leased(events, now + self._delivery.lease_seconds)
         live = await self._expire_overdue(events)
         # A probe needs a live event: a batch that was all past its deadline proved nothing
@@ -289,10 +286,15 @@ class PixelWorker:
         timeout = self._delivery.poll_seconds
         if next_due is not None:
             timeout = min(timeout, max(0.0, next_due - self._clock.time()))
-        woken = await self._sleep_or_wake(timeout)
-        if woken and self._delivery.linger_ms and not self._stopping:
-            # Let a burst of notifications fill the batch before leasing.
-            await asyncio.sleep(self._delivery.linger_ms / 1000)
+        self._waiting = "work"
+        try:
+            woken = await self._sleep_or_wake(timeout)
+            if woken and self._delivery.linger_ms and not self._stopping:
+                # Let a burst of notifications fill the batch before leasing (on the clock).
+                self._waiting = "linger"
+                await self._sleep(self._delivery.linger_ms / 1000)
+        finally:
+            self._waiting = ""
 
     async def _sleep_or_wake(self, seconds: float) -> bool:
         """True when woken by :meth:`notify` (or stop) before ``seconds`` passed."""
@@ -482,7 +484,7 @@ class PixelWorker:
     async def _retry_later(self, events: Sequence[LeasedEvent], err: GraphError) -> None:
         now = self._clock.time()
         attempt = attempt_from(err, now)
-        draw = _FixedDraw(self._rng.random())
+        draw = FixedDraw(self._rng.random())
         due_at: dict[tuple[float, str], list[int]] = defaultdict(list)
         expired: list[LeasedEvent] = []
         for event in events:

@@ -41,7 +41,8 @@ from capirelay.ops.health import (
 )
 from capirelay.ops.quality import GOOD_SCORE, QualityReport, predict_match_quality
 from capirelay.outbox import DLQFilter, Outbox, QueueStats, open_outbox, sqlite_path_from_url
-from capirelay.outbox.base import DLQGroup, views_of
+from capirelay.outbox.base import DLQGroup
+from capirelay.outbox.views import views_of
 
 __all__ = [
     "BACKLOG_FAIL_SECONDS_TO_DEADLINE",

@@ -103,6 +103,28 @@ async def token_health(
     return dict(zip(pixel_ids, results, strict=True))
 
 
+def missing_token_fix(pixel_id: str, pixel: PixelSettings) -> str:
+    """How to give ``pixel_id`` its access token: the exact setting, and its env/file forms."""
+    secret = pixel.access_token
+    if secret is not None and secret.env:
+        return (
+            f"pixels.{pixel_id}.access_token reads the environment variable {secret.env}, "
+            f"which is unset or empty: export {secret.env}=<token> for the gateway's process"
+        )
+    if secret is not None and secret.file:
+        return (
+            f"pixels.{pixel_id}.access_token reads the file {secret.file}, which is missing "
+            "or empty: write the token into it (one line, readable by the gateway)"
+        )
+    return (
+        f"set pixels.{pixel_id}.access_token: in capirelay.toml under [pixels.{pixel_id}] "
+        'write access_token = { env = "CAPIRELAY_TOKEN" } (then export CAPIRELAY_TOKEN=<token>) '
+        'or access_token = { file = "/run/secrets/capi_token" }; or set the environment '
+        f"variable CAPIRELAY_PIXELS__{pixel_id}__ACCESS_TOKEN=<token>. A system-user token "
+        "from Business Settings does not expire"
+    )
+
+
 async def _one_token(
     pixel_id: str,
     pixel: PixelSettings,
@@ -119,7 +141,7 @@ async def _one_token(
             expires_at=None,
             scopes=(),
             error=f"no access token found in {where}",
-            explanation=explain(104, None),
+            explanation=missing_token_fix(pixel_id, pixel),
         )
     app_secret = pixel.app_secret.resolve() if pixel.app_secret else None
     with warnings.catch_warnings():

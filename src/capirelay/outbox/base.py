@@ -7,9 +7,10 @@ The delivery engine, the ingest path and the CLI are written against
 one contract suite (``tests/outbox/test_outbox_contract.py``) runs on all three.
 :class:`OutboxCore` is what each must do; :class:`Outbox` adds the optional
 stores (:class:`ReplicaHooks`, :class:`OperatorRecords`, :class:`ReceiptStore`);
-:class:`OutboxViews` are the dashboard-only reads.  The outbox only ever holds wire-ready,
-hashed events (``payload`` is the orjson encoding of the wire event), so raw
-PII never reaches disk.
+:class:`OutboxViews` are the dashboard-only reads and :class:`ErasureStore` the
+erasure of identifiers, two capabilities a caller checks with ``isinstance``.  The
+outbox only ever holds wire-ready, hashed events (``payload`` is the orjson encoding
+of the wire event), so raw PII never reaches disk.
 
 Lifecycle of a row::
 
@@ -53,7 +54,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -256,8 +257,9 @@ class OutboxCore(abc.ABC):
 
     :class:`Outbox` adds the optional stores, grouped below as named contracts with
     defaults that work on any backend: :class:`ReplicaHooks` (coordination between processes),
-    :class:`OperatorRecords` (dashboard sessions, DLQ audit) and :class:`ReceiptStore`
-    (receipts, traces, erasure); the dashboard-only reads are :class:`OutboxViews`.
+    :class:`OperatorRecords` (dashboard sessions, DLQ audit; abstract, every outbox keeps
+    them) and :class:`ReceiptStore` (receipts, traces); the dashboard-only reads are
+    :class:`OutboxViews` and erasure is :class:`ErasureStore`, both checked with isinstance.
     Meta diagnostics live in :mod:`capirelay.ops.meta_store`.
 
     Every method that changes state has committed durably when it returns.
@@ -447,35 +449,36 @@ class ReplicaHooks:
         """Lift a hold (the breaker closed again).  Default: no-op."""
 
 
-class OperatorRecords:
+class OperatorRecords(abc.ABC):
     """Dashboard sessions and the DLQ audit: shared by every process using this storage,
-    so a logout or an audit entry holds on every replica.  Both database backends and
-    the in-memory outbox implement it; the defaults refuse."""
+    so a logout or an audit entry holds on every replica.  Part of every outbox's
+    contract: both database backends and the in-memory outbox implement it."""
 
+    @abc.abstractmethod
     async def revoke_session(self, session_hash: str, *, expires_at: float, now: float) -> None:
         """Remember that the dashboard session ``session_hash`` ended (until ``expires_at``);
         forgets revocations whose cookies have expired meanwhile."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no dashboard sessions")
 
+    @abc.abstractmethod
     async def session_revoked(self, session_hash: str) -> bool:
         """True when the session was ended by :meth:`revoke_session`."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no dashboard sessions")
 
+    @abc.abstractmethod
     async def record_audit(
         self, *, at: float, actor: str, action: str, target: str, count: int, origin: str
     ) -> None:
         """Append one :class:`AuditRecord`."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no audit log")
 
+    @abc.abstractmethod
     async def audit_log(self, *, limit: int = 100) -> list[AuditRecord]:
         """The latest audit records, newest first."""
-        raise NotImplementedError(f"{type(self).__name__} keeps no audit log")
 
 
 class ReceiptStore:
-    """Receipts, traces and erasure (:mod:`capirelay.outbox.receipts`).  Both database
-    backends implement it (``Outbox.ack_delivered`` writes the delivered receipts); the
-    defaults are a backend without receipts."""
+    """Receipts and traces (:mod:`capirelay.outbox.receipts`).  Both database backends
+    implement it (``Outbox.ack_delivered`` writes the delivered receipts); the defaults
+    are a backend without receipts (nothing recorded, every trace empty).  Erasure is
+    :class:`ErasureStore`."""
 
     async def record_receipts(self, receipts: Sequence[Receipt]) -> None:
         """Store receipts of events that never reached the queue (duplicates, drops).
@@ -498,21 +501,6 @@ class ReceiptStore:
         """Delete receipts older than the retention and beyond the cap; how many."""
         return 0
 
-    async def erase(
-        self,
-        hashes: Mapping[str, set[str]],
-        *,
-        pixel_id: str | None,
-        now: float,
-        audit: Sequence[tuple[str, str]],
-    ) -> ErasureResult:
-        """Remove queued and dead-lettered events and receipts carrying one of ``hashes``."""
-        raise NotImplementedError(f"{type(self).__name__} cannot erase identifiers")
-
-    async def erasure_log(self, *, limit: int = 100) -> list[dict[str, Any]]:
-        """The latest erasure requests (field, identifier SHA-256, time, counts)."""
-        return []
-
 
 class Outbox(OutboxCore, ReplicaHooks, OperatorRecords, ReceiptStore):
     """What the gateway is written against: the core contract (:class:`OutboxCore`) plus
@@ -521,11 +509,36 @@ class Outbox(OutboxCore, ReplicaHooks, OperatorRecords, ReceiptStore):
 
 
 @runtime_checkable
+class ErasureStore(Protocol):
+    """Erasure of one person's identifiers (``capirelay erase``): the database backends
+    implement it (their rows and receipts are what outlive a process); the in-memory
+    outbox keeps nothing past its process and does not.  Callers check
+    ``isinstance(outbox, ErasureStore)``."""
+
+    async def erase(
+        self,
+        hashes: Mapping[str, set[str]],
+        *,
+        pixel_id: str | None,
+        now: float,
+        audit: Sequence[tuple[str, str]],
+    ) -> ErasureResult:
+        """Remove queued and dead-lettered events and receipts carrying one of ``hashes``,
+        and record the request (``audit``: (field, value digest) pairs) in the same
+        transaction."""
+        ...
+
+    async def erasure_log(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest erasure requests (field, identifier SHA-256, time, counts)."""
+        ...
+
+
+@runtime_checkable
 class OutboxViews(Protocol):
     """Read-only aggregates for the dashboard and ``capirelay doctor`` (full scans, run on
     page views only, never on the delivery path).  Every backend implements them with
-    one query each; :func:`views_of` falls back to :class:`ScanViews` for one that
-    does not."""
+    one query each; :func:`capirelay.outbox.views.views_of` falls back to its
+    ``ScanViews`` for one that does not."""
 
     async def queue_breakdown(self, *, now: float) -> list[QueueGroup]:
         """Queue depth, oldest entry and earliest deadline per (pixel, event name)."""
@@ -539,60 +552,3 @@ class OutboxViews(Protocol):
     async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
         """Up to ``limit`` of the most recently queued events, without leasing them."""
         ...
-
-
-class ScanViews:
-    """:class:`OutboxViews` of any :class:`Outbox`, through its core methods."""
-
-    def __init__(self, outbox: Outbox) -> None:
-        self._outbox = outbox
-
-    async def queue_breakdown(self, *, now: float) -> list[QueueGroup]:
-        """Per pixel only (``event_name="*"``), from :meth:`Outbox.stats`."""
-        stats = await self._outbox.stats(now=now)
-        return [
-            QueueGroup(pixel_id, "*", depth, None, None)
-            for pixel_id, depth in sorted(stats.depth_by_pixel.items())
-            if depth
-        ]
-
-    async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
-        """Aggregates :meth:`Outbox.dlq_list` pages (newest first), reading at most
-        ``scan_limit`` letters."""
-        groups: dict[tuple[str, str, str, int | None, int | None], DLQGroup] = {}
-        offset = 0
-        while offset < scan_limit and (
-            page := await self._outbox.dlq_list(
-                None, limit=min(500, scan_limit - offset), offset=offset
-            )
-        ):
-            for letter in page:
-                _add_to_group(groups, letter)
-            offset += len(page)
-        return sorted(groups.values(), key=lambda g: (-g.count, -g.last_dead_at))
-
-    async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
-        return []  # none: the dashboard then samples delivered events only
-
-
-def views_of(outbox: Outbox) -> OutboxViews:
-    """The dashboard views of ``outbox``: its own, or :class:`ScanViews` over it."""
-    return outbox if isinstance(outbox, OutboxViews) else ScanViews(outbox)
-
-
-def _add_to_group(
-    groups: dict[tuple[str, str, str, int | None, int | None], DLQGroup], letter: DeadLetter
-) -> None:
-    error = letter.error or {}
-    key = (letter.pixel_id, letter.event_name, letter.reason, error.get("code"),
-           error.get("subcode"))  # fmt: skip
-    known = groups.get(key)
-    # Pages come newest first, so the first letter seen is the group's latest.
-    latest = known or DLQGroup(
-        *key,
-        count=0,
-        last_dead_at=letter.dead_at,
-        message=error.get("message"),
-        fbtrace_id=error.get("fbtrace_id"),
-    )
-    groups[key] = replace(latest, count=latest.count + 1)

@@ -47,10 +47,10 @@ from capirelay.outbox.base import (
     QueueGroup,
     QueueStats,
     RequeueResult,
-    ScanViews,
     StorageUnavailable,
 )
 from capirelay.outbox.receipts import MetaAnswer
+from capirelay.outbox.views import ScanViews
 
 __all__ = ["InMemoryOutbox"]
 

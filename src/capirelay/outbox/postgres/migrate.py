@@ -24,6 +24,7 @@ from psycopg import AsyncConnection
 from capirelay.outbox._sql import Migration
 from capirelay.outbox._sql import load_migrations as _load_migrations
 from capirelay.outbox.base import StorageUnavailable
+from capirelay.outbox.postgres._statements import QUERIES
 
 __all__ = [
     "MIGRATIONS",
@@ -40,16 +41,7 @@ log = logging.getLogger("capirelay.outbox")
 # "capi" in ASCII: the first half of the two-key advisory lock, the schema hash is the second.
 MIGRATION_LOCK_CLASS: Final = 0x63617069
 
-_CREATE_VERSION_TABLE = """
-CREATE TABLE IF NOT EXISTS capirelay_migrations (
-    version    integer     PRIMARY KEY,
-    name       text        NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
-)
-"""
-_LOCK = "SELECT pg_advisory_lock(%s, hashtext(coalesce(current_schema(), '')))"
-_UNLOCK = "SELECT pg_advisory_unlock(%s, hashtext(coalesce(current_schema(), '')))"
-_RECORD = "INSERT INTO capirelay_migrations (version, name) VALUES (%s, %s)"
+_LOCK: Final = {"lock_class": MIGRATION_LOCK_CLASS}
 
 
 def load_migrations() -> tuple[Migration, ...]:
@@ -62,11 +54,11 @@ MIGRATIONS: Final = load_migrations()
 
 async def applied_versions(conn: AsyncConnection) -> list[int]:
     """Versions recorded in ``capirelay_migrations`` (empty for a fresh database)."""
-    exists = await conn.execute("SELECT to_regclass('capirelay_migrations') IS NOT NULL")
+    exists = await conn.execute(QUERIES["migrations_table_exists"])
     row = await exists.fetchone()
     if not row or not row[0]:
         return []
-    cur = await conn.execute("SELECT version FROM capirelay_migrations ORDER BY version")
+    cur = await conn.execute(QUERIES["applied_migrations"])
     return [r[0] for r in await cur.fetchall()]
 
 
@@ -80,9 +72,9 @@ async def migrate(
     """
     if not conn.autocommit:
         raise ValueError("migrate() needs an autocommit connection")
-    await conn.execute(_LOCK, (MIGRATION_LOCK_CLASS,))
+    await conn.execute(QUERIES["migration_lock"], _LOCK)
     try:
-        await conn.execute(_CREATE_VERSION_TABLE)
+        await conn.execute(QUERIES["create_migrations_table"])
         done = set(await applied_versions(conn))
         latest = migrations[-1].version if migrations else 0
         if done and max(done) > latest:
@@ -96,12 +88,14 @@ async def migrate(
                 continue
             async with conn.transaction():
                 await conn.execute(step.script.encode())
-                await conn.execute(_RECORD, (step.version, step.name))
+                await conn.execute(
+                    QUERIES["record_migration"], {"version": step.version, "name": step.name}
+                )
             log.info("outbox schema migrated to version %d (%s)", step.version, step.name)
             applied.append(step.version)
         return applied
     finally:
-        await conn.execute(_UNLOCK, (MIGRATION_LOCK_CLASS,))
+        await conn.execute(QUERIES["migration_unlock"], _LOCK)
 
 
 async def migrate_url(url: str, *, connect_timeout: float = 10.0) -> list[int]:

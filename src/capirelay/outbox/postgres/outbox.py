@@ -48,7 +48,6 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from capirelay.outbox import _sql
 from capirelay.outbox._rows import (
     dead_letter_from_row,
     dlq_filter_values,
@@ -75,6 +74,7 @@ from capirelay.outbox.base import (
     StorageUnavailable,
 )
 from capirelay.outbox.postgres._operator import PostgresOperatorRecords
+from capirelay.outbox.postgres._statements import CHANNEL, QUERIES, load_queries
 from capirelay.outbox.postgres.migrate import migrate
 from capirelay.outbox.postgres.receipts import PostgresReceipts, insert_dead_letter_receipts
 from capirelay.tasks import cancel_and_wait
@@ -85,24 +85,12 @@ log = logging.getLogger("capirelay.outbox")
 
 T = TypeVar("T")
 
-# The NOTIFY channel; the payload is the pixel id that has new events.
-CHANNEL: Final = "capirelay_work"
 # Deadlocks and serialization failures are the database asking for a retry, not an outage.
 TRANSIENT_RETRIES: Final = 3
 LISTEN_RECONNECT_MAX: Final = 5.0
 PING_TIMEOUT: Final = 1.0
 
 _POSTGRES_SCHEMES = ("postgresql+psycopg://", "postgres://")
-
-
-def load_queries(text: str | None = None) -> dict[str, str]:
-    """``{name: statement}`` of ``queries.sql`` (or of ``text``), split at ``-- name:`` lines."""
-    return (
-        _sql.load_queries("capirelay.outbox.postgres") if text is None else _sql.split_queries(text)
-    )
-
-
-QUERIES: Final = load_queries()
 
 
 def postgres_conninfo(url: str) -> str:
@@ -538,7 +526,7 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             self.conninfo, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
         )
         async with conn:
-            await conn.execute(f"LISTEN {CHANNEL}")
+            await conn.execute(QUERIES["listen_for_work"])
             self.listening = True
             async for notify in conn.notifies():
                 self._announced.add(notify.payload)

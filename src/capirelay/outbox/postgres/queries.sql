@@ -462,3 +462,189 @@ VALUES (%(at)s, %(actor)s, %(action)s, %(target)s, %(count)s, %(origin)s);
 -- name: audit_log
 SELECT id, at, actor, action, target, count, origin FROM capirelay_operator_audit
 ORDER BY id DESC LIMIT %(limit)s;
+
+-- ------------------------------------------------------------------------------------
+-- Receipts, traces and erasure (capirelay.outbox.postgres.receipts; migration 0004).
+
+-- name: write_receipts
+-- One set-based statement per call: the receipts arrive as parallel typed arrays
+-- (binary parameters the server reads without parsing text), one per column.
+-- Duplicates of a key that already has a duplicate receipt bump it; everything else is new.
+WITH input AS (
+    SELECT * FROM unnest(
+        %(pixel_id)b::text[], %(event_name)b::text[], %(event_id)b::text[],
+        %(outcome)b::text[], %(source)b::text[], %(recorded_at)b::float8[],
+        %(received_at)b::float8[], %(first_attempt_at)b::float8[],
+        %(last_attempt_at)b::float8[], %(attempts)b::int[], %(fbtrace_id)b::text[],
+        %(events_received)b::int[], %(test_event_code)b::text[], %(reason)b::text[],
+        %(problems)b::text[], %(attempt_log)b::text[], %(order_key)b::text[],
+        %(identity)b::text[], %(count)b::int[]
+    ) WITH ORDINALITY
+        AS i (pixel_id, event_name, event_id, outcome, source, recorded_at, received_at,
+              first_attempt_at, last_attempt_at, attempts, fbtrace_id, events_received,
+              test_event_code, reason, problems, attempt_log, order_key, identity, count, ord)
+),
+bumped AS (
+    UPDATE capirelay_receipts AS r
+    SET count = r.count + i.count, last_attempt_at = i.last_attempt_at
+    FROM input AS i
+    WHERE i.outcome = 'duplicate' AND r.outcome = 'duplicate' AND r.event_id = i.event_id
+      AND r.pixel_id = i.pixel_id AND r.event_name = i.event_name
+    RETURNING i.ord
+)
+INSERT INTO capirelay_receipts
+    (pixel_id, event_name, event_id, outcome, source, recorded_at, received_at,
+     first_attempt_at, last_attempt_at, attempts, fbtrace_id, events_received,
+     test_event_code, reason, problems, attempt_log, order_key, identity, count)
+SELECT i.pixel_id, i.event_name, i.event_id, i.outcome, i.source, i.recorded_at,
+       i.received_at, i.first_attempt_at, i.last_attempt_at, i.attempts, i.fbtrace_id,
+       i.events_received, i.test_event_code, i.reason, i.problems::jsonb,
+       i.attempt_log::jsonb, i.order_key, i.identity, i.count
+FROM input AS i
+WHERE i.ord NOT IN (SELECT ord FROM bumped)
+ORDER BY i.ord;
+
+-- name: ack_returning
+-- As `ack`, returning what the delivered receipts need (written in the same transaction).
+WITH acked AS (
+    DELETE FROM capirelay_queue
+    WHERE id = ANY(%(ids)b::bigint[])
+      AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
+    RETURNING pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
+              test_event_code, payload
+),
+unpinned AS (
+    UPDATE capirelay_dedup AS d SET queued = false
+    FROM acked AS a
+    WHERE d.pixel_id = a.pixel_id AND d.event_name = a.event_name AND d.event_id = a.event_id
+),
+unheld AS (
+    DELETE FROM capirelay_pixel_state
+    WHERE reason = 'breaker' AND pixel_id IN (SELECT DISTINCT pixel_id FROM acked)
+)
+SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
+       test_event_code, payload
+FROM acked;
+
+-- name: lock_settling
+-- The rows a dead-letter call is about to move, locked until its transaction ends (their
+-- receipts are written before the move, in the same transaction).
+SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
+       test_event_code, payload
+FROM capirelay_queue
+WHERE id = ANY(%(ids)b::bigint[])
+  AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
+ORDER BY id
+FOR UPDATE;
+
+-- name: receipts_of_event
+SELECT id, pixel_id, event_name, event_id, outcome, source, recorded_at, received_at,
+       first_attempt_at, last_attempt_at, attempts, fbtrace_id, events_received,
+       test_event_code, reason, problems, attempt_log, order_key, identity, count
+FROM capirelay_receipts WHERE event_id = %(event_id)s ORDER BY id;
+
+-- name: queued_of_event
+SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
+       test_event_code, state, available_at
+FROM capirelay_queue WHERE event_id = %(event_id)s ORDER BY id;
+
+-- name: letters_of_event
+SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_event_code,
+       reason, dead_at
+FROM capirelay_dead_letters WHERE event_id = %(event_id)s ORDER BY id;
+
+-- name: event_ids_of_order
+SELECT event_id FROM capirelay_receipts
+WHERE order_key = %(key)s AND (%(pixel_id)s::text IS NULL OR pixel_id = %(pixel_id)s::text)
+GROUP BY event_id ORDER BY max(id) DESC LIMIT %(limit)s;
+
+-- name: prune_old_receipts
+-- One chunk per transaction: pruning never holds many row locks for long.
+DELETE FROM capirelay_receipts WHERE id IN (
+    SELECT id FROM capirelay_receipts WHERE recorded_at < %(cutoff)s
+    ORDER BY recorded_at LIMIT %(chunk)s);
+
+-- name: prune_receipts_over_cap
+DELETE FROM capirelay_receipts WHERE id IN (
+    SELECT id FROM capirelay_receipts
+    WHERE id <= (SELECT max(id) FROM capirelay_receipts) - %(cap)s
+    ORDER BY id LIMIT %(chunk)s);
+
+-- name: receipt_count
+SELECT count(*) FROM capirelay_receipts;
+
+-- name: erasure_queued_candidates
+-- Erasure reads candidates by a byte search of the payload and confirms each in Python
+-- (capirelay.outbox.receipts.carries): the hashes sit inside the orjson payload.
+SELECT id, pixel_id, payload FROM capirelay_queue
+WHERE position(%(needle)s::bytea IN payload) > 0;
+
+-- name: erasure_letter_candidates
+SELECT id, pixel_id, payload FROM capirelay_dead_letters
+WHERE position(%(needle)s::bytea IN payload) > 0;
+
+-- name: erasure_receipt_candidates
+SELECT id, pixel_id, identity FROM capirelay_receipts WHERE strpos(identity, %(key)s) > 0;
+
+-- name: erase_queued
+WITH gone AS (
+    DELETE FROM capirelay_queue WHERE id = ANY(%(ids)s::bigint[])
+    RETURNING pixel_id, event_name, event_id
+),
+unpinned AS (
+    UPDATE capirelay_dedup AS d SET queued = false
+    FROM gone AS g
+    WHERE d.pixel_id = g.pixel_id AND d.event_name = g.event_name AND d.event_id = g.event_id
+)
+SELECT count(*) FROM gone;
+
+-- name: erase_letters
+DELETE FROM capirelay_dead_letters WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: erase_receipts
+DELETE FROM capirelay_receipts WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: record_erasure
+INSERT INTO capirelay_erasures
+    (requested_at, field, value_sha256, pixel_id, queued, dead_letters, receipts)
+VALUES (%(now)s, %(field)s, %(digest)s, %(pixel_id)s, %(queued)s, %(dead_letters)s,
+        %(receipts)s);
+
+-- name: erasure_log
+SELECT requested_at, field, value_sha256, pixel_id, queued, dead_letters, receipts
+FROM capirelay_erasures ORDER BY id DESC LIMIT %(limit)s;
+
+-- ------------------------------------------------------------------------------------
+-- Migrations (capirelay.outbox.postgres.migrate), run on an autocommit connection.
+
+-- name: migration_lock
+-- The advisory lock is per schema: two gateways migrating one schema take turns, two
+-- schemas of one database migrate side by side.
+SELECT pg_advisory_lock(%(lock_class)s, hashtext(coalesce(current_schema(), '')));
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock(%(lock_class)s, hashtext(coalesce(current_schema(), '')));
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS capirelay_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- name: migrations_table_exists
+SELECT to_regclass('capirelay_migrations') IS NOT NULL;
+
+-- name: applied_migrations
+SELECT version FROM capirelay_migrations ORDER BY version;
+
+-- name: record_migration
+INSERT INTO capirelay_migrations (version, name) VALUES (%(version)s, %(name)s);
+
+-- ------------------------------------------------------------------------------------
+-- Work announcements.
+
+-- name: listen_for_work
+-- The channel enqueue's pg_notify announces queued pixels on (CHANNEL; LISTEN takes no
+-- parameter, so the loader writes the constant in).
+LISTEN {channel};

@@ -1,4 +1,4 @@
-"""Receipts, traces and erasure on the PostgreSQL outbox (migration 0004).
+"""Receipts, traces and erasure on the PostgreSQL outbox (migration 0007).
 
 Mixed into :class:`~capirelay.outbox.postgres.PostgresOutbox`.  The ack of a delivered
 batch deletes its rows (RETURNING what the receipts need) and inserts their receipts in
@@ -6,9 +6,6 @@ one transaction; a dead-letter move locks its rows, writes their receipts and mo
 them in one transaction too (:func:`insert_dead_letter_receipts`).  Receipts go in with
 one set-based statement per call (parallel arrays through ``unnest``).
 """
-
-# SQL text here is built only from this module's constants; every value is a bound parameter.
-# ruff: noqa: S608
 
 from __future__ import annotations
 
@@ -18,6 +15,7 @@ from typing import Any, Final, TypeVar
 
 from psycopg import AsyncConnection
 
+from capirelay.outbox.postgres._statements import QUERIES
 from capirelay.outbox.receipts import (
     ErasureResult,
     MetaAnswer,
@@ -37,145 +35,33 @@ T = TypeVar("T")
 
 PRUNE_CHUNK: Final = 10_000
 
-_COLUMNS: Final = (
-    "pixel_id, event_name, event_id, outcome, source, recorded_at, received_at, "
-    "first_attempt_at, last_attempt_at, attempts, fbtrace_id, events_received, "
-    "test_event_code, reason, problems, attempt_log, order_key, identity, count"
+# The columns of a receipt, in order: the parallel arrays of `write_receipts` in queries.sql.
+_RECEIPT_COLUMNS: Final = (
+    "pixel_id",
+    "event_name",
+    "event_id",
+    "outcome",
+    "source",
+    "recorded_at",
+    "received_at",
+    "first_attempt_at",
+    "last_attempt_at",
+    "attempts",
+    "fbtrace_id",
+    "events_received",
+    "test_event_code",
+    "reason",
+    "problems",
+    "attempt_log",
+    "order_key",
+    "identity",
+    "count",
 )
-_ARRAY_TYPES: Final = (
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "float8",
-    "float8",
-    "float8",
-    "float8",
-    "int",
-    "text",
-    "int",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "text",
-    "int",
-)
-# Binary parameters (%b): typed arrays the server reads without parsing text.
-_UNNEST: Final = ", ".join(f"%(c{i})b::{t}[]" for i, t in enumerate(_ARRAY_TYPES))
-_SELECT_INPUT: Final = (
-    "i.pixel_id, i.event_name, i.event_id, i.outcome, i.source, i.recorded_at, i.received_at, "
-    "i.first_attempt_at, i.last_attempt_at, i.attempts, i.fbtrace_id, i.events_received, "
-    "i.test_event_code, i.reason, i.problems::jsonb, i.attempt_log::jsonb, i.order_key, "
-    "i.identity, i.count"
-)
-# Duplicates of a key that already has a duplicate receipt bump it; everything else is new.
-WRITE_RECEIPTS: Final = f"""
-WITH input AS (
-    SELECT * FROM unnest({_UNNEST}) WITH ORDINALITY
-        AS i ({_COLUMNS}, ord)
-),
-bumped AS (
-    UPDATE capirelay_receipts AS r
-    SET count = r.count + i.count, last_attempt_at = i.last_attempt_at
-    FROM input AS i
-    WHERE i.outcome = 'duplicate' AND r.outcome = 'duplicate' AND r.event_id = i.event_id
-      AND r.pixel_id = i.pixel_id AND r.event_name = i.event_name
-    RETURNING i.ord
-)
-INSERT INTO capirelay_receipts ({_COLUMNS})
-SELECT {_SELECT_INPUT} FROM input AS i
-WHERE i.ord NOT IN (SELECT ord FROM bumped)
-ORDER BY i.ord
-"""
-_SETTLED_COLUMNS: Final = (
-    "pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log, "
-    "test_event_code, payload"
-)
-# As the `ack` statement of queries.sql, returning what the receipts need.
-ACK_RETURNING: Final = f"""
-WITH acked AS (
-    DELETE FROM capirelay_queue
-    WHERE id = ANY(%(ids)b::bigint[])
-      AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
-    RETURNING {_SETTLED_COLUMNS}
-),
-unpinned AS (
-    UPDATE capirelay_dedup AS d SET queued = false
-    FROM acked AS a
-    WHERE d.pixel_id = a.pixel_id AND d.event_name = a.event_name AND d.event_id = a.event_id
-),
-unheld AS (
-    DELETE FROM capirelay_pixel_state
-    WHERE reason = 'breaker' AND pixel_id IN (SELECT DISTINCT pixel_id FROM acked)
-)
-SELECT {_SETTLED_COLUMNS} FROM acked
-"""
-# The rows a dead-letter call is about to move, locked until its transaction ends.
-LOCK_SETTLING: Final = f"""
-SELECT {_SETTLED_COLUMNS} FROM capirelay_queue
-WHERE id = ANY(%(ids)b::bigint[])
-  AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
-ORDER BY id
-FOR UPDATE
-"""
-_RECEIPTS_OF: Final = (
-    f"SELECT id, {_COLUMNS} FROM capirelay_receipts WHERE event_id = %(event_id)s ORDER BY id"
-)
-_QUEUED_OF: Final = """
-SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
-       test_event_code, state, available_at
-FROM capirelay_queue WHERE event_id = %(event_id)s ORDER BY id
-"""
-_LETTERS_OF: Final = """
-SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_event_code,
-       reason, dead_at
-FROM capirelay_dead_letters WHERE event_id = %(event_id)s ORDER BY id
-"""
-_EVENT_IDS_OF_ORDER: Final = """
-SELECT event_id FROM capirelay_receipts
-WHERE order_key = %(key)s AND (%(pixel_id)s::text IS NULL OR pixel_id = %(pixel_id)s::text)
-GROUP BY event_id ORDER BY max(id) DESC LIMIT %(limit)s
-"""
-_PRUNE_OLD: Final = """
-DELETE FROM capirelay_receipts WHERE id IN (
-    SELECT id FROM capirelay_receipts WHERE recorded_at < %(cutoff)s
-    ORDER BY recorded_at LIMIT %(chunk)s)
-"""
-_PRUNE_OVER_CAP: Final = """
-DELETE FROM capirelay_receipts WHERE id IN (
-    SELECT id FROM capirelay_receipts
-    WHERE id <= (SELECT max(id) FROM capirelay_receipts) - %(cap)s
-    ORDER BY id LIMIT %(chunk)s)
-"""
-_PAYLOAD_CANDIDATES: Final = {
-    "queue": "SELECT id, pixel_id, payload FROM capirelay_queue "
-    "WHERE position(%(needle)s::bytea IN payload) > 0",
-    "dead_letters": "SELECT id, pixel_id, payload FROM capirelay_dead_letters "
-    "WHERE position(%(needle)s::bytea IN payload) > 0",
+# Erasure's candidate statements by the table they read.
+_CANDIDATES: Final = {
+    "queue": "erasure_queued_candidates",
+    "dead_letters": "erasure_letter_candidates",
 }
-_RECEIPT_CANDIDATES: Final = (
-    "SELECT id, pixel_id, identity FROM capirelay_receipts WHERE strpos(identity, %(key)s) > 0"
-)
-_ERASE_QUEUED: Final = """
-WITH gone AS (
-    DELETE FROM capirelay_queue WHERE id = ANY(%(ids)s::bigint[])
-    RETURNING pixel_id, event_name, event_id
-),
-unpinned AS (
-    UPDATE capirelay_dedup AS d SET queued = false
-    FROM gone AS g
-    WHERE d.pixel_id = g.pixel_id AND d.event_name = g.event_name AND d.event_id = g.event_id
-)
-SELECT count(*) FROM gone
-"""
-_INSERT_ERASURE: Final = """
-INSERT INTO capirelay_erasures
-    (requested_at, field, value_sha256, pixel_id, queued, dead_letters, receipts)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
-"""
 
 
 def _receipt_arrays(receipts: Sequence[Receipt]) -> dict[str, list[Any]]:
@@ -203,7 +89,7 @@ def _receipt_arrays(receipts: Sequence[Receipt]) -> dict[str, list[Any]]:
         )
         for r in receipts
     ]
-    return {f"c{i}": [row[i] for row in rows] for i in range(len(_ARRAY_TYPES))}
+    return {name: [row[i] for row in rows] for i, name in enumerate(_RECEIPT_COLUMNS)}
 
 
 def _float(value: float | None) -> float | None:
@@ -233,7 +119,8 @@ def _collapse_duplicates(receipts: Sequence[Receipt]) -> list[Receipt]:
 
 async def write_receipts(conn: AsyncConnection[Any], receipts: Sequence[Receipt]) -> None:
     if receipts:
-        await conn.execute(WRITE_RECEIPTS, _receipt_arrays(_collapse_duplicates(receipts)))
+        arrays = _receipt_arrays(_collapse_duplicates(receipts))
+        await conn.execute(QUERIES["write_receipts"], arrays)
 
 
 async def insert_dead_letter_receipts(
@@ -245,7 +132,7 @@ async def insert_dead_letter_receipts(
     now: float,
 ) -> None:
     """Lock the rows a dead-letter move is about to take and write their receipts."""
-    cur = await conn.execute(LOCK_SETTLING, {"ids": ids, "lease_id": lease_id})
+    cur = await conn.execute(QUERIES["lock_settling"], {"ids": ids, "lease_id": lease_id})
     receipts = [dead_letter_from_row(row, reason, attempt, now) for row in await cur.fetchall()]
     await write_receipts(conn, receipts)
 
@@ -269,7 +156,7 @@ class PostgresReceipts:
 
         async def work(conn: AsyncConnection[Any]) -> None:
             # Binary results: the payloads come back as bytes, not hex text to encode.
-            cur = await conn.execute(ACK_RETURNING, params, binary=True)
+            cur = await conn.execute(QUERIES["ack_returning"], params, binary=True)
             receipts = [delivered_from_row(row, answer, now) for row in await cur.fetchall()]
             await write_receipts(conn, receipts)
 
@@ -288,10 +175,11 @@ class PostgresReceipts:
         params = {"event_id": event_id}
 
         async def work(conn: AsyncConnection[Any]) -> TraceRecord:
-            receipt_rows = await (await conn.execute(_RECEIPTS_OF, params)).fetchall()
-            queued_rows = await (await conn.execute(_QUEUED_OF, params)).fetchall()
-            letter_rows = await (await conn.execute(_LETTERS_OF, params)).fetchall()
-            return trace_from_rows(event_id, pixel_id, receipt_rows, queued_rows, letter_rows)
+            rows = [
+                await (await conn.execute(QUERIES[name], params)).fetchall()
+                for name in ("receipts_of_event", "queued_of_event", "letters_of_event")
+            ]
+            return trace_from_rows(event_id, pixel_id, *rows)
 
         result: TraceRecord = await self._in_transaction(work)
         return result
@@ -305,7 +193,7 @@ class PostgresReceipts:
         params = {"key": key, "pixel_id": pixel_id, "limit": limit}
 
         async def work(conn: AsyncConnection[Any]) -> list[str]:
-            cur = await conn.execute(_EVENT_IDS_OF_ORDER, params)
+            cur = await conn.execute(QUERIES["event_ids_of_order"], params)
             return [row[0] for row in await cur.fetchall()]
 
         found: list[str] = await self._in_transaction(work)
@@ -316,16 +204,16 @@ class PostgresReceipts:
     ) -> int:
         removed = 0
         steps = (
-            (_PRUNE_OLD, {"cutoff": now - retention_seconds, "chunk": chunk}),
-            (_PRUNE_OVER_CAP, {"cap": cap, "chunk": chunk}),
+            ("prune_old_receipts", {"cutoff": now - retention_seconds, "chunk": chunk}),
+            ("prune_receipts_over_cap", {"cap": cap, "chunk": chunk}),
         )
-        for sql, params in steps:
+        for name, params in steps:
             while True:
 
                 async def work(
-                    conn: AsyncConnection[Any], sql: str = sql, params: Any = params
+                    conn: AsyncConnection[Any], name: str = name, params: Any = params
                 ) -> int:
-                    return (await conn.execute(sql, params)).rowcount
+                    return (await conn.execute(QUERIES[name], params)).rowcount
 
                 count: int = await self._in_transaction(work)
                 removed += count
@@ -335,7 +223,7 @@ class PostgresReceipts:
 
     async def receipt_count(self) -> int:
         async def work(conn: AsyncConnection[Any]) -> int:
-            cur = await conn.execute("SELECT count(*) FROM capirelay_receipts")
+            cur = await conn.execute(QUERIES["receipt_count"])
             row = await cur.fetchone()
             return int(row[0]) if row else 0
 
@@ -356,7 +244,7 @@ class PostgresReceipts:
         async def matching(conn: AsyncConnection[Any], table: str) -> list[int]:
             found: set[int] = set()
             for needle in needles:
-                cur = await conn.execute(_PAYLOAD_CANDIDATES[table], {"needle": needle.encode()})
+                cur = await conn.execute(QUERIES[_CANDIDATES[table]], {"needle": needle.encode()})
                 for id_, pixel, payload in await cur.fetchall():
                     if (pixel_id is None or pixel == pixel_id) and carries(bytes(payload), hashes):
                         found.add(id_)
@@ -367,19 +255,15 @@ class PostgresReceipts:
             letters = await matching(conn, "dead_letters")
             receipt_ids: set[int] = set()
             for key in short:
-                cur = await conn.execute(_RECEIPT_CANDIDATES, {"key": key})
+                cur = await conn.execute(QUERIES["erasure_receipt_candidates"], {"key": key})
                 for id_, pixel, identity in await cur.fetchall():
                     if (pixel_id is None or pixel == pixel_id) and key in identity.split(" "):
                         receipt_ids.add(id_)
-            cur = await conn.execute(_ERASE_QUEUED, {"ids": queued})
+            cur = await conn.execute(QUERIES["erase_queued"], {"ids": queued})
             row = await cur.fetchone()
-            removed_letters = await conn.execute(
-                "DELETE FROM capirelay_dead_letters WHERE id = ANY(%(ids)s::bigint[])",
-                {"ids": letters},
-            )
+            removed_letters = await conn.execute(QUERIES["erase_letters"], {"ids": letters})
             removed_receipts = await conn.execute(
-                "DELETE FROM capirelay_receipts WHERE id = ANY(%(ids)s::bigint[])",
-                {"ids": sorted(receipt_ids)},
+                QUERIES["erase_receipts"], {"ids": sorted(receipt_ids)}
             )
             result = ErasureResult(
                 queued=int(row[0]) if row else 0,
@@ -388,17 +272,17 @@ class PostgresReceipts:
             )
             async with conn.cursor() as insert:
                 await insert.executemany(
-                    _INSERT_ERASURE,
+                    QUERIES["record_erasure"],
                     [
-                        (
-                            now,
-                            name,
-                            digest,
-                            pixel_id,
-                            result.queued,
-                            result.dead_letters,
-                            result.receipts,
-                        )
+                        {
+                            "now": now,
+                            "field": name,
+                            "digest": digest,
+                            "pixel_id": pixel_id,
+                            "queued": result.queued,
+                            "dead_letters": result.dead_letters,
+                            "receipts": result.receipts,
+                        }
                         for name, digest in audit
                     ],
                 )
@@ -409,11 +293,7 @@ class PostgresReceipts:
 
     async def erasure_log(self, *, limit: int = 100) -> list[dict[str, Any]]:
         async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(
-                "SELECT requested_at, field, value_sha256, pixel_id, queued, dead_letters, "
-                "receipts FROM capirelay_erasures ORDER BY id DESC LIMIT %(limit)s",
-                {"limit": limit},
-            )
+            cur = await conn.execute(QUERIES["erasure_log"], {"limit": limit})
             return await cur.fetchall()
 
         rows = await self._in_transaction(work)

@@ -1,0 +1,64 @@
+"""``capirelay trace`` piped into another program (not a terminal): every value whole."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, SQLiteOutbox
+
+PIXEL = "1234567890"
+EVENT_ID = "order-20261204-0001-checkout-complete-with-a-long-id"
+MESSAGE = (
+    "Invalid parameter: the user_data.em value is not a SHA-256 hex digest; hash the "
+    "normalized email address before sending it (see the Conversions API parameters page)"
+)
+FBTRACE = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+
+
+async def dead_lettered_event(db: Path) -> None:
+    outbox = SQLiteOutbox(db)
+    await outbox.open()
+    try:
+        now = time.time()
+        payload = {"event_name": "Purchase", "event_time": int(now), "event_id": EVENT_ID}
+        event = NewEvent(PIXEL, "Purchase", EVENT_ID, orjson.dumps(payload), int(now), now + 3600)
+        await outbox.enqueue([event], now=now)
+        [leased] = await outbox.lease(PIXEL, limit=1, lease_seconds=30, now=now)
+        attempt = Attempt(now, 400, code=100, message=MESSAGE, fbtrace_id=FBTRACE)
+        await outbox.dead_letter(
+            [leased.id],
+            reason=DeadLetterReason.INVALID,
+            attempt=attempt,
+            now=now,
+            lease_id=leased.lease_id,
+        )
+    finally:
+        await outbox.close()
+
+
+def test_piped_trace_prints_full_values(tmp_path: Path) -> None:
+    db = tmp_path / "capirelay.db"
+    asyncio.run(dead_lettered_event(db))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAPIRELAY_")}
+    result = subprocess.run(  # stdout is a pipe here, as in `capirelay trace ... | grep`
+        [sys.executable, "-m", "capirelay", "trace", EVENT_ID, "--storage", f"sqlite:///{db}"],
+        capture_output=True,
+        text=True,
+        env={**env, "COLUMNS": "80", "TERM": "xterm"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr  # not delivered
+    assert EVENT_ID in result.stdout
+    lines = result.stdout.splitlines()
+    # Each value whole on one line: no column cut short, folded or ellipsized.
+    assert any(MESSAGE in line for line in lines), result.stdout
+    assert any(FBTRACE in line and EVENT_ID not in line for line in lines), result.stdout
+    assert "…" not in result.stdout
