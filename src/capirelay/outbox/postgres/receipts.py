@@ -102,11 +102,6 @@ WITH acked AS (
       AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
     RETURNING {_SETTLED_COLUMNS}
 ),
-unpinned AS (
-    UPDATE capirelay_dedup AS d SET queued = false
-    FROM acked AS a
-    WHERE d.pixel_id = a.pixel_id AND d.event_name = a.event_name AND d.event_id = a.event_id
-),
 unheld AS (
     DELETE FROM capirelay_pixel_state
     WHERE reason = 'breaker' AND pixel_id IN (SELECT DISTINCT pixel_id FROM acked)
@@ -124,10 +119,13 @@ FOR UPDATE
 _RECEIPTS_OF: Final = (
     f"SELECT id, {_COLUMNS} FROM capirelay_receipts WHERE event_id = %(event_id)s ORDER BY id"
 )
+# A queued event is found through its dedup key (event_id leads its primary key, and the
+# key names the queue row while the event is queued): the queue has no event_id index.
 _QUEUED_OF: Final = """
-SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
-       test_event_code, state, available_at
-FROM capirelay_queue WHERE event_id = %(event_id)s ORDER BY id
+SELECT q.pixel_id, q.event_name, q.event_id, q.source, q.queued_at, q.attempts,
+       q.attempt_log, q.test_event_code, q.state, q.available_at
+FROM capirelay_dedup AS d JOIN capirelay_queue AS q ON q.id = d.queue_id
+WHERE d.event_id = %(event_id)s ORDER BY q.id
 """
 _LETTERS_OF: Final = """
 SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_event_code,
@@ -139,10 +137,14 @@ SELECT event_id FROM capirelay_receipts
 WHERE order_key = %(key)s AND (%(pixel_id)s::text IS NULL OR pixel_id = %(pixel_id)s::text)
 GROUP BY event_id ORDER BY max(id) DESC LIMIT %(limit)s
 """
+# Oldest id first: ids follow recording order, so the chunk at the head of the primary
+# key holds the oldest receipts (no recorded_at index to maintain on every insert).  A
+# chunk that is not all past the retention ends the pruning.
 _PRUNE_OLD: Final = """
 DELETE FROM capirelay_receipts WHERE id IN (
-    SELECT id FROM capirelay_receipts WHERE recorded_at < %(cutoff)s
-    ORDER BY recorded_at LIMIT %(chunk)s)
+    SELECT id FROM (SELECT id, recorded_at FROM capirelay_receipts ORDER BY id
+                    LIMIT %(chunk)s) AS head
+    WHERE recorded_at < %(cutoff)s)
 """
 _PRUNE_OVER_CAP: Final = """
 DELETE FROM capirelay_receipts WHERE id IN (
@@ -162,12 +164,7 @@ _RECEIPT_CANDIDATES: Final = (
 _ERASE_QUEUED: Final = """
 WITH gone AS (
     DELETE FROM capirelay_queue WHERE id = ANY(%(ids)s::bigint[])
-    RETURNING pixel_id, event_name, event_id
-),
-unpinned AS (
-    UPDATE capirelay_dedup AS d SET queued = false
-    FROM gone AS g
-    WHERE d.pixel_id = g.pixel_id AND d.event_name = g.event_name AND d.event_id = g.event_id
+    RETURNING id
 )
 SELECT count(*) FROM gone
 """
