@@ -10,6 +10,7 @@ from capirelay.outbox import EnqueueStatus, NewEvent
 from capirelay.outbox.base import DEDUP_WINDOW_SECONDS
 from capirelay.outbox.postgres import PostgresOutbox
 from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate
+from capirelay.outbox.receipts import MetaAnswer
 
 T0 = 1_800_000_000.0
 BEFORE = tuple(m for m in MIGRATIONS if m.version <= 8)
@@ -92,7 +93,11 @@ async def test_upgrade_from_0008_with_rows_in_every_table(postgres_url: str) -> 
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         after = _counts(conn)
         # Nothing lost; the queued event that had no key got one (seen when it was queued).
-        assert after == {**before, "capirelay_dedup": before["capirelay_dedup"] + 1}
+        assert after == {
+            **before,
+            "capirelay_dedup": before["capirelay_dedup"] + 1,
+            "capirelay_receipt_batches": 0,  # new: delivered receipts, one row per ack
+        }
         keys = dict(
             conn.execute("SELECT event_id, queue_id FROM capirelay_dedup ORDER BY event_id")
         )
@@ -125,10 +130,20 @@ async def test_upgrade_from_0008_with_rows_in_every_table(postgres_url: str) -> 
         assert [p.where for p in (await box.trace("q2")).pending] == ["queue"]
         assert [p.where for p in (await box.trace("dead")).pending] == ["dead_letters"]
         assert [r.outcome for r in (await box.trace("sent")).receipts] == ["delivered"]
-        # The upgraded lease (lease-a) is still settled by its holder; its key unpins.
-        await box.ack([2], now=later, lease_id="lease-a")
+        # The upgraded lease (lease-a) is still settled by its holder; its key unpins, and
+        # its receipt goes into a batch row beside the per-event receipt kept from 0008.
+        await box.ack_delivered([2], now=later, lease_id="lease-a", answer=MetaAnswer("F", 1))
+        [delivered] = (await box.trace("q2")).receipts
+        assert (delivered.outcome, delivered.fbtrace_id, delivered.attempts) == (
+            "delivered",
+            "F",
+            1,
+        )
+        assert await box.receipt_count() == 2
         assert await box.expire_dedup(now=later + 1) == 1
         assert (await box.enqueue([event("q2")], now=later + 2)) == [EnqueueStatus.QUEUED]
         assert await box.prune_receipts(now=later, retention_seconds=86400, cap=100) == 1
+        assert await box.prune_receipts(now=later, retention_seconds=86400, cap=0) == 1
+        assert await box.receipt_count() == 0
     finally:
         await box.close()
