@@ -288,7 +288,11 @@ async def statement_costs(
         backlog=backlog_bytes / n,
         dedup=_relation_bytes(admin_url, "capirelay_dedup") / n,
         ledger=_relation_bytes(admin_url, "capirelay_order_ledger") / n,
-        receipts=_relation_bytes(admin_url, "capirelay_receipts") / n,
+        receipts=(
+            _relation_bytes(admin_url, "capirelay_receipts")
+            + _relation_bytes(admin_url, "capirelay_receipt_batches")
+        )
+        / n,
         wal=wal_bytes / n,
     )
     if leased_total != n:
@@ -327,8 +331,11 @@ STORAGE: dict[str, float] = {}
 
 
 def _relation_bytes(url: str, table: str) -> int:
+    """Table + indexes + TOAST; 0 for a table this schema does not have."""
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT pg_total_relation_size(%s::regclass)", (table,)).fetchone()
+        row = conn.execute(
+            "SELECT coalesce(pg_total_relation_size(to_regclass(%s)), 0)", (table,)
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
