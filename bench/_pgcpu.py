@@ -32,6 +32,25 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(rest[11]) + int(rest[12])) / CLOCK_TICKS
 
 
+def process_run_seconds(pid: int) -> float | None:
+    """Time ``pid`` has run on a CPU, in seconds, to the nanosecond (``/proc/<pid>/schedstat``;
+    the tick-counted ``utime + stime`` where schedstat is missing)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as handle:
+            return int(handle.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return process_cpu_seconds(pid)
+
+
+def backend_pid(admin_url: str, application_name: str) -> int | None:
+    """The pid of the one backend named ``application_name`` (None if not exactly one)."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (application_name,)
+        ).fetchall()
+    return int(rows[0][0]) if len(rows) == 1 else None
+
+
 class BackendCpu:
     """Sum of the CPU seconds the backends named ``application_name`` spend from start()."""
 

@@ -159,3 +159,37 @@ async def test_erase_removes_every_trace_of_one_person(outbox: Outbox) -> None:
     assert audit[0]["value_sha256"] == EMAIL_HASH and audit[0]["queued"] == 1
     again = await outbox.erase({"em": {EMAIL_HASH}}, pixel_id=None, now=T0 + 6, audit=[])
     assert again.total == 0
+
+
+async def test_receipts_of_one_acked_batch_are_found_pruned_and_erased_one_by_one(
+    outbox: Outbox,
+) -> None:
+    # On PostgreSQL one ack's receipts share one row (migration 0009): each must still
+    # behave as its own receipt.
+    await outbox.enqueue(
+        [event("b1", order_id="O-1"), event("b2", em=OTHER_HASH, order_id="O-2"), event("b3")],
+        now=T0,
+    )
+    ids, lease = await lease_all(outbox)
+    await outbox.ack_delivered(ids, now=T0 + 1, answer=MetaAnswer("Fb", 3), lease_id=lease)
+
+    [b2] = (await outbox.trace("b2")).receipts
+    assert (b2.event_id, b2.outcome, b2.fbtrace_id, b2.events_received) == (
+        "b2",
+        "delivered",
+        "Fb",
+        3,
+    )
+    assert b2.identity == f"em:{OTHER_HASH[:16]}"
+    assert await outbox.event_ids_for_order("O-2") == ["b2"]
+    assert await outbox.receipt_count() == 3
+
+    result = await outbox.erase({"em": {EMAIL_HASH}}, pixel_id=None, now=T0 + 2, audit=[])
+
+    assert result.receipts == 2
+    assert not (await outbox.trace("b1")).known and not (await outbox.trace("b3")).known
+    assert [r.fbtrace_id for r in (await outbox.trace("b2")).receipts] == ["Fb"]
+    assert await outbox.event_ids_for_order("O-2") == ["b2"]
+    assert await outbox.receipt_count() == 1
+    assert await outbox.prune_receipts(now=T0 + 3, retention_seconds=WEEK, cap=0) == 1
+    assert await outbox.receipt_count() == 0

@@ -39,6 +39,8 @@ TABLES = {
     # 0007: receipts, erasure audit
     "capirelay_receipts",
     "capirelay_erasures",
+    # 0009: delivered receipts, one row per acked batch
+    "capirelay_receipt_batches",
 }
 
 

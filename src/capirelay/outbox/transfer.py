@@ -70,6 +70,8 @@ class TableCopy:
     key: tuple[str, ...] = ()
     # Extra SQL run on each copied row's values, in the target (e.g. releasing leases).
     fixup: str | None = None
+    # Extra SQL run on the target table once the rows are in, not counted (linking keys).
+    link: str | None = None
 
 
 _QUEUE_COLUMNS: Final = (
@@ -109,9 +111,15 @@ TABLES: Final[tuple[TableCopy, ...]] = (
         "dedup keys",
         "dedup",
         "capirelay_dedup",
-        ("pixel_id", "event_name", "event_id", "seen_at", "queued"),
-        {"queued": _bool},
-        key=("pixel_id", "event_name", "event_id"),
+        ("pixel_id", "event_name", "event_id", "seen_at"),
+        key=("event_id", "event_name", "pixel_id"),
+        # SQLite's "queued" pin becomes the queue row the key names (PostgreSQL 0009): a
+        # key is pinned while its event is in the queue, copied just before.
+        link=(
+            "UPDATE {table} AS k SET queue_id = q.id FROM capirelay_queue AS q "
+            "WHERE q.event_id = k.event_id AND q.event_name = k.event_name "
+            "AND q.pixel_id = k.pixel_id AND k.queue_id IS NULL"
+        ),
     ),
     TableCopy(
         "order ledger", "order_ledger", "capirelay_order_ledger", ("key", "seen_at"), key=("key",)
@@ -314,6 +322,8 @@ def _copy_table(
         )
     )
     inserted = max(cur.rowcount, 0)
+    if table.link:
+        cur.execute(sql.SQL(table.link).format(table=sql.Identifier(table.postgres)))
     if table.identity and not merge and source_rows:
         # Ids generated after the move continue above the copied ones.
         cur.execute(

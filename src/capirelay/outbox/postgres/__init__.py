@@ -2,7 +2,9 @@
 
 * :mod:`.outbox`: :class:`PostgresOutbox` (queue, dedup, leases, DLQ, order ledger,
   operator records, views);
-* :mod:`.receipts`: its receipts, traces and erasure;
+* :mod:`._enqueue`: the enqueue path (order-ledger claim, dedup and queue in one statement);
+* :mod:`.receipts`: its receipts, traces and erasure; :mod:`._batches`: delivered
+  events' receipts, one row per acked batch;
 * :mod:`.migrate`: the advisory-locked migration runner behind ``capirelay migrate``;
 * ``queries.sql``: every statement it runs, by name; ``migrations/NNNN_*.sql``: the schema.
 

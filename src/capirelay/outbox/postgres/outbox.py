@@ -73,6 +73,7 @@ from capirelay.outbox.base import (
     RequeueResult,
     StorageUnavailable,
 )
+from capirelay.outbox.postgres._enqueue import enqueue_keys, enqueue_orders
 from capirelay.outbox.postgres._operator import PostgresOperatorRecords
 from capirelay.outbox.postgres._statements import CHANNEL, QUERIES, load_queries
 from capirelay.outbox.postgres.migrate import migrate
@@ -278,11 +279,15 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             return []
         try:
             if any(e.order_key is not None for e in events):
-                queued = await self._in_transaction(lambda conn: _enqueue_orders(conn, events, now))
+                queued = await self._in_transaction(
+                    lambda conn: enqueue_orders(conn, QUERIES, events, now, CHANNEL)
+                )
             else:
-                queued = {
-                    row[0] - 1 for row in await self._run("enqueue", _enqueue_params(events, now))
-                }
+                queued = await self._in_transaction(
+                    lambda conn: enqueue_keys(
+                        conn, QUERIES, range(len(events)), events, now, CHANNEL
+                    )
+                )
         except _BAD_DATA as exc:
             if len(events) == 1:
                 log.warning("outbox: an event's values cannot be stored (%s)", type(exc).__name__)
@@ -531,41 +536,3 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             async for notify in conn.notifies():
                 self._announced.add(notify.payload)
                 self._work.set()
-
-
-def _enqueue_params(events: Sequence[NewEvent], now: float) -> dict[str, Any]:
-    return {
-        "pixel_ids": [e.pixel_id for e in events],
-        "event_names": [e.event_name for e in events],
-        "event_ids": [e.event_id for e in events],
-        "payloads": [e.payload for e in events],
-        # Binary typed arrays (%b in the statement): ints and floats, never mixed.
-        "event_times": [int(e.event_time) for e in events],
-        "deadlines": [float(e.deadline) for e in events],
-        "test_event_codes": [e.test_event_code for e in events],
-        "sources": [e.source for e in events],
-        "now": now,
-        "cutoff": now - DEDUP_WINDOW_SECONDS,
-        "channel": CHANNEL,
-    }
-
-
-async def _enqueue_orders(
-    conn: AsyncConnection[Any], events: Sequence[NewEvent], now: float
-) -> set[int]:
-    """Enqueue a request holding order events: claim their ledger keys, then queue (dedup
-    as usual) the events without a key or with a new one.  The indexes of queued events."""
-    keys = sorted({e.order_key for e in events if e.order_key is not None})
-    cur = await conn.execute(QUERIES["claim_order_keys"], {"keys": keys, "now": now})
-    claimed = {bytes(row[0]) for row in await cur.fetchall()}
-    picked: list[int] = []
-    for index, event in enumerate(events):
-        if event.order_key is None:
-            picked.append(index)
-        elif event.order_key in claimed:
-            picked.append(index)
-            claimed.discard(event.order_key)  # a key repeated in the request: first place only
-    if not picked:
-        return set()
-    cur = await conn.execute(QUERIES["enqueue"], _enqueue_params([events[i] for i in picked], now))
-    return {picked[row[0] - 1] for row in await cur.fetchall()}

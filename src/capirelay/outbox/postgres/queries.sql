@@ -7,53 +7,53 @@
 
 -- name: enqueue
 -- Dedup and queue one request in ONE statement (one round trip, whatever its size).
--- The events arrive as parallel arrays (unnest ... WITH ORDINALITY keeps their order);
--- a key repeated inside the request keeps its first occurrence (DISTINCT ON).
--- The dedup insert claims each key (pinning it: queued = true), or takes over a key
--- older than the 48 h window whose event is no longer queued; a key it could not claim
--- is a duplicate.  Across replicas the primary key of
--- capirelay_dedup does the arbitration: a concurrent insert of the same key waits for
--- the first transaction and then sees its row, so exactly one of them queues the event.
--- Keys are inserted in key order so that two requests sharing keys lock them in the
--- same order and cannot deadlock.  The queued rows' pixels are announced with
--- pg_notify, which PostgreSQL delivers at COMMIT (never for a rolled-back request).
+-- The caller sends each key of the request once (its first occurrence), as parallel
+-- arrays in request order (unnest ... WITH ORDINALITY keeps it), with `ranks`: each
+-- event's place in key order.  Every event gets its queue row's id up front (nextval,
+-- in request order).  The dedup insert claims each key with that id (the key stays
+-- pinned while the row exists), or takes over a key older than the 48 h window whose
+-- queue row is gone; a key it could not claim is a duplicate.  Across replicas the
+-- primary key of capirelay_dedup does the arbitration: a concurrent insert of the same
+-- key waits for the first transaction and then sees its row, so exactly one of them
+-- queues the event.  Keys are inserted in key order (by rank: an integer sort) so that
+-- two requests sharing keys lock them in the same order and cannot deadlock.  The
+-- queued rows' pixels are announced with pg_notify, which PostgreSQL delivers at
+-- COMMIT (never for a rolled-back request).
 WITH input AS (
-    SELECT *
-    FROM unnest(%(pixel_ids)b::text[], %(event_names)b::text[], %(event_ids)b::text[],
-                %(payloads)b::bytea[], %(event_times)b::bigint[], %(deadlines)b::float8[],
-                %(test_event_codes)b::text[], %(sources)b::text[])
-         WITH ORDINALITY AS t (pixel_id, event_name, event_id, payload, event_time, deadline,
-                               test_event_code, source, ord)
-),
-first_of_key AS (
-    SELECT DISTINCT ON (pixel_id, event_name, event_id) *
-    FROM input
-    ORDER BY pixel_id, event_name, event_id, ord
+    SELECT nextval('capirelay_queue_id_seq') AS id, t.*
+    FROM unnest(%(ranks)b::int[], %(pixel_ids)b::text[], %(event_names)b::text[],
+                %(event_ids)b::text[], %(payloads)b::bytea[], %(event_times)b::bigint[],
+                %(deadlines)b::float8[], %(test_event_codes)b::text[], %(sources)b::text[])
+         WITH ORDINALITY AS t (rank, pixel_id, event_name, event_id, payload, event_time,
+                               deadline, test_event_code, source, ord)
 ),
 claimed AS (
-    INSERT INTO capirelay_dedup AS d (pixel_id, event_name, event_id, seen_at, queued)
-    SELECT pixel_id, event_name, event_id, %(now)s, true FROM first_of_key
-    ORDER BY pixel_id, event_name, event_id
-    ON CONFLICT (pixel_id, event_name, event_id)
-        DO UPDATE SET seen_at = excluded.seen_at, queued = true
-        WHERE d.seen_at <= %(cutoff)s AND NOT d.queued
-    RETURNING pixel_id, event_name, event_id
+    INSERT INTO capirelay_dedup AS d (event_id, event_name, pixel_id, seen_at, queue_id)
+    SELECT event_id, event_name, pixel_id, %(now)s, id FROM input
+    ORDER BY rank
+    ON CONFLICT (event_id, event_name, pixel_id)
+        DO UPDATE SET seen_at = excluded.seen_at, queue_id = excluded.queue_id
+        WHERE d.seen_at <= %(cutoff)s
+          AND NOT EXISTS (SELECT 1 FROM capirelay_queue AS q WHERE q.id = d.queue_id)
+    RETURNING queue_id
 ),
 queued AS (
-    INSERT INTO capirelay_queue (pixel_id, event_name, event_id, payload, event_time, deadline,
-                                 test_event_code, source, queued_at, state, available_at)
-    SELECT f.pixel_id, f.event_name, f.event_id, f.payload, f.event_time, f.deadline,
-           f.test_event_code, f.source, %(now)s, 0, %(now)s
-    FROM first_of_key AS f JOIN claimed USING (pixel_id, event_name, event_id)
-    ORDER BY f.ord
-    RETURNING pixel_id, event_name, event_id
+    INSERT INTO capirelay_queue (id, pixel_id, event_name, event_id, payload, event_time,
+                                 deadline, test_event_code, source, queued_at, state,
+                                 available_at)
+    OVERRIDING SYSTEM VALUE
+    SELECT i.id, i.pixel_id, i.event_name, i.event_id, i.payload, i.event_time, i.deadline,
+           i.test_event_code, i.source, %(now)s, 0, %(now)s
+    FROM input AS i WHERE i.id IN (SELECT queue_id FROM claimed)
+    ORDER BY i.id
+    RETURNING id, pixel_id
 ),
 announced AS (
     SELECT count(pg_notify(%(channel)s, pixel_id)) AS pixels
     FROM (SELECT DISTINCT pixel_id FROM queued) AS p
 )
-SELECT f.ord, announced.pixels
-FROM first_of_key AS f JOIN queued USING (pixel_id, event_name, event_id) CROSS JOIN announced;
+SELECT i.ord, announced.pixels
+FROM input AS i JOIN queued USING (id) CROSS JOIN announced;
 
 -- name: promote_due
 -- Rows whose backoff ended or whose lease expired (a crashed or stalled replica) become
@@ -121,19 +121,15 @@ RETURNING q.id, q.pixel_id, q.event_name, q.event_id, q.payload, q.event_time, q
 -- the backlog; autovacuum (per-table settings in 0001) reclaims the dead tuples.
 -- Given a lease id, only rows still held under it (a lease that ran out and was taken
 -- by someone else is theirs to settle).  Their dedup keys stay for the rest of the
--- window, no longer pinned.
+-- window, unpinned by the deletion itself (a key is pinned while its queue_id's row
+-- exists): the ack writes nothing else per event.
 -- Meta accepting a pixel's events proves its token works: a breaker hold on it (written
 -- by any replica) is lifted, so every replica resumes at once.
 WITH acked AS (
     DELETE FROM capirelay_queue
     WHERE id = ANY(%(ids)b::bigint[])
       AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
-    RETURNING pixel_id, event_name, event_id
-),
-unpinned AS (
-    UPDATE capirelay_dedup AS d SET queued = false
-    FROM acked AS a
-    WHERE d.pixel_id = a.pixel_id AND d.event_name = a.event_name AND d.event_id = a.event_id
+    RETURNING pixel_id
 )
 DELETE FROM capirelay_pixel_state
 WHERE reason = 'breaker' AND pixel_id IN (SELECT DISTINCT pixel_id FROM acked);
@@ -274,18 +270,21 @@ SELECT reason, count(*) FROM capirelay_dead_letters GROUP BY reason;
 
 -- name: expire_dedup
 -- Forget keys older than the window, a chunk at a time so one expiry never holds many
--- row locks.  A key whose event is still queued (pinned) is kept however old.
+-- row locks.  A key whose event is still queued (its queue_id's row exists: one
+-- primary-key probe) is kept however old.
 -- SKIP LOCKED: a key an enqueue is re-claiming right now is left alone, and the
--- re-check after locking keeps a key that was just re-claimed or pinned.
+-- re-check after locking keeps a key that was just re-claimed.
 DELETE FROM capirelay_dedup AS d
 USING (
-    SELECT pixel_id, event_name, event_id FROM capirelay_dedup
-    WHERE seen_at <= %(cutoff)s AND NOT queued
+    SELECT event_id, event_name, pixel_id FROM capirelay_dedup AS k
+    WHERE seen_at <= %(cutoff)s
+      AND NOT EXISTS (SELECT 1 FROM capirelay_queue AS q WHERE q.id = k.queue_id)
     LIMIT %(chunk)s
     FOR UPDATE SKIP LOCKED
 ) AS old
-WHERE d.pixel_id = old.pixel_id AND d.event_name = old.event_name
-  AND d.event_id = old.event_id AND d.seen_at <= %(cutoff)s AND NOT d.queued;
+WHERE d.event_id = old.event_id AND d.event_name = old.event_name
+  AND d.pixel_id = old.pixel_id AND d.seen_at <= %(cutoff)s
+  AND NOT EXISTS (SELECT 1 FROM capirelay_queue AS q WHERE q.id = d.queue_id);
 
 -- name: dlq_list
 SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, reason, error,
@@ -318,33 +317,39 @@ WITH letters AS (
     FOR UPDATE
 ),
 first_of_key AS (
-    SELECT DISTINCT ON (pixel_id, event_name, event_id) *
+    SELECT DISTINCT ON (event_id, event_name, pixel_id) *
     FROM letters
-    ORDER BY pixel_id, event_name, event_id, id
+    ORDER BY event_id, event_name, pixel_id, id
+),
+numbered AS (
+    SELECT f.*, nextval('capirelay_queue_id_seq') AS queue_id
+    FROM (SELECT * FROM first_of_key ORDER BY id) AS f
 ),
 claimed AS (
-    INSERT INTO capirelay_dedup AS d (pixel_id, event_name, event_id, seen_at, queued)
-    SELECT pixel_id, event_name, event_id, %(now)s, true FROM first_of_key
-    ORDER BY pixel_id, event_name, event_id
-    ON CONFLICT (pixel_id, event_name, event_id)
-        DO UPDATE SET seen_at = excluded.seen_at, queued = true
-        WHERE d.seen_at <= %(cutoff)s AND NOT d.queued
-    RETURNING pixel_id, event_name, event_id
+    INSERT INTO capirelay_dedup AS d (event_id, event_name, pixel_id, seen_at, queue_id)
+    SELECT event_id, event_name, pixel_id, %(now)s, queue_id FROM numbered
+    ORDER BY event_id, event_name, pixel_id
+    ON CONFLICT (event_id, event_name, pixel_id)
+        DO UPDATE SET seen_at = excluded.seen_at, queue_id = excluded.queue_id
+        WHERE d.seen_at <= %(cutoff)s
+          AND NOT EXISTS (SELECT 1 FROM capirelay_queue AS q WHERE q.id = d.queue_id)
+    RETURNING queue_id
 ),
 moved AS (
     DELETE FROM capirelay_dead_letters AS l
-    USING first_of_key AS f JOIN claimed USING (pixel_id, event_name, event_id)
-    WHERE l.id = f.id
-    RETURNING l.*
+    USING numbered AS n
+    WHERE l.id = n.id AND n.queue_id IN (SELECT queue_id FROM claimed)
+    RETURNING l.*, n.queue_id
 ),
 requeued AS (
-    INSERT INTO capirelay_queue (pixel_id, event_name, event_id, payload, event_time, deadline,
-                                 test_event_code, source, queued_at, attempts, state,
+    INSERT INTO capirelay_queue (id, pixel_id, event_name, event_id, payload, event_time,
+                                 deadline, test_event_code, source, queued_at, attempts, state,
                                  available_at, attempt_log)
-    SELECT pixel_id, event_name, event_id, payload, event_time, deadline, test_event_code,
-           source, %(now)s, 0, 0, %(now)s, attempt_log
+    OVERRIDING SYSTEM VALUE
+    SELECT queue_id, pixel_id, event_name, event_id, payload, event_time, deadline,
+           test_event_code, source, %(now)s, 0, 0, %(now)s, attempt_log
     FROM moved
-    ORDER BY id
+    ORDER BY queue_id
     RETURNING pixel_id
 ),
 announced AS (
@@ -513,11 +518,6 @@ WITH acked AS (
     RETURNING pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
               test_event_code, payload
 ),
-unpinned AS (
-    UPDATE capirelay_dedup AS d SET queued = false
-    FROM acked AS a
-    WHERE d.pixel_id = a.pixel_id AND d.event_name = a.event_name AND d.event_id = a.event_id
-),
 unheld AS (
     DELETE FROM capirelay_pixel_state
     WHERE reason = 'breaker' AND pixel_id IN (SELECT DISTINCT pixel_id FROM acked)
@@ -544,9 +544,12 @@ SELECT id, pixel_id, event_name, event_id, outcome, source, recorded_at, receive
 FROM capirelay_receipts WHERE event_id = %(event_id)s ORDER BY id;
 
 -- name: queued_of_event
-SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
-       test_event_code, state, available_at
-FROM capirelay_queue WHERE event_id = %(event_id)s ORDER BY id;
+-- A queued event is found through its dedup key (event_id leads its primary key, and the
+-- key names the queue row while the event is queued): the queue has no event_id index.
+SELECT q.pixel_id, q.event_name, q.event_id, q.source, q.queued_at, q.attempts,
+       q.attempt_log, q.test_event_code, q.state, q.available_at
+FROM capirelay_dedup AS d JOIN capirelay_queue AS q ON q.id = d.queue_id
+WHERE d.event_id = %(event_id)s ORDER BY q.id;
 
 -- name: letters_of_event
 SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_event_code,
@@ -554,15 +557,19 @@ SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_even
 FROM capirelay_dead_letters WHERE event_id = %(event_id)s ORDER BY id;
 
 -- name: event_ids_of_order
-SELECT event_id FROM capirelay_receipts
+SELECT event_id, max(recorded_at) FROM capirelay_receipts
 WHERE order_key = %(key)s AND (%(pixel_id)s::text IS NULL OR pixel_id = %(pixel_id)s::text)
 GROUP BY event_id ORDER BY max(id) DESC LIMIT %(limit)s;
 
 -- name: prune_old_receipts
--- One chunk per transaction: pruning never holds many row locks for long.
+-- One chunk per transaction: pruning never holds many row locks for long.  Oldest id
+-- first: ids follow recording order, so the chunk at the head of the primary key holds
+-- the oldest receipts (no recorded_at index to maintain on every insert).  A chunk that
+-- is not all past the retention ends the pruning.
 DELETE FROM capirelay_receipts WHERE id IN (
-    SELECT id FROM capirelay_receipts WHERE recorded_at < %(cutoff)s
-    ORDER BY recorded_at LIMIT %(chunk)s);
+    SELECT id FROM (SELECT id, recorded_at FROM capirelay_receipts ORDER BY id
+                    LIMIT %(chunk)s) AS head
+    WHERE recorded_at < %(cutoff)s);
 
 -- name: prune_receipts_over_cap
 DELETE FROM capirelay_receipts WHERE id IN (
@@ -589,12 +596,7 @@ SELECT id, pixel_id, identity FROM capirelay_receipts WHERE strpos(identity, %(k
 -- name: erase_queued
 WITH gone AS (
     DELETE FROM capirelay_queue WHERE id = ANY(%(ids)s::bigint[])
-    RETURNING pixel_id, event_name, event_id
-),
-unpinned AS (
-    UPDATE capirelay_dedup AS d SET queued = false
-    FROM gone AS g
-    WHERE d.pixel_id = g.pixel_id AND d.event_name = g.event_name AND d.event_id = g.event_id
+    RETURNING id
 )
 SELECT count(*) FROM gone;
 

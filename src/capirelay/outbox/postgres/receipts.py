@@ -15,6 +15,16 @@ from typing import Any, Final, TypeVar
 
 from psycopg import AsyncConnection
 
+from capirelay.outbox.postgres._batches import (
+    BATCHED_RECEIPTS,
+    BATCHES_OF_EVENT,
+    BATCHES_OF_ORDER,
+    PRUNE_BATCHES_OVER_CAP,
+    PRUNE_OLD_BATCHES,
+    erase_from_batches,
+    receipts_of_batch,
+    write_delivered,
+)
 from capirelay.outbox.postgres._statements import QUERIES
 from capirelay.outbox.receipts import (
     ErasureResult,
@@ -158,7 +168,7 @@ class PostgresReceipts:
             # Binary results: the payloads come back as bytes, not hex text to encode.
             cur = await conn.execute(QUERIES["ack_returning"], params, binary=True)
             receipts = [delivered_from_row(row, answer, now) for row in await cur.fetchall()]
-            await write_receipts(conn, receipts)
+            await write_delivered(conn, receipts)  # one batch row, not one row per event
 
         await self._in_transaction(work)
 
@@ -179,7 +189,16 @@ class PostgresReceipts:
                 await (await conn.execute(QUERIES[name], params)).fetchall()
                 for name in ("receipts_of_event", "queued_of_event", "letters_of_event")
             ]
-            return trace_from_rows(event_id, pixel_id, *rows)
+            batch_rows = await (await conn.execute(BATCHES_OF_EVENT, params)).fetchall()
+            record = trace_from_rows(event_id, pixel_id, *rows)
+            delivered = [
+                r
+                for row in batch_rows
+                for r in receipts_of_batch(row)
+                if r.event_id == event_id and pixel_id in (None, r.pixel_id)
+            ]
+            receipts = sorted([*record.receipts, *delivered], key=lambda r: r.recorded_at)
+            return TraceRecord(event_id, receipts, record.pending)
 
         result: TraceRecord = await self._in_transaction(work)
         return result
@@ -193,8 +212,21 @@ class PostgresReceipts:
         params = {"key": key, "pixel_id": pixel_id, "limit": limit}
 
         async def work(conn: AsyncConnection[Any]) -> list[str]:
+            # Newest first: per-event receipts by id, then the delivered batches.
             cur = await conn.execute(QUERIES["event_ids_of_order"], params)
-            return [row[0] for row in await cur.fetchall()]
+            found = [(at, event_id) for event_id, at in await cur.fetchall()]
+            cur = await conn.execute(BATCHES_OF_ORDER, params)
+            for row in await cur.fetchall():
+                found += [
+                    (r.recorded_at, r.event_id)
+                    for r in receipts_of_batch(row)
+                    if r.order_key == key and pixel_id in (None, r.pixel_id)
+                ]
+            ids: list[str] = []
+            for _, event_id in sorted(found, key=lambda f: f[0], reverse=True):
+                if event_id not in ids:
+                    ids.append(event_id)
+            return ids[:limit]
 
         found: list[str] = await self._in_transaction(work)
         return found
@@ -202,33 +234,56 @@ class PostgresReceipts:
     async def prune_receipts(
         self, *, now: float, retention_seconds: float, cap: int, chunk: int = PRUNE_CHUNK
     ) -> int:
-        removed = 0
-        steps = (
-            ("prune_old_receipts", {"cutoff": now - retention_seconds, "chunk": chunk}),
-            ("prune_receipts_over_cap", {"cap": cap, "chunk": chunk}),
+        """Past the retention, then over the cap, oldest first; over the cap, the per-event
+        receipts keep their place and the delivered batches make room (the cap counts
+        receipts, a batch holds many)."""
+        cutoff = now - retention_seconds
+        removed = await self._prune_chunks(
+            QUERIES["prune_old_receipts"], {"cutoff": cutoff, "chunk": chunk}, chunk
         )
-        for name, params in steps:
-            while True:
-
-                async def work(
-                    conn: AsyncConnection[Any], name: str = name, params: Any = params
-                ) -> int:
-                    return (await conn.execute(QUERIES[name], params)).rowcount
-
-                count: int = await self._in_transaction(work)
-                removed += count
-                if count < chunk:
-                    break
+        removed += await self._prune_chunks(
+            PRUNE_OLD_BATCHES, {"cutoff": cutoff, "chunk": chunk}, chunk, counted=True
+        )
+        removed += await self._prune_chunks(
+            QUERIES["prune_receipts_over_cap"], {"cap": cap, "chunk": chunk}, chunk
+        )
+        room = max(0, cap - await self._count(QUERIES["receipt_count"]))
+        removed += await self._prune_chunks(
+            PRUNE_BATCHES_OVER_CAP, {"room": room, "chunk": chunk}, chunk, counted=True
+        )
         return removed
 
-    async def receipt_count(self) -> int:
+    async def _prune_chunks(
+        self, sql: str, params: dict[str, Any], chunk: int, *, counted: bool = False
+    ) -> int:
+        """Run a chunked DELETE until a chunk comes back short; the receipts it removed
+        (``counted``: the statement returns each removed row's receipt count)."""
+        removed = 0
+        while True:
+
+            async def work(conn: AsyncConnection[Any]) -> tuple[int, int]:
+                cur = await conn.execute(sql, params)
+                if not counted:
+                    return cur.rowcount, cur.rowcount
+                rows = await cur.fetchall()
+                return len(rows), sum(int(r[0]) for r in rows)
+
+            rows, receipts = await self._in_transaction(work)
+            removed += receipts
+            if rows < chunk:
+                return removed
+
+    async def _count(self, sql: str) -> int:
         async def work(conn: AsyncConnection[Any]) -> int:
-            cur = await conn.execute(QUERIES["receipt_count"])
-            row = await cur.fetchone()
+            row = await (await conn.execute(sql)).fetchone()
             return int(row[0]) if row else 0
 
         count: int = await self._in_transaction(work)
         return count
+
+    async def receipt_count(self) -> int:
+        per_event = await self._count(QUERIES["receipt_count"])
+        return per_event + await self._count(BATCHED_RECEIPTS)
 
     async def erase(
         self,
@@ -265,10 +320,11 @@ class PostgresReceipts:
             removed_receipts = await conn.execute(
                 QUERIES["erase_receipts"], {"ids": sorted(receipt_ids)}
             )
+            batched = await erase_from_batches(conn, short, pixel_id, write_receipts)
             result = ErasureResult(
                 queued=int(row[0]) if row else 0,
                 dead_letters=removed_letters.rowcount,
-                receipts=removed_receipts.rowcount,
+                receipts=removed_receipts.rowcount + batched,
             )
             async with conn.cursor() as insert:
                 await insert.executemany(
