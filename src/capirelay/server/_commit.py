@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.datastructures import State
 
 from capirelay.ingest import PreparedEvent
 from capirelay.metrics import Metrics
@@ -51,32 +51,32 @@ class Committed:
 
 
 async def commit_prepared(
-    request: Request, pixel_id: str, prepared: Sequence[PreparedEvent], *, now: float
+    state: State, pixel_id: str, prepared: Sequence[PreparedEvent], *, now: float
 ) -> Committed:
     """Enqueue the accepted events in one durable commit and wake delivery for ``pixel_id``.
 
     Raises the 503 :class:`ApiError` when storage is unavailable: nothing was accepted.
     """
-    outbox: Outbox = request.app.state.outbox
-    _count_pii(request.app.state.metrics, pixel_id, prepared)
+    outbox: Outbox = state.outbox
+    _count_pii(state.metrics, pixel_id, prepared)
     accepted = [item.new_event for item in prepared if item.new_event is not None]
     enqueued: list[EnqueueStatus] = []
     if accepted:
         try:
             enqueued = await outbox.enqueue(accepted, now=now)
         except StorageUnavailable:
-            request.app.state.last_write_failure = time.monotonic()
+            state.last_write_failure = time.monotonic()
             raise ApiError(
                 503,
                 "storage_unavailable",
                 "the gateway cannot store events right now; nothing was accepted, retry later",
                 headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
             ) from None
-        request.app.state.last_write_failure = None  # storage takes writes again
+        state.last_write_failure = None  # storage takes writes again
         if EnqueueStatus.DUPLICATE in enqueued:
             await record_duplicates(outbox, accepted, enqueued, now=now)
     if EnqueueStatus.QUEUED in enqueued:
-        request.app.state.engine.notify(pixel_id)
+        state.engine.notify(pixel_id)
     answers = iter(enqueued)
     statuses: list[str] = []
     for item in prepared:
@@ -90,7 +90,7 @@ async def commit_prepared(
 
 
 async def commit_events(
-    request: Request,
+    state: State,
     pixel_id: str,
     prepared: Sequence[PreparedEvent],
     *,
@@ -98,8 +98,8 @@ async def commit_events(
     source: str,
 ) -> list[str]:
     """:func:`commit_prepared`, then count the outcome; one status per prepared event."""
-    committed = await commit_prepared(request, pixel_id, prepared, now=now)
-    metrics: Metrics = request.app.state.metrics
+    committed = await commit_prepared(state, pixel_id, prepared, now=now)
+    metrics: Metrics = state.metrics
     _count(metrics, pixel_id, source, committed.accepted, committed.enqueued, prepared)
     return committed.statuses
 
