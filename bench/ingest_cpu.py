@@ -73,8 +73,8 @@ def _beacon(run: str, i: int) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     return body, headers
 
 
-def _event(run: str, i: int, now: int) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    body = _body(run, i, now)
+def _event(run: str, i: int, now: int, batch: int) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    body = _body(run, i, now, batch)
     headers = [
         (b"host", b"127.0.0.1"),
         (b"content-type", b"application/json"),
@@ -84,29 +84,28 @@ def _event(run: str, i: int, now: int) -> tuple[bytes, list[tuple[bytes, bytes]]
     return body, headers
 
 
-def _body(run: str, i: int, now: int) -> bytes:
+def _body(run: str, i: int, now: int, batch: int) -> bytes:
     return orjson.dumps(
-        {
-            "pixel_id": PIXEL,
-            "data": [
-                {
-                    "event_name": "Purchase",
-                    "event_time": now,
-                    "event_id": f"{run}-{i}",
-                    "action_source": "website",
-                    "event_source_url": "https://shop.bench.example/thanks",
-                    "user_data": {
-                        "email": f"shopper{i}@example.com",
-                        "phone": f"+1 650 555 {i % 10000:04d}",
-                        "client_ip_address": f"203.0.{(i >> 8) % 256}.{i % 256}",
-                        "client_user_agent": "Mozilla/5.0 (bench)",
-                        "fbp": f"fb.1.1700000000000.{i}",
-                    },
-                    "custom_data": {"value": 10.5, "currency": "USD"},
-                }
-            ],
-        }
+        {"pixel_id": PIXEL, "data": [_purchase(run, i * batch + j, now) for j in range(batch)]}
     )
+
+
+def _purchase(run: str, i: int, now: int) -> dict[str, Any]:
+    return {
+        "event_name": "Purchase",
+        "event_time": now,
+        "event_id": f"{run}-{i}",
+        "action_source": "website",
+        "event_source_url": "https://shop.bench.example/thanks",
+        "user_data": {
+            "email": f"shopper{i}@example.com",
+            "phone": f"+1 650 555 {i % 10000:04d}",
+            "client_ip_address": f"203.0.{(i >> 8) % 256}.{i % 256}",
+            "client_user_agent": "Mozilla/5.0 (bench)",
+            "fbp": f"fb.1.1700000000000.{i}",
+        },
+        "custom_data": {"value": 10.5, "currency": "USD"},
+    }
 
 
 async def _request(app: Any, path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -152,7 +151,7 @@ async def _run(app: Any, args: argparse.Namespace) -> None:
     path = f"/v1/{args.route}"
 
     def make(prefix: str, i: int) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-        return _beacon(prefix, i) if args.route == "collect" else _event(prefix, i, now)
+        return _beacon(prefix, i) if args.route == "collect" else _event(prefix, i, now, args.batch)
 
     requests, profile = args.requests, args.profile
     async with app.router.lifespan_context(app):
@@ -178,7 +177,12 @@ async def _run(app: Any, args: argparse.Namespace) -> None:
         for tid, cpu in after.items():
             spent = cpu - before.get(tid, 0.0)
             if spent > 0.005:
-                print(f"  {names.get(tid, tid)}: {1e6 * spent / requests:.0f} µs CPU/request")
+                per = (
+                    f" ({1e6 * spent / requests / args.batch:.1f} µs/event)"
+                    if args.batch > 1
+                    else ""
+                )
+                print(f"  {names.get(tid, tid)}: {1e6 * spent / requests:.0f} µs CPU/request{per}")
         if profiler:
             pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
 
@@ -187,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--route", choices=["events", "collect"], default="events")
+    parser.add_argument("--batch", type=int, default=1, help="events per /v1/events request")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sort", default="cumulative", help="cProfile order (tottime, ...)")
     parser.add_argument("--top", type=int, default=40)
