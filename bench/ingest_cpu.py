@@ -11,7 +11,7 @@ beacons (text/plain, Chrome User-Agent, the shop's Origin, an ``_fbp`` cookie) a
 floor (1 / floor req/s) to get the whole request.
 
     .venv/bin/python bench/ingest_cpu.py [--requests 5000] [--route events|collect]
-        [--profile [--sort tottime] [--top 40]]
+        [--batch 100] [--profile [--sort tottime] [--top 40]]
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 :func:`create_app` builds a Starlette app (not FastAPI: the hot path is one
 JSON parse, a loop over events and one group commit, and a framework layer
-per request would cost more than the work).  The lifespan opens the outbox and
+per request would cost more than the work); ``POST /v1/events`` and ``POST
+/v1/collect`` are answered by :class:`capirelay.server.fast_path.Gateway` before
+Starlette's own layers.  The lifespan opens the outbox and
 starts the delivery engine, and on shutdown stops the engine first (it
 finishes or releases in-flight batches) and then closes the outbox (pending
 writes committed).  An outbox or engine passed in by the caller belongs to the
