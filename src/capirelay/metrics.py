@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -40,6 +40,8 @@ STANDARD_EVENT_NAMES = STANDARD_EVENTS
 # (memory, scrape size), so custom names get their own label only up to a bound.
 MAX_CUSTOM_EVENT_LABELS = 50
 MAX_EVENT_LABEL_CHARS = 64
+# Label sets of accepted{} whose child counter is kept at hand (ingest counts every request).
+_MAX_CACHED_CHILDREN = 4096
 OTHER_EVENT_LABEL = "other"
 
 
@@ -240,6 +242,18 @@ class Metrics:
         self.acknowledged_listeners: list[AcknowledgedListener] = []
         self._custom_event_labels: set[str] = set()
         self._event_labels_lock = threading.Lock()
+        self._accepted_children: dict[tuple[str, str, str], Any] = {}
+
+    def count_accepted(self, pixel_id: str, event_name: str, source: str, n: int) -> None:
+        """``accepted{pixel_id, event_name, source}`` += n, its child looked up once per
+        label set (``labels()`` validates and locks on every call; ingest counts each request)."""
+        key = (pixel_id, event_name, source)
+        child = self._accepted_children.get(key)
+        if child is None:
+            child = self.accepted.labels(pixel_id, self.event_label(event_name), source)
+            if len(self._accepted_children) < _MAX_CACHED_CHILDREN:
+                self._accepted_children[key] = child
+        child.inc(n)
 
     def event_label(self, event_name: str) -> str:
         """The ``event_name`` label value for ``event_name``: the name itself for Meta's

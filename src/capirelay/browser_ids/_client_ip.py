@@ -24,6 +24,13 @@ def _parse_ip(text: str | None) -> IPAddress | None:
     """An address from an XFF hop or a socket peer; ports and brackets tolerated."""
     if not text:
         return None
+    return _parse_ip_text(text)
+
+
+# Pure and immutable (text in, address object out): a gateway sees the same few peers (its
+# proxies) and the same clients again and again, and ipaddress parses slowly.
+@lru_cache(maxsize=4096)
+def _parse_ip_text(text: str) -> IPAddress | None:
     text = text.strip()
     if text.startswith("["):
         text = text[1:].split("]", 1)[0]
@@ -51,6 +58,12 @@ def strip_ip_appendix(value: str) -> str:
 @lru_cache(maxsize=64)
 def _trusted_networks(trusted_proxies: tuple[str, ...]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in trusted_proxies)
+
+
+@lru_cache(maxsize=4096)
+def _is_global(address: IPAddress) -> bool:
+    """``address.is_global``, which ipaddress recomputes (a walk over its special ranges)."""
+    return address.is_global
 
 
 def _is_trusted(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
@@ -124,7 +137,7 @@ def client_ip(
     if from_request_ip is not None:
         candidates.append(from_request_ip)
     ranked = sorted(
-        (c for c in candidates if allow_private or c.is_global),
-        key=lambda c: (not c.is_global, c.version != 6),  # stable: cookie before request
+        (c for c in candidates if allow_private or _is_global(c)),
+        key=lambda c: (not _is_global(c), c.version != 6),  # stable: cookie before request
     )
     return str(ranked[0]) if ranked else None

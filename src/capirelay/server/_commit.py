@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from starlette.requests import Request
+from starlette.datastructures import State
 
 from capirelay.ingest import PreparedEvent
 from capirelay.metrics import Metrics
@@ -51,32 +51,43 @@ class Committed:
 
 
 async def commit_prepared(
-    request: Request, pixel_id: str, prepared: Sequence[PreparedEvent], *, now: float
+    state: State, pixel_id: str, prepared: Sequence[PreparedEvent], *, now: float
 ) -> Committed:
     """Enqueue the accepted events in one durable commit and wake delivery for ``pixel_id``.
 
     Raises the 503 :class:`ApiError` when storage is unavailable: nothing was accepted.
     """
-    outbox: Outbox = request.app.state.outbox
-    _count_pii(request.app.state.metrics, pixel_id, prepared)
-    accepted = [item.new_event for item in prepared if item.new_event is not None]
+    outbox: Outbox = state.outbox
+    accepted: list[NewEvent] = []
+    with_problems = False
+    for item in prepared:
+        if item.new_event is not None:
+            accepted.append(item.new_event)
+        if item.problems:
+            with_problems = True
+    if with_problems:
+        _count_pii(state.metrics, pixel_id, prepared)
     enqueued: list[EnqueueStatus] = []
     if accepted:
         try:
             enqueued = await outbox.enqueue(accepted, now=now)
         except StorageUnavailable:
-            request.app.state.last_write_failure = time.monotonic()
+            state.last_write_failure = time.monotonic()
             raise ApiError(
                 503,
                 "storage_unavailable",
                 "the gateway cannot store events right now; nothing was accepted, retry later",
                 headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
             ) from None
-        request.app.state.last_write_failure = None  # storage takes writes again
+        state.last_write_failure = None  # storage takes writes again
+        if len(accepted) == len(prepared) and all(e is _QUEUED for e in enqueued):
+            # The common case: every event accepted and new.
+            state.engine.notify(pixel_id)
+            return Committed(accepted, enqueued, [_QUEUED_TEXT] * len(prepared))
         if EnqueueStatus.DUPLICATE in enqueued:
             await record_duplicates(outbox, accepted, enqueued, now=now)
     if EnqueueStatus.QUEUED in enqueued:
-        request.app.state.engine.notify(pixel_id)
+        state.engine.notify(pixel_id)
     answers = iter(enqueued)
     statuses: list[str] = []
     for item in prepared:
@@ -89,8 +100,12 @@ async def commit_prepared(
     return Committed(accepted, enqueued, statuses)
 
 
+_QUEUED = EnqueueStatus.QUEUED
+_QUEUED_TEXT = str(EnqueueStatus.QUEUED)
+
+
 async def commit_events(
-    request: Request,
+    state: State,
     pixel_id: str,
     prepared: Sequence[PreparedEvent],
     *,
@@ -98,8 +113,8 @@ async def commit_events(
     source: str,
 ) -> list[str]:
     """:func:`commit_prepared`, then count the outcome; one status per prepared event."""
-    committed = await commit_prepared(request, pixel_id, prepared, now=now)
-    metrics: Metrics = request.app.state.metrics
+    committed = await commit_prepared(state, pixel_id, prepared, now=now)
+    metrics: Metrics = state.metrics
     _count(metrics, pixel_id, source, committed.accepted, committed.enqueued, prepared)
     return committed.statuses
 
@@ -122,7 +137,10 @@ def _count(
     enqueued: Sequence[EnqueueStatus],
     prepared: Sequence[PreparedEvent],
 ) -> None:
-    """Aggregate first: one ``labels().inc(n)`` per label set, not one per event."""
+    """Aggregate first: one ``inc(n)`` per label set, not one per event."""
+    if len(accepted) == 1 == len(prepared) and enqueued[0] is _QUEUED:  # one new event
+        metrics.count_accepted(pixel_id, accepted[0].event_name, source, 1)
+        return
     queued: Counter[str] = Counter()
     duplicate: Counter[str] = Counter()
     rejected: Counter[str] = Counter()
@@ -131,11 +149,12 @@ def _count(
             rejected["unstorable_value"] += 1
             continue
         (queued if status is EnqueueStatus.QUEUED else duplicate)[event.event_name] += 1
-    for item in prepared:
-        if item.new_event is None:
-            rejected.update({problem.code for problem in item.problems if problem.is_error})
+    if len(accepted) < len(prepared):
+        for item in prepared:
+            if item.new_event is None:
+                rejected.update({problem.code for problem in item.problems if problem.is_error})
     for event_name, n in queued.items():
-        metrics.accepted.labels(pixel_id, metrics.event_label(event_name), source).inc(n)
+        metrics.count_accepted(pixel_id, event_name, source, n)
     for event_name, n in duplicate.items():
         metrics.duplicates.labels(pixel_id, metrics.event_label(event_name)).inc(n)
     for code, n in rejected.items():

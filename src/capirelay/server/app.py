@@ -2,7 +2,9 @@
 
 :func:`create_app` builds a Starlette app (not FastAPI: the hot path is one
 JSON parse, a loop over events and one group commit, and a framework layer
-per request would cost more than the work).  The lifespan opens the outbox and
+per request would cost more than the work); ``POST /v1/events`` and ``POST
+/v1/collect`` are answered by :class:`capirelay.server.fast_path.Gateway` before
+Starlette's own layers.  The lifespan opens the outbox and
 starts the delivery engine, and on shutdown stops the engine first (it
 finishes or releases in-flight batches) and then closes the outbox (pending
 writes committed).  An outbox or engine passed in by the caller belongs to the
@@ -36,7 +38,8 @@ from capirelay.ops.diagnostics import DiagnosticsRunner
 from capirelay.ops.meta_store import meta_store_for
 from capirelay.outbox import Outbox, open_outbox
 from capirelay.server import routes_health, routes_ingest, routes_trace, routes_webhooks
-from capirelay.server.body_limit import BodyLimitMiddleware
+from capirelay.server.body_limit import BodyLimitMiddleware, body_limit
+from capirelay.server.fast_path import SECURITY_HEADERS, FastRoute, Gateway
 from capirelay.server.http import ApiError, JSONResponse, error_response
 from capirelay.server.openapi import openapi_document
 from capirelay.server.rate_limit import GatewayLimits
@@ -46,13 +49,6 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("capirelay.server")
 access_log = logging.getLogger("capirelay.access")
-
-_SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
-    (b"x-content-type-options", b"nosniff"),
-    (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
-    (b"cache-control", b"no-store"),
-)
 
 
 def create_app(
@@ -89,10 +85,17 @@ def create_app(
                 log.warning("no ingest_keys configured: POST /v1/events answers 401 to everyone")
             yield
 
-    app = Starlette(
+    app = Gateway(
+        fast_routes={
+            "/v1/events": routes_ingest.post_events,
+            "/v1/collect": routes_ingest.post_collect,
+        },
+        # What BodyLimitMiddleware refuses by declared length before the route runs
+        # (/v1/collect answers that itself, with CORS headers).
+        body_limits={"/v1/events": body_limit("/v1/events", settings)},
         routes=[
-            Route("/v1/events", routes_ingest.post_events, methods=["POST"]),
-            Route("/v1/collect", routes_ingest.post_collect, methods=["POST"]),
+            Route("/v1/events", FastRoute(routes_ingest.post_events), methods=["POST"]),
+            Route("/v1/collect", FastRoute(routes_ingest.post_collect), methods=["POST"]),
             Route("/v1/events/{event_id:path}", routes_trace.get_event, methods=["GET"]),
             Route("/v1/collect", routes_ingest.preflight_collect, methods=["OPTIONS"]),
             Route("/v1/webhooks/{name}", routes_webhooks.post_webhook, methods=["POST"]),
@@ -240,7 +243,7 @@ class GatewayHeadersMiddleware:
                 headers = [h for h in message.get("headers", []) if h[0].lower() != b"server"]
                 # A route that chose its own value (the cacheable snippet) keeps it.
                 present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in _SECURITY_HEADERS if h[0] not in present)
+                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
                 message["headers"] = headers
             await send(message)
 

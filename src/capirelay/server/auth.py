@@ -5,11 +5,14 @@ early exit, so response timing reveals neither whether a key exists nor which
 source it belongs to.  Both sides are hashed first so ``hmac.compare_digest``
 always compares equal-length strings (it leaks length otherwise).  Secrets are
 resolved on each request, so a rotated key in the environment or a key file
-takes effect without a restart.  Nothing here logs or echoes the presented key.
+takes effect without a restart; only the configured secret's digest is remembered
+(by its value: a rotated secret gets its own), never anything about the presented
+key.  Nothing here logs or echoes the presented key.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -42,7 +45,7 @@ def authenticate(authorization: str | None, settings: Settings) -> Caller:
         secret = ingest_key.key.resolve()
         if secret is None:
             continue
-        secret_digest = hashlib.sha256(secret.encode()).digest()
+        secret_digest = _secret_digest(secret)
         if hmac.compare_digest(presented_digest, secret_digest) and matched is None:
             matched = Caller(source=name, pixels=frozenset(ingest_key.pixels))
     if matched is None:
@@ -54,6 +57,11 @@ def authenticate(authorization: str | None, settings: Settings) -> Caller:
             headers=_CHALLENGE,
         )
     return matched
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 def authorize_pixel(caller: Caller, pixel_id: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from starlette.datastructures import State
 from starlette.requests import Request
 
 from capirelay.beacon_tokens import TokenError, verify_beacon_token
@@ -65,13 +66,13 @@ def limit_webhook(request: Request, settings: Settings, name: str, pixel_id: str
         raise
 
 
-def limit_ingest_key(request: Request, key_name: str, pixel_id: str, events: int) -> None:
+def limit_ingest_key(state: State, key_name: str, pixel_id: str, events: int) -> None:
     """429 when ingest key ``key_name`` is over its quota (its events counted as dropped)."""
-    limits: GatewayLimits = request.app.state.limits
+    limits: GatewayLimits = state.limits
     try:
         limits.check_ingest_key(key_name, events)
     except ApiError:
-        request.app.state.metrics.dropped.labels(pixel_id, RATE_LIMITED).inc(events)
+        state.metrics.dropped.labels(pixel_id, RATE_LIMITED).inc(events)
         raise
 
 

@@ -17,7 +17,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-__all__ = ["ApiError", "JSONResponse", "error_response", "parse_json", "read_body"]
+__all__ = ["ApiError", "JSONResponse", "error_response", "parse_json", "read_body", "too_large"]
 
 
 class JSONResponse(Response):
@@ -58,7 +58,7 @@ def error_response(
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
-def _too_large(limit: int) -> ApiError:
+def too_large(limit: int) -> ApiError:
     return ApiError(
         413,
         "body_too_large",
@@ -74,7 +74,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared is not None:
         try:
             if int(declared) > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
         except ValueError:
             raise ApiError(400, "bad_content_length", "Content-Length must be an integer") from None
     chunks: list[bytes] = []
@@ -83,7 +83,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
             chunks.append(chunk)
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client closed the request early") from None

@@ -31,6 +31,7 @@ event loop runs these checks without awaiting, so no lock is needed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import time
@@ -101,6 +102,11 @@ def address_key(
     address = browser_ids.request_address(remote_addr, headers, trusted_proxies)
     if address is None:
         return UNKNOWN_ADDRESS
+    return _bucket_key(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _bucket_key(address: str) -> str:
     parsed = ipaddress.ip_address(address)
     if isinstance(parsed, ipaddress.IPv6Address):
         if parsed.ipv4_mapped is not None:

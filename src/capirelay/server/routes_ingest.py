@@ -30,6 +30,7 @@ import time
 import uuid
 from typing import Any
 
+from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -43,7 +44,8 @@ from capirelay.server import beacon_guard, cors
 from capirelay.server._commit import commit_events, problems_json
 from capirelay.server._receipts import record_dropped
 from capirelay.server.auth import authenticate, authorize_pixel
-from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
+from capirelay.server.fast_path import Answer, Incoming, error_answer, json_answer, raw_headers
+from capirelay.server.http import ApiError, parse_json
 from capirelay.sources import consent
 from capirelay.sources._body import (
     BodyError,
@@ -61,7 +63,7 @@ from capirelay.sources.beacon import (
 
 __all__ = ["post_collect", "post_events", "preflight_collect"]
 
-TEST_EVENT_CODE_HEADER = "x-test-event-code"
+TEST_EVENT_CODE_HEADER = b"x-test-event-code"
 
 _EVENTS_FIELDS = frozenset({"pixel_id", "data", "test_event_code"})
 
@@ -70,17 +72,15 @@ _EVENTS_FIELDS = frozenset({"pixel_id", "data", "test_event_code"})
 # POST /v1/events
 
 
-async def post_events(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
-    caller = authenticate(request.headers.get("authorization"), settings)
-    body = parse_json(await read_body(request, settings.max_body_bytes))
+async def post_events(state: State, incoming: Incoming) -> Answer:
+    settings: Settings = state.settings
+    caller = authenticate(incoming.header(b"authorization"), settings)
+    body = parse_json(await incoming.body(settings.max_body_bytes))
     pixel_id, events, body_code = _events_body(body)
     pixel = _pixel(settings, pixel_id)
     authorize_pixel(caller, pixel_id)
-    beacon_guard.limit_ingest_key(request, caller.source, pixel_id, len(events))
-    test_event_code = (
-        request.headers.get(TEST_EVENT_CODE_HEADER) or body_code or pixel.test_event_code
-    )
+    beacon_guard.limit_ingest_key(state, caller.source, pixel_id, len(events))
+    test_event_code = incoming.header(TEST_EVENT_CODE_HEADER) or body_code or pixel.test_event_code
     if consent.ldu_active(pixel.consent):
         events = [_with_ldu(raw, pixel) for raw in events]
     now = time.time()
@@ -96,7 +96,7 @@ async def post_events(request: Request) -> Response:
         )
         for raw in events
     ]
-    statuses = await commit_events(request, pixel_id, prepared, now=now, source=caller.source)
+    statuses = await commit_events(state, pixel_id, prepared, now=now, source=caller.source)
     results = [
         {
             "index": index,
@@ -106,7 +106,7 @@ async def post_events(request: Request) -> Response:
         }
         for index, (item, status) in enumerate(zip(prepared, statuses, strict=True))
     ]
-    return JSONResponse({"results": results, "test_event_code": test_event_code}, 202)
+    return json_answer(202, {"results": results, "test_event_code": test_event_code})
 
 
 def _events_body(body: Any) -> tuple[str, list[Any], str | None]:
@@ -149,25 +149,30 @@ def _with_ldu(raw: dict[str, Any], pixel: PixelSettings) -> dict[str, Any]:
 # POST /v1/collect
 
 
-async def post_collect(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
-    origin = request.headers.get("origin")
+async def post_collect(state: State, incoming: Incoming) -> Answer:
+    settings: Settings = state.settings
+    origin = incoming.header(b"origin")
     headers = cors.cors_headers(origin) if cors.origin_allowed_anywhere(settings, origin) else {}
     try:
-        return await _collect(request, settings, origin, headers)
+        return await _collect(state, incoming, settings, origin, headers)
     except ApiError as exc:
-        return exc.response(headers if exc.status != 403 else None)
+        return error_answer(exc, headers if exc.status != 403 else None)
 
 
 async def _collect(
-    request: Request, settings: Settings, origin: str | None, headers: dict[str, str]
-) -> Response:
-    body = parse_json(await read_body(request, settings.max_collect_body_bytes))
+    state: State,
+    incoming: Incoming,
+    settings: Settings,
+    origin: str | None,
+    headers: dict[str, str],
+) -> Answer:
+    body = parse_json(await incoming.body(settings.max_collect_body_bytes))
     try:
         beacon = parse_beacon(body)
     except BodyError as exc:
         raise _unprocessable(str(exc)) from None
     pixel = _pixel(settings, beacon.pixel_id)
+    request = incoming.request()
     beacon_guard.limit_collect(request, settings, beacon.pixel_id)
     if origin is not None and not cors.origin_allowed(pixel, origin):
         raise ApiError(
@@ -176,7 +181,7 @@ async def _collect(
             f"this page's origin may not send events to pixel {beacon.pixel_id}; "
             f"add it to pixels.{beacon.pixel_id}.allowed_origins",
         )
-    metrics: Metrics = request.app.state.metrics
+    metrics: Metrics = state.metrics
     beacon_guard.check_event_allowed(metrics, pixel, beacon.pixel_id, beacon.event_name)
     verification = beacon_guard.verify_beacon(
         metrics,
@@ -189,11 +194,11 @@ async def _collect(
     )
     event_id = beacon.event_id or str(uuid.uuid4())
     gpc = consent.gpc_requested(request.headers)
-    reason = drop_reason(beacon, pixel, gpc, request.headers.get("user-agent"))
+    reason = drop_reason(beacon, pixel, gpc, incoming.header(b"user-agent"))
     if reason is not None:
         metrics.dropped.labels(beacon.pixel_id, reason).inc()
         await record_dropped(
-            request.app.state.outbox,
+            state.outbox,
             pixel_id=beacon.pixel_id,
             event_name=beacon.event_name,
             event_id=event_id,
@@ -201,7 +206,7 @@ async def _collect(
             now=time.time(),
         )
         dropped: dict[str, Any] = {"event_id": event_id, "status": "dropped", "fbp": None}
-        return JSONResponse({**dropped, "problems": [], "reason": reason}, 202, headers=headers)
+        return json_answer(202, {**dropped, "problems": [], "reason": reason}, raw_headers(headers))
 
     context = browser_ids.from_request(
         url=str(request.url),
@@ -230,23 +235,23 @@ async def _collect(
         source="collect",
         max_future_skew=settings.max_future_skew,
     )
-    [status] = await commit_events(request, beacon.pixel_id, [prepared], now=now, source="collect")
+    [status] = await commit_events(state, beacon.pixel_id, [prepared], now=now, source="collect")
     if status == EnqueueStatus.QUEUED.value:
         label = metrics.event_label(beacon.event_name)
         metrics.beacon_verification.labels(beacon.pixel_id, label, verification).inc()
-    response = JSONResponse(
+    answer_headers = raw_headers(headers)
+    for cookie in context.cookies_to_set:
+        answer_headers.append((b"set-cookie", cookie.header_value().encode("latin-1")))
+    return json_answer(
+        202,
         {
             "event_id": prepared.event_id or event_id,
             "status": status,
             "fbp": context.fbp,
             "problems": problems_json(prepared.problems),
         },
-        202,
-        headers=headers,
+        answer_headers,
     )
-    for cookie in context.cookies_to_set:
-        response.headers.append("set-cookie", cookie.header_value())
-    return response
 
 
 async def preflight_collect(request: Request) -> Response:

@@ -139,7 +139,7 @@ async def post_webhook(request: Request) -> Response:
     pixel = settings.pixels[webhook.settings.pixel_id]
     prepared = [_prepare(item, webhook, pixel, settings, now) for item in mapped]
     statuses = await commit_events(
-        request, webhook.settings.pixel_id, prepared, now=now, source=webhook.source
+        request.app.state, webhook.settings.pixel_id, prepared, now=now, source=webhook.source
     )
     metrics.webhooks.labels(webhook.name, "processed").inc()
     results = [

@@ -1,0 +1,222 @@
+"""The ingest routes served as plain ASGI, without Starlette's routing and middleware layers.
+
+``POST /v1/events`` and ``POST /v1/collect`` are most of the gateway's traffic, and a
+single-event request is small: Starlette's middleware stack, router, ``Request`` and
+``Response`` objects and header look-ups (a linear scan per look-up) cost about as much
+as the event's own parse, hash and validation.  :class:`Gateway` (the app
+:func:`capirelay.server.app.create_app` returns) answers those two routes itself and
+hands every other request to Starlette.  Everything the middleware did for them is done
+here, in the same order:
+
+* the body limit (:mod:`capirelay.server.body_limit`): a bad ``Content-Length`` is a 400
+  and a declared one over ``/v1/events``' limit a 413 before anything else; a body
+  sent chunked is counted as it arrives and cut off with 413 at the limit
+  (:meth:`Incoming.body`; ``/v1/collect`` answers its own declared 413, with CORS);
+* the security headers of :class:`capirelay.server.app.GatewayHeadersMiddleware` and
+  its access line (method, path, status, duration; no query string, no address);
+* an :class:`~capirelay.server.http.ApiError` becomes its JSON error answer; any other
+  exception a logged 500 ``internal_error`` (nothing acknowledged), then re-raised for
+  the server to log, as Starlette's ``ServerErrorMiddleware`` does.
+
+A route here is ``async (state, incoming) -> Answer``.  The same handlers stay
+registered as Starlette routes (:class:`FastRoute`), so other methods on their paths
+still get 405 and any mounting of the router still reaches them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NamedTuple
+
+import orjson
+from starlette.applications import Starlette
+from starlette.datastructures import State
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
+
+from capirelay.server.body_limit import BodyTooLarge
+from capirelay.server.http import ApiError, too_large
+
+__all__ = ["Answer", "FastRoute", "Gateway", "Incoming", "error_answer", "json_answer"]
+
+log = logging.getLogger("capirelay.server")
+access_log = logging.getLogger("capirelay.access")
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+)
+_SECURITY_NAMES = frozenset(name for name, _ in SECURITY_HEADERS)
+_JSON = (b"content-type", b"application/json")
+
+
+class Answer(NamedTuple):
+    """A response: status, JSON body bytes and extra headers (lowercase names)."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+
+
+def json_answer(
+    status: int, content: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> Answer:
+    return Answer(status, orjson.dumps(content), headers or [])
+
+
+def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+def error_answer(exc: ApiError, extra: Mapping[str, str] | None = None) -> Answer:
+    """The answer :meth:`ApiError.response` gives, as an :class:`Answer`."""
+    body = {"error": {"code": exc.code, "message": exc.message}}
+    return json_answer(exc.status, body, raw_headers({**exc.headers, **(extra or {})}))
+
+
+class Incoming:
+    """One request on the fast path: its scope, its headers (first one of a name wins, as
+    Starlette's ``Headers`` does) and a bounded body reader."""
+
+    __slots__ = ("headers", "receive", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self.receive = receive
+        # ASGI servers send lowercase names; reversed, so the first of a repeated name wins.
+        self.headers: dict[bytes, bytes] = dict(reversed(scope["headers"]))
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    def request(self) -> Request:
+        """A Starlette request on the same scope (URL, cookies, client) for code that wants one."""
+        return Request(self.scope, self.receive)
+
+    async def body(self, limit: int) -> bytes:
+        """The body, or 413 (declared or counted over ``limit``) / 400 (client went away)."""
+        declared = self.headers.get(b"content-length")
+        if declared is not None and int(declared) > limit:  # Gateway refused a bad one
+            raise too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.request":
+                chunk: bytes = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                if not message.get("more_body", False):
+                    if not chunks:
+                        return chunk
+                    chunks.append(chunk)
+                    return b"".join(chunks)
+                chunks.append(chunk)
+            elif message["type"] == "http.disconnect":
+                raise ApiError(400, "client_disconnected", "the client closed the request early")
+
+
+Handler = Callable[[State, Incoming], Awaitable[Answer]]
+
+
+class Gateway(Starlette):
+    """Starlette, with the ingest routes (``fast_routes``: path to handler, POST only)
+    answered by :func:`serve` before the middleware stack."""
+
+    def __init__(
+        self, *args: Any, fast_routes: dict[str, Handler], body_limits: dict[str, int], **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self.fast_routes = fast_routes
+        self.body_limits = body_limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.fast_routes.get(scope["path"])
+            if handler is not None:
+                scope["app"] = self
+                await serve(self, handler, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+class FastRoute:
+    """A fast-path handler as a Starlette route endpoint (reached only when the app is
+    mounted under another router; :class:`Gateway` answers first otherwise)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await serve(scope["app"], self.handler, scope, receive, send)
+
+
+async def serve(app: Any, handler: Handler, scope: Scope, receive: Receive, send: Send) -> None:
+    started = time.perf_counter()
+    status = 0
+    incoming = Incoming(scope, receive)
+    try:
+        try:
+            answer = _declared_length_refusal(app, scope["path"], incoming)
+            if answer is None:
+                answer = await handler(app.state, incoming)
+        except ApiError as exc:
+            answer = error_answer(exc)
+        status = answer.status
+        await _send(send, answer)
+    except Exception as exc:
+        # The exception text can hold anything; log only its type and the path.
+        log.error("unhandled %s on %s %s", type(exc).__name__, scope["method"], scope["path"])
+        if status == 0:
+            status = 500
+            failure = ApiError(
+                500, "internal_error", "the gateway failed; nothing was acknowledged"
+            )
+            await _send(send, error_answer(failure))
+        raise
+    finally:
+        access_log.info(
+            "%s %s %d %.1fms",
+            scope["method"],
+            scope["path"],
+            status,
+            (time.perf_counter() - started) * 1000,
+        )
+
+
+def _declared_length_refusal(app: Any, path: str, incoming: Incoming) -> Answer | None:
+    """What :class:`~capirelay.server.body_limit.BodyLimitMiddleware` answers before the route."""
+    declared = incoming.headers.get(b"content-length")
+    if declared is None:
+        return None
+    try:
+        length = int(declared)
+    except ValueError:
+        return error_answer(
+            ApiError(400, "bad_content_length", "Content-Length must be an integer")
+        )
+    limit = app.body_limits.get(path)
+    if limit is not None and length > limit:
+        return error_answer(BodyTooLarge(limit))
+    return None
+
+
+async def _send(send: Send, answer: Answer) -> None:
+    headers = [(b"content-length", str(len(answer.body)).encode()), _JSON]
+    if answer.headers:
+        headers.extend(answer.headers)
+        present = {name for name, _ in answer.headers}
+        if present & _SECURITY_NAMES:
+            headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+        else:
+            headers.extend(SECURITY_HEADERS)
+    else:
+        headers.extend(SECURITY_HEADERS)
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})

@@ -1,0 +1,233 @@
+"""The ingest fast path (``capirelay.server.fast_path``): what the middleware stack did for
+``POST /v1/events`` and ``/v1/collect`` is still done, called as ASGI directly so each
+message the app sends (and an exception it raises) is visible."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from starlette.datastructures import State
+
+from capirelay.config import IngestKey, PixelSettings, Secret, Settings
+from capirelay.outbox.memory import InMemoryOutbox
+from capirelay.server import create_app
+from capirelay.server.fast_path import Answer, Gateway, Incoming
+
+PIXEL = "1234567890"
+KEY = "fast-path-key-0123456789"
+SECURITY = {
+    b"x-content-type-options": b"nosniff",
+    b"x-frame-options": b"DENY",
+    b"referrer-policy": b"no-referrer",
+    b"cache-control": b"no-store",
+}
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    @property
+    def status(self) -> int:
+        return int(self.messages[0]["status"])
+
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        return dict(self.messages[0]["headers"])
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.messages[1]["body"])
+
+
+def _scope(method: str, path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1"), *headers],
+        "client": ("127.0.0.1", 5555),
+        "server": ("127.0.0.1", 8080),
+    }
+
+
+def _receiver(*messages: dict[str, Any]) -> Any:
+    queue = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        if queue:
+            return queue.pop(0)
+        await asyncio.Event().wait()  # the app only watches for a disconnect after the body
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+def _chunks(*parts: bytes) -> list[dict[str, Any]]:
+    return [
+        {"type": "http.request", "body": part, "more_body": i < len(parts) - 1}
+        for i, part in enumerate(parts)
+    ]
+
+
+def _event_body(event_id: str) -> bytes:
+    event = {
+        "event_name": "Purchase",
+        "event_time": int(time.time()),
+        "event_id": event_id,
+        "action_source": "website",
+        "event_source_url": "https://shop.example/thanks",
+        "user_data": {
+            "email": "a@example.com",
+            "client_user_agent": "Mozilla/5.0",
+            "fbp": "fb.1.1700000000000.42",
+        },
+        "custom_data": {"value": 10.5, "currency": "USD"},
+    }
+    return orjson.dumps({"pixel_id": PIXEL, "data": [event]})
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Any]:
+    settings = Settings(
+        storage="sqlite:///unused.db",
+        graph_url="http://127.0.0.1:9",
+        pixels={PIXEL: PixelSettings(default_country="US")},
+        ingest_keys={"backend": IngestKey(key=Secret(value=KEY))},
+        max_body_bytes=4096,
+    )
+    outbox = InMemoryOutbox()
+    await outbox.open()
+    app = create_app(settings, outbox=outbox)
+    async with app.router.lifespan_context(app):
+        yield app
+    await outbox.close()
+
+
+async def _call(app: Any, scope: dict[str, Any], *messages: dict[str, Any]) -> Sent:
+    sent = Sent()
+    await app(scope, _receiver(*messages), sent)
+    return sent
+
+
+def _auth(*extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [(b"authorization", f"Bearer {KEY}".encode()), *extra]
+
+
+async def test_an_accepted_event_is_answered_202_with_json_and_the_security_headers(
+    gateway: Any,
+) -> None:
+    body = _event_body("fast-1")
+    headers = _auth((b"content-length", str(len(body)).encode()))
+    sent = await _call(gateway, _scope("POST", "/v1/events", headers), *_chunks(body))
+    assert sent.status == 202
+    assert sent.headers[b"content-type"] == b"application/json"
+    assert sent.headers[b"content-length"] == str(len(sent.messages[1]["body"])).encode()
+    assert SECURITY.items() <= sent.headers.items()
+    assert b"server" not in sent.headers
+    assert sent.json["results"][0] == {
+        "index": 0,
+        "event_id": "fast-1",
+        "status": "queued",
+        "problems": [],
+    }
+
+
+async def test_a_chunked_body_is_read_whole(gateway: Any) -> None:
+    body = _event_body("fast-chunked")
+    sent = await _call(
+        gateway, _scope("POST", "/v1/events", _auth()), *_chunks(body[:10], body[10:40], body[40:])
+    )
+    assert sent.status == 202
+    assert sent.json["results"][0]["status"] == "queued"
+
+
+async def test_the_first_of_a_repeated_header_counts(gateway: Any) -> None:
+    body = _event_body("fast-repeat")
+    headers = [*_auth(), (b"authorization", b"Bearer not-the-key")]
+    sent = await _call(gateway, _scope("POST", "/v1/events", headers), *_chunks(body))
+    assert sent.status == 202
+
+
+async def test_a_missing_key_is_401_with_its_challenge_and_the_security_headers(
+    gateway: Any,
+) -> None:
+    sent = await _call(gateway, _scope("POST", "/v1/events", []), *_chunks(b"{}"))
+    assert sent.status == 401
+    assert sent.json["error"]["code"] == "missing_key"
+    assert sent.headers[b"www-authenticate"] == b'Bearer realm="capirelay"'
+    assert SECURITY.items() <= sent.headers.items()
+
+
+async def test_a_bad_content_length_is_400_before_the_key_is_checked(gateway: Any) -> None:
+    headers = [(b"content-length", b"lots")]
+    sent = await _call(gateway, _scope("POST", "/v1/events", headers), *_chunks(b"{}"))
+    assert sent.status == 400
+    assert sent.json["error"]["code"] == "bad_content_length"
+
+
+async def test_a_declared_body_over_the_limit_is_413_before_the_key_is_checked(
+    gateway: Any,
+) -> None:
+    headers = [(b"content-length", b"5000")]
+    sent = await _call(gateway, _scope("POST", "/v1/events", headers), *_chunks(b"{}"))
+    assert sent.status == 413
+    assert sent.json["error"]["code"] == "body_too_large"
+    assert sent.headers[b"connection"] == b"close"
+
+
+async def test_a_chunked_body_over_the_limit_is_cut_off_with_413(gateway: Any) -> None:
+    parts = [b"x" * 3000, b"x" * 3000, b"x" * 3000]
+    sent = await _call(gateway, _scope("POST", "/v1/events", _auth()), *_chunks(*parts))
+    assert sent.status == 413
+    assert sent.json["error"]["code"] == "body_too_large"
+
+
+async def test_a_client_gone_before_its_body_is_400(gateway: Any) -> None:
+    sent = await _call(
+        gateway,
+        _scope("POST", "/v1/events", _auth()),
+        {"type": "http.request", "body": b'{"pixel', "more_body": True},
+        {"type": "http.disconnect"},
+    )
+    assert sent.status == 400
+    assert sent.json["error"]["code"] == "client_disconnected"
+
+
+async def test_other_methods_on_the_fast_paths_are_still_405(gateway: Any) -> None:
+    sent = await _call(gateway, _scope("GET", "/v1/events", _auth()), *_chunks(b""))
+    assert sent.status == 405
+    assert sent.json["error"]["code"] == "method_not_allowed"
+    assert SECURITY.items() <= sent.headers.items()
+
+
+async def test_an_unexpected_failure_is_a_500_that_acknowledges_nothing_and_is_reraised() -> None:
+    async def broken(state: State, incoming: Incoming) -> Answer:
+        raise RuntimeError("secret detail that must not be answered")
+
+    app = Gateway(fast_routes={"/v1/events": broken}, body_limits={}, routes=[])
+    sent = Sent()
+    with pytest.raises(RuntimeError):
+        await app(_scope("POST", "/v1/events", []), _receiver(*_chunks(b"{}")), sent)
+    assert sent.status == 500
+    assert sent.json == {
+        "error": {
+            "code": "internal_error",
+            "message": "the gateway failed; nothing was acknowledged",
+        }
+    }
+    assert SECURITY.items() <= sent.headers.items()
