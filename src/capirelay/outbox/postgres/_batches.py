@@ -10,74 +10,22 @@ receipts as before.  Receipts of the other outcomes stay one row each in
 ``capirelay_receipts``.
 """
 
-# SQL text here is built only from this module's constants; every value is a bound parameter.
-# ruff: noqa: S608
-
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any
 
 from psycopg import AsyncConnection
 
+from capirelay.outbox.postgres._statements import QUERIES
 from capirelay.outbox.receipts import Outcome, Receipt, decode_list, json_or_none
 
 __all__ = [
-    "BATCH_COLUMNS",
     "batch_params",
     "erase_from_batches",
     "receipts_of_batch",
     "write_delivered",
 ]
-
-BATCH_COLUMNS: Final = (
-    "id, recorded_at, last_attempt_at, fbtrace_id, events_received, pixel_ids, event_names, "
-    "event_ids, sources, received_at, first_attempt_at, attempts, test_event_codes, "
-    "attempt_logs, order_keys, identities"
-)
-INSERT_BATCH: Final = """
-INSERT INTO capirelay_receipt_batches (
-    recorded_at, last_attempt_at, fbtrace_id, events_received, events, pixel_ids, event_names,
-    event_ids, sources, received_at, first_attempt_at, attempts, test_event_codes,
-    attempt_logs, order_keys, identities)
-VALUES (%(recorded_at)s, %(last_attempt_at)s, %(fbtrace_id)s, %(events_received)s,
-        %(events)s, %(pixel_ids)b::text[], %(event_names)b::text[], %(event_ids)b::text[],
-        %(sources)b::text[], %(received_at)b::float8[], %(first_attempt_at)b::float8[],
-        %(attempts)b::int[], %(test_event_codes)b::text[], %(attempt_logs)b::text[],
-        %(order_keys)b::text[], %(identities)b::text[])
-"""
-# The GIN index answers "which batches hold this event id" (@> is its operator).
-BATCHES_OF_EVENT: Final = (
-    f"SELECT {BATCH_COLUMNS} FROM capirelay_receipt_batches "
-    "WHERE event_ids @> ARRAY[%(event_id)s::text] ORDER BY id"
-)
-# Order ids are looked up by operators only: this reads the kept batches' order keys.
-BATCHES_OF_ORDER: Final = (
-    f"SELECT {BATCH_COLUMNS} FROM capirelay_receipt_batches "
-    "WHERE order_keys @> ARRAY[%(key)s::text] ORDER BY id DESC"
-)
-BATCHES_OF_IDENTITY: Final = (
-    f"SELECT {BATCH_COLUMNS} FROM capirelay_receipt_batches "
-    "WHERE strpos(array_to_string(identities, ' '), %(key)s) > 0"
-)
-# Retention: oldest batches first (ids follow recording order), a chunk at a time.
-PRUNE_OLD_BATCHES: Final = """
-DELETE FROM capirelay_receipt_batches WHERE id IN (
-    SELECT id FROM (SELECT id, recorded_at FROM capirelay_receipt_batches ORDER BY id
-                    LIMIT %(chunk)s) AS head
-    WHERE recorded_at < %(cutoff)s)
-RETURNING events
-"""
-# Cap: keep the newest batches holding at most `room` receipts; the oldest go first.
-PRUNE_BATCHES_OVER_CAP: Final = """
-DELETE FROM capirelay_receipt_batches WHERE id IN (
-    SELECT id FROM (SELECT id, sum(events) OVER (ORDER BY id DESC) AS newer
-                    FROM capirelay_receipt_batches) AS b
-    WHERE newer > %(room)s ORDER BY id LIMIT %(chunk)s)
-RETURNING events
-"""
-DELETE_BATCH: Final = "DELETE FROM capirelay_receipt_batches WHERE id = %(id)s"
-BATCHED_RECEIPTS: Final = "SELECT coalesce(sum(events), 0) FROM capirelay_receipt_batches"
 
 
 def _float(value: float | None) -> float | None:
@@ -109,11 +57,12 @@ def batch_params(receipts: Sequence[Receipt]) -> dict[str, Any]:
 
 async def write_delivered(conn: AsyncConnection[Any], receipts: Sequence[Receipt]) -> None:
     if receipts:
-        await conn.execute(INSERT_BATCH, batch_params(receipts))
+        await conn.execute(QUERIES["insert_receipt_batch"], batch_params(receipts))
 
 
 def receipts_of_batch(row: Sequence[Any]) -> list[Receipt]:
-    """The receipts a batch row holds (columns as :data:`BATCH_COLUMNS`), in its order."""
+    """The receipts a batch row holds, in its order (columns as the batch reads of
+    queries.sql return them)."""
     (
         _id,
         recorded_at,
@@ -167,7 +116,7 @@ async def erase_from_batches(
     erased = 0
     done: set[int] = set()
     for key in keys:
-        cur = await conn.execute(BATCHES_OF_IDENTITY, {"key": key})
+        cur = await conn.execute(QUERIES["batches_of_identity"], {"key": key})
         for row in await cur.fetchall():
             if row[0] in done:
                 continue
@@ -176,7 +125,7 @@ async def erase_from_batches(
             if len(keep) == len(receipts):
                 continue
             done.add(row[0])
-            await conn.execute(DELETE_BATCH, {"id": row[0]})
+            await conn.execute(QUERIES["delete_receipt_batch"], {"id": row[0]})
             await write_receipts(conn, keep)
             erased += len(receipts) - len(keep)
     return erased

@@ -617,6 +617,67 @@ SELECT requested_at, field, value_sha256, pixel_id, queued, dead_letters, receip
 FROM capirelay_erasures ORDER BY id DESC LIMIT %(limit)s;
 
 -- ------------------------------------------------------------------------------------
+-- Delivered receipts, one row per acked batch (migration 0009; postgres/_batches.py).
+-- The columns every batch read returns, in this order, are the ones
+-- capirelay.outbox.postgres._batches.receipts_of_batch unpacks.
+
+-- name: insert_receipt_batch
+INSERT INTO capirelay_receipt_batches (
+    recorded_at, last_attempt_at, fbtrace_id, events_received, events, pixel_ids, event_names,
+    event_ids, sources, received_at, first_attempt_at, attempts, test_event_codes,
+    attempt_logs, order_keys, identities)
+VALUES (%(recorded_at)s, %(last_attempt_at)s, %(fbtrace_id)s, %(events_received)s,
+        %(events)s, %(pixel_ids)b::text[], %(event_names)b::text[], %(event_ids)b::text[],
+        %(sources)b::text[], %(received_at)b::float8[], %(first_attempt_at)b::float8[],
+        %(attempts)b::int[], %(test_event_codes)b::text[], %(attempt_logs)b::text[],
+        %(order_keys)b::text[], %(identities)b::text[]);
+
+-- name: batches_of_event
+-- The GIN index answers "which batches hold this event id" (@> is its operator).
+SELECT id, recorded_at, last_attempt_at, fbtrace_id, events_received, pixel_ids, event_names,
+       event_ids, sources, received_at, first_attempt_at, attempts, test_event_codes,
+       attempt_logs, order_keys, identities
+FROM capirelay_receipt_batches
+WHERE event_ids @> ARRAY[%(event_id)s::text] ORDER BY id;
+
+-- name: batches_of_order
+-- Order ids are looked up by operators only: this reads the kept batches' order keys.
+SELECT id, recorded_at, last_attempt_at, fbtrace_id, events_received, pixel_ids, event_names,
+       event_ids, sources, received_at, first_attempt_at, attempts, test_event_codes,
+       attempt_logs, order_keys, identities
+FROM capirelay_receipt_batches
+WHERE order_keys @> ARRAY[%(key)s::text] ORDER BY id DESC;
+
+-- name: batches_of_identity
+SELECT id, recorded_at, last_attempt_at, fbtrace_id, events_received, pixel_ids, event_names,
+       event_ids, sources, received_at, first_attempt_at, attempts, test_event_codes,
+       attempt_logs, order_keys, identities
+FROM capirelay_receipt_batches
+WHERE strpos(array_to_string(identities, ' '), %(key)s) > 0;
+
+-- name: prune_old_receipt_batches
+-- Retention: oldest batches first (ids follow recording order), a chunk at a time.
+DELETE FROM capirelay_receipt_batches WHERE id IN (
+    SELECT id FROM (SELECT id, recorded_at FROM capirelay_receipt_batches ORDER BY id
+                    LIMIT %(chunk)s) AS head
+    WHERE recorded_at < %(cutoff)s)
+RETURNING events;
+
+-- name: prune_receipt_batches_over_cap
+-- Cap: keep the newest batches holding at most `room` receipts; the oldest go first.
+DELETE FROM capirelay_receipt_batches WHERE id IN (
+    SELECT id FROM (SELECT id, sum(events) OVER (ORDER BY id DESC) AS newer
+                    FROM capirelay_receipt_batches) AS b
+    WHERE newer > %(room)s ORDER BY id LIMIT %(chunk)s)
+RETURNING events;
+
+-- name: delete_receipt_batch
+DELETE FROM capirelay_receipt_batches WHERE id = %(id)s;
+
+-- name: batched_receipt_count
+SELECT coalesce(sum(events), 0) FROM capirelay_receipt_batches;
+
+-- ------------------------------------------------------------------------------------
 -- Migrations (capirelay.outbox.postgres.migrate), run on an autocommit connection.
 
 -- name: migration_lock

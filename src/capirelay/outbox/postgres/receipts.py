@@ -16,11 +16,6 @@ from typing import Any, Final, TypeVar
 from psycopg import AsyncConnection
 
 from capirelay.outbox.postgres._batches import (
-    BATCHED_RECEIPTS,
-    BATCHES_OF_EVENT,
-    BATCHES_OF_ORDER,
-    PRUNE_BATCHES_OVER_CAP,
-    PRUNE_OLD_BATCHES,
     erase_from_batches,
     receipts_of_batch,
     write_delivered,
@@ -189,7 +184,7 @@ class PostgresReceipts:
                 await (await conn.execute(QUERIES[name], params)).fetchall()
                 for name in ("receipts_of_event", "queued_of_event", "letters_of_event")
             ]
-            batch_rows = await (await conn.execute(BATCHES_OF_EVENT, params)).fetchall()
+            batch_rows = await (await conn.execute(QUERIES["batches_of_event"], params)).fetchall()
             record = trace_from_rows(event_id, pixel_id, *rows)
             delivered = [
                 r
@@ -215,7 +210,7 @@ class PostgresReceipts:
             # Newest first: per-event receipts by id, then the delivered batches.
             cur = await conn.execute(QUERIES["event_ids_of_order"], params)
             found = [(at, event_id) for event_id, at in await cur.fetchall()]
-            cur = await conn.execute(BATCHES_OF_ORDER, params)
+            cur = await conn.execute(QUERIES["batches_of_order"], params)
             for row in await cur.fetchall():
                 found += [
                     (r.recorded_at, r.event_id)
@@ -242,14 +237,20 @@ class PostgresReceipts:
             QUERIES["prune_old_receipts"], {"cutoff": cutoff, "chunk": chunk}, chunk
         )
         removed += await self._prune_chunks(
-            PRUNE_OLD_BATCHES, {"cutoff": cutoff, "chunk": chunk}, chunk, counted=True
+            QUERIES["prune_old_receipt_batches"],
+            {"cutoff": cutoff, "chunk": chunk},
+            chunk,
+            counted=True,
         )
         removed += await self._prune_chunks(
             QUERIES["prune_receipts_over_cap"], {"cap": cap, "chunk": chunk}, chunk
         )
         room = max(0, cap - await self._count(QUERIES["receipt_count"]))
         removed += await self._prune_chunks(
-            PRUNE_BATCHES_OVER_CAP, {"room": room, "chunk": chunk}, chunk, counted=True
+            QUERIES["prune_receipt_batches_over_cap"],
+            {"room": room, "chunk": chunk},
+            chunk,
+            counted=True,
         )
         return removed
 
@@ -283,7 +284,7 @@ class PostgresReceipts:
 
     async def receipt_count(self) -> int:
         per_event = await self._count(QUERIES["receipt_count"])
-        return per_event + await self._count(BATCHED_RECEIPTS)
+        return per_event + await self._count(QUERIES["batched_receipt_count"])
 
     async def erase(
         self,
