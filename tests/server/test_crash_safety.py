@@ -66,7 +66,7 @@ key = {{ env = "CRASH_TEST_INGEST_KEY" }}
 batch_size = {BATCH_SIZE_TO_META}
 max_in_flight = {MAX_IN_FLIGHT}
 linger_ms = 20
-lease_seconds = 2
+lease_seconds = 5
 poll_seconds = 0.1
 """,
         encoding="utf-8",
@@ -211,9 +211,13 @@ def test_sigkill_loses_nothing_acknowledged(
         f" {meta_duplicates}), graceful exit code {exit_code}"
     )
     assert traffic.acked <= set(received), "an acknowledged event never reached Meta"
-    # Re-sends are the crash window only: rows leased when the gateway died (Meta may read
-    # that request after the kill), sent again once after the restart.
-    assert set(sent_twice) <= leased_at_kill
+    # Re-sends are the crash window: rows leased when the gateway died (Meta may read that
+    # request after the kill), sent again once after the restart. The only other re-send
+    # at-least-once delivery allows is after a request the gateway saw fail (e.g. Meta's
+    # answer arrived after the request's time cap on an overloaded machine): such an event
+    # carries that failed attempt in its receipt.
+    retried = retried_event_ids(tmp_path / "crash.db")
+    assert set(sent_twice) <= leased_at_kill | retried
     assert len(sent_twice) <= BATCH_SIZE_TO_META * MAX_IN_FLIGHT
     assert meta_duplicates == sum(n - 1 for n in sent_twice.values())
     # uvicorn re-raises the SIGTERM it handled once shutdown is done (exit by signal, as
@@ -226,6 +230,15 @@ def leased_event_ids(db_path: Path) -> set[str]:
     """Event ids of the queue rows held by a lease (state 2) in the SQLite outbox."""
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
         rows = conn.execute("SELECT event_id FROM queue WHERE state = 2").fetchall()
+    return {row[0] for row in rows}
+
+
+def retried_event_ids(db_path: Path) -> set[str]:
+    """Event ids delivered after at least one failed attempt (their receipt counts it)."""
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        rows = conn.execute(
+            "SELECT event_id FROM receipts WHERE outcome = 'delivered' AND attempts > 0"
+        ).fetchall()
     return {row[0] for row in rows}
 
 

@@ -79,7 +79,11 @@ def _age_dedup_row(storage_url: str, event_id: str, seconds: float) -> None:
             )
         return
     with psycopg.connect(postgres_conninfo(storage_url), autocommit=True) as pg:
-        pinned = "SELECT queued FROM capirelay_dedup WHERE event_id = %s"
+        # A key is pinned while the queue row it names exists (migration 0009).
+        pinned = (
+            "SELECT EXISTS (SELECT 1 FROM capirelay_dedup AS d"
+            " JOIN capirelay_queue AS q ON q.id = d.queue_id WHERE d.event_id = %s)"
+        )
         wait_for(lambda: pg.execute(pinned, (event_id,)).fetchone() == (False,))
         pg.execute(
             "UPDATE capirelay_dedup SET seen_at = seen_at - %s WHERE event_id = %s",
