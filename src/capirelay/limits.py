@@ -146,6 +146,9 @@ LIMITS: tuple[Limit, ...] = (
 _URL_FIELDS = ("event_source_url", "referrer_url")
 MAX_PATH = 200  # a field path named in a problem, cut so a hostile key is not echoed whole
 _AMOUNT_FIELDS = ("value", "net_revenue", "predicted_ltv")
+# Tuples, not ``int | float`` unions: a union written in the call is built on every call.
+_NUMBER_TYPES = (int, float)
+_SEQUENCE_TYPES = (list, tuple)
 
 
 def _too_long(field: str, limit: int, what: str) -> Problem:
@@ -213,7 +216,7 @@ def check_event_limits(
         if isinstance(url, str) and len(url) > MAX_URL:
             problems.append(_too_long(field, MAX_URL, "drop long query strings"))
     custom = payload.get("custom_data")
-    if isinstance(custom, Mapping):
+    if type(custom) is dict or isinstance(custom, Mapping):
         contents = custom.get("contents")
         if isinstance(contents, list) and len(contents) > MAX_CONTENTS:
             problems.append(
@@ -226,7 +229,7 @@ def check_event_limits(
             )
         for field in _AMOUNT_FIELDS:
             amount = custom.get(field)
-            if isinstance(amount, bool) or not isinstance(amount, int | float):
+            if amount is None or isinstance(amount, bool) or not isinstance(amount, _NUMBER_TYPES):
                 continue
             if not math.isfinite(amount) or abs(amount) > MAX_ABS_VALUE:
                 problems.append(
@@ -250,7 +253,8 @@ def check_event_limits(
         path = control_character_path(payload)
         if path is not None:
             problems.append(_control(path))
-    problems.extend(check_test_event_code(test_event_code))
+    if test_event_code is not None:
+        problems.extend(check_test_event_code(test_event_code))
     return problems
 
 
@@ -276,6 +280,6 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
                 yield path, key_text
                 return
             yield from _strings(item, f"{path}.{key_text}" if path else key_text)
-    elif isinstance(value, list | tuple):
+    elif isinstance(value, _SEQUENCE_TYPES):
         for index, item in enumerate(value):
             yield from _strings(item, f"{path}[{index}]")

@@ -35,14 +35,15 @@ __all__ = ["ORDER_KEY_BYTES", "ORDER_PRESETS", "order_key"]
 ORDER_PRESETS = frozenset({"shopify", "woocommerce", "stripe"})
 ORDER_KEY_BYTES = 16  # 128 bits: no collision in any ledger size that fits on a disk
 _DOMAIN = "capirelay-order-ledger-v1"
+_ORDER_ID_TYPES = (str, int)  # a tuple: ``str | int`` in the call is built on every call
 
 
 def _order_id(payload: Mapping[str, Any]) -> str | None:
     custom = payload.get("custom_data")
-    if not isinstance(custom, Mapping):
+    if type(custom) is not dict and not isinstance(custom, Mapping):
         return None
     value = custom.get("order_id")
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if value is None or isinstance(value, bool) or not isinstance(value, _ORDER_ID_TYPES):
         return None
     text = str(value).strip()
     return text or None

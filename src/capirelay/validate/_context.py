@@ -75,11 +75,10 @@ FIELD_TYPES: tuple[tuple[str, tuple[type, ...], str], ...] = (
     ("opt_out", (bool,), "true or false"),
 )
 
-# The same table keyed by field, with the exact types that pass at a glance: a
+# The same table keyed by field, with the one exact type that passes at a glance: a
 # value of another type (a subclass, a bool) gets the full isinstance test.
-_EXACT_FIELD_TYPES: dict[str, frozenset[type]] = {
-    name: frozenset(types) for name, types, _ in FIELD_TYPES
-}
+_EXACT_FIELD_TYPE: dict[str, type] = {name: types[0] for name, types, _ in FIELD_TYPES}
+assert all(len(types) == 1 for _, types, _ in FIELD_TYPES), "one exact type per field"
 
 SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
 _match_sha256_hex = SHA256_HEX_RE.fullmatch
@@ -88,6 +87,7 @@ EXTINFO_VERSIONS = frozenset({"i2", "a2"})
 
 
 _EMPTY_MAPPING: Mapping[str, Any] = {}
+_NUMBER_TYPES = (int, float)  # a tuple: ``int | float`` in the call is built on every call
 _NO_PROBLEMS: tuple[Problem, ...] = ()
 
 
@@ -151,7 +151,7 @@ def _is_number(value: Any) -> bool:
         return math.isfinite(value)
     if value_type is int:
         return True
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES):
         return False
     return math.isfinite(value)
 

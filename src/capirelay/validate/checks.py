@@ -17,7 +17,7 @@ from capirelay.meta_facts import DAY
 from capirelay.problems import Problem, error, warning
 from capirelay.validate._context import (
     _BASELINE_KEYS,
-    _EXACT_FIELD_TYPES,
+    _EXACT_FIELD_TYPE,
     _META_HASHED_KEYS,
     _NO_PROBLEMS,
     ACTION_SOURCES,
@@ -37,6 +37,8 @@ from capirelay.validate._context import (
     _match_sha256_hex,
     _max_age,
 )
+
+_ITEM_ID_TYPES = (str, int)  # a tuple: ``str | int`` in the call is built on every call
 
 # ---------------------------------------------------------------------------
 # Checks: shape of the event
@@ -64,9 +66,11 @@ def _has_type(value: Any, types: tuple[type, ...]) -> bool:
 
 
 def _check_types(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
+    exact_type = _EXACT_FIELD_TYPE.get
     for name, value in event.items():
-        exact = _EXACT_FIELD_TYPES.get(name)
-        if exact is not None and value is not None and type(value) not in exact:
+        value_type = type(value)
+        # A field outside the table gets its own type back, so it always passes.
+        if value_type is not exact_type(name, value_type) and value is not None:
             break
     else:
         return _NO_PROBLEMS
@@ -457,7 +461,7 @@ def _check_contents(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]
             )
             continue
         item_id = content.get("id")
-        if not (isinstance(item_id, str | int) and not isinstance(item_id, bool)) or (
+        if not (isinstance(item_id, _ITEM_ID_TYPES) and not isinstance(item_id, bool)) or (
             str(item_id).strip() == ""
         ):
             problems.append(
