@@ -39,7 +39,7 @@ from capirelay.ops.meta_store import meta_store_for
 from capirelay.outbox import Outbox, open_outbox
 from capirelay.server import routes_health, routes_ingest, routes_trace, routes_webhooks
 from capirelay.server.body_limit import BodyLimitMiddleware, body_limit
-from capirelay.server.fast_path import SECURITY_HEADERS, FastRoute, Gateway
+from capirelay.server.fast_path import FastRoute, Gateway, add_security_headers, log_access
 from capirelay.server.http import ApiError, JSONResponse, error_response
 from capirelay.server.openapi import openapi_document
 from capirelay.server.rate_limit import GatewayLimits
@@ -48,7 +48,6 @@ from capirelay.sources import snippet
 __all__ = ["create_app"]
 
 log = logging.getLogger("capirelay.server")
-access_log = logging.getLogger("capirelay.access")
 
 
 def create_app(
@@ -241,19 +240,11 @@ class GatewayHeadersMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = [h for h in message.get("headers", []) if h[0].lower() != b"server"]
-                # A route that chose its own value (the cacheable snippet) keeps it.
-                present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+                add_security_headers(headers)
                 message["headers"] = headers
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_headers)
         finally:
-            access_log.info(
-                "%s %s %d %.1fms",
-                scope["method"],
-                scope["path"],
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
+            log_access(scope, status, started)

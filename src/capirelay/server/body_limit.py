@@ -18,7 +18,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capirelay.config import Settings
-from capirelay.server.http import ApiError
+from capirelay.server.http import ApiError, bad_content_length
 
 __all__ = ["SMALL_BODY_BYTES", "BodyLimitMiddleware", "body_limit"]
 
@@ -60,8 +60,7 @@ class BodyLimitMiddleware:
         limit = body_limit(scope["path"], self.settings)
         declared = _declared_length(scope)
         if declared == -1:
-            error = ApiError(400, "bad_content_length", "Content-Length must be an integer")
-            await error.response()(scope, receive, send)
+            await bad_content_length().response()(scope, receive, send)
             return
         if declared is not None and declared > limit and not _answers_itself(scope):
             await BodyTooLarge(limit).response()(scope, receive, send)

@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from capirelay.server.body_limit import BodyTooLarge
-from capirelay.server.http import ApiError, too_large
+from capirelay.server.http import ApiError, bad_content_length, too_large
 
 __all__ = ["Answer", "FastRoute", "Gateway", "Incoming", "error_answer", "json_answer"]
 
@@ -50,8 +50,26 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 )
-_SECURITY_NAMES = frozenset(name for name, _ in SECURITY_HEADERS)
 _JSON = (b"content-type", b"application/json")
+
+
+def add_security_headers(headers: list[tuple[bytes, bytes]]) -> None:
+    """Append the security headers a route did not set itself (the cacheable snippet sets
+    its own ``cache-control``)."""
+    present = {name.lower() for name, _ in headers}
+    headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+
+
+def log_access(scope: Scope, status: int, started: float) -> None:
+    """The access line: method, path, status and duration only (query strings may hold
+    click ids, and client addresses are personal data)."""
+    access_log.info(
+        "%s %s %d %.1fms",
+        scope["method"],
+        scope["path"],
+        status,
+        (time.perf_counter() - started) * 1000,
+    )
 
 
 class Answer(NamedTuple):
@@ -181,13 +199,7 @@ async def serve(app: Any, handler: Handler, scope: Scope, receive: Receive, send
             await _send(send, error_answer(failure))
         raise
     finally:
-        access_log.info(
-            "%s %s %d %.1fms",
-            scope["method"],
-            scope["path"],
-            status,
-            (time.perf_counter() - started) * 1000,
-        )
+        log_access(scope, status, started)
 
 
 def _declared_length_refusal(app: Any, path: str, incoming: Incoming) -> Answer | None:
@@ -198,9 +210,7 @@ def _declared_length_refusal(app: Any, path: str, incoming: Incoming) -> Answer 
     try:
         length = int(declared)
     except ValueError:
-        return error_answer(
-            ApiError(400, "bad_content_length", "Content-Length must be an integer")
-        )
+        return error_answer(bad_content_length())
     limit = app.body_limits.get(path)
     if limit is not None and length > limit:
         return error_answer(BodyTooLarge(limit))
@@ -208,15 +218,7 @@ def _declared_length_refusal(app: Any, path: str, incoming: Incoming) -> Answer 
 
 
 async def _send(send: Send, answer: Answer) -> None:
-    headers = [(b"content-length", str(len(answer.body)).encode()), _JSON]
-    if answer.headers:
-        headers.extend(answer.headers)
-        present = {name for name, _ in answer.headers}
-        if present & _SECURITY_NAMES:
-            headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
-        else:
-            headers.extend(SECURITY_HEADERS)
-    else:
-        headers.extend(SECURITY_HEADERS)
+    headers = [(b"content-length", str(len(answer.body)).encode()), _JSON, *answer.headers]
+    add_security_headers(headers)
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})

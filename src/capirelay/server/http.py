@@ -17,7 +17,15 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-__all__ = ["ApiError", "JSONResponse", "error_response", "parse_json", "read_body", "too_large"]
+__all__ = [
+    "ApiError",
+    "JSONResponse",
+    "bad_content_length",
+    "error_response",
+    "parse_json",
+    "read_body",
+    "too_large",
+]
 
 
 class JSONResponse(Response):
@@ -58,6 +66,10 @@ def error_response(
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
+def bad_content_length() -> ApiError:
+    return ApiError(400, "bad_content_length", "Content-Length must be an integer")
+
+
 def too_large(limit: int) -> ApiError:
     return ApiError(
         413,
@@ -76,7 +88,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             if int(declared) > limit:
                 raise too_large(limit)
         except ValueError:
-            raise ApiError(400, "bad_content_length", "Content-Length must be an integer") from None
+            raise bad_content_length() from None
     chunks: list[bytes] = []
     size = 0
     try:
