@@ -26,7 +26,15 @@ from capirelay.outbox._sql import Migration
 from capirelay.outbox.base import StorageUnavailable
 from capirelay.outbox.sqlite._statements import MIGRATIONS
 
-__all__ = ["GroupCommitWriter", "Reader", "WriteOp", "connect", "migrate", "storage_error"]
+__all__ = [
+    "GroupCommitWriter",
+    "MergeFn",
+    "Reader",
+    "WriteOp",
+    "connect",
+    "migrate",
+    "storage_error",
+]
 
 log = logging.getLogger("capirelay.outbox")
 
@@ -84,9 +92,19 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIO
 
 @dataclass(slots=True)
 class WriteOp:
+    """One caller's write.  ``merge``, when set, runs a run of consecutive operations of
+    the group that share it as one (``merge(conn, ops)`` answers one result per op, the
+    same results as running each ``fn`` in turn); ``data`` is what it reads from each op.
+    ``fn`` alone still runs the op when it is alone or retried alone."""
+
     fn: WriteFn
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    merge: MergeFn | None = None
+    data: Any = None
+
+
+MergeFn = Callable[[sqlite3.Connection, Sequence[WriteOp]], list[Any]]
 
 
 _STOP: Final = object()
@@ -104,6 +122,25 @@ def _deliver(future: asyncio.Future[Any], value: Any, error: BaseException | Non
 def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
     for future, value in outcomes:
         _deliver(future, value, None)
+
+
+def _run_group(conn: sqlite3.Connection, group: list[WriteOp]) -> list[Any]:
+    """Every op of a group in order; consecutive ops sharing a ``merge`` run as one."""
+    results: list[Any] = []
+    index, size = 0, len(group)
+    while index < size:
+        op = group[index]
+        merge = op.merge
+        end = index + 1
+        if merge is not None:
+            while end < size and group[end].merge is merge:
+                end += 1
+        if end - index == 1:
+            results.append(op.fn(conn))
+        else:
+            results.extend(merge(conn, group[index:end]))  # type: ignore[misc]
+        index = end
+    return results
 
 
 class GroupCommitWriter(threading.Thread):
@@ -214,7 +251,7 @@ class GroupCommitWriter(threading.Thread):
     def _commit_group(self, conn: sqlite3.Connection, group: list[WriteOp]) -> None:
         try:
             self._begin(conn)
-            results = [op.fn(conn) for op in group]
+            results = _run_group(conn, group)
             conn.execute("COMMIT")
         except Exception:
             self._rollback(conn)
