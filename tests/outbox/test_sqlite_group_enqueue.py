@@ -1,5 +1,6 @@
 """SQLite: the enqueues of one commit group claim their dedup keys and insert their rows
-together (one statement each per group), with the same outcome as running them in turn.
+together (one statement each per group), with the same outcome as running them in turn;
+and the writers of one file take turns on its writer lock.
 
 Each test holds the writer thread on a blocking write, queues its calls behind it, then
 lets it go: the calls queued meanwhile are one commit group.
@@ -8,6 +9,8 @@ lets it go: the calls queued meanwhile are one commit group.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -19,7 +22,7 @@ import pytest
 from outbox_data import T0, make_event
 
 from capirelay.outbox import DEDUP_WINDOW_SECONDS, EnqueueStatus, SQLiteOutbox
-from capirelay.outbox.sqlite.writer import WriteOp, _run_group
+from capirelay.outbox.sqlite.writer import WriteOp, _open_turn_file, _run_group
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
 
@@ -159,3 +162,52 @@ def test_a_group_runs_each_run_of_mergeable_ops_as_one(tmp_path: Path) -> None:
         loop.close()
     assert calls == [("merge", [0, 1, 2]), ("fn", [3]), ("merge", [4, 5])]
     assert results == ["m0", "m1", "m2", "f3", "m4", "m5"]
+
+
+# ------------------------------------------------------------------ taking turns
+
+
+async def test_writers_of_one_file_take_turns_on_its_writer_lock(db_path: Path) -> None:
+    """Each transaction holds an exclusive flock on ``<db>-writer``: a second outbox on
+    the file (another ``serve`` worker) waits in the kernel for its turn, then writes."""
+    first, second = SQLiteOutbox(db_path), SQLiteOutbox(db_path)
+    await first.open()
+    await second.open()
+    turn_file = db_path.with_name(db_path.name + "-writer")
+    try:
+        started, release = threading.Event(), threading.Event()
+
+        def hold(conn: sqlite3.Connection) -> None:
+            started.set()
+            release.wait()
+
+        loop = asyncio.get_running_loop()
+        holder = asyncio.ensure_future(first._write(hold))
+        await loop.run_in_executor(None, started.wait)
+        fd = os.open(turn_file, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # taken for the whole transaction
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waiting = asyncio.ensure_future(second.enqueue([make_event("w")], now=T0))
+            writer = second._writer
+            assert writer is not None
+            await asyncio.sleep(0)  # the call submits its write
+            while writer._inbox.qsize():  # until the second writer has taken it up
+                await asyncio.sleep(0)
+            assert not waiting.done()  # and waits for its turn while the first holds it
+            release.set()
+            await holder
+            assert await waiting == [QUEUED]
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free between transactions
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        assert await first.enqueue([make_event("w")], now=T0) == [DUPLICATE]
+    finally:
+        await first.close()
+        await second.close()
+
+
+def test_without_a_turn_file_the_writer_relies_on_sqlites_lock(tmp_path: Path) -> None:
+    assert _open_turn_file(tmp_path / "missing-dir" / "x.db-writer") is None
+    assert _open_turn_file(None) is None

@@ -219,7 +219,12 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = GroupCommitWriter(self._connect_writer, self._max_group, self.busy_timeout)
+        writer = GroupCommitWriter(
+            self._connect_writer,
+            self._max_group,
+            self.busy_timeout,
+            turn_file=self.path.with_name(self.path.name + "-writer"),
+        )
         writer.start()
         await asyncio.wrap_future(writer.ready)
         self._writer = writer
