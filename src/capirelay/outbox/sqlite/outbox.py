@@ -26,7 +26,10 @@ Why this shape:
 
 Every SQL statement that moves rows takes its ids as one JSON array through
 ``json_each`` so a 1,000-event ack is one statement, not a thousand; enqueue
-claims all of a call's dedup keys with one set-based upsert the same way.
+claims all of a call's dedup keys with one set-based upsert the same way, and the
+consecutive enqueues of one commit group share one upsert and one insert.  The
+writers of one file (``serve --workers N``) take turns at its write lock
+(:meth:`GroupCommitWriter._turn`).
 
 A lease stamps its rows with a random lease id; settle calls that pass it touch
 only rows still carrying it (see :mod:`capirelay.outbox.base`).  Closing refuses
