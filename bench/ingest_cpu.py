@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import pstats
 import tempfile
@@ -208,7 +209,19 @@ def main() -> None:
                 collect_per_pixel=RateLimit(rate=1e9, burst=1_000_000_000),
             ),
         )
-        uvloop.run(_run(create_app(settings), args))
+        app = create_app(settings)
+        with _serving_collector():
+            uvloop.run(_run(app, args))
+
+
+def _serving_collector() -> contextlib.AbstractContextManager[None]:
+    """The collector settings ``capirelay serve`` runs with (none before they existed, so
+    an older tree on PYTHONPATH is measured as it served)."""
+    try:
+        from capirelay.server.collector import serving_collector
+    except ImportError:
+        return contextlib.nullcontext()
+    return serving_collector()
 
 
 if __name__ == "__main__":

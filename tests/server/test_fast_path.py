@@ -231,3 +231,56 @@ async def test_an_unexpected_failure_is_a_500_that_acknowledges_nothing_and_is_r
         }
     }
     assert SECURITY.items() <= sent.headers.items()
+
+
+@pytest.mark.parametrize(
+    ("headers", "extra"),
+    [
+        ([(b"host", b"gw.example")], {}),
+        ([(b"host", b"gw.example:8443"), (b"cookie", b"_fbp=fb.1.1.2; a=b")], {}),
+        ([], {"server": ("::1", 8080)}),  # no Host: the server address, IPv6 bracketed
+        ([], {"server": ("10.0.0.1", 80), "client": None}),  # default port, no client
+        ([(b"host", b"bad host!")], {"scheme": "https", "server": ("gw", 443)}),
+        (
+            [
+                (b"cookie", b"_fbp=first; x=1"),
+                (b"Cookie-Like", b"no"),
+                (b"cookie", b'_fbp=second; q="quoted\\"v"; ;bare'),
+                (b"user-agent", b"UA one"),
+                (b"user-agent", b"UA two"),  # the first of a repeated name wins
+                (b"x-forwarded-for", b"203.0.113.9, 10.0.0.2"),
+            ],
+            {"query_string": b"a=1&b=%20", "path": "/v1/collect?#\\"},
+        ),
+    ],
+)
+def test_incoming_reads_the_request_as_starlette_does(
+    headers: list[tuple[bytes, bytes]], extra: dict[str, Any]
+) -> None:
+    """/v1/collect reads URL, cookies, client and headers from :class:`Incoming` without a
+    Starlette ``Request``: the same values, whatever the scope holds."""
+    from starlette.requests import Request
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/collect",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("198.51.100.7", 5555),
+        "server": ("127.0.0.1", 8080),
+        **extra,
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    incoming, request = Incoming(scope, receive), Request(scope, receive)
+    assert incoming.url() == str(request.url)
+    assert incoming.cookies() == request.cookies
+    assert incoming.client_host() == (request.client.host if request.client else None)
+    text = incoming.text_headers()
+    # Callers look names up in lowercase (ASGI servers send them so).
+    for name in {k.decode("latin-1").lower() for k, _ in headers} | {"sec-gpc", "referer"}:
+        assert text.get(name) == request.headers.get(name), name

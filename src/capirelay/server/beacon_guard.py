@@ -44,13 +44,21 @@ def _address(request: Request, settings: Settings) -> str:
     return address_key(remote, request.headers, settings.trusted_proxies)
 
 
-def limit_collect(request: Request, settings: Settings, pixel_id: str) -> None:
+def limit_collect(
+    state: State,
+    settings: Settings,
+    pixel_id: str,
+    *,
+    remote_addr: str | None,
+    headers: Mapping[str, str],
+) -> None:
     """429 when this beacon's address or pixel is over its limit (counted, nothing stored)."""
-    limits: GatewayLimits = request.app.state.limits
+    limits: GatewayLimits = state.limits
+    address = address_key(remote_addr, headers, settings.trusted_proxies)
     try:
-        limits.check_collect(_address(request, settings), pixel_id)
+        limits.check_collect(address, pixel_id)
     except ApiError:
-        request.app.state.metrics.dropped.labels(pixel_id, RATE_LIMITED).inc()
+        state.metrics.dropped.labels(pixel_id, RATE_LIMITED).inc()
         raise
 
 

@@ -10,6 +10,8 @@ answer: the origin is echoed.
 
 from __future__ import annotations
 
+import functools
+
 from starlette.responses import Response
 
 from capirelay.config import PixelSettings, Settings
@@ -45,11 +47,16 @@ def _normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
 
+@functools.lru_cache(maxsize=256)
+def _allowed(origins: tuple[str, ...]) -> tuple[bool, frozenset[str]]:
+    """A pixel's ``allowed_origins``: whether one is ``*``, and the set of them normalized
+    (keyed by the list's contents, so a changed list is a new entry, never a stale one)."""
+    return "*" in origins, frozenset(_normalize_origin(allowed) for allowed in origins)
+
+
 def origin_allowed(pixel: PixelSettings, origin: str) -> bool:
-    wanted = _normalize_origin(origin)
-    return any(
-        allowed == "*" or _normalize_origin(allowed) == wanted for allowed in pixel.allowed_origins
-    )
+    anything, allowed = _allowed(tuple(pixel.allowed_origins))
+    return anything or _normalize_origin(origin) in allowed
 
 
 def origin_allowed_anywhere(settings: Settings, origin: str | None) -> bool:

@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 
 import orjson
 from starlette.applications import Starlette
-from starlette.datastructures import State
-from starlette.requests import Request
+from starlette.datastructures import URL, State
+from starlette.requests import Request, cookie_parser
 from starlette.types import Receive, Scope, Send
 
 from capirelay.server.body_limit import BodyTooLarge
@@ -115,6 +115,28 @@ class Incoming:
     def request(self) -> Request:
         """A Starlette request on the same scope (URL, cookies, client) for code that wants one."""
         return Request(self.scope, self.receive)
+
+    def text_headers(self) -> dict[str, str]:
+        """The headers as text, first of a name wins (what ``Request.headers.get`` answers
+        for a lowercase name), as a dict: one hash look-up each, not a scan of the list."""
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers.items()}
+
+    def url(self) -> str:
+        """``str(request.url)``, built the same way."""
+        return str(URL(scope=self.scope))
+
+    def cookies(self) -> dict[str, str]:
+        """``request.cookies``: every ``Cookie`` header parsed in order, later names win."""
+        cookies: dict[str, str] = {}
+        for name, value in self.scope["headers"]:
+            if name == b"cookie":
+                cookies.update(cookie_parser(value.decode("latin-1")))
+        return cookies
+
+    def client_host(self) -> str | None:
+        """``request.client.host``, or ``None`` without a client address."""
+        client = self.scope.get("client")
+        return None if client is None else str(client[0])
 
     async def body(self, limit: int) -> bytes:
         """The body, or 413 (declared or counted over ``limit``) / 400 (client went away)."""

@@ -172,8 +172,11 @@ async def _collect(
     except BodyError as exc:
         raise _unprocessable(str(exc)) from None
     pixel = _pixel(settings, beacon.pixel_id)
-    request = incoming.request()
-    beacon_guard.limit_collect(request, settings, beacon.pixel_id)
+    headers_text = incoming.text_headers()
+    remote_addr = incoming.client_host()
+    beacon_guard.limit_collect(
+        state, settings, beacon.pixel_id, remote_addr=remote_addr, headers=headers_text
+    )
     if origin is not None and not cors.origin_allowed(pixel, origin):
         raise ApiError(
             403,
@@ -193,7 +196,7 @@ async def _collect(
         token=beacon.token,
     )
     event_id = beacon.event_id or str(uuid.uuid4())
-    gpc = consent.gpc_requested(request.headers)
+    gpc = consent.gpc_requested(headers_text)
     reason = drop_reason(beacon, pixel, gpc, incoming.header(b"user-agent"))
     if reason is not None:
         metrics.dropped.labels(beacon.pixel_id, reason).inc()
@@ -209,10 +212,10 @@ async def _collect(
         return json_answer(202, {**dropped, "problems": [], "reason": reason}, raw_headers(headers))
 
     context = browser_ids.from_request(
-        url=str(request.url),
-        headers=request.headers,
-        cookies=page_cookies(request.cookies, beacon.user_data),
-        remote_addr=request.client.host if request.client else None,
+        url=incoming.url(),
+        headers=headers_text,
+        cookies=page_cookies(incoming.cookies(), beacon.user_data),
+        remote_addr=remote_addr,
         trusted_proxies=settings.trusted_proxies,
         page_url=beacon.page_url,
         page_referrer=beacon.referrer_url,

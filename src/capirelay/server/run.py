@@ -28,6 +28,7 @@ from capirelay.config import ConfigError, Settings, config_path, load_settings, 
 from capirelay.config_errors import locate
 from capirelay.logs import logging_configured
 from capirelay.server.app import create_app
+from capirelay.server.collector import serving_collector
 from capirelay.server.header_timeout import auto_protocol, with_header_timeout
 from capirelay.server.workers import serve_workers
 
@@ -100,7 +101,8 @@ def serve(
         timeout_graceful_shutdown=timeout_graceful_shutdown,
         log_config=log_config,
     )
-    server.run()
+    with serving_collector():
+        server.run()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -191,7 +193,8 @@ def _main(args: argparse.Namespace) -> int:
         path if path is not None else "(none: defaults and CAPIRELAY_* variables)",
         redact_storage_url(settings.storage),
     )
-    server.run()
+    with serving_collector():
+        server.run()
     return 0
 
 

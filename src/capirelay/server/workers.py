@@ -75,6 +75,7 @@ def worker_app() -> Starlette:
     """The app factory each worker process calls (uvicorn ``factory=True``)."""
     from capirelay.logs import configure_logging
     from capirelay.server.app import create_app
+    from capirelay.server.collector import tune_for_serving
 
     _die_with_parent()
     # A worker that exits drops out of the live-worker gauges (breaker, allowance); one
@@ -83,7 +84,9 @@ def worker_app() -> Starlette:
     atexit.register(mark_process_dead, os.getpid())
     level, _, fmt = os.environ.get(_ENV_LOG, "info:text").partition(":")
     configure_logging(level, json=fmt == "json")
-    return create_app(load_settings())
+    app = create_app(load_settings())
+    tune_for_serving()  # this process only serves from here on (capirelay.server.collector)
+    return app
 
 
 def _die_with_parent() -> None:

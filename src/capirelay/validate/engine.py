@@ -9,12 +9,16 @@ from typing import Any
 from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
 from capirelay.problems import Problem, error
 from capirelay.validate._context import DEFAULT_MAX_FUTURE_SKEW, Check, Context, _is_int, _max_age
+from capirelay.validate._screen import SCREENED, clean
 from capirelay.validate.rules import GENERIC_SUBCODE, META, META_SUBCODES, RULES
 
 __all__ = ["deadline", "meta_subcode", "validate_batch", "validate_event"]
 
 _CHECKS: tuple[Check, ...] = tuple(rule.check for rule in RULES)
 _META_CHECKS: tuple[Check, ...] = tuple(rule.check for rule in RULES if rule.enforced_by == META)
+# The one-pass screen stands in for exactly these checks; a rule it does not know of
+# turns it off rather than being skipped.
+_SCREEN_ON: bool = frozenset(_CHECKS) == SCREENED
 
 
 def validate_event(
@@ -31,7 +35,10 @@ def validate_event(
     """
     if not isinstance(payload, dict):
         return [error("invalid_type", "data[]", "each event must be a JSON object")]
-    ctx = Context.of(payload, time.time() if now is None else now, max_future_skew)
+    clock = time.time() if now is None else now
+    if _SCREEN_ON and clean(payload, clock, max_future_skew):
+        return []  # no rule has anything to say (capirelay.validate._screen)
+    ctx = Context.of(payload, clock, max_future_skew)
     problems: list[Problem] = []
     for check in _META_CHECKS if meta_only else _CHECKS:
         found = check(payload, ctx)

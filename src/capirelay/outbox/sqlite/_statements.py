@@ -17,7 +17,11 @@ NO_LEASE: Final = 1 << 62
 MIGRATIONS: Final[tuple[Migration, ...]] = load_migrations("capirelay.outbox.sqlite")
 QUERIES: Final = load_queries(
     "capirelay.outbox.sqlite",
-    {"attempt_log_limit": ATTEMPT_LOG_LIMIT, "no_lease": NO_LEASE},
+    {
+        "attempt_log_limit": ATTEMPT_LOG_LIMIT,
+        "no_lease": NO_LEASE,
+        "dedup_window_seconds": DEDUP_WINDOW_SECONDS,
+    },
 )
 
 # Most rows per multi-row VALUES statement (10 parameters a row stays far below SQLite's
@@ -52,12 +56,22 @@ def claim_keys(
     """Claim each dedup key (``claim_dedup_keys`` in ``queries.sql``); per key, in order,
     whether it was claimed.  A key repeated in ``keys`` counts as claimed at its first
     place only."""
-    cutoff = now - DEDUP_WINDOW_SECONDS
-    claimed: set[tuple[str, str, str]] = set()
+    return claim_keys_at(conn, [(*key, now) for key in keys])
+
+
+def claim_keys_at(
+    conn: sqlite3.Connection, rows: Sequence[tuple[str, str, str, float]]
+) -> list[bool]:
+    """:func:`claim_keys` for keys each with its own clock reading (pixel_id, event_name,
+    event_id, now): the keys of several requests of one commit group, claimed in order
+    as if each request had claimed its own in turn.  The window is measured from each
+    row's reading, so a key's later row can claim it when an earlier one could not; the
+    claim's RETURNING names the row by its reading, and a key repeated with the same
+    reading counts as claimed at its first place only."""
+    claimed: set[tuple[str, str, str, float]] = set()
     start = 0
-    for size in _pieces(len(keys)):
-        params = [v for key in keys[start : start + size] for v in (*key, now)]
-        params.append(cutoff)
+    for size in _pieces(len(rows)):
+        params = [v for row in rows[start : start + size] for v in row]
         claimed.update(
             map(
                 tuple,
@@ -68,9 +82,9 @@ def claim_keys(
         )
         start += size
     outcome: list[bool] = []
-    for key in keys:
-        outcome.append(key in claimed)
-        claimed.discard(key)
+    for row in rows:
+        outcome.append(row in claimed)
+        claimed.discard(row)
     return outcome
 
 
@@ -99,11 +113,16 @@ def claim_orders(conn: sqlite3.Connection, events: Sequence[NewEvent], now: floa
 
 
 def insert_queued(conn: sqlite3.Connection, events: Sequence[NewEvent], now: float) -> None:
+    insert_queued_at(conn, [(event, now) for event in events])
+
+
+def insert_queued_at(conn: sqlite3.Connection, rows: Sequence[tuple[NewEvent, float]]) -> None:
+    """Insert queued rows, each with its own clock reading (queued_at, available_at)."""
     start = 0
-    for size in _pieces(len(events)):
+    for size in _pieces(len(rows)):
         params = [
             v
-            for e in events[start : start + size]
+            for e, now in rows[start : start + size]
             for v in (e.pixel_id, e.event_name, e.event_id, e.payload, e.event_time,
                       e.deadline, e.test_event_code, e.source, now, now)
         ]  # fmt: skip

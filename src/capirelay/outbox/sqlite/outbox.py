@@ -26,7 +26,10 @@ Why this shape:
 
 Every SQL statement that moves rows takes its ids as one JSON array through
 ``json_each`` so a 1,000-event ack is one statement, not a thousand; enqueue
-claims all of a call's dedup keys with one set-based upsert the same way.
+claims all of a call's dedup keys with one set-based upsert the same way, and the
+consecutive enqueues of one commit group share one upsert and one insert.  The
+writers of one file (``serve --workers N``) take turns at its write lock
+(:meth:`GroupCommitWriter._turn`).
 
 A lease stamps its rows with a random lease id; settle calls that pass it touch
 only rows still carrying it (see :mod:`capirelay.outbox.base`).  Closing refuses
@@ -78,11 +81,20 @@ from capirelay.outbox.sqlite._statements import (
     NO_LEASE,
     QUERIES,
     claim_keys,
+    claim_keys_at,
     claim_orders,
     insert_queued,
+    insert_queued_at,
 )
 from capirelay.outbox.sqlite.receipts import SQLiteReceipts, insert_dead_letter_receipts
-from capirelay.outbox.sqlite.writer import GroupCommitWriter, Reader, WriteOp, connect, migrate
+from capirelay.outbox.sqlite.writer import (
+    GroupCommitWriter,
+    MergeFn,
+    Reader,
+    WriteOp,
+    connect,
+    migrate,
+)
 
 __all__ = ["MIGRATIONS", "QUERIES", "SQLiteOutbox", "migrate"]
 
@@ -95,6 +107,31 @@ LEASED: Final = 2
 # Operations per grouped transaction; bounds how long one commit holds callers.
 MAX_GROUP: Final = 1024
 SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+
+
+_QUEUED: Final = EnqueueStatus.QUEUED
+_DUPLICATE: Final = EnqueueStatus.DUPLICATE
+
+
+def _enqueue_together(conn: sqlite3.Connection, ops: Sequence[WriteOp]) -> list[Any]:
+    """The ``enqueue`` calls (without order keys) of one commit group as ONE dedup claim
+    and ONE insert (in pieces of at most MAX_PIECE rows) instead of two statements per
+    call.  The same outcome as running them in turn: the keys are claimed in call order,
+    each with its own call's clock reading, under the write lock this transaction holds,
+    so a key two calls share is queued by the first and a duplicate for the second."""
+    rows: list[tuple[NewEvent, float]] = []
+    for op in ops:
+        batch, now = op.data
+        rows.extend((event, now) for event in batch)
+    claimed = claim_keys_at(conn, [(e.pixel_id, e.event_name, e.event_id, now) for e, now in rows])
+    insert_queued_at(conn, [row for row, ok in zip(rows, claimed, strict=True) if ok])
+    results: list[Any] = []
+    start = 0
+    for op in ops:
+        end = start + len(op.data[0])
+        results.append([_QUEUED if ok else _DUPLICATE for ok in claimed[start:end]])
+        start = end
+    return results
 
 
 def _ids_json(ids: Sequence[int]) -> bytes:
@@ -185,7 +222,12 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = GroupCommitWriter(self._connect_writer, self._max_group, self.busy_timeout)
+        writer = GroupCommitWriter(
+            self._connect_writer,
+            self._max_group,
+            self.busy_timeout,
+            turn_file=self.path.with_name(self.path.name + "-writer"),
+        )
         writer.start()
         await asyncio.wrap_future(writer.ready)
         self._writer = writer
@@ -210,13 +252,15 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         """Write calls committed so far."""
         return self._writer.operations if self._writer else 0
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(
+        self, fn: Callable[[sqlite3.Connection], T], merge: MergeFn | None = None, data: Any = None
+    ) -> T:
         writer = self._writer
         if writer is None or not writer.is_alive():
             raise StorageUnavailable("the outbox is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        writer.submit(WriteOp(fn, loop, future))
+        writer.submit(WriteOp(fn, loop, future, merge, data))
         return await future
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -253,9 +297,12 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
             else:
                 claimed = claim_keys(conn, keys, now)
             insert_queued(conn, [e for e, ok in zip(batch, claimed, strict=True) if ok], now)
-            return [EnqueueStatus.QUEUED if ok else EnqueueStatus.DUPLICATE for ok in claimed]
+            return [_QUEUED if ok else _DUPLICATE for ok in claimed]
 
-        return await self._write(run)
+        if any(e.order_key is not None for e in batch):
+            return await self._write(run)
+        # No order keys: consecutive enqueues of one commit group claim and insert together.
+        return await self._write(run, _enqueue_together, (batch, now))
 
     async def lease(
         self, pixel_id: str, *, limit: int, lease_seconds: float, now: float

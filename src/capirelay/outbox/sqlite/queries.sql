@@ -12,11 +12,14 @@
 -- Claims each key, or takes it over when the remembered one is older than the window AND
 -- its event is no longer queued (dedup.queued).  RETURNING names the keys claimed; a key
 -- repeated in the call is claimed once (its later row conflicts with the first, whose
--- seen_at is inside the window; pieces run in call order).  One row: (?, ?, ?, ?, 1).
+-- seen_at is inside the window; pieces run in call order).  One row: (?, ?, ?, ?, 1), its
+-- fourth value the claim's clock reading: the window is measured from each row's own
+-- reading, so the rows of several requests (each with its own clock) claim in one
+-- statement, and RETURNING's seen_at (that reading) tells which of a key's rows claimed it.
 INSERT INTO dedup (pixel_id, event_name, event_id, seen_at, queued) VALUES {values}
 ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.seen_at, queued = 1
-WHERE dedup.seen_at <= ? AND dedup.queued = 0
-RETURNING pixel_id, event_name, event_id
+WHERE dedup.seen_at <= excluded.seen_at - {dedup_window_seconds} AND dedup.queued = 0
+RETURNING pixel_id, event_name, event_id, seen_at
 
 -- name: insert_queued
 -- One row: (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?).

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,7 +28,15 @@ from capirelay.outbox._sql import Migration
 from capirelay.outbox.base import StorageUnavailable
 from capirelay.outbox.sqlite._statements import MIGRATIONS
 
-__all__ = ["GroupCommitWriter", "Reader", "WriteOp", "connect", "migrate", "storage_error"]
+__all__ = [
+    "GroupCommitWriter",
+    "MergeFn",
+    "Reader",
+    "WriteOp",
+    "connect",
+    "migrate",
+    "storage_error",
+]
 
 log = logging.getLogger("capirelay.outbox")
 
@@ -84,9 +94,19 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIO
 
 @dataclass(slots=True)
 class WriteOp:
+    """One caller's write.  ``merge``, when set, runs a run of consecutive operations of
+    the group that share it as one (``merge(conn, ops)`` answers one result per op, the
+    same results as running each ``fn`` in turn); ``data`` is what it reads from each op.
+    ``fn`` alone still runs the op when it is alone or retried alone."""
+
     fn: WriteFn
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    merge: MergeFn | None = None
+    data: Any = None
+
+
+MergeFn = Callable[[sqlite3.Connection, Sequence[WriteOp]], list[Any]]
 
 
 _STOP: Final = object()
@@ -106,6 +126,37 @@ def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
         _deliver(future, value, None)
 
 
+def _run_group(conn: sqlite3.Connection, group: list[WriteOp]) -> list[Any]:
+    """Every op of a group in order; consecutive ops sharing a ``merge`` run as one."""
+    results: list[Any] = []
+    index, size = 0, len(group)
+    while index < size:
+        op = group[index]
+        merge = op.merge
+        end = index + 1
+        if merge is not None:
+            while end < size and group[end].merge is merge:
+                end += 1
+        if end - index == 1:
+            results.append(op.fn(conn))
+        else:
+            results.extend(merge(conn, group[index:end]))  # type: ignore[misc]
+        index = end
+    return results
+
+
+def _open_turn_file(path: Path | None) -> int | None:
+    """The file the writers of one database take turns on, or ``None`` without one (it
+    cannot be created: the writers then rely on SQLite's lock and retries alone)."""
+    if path is None:
+        return None
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        log.warning("outbox writers take turns without %s: %s", path.name, exc.strerror)
+        return None
+
+
 class GroupCommitWriter(threading.Thread):
     """The only thread that writes; see the module docstring for the group-commit rules."""
 
@@ -114,11 +165,14 @@ class GroupCommitWriter(threading.Thread):
         connect: Callable[[], sqlite3.Connection],
         max_group: int,
         busy_timeout: float = 5.0,
+        turn_file: Path | None = None,
     ) -> None:
         super().__init__(name="capirelay-outbox-writer", daemon=True)
         self._connect = connect
         self._max_group = max_group
         self._busy_timeout = busy_timeout
+        self._turn_file = turn_file
+        self._turn_fd: int | None = None
         self._inbox: queue.SimpleQueue[WriteOp | object] = queue.SimpleQueue()
         # Guards _closing together with the inbox: once _STOP is in, nothing follows it.
         self._gate = threading.Lock()
@@ -154,11 +208,14 @@ class GroupCommitWriter(threading.Thread):
         # own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, which under
         # `serve --workers N` (N writers on one file) turns a 0.5 ms wait into a 100 ms one.
         conn.execute("PRAGMA busy_timeout = 0")
+        self._turn_fd = _open_turn_file(self._turn_file)
         self.ready.set_result(None)
         try:
             self._serve(conn)
         finally:
             conn.close()
+            if self._turn_fd is not None:
+                os.close(self._turn_fd)
             self._refuse_pending()
 
     def _refuse_pending(self) -> None:
@@ -211,11 +268,36 @@ class GroupCommitWriter(threading.Thread):
             time.sleep(delay)
             delay = min(delay * 2, BEGIN_RETRY_MAX)
 
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This process's turn at the file's write lock among the gateway's writers.
+
+        Several ``serve --workers`` processes write one file.  SQLite's lock has no
+        queue: a writer that finds it taken can only retry (:meth:`_begin`), and the
+        process that just committed, whose next group is already waiting, usually
+        takes it again first, so the other's requests waited for a lucky retry (the
+        ``--workers 2`` p99 of 140-300 ms in docs/benchmarks.md).  An exclusive
+        ``flock`` on a file beside the database, taken before ``BEGIN IMMEDIATE`` and
+        released after ``COMMIT``, makes the writers wait in the kernel and hands the
+        turn over at once to one that waits.  SQLite's lock still decides who writes
+        (other programs on the file do not take the turn; ``_begin`` still retries).
+        """
+        fd = self._turn_fd
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
     def _commit_group(self, conn: sqlite3.Connection, group: list[WriteOp]) -> None:
         try:
-            self._begin(conn)
-            results = [op.fn(conn) for op in group]
-            conn.execute("COMMIT")
+            with self._turn():
+                self._begin(conn)
+                results = _run_group(conn, group)
+                conn.execute("COMMIT")
         except Exception:
             self._rollback(conn)
             if len(group) == 1:
@@ -232,9 +314,10 @@ class GroupCommitWriter(threading.Thread):
 
     def _commit_alone(self, conn: sqlite3.Connection, op: WriteOp) -> None:
         try:
-            self._begin(conn)
-            result = op.fn(conn)
-            conn.execute("COMMIT")
+            with self._turn():
+                self._begin(conn)
+                result = op.fn(conn)
+                conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             self._rollback(conn)
             self._resolve(op, None, exc)
