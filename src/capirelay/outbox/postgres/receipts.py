@@ -20,6 +20,7 @@ from capirelay.outbox.postgres._batches import (
     receipts_of_batch,
     write_delivered,
 )
+from capirelay.outbox.postgres._leases import settle
 from capirelay.outbox.postgres._statements import QUERIES
 from capirelay.outbox.receipts import (
     ErasureResult,
@@ -161,8 +162,8 @@ class PostgresReceipts:
 
         async def work(conn: AsyncConnection[Any]) -> None:
             # Binary results: the payloads come back as bytes, not hex text to encode.
-            cur = await conn.execute(QUERIES["ack_returning"], params, binary=True)
-            receipts = [delivered_from_row(row, answer, now) for row in await cur.fetchall()]
+            rows = await settle(conn, lease_id, params["ids"], "ack_returning", params, binary=True)
+            receipts = [delivered_from_row(row, answer, now) for row in rows]
             await write_delivered(conn, receipts)  # one batch row, not one row per event
 
         await self._in_transaction(work)
