@@ -35,7 +35,7 @@ async def settle(
     async with conn.pipeline():
         await conn.execute(QUERIES["lock_lease"], {"lease_id": lease_id})
         cur = await conn.execute(QUERIES[name], params, binary=binary) if name else None
-        await conn.execute(QUERIES["unlease"], {"ids": list(ids), "lease_id": lease_id})
+        await conn.execute(QUERIES["unlease"], {"ids": sorted(set(ids)), "lease_id": lease_id})
     if cur is None or cur.description is None:
         return []
     return await cur.fetchall()
@@ -46,4 +46,4 @@ async def lock_lease(conn: AsyncConnection[Any], lease_id: str) -> None:
 
 
 async def unlease(conn: AsyncConnection[Any], lease_id: str, ids: Sequence[int]) -> None:
-    await conn.execute(QUERIES["unlease"], {"ids": list(ids), "lease_id": lease_id})
+    await conn.execute(QUERIES["unlease"], {"ids": sorted(set(ids)), "lease_id": lease_id})

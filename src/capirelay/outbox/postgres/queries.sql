@@ -128,11 +128,12 @@ picked AS (
     LIMIT %(limit)s
 ),
 taken AS (
-    SELECT array_agg(id) AS ids FROM picked
+    SELECT array_agg(id ORDER BY id) AS ids FROM picked
 ),
 retaken AS (
     UPDATE capirelay_leases AS l
-    SET ids = ARRAY(SELECT unnest(l.ids) EXCEPT SELECT unnest(t.ids))
+    SET ids = ARRAY(SELECT x FROM (SELECT unnest(l.ids) EXCEPT SELECT unnest(t.ids)) AS r (x)
+                    ORDER BY x)
     FROM taken AS t
     WHERE l.pixel_id = %(pixel_id)s AND l.until <= %(now)s AND l.ids && t.ids
 ),
@@ -156,9 +157,16 @@ WHERE l.pixel_id = %(pixel_id)s AND l.until <= %(now)s
 -- name: unlease
 -- After a settle, in its transaction (under `lock_lease`): the settled ids leave their
 -- lease, and a lease holding nothing more goes.
+-- Lease ids are kept in ascending order and callers send theirs sorted, so settling a
+-- whole lease (the usual ack) is one array comparison; only a partial settle computes
+-- what is left.
 WITH lease AS (
     SELECT l.lease_id,
-           ARRAY(SELECT unnest(l.ids) EXCEPT SELECT unnest(%(ids)b::bigint[])) AS rest
+           CASE WHEN l.ids = %(ids)b::bigint[] THEN '{}'::bigint[]
+                ELSE ARRAY(SELECT x FROM (SELECT unnest(l.ids) EXCEPT
+                                          SELECT unnest(%(ids)b::bigint[])) AS r (x)
+                           ORDER BY x)
+           END AS rest
     FROM capirelay_leases AS l WHERE l.lease_id = %(lease_id)s
 ),
 shrunk AS (
@@ -180,8 +188,8 @@ WHERE l.lease_id = lease.lease_id AND cardinality(lease.rest) = 0;
 -- by any replica) is lifted, so every replica resumes at once.
 WITH acked AS (
     DELETE FROM capirelay_queue
-    WHERE id = ANY(%(ids)b::bigint[])
-      AND id IN (SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s)
+    WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s
+                         INTERSECT SELECT unnest(%(ids)b::bigint[])))
     RETURNING pixel_id
 )
 DELETE FROM capirelay_pixel_state
@@ -198,8 +206,8 @@ SET state = 1,
     attempt_log = (CASE WHEN jsonb_array_length(attempt_log) >= %(log_limit)s
                         THEN attempt_log - 0 ELSE attempt_log END)
                   || jsonb_build_array(%(attempt)s::jsonb)
-WHERE id = ANY(%(ids)b::bigint[])
-  AND id IN (SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s);
+WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s
+                     INTERSECT SELECT unnest(%(ids)b::bigint[])));
 
 -- name: extend_lease
 -- Heartbeat for a batch still in flight: the lease now ends at `until` (never earlier
@@ -214,7 +222,8 @@ WITH extended AS (
     RETURNING ids
 )
 SELECT q.id FROM capirelay_queue AS q
-WHERE q.id = ANY(%(ids)b::bigint[]) AND q.id IN (SELECT unnest(ids) FROM extended);
+WHERE q.id = ANY(ARRAY(SELECT unnest(ids) FROM extended
+                       INTERSECT SELECT unnest(%(ids)b::bigint[])));
 
 -- name: dead_letter
 -- Move rows to the dead-letter store and forget their dedup keys, in one statement:
@@ -222,8 +231,8 @@ WHERE q.id = ANY(%(ids)b::bigint[]) AND q.id IN (SELECT unnest(ids) FROM extende
 -- Only rows still held under the lease (under `lock_lease`, followed by `unlease`).
 WITH moved AS (
     DELETE FROM capirelay_queue
-    WHERE id = ANY(%(ids)b::bigint[])
-      AND id IN (SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s)
+    WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s
+                         INTERSECT SELECT unnest(%(ids)b::bigint[])))
     RETURNING *
 ),
 forgotten AS (
@@ -576,8 +585,8 @@ ORDER BY i.ord;
 -- As `ack`, returning what the delivered receipts need (written in the same transaction).
 WITH acked AS (
     DELETE FROM capirelay_queue
-    WHERE id = ANY(%(ids)b::bigint[])
-      AND id IN (SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s)
+    WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s
+                         INTERSECT SELECT unnest(%(ids)b::bigint[])))
     RETURNING pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
               test_event_code, payload
 ),
@@ -595,8 +604,8 @@ FROM acked;
 SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
        test_event_code, payload
 FROM capirelay_queue
-WHERE id = ANY(%(ids)b::bigint[])
-  AND id IN (SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s)
+WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s
+                     INTERSECT SELECT unnest(%(ids)b::bigint[])))
 ORDER BY id
 FOR UPDATE OF capirelay_queue;
 
