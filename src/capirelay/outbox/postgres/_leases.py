@@ -2,9 +2,10 @@
 
 A lease is one row of ``capirelay_leases`` naming the queue ids it holds; the queue rows
 themselves are not written when they are leased.  Every call that settles or extends a
-lease first takes the lease lock of its pixel (``lock_lease``), the lock the lease
-statement of that pixel takes too, so "which lease holds this id" is decided by one
-transaction at a time; a settle then removes its ids from the lease (``unlease``).
+lease first locks its lease row (``lock_lease``); a lease that takes rows from a lease
+that ran out locks that row too (``lock_lapsed_leases``), so "which lease holds this id"
+is decided by one transaction at a time, and settles of different leases never wait
+for each other.  A settle then removes its ids from the lease (``unlease``).
 The three statements go out pipelined: one round trip.
 """
 

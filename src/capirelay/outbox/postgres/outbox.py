@@ -322,10 +322,14 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
 
         async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
             # Pipelined: the statements go out in one round trip (the COMMIT is a second).
-            # The pixel's lease lock first: leases of a pixel, and settles of its leases,
-            # take turns (migration 0010), so the lease reads rows without locking them.
+            # The pixel's lease lock first: leases of a pixel take turns (migration 0010), so
+            # the lease reads rows without locking them; then the lapsed leases it may take
+            # rows from, so no settle of theirs runs meanwhile.
             async with conn.pipeline():
                 await conn.execute(QUERIES["lock_pixel"], {"pixel_id": pixel_id})
+                await conn.execute(
+                    QUERIES["lock_lapsed_leases"], {"pixel_id": pixel_id, "now": now}
+                )
                 await conn.execute(QUERIES["promote_due"], promote)
                 # Binary results: payloads come back as bytes, not hex text to encode.
                 cur = await conn.execute(QUERIES["lease"], lease, binary=True)

@@ -73,23 +73,37 @@ WHERE id IN (
 
 -- name: lock_pixel
 -- The lease lock of one pixel (migration 0010), held until the transaction ends: leases
--- of a pixel, and settles and extensions of its leases, take turns on it, so which lease
--- holds an id is decided by one transaction at a time (no row locks, no row writes).
--- Per schema: two schemas of one database do not wait for each other.
+-- of a pixel take turns on it, so no two of them read the same free rows (the rows are
+-- not written, so there is no row lock to skip).  Per schema: two schemas of one
+-- database do not wait for each other.  Settles do not take it (see `lock_lease`).
 SELECT pg_advisory_xact_lock(1818583411, hashtext(current_schema() || ' ' || %(pixel_id)s));
 
+-- name: lock_lapsed_leases
+-- After `lock_pixel`, before `lease`: the pixel's leases that ran out (the only ones a
+-- lease may take rows from), row-locked until the transaction ends.  A settle or an
+-- extension of such a lease that started first (it locks its lease row, `lock_lease`)
+-- is waited for, so the lease's own snapshot then sees what it did; one that starts
+-- later waits for the lease and then sees which ids were taken from it.
+SELECT 1 FROM capirelay_leases
+WHERE pixel_id = %(pixel_id)s AND until <= %(now)s
+FOR UPDATE;
+
 -- name: lock_lease
--- The lease lock of the pixel a lease belongs to (nothing when no such lease exists: a
--- settle naming it then finds nothing held).
-SELECT pg_advisory_xact_lock(1818583411, hashtext(current_schema() || ' ' || pixel_id))
-FROM capirelay_leases WHERE lease_id = %(lease_id)s;
+-- A settle's or an extension's first step: its lease row, locked until the transaction
+-- ends (nothing when no such lease exists: the settle then finds nothing held).  A lease
+-- taking rows from this lease (it ran out) waits for it, or it for that lease.  Settles
+-- of different leases never wait for each other.
+SELECT 1 FROM capirelay_leases WHERE lease_id = %(lease_id)s FOR UPDATE;
+
 -- name: lease
 -- Lease up to `limit` ready rows of one pixel, earliest deadline first, straight off the
 -- partial index capirelay_queue_ready, leaving out the ids the pixel's active leases hold
 -- (a hashed NOT IN: cost in proportion to the events in flight).  The rows are read, not
 -- written: the lease is ONE row of capirelay_leases (migration 0010) naming them, until
--- `lease_until`.  Runs after `lock_pixel` in the same transaction, so no other lease of
--- the pixel, and no settle of one, runs meanwhile.  A lease that ran out no longer
+-- `lease_until`.  Runs after `lock_pixel` and `lock_lapsed_leases` in the same
+-- transaction, so no other lease of the pixel runs meanwhile, and no settle of a lease
+-- it may take rows from.  Settles of active leases may run: their rows are left out
+-- whatever they do to them.  A lease that ran out no longer
 -- leaves its ids out; taking one of them removes it from that lapsed lease (its old
 -- holder cannot settle it any more), and `sweep_leases` then drops lapsed leases that
 -- hold nothing.
