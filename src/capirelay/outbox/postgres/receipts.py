@@ -158,11 +158,12 @@ class PostgresReceipts:
     ) -> None:
         if not ids:
             return
-        params = {"ids": [int(i) for i in ids], "lease_id": lease_id}
+        id_list = [int(i) for i in ids]
+        params = {"ids": id_list, "lease_id": lease_id}
 
         async def work(conn: AsyncConnection[Any]) -> None:
             # Binary results: the payloads come back as bytes, not hex text to encode.
-            rows = await settle(conn, lease_id, params["ids"], "ack_returning", params, binary=True)
+            rows = await settle(conn, lease_id, id_list, "ack_returning", params, binary=True)
             receipts = [delivered_from_row(row, answer, now) for row in rows]
             await write_delivered(conn, receipts)  # one batch row, not one row per event
 
