@@ -8,9 +8,10 @@
 --
 -- * A lease of a pixel reads the ready rows in deadline order and leaves out the ids of
 --   that pixel's active leases (until > now).  Leases of one pixel take turns on a
---   transaction-scoped advisory lock (class 0x6c656173, key: schema and pixel); so do
---   the settles and extensions naming a lease (they lock its pixel), so "who holds
---   this id" is decided by one transaction at a time and no row lock is needed.
+--   transaction-scoped advisory lock (class 0x6c656173, key: schema and pixel).  Settles
+--   and extensions lock their lease row; a lease row-locks the lapsed leases it may
+--   take rows from.  So "who holds this id" is decided by one transaction at a time,
+--   and no queue row is locked or written by a lease.
 -- * A lease that runs out simply stops leaving its ids out: a crashed replica's events
 --   are leased again by anyone.  Until someone does, its holder may still settle or
 --   extend them; the lease that takes them removes them from the lapsed lease.
