@@ -307,7 +307,7 @@ async def statement_costs(
             phase_cpu["enqueue"],
         ),
         _cost_row(
-            "lease (promote + SKIP LOCKED), 500 events/call",
+            "lease (promote + lease row), 500 events/call",
             lease_s,
             leased_total,
             500,

@@ -108,9 +108,12 @@ def queue_depth(storage_url: str) -> int:
 
 
 def leased_event_ids(storage_url: str) -> set[str]:
-    """Event ids of the queue rows held by a lease right now (state 2: leased)."""
+    """Event ids of the queue rows a lease holds right now (migration 0010: leases)."""
     with psycopg.connect(storage_url) as conn:
-        rows = conn.execute("SELECT event_id FROM capirelay_queue WHERE state = 2").fetchall()
+        rows = conn.execute(
+            "SELECT event_id FROM capirelay_queue WHERE id IN "
+            "(SELECT unnest(ids) FROM capirelay_leases)"
+        ).fetchall()
     return {row[0] for row in rows}
 
 

@@ -41,6 +41,8 @@ TABLES = {
     "capirelay_erasures",
     # 0009: delivered receipts, one row per acked batch
     "capirelay_receipt_batches",
+    # 0010: leases, one row per lease
+    "capirelay_leases",
 }
 
 

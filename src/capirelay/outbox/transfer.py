@@ -51,10 +51,6 @@ def _bool(value: Any) -> Any:
     return None if value is None else bool(value)
 
 
-def _no_lease(_value: Any) -> None:
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class TableCopy:
     """One table's move: names on both sides, the columns copied, per-column conversions."""
@@ -77,7 +73,7 @@ class TableCopy:
 _QUEUE_COLUMNS: Final = (
     "id", "pixel_id", "event_name", "event_id", "payload", "event_time", "deadline",
     "test_event_code", "source", "queued_at", "attempts", "state", "available_at",
-    "attempt_log", "lease_id",
+    "attempt_log",
 )  # fmt: skip
 _DLQ_COLUMNS: Final = (
     "id", "pixel_id", "event_name", "event_id", "payload", "event_time", "deadline",
@@ -102,7 +98,7 @@ TABLES: Final[tuple[TableCopy, ...]] = (
         "queue",
         "capirelay_queue",
         _QUEUE_COLUMNS,
-        {"attempt_log": _json, "lease_id": _no_lease},
+        {"attempt_log": _json},
         identity="id",
         # The stopped gateway's leases end now: leased events are ready again.
         fixup="UPDATE {table} SET state = 0 WHERE state = 2",

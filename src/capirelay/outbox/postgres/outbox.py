@@ -74,6 +74,7 @@ from capirelay.outbox.base import (
     StorageUnavailable,
 )
 from capirelay.outbox.postgres._enqueue import enqueue_keys, enqueue_orders
+from capirelay.outbox.postgres._leases import lock_lease, settle, unlease
 from capirelay.outbox.postgres._operator import PostgresOperatorRecords
 from capirelay.outbox.postgres._statements import CHANNEL, QUERIES, load_queries
 from capirelay.outbox.postgres.migrate import migrate
@@ -320,11 +321,19 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         }
 
         async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            # Pipelined: both statements go out in one round trip (the COMMIT is a second).
+            # Pipelined: the statements go out in one round trip (the COMMIT is a second).
+            # The pixel's lease lock first: leases of a pixel take turns (migration 0010), so
+            # the lease reads rows without locking them; then the lapsed leases it may take
+            # rows from, so no settle of theirs runs meanwhile.
             async with conn.pipeline():
+                await conn.execute(QUERIES["lock_pixel"], {"pixel_id": pixel_id})
+                await conn.execute(
+                    QUERIES["lock_lapsed_leases"], {"pixel_id": pixel_id, "now": now}
+                )
                 await conn.execute(QUERIES["promote_due"], promote)
                 # Binary results: payloads come back as bytes, not hex text to encode.
                 cur = await conn.execute(QUERIES["lease"], lease, binary=True)
+                await conn.execute(QUERIES["sweep_leases"], {"pixel_id": pixel_id, "now": now})
             return await cur.fetchall()
 
         rows = await self._in_transaction(work)
@@ -339,11 +348,19 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         if not ids:
             return []
         params = {"ids": _ids(ids), "until": until, "owner": self.owner, "lease_id": lease_id}
-        return sorted(row[0] for row in await self._run("extend_lease", params))
+
+        async def work(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            async with conn.pipeline():
+                await lock_lease(conn, lease_id)
+                cur = await conn.execute(QUERIES["extend_lease"], params)
+            return await cur.fetchall()
+
+        return sorted(row[0] for row in await self._in_transaction(work))
 
     async def ack(self, ids: Sequence[int], *, now: float, lease_id: str) -> None:
         if ids:
-            await self._run("ack", {"ids": _ids(ids), "lease_id": lease_id})
+            params = {"ids": _ids(ids), "lease_id": lease_id}
+            await self._in_transaction(lambda conn: settle(conn, lease_id, ids, "ack", params))
 
     async def reschedule(
         self,
@@ -354,23 +371,21 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         lease_id: str,
     ) -> None:
         if ids:
-            await self._run(
-                "reschedule",
-                {
-                    "ids": _ids(ids),
-                    "next_attempt_at": next_attempt_at,
-                    "attempt": _jsonb_text(attempt.to_dict()),
-                    "log_limit": ATTEMPT_LOG_LIMIT,
-                    "owner": self.owner,
-                    "lease_id": lease_id,
-                },
+            params = {
+                "ids": _ids(ids),
+                "next_attempt_at": next_attempt_at,
+                "attempt": _jsonb_text(attempt.to_dict()),
+                "log_limit": ATTEMPT_LOG_LIMIT,
+                "lease_id": lease_id,
+            }
+            await self._in_transaction(
+                lambda conn: settle(conn, lease_id, _ids(ids), "reschedule", params)
             )
 
     async def release(self, ids: Sequence[int], *, lease_id: str) -> None:
+        # Taking the ids off their lease is all: the rows were never written by the lease.
         if ids:
-            await self._run(
-                "release", {"ids": _ids(ids), "owner": self.owner, "lease_id": lease_id}
-            )
+            await self._in_transaction(lambda conn: settle(conn, lease_id, _ids(ids), None, {}))
 
     async def dead_letter(
         self,
@@ -396,10 +411,12 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             # Receipts first: that locks the rows, so the move takes exactly those.
             # Meta's message may hold U+0000, which neither text nor jsonb can store.
             attempt_dict = orjson.loads(_jsonb_text(attempt.to_dict())) if attempt else None
+            await lock_lease(conn, lease_id)
             await insert_dead_letter_receipts(
                 conn, _ids(ids), lease_id, str(reason), attempt_dict, now
             )
             await conn.execute(QUERIES["dead_letter"], params)
+            await unlease(conn, lease_id, _ids(ids))
 
         await self._in_transaction(work)
 

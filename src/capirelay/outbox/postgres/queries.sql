@@ -56,15 +56,13 @@ SELECT i.ord, announced.pixels
 FROM input AS i JOIN queued USING (id) CROSS JOIN announced;
 
 -- name: promote_due
--- Rows whose backoff ended or whose lease expired (a crashed or stalled replica) become
--- ready again, longest-waiting first and bounded: after an outage hundreds of thousands
--- of rows come due at once, and promoting them all in one lease would hold row locks
--- for seconds.  Promoting a multiple of the lease size keeps every lease full.
--- FOR UPDATE SKIP LOCKED: rows another replica is promoting or leasing right now are
--- skipped, not waited for; PostgreSQL re-checks the WHERE clause on the latest row
--- version after locking, so a row leased by someone else in the meantime
--- (available_at moved into the future) is skipped too.
-UPDATE capirelay_queue SET state = 0, lease_owner = NULL
+-- Rows whose backoff ended become ready again, longest-waiting first and bounded: after
+-- an outage hundreds of thousands of rows come due at once, and promoting them all in
+-- one lease would hold row locks for seconds.  Promoting a multiple of the lease size
+-- keeps every lease full.  (A lease that ran out needs no promotion: its rows stayed
+-- ready, see `lease`.)  Runs under the pixel's lease lock (`lock_pixel`); SKIP LOCKED
+-- passes over rows a settle is moving right now.
+UPDATE capirelay_queue SET state = 0
 WHERE id IN (
     SELECT id FROM capirelay_queue
     WHERE pixel_id = %(pixel_id)s AND state > 0 AND available_at <= %(now)s
@@ -73,14 +71,42 @@ WHERE id IN (
     FOR UPDATE SKIP LOCKED
 );
 
+-- name: lock_pixel
+-- The lease lock of one pixel (migration 0010), held until the transaction ends: leases
+-- of a pixel take turns on it, so no two of them read the same free rows (the rows are
+-- not written, so there is no row lock to skip).  Per schema: two schemas of one
+-- database do not wait for each other.  Settles do not take it (see `lock_lease`).
+SELECT pg_advisory_xact_lock(1818583411, hashtext(current_schema() || ' ' || %(pixel_id)s));
+
+-- name: lock_lapsed_leases
+-- After `lock_pixel`, before `lease`: the pixel's leases that ran out (the only ones a
+-- lease may take rows from), row-locked until the transaction ends.  A settle or an
+-- extension of such a lease that started first (it locks its lease row, `lock_lease`)
+-- is waited for, so the lease's own snapshot then sees what it did; one that starts
+-- later waits for the lease and then sees which ids were taken from it.
+SELECT 1 FROM capirelay_leases
+WHERE pixel_id = %(pixel_id)s AND until <= %(now)s
+FOR UPDATE;
+
+-- name: lock_lease
+-- A settle's or an extension's first step: its lease row, locked until the transaction
+-- ends (nothing when no such lease exists: the settle then finds nothing held).  A lease
+-- taking rows from this lease (it ran out) waits for it, or it for that lease.  Settles
+-- of different leases never wait for each other.
+SELECT 1 FROM capirelay_leases WHERE lease_id = %(lease_id)s FOR UPDATE;
+
 -- name: lease
 -- Lease up to `limit` ready rows of one pixel, earliest deadline first, straight off the
--- partial index capirelay_queue_ready.  FOR UPDATE SKIP LOCKED lets replicas lease the
--- same pixel concurrently: each one takes the next rows nobody holds, nobody blocks, and
--- the state = 0 re-check after locking guarantees a row is leased by one replica only.
--- The lease lasts until available_at; promote_due hands the rows to someone else after
--- that.  lease_id names this one lease (promote_due leaves it: until someone leases the
--- rows again, the holder may still settle or extend them).
+-- partial index capirelay_queue_ready, leaving out the ids the pixel's active leases hold
+-- (a hashed NOT IN: cost in proportion to the events in flight).  The rows are read, not
+-- written: the lease is ONE row of capirelay_leases (migration 0010) naming them, until
+-- `lease_until`.  Runs after `lock_pixel` and `lock_lapsed_leases` in the same
+-- transaction, so no other lease of the pixel runs meanwhile, and no settle of a lease
+-- it may take rows from.  Settles of active leases may run: their rows are left out
+-- whatever they do to them.  A lease that ran out no longer
+-- leaves its ids out; taking one of them removes it from that lapsed lease (its old
+-- holder cannot settle it any more), and `sweep_leases` then drops lapsed leases that
+-- hold nothing.
 -- Holds (capirelay_pixel_state): while one is running, no replica leases the pixel.
 -- When a 'breaker' hold has run out, exactly one replica gets to send the next batch
 -- (the probe): `probe` re-arms the hold, and the row lock it takes makes concurrent
@@ -90,13 +116,17 @@ WITH probe AS (
     SET hold_until = %(now)s + hold_seconds, updated_at = %(now)s
     WHERE pixel_id = %(pixel_id)s AND reason = 'breaker' AND hold_until <= %(now)s
     RETURNING pixel_id
-)
-UPDATE capirelay_queue AS q
-SET state = 2, available_at = %(lease_until)s, lease_owner = %(owner)s,
-    lease_id = %(lease_id)s
-FROM (
-    SELECT id FROM capirelay_queue
+),
+held AS (
+    SELECT unnest(ids) AS id FROM capirelay_leases
+    WHERE pixel_id = %(pixel_id)s AND until > %(now)s
+),
+picked AS (
+    SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
+           test_event_code, queued_at
+    FROM capirelay_queue
     WHERE pixel_id = %(pixel_id)s AND state = 0
+      AND id NOT IN (SELECT id FROM held)
       AND NOT EXISTS (
           SELECT 1 FROM capirelay_pixel_state AS s
           WHERE s.pixel_id = %(pixel_id)s AND s.hold_until > %(now)s
@@ -110,25 +140,70 @@ FROM (
       )
     ORDER BY deadline
     LIMIT %(limit)s
-    FOR UPDATE OF capirelay_queue SKIP LOCKED
-) AS picked
-WHERE q.id = picked.id
-RETURNING q.id, q.pixel_id, q.event_name, q.event_id, q.payload, q.event_time, q.deadline,
-          q.attempts, q.test_event_code, q.queued_at;
+),
+taken AS (
+    SELECT array_agg(id ORDER BY id) AS ids FROM picked
+),
+retaken AS (
+    UPDATE capirelay_leases AS l
+    SET ids = ARRAY(SELECT x FROM (SELECT unnest(l.ids) EXCEPT SELECT unnest(t.ids)) AS r (x)
+                    ORDER BY x)
+    FROM taken AS t
+    WHERE l.pixel_id = %(pixel_id)s AND l.until <= %(now)s AND l.ids && t.ids
+),
+granted AS (
+    INSERT INTO capirelay_leases (lease_id, pixel_id, owner, until, ids)
+    SELECT %(lease_id)s, %(pixel_id)s, %(owner)s, %(lease_until)s, t.ids
+    FROM taken AS t WHERE t.ids IS NOT NULL
+)
+SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
+       test_event_code, queued_at
+FROM picked;
 
+-- name: sweep_leases
+-- After a lease, in its transaction: lapsed leases of the pixel whose rows are all gone
+-- (settled, erased, taken by another lease) are dropped.  A probe of the (pixel, until)
+-- index when there are none.
+DELETE FROM capirelay_leases AS l
+WHERE l.pixel_id = %(pixel_id)s AND l.until <= %(now)s
+  AND NOT EXISTS (SELECT 1 FROM capirelay_queue AS q WHERE q.id = ANY(l.ids));
+
+-- name: unlease
+-- After a settle, in its transaction (under `lock_lease`): the settled ids leave their
+-- lease, and a lease holding nothing more goes.
+-- Lease ids are kept in ascending order and callers send theirs sorted, so settling a
+-- whole lease (the usual ack) is one array comparison; only a partial settle computes
+-- what is left.
+WITH lease AS (
+    SELECT l.lease_id,
+           CASE WHEN l.ids = %(ids)b::bigint[] THEN '{}'::bigint[]
+                ELSE ARRAY(SELECT x FROM (SELECT unnest(l.ids) EXCEPT
+                                          SELECT unnest(%(ids)b::bigint[])) AS r (x)
+                           ORDER BY x)
+           END AS rest
+    FROM capirelay_leases AS l WHERE l.lease_id = %(lease_id)s
+),
+shrunk AS (
+    UPDATE capirelay_leases AS l SET ids = lease.rest
+    FROM lease
+    WHERE l.lease_id = lease.lease_id AND cardinality(lease.rest) > 0
+)
+DELETE FROM capirelay_leases AS l
+USING lease
+WHERE l.lease_id = lease.lease_id AND cardinality(lease.rest) = 0;
 -- name: ack
 -- Delivered: the rows go.  Deleting (not flagging) keeps the live table as small as
 -- the backlog; autovacuum (per-table settings in 0001) reclaims the dead tuples.
--- Given a lease id, only rows still held under it (a lease that ran out and was taken
--- by someone else is theirs to settle).  Their dedup keys stay for the rest of the
--- window, unpinned by the deletion itself (a key is pinned while its queue_id's row
--- exists): the ack writes nothing else per event.
+-- Only rows still held under the lease (one that ran out and was taken by someone else
+-- is theirs to settle); run under `lock_lease`, followed by `unlease`.  Their dedup
+-- keys stay for the rest of the window, unpinned by the deletion itself (a key is
+-- pinned while its queue_id's row exists): the ack writes nothing else per event.
 -- Meta accepting a pixel's events proves its token works: a breaker hold on it (written
 -- by any replica) is lifted, so every replica resumes at once.
 WITH acked AS (
     DELETE FROM capirelay_queue
-    WHERE id = ANY(%(ids)b::bigint[])
-      AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
+    WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s
+                         INTERSECT SELECT unnest(%(ids)b::bigint[])))
     RETURNING pixel_id
 )
 DELETE FROM capirelay_pixel_state
@@ -136,51 +211,42 @@ WHERE reason = 'breaker' AND pixel_id IN (SELECT DISTINCT pixel_id FROM acked);
 
 -- name: reschedule
 -- A failed attempt: count it, append it to the bounded attempt log, wait until
--- next_attempt_at.  A row whose lease passed to another replica is left to that one;
--- given a lease id, so is a row leased again under any other lease.
+-- next_attempt_at.  Only rows still held under the lease (under `lock_lease`, followed
+-- by `unlease`).
 UPDATE capirelay_queue
 SET state = 1,
     available_at = %(next_attempt_at)s,
     attempts = attempts + 1,
-    lease_owner = NULL,
-    lease_id = NULL,
     attempt_log = (CASE WHEN jsonb_array_length(attempt_log) >= %(log_limit)s
                         THEN attempt_log - 0 ELSE attempt_log END)
                   || jsonb_build_array(%(attempt)s::jsonb)
-WHERE id = ANY(%(ids)b::bigint[])
-  AND CASE WHEN %(lease_id)s::text IS NULL THEN state <> 2 OR lease_owner = %(owner)s
-           ELSE lease_id = %(lease_id)s::text END;
-
--- name: release
--- Give back untouched: only rows this outbox still holds (a lease that expired and
--- moved to another replica must not be handed out a third time); given a lease id,
--- only rows still held under it.
-UPDATE capirelay_queue SET state = 0, lease_owner = NULL, lease_id = NULL
-WHERE id = ANY(%(ids)b::bigint[])
-  AND CASE WHEN %(lease_id)s::text IS NULL THEN state = 2 AND lease_owner = %(owner)s
-           ELSE lease_id = %(lease_id)s::text END;
+WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s
+                     INTERSECT SELECT unnest(%(ids)b::bigint[])));
 
 -- name: extend_lease
--- Heartbeat for a batch still in flight: its lease now ends at `until` (never earlier
--- than it did).  Given a lease id: rows still carrying it, including rows whose lease
--- ran out but that nobody leased since (taken back); without: rows this process still
--- has leased.  A row another leaser has locked right now is waited for, and the WHERE
--- re-check on its new version then leaves it out.  The ids extended come back.
-UPDATE capirelay_queue
-SET state = 2, available_at = GREATEST(available_at, %(until)s), lease_owner = %(owner)s
-WHERE id = ANY(%(ids)b::bigint[])
-  AND CASE WHEN %(lease_id)s::text IS NULL THEN state = 2 AND lease_owner = %(owner)s
-           ELSE lease_id = %(lease_id)s::text END
-RETURNING id;
+-- Heartbeat for a batch still in flight: the lease now ends at `until` (never earlier
+-- than it did), including a lease that ran out but whose rows nobody leased since (taken
+-- back).  Run under `lock_lease`.  The lease is one row: all its unsettled ids are
+-- extended together (a worker extends its whole batch).  The asked-for ids it holds,
+-- and that are still queued, come back.
+WITH extended AS (
+    UPDATE capirelay_leases
+    SET until = GREATEST(until, %(until)s), owner = %(owner)s
+    WHERE lease_id = %(lease_id)s
+    RETURNING ids
+)
+SELECT q.id FROM capirelay_queue AS q
+WHERE q.id = ANY(ARRAY(SELECT unnest(ids) FROM extended
+                       INTERSECT SELECT unnest(%(ids)b::bigint[])));
 
 -- name: dead_letter
 -- Move rows to the dead-letter store and forget their dedup keys, in one statement:
 -- the data-modifying CTEs run exactly once each, all or nothing.
--- Given a lease id, only rows still held under it.
+-- Only rows still held under the lease (under `lock_lease`, followed by `unlease`).
 WITH moved AS (
     DELETE FROM capirelay_queue
-    WHERE id = ANY(%(ids)b::bigint[])
-      AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
+    WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s
+                         INTERSECT SELECT unnest(%(ids)b::bigint[])))
     RETURNING *
 ),
 forgotten AS (
@@ -203,9 +269,12 @@ FROM moved
 ORDER BY id;
 
 -- name: due_pixels
--- Pixels with a due event and no hold.  PostgreSQL has no skip scan, so the distinct
--- pixels come from a "loose index scan" (a recursive CTE that jumps from one pixel to
--- the next through each partial index): O(pixels · log rows), never a scan of the queue.
+-- Pixels with a due event and no hold: a ready row no active lease holds, or a backoff
+-- that ended.  PostgreSQL has no skip scan, so the distinct pixels come from a "loose
+-- index scan" (a recursive CTE that jumps from one pixel to the next through each
+-- partial index): O(pixels · log rows), never a scan of the queue.  The ids held by
+-- active leases are hashed once (`held`); a pixel's check reads past at most its
+-- events in flight.
 WITH RECURSIVE ready AS (
     (SELECT pixel_id FROM capirelay_queue WHERE state = 0 ORDER BY pixel_id LIMIT 1)
     UNION ALL
@@ -220,8 +289,15 @@ not_ready AS (
             WHERE q.state > 0 AND q.pixel_id > r.pixel_id ORDER BY q.pixel_id LIMIT 1)
     FROM not_ready AS r WHERE r.pixel_id IS NOT NULL
 ),
+held AS (
+    SELECT unnest(ids) AS id FROM capirelay_leases WHERE until > %(now)s
+),
 candidates AS (
-    SELECT pixel_id FROM ready WHERE pixel_id IS NOT NULL
+    SELECT r.pixel_id FROM ready AS r
+    WHERE r.pixel_id IS NOT NULL AND EXISTS (
+        SELECT 1 FROM capirelay_queue AS q
+        WHERE q.pixel_id = r.pixel_id AND q.state = 0 AND q.id NOT IN (SELECT id FROM held)
+    )
     UNION
     SELECT r.pixel_id FROM not_ready AS r
     WHERE r.pixel_id IS NOT NULL AND EXISTS (
@@ -237,27 +313,37 @@ WHERE NOT EXISTS (
 ORDER BY c.pixel_id;
 
 -- name: next_due_at_pixel
--- A ready row is due already (its queued_at is a moment at or before "now"); otherwise
--- the earliest backoff or lease end.  A hold on the pixel postpones it.
+-- A ready row no lease holds is due already (its queued_at is a moment at or before
+-- "now"); otherwise the earliest backoff or lease end (a lease that ran out ended in the
+-- past: its rows are due).  A hold on the pixel postpones it.
 SELECT CASE WHEN due IS NULL THEN NULL ELSE GREATEST(due, hold_until) END
 FROM (
     SELECT LEAST(
         (SELECT queued_at FROM capirelay_queue
-         WHERE pixel_id = %(pixel_id)s AND state = 0 LIMIT 1),
+         WHERE pixel_id = %(pixel_id)s AND state = 0
+           AND id NOT IN (SELECT unnest(ids) FROM capirelay_leases
+                          WHERE pixel_id = %(pixel_id)s)
+         LIMIT 1),
         (SELECT min(available_at) FROM capirelay_queue
-         WHERE pixel_id = %(pixel_id)s AND state > 0)
+         WHERE pixel_id = %(pixel_id)s AND state > 0),
+        (SELECT min(until) FROM capirelay_leases WHERE pixel_id = %(pixel_id)s)
     ) AS due,
     (SELECT hold_until FROM capirelay_pixel_state WHERE pixel_id = %(pixel_id)s) AS hold_until
 ) AS t;
 
 -- name: next_due_at_any
 SELECT LEAST(
-    (SELECT queued_at FROM capirelay_queue WHERE state = 0 LIMIT 1),
-    (SELECT min(available_at) FROM capirelay_queue WHERE state > 0)
+    (SELECT queued_at FROM capirelay_queue
+     WHERE state = 0 AND id NOT IN (SELECT unnest(ids) FROM capirelay_leases) LIMIT 1),
+    (SELECT min(available_at) FROM capirelay_queue WHERE state > 0),
+    (SELECT min(until) FROM capirelay_leases)
 );
 
 -- name: stats_by_pixel
-SELECT pixel_id, count(*), count(*) FILTER (WHERE state = 2), min(deadline)
+-- Leased: the rows a lease holds (one that ran out included, until someone takes them).
+SELECT pixel_id, count(*),
+       count(*) FILTER (WHERE id IN (SELECT unnest(ids) FROM capirelay_leases)),
+       min(deadline)
 FROM capirelay_queue
 GROUP BY pixel_id;
 
@@ -513,8 +599,8 @@ ORDER BY i.ord;
 -- As `ack`, returning what the delivered receipts need (written in the same transaction).
 WITH acked AS (
     DELETE FROM capirelay_queue
-    WHERE id = ANY(%(ids)b::bigint[])
-      AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
+    WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s
+                         INTERSECT SELECT unnest(%(ids)b::bigint[])))
     RETURNING pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
               test_event_code, payload
 ),
@@ -532,10 +618,10 @@ FROM acked;
 SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
        test_event_code, payload
 FROM capirelay_queue
-WHERE id = ANY(%(ids)b::bigint[])
-  AND (%(lease_id)s::text IS NULL OR lease_id = %(lease_id)s::text)
+WHERE id = ANY(ARRAY(SELECT unnest(ids) FROM capirelay_leases WHERE lease_id = %(lease_id)s
+                     INTERSECT SELECT unnest(%(ids)b::bigint[])))
 ORDER BY id
-FOR UPDATE;
+FOR UPDATE OF capirelay_queue;
 
 -- name: receipts_of_event
 SELECT id, pixel_id, event_name, event_id, outcome, source, recorded_at, received_at,

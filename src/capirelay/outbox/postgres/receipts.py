@@ -20,6 +20,7 @@ from capirelay.outbox.postgres._batches import (
     receipts_of_batch,
     write_delivered,
 )
+from capirelay.outbox.postgres._leases import settle
 from capirelay.outbox.postgres._statements import QUERIES
 from capirelay.outbox.receipts import (
     ErasureResult,
@@ -157,12 +158,13 @@ class PostgresReceipts:
     ) -> None:
         if not ids:
             return
-        params = {"ids": [int(i) for i in ids], "lease_id": lease_id}
+        id_list = [int(i) for i in ids]
+        params = {"ids": id_list, "lease_id": lease_id}
 
         async def work(conn: AsyncConnection[Any]) -> None:
             # Binary results: the payloads come back as bytes, not hex text to encode.
-            cur = await conn.execute(QUERIES["ack_returning"], params, binary=True)
-            receipts = [delivered_from_row(row, answer, now) for row in await cur.fetchall()]
+            rows = await settle(conn, lease_id, id_list, "ack_returning", params, binary=True)
+            receipts = [delivered_from_row(row, answer, now) for row in rows]
             await write_delivered(conn, receipts)  # one batch row, not one row per event
 
         await self._in_transaction(work)
