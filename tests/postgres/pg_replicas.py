@@ -14,13 +14,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from capirelay.outbox.postgres import PostgresOutbox
 from gateway_traffic import free_port, kill_process, stop_process, wait_ready
 
 PIXEL_ID = "1234567890"
@@ -137,3 +138,19 @@ def purchase(event_id: str, email: str) -> dict[str, Any]:
         },
         "custom_data": {"value": 10, "currency": "EUR"},
     }
+
+
+# What the ``open_replica`` fixture (conftest.py) gives: open one more outbox replica.
+OpenReplica = Callable[..., Awaitable[PostgresOutbox]]
+
+
+def table_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Rows in every table of the connection's schema but the migrations' bookkeeping."""
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+            " AND tablename <> 'capirelay_migrations'"
+        )
+    ]
+    return {n: conn.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names}  # type: ignore[index]

@@ -9,10 +9,10 @@ leased (however old)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
 import pytest
+from pg_replicas import OpenReplica
 
 from capirelay.outbox import DEDUP_WINDOW_SECONDS, Attempt, EnqueueStatus, NewEvent
 from capirelay.outbox.postgres import PostgresOutbox
@@ -20,26 +20,10 @@ from capirelay.outbox.receipts import MetaAnswer
 
 T0 = 1_800_000_000.0
 LEASE = 30.0
-OpenReplica = Callable[[], Awaitable[PostgresOutbox]]
 
 
 def event(event_id: str, *, deadline: float = T0 + 86400) -> NewEvent:
     return NewEvent("111", "Purchase", event_id, b"{}", int(T0), deadline)
-
-
-@pytest.fixture
-async def open_replica(postgres_url: str) -> AsyncIterator[OpenReplica]:
-    opened: list[PostgresOutbox] = []
-
-    async def open_one() -> PostgresOutbox:
-        box = PostgresOutbox(postgres_url, pool_size=4, listen=False)
-        await box.open()
-        opened.append(box)
-        return box
-
-    yield open_one
-    for box in opened:
-        await box.close()
 
 
 def _leases(url: str) -> list[tuple[str, list[int]]]:
@@ -51,7 +35,7 @@ def _leases(url: str) -> list[tuple[str, list[int]]]:
 async def test_two_replicas_draining_one_pixel_never_lease_an_event_twice(
     open_replica: OpenReplica, postgres_url: str
 ) -> None:
-    a, b = await open_replica(), await open_replica()
+    a, b = await open_replica(listen=False), await open_replica(listen=False)
     await a.enqueue([event(f"e{i}", deadline=T0 + 86400 + i % 7) for i in range(400)], now=T0)
     delivered: list[int] = []
 
@@ -72,7 +56,7 @@ async def test_two_replicas_draining_one_pixel_never_lease_an_event_twice(
 async def test_a_crashed_replicas_lease_lapses_and_its_holder_cannot_settle_after_a_retake(
     open_replica: OpenReplica, postgres_url: str
 ) -> None:
-    crashed, alive = await open_replica(), await open_replica()
+    crashed, alive = await open_replica(listen=False), await open_replica(listen=False)
     await alive.enqueue([event("a"), event("b"), event("c")], now=T0)
     stale = await crashed.lease("111", limit=2, lease_seconds=LEASE, now=T0)
     await crashed.close()  # SIGKILL-like: nothing settled, the lease row stays
@@ -86,7 +70,7 @@ async def test_a_crashed_replicas_lease_lapses_and_its_holder_cannot_settle_afte
         {free.lease_id, retaken[0].lease_id}
     )
     # The old holder's settles (through any replica, here a new one) touch nothing.
-    late = await open_replica()
+    late = await open_replica(listen=False)
     await late.ack_delivered([e.id for e in stale], now=T0 + LEASE, lease_id=stale[0].lease_id)
     await late.dead_letter([e.id for e in stale], reason="invalid", attempt=None,  # type: ignore[arg-type]
                            now=T0 + LEASE, lease_id=stale[0].lease_id)  # fmt: skip
@@ -107,7 +91,7 @@ async def test_a_crashed_replicas_lease_lapses_and_its_holder_cannot_settle_afte
 async def test_a_partial_settle_keeps_the_rest_held(
     open_replica: OpenReplica, postgres_url: str
 ) -> None:
-    box = await open_replica()
+    box = await open_replica(listen=False)
     await box.enqueue([event("a"), event("b"), event("c")], now=T0)
     leased = await box.lease("111", limit=3, lease_seconds=LEASE, now=T0)
     a, b, c = sorted(leased, key=lambda e: e.event_id)
@@ -138,7 +122,7 @@ async def test_a_partial_settle_keeps_the_rest_held(
 async def test_a_lapsed_lease_whose_rows_are_gone_is_swept(
     open_replica: OpenReplica, postgres_url: str
 ) -> None:
-    box = await open_replica()
+    box = await open_replica(listen=False)
     await box.enqueue([event("gone")], now=T0)
     [held] = await box.lease("111", limit=1, lease_seconds=LEASE, now=T0)
     with psycopg.connect(postgres_url) as conn:  # e.g. an erasure deleted the row
@@ -152,7 +136,7 @@ async def test_a_lapsed_lease_whose_rows_are_gone_is_swept(
 async def test_an_old_key_is_never_taken_over_or_expired_while_its_event_is_leased(
     open_replica: OpenReplica, lapsed: bool
 ) -> None:
-    first, second = await open_replica(), await open_replica()
+    first, second = await open_replica(listen=False), await open_replica(listen=False)
     await first.enqueue([event("held")], now=T0)
     later = T0 + DEDUP_WINDOW_SECONDS + 3600
     [held] = await first.lease("111", limit=1, lease_seconds=LEASE, now=T0)

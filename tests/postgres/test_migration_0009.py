@@ -5,6 +5,7 @@ gateway's view of the data (dedup, trace, expiry, pruning) is what it was."""
 from __future__ import annotations
 
 import psycopg
+from pg_replicas import table_counts
 
 from capirelay.outbox import EnqueueStatus, NewEvent
 from capirelay.outbox.base import DEDUP_WINDOW_SECONDS
@@ -59,17 +60,6 @@ INSERT INTO capirelay_meta_lease (name, holder, until) VALUES ('meta', 'g1', %(t
 """
 
 
-def _counts(conn: psycopg.Connection) -> dict[str, int]:
-    names = [
-        r[0]
-        for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-            " AND tablename <> 'capirelay_migrations'"
-        )
-    ]
-    return {n: conn.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names}  # type: ignore[index]
-
-
 def _indexes(conn: psycopg.Connection) -> set[str]:
     rows = conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")
     return {r[0] for r in rows}
@@ -85,14 +75,14 @@ async def test_upgrade_from_0008_with_rows_in_every_table(postgres_url: str) -> 
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         # Several statements: sent as one simple query, the time written in.
         conn.execute(ROWS_0008.replace("%(t)s", repr(T0)).encode())
-        before = _counts(conn)
+        before = table_counts(conn)
     assert all(before.values()), before
 
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
         assert await migrate(conn, UP_TO_0009) == [9]
 
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        after = _counts(conn)
+        after = table_counts(conn)
         # Nothing lost; the queued event that had no key got one (seen when it was queued).
         assert after == {
             **before,

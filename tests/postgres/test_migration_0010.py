@@ -5,6 +5,7 @@ and the gateway's view (leases, settles, lapses, dedup pins) is what it was."""
 from __future__ import annotations
 
 import psycopg
+from pg_replicas import table_counts
 
 from capirelay.outbox import EnqueueStatus, NewEvent
 from capirelay.outbox.postgres import PostgresOutbox
@@ -69,17 +70,6 @@ INSERT INTO capirelay_meta_lease (name, holder, until) VALUES ('meta', 'g1', %(t
 """
 
 
-def _counts(conn: psycopg.Connection) -> dict[str, int]:
-    names = [
-        r[0]
-        for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-            " AND tablename <> 'capirelay_migrations'"
-        )
-    ]
-    return {n: conn.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in names}  # type: ignore[index]
-
-
 def event(event_id: str) -> NewEvent:
     return NewEvent("111", "Purchase", event_id, b"{}", int(T0), T0 + 86400)
 
@@ -90,14 +80,14 @@ async def test_upgrade_from_0009_with_rows_in_every_table(postgres_url: str) -> 
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         sql = ROWS_0009.format(owner=OWNER).replace("%(t)s", repr(T0))
         conn.execute(sql.encode())
-        before = _counts(conn)
+        before = table_counts(conn)
     assert all(before.values()), before
 
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
         assert await migrate(conn) == [10]
 
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        assert _counts(conn) == {**before, "capirelay_leases": 1}
+        assert table_counts(conn) == {**before, "capirelay_leases": 1}
         [lease] = conn.execute(
             "SELECT lease_id, pixel_id, owner::text, until, ids FROM capirelay_leases"
         )

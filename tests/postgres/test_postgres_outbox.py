@@ -8,11 +8,11 @@ backends); these tests open two or more outboxes on the same fresh schema.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import psycopg
 import pytest
+from pg_replicas import OpenReplica
 
 from capirelay.outbox import (
     DeadLetterReason,
@@ -25,7 +25,6 @@ from waiting import wait_for_async
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
 T0 = 1_800_000_000.0
-OpenReplica = Callable[..., Awaitable[PostgresOutbox]]
 
 
 def event(event_id: str, *, pixel_id: str = "111", deadline: float = T0 + 86400) -> NewEvent:
@@ -37,21 +36,6 @@ def event(event_id: str, *, pixel_id: str = "111", deadline: float = T0 + 86400)
         event_time=int(T0),
         deadline=deadline,
     )
-
-
-@pytest.fixture
-async def open_replica(postgres_url: str) -> AsyncIterator[OpenReplica]:
-    opened: list[PostgresOutbox] = []
-
-    async def open_one(**options: object) -> PostgresOutbox:
-        box = PostgresOutbox(postgres_url, pool_size=4, **options)  # type: ignore[arg-type]
-        await box.open()
-        opened.append(box)
-        return box
-
-    yield open_one
-    for box in opened:
-        await box.close()
 
 
 def test_named_queries_are_parsed_and_unique() -> None:
