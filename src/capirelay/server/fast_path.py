@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import URL, State
-from starlette.requests import Request, cookie_parser
+from starlette.requests import cookie_parser
 from starlette.types import Receive, Scope, Send
 
 from capirelay.server.body_limit import BodyTooLarge
@@ -111,10 +111,6 @@ class Incoming:
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)
         return None if value is None else value.decode("latin-1")
-
-    def request(self) -> Request:
-        """A Starlette request on the same scope (URL, cookies, client) for code that wants one."""
-        return Request(self.scope, self.receive)
 
     def text_headers(self) -> dict[str, str]:
         """The headers as text, first of a name wins (what ``Request.headers.get`` answers

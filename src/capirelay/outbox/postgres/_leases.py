@@ -34,9 +34,9 @@ async def settle(
     rows ``lease_id`` still holds, under its lease lock, then take them off the lease.
     The statement's rows, if it returns any."""
     async with conn.pipeline():
-        await conn.execute(QUERIES["lock_lease"], {"lease_id": lease_id})
+        await lock_lease(conn, lease_id)
         cur = await conn.execute(QUERIES[name], params, binary=binary) if name else None
-        await conn.execute(QUERIES["unlease"], {"ids": sorted(set(ids)), "lease_id": lease_id})
+        await unlease(conn, lease_id, ids)
     if cur is None or cur.description is None:
         return []
     return await cur.fetchall()
