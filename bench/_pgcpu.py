@@ -91,11 +91,13 @@ class BackendCpu:
             self.sample()
 
     def stop(self) -> float:
-        """Stop sampling; the run's backend CPU seconds."""
+        """Stop sampling (once; a second call changes nothing); the run's backend CPU
+        seconds."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.sample()
         if self._conn is not None:
+            self.sample()
             self._conn.close()
+            self._conn = None
         return sum(v - self._baseline.get(pid, 0.0) for pid, v in self._latest.items())

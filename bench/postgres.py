@@ -390,13 +390,24 @@ def scaling_events(quick: bool) -> int:
     return 20_000 if quick else 100_000
 
 
-def drain_rate(config: Path, storage: str, count: int, graph_url: str, events: int) -> float:
-    """Fill a backlog through one token-less replica, then drain it with ``count`` replicas.
+def drain_rate(
+    config: Path, storage: str, count: int, graph_url: str, events: int
+) -> tuple[float, float]:
+    """Fill a backlog through one token-less replica, then drain it with ``count`` replicas;
+    events/s and the database's CPU seconds per delivered event during the drain.
 
-    events/s from the first event Meta (the emulator) accepts to the last: replica start-up
-    (a second process starting takes its own second) is not counted against either count.
-    The replicas start together and their backends are sampled for database CPU.
+    The draining replicas start behind a hold on the pixel (a row of
+    capirelay_pixel_state, as a throttle writes it), so none of them sends before all of
+    them are up: a process starting burns about a second of CPU, and on a 2-core machine
+    the second replica's start-up would otherwise be paid inside the 2-replica drain.
+    The bench then lifts the hold and announces the pixel (NOTIFY, as an enqueue does);
+    events/s from that moment to the last event Meta (the emulator) accepts.  The
+    database CPU is that of every backend the draining replicas opened (their
+    connections carry an application_name of their own): leases, acks, receipts, the
+    due-pixel polls and the gauges, as deployed.
     """
+    from capirelay.outbox.postgres._statements import CHANNEL
+
     run = uuid.uuid4().hex[:6]
     holders = start_replicas(config, storage, 1, with_token=False)
     try:
@@ -405,41 +416,55 @@ def drain_rate(config: Path, storage: str, count: int, graph_url: str, events: i
         for replica in holders:
             replica.stop()
     delivered = result.statuses.get(202, 0) * PER_REQUEST
-    base = accepted(graph_url)
-    target = base + delivered
-    procs = [Replica(config, storage, with_token=True, wait=False) for _ in range(count)]
-    try:
-        first: float | None = None
-        deadline = time.perf_counter() + 600
-        while True:
-            seen = accepted(graph_url)
-            now = time.perf_counter()
-            if first is None and seen > base:
-                first, first_seen = now, seen
-            if seen >= target:
-                break
-            if now > deadline:
-                raise RuntimeError("drain did not finish in 10 minutes")
-            time.sleep(0.01)
-        assert first is not None
-        return (target - first_seen) / max(now - first, 1e-6)
-    finally:
-        for replica in procs:
-            replica.stop()
+    target = accepted(graph_url) + delivered
+    app_name = f"capirelay-bench-drain-{run}"
+    with psycopg.connect(storage, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO capirelay_pixel_state"
+            " (pixel_id, hold_until, hold_seconds, reason, updated_at)"
+            " VALUES (%s, %s, 3600, 'throttle', %s)",
+            (PIXEL, time.time() + 3600, time.time()),
+        )
+        procs = start_replicas(config, _with_app(storage, app_name), count, with_token=True)
+        cpu = BackendCpu(storage, app_name).start()
+        try:
+            conn.execute("DELETE FROM capirelay_pixel_state WHERE pixel_id = %s", (PIXEL,))
+            released = time.perf_counter()
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, PIXEL))
+            deadline = released + 600
+            while accepted(graph_url) < target:
+                if time.perf_counter() > deadline:
+                    raise RuntimeError("drain did not finish in 10 minutes")
+                time.sleep(0.01)
+            seconds = time.perf_counter() - released
+            return delivered / seconds, cpu.stop() / max(delivered, 1)
+        finally:
+            cpu.stop()
+            for replica in procs:
+                replica.stop()
 
 
 def replica_scaling(
     config: Path, pg_url: str, graph_url: str, *, runs: int, events: int
-) -> tuple[float, float]:
-    """Median drain rate of 1 and of 2 replicas, over ``runs`` runs each, alternating."""
+) -> tuple[float, float, float, float]:
+    """Median drain rate of 1 and of 2 replicas, over ``runs`` runs each, alternating; and
+    the median database CPU seconds per delivered event of each."""
     rates: dict[int, list[float]] = {1: [], 2: []}
+    db_cpu: dict[int, list[float]] = {1: [], 2: []}
     for n in range(runs):
         for count in (1, 2):
             reset_schema(pg_url)
-            rates[count].append(drain_rate(config, pg_url, count, graph_url, events))
-            print(f"  scaling run {n + 1}: {count} replica(s) {rates[count][-1]:,.0f} ev/s",
-                  file=sys.stderr)  # fmt: skip
-    return statistics.median(rates[1]), statistics.median(rates[2])
+            rate, cpu = drain_rate(config, pg_url, count, graph_url, events)
+            rates[count].append(rate)
+            db_cpu[count].append(cpu)
+            print(f"  scaling run {n + 1}: {count} replica(s) {rate:,.0f} ev/s, "
+                  f"database {cpu * 1e6:.1f} us/event", file=sys.stderr)  # fmt: skip
+    return (
+        statistics.median(rates[1]),
+        statistics.median(rates[2]),
+        statistics.median(db_cpu[1]),
+        statistics.median(db_cpu[2]),
+    )
 
 
 # ------------------------------------------------------------------------ main
@@ -543,7 +568,7 @@ def main() -> None:
                 )
         assert durable is not None
         runs = max(5, args.runs)
-        one, two = replica_scaling(
+        one, two, one_cpu, two_cpu = replica_scaling(
             config, pg_url, graph_url, runs=runs, events=scaling_events(args.quick)
         )
         print()
@@ -554,6 +579,10 @@ def main() -> None:
         print(
             f"replica scaling, median of {runs} alternating runs: "
             f"1 replica {one:,.0f} ev/s, 2 replicas {two:,.0f} ev/s"
+        )
+        print(
+            f"database CPU per event while draining, median: "
+            f"1 replica {one_cpu * 1e6:.1f} us, 2 replicas {two_cpu * 1e6:.1f} us"
         )
     finally:
         drop_database(db_name)

@@ -16,7 +16,7 @@ from capirelay.config import Settings
 from capirelay.delivery import DeliveryEngine
 from capirelay.metrics import Metrics
 from capirelay.outbox.memory import InMemoryOutbox
-from capirelay.tasks import cancel_and_wait
+from capirelay.tasks import cancel_and_wait, finish_despite_cancels
 
 
 async def swallow_first_cancel(entered: asyncio.Event, rounds: list[int]) -> None:
@@ -93,3 +93,56 @@ async def test_the_delivery_engine_stops_when_its_housekeeping_loses_a_cancel() 
     assert outbox.swallowed
     assert engine.status() == {}
     await outbox.close()
+
+
+async def test_a_clean_up_finishes_whatever_cancels_arrive() -> None:
+    """cancel_and_wait cancels every RECANCEL_SECONDS: a cancelled task's clean-up (give its
+    lease back) that takes longer must still run to its end, then the task ends cancelled."""
+    release_started, may_finish = asyncio.Event(), asyncio.Event()
+    released: list[str] = []
+
+    async def release() -> None:
+        release_started.set()
+        await may_finish.wait()
+        released.append("lease")
+
+    async def batch() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await finish_despite_cancels(release(), timeout=3600)
+            raise
+
+    task = asyncio.create_task(batch())
+    await asyncio.sleep(0)
+    stopping = asyncio.create_task(cancel_and_wait(task))
+    await release_started.wait()
+    for _ in range(3):  # three more cancels land while the clean-up waits
+        task.cancel()
+        await asyncio.sleep(0)
+    assert not task.done() and not released
+    may_finish.set()
+    await stopping
+    assert released == ["lease"] and task.cancelled()
+
+
+async def test_a_clean_up_that_hangs_is_given_up_after_its_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hung = asyncio.Event()
+
+    async def release() -> None:
+        await hung.wait()  # never set
+
+    with caplog.at_level(logging.WARNING, logger="capirelay"):
+        await finish_despite_cancels(release(), timeout=0.0)
+    assert "did not finish within 0.0 s" in caplog.text
+
+
+async def test_a_clean_up_error_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    async def release() -> None:
+        raise ConnectionError("database gone")
+
+    with caplog.at_level(logging.WARNING, logger="capirelay"):
+        await finish_despite_cancels(release(), timeout=5)
+    assert "clean-up ended with ConnectionError" in caplog.text

@@ -56,11 +56,13 @@ from capirelay.outbox import (
 )
 from capirelay.outbox.receipts import MetaAnswer
 from capirelay.retry import FixedDraw, RetryPolicy
-from capirelay.tasks import cancel_and_wait
+from capirelay.tasks import cancel_and_wait, finish_despite_cancels
 
 log = logging.getLogger("capirelay.delivery")
 
 PROBE_BATCH: Final = 10
+#: How long a batch cancelled by shutdown may take to give its events back.
+RELEASE_ON_STOP_SECONDS: Final = 5.0
 ClientFactory = Callable[[PixelSettings | None], GraphClient]
 
 
@@ -365,9 +367,12 @@ class PixelWorker:
         try:
             await self._send_and_settle(batch, test_event_code)
         except asyncio.CancelledError:
-            # Shutdown ran out of patience: give back whatever is still leased.
-            with contextlib.suppress(StorageUnavailable):
-                await self._release(self._unsettled(batch))
+            # Shutdown ran out of patience: give back whatever is still leased, even while
+            # the stop keeps cancelling (a release left unfinished would hold the events
+            # until their lease lapses).  Bounded: the lease lapsing is the fallback.
+            await finish_despite_cancels(
+                self._release(self._unsettled(batch)), timeout=RELEASE_ON_STOP_SECONDS
+            )
             raise
         except StorageUnavailable as exc:
             # The lease expires and the events come back: delivery stays at-least-once.
