@@ -20,8 +20,10 @@ Phases, per scenario
    client: enqueue of order events (100-event requests: ledger + dedup + queue),
    lease + ack with receipts (500-event batches); client wall time per statement
    and the CPU time of the database backend serving it (/proc, see _pgcpu.py).
-4. replica scaling: a backlog filled through one token-less replica, drained by
-   1 or 2 replicas, alternating, at least 5 runs each; the medians.
+4. replica scaling: a backlog (50,000 events with --quick) filled through one
+   token-less replica, drained by 1 or 2 replicas started behind a hold on the
+   pixel, alternating, at least 5 runs each; the medians, and the database CPU
+   per event of the draining replicas' backends.
 
 The last two lines are meant to be compared from run to run:
     database CPU per delivered event: N us (client wall N us)
@@ -387,7 +389,9 @@ def _merge_gin_pending(storage: str, app_name: str) -> float:
 
 
 def scaling_events(quick: bool) -> int:
-    return 20_000 if quick else 100_000
+    """Backlog per scaling run: a drain of 20,000 events lasts about a second here, too
+    short to tell 1 replica from 2 (one scheduling hiccup is 5 %); 50,000 even in --quick."""
+    return 50_000 if quick else 100_000
 
 
 def drain_rate(

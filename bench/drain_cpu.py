@@ -1,0 +1,166 @@
+"""Where the CPU goes while PostgreSQL replicas drain a backlog: per process group.
+
+Fills a backlog through one token-less replica, starts 1 or 2 replicas with the token
+behind a hold on the pixel (as ``bench/postgres.py`` does), lifts the hold, and reads
+``utime + stime`` of every process from ``/proc`` before and after the drain, grouped
+as PostgreSQL (every ``postgres`` process: backends, WAL writer, checkpointer,
+autovacuum), the gateway replicas and the Graph API emulator.  Prints a table: events/s
+and CPU microseconds per delivered event of each group, alternating 1 and 2 replicas.
+
+``--statements`` also samples ``pg_stat_activity`` every 5 ms during the drain and
+prints which statements were running most often (a poor man's profile of the database).
+
+    .venv/bin/python bench/drain_cpu.py                    # 100,000 events, 2 rounds
+    .venv/bin/python bench/drain_cpu.py --events 50000 --rounds 3 --statements
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PIXEL, print_table, start_emulator
+from _pgcpu import CLOCK_TICKS
+from postgres import (
+    PER_REQUEST,
+    accepted,
+    drop_database,
+    ingest,
+    reset_schema,
+    scratch_database,
+    start_replicas,
+    write_config,
+)
+
+GROUPS = ("postgres", "replicas", "emulator")
+
+
+def group_cpu() -> dict[tuple[str, int], float]:
+    """CPU seconds of every process of the three groups, by (group, pid)."""
+    found: dict[tuple[str, int], float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                stat = handle.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        if comm.startswith("postgres"):
+            group = "postgres"
+        elif "capirelay serve" in cmdline or comm == "capirelay":
+            group = "replicas"
+        elif "emulator" in cmdline:
+            group = "emulator"
+        else:
+            continue
+        found[(group, int(entry))] = seconds
+    return found
+
+
+def drain(
+    config: Path, url: str, count: int, graph_url: str, events: int, sample: Counter[str] | None
+) -> list[str]:
+    from capirelay.outbox.postgres._statements import CHANNEL
+
+    holders = start_replicas(config, url, 1, with_token=False)
+    try:
+        result = ingest(holders, events // PER_REQUEST, uuid.uuid4().hex[:6])
+    finally:
+        for replica in holders:
+            replica.stop()
+    delivered = result.statuses.get(202, 0) * PER_REQUEST
+    target = accepted(graph_url) + delivered
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO capirelay_pixel_state"
+            " (pixel_id, hold_until, hold_seconds, reason, updated_at)"
+            " VALUES (%s, %s, 3600, 'throttle', %s)",
+            (PIXEL, time.time() + 3600, time.time()),
+        )
+        replicas = start_replicas(config, url, count, with_token=True)
+        try:
+            before = group_cpu()
+            conn.execute("DELETE FROM capirelay_pixel_state WHERE pixel_id = %s", (PIXEL,))
+            released = time.perf_counter()
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, PIXEL))
+            while accepted(graph_url) < target:
+                if time.perf_counter() - released > 600:
+                    raise RuntimeError("drain did not finish in 10 minutes")
+                if sample is not None:
+                    for (query,) in conn.execute(
+                        "SELECT regexp_replace(left(query, 200), '\\s+', ' ', 'g')"
+                        " FROM pg_stat_activity"
+                        " WHERE state = 'active' AND pid <> pg_backend_pid()"
+                    ).fetchall():
+                        sample[str(query)[:90]] += 1
+                time.sleep(0.005)
+            seconds = time.perf_counter() - released
+            after = group_cpu()
+        finally:
+            for replica in replicas:
+                replica.stop()
+    spent = dict.fromkeys(GROUPS, 0.0)
+    for (group, pid), value in after.items():
+        spent[group] += value - before.get((group, pid), 0.0)
+    return [
+        str(count),
+        f"{delivered / seconds:,.0f}",
+        *(f"{spent[g] / delivered * 1e6:.1f} ({spent[g] / seconds:.0%})" for g in GROUPS),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--events", type=int, default=100_000, help="backlog per drain")
+    parser.add_argument("--rounds", type=int, default=2, help="1-then-2-replica rounds")
+    parser.add_argument(
+        "--statements", action="store_true", help="sample pg_stat_activity during drains"
+    )
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="capirelay-draincpu-"))
+    emulator, graph_url = start_emulator()
+    config = write_config(tmp, graph_url)
+    db_name, url = scratch_database()
+    sample: Counter[str] | None = Counter() if args.statements else None
+    rows = []
+    try:
+        for _ in range(args.rounds):
+            for count in (1, 2):
+                reset_schema(url)
+                rows.append(drain(config, url, count, graph_url, args.events, sample))
+                print(f"  done: {count} replica(s)", file=sys.stderr)
+    finally:
+        drop_database(db_name)
+        emulator.send_signal(signal.SIGTERM)
+        emulator.wait(10)
+    print_table(
+        f"Drain of {args.events:,} events: CPU us per delivered event (share of one core)",
+        ["replicas", "events/s", *GROUPS],
+        rows,
+    )
+    if sample is not None:
+        print_table(
+            "Statements seen running (pg_stat_activity every 5 ms, all drains)",
+            ["samples", "statement (first 90 characters)"],
+            [[str(n), q] for q, n in sample.most_common(12)],
+        )
+
+
+if __name__ == "__main__":
+    main()
