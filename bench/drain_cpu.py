@@ -29,13 +29,15 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PIXEL, print_table, start_emulator
+from _common import print_table, start_emulator
 from _pgcpu import CLOCK_TICKS
 from postgres import (
     PER_REQUEST,
     accepted,
     drop_database,
+    hold_delivery,
     ingest,
+    release_delivery,
     reset_schema,
     scratch_database,
     start_replicas,
@@ -76,8 +78,6 @@ def group_cpu() -> dict[tuple[str, int], float]:
 def drain(
     config: Path, url: str, count: int, graph_url: str, events: int, sample: Counter[str] | None
 ) -> list[str]:
-    from capirelay.outbox.postgres._statements import CHANNEL
-
     holders = start_replicas(config, url, 1, with_token=False)
     try:
         result = ingest(holders, events // PER_REQUEST, uuid.uuid4().hex[:6])
@@ -87,18 +87,11 @@ def drain(
     delivered = result.statuses.get(202, 0) * PER_REQUEST
     target = accepted(graph_url) + delivered
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO capirelay_pixel_state"
-            " (pixel_id, hold_until, hold_seconds, reason, updated_at)"
-            " VALUES (%s, %s, 3600, 'throttle', %s)",
-            (PIXEL, time.time() + 3600, time.time()),
-        )
+        hold_delivery(conn)
         replicas = start_replicas(config, url, count, with_token=True)
         try:
             before = group_cpu()
-            conn.execute("DELETE FROM capirelay_pixel_state WHERE pixel_id = %s", (PIXEL,))
-            released = time.perf_counter()
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, PIXEL))
+            released = release_delivery(conn)
             while accepted(graph_url) < target:
                 if time.perf_counter() - released > 600:
                     raise RuntimeError("drain did not finish in 10 minutes")

@@ -394,6 +394,28 @@ def scaling_events(quick: bool) -> int:
     return 50_000 if quick else 100_000
 
 
+def hold_delivery(conn: psycopg.Connection[Any]) -> None:
+    """Hold the bench pixel (a row of capirelay_pixel_state, as a throttle writes it):
+    replicas started now lease nothing of it until :func:`release_delivery`."""
+    conn.execute(
+        "INSERT INTO capirelay_pixel_state"
+        " (pixel_id, hold_until, hold_seconds, reason, updated_at)"
+        " VALUES (%s, %s, 3600, 'throttle', %s)",
+        (PIXEL, time.time() + 3600, time.time()),
+    )
+
+
+def release_delivery(conn: psycopg.Connection[Any]) -> float:
+    """Lift the hold and announce the pixel (NOTIFY, as an enqueue does); the
+    ``time.perf_counter()`` of the moment it was lifted."""
+    from capirelay.outbox.postgres._statements import CHANNEL
+
+    conn.execute("DELETE FROM capirelay_pixel_state WHERE pixel_id = %s", (PIXEL,))
+    released = time.perf_counter()
+    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, PIXEL))
+    return released
+
+
 def drain_rate(
     config: Path, storage: str, count: int, graph_url: str, events: int
 ) -> tuple[float, float]:
@@ -410,8 +432,6 @@ def drain_rate(
     connections carry an application_name of their own): leases, acks, receipts, the
     due-pixel polls and the gauges, as deployed.
     """
-    from capirelay.outbox.postgres._statements import CHANNEL
-
     run = uuid.uuid4().hex[:6]
     holders = start_replicas(config, storage, 1, with_token=False)
     try:
@@ -423,18 +443,11 @@ def drain_rate(
     target = accepted(graph_url) + delivered
     app_name = f"capirelay-bench-drain-{run}"
     with psycopg.connect(storage, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO capirelay_pixel_state"
-            " (pixel_id, hold_until, hold_seconds, reason, updated_at)"
-            " VALUES (%s, %s, 3600, 'throttle', %s)",
-            (PIXEL, time.time() + 3600, time.time()),
-        )
+        hold_delivery(conn)
         procs = start_replicas(config, _with_app(storage, app_name), count, with_token=True)
         cpu = BackendCpu(storage, app_name).start()
         try:
-            conn.execute("DELETE FROM capirelay_pixel_state WHERE pixel_id = %s", (PIXEL,))
-            released = time.perf_counter()
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, PIXEL))
+            released = release_delivery(conn)
             deadline = released + 600
             while accepted(graph_url) < target:
                 if time.perf_counter() > deadline:
