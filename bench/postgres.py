@@ -275,9 +275,10 @@ async def statement_costs(
             phase_cpu["lease"] += c1 - c0
             phase_cpu["ack"] += run_s() - c1
             leased_total += len(leased)
-        # Receipt batches' GIN index takes new event ids into a pending list and merges
-        # them later (an insert past gin_pending_list_limit, or vacuum): merge them now,
-        # on a backend of its own, and count its CPU with the ack phase's.
+        # Before migration 0011 the receipt batches' GIN index took new event ids into a
+        # pending list, merged later (an insert past gin_pending_list_limit, or vacuum):
+        # merge whatever is pending now, on a backend of its own, and count its CPU with
+        # the ack phase's (nothing is pending since 0011: the ids go straight in).
         cpu_s = cpu.stop()
         merge_s = _merge_gin_pending(storage, f"{app_name}-gin")
         phase_cpu["ack"] += merge_s

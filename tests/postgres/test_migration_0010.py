@@ -13,6 +13,7 @@ from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate
 
 T0 = 1_800_000_000.0
 UP_TO_0009 = tuple(m for m in MIGRATIONS if m.version <= 9)
+UP_TO_0010 = tuple(m for m in MIGRATIONS if m.version <= 10)
 OWNER = "5f0c6a1e-0000-4000-8000-000000000001"
 
 # The queue as 0009 wrote it: q1 ready; q2 and q3 leased under lease-a (until T0 + 60);
@@ -84,7 +85,7 @@ async def test_upgrade_from_0009_with_rows_in_every_table(postgres_url: str) -> 
     assert all(before.values()), before
 
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        assert await migrate(conn) == [10]
+        assert await migrate(conn, UP_TO_0010) == [10]
 
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         assert table_counts(conn) == {**before, "capirelay_leases": 1}
