@@ -4,10 +4,10 @@ An ack of N delivered events writes ONE ``capirelay_receipt_batches`` row: Meta'
 answer (``fbtrace_id``, ``events_received``, when it was sent) once, and each event's
 own fields as parallel arrays.  That replaces N receipt rows and their 3N index
 entries; a GIN index on ``event_ids`` (entries inserted directly since migration 0011)
-lets ``capirelay trace`` find the batch of an event.  The rows come back out as ordinary :class:`Receipt` values
-(:func:`receipts_of_batch`), so traces, pruning, counting and erasure see the same
-receipts as before.  Receipts of the other outcomes stay one row each in
-``capirelay_receipts``.
+lets ``capirelay trace`` find the batch of an event.  The rows come back out as ordinary
+:class:`Receipt` values (:func:`receipts_of_batch`), so traces, pruning, counting and
+erasure see the same receipts as before.  Receipts of the other outcomes stay one row
+each in ``capirelay_receipts``.
 """
 
 from __future__ import annotations
