@@ -30,13 +30,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, start_emulator
-from _pgcpu import CLOCK_TICKS
+from _pgcpu import process_cpu_seconds
 from postgres import (
-    PER_REQUEST,
     accepted,
     drop_database,
+    fill_backlog,
     hold_delivery,
-    ingest,
     release_delivery,
     reset_schema,
     scratch_database,
@@ -54,15 +53,15 @@ def group_cpu() -> dict[tuple[str, int], float]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                stat = handle.read()
+            with open(f"/proc/{entry}/comm", encoding="utf-8", errors="replace") as handle:
+                comm = handle.read().strip()
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
                 cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        seconds = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        seconds = process_cpu_seconds(int(entry))
+        if seconds is None:
+            continue
         if comm.startswith("postgres"):
             group = "postgres"
         elif "capirelay serve" in cmdline or comm == "capirelay":
@@ -78,14 +77,7 @@ def group_cpu() -> dict[tuple[str, int], float]:
 def drain(
     config: Path, url: str, count: int, graph_url: str, events: int, sample: Counter[str] | None
 ) -> list[str]:
-    holders = start_replicas(config, url, 1, with_token=False)
-    try:
-        result = ingest(holders, events // PER_REQUEST, uuid.uuid4().hex[:6])
-    finally:
-        for replica in holders:
-            replica.stop()
-    delivered = result.statuses.get(202, 0) * PER_REQUEST
-    target = accepted(graph_url) + delivered
+    delivered, target = fill_backlog(config, url, graph_url, events, uuid.uuid4().hex[:6])
     with psycopg.connect(url, autocommit=True) as conn:
         hold_delivery(conn)
         replicas = start_replicas(config, url, count, with_token=True)

@@ -417,6 +417,21 @@ def release_delivery(conn: psycopg.Connection[Any]) -> float:
     return released
 
 
+def fill_backlog(
+    config: Path, storage: str, graph_url: str, events: int, run: str
+) -> tuple[int, int]:
+    """Queue ``events`` through one token-less replica (stopped after); the events
+    queued, and the emulator's accepted count that means all of them were delivered."""
+    holders = start_replicas(config, storage, 1, with_token=False)
+    try:
+        result = ingest(holders, events // PER_REQUEST, run)
+    finally:
+        for replica in holders:
+            replica.stop()
+    delivered = result.statuses.get(202, 0) * PER_REQUEST
+    return delivered, accepted(graph_url) + delivered
+
+
 def drain_rate(
     config: Path, storage: str, count: int, graph_url: str, events: int
 ) -> tuple[float, float]:
@@ -434,14 +449,7 @@ def drain_rate(
     due-pixel polls and the gauges, as deployed.
     """
     run = uuid.uuid4().hex[:6]
-    holders = start_replicas(config, storage, 1, with_token=False)
-    try:
-        result = ingest(holders, events // PER_REQUEST, run)
-    finally:
-        for replica in holders:
-            replica.stop()
-    delivered = result.statuses.get(202, 0) * PER_REQUEST
-    target = accepted(graph_url) + delivered
+    delivered, target = fill_backlog(config, storage, graph_url, events, run)
     app_name = f"capirelay-bench-drain-{run}"
     with psycopg.connect(storage, autocommit=True) as conn:
         hold_delivery(conn)
