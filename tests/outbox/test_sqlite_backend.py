@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from outbox_data import T0, make_event
-from waiting import wait_for_async
 
 from capirelay.outbox import (
     DEDUP_WINDOW_SECONDS,
@@ -24,6 +23,7 @@ from capirelay.outbox._sql import split_queries
 from capirelay.outbox.base import ATTEMPT_LOG_LIMIT
 from capirelay.outbox.sqlite import QUERIES
 from capirelay.outbox.sqlite.writer import MIGRATIONS, GroupCommitWriter, WriteOp, migrate
+from waiting import wait_for_async
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
 
