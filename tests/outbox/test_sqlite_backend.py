@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +23,7 @@ from capirelay.outbox._sql import split_queries
 from capirelay.outbox.base import ATTEMPT_LOG_LIMIT
 from capirelay.outbox.sqlite import QUERIES
 from capirelay.outbox.sqlite.writer import MIGRATIONS, GroupCommitWriter, WriteOp, migrate
+from waiting import wait_for_async
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
 
@@ -152,6 +155,38 @@ async def test_a_stopping_writer_refuses_new_writes_at_once(db_path: Path) -> No
     assert await asyncio.wait_for(done, 10) == "ran"  # submitted before the stop: it ran
     await loop.run_in_executor(None, writer.join, 10)
     assert not writer.is_alive()
+
+
+@pytest.mark.sqlite_only
+async def test_writes_queued_while_another_process_holds_the_lock_join_its_group(
+    db_path: Path,
+) -> None:
+    # Another writer (here: the test, on its own open file description) holds the turn
+    # file.  The writer takes the first write, then waits for the turn; the writes queued
+    # meanwhile must ride in the same commit once it gets the lock, not wait for the next.
+    turn = db_path.with_name(db_path.name + "-writer")
+    writer = GroupCommitWriter(
+        lambda: sqlite3.connect(db_path, isolation_level=None), 64, turn_file=turn
+    )
+    writer.start()
+    writer.ready.result(timeout=10)
+    loop = asyncio.get_running_loop()
+    held = os.open(turn, os.O_RDWR)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        futures: list[asyncio.Future[object]] = [loop.create_future() for _ in range(5)]
+        writer.submit(WriteOp(lambda conn: 0, loop, futures[0]))
+        # The writer has taken the first write from its inbox (it now waits for the turn).
+        await wait_for_async(lambda: writer._inbox.empty(), what="the writer took the write")
+        for i, future in enumerate(futures[1:], 1):
+            writer.submit(WriteOp(lambda conn, i=i: i, loop, future))
+        fcntl.flock(held, fcntl.LOCK_UN)
+        assert await asyncio.wait_for(asyncio.gather(*futures), 10) == [0, 1, 2, 3, 4]
+        assert (writer.commits, writer.operations) == (1, 5)
+    finally:
+        os.close(held)
+        writer.stop()
+        await loop.run_in_executor(None, writer.join, 10)
 
 
 @pytest.mark.sqlite_only

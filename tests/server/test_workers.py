@@ -271,3 +271,71 @@ def test_every_worker_closes_connections_whose_headers_never_complete(gateway: G
             while conn.recv(4096):  # EOF: the server closed it (a hang fails on the 30 s guard)
                 pass
     assert gateway.post(_event("after-slow-clients")).status_code == 202
+
+
+def test_each_worker_listens_on_a_socket_of_its_own_and_gets_connections(
+    gateway: Gateway,
+) -> None:
+    """SO_REUSEPORT, one listening socket per worker (server/workers.py WorkerSockets):
+    the kernel spreads connections over the workers instead of the first to wake."""
+    workers = gateway.workers()
+
+    def listeners() -> dict[int, int]:
+        """Per worker, the inode of its listening socket on the port (once all listen)."""
+        found = {}
+        for worker in workers:
+            fds = [
+                c.fd
+                for c in worker.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == gateway.port
+            ]
+            assert len(fds) <= 1, fds  # one socket each, not several
+            if fds:
+                found[worker.pid] = os.stat(f"/proc/{worker.pid}/fd/{fds[0]}").st_ino
+        return found if len(found) == WORKERS else {}
+
+    listening = wait_for(listeners, what="every worker listening")
+    assert len(set(listening.values())) == WORKERS  # not one socket shared
+
+    # 64 connections held open: the kernel hashes each to one socket, so a worker left
+    # without any has probability 2**-63.
+    connections = [
+        socket.create_connection(("127.0.0.1", gateway.port), timeout=30) for _ in range(64)
+    ]
+    try:
+
+        def accepted() -> dict[int, int]:
+            counts = {
+                worker.pid: sum(
+                    1
+                    for c in worker.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == gateway.port
+                )
+                for worker in workers
+            }
+            return counts if sum(counts.values()) == len(connections) else {}
+
+        counts = wait_for(accepted, what="every connection accepted by a worker")
+        assert all(counts[worker.pid] > 0 for worker in workers), counts
+    finally:
+        for conn in connections:
+            conn.close()
+    assert gateway.post(_event(f"after-{uuid.uuid4().hex[:8]}")).status_code == 202
+
+
+def test_a_port_already_listened_on_is_refused_not_shared() -> None:
+    from capirelay.server.workers import bind_worker_sockets
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # even a sharing one
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        with pytest.raises(OSError):
+            bind_worker_sockets("127.0.0.1", other.getsockname()[1], 2)
+    sockets = bind_worker_sockets("127.0.0.1", 0, 3)  # port 0: one port picked for all
+    try:
+        assert len({s.getsockname()[1] for s in sockets}) == 1
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for s in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()

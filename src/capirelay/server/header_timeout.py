@@ -20,7 +20,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-__all__ = ["DEFAULT_HEADER_TIMEOUT_SECONDS", "auto_protocol", "with_header_timeout"]
+__all__ = [
+    "DEFAULT_HEADER_TIMEOUT_SECONDS",
+    "auto_protocol",
+    "gateway_protocol",
+    "with_header_timeout",
+]
 
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
 
@@ -30,6 +35,15 @@ def auto_protocol() -> type[asyncio.Protocol]:
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     return AutoHTTPProtocol
+
+
+def gateway_protocol(seconds: float) -> type[asyncio.Protocol]:
+    """The HTTP protocol every gateway process serves with: uvicorn's own choice, writing
+    each fixed-length response in one write (:mod:`capirelay.server.coalesce`), closing
+    connections whose headers take longer than ``seconds``."""
+    from capirelay.server.coalesce import with_coalesced_writes
+
+    return with_header_timeout(with_coalesced_writes(auto_protocol()), seconds)
 
 
 def with_header_timeout(base: type[Any], seconds: float) -> type[asyncio.Protocol]:
@@ -89,5 +103,5 @@ def __getattr__(name: str) -> Any:
     if name == "WorkerProtocol":
         import os
 
-        return with_header_timeout(auto_protocol(), float(os.environ.get(HEADER_TIMEOUT_ENV, "10")))
+        return gateway_protocol(float(os.environ.get(HEADER_TIMEOUT_ENV, "10")))
     raise AttributeError(name)

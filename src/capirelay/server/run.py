@@ -29,7 +29,7 @@ from capirelay.config_errors import locate
 from capirelay.logs import logging_configured
 from capirelay.server.app import create_app
 from capirelay.server.collector import serving_collector
-from capirelay.server.header_timeout import auto_protocol, with_header_timeout
+from capirelay.server.header_timeout import gateway_protocol
 from capirelay.server.workers import serve_workers
 
 __all__ = [
@@ -76,8 +76,9 @@ def build_server(
         timeout_graceful_shutdown=timeout_graceful_shutdown,
         **{
             **UVICORN_OPTIONS,
-            # httptools when installed, closing connections whose headers take too long
-            "http": with_header_timeout(auto_protocol(), settings.header_timeout_seconds),
+            # httptools when installed, one write per response, closing connections
+            # whose headers take too long
+            "http": gateway_protocol(settings.header_timeout_seconds),
         },
     )
     return uvicorn.Server(config)

@@ -1,4 +1,4 @@
-"""``capirelay serve --workers N``: N gateway processes on one listening socket.
+"""``capirelay serve --workers N``: N gateway processes on one port, a socket each.
 
 Why this shape (measured, see docs/benchmarks.md "Ingest under wrk"): one gateway
 process saturates one core in per-request Python work (HTTP parsing, Starlette, prepare,
@@ -22,6 +22,12 @@ gateway (the same app as ``--workers 1``):
   private directory this supervisor creates (and removes), so any worker's
   ``/metrics`` answers for all of them.  Gauges refreshed from storage on a scrape take
   the most recent value; per-worker engine gauges are summed or maxed (see metrics.py).
+* **Connections**: each worker accepts from a listening socket of its own, all bound to
+  the port with ``SO_REUSEPORT`` (:class:`WorkerSockets`), so the kernel spreads
+  connections evenly; on uvicorn's one shared socket the first loop to wake took most
+  of them (two workers measured 90 % / 23 % busy).  A port something else already
+  listens on is still refused (:func:`bind_worker_sockets`).  The supervisor keeps
+  every socket: a restarted worker serves the one its predecessor did.
 * **Migrations** run once, in the supervisor, before any worker starts.
 * **Shutdown**: SIGTERM/SIGINT to the supervisor is passed to every worker, which
   drains as one gateway does (``timeout_graceful_shutdown``).  A worker dies with its
@@ -41,18 +47,22 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import sys
 import tempfile
 from pathlib import Path
 
 import uvicorn
 from prometheus_client.multiprocess import mark_process_dead
 from starlette.applications import Starlette
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
 
 from capirelay.config import Settings, load_settings
 from capirelay.outbox import open_outbox
 
-__all__ = ["default_workers", "serve_workers", "worker_app"]
+__all__ = ["WorkerSockets", "bind_worker_sockets", "default_workers", "serve_workers", "worker_app"]
 
 log = logging.getLogger("capirelay.server")
 
@@ -111,6 +121,135 @@ async def _migrate(settings: Settings) -> None:
     await outbox.close()
 
 
+def bind_worker_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on ``host:port``, each with ``SO_REUSEPORT``: the
+    kernel spreads new connections evenly over them (by a hash of the connection's
+    addresses), so each worker accepts from its own.
+
+    A plain bind comes first: a port some other program (or another gateway) already
+    listens on is refused here, as without ``SO_REUSEPORT``, instead of being shared;
+    with ``port`` 0 it also picks the port every socket then binds."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+        probe.listen(1)
+        port = probe.getsockname()[1]
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sockets.append(_reuseport_socket(host, port))
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _reuseport_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class WorkerSockets(Multiprocess):
+    """uvicorn's supervisor, with each worker on a listening socket of its own.
+
+    uvicorn hands all its workers ONE listening socket; whichever worker's loop wakes
+    first accepts, so the connections of a steady load split unevenly (measured with
+    two workers: one loop 90 % busy, the other 23 %).  Here worker slot ``i`` always
+    serves ``sockets[i]`` (``SO_REUSEPORT``, :func:`bind_worker_sockets`), and the
+    kernel balances the connections.  The supervisor keeps every socket open: a worker
+    that dies and is restarted serves the same socket, and the connections that came
+    meanwhile wait in its backlog for the replacement instead of being refused.
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets=[])
+        self.slots = sockets
+
+    def _spawn(self, idx: int) -> Process:
+        process = Process(self.config, [self.slots[idx]])
+        process.start()
+        return process
+
+    def init_processes(self) -> None:
+        for idx in range(self.processes_num):
+            self.processes.append(self._spawn(idx))
+
+    def keep_subprocess_alive(self) -> None:
+        # uvicorn's, with the replacement on the dead worker's socket.
+        if self.should_exit.is_set():
+            return
+        for idx, process in enumerate(self.processes):
+            if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                continue
+            process.kill()  # hung: kill it
+            process.join()
+            if process.exitcode == STARTUP_FAILURE:
+                log.error("worker [%s] failed to start, stopping the gateway", process.pid)
+                self.should_exit.set()
+                return
+            if self.should_exit.is_set():
+                return
+            log.info("worker [%s] died; restarting it", process.pid)
+            self.processes[idx] = self._spawn(idx)
+
+    def restart_all(self) -> None:
+        # SIGHUP: uvicorn's, each replacement on the socket of the worker it replaces.
+        for idx, old in enumerate(self.processes):
+            if self.should_exit.is_set():
+                return
+            new = self._spawn(idx)
+            if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
+                new.kill()
+                new.join()
+                if not self.should_exit.is_set():
+                    log.error("worker [%s] not ready in time; restart aborted", new.pid)
+                return
+            old.terminate()
+            old.join()
+            self.processes[idx] = new
+
+    def handle_ttin(self) -> None:
+        # SIGTTIN: one more worker (as uvicorn does), on a socket of its own.
+        host, port = self.slots[0].getsockname()[:2]
+        try:
+            self.slots.append(_reuseport_socket(host, port))
+        except OSError as exc:
+            log.error("SIGTTIN: no socket for one more worker: %s", exc)
+            return
+        self.processes_num += 1
+        self.processes.append(self._spawn(len(self.processes)))
+
+    def handle_ttou(self) -> None:
+        # SIGTTOU: one worker fewer (as uvicorn does); its socket closes after it, so the
+        # kernel stops sending it connections (any still in its backlog are reset).
+        if self.processes_num <= 1:
+            log.info("SIGTTOU: already one worker")
+            return
+        self.processes_num -= 1
+        process = self.processes.pop()
+        process.terminate()
+        process.join()
+        self.slots.pop().close()
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            for sock in self.slots:
+                sock.close()
+
+
 def serve_workers(
     settings: Settings,
     *,
@@ -149,8 +288,18 @@ def serve_workers(
             timeout_graceful_shutdown=timeout_graceful_shutdown,
             **{**UVICORN_OPTIONS, "http": WORKER_PROTOCOL},
         )
-        log.info("capirelay: %d worker processes on %s:%d", workers, host, port)
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        try:
+            sockets = bind_worker_sockets(host, port, workers)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s", host, port, exc)
+            sys.exit(STARTUP_FAILURE)
+        log.info(
+            "capirelay: %d worker processes on %s:%d",
+            workers,
+            host,
+            sockets[0].getsockname()[1],
+        )
+        WorkerSockets(config, sockets).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         for name, value in saved.items():

@@ -237,17 +237,20 @@ class GroupCommitWriter(threading.Thread):
             first = self._inbox.get()
             if first is _STOP:
                 return
-            group: list[WriteOp] = [first]  # type: ignore[list-item]
-            while len(group) < self._max_group:
-                try:
-                    item = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                group.append(item)  # type: ignore[arg-type]
-            self._commit_group(conn, group)
+            stopping = self._commit_group(conn, first)  # type: ignore[arg-type]
+
+    def _gather(self, group: list[WriteOp]) -> bool:
+        """Add to ``group`` what waits in the inbox (up to ``max_group``); True when the
+        stop mark was among it (nothing follows it)."""
+        while len(group) < self._max_group:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            group.append(item)  # type: ignore[arg-type]
+        return False
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE`` (take the write lock), retried every 0.1 to 1 ms while another
@@ -292,10 +295,22 @@ class GroupCommitWriter(threading.Thread):
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _commit_group(self, conn: sqlite3.Connection, group: list[WriteOp]) -> None:
+    def _commit_group(self, conn: sqlite3.Connection, first: WriteOp) -> bool:
+        """Commit ``first`` and what waits behind it as one group; True when the stop mark
+        was taken from the inbox (the writer exits after this group).
+
+        The group is gathered once the write lock is held (the turn and ``BEGIN
+        IMMEDIATE``), not before: while another process commits, the writes queued
+        here keep joining this group instead of waiting for the one after it, so under
+        ``serve --workers N`` each turn at the lock carries every request that waited
+        for it (gathered first, a group waited for the lock at the size it had when it
+        began to wait, and the next group, a small one, waited again)."""
+        group = [first]
+        stopping = False
         try:
             with self._turn():
                 self._begin(conn)
+                stopping = self._gather(group)
                 results = _run_group(conn, group)
                 conn.execute("COMMIT")
         except Exception:
@@ -307,10 +322,11 @@ class GroupCommitWriter(threading.Thread):
                 # (or one that needs space the disk no longer has) fails only itself.
                 for op in group:
                     self._commit_alone(conn, op)
-            return
+            return stopping
         self.commits += 1
         self.operations += len(group)
         self._resolve_group(group, results)
+        return stopping
 
     def _commit_alone(self, conn: sqlite3.Connection, op: WriteOp) -> None:
         try:
