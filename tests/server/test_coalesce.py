@@ -10,8 +10,6 @@ fixed-length response must have been one ``transport.write``.
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from tests.server._uvicorn_thread import serving
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -107,21 +106,8 @@ def serve(protocol: type[Any]) -> Iterator[tuple[str, int]]:
         app, http=protocol, lifespan="off", log_config=None, date_header=False,
         server_header=False,
     )  # fmt: skip
-    server = uvicorn.Server(config)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + GUARD
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield sock.getsockname()
-    finally:
-        server.should_exit = True
-        thread.join(GUARD)
-        sock.close()
+    with serving(uvicorn.Server(config), GUARD) as address:
+        yield address
 
 
 def exchange(address: tuple[str, int], requests: list[bytes], *, pipelined: bool) -> bytes:

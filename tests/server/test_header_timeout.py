@@ -9,12 +9,12 @@ How long the close took is printed (``-s``) for docs/reliability.md, never asser
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.server._uvicorn_thread import serving
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -37,18 +37,8 @@ def address(
     server = build_server(settings, host="127.0.0.1", port=0, log_config=None)
     # The parser under test (build_server picks uvicorn's "auto" one).
     server.config.http = with_header_timeout(request.param, HEADER_TIMEOUT)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + GUARD
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.01)
-    yield sock.getsockname()
-    server.should_exit = True
-    thread.join(GUARD)
-    sock.close()
+    with serving(server, GUARD) as address:
+        yield address
 
 
 def closed_after(conn: socket.socket) -> float:

@@ -24,6 +24,7 @@ import uvicorn
 
 from capirelay.emulator.app import create_app
 from capirelay.emulator.state import Clock, EmulatorState
+from capirelay.listen import bind_listener
 
 STARTUP_TIMEOUT = 10.0
 SHUTDOWN_TIMEOUT = 5.0
@@ -69,7 +70,7 @@ class EmulatorRunner:
         self._running: RunningEmulator | None = None
 
     def start(self) -> RunningEmulator:
-        sock = _bind(self.host, self.port)
+        sock = bind_listener(self.host, self.port)
         port = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(self.state),
@@ -152,19 +153,6 @@ def run_emulator(
         for pixel_id, token in (pixels or {}).items():
             state.register_pixel(pixel_id, token)
     return EmulatorRunner(host=host, port=port, state=state)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
 
 
 def _wait_until_started(running: RunningEmulator) -> None:

@@ -60,6 +60,7 @@ from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
 from capirelay.config import Settings, load_settings
+from capirelay.listen import bind_listener
 from capirelay.outbox import open_outbox
 
 __all__ = ["WorkerSockets", "bind_worker_sockets", "default_workers", "serve_workers", "worker_app"]
@@ -147,17 +148,7 @@ def bind_worker_sockets(host: str, port: int, count: int) -> list[socket.socket]
 
 
 def _reuseport_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-    except OSError:
-        sock.close()
-        raise
-    sock.set_inheritable(True)
-    return sock
+    return bind_listener(host, port, reuse_port=True)
 
 
 class WorkerSockets(Multiprocess):

@@ -1,0 +1,25 @@
+"""A TCP socket bound for a server to listen on (the gateway's workers, the emulator)."""
+
+from __future__ import annotations
+
+import socket
+
+__all__ = ["bind_listener"]
+
+
+def bind_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (``SO_REUSEADDR``; ``SO_REUSEPORT`` too when
+    ``reuse_port``), inheritable by the processes that will listen on it; the server
+    calls ``listen``.  Closed again when the bind fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
