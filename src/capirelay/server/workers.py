@@ -130,25 +130,18 @@ def bind_worker_sockets(host: str, port: int, count: int) -> list[socket.socket]
     A plain bind comes first: a port some other program (or another gateway) already
     listens on is refused here, as without ``SO_REUSEPORT``, instead of being shared;
     with ``port`` 0 it also picks the port every socket then binds."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((host, port))
+    with bind_listener(host, port) as probe:
         probe.listen(1)
         port = probe.getsockname()[1]
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            sockets.append(_reuseport_socket(host, port))
+            sockets.append(bind_listener(host, port, reuse_port=True))
     except OSError:
         for sock in sockets:
             sock.close()
         raise
     return sockets
-
-
-def _reuseport_socket(host: str, port: int) -> socket.socket:
-    return bind_listener(host, port, reuse_port=True)
 
 
 class WorkerSockets(Multiprocess):
@@ -214,7 +207,7 @@ class WorkerSockets(Multiprocess):
         # SIGTTIN: one more worker (as uvicorn does), on a socket of its own.
         host, port = self.slots[0].getsockname()[:2]
         try:
-            self.slots.append(_reuseport_socket(host, port))
+            self.slots.append(bind_listener(host, port, reuse_port=True))
         except OSError as exc:
             log.error("SIGTTIN: no socket for one more worker: %s", exc)
             return
