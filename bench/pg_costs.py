@@ -8,6 +8,7 @@ so a change of a microsecond can be told from the run-to-run noise (about ±2 µ
 
     .venv/bin/python bench/pg_costs.py --rounds 4 \\
         --alter "ALTER INDEX capirelay_receipt_batches_by_event_id SET (fastupdate = on)"
+    .venv/bin/python bench/pg_costs.py --rounds 5 --alter-file bench/sql/collation_default.sql
 """
 
 from __future__ import annotations
@@ -42,10 +43,16 @@ def one_run(url: str, events: int, alter: list[str]) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--alter", action="append", required=True, help="SQL, repeatable")
+    parser.add_argument("--alter", action="append", default=[], help="SQL, repeatable")
+    parser.add_argument(
+        "--alter-file", action="append", default=[], type=Path, help="a file of SQL, repeatable"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="pairs of runs, alternating")
     parser.add_argument("--events", type=int, default=30_000, help="events per run")
     args = parser.parse_args()
+    args.alter += [path.read_text() for path in args.alter_file]
+    if not args.alter:
+        parser.error("give the schema change with --alter SQL or --alter-file FILE")
     db_name, url = scratch_database()
     runs: dict[str, list[list[float]]] = {"as migrated": [], "altered": []}
     try:
