@@ -19,6 +19,7 @@ from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate
 T0 = 1_800_000_000.0
 OLD = T0 - DEDUP_WINDOW_SECONDS - 3600
 UP_TO_0011 = tuple(m for m in MIGRATIONS if m.version <= 11)
+UP_TO_0012 = tuple(m for m in MIGRATIONS if m.version <= 12)
 IDENTIFIERS = (
     "pixel_id",
     "event_name",
@@ -81,7 +82,7 @@ async def test_upgrade_from_0011(postgres_url: str) -> None:
         assert default_collated is not None and default_collated[0] >= 20
 
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        assert await migrate(conn, MIGRATIONS) == [12]
+        assert await migrate(conn, UP_TO_0012) == [12]
 
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         assert table_counts(conn) == before

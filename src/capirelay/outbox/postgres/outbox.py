@@ -91,6 +91,10 @@ T = TypeVar("T")
 TRANSIENT_RETRIES: Final = 3
 LISTEN_RECONNECT_MAX: Final = 5.0
 PING_TIMEOUT: Final = 1.0
+# A row given back (or retried) inside the deadline span of other leases in flight waits
+# for them to settle before a lease reads it again (`lease` in queries.sql, migration
+# 0013), unless its deadline is this close: then it goes first, as strict EDF would have it.
+LEASE_URGENT_SECONDS: Final = 3600.0
 
 _POSTGRES_SCHEMES = ("postgresql+psycopg://", "postgres://")
 
@@ -316,6 +320,7 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             "now": now,
             "limit": limit,
             "lease_until": now + lease_seconds,
+            "urgent_before": now + LEASE_URGENT_SECONDS,
             "owner": self.owner,
             "lease_id": lease_id,
         }

@@ -108,16 +108,30 @@ SELECT 1 FROM capirelay_leases WHERE lease_id = %(lease_id)s FOR UPDATE;
 
 -- name: lease
 -- Lease up to `limit` ready rows of one pixel, earliest deadline first, straight off the
--- partial index capirelay_queue_ready, leaving out the ids the pixel's active leases hold
--- (a hashed NOT IN: cost in proportion to the events in flight).  The rows are read, not
--- written: the lease is ONE row of capirelay_leases (migration 0010) naming them, until
--- `lease_until`.  Runs after `lock_pixel` and `lock_lapsed_leases` in the same
+-- partial index capirelay_queue_ready, leaving out the ids the pixel's active leases
+-- hold.  The rows are read, not written: the lease is ONE row of capirelay_leases
+-- (migration 0010) naming them, until `lease_until`, with the deadline span of what it
+-- took (0013).  Runs after `lock_pixel` and `lock_lapsed_leases` in the same
 -- transaction, so no other lease of the pixel runs meanwhile, and no settle of a lease
 -- it may take rows from.  Settles of active leases may run: their rows are left out
--- whatever they do to them.  A lease that ran out no longer
--- leaves its ids out; taking one of them removes it from that lapsed lease (its old
--- holder cannot settle it any more), and `sweep_leases` then drops lapsed leases that
--- hold nothing.
+-- whatever they do to them.  A lease that ran out no longer leaves its ids out; taking
+-- one of them removes it from that lapsed lease (its old holder cannot settle it any
+-- more), and `sweep_leases` then drops lapsed leases that hold nothing.
+--
+-- Where it reads (0013): the active leases' ids all have deadlines inside [lo, hi], the
+-- union of their spans.  Ready rows below lo or above hi are held by none of them and
+-- are read with no check; inside the span each row is checked against the held ids (a
+-- hashed NOT IN, a heap visit per held row passed).  The parts, in order, until `limit`:
+--   1. below the span: the earliest deadlines of all;
+--   2. inside the span, due before `urgent_before`: rows given back or retried while
+--      other leases are in flight, whose deadline is close (strict EDF where it counts);
+--   3. above the span;
+--   4. inside the span, the rest.
+-- So a row given back in the middle of other leases' span waits until those leases
+-- settle (a batch's round trip; `lease_seconds` if their holder died), or until parts 1
+-- and 3 are empty, or until its deadline is within `urgent_before`: whichever is first.
+-- A lease with no recorded span (NULL: written before 0013) spans everything, so every
+-- row is checked, as before 0013.
 -- Holds (capirelay_pixel_state): while one is running, no replica leases the pixel.
 -- When a 'breaker' hold has run out, exactly one replica gets to send the next batch
 -- (the probe): `probe` re-arms the hold, and the row lock it takes makes concurrent
@@ -128,17 +142,9 @@ WITH probe AS (
     WHERE pixel_id = %(pixel_id)s AND reason = 'breaker' AND hold_until <= %(now)s
     RETURNING pixel_id
 ),
-held AS (
-    SELECT unnest(ids) AS id FROM capirelay_leases
-    WHERE pixel_id = %(pixel_id)s AND until > %(now)s
-),
-picked AS (
-    SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
-           test_event_code, queued_at
-    FROM capirelay_queue
-    WHERE pixel_id = %(pixel_id)s AND state = 0
-      AND id NOT IN (SELECT id FROM held)
-      AND NOT EXISTS (
+gate AS (
+    SELECT 1 AS open
+    WHERE NOT EXISTS (
           SELECT 1 FROM capirelay_pixel_state AS s
           WHERE s.pixel_id = %(pixel_id)s AND s.hold_until > %(now)s
       )
@@ -149,11 +155,67 @@ picked AS (
               WHERE s.pixel_id = %(pixel_id)s AND s.reason = 'breaker'
           )
       )
-    ORDER BY deadline
+),
+active AS (
+    SELECT ids, first_deadline, last_deadline FROM capirelay_leases
+    WHERE pixel_id = %(pixel_id)s AND until > %(now)s
+),
+span AS (
+    -- No active lease: an empty span above every deadline (part 1 reads everything).
+    SELECT COALESCE(min(COALESCE(first_deadline, '-Infinity')), 'Infinity') AS lo,
+           COALESCE(max(COALESCE(last_deadline, 'Infinity')), 'Infinity') AS hi
+    FROM active
+),
+held AS (
+    SELECT unnest(ids) AS id FROM active
+),
+picked AS (
+    -- Scalar subqueries, not a join with `span`: each part is then an index range scan
+    -- in deadline order that stops at `limit`, and a part that is not reached (the
+    -- Append stops when the LIMIT is met) is never read, `held` never hashed.
+    SELECT * FROM (
+        (SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
+                test_event_code, queued_at
+         FROM capirelay_queue
+         WHERE pixel_id = %(pixel_id)s AND state = 0 AND EXISTS (SELECT 1 FROM gate)
+           AND deadline < (SELECT lo FROM span)
+         ORDER BY deadline
+         LIMIT %(limit)s)
+        UNION ALL
+        (SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
+                test_event_code, queued_at
+         FROM capirelay_queue
+         WHERE pixel_id = %(pixel_id)s AND state = 0 AND EXISTS (SELECT 1 FROM gate)
+           AND deadline >= (SELECT lo FROM span) AND deadline <= (SELECT hi FROM span)
+           AND deadline < %(urgent_before)s
+           AND id NOT IN (SELECT id FROM held)
+         ORDER BY deadline
+         LIMIT %(limit)s)
+        UNION ALL
+        (SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
+                test_event_code, queued_at
+         FROM capirelay_queue
+         WHERE pixel_id = %(pixel_id)s AND state = 0 AND EXISTS (SELECT 1 FROM gate)
+           AND deadline > (SELECT hi FROM span)
+         ORDER BY deadline
+         LIMIT %(limit)s)
+        UNION ALL
+        (SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
+                test_event_code, queued_at
+         FROM capirelay_queue
+         WHERE pixel_id = %(pixel_id)s AND state = 0 AND EXISTS (SELECT 1 FROM gate)
+           AND deadline >= (SELECT lo FROM span) AND deadline <= (SELECT hi FROM span)
+           AND deadline >= %(urgent_before)s
+           AND id NOT IN (SELECT id FROM held)
+         ORDER BY deadline
+         LIMIT %(limit)s)
+    ) AS parts
     LIMIT %(limit)s
 ),
 taken AS (
-    SELECT array_agg(id ORDER BY id) AS ids FROM picked
+    SELECT array_agg(id ORDER BY id) AS ids, min(deadline) AS first_deadline,
+           max(deadline) AS last_deadline
+    FROM picked
 ),
 retaken AS (
     UPDATE capirelay_leases AS l
@@ -163,8 +225,10 @@ retaken AS (
     WHERE l.pixel_id = %(pixel_id)s AND l.until <= %(now)s AND l.ids && t.ids
 ),
 granted AS (
-    INSERT INTO capirelay_leases (lease_id, pixel_id, owner, until, ids)
-    SELECT %(lease_id)s, %(pixel_id)s, %(owner)s, %(lease_until)s, t.ids
+    INSERT INTO capirelay_leases (lease_id, pixel_id, owner, until, ids, first_deadline,
+                                  last_deadline)
+    SELECT %(lease_id)s, %(pixel_id)s, %(owner)s, %(lease_until)s, t.ids, t.first_deadline,
+           t.last_deadline
     FROM taken AS t WHERE t.ids IS NOT NULL
 )
 SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,

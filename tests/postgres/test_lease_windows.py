@@ -1,0 +1,183 @@
+"""Lease spans (migration 0013): a lease records the deadline span of the rows it took, and
+the next lease of the pixel checks rows against the held ids only inside the active
+leases' spans.
+
+What must hold: no row held by a live lease is leased again, however the spans overlap
+or tie; a lease written without a span (before 0013, or by a replica still running the
+version before it) still holds its rows; a row given back inside other leases' span is
+never starved (it goes first once its deadline is close, and as soon as nothing else is
+ready); and a lease with rows to spare outside the span never reads a held row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+from pg_replicas import OpenReplica
+
+from capirelay.outbox import NewEvent
+from capirelay.outbox.postgres._statements import QUERIES
+from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate
+from capirelay.outbox.postgres.outbox import LEASE_URGENT_SECONDS
+
+T0 = 1_800_000_000.0
+LEASE = 30.0
+DAY = 86400.0
+
+
+def event(event_id: str, deadline: float) -> NewEvent:
+    return NewEvent("111", "Purchase", event_id, b"{}", int(T0), deadline)
+
+
+def _spans(url: str) -> dict[str, tuple[float | None, float | None]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT lease_id, first_deadline, last_deadline FROM capirelay_leases"
+        ).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+async def test_each_lease_records_the_span_of_what_it_took(
+    open_replica: OpenReplica, postgres_url: str
+) -> None:
+    box = await open_replica(listen=False)
+    await box.enqueue([event(f"e{i}", T0 + DAY + i) for i in range(10)], now=T0)
+    first = await box.lease("111", limit=4, lease_seconds=LEASE, now=T0)
+    second = await box.lease("111", limit=4, lease_seconds=LEASE, now=T0)
+    assert [e.event_id for e in first] == ["e0", "e1", "e2", "e3"]
+    assert [e.event_id for e in second] == ["e4", "e5", "e6", "e7"]
+    assert _spans(postgres_url) == {
+        first[0].lease_id: (T0 + DAY, T0 + DAY + 3),
+        second[0].lease_id: (T0 + DAY + 4, T0 + DAY + 7),
+    }
+
+
+async def test_tied_deadlines_across_spans_are_never_leased_twice(
+    open_replica: OpenReplica,
+) -> None:
+    # Every deadline is one of three values: each lease's span starts and ends on values
+    # that other leases' rows share, so only the held-id check tells them apart.
+    a, b = await open_replica(listen=False), await open_replica(listen=False)
+    await a.enqueue([event(f"e{i}", T0 + DAY + i % 3) for i in range(90)], now=T0)
+    held: list[int] = []
+    for n in range(12):
+        box = a if n % 2 else b
+        held += [e.id for e in await box.lease("111", limit=7, lease_seconds=LEASE, now=T0)]
+    assert len(held) == 84 and len(set(held)) == 84
+    rest = await a.lease("111", limit=50, lease_seconds=LEASE, now=T0)
+    assert len(rest) == 6 and not {e.id for e in rest} & set(held)
+    assert await b.lease("111", limit=50, lease_seconds=LEASE, now=T0) == []
+
+
+async def test_a_lease_without_a_span_still_holds_its_rows(
+    open_replica: OpenReplica, postgres_url: str
+) -> None:
+    box = await open_replica(listen=False)
+    await box.enqueue([event(f"e{i}", T0 + DAY + i) for i in range(6)], now=T0)
+    old = await box.lease("111", limit=3, lease_seconds=LEASE, now=T0)
+    with psycopg.connect(postgres_url) as conn:  # as a replica before 0013 writes it
+        conn.execute("UPDATE capirelay_leases SET first_deadline = NULL, last_deadline = NULL")
+    rest = await box.lease("111", limit=10, lease_seconds=LEASE, now=T0)
+    assert sorted(e.event_id for e in rest) == ["e3", "e4", "e5"]
+    assert not {e.id for e in rest} & {e.id for e in old}
+    assert await box.lease("111", limit=10, lease_seconds=LEASE, now=T0) == []
+
+
+async def test_a_row_given_back_inside_other_leases_span_waits_but_is_never_starved(
+    open_replica: OpenReplica,
+) -> None:
+    box = await open_replica(listen=False)
+    await box.enqueue([event(f"e{i}", T0 + DAY + i) for i in range(10)], now=T0)
+    first = await box.lease("111", limit=3, lease_seconds=LEASE, now=T0)  # e0 e1 e2
+    await box.lease("111", limit=3, lease_seconds=LEASE, now=T0)  # e3 e4 e5
+    e1 = first[1]
+    await box.release([e1.id], lease_id=e1.lease_id)  # e0 and e2 stay held around it
+    # e1 is not due within the hour: the rows above every span go first.
+    later = await box.lease("111", limit=2, lease_seconds=LEASE, now=T0)
+    assert [e.event_id for e in later] == ["e6", "e7"]
+    # Nothing left above the spans: e1 comes next, before nothing else.
+    rest = await box.lease("111", limit=10, lease_seconds=LEASE, now=T0)
+    assert [e.event_id for e in rest] == ["e1", "e8", "e9"]
+
+
+async def test_a_row_given_back_inside_other_leases_span_goes_first_near_its_deadline(
+    open_replica: OpenReplica,
+) -> None:
+    box = await open_replica(listen=False)
+    soon = T0 + LEASE_URGENT_SECONDS - 60
+    await box.enqueue(
+        [event("a", soon - 1), event("b", soon), event("c", soon + 1)]
+        + [event(f"z{i}", T0 + DAY + i) for i in range(3)],
+        now=T0,
+    )
+    held = await box.lease("111", limit=3, lease_seconds=LEASE, now=T0)  # a b c
+    b = held[1]
+    await box.release([b.id], lease_id=b.lease_id)
+    [again] = await box.lease("111", limit=1, lease_seconds=LEASE, now=T0)
+    assert again.event_id == "b"  # inside the span of a and c, but due within the hour
+
+
+async def test_a_lease_with_rows_to_spare_above_the_span_reads_no_held_row(
+    open_replica: OpenReplica, postgres_url: str
+) -> None:
+    box = await open_replica(listen=False)
+    await box.enqueue([event(f"e{i}", T0 + DAY + i) for i in range(400)], now=T0)
+    for _ in range(3):
+        await box.lease("111", limit=100, lease_seconds=LEASE, now=T0)  # 300 held
+    params = {
+        "pixel_id": "111",
+        "now": T0,
+        "limit": 50,
+        "lease_until": T0 + LEASE,
+        "urgent_before": T0 + LEASE_URGENT_SECONDS,
+        "owner": None,
+        "lease_id": "explained",
+    }
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("SET enable_bitmapscan = off")
+        conn.execute("SET enable_seqscan = off")
+        row = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES['lease']}", params).fetchone()
+        conn.rollback()
+    assert row is not None
+    scans = [
+        node
+        for node in _nodes(row[0][0]["Plan"])
+        if node.get("Relation Name") == "capirelay_queue"
+        and node.get("Index Name") == "capirelay_queue_ready"
+    ]
+    assert len(scans) == 4  # the four parts
+    read = [int(node["Actual Rows"]) * int(node["Actual Loops"]) for node in scans]
+    # Below the span: nothing; inside it, due within the hour: nothing; above it: the
+    # 50 taken; inside it, the rest: never reached.
+    assert read == [0, 0, 50, 0]
+    assert sum(int(node.get("Rows Removed by Filter", 0)) for node in scans) == 0
+
+
+async def test_upgrade_from_0012_fills_the_spans_of_live_leases(postgres_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await migrate(conn, tuple(m for m in MIGRATIONS if m.version <= 12))
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO capirelay_queue (id, pixel_id, event_name, event_id, payload,"
+            " event_time, deadline, source, queued_at, state, available_at)"
+            " OVERRIDING SYSTEM VALUE VALUES"
+            " (1, '111', 'Purchase', 'a', '\\x7b7d', 1, 500, 'api', 1, 0, 1),"
+            " (2, '111', 'Purchase', 'b', '\\x7b7d', 1, 700, 'api', 1, 0, 1),"
+            " (3, '111', 'Purchase', 'c', '\\x7b7d', 1, 600, 'api', 1, 0, 1)"
+        )
+        conn.execute(
+            "INSERT INTO capirelay_leases (lease_id, pixel_id, owner, until, ids) VALUES"
+            " ('live', '111', NULL, 2e9, '{1,2}'), ('emptied', '111', NULL, 2e9, '{9}')"
+        )
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        assert await migrate(conn, MIGRATIONS) == [13]
+    # A lease whose rows are all gone keeps no span: "anywhere", the safe reading.
+    assert _spans(postgres_url) == {"live": (500.0, 700.0), "emptied": (None, None)}
