@@ -1,0 +1,114 @@
+"""What a PostgreSQL lease costs against how many events other leases of the pixel hold.
+
+Fills a scratch database with a backlog of one pixel, then holds 0, 2, 4, 8 and 12
+leases of 1,000 events (as replicas × ``max_in_flight`` batches in flight would) and
+times the lease statement for the next 1,000 with ``EXPLAIN ANALYZE`` (the server's
+execution time; rolled back, so every repetition sees the same queue).  Prints the
+median of ``--repeat`` runs per row.
+
+Before migration 0013 a lease checked every ready row it passed against the held ids,
+and the held rows came first in deadline order: its cost grew with the events in
+flight.  To compare with older code, run it with ``PYTHONPATH`` pointing at that code's
+``src``:
+
+    .venv/bin/python bench/pg_lease_held.py
+    PYTHONPATH=/tmp/before/src .venv/bin/python bench/pg_lease_held.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table
+from postgres import drop_database, scratch_database
+
+T0 = 1_800_000_000.0
+PIXEL = "111"
+BATCH = 1000
+HELD = (0, 2, 4, 8, 12)
+
+
+async def measure(url: str, backlog: int, repeat: int) -> list[list[str]]:
+    from capirelay.outbox import NewEvent
+    from capirelay.outbox.postgres import PostgresOutbox
+    from capirelay.outbox.postgres._statements import QUERIES
+    from capirelay.outbox.postgres.migrate import migrate_url
+
+    await migrate_url(url)
+    box = PostgresOutbox(url, pool_size=2, listen=False)
+    await box.open()
+    try:
+        for start in range(0, backlog, BATCH):
+            await box.enqueue(
+                [
+                    NewEvent(PIXEL, "Purchase", f"e{i}", b"{}", int(T0), T0 + 86400 + i)
+                    for i in range(start, start + BATCH)
+                ],
+                now=T0,
+            )
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        sql = QUERIES["lease"]
+        rows: list[list[str]] = []
+        held = 0
+        for target in HELD:
+            while held < target:
+                await box.lease(PIXEL, limit=BATCH, lease_seconds=600, now=T0)
+                held += 1
+            times = []
+            with psycopg.connect(url) as conn:
+                for n in range(repeat):
+                    params = {
+                        "pixel_id": PIXEL,
+                        "now": T0,
+                        "limit": BATCH,
+                        "lease_id": f"bench-{target}-{n}",
+                        "owner": None,
+                        "lease_until": T0 + 600,
+                        "urgent_before": T0 + 3600,  # ignored by statements before 0013
+                    }
+                    # The lease transaction's own settings (`lock_pixel`).
+                    conn.execute(
+                        "SELECT set_config('enable_bitmapscan', 'off', true),"
+                        " set_config('enable_seqscan', 'off', true)"
+                    )
+                    row = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params).fetchone()
+                    conn.rollback()
+                    assert row is not None
+                    times.append(float(row[0][0]["Execution Time"]))
+            ms = statistics.median(times)
+            rows.append([f"{target * BATCH:,}", f"{ms:.2f}", f"{ms * 1000 / BATCH:.2f}"])
+        return rows
+    finally:
+        await box.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--backlog", type=int, default=30_000, help="queued events")
+    parser.add_argument("--repeat", type=int, default=7, help="timings per row (median)")
+    args = parser.parse_args()
+    if args.backlog < (max(HELD) + 1) * BATCH:
+        parser.error(f"--backlog must be at least {(max(HELD) + 1) * BATCH}")
+    db_name, url = scratch_database()
+    try:
+        rows = asyncio.run(measure(url, args.backlog, args.repeat))
+    finally:
+        drop_database(db_name)
+    print_table(
+        f"Lease of {BATCH:,} events against the events other leases hold "
+        f"(backlog {args.backlog:,}, median of {args.repeat})",
+        ["events held by active leases", "lease ms", "µs per leased event"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
