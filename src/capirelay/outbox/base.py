@@ -294,6 +294,12 @@ class OutboxCore(abc.ABC):
 
         Due means ``next_attempt_at <= now`` and not leased (or the lease has
         expired, which is how a crashed worker's events come back).
+
+        A backend may let an event given back (released, or retried) while other leases
+        of the pixel are in flight wait until those settle, as PostgreSQL does (migration
+        0013: reading past the rows in flight cost each lease a heap visit per row).  It
+        is never starved: it is leased in deadline order again once those leases settle
+        or nothing else is due, and first of all once its deadline is within the hour.
         """
 
     @abc.abstractmethod
