@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 from pg_replicas import OpenReplica
 
-from capirelay.outbox import NewEvent
+from capirelay.outbox import LeasedEvent, NewEvent
+from capirelay.outbox.postgres import PostgresOutbox
 from capirelay.outbox.postgres._statements import QUERIES
 from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate
 from capirelay.outbox.postgres.outbox import LEASE_URGENT_SECONDS
@@ -29,6 +30,17 @@ DAY = 86400.0
 
 def event(event_id: str, deadline: float) -> NewEvent:
     return NewEvent("111", "Purchase", event_id, b"{}", int(T0), deadline)
+
+
+async def _queue(open_replica: OpenReplica, count: int) -> PostgresOutbox:
+    """A replica with ``count`` events queued, deadlines one second apart from a day on."""
+    box = await open_replica(listen=False)
+    await box.enqueue([event(f"e{i}", T0 + DAY + i) for i in range(count)], now=T0)
+    return box
+
+
+async def _lease(box: PostgresOutbox, limit: int) -> list[LeasedEvent]:
+    return await box.lease("111", limit=limit, lease_seconds=LEASE, now=T0)
 
 
 def _spans(url: str) -> dict[str, tuple[float | None, float | None]]:
@@ -48,10 +60,9 @@ def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
 async def test_each_lease_records_the_span_of_what_it_took(
     open_replica: OpenReplica, postgres_url: str
 ) -> None:
-    box = await open_replica(listen=False)
-    await box.enqueue([event(f"e{i}", T0 + DAY + i) for i in range(10)], now=T0)
-    first = await box.lease("111", limit=4, lease_seconds=LEASE, now=T0)
-    second = await box.lease("111", limit=4, lease_seconds=LEASE, now=T0)
+    box = await _queue(open_replica, 10)
+    first = await _lease(box, 4)
+    second = await _lease(box, 4)
     assert [e.event_id for e in first] == ["e0", "e1", "e2", "e3"]
     assert [e.event_id for e in second] == ["e4", "e5", "e6", "e7"]
     assert _spans(postgres_url) == {
@@ -70,7 +81,7 @@ async def test_tied_deadlines_across_spans_are_never_leased_twice(
     held: list[int] = []
     for n in range(12):
         box = a if n % 2 else b
-        held += [e.id for e in await box.lease("111", limit=7, lease_seconds=LEASE, now=T0)]
+        held += [e.id for e in await _lease(box, 7)]
     assert len(held) == 84 and len(set(held)) == 84
     rest = await a.lease("111", limit=50, lease_seconds=LEASE, now=T0)
     assert len(rest) == 6 and not {e.id for e in rest} & set(held)
@@ -80,31 +91,29 @@ async def test_tied_deadlines_across_spans_are_never_leased_twice(
 async def test_a_lease_without_a_span_still_holds_its_rows(
     open_replica: OpenReplica, postgres_url: str
 ) -> None:
-    box = await open_replica(listen=False)
-    await box.enqueue([event(f"e{i}", T0 + DAY + i) for i in range(6)], now=T0)
-    old = await box.lease("111", limit=3, lease_seconds=LEASE, now=T0)
+    box = await _queue(open_replica, 6)
+    old = await _lease(box, 3)
     with psycopg.connect(postgres_url) as conn:  # as a replica before 0013 writes it
         conn.execute("UPDATE capirelay_leases SET first_deadline = NULL, last_deadline = NULL")
-    rest = await box.lease("111", limit=10, lease_seconds=LEASE, now=T0)
+    rest = await _lease(box, 10)
     assert sorted(e.event_id for e in rest) == ["e3", "e4", "e5"]
     assert not {e.id for e in rest} & {e.id for e in old}
-    assert await box.lease("111", limit=10, lease_seconds=LEASE, now=T0) == []
+    assert await _lease(box, 10) == []
 
 
 async def test_a_row_given_back_inside_other_leases_span_waits_but_is_never_starved(
     open_replica: OpenReplica,
 ) -> None:
-    box = await open_replica(listen=False)
-    await box.enqueue([event(f"e{i}", T0 + DAY + i) for i in range(10)], now=T0)
-    first = await box.lease("111", limit=3, lease_seconds=LEASE, now=T0)  # e0 e1 e2
-    await box.lease("111", limit=3, lease_seconds=LEASE, now=T0)  # e3 e4 e5
+    box = await _queue(open_replica, 10)
+    first = await _lease(box, 3)  # e0 e1 e2
+    await _lease(box, 3)  # e3 e4 e5
     e1 = first[1]
     await box.release([e1.id], lease_id=e1.lease_id)  # e0 and e2 stay held around it
     # e1 is not due within the hour: the rows above every span go first.
-    later = await box.lease("111", limit=2, lease_seconds=LEASE, now=T0)
+    later = await _lease(box, 2)
     assert [e.event_id for e in later] == ["e6", "e7"]
     # Nothing left above the spans: e1 comes next, before nothing else.
-    rest = await box.lease("111", limit=10, lease_seconds=LEASE, now=T0)
+    rest = await _lease(box, 10)
     assert [e.event_id for e in rest] == ["e1", "e8", "e9"]
 
 
@@ -118,20 +127,19 @@ async def test_a_row_given_back_inside_other_leases_span_goes_first_near_its_dea
         + [event(f"z{i}", T0 + DAY + i) for i in range(3)],
         now=T0,
     )
-    held = await box.lease("111", limit=3, lease_seconds=LEASE, now=T0)  # a b c
+    held = await _lease(box, 3)  # a b c
     b = held[1]
     await box.release([b.id], lease_id=b.lease_id)
-    [again] = await box.lease("111", limit=1, lease_seconds=LEASE, now=T0)
+    [again] = await _lease(box, 1)
     assert again.event_id == "b"  # inside the span of a and c, but due within the hour
 
 
 async def test_a_lease_with_rows_to_spare_above_the_span_reads_no_held_row(
     open_replica: OpenReplica, postgres_url: str
 ) -> None:
-    box = await open_replica(listen=False)
-    await box.enqueue([event(f"e{i}", T0 + DAY + i) for i in range(400)], now=T0)
+    box = await _queue(open_replica, 400)
     for _ in range(3):
-        await box.lease("111", limit=100, lease_seconds=LEASE, now=T0)  # 300 held
+        await _lease(box, 100)  # 300 held
     params = {
         "pixel_id": "111",
         "now": T0,
