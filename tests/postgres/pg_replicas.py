@@ -34,8 +34,13 @@ DEPLOY_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "deploy" / "c
 def deployment_env(storage_url: str, graph_url: str, **delivery: Any) -> dict[str, str]:
     """What a replica's environment holds in examples/deploy, pointed at the test's
     database and emulator; ``delivery`` overrides [delivery] settings (test timings)."""
+    # request_timeout: the emulator runs in the test process beside the load threads; on a
+    # busy machine it answered a 500-event batch in over 1.5 s (the default), the replica
+    # timed out and resent a batch Meta had taken (seen: 2,500-6,750 events sent twice,
+    # none in a crash window).  8 s stays under lease_seconds, so a batch still in flight
+    # is never leased again.
     values = {"batch_size": 500, "max_in_flight": 4, "linger_ms": 20, "lease_seconds": 10,
-              "poll_seconds": 0.2, **delivery}  # fmt: skip
+              "poll_seconds": 0.2, "request_timeout": 8, **delivery}  # fmt: skip
     env = {
         "CAPIRELAY_STORAGE": storage_url,
         "CAPIRELAY_GRAPH_URL": graph_url,
