@@ -1,7 +1,7 @@
 """What a PostgreSQL lease costs against how many events other leases of the pixel hold.
 
 Fills a scratch database with a backlog of one pixel, then holds 0, 2, 4, 8 and 12
-leases of 1,000 events (as replicas × ``max_in_flight`` batches in flight would) and
+leases of 1,000 events (as replicas times ``max_in_flight`` batches in flight would) and
 times the lease statement for the next 1,000 with ``EXPLAIN ANALYZE`` (the server's
 execution time; rolled back, so every repetition sees the same queue).  Prints the
 median of ``--repeat`` runs per row.
