@@ -180,7 +180,7 @@ class GroupCommitWriter(threading.Thread):
         self._gate = threading.Lock()
         self._closing = False
         # The writes each event loop submitted in its current iteration (submit_soon),
-        # handed over as one inbox item when the loop runs _flush; only that loop's
+        # handed over as one inbox item when the loop runs flush; only that loop's
         # thread touches its own entry.
         self._batches: dict[asyncio.AbstractEventLoop, list[WriteOp]] = {}
         # What the writer thread took from the inbox but did not fit in the group
