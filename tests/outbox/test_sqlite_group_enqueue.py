@@ -54,7 +54,10 @@ async def one_group(
     tasks = [asyncio.ensure_future(call) for call in calls]
     writer = box._writer
     assert writer is not None
-    while writer._inbox.qsize() < len(tasks):  # each call submits before it awaits
+    # Each call submits before it awaits, all in the same iteration of the loop, and the
+    # loop hands that iteration's writes to the writer together (submit_soon): once they
+    # are in the inbox, every call's write is.
+    while writer._batches or writer._inbox.empty():
         await asyncio.sleep(0)
     before = box.commits
     release.set()
@@ -192,7 +195,8 @@ async def test_writers_of_one_file_take_turns_on_its_writer_lock(db_path: Path) 
             writer = second._writer
             assert writer is not None
             await asyncio.sleep(0)  # the call submits its write
-            while writer._inbox.qsize():  # until the second writer has taken it up
+            # until the loop has handed it over and the second writer has taken it up
+            while writer._batches or writer._inbox.qsize():
                 await asyncio.sleep(0)
             assert not waiting.done()  # and waits for its turn while the first holds it
             release.set()

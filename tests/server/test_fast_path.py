@@ -278,9 +278,46 @@ def test_incoming_reads_the_request_as_starlette_does(
 
     incoming, request = Incoming(scope, receive), Request(scope, receive)
     assert incoming.url() == str(request.url)
+    assert Incoming(scope, receive).url() == str(request.url)  # remembered: the same again
     assert incoming.cookies() == request.cookies
     assert incoming.client_host() == (request.client.host if request.client else None)
     text = incoming.text_headers()
     # Callers look names up in lowercase (ASGI servers send them so).
     for name in {k.decode("latin-1").lower() for k, _ in headers} | {"sec-gpc", "referer"}:
         assert text.get(name) == request.headers.get(name), name
+
+
+def test_the_remembered_request_url_follows_every_value_it_is_built_from() -> None:
+    """The request URL is remembered by the scope values Starlette's ``URL`` reads; a scope
+    that differs in any one of them gets its own URL, the one Starlette builds for it."""
+    from starlette.datastructures import URL
+
+    base: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/collect",
+        "query_string": b"",
+        "headers": [(b"host", b"gw.example")],
+        "server": ("127.0.0.1", 8080),
+    }
+    variants: list[dict[str, Any]] = [
+        base,
+        {**base, "scheme": "https"},
+        {**base, "path": "/v1/collect/"},
+        {**base, "query_string": b"x=1"},
+        {**base, "headers": [(b"host", b"other.example")]},
+        {**base, "headers": [(b"host", b"gw.example"), (b"host", b"second.example")]},
+        {**base, "headers": []},
+        {**base, "headers": [], "server": ("127.0.0.1", 8081)},
+        {**base, "headers": [], "server": None},
+        {**base, "headers": [], "server": ["10.0.0.1", 8082]},  # a list: built every time
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    expected = [str(URL(scope=scope)) for scope in variants]
+    assert len(set(expected)) == len(expected) - 1  # only the repeated Host matches base
+    for _ in range(2):  # built, then remembered
+        assert [Incoming(scope, receive).url() for scope in variants] == expected

@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from publicsuffixlist import PublicSuffixList
 
@@ -290,6 +290,12 @@ def _safe_cookie(cookies: Mapping[str, str], name: str) -> str | None:
 
 def _safe_url(url: str | None) -> str | None:
     """``url`` if it is an absolute http(s) URL without whitespace or control characters."""
+    return url if _safe_parts(url) is not None else None
+
+
+def _safe_parts(url: str | None) -> SplitResult | None:
+    """``urlsplit(url)`` when :func:`_safe_url` accepts ``url``, else ``None``: one parse
+    that :func:`from_request` reads the host and the query of."""
     if not url or _UNSAFE_URL_RE.search(url):
         return None
     try:
@@ -298,21 +304,36 @@ def _safe_url(url: str | None) -> str | None:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
-    return url
+    return parts
 
 
 def _fbclid(url: str | None) -> str | None:
     if not url:
         return None
     try:
-        values = parse_qs(urlsplit(url).query).get("fbclid")
+        query = urlsplit(url).query
+    except ValueError:
+        return None
+    found = _query_fbclid(query)
+    return None if found is None else found[0]
+
+
+def _query_fbclid(query: str) -> tuple[str, bool] | None:
+    """The usable ``fbclid`` of a query string and whether it already is an ``fbc`` value
+    (else it is a bare click id), or ``None``."""
+    if "fbclid" not in query and "%" not in query:  # parse_qs would find no such name
+        return None
+    try:
+        values = parse_qs(query).get("fbclid")
     except ValueError:
         return None
     if not values:
         return None
     candidate = values[0]
-    if parse_fbc(candidate) is not None or _CLICK_ID_RE.fullmatch(candidate):
-        return candidate
+    if parse_fbc(candidate) is not None:
+        return candidate, True
+    if _CLICK_ID_RE.fullmatch(candidate):
+        return candidate, False
     return None
 
 
@@ -326,14 +347,19 @@ def _hostname(url: str | None) -> str | None:
 
 
 def _resolve_fbc(
-    existing: ParsedClickCookie | None, fbclid: str | None, host: str, now_ms: int
+    existing: ParsedClickCookie | None, found: tuple[str, bool] | None, host: str, now_ms: int
 ) -> tuple[str | None, bool]:
-    """The ``fbc`` to use and whether it is new (the cookie must be written)."""
-    if fbclid is None:
+    """The ``fbc`` to use and whether it is new (the cookie must be written); ``found`` is
+    :func:`_query_fbclid`'s answer, already checked, so what :func:`build_fbc` would
+    answer is built here without checking it again."""
+    if found is None:
         return (existing.raw if existing else None), False
+    fbclid, is_fbc = found
     if existing is not None and (existing.payload == fbclid or existing.raw == fbclid):
         return existing.raw, False
-    return build_fbc(fbclid, host, now_ms=now_ms), True
+    if is_fbc:
+        return fbclid, True
+    return f"fb.{subdomain_index(host)}.{now_ms}.{fbclid}", True
 
 
 def _is_https(url: str, headers: Mapping[str, str], proxied: bool) -> bool:
@@ -384,11 +410,21 @@ def from_request(
     lives its full 90 days where browsers cap script-set ones (Safari ITP).
     """
     now = _now_ms() if now_ms is None else now_ms
-    page = _safe_url(page_url) if page_url is not None else _safe_url(url)
-    referrer = _safe_url(page_referrer if page_url is not None else _header(headers, "referer"))
-    page_host = _hostname(page) or _hostname(url) or ""
+    # Each URL is split once (what _safe_url, _hostname and _fbclid would each do again).
+    page_text = page_url if page_url is not None else url
+    page_parts = _safe_parts(page_text)
+    page = page_text if page_parts is not None else None
+    referrer_text = page_referrer if page_url is not None else _header(headers, "referer")
+    referrer_parts = _safe_parts(referrer_text)
+    referrer = referrer_text if referrer_parts is not None else None
+    request_host = _hostname(url)
+    # A safe page URL always has a host name.
+    page_host = (page_parts.hostname if page_parts is not None else None) or request_host or ""
 
-    fbclid = _fbclid(page) or _fbclid(referrer)
+    fbclid = None
+    for parts in (page_parts, referrer_parts):
+        if parts is not None and (fbclid := _query_fbclid(parts.query)) is not None:
+            break
     fbc, fbc_is_new = _resolve_fbc(
         parse_fbc(_safe_cookie(cookies, FBC_COOKIE)), fbclid, page_host, now
     )
@@ -398,7 +434,7 @@ def from_request(
     networks = _trusted_networks(tuple(trusted_proxies))
     peer = _parse_ip(remote_addr)
     proxied = peer is not None and _is_trusted(peer, networks)
-    can_set, domain = _cookie_domain(page_host, _hostname(url))
+    can_set, domain = _cookie_domain(page_host, request_host)
     secure = _is_https(url, headers, proxied)
     to_set: list[CookieToSet] = []
     if can_set:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import orjson
@@ -96,6 +97,16 @@ def error_answer(exc: ApiError, extra: Mapping[str, str] | None = None) -> Answe
     return json_answer(exc.status, body, raw_headers({**exc.headers, **(extra or {})}))
 
 
+@lru_cache(maxsize=1024)
+def _request_url(
+    scheme: str, server: tuple[Any, ...] | None, path: str, query: bytes, host: bytes | None
+) -> str:
+    """``str(URL(scope=...))`` of a scope holding these values (see :meth:`Incoming.url`)."""
+    headers = [] if host is None else [(b"host", host)]
+    scope = {"scheme": scheme, "server": server, "path": path, "query_string": query}
+    return str(URL(scope={**scope, "headers": headers}))
+
+
 class Incoming:
     """One request on the fast path: its scope, its headers (first one of a name wins, as
     Starlette's ``Headers`` does) and a bounded body reader."""
@@ -118,8 +129,20 @@ class Incoming:
         return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers.items()}
 
     def url(self) -> str:
-        """``str(request.url)``, built the same way."""
-        return str(URL(scope=self.scope))
+        """``str(request.url)``, built the same way, from what Starlette's ``URL`` reads of
+        the scope (scheme, server, path, query string, the first ``Host``), remembered by
+        those values: every beacon to one gateway has the same request URL."""
+        scope = self.scope
+        server = scope.get("server")
+        if server is not None and type(server) is not tuple:
+            return str(URL(scope=scope))  # not hashable as is (a list): build it
+        return _request_url(
+            scope.get("scheme", "http"),
+            server,
+            scope["path"],
+            scope.get("query_string", b""),
+            self.headers.get(b"host"),
+        )
 
     def cookies(self) -> dict[str, str]:
         """``request.cookies``: every ``Cookie`` header parsed in order, later names win."""

@@ -8,7 +8,9 @@ Why this shape:
   thread; the thread takes everything waiting in its inbox, runs it in ONE
   transaction and commits once, then resolves each caller's future.  Many
   concurrent HTTP requests therefore share one fsync, and a caller only hears
-  "done" after its data is on disk (``synchronous=FULL`` by default).
+  "done" after its data is on disk (``synchronous=FULL`` by default).  The writes
+  an event loop makes in one iteration reach the thread as one inbox item
+  (:meth:`GroupCommitWriter.submit_soon`): one wake-up per iteration, not per write.
 * **Reads on their own connection** (one reader thread), so stats and DLQ
   listings never wait behind writes; WAL gives them a consistent snapshot.
 * **Indexes that keep a million-row backlog cheap.**  A row is *ready*,
@@ -237,7 +239,10 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         writer, reader = self._writer, self._reader
         self._writer = self._reader = None
         if writer is not None:
-            writer.stop()  # queued behind every pending write, so those finish first
+            # This iteration's writes go in first; stop is queued behind every pending
+            # write, so those finish first.
+            writer.flush(asyncio.get_running_loop())
+            writer.stop()
             await asyncio.get_running_loop().run_in_executor(None, writer.join)
         if reader is not None:
             await reader.close()
@@ -260,7 +265,8 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
             raise StorageUnavailable("the outbox is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        writer.submit(WriteOp(fn, loop, future, merge, data))
+        # With the other writes of this loop iteration: one hand-off to the writer for all.
+        writer.submit_soon(WriteOp(fn, loop, future, merge, data))
         return await future
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -173,10 +173,19 @@ class GroupCommitWriter(threading.Thread):
         self._busy_timeout = busy_timeout
         self._turn_file = turn_file
         self._turn_fd: int | None = None
-        self._inbox: queue.SimpleQueue[WriteOp | object] = queue.SimpleQueue()
+        # An item is one WriteOp, a list of them (one event-loop iteration's writes, see
+        # submit_soon) or _STOP.
+        self._inbox: queue.SimpleQueue[WriteOp | list[WriteOp] | object] = queue.SimpleQueue()
         # Guards _closing together with the inbox: once _STOP is in, nothing follows it.
         self._gate = threading.Lock()
         self._closing = False
+        # The writes each event loop submitted in its current iteration (submit_soon),
+        # handed over as one inbox item when the loop runs flush; only that loop's
+        # thread touches its own entry.
+        self._batches: dict[asyncio.AbstractEventLoop, list[WriteOp]] = {}
+        # What the writer thread took from the inbox but did not fit in the group
+        # (max_group): the next group starts with it.  The writer thread's alone.
+        self._carry: list[WriteOp] = []
         self.ready: ThreadFuture[None] = ThreadFuture()
         self.commits = 0
         self.operations = 0
@@ -187,6 +196,38 @@ class GroupCommitWriter(threading.Thread):
             if self._closing:
                 raise StorageUnavailable("the outbox is closing")
             self._inbox.put(op)
+
+    def submit_soon(self, op: WriteOp) -> None:
+        """Queue a write with the others ``op.loop`` submits in this iteration of its loop:
+        they reach the writer as ONE inbox item when the loop next runs its callbacks
+        (:meth:`flush`, scheduled with ``call_soon`` by the first of them), so a burst of
+        requests costs the writer one wake-up and the gate one lock, not one each.  Only
+        on ``op.loop``'s own thread.  Nothing changes for the caller: ``op.future`` is
+        resolved after the group that carries it commits, or fails as :meth:`submit`'s
+        would (:class:`StorageUnavailable` if the writer is stopping by then)."""
+        if self._closing:
+            raise StorageUnavailable("the outbox is closing")
+        loop = op.loop
+        batch = self._batches.get(loop)
+        if batch is None:
+            self._batches[loop] = [op]
+            loop.call_soon(self.flush, loop)
+        else:
+            batch.append(op)
+
+    def flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hand ``loop``'s writes of :meth:`submit_soon` to the writer now (on ``loop``'s
+        thread); each fails with :class:`StorageUnavailable` if the writer is stopping."""
+        batch = self._batches.pop(loop, None)
+        if not batch:
+            return
+        with self._gate:
+            if not self._closing:
+                self._inbox.put(batch)
+                return
+        refused = StorageUnavailable("the outbox is closing")
+        for op in batch:
+            _deliver(op.future, None, refused)
 
     def stop(self) -> None:
         """Refuse new writes; the thread finishes those already queued, then exits."""
@@ -223,25 +264,35 @@ class GroupCommitWriter(threading.Thread):
         leaving its caller waiting forever."""
         with self._gate:
             self._closing = True
+        left, self._carry = self._carry, []
         while True:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                break
             if isinstance(item, WriteOp):
-                self._resolve(item, None, StorageUnavailable("the outbox closed before this write"))
+                left.append(item)
+            elif isinstance(item, list):
+                left.extend(item)
+        for op in left:
+            self._resolve(op, None, StorageUnavailable("the outbox closed before this write"))
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         stopping = False
-        while not stopping:
-            first = self._inbox.get()
-            if first is _STOP:
-                return
-            stopping = self._commit_group(conn, first)  # type: ignore[arg-type]
+        # After the stop mark, what was carried over still runs (it was submitted first).
+        while not stopping or self._carry:
+            if not self._carry:
+                item = self._inbox.get()
+                if item is _STOP:
+                    return
+                self._carry = item if isinstance(item, list) else [item]  # type: ignore[list-item]
+            first, self._carry = self._carry[: self._max_group], self._carry[self._max_group :]
+            stopping = self._commit_group(conn, first) or stopping
 
     def _gather(self, group: list[WriteOp]) -> bool:
-        """Add to ``group`` what waits in the inbox (up to ``max_group``); True when the
-        stop mark was among it (nothing follows it)."""
+        """Add to ``group`` what waits in the inbox (up to ``max_group``; the rest of a
+        list that does not fit is carried to the next group); True when the stop mark
+        was among it (nothing follows it)."""
         while len(group) < self._max_group:
             try:
                 item = self._inbox.get_nowait()
@@ -249,7 +300,12 @@ class GroupCommitWriter(threading.Thread):
                 return False
             if item is _STOP:
                 return True
-            group.append(item)  # type: ignore[arg-type]
+            if isinstance(item, list):
+                room = self._max_group - len(group)
+                group.extend(item[:room])
+                self._carry = item[room:]
+            else:
+                group.append(item)  # type: ignore[arg-type]
         return False
 
     def _begin(self, conn: sqlite3.Connection) -> None:
@@ -295,9 +351,10 @@ class GroupCommitWriter(threading.Thread):
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
-    def _commit_group(self, conn: sqlite3.Connection, first: WriteOp) -> bool:
-        """Commit ``first`` and what waits behind it as one group; True when the stop mark
-        was taken from the inbox (the writer exits after this group).
+    def _commit_group(self, conn: sqlite3.Connection, first: list[WriteOp]) -> bool:
+        """Commit ``first`` (one inbox item, or what was carried over) and what waits
+        behind it as one group; True when the stop mark was taken from the inbox (the
+        writer exits after this group and what is carried over).
 
         The group is gathered once the write lock is held (the turn and ``BEGIN
         IMMEDIATE``), not before: while another process commits, the writes queued
@@ -305,7 +362,7 @@ class GroupCommitWriter(threading.Thread):
         ``serve --workers N`` each turn at the lock carries every request that waited
         for it (gathered first, a group waited for the lock at the size it had when it
         began to wait, and the next group, a small one, waited again)."""
-        group = [first]
+        group = first
         stopping = False
         try:
             with self._turn():
