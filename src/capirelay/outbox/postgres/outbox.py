@@ -73,6 +73,7 @@ from capirelay.outbox.base import (
     RequeueResult,
     StorageUnavailable,
 )
+from capirelay.outbox.postgres._coalesce import EnqueueCoalescer
 from capirelay.outbox.postgres._enqueue import enqueue_keys, enqueue_orders
 from capirelay.outbox.postgres._leases import lock_lease, settle, unlease
 from capirelay.outbox.postgres._operator import PostgresOperatorRecords
@@ -170,6 +171,7 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         self._announced: set[str] = set()
         self._work = asyncio.Event()
         self.listening = False
+        self._coalescer = EnqueueCoalescer(self._enqueue_group)
 
     # ------------------------------------------------------------- lifecycle
 
@@ -280,6 +282,11 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
     # ----------------------------------------------------------------- queue
 
     async def enqueue(self, events: Sequence[NewEvent], *, now: float) -> list[EnqueueStatus]:
+        # The enqueues of one event-loop iteration share one transaction (_coalesce.py).
+        return await self._coalescer.enqueue(events, now)
+
+    async def _enqueue_group(self, events: Sequence[NewEvent], now: float) -> list[EnqueueStatus]:
+        """One transaction for ``events`` (one request's, or a group of them in call order)."""
         if not events:
             return []
         try:
@@ -301,8 +308,8 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             # fault so the others are queued.  Halves in order keep "first occurrence of a
             # key wins" (the second half sees the first half's claims as duplicates).
             middle = len(events) // 2
-            first = await self.enqueue(events[:middle], now=now)
-            return first + await self.enqueue(events[middle:], now=now)
+            first = await self._enqueue_group(events[:middle], now)
+            return first + await self._enqueue_group(events[middle:], now)
         return [
             EnqueueStatus.QUEUED if index in queued else EnqueueStatus.DUPLICATE
             for index in range(len(events))

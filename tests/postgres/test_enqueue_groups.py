@@ -1,0 +1,136 @@
+"""The enqueues of one event-loop iteration share one PostgreSQL transaction
+(capirelay.outbox.postgres._coalesce): one commit for many requests, and for each caller
+exactly what it would have been told alone, only after that commit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+from pg_replicas import OpenReplica
+
+from capirelay.outbox import EnqueueStatus, NewEvent, StorageUnavailable
+from capirelay.outbox.postgres._coalesce import MAX_GROUP_EVENTS, NOW_TOLERANCE
+from waiting import wait_for
+
+T0 = 1_800_000_000.0
+QUEUED, DUPLICATE, REJECTED = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE, EnqueueStatus.REJECTED
+
+
+def event(event_id: str) -> NewEvent:
+    return NewEvent("111", "Purchase", event_id, b"{}", int(T0), T0 + 86400)
+
+
+def _writers(url: str) -> list[str]:
+    """The transaction ids that inserted the queued rows, one per group."""
+    with psycopg.connect(url) as conn:
+        return [r[0] for r in conn.execute("SELECT DISTINCT xmin::text FROM capirelay_queue")]
+
+
+async def test_one_iterations_enqueues_commit_as_one_transaction(
+    open_replica: OpenReplica, postgres_url: str
+) -> None:
+    box = await open_replica(listen=False)
+    before = box._coalescer.groups
+    results = await asyncio.gather(*(box.enqueue([event(f"e{i}")], now=T0) for i in range(20)))
+    assert results == [[QUEUED]] * 20
+    assert box._coalescer.groups == before + 1
+    assert len(_writers(postgres_url)) == 1
+    assert (await box.stats(now=T0)).depth == 20
+
+
+async def test_each_caller_is_told_what_it_would_have_been_told_alone(
+    open_replica: OpenReplica, postgres_url: str
+) -> None:
+    box = await open_replica(listen=False)
+    await box.enqueue([event("old")], now=T0)
+    bad = NewEvent("111", "Purchase", "nul\x00byte", b"{}", int(T0), T0 + 86400)
+    results = await asyncio.gather(
+        box.enqueue([event("a"), event("b")], now=T0),
+        box.enqueue([event("b"), event("c")], now=T0),  # b: the earlier call has it
+        box.enqueue([bad, event("d")], now=T0),  # a value PostgreSQL cannot store
+        box.enqueue([event("old"), event("a")], now=T0),
+    )
+    assert results == [
+        [QUEUED, QUEUED],
+        [DUPLICATE, QUEUED],
+        [REJECTED, QUEUED],
+        [DUPLICATE, DUPLICATE],
+    ]
+    queued = [e.event_id for e in await box.lease("111", limit=50, lease_seconds=30, now=T0)]
+    assert sorted(queued) == ["a", "b", "c", "d", "old"]
+
+
+async def test_calls_far_apart_in_time_or_large_are_not_merged(
+    open_replica: OpenReplica, postgres_url: str
+) -> None:
+    box = await open_replica(listen=False)
+    big = [event(f"big{i}") for i in range(MAX_GROUP_EVENTS)]
+    results = await asyncio.gather(
+        box.enqueue([event("now")], now=T0),
+        box.enqueue([event("later")], now=T0 + NOW_TOLERANCE + 1),
+        box.enqueue(big, now=T0),
+    )
+    assert results == [[QUEUED], [QUEUED], [QUEUED] * MAX_GROUP_EVENTS]
+    assert len(_writers(postgres_url)) == 3
+    with psycopg.connect(postgres_url) as conn:
+        times = dict(
+            conn.execute(
+                "SELECT event_id, queued_at FROM capirelay_queue WHERE event_id IN ('now', 'later')"
+            ).fetchall()
+        )
+    assert times == {"now": T0, "later": T0 + NOW_TOLERANCE + 1}
+
+
+async def test_no_caller_is_answered_before_the_group_commits(
+    open_replica: OpenReplica, postgres_url: str
+) -> None:
+    box = await open_replica(listen=False)
+    # Another transaction holds key "k" (uncommitted): the group's dedup insert waits on it.
+    blocker = psycopg.connect(postgres_url)
+    try:
+        blocker.execute(
+            "INSERT INTO capirelay_dedup (event_id, event_name, pixel_id, seen_at)"
+            " VALUES ('k', 'Purchase', '111', %s)",
+            (T0,),
+        )
+        calls = [asyncio.create_task(box.enqueue([event(n)], now=T0)) for n in ("j", "k", "l")]
+
+        def waiting_on_the_lock() -> bool:
+            with psycopg.connect(postgres_url) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                ).fetchone()
+            return row is not None and row[0] == 1
+
+        await asyncio.to_thread(wait_for, waiting_on_the_lock, 30, what="the group waits")
+        assert not any(call.done() for call in calls)
+        assert _writers(postgres_url) == []  # nothing of the group is visible yet
+        blocker.rollback()  # the key is free again: the group claims it
+    finally:
+        blocker.close()
+    assert [await call for call in calls] == [[QUEUED]] * 3
+    assert len(_writers(postgres_url)) == 1
+
+
+async def test_a_cancelled_caller_leaves_the_others_group_alone(
+    open_replica: OpenReplica,
+) -> None:
+    box = await open_replica(listen=False)
+    calls = [asyncio.create_task(box.enqueue([event(f"e{i}")], now=T0)) for i in range(3)]
+    await asyncio.sleep(0)  # the three have joined the group; it has not run yet
+    calls[1].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await calls[1]
+    assert [await calls[0], await calls[2]] == [[QUEUED], [QUEUED]]
+
+
+async def test_a_failed_group_fails_every_caller(open_replica: OpenReplica) -> None:
+    box = await open_replica(listen=False)
+    await box.close()
+    results = await asyncio.gather(
+        *(box.enqueue([event(f"e{i}")], now=T0) for i in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, StorageUnavailable) for r in results)
