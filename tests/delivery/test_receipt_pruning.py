@@ -7,6 +7,7 @@ import time
 import pytest
 from delivery_data import make_settings
 
+from capirelay.clock import ManualClock
 from capirelay.delivery import DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.metrics import Metrics
@@ -48,3 +49,24 @@ async def test_housekeeping_prunes_old_and_excess_receipts(
         await engine.stop(timeout=2)
     assert not await _known(outbox, "old")
     assert [await _known(outbox, f"new{i}") for i in range(4)] == [False, True, True, True]
+
+
+async def test_the_first_housekeeping_prunes_however_recently_the_machine_booted(
+    emulator: RunningEmulator, outbox: Outbox, token_env: pytest.MonkeyPatch
+) -> None:
+    # The monotonic clock counts from boot: a replica started 5 s after a boot must not
+    # wait out prune_interval_seconds (600) before its first pruning.
+    clock = ManualClock(wall=time.time(), monotonic=5.0)
+    await outbox.record_receipts([dropped("old", clock.time() - 31 * DAY)])
+    settings = make_settings(emulator.url)
+    settings.receipts.retention_days = 30
+    engine = DeliveryEngine(outbox, settings, Metrics(), clock=clock)
+    await engine.start()
+    try:
+
+        async def pruned() -> bool:
+            return not await _known(outbox, "old")
+
+        await wait_for_async(pruned, timeout=10, what="old receipt pruned")
+    finally:
+        await engine.stop(timeout=2)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 
 import httpx
@@ -71,9 +72,12 @@ class DeliveryEngine:
         self._supervisor: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._running = False
-        self._last_stats = 0.0
-        self._last_dedup_expiry = 0.0
-        self._last_receipt_prune = 0.0
+        # The first housekeeping runs every periodic task.  Not 0.0: the monotonic clock
+        # counts from the machine's boot, so a replica started minutes after a boot would
+        # skip its expiry, pruning and gauges until the clock passed each interval.
+        self._last_stats = -math.inf
+        self._last_dedup_expiry = -math.inf
+        self._last_receipt_prune = -math.inf
         self._dlq_reasons: set[str] = set()
 
     # ------------------------------------------------------------------ API
