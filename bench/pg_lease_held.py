@@ -1,4 +1,4 @@
-"""What a PostgreSQL lease costs against how many events other leases of the pixel hold.
+"""What a PostgreSQL lease (and a due-pixel poll) costs against the events other leases hold.
 
 Fills a scratch database with a backlog of one pixel, then holds 0, 2, 4, 8 and 12
 leases of 1,000 events (as replicas times ``max_in_flight`` batches in flight would) and
@@ -8,8 +8,10 @@ median of ``--repeat`` runs per row.
 
 Before migration 0013 a lease checked every ready row it passed against the held ids,
 and the held rows came first in deadline order: its cost grew with the events in
-flight.  To compare with older code, run it with ``PYTHONPATH`` pointing at that code's
-``src``:
+flight.  ``--statement due_pixels`` times every replica's poll for pixels with work
+(``poll_seconds``), ``--statement next_due_at_pixel`` an idle worker's question, against
+the same leases.  To compare with older code, run it with ``PYTHONPATH`` pointing at
+that code's ``src``:
 
     .venv/bin/python bench/pg_lease_held.py
     PYTHONPATH=/tmp/before/src .venv/bin/python bench/pg_lease_held.py
@@ -35,7 +37,10 @@ BATCH = 1000
 HELD = (0, 2, 4, 8, 12)
 
 
-async def measure(url: str, backlog: int, repeat: int) -> list[list[str]]:
+STATEMENTS = ("lease", "due_pixels", "next_due_at_pixel")
+
+
+async def measure(url: str, backlog: int, repeat: int, statement: str) -> list[list[str]]:
     from capirelay.outbox import NewEvent
     from capirelay.outbox.postgres import PostgresOutbox
     from capirelay.outbox.postgres._statements import QUERIES
@@ -55,7 +60,7 @@ async def measure(url: str, backlog: int, repeat: int) -> list[list[str]]:
             )
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
-        sql = QUERIES["lease"]
+        sql = QUERIES[statement]
         rows: list[list[str]] = []
         held = 0
         for target in HELD:
@@ -84,7 +89,8 @@ async def measure(url: str, backlog: int, repeat: int) -> list[list[str]]:
                     assert row is not None
                     times.append(float(row[0][0]["Execution Time"]))
             ms = statistics.median(times)
-            rows.append([f"{target * BATCH:,}", f"{ms:.2f}", f"{ms * 1000 / BATCH:.2f}"])
+            per_event = f"{ms * 1000 / BATCH:.2f}" if statement == "lease" else "-"
+            rows.append([f"{target * BATCH:,}", f"{ms:.3f}", per_event])
         return rows
     finally:
         await box.close()
@@ -94,18 +100,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--backlog", type=int, default=30_000, help="queued events")
     parser.add_argument("--repeat", type=int, default=7, help="timings per row (median)")
+    parser.add_argument("--statement", choices=STATEMENTS, default="lease", help="what to time")
     args = parser.parse_args()
     if args.backlog < (max(HELD) + 1) * BATCH:
         parser.error(f"--backlog must be at least {(max(HELD) + 1) * BATCH}")
     db_name, url = scratch_database()
     try:
-        rows = asyncio.run(measure(url, args.backlog, args.repeat))
+        rows = asyncio.run(measure(url, args.backlog, args.repeat, args.statement))
     finally:
         drop_database(db_name)
     print_table(
-        f"Lease of {BATCH:,} events against the events other leases hold "
+        f"{args.statement} ({BATCH:,} events a lease) against the events other leases hold "
         f"(backlog {args.backlog:,}, median of {args.repeat})",
-        ["events held by active leases", "lease ms", "µs per leased event"],
+        ["events held by active leases", f"{args.statement} ms", "µs per leased event"],
         rows,
     )
 

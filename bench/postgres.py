@@ -518,11 +518,31 @@ def reset_schema(url: str) -> None:
         conn.execute("CREATE SCHEMA public")
 
 
+def scaling_lines(config: Path, pg_url: str, graph_url: str, args: argparse.Namespace) -> None:
+    runs = max(5, args.runs)
+    one, two, one_cpu, two_cpu = replica_scaling(
+        config, pg_url, graph_url, runs=runs, events=scaling_events(args.quick)
+    )
+    print(
+        f"replica scaling, median of {runs} alternating runs: "
+        f"1 replica {one:,.0f} ev/s, 2 replicas {two:,.0f} ev/s"
+    )
+    print(
+        f"database CPU per event while draining, median: "
+        f"1 replica {one_cpu * 1e6:.1f} us, 2 replicas {two_cpu * 1e6:.1f} us"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="20,000 events per scenario")
     parser.add_argument(
         "--runs", type=int, default=5, help="drains per replica count (at least 5), alternating"
+    )
+    parser.add_argument(
+        "--scaling-only",
+        action="store_true",
+        help="only the replica scaling runs (their two lines), e.g. to alternate code versions",
     )
     args = parser.parse_args()
     total_requests = 200 if args.quick else 1000
@@ -543,6 +563,9 @@ def main() -> None:
     ]
     rows: list[list[str]] = []
     try:
+        if args.scaling_only:
+            scaling_lines(config, pg_url, graph_url, args)
+            return
         for name, storage, count in scenarios:
             if storage.startswith("postgresql"):
                 reset_schema(pg_url)
@@ -597,23 +620,12 @@ def main() -> None:
                     [[k, f"{v:,.0f}"] for k, v in STORAGE.items()],
                 )
         assert durable is not None
-        runs = max(5, args.runs)
-        one, two, one_cpu, two_cpu = replica_scaling(
-            config, pg_url, graph_url, runs=runs, events=scaling_events(args.quick)
-        )
         print()
         print(
             f"database CPU per delivered event: {durable[0] * 1e6:.1f} us "
             f"(client wall {durable[1] * 1e6:.1f} us)"
         )
-        print(
-            f"replica scaling, median of {runs} alternating runs: "
-            f"1 replica {one:,.0f} ev/s, 2 replicas {two:,.0f} ev/s"
-        )
-        print(
-            f"database CPU per event while draining, median: "
-            f"1 replica {one_cpu * 1e6:.1f} us, 2 replicas {two_cpu * 1e6:.1f} us"
-        )
+        scaling_lines(config, pg_url, graph_url, args)
     finally:
         drop_database(db_name)
         emulator.send_signal(signal.SIGTERM)

@@ -189,3 +189,71 @@ async def test_upgrade_from_0012_fills_the_spans_of_live_leases(postgres_url: st
         assert await migrate(conn, MIGRATIONS) == [13]
     # A lease whose rows are all gone keeps no span: "anywhere", the safe reading.
     assert _spans(postgres_url) == {"live": (500.0, 700.0), "emptied": (None, None)}
+
+
+# ----------------------------------------------------------------------------------------
+# The polls that ask whether a pixel has work (`due_pixels`, every replica every
+# `poll_seconds`; `next_due_at`, an idle worker) read around the same spans.
+
+
+async def test_a_pixel_whose_ready_rows_are_all_held_is_not_due_until_its_leases_end(
+    open_replica: OpenReplica,
+) -> None:
+    box = await _queue(open_replica, 6)
+    first = await _lease(box, 3)
+    assert await box.due_pixels(now=T0) == ["111"]  # e3..e5 above the span
+    await _lease(box, 3)
+    assert await box.due_pixels(now=T0) == []
+    assert await box.next_due_at("111") == T0 + LEASE
+    # Given back inside the span (e0 and e2 still held around it): due again at once.
+    await box.release([first[1].id], lease_id=first[1].lease_id)
+    assert await box.due_pixels(now=T0) == ["111"]
+    assert await box.next_due_at("111") == T0
+    # Once the leases run out their rows are due to any replica.
+    assert await box.due_pixels(now=T0 + LEASE) == ["111"]
+
+
+async def test_the_polls_check_rows_inside_a_span_against_the_held_ids(
+    open_replica: OpenReplica, postgres_url: str
+) -> None:
+    # Tied deadlines: the one unheld row lies inside the span, between held rows.
+    box = await open_replica(listen=False)
+    await box.enqueue([event(f"e{i}", T0 + DAY + i % 2) for i in range(6)], now=T0)
+    await _lease(box, 5)
+    assert await box.due_pixels(now=T0) == ["111"]
+    assert await box.next_due_at("111") == T0
+    await _lease(box, 5)
+    assert await box.due_pixels(now=T0) == []
+    # A lease written without a span (before 0013) holds its rows anywhere.
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute("UPDATE capirelay_leases SET first_deadline = NULL, last_deadline = NULL")
+    assert await box.due_pixels(now=T0) == []
+    assert await box.next_due_at("111") == T0 + LEASE
+
+
+async def test_the_polls_read_no_held_row_when_the_pixel_has_rows_above_the_span(
+    open_replica: OpenReplica, postgres_url: str
+) -> None:
+    box = await _queue(open_replica, 400)
+    for _ in range(3):
+        await _lease(box, 100)  # 300 held, the earliest deadlines
+    for name, params in (
+        ("due_pixels", {"now": T0}),
+        ("next_due_at_pixel", {"pixel_id": "111"}),
+    ):
+        with psycopg.connect(postgres_url) as conn:
+            conn.execute("SET enable_bitmapscan = off")
+            conn.execute("SET enable_seqscan = off")
+            plan = conn.execute(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES[name]}", params
+            ).fetchone()
+        assert plan is not None
+        ready_rows = sum(  # rows the scans returned and rows their filters dropped
+            (int(node["Actual Rows"]) + int(node.get("Rows Removed by Filter", 0)))
+            * int(node["Actual Loops"])
+            for node in _nodes(plan[0][0]["Plan"])
+            if node.get("Index Name") == "capirelay_queue_ready"
+        )
+        # The loose index scan's first pixel, the next pixel probe (none), and one row
+        # above the span; not the 300 held rows in front of it.
+        assert ready_rows <= 3, (name, ready_rows)

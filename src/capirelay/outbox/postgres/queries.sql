@@ -347,12 +347,18 @@ ORDER BY id;
 -- Pixels with a due event and no hold: a ready row no active lease holds, or a backoff
 -- that ended.  PostgreSQL has no skip scan, so the distinct pixels come from a "loose
 -- index scan" (a recursive CTE that jumps from one pixel to the next through each
--- partial index): O(pixels · log rows), never a scan of the queue.  The ids held by
--- active leases are hashed once (`held`); a pixel's check reads past at most its
--- events in flight.  OFFSET 0 keeps each EXISTS a per-pixel subplan that stops at its
--- first row: PostgreSQL would otherwise turn it into a join, and on stale statistics (a
--- backlog that built up since the last ANALYZE looks small) hash every ready row of
--- the queue on each poll of each replica (measured: 32,000 rows, 42 ms a poll).
+-- partial index): O(pixels · log rows), never a scan of the queue.  Every replica runs
+-- this every `poll_seconds`, while its own and the other replicas' leases are in flight,
+-- and the rows they hold are the pixel's earliest deadlines: the first ready rows in
+-- index order.  So, as the lease does (0013), a pixel's check reads around its active
+-- leases' deadline span: a ready row below or above it is held by no lease (one index
+-- probe each), and only a pixel whose every ready row lies inside the span has its rows
+-- checked against the held ids (hashed once, `held`), which passes its rows in flight.
+-- OFFSET 0 keeps each EXISTS a per-pixel subplan that stops at its first row: PostgreSQL
+-- would otherwise turn it into a join, and on stale statistics (a backlog that built up
+-- since the last ANALYZE looks small) hash every ready row of the queue on each poll of
+-- each replica (measured: 32,000 rows, 42 ms a poll).  OR evaluates its arms in order
+-- and stops at the first true one.
 WITH RECURSIVE ready AS (
     (SELECT pixel_id FROM capirelay_queue WHERE state = 0 ORDER BY pixel_id LIMIT 1)
     UNION ALL
@@ -372,10 +378,31 @@ held AS (
 ),
 candidates AS (
     SELECT r.pixel_id FROM ready AS r
-    WHERE r.pixel_id IS NOT NULL AND EXISTS (
-        SELECT 1 FROM capirelay_queue AS q
-        WHERE q.pixel_id = r.pixel_id AND q.state = 0 AND q.id NOT IN (SELECT id FROM held)
-        OFFSET 0
+    CROSS JOIN LATERAL (
+        -- No active lease: an empty span above every deadline (the first arm finds any
+        -- ready row).  A lease without a span (before 0013) spans everything.
+        SELECT COALESCE(min(COALESCE(l.first_deadline, '-Infinity')), 'Infinity') AS lo,
+               COALESCE(max(COALESCE(l.last_deadline, 'Infinity')), 'Infinity') AS hi
+        FROM capirelay_leases AS l WHERE l.pixel_id = r.pixel_id AND l.until > %(now)s
+    ) AS span
+    WHERE r.pixel_id IS NOT NULL AND (
+        EXISTS (
+            SELECT 1 FROM capirelay_queue AS q
+            WHERE q.pixel_id = r.pixel_id AND q.state = 0 AND q.deadline < span.lo
+            OFFSET 0
+        )
+        OR EXISTS (
+            SELECT 1 FROM capirelay_queue AS q
+            WHERE q.pixel_id = r.pixel_id AND q.state = 0 AND q.deadline > span.hi
+            OFFSET 0
+        )
+        OR EXISTS (
+            SELECT 1 FROM capirelay_queue AS q
+            WHERE q.pixel_id = r.pixel_id AND q.state = 0
+              AND q.deadline >= span.lo AND q.deadline <= span.hi
+              AND q.id NOT IN (SELECT id FROM held)
+            OFFSET 0
+        )
     )
     UNION
     SELECT r.pixel_id FROM not_ready AS r
@@ -395,15 +422,33 @@ ORDER BY c.pixel_id;
 -- name: next_due_at_pixel
 -- A ready row no lease holds is due already (its queued_at is a moment at or before
 -- "now"); otherwise the earliest backoff or lease end (a lease that ran out ended in the
--- past: its rows are due).  A hold on the pixel postpones it.
+-- past: its rows are due).  A hold on the pixel postpones it.  The unheld ready row is
+-- looked for around the pixel's leases' deadline span, as in `due_pixels` (COALESCE
+-- stops at its first non-NULL argument): below it, above it, and only then inside it
+-- against the held ids.  Every lease of the pixel counts here, lapsed ones too (their
+-- `until` is the answer then).
+WITH span AS (
+    SELECT COALESCE(min(COALESCE(first_deadline, '-Infinity')), 'Infinity') AS lo,
+           COALESCE(max(COALESCE(last_deadline, 'Infinity')), 'Infinity') AS hi
+    FROM capirelay_leases WHERE pixel_id = %(pixel_id)s
+)
 SELECT CASE WHEN due IS NULL THEN NULL ELSE GREATEST(due, hold_until) END
 FROM (
     SELECT LEAST(
-        (SELECT queued_at FROM capirelay_queue
-         WHERE pixel_id = %(pixel_id)s AND state = 0
-           AND id NOT IN (SELECT unnest(ids) FROM capirelay_leases
-                          WHERE pixel_id = %(pixel_id)s)
-         LIMIT 1),
+        COALESCE(
+            (SELECT queued_at FROM capirelay_queue
+             WHERE pixel_id = %(pixel_id)s AND state = 0 AND deadline < (SELECT lo FROM span)
+             LIMIT 1),
+            (SELECT queued_at FROM capirelay_queue
+             WHERE pixel_id = %(pixel_id)s AND state = 0 AND deadline > (SELECT hi FROM span)
+             LIMIT 1),
+            (SELECT queued_at FROM capirelay_queue
+             WHERE pixel_id = %(pixel_id)s AND state = 0
+               AND deadline >= (SELECT lo FROM span) AND deadline <= (SELECT hi FROM span)
+               AND id NOT IN (SELECT unnest(ids) FROM capirelay_leases
+                              WHERE pixel_id = %(pixel_id)s)
+             LIMIT 1)
+        ),
         (SELECT min(available_at) FROM capirelay_queue
          WHERE pixel_id = %(pixel_id)s AND state > 0),
         (SELECT min(until) FROM capirelay_leases WHERE pixel_id = %(pixel_id)s)
