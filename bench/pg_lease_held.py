@@ -10,7 +10,8 @@ Before migration 0013 a lease checked every ready row it passed against the held
 and the held rows came first in deadline order: its cost grew with the events in
 flight.  ``--statement due_pixels`` times every replica's poll for pixels with work
 (``poll_seconds``), ``--statement next_due_at_pixel`` an idle worker's question, against
-the same leases.  To compare with older code, run it with ``PYTHONPATH`` pointing at
+the same leases; ``--tied`` gives every event one deadline (as a busy second does:
+deadlines are whole seconds).  To compare with older code, run it with ``PYTHONPATH`` pointing at
 that code's ``src``:
 
     .venv/bin/python bench/pg_lease_held.py
@@ -40,7 +41,9 @@ HELD = (0, 2, 4, 8, 12)
 STATEMENTS = ("lease", "due_pixels", "next_due_at_pixel")
 
 
-async def measure(url: str, backlog: int, repeat: int, statement: str) -> list[list[str]]:
+async def measure(
+    url: str, backlog: int, repeat: int, statement: str, tied: bool
+) -> list[list[str]]:
     from capirelay.outbox import NewEvent
     from capirelay.outbox.postgres import PostgresOutbox
     from capirelay.outbox.postgres._statements import QUERIES
@@ -53,7 +56,9 @@ async def measure(url: str, backlog: int, repeat: int, statement: str) -> list[l
         for start in range(0, backlog, BATCH):
             await box.enqueue(
                 [
-                    NewEvent(PIXEL, "Purchase", f"e{i}", b"{}", int(T0), T0 + 86400 + i)
+                    NewEvent(
+                        PIXEL, "Purchase", f"e{i}", b"{}", int(T0), T0 + 86400 + (0 if tied else i)
+                    )
                     for i in range(start, start + BATCH)
                 ],
                 now=T0,
@@ -101,17 +106,23 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=30_000, help="queued events")
     parser.add_argument("--repeat", type=int, default=7, help="timings per row (median)")
     parser.add_argument("--statement", choices=STATEMENTS, default="lease", help="what to time")
+    parser.add_argument(
+        "--tied",
+        action="store_true",
+        help="every event with the same deadline, as every event of one second has",
+    )
     args = parser.parse_args()
     if args.backlog < (max(HELD) + 1) * BATCH:
         parser.error(f"--backlog must be at least {(max(HELD) + 1) * BATCH}")
     db_name, url = scratch_database()
     try:
-        rows = asyncio.run(measure(url, args.backlog, args.repeat, args.statement))
+        rows = asyncio.run(measure(url, args.backlog, args.repeat, args.statement, args.tied))
     finally:
         drop_database(db_name)
     print_table(
         f"{args.statement} ({BATCH:,} events a lease) against the events other leases hold "
-        f"(backlog {args.backlog:,}, median of {args.repeat})",
+        f"(backlog {args.backlog:,}{', one deadline' if args.tied else ''}, "
+        f"median of {args.repeat})",
         ["events held by active leases", f"{args.statement} ms", "µs per leased event"],
         rows,
     )

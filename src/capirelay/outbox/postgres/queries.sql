@@ -107,22 +107,28 @@ FOR UPDATE;
 SELECT 1 FROM capirelay_leases WHERE lease_id = %(lease_id)s FOR UPDATE;
 
 -- name: lease
--- Lease up to `limit` ready rows of one pixel, earliest deadline first, straight off the
--- partial index capirelay_queue_ready, leaving out the ids the pixel's active leases
--- hold.  The rows are read, not written: the lease is ONE row of capirelay_leases
--- (migration 0010) naming them, until `lease_until`, with the deadline span of what it
--- took (0013).  Runs after `lock_pixel` and `lock_lapsed_leases` in the same
+-- Lease up to `limit` ready rows of one pixel, earliest deadline first (ties by id),
+-- straight off the partial index capirelay_queue_ready, leaving out the ids the pixel's
+-- active leases hold.  The rows are read, not written: the lease is ONE row of
+-- capirelay_leases (migration 0010) naming them, until `lease_until`, with the span of
+-- what it took (0013, 0014).  Runs after `lock_pixel` and `lock_lapsed_leases` in the same
 -- transaction, so no other lease of the pixel runs meanwhile, and no settle of a lease
 -- it may take rows from.  Settles of active leases may run: their rows are left out
 -- whatever they do to them.  A lease that ran out no longer leaves its ids out; taking
 -- one of them removes it from that lapsed lease (its old holder cannot settle it any
 -- more), and `sweep_leases` then drops lapsed leases that hold nothing.
 --
--- Where it reads (0013): the active leases' ids all have deadlines inside [lo, hi], the
--- union of their spans.  Ready rows below lo or above hi are held by none of them and
--- are read with no check; inside the span each row is checked against the held ids (a
+-- Where it reads (0013, 0014): a lease's span runs from its first row's (deadline, id)
+-- to its last row's, and the active leases' ids all lie inside [lo, hi], the union of
+-- their spans.  The id breaks ties: a deadline is event_time + 7 days in whole seconds,
+-- so a busy pixel's leases share deadlines, and spans of deadlines alone would cover
+-- the whole backlog.  Ready rows below lo or above hi are held by none of them and are
+-- read with no check; inside the span each row is checked against the held ids (a
 -- hashed NOT IN, a heap visit per held row passed).  The parts, in order, until `limit`:
---   1. below the span: the earliest deadlines of all;
+--   1. below the span: the earliest deadlines of all (two index scans: deadlines below
+--      lo's, then lo's deadline with ids below lo's.  One row comparison would do, but
+--      as an upper bound a B-tree scan stops on its first column only, and would read
+--      every row of lo's deadline: with ties, the whole second's backlog);
 --   2. inside the span, due before `urgent_before`: rows given back or retried while
 --      other leases are in flight, whose deadline is close (strict EDF where it counts);
 --   3. above the span;
@@ -131,7 +137,8 @@ SELECT 1 FROM capirelay_leases WHERE lease_id = %(lease_id)s FOR UPDATE;
 -- settle (a batch's round trip; `lease_seconds` if their holder died), or until parts 1
 -- and 3 are empty, or until its deadline is within `urgent_before`: whichever is first.
 -- A lease with no recorded span (NULL: written before 0013) spans everything, so every
--- row is checked, as before 0013.
+-- row is checked, as before 0013; one with deadlines but no ids (written by 0013's code)
+-- spans its whole first and last deadlines.
 -- Holds (capirelay_pixel_state): while one is running, no replica leases the pixel.
 -- When a 'breaker' hold has run out, exactly one replica gets to send the next batch
 -- (the probe): `probe` re-arms the hold, and the row lock it takes makes concurrent
@@ -157,65 +164,85 @@ gate AS (
       )
 ),
 active AS (
-    SELECT ids, first_deadline, last_deadline FROM capirelay_leases
+    SELECT ids, COALESCE(first_deadline, '-Infinity') AS first_deadline,
+           COALESCE(first_id, 0) AS first_id,
+           COALESCE(last_deadline, 'Infinity') AS last_deadline,
+           COALESCE(last_id, 9223372036854775807) AS last_id
+    FROM capirelay_leases
     WHERE pixel_id = %(pixel_id)s AND until > %(now)s
 ),
 span AS (
     -- No active lease: an empty span above every deadline (part 1 reads everything).
-    SELECT COALESCE(min(COALESCE(first_deadline, '-Infinity')), 'Infinity') AS lo,
-           COALESCE(max(COALESCE(last_deadline, 'Infinity')), 'Infinity') AS hi
-    FROM active
+    SELECT COALESCE(lo.d, 'Infinity') AS lo_d, COALESCE(lo.i, 0) AS lo_i,
+           COALESCE(hi.d, 'Infinity') AS hi_d, COALESCE(hi.i, 9223372036854775807) AS hi_i
+    FROM (SELECT 1) AS one
+    LEFT JOIN (SELECT first_deadline AS d, first_id AS i FROM active
+               ORDER BY first_deadline, first_id LIMIT 1) AS lo ON true
+    LEFT JOIN (SELECT last_deadline AS d, last_id AS i FROM active
+               ORDER BY last_deadline DESC, last_id DESC LIMIT 1) AS hi ON true
 ),
 held AS (
     SELECT unnest(ids) AS id FROM active
 ),
 picked AS (
     -- Scalar subqueries, not a join with `span`: each part is then an index range scan
-    -- in deadline order that stops at `limit`, and a part that is not reached (the
+    -- in (deadline, id) order that stops at `limit`, and a part that is not reached (the
     -- Append stops when the LIMIT is met) is never read, `held` never hashed.
     SELECT * FROM (
         (SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
                 test_event_code, queued_at
          FROM capirelay_queue
          WHERE pixel_id = %(pixel_id)s AND state = 0 AND EXISTS (SELECT 1 FROM gate)
-           AND deadline < (SELECT lo FROM span)
-         ORDER BY deadline
+           AND deadline < (SELECT lo_d FROM span)
+         ORDER BY deadline, id
          LIMIT %(limit)s)
         UNION ALL
         (SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
                 test_event_code, queued_at
          FROM capirelay_queue
          WHERE pixel_id = %(pixel_id)s AND state = 0 AND EXISTS (SELECT 1 FROM gate)
-           AND deadline >= (SELECT lo FROM span) AND deadline <= (SELECT hi FROM span)
+           AND deadline = (SELECT lo_d FROM span) AND id < (SELECT lo_i FROM span)
+         ORDER BY deadline, id
+         LIMIT %(limit)s)
+        UNION ALL
+        (SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
+                test_event_code, queued_at
+         FROM capirelay_queue
+         WHERE pixel_id = %(pixel_id)s AND state = 0 AND EXISTS (SELECT 1 FROM gate)
+           AND (deadline, id) >= ((SELECT lo_d FROM span), (SELECT lo_i FROM span))
+           AND (deadline, id) <= ((SELECT hi_d FROM span), (SELECT hi_i FROM span))
            AND deadline < %(urgent_before)s
            AND id NOT IN (SELECT id FROM held)
-         ORDER BY deadline
+         ORDER BY deadline, id
          LIMIT %(limit)s)
         UNION ALL
         (SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
                 test_event_code, queued_at
          FROM capirelay_queue
          WHERE pixel_id = %(pixel_id)s AND state = 0 AND EXISTS (SELECT 1 FROM gate)
-           AND deadline > (SELECT hi FROM span)
-         ORDER BY deadline
+           AND (deadline, id) > ((SELECT hi_d FROM span), (SELECT hi_i FROM span))
+         ORDER BY deadline, id
          LIMIT %(limit)s)
         UNION ALL
         (SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
                 test_event_code, queued_at
          FROM capirelay_queue
          WHERE pixel_id = %(pixel_id)s AND state = 0 AND EXISTS (SELECT 1 FROM gate)
-           AND deadline >= (SELECT lo FROM span) AND deadline <= (SELECT hi FROM span)
+           AND (deadline, id) >= ((SELECT lo_d FROM span), (SELECT lo_i FROM span))
+           AND (deadline, id) <= ((SELECT hi_d FROM span), (SELECT hi_i FROM span))
            AND deadline >= %(urgent_before)s
            AND id NOT IN (SELECT id FROM held)
-         ORDER BY deadline
+         ORDER BY deadline, id
          LIMIT %(limit)s)
     ) AS parts
     LIMIT %(limit)s
 ),
 taken AS (
-    SELECT array_agg(id ORDER BY id) AS ids, min(deadline) AS first_deadline,
-           max(deadline) AS last_deadline
-    FROM picked
+    SELECT (SELECT array_agg(id ORDER BY id) FROM picked) AS ids,
+           first.deadline AS first_deadline, first.id AS first_id,
+           last.deadline AS last_deadline, last.id AS last_id
+    FROM (SELECT deadline, id FROM picked ORDER BY deadline, id LIMIT 1) AS first,
+         (SELECT deadline, id FROM picked ORDER BY deadline DESC, id DESC LIMIT 1) AS last
 ),
 retaken AS (
     UPDATE capirelay_leases AS l
@@ -226,9 +253,9 @@ retaken AS (
 ),
 granted AS (
     INSERT INTO capirelay_leases (lease_id, pixel_id, owner, until, ids, first_deadline,
-                                  last_deadline)
+                                  last_deadline, first_id, last_id)
     SELECT %(lease_id)s, %(pixel_id)s, %(owner)s, %(lease_until)s, t.ids, t.first_deadline,
-           t.last_deadline
+           t.last_deadline, t.first_id, t.last_id
     FROM taken AS t WHERE t.ids IS NOT NULL
 )
 SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, attempts,
@@ -350,10 +377,11 @@ ORDER BY id;
 -- partial index): O(pixels · log rows), never a scan of the queue.  Every replica runs
 -- this every `poll_seconds`, while its own and the other replicas' leases are in flight,
 -- and the rows they hold are the pixel's earliest deadlines: the first ready rows in
--- index order.  So, as the lease does (0013), a pixel's check reads around its active
--- leases' deadline span: a ready row below or above it is held by no lease (one index
--- probe each), and only a pixel whose every ready row lies inside the span has its rows
--- checked against the held ids (hashed once, `held`), which passes its rows in flight.
+-- index order.  So, as the lease does (0013, 0014), a pixel's check reads around its
+-- active leases' span: a ready row below or above it is held by no lease (an index
+-- probe each; below is two, see `lease`), and only a pixel whose every ready row lies
+-- inside the span has its rows checked against the held ids (hashed once, `held`),
+-- which passes its rows in flight.
 -- OFFSET 0 keeps each EXISTS a per-pixel subplan that stops at its first row: PostgreSQL
 -- would otherwise turn it into a join, and on stale statistics (a backlog that built up
 -- since the last ANALYZE looks small) hash every ready row of the queue on each poll of
@@ -379,27 +407,46 @@ held AS (
 candidates AS (
     SELECT r.pixel_id FROM ready AS r
     CROSS JOIN LATERAL (
-        -- No active lease: an empty span above every deadline (the first arm finds any
-        -- ready row).  A lease without a span (before 0013) spans everything.
-        SELECT COALESCE(min(COALESCE(l.first_deadline, '-Infinity')), 'Infinity') AS lo,
-               COALESCE(max(COALESCE(l.last_deadline, 'Infinity')), 'Infinity') AS hi
-        FROM capirelay_leases AS l WHERE l.pixel_id = r.pixel_id AND l.until > %(now)s
+        -- The pixel's span as in `lease`.  No active lease: an empty span above every
+        -- deadline (the first arm finds any ready row).
+        SELECT COALESCE(lo.d, 'Infinity') AS lo_d, COALESCE(lo.i, 0) AS lo_i,
+               COALESCE(hi.d, 'Infinity') AS hi_d, COALESCE(hi.i, 9223372036854775807) AS hi_i
+        FROM (SELECT 1) AS one
+        LEFT JOIN LATERAL (
+            SELECT COALESCE(l.first_deadline, '-Infinity') AS d, COALESCE(l.first_id, 0) AS i
+            FROM capirelay_leases AS l WHERE l.pixel_id = r.pixel_id AND l.until > %(now)s
+            ORDER BY 1, 2 LIMIT 1
+        ) AS lo ON true
+        LEFT JOIN LATERAL (
+            SELECT COALESCE(l.last_deadline, 'Infinity') AS d,
+                   COALESCE(l.last_id, 9223372036854775807) AS i
+            FROM capirelay_leases AS l WHERE l.pixel_id = r.pixel_id AND l.until > %(now)s
+            ORDER BY 1 DESC, 2 DESC LIMIT 1
+        ) AS hi ON true
     ) AS span
     WHERE r.pixel_id IS NOT NULL AND (
         EXISTS (
             SELECT 1 FROM capirelay_queue AS q
-            WHERE q.pixel_id = r.pixel_id AND q.state = 0 AND q.deadline < span.lo
-            OFFSET 0
-        )
-        OR EXISTS (
-            SELECT 1 FROM capirelay_queue AS q
-            WHERE q.pixel_id = r.pixel_id AND q.state = 0 AND q.deadline > span.hi
+            WHERE q.pixel_id = r.pixel_id AND q.state = 0 AND q.deadline < span.lo_d
             OFFSET 0
         )
         OR EXISTS (
             SELECT 1 FROM capirelay_queue AS q
             WHERE q.pixel_id = r.pixel_id AND q.state = 0
-              AND q.deadline >= span.lo AND q.deadline <= span.hi
+              AND q.deadline = span.lo_d AND q.id < span.lo_i
+            OFFSET 0
+        )
+        OR EXISTS (
+            SELECT 1 FROM capirelay_queue AS q
+            WHERE q.pixel_id = r.pixel_id AND q.state = 0
+              AND (q.deadline, q.id) > (span.hi_d, span.hi_i)
+            OFFSET 0
+        )
+        OR EXISTS (
+            SELECT 1 FROM capirelay_queue AS q
+            WHERE q.pixel_id = r.pixel_id AND q.state = 0
+              AND (q.deadline, q.id) >= (span.lo_d, span.lo_i)
+              AND (q.deadline, q.id) <= (span.hi_d, span.hi_i)
               AND q.id NOT IN (SELECT id FROM held)
             OFFSET 0
         )
@@ -427,26 +474,42 @@ ORDER BY c.pixel_id;
 -- stops at its first non-NULL argument): below it, above it, and only then inside it
 -- against the held ids.  Every lease of the pixel counts here, lapsed ones too (their
 -- `until` is the answer then).
-WITH span AS (
-    SELECT COALESCE(min(COALESCE(first_deadline, '-Infinity')), 'Infinity') AS lo,
-           COALESCE(max(COALESCE(last_deadline, 'Infinity')), 'Infinity') AS hi
+WITH leases AS (
+    SELECT ids, COALESCE(first_deadline, '-Infinity') AS first_deadline,
+           COALESCE(first_id, 0) AS first_id,
+           COALESCE(last_deadline, 'Infinity') AS last_deadline,
+           COALESCE(last_id, 9223372036854775807) AS last_id
     FROM capirelay_leases WHERE pixel_id = %(pixel_id)s
+),
+span AS (
+    SELECT COALESCE(lo.d, 'Infinity') AS lo_d, COALESCE(lo.i, 0) AS lo_i,
+           COALESCE(hi.d, 'Infinity') AS hi_d, COALESCE(hi.i, 9223372036854775807) AS hi_i
+    FROM (SELECT 1) AS one
+    LEFT JOIN (SELECT first_deadline AS d, first_id AS i FROM leases
+               ORDER BY first_deadline, first_id LIMIT 1) AS lo ON true
+    LEFT JOIN (SELECT last_deadline AS d, last_id AS i FROM leases
+               ORDER BY last_deadline DESC, last_id DESC LIMIT 1) AS hi ON true
 )
 SELECT CASE WHEN due IS NULL THEN NULL ELSE GREATEST(due, hold_until) END
 FROM (
     SELECT LEAST(
         COALESCE(
             (SELECT queued_at FROM capirelay_queue
-             WHERE pixel_id = %(pixel_id)s AND state = 0 AND deadline < (SELECT lo FROM span)
-             LIMIT 1),
-            (SELECT queued_at FROM capirelay_queue
-             WHERE pixel_id = %(pixel_id)s AND state = 0 AND deadline > (SELECT hi FROM span)
+             WHERE pixel_id = %(pixel_id)s AND state = 0 AND deadline < (SELECT lo_d FROM span)
              LIMIT 1),
             (SELECT queued_at FROM capirelay_queue
              WHERE pixel_id = %(pixel_id)s AND state = 0
-               AND deadline >= (SELECT lo FROM span) AND deadline <= (SELECT hi FROM span)
-               AND id NOT IN (SELECT unnest(ids) FROM capirelay_leases
-                              WHERE pixel_id = %(pixel_id)s)
+               AND deadline = (SELECT lo_d FROM span) AND id < (SELECT lo_i FROM span)
+             LIMIT 1),
+            (SELECT queued_at FROM capirelay_queue
+             WHERE pixel_id = %(pixel_id)s AND state = 0
+               AND (deadline, id) > ((SELECT hi_d FROM span), (SELECT hi_i FROM span))
+             LIMIT 1),
+            (SELECT queued_at FROM capirelay_queue
+             WHERE pixel_id = %(pixel_id)s AND state = 0
+               AND (deadline, id) >= ((SELECT lo_d FROM span), (SELECT lo_i FROM span))
+               AND (deadline, id) <= ((SELECT hi_d FROM span), (SELECT hi_i FROM span))
+               AND id NOT IN (SELECT unnest(ids) FROM leases)
              LIMIT 1)
         ),
         (SELECT min(available_at) FROM capirelay_queue
