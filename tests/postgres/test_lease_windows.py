@@ -316,7 +316,7 @@ async def test_upgrade_from_0013_orders_the_ready_index_by_id_and_keeps_live_lea
             " first_deadline, last_deadline) VALUES ('live', '111', NULL, 2e9, '{1,3}', 500, 500)"
         )
     async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        assert await migrate(conn, MIGRATIONS) == [14]
+        assert await migrate(conn, tuple(m for m in MIGRATIONS if m.version <= 14)) == [14]
     with psycopg.connect(postgres_url) as conn:
         definition = conn.execute(
             "SELECT pg_get_indexdef('capirelay_queue_ready'::regclass)"

@@ -43,6 +43,8 @@ TABLES = {
     "capirelay_receipt_batches",
     # 0010: leases, one row per lease
     "capirelay_leases",
+    # 0015: queue statistics shared between replicas
+    "capirelay_queue_stats",
 }
 
 

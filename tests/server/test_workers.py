@@ -183,7 +183,13 @@ def test_dedup_is_exact_across_workers_and_metrics_add_up(gateway: Gateway) -> N
 
     queued = _queued_ids(gateway.storage)
     assert sorted(queued) == sorted([event["event_id"], *unique])
-    # Any worker's /metrics answers for all of them.
+    # Any worker's /metrics answers for all of them.  The queue depth gauge may be up to
+    # 5 s old on PostgreSQL (the replicas share one count of the queue, docs/postgres.md).
+    wait_for(
+        lambda: _metric_total(gateway.url, "capirelay_queue_depth") == 61,
+        timeout=30,
+        what="the queue depth gauge counts the 61 queued events",
+    )
     for _ in range(4):
         assert _metric_total(gateway.url, "capirelay_events_accepted_total") == 61
         assert _metric_total(gateway.url, "capirelay_events_duplicate_total") == senders - 1

@@ -224,7 +224,7 @@ class DeliveryEngine:
         mono = self._clock.monotonic()
         if mono - self._last_stats >= STATS_INTERVAL:
             self._last_stats = mono
-            await self.refresh_gauges()
+            await self.refresh_gauges(max_age=STATS_INTERVAL)
         if mono - self._last_dedup_expiry >= DEDUP_EXPIRY_INTERVAL:
             self._last_dedup_expiry = mono
             await self._outbox.expire_dedup(now=now)
@@ -242,10 +242,11 @@ class DeliveryEngine:
                 now=now, retention_seconds=retention, cap=receipts.max_receipts
             )
 
-    async def refresh_gauges(self) -> None:
-        """Queue depth, oldest age, time to the nearest deadline and DLQ size, from the outbox."""
+    async def refresh_gauges(self, *, max_age: float = 0.0) -> None:
+        """Queue depth, oldest age, time to the nearest deadline and DLQ size, from the outbox
+        (figures up to ``max_age`` seconds old will do: see :meth:`Outbox.stats`)."""
         now = self._clock.time()
-        stats = await self._outbox.stats(now=now)
+        stats = await self._outbox.stats(now=now, max_age=max_age)
         for pixel_id in {*self._workers, *stats.depth_by_pixel}:
             self._metrics.queue_depth.labels(pixel_id).set(stats.depth_by_pixel.get(pixel_id, 0))
         oldest = stats.oldest_queued_at

@@ -378,8 +378,13 @@ class OutboxCore(abc.ABC):
         """When the next queued event (of a pixel, or of any) becomes due."""
 
     @abc.abstractmethod
-    async def stats(self, *, now: float) -> QueueStats:
-        """Queue depth, ages and DLQ size for /metrics, /readyz and the dashboard."""
+    async def stats(self, *, now: float, max_age: float = 0.0) -> QueueStats:
+        """Queue depth, ages and DLQ size for /metrics, /readyz and the dashboard.
+
+        ``max_age`` (seconds): figures that old will do, e.g. for gauges refreshed on an
+        interval.  A backend shared by replicas (PostgreSQL) then computes them on one
+        replica at a time and shares them; the others count their own queue each time.
+        0 (the default) asks for figures as of now."""
 
     @abc.abstractmethod
     async def expire_dedup(self, *, now: float) -> int:

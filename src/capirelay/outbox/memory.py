@@ -281,7 +281,7 @@ class InMemoryOutbox(Outbox, OutboxViews):
         ]
         return min(times) if times else None
 
-    async def stats(self, *, now: float) -> QueueStats:
+    async def stats(self, *, now: float, max_age: float = 0.0) -> QueueStats:
         self._check_open()
         by_pixel: dict[str, list[_Row]] = {}
         for row in self._queue.values():

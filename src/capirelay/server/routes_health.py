@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from starlette.requests import Request
 from starlette.responses import Response
 
+from capirelay.delivery.engine import STATS_INTERVAL
 from capirelay.metrics import CONTENT_TYPE_LATEST, Metrics
 from capirelay.outbox.base import DeadLetterReason, Outbox, QueueStats, StorageUnavailable
 from capirelay.server._commit import recent_write_failure
@@ -57,7 +58,8 @@ async def metrics_text(request: Request) -> Response:
     if outbox is None:
         return error_response(503, "not_started", "the gateway is still starting")
     try:
-        stats = await outbox.stats(now=time.time())
+        # Scrapes of every replica share one count of the queue (PostgreSQL).
+        stats = await outbox.stats(now=time.time(), max_age=STATS_INTERVAL)
     except StorageUnavailable:
         log.warning("metrics scrape: queue statistics unavailable (storage down)")
     else:

@@ -52,7 +52,6 @@ from capirelay.outbox._rows import (
     dead_letter_from_row,
     dlq_filter_values,
     leased_from_row,
-    queue_stats,
     require_purge_target,
 )
 from capirelay.outbox.base import (
@@ -78,6 +77,7 @@ from capirelay.outbox.postgres._enqueue import enqueue_keys, enqueue_orders
 from capirelay.outbox.postgres._leases import lock_lease, settle, unlease
 from capirelay.outbox.postgres._operator import PostgresOperatorRecords
 from capirelay.outbox.postgres._statements import CHANNEL, QUERIES, load_queries
+from capirelay.outbox.postgres._stats import exact_stats, shared_stats
 from capirelay.outbox.postgres.migrate import migrate
 from capirelay.outbox.postgres.receipts import PostgresReceipts, insert_dead_letter_receipts
 from capirelay.tasks import cancel_and_wait
@@ -442,16 +442,13 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             rows = await self._run("next_due_at_pixel", {"pixel_id": pixel_id})
         return rows[0][0] if rows else None
 
-    async def stats(self, *, now: float) -> QueueStats:
-        async def work(conn: AsyncConnection[Any]) -> tuple[list[Any], Any, list[Any]]:
-            async with conn.pipeline():
-                by_pixel = await conn.execute(QUERIES["stats_by_pixel"])
-                oldest = await conn.execute(QUERIES["oldest_queued_at"])
-                by_reason = await conn.execute(QUERIES["dlq_by_reason"])
-            return await by_pixel.fetchall(), await oldest.fetchone(), await by_reason.fetchall()
-
-        pixel_rows, oldest_row, reason_rows = await self._in_transaction(work)
-        return queue_stats(pixel_rows, oldest_row[0] if oldest_row else None, reason_rows)
+    async def stats(self, *, now: float, max_age: float = 0.0) -> QueueStats:
+        # With max_age, shared between replicas: one scan at a time for all (_stats.py).
+        if max_age > 0:
+            return await self._in_transaction(
+                lambda conn: shared_stats(conn, now=now, max_age=max_age)
+            )
+        return await self._in_transaction(exact_stats)
 
     async def expire_dedup(self, *, now: float) -> int:
         params = {"cutoff": now - DEDUP_WINDOW_SECONDS, "chunk": DEDUP_EXPIRY_CHUNK}

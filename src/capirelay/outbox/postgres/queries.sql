@@ -535,6 +535,26 @@ SELECT pixel_id, count(*),
 FROM capirelay_queue
 GROUP BY pixel_id;
 
+-- name: shared_stats
+-- The statistics a replica stored last (migration 0015), if any.
+SELECT computed_at, took_seconds, by_pixel, oldest_queued_at, dlq_by_reason
+FROM capirelay_queue_stats WHERE id = 1;
+
+-- name: stats_turn
+-- Whether this transaction may compute the shared statistics: one replica at a time, and
+-- the others do not wait (they read what is stored).  Per schema, like the lease lock.
+SELECT pg_try_advisory_xact_lock(1818583412, hashtext(current_schema() || ' queue stats'));
+
+-- name: store_stats
+INSERT INTO capirelay_queue_stats AS s
+    (id, computed_at, took_seconds, by_pixel, oldest_queued_at, dlq_by_reason)
+VALUES (1, %(computed_at)s, %(took_seconds)s, %(by_pixel)s::jsonb, %(oldest_queued_at)s,
+        %(dlq_by_reason)s::jsonb)
+ON CONFLICT (id) DO UPDATE
+SET computed_at = excluded.computed_at, took_seconds = excluded.took_seconds,
+    by_pixel = excluded.by_pixel, oldest_queued_at = excluded.oldest_queued_at,
+    dlq_by_reason = excluded.dlq_by_reason;
+
 -- name: oldest_queued_at
 -- Rows are inserted in time order, so the lowest id is the oldest queued row.
 SELECT queued_at FROM capirelay_queue ORDER BY id LIMIT 1;

@@ -421,7 +421,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
 
         return await self._read(run)
 
-    async def stats(self, *, now: float) -> QueueStats:
+    async def stats(self, *, now: float, max_age: float = 0.0) -> QueueStats:
         return await self._read(_queue_stats)
 
     async def expire_dedup(self, *, now: float) -> int:
