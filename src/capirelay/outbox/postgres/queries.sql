@@ -237,12 +237,18 @@ picked AS (
     ) AS parts
     LIMIT %(limit)s
 ),
+bounds AS (
+    SELECT array_agg(id ORDER BY id) AS ids, min(deadline) AS first_deadline,
+           max(deadline) AS last_deadline
+    FROM picked
+),
 taken AS (
-    SELECT (SELECT array_agg(id ORDER BY id) FROM picked) AS ids,
-           first.deadline AS first_deadline, first.id AS first_id,
-           last.deadline AS last_deadline, last.id AS last_id
-    FROM (SELECT deadline, id FROM picked ORDER BY deadline, id LIMIT 1) AS first,
-         (SELECT deadline, id FROM picked ORDER BY deadline DESC, id DESC LIMIT 1) AS last
+    -- The span's ends: the lowest id of the first deadline, the highest of the last (a
+    -- filtered pass each, no sort).
+    SELECT b.ids, b.first_deadline, b.last_deadline,
+           (SELECT min(p.id) FROM picked AS p WHERE p.deadline = b.first_deadline) AS first_id,
+           (SELECT max(p.id) FROM picked AS p WHERE p.deadline = b.last_deadline) AS last_id
+    FROM bounds AS b
 ),
 retaken AS (
     UPDATE capirelay_leases AS l
