@@ -190,18 +190,27 @@ async def test_a_lease_with_rows_to_spare_above_the_span_reads_no_held_row(
     assert _pages(scans) <= 24, _pages(scans)
 
 
+async def _schema_with_three_events(
+    url: str, version: int, deadlines: tuple[float, float, float]
+) -> None:
+    """The schema as migrated up to ``version``, with queue rows 1, 2, 3 ('a', 'b', 'c')
+    of pixel 111 at ``deadlines``, all ready."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await migrate(conn, tuple(m for m in MIGRATIONS if m.version <= version))
+    with psycopg.connect(url, autocommit=True) as conn:
+        for queue_id, (event_id, deadline) in enumerate(zip("abc", deadlines, strict=True), 1):
+            conn.execute(
+                "INSERT INTO capirelay_queue (id, pixel_id, event_name, event_id, payload,"
+                " event_time, deadline, source, queued_at, state, available_at)"
+                " OVERRIDING SYSTEM VALUE"
+                " VALUES (%s, '111', 'Purchase', %s, '{}', 1, %s, 'api', 1, 0, 1)",
+                (queue_id, event_id, deadline),
+            )
+
+
 async def test_upgrade_from_0012_fills_the_spans_of_live_leases(postgres_url: str) -> None:
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        await migrate(conn, tuple(m for m in MIGRATIONS if m.version <= 12))
+    await _schema_with_three_events(postgres_url, 12, (500, 700, 600))
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO capirelay_queue (id, pixel_id, event_name, event_id, payload,"
-            " event_time, deadline, source, queued_at, state, available_at)"
-            " OVERRIDING SYSTEM VALUE VALUES"
-            " (1, '111', 'Purchase', 'a', '\\x7b7d', 1, 500, 'api', 1, 0, 1),"
-            " (2, '111', 'Purchase', 'b', '\\x7b7d', 1, 700, 'api', 1, 0, 1),"
-            " (3, '111', 'Purchase', 'c', '\\x7b7d', 1, 600, 'api', 1, 0, 1)"
-        )
         conn.execute(
             "INSERT INTO capirelay_leases (lease_id, pixel_id, owner, until, ids) VALUES"
             " ('live', '111', NULL, 2e9, '{1,2}'), ('emptied', '111', NULL, 2e9, '{9}')"
@@ -300,17 +309,8 @@ async def test_a_lease_written_by_0013_code_holds_its_rows_among_tied_deadlines(
 async def test_upgrade_from_0013_orders_the_ready_index_by_id_and_keeps_live_leases(
     postgres_url: str,
 ) -> None:
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        await migrate(conn, tuple(m for m in MIGRATIONS if m.version <= 13))
+    await _schema_with_three_events(postgres_url, 13, (500, 500, 500))
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO capirelay_queue (id, pixel_id, event_name, event_id, payload,"
-            " event_time, deadline, source, queued_at, state, available_at)"
-            " OVERRIDING SYSTEM VALUE VALUES"
-            " (1, '111', 'Purchase', 'a', '\\x7b7d', 1, 500, 'api', 1, 0, 1),"
-            " (2, '111', 'Purchase', 'b', '\\x7b7d', 1, 500, 'api', 1, 0, 1),"
-            " (3, '111', 'Purchase', 'c', '\\x7b7d', 1, 500, 'api', 1, 0, 1)"
-        )
         conn.execute(
             "INSERT INTO capirelay_leases (lease_id, pixel_id, owner, until, ids,"
             " first_deadline, last_deadline) VALUES ('live', '111', NULL, 2e9, '{1,3}', 500, 500)"
