@@ -15,7 +15,7 @@ from pg_replicas import OpenReplica
 
 from capirelay.outbox import NewEvent
 from capirelay.outbox.base import DeadLetterReason
-from capirelay.outbox.postgres._stats import STATS_COST_FACTOR
+from capirelay.outbox.postgres._stats import STATS_COST_FACTOR, STATS_MAX_AGE
 
 T0 = 1_800_000_000.0
 DAY = 86400.0
@@ -117,3 +117,27 @@ async def test_a_replica_never_waits_for_another_replicas_count(
         other.rollback()
     assert (await b.stats(now=T0 + 60, max_age=5)).depth == 5
     assert _stored(postgres_url) is not None
+
+
+async def test_figures_stamped_in_a_replicas_future_are_not_served(
+    open_replica: OpenReplica,
+) -> None:
+    # Replica a's clock runs 10 minutes ahead: b must not serve a's figures for 10 minutes.
+    a, b = await open_replica(listen=False), await open_replica(listen=False)
+    await a.enqueue(events("a", 3), now=T0)
+    assert (await a.stats(now=T0 + 600, max_age=5)).depth == 3
+    await b.enqueue(events("b", 7), now=T0)
+    assert (await b.stats(now=T0 + 30, max_age=5)).depth == 10
+
+
+async def test_however_slow_the_count_figures_are_never_served_a_minute_old(
+    open_replica: OpenReplica, postgres_url: str
+) -> None:
+    box = await open_replica(listen=False)
+    await box.enqueue(events("a", 1), now=T0)
+    await box.stats(now=T0, max_age=5)
+    with psycopg.connect(postgres_url) as conn:  # as if that count had taken 30 s
+        conn.execute("UPDATE capirelay_queue_stats SET took_seconds = 30")
+    await box.enqueue(events("b", 1), now=T0)
+    assert (await box.stats(now=T0 + STATS_MAX_AGE - 1, max_age=5)).depth == 1
+    assert (await box.stats(now=T0 + STATS_MAX_AGE + 1, max_age=5)).depth == 2

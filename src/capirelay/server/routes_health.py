@@ -4,7 +4,9 @@ Readiness means both halves of the promise hold: storage answers (an event
 can be durably accepted) and the delivery engine runs (it will be sent).  A
 load balancer should route on ``/readyz`` and a supervisor restart on
 ``/healthz``.  ``/metrics`` refreshes the queue gauges from the outbox on each
-scrape, so they are exact at scrape time rather than sampled.
+scrape: exact at scrape time on SQLite; on PostgreSQL at most 5 s old (a minute
+when counting the queue is slow), one count shared by every replica
+(``capirelay.outbox.postgres._stats``).
 """
 
 from __future__ import annotations

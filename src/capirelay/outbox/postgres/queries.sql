@@ -165,7 +165,7 @@ gate AS (
 ),
 active AS (
     SELECT ids, COALESCE(first_deadline, '-Infinity') AS first_deadline,
-           COALESCE(first_id, 0) AS first_id,
+           COALESCE(first_id, -9223372036854775807) AS first_id,
            COALESCE(last_deadline, 'Infinity') AS last_deadline,
            COALESCE(last_id, 9223372036854775807) AS last_id
     FROM capirelay_leases
@@ -173,7 +173,7 @@ active AS (
 ),
 span AS (
     -- No active lease: an empty span above every deadline (part 1 reads everything).
-    SELECT COALESCE(lo.d, 'Infinity') AS lo_d, COALESCE(lo.i, 0) AS lo_i,
+    SELECT COALESCE(lo.d, 'Infinity') AS lo_d, COALESCE(lo.i, -9223372036854775807) AS lo_i,
            COALESCE(hi.d, 'Infinity') AS hi_d, COALESCE(hi.i, 9223372036854775807) AS hi_i
     FROM (SELECT 1) AS one
     LEFT JOIN (SELECT first_deadline AS d, first_id AS i FROM active
@@ -415,11 +415,13 @@ candidates AS (
     CROSS JOIN LATERAL (
         -- The pixel's span as in `lease`.  No active lease: an empty span above every
         -- deadline (the first arm finds any ready row).
-        SELECT COALESCE(lo.d, 'Infinity') AS lo_d, COALESCE(lo.i, 0) AS lo_i,
+        SELECT COALESCE(lo.d, 'Infinity') AS lo_d,
+               COALESCE(lo.i, -9223372036854775807) AS lo_i,
                COALESCE(hi.d, 'Infinity') AS hi_d, COALESCE(hi.i, 9223372036854775807) AS hi_i
         FROM (SELECT 1) AS one
         LEFT JOIN LATERAL (
-            SELECT COALESCE(l.first_deadline, '-Infinity') AS d, COALESCE(l.first_id, 0) AS i
+            SELECT COALESCE(l.first_deadline, '-Infinity') AS d,
+                   COALESCE(l.first_id, -9223372036854775807) AS i
             FROM capirelay_leases AS l WHERE l.pixel_id = r.pixel_id AND l.until > %(now)s
             ORDER BY 1, 2 LIMIT 1
         ) AS lo ON true
@@ -482,13 +484,13 @@ ORDER BY c.pixel_id;
 -- `until` is the answer then).
 WITH leases AS (
     SELECT ids, COALESCE(first_deadline, '-Infinity') AS first_deadline,
-           COALESCE(first_id, 0) AS first_id,
+           COALESCE(first_id, -9223372036854775807) AS first_id,
            COALESCE(last_deadline, 'Infinity') AS last_deadline,
            COALESCE(last_id, 9223372036854775807) AS last_id
     FROM capirelay_leases WHERE pixel_id = %(pixel_id)s
 ),
 span AS (
-    SELECT COALESCE(lo.d, 'Infinity') AS lo_d, COALESCE(lo.i, 0) AS lo_i,
+    SELECT COALESCE(lo.d, 'Infinity') AS lo_d, COALESCE(lo.i, -9223372036854775807) AS lo_i,
            COALESCE(hi.d, 'Infinity') AS hi_d, COALESCE(hi.i, 9223372036854775807) AS hi_i
     FROM (SELECT 1) AS one
     LEFT JOIN (SELECT first_deadline AS d, first_id AS i FROM leases
