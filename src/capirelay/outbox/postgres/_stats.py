@@ -94,7 +94,7 @@ def _fresh(stored: tuple[Any, ...], *, now: float, max_age: float) -> bool:
     age = now - computed_at
     if age < -max_age:
         return False  # stamped in this replica's future beyond clock jitter: not trusted
-    return age < min(max(max_age, STATS_COST_FACTOR * took), max(max_age, STATS_MAX_AGE))
+    return age < max(max_age, min(STATS_COST_FACTOR * took, STATS_MAX_AGE))
 
 
 def _from_stored(stored: tuple[Any, ...]) -> QueueStats:
