@@ -229,6 +229,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
             self._max_group,
             self.busy_timeout,
             turn_file=self.path.with_name(self.path.name + "-writer"),
+            sync_outside_lock=self.synchronous == "FULL",
         )
         writer.start()
         await asyncio.wrap_future(writer.ready)

@@ -121,9 +121,25 @@ def _deliver(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_result(value)
 
 
-def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for future, value in outcomes:
-        _deliver(future, value, None)
+def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in outcomes:
+        _deliver(future, value, error)
+
+
+# What a write came to: the op, its result, and the error it fails with (or None).
+Outcome = tuple["WriteOp", Any, BaseException | None]
+
+
+def _answer(outcomes: Sequence[Outcome]) -> None:
+    """Hand each caller its outcome with ONE wake-up per event loop, not one per call:
+    each ``call_soon_threadsafe`` is a cross-thread wake-up of the loop, and a group
+    commonly holds dozens of requests of the same loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, Any]]] = {}
+    for op, value, error in outcomes:
+        by_loop.setdefault(op.loop, []).append((op.future, value, error))
+    for loop, pending in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is already closed
+            loop.call_soon_threadsafe(_deliver_all, pending)
 
 
 def _run_group(conn: sqlite3.Connection, group: list[WriteOp]) -> list[Any]:
@@ -157,6 +173,112 @@ def _open_turn_file(path: Path | None) -> int | None:
         return None
 
 
+_fdatasync: Final = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+
+
+class WalSyncer(threading.Thread):
+    """Makes committed transactions durable after the write lock is released, then
+    answers their callers (``synchronous = FULL`` done outside the lock).
+
+    With ``PRAGMA synchronous = FULL`` SQLite fsyncs the WAL inside ``COMMIT``, while
+    the file's write lock (and, under ``serve --workers N``, the writers' turn) is
+    held, so every other writer waits for each fsync.  The writer connection runs
+    ``NORMAL`` instead (no sync in ``COMMIT``) and hands each committed group here;
+    this thread syncs the WAL file (``fdatasync``, what SQLite's own sync of the WAL
+    does on Linux) and only then answers the group's callers.  One sync covers every
+    commit queued before it began, the writer meanwhile runs the next group, and
+    other processes' writers no longer wait for this one's disk.
+
+    What a caller is told is unchanged: its answer follows a sync of the WAL that
+    began after its ``COMMIT``, so the transaction is on disk, as with ``FULL``
+    (SQLite's developers describe the same: with ``NORMAL`` in WAL mode, flushing
+    the WAL file makes previously committed transactions durable).  A WAL frame is
+    only ever overwritten after a checkpoint, which in ``NORMAL`` syncs the WAL
+    before and the database after copying it, so syncing the file covers every
+    earlier commit, another process's included.  What another connection may do
+    is read a commit before it is synced; nothing is acknowledged from it until a
+    later sync (every answer waits for one), so a power loss can only take back
+    writes nobody was told about.  Outcomes are answered in commit order; a failed
+    sync fails its callers with :class:`StorageUnavailable`, as a failed ``COMMIT``
+    would.
+    """
+
+    def __init__(self, database: Path) -> None:
+        super().__init__(name="capirelay-outbox-sync", daemon=True)
+        self._database = database
+        self._wal = database.with_name(database.name + "-wal")
+        self._inbox: queue.SimpleQueue[list[Outcome] | object] = queue.SimpleQueue()
+        self._fd: int | None = None
+        self._ino: int | None = None
+        self.syncs = 0
+
+    def put(self, outcomes: list[Outcome]) -> None:
+        self._inbox.put(outcomes)
+
+    def stop(self) -> None:
+        """Answer what is queued (after a last sync), then exit."""
+        self._inbox.put(_STOP)
+
+    def run(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                item = self._inbox.get()
+                if item is _STOP:
+                    return
+                batch: list[Outcome] = list(item)  # type: ignore[call-overload]
+                while True:
+                    try:
+                        more = self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        stopping = True
+                        break
+                    batch.extend(more)  # type: ignore[arg-type]
+                _answer(self._synced(batch))
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+
+    def _synced(self, batch: list[Outcome]) -> list[Outcome]:
+        try:
+            self.sync()
+        except OSError as exc:
+            log.error("outbox: sync of %s failed: %s", self._wal.name, exc.strerror)
+            failed = StorageUnavailable(
+                f"SQLite outbox unavailable (sync of the WAL failed: {exc.strerror})"
+            )
+            return [(op, None, error or failed) for op, _, error in batch]
+        return batch
+
+    def sync(self) -> None:
+        """``fdatasync`` the WAL file (the database file if there is no WAL)."""
+        try:
+            ino = os.stat(self._wal).st_ino
+        except FileNotFoundError:
+            fd = os.open(self._database, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                _fdatasync(fd)
+            finally:
+                os.close(fd)
+            self.syncs += 1
+            return
+        if ino != self._ino:
+            # A new WAL file (every connection closed, then one reopened): sync the one
+            # held before too, then keep the new one.
+            if self._fd is not None:
+                old, self._fd = self._fd, None
+                try:
+                    _fdatasync(old)
+                finally:
+                    os.close(old)
+            self._fd = os.open(self._wal, os.O_RDWR | os.O_CLOEXEC)
+            self._ino = os.fstat(self._fd).st_ino
+        _fdatasync(self._fd)  # type: ignore[arg-type]
+        self.syncs += 1
+
+
 class GroupCommitWriter(threading.Thread):
     """The only thread that writes; see the module docstring for the group-commit rules."""
 
@@ -166,13 +288,19 @@ class GroupCommitWriter(threading.Thread):
         max_group: int,
         busy_timeout: float = 5.0,
         turn_file: Path | None = None,
+        sync_outside_lock: bool = False,
     ) -> None:
+        """``sync_outside_lock``: the connection asks for ``synchronous = FULL``; in WAL
+        mode, commit with ``NORMAL`` and let a :class:`WalSyncer` make each commit
+        durable before its callers are answered (same guarantee, shorter lock)."""
         super().__init__(name="capirelay-outbox-writer", daemon=True)
         self._connect = connect
         self._max_group = max_group
         self._busy_timeout = busy_timeout
         self._turn_file = turn_file
         self._turn_fd: int | None = None
+        self._sync_outside_lock = sync_outside_lock
+        self._syncer: WalSyncer | None = None
         # An item is one WriteOp, a list of them (one event-loop iteration's writes, see
         # submit_soon) or _STOP.
         self._inbox: queue.SimpleQueue[WriteOp | list[WriteOp] | object] = queue.SimpleQueue()
@@ -249,6 +377,16 @@ class GroupCommitWriter(threading.Thread):
         # own busy handler sleeps 1, 2, 5, 10 ... 100 ms between tries, which under
         # `serve --workers N` (N writers on one file) turns a 0.5 ms wait into a 100 ms one.
         conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            self._syncer = self._start_syncer(conn)
+        except (sqlite3.Error, OSError) as exc:
+            conn.close()
+            self.ready.set_exception(
+                storage_error(exc)
+                if isinstance(exc, sqlite3.Error)
+                else StorageUnavailable(f"SQLite outbox unavailable: {exc.strerror}")
+            )
+            return
         self._turn_fd = _open_turn_file(self._turn_file)
         self.ready.set_result(None)
         try:
@@ -258,6 +396,23 @@ class GroupCommitWriter(threading.Thread):
             if self._turn_fd is not None:
                 os.close(self._turn_fd)
             self._refuse_pending()
+            if self._syncer is not None:
+                self._syncer.stop()
+                self._syncer.join()
+
+    def _start_syncer(self, conn: sqlite3.Connection) -> WalSyncer | None:
+        """Commits synced outside the write lock (:class:`WalSyncer`), when asked for and
+        the file is in WAL mode (in rollback-journal mode SQLite's own ``FULL`` stays)."""
+        if not self._sync_outside_lock:
+            return None
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            return None
+        database = Path(conn.execute("PRAGMA database_list").fetchone()[2])
+        conn.execute("PRAGMA synchronous = NORMAL")
+        syncer = WalSyncer(database)
+        syncer.sync()  # what the migrations wrote, before anything is answered
+        syncer.start()
+        return syncer
 
     def _refuse_pending(self) -> None:
         """Fail every write the thread will no longer run (it is exiting) instead of
@@ -274,8 +429,8 @@ class GroupCommitWriter(threading.Thread):
                 left.append(item)
             elif isinstance(item, list):
                 left.extend(item)
-        for op in left:
-            self._resolve(op, None, StorageUnavailable("the outbox closed before this write"))
+        refused = StorageUnavailable("the outbox closed before this write")
+        _answer([(op, None, refused) for op in left])
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         stopping = False
@@ -382,7 +537,7 @@ class GroupCommitWriter(threading.Thread):
             return stopping
         self.commits += 1
         self.operations += len(group)
-        self._resolve_group(group, results)
+        self._settle([(op, result, None) for op, result in zip(group, results, strict=True)])
         return stopping
 
     def _commit_alone(self, conn: sqlite3.Connection, op: WriteOp) -> None:
@@ -393,18 +548,18 @@ class GroupCommitWriter(threading.Thread):
                 conn.execute("COMMIT")
         except sqlite3.IntegrityError as exc:
             self._rollback(conn)
-            self._resolve(op, None, exc)
+            self._settle([(op, None, exc)])
         except sqlite3.Error as exc:
             self._rollback(conn)
             log.error("outbox write failed: %s", storage_error(exc))
-            self._resolve(op, None, storage_error(exc))
+            self._settle([(op, None, storage_error(exc))])
         except Exception as exc:
             self._rollback(conn)
-            self._resolve(op, None, exc)
+            self._settle([(op, None, exc)])
         else:
             self.commits += 1
             self.operations += 1
-            self._resolve(op, result, None)
+            self._settle([(op, result, None)])
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -414,22 +569,14 @@ class GroupCommitWriter(threading.Thread):
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
 
-    @staticmethod
-    def _resolve(op: WriteOp, value: Any, error: BaseException | None) -> None:
-        with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
-            op.loop.call_soon_threadsafe(_deliver, op.future, value, error)
-
-    @staticmethod
-    def _resolve_group(group: list[WriteOp], results: list[Any]) -> None:
-        """Resolve a committed group with ONE wake-up per event loop, not one per call:
-        each ``call_soon_threadsafe`` is a cross-thread wake-up of the loop, and a group
-        commonly holds dozens of requests of the same loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
-        for op, result in zip(group, results, strict=True):
-            by_loop.setdefault(op.loop, []).append((op.future, result))
-        for loop, outcomes in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is already closed
-                loop.call_soon_threadsafe(_deliver_all, outcomes)
+    def _settle(self, outcomes: list[Outcome]) -> None:
+        """Answer the callers of what just ran: at once, or once a sync of the WAL has
+        made it durable (:class:`WalSyncer`).  Errors wait for the sync too: a refusal
+        may rest on an earlier commit (a key it holds), which must not be taken back."""
+        if self._syncer is None:
+            _answer(outcomes)
+        else:
+            self._syncer.put(outcomes)
 
 
 class Reader:

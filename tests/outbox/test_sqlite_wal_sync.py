@@ -1,0 +1,254 @@
+"""``synchronous = FULL`` done outside the write lock (:class:`WalSyncer`).
+
+The writer connection commits with ``NORMAL`` (no fsync inside ``COMMIT``, so the write
+lock and the writers' turn are not held across the disk) and a second thread syncs the
+WAL file before any caller of the commit is answered.  What must not change: no caller
+hears about a write before a sync that began after its ``COMMIT``; a failed sync fails
+its callers as a failed ``COMMIT`` would; closing answers everything that committed.
+The sync is made to wait (a gate in front of ``fdatasync``) to see what happens between
+the commit and the sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from outbox_data import T0, make_event
+
+from capirelay.outbox import EnqueueStatus, SQLiteOutbox, StorageUnavailable
+from capirelay.outbox.sqlite import writer as writer_module
+from capirelay.outbox.sqlite.writer import GroupCommitWriter, WalSyncer
+from waiting import wait_for, wait_for_async
+
+QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
+
+pytestmark = pytest.mark.sqlite_only
+
+
+class GatedSync:
+    """Stands in front of the real ``fdatasync``: counts the calls and, while closed,
+    holds each one until the test opens it (or fails it with ``fail``)."""
+
+    def __init__(self) -> None:
+        self.real = writer_module._fdatasync
+        self.open = threading.Event()
+        self.open.set()
+        self.calls = 0
+        self.waiting = 0
+        self.fail: OSError | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, fd: int) -> None:
+        with self._lock:
+            self.waiting += 1
+        self.open.wait(30)
+        with self._lock:
+            self.waiting -= 1
+            self.calls += 1
+            fail, self.fail = self.fail, None
+        if fail is not None:
+            raise fail
+        self.real(fd)
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[GatedSync]:
+    gated = GatedSync()
+    monkeypatch.setattr(writer_module, "_fdatasync", gated)
+    yield gated
+    gated.open.set()
+
+
+def _syncer(box: SQLiteOutbox) -> WalSyncer:
+    writer = box._writer
+    assert writer is not None and writer._syncer is not None
+    return writer._syncer
+
+
+def _visible_ids(db_path: Path) -> list[str]:
+    """What another connection sees (committed, synced or not)."""
+    with sqlite3.connect(db_path) as conn:
+        return [row[0] for row in conn.execute("SELECT event_id FROM queue ORDER BY id")]
+
+
+async def test_a_commit_is_answered_only_after_the_wal_is_synced(
+    db_path: Path, gate: GatedSync
+) -> None:
+    box = SQLiteOutbox(db_path)
+    await box.open()
+    try:
+        gate.open.clear()
+        call = asyncio.ensure_future(box.enqueue([make_event("e1")], now=T0))
+        # The row is committed (another connection sees it) while the sync waits...
+        await wait_for_async(lambda: _visible_ids(db_path) == ["e1"], what="the commit")
+        await wait_for_async(lambda: gate.waiting == 1, what="the sync to start")
+        # ...and the caller has no answer yet.
+        assert not call.done()
+        gate.open.set()
+        assert await asyncio.wait_for(call, 10) == [QUEUED]
+    finally:
+        await box.close()
+
+
+async def test_one_sync_covers_the_commits_made_while_the_previous_one_ran(
+    db_path: Path, gate: GatedSync
+) -> None:
+    box = SQLiteOutbox(db_path)
+    await box.open()
+    try:
+        gate.open.clear()
+        first = asyncio.ensure_future(box.enqueue([make_event("first")], now=T0))
+        await wait_for_async(lambda: gate.waiting == 1, what="the first sync to start")
+        commits = box.commits
+        # Three more groups commit one after another while the first sync is held: the
+        # writer does not wait for the disk.
+        later = []
+        for i in range(3):
+            later.append(asyncio.ensure_future(box.enqueue([make_event(f"e{i}")], now=T0)))
+            await wait_for_async(lambda i=i: box.commits == commits + i + 1, what=f"commit {i}")
+        assert _visible_ids(db_path) == ["first", "e0", "e1", "e2"]
+        assert not first.done() and not any(call.done() for call in later)
+        calls_before = gate.calls
+        gate.open.set()
+        assert await asyncio.wait_for(asyncio.gather(first, *later), 10) == [[QUEUED]] * 4
+        # The held sync, then ONE for the three commits queued behind it.
+        assert gate.calls - calls_before == 2
+    finally:
+        await box.close()
+
+
+async def test_a_duplicate_waits_for_the_sync_that_covers_the_key_it_found(
+    db_path: Path, gate: GatedSync
+) -> None:
+    # The second call's answer rests on the first's commit: it must not be told
+    # "duplicate" before that commit is on disk.
+    box = SQLiteOutbox(db_path)
+    await box.open()
+    try:
+        gate.open.clear()
+        first = asyncio.ensure_future(box.enqueue([make_event("same")], now=T0))
+        await wait_for_async(lambda: gate.waiting == 1, what="the first sync to start")
+        commits = box.commits
+        second = asyncio.ensure_future(box.enqueue([make_event("same")], now=T0))
+        await wait_for_async(lambda: box.commits == commits + 1, what="the second commit")
+        assert not second.done()
+        gate.open.set()
+        assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [
+            [QUEUED],
+            [DUPLICATE],
+        ]
+    finally:
+        await box.close()
+
+
+async def test_a_failed_sync_fails_its_callers_and_the_next_write_succeeds(
+    db_path: Path, gate: GatedSync, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = SQLiteOutbox(db_path)
+    await box.open()
+    try:
+        gate.fail = OSError(errno.EIO, os.strerror(errno.EIO))
+        with pytest.raises(StorageUnavailable, match="sync of the WAL failed"):
+            await box.enqueue([make_event("e1")], now=T0)
+        assert "sync of" in caplog.text and "failed" in caplog.text
+        assert await box.enqueue([make_event("e2")], now=T0) == [QUEUED]
+    finally:
+        await box.close()
+
+
+async def test_close_answers_every_commit_after_its_sync(db_path: Path, gate: GatedSync) -> None:
+    box = SQLiteOutbox(db_path)
+    await box.open()
+    gate.open.clear()
+    calls = [asyncio.ensure_future(box.enqueue([make_event(f"e{i}")], now=T0)) for i in range(5)]
+    await wait_for_async(lambda: gate.waiting == 1, what="the sync to start")
+    closing = asyncio.ensure_future(box.close())
+    await asyncio.sleep(0)
+    assert not closing.done() and not any(call.done() for call in calls)
+    gate.open.set()
+    await asyncio.wait_for(closing, 10)
+    assert await asyncio.gather(*calls) == [[QUEUED]] * 5
+
+
+@pytest.mark.parametrize(
+    ("asked", "connection", "syncer"),
+    [("FULL", 1, True), ("NORMAL", 1, False), ("EXTRA", 3, False)],
+)
+async def test_only_full_moves_the_sync_out_of_the_commit(
+    db_path: Path, asked: str, connection: int, syncer: bool
+) -> None:
+    box = SQLiteOutbox(db_path, synchronous=asked)
+    await box.open()
+    try:
+        writer = box._writer
+        assert writer is not None
+        assert (writer._syncer is not None) is syncer
+        got = await box._write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+        assert got == connection  # FULL: NORMAL on the connection, the syncer does the rest
+    finally:
+        await box.close()
+
+
+def _connect_rollback_journal(db_path: Path) -> Callable[[], sqlite3.Connection]:
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = DELETE")
+        conn.execute("PRAGMA synchronous = FULL")
+        return conn
+
+    return connect
+
+
+def test_without_wal_sqlites_own_full_stays(db_path: Path) -> None:
+    writer = GroupCommitWriter(_connect_rollback_journal(db_path), 8, sync_outside_lock=True)
+    writer.start()
+    try:
+        writer.ready.result(timeout=10)
+        assert writer._syncer is None
+    finally:
+        writer.stop()
+        writer.join(10)
+
+
+def test_the_syncer_follows_a_new_wal_file_and_syncs_the_database_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real = writer_module._fdatasync
+
+    def record(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(writer_module, "_fdatasync", record)
+    database = tmp_path / "x.db"
+    wal = tmp_path / "x.db-wal"
+
+    def write(value: int) -> sqlite3.Connection:
+        conn = sqlite3.connect(database, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
+        conn.execute("INSERT INTO t VALUES (?)", (value,))
+        return conn
+
+    syncer = WalSyncer(database)
+    conn = write(1)
+    first_wal = wal.stat().st_ino
+    syncer.sync()
+    assert synced[-1] == first_wal
+    conn.close()  # the last connection: SQLite checkpoints and deletes the WAL
+    wait_for(lambda: not wal.exists(), what="the WAL to be removed")
+    syncer.sync()
+    assert synced[-1] == database.stat().st_ino
+    conn = write(2)
+    syncer.sync()
+    assert synced[-1] == wal.stat().st_ino
+    conn.close()
+    assert syncer.syncs == 3
