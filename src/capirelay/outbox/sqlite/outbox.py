@@ -8,7 +8,11 @@ Why this shape:
   thread; the thread takes everything waiting in its inbox, runs it in ONE
   transaction and commits once, then resolves each caller's future.  Many
   concurrent HTTP requests therefore share one fsync, and a caller only hears
-  "done" after its data is on disk (``synchronous=FULL`` by default).  The writes
+  "done" after its data is on disk (``synchronous=FULL`` by default).  With
+  ``FULL`` the fsync is done after the commit has let go of the write lock, by a
+  second thread (:class:`~capirelay.outbox.sqlite.writer.WalSyncer`) that answers
+  the callers once the WAL is synced: the same guarantee, while the writer (and
+  the other ``serve --workers`` processes) go on with the next group.  The writes
   an event loop makes in one iteration reach the thread as one inbox item
   (:meth:`GroupCommitWriter.submit_soon`): one wake-up per iteration, not per write.
 * **Reads on their own connection** (one reader thread), so stats and DLQ
@@ -277,7 +281,8 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         return result
 
     async def ping(self) -> bool:
-        if self._writer is None or not self._writer.is_alive():
+        writer = self._writer
+        if writer is None or not writer.is_alive() or writer.failure is not None:
             return False
         try:
             return bool(await self._read(lambda c: c.execute(QUERIES["ping"]).fetchone()[0]))

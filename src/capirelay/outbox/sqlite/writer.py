@@ -1,15 +1,19 @@
-"""The SQLite outbox's threads: one group-committing writer, one reader, and migrations.
+"""The SQLite outbox's threads: one group-committing writer, the WAL's syncer, one
+reader, and migrations.
 
 See :mod:`capirelay.outbox.sqlite.outbox` for why writes are grouped: every state
 change is a small function handed to :class:`GroupCommitWriter`, which runs all
-that wait in ONE transaction and commits once; :class:`Reader` answers reads on its
-own connection (WAL gives it a consistent snapshot while the writer writes).
+that wait in ONE transaction and commits once; with ``synchronous = FULL``,
+:class:`WalSyncer` makes each commit durable (an ``fdatasync`` of the WAL) before
+its callers are answered; :class:`Reader` answers reads on its own connection (WAL
+gives it a consistent snapshot while the writer writes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -190,26 +194,37 @@ class WalSyncer(threading.Thread):
     other processes' writers no longer wait for this one's disk.
 
     What a caller is told is unchanged: its answer follows a sync of the WAL that
-    began after its ``COMMIT``, so the transaction is on disk, as with ``FULL``
-    (SQLite's developers describe the same: with ``NORMAL`` in WAL mode, flushing
-    the WAL file makes previously committed transactions durable).  A WAL frame is
-    only ever overwritten after a checkpoint, which in ``NORMAL`` syncs the WAL
-    before and the database after copying it, so syncing the file covers every
-    earlier commit, another process's included.  What another connection may do
-    is read a commit before it is synced; nothing is acknowledged from it until a
-    later sync (every answer waits for one), so a power loss can only take back
-    writes nobody was told about.  Outcomes are answered in commit order; a failed
-    sync fails its callers with :class:`StorageUnavailable`, as a failed ``COMMIT``
-    would.
+    began after its ``COMMIT``, so its transaction is on disk, as with ``FULL``.
+    SQLite's documentation of ``PRAGMA synchronous`` says what ``NORMAL`` still
+    syncs in WAL mode: "the WAL file is synchronized before each checkpoint and the
+    database file is synchronized after each completed checkpoint and the WAL file
+    header is synchronized when a WAL file begins to be reused after a checkpoint".
+    A frame is only overwritten once a checkpoint has copied the whole WAL into the
+    database and synced it, so a sync of the file covers every earlier commit, other
+    processes' included (``fdatasync`` works on the file, whichever descriptor or
+    process wrote it).  An answer that rests on another commit (a duplicate key)
+    comes after its own commit, hence after a sync that covers both.
+
+    The difference from SQLite's own ``FULL``: it syncs before other connections
+    can see the commit; here they may read it before the sync (``trace``, stats, the
+    dashboard).  Nothing is acknowledged from it until a sync covers it.  If a sync
+    fails, that stops being true (after a write-back error Linux may report the next
+    sync as a success without having written the lost pages, and WAL recovery after a
+    power loss stops at the first lost frame), so a failed sync is final: this
+    thread fails every outcome from then on, the writer commits nothing more and
+    ``ping`` says not ready, until the gateway is restarted (:attr:`failure`).
+    Outcomes are answered in commit order.
     """
 
-    def __init__(self, database: Path) -> None:
+    def __init__(self, wal: Path) -> None:
         super().__init__(name="capirelay-outbox-sync", daemon=True)
-        self._database = database
-        self._wal = database.with_name(database.name + "-wal")
+        self._wal = wal
+        # The WAL file as it is now: SQLite does not replace it while a connection (the
+        # writer's) is open on the database, so one descriptor serves for the writer's
+        # whole life; a WAL unlinked under it is a failure (sync).
+        self._fd = os.open(wal, os.O_RDWR | os.O_CLOEXEC)
         self._inbox: queue.SimpleQueue[list[Outcome] | object] = queue.SimpleQueue()
-        self._fd: int | None = None
-        self._ino: int | None = None
+        self.failure: StorageUnavailable | None = None
         self.syncs = 0
 
     def put(self, outcomes: list[Outcome]) -> None:
@@ -236,46 +251,58 @@ class WalSyncer(threading.Thread):
                         stopping = True
                         break
                     batch.extend(more)  # type: ignore[arg-type]
-                _answer(self._synced(batch))
+                try:
+                    outcomes = self._synced(batch)
+                except BaseException as exc:  # never leave a caller waiting
+                    self._fail(exc)
+                    outcomes = [(op, None, self.failure) for op, _, _ in batch]
+                _answer(outcomes)
         finally:
-            if self._fd is not None:
-                os.close(self._fd)
+            os.close(self._fd)
 
     def _synced(self, batch: list[Outcome]) -> list[Outcome]:
-        try:
-            self.sync()
-        except OSError as exc:
-            log.error("outbox: sync of %s failed: %s", self._wal.name, exc.strerror)
-            failed = StorageUnavailable(
-                f"SQLite outbox unavailable (sync of the WAL failed: {exc.strerror})"
-            )
-            return [(op, None, error or failed) for op, _, error in batch]
+        """``batch`` as it may be answered: as is after a sync, failed if there is none."""
+        if self.failure is None:
+            try:
+                self.sync()
+            except Exception as exc:  # any failure ends acknowledgements
+                self._fail(exc)
+        if self.failure is not None:
+            return [(op, None, self.failure) for op, _, _ in batch]
         return batch
 
-    def sync(self) -> None:
-        """``fdatasync`` the WAL file (the database file if there is no WAL)."""
-        try:
-            ino = os.stat(self._wal).st_ino
-        except FileNotFoundError:
-            fd = os.open(self._database, os.O_RDWR | os.O_CLOEXEC)
+    def _fail(self, exc: BaseException) -> None:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        log.critical(
+            "outbox: the sync of %s failed (%s); what was committed since the last sync "
+            "may not be on disk, so nothing more is acknowledged: check the disk and "
+            "restart the gateway",
+            self._wal.name,
+            reason,
+        )
+        self.failure = StorageUnavailable(
+            f"SQLite outbox unavailable: a sync of the WAL failed ({reason}); "
+            "check the disk and restart the gateway"
+        )
+
+    def fail_pending(self) -> None:
+        """Fail what is still queued (the thread died, or the writer stops without it)."""
+        failure = self.failure or StorageUnavailable("the outbox closed before this write")
+        left: list[Outcome] = []
+        while True:
             try:
-                _fdatasync(fd)
-            finally:
-                os.close(fd)
-            self.syncs += 1
-            return
-        if ino != self._ino:
-            # A new WAL file (every connection closed, then one reopened): sync the one
-            # held before too, then keep the new one.
-            if self._fd is not None:
-                old, self._fd = self._fd, None
-                try:
-                    _fdatasync(old)
-                finally:
-                    os.close(old)
-            self._fd = os.open(self._wal, os.O_RDWR | os.O_CLOEXEC)
-            self._ino = os.fstat(self._fd).st_ino
-        _fdatasync(self._fd)  # type: ignore[arg-type]
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, list):
+                left.extend(item)
+        _answer([(op, None, failure) for op, _, _ in left])
+
+    def sync(self) -> None:
+        """``fdatasync`` the WAL file; :class:`OSError` if it fails or was removed."""
+        _fdatasync(self._fd)
+        if os.fstat(self._fd).st_nlink == 0:
+            raise OSError(errno.ENOENT, "the WAL file was removed", str(self._wal))
         self.syncs += 1
 
 
@@ -392,13 +419,15 @@ class GroupCommitWriter(threading.Thread):
         try:
             self._serve(conn)
         finally:
+            self._refuse_pending()
+            if self._syncer is not None:
+                # Before the connection closes: closing the last one removes the WAL.
+                self._syncer.stop()
+                self._syncer.join()
+                self._syncer.fail_pending()  # left behind if the thread died
             conn.close()
             if self._turn_fd is not None:
                 os.close(self._turn_fd)
-            self._refuse_pending()
-            if self._syncer is not None:
-                self._syncer.stop()
-                self._syncer.join()
 
     def _start_syncer(self, conn: sqlite3.Connection) -> WalSyncer | None:
         """Commits synced outside the write lock (:class:`WalSyncer`), when asked for and
@@ -408,11 +437,22 @@ class GroupCommitWriter(threading.Thread):
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             return None
         database = Path(conn.execute("PRAGMA database_list").fetchone()[2])
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the WAL is open
         conn.execute("PRAGMA synchronous = NORMAL")
-        syncer = WalSyncer(database)
+        syncer = WalSyncer(database.with_name(database.name + "-wal"))
         syncer.sync()  # what the migrations wrote, before anything is answered
         syncer.start()
         return syncer
+
+    @property
+    def failure(self) -> StorageUnavailable | None:
+        """Why nothing more can be acknowledged (a failed sync, see :class:`WalSyncer`)."""
+        syncer = self._syncer
+        if syncer is None:
+            return None
+        if syncer.failure is None and not syncer.is_alive() and self.is_alive():
+            return StorageUnavailable("SQLite outbox unavailable: its sync thread stopped")
+        return syncer.failure
 
     def _refuse_pending(self) -> None:
         """Fail every write the thread will no longer run (it is exiting) instead of
@@ -519,6 +559,12 @@ class GroupCommitWriter(threading.Thread):
         began to wait, and the next group, a small one, waited again)."""
         group = first
         stopping = False
+        failure = self.failure
+        if failure is not None:
+            # A sync failed: nothing more is committed (see WalSyncer).
+            stopping = self._gather(group)
+            _answer([(op, None, failure) for op in group])
+            return stopping
         try:
             with self._turn():
                 self._begin(conn)
@@ -573,10 +619,15 @@ class GroupCommitWriter(threading.Thread):
         """Answer the callers of what just ran: at once, or once a sync of the WAL has
         made it durable (:class:`WalSyncer`).  Errors wait for the sync too: a refusal
         may rest on an earlier commit (a key it holds), which must not be taken back."""
-        if self._syncer is None:
+        syncer = self._syncer
+        if syncer is None:
             _answer(outcomes)
+            return
+        failure = self.failure
+        if failure is not None:
+            _answer([(op, None, failure) for op, _, _ in outcomes])
         else:
-            self._syncer.put(outcomes)
+            syncer.put(outcomes)
 
 
 class Reader:
