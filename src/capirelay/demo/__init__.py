@@ -13,8 +13,8 @@ shows the same outcome for each click.
 
 The demo's settings are its own: ``./capirelay.toml`` and ``CAPIRELAY_*``
 variables are not read.  It writes them to ``capirelay-demo.toml`` (next to the
-database; secrets in 0600 files in `capirelay-demo-secrets/` beside it) so other commands can look at the
-demo's queue: ``capirelay dlq list --config capirelay-demo.toml``.
+database; secrets in 0600 files in ``capirelay-demo-secrets/`` beside it) so other
+commands can look at the demo's queue: ``capirelay dlq list --config capirelay-demo.toml``.
 
 ``--once`` sends the sample event, waits until the emulator has it and exits
 (used by the test suite and handy as a smoke test).
