@@ -16,8 +16,9 @@ import errno
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from outbox_data import T0, make_event
@@ -73,6 +74,30 @@ def _syncer(box: SQLiteOutbox) -> WalSyncer:
     return writer._syncer
 
 
+@pytest.fixture
+async def box(db_path: Path) -> AsyncIterator[SQLiteOutbox]:
+    outbox = SQLiteOutbox(db_path)
+    await outbox.open()
+    yield outbox
+    await outbox.close()
+
+
+async def _held(box: SQLiteOutbox, gate: GatedSync, event_id: str) -> asyncio.Future[Any]:
+    """An enqueue of ``event_id`` whose sync has started and is held at the gate."""
+    gate.open.clear()
+    call = asyncio.ensure_future(box.enqueue([make_event(event_id)], now=T0))
+    await wait_for_async(lambda: gate.waiting == 1, what="the sync to start")
+    return call
+
+
+async def _committed(box: SQLiteOutbox, event_id: str) -> asyncio.Future[Any]:
+    """An enqueue of ``event_id`` that has committed (its answer may still wait)."""
+    commits = box.commits
+    call = asyncio.ensure_future(box.enqueue([make_event(event_id)], now=T0))
+    await wait_for_async(lambda: box.commits == commits + 1, what=f"the commit of {event_id}")
+    return call
+
+
 def _visible_ids(db_path: Path) -> list[str]:
     """What another connection sees (committed, synced or not)."""
     with sqlite3.connect(db_path) as conn:
@@ -80,73 +105,43 @@ def _visible_ids(db_path: Path) -> list[str]:
 
 
 async def test_a_commit_is_answered_only_after_the_wal_is_synced(
-    db_path: Path, gate: GatedSync
+    db_path: Path, gate: GatedSync, box: SQLiteOutbox
 ) -> None:
-    box = SQLiteOutbox(db_path)
-    await box.open()
-    try:
-        gate.open.clear()
-        call = asyncio.ensure_future(box.enqueue([make_event("e1")], now=T0))
-        # The row is committed (another connection sees it) while the sync waits...
-        await wait_for_async(lambda: _visible_ids(db_path) == ["e1"], what="the commit")
-        await wait_for_async(lambda: gate.waiting == 1, what="the sync to start")
-        # ...and the caller has no answer yet.
-        assert not call.done()
-        gate.open.set()
-        assert await asyncio.wait_for(call, 10) == [QUEUED]
-    finally:
-        await box.close()
+    call = await _held(box, gate, "e1")
+    # The row is committed (another connection sees it) while the sync waits, and the
+    # caller has no answer yet.
+    assert _visible_ids(db_path) == ["e1"]
+    assert not call.done()
+    gate.open.set()
+    assert await asyncio.wait_for(call, 10) == [QUEUED]
 
 
 async def test_one_sync_covers_the_commits_made_while_the_previous_one_ran(
-    db_path: Path, gate: GatedSync
+    db_path: Path, gate: GatedSync, box: SQLiteOutbox
 ) -> None:
-    box = SQLiteOutbox(db_path)
-    await box.open()
-    try:
-        gate.open.clear()
-        first = asyncio.ensure_future(box.enqueue([make_event("first")], now=T0))
-        await wait_for_async(lambda: gate.waiting == 1, what="the first sync to start")
-        commits = box.commits
-        # Three more groups commit one after another while the first sync is held: the
-        # writer does not wait for the disk.
-        later = []
-        for i in range(3):
-            later.append(asyncio.ensure_future(box.enqueue([make_event(f"e{i}")], now=T0)))
-            await wait_for_async(lambda i=i: box.commits == commits + i + 1, what=f"commit {i}")
-        assert _visible_ids(db_path) == ["first", "e0", "e1", "e2"]
-        assert not first.done() and not any(call.done() for call in later)
-        calls_before = gate.calls
-        gate.open.set()
-        assert await asyncio.wait_for(asyncio.gather(first, *later), 10) == [[QUEUED]] * 4
-        # The held sync, then ONE for the three commits queued behind it.
-        assert gate.calls - calls_before == 2
-    finally:
-        await box.close()
+    first = await _held(box, gate, "first")
+    # Three more groups commit one after another while the first sync is held: the
+    # writer does not wait for the disk.
+    later = [await _committed(box, f"e{i}") for i in range(3)]
+    assert _visible_ids(db_path) == ["first", "e0", "e1", "e2"]
+    assert not first.done() and not any(call.done() for call in later)
+    calls_before = gate.calls
+    gate.open.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *later), 10) == [[QUEUED]] * 4
+    # The held sync, then ONE for the three commits queued behind it.
+    assert gate.calls - calls_before == 2
 
 
 async def test_a_duplicate_waits_for_the_sync_that_covers_the_key_it_found(
-    db_path: Path, gate: GatedSync
+    gate: GatedSync, box: SQLiteOutbox
 ) -> None:
     # The second call's answer rests on the first's commit: it must not be told
     # "duplicate" before that commit is on disk.
-    box = SQLiteOutbox(db_path)
-    await box.open()
-    try:
-        gate.open.clear()
-        first = asyncio.ensure_future(box.enqueue([make_event("same")], now=T0))
-        await wait_for_async(lambda: gate.waiting == 1, what="the first sync to start")
-        commits = box.commits
-        second = asyncio.ensure_future(box.enqueue([make_event("same")], now=T0))
-        await wait_for_async(lambda: box.commits == commits + 1, what="the second commit")
-        assert not second.done()
-        gate.open.set()
-        assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [
-            [QUEUED],
-            [DUPLICATE],
-        ]
-    finally:
-        await box.close()
+    first = await _held(box, gate, "same")
+    second = await _committed(box, "same")
+    assert not second.done()
+    gate.open.set()
+    assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [[QUEUED], [DUPLICATE]]
 
 
 @pytest.mark.parametrize(
@@ -155,35 +150,31 @@ async def test_a_duplicate_waits_for_the_sync_that_covers_the_key_it_found(
     ids=["EIO", "unexpected"],
 )
 async def test_a_failed_sync_is_final_nothing_after_it_is_acknowledged(
-    db_path: Path, gate: GatedSync, caplog: pytest.LogCaptureFixture, failure: BaseException
+    db_path: Path,
+    gate: GatedSync,
+    box: SQLiteOutbox,
+    caplog: pytest.LogCaptureFixture,
+    failure: BaseException,
 ) -> None:
     # After a failed sync the committed frames may be gone from the disk while still
     # readable (Linux marks the pages clean): a later answer resting on them, or a later
     # commit behind them in the WAL, could be taken back by a power loss.  So every
     # caller from the failed sync on gets StorageUnavailable, and readiness goes down.
-    box = SQLiteOutbox(db_path)
-    await box.open()
-    try:
-        gate.open.clear()
-        failing = asyncio.ensure_future(box.enqueue([make_event("e1")], now=T0))
-        await wait_for_async(lambda: gate.waiting == 1, what="the sync to start")
-        commits = box.commits
-        behind = asyncio.ensure_future(box.enqueue([make_event("e2")], now=T0))
-        await wait_for_async(lambda: box.commits == commits + 1, what="a commit behind it")
-        gate.fail = failure
-        gate.open.set()
-        for call in (failing, behind):
-            with pytest.raises(StorageUnavailable, match="sync of the WAL failed"):
-                await asyncio.wait_for(call, 10)
-        assert "restart the gateway" in caplog.text
-        # Nothing more is committed or acknowledged, a retry of e1 included.
-        with pytest.raises(StorageUnavailable, match="restart the gateway"):
-            await box.enqueue([make_event("e1"), make_event("e3")], now=T0)
-        assert box.commits == commits + 1
-        assert _visible_ids(db_path) == ["e1", "e2"]
-        assert await box.ping() is False
-    finally:
-        await box.close()
+    failing = await _held(box, gate, "e1")
+    behind = await _committed(box, "e2")
+    commits = box.commits
+    gate.fail = failure
+    gate.open.set()
+    for call in (failing, behind):
+        with pytest.raises(StorageUnavailable, match="sync of the WAL failed"):
+            await asyncio.wait_for(call, 10)
+    assert "restart the gateway" in caplog.text
+    # Nothing more is committed or acknowledged, a retry of e1 included.
+    with pytest.raises(StorageUnavailable, match="restart the gateway"):
+        await box.enqueue([make_event("e1"), make_event("e3")], now=T0)
+    assert box.commits == commits
+    assert _visible_ids(db_path) == ["e1", "e2"]
+    assert await box.ping() is False
 
 
 async def test_a_stopped_sync_thread_fails_callers_instead_of_leaving_them_waiting(
@@ -312,23 +303,15 @@ async def test_two_processes_answers_wait_for_the_sync_covering_the_key_they_fou
 
 
 async def test_a_checkpoint_that_truncates_the_wal_during_a_sync_loses_nothing(
-    db_path: Path, gate: GatedSync
+    db_path: Path, gate: GatedSync, box: SQLiteOutbox
 ) -> None:
-    box = SQLiteOutbox(db_path)
-    await box.open()
-    try:
-        gate.open.clear()
-        first = asyncio.ensure_future(box.enqueue([make_event("e1")], now=T0))
-        await wait_for_async(lambda: gate.waiting == 1, what="the sync to start")
-        with sqlite3.connect(db_path, isolation_level=None) as other:
-            busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        assert busy == 0 and (db_path.with_name(db_path.name + "-wal")).stat().st_size == 0
-        commits = box.commits
-        second = asyncio.ensure_future(box.enqueue([make_event("e2")], now=T0))
-        await wait_for_async(lambda: box.commits == commits + 1, what="the next commit")
-        gate.open.set()
-        assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [[QUEUED]] * 2
-        assert _syncer(box).failure is None
-    finally:
-        await box.close()
+    first = await _held(box, gate, "e1")
+    with sqlite3.connect(db_path, isolation_level=None) as other:
+        busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0 and (db_path.with_name(db_path.name + "-wal")).stat().st_size == 0
+    second = await _committed(box, "e2")
+    gate.open.set()
+    assert await asyncio.wait_for(asyncio.gather(first, second), 10) == [[QUEUED]] * 2
+    assert _syncer(box).failure is None
+    await box.close()
     assert _visible_ids(db_path) == ["e1", "e2"]

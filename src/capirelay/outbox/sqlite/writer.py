@@ -177,6 +177,20 @@ def _open_turn_file(path: Path | None) -> int | None:
         return None
 
 
+def _drain(inbox: queue.SimpleQueue[Any]) -> list[Any]:
+    """What waits in ``inbox``, lists flattened, the stop mark left out."""
+    left: list[Any] = []
+    while True:
+        try:
+            item = inbox.get_nowait()
+        except queue.Empty:
+            return left
+        if isinstance(item, list):
+            left.extend(item)
+        elif item is not _STOP:
+            left.append(item)
+
+
 _fdatasync: Final = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
@@ -288,15 +302,7 @@ class WalSyncer(threading.Thread):
     def fail_pending(self) -> None:
         """Fail what is still queued (the thread died, or the writer stops without it)."""
         failure = self.failure or StorageUnavailable("the outbox closed before this write")
-        left: list[Outcome] = []
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, list):
-                left.extend(item)
-        _answer([(op, None, failure) for op, _, _ in left])
+        _answer([(op, None, failure) for op, _, _ in _drain(self._inbox)])
 
     def sync(self) -> None:
         """``fdatasync`` the WAL file; :class:`OSError` if it fails or was removed."""
@@ -460,15 +466,7 @@ class GroupCommitWriter(threading.Thread):
         with self._gate:
             self._closing = True
         left, self._carry = self._carry, []
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, WriteOp):
-                left.append(item)
-            elif isinstance(item, list):
-                left.extend(item)
+        left.extend(_drain(self._inbox))
         refused = StorageUnavailable("the outbox closed before this write")
         _answer([(op, None, refused) for op in left])
 
