@@ -12,6 +12,7 @@ the commit and the sync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import sqlite3
@@ -25,7 +26,7 @@ from outbox_data import T0, make_event
 
 from capirelay.outbox import EnqueueStatus, SQLiteOutbox, StorageUnavailable
 from capirelay.outbox.sqlite import writer as writer_module
-from capirelay.outbox.sqlite.writer import GroupCommitWriter, WalSyncer
+from capirelay.outbox.sqlite.writer import GroupCommitWriter, WalSyncer, WriteOp
 from waiting import wait_for, wait_for_async
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
@@ -76,6 +77,7 @@ def _syncer(box: SQLiteOutbox) -> WalSyncer:
 
 @pytest.fixture
 async def box(db_path: Path) -> AsyncIterator[SQLiteOutbox]:
+    """An open outbox; name it before ``gate`` so the gate opens before it closes."""
     outbox = SQLiteOutbox(db_path)
     await outbox.open()
     yield outbox
@@ -105,7 +107,7 @@ def _visible_ids(db_path: Path) -> list[str]:
 
 
 async def test_a_commit_is_answered_only_after_the_wal_is_synced(
-    db_path: Path, gate: GatedSync, box: SQLiteOutbox
+    db_path: Path, box: SQLiteOutbox, gate: GatedSync
 ) -> None:
     call = await _held(box, gate, "e1")
     # The row is committed (another connection sees it) while the sync waits, and the
@@ -117,7 +119,7 @@ async def test_a_commit_is_answered_only_after_the_wal_is_synced(
 
 
 async def test_one_sync_covers_the_commits_made_while_the_previous_one_ran(
-    db_path: Path, gate: GatedSync, box: SQLiteOutbox
+    db_path: Path, box: SQLiteOutbox, gate: GatedSync
 ) -> None:
     first = await _held(box, gate, "first")
     # Three more groups commit one after another while the first sync is held: the
@@ -133,7 +135,7 @@ async def test_one_sync_covers_the_commits_made_while_the_previous_one_ran(
 
 
 async def test_a_duplicate_waits_for_the_sync_that_covers_the_key_it_found(
-    gate: GatedSync, box: SQLiteOutbox
+    box: SQLiteOutbox, gate: GatedSync
 ) -> None:
     # The second call's answer rests on the first's commit: it must not be told
     # "duplicate" before that commit is on disk.
@@ -151,8 +153,8 @@ async def test_a_duplicate_waits_for_the_sync_that_covers_the_key_it_found(
 )
 async def test_a_failed_sync_is_final_nothing_after_it_is_acknowledged(
     db_path: Path,
-    gate: GatedSync,
     box: SQLiteOutbox,
+    gate: GatedSync,
     caplog: pytest.LogCaptureFixture,
     failure: BaseException,
 ) -> None:
@@ -274,7 +276,7 @@ def test_a_wal_file_removed_under_the_syncer_fails_its_sync(tmp_path: Path) -> N
             syncer.sync()
         assert syncer.syncs == 1
     finally:
-        os.close(syncer._fd)
+        syncer.close()
 
 
 async def test_two_processes_answers_wait_for_the_sync_covering_the_key_they_found(
@@ -298,12 +300,13 @@ async def test_two_processes_answers_wait_for_the_sync_covering_the_key_they_fou
             [DUPLICATE],
         ]
     finally:
+        gate.open.set()
         await first_box.close()
         await second_box.close()
 
 
 async def test_a_checkpoint_that_truncates_the_wal_during_a_sync_loses_nothing(
-    db_path: Path, gate: GatedSync, box: SQLiteOutbox
+    db_path: Path, box: SQLiteOutbox, gate: GatedSync
 ) -> None:
     first = await _held(box, gate, "e1")
     with sqlite3.connect(db_path, isolation_level=None) as other:
@@ -315,3 +318,41 @@ async def test_a_checkpoint_that_truncates_the_wal_during_a_sync_loses_nothing(
     assert _syncer(box).failure is None
     await box.close()
     assert _visible_ids(db_path) == ["e1", "e2"]
+
+
+def _open_wal_descriptors(db_path: Path) -> list[str]:
+    wal = str(db_path.with_name(db_path.name + "-wal"))
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return [link for link in links if link.startswith(wal)]
+
+
+async def test_a_sync_that_fails_at_start_fails_open_and_leaves_nothing_open(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(fd: int) -> None:
+        raise ValueError("not a sync")
+
+    monkeypatch.setattr(writer_module, "_fdatasync", broken)
+    box = SQLiteOutbox(db_path)
+    with pytest.raises(StorageUnavailable, match="WAL sync failed to start"):
+        await asyncio.wait_for(box.open(), 10)
+    assert _open_wal_descriptors(db_path) == []
+
+
+async def test_what_reaches_an_ended_sync_thread_is_failed_at_once(db_path: Path) -> None:
+    box = SQLiteOutbox(db_path)
+    await box.open()
+    syncer = _syncer(box)
+    loop = asyncio.get_running_loop()
+    try:
+        syncer.stop()
+        syncer.join(10)
+        late = loop.create_future()
+        syncer.put([(WriteOp(lambda conn: None, loop, late), "ok", None)])
+        with pytest.raises(StorageUnavailable, match="closed before this write"):
+            await asyncio.wait_for(late, 10)
+    finally:
+        await box.close()

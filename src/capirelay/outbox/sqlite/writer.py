@@ -225,8 +225,10 @@ class WalSyncer(threading.Thread):
     fails, that stops being true (after a write-back error Linux may report the next
     sync as a success without having written the lost pages, and WAL recovery after a
     power loss stops at the first lost frame), so a failed sync is final: this
-    thread fails every outcome from then on, the writer commits nothing more and
+    thread fails every outcome from then on, the writer starts no new group and
     ``ping`` says not ready, until the gateway is restarted (:attr:`failure`).
+    That a later sync reports an earlier write-back error to this descriptor relies
+    on Linux 4.13 or later (each open descriptor is told of the error once).
     Outcomes are answered in commit order.
     """
 
@@ -238,24 +240,34 @@ class WalSyncer(threading.Thread):
         # whole life; a WAL unlinked under it is a failure (sync).
         self._fd = os.open(wal, os.O_RDWR | os.O_CLOEXEC)
         self._inbox: queue.SimpleQueue[list[Outcome] | object] = queue.SimpleQueue()
+        # Set (under the lock) when the thread ends: what is put after that is failed at
+        # once instead of waiting in a queue nobody reads.
+        self._gate = threading.Lock()
+        self._exited = False
         self.failure: StorageUnavailable | None = None
         self.syncs = 0
 
     def put(self, outcomes: list[Outcome]) -> None:
-        self._inbox.put(outcomes)
+        with self._gate:
+            if not self._exited:
+                self._inbox.put(outcomes)
+                return
+        failure = self.failure or StorageUnavailable("the outbox closed before this write")
+        _answer([(op, None, failure) for op, _, _ in outcomes])
 
     def stop(self) -> None:
         """Answer what is queued (after a last sync), then exit."""
         self._inbox.put(_STOP)
 
     def run(self) -> None:
+        batch: list[Outcome] = []
         try:
             stopping = False
             while not stopping:
                 item = self._inbox.get()
                 if item is _STOP:
                     return
-                batch: list[Outcome] = list(item)  # type: ignore[call-overload]
+                batch = list(item)  # type: ignore[call-overload]
                 while True:
                     try:
                         more = self._inbox.get_nowait()
@@ -271,8 +283,26 @@ class WalSyncer(threading.Thread):
                     self._fail(exc)
                     outcomes = [(op, None, self.failure) for op, _, _ in batch]
                 _answer(outcomes)
+                batch = []
+        except BaseException as exc:
+            self._fail(exc)
+            raise
         finally:
-            os.close(self._fd)
+            # However the thread ends, nobody is left waiting: the batch it held (if its
+            # answers did not go out), what is queued, and what is put from now on.
+            with self._gate:
+                self._exited = True
+            failure = self.failure or StorageUnavailable("the outbox closed before this write")
+            with contextlib.suppress(Exception):
+                _answer([(op, None, failure) for op, _, _ in batch])
+            self.fail_pending()
+            self.close()
+
+    def close(self) -> None:
+        """Close the WAL descriptor (the thread does it when it ends)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _synced(self, batch: list[Outcome]) -> list[Outcome]:
         """``batch`` as it may be answered: as is after a sync, failed if there is none."""
@@ -412,13 +442,18 @@ class GroupCommitWriter(threading.Thread):
         conn.execute("PRAGMA busy_timeout = 0")
         try:
             self._syncer = self._start_syncer(conn)
-        except (sqlite3.Error, OSError) as exc:
+        except BaseException as exc:  # open() must hear about it, whatever it is
             conn.close()
-            self.ready.set_exception(
-                storage_error(exc)
-                if isinstance(exc, sqlite3.Error)
-                else StorageUnavailable(f"SQLite outbox unavailable: {exc.strerror}")
-            )
+            if isinstance(exc, sqlite3.Error):
+                failure = storage_error(exc)
+            elif isinstance(exc, OSError):
+                failure = StorageUnavailable(f"SQLite outbox unavailable: {exc.strerror}")
+            else:
+                failure = StorageUnavailable(
+                    f"SQLite outbox unavailable: its WAL sync failed to start "
+                    f"({type(exc).__name__})"
+                )
+            self.ready.set_exception(failure)
             return
         self._turn_fd = _open_turn_file(self._turn_file)
         self.ready.set_result(None)
@@ -446,8 +481,12 @@ class GroupCommitWriter(threading.Thread):
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the WAL is open
         conn.execute("PRAGMA synchronous = NORMAL")
         syncer = WalSyncer(database.with_name(database.name + "-wal"))
-        syncer.sync()  # what the migrations wrote, before anything is answered
-        syncer.start()
+        try:
+            syncer.sync()  # what the migrations wrote, before anything is answered
+            syncer.start()
+        except BaseException:
+            syncer.close()
+            raise
         return syncer
 
     @property
@@ -579,9 +618,10 @@ class GroupCommitWriter(threading.Thread):
                 for op in group:
                     self._commit_alone(conn, op)
             return stopping
+        # Counted once the outcomes are handed on (to the callers or the syncer).
+        self._settle([(op, result, None) for op, result in zip(group, results, strict=True)])
         self.commits += 1
         self.operations += len(group)
-        self._settle([(op, result, None) for op, result in zip(group, results, strict=True)])
         return stopping
 
     def _commit_alone(self, conn: sqlite3.Connection, op: WriteOp) -> None:
@@ -601,9 +641,9 @@ class GroupCommitWriter(threading.Thread):
             self._rollback(conn)
             self._settle([(op, None, exc)])
         else:
+            self._settle([(op, result, None)])
             self.commits += 1
             self.operations += 1
-            self._settle([(op, result, None)])
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
