@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -75,6 +75,10 @@ class WrkResult:
     errors: int
     p50_ms: float
     p99_ms: float
+    # Share of the machine's CPU time left idle during the run (/proc/stat): when the
+    # server is the limit it is near 0; a server waiting on something else (its disk,
+    # a lock) leaves the cores idle although the load generator keeps them busy.
+    idle: float | None = None
 
     @property
     def rate(self) -> float:
@@ -125,8 +129,22 @@ def run_wrk(
         PIXEL,
         ORIGIN,
     ]
+    before = cpu_times()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 60)
-    return parse_wrk(done.stdout)
+    after = cpu_times()
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    idle = (spent[3] + spent[4]) / sum(spent) if before and sum(spent) else None
+    return replace(parse_wrk(done.stdout), idle=idle)
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (user, nice, system, idle, iowait, ...), or [] where
+    there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(field) for field in stat.readline().split()[1:]]
+    except OSError:
+        return []
 
 
 def ensure_wrk() -> None:
@@ -291,7 +309,7 @@ def main() -> None:
         f"wrk ingest vs floor ({args.storage.split(':')[0]}, "
         f"{args.duration:g} s per run, same run)",
         ["route", "server", "conns", "req/s", "events/s", "p50 ms", "p99 ms", "non-2xx/err",
-         "ratio to floor req/s"],
+         "idle", "ratio to floor req/s"],
         rows,
     )  # fmt: skip
     for line in checks:
@@ -325,6 +343,7 @@ def table_row(route: Route, server: str, result: WrkResult, floor: WrkResult | N
         f"{result.p50_ms:.1f}",
         f"{result.p99_ms:.1f}",
         f"{result.non2xx}/{result.errors}",
+        "-" if result.idle is None else f"{result.idle:.0%}",
         ratio_text,
     ]
 
