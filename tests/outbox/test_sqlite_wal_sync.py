@@ -180,19 +180,14 @@ async def test_a_failed_sync_is_final_nothing_after_it_is_acknowledged(
 
 
 async def test_a_stopped_sync_thread_fails_callers_instead_of_leaving_them_waiting(
-    db_path: Path,
+    box: SQLiteOutbox,
 ) -> None:
-    box = SQLiteOutbox(db_path)
-    await box.open()
-    try:
-        syncer = _syncer(box)
-        syncer.stop()
-        syncer.join(10)
-        with pytest.raises(StorageUnavailable, match="sync thread stopped"):
-            await asyncio.wait_for(box.enqueue([make_event("e1")], now=T0), 10)
-        assert await box.ping() is False
-    finally:
-        await box.close()
+    syncer = _syncer(box)
+    syncer.stop()
+    syncer.join(10)
+    with pytest.raises(StorageUnavailable, match="sync thread stopped"):
+        await asyncio.wait_for(box.enqueue([make_event("e1")], now=T0), 10)
+    assert await box.ping() is False
 
 
 async def test_close_answers_every_commit_after_its_sync(db_path: Path, gate: GatedSync) -> None:
@@ -342,17 +337,12 @@ async def test_a_sync_that_fails_at_start_fails_open_and_leaves_nothing_open(
     assert _open_wal_descriptors(db_path) == []
 
 
-async def test_what_reaches_an_ended_sync_thread_is_failed_at_once(db_path: Path) -> None:
-    box = SQLiteOutbox(db_path)
-    await box.open()
+async def test_what_reaches_an_ended_sync_thread_is_failed_at_once(box: SQLiteOutbox) -> None:
     syncer = _syncer(box)
     loop = asyncio.get_running_loop()
-    try:
-        syncer.stop()
-        syncer.join(10)
-        late = loop.create_future()
-        syncer.put([(WriteOp(lambda conn: None, loop, late), "ok", None)])
-        with pytest.raises(StorageUnavailable, match="closed before this write"):
-            await asyncio.wait_for(late, 10)
-    finally:
-        await box.close()
+    syncer.stop()
+    syncer.join(10)
+    late = loop.create_future()
+    syncer.put([(WriteOp(lambda conn: None, loop, late), "ok", None)])
+    with pytest.raises(StorageUnavailable, match="closed before this write"):
+        await asyncio.wait_for(late, 10)

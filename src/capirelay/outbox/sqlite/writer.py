@@ -21,7 +21,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -177,18 +177,30 @@ def _open_turn_file(path: Path | None) -> int | None:
         return None
 
 
-def _drain(inbox: queue.SimpleQueue[Any]) -> list[Any]:
-    """What waits in ``inbox``, lists flattened, the stop mark left out."""
+def _drain(inbox: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:
+    """What waits in ``inbox``, lists flattened, and whether the stop mark was among it
+    (left out)."""
     left: list[Any] = []
+    stopped = False
     while True:
         try:
             item = inbox.get_nowait()
         except queue.Empty:
-            return left
+            return left, stopped
         if isinstance(item, list):
             left.extend(item)
-        elif item is not _STOP:
+        elif item is _STOP:
+            stopped = True
+        else:
             left.append(item)
+
+
+def _closed() -> StorageUnavailable:
+    return StorageUnavailable("the outbox closed before this write")
+
+
+def _failed(ops: Iterable[WriteOp], error: BaseException) -> list[Outcome]:
+    return [(op, None, error) for op in ops]
 
 
 _fdatasync: Final = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
@@ -252,8 +264,7 @@ class WalSyncer(threading.Thread):
             if not self._exited:
                 self._inbox.put(outcomes)
                 return
-        failure = self.failure or StorageUnavailable("the outbox closed before this write")
-        _answer([(op, None, failure) for op, _, _ in outcomes])
+        _answer(_failed((op for op, _, _ in outcomes), self.failure or _closed()))
 
     def stop(self) -> None:
         """Answer what is queued (after a last sync), then exit."""
@@ -267,22 +278,9 @@ class WalSyncer(threading.Thread):
                 item = self._inbox.get()
                 if item is _STOP:
                     return
-                batch = list(item)  # type: ignore[call-overload]
-                while True:
-                    try:
-                        more = self._inbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is _STOP:
-                        stopping = True
-                        break
-                    batch.extend(more)  # type: ignore[arg-type]
-                try:
-                    outcomes = self._synced(batch)
-                except BaseException as exc:  # never leave a caller waiting
-                    self._fail(exc)
-                    outcomes = [(op, None, self.failure) for op, _, _ in batch]
-                _answer(outcomes)
+                more, stopping = _drain(self._inbox)
+                batch = [*item, *more]  # type: ignore[misc]
+                _answer(self._synced(batch))
                 batch = []
         except BaseException as exc:
             self._fail(exc)
@@ -292,10 +290,9 @@ class WalSyncer(threading.Thread):
             # answers did not go out), what is queued, and what is put from now on.
             with self._gate:
                 self._exited = True
-            failure = self.failure or StorageUnavailable("the outbox closed before this write")
             with contextlib.suppress(Exception):
-                _answer([(op, None, failure) for op, _, _ in batch])
-            self.fail_pending()
+                _answer(_failed((op for op, _, _ in batch), self.failure or _closed()))
+            self._fail_pending()
             self.close()
 
     def close(self) -> None:
@@ -312,7 +309,7 @@ class WalSyncer(threading.Thread):
             except Exception as exc:  # any failure ends acknowledgements
                 self._fail(exc)
         if self.failure is not None:
-            return [(op, None, self.failure) for op, _, _ in batch]
+            return _failed((op for op, _, _ in batch), self.failure)
         return batch
 
     def _fail(self, exc: BaseException) -> None:
@@ -329,10 +326,10 @@ class WalSyncer(threading.Thread):
             "check the disk and restart the gateway"
         )
 
-    def fail_pending(self) -> None:
+    def _fail_pending(self) -> None:
         """Fail what is still queued (the thread died, or the writer stops without it)."""
-        failure = self.failure or StorageUnavailable("the outbox closed before this write")
-        _answer([(op, None, failure) for op, _, _ in _drain(self._inbox)])
+        left, _ = _drain(self._inbox)
+        _answer(_failed((op for op, _, _ in left), self.failure or _closed()))
 
     def sync(self) -> None:
         """``fdatasync`` the WAL file; :class:`OSError` if it fails or was removed."""
@@ -464,8 +461,7 @@ class GroupCommitWriter(threading.Thread):
             if self._syncer is not None:
                 # Before the connection closes: closing the last one removes the WAL.
                 self._syncer.stop()
-                self._syncer.join()
-                self._syncer.fail_pending()  # left behind if the thread died
+                self._syncer.join()  # it fails whatever it could not answer
             conn.close()
             if self._turn_fd is not None:
                 os.close(self._turn_fd)
@@ -504,10 +500,9 @@ class GroupCommitWriter(threading.Thread):
         leaving its caller waiting forever."""
         with self._gate:
             self._closing = True
-        left, self._carry = self._carry, []
-        left.extend(_drain(self._inbox))
-        refused = StorageUnavailable("the outbox closed before this write")
-        _answer([(op, None, refused) for op in left])
+        left, _ = _drain(self._inbox)
+        _answer(_failed([*self._carry, *left], _closed()))
+        self._carry = []
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         stopping = False
@@ -600,7 +595,7 @@ class GroupCommitWriter(threading.Thread):
         if failure is not None:
             # A sync failed: nothing more is committed (see WalSyncer).
             stopping = self._gather(group)
-            _answer([(op, None, failure) for op in group])
+            _answer(_failed(group, failure))
             return stopping
         try:
             with self._turn():
@@ -663,7 +658,7 @@ class GroupCommitWriter(threading.Thread):
             return
         failure = self.failure
         if failure is not None:
-            _answer([(op, None, failure) for op, _, _ in outcomes])
+            _answer(_failed((op for op, _, _ in outcomes), failure))
         else:
             syncer.put(outcomes)
 
