@@ -8,12 +8,16 @@ How long the close took is printed (``-s``) for docs/reliability.md, never asser
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
 from tests.server._uvicorn_thread import serving
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -82,3 +86,51 @@ def test_headers_sent_in_pieces_within_the_bound_are_served(address: tuple[str, 
             conn.sendall(piece)
         answer = conn.recv(4096)
     assert answer.startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("parser", [H11Protocol, HttpToolsProtocol], ids=["h11", "httptools"])
+def test_headers_sent_in_time_are_served_after_the_server_stalled(
+    parser: type[asyncio.Protocol],
+) -> None:
+    """The bound is on the client, not on the server: when the server's loop is stuck
+    past the deadline (a blocking request, a CPU-starved worker), headers that arrived
+    in time are still read and answered, not cut off by the timer that fell due during
+    the stall (the loop reads the sockets before it runs that timer)."""
+    stalling, release = threading.Event(), threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/stall":
+            stalling.set()
+            release.wait(GUARD)  # blocks the loop: nothing else is read meanwhile
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    config = uvicorn.Config(
+        app, loop="uvloop", http=with_header_timeout(parser, HEADER_TIMEOUT), log_config=None
+    )
+    with serving(uvicorn.Server(config), GUARD) as address:
+        waiting = socket.create_connection(address, timeout=GUARD)
+        stall = socket.create_connection(address, timeout=GUARD)
+        try:
+            # A round trip on a third connection: the loop has accepted the two before it
+            # (accepts are taken in order), so the waiting one's timer is running.
+            with socket.create_connection(address, timeout=GUARD) as probe:
+                probe.sendall(b"GET / HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n")
+                assert probe.recv(4096).startswith(b"HTTP/1.1 200")
+            armed_by = time.monotonic()
+            stall.sendall(b"GET /stall HTTP/1.1\r\nHost: g\r\n\r\n")
+            assert stalling.wait(GUARD)
+            # The loop is stuck in /stall: these headers arrive in time but are not read.
+            waiting.sendall(b"GET / HTTP/1.1\r\nHost: g\r\n\r\n")
+            # Keep the loop stuck until the waiting connection's deadline has passed.
+            while time.monotonic() < armed_by + 2 * HEADER_TIMEOUT:
+                time.sleep(0.05)
+            release.set()
+            assert stall.recv(4096).startswith(b"HTTP/1.1 200")
+            assert waiting.recv(4096).startswith(b"HTTP/1.1 200")
+        finally:
+            release.set()
+            waiting.close()
+            stall.close()
