@@ -249,6 +249,28 @@ def test_sigterm_stops_every_worker_gracefully(gateway: Gateway) -> None:
     assert "Traceback" not in gateway.log_path.read_text()
 
 
+def test_a_worker_that_dies_is_restarted_and_the_log_says_so(gateway: Gateway) -> None:
+    """The requests a dying worker was serving get no answer, so its restart is a
+    warning in the log (visible at the default level), with how it ended."""
+    victim = gateway.workers()[0]
+    victim.kill()
+    victim.wait(10)
+    wait_for(
+        lambda: (
+            f"worker [{victim.pid}] exited (code -9); restarting it" in gateway.log_path.read_text()
+        ),
+        what="the restart warning",
+    )
+    wait_for(
+        lambda: (
+            len(gateway.workers()) == WORKERS
+            and victim.pid not in {w.pid for w in gateway.workers()}
+        ),
+        what="a replacement worker",
+    )
+    assert gateway.post(_event(f"after-restart-{uuid.uuid4().hex[:8]}")).status_code == 202
+
+
 def test_every_worker_delivers_and_each_event_reaches_meta_once(
     storage: str, tmp_path: Path
 ) -> None:

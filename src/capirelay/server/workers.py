@@ -176,6 +176,7 @@ class WorkerSockets(Multiprocess):
         for idx, process in enumerate(self.processes):
             if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
                 continue
+            hung = process.process.is_alive()  # running, but no answer to the health check
             process.kill()  # hung: kill it
             process.join()
             if process.exitcode == STARTUP_FAILURE:
@@ -184,7 +185,18 @@ class WorkerSockets(Multiprocess):
                 return
             if self.should_exit.is_set():
                 return
-            log.info("worker [%s] died; restarting it", process.pid)
+            # A warning, not info: the requests the worker was serving got no answer.
+            if hung:
+                log.warning(
+                    "worker [%s] did not answer its health check within %s s; killed it, "
+                    "restarting it (its requests in flight got no answer)",
+                    process.pid,
+                    self.config.timeout_worker_healthcheck,
+                )
+            else:
+                log.warning(
+                    "worker [%s] exited (code %s); restarting it", process.pid, process.exitcode
+                )
             self.processes[idx] = self._spawn(idx)
 
     def restart_all(self) -> None:
