@@ -74,6 +74,46 @@ async def test_one_call_and_other_orders(outbox: Outbox) -> None:
     assert await outbox.order_ledger_size() == 4
 
 
+async def test_an_event_id_repeated_after_a_known_order_is_queued_by_its_second_use(
+    outbox: Outbox,
+) -> None:
+    """The first occurrence of an event id wins, among the events the ledger lets
+    through: when that first one is an order already sent, the next one queues."""
+    assert await outbox.enqueue([order_event("x", "5")], now=T0) == [QUEUED]
+    again = [
+        order_event("y", "5"),  # order 5 again: turned away by the ledger
+        order_event("y", "6"),  # same event id, a new order: the first to get through
+        make_event("y"),  # same event id, no order: a duplicate of the one before
+        order_event("z", "7"),
+        make_event("z"),  # a duplicate of the (new) order 7 before it
+    ]
+    assert await outbox.enqueue(again, now=T0 + 1) == [
+        DUPLICATE,
+        QUEUED,
+        DUPLICATE,
+        QUEUED,
+        DUPLICATE,
+    ]
+    leased = await outbox.lease("111", limit=10, lease_seconds=60, now=T0 + 2)
+    assert sorted(e.event_id for e in leased) == ["x", "y", "z"]
+    assert await outbox.order_ledger_size() == 3
+    # The same request with nothing known: each event id's first occurrence queues.
+    fresh = [
+        order_event("y", "5", pixel_id="222"),
+        order_event("y", "6", pixel_id="222"),
+        make_event("y", pixel_id="222"),
+        order_event("z", "7", pixel_id="222"),
+        make_event("z", pixel_id="222"),
+    ]
+    assert await outbox.enqueue(fresh, now=T0 + 3) == [
+        QUEUED,
+        DUPLICATE,
+        DUPLICATE,
+        QUEUED,
+        DUPLICATE,
+    ]
+
+
 async def test_a_dead_letter_keeps_its_order_and_only_a_replay_resends(outbox: Outbox) -> None:
     assert await outbox.enqueue([order_event("shopify:9:Purchase", "9")], now=T0) == [QUEUED]
     [leased] = await outbox.lease("111", limit=10, lease_seconds=60, now=T0)

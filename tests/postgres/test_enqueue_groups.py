@@ -5,12 +5,15 @@ exactly what it would have been told alone, only after that commit."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from pathlib import Path
 
 import psycopg
 import pytest
 from pg_replicas import OpenReplica
 
 from capirelay.outbox import EnqueueStatus, NewEvent, StorageUnavailable
+from capirelay.outbox.postgres import PostgresOutbox
 from capirelay.outbox.postgres._coalesce import MAX_GROUP_EVENTS, NOW_TOLERANCE
 from waiting import wait_for
 
@@ -134,3 +137,43 @@ async def test_a_failed_group_fails_every_caller(open_replica: OpenReplica) -> N
         *(box.enqueue([event(f"e{i}")], now=T0) for i in range(3)), return_exceptions=True
     )
     assert all(isinstance(r, StorageUnavailable) for r in results)
+
+
+def _client_messages(trace: str) -> list[str]:
+    """The protocol messages the client sent, by type (libpq's trace of the connection: a
+    timestamp, F for the client, the length, the type; a query's text spans lines)."""
+    return [
+        fields[3]
+        for line in trace.splitlines()
+        if len(fields := line.split("\t")) > 3 and fields[1] == "F"
+    ]
+
+
+async def test_an_enqueue_is_one_round_trip_and_the_connection_goes_back_transactional(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """One statement on an autocommit connection (no BEGIN, no COMMIT: three round trips
+    fewer for a request of order events); the pool lends that connection out again in
+    transaction mode, so work of several statements stays atomic."""
+    box = PostgresOutbox(postgres_url, pool_size=1, listen=False)
+    await box.open()
+    try:
+        order = replace(event("o1"), order_key=b"k" * 16)
+        await box.enqueue([event("warm-up")], now=T0)
+        trace = tmp_path / "libpq.trace"
+        with trace.open("w") as sink:
+            async with box._pool.connection() as conn:  # the pool's only connection
+                conn.pgconn.trace(sink.fileno())
+            assert await box.enqueue([order, event("e1")], now=T0) == [QUEUED, QUEUED]
+            async with box._pool.connection() as conn:
+                conn.pgconn.untrace()
+                assert not conn.autocommit
+                await conn.execute("SELECT 1")
+                assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        sent = _client_messages(trace.read_text())
+        assert sent.count("Sync") == 1, sent  # one statement, answered once
+        assert "Query" not in sent, sent  # no simple-query BEGIN or COMMIT
+        assert await box.order_ledger_size() == 1
+        assert (await box.stats(now=T0)).depth == 3
+    finally:
+        await box.close()

@@ -1,30 +1,79 @@
-"""Enqueue on PostgreSQL: the order-ledger claim, then dedup and queue in one statement.
+"""Enqueue on PostgreSQL: the order-ledger claim, dedup and queue in ONE statement.
 
 The database does as little per event as it can: the caller (this module) keeps the
-first occurrence of a key repeated inside a request and ranks the keys in key order, so
-the ``enqueue`` statement (``queries.sql``) neither deduplicates nor sorts text; it
-claims each key, in rank order, with the queue row id it assigns up front.
+first event of an order key and the first occurrence of a dedup key repeated inside a
+request, and ranks the keys in key order, so the ``enqueue`` statement
+(``queries.sql``) neither deduplicates nor sorts text; it claims the order keys, then
+each dedup key in rank order with the queue row id it assigns up front.
+
+The statement runs on its own, on an autocommit connection: one round trip and one
+implicit transaction (durable when the client reads the answer), where BEGIN, a ledger
+statement, the enqueue and COMMIT took four.  One case takes two statements in a
+transaction (:func:`enqueue_in_two_steps`): a dedup key repeated within a request of
+order events, since which occurrence is the first to queue then depends on which
+orders the ledger lets through.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from psycopg import AsyncConnection
 
 from capirelay.outbox.base import DEDUP_WINDOW_SECONDS, NewEvent
 
-__all__ = ["enqueue_keys", "enqueue_orders", "enqueue_params"]
+__all__ = ["Picked", "enqueue_in_one_statement", "enqueue_in_two_steps", "pick"]
 
 
-def enqueue_params(events: Sequence[NewEvent], now: float, channel: str) -> dict[str, Any]:
-    """The ``enqueue`` statement's arrays for ``events`` (each key once, in request order)."""
+class Picked(NamedTuple):
+    """What of a request goes to the database (indexes into it, in request order)."""
+
+    # Each order key's first event: the candidates (later ones are duplicates whatever
+    # the database holds).
+    candidates: list[int]
+    # Of those, each dedup key's first occurrence: what one statement is sent, or None
+    # when that first occurrence is an order event (the ledger may turn it away, and
+    # then the next occurrence is the first to queue: enqueue_in_two_steps decides).
+    one_statement: list[int] | None
+
+
+def pick(events: Sequence[NewEvent]) -> Picked:
+    """Which events of a request the enqueue sends, and how (see :class:`Picked`)."""
+    candidates: list[int] = []
+    first: list[int] = []
+    orders: set[bytes] = set()
+    # Each dedup key seen, and whether its first occurrence carries an order key.
+    keys: dict[tuple[str, str, str], bool] = {}
+    undecided = False
+    for index, event in enumerate(events):
+        order = event.order_key
+        if order is not None:
+            if order in orders:
+                continue
+            orders.add(order)
+        candidates.append(index)
+        key = _key(event)
+        if key in keys:
+            undecided = undecided or keys[key]
+            continue
+        keys[key] = order is not None
+        first.append(index)
+    return Picked(candidates, None if undecided else first)
+
+
+def enqueue_params(
+    events: Sequence[NewEvent], now: float, channel: str, *, with_orders: bool = True
+) -> dict[str, Any]:
+    """The ``enqueue`` statement's arrays for ``events`` (each key once, in request order);
+    without ``with_orders`` the ledger part claims nothing and lets every event through."""
     order = sorted(range(len(events)), key=lambda i: _key(events[i]))
     ranks = [0] * len(events)
     for rank, index in enumerate(order):
         ranks[index] = rank
+    order_keys = sorted({e.order_key for e in events if e.order_key is not None})
     return {
+        "order_keys": order_keys if with_orders else [],
         "ranks": ranks,
         "pixel_ids": [e.pixel_id for e in events],
         "event_names": [e.event_name for e in events],
@@ -35,6 +84,7 @@ def enqueue_params(events: Sequence[NewEvent], now: float, channel: str) -> dict
         "deadlines": [float(e.deadline) for e in events],
         "test_event_codes": [e.test_event_code for e in events],
         "sources": [e.source for e in events],
+        "event_order_keys": [e.order_key if with_orders else None for e in events],
         "now": now,
         "cutoff": now - DEDUP_WINDOW_SECONDS,
         "channel": channel,
@@ -45,48 +95,58 @@ def _key(event: NewEvent) -> tuple[str, str, str]:
     return (event.event_id, event.event_name, event.pixel_id)
 
 
-async def enqueue_keys(
+async def _run_enqueue(
     conn: AsyncConnection[Any],
     queries: Mapping[str, str],
-    indexes: Iterable[int],
     events: Sequence[NewEvent],
+    picked: Sequence[int],
     now: float,
     channel: str,
+    *,
+    with_orders: bool,
 ) -> set[int]:
-    """Queue ``events[i]`` for each ``i`` of ``indexes`` whose key is new (dedup as usual);
-    the indexes of the queued ones.  A key repeated in the request keeps its first
-    occurrence here, so the statement sees each key once (no sort in the database)."""
-    picked: list[int] = []
-    seen: set[tuple[str, str, str]] = set()
-    for index in indexes:
-        key = _key(events[index])
-        if key not in seen:
-            seen.add(key)
-            picked.append(index)
     if not picked:
         return set()
-    params = enqueue_params([events[i] for i in picked], now, channel)
+    params = enqueue_params([events[i] for i in picked], now, channel, with_orders=with_orders)
     cur = await conn.execute(queries["enqueue"], params)
     return {picked[row[0] - 1] for row in await cur.fetchall()}
 
 
-async def enqueue_orders(
+async def enqueue_in_one_statement(
     conn: AsyncConnection[Any],
     queries: Mapping[str, str],
     events: Sequence[NewEvent],
+    picked: Sequence[int],
     now: float,
     channel: str,
 ) -> set[int]:
-    """Enqueue a request holding order events: claim their ledger keys, then queue (dedup
-    as usual) the events without a key or with a new one.  The indexes of queued events."""
-    keys = sorted({e.order_key for e in events if e.order_key is not None})
-    cur = await conn.execute(queries["claim_order_keys"], {"keys": keys, "now": now})
+    """Queue the ``picked`` events (:attr:`Picked.one_statement`) whose order and dedup
+    keys are new; the indexes of the queued ones.  On an autocommit connection this is
+    the whole transaction."""
+    return await _run_enqueue(conn, queries, events, picked, now, channel, with_orders=True)
+
+
+async def enqueue_in_two_steps(
+    conn: AsyncConnection[Any],
+    queries: Mapping[str, str],
+    events: Sequence[NewEvent],
+    picked: Sequence[int],
+    now: float,
+    channel: str,
+) -> set[int]:
+    """As :func:`enqueue_in_one_statement`, for the ``picked`` events
+    (:attr:`Picked.candidates`), in a transaction: claim their order keys, then queue
+    (dedup as usual) the events without a key or with a new one, each dedup key's first
+    occurrence among those."""
+    orders = sorted({order for i in picked if (order := events[i].order_key) is not None})
+    cur = await conn.execute(queries["claim_order_keys"], {"keys": orders, "now": now})
     claimed = {bytes(row[0]) for row in await cur.fetchall()}
-    picked: list[int] = []
-    for index, event in enumerate(events):
-        if event.order_key is None:
-            picked.append(index)
-        elif event.order_key in claimed:
-            picked.append(index)
-            claimed.discard(event.order_key)  # a key repeated in the request: first place only
-    return await enqueue_keys(conn, queries, picked, events, now, channel)
+    through: list[int] = []
+    seen: set[tuple[str, str, str]] = set()
+    for index in picked:
+        order = events[index].order_key
+        key = _key(events[index])
+        if (order is None or order in claimed) and key not in seen:
+            seen.add(key)
+            through.append(index)
+    return await _run_enqueue(conn, queries, events, through, now, channel, with_orders=False)

@@ -73,7 +73,11 @@ from capirelay.outbox.base import (
     StorageUnavailable,
 )
 from capirelay.outbox.postgres._coalesce import EnqueueCoalescer
-from capirelay.outbox.postgres._enqueue import enqueue_keys, enqueue_orders
+from capirelay.outbox.postgres._enqueue import (
+    enqueue_in_one_statement,
+    enqueue_in_two_steps,
+    pick,
+)
 from capirelay.outbox.postgres._leases import lock_lease, settle, unlease
 from capirelay.outbox.postgres._operator import PostgresOperatorRecords
 from capirelay.outbox.postgres._statements import CHANNEL, QUERIES, load_queries
@@ -187,6 +191,7 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             open=False,
             timeout=self.connect_timeout,
             kwargs={"connect_timeout": max(1, round(self.connect_timeout))},
+            reset=_transactional,
             name="capirelay-outbox",
         )
         try:
@@ -219,11 +224,14 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
 
     @asynccontextmanager
     async def _transaction(
-        self, timeout: float | None = None
+        self, timeout: float | None = None, *, autocommit: bool = False
     ) -> AsyncIterator[AsyncConnection[Any]]:
         """A pooled connection in a transaction that has COMMITted when the block exits.
 
         ``timeout``: longest wait for a connection (default ``connect_timeout``).
+        ``autocommit``: no BEGIN and no COMMIT sent, each statement is its own
+        transaction (for work that is ONE statement: one round trip instead of three);
+        the pool puts the connection back in transaction mode (``_transactional``).
         Deadlocks and serialization failures pass through for :meth:`_in_transaction`
         to retry; every other connection-level failure is :class:`StorageUnavailable`.
         """
@@ -232,18 +240,23 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             raise StorageUnavailable("the outbox is not open")
         try:
             async with pool.connection(timeout=timeout) as conn:
+                if autocommit:
+                    await conn.set_autocommit(True)
                 yield conn
         except (psycopg.errors.TransactionRollback, *_BAD_DATA):
             raise
         except _UNAVAILABLE as exc:
             raise storage_error(exc) from exc
 
-    async def _in_transaction(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """Run ``work`` in one transaction; retried whole when the database asks for it."""
+    async def _in_transaction(
+        self, work: Callable[[AsyncConnection[Any]], Awaitable[T]], *, autocommit: bool = False
+    ) -> T:
+        """Run ``work`` in one transaction (``autocommit``: work that is one statement, run
+        as its own transaction); retried whole when the database asks for it."""
         attempt = 1
         while True:
             try:
-                async with self._transaction() as conn:
+                async with self._transaction(autocommit=autocommit) as conn:
                     return await work(conn)
             except psycopg.errors.TransactionRollback as exc:
                 if attempt >= TRANSIENT_RETRIES:
@@ -289,15 +302,20 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         """One transaction for ``events`` (one request's, or a group of them in call order)."""
         if not events:
             return []
+        picked = pick(events)
+        one_statement = picked.one_statement
         try:
-            if any(e.order_key is not None for e in events):
+            if one_statement is not None:
                 queued = await self._in_transaction(
-                    lambda conn: enqueue_orders(conn, QUERIES, events, now, CHANNEL)
+                    lambda conn: enqueue_in_one_statement(
+                        conn, QUERIES, events, one_statement, now, CHANNEL
+                    ),
+                    autocommit=True,
                 )
             else:
                 queued = await self._in_transaction(
-                    lambda conn: enqueue_keys(
-                        conn, QUERIES, range(len(events)), events, now, CHANNEL
+                    lambda conn: enqueue_in_two_steps(
+                        conn, QUERIES, events, picked.candidates, now, CHANNEL
                     )
                 )
         except _BAD_DATA as exc:
@@ -562,3 +580,11 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             async for notify in conn.notifies():
                 self._announced.add(notify.payload)
                 self._work.set()
+
+
+async def _transactional(conn: AsyncConnection[Any]) -> None:
+    """The pool's reset: a connection lent out in autocommit (``_transaction``) goes back
+    in transaction mode, or is discarded if it cannot be (never lent out in autocommit to
+    work of several statements, which would then not be atomic)."""
+    if conn.autocommit:
+        await conn.set_autocommit(False)

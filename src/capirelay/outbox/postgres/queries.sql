@@ -6,26 +6,42 @@
 -- bigint[] so that acking 1,000 events is one statement, not a thousand.
 
 -- name: enqueue
--- Dedup and queue one request in ONE statement (one round trip, whatever its size).
--- The caller sends each key of the request once (its first occurrence), as parallel
--- arrays in request order (unnest ... WITH ORDINALITY keeps it), with `ranks`: each
--- event's place in key order.  Every event gets its queue row's id up front (nextval,
--- in request order).  The dedup insert claims each key with that id (the key stays
--- pinned while the row exists), or takes over a key older than the 48 h window whose
--- queue row is gone; a key it could not claim is a duplicate.  Across replicas the
--- primary key of capirelay_dedup does the arbitration: a concurrent insert of the same
--- key waits for the first transaction and then sees its row, so exactly one of them
--- queues the event.  Keys are inserted in key order (by rank: an integer sort) so that
--- two requests sharing keys lock them in the same order and cannot deadlock.  The
--- queued rows' pixels are announced with pg_notify, which PostgreSQL delivers at
--- COMMIT (never for a rolled-back request).
-WITH input AS (
+-- The order-ledger claim, dedup and queue of one request (or one coalesced group) in ONE
+-- statement, run on its own (autocommit): one round trip and one implicit transaction,
+-- durably committed before the client reads the answer, whatever the request's size.
+-- `order_keys` holds the request's order keys once each, sorted; `event_order_keys` each
+-- event's key (NULL for an event without one).  The ledger insert runs first (`input`
+-- reads what it returned before any dedup key is claimed) and claims the keys in key
+-- order; an event whose key it did not claim (an order already sent) is not queued.
+-- The caller sends each order key's first event only, and each dedup key once among
+-- the events it sends (its first occurrence), as parallel arrays in request order
+-- (unnest ... WITH ORDINALITY keeps it), with `ranks`: each event's place in key order.
+-- Every event gets its queue row's id up front (nextval, in request order, for the
+-- events the ledger lets through).  The dedup insert claims each key with that id (the
+-- key stays pinned while the row exists), or takes over a key older than the 48 h
+-- window whose queue row is gone; a key it could not claim is a duplicate.  Across
+-- replicas the primary keys of capirelay_order_ledger and capirelay_dedup do the
+-- arbitration: a concurrent insert of the same key waits for the first transaction and
+-- then sees its row, so exactly one of them queues the event.  Keys are inserted in key
+-- order (ledger keys sorted, dedup keys by rank: an integer sort) so that two requests
+-- sharing keys lock them in the same order and cannot deadlock.  The queued rows'
+-- pixels are announced with pg_notify, which PostgreSQL delivers at COMMIT (never for a
+-- rolled-back request).
+WITH ledger AS (
+    INSERT INTO capirelay_order_ledger (key, seen_at)
+    SELECT k, %(now)s FROM unnest(%(order_keys)b::bytea[]) AS k ORDER BY k
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key
+),
+input AS (
     SELECT nextval('capirelay_queue_id_seq') AS id, t.*
     FROM unnest(%(ranks)b::int[], %(pixel_ids)b::text[], %(event_names)b::text[],
                 %(event_ids)b::text[], %(payloads)b::bytea[], %(event_times)b::bigint[],
-                %(deadlines)b::float8[], %(test_event_codes)b::text[], %(sources)b::text[])
+                %(deadlines)b::float8[], %(test_event_codes)b::text[], %(sources)b::text[],
+                %(event_order_keys)b::bytea[])
          WITH ORDINALITY AS t (rank, pixel_id, event_name, event_id, payload, event_time,
-                               deadline, test_event_code, source, ord)
+                               deadline, test_event_code, source, order_key, ord)
+    WHERE t.order_key IS NULL OR t.order_key IN (SELECT key FROM ledger)
 ),
 claimed AS (
     INSERT INTO capirelay_dedup AS d (event_id, event_name, pixel_id, seen_at, queue_id)
