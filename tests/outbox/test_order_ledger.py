@@ -4,6 +4,7 @@ DLQ replay resends."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
@@ -112,6 +113,31 @@ async def test_an_event_id_repeated_after_a_known_order_is_queued_by_its_second_
         QUEUED,
         DUPLICATE,
     ]
+
+
+async def test_an_order_whose_event_id_came_first_without_one_is_still_recorded(
+    outbox: Outbox,
+) -> None:
+    """The browser's Purchase (no order id) and the shop's (order 5) share an event id:
+    the second is a duplicate, and its order is in the ledger all the same, so the
+    order sent again under another event id is a duplicate too."""
+    assert await outbox.enqueue([make_event("p"), order_event("p", "5")], now=T0) == [
+        QUEUED,
+        DUPLICATE,
+    ]
+    assert await outbox.order_ledger_size() == 1
+    assert await outbox.enqueue([order_event("backend-5", "5")], now=T0 + 1) == [DUPLICATE]
+
+
+async def test_the_same_from_two_requests_at_once(outbox: Outbox) -> None:
+    """Two requests in one event-loop iteration (one statement group on PostgreSQL)."""
+    first, second = await asyncio.gather(
+        outbox.enqueue([make_event("p")], now=T0),
+        outbox.enqueue([order_event("p", "5")], now=T0),
+    )
+    assert (first, second) == ([QUEUED], [DUPLICATE])
+    assert await outbox.order_ledger_size() == 1
+    assert await outbox.enqueue([order_event("backend-5", "5")], now=T0 + 1) == [DUPLICATE]
 
 
 async def test_a_dead_letter_keeps_its_order_and_only_a_replay_resends(outbox: Outbox) -> None:

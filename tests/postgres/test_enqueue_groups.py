@@ -171,9 +171,28 @@ async def test_an_enqueue_is_one_round_trip_and_the_connection_goes_back_transac
                 await conn.execute("SELECT 1")
                 assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
         sent = _client_messages(trace.read_text())
-        assert sent.count("Sync") == 1, sent  # one statement, answered once
+        assert sent.count("Execute") == 1, sent  # one statement (the ledger claim in it)
         assert "Query" not in sent, sent  # no simple-query BEGIN or COMMIT
         assert await box.order_ledger_size() == 1
         assert (await box.stats(now=T0)).depth == 3
+    finally:
+        await box.close()
+
+
+async def test_a_connection_whose_statement_failed_in_autocommit_goes_back_transactional(
+    postgres_url: str,
+) -> None:
+    """A value PostgreSQL cannot store fails the one-statement enqueue on the autocommit
+    connection (the request is then split down to the bad event); the connection the
+    pool lends out next is in transaction mode all the same."""
+    box = PostgresOutbox(postgres_url, pool_size=1, listen=False)
+    await box.open()
+    try:
+        bad = NewEvent("111", "Purchase", "nul\x00byte", b"{}", int(T0), T0 + 86400)
+        assert await box.enqueue([bad, event("fine")], now=T0) == [REJECTED, QUEUED]
+        async with box._pool.connection() as conn:
+            assert not conn.autocommit
+            await conn.execute("SELECT 1")
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     finally:
         await box.close()

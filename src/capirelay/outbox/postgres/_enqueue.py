@@ -9,9 +9,11 @@ each dedup key in rank order with the queue row id it assigns up front.
 The statement runs on its own, on an autocommit connection: one round trip and one
 implicit transaction (durable when the client reads the answer), where BEGIN, a ledger
 statement, the enqueue and COMMIT took four.  One case takes two statements in a
-transaction (:func:`enqueue_in_two_steps`): a dedup key repeated within a request of
-order events, since which occurrence is the first to queue then depends on which
-orders the ledger lets through.
+transaction (:func:`enqueue_in_two_steps`): a dedup key repeated within a request (or a
+coalesced group of them) with an order event among its occurrences, such as a browser's
+Purchase and a shop webhook's sharing an event id.  Every order key of a call is
+claimed, a duplicate's too, and which occurrence is the first to queue depends on
+which orders the ledger lets through.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ class Picked(NamedTuple):
     # Each order key's first event: the candidates (later ones are duplicates whatever
     # the database holds).
     candidates: list[int]
-    # Of those, each dedup key's first occurrence: what one statement is sent, or None
-    # when that first occurrence is an order event (the ledger may turn it away, and
-    # then the next occurrence is the first to queue: enqueue_in_two_steps decides).
+    # Of those, each dedup key's first occurrence: what one statement is sent.  None
+    # when a repeated dedup key has an order event among its occurrences: the first
+    # may be an order the ledger turns away (the next occurrence is then the first to
+    # queue), and a later one's order must be claimed although its event is a duplicate
+    # (every order key of a call is claimed); enqueue_in_two_steps does both.
     one_statement: list[int] | None
 
 
@@ -55,7 +59,7 @@ def pick(events: Sequence[NewEvent]) -> Picked:
         candidates.append(index)
         key = _key(event)
         if key in keys:
-            undecided = undecided or keys[key]
+            undecided = undecided or keys[key] or order is not None
             continue
         keys[key] = order is not None
         first.append(index)

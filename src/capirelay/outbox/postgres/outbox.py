@@ -191,7 +191,6 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             open=False,
             timeout=self.connect_timeout,
             kwargs={"connect_timeout": max(1, round(self.connect_timeout))},
-            reset=_transactional,
             name="capirelay-outbox",
         )
         try:
@@ -231,7 +230,7 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         ``timeout``: longest wait for a connection (default ``connect_timeout``).
         ``autocommit``: no BEGIN and no COMMIT sent, each statement is its own
         transaction (for work that is ONE statement: one round trip instead of three);
-        the pool puts the connection back in transaction mode (``_transactional``).
+        the connection goes back to the pool in transaction mode (``_transactional``).
         Deadlocks and serialization failures pass through for :meth:`_in_transaction`
         to retry; every other connection-level failure is :class:`StorageUnavailable`.
         """
@@ -240,9 +239,14 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             raise StorageUnavailable("the outbox is not open")
         try:
             async with pool.connection(timeout=timeout) as conn:
-                if autocommit:
-                    await conn.set_autocommit(True)
-                yield conn
+                if not autocommit:
+                    yield conn
+                    return
+                await conn.set_autocommit(True)
+                try:
+                    yield conn
+                finally:
+                    await _transactional(conn)
         except (psycopg.errors.TransactionRollback, *_BAD_DATA):
             raise
         except _UNAVAILABLE as exc:
@@ -583,8 +587,12 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
 
 
 async def _transactional(conn: AsyncConnection[Any]) -> None:
-    """The pool's reset: a connection lent out in autocommit (``_transaction``) goes back
-    in transaction mode, or is discarded if it cannot be (never lent out in autocommit to
-    work of several statements, which would then not be atomic)."""
-    if conn.autocommit:
+    """A connection used in autocommit (``_transaction``) back in transaction mode before
+    the pool lends it again, or closed (the pool then replaces it): never lent out in
+    autocommit to work of several statements, which would not be atomic.  Switching
+    fails only on a connection that is not idle (a statement cancelled mid-flight) or
+    is broken; the pool would close those anyway."""
+    try:
         await conn.set_autocommit(False)
+    except psycopg.Error:
+        await conn.close()

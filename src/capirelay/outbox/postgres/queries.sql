@@ -9,8 +9,10 @@
 -- The order-ledger claim, dedup and queue of one request (or one coalesced group) in ONE
 -- statement, run on its own (autocommit): one round trip and one implicit transaction,
 -- durably committed before the client reads the answer, whatever the request's size.
--- `order_keys` holds the request's order keys once each, sorted; `event_order_keys` each
--- event's key (NULL for an event without one).  The ledger insert runs first (`input`
+-- `order_keys` holds the order keys of the events sent, once each, sorted: all of the
+-- request's (the caller sends a request whose dedup keys repeat around an order event
+-- as two statements instead, see postgres/_enqueue.py); `event_order_keys` each event's
+-- key (NULL for an event without one).  The ledger insert runs first (`input`
 -- reads what it returned before any dedup key is claimed) and claims the keys in key
 -- order; an event whose key it did not claim (an order already sent) is not queued.
 -- The caller sends each order key's first event only, and each dedup key once among
