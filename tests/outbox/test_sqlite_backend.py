@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from capirelay.outbox import (
 from capirelay.outbox._sql import split_queries
 from capirelay.outbox.base import ATTEMPT_LOG_LIMIT
 from capirelay.outbox.sqlite import QUERIES
+from capirelay.outbox.sqlite import writer as writer_module
 from capirelay.outbox.sqlite.writer import MIGRATIONS, GroupCommitWriter, WriteOp, migrate
 from waiting import wait_for_async
 
@@ -155,6 +157,36 @@ async def test_a_stopping_writer_refuses_new_writes_at_once(db_path: Path) -> No
     assert await asyncio.wait_for(done, 10) == "ran"  # submitted before the stop: it ran
     await loop.run_in_executor(None, writer.join, 10)
     assert not writer.is_alive()
+
+
+@pytest.mark.sqlite_only
+async def test_a_commit_is_counted_before_its_callers_hear_of_it(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer thread is held right after it answers: a caller that has its answer
+    # finds the commit counted (the counts were once taken after the answer, and a
+    # test reading them as soon as it was answered failed now and then).
+    held = threading.Event()
+    answer = writer_module._answer
+
+    def answer_then_hold(outcomes: list[writer_module.Outcome]) -> None:
+        answer(outcomes)
+        held.wait(10)
+
+    monkeypatch.setattr(writer_module, "_answer", answer_then_hold)
+    writer = GroupCommitWriter(lambda: sqlite3.connect(db_path, isolation_level=None), 64)
+    writer.start()
+    writer.ready.result(timeout=10)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[object] = loop.create_future()
+    try:
+        writer.submit(WriteOp(lambda conn: "ran", loop, done))
+        assert await asyncio.wait_for(done, 10) == "ran"
+        assert (writer.commits, writer.operations) == (1, 1)
+    finally:
+        held.set()
+        writer.stop()
+        await loop.run_in_executor(None, writer.join, 10)
 
 
 @pytest.mark.sqlite_only

@@ -613,10 +613,10 @@ class GroupCommitWriter(threading.Thread):
                 for op in group:
                     self._commit_alone(conn, op)
             return stopping
-        # Counted once the outcomes are handed on (to the callers or the syncer).
-        self._settle([(op, result, None) for op, result in zip(group, results, strict=True)])
-        self.commits += 1
-        self.operations += len(group)
+        outcomes: list[Outcome] = [
+            (op, result, None) for op, result in zip(group, results, strict=True)
+        ]
+        self._settle(outcomes, committed=True)
         return stopping
 
     def _commit_alone(self, conn: sqlite3.Connection, op: WriteOp) -> None:
@@ -636,9 +636,7 @@ class GroupCommitWriter(threading.Thread):
             self._rollback(conn)
             self._settle([(op, None, exc)])
         else:
-            self._settle([(op, result, None)])
-            self.commits += 1
-            self.operations += 1
+            self._settle([(op, result, None)], committed=True)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -648,19 +646,33 @@ class GroupCommitWriter(threading.Thread):
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
 
-    def _settle(self, outcomes: list[Outcome]) -> None:
+    def _settle(self, outcomes: list[Outcome], *, committed: bool = False) -> None:
         """Answer the callers of what just ran: at once, or once a sync of the WAL has
         made it durable (:class:`WalSyncer`).  Errors wait for the sync too: a refusal
-        may rest on an earlier commit (a key it holds), which must not be taken back."""
+        may rest on an earlier commit (a key it holds), which must not be taken back.
+
+        ``committed``: the outcomes are one commit's, counted (``commits``,
+        ``operations``) before any caller can hear of them, and once a syncer holds
+        them: a caller that has its answer, or sees the count, finds both true."""
         syncer = self._syncer
         if syncer is None:
+            self._count(outcomes, committed)
             _answer(outcomes)
             return
         failure = self.failure
         if failure is not None:
+            self._count(outcomes, committed)
             _answer(_failed((op for op, _, _ in outcomes), failure))
         else:
+            # Counted once the syncer holds them (a counted commit is its to sync); it
+            # answers only after an fdatasync, well after this count.
             syncer.put(outcomes)
+            self._count(outcomes, committed)
+
+    def _count(self, outcomes: list[Outcome], committed: bool) -> None:
+        if committed:
+            self.commits += 1
+            self.operations += len(outcomes)
 
 
 class Reader:
