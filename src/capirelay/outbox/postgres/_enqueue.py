@@ -99,23 +99,6 @@ def _key(event: NewEvent) -> tuple[str, str, str]:
     return (event.event_id, event.event_name, event.pixel_id)
 
 
-async def _run_enqueue(
-    conn: AsyncConnection[Any],
-    queries: Mapping[str, str],
-    events: Sequence[NewEvent],
-    picked: Sequence[int],
-    now: float,
-    channel: str,
-    *,
-    with_orders: bool,
-) -> set[int]:
-    if not picked:
-        return set()
-    params = enqueue_params([events[i] for i in picked], now, channel, with_orders=with_orders)
-    cur = await conn.execute(queries["enqueue"], params)
-    return {picked[row[0] - 1] for row in await cur.fetchall()}
-
-
 async def enqueue_in_one_statement(
     conn: AsyncConnection[Any],
     queries: Mapping[str, str],
@@ -123,11 +106,18 @@ async def enqueue_in_one_statement(
     picked: Sequence[int],
     now: float,
     channel: str,
+    *,
+    with_orders: bool = True,
 ) -> set[int]:
     """Queue the ``picked`` events (:attr:`Picked.one_statement`) whose order and dedup
     keys are new; the indexes of the queued ones.  On an autocommit connection this is
-    the whole transaction."""
-    return await _run_enqueue(conn, queries, events, picked, now, channel, with_orders=True)
+    the whole transaction.  Without ``with_orders`` the statement claims no order key
+    (:func:`enqueue_in_two_steps` has claimed them)."""
+    if not picked:
+        return set()
+    params = enqueue_params([events[i] for i in picked], now, channel, with_orders=with_orders)
+    cur = await conn.execute(queries["enqueue"], params)
+    return {picked[row[0] - 1] for row in await cur.fetchall()}
 
 
 async def enqueue_in_two_steps(
@@ -153,4 +143,6 @@ async def enqueue_in_two_steps(
         if (order is None or order in claimed) and key not in seen:
             seen.add(key)
             through.append(index)
-    return await _run_enqueue(conn, queries, events, through, now, channel, with_orders=False)
+    return await enqueue_in_one_statement(
+        conn, queries, events, through, now, channel, with_orders=False
+    )
