@@ -739,9 +739,10 @@ LIMIT %(limit)s;
 
 -- name: claim_order_keys
 -- Write the order-ledger entries of a request's order events (see 0006_order_ledger.sql);
--- RETURNING names the keys that were new: only their events may be queued.  Runs in the
--- enqueue's transaction, before the dedup claim, keys in order (no deadlock between
--- requests sharing keys).
+-- RETURNING names the keys that were new: only their events may be queued.  The
+-- `enqueue` statement does this itself; this one serves the requests that take two
+-- steps (postgres/_enqueue.py), in the enqueue's transaction, before the dedup claim,
+-- keys in order (no deadlock between requests sharing keys).
 INSERT INTO capirelay_order_ledger (key, seen_at)
 SELECT k, %(now)s FROM unnest(%(keys)b::bytea[]) AS k ORDER BY k
 ON CONFLICT (key) DO NOTHING
