@@ -75,9 +75,9 @@ def enqueue_params(
     ranks = [0] * len(events)
     for rank, index in enumerate(order):
         ranks[index] = rank
-    order_keys = sorted({e.order_key for e in events if e.order_key is not None})
+    orders = [e.order_key if with_orders else None for e in events]
     return {
-        "order_keys": order_keys if with_orders else [],
+        "order_keys": sorted({key for key in orders if key is not None}),
         "ranks": ranks,
         "pixel_ids": [e.pixel_id for e in events],
         "event_names": [e.event_name for e in events],
@@ -88,7 +88,7 @@ def enqueue_params(
         "deadlines": [float(e.deadline) for e in events],
         "test_event_codes": [e.test_event_code for e in events],
         "sources": [e.source for e in events],
-        "event_order_keys": [e.order_key if with_orders else None for e in events],
+        "event_order_keys": orders,
         "now": now,
         "cutoff": now - DEDUP_WINDOW_SECONDS,
         "channel": channel,

@@ -290,9 +290,10 @@ class WalSyncer(threading.Thread):
             # answers did not go out), what is queued, and what is put from now on.
             with self._gate:
                 self._exited = True
+            left, _ = _drain(self._inbox)
             with contextlib.suppress(Exception):
-                _answer(_failed((op for op, _, _ in batch), self.failure or _closed()))
-            self._fail_pending()
+                failure = self.failure or _closed()
+                _answer(_failed((op for op, _, _ in [*batch, *left]), failure))
             self.close()
 
     def close(self) -> None:
@@ -325,11 +326,6 @@ class WalSyncer(threading.Thread):
             f"SQLite outbox unavailable: a sync of the WAL failed ({reason}); "
             "check the disk and restart the gateway"
         )
-
-    def _fail_pending(self) -> None:
-        """Fail what is still queued (the thread died, or the writer stops without it)."""
-        left, _ = _drain(self._inbox)
-        _answer(_failed((op for op, _, _ in left), self.failure or _closed()))
 
     def sync(self) -> None:
         """``fdatasync`` the WAL file; :class:`OSError` if it fails or was removed."""
@@ -655,19 +651,15 @@ class GroupCommitWriter(threading.Thread):
         ``operations``) before any caller can hear of them, and once a syncer holds
         them: a caller that has its answer, or sees the count, finds both true."""
         syncer = self._syncer
-        if syncer is None:
-            self._count(outcomes, committed)
-            _answer(outcomes)
-            return
         failure = self.failure
-        if failure is not None:
-            self._count(outcomes, committed)
-            _answer(_failed((op for op, _, _ in outcomes), failure))
-        else:
+        if syncer is not None and failure is None:
             # Counted once the syncer holds them (a counted commit is its to sync); it
             # answers only after an fdatasync, well after this count.
             syncer.put(outcomes)
             self._count(outcomes, committed)
+            return
+        self._count(outcomes, committed)
+        _answer(outcomes if failure is None else _failed((op for op, _, _ in outcomes), failure))
 
     def _count(self, outcomes: list[Outcome], committed: bool) -> None:
         if committed:
