@@ -32,17 +32,21 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-import orjson
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import PIXEL, print_table
 from _pgcpu import backend_pid, process_run_seconds
-from postgres import drop_database, raw_event, reset_schema, scratch_database, statement_costs
+from postgres import (
+    PER_REQUEST,
+    drop_database,
+    order_batches,
+    reset_schema,
+    scratch_database,
+    statement_costs,
+)
 
-PER_REQUEST = 100
 PER_LEASE = 500
 
 SCHEMA = """
@@ -165,50 +169,10 @@ FROM acked AS a,
 """
 
 
-def batches(events: int, now: float, run: str) -> list[list[dict[str, Any]]]:
-    from capirelay.orders import order_key
-
-    out = []
-    for b in range(events // PER_REQUEST):
-        batch = []
-        for i in range(PER_REQUEST):
-            raw = raw_event(b * PER_REQUEST + i, int(now), run)
-            raw["custom_data"]["order_id"] = f"order-{b}-{i}"
-            batch.append(
-                {
-                    "event_id": f"{run}-{b}-{i}",
-                    "payload": orjson.dumps(raw),
-                    "order_key": order_key(PIXEL, raw, test_event_code=None),
-                }
-            )
-        out.append(batch)
-    return out
-
-
-def enqueue_params(batch: list[dict[str, Any]], now: float) -> dict[str, Any]:
-    ranks = [0] * len(batch)
-    for rank, index in enumerate(sorted(range(len(batch)), key=lambda i: batch[i]["event_id"])):
-        ranks[index] = rank
-    return {
-        "pixel_id": PIXEL,
-        "order_keys": sorted(e["order_key"] for e in batch),
-        "ranks": ranks,
-        "event_names": ["Purchase"] * len(batch),
-        "event_ids": [e["event_id"] for e in batch],
-        "payloads": [e["payload"] for e in batch],
-        "event_times": [int(now)] * len(batch),
-        "deadlines": [now + 86400.0] * len(batch),
-        "test_event_codes": [None] * len(batch),
-        "sources": ["api"] * len(batch),
-        "event_order_keys": [e["order_key"] for e in batch],
-        "now": now,
-        "cutoff": now - 48 * 3600,
-    }
-
-
 async def segment_costs(url: str, events: int) -> list[float]:
     """Backend CPU µs per delivered event: total, enqueue, lease, ack."""
     from capirelay.outbox.postgres._batches import write_delivered
+    from capirelay.outbox.postgres._enqueue import enqueue_params
     from capirelay.outbox.receipts import MetaAnswer, delivered_from_row
 
     app = f"capirelay-bench-segments-{uuid.uuid4().hex[:6]}"
@@ -218,12 +182,15 @@ async def segment_costs(url: str, events: int) -> list[float]:
     if pid is None:
         raise SystemExit("could not find the benchmark's backend")
     now = time.time()
-    work = batches(events, now, uuid.uuid4().hex[:6])
+    work = order_batches(events, now, uuid.uuid4().hex[:6])
     spent = {"enqueue": 0.0, "lease": 0.0, "ack": 0.0}
     await conn.set_autocommit(True)
     start = process_run_seconds(pid) or 0.0
     for batch in work:
-        await conn.execute(ENQUEUE, enqueue_params(batch, now))
+        # capirelay's own parameters (each key once, ranks, binary arrays); the
+        # prototype's statement takes the pixel as one value (one pixel a segment).
+        params = {**enqueue_params(batch, now, "capirelay_work"), "pixel_id": PIXEL}
+        await conn.execute(ENQUEUE, params)
     spent["enqueue"] = (process_run_seconds(pid) or 0.0) - start
     await conn.set_autocommit(False)
     delivered = 0

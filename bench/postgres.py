@@ -207,6 +207,35 @@ def drain(config: Path, storage: str, count: int, graph_url: str, target: int) -
 # --------------------------------------------------------------- database cost
 
 
+def order_batches(events: int, now: float, run: str) -> list[list[Any]]:
+    """``events`` order events of one pixel in requests of PER_REQUEST (as NewEvents),
+    each with an order id and its ledger key: the writes a purchase costs."""
+    from capirelay.orders import order_key
+    from capirelay.outbox import NewEvent
+
+    batches = []
+    for b in range(events // PER_REQUEST):
+        batch = []
+        for i in range(PER_REQUEST):
+            raw = raw_event(b * PER_REQUEST + i, int(now), run)
+            raw["custom_data"]["order_id"] = f"order-{b}-{i}"
+            key = order_key(PIXEL, raw, test_event_code=None)
+            batch.append(
+                NewEvent(
+                    PIXEL,
+                    "Purchase",
+                    f"{run}-{b}-{i}",
+                    orjson.dumps(raw),
+                    int(now),
+                    now + 86400,
+                    source="api",
+                    order_key=key,
+                )
+            )
+        batches.append(batch)
+    return batches
+
+
 async def statement_costs(
     storage: str, events: int, *, admin_url: str
 ) -> tuple[list[list[str]], float, float]:
@@ -217,8 +246,6 @@ async def statement_costs(
     purchase costs.  Returns the table rows, the database backend's CPU seconds per
     event (from /proc, see _pgcpu) and the client's wall seconds per event.
     """
-    from capirelay.orders import order_key
-    from capirelay.outbox import NewEvent
     from capirelay.outbox.postgres import PostgresOutbox
     from capirelay.outbox.receipts import MetaAnswer
 
@@ -226,26 +253,7 @@ async def statement_costs(
     outbox = PostgresOutbox(_with_app(storage, app_name), pool_size=1, listen=False)
     await outbox.open()
     now = time.time()
-    batches = []
-    for b in range(events // PER_REQUEST):
-        batch = []
-        for i in range(PER_REQUEST):
-            raw = raw_event(b * PER_REQUEST + i, int(now), "cost")
-            raw["custom_data"]["order_id"] = f"order-{b}-{i}"
-            key = order_key(PIXEL, raw, test_event_code=None)
-            batch.append(
-                NewEvent(
-                    PIXEL,
-                    "Purchase",
-                    f"cost-{b}-{i}",
-                    orjson.dumps(raw),
-                    int(now),
-                    now + 86400,
-                    source="api",
-                    order_key=key,
-                )
-            )
-        batches.append(batch)
+    batches = order_batches(events, now, "cost")
     cpu = BackendCpu(admin_url, app_name).start()
     # The pool's one backend, read between calls for the per-phase split (ns resolution).
     pid = backend_pid(admin_url, app_name)
