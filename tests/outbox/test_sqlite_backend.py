@@ -24,7 +24,13 @@ from capirelay.outbox._sql import split_queries
 from capirelay.outbox.base import ATTEMPT_LOG_LIMIT
 from capirelay.outbox.sqlite import QUERIES
 from capirelay.outbox.sqlite import writer as writer_module
-from capirelay.outbox.sqlite.writer import MIGRATIONS, GroupCommitWriter, WriteOp, migrate
+from capirelay.outbox.sqlite.writer import (
+    MIGRATIONS,
+    GroupCommitWriter,
+    Reader,
+    WriteOp,
+    migrate,
+)
 from waiting import wait_for_async
 
 QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
@@ -261,3 +267,25 @@ def test_the_packaged_sql_loads_with_its_constants_filled() -> None:
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
     with pytest.raises(ValueError, match="defined twice"):
         split_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+
+
+@pytest.mark.sqlite_only
+async def test_a_read_sees_one_snapshot_whatever_commits_meanwhile(db_path: Path) -> None:
+    # The queue statistics are several statements (depth, then the earliest deadline per
+    # state): a row the writer moved between two of them was counted but had no deadline.
+    with sqlite3.connect(db_path, isolation_level=None) as setup:
+        setup.execute("PRAGMA journal_mode = WAL")
+        setup.execute("CREATE TABLE t (x INTEGER)")
+    reader = Reader(lambda: sqlite3.connect(db_path, isolation_level=None))
+
+    def two_counts(conn: sqlite3.Connection) -> tuple[int, int]:
+        before = conn.execute("SELECT count(*) FROM t").fetchone()[0]
+        with sqlite3.connect(db_path, isolation_level=None) as writer:
+            writer.execute("INSERT INTO t VALUES (1)")  # committed between the two reads
+        return before, conn.execute("SELECT count(*) FROM t").fetchone()[0]
+
+    try:
+        assert await reader.read(two_counts) == (0, 0)
+        assert await reader.read(two_counts) == (1, 1)  # the next read sees the commit
+    finally:
+        await reader.close()

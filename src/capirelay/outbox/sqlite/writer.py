@@ -676,12 +676,23 @@ class Reader:
         self._conn: sqlite3.Connection | None = None
 
     def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = self._connect()
-            self._conn.execute("PRAGMA query_only = 1")
+        """``fn`` in ONE read transaction: all its statements see the same snapshot (each
+        statement outside a transaction takes its own, and a row the writer moves
+        between two of them, say from leased to ready, would be seen by neither)."""
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._connect()
+            conn.execute("PRAGMA query_only = 1")
         try:
-            return fn(self._conn)
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise storage_error(exc) from None
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
