@@ -752,6 +752,12 @@ RETURNING key;
 -- The seen_at of the newest entry beyond the ledger's cap (entries at or before it go).
 SELECT seen_at FROM capirelay_order_ledger ORDER BY seen_at DESC OFFSET %(max_entries)s LIMIT 1;
 
+-- name: order_ledger_estimate
+-- The planner's row estimate of the ledger (kept by autovacuum's analyze and vacuum; -1
+-- before the first): prune_order_ledger skips the walk of a large cap while the ledger
+-- is far below it.  A catalog read, the ledger itself is not touched.
+SELECT reltuples::float8 FROM pg_class WHERE oid = to_regclass('capirelay_order_ledger');
+
 -- name: prune_order_ledger
 -- Forget entries at or before the cutoff, a chunk at a time, oldest first; SKIP LOCKED
 -- leaves a key an enqueue holds right now alone (replicas may prune concurrently).
