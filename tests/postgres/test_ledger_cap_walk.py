@@ -17,16 +17,16 @@ YEAR = 365 * 86400.0
 WALK = "OFFSET"  # the cap's statement, as libpq's trace of the connection shows it
 
 
-def _fill(url: str, count: int, *, analyze: bool) -> None:
-    """``count`` entries, one a second back from NOW; the planner's estimate refreshed or
-    (autovacuum off for the table) left unset."""
+def _fill(url: str, count: int, *, analyze: bool, first: int = 1) -> None:
+    """``count`` entries, one a second back from NOW (from the ``first``-th second); the
+    planner's count refreshed or (autovacuum off for the table) left as it was."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ALTER TABLE capirelay_order_ledger SET (autovacuum_enabled = false)")
         conn.execute(
             "INSERT INTO capirelay_order_ledger (key, seen_at)"
             " SELECT substring(sha256(n::text::bytea) from 1 for 16), %s - n"
-            " FROM generate_series(1, %s) AS n",
-            (NOW, count),
+            " FROM generate_series(%s::int, %s::int) AS n",
+            (NOW, first, first + count - 1),
         )
         if analyze:
             conn.execute("ANALYZE capirelay_order_ledger")
@@ -78,6 +78,22 @@ async def test_the_cap_is_walked_without_an_estimate_and_near_the_cap(
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             conn.execute("ANALYZE capirelay_order_ledger")
         assert await _prune(box, 2 * cap, tmp_path / "half.trace") == (0, True)
+        assert await box.order_ledger_size() == cap
+    finally:
+        await box.close()
+
+
+async def test_a_bulk_load_counts_before_any_analyze(postgres_url: str, tmp_path: Path) -> None:
+    """Rows inserted since the last count (an import, a move from SQLite) count at once:
+    the estimate scales the rows counted per page by the pages the ledger has now."""
+    cap = LEDGER_CAP_ALWAYS_WALKED
+    box = PostgresOutbox(postgres_url, pool_size=1, listen=False)
+    await box.open()
+    try:
+        _fill(postgres_url, 3_000, analyze=True)
+        assert await _prune(box, cap, tmp_path / "before.trace") == (0, False)
+        _fill(postgres_url, cap, analyze=False, first=3_001)  # counted: still 3,000
+        assert await _prune(box, cap, tmp_path / "after.trace") == (3_000, True)
         assert await box.order_ledger_size() == cap
     finally:
         await box.close()

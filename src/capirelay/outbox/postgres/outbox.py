@@ -505,15 +505,24 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         from the newest entry down to the cap (an index-only scan, about 50 ns an entry
         here: half a second and the index's pages through the buffer cache for the
         default 10 million), on every replica every 10 minutes, and finds nothing while
-        the ledger is below the cap.  A large cap is walked only once the planner's
-        estimate of the ledger's rows (``pg_class.reltuples``, which autovacuum keeps
-        within about a tenth) reaches half of it, or while there is no estimate yet; a
-        small cap (a walk of a few milliseconds) always is, so it is exact."""
+        the ledger is below the cap.  A large cap is walked only once the ledger's
+        estimated rows reach half of it: the rows per page its last vacuum or analyze
+        counted, times the pages it has now (the planner's own estimate, so rows
+        inserted since, a bulk import's included, count at once; deleted rows keep
+        their pages until vacuum, so deletions only make it walk sooner).  Without a
+        count to go by (never vacuumed or analyzed, or counted empty) it walks; a small
+        cap (a walk of a few milliseconds) always is, so it is exact."""
         if max_entries < LEDGER_CAP_ALWAYS_WALKED:
             return True
         rows = await self._run("order_ledger_estimate", {})
-        estimate = rows[0][0] if rows else None
-        return estimate is None or estimate < 0 or estimate >= max_entries / 2
+        if not rows:
+            return True
+        counted_rows, counted_pages, pages = rows[0]
+        if not pages:
+            return False  # no pages at all: an empty ledger, nothing to prune
+        if counted_rows <= 0 or counted_pages <= 0:
+            return True
+        return counted_rows / counted_pages * pages >= max_entries / 2
 
     async def order_ledger_size(self) -> int:
         [(count,)] = await self._run("order_ledger_size", {})

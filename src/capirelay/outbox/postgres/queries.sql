@@ -753,10 +753,14 @@ RETURNING key;
 SELECT seen_at FROM capirelay_order_ledger ORDER BY seen_at DESC OFFSET %(max_entries)s LIMIT 1;
 
 -- name: order_ledger_estimate
--- The planner's row estimate of the ledger (kept by autovacuum's analyze and vacuum; -1
--- before the first): prune_order_ledger skips the walk of a large cap while the ledger
--- is far below it.  A catalog read, the ledger itself is not touched.
-SELECT reltuples::float8 FROM pg_class WHERE oid = to_regclass('capirelay_order_ledger');
+-- What the planner knows of the ledger's size: the rows and pages its last vacuum or
+-- analyze counted (reltuples -1 before the first since PostgreSQL 14, 0 before that) and
+-- the pages it has now.  prune_order_ledger scales the rows counted by the pages added
+-- since, as the planner does, so a bulk load counts before any analyze, and skips the
+-- walk of a large cap while the ledger is far below it.  The ledger is not read.
+SELECT c.reltuples::float8, c.relpages::float8,
+       pg_relation_size(c.oid)::float8 / current_setting('block_size')::float8
+FROM pg_class AS c WHERE c.oid = to_regclass('capirelay_order_ledger');
 
 -- name: prune_order_ledger
 -- Forget entries at or before the cutoff, a chunk at a time, oldest first; SKIP LOCKED
