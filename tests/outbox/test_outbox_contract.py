@@ -72,6 +72,28 @@ async def test_expire_dedup_forgets_only_keys_older_than_the_window(outbox: Outb
     ]
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 100])
+async def test_expiry_takes_every_expired_key_past_the_pinned_ones_chunk_after_chunk(
+    outbox: Outbox, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys still queued after the window stay, wherever they sit among expired ones
+    (here inside one enqueue's keys, which share a seen_at), and every chunk goes on
+    from where the one before stopped, ties included."""
+    for backend in ("postgres", "sqlite"):
+        monkeypatch.setattr(f"capirelay.outbox.{backend}.outbox.DEDUP_EXPIRY_CHUNK", chunk)
+    names = [f"k{i:02d}" for i in range(12)]
+    pinned = {"k00", "k03", "k04", "k09"}
+    assert await outbox.enqueue([make_event(n) for n in names], now=T0) == [QUEUED] * 12
+    leased = await outbox.lease("111", limit=20, lease_seconds=30, now=T0)
+    sent = [e.id for e in leased if e.event_id not in pinned]
+    await outbox.ack(sent, now=T0, lease_id=leased[0].lease_id)
+    await outbox.enqueue([make_event("young")], now=T0 + DEDUP_WINDOW_SECONDS)
+    assert await outbox.expire_dedup(now=T0 + DEDUP_WINDOW_SECONDS + 1) == 8
+    later = T0 + DEDUP_WINDOW_SECONDS + 2
+    statuses = await outbox.enqueue([make_event(n) for n in [*names, "young"]], now=later)
+    assert statuses == [DUPLICATE if n in pinned else QUEUED for n in names] + [DUPLICATE]
+
+
 async def test_payload_round_trips_as_bytes(outbox: Outbox) -> None:
     event = make_event("a", test_event_code="TEST1")
     await outbox.enqueue([event], now=T0)

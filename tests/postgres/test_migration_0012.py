@@ -15,6 +15,7 @@ from capirelay.outbox.base import DEDUP_WINDOW_SECONDS
 from capirelay.outbox.postgres import PostgresOutbox
 from capirelay.outbox.postgres._statements import QUERIES
 from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate
+from capirelay.outbox.postgres.outbox import DEDUP_EXPIRY_START
 
 T0 = 1_800_000_000.0
 OLD = T0 - DEDUP_WINDOW_SECONDS - 3600
@@ -108,9 +109,8 @@ async def test_upgrade_from_0011(postgres_url: str) -> None:
         )
         assert method == "btree"
         cutoff = T0 - DEDUP_WINDOW_SECONDS
-        assert "capirelay_dedup_by_seen_at" in _plan(
-            conn, "expire_dedup", {"cutoff": cutoff, "chunk": 10}
-        )
+        expiry = {"cutoff": cutoff, "chunk": 10, **DEDUP_EXPIRY_START}
+        assert "capirelay_dedup_by_seen_at" in _plan(conn, "expire_dedup", expiry)
         assert "capirelay_receipt_batches_by_event_id" in _plan(
             conn, "batches_of_event", {"event_id": "sent"}
         )

@@ -100,6 +100,14 @@ PING_TIMEOUT: Final = 1.0
 # for them to settle before a lease reads it again (`lease` in queries.sql, migration
 # 0013), unless its deadline is this close: then it goes first, as strict EDF would have it.
 LEASE_URGENT_SECONDS: Final = 3600.0
+# expire_dedup's first chunk starts below every key: (seen_at, event_id, event_name,
+# pixel_id) in the seen_at index's order, ties in key order.
+DEDUP_EXPIRY_START: Final = {
+    "after_seen_at": float("-inf"),
+    "after_event_id": "",
+    "after_event_name": "",
+    "after_pixel_id": "",
+}
 # Below this order-ledger cap, pruning always walks to the cap (see _ledger_may_reach).
 LEDGER_CAP_ALWAYS_WALKED: Final = 100_000
 
@@ -475,14 +483,20 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         return await self._in_transaction(exact_stats)
 
     async def expire_dedup(self, *, now: float) -> int:
-        params = {"cutoff": now - DEDUP_WINDOW_SECONDS, "chunk": DEDUP_EXPIRY_CHUNK}
+        params: dict[str, Any] = {
+            "cutoff": now - DEDUP_WINDOW_SECONDS,
+            "chunk": DEDUP_EXPIRY_CHUNK,
+            **DEDUP_EXPIRY_START,
+        }
         removed = 0
-        # Chunked so one expiry never holds many row locks; each chunk commits on its own.
+        # Chunked so one expiry never holds many row locks; each chunk commits on its own
+        # and the next starts after the last key it took (queries.sql).
         while True:
-            count = await self._rowcount("expire_dedup", params)
-            removed += count
-            if count < DEDUP_EXPIRY_CHUNK:
+            [(deleted, taken, *last)] = await self._run("expire_dedup", params)
+            removed += deleted
+            if taken < DEDUP_EXPIRY_CHUNK:
                 return removed
+            params.update(zip(DEDUP_EXPIRY_START, last, strict=True))
 
     async def prune_order_ledger(
         self, *, now: float, retention_seconds: float, max_entries: int

@@ -46,6 +46,7 @@ no longer run, so no caller waits forever on a stopped writer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -432,15 +433,29 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
 
     async def expire_dedup(self, *, now: float) -> int:
         cutoff = now - DEDUP_WINDOW_SECONDS
+        # Chunked so a large expiry never holds the writer (and ingest) for long; each
+        # chunk starts after the last key of the one before (queries.sql).
+        after: tuple[Any, ...] = (float("-inf"), "", "", "")
+
+        def chunk(
+            c: sqlite3.Connection, start: tuple[Any, ...]
+        ) -> tuple[int, tuple[Any, ...] | None]:
+            # In one write transaction: the chunk's last key, then the chunk's delete.
+            last = c.execute(
+                QUERIES["expire_dedup_last"], (cutoff, *start, DEDUP_EXPIRY_CHUNK - 1)
+            ).fetchone()
+            deleted = c.execute(
+                QUERIES["expire_dedup"], (cutoff, *start, DEDUP_EXPIRY_CHUNK)
+            ).rowcount
+            return deleted, last
+
         removed = 0
-        # Chunked so a large expiry never holds the writer (and ingest) for long.
         while True:
-            count = await self._write(
-                lambda c: c.execute(QUERIES["expire_dedup"], (cutoff, DEDUP_EXPIRY_CHUNK)).rowcount
-            )
-            removed += count
-            if count < DEDUP_EXPIRY_CHUNK:
+            deleted, last = await self._write(functools.partial(chunk, start=after))
+            removed += deleted
+            if last is None:
                 return removed
+            after = tuple(last)
 
     async def prune_order_ledger(
         self, *, now: float, retention_seconds: float, max_entries: int

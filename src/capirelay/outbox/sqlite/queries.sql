@@ -142,11 +142,31 @@ SELECT id, pixel_id, event_name, event_id, payload, event_time, deadline, reason
        attempt_log, test_event_code, queued_at, dead_at
 FROM dead_letters WHERE id = ?
 
+-- name: expire_dedup_last
+-- The last key of the next chunk of expire_dedup (same parameters, then the chunk's size
+-- minus one), where the chunk after it starts; none when the chunk is the last.
+-- (Cheaper than RETURNING every deleted key: measured, the expiry took 0.29 s for
+-- 100,000 keys this way and 0.46 s with RETURNING, against 0.24 s for the delete alone.)
+SELECT seen_at, pixel_id, event_name, event_id FROM dedup INDEXED BY dedup_by_seen_at
+WHERE seen_at <= ? AND (seen_at, pixel_id, event_name, event_id) > (?, ?, ?, ?)
+  AND queued = 0
+ORDER BY seen_at, pixel_id, event_name, event_id
+LIMIT 1 OFFSET ?
+
 -- name: expire_dedup
--- A key whose event is still queued (or leased) is kept however old: forgetting it would
--- let a client retry queue a second copy while the first still waits for delivery.
+-- A chunk of keys older than the window (cutoff, then the last key of the chunk before,
+-- then the chunk's size), in the seen_at index's order (its entries end with the
+-- primary key).  A key whose event is still queued (or leased) is kept however old:
+-- forgetting it would let a client retry queue a second copy while the first still
+-- waits for delivery.  Starting after the chunk before's last key passes those pinned
+-- keys, the oldest of all, once per expiry instead of once per chunk
+-- (bench/dedup_expiry.py).
 DELETE FROM dedup WHERE (pixel_id, event_name, event_id) IN (
-    SELECT pixel_id, event_name, event_id FROM dedup WHERE seen_at <= ? AND queued = 0 LIMIT ?)
+    SELECT pixel_id, event_name, event_id FROM dedup INDEXED BY dedup_by_seen_at
+    WHERE seen_at <= ? AND (seen_at, pixel_id, event_name, event_id) > (?, ?, ?, ?)
+      AND queued = 0
+    ORDER BY seen_at, pixel_id, event_name, event_id
+    LIMIT ?)
 
 -- name: next_pixel
 -- Distinct pixels by skipping through the index: O(pixels · log rows), never a full scan.
