@@ -225,8 +225,12 @@ def test_postgres_cut_and_down_is_503_then_recovers(
                     poster.post()
                     time.sleep(0.01)
 
-            thread = threading.Thread(target=traffic, daemon=True)
-            thread.start()
+            # Several clients at once: while the database is down a request waits for a
+            # connection up to the outbox's connect timeout (5 s) before its 503, so one
+            # client alone needs 30 s for the six refusals waited for below.
+            threads = [threading.Thread(target=traffic, daemon=True) for _ in range(4)]
+            for thread in threads:
+                thread.start()
             try:
                 cut = 0
                 for _ in range(3):
@@ -243,7 +247,8 @@ def test_postgres_cut_and_down_is_503_then_recovers(
                 wait_for(lambda: poster.statuses.get(202, 0) > acked_at_recovery + 3, timeout=20)
             finally:
                 stop.set()
-                thread.join(15)
+                for thread in threads:
+                    thread.join(15)
                 poster.close()
             wait_for(lambda: poster.acked <= meta.accepted_ids(), timeout=30)
             wait_for(lambda: queue_depth(url) == 0, timeout=30)
