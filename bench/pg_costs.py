@@ -23,17 +23,14 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table
-from postgres import drop_database, reset_schema, scratch_database, statement_costs
+from postgres import drop_database, migrated_schema, scratch_database, statement_costs
 
 PHASES = ("enqueue", "lease", "ack")
 
 
 def one_run(url: str, events: int, alter: list[str]) -> list[float]:
     """Total and per-phase backend CPU µs per delivered event of one statement loop."""
-    from capirelay.outbox.postgres.migrate import migrate_url
-
-    reset_schema(url)
-    asyncio.run(migrate_url(url))
+    migrated_schema(url)
     with psycopg.connect(url, autocommit=True) as conn:
         for statement in alter:
             conn.execute(statement.encode())

@@ -41,8 +41,8 @@ from _pgcpu import backend_pid, process_run_seconds
 from postgres import (
     PER_REQUEST,
     drop_database,
+    migrated_schema,
     order_batches,
-    reset_schema,
     scratch_database,
     statement_costs,
 )
@@ -238,18 +238,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="pairs of runs, alternating")
     parser.add_argument("--events", type=int, default=30_000, help="events per run")
     args = parser.parse_args()
-    from capirelay.outbox.postgres.migrate import migrate_url
-
     db_name, url = scratch_database()
     runs: dict[str, list[list[float]]] = {"queue rows (capirelay)": [], "segments (prototype)": []}
     try:
         for _ in range(args.rounds):
-            reset_schema(url)
-            asyncio.run(migrate_url(url))
+            migrated_schema(url)
             rows, cpu, _wall = asyncio.run(statement_costs(url, args.events, admin_url=url))
             runs["queue rows (capirelay)"].append([cpu * 1e6, *(float(row[2]) for row in rows[:3])])
-            reset_schema(url)
-            asyncio.run(migrate_url(url))
+            migrated_schema(url)
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(SCHEMA.encode())
             runs["segments (prototype)"].append(asyncio.run(segment_costs(url, args.events)))

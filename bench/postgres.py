@@ -360,6 +360,9 @@ async def statement_costs(
     return rows, cpu_s / n, wall
 
 
+# The columns of statement_costs' table.
+COST_COLUMNS = ["statement", "client wall µs/event", "backend CPU µs/event", "rate"]
+
 # Calls of each statement statement_costs makes before it measures (see there).
 WARM_UP_CALLS = 12
 
@@ -548,17 +551,22 @@ def reset_schema(url: str) -> None:
         conn.execute("CREATE SCHEMA public")
 
 
+def migrated_schema(url: str) -> None:
+    """A fresh public schema with capirelay's tables, as the statement loops start from."""
+    from capirelay.outbox.postgres.migrate import migrate_url
+
+    reset_schema(url)
+    asyncio.run(migrate_url(url))
+
+
 def durable_costs(pg_url: str, events: int, runs: int) -> tuple[float, float]:
     """The statement loop ``runs`` times on a fresh schema, durable COMMITs as deployed:
     every run's figure, the median run's tables, and the median database CPU seconds and
     client wall seconds per delivered event.  One run's figure moves by about 2 µs with
     the machine's minute (docs/postgres.md); the median of several is what to compare."""
-    from capirelay.outbox.postgres.migrate import migrate_url
-
     results = []
     for _ in range(runs):
-        reset_schema(pg_url)
-        asyncio.run(migrate_url(pg_url))
+        migrated_schema(pg_url)
         rows, cpu, wall = asyncio.run(statement_costs(pg_url, events, admin_url=pg_url))
         results.append((cpu, wall, rows, dict(STORAGE)))
     ordered = sorted(results, key=lambda result: result[0])
@@ -566,7 +574,7 @@ def durable_costs(pg_url: str, events: int, runs: int) -> tuple[float, float]:
     print_table(
         f"PostgreSQL outbox statements, one client (durable COMMIT, as deployed; "
         f"the median of {runs} runs)",
-        ["statement", "client wall µs/event", "backend CPU µs/event", "rate"],
+        COST_COLUMNS,
         rows,
     )
     print_table(
@@ -666,20 +674,17 @@ def main() -> None:
             ["storage", "ingest events/s", "p50 ms", "p99 ms", "202s", "drain events/s"],
             rows,
         )
-        from capirelay.outbox.postgres.migrate import migrate_url
-
         cost_events = min(events, 50_000)
         cost, wall = durable_costs(pg_url, cost_events, args.cost_runs)
         # synchronous_commit=off (this session only) separates the statements' own cost
         # from the WAL flush each durable COMMIT waits for.
         no_flush = f"{pg_url}?options=-csynchronous_commit%3Doff"
-        reset_schema(pg_url)
-        asyncio.run(migrate_url(pg_url))
+        migrated_schema(pg_url)
         no_flush_rows, _, _ = asyncio.run(statement_costs(no_flush, cost_events, admin_url=pg_url))
         print_table(
             "PostgreSQL outbox statements, one client "
             "(synchronous_commit=off: the statements alone)",
-            ["statement", "client wall µs/event", "backend CPU µs/event", "rate"],
+            COST_COLUMNS,
             no_flush_rows,
         )
         print()
