@@ -367,3 +367,41 @@ def test_a_port_already_listened_on_is_refused_not_shared() -> None:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_connections_spread_over_the_worker_sockets_before_any_worker_runs() -> None:
+    """The sockets listen from the supervisor on: connections made while the workers are
+    still starting are hashed over every worker's socket and wait in its backlog.  (When
+    each worker's server called ``listen``, the first worker up got all of them.)"""
+    from capirelay.server.workers import bind_worker_sockets
+
+    sockets = bind_worker_sockets("127.0.0.1", 0, 2)
+    port = sockets[0].getsockname()[1]
+    clients: list[socket.socket] = []
+    try:
+        assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for s in sockets)
+        # Nobody accepts yet: the kernel completes each handshake into one socket's
+        # backlog.  64 connections leave a socket without any with probability 2**-63.
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(64)]
+        waiting = [0] * len(sockets)
+        for sock in sockets:
+            sock.setblocking(False)
+
+        def all_accepted() -> bool:
+            for index, sock in enumerate(sockets):
+                while True:
+                    try:
+                        conn, _ = sock.accept()
+                    except BlockingIOError:
+                        break
+                    conn.close()
+                    waiting[index] += 1
+            return sum(waiting) == len(clients)
+
+        wait_for(all_accepted, what="every connection in a worker socket's backlog")
+        assert all(count > 0 for count in waiting), waiting
+    finally:
+        for client in clients:
+            client.close()
+        for sock in sockets:
+            sock.close()
