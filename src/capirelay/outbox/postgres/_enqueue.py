@@ -14,18 +14,66 @@ coalesced group of them) with an order event among its occurrences, such as a br
 Purchase and a shop webhook's sharing an event id.  Every order key of a call is
 claimed, a duplicate's too, and which occurrence is the first to queue depends on
 which orders the ledger lets through.
+
+Most groups hold only new keys, and for them the one statement is sent without its
+``ON CONFLICT`` clauses (``enqueue_fresh``): PostgreSQL then checks each key while
+inserting it instead of probing for it first and confirming the row after, which
+measured about 2 us less of the database's CPU per key, two keys per order event.
+When a key exists after all, the statement fails as a whole (a unique violation,
+nothing written) and the arbitrating ``enqueue`` runs instead; :class:`FreshClaims`
+then sends arbitrating statements for a while, longer each time in a row that a
+fresh one fails, so a stream with many duplicates costs a wasted statement only
+rarely.  The outcome is the same either way: a fresh statement that succeeds claimed
+every key, which is what the arbitrating one answers when every key is new.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from psycopg import AsyncConnection
 
 from capirelay.outbox.base import DEDUP_WINDOW_SECONDS, NewEvent
 
-__all__ = ["Picked", "enqueue_in_one_statement", "enqueue_in_two_steps", "pick"]
+__all__ = ["FreshClaims", "Picked", "enqueue_in_one_statement", "enqueue_in_two_steps", "pick"]
+
+# After a fresh statement fails, this many statements arbitrate before the next fresh
+# one; doubled on each failure in a row, up to FRESH_BACKOFF_MAX.
+FRESH_BACKOFF_FIRST: Final = 16
+FRESH_BACKOFF_MAX: Final = 1024
+
+
+class FreshClaims:
+    """Whether the next one-statement enqueue is sent fresh (see the module's notes).
+
+    A failed fresh statement costs the work it did before the conflict, and PostgreSQL
+    logs it (``ERROR: duplicate key value violates unique constraint``, the key's event
+    id, name and pixel id or the order key's digest in ``DETAIL``, the statement's text
+    without its values): after a failure, :data:`FRESH_BACKOFF_FIRST` statements
+    arbitrate, then one is tried fresh; each failure in a row doubles that, up to
+    :data:`FRESH_BACKOFF_MAX`, and a fresh statement that succeeds starts over.
+    """
+
+    def __init__(self) -> None:
+        self._arbitrate = 0  # statements still to send arbitrating
+        self._backoff = FRESH_BACKOFF_FIRST
+        self.failures = 0  # fresh statements that met an existing key
+
+    def fresh(self) -> bool:
+        """Whether to send the next statement fresh (counts it down otherwise)."""
+        if self._arbitrate:
+            self._arbitrate -= 1
+            return False
+        return True
+
+    def succeeded(self) -> None:
+        self._backoff = FRESH_BACKOFF_FIRST
+
+    def failed(self) -> None:
+        self.failures += 1
+        self._arbitrate = self._backoff
+        self._backoff = min(self._backoff * 2, FRESH_BACKOFF_MAX)
 
 
 class Picked(NamedTuple):
@@ -108,15 +156,18 @@ async def enqueue_in_one_statement(
     channel: str,
     *,
     with_orders: bool = True,
+    fresh: bool = False,
 ) -> set[int]:
     """Queue the ``picked`` events (:attr:`Picked.one_statement`) whose order and dedup
     keys are new; the indexes of the queued ones.  On an autocommit connection this is
     the whole transaction.  Without ``with_orders`` the statement claims no order key
-    (:func:`enqueue_in_two_steps` has claimed them)."""
+    (:func:`enqueue_in_two_steps` has claimed them).  ``fresh``: without arbitration,
+    raising :class:`psycopg.errors.UniqueViolation` (nothing written, on an autocommit
+    connection) if any key exists."""
     if not picked:
         return set()
     params = enqueue_params([events[i] for i in picked], now, channel, with_orders=with_orders)
-    cur = await conn.execute(queries["enqueue"], params)
+    cur = await conn.execute(queries["enqueue_fresh" if fresh else "enqueue"], params)
     return {picked[row[0] - 1] for row in await cur.fetchall()}
 
 

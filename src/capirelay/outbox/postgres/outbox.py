@@ -74,6 +74,7 @@ from capirelay.outbox.base import (
 )
 from capirelay.outbox.postgres._coalesce import EnqueueCoalescer
 from capirelay.outbox.postgres._enqueue import (
+    FreshClaims,
     enqueue_in_one_statement,
     enqueue_in_two_steps,
     pick,
@@ -186,6 +187,8 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         self._work = asyncio.Event()
         self.listening = False
         self._coalescer = EnqueueCoalescer(self._enqueue_group)
+        # When a group's enqueue is sent without ON CONFLICT (postgres/_enqueue.py).
+        self._fresh_claims = FreshClaims()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -320,12 +323,7 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
         one_statement = picked.one_statement
         try:
             if one_statement is not None:
-                queued = await self._in_transaction(
-                    lambda conn: enqueue_in_one_statement(
-                        conn, QUERIES, events, one_statement, now, CHANNEL
-                    ),
-                    autocommit=True,
-                )
+                queued = await self._enqueue_one_statement(events, one_statement, now)
             else:
                 queued = await self._in_transaction(
                     lambda conn: enqueue_in_two_steps(
@@ -346,6 +344,29 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
             EnqueueStatus.QUEUED if index in queued else EnqueueStatus.DUPLICATE
             for index in range(len(events))
         ]
+
+    async def _enqueue_one_statement(
+        self, events: Sequence[NewEvent], picked: Sequence[int], now: float
+    ) -> set[int]:
+        """:func:`enqueue_in_one_statement`, fresh when :class:`FreshClaims` says so, then
+        arbitrating if a key existed after all (the fresh statement wrote nothing)."""
+        if self._fresh_claims.fresh():
+            try:
+                queued = await self._in_transaction(
+                    lambda conn: enqueue_in_one_statement(
+                        conn, QUERIES, events, picked, now, CHANNEL, fresh=True
+                    ),
+                    autocommit=True,
+                )
+            except psycopg.errors.UniqueViolation:
+                self._fresh_claims.failed()
+            else:
+                self._fresh_claims.succeeded()
+                return queued
+        return await self._in_transaction(
+            lambda conn: enqueue_in_one_statement(conn, QUERIES, events, picked, now, CHANNEL),
+            autocommit=True,
+        )
 
     async def lease(
         self, pixel_id: str, *, limit: int, lease_seconds: float, now: float

@@ -1,0 +1,190 @@
+"""Enqueues sent without ON CONFLICT when their keys are new (postgres/_enqueue.py,
+FreshClaims): the same answers as the arbitrating statement in every case, the
+arbitrating one sent when a key exists after all, and a back-off after each conflict."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pg_replicas import OpenReplica
+
+from capirelay.outbox import EnqueueStatus, NewEvent
+from capirelay.outbox.memory import InMemoryOutbox
+from capirelay.outbox.postgres import PostgresOutbox, _enqueue
+from capirelay.outbox.postgres import outbox as pg_outbox
+from capirelay.outbox.postgres._enqueue import FRESH_BACKOFF_FIRST, FRESH_BACKOFF_MAX, FreshClaims
+from capirelay.outbox.postgres._statements import QUERIES, without_arbitration
+from waiting import wait_for
+
+T0 = 1_800_000_000.0
+QUEUED, DUPLICATE = EnqueueStatus.QUEUED, EnqueueStatus.DUPLICATE
+
+
+def event(event_id: str, order: bytes | None = None) -> NewEvent:
+    new = NewEvent("111", "Purchase", event_id, b"{}", int(T0), T0 + 86400)
+    return new if order is None else replace(new, order_key=order.ljust(16, b".")[:16])
+
+
+@pytest.fixture
+def sent_fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
+    """Whether each one-statement enqueue the outbox runs is sent fresh, in order."""
+    record: list[bool] = []
+    original = pg_outbox.enqueue_in_one_statement
+
+    async def recording(*args: Any, **kwargs: Any) -> set[int]:
+        record.append(kwargs.get("fresh", False))
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(pg_outbox, "enqueue_in_one_statement", recording)
+    yield record
+
+
+def test_the_fresh_statement_is_the_enqueue_without_its_on_conflict_clauses() -> None:
+    fresh, arbitrating = QUERIES["enqueue_fresh"], QUERIES["enqueue"]
+    body = fresh.split("WITH ledger AS", 1)[1]
+    assert "ON CONFLICT" not in body and "%(cutoff)s" not in body
+    assert arbitrating.count("ON CONFLICT") == fresh.count("ON CONFLICT") + 2
+    assert len(arbitrating.splitlines()) == len(fresh.splitlines()) + 5
+    with pytest.raises(ValueError, match="no line marked"):
+        without_arbitration("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING")
+
+
+def test_fresh_claims_back_off_after_each_conflict_and_start_over() -> None:
+    claims = FreshClaims()
+    assert claims.fresh()
+    claims.failed()
+    assert [claims.fresh() for _ in range(FRESH_BACKOFF_FIRST)] == [False] * FRESH_BACKOFF_FIRST
+    assert claims.fresh()  # tried again after the back-off
+    claims.failed()  # a second conflict in a row: twice as long
+    assert [claims.fresh() for _ in range(2 * FRESH_BACKOFF_FIRST)] == [False] * (
+        2 * FRESH_BACKOFF_FIRST
+    )
+    assert claims.fresh()
+    for _ in range(20):  # never longer than the cap
+        claims.failed()
+    assert sum(not claims.fresh() for _ in range(2 * FRESH_BACKOFF_MAX)) == FRESH_BACKOFF_MAX
+    claims.succeeded()  # a fresh statement that went through: the first back-off again
+    claims.failed()
+    assert sum(not claims.fresh() for _ in range(4 * FRESH_BACKOFF_FIRST)) == FRESH_BACKOFF_FIRST
+    assert claims.failures == 23
+
+
+async def test_new_keys_go_fresh_and_an_existing_one_falls_back_to_the_same_answers(
+    open_replica: OpenReplica, postgres_url: str, sent_fresh: list[bool]
+) -> None:
+    box = await open_replica(listen=False)
+    assert await box.enqueue([event("a"), event("b", b"o1")], now=T0) == [QUEUED, QUEUED]
+    assert sent_fresh == [True] and box._fresh_claims.failures == 0
+    # b's key exists: the fresh statement fails whole, the arbitrating one answers.
+    assert await box.enqueue([event("c"), event("b")], now=T0) == [QUEUED, DUPLICATE]
+    assert sent_fresh == [True, True, False] and box._fresh_claims.failures == 1
+    # An order already in the ledger, under a new event id: the same, and then the
+    # back-off: the next statements arbitrate without trying fresh first.
+    assert await box.enqueue([event("d", b"o1")], now=T0) == [DUPLICATE]
+    assert sent_fresh[3:] == [False]
+    assert await box.enqueue([event("e")], now=T0) == [QUEUED]
+    assert sent_fresh[4:] == [False]
+    with psycopg.connect(postgres_url) as conn:
+        queued = sorted(r[0] for r in conn.execute("SELECT event_id FROM capirelay_queue"))
+        keys = conn.execute("SELECT count(*) FROM capirelay_dedup").fetchone()
+    assert queued == ["a", "b", "c", "e"]  # the failed fresh statement left nothing
+    assert keys == (4,)
+    assert await box.order_ledger_size() == 1
+
+
+@pytest.mark.parametrize("outcome", ["commit", "rollback"])
+async def test_a_key_another_transaction_holds_is_waited_for_then_decided(
+    open_replica: OpenReplica, postgres_url: str, sent_fresh: list[bool], outcome: str
+) -> None:
+    """A fresh insert of a key another replica is inserting waits for that transaction,
+    as ON CONFLICT does: committed, the key is a duplicate (the fresh statement fails
+    and the arbitrating one says so); rolled back, the fresh statement queues it."""
+    box = await open_replica(listen=False)
+    blocker = psycopg.connect(postgres_url)
+    try:
+        blocker.execute(
+            "INSERT INTO capirelay_dedup (event_id, event_name, pixel_id, seen_at)"
+            " VALUES ('k', 'Purchase', '111', %s)",
+            (T0,),
+        )
+        call = asyncio.create_task(box.enqueue([event("k")], now=T0))
+
+        def waiting_on_the_lock() -> bool:
+            with psycopg.connect(postgres_url) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                ).fetchone()
+            return row is not None and row[0] == 1
+
+        await asyncio.to_thread(wait_for, waiting_on_the_lock, 30, what="the insert waits")
+        assert not call.done()
+        getattr(blocker, outcome)()
+    finally:
+        blocker.close()
+    if outcome == "commit":
+        assert await call == [DUPLICATE]
+        assert sent_fresh == [True, False]
+    else:
+        assert await call == [QUEUED]
+        assert sent_fresh == [True]
+
+
+# (event id, order id or None): three of each, so that they meet often.
+EVENT = st.tuples(st.sampled_from("abc"), st.sampled_from([None, None, "k1", "k2", "k3"]))
+CALLS = st.lists(st.lists(EVENT, min_size=1, max_size=5), min_size=1, max_size=3)
+
+
+def test_always_fresh_answers_as_the_model(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no back-off every statement is tried fresh first: generated calls sharing
+    event ids and orders, one after the other or at once (one group), get the statuses
+    and ledger entries of the in-memory outbox (the reference model)."""
+    monkeypatch.setattr(_enqueue, "FRESH_BACKOFF_FIRST", 0)
+    monkeypatch.setattr(_enqueue, "FRESH_BACKOFF_MAX", 0)
+    loop = asyncio.new_event_loop()
+    box = PostgresOutbox(postgres_url, pool_size=4, listen=False)
+    loop.run_until_complete(box.open())
+
+    async def send(
+        target: PostgresOutbox | InMemoryOutbox, calls: list[list[NewEvent]], at_once: bool
+    ) -> tuple[list[list[EnqueueStatus]], int]:
+        before = await target.order_ledger_size()
+        if at_once:
+            statuses = list(await asyncio.gather(*(target.enqueue(c, now=T0) for c in calls)))
+        else:
+            statuses = [await target.enqueue(c, now=T0) for c in calls]
+        return statuses, await target.order_ledger_size() - before
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(calls=CALLS, at_once=st.booleans())
+    def same_as_the_model(calls: list[list[tuple[str, str | None]]], at_once: bool) -> None:
+        run = uuid.uuid4().hex[:8]
+        sent = [
+            [event(f"{run}-{e}", None if o is None else f"{run}-{o}".encode()) for e, o in call]
+            for call in calls
+        ]
+        model = InMemoryOutbox()
+        loop.run_until_complete(model.open())
+        expected = loop.run_until_complete(send(model, sent, at_once))
+        assert loop.run_until_complete(send(box, sent, at_once)) == expected
+
+    try:
+        same_as_the_model()
+        assert box._fresh_claims.failures > 0  # the fall-back ran, not only fresh statements
+    finally:
+        loop.run_until_complete(box.close())
+        loop.close()
