@@ -5,7 +5,9 @@ arbitrating one sent when a key exists after all, and a back-off after each conf
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -188,3 +190,63 @@ def test_always_fresh_answers_as_the_model(
     finally:
         loop.run_until_complete(box.close())
         loop.close()
+
+
+@pytest.mark.parametrize("mix", ["fresh against arbitrating", "all fresh"])
+async def test_replicas_sending_overlapping_keys_queue_each_once(
+    open_replica: OpenReplica, postgres_url: str, monkeypatch: pytest.MonkeyPatch, mix: str
+) -> None:
+    """Four replicas (own pools) enqueue calls sharing event ids and orders at once, some
+    fresh and some arbitrating: each dedup key and each order is queued at most once,
+    an event without an order exactly once, and the tables hold what the answers say."""
+    monkeypatch.setattr(_enqueue, "FRESH_BACKOFF_FIRST", 0)
+    monkeypatch.setattr(_enqueue, "FRESH_BACKOFF_MAX", 0)
+    boxes = [await open_replica(listen=False) for _ in range(4)]
+    if mix == "fresh against arbitrating":
+        for box in boxes[::2]:
+            monkeypatch.setattr(box._fresh_claims, "fresh", lambda: False)
+    rng = random.Random(7)
+    for round_number in range(20):
+        run = uuid.uuid4().hex[:6]
+        calls = [
+            [
+                event(
+                    f"{run}-e{rng.randrange(25)}",
+                    None if rng.random() < 0.5 else f"{run}-o{rng.randrange(15)}".encode(),
+                )
+                for _ in range(rng.randint(1, 6))
+            ]
+            for _ in range(40)
+        ]
+        results: list[list[EnqueueStatus]] = []
+        for wave in range(0, len(calls), len(boxes)):  # one call per replica at a time
+            results += await asyncio.gather(
+                *(
+                    box.enqueue(call, now=T0 + round_number)
+                    for box, call in zip(boxes, calls[wave : wave + len(boxes)], strict=True)
+                )
+            )
+        by_key: Counter[str] = Counter()
+        by_order: Counter[bytes] = Counter()
+        without_order: set[str] = set()
+        for call, statuses in zip(calls, results, strict=True):
+            for sent, status in zip(call, statuses, strict=True):
+                if sent.order_key is None:
+                    without_order.add(sent.event_id)
+                if status == QUEUED:
+                    by_key[sent.event_id] += 1
+                    if sent.order_key is not None:
+                        by_order[sent.order_key] += 1
+        assert set(by_key.values()) == {1} and set(by_order.values()) <= {1}
+        assert without_order <= set(by_key)
+        with psycopg.connect(postgres_url) as conn:
+            rows = conn.execute(
+                "SELECT event_id, count(*) FROM capirelay_queue WHERE event_id LIKE %s GROUP BY 1",
+                (run + "-%",),
+            ).fetchall()
+            keys = conn.execute(
+                "SELECT count(*) FROM capirelay_dedup WHERE event_id LIKE %s", (run + "-%",)
+            ).fetchone()
+        assert dict(rows) == dict(by_key)
+        assert keys == (len(by_key),)
+    assert sum(box._fresh_claims.failures for box in boxes) > 0

@@ -51,8 +51,9 @@ class FreshClaims:
     logs it (``ERROR: duplicate key value violates unique constraint``, the key's event
     id, name and pixel id or the order key's digest in ``DETAIL``, the statement's text
     without its values): after a failure, :data:`FRESH_BACKOFF_FIRST` statements
-    arbitrate, then one is tried fresh; each failure in a row doubles that, up to
-    :data:`FRESH_BACKOFF_MAX`, and a fresh statement that succeeds starts over.
+    arbitrate, then one is tried fresh; each further failure before a fresh statement
+    succeeds doubles that, up to :data:`FRESH_BACKOFF_MAX` (fresh statements in flight
+    together that fail together count one each), and a success starts over.
     """
 
     def __init__(self) -> None:
