@@ -149,6 +149,38 @@ def purchase(event_id: str, email: str) -> dict[str, Any]:
 OpenReplica = Callable[..., Awaitable[PostgresOutbox]]
 
 
+def hold_dedup_key(url: str, event_id: str, seen_at: float) -> psycopg.Connection[Any]:
+    """A connection whose open transaction has inserted the dedup key (``event_id``,
+    Purchase, pixel 111) and not committed: an enqueue of that key waits for it.  The
+    caller commits, rolls back or closes it."""
+    conn = psycopg.connect(url)
+    try:
+        conn.execute(
+            "INSERT INTO capirelay_dedup (event_id, event_name, pixel_id, seen_at)"
+            " VALUES (%s, 'Purchase', '111', %s)",
+            (event_id, seen_at),
+        )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def one_backend_waits_on_a_lock(url: str) -> Callable[[], bool]:
+    """A condition for ``wait_for``: exactly one backend of ``url``'s database is waiting
+    on a lock (another transaction's uncommitted row, say)."""
+
+    def waiting() -> bool:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()
+        return row is not None and row[0] == 1
+
+    return waiting
+
+
 def table_counts(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Rows in every table of the connection's schema but the migrations' bookkeeping."""
     names = [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pg_replicas import OpenReplica
+from pg_replicas import OpenReplica, hold_dedup_key, one_backend_waits_on_a_lock
 
 from capirelay.outbox import EnqueueStatus, NewEvent, StorageUnavailable
 from capirelay.outbox.postgres import PostgresOutbox
@@ -91,24 +91,11 @@ async def test_no_caller_is_answered_before_the_group_commits(
 ) -> None:
     box = await open_replica(listen=False)
     # Another transaction holds key "k" (uncommitted): the group's dedup insert waits on it.
-    blocker = psycopg.connect(postgres_url)
+    blocker = hold_dedup_key(postgres_url, "k", T0)
     try:
-        blocker.execute(
-            "INSERT INTO capirelay_dedup (event_id, event_name, pixel_id, seen_at)"
-            " VALUES ('k', 'Purchase', '111', %s)",
-            (T0,),
-        )
         calls = [asyncio.create_task(box.enqueue([event(n)], now=T0)) for n in ("j", "k", "l")]
-
-        def waiting_on_the_lock() -> bool:
-            with psycopg.connect(postgres_url) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                ).fetchone()
-            return row is not None and row[0] == 1
-
-        await asyncio.to_thread(wait_for, waiting_on_the_lock, 30, what="the group waits")
+        waits = one_backend_waits_on_a_lock(postgres_url)
+        await asyncio.to_thread(wait_for, waits, 30, what="the group waits")
         assert not any(call.done() for call in calls)
         assert _writers(postgres_url) == []  # nothing of the group is visible yet
         blocker.rollback()  # the key is free again: the group claims it

@@ -14,16 +14,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from pg_replicas import OpenReplica
+from pg_replicas import OpenReplica, hold_dedup_key, one_backend_waits_on_a_lock
 
 from capirelay.outbox import EnqueueStatus, NewEvent
-from capirelay.outbox.memory import InMemoryOutbox
 from capirelay.outbox.postgres import PostgresOutbox, _enqueue
 from capirelay.outbox.postgres import outbox as pg_outbox
 from capirelay.outbox.postgres._enqueue import FRESH_BACKOFF_FIRST, FRESH_BACKOFF_MAX, FreshClaims
 from capirelay.outbox.postgres._statements import QUERIES, without_arbitration
+from enqueue_model import answers_as_the_model
 from waiting import wait_for
 
 T0 = 1_800_000_000.0
@@ -110,24 +108,11 @@ async def test_a_key_another_transaction_holds_is_waited_for_then_decided(
     as ON CONFLICT does: committed, the key is a duplicate (the fresh statement fails
     and the arbitrating one says so); rolled back, the fresh statement queues it."""
     box = await open_replica(listen=False)
-    blocker = psycopg.connect(postgres_url)
+    blocker = hold_dedup_key(postgres_url, "k", T0)
     try:
-        blocker.execute(
-            "INSERT INTO capirelay_dedup (event_id, event_name, pixel_id, seen_at)"
-            " VALUES ('k', 'Purchase', '111', %s)",
-            (T0,),
-        )
         call = asyncio.create_task(box.enqueue([event("k")], now=T0))
-
-        def waiting_on_the_lock() -> bool:
-            with psycopg.connect(postgres_url) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                ).fetchone()
-            return row is not None and row[0] == 1
-
-        await asyncio.to_thread(wait_for, waiting_on_the_lock, 30, what="the insert waits")
+        waits = one_backend_waits_on_a_lock(postgres_url)
+        await asyncio.to_thread(wait_for, waits, 30, what="the insert waits")
         assert not call.done()
         getattr(blocker, outcome)()
     finally:
@@ -140,52 +125,19 @@ async def test_a_key_another_transaction_holds_is_waited_for_then_decided(
         assert sent_fresh == [True]
 
 
-# (event id, order id or None): three of each, so that they meet often.
-EVENT = st.tuples(st.sampled_from("abc"), st.sampled_from([None, None, "k1", "k2", "k3"]))
-CALLS = st.lists(st.lists(EVENT, min_size=1, max_size=5), min_size=1, max_size=3)
-
-
 def test_always_fresh_answers_as_the_model(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With no back-off every statement is tried fresh first: generated calls sharing
     event ids and orders, one after the other or at once (one group), get the statuses
-    and ledger entries of the in-memory outbox (the reference model)."""
+    and ledger entries of the in-memory outbox (tests/enqueue_model.py)."""
     monkeypatch.setattr(_enqueue, "FRESH_BACKOFF_FIRST", 0)
     monkeypatch.setattr(_enqueue, "FRESH_BACKOFF_MAX", 0)
     loop = asyncio.new_event_loop()
     box = PostgresOutbox(postgres_url, pool_size=4, listen=False)
     loop.run_until_complete(box.open())
-
-    async def send(
-        target: PostgresOutbox | InMemoryOutbox, calls: list[list[NewEvent]], at_once: bool
-    ) -> tuple[list[list[EnqueueStatus]], int]:
-        before = await target.order_ledger_size()
-        if at_once:
-            statuses = list(await asyncio.gather(*(target.enqueue(c, now=T0) for c in calls)))
-        else:
-            statuses = [await target.enqueue(c, now=T0) for c in calls]
-        return statuses, await target.order_ledger_size() - before
-
-    @settings(
-        max_examples=60,
-        deadline=None,
-        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    )
-    @given(calls=CALLS, at_once=st.booleans())
-    def same_as_the_model(calls: list[list[tuple[str, str | None]]], at_once: bool) -> None:
-        run = uuid.uuid4().hex[:8]
-        sent = [
-            [event(f"{run}-{e}", None if o is None else f"{run}-{o}".encode()) for e, o in call]
-            for call in calls
-        ]
-        model = InMemoryOutbox()
-        loop.run_until_complete(model.open())
-        expected = loop.run_until_complete(send(model, sent, at_once))
-        assert loop.run_until_complete(send(box, sent, at_once)) == expected
-
     try:
-        same_as_the_model()
+        answers_as_the_model(box, loop, event, max_examples=60)
         assert box._fresh_claims.failures > 0  # the fall-back ran, not only fresh statements
     finally:
         loop.run_until_complete(box.close())
