@@ -20,7 +20,12 @@ from capirelay.outbox import EnqueueStatus, NewEvent
 from capirelay.outbox.postgres import PostgresOutbox, _enqueue
 from capirelay.outbox.postgres import outbox as pg_outbox
 from capirelay.outbox.postgres._enqueue import FRESH_BACKOFF_FIRST, FRESH_BACKOFF_MAX, FreshClaims
-from capirelay.outbox.postgres._statements import QUERIES, without_arbitration
+from capirelay.outbox.postgres._statements import (
+    ARBITRATES,
+    FRESH,
+    QUERIES,
+    without_lines_marked,
+)
 from enqueue_model import answers_as_the_model
 from waiting import wait_for
 
@@ -47,14 +52,21 @@ def sent_fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[bool]]:
     yield record
 
 
-def test_the_fresh_statement_is_the_enqueue_without_its_on_conflict_clauses() -> None:
+def test_the_enqueue_block_is_two_statements_the_fresh_one_without_on_conflict() -> None:
     fresh, arbitrating = QUERIES["enqueue_fresh"], QUERIES["enqueue"]
-    body = fresh.split("WITH ledger AS", 1)[1]
-    assert "ON CONFLICT" not in body and "%(cutoff)s" not in body
-    assert arbitrating.count("ON CONFLICT") == fresh.count("ON CONFLICT") + 2
-    assert len(arbitrating.splitlines()) == len(fresh.splitlines()) + 5
+    assert "ON CONFLICT" not in fresh and "%(cutoff)s" not in fresh
+    assert "ON CONFLICT" in arbitrating and "%(cutoff)s" in arbitrating
+    assert FRESH not in arbitrating and ARBITRATES not in fresh
+    # The same inserts in the same order; only the claims and the answer differ.
+    for statement in (fresh, arbitrating):
+        inserts = [line.split("(")[0] for line in statement.splitlines() if "INSERT INTO" in line]
+        assert inserts == [
+            "    INSERT INTO capirelay_order_ledger ",
+            "    INSERT INTO capirelay_dedup AS d ",
+            "    INSERT INTO capirelay_queue ",
+        ]
     with pytest.raises(ValueError, match="no line marked"):
-        without_arbitration("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING")
+        without_lines_marked("INSERT INTO t VALUES (1) ON CONFLICT DO NOTHING", ARBITRATES)
 
 
 def test_fresh_claims_back_off_after_each_conflict_and_start_over() -> None:

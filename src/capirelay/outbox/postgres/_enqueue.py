@@ -168,7 +168,14 @@ async def enqueue_in_one_statement(
     if not picked:
         return set()
     params = enqueue_params([events[i] for i in picked], now, channel, with_orders=with_orders)
-    cur = await conn.execute(queries["enqueue_fresh" if fresh else "enqueue"], params)
+    if fresh:
+        # It succeeded, so every key was new and every event it was sent is queued.
+        cur = await conn.execute(queries["enqueue_fresh"], params)
+        row = await cur.fetchone()
+        if row is None or row[0] != len(picked):
+            raise RuntimeError(f"enqueue_fresh queued {row and row[0]} of {len(picked)} events")
+        return set(picked)
+    cur = await conn.execute(queries["enqueue"], params)
     return {picked[row[0] - 1] for row in await cur.fetchall()}
 
 

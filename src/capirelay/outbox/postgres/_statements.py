@@ -10,7 +10,7 @@ from typing import Final
 
 from capirelay.outbox import _sql
 
-__all__ = ["ARBITRATES", "CHANNEL", "QUERIES", "load_queries", "without_arbitration"]
+__all__ = ["ARBITRATES", "CHANNEL", "FRESH", "QUERIES", "load_queries", "without_lines_marked"]
 
 # The NOTIFY channel; the payload is the pixel id that has new events.
 CHANNEL: Final = "capirelay_work"
@@ -23,22 +23,26 @@ def load_queries(text: str | None = None) -> dict[str, str]:
     return _sql.load_queries("capirelay.outbox.postgres", {"channel": CHANNEL})
 
 
-# The end of each line of the `enqueue` statement that only arbitrates between a new key
-# and one the tables already hold (its ON CONFLICT clauses).
+# The `enqueue` block of queries.sql is two statements: a line ending in ARBITRATES
+# belongs to `enqueue` only (its ON CONFLICT clauses, its per-event answer), one ending
+# in FRESH to `enqueue_fresh` only.
 ARBITRATES: Final = "-- arbitrates"
+FRESH: Final = "-- fresh"
 
 
-def without_arbitration(statement: str) -> str:
-    """``statement`` without its lines that end in :data:`ARBITRATES`: plain inserts."""
+def without_lines_marked(statement: str, marker: str) -> str:
+    """``statement`` without its lines that end in ``marker``."""
     lines = statement.splitlines()
-    kept = [line for line in lines if not line.rstrip().endswith(ARBITRATES)]
+    kept = [line for line in lines if not line.rstrip().endswith(marker)]
     if len(kept) == len(lines):
-        raise ValueError("the statement has no line marked " + ARBITRATES)
+        raise ValueError("the statement has no line marked " + marker)
     return "\n".join(kept)
 
 
 def _with_fresh_enqueue(queries: dict[str, str]) -> dict[str, str]:
-    queries["enqueue_fresh"] = without_arbitration(queries["enqueue"])
+    both = queries["enqueue"]
+    queries["enqueue"] = without_lines_marked(both, FRESH)
+    queries["enqueue_fresh"] = without_lines_marked(both, ARBITRATES)
     return queries
 
 

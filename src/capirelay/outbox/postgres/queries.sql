@@ -29,14 +29,17 @@
 -- sharing keys lock them in the same order and cannot deadlock.  The queued rows'
 -- pixels are announced with pg_notify, which PostgreSQL delivers at COMMIT (never for a
 -- rolled-back request).
--- `enqueue_fresh` (postgres/_statements.py) is this statement without the lines marked
--- "arbitrates": plain inserts, for a group whose keys are all new.  `ON CONFLICT` makes
--- PostgreSQL probe each unique index before the insert and then confirm the row
--- (speculative insertion), about 2 us of the database's CPU per key measured; a plain
--- insert checks the key while inserting it.  A key that exists after all (a duplicate,
--- a key past the window to take over, one a concurrent transaction committed) fails
--- the whole statement with a unique violation, which changes nothing, and the caller
--- sends this statement instead (postgres/_enqueue.py, FreshClaims).
+-- This block is two statements (postgres/_statements.py): `enqueue` is it without the
+-- lines marked "fresh", `enqueue_fresh` without the lines marked "arbitrates".  The
+-- fresh one is for a group whose keys are all new: plain inserts (`ON CONFLICT` makes
+-- PostgreSQL probe each unique index before the insert and then confirm the row, a
+-- speculative insertion, about 2 us of the database's CPU per key measured; a plain
+-- insert checks the key while inserting it), and since every event it lets through is
+-- queued, it answers only how many were (no join back to each event's place).  A key
+-- that exists after all (a duplicate, a key past the window to take over, one a
+-- concurrent transaction committed) fails the whole statement with a unique
+-- violation, which changes nothing, and the caller sends `enqueue` instead
+-- (postgres/_enqueue.py, FreshClaims).
 WITH ledger AS (
     INSERT INTO capirelay_order_ledger (key, seen_at)
     SELECT k, %(now)s FROM unnest(%(order_keys)b::bytea[]) AS k ORDER BY k
@@ -70,7 +73,8 @@ queued AS (
     OVERRIDING SYSTEM VALUE
     SELECT i.id, i.pixel_id, i.event_name, i.event_id, i.payload, i.event_time, i.deadline,
            i.test_event_code, i.source, %(now)s, 0, %(now)s
-    FROM input AS i WHERE i.id IN (SELECT queue_id FROM claimed)
+    FROM input AS i WHERE i.id IN (SELECT queue_id FROM claimed)  -- arbitrates
+    FROM input AS i  -- fresh
     ORDER BY i.id
     RETURNING id, pixel_id
 ),
@@ -78,8 +82,10 @@ announced AS (
     SELECT count(pg_notify(%(channel)s, pixel_id)) AS pixels
     FROM (SELECT DISTINCT pixel_id FROM queued) AS p
 )
-SELECT i.ord, announced.pixels
-FROM input AS i JOIN queued USING (id) CROSS JOIN announced;
+SELECT i.ord, announced.pixels  -- arbitrates
+FROM input AS i JOIN queued USING (id) CROSS JOIN announced  -- arbitrates
+SELECT (SELECT count(*) FROM queued), announced.pixels FROM announced  -- fresh
+;
 
 -- name: promote_due
 -- Rows whose backoff ended become ready again, longest-waiting first and bounded: after
