@@ -19,9 +19,15 @@ from pg_replicas import OpenReplica, hold_dedup_key, one_backend_waits_on_a_lock
 from capirelay.outbox import EnqueueStatus, NewEvent
 from capirelay.outbox.postgres import PostgresOutbox, _enqueue
 from capirelay.outbox.postgres import outbox as pg_outbox
-from capirelay.outbox.postgres._enqueue import FRESH_BACKOFF_FIRST, FRESH_BACKOFF_MAX, FreshClaims
+from capirelay.outbox.postgres._enqueue import (
+    FRESH_BACKOFF_FIRST,
+    FRESH_BACKOFF_MAX,
+    FreshClaims,
+    enqueue_params,
+)
 from capirelay.outbox.postgres._statements import (
     ARBITRATES,
+    CHANNEL,
     FRESH,
     QUERIES,
     without_lines_marked,
@@ -214,3 +220,39 @@ async def test_replicas_sending_overlapping_keys_queue_each_once(
         assert dict(rows) == dict(by_key)
         assert keys == (len(by_key),)
     assert sum(box._fresh_claims.failures for box in boxes) > 0
+
+
+@pytest.mark.parametrize("name", ["enqueue_fresh", "enqueue"])
+async def test_both_statements_write_the_ledger_then_the_dedup_keys_then_the_queue(
+    open_replica: OpenReplica, postgres_url: str, name: str
+) -> None:
+    """The same lock order in both statements (ledger, dedup keys, queue rows), so a
+    fresh statement on one replica and an arbitrating one on another cannot deadlock,
+    and a fresh statement that meets an existing key stops before it writes a queue row
+    (PostgreSQL runs a data-modifying CTE nothing reads last: the fresh queue insert
+    waits for the dedup claim's count).  Seen by triggers that report each insert."""
+    await open_replica(listen=False)  # migrates the schema
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION report() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE NOTICE '%', TG_TABLE_NAME; RETURN NEW; END $$"
+        )
+        for table in ("capirelay_order_ledger", "capirelay_dedup", "capirelay_queue"):
+            conn.execute(
+                f"CREATE TRIGGER report BEFORE INSERT ON {table}"
+                " FOR EACH ROW EXECUTE FUNCTION report()"
+            )
+        inserts: list[str] = []
+        conn.add_notice_handler(lambda notice: inserts.append(str(notice.message_primary)))
+        sent = [event("p1", b"order-1"), event("p2")]
+        rows = conn.execute(QUERIES[name], enqueue_params(sent, T0, CHANNEL)).fetchall()
+        assert (
+            rows
+            and inserts
+            == ["capirelay_order_ledger"] + ["capirelay_dedup"] * 2 + ["capirelay_queue"] * 2
+        )
+        if name == "enqueue_fresh":
+            inserts.clear()
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                conn.execute(QUERIES[name], enqueue_params([event("p3"), event("p2")], T0, CHANNEL))
+            assert "capirelay_queue" not in inserts  # stopped at the dedup claim

@@ -35,7 +35,10 @@
 -- PostgreSQL probe each unique index before the insert and then confirm the row, a
 -- speculative insertion, about 2 us of the database's CPU per key measured; a plain
 -- insert checks the key while inserting it), and since every event it lets through is
--- queued, it answers only how many were (no join back to each event's place).  A key
+-- queued, it answers only how many were (no join back to each event's place); its queue
+-- insert reads the count of `claimed`, because PostgreSQL runs a data-modifying CTE that
+-- nothing reads after the rest: the claims must come first (the same lock order as
+-- `enqueue`, and nothing written to the queue by a statement that will fail).  A key
 -- that exists after all (a duplicate, a key past the window to take over, one a
 -- concurrent transaction committed) fails the whole statement with a unique
 -- violation, which changes nothing, and the caller sends `enqueue` instead
@@ -74,7 +77,7 @@ queued AS (
     SELECT i.id, i.pixel_id, i.event_name, i.event_id, i.payload, i.event_time, i.deadline,
            i.test_event_code, i.source, %(now)s, 0, %(now)s
     FROM input AS i WHERE i.id IN (SELECT queue_id FROM claimed)  -- arbitrates
-    FROM input AS i  -- fresh
+    FROM input AS i CROSS JOIN (SELECT count(*) FROM claimed) AS c  -- fresh
     ORDER BY i.id
     RETURNING id, pixel_id
 ),
