@@ -352,13 +352,15 @@ def main() -> None:
         print(line)
 
 
+def ratio_to(route: Route, result: WrkResult, floor: WrkResult) -> float:
+    """``result``'s events/s over ``floor``'s requests/s (0 for a floor that did nothing)."""
+    return result.rate * route.events_per_request / floor.rate if floor.rate else 0.0
+
+
 def goal_line(route: Route, label: str, pairs: list[tuple[WrkResult, WrkResult]]) -> str:
-    """``w=2 POST /v1/events, 1 event: 0.33 0.35 0.34 -> 0.34 (goal >= 0.4: no); p99 ...``:
+    """``w=2 POST /v1/events, 1 event: 0.33 0.35 0.34 -> 0.34 (goal >= 0.4: not met); p99 ...``:
     each (yardstick, capirelay) pair's ratio, their median, and the p99 bound."""
-    ratios = [
-        ours.rate * route.events_per_request / floor.rate if floor.rate else 0.0
-        for floor, ours in pairs
-    ]
+    ratios = [ratio_to(route, ours, floor) for floor, ours in pairs]
     ratio = statistics.median(ratios)
     text = (
         f"w={label} {route.name}: {' '.join(f'{r:.2f}' for r in ratios)} -> {ratio:.2f} "
@@ -389,8 +391,9 @@ def table_row(route: Route, server: str, result: WrkResult, floor: WrkResult | N
     if floor is None:
         ratio_text = "1.00 (yardstick)" if route.events_per_request == 1 else "-"
     else:
-        ratio = events / floor.rate if floor.rate else 0.0
-        ratio_text = f"{ratio:.2f}" + (" (events/s)" if route.events_per_request > 1 else "")
+        ratio_text = f"{ratio_to(route, result, floor):.2f}" + (
+            " (events/s)" if route.events_per_request > 1 else ""
+        )
     return [
         route.name,
         server,

@@ -148,21 +148,12 @@ def bind_worker_sockets(
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
-            sockets.append(_listening(bind_listener(host, port, reuse_port=True), backlog))
+            sockets.append(bind_listener(host, port, reuse_port=True, backlog=backlog))
     except OSError:
         for sock in sockets:
             sock.close()
         raise
     return sockets
-
-
-def _listening(sock: socket.socket, backlog: int) -> socket.socket:
-    try:
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class WorkerSockets(Multiprocess):
@@ -241,7 +232,7 @@ class WorkerSockets(Multiprocess):
         host, port = self.slots[0].getsockname()[:2]
         try:
             self.slots.append(
-                _listening(bind_listener(host, port, reuse_port=True), self.config.backlog)
+                bind_listener(host, port, reuse_port=True, backlog=self.config.backlog)
             )
         except OSError as exc:
             log.error("SIGTTIN: no socket for one more worker: %s", exc)

@@ -350,23 +350,24 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
     ) -> set[int]:
         """:func:`enqueue_in_one_statement`, fresh when :class:`FreshClaims` says so, then
         arbitrating if a key existed after all (the fresh statement wrote nothing)."""
+
+        async def send(fresh: bool) -> set[int]:
+            return await self._in_transaction(
+                lambda conn: enqueue_in_one_statement(
+                    conn, QUERIES, events, picked, now, CHANNEL, fresh=fresh
+                ),
+                autocommit=True,
+            )
+
         if self._fresh_claims.fresh():
             try:
-                queued = await self._in_transaction(
-                    lambda conn: enqueue_in_one_statement(
-                        conn, QUERIES, events, picked, now, CHANNEL, fresh=True
-                    ),
-                    autocommit=True,
-                )
+                queued = await send(fresh=True)
             except psycopg.errors.UniqueViolation:
                 self._fresh_claims.failed()
             else:
                 self._fresh_claims.succeeded()
                 return queued
-        return await self._in_transaction(
-            lambda conn: enqueue_in_one_statement(conn, QUERIES, events, picked, now, CHANNEL),
-            autocommit=True,
-        )
+        return await send(fresh=False)
 
     async def lease(
         self, pixel_id: str, *, limit: int, lease_seconds: float, now: float
