@@ -35,6 +35,7 @@ than a fifth; the median of alternations is the figure to judge by).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shutil
@@ -49,6 +50,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HOST, KEY, PIXEL, free_port, print_table, stop_process, wait_http
@@ -90,10 +92,20 @@ class WrkResult:
     # server is the limit it is near 0; a server waiting on something else (its disk,
     # a lock) leaves the cores idle although the load generator keeps them busy.
     idle: float | None = None
+    # CPU seconds (user + system) the server's processes spent during the run, every
+    # worker and thread included: per request, a figure to compare across machines,
+    # where the rates and even the ratios move with what a machine makes cheap.
+    server_cpu: float | None = None
 
     @property
     def rate(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if self.server_cpu is None or not self.requests:
+            return None
+        return self.server_cpu / self.requests * 1e6
 
 
 _SUMMARY = re.compile(r"WRK_SUMMARY (.*)")
@@ -121,7 +133,13 @@ def parse_wrk(output: str) -> WrkResult:
 
 
 def run_wrk(
-    port: int, route: Route, *, duration: float, threads: int, run_id: str, connections: int
+    server: Server,
+    route: Route,
+    *,
+    duration: float,
+    threads: int,
+    run_id: str,
+    connections: int,
 ) -> WrkResult:
     cmd = [
         "wrk",
@@ -133,19 +151,19 @@ def run_wrk(
         "10s",
         "-s",
         str(WRK_DIR / route.script),
-        f"http://{HOST}:{port}",
+        f"http://{HOST}:{server.port}",
         "--",
         run_id,
         KEY,
         PIXEL,
         ORIGIN,
     ]
-    before = cpu_times()
+    before, server_before = cpu_times(), server.cpu_seconds()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 60)
-    after = cpu_times()
+    after, server_after = cpu_times(), server.cpu_seconds()
     spent = [b - a for a, b in zip(before, after, strict=True)]
     idle = (spent[3] + spent[4]) / sum(spent) if before and sum(spent) else None
-    return replace(parse_wrk(done.stdout), idle=idle)
+    return replace(parse_wrk(done.stdout), idle=idle, server_cpu=server_after - server_before)
 
 
 def cpu_times() -> list[int]:
@@ -193,6 +211,17 @@ class Server:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server and its live child processes (the
+        workers of ``serve --workers N``) so far."""
+        root = psutil.Process(self.proc.pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
 
 
 def start_floor() -> Server:
@@ -299,21 +328,19 @@ def main() -> None:
                 for route in routes:
                     run_id = uuid.uuid4().hex[:8]
                     common = dict(threads=args.threads, connections=route.connections)
-                    run_wrk(floor.port, route, duration=args.warmup, run_id=run_id + "w", **common)
+                    run_wrk(floor, route, duration=args.warmup, run_id=run_id + "w", **common)
                     warm = run_wrk(
-                        gateway.port, route, duration=args.warmup, run_id=run_id + "w", **common
+                        gateway, route, duration=args.warmup, run_id=run_id + "w", **common
                     )
                     sent += (warm.requests - warm.non2xx) * route.events_per_request
                     pairs: list[tuple[WrkResult, WrkResult]] = []
                     for turn in range(args.repeat):
                         tag = f"{run_id}{turn}"
                         floor_result = run_wrk(
-                            floor.port, route, duration=args.duration, run_id=tag + "f", **common
+                            floor, route, duration=args.duration, run_id=tag + "f", **common
                         )
                         time.sleep(0.5)
-                        ours = run_wrk(
-                            gateway.port, route, duration=args.duration, run_id=tag, **common
-                        )
+                        ours = run_wrk(gateway, route, duration=args.duration, run_id=tag, **common)
                         sent += (ours.requests - ours.non2xx) * route.events_per_request
                         floors[turn][route.script] = floor_result
                         # Every route is compared with the single-event floor of the same
@@ -339,7 +366,7 @@ def main() -> None:
         f"wrk ingest vs floor ({args.storage.split(':')[0]}, "
         f"{args.duration:g} s per run, same run)",
         ["route", "server", "conns", "req/s", "events/s", "p50 ms", "p99 ms", "non-2xx/err",
-         "idle", "ratio to floor req/s"],
+         "idle", "server CPU µs/req", "ratio to floor req/s"],
         rows,
     )  # fmt: skip
     for line in checks:
@@ -371,6 +398,18 @@ def goal_line(route: Route, label: str, pairs: list[tuple[WrkResult, WrkResult]]
         met = p99 < route.goal_p99_ms
         text += (
             f"; p99 {p99:.1f} ms (goal < {route.goal_p99_ms:g} ms: {'met' if met else 'not met'})"
+        )
+    costs = [
+        (ours.cpu_us_per_request / route.events_per_request, floor.cpu_us_per_request)
+        for floor, ours in pairs
+        if ours.cpu_us_per_request is not None and floor.cpu_us_per_request
+    ]
+    if costs:
+        ours_us = statistics.median(c for c, _ in costs)
+        floor_us = statistics.median(f for _, f in costs)
+        text += (
+            f"; server CPU {ours_us:.0f} us/event against the floor's {floor_us:.0f} us/request "
+            f"({ours_us / floor_us:.1f}x)"
         )
     return text
 
@@ -404,6 +443,7 @@ def table_row(route: Route, server: str, result: WrkResult, floor: WrkResult | N
         f"{result.p99_ms:.1f}",
         f"{result.non2xx}/{result.errors}",
         "-" if result.idle is None else f"{result.idle:.0%}",
+        "-" if result.cpu_us_per_request is None else f"{result.cpu_us_per_request:.0f}",
         ratio_text,
     ]
 
