@@ -23,6 +23,9 @@ Phases, per scenario
    Steady state: the connection first runs each statement a dozen times (prepared,
    its plan settled), outside the measurement.  Three runs on a fresh schema each
    (``--cost-runs``); the line below is their median, each run's figure printed too.
+   Before each run, a yardstick: a plain 100-row insert's backend CPU per row on the
+   same database, so a figure can be told apart from the machine it ran on (the
+   per-event cost divided by it is printed too).
 4. replica scaling: a backlog (50,000 events with --quick) filled through one
    token-less replica, drained by 1 or 2 replicas started behind a hold on the
    pixel, alternating, at least 5 runs each; the medians, and the database CPU
@@ -559,14 +562,58 @@ def migrated_schema(url: str) -> None:
     asyncio.run(migrate_url(url))
 
 
+YARDSTICK_ROWS = 30_000
+
+
+def yardstick_cost(url: str, rows: int = YARDSTICK_ROWS) -> float:
+    """Backend CPU seconds per row of a plain insert, measured on this database now: 100
+    rows a statement (bigint key in order, 100-character text) into a table with only a
+    primary key, each statement its own durable commit, binary array parameters.
+
+    Not capirelay's work: a fixed piece of PostgreSQL work to divide the outbox's figure
+    by.  The per-event figure moves with the machine (the same code read 24 us on one
+    session's machine and 40 on the next's); measured in the same minutes, the ratio to
+    this yardstick tells a slower machine from a costlier change."""
+    payload = "y" * 100
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS capirelay_bench_yardstick")
+        conn.execute(
+            "CREATE TABLE capirelay_bench_yardstick (id bigint PRIMARY KEY, payload text NOT NULL)"
+        )
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert pid is not None
+        statement = (
+            "INSERT INTO capirelay_bench_yardstick (id, payload) "
+            "SELECT * FROM unnest(%(ids)b::bigint[], %(payloads)b::text[])"
+        )
+
+        def insert(start: int) -> None:
+            ids = list(range(start, start + PER_REQUEST))
+            conn.execute(statement, {"ids": ids, "payloads": [payload] * PER_REQUEST})
+
+        next_id = 0
+        for _ in range(WARM_UP_CALLS):  # prepared, plan settled, as in statement_costs
+            insert(next_id)
+            next_id += PER_REQUEST
+        before = process_run_seconds(pid[0]) or 0.0
+        for _ in range(rows // PER_REQUEST):
+            insert(next_id)
+            next_id += PER_REQUEST
+        spent = (process_run_seconds(pid[0]) or 0.0) - before
+        conn.execute("DROP TABLE capirelay_bench_yardstick")
+    return spent / (rows // PER_REQUEST * PER_REQUEST)
+
+
 def durable_costs(pg_url: str, events: int, runs: int) -> tuple[float, float]:
     """The statement loop ``runs`` times on a fresh schema, durable COMMITs as deployed:
     every run's figure, the median run's tables, and the median database CPU seconds and
     client wall seconds per delivered event.  One run's figure moves by about 2 µs with
     the machine's minute (docs/postgres.md); the median of several is what to compare."""
     results = []
+    yardsticks = []
     for _ in range(runs):
         migrated_schema(pg_url)
+        yardsticks.append(yardstick_cost(pg_url))
         rows, cpu, wall = asyncio.run(statement_costs(pg_url, events, admin_url=pg_url))
         results.append((cpu, wall, rows, dict(STORAGE)))
     ordered = sorted(results, key=lambda result: result[0])
@@ -586,6 +633,13 @@ def durable_costs(pg_url: str, events: int, runs: int) -> tuple[float, float]:
         "database CPU per delivered event, each run: "
         + ", ".join(f"{cpu * 1e6:.1f}" for cpu, _, _, _ in results)
         + " us"
+    )
+    yardstick = statistics.median(yardsticks)
+    per_event = statistics.median(cpu for cpu, _, _, _ in results)
+    print(
+        "yardstick, a plain 100-row insert on this database before each run: "
+        + ", ".join(f"{y * 1e6:.2f}" for y in yardsticks)
+        + f" us per row; a delivered event costs {per_event / yardstick:.1f} such rows"
     )
     return (
         statistics.median(cpu for cpu, _, _, _ in results),
