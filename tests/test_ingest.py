@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from capirelay.config import PixelSettings
+from capirelay.emulator._pixel_state import had_pii
 from capirelay.ingest import DERIVED_EVENT_ID_PREFIX, PreparedEvent, derive_event_id, prepare_event
 
 NOW = 1_790_000_000.0
@@ -110,6 +111,35 @@ def test_already_hashed_identifiers_are_not_hashed_again() -> None:
     prepared = prepare(raw)
     assert prepared.new_event is not None
     assert orjson.loads(prepared.new_event.payload)["user_data"]["em"] == [hashed]
+
+
+def test_param_builder_values_are_sent_as_the_builder_made_them() -> None:
+    # capi-param-builder's getNormalizedAndHashedPII gives "<sha256 hex>.<appendix>";
+    # Meta asks for the builder's values to be sent as they are.  They were dropped
+    # (em, ph: not an email or phone) or hashed again (every other key).
+    em = sha("jane.doe@example.com") + ".AQQCAQMC"
+    ph = sha("16505551212") + ".AQQCAQMC"
+    fn = sha("jane").upper() + ".Bg"
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "email": em, "phone": [ph], "first_name": fn,
+                        "external_id": sha("cust-1") + ".AQIAAQMC"}  # fmt: skip
+    prepared = prepare(raw)
+    assert prepared.new_event is not None, prepared.problems
+    assert not [p for p in prepared.problems if p.is_error]
+    user_data = orjson.loads(prepared.new_event.payload)["user_data"]
+    assert user_data["em"] == [em] and user_data["ph"] == [ph]
+    assert user_data["fn"] == [sha("jane") + ".Bg"]
+    assert user_data["external_id"] == [sha("cust-1") + ".AQIAAQMC"]
+    assert not had_pii(orjson.loads(prepared.new_event.payload))  # the emulator takes them
+
+
+def test_uuid_hex_external_id_no_longer_refuses_the_event() -> None:
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "external_id": "A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6"}
+    prepared = prepare(raw)
+    assert prepared.new_event is not None, prepared.problems
+    user_data = orjson.loads(prepared.new_event.payload)["user_data"]
+    assert user_data["external_id"] == [sha("a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6")]
 
 
 # Each row: (description, event overrides, problem code, problem field).

@@ -20,6 +20,7 @@ import phonenumbers
 import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
+from phonenumbers import PhoneNumberFormat, PhoneNumberType
 
 from capirelay.normalize import (
     NAME_CACHE_SIZE,
@@ -30,6 +31,7 @@ from capirelay.normalize import (
     clear_caches,
     hash_field,
     hash_wire_key,
+    is_hashed,
     is_sha256,
     normalize,
     resolve_country,
@@ -189,6 +191,52 @@ def test_hash_lookalikes_are_normalized_not_passed_through(field: str, value: st
 def test_thirty_two_digit_external_id_is_hashed() -> None:
     value = "12345678901234567890123456789012"
     assert hash_field("external_id", value) == sha256_hex(value)
+
+
+@pytest.mark.parametrize(
+    "value", ["a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", "A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6"]
+)
+def test_uuid_hex_external_id_is_hashed_not_taken_for_md5(value: str) -> None:
+    # uuid4().hex is the common shape of an external id; passed through as an "MD5" it
+    # failed validation (unhashed_external_id) and the whole event was refused.
+    assert hash_field("external_id", value) == sha256_hex(value.lower())
+
+
+# The param builder's hashed output (<sha256 hex>.<appendix>): Meta asks for the builder's
+# values to be sent as they are (official-sdk-and-spec.md §3.3, §3.5).
+BUILDER_DIGEST = "62a14e44f765419d10fea99367361a727c12365e2520f32218d505ed9aa0f62f"
+
+
+@pytest.mark.parametrize("field", ["em", "ph", "fn", "ln", "ct", "st", "zp", "country", "db",
+                                   "ge", "external_id"])  # fmt: skip
+@pytest.mark.parametrize("appendix", [".AQQCAQMC", ".AQIAAQMC", ".Bg", ".BA"])
+def test_builder_hashed_values_are_sent_as_the_builder_made_them(field: str, appendix: str) -> None:
+    assert hash_field(field, BUILDER_DIGEST + appendix) == BUILDER_DIGEST + appendix
+    # The digest is lowercased; the appendix is base64url, its case is part of it.
+    assert hash_field(field, f" {BUILDER_DIGEST.upper()}{appendix} ") == BUILDER_DIGEST + appendix
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        BUILDER_DIGEST + ".ZZ",  # a 2-character suffix that is no builder's token
+        BUILDER_DIGEST + ".AQQCAQM",  # 7 characters
+        BUILDER_DIGEST + ".AQQCAQMC.AQ",  # two suffixes
+        "d4c74594d841139328695756648b6bd6.AQQCAQMC",  # an MD5 with an appendix
+    ],
+)
+def test_lookalikes_of_builder_values_are_normalized(value: str) -> None:
+    with pytest.raises(NormalizationError):
+        hash_field("em", value)
+    assert not is_hashed(value)
+
+
+def test_is_hashed_knows_digests_and_builder_values_only() -> None:
+    assert is_hashed(BUILDER_DIGEST) and is_hashed(BUILDER_DIGEST.upper() + " ")
+    assert is_hashed(BUILDER_DIGEST + ".AQQCAQMC") and is_hashed(BUILDER_DIGEST + ".Ag")
+    assert not is_hashed("d4c74594d841139328695756648b6bd6")  # MD5 is not SHA-256
+    assert not is_hashed(BUILDER_DIGEST[:63]) and not is_hashed("")
+    assert not is_sha256(BUILDER_DIGEST + ".AQQCAQMC")  # is_sha256 stays the bare digest
 
 
 # --- One table per field ---------------------------------------------------------------------
@@ -415,7 +463,10 @@ COUNTRY_CASES = [
 
 EXTERNAL_ID_CASES = [
     ("external_id", "  User-123  ", None, "user-123"),
-    ("external_id", "ABC 123", None, "abc 123"),  # only trimmed and lowercased
+    # Lowercased, every whitespace removed, as the param builder does (Meta's docs say
+    # nothing of an external id's form).
+    ("external_id", "ABC 123", None, "abc123"),
+    ("external_id", "user\t\t  \n\n  123", None, "user123"),
     ("external_id", "   ", None, ERROR),
 ]
 
@@ -579,6 +630,42 @@ PHONES_BY_REGION = [
     ("FR", "01 42 68 53 00"), ("IT", "06 1234 5678"), ("JP", "03-1234-5678"),
     ("BR", "(11) 91234-5678"), ("IN", "098765 43210"), ("AU", "(02) 9876 5432"),
 ]  # fmt: skip
+
+
+def _example_numbers() -> list[tuple[str, str]]:
+    """phonenumbers' example number of each region and number type, as E.164 digits."""
+    types = [PhoneNumberType.FIXED_LINE, PhoneNumberType.MOBILE]
+    found = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in types:
+            number = phonenumbers.example_number_for_type(region, kind)
+            if number is not None:
+                digits = phonenumbers.format_number(number, PhoneNumberFormat.E164)[1:]
+                found.append((region, digits))
+    return found
+
+
+def test_normalized_numbers_read_with_their_own_regions_hint_stay_themselves() -> None:
+    # 4915123456789 with a DE hint was read as a national number and got its 49 twice
+    # (494915123456789), and so did numbers of Sweden, Indonesia and Kosovo.
+    changed = [
+        (region, digits, normalize("ph", digits, country=region))
+        for region, digits in _example_numbers()
+        if normalize("ph", digits, country=region) != digits
+    ]
+    assert changed == []
+
+
+@pytest.mark.parametrize(
+    ("region", "digits"),
+    [("DE", "4915123456789"), ("SE", "468123456"), ("ID", "62812345678"),
+     ("XK", "38343201234")],
+)  # fmt: skip
+def test_number_with_its_regions_calling_code_is_not_given_it_twice(
+    region: str, digits: str
+) -> None:
+    assert normalize("ph", digits, country=region) == digits
+    assert normalize("ph", " ".join([digits[:2], digits[2:]]), country=region) == digits
 
 
 @pytest.mark.parametrize(("region", "number"), PHONES_BY_REGION)

@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "BUILDER_APPENDIX_PATTERN",
+    "BUILDER_LEGACY_APPENDIX_TOKENS",
     "CODES_AD_ACCOUNT_RATE_LIMIT",
     "CODE_ACCESS_TOKEN",
     "CODE_APP_RATE_LIMIT",
@@ -39,6 +41,7 @@ __all__ = [
     "DAY",
     "DEDUP_WINDOW_SECONDS",
     "HASHED_USER_DATA_KEYS",
+    "HASHED_VALUE_PATTERN",
     "IP_UA_PAIR_BONUS",
     "MATCH_KEY_WEIGHTS",
     "MAX_EVENTS_PER_REQUEST",
@@ -128,6 +131,20 @@ SINGLE_VALUE_HASHED_KEYS: Final[tuple[str, ...]] = (
 )
 # Keys Meta requires SHA-256 hashed (external_id: hashing only recommended).
 HASHED_USER_DATA_KEYS: Final[tuple[str, ...]] = MULTI_VALUE_HASHED_KEYS + SINGLE_VALUE_HASHED_KEYS
+
+# The param builder's appendix (official-sdk-and-spec.md §3.3): "." and the base64url
+# encoding of 6 bytes (format, language, type, version), 8 characters, or a legacy
+# 2-character token, one per builder language (PHP, Python, Java, Node, Ruby, client JS).
+# The builder appends it to fbc, fbp, the client IP and every value it hashes
+# ("<sha256 hex>.AQQCAQMC"), and Meta's guidance is to send the builder's values as they
+# are (§3.5).
+BUILDER_LEGACY_APPENDIX_TOKENS: Final = frozenset({"AQ", "Ag", "Aw", "BA", "BQ", "Bg"})
+BUILDER_APPENDIX_PATTERN: Final = (
+    r"(?:[A-Za-z0-9_-]{8}|" + "|".join(sorted(BUILDER_LEGACY_APPENDIX_TOKENS)) + ")"
+)
+# A hashed user_data value as Meta takes it: a lowercase SHA-256 hex digest, followed by
+# the builder's appendix when the value came from the param builder.
+HASHED_VALUE_PATTERN: Final = rf"[0-9a-f]{{64}}(?:\.{BUILDER_APPENDIX_PATTERN})?"
 # Keys sent as they are: browser, device and platform ids, IP and user agent.
 UNHASHED_USER_DATA_KEYS: Final[tuple[str, ...]] = (
     "client_ip_address",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
+from capirelay.meta_facts import BUILDER_APPENDIX_PATTERN, BUILDER_LEGACY_APPENDIX_TOKENS
+
 # Legacy 2-char appendix tokens, one per builder language (PHP, Python, Java,
 # Node, Ruby, client JS); any other 2-char 5th segment is not Meta's.
-LEGACY_APPENDIX_TOKENS = frozenset({"AQ", "Ag", "Aw", "BA", "BQ", "Bg"})
+LEGACY_APPENDIX_TOKENS = BUILDER_LEGACY_APPENDIX_TOKENS
 
-_APPENDIX = r"(?:[A-Za-z0-9_-]{8}|" + "|".join(sorted(LEGACY_APPENDIX_TOKENS)) + ")"
+_APPENDIX = BUILDER_APPENDIX_PATTERN
 # fbclid values are base64url-like (``IwAR...``, ``IwZXh0bgNhZW0...``); a dot
 # would shift the segments, anything else is junk Meta answers with 2804001.
 _CLICK_ID = r"[A-Za-z0-9_-]+"

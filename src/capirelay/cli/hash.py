@@ -101,13 +101,13 @@ def hash_command(
     Warnings about inputs that were guessed at or lost information (a phone
     number without a country code, a ZIP+4 ...) go to stderr.
     """
-    from capirelay.normalize import WIRE_KEYS, NormalizationError, hash_field, is_sha256, normalize
+    from capirelay.normalize import WIRE_KEYS, NormalizationError, hash_field, is_hashed, normalize
 
     warnings: list[str] = []
     try:
-        if is_sha256(value):
+        if is_hashed(value):
             # Already hashed: nothing to normalize; show what would go on the wire.
-            normalized = "(already a SHA-256 hash; sent unchanged)"
+            normalized = "(already a SHA-256 hash; sent as it is)"
         else:
             normalized = normalize(field, value, country=country)
             warnings = lossy_warnings(WIRE_KEYS[field], value, normalized, country)

@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from capirelay.meta_facts import HASHED_VALUE_PATTERN
+
 # New pixels start as Meta creates them today: AAM on for every field, first-party
 # cookies on.  Tests turn either off through the same POST /{pixel_id} a user would.
 DEFAULT_SETTINGS: Final[dict[str, Any]] = {
@@ -33,7 +35,9 @@ DEFAULT_SETTINGS: Final[dict[str, Any]] = {
     "first_party_cookie_status": "FIRST_PARTY_COOKIE_ENABLED",
 }  # fmt: skip
 HASHED_KEYS: Final = ("em", "ph", "fn", "ln", "db", "ge", "ct", "st", "zp", "country")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# What Graph takes as hashed: a lowercase SHA-256 digest, with the param builder's
+# appendix when the value came from the builder.
+_SHA256 = re.compile(rf"^{HASHED_VALUE_PATTERN}$")
 HOUR = 3600
 
 

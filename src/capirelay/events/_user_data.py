@@ -36,7 +36,7 @@ import phonenumbers
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from capirelay.meta_facts import SINGLE_VALUE_HASHED_KEYS, UNHASHED_USER_DATA_KEYS
-from capirelay.normalize import NormalizationError, hash_wire_key, is_sha256, resolve_country
+from capirelay.normalize import NormalizationError, hash_wire_key, is_hashed, resolve_country
 from capirelay.problems import Problem, warning
 
 StrOrList = str | list[str]
@@ -275,7 +275,7 @@ def _national_only(phone: str) -> bool:
     hint here, so ageing allocation metadata can at worst add a warning.
     """
     text = phone.strip()
-    if not text or (len(text) >= _SHA256_LENGTH and is_sha256(text)):
+    if not text or (len(text) >= _SHA256_LENGTH and is_hashed(text)):
         return False
     if text.lstrip("( ").startswith("+") or text.startswith("00"):
         return False
@@ -344,7 +344,7 @@ def _hash_countries(
         if hashed is None:
             continue
         # A SHA-256 digest is 64 characters, so shorter text skips the regex.
-        if hint is None and not (len(value) >= _SHA256_LENGTH and is_sha256(value)):
+        if hint is None and not (len(value) >= _SHA256_LENGTH and is_hashed(value)):
             hint = value
         if hashed not in hashes:
             hashes.append(hashed)

@@ -13,13 +13,18 @@ Meta is silent).  A value that cannot be used raises
 Already-hashed input passes through :func:`hash_field` unchanged (lowercased):
 
 * 64 hex digits, any case: a SHA-256 hash, for every field.
+* The param builder's hashed output, a SHA-256 digest followed by ``.`` and the
+  builder's appendix (``<digest>.AQQCAQMC``): sent as the builder made it (the
+  digest lowercased), as Meta's guidance on the builder asks.
 * 32 hex digits containing at least one letter ``a``-``f``: an MD5 hash, for
-  every field except ``ph``.  Meta documents only SHA-256 for the Conversions
+  every field except ``ph`` and ``external_id``.  Meta documents only SHA-256 for the Conversions
   API, but both its Python SDK and its param builder pass MD5 through, and
   so does the pixel; dropping or re-hashing it would only make the value
   certainly useless.  A 32-character value of digits only is never taken for
   a hash (it is a phone number, or a number; the SDK sends such phones
-  unhashed), and ``ph`` never passes MD5 through because a phone is digits.
+  unhashed), ``ph`` never passes MD5 through because a phone is digits, and
+  ``external_id`` never does because 32 hex digits there are far more often a
+  UUID written without dashes (``uuid4().hex``) than a digest: it is hashed.
 
 Memoization (results only ever live in this process's memory, never on disk):
 
@@ -50,7 +55,7 @@ import re
 from collections.abc import Callable
 from hashlib import sha256
 
-from capirelay.meta_facts import HASHED_USER_DATA_KEYS
+from capirelay.meta_facts import BUILDER_APPENDIX_PATTERN, HASHED_USER_DATA_KEYS
 
 from . import _dates, _person, _phone, _places
 from ._errors import NormalizationError
@@ -62,6 +67,7 @@ __all__ = [
     "clear_caches",
     "hash_field",
     "hash_wire_key",
+    "is_hashed",
     "is_sha256",
     "normalize",
     "resolve_country",
@@ -109,6 +115,9 @@ _HINTED_RULES: dict[str, _HintedRule] = {
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 _MD5_LENGTH = 32
+_SHA256_LENGTH = 64
+# The param builder's hashed output: a SHA-256 digest, "." and the builder's appendix.
+_BUILDER_HASHED = re.compile(rf"([0-9a-fA-F]{{64}})(\.{BUILDER_APPENDIX_PATTERN})")
 
 PLACE_CACHE_SIZE = 8192
 NAME_CACHE_SIZE = 2048
@@ -164,6 +173,13 @@ def _hash_uncached(key: str, value: str, region: str | None) -> str:
         candidate = value.strip()
         if _is_hash(key, candidate):
             return candidate.lower()
+        if (
+            len(candidate) > _SHA256_LENGTH
+            and (built := _BUILDER_HASHED.fullmatch(candidate)) is not None
+        ):
+            # Sent as the builder made it: the digest lowercased, its appendix untouched
+            # (base64url: its case is part of it).
+            return built[1].lower() + built[2]
     rule = _RULES.get(key)
     normalized = rule(key, value) if rule is not None else _HINTED_RULES[key](key, value, region)
     return sha256(normalized.encode()).hexdigest()
@@ -200,6 +216,16 @@ def is_sha256(value: str) -> bool:
     return isinstance(value, str) and _SHA256.fullmatch(value.strip()) is not None
 
 
+def is_hashed(value: str) -> bool:
+    """True for a value :func:`hash_field` passes through as SHA-256-hashed: 64 hex digits,
+    alone or with the param builder's appendix (``<digest>.AQQCAQMC``), any case,
+    surrounding whitespace ignored."""
+    if not isinstance(value, str) or len(value) < _SHA256_LENGTH:
+        return False
+    text = value.strip()
+    return _SHA256.fullmatch(text) is not None or _BUILDER_HASHED.fullmatch(text) is not None
+
+
 def sha256_hex(text: str) -> str:
     """Lowercase hex SHA-256 of ``text`` encoded as UTF-8."""
     return sha256(text.encode("utf-8")).hexdigest()
@@ -207,11 +233,16 @@ def sha256_hex(text: str) -> str:
 
 def _is_hash(key: str, candidate: str) -> bool:
     length = len(candidate)
-    if length == 64:
+    if length == _SHA256_LENGTH:
         return _SHA256.fullmatch(candidate) is not None
-    if length == 32 and key != "ph":
+    if length == _MD5_LENGTH and key not in _NEVER_MD5:
         return _MD5.fullmatch(candidate) is not None and not candidate.isdigit()
     return False
+
+
+# A phone is digits; an external id of 32 hex digits is far more often a UUID written
+# without dashes (uuid4().hex) than an MD5 digest: both are hashed as the values they are.
+_NEVER_MD5 = frozenset({"ph", "external_id"})
 
 
 def _wire_key(field: str) -> str:

@@ -97,4 +97,17 @@ def gender(field: str, value: str) -> str:
 
 
 def external_id(field: str, value: str) -> str:
-    return prepare(field, value)
+    """Lowercase, without any whitespace, inside too (``"User 123"`` -> ``user123``).
+
+    Meta's documentation says nothing of an external id's form; its param builder
+    lowercases the id and removes every whitespace character, so the browser's and the
+    server's hashes of one id meet whichever side wrote a space into it.
+    """
+    return _JS_WHITESPACE.sub("", prepare(field, value))
+
+
+# JavaScript's \s, the builder's class (Python's own whitespace also counts the
+# information separators U+001C-U+001F, which the builder keeps).
+_JS_WHITESPACE = re.compile(
+    r"[\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]+"
+)

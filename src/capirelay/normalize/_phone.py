@@ -11,7 +11,10 @@ code cannot be guessed from digits alone, so:
    and ``(0)`` and strips ``ext.`` suffixes.  If that is not a possible
    number there but the digits are a possible *international* number, the
    input was already normalized (``442079460958`` with a US hint) and is read
-   that way.
+   that way.  So is a number that begins with the hinted region's own calling
+   code, in a region whose national numbers begin with a trunk prefix, when it is
+   valid read internationally (``4915123456789`` with a DE hint stays itself; read
+   nationally it got ``49`` twice).
 3. Without a hint and without ``+``/``00``: digits only, leading zeros
    stripped, extension and a ``(0)`` trunk marker dropped.  That is what
    Meta's param builder does (it keeps the ``(0)``); it cannot add a missing
@@ -35,7 +38,7 @@ from __future__ import annotations
 import re
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumberFormat, ValidationResult
+from phonenumbers import NumberParseException, PhoneMetadata, PhoneNumberFormat, ValidationResult
 
 from ._errors import NormalizationError
 from ._text import ascii_digits
@@ -105,13 +108,36 @@ def _national(field: str, text: str, digits: str, region: str) -> str:
     if number is not None:
         result = phonenumbers.is_possible_number_with_reason(number)
         if result == ValidationResult.IS_POSSIBLE:
-            return _e164_digits(field, number)
+            written = _already_international(digits, region, number)
+            return written if written is not None else _e164_digits(field, number)
         reason = _REASONS.get(result, "is not a possible phone number")
     for international in _international_readings(digits):
         parsed = _possible_e164(_parse(international, None))
         if parsed is not None:
             return parsed
     raise NormalizationError(field, reason)
+
+
+def _already_international(
+    digits: str, region: str, national: phonenumbers.PhoneNumber
+) -> str | None:
+    """The digits as an international number, when the input was normalized already:
+    they begin with the hinted region's calling code, the region writes its national
+    numbers with a trunk prefix (``0`` in Germany, Sweden, Indonesia ...) that they do
+    not begin with, and read internationally they are a valid number.  Read nationally,
+    ``4915123456789`` with a DE hint would get its ``49`` twice, a number nobody has
+    (and phonenumbers calls that one valid too: German numbers vary in length).  A region
+    without a trunk prefix (Italy) keeps the national reading; see the module's notes.
+    """
+    if not digits.startswith(str(national.country_code)):
+        return None
+    metadata = PhoneMetadata.metadata_for_region(region)
+    if metadata is None or not metadata.national_prefix:
+        return None
+    written = _parse("+" + digits, None)
+    if written is None or not phonenumbers.is_valid_number(written):
+        return None
+    return _possible_e164(written)
 
 
 def _international_readings(digits: str) -> tuple[str, ...]:

@@ -56,7 +56,7 @@ from typing import Any
 from capirelay.browser_ids import parse_fbc, parse_fbp
 from capirelay.meta_facts import IP_UA_PAIR_BONUS
 from capirelay.meta_facts import MATCH_KEY_WEIGHTS as W
-from capirelay.normalize import is_sha256
+from capirelay.normalize import is_hashed
 
 __all__ = [
     "GOOD_SCORE",
@@ -116,21 +116,21 @@ class MatchKey:
 
 
 MATCH_KEYS: tuple[MatchKey, ...] = (
-    MatchKey("em", ("em",), W["em"], "an email", is_sha256, "not SHA-256 hashes"),
-    MatchKey("ph", ("ph",), W["ph"], "a phone", is_sha256, "not SHA-256 hashes"),
+    MatchKey("em", ("em",), W["em"], "an email", is_hashed, "not SHA-256 hashes"),
+    MatchKey("ph", ("ph",), W["ph"], "a phone", is_hashed, "not SHA-256 hashes"),
     MatchKey(
         "fn+ln",
         ("fn", "ln"),
         W["fn"] + W["ln"],
         "a first and last name",
-        is_sha256,
+        is_hashed,
         "not SHA-256 hashes",
     ),
-    MatchKey("db", ("db",), W["db"], "a date of birth", is_sha256, "not SHA-256 hashes"),
-    MatchKey("ct", ("ct",), W["ct"], "a city", is_sha256, "not SHA-256 hashes"),
-    MatchKey("st", ("st",), W["st"], "a state", is_sha256, "not SHA-256 hashes"),
-    MatchKey("zp", ("zp",), W["zp"], "a zip code", is_sha256, "not SHA-256 hashes"),
-    MatchKey("country", ("country",), W["country"], "a country", is_sha256, "not SHA-256 hashes"),
+    MatchKey("db", ("db",), W["db"], "a date of birth", is_hashed, "not SHA-256 hashes"),
+    MatchKey("ct", ("ct",), W["ct"], "a city", is_hashed, "not SHA-256 hashes"),
+    MatchKey("st", ("st",), W["st"], "a state", is_hashed, "not SHA-256 hashes"),
+    MatchKey("zp", ("zp",), W["zp"], "a zip code", is_hashed, "not SHA-256 hashes"),
+    MatchKey("country", ("country",), W["country"], "a country", is_hashed, "not SHA-256 hashes"),
     MatchKey(
         "external_id", ("external_id",), W["external_id"], "an external_id", _is_nonblank, "blank"
     ),

@@ -36,7 +36,7 @@ from functools import lru_cache
 from typing import Any
 
 from capirelay.config import ConsentPolicy
-from capirelay.normalize import NormalizationError, is_sha256, normalize
+from capirelay.normalize import NormalizationError, is_hashed, normalize
 
 __all__ = [
     "CONSENT_SIGNALS",
@@ -133,7 +133,7 @@ def _place(key: str, value: Any, country: str | None) -> str | None:
     """The normalized country/state, or ``None`` when it is absent, hashed or unusable."""
     if isinstance(value, list):
         value = value[0] if value else None
-    if not isinstance(value, str) or not value.strip() or is_sha256(value):
+    if not isinstance(value, str) or not value.strip() or is_hashed(value):
         return None
     try:
         return normalize(key, value, country=country)

@@ -15,6 +15,7 @@ import pycountry
 
 from capirelay.meta_facts import (
     HASHED_USER_DATA_KEYS,
+    HASHED_VALUE_PATTERN,
     MAX_EVENT_AGE_PHYSICAL_STORE_SECONDS,
     MAX_EVENT_AGE_SECONDS,
     USER_DATA_KEYS,
@@ -80,8 +81,10 @@ FIELD_TYPES: tuple[tuple[str, tuple[type, ...], str], ...] = (
 _EXACT_FIELD_TYPE: dict[str, type] = {name: types[0] for name, types, _ in FIELD_TYPES}
 assert all(len(types) == 1 for _, types, _ in FIELD_TYPES), "one exact type per field"
 
-SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
-_match_sha256_hex = SHA256_HEX_RE.fullmatch
+# A lowercase SHA-256 hex digest, or the param builder's hashed output (the digest, "."
+# and the builder's appendix), which Meta takes as it is (capirelay.meta_facts).
+HASHED_VALUE_RE = re.compile(HASHED_VALUE_PATTERN)
+_match_sha256_hex = HASHED_VALUE_RE.fullmatch
 EXTINFO_SLOTS = 16
 EXTINFO_VERSIONS = frozenset({"i2", "a2"})
 

@@ -420,7 +420,8 @@ def _check_hashed(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
             "unhashed_pii",
             f"user_data.{key}",
             f"user_data.{key} must be a lowercase SHA-256 hex digest (or a list of "
-            "them); normalize and hash the value before sending",
+            "them; a param builder's hashed value, with its '.' suffix, passes as it is); "
+            "normalize and hash the value before sending",
         )
         for key in unhashed
     ]
