@@ -353,6 +353,8 @@ class Settings(BaseSettings):
     # Seconds a client may take to send a request's headers before its connection is
     # closed (slowloris); see capirelay.server.header_timeout.
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Seconds a client may take, once its headers are in, to send the request's body.
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     pixels: dict[str, PixelSettings] = Field(default_factory=dict)
     ingest_keys: dict[str, IngestKey] = Field(default_factory=dict)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)

@@ -118,8 +118,22 @@ def test_session_round_trip_and_expiry() -> None:
         lambda c: c.split(".")[0] + ".othernonce." + c.split(".")[2],
         lambda c: "",
         lambda c: "a.b.c",
+        # str.isdigit() takes these; int() did not (a 500 for anyone who sent them):
+        lambda c: "\u00b2" + c[c.index(".") :],
+        lambda c: "1" * 5000 + c[c.index(".") :],
+        lambda c: "\u0661\u0662" + c[c.index(".") :],
     ],
-    ids=["mac", "shape", "expiry", "nonce", "empty", "garbage"],
+    ids=[
+        "mac",
+        "shape",
+        "expiry",
+        "nonce",
+        "empty",
+        "garbage",
+        "superscript",
+        "5000-digits",
+        "arabic-indic",
+    ],
 )
 def test_tampered_sessions_are_refused(mangle: Any) -> None:
     auth = DashboardAuth(DashboardSettings(admin_token=TOKEN), clock=Clock())

@@ -6,6 +6,7 @@ route; a route added to the dashboard without a row here fails ``test_every_rout
 from __future__ import annotations
 
 import base64
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def _route_table(settings: Settings) -> set[tuple[str, str]]:
     [mount] = [r for r in dashboard.routes() if isinstance(r, Mount)]
     found = {("GET", "/ui")}  # the relative redirect to /ui/, in front of the mount
     for route in mount.routes:
-        path = "/ui" + route.path.replace("{dlq_id:int}", "1")
+        path = "/ui" + route.path.replace("{dlq_id:row_id}", "1")
         if isinstance(route, Route):
             found.update((method, path) for method in route.methods or () if method != "HEAD")
         else:
@@ -70,10 +71,24 @@ def test_pages_redirect_anonymous_callers_to_login(gateway: Gateway, path: str) 
     ids=["wrong-bearer", "longer-bearer", "basic-not-configured", "no-scheme"],
 )
 def test_pages_refuse_wrong_credentials(gateway: Gateway, path: str, authorization: str) -> None:
-    answer = httpx.get(
-        gateway.url + path, headers={"Authorization": authorization}, follow_redirects=False
-    )
+    # Each guess from a client address of its own: wrong header credentials count towards
+    # the login throttle, per client, and this module's gateway is shared.
+    transport = httpx.HTTPTransport(local_address=_another_client_address())
+    with httpx.Client(transport=transport) as guesser:
+        answer = guesser.get(
+            gateway.url + path, headers={"Authorization": authorization}, follow_redirects=False
+        )
     assert answer.status_code == 303
+
+
+_clients = itertools.count()
+
+
+def _another_client_address() -> str:
+    """A loopback address no other request of this module came from (Linux routes all of
+    127.0.0.0/8 to the loopback interface)."""
+    n = next(_clients)
+    return f"127.0.{1 + n // 250}.{1 + n % 250}"
 
 
 @pytest.mark.parametrize("path", ACTIONS)
@@ -171,6 +186,27 @@ def test_tampered_session_cookie_is_refused(gateway: Gateway) -> None:
         assert attacker.get("/ui/", follow_redirects=False).status_code == 303
 
 
+@pytest.mark.parametrize("expiry", ["\u00b2", "1" * 5000])
+def test_a_forged_session_cookie_is_no_session_not_a_failure(gateway: Gateway, expiry: str) -> None:
+    # Both were a 500 with a traceback in the log, for anyone.
+    # As the bytes a client sends: Starlette reads the Cookie header as Latin-1.
+    forged = {b"cookie": f"{SESSION_COOKIE}={expiry}.nonce.mac".encode("latin-1")}
+    with httpx.Client(base_url=gateway.url) as anyone:
+        assert anyone.get("/ui/", headers=forged, follow_redirects=False).status_code == 303
+        assert anyone.get("/ui/login", headers=forged).status_code == 200
+
+
+@pytest.mark.parametrize("digits", [19, 5000])
+def test_a_dlq_id_too_long_for_a_row_matches_no_page(gateway: Gateway, digits: int) -> None:
+    # A 5,000-digit id raised in routing, before authentication; a 23-digit one in SQLite.
+    path = "/ui/dlq/" + "9" * digits
+    assert httpx.get(gateway.url + path).status_code == 404
+    assert httpx.post(gateway.url + path + "/purge").status_code == 404
+    with gateway.logged_in() as client:
+        assert client.get(path).status_code == 404
+        assert client.get("/ui/dlq/" + "9" * 18).status_code == 404  # no such row, a page
+
+
 def test_logout_ends_the_session(gateway: Gateway) -> None:
     with gateway.logged_in() as client:
         token = csrf_from(client.get("/ui/").text)
@@ -211,6 +247,48 @@ def basic_gateway(tmp_path: Path, dashboard_env: pytest.MonkeyPatch) -> Iterator
     dashboard_env.setenv("CAPIRELAY_DASH_BASIC", "correct horse")
     with serve_in_thread(create_app(settings)) as url:
         yield url
+
+
+@pytest.fixture
+def lone_gateway(tmp_path: Path, dashboard_env: pytest.MonkeyPatch) -> Iterator[str]:
+    """A gateway of this test's own: the throttle's count of wrong guesses stays here."""
+    settings = dashboard_settings(tmp_path / "lone.db", "http://127.0.0.1:9")
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+def test_wrong_tokens_in_headers_are_throttled_like_the_login_form(lone_gateway: str) -> None:
+    # Only the login form counted wrong tokens; a Bearer header on any page could guess
+    # without limit.
+    with httpx.Client(base_url=lone_gateway, follow_redirects=False) as guesser:
+        answers = [
+            guesser.get("/ui/dlq", headers={"Authorization": f"Bearer guess-{i}"}).status_code
+            for i in range(7)
+        ]
+        assert answers == [303] * 5 + [429] * 2
+        right = guesser.get("/ui/", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert right.status_code == 429 and int(right.headers["retry-after"]) >= 1
+        # The login form of the same client is locked too: one throttle.
+        form = guesser.get("/ui/login")
+        login = guesser.post(
+            "/ui/login", data={"csrf_token": csrf_from(form.text), "token": ADMIN_TOKEN}
+        )
+        assert login.status_code == 429
+
+
+def test_a_right_token_in_a_header_clears_the_count(lone_gateway: str) -> None:
+    with httpx.Client(base_url=lone_gateway, follow_redirects=False) as client:
+        for i in range(4):
+            client.get("/ui/", headers={"Authorization": f"Bearer guess-{i}"})
+        assert (
+            client.get("/ui/", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code
+            == 200
+        )
+        for i in range(4):
+            assert (
+                client.get("/ui/", headers={"Authorization": f"Bearer again-{i}"}).status_code
+                == 303
+            )
 
 
 def _basic(user: str, password: str) -> dict[str, str]:

@@ -50,7 +50,7 @@ WRONG_AUTHORIZATIONS = {
 
 def _concrete(path: str) -> str:
     return (
-        path.replace("{dlq_id:int}", "1")
+        path.replace("{dlq_id:row_id}", "1")
         .replace("{name}", "shop")
         .replace("{path:path}", "dashboard.css")
         .replace("{event_id:path}", "order-1001")

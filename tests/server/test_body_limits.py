@@ -74,7 +74,7 @@ def every_route(settings: Settings) -> list[tuple[str, str]]:
     [mount] = [r for r in dashboard.routes() if isinstance(r, Mount)]
     routes.append(("GET", "/ui"))  # the relative redirect to /ui/
     for route in mount.routes:
-        path = "/ui" + route.path.replace("{dlq_id:int}", "1")
+        path = "/ui" + route.path.replace("{dlq_id:row_id}", "1")
         if isinstance(route, Route):
             routes += [(m, path) for m in sorted(route.methods or ()) if m != "HEAD"]
         else:

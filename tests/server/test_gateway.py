@@ -479,6 +479,21 @@ def test_collect_preflight(gateway_url: str, origin: str, status: int) -> None:
         assert "access-control-allow-origin" not in response.headers
 
 
+def test_collect_preflight_grants_no_header_it_was_not_built_for(gateway_url: str) -> None:
+    # The requested headers were echoed back (with credentials allowed).
+    with httpx.Client(base_url=gateway_url) as http:
+        response = http.options(
+            "/v1/collect",
+            headers={
+                "Origin": SHOP_ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, x-anything",
+            },
+        )
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-headers"] == "content-type"
+
+
 @pytest.mark.parametrize(
     ("extra", "reason"),
     [
@@ -692,6 +707,22 @@ def test_openapi_document_is_served_and_self_consistent(gateway_url: str) -> Non
     for ref in refs(document):
         assert ref.startswith("#/components/schemas/")
         assert ref.rsplit("/", 1)[1] in schemas, ref
+
+
+def test_a_line_break_in_the_path_stays_on_its_access_line(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The path arrives percent-decoded: "%0a" started a forged line of its own in a text log.
+    caplog.set_level(logging.INFO, logger="capirelay.access")
+    forged = "2026-12-07 04:10:00,000 ERROR capirelay.delivery token revoked"
+    client.get("/x%0a" + forged.replace(" ", "%20") + "%0d")
+    [line] = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "capirelay.access" and "token revoked" in r.getMessage()
+    ]
+    assert line.startswith("GET /x\\n2026-12-07") and "\n" not in line and "\r" not in line
+    assert line.rsplit(" ", 2)[1] == "404"
 
 
 def test_logs_hold_no_query_strings_keys_or_identifiers(

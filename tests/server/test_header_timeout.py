@@ -27,6 +27,7 @@ from capirelay.server.header_timeout import with_header_timeout
 from capirelay.server.run import build_server
 
 HEADER_TIMEOUT = 0.5
+BODY_TIMEOUT = 0.7
 GUARD = 15.0  # only against a hang; never what the test measures
 
 
@@ -36,11 +37,15 @@ def address(
 ) -> Iterator[tuple[str, int]]:
     monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
     settings = Settings(
-        storage=f"sqlite:///{tmp_path / 'slow.db'}", header_timeout_seconds=HEADER_TIMEOUT
+        storage=f"sqlite:///{tmp_path / 'slow.db'}",
+        header_timeout_seconds=HEADER_TIMEOUT,
+        body_timeout_seconds=BODY_TIMEOUT,
     )
     server = build_server(settings, host="127.0.0.1", port=0, log_config=None)
     # The parser under test (build_server picks uvicorn's "auto" one).
-    server.config.http = with_header_timeout(request.param, HEADER_TIMEOUT)
+    server.config.http = with_header_timeout(
+        request.param, HEADER_TIMEOUT, body_seconds=BODY_TIMEOUT
+    )
     with serving(server, GUARD) as address:
         yield address
 
@@ -78,6 +83,37 @@ def test_half_a_second_request_on_a_kept_alive_connection_is_closed(
         assert first.startswith(b"HTTP/1.1 200")
         conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: gate")
         assert closed_after(conn) >= HEADER_TIMEOUT * 0.9
+
+
+# A beacon's head (the route reads the body before anything else), its body to come.
+BEACON_HEAD = (
+    b"POST /v1/collect HTTP/1.1\r\nHost: gateway\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 40\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("body_part", [b"", b'{"pixel_id": "1'], ids=["none", "half"])
+def test_a_body_that_stops_coming_is_closed(address: tuple[str, int], body_part: bytes) -> None:
+    # Headers complete, then no body, or part of it: the connection was held for as long as
+    # the client liked (the header timeout is over once the head is in).
+    with socket.create_connection(address, timeout=GUARD) as conn:
+        conn.sendall(BEACON_HEAD + body_part)
+        waited = closed_after(conn)
+    print(f"\nbody ({len(body_part)} of 40 bytes): closed after {waited:.2f} s")
+    assert waited >= BODY_TIMEOUT * 0.9
+
+
+def test_a_body_sent_in_pieces_in_time_is_answered(address: tuple[str, int]) -> None:
+    body = b'{"pixel_id": "1234567890", "event_name"}'
+    assert len(body) == 40
+    with socket.create_connection(address, timeout=GUARD) as conn:
+        for piece in (BEACON_HEAD, body[:10], body[10:30], body[30:]):
+            conn.sendall(piece)
+        answer = conn.recv(4096)
+        # Answered (the body is not a beacon: 422), and the connection stays usable.
+        assert answer.startswith(b"HTTP/1.1 4")
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
 
 
 def test_headers_sent_in_pieces_within_the_bound_are_served(address: tuple[str, int]) -> None:

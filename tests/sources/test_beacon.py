@@ -83,9 +83,9 @@ def test_cors_allows_a_pixels_origin_and_answers_the_preflight() -> None:
     assert cors.origin_allowed(settings.pixels["1"], "https://shop.example")
     assert not cors.origin_allowed_anywhere(settings, "https://evil.example")
     assert not cors.origin_allowed_anywhere(settings, None)
-    allowed = cors.preflight(settings, "https://shop.example", None)
+    allowed = cors.preflight(settings, "https://shop.example")
     assert allowed.status_code == 204
     assert allowed.headers["access-control-allow-origin"] == "https://shop.example"
     assert allowed.headers["access-control-allow-credentials"] == "true"
     assert allowed.headers["access-control-allow-headers"] == "content-type"
-    assert cors.preflight(settings, "https://evil.example", None).status_code == 403
+    assert cors.preflight(settings, "https://evil.example").status_code == 403

@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
@@ -55,6 +56,24 @@ from capirelay.tasks import cancel_and_wait
 __all__ = ["Dashboard", "create_dashboard", "dashboard_enabled"]
 
 log = logging.getLogger("capirelay.dashboard")
+
+
+class RowIdConvertor(Convertor[int]):
+    """A table row's id in a path: 1 to 18 ASCII digits, below 2**63 (what SQLite's
+    INTEGER and PostgreSQL's bigint hold).  A longer number matches no route (404); with
+    Starlette's ``int`` a 5,000-digit id raised while routing, before authentication (a
+    500 for anyone), and a 20-digit one in SQLite."""
+
+    regex = "[0-9]{1,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("row_id", RowIdConvertor())
 
 
 class Dashboard:
@@ -102,9 +121,11 @@ class Dashboard:
                         Route("/dlq", page(dlq.list), methods=["GET"]),
                         Route("/dlq/replay", page(dlq.replay_filtered), methods=["POST"]),
                         Route("/dlq/purge", page(dlq.purge_filtered), methods=["POST"]),
-                        Route("/dlq/{dlq_id:int}", page(dlq.detail), methods=["GET"]),
-                        Route("/dlq/{dlq_id:int}/replay", page(dlq.replay_one), methods=["POST"]),
-                        Route("/dlq/{dlq_id:int}/purge", page(dlq.purge_one), methods=["POST"]),
+                        Route("/dlq/{dlq_id:row_id}", page(dlq.detail), methods=["GET"]),
+                        Route(
+                            "/dlq/{dlq_id:row_id}/replay", page(dlq.replay_one), methods=["POST"]
+                        ),
+                        Route("/dlq/{dlq_id:row_id}/purge", page(dlq.purge_one), methods=["POST"]),
                         Route("/test-events", page(v.test_events), methods=["GET"]),
                         Route("/quality", page(v.quality), methods=["GET"]),
                         Route("/health", page(v.health), methods=["GET"]),

@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -96,6 +97,12 @@ class DashboardAuth:
                 return Principal("basic", f"basic:{user}")
         return self._session(request.cookies.get(SESSION_COOKIE))
 
+    def presents_credential(self, request: Request) -> bool:
+        """True when ``request`` carries a token or password of its own (an
+        ``Authorization: Bearer`` or ``Basic`` header): a guess the login throttle counts."""
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() in ("bearer", "basic") and bool(value.strip())
+
     def check_admin_token(self, submitted: str) -> bool:
         expected = self._admin_token()
         if expected is None or not submitted:
@@ -142,7 +149,9 @@ class DashboardAuth:
         if not cookie or key is None or self._admin_token() is None:
             return None
         parts = cookie.split(".")
-        if len(parts) != 3 or not parts[0].isdigit():
+        if len(parts) != 3 or _EXPIRY.fullmatch(parts[0]) is None:
+            # str.isdigit() also takes "²" and digit strings longer than int() reads:
+            # a forged cookie was a 500 for anyone.
             return None
         expires_text, nonce, mac = parts
         expires = int(expires_text)
@@ -151,6 +160,10 @@ class DashboardAuth:
         if expires <= self._clock():
             return None
         return Principal("session", nonce)
+
+
+# A session's expiry: Unix seconds, ASCII digits, never longer than 12 of them.
+_EXPIRY: Final = re.compile(r"[0-9]{1,12}")
 
 
 def _mac(key: bytes, expires: int, nonce: str) -> str:

@@ -122,7 +122,24 @@ class Views:
         """Wrap a page or action handler with authentication (and CSRF for POST)."""
 
         async def endpoint(request: Request) -> Response:
+            # A token or password in a header is a guess like the login form's: the same
+            # throttle counts it (5 wrong in a minute lock the client out of both).
+            client = None
+            if self.auth.presents_credential(request):
+                client = sessions.client_key(request, self.settings.trusted_proxies)
+                wait = self.login_throttle.retry_after(client)
+                if wait is not None:
+                    return _plain(
+                        429,
+                        "too many wrong credentials: wait a minute, then try again",
+                        {"Retry-After": str(math.ceil(wait))},
+                    )
             principal = await self._principal(request)
+            if client is not None:
+                if principal is not None and principal.kind in ("bearer", "basic"):
+                    self.login_throttle.succeeded(client)
+                else:
+                    self.login_throttle.failed(client)
             if principal is None:
                 return self._unauthenticated(request)
             if request.method == "POST":

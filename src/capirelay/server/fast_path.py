@@ -64,12 +64,15 @@ def add_security_headers(headers: list[tuple[bytes, bytes]]) -> None:
 def log_access(scope: Scope, status: int, started: float) -> None:
     """The access line: method, path, status and duration only (query strings may hold
     click ids, and client addresses are personal data)."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    path = scope["path"]
+    if not path.isprintable():
+        # The path arrives percent-decoded: "%0a" is a line break that would start a
+        # forged line of its own in a text log.  Escaped, it stays on the access line.
+        path = path.encode("unicode_escape").decode("ascii")
     access_log.info(
-        "%s %s %d %.1fms",
-        scope["method"],
-        scope["path"],
-        status,
-        (time.perf_counter() - started) * 1000,
+        "%s %s %d %.1fms", scope["method"], path, status, (time.perf_counter() - started) * 1000
     )
 
 

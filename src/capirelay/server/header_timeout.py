@@ -1,4 +1,4 @@
-"""A bound on the time a client may take to send a request's headers (slowloris).
+"""Bounds on the time a client may take to send a request's headers and body (slowloris).
 
 uvicorn closes idle keep-alive connections (``timeout_keep_alive``) but waits
 forever for a request that has started and never finishes its head: a client
@@ -7,12 +7,17 @@ descriptor) for as long as it likes, and a few thousand such clients exhaust the
 server.  :func:`with_header_timeout` wraps uvicorn's HTTP protocol class (h11 or
 httptools, whichever uvicorn picked) so that a connection whose request head is
 not complete ``seconds`` after its first byte (or after the connection opened) is
-closed.  Bodies are not covered: the route's own limits and timeouts apply there
+closed.  A body gets its own bound: a request whose body is not complete
+``body_seconds`` after its head was (headers sent in full, then a body that never
+comes, or comes a byte at a time) has its connection closed too; the route reads a
+disconnect and acknowledges nothing.  Sizes are the routes' own limits
 (:mod:`capirelay.server.body_limit`).
 
 The protocols expose the request being served as ``cycle`` (set when the head is
-complete); the timer is armed whenever bytes arrive while no new request head has
-been parsed, and disarmed as soon as one has.
+complete, with ``more_body`` true until the body is); the header timer is armed
+whenever bytes arrive while no new request head has been parsed, and disarmed as soon
+as one has; the body timer is armed when a head is parsed whose body is still to come,
+and disarmed when it has come.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncio
 from typing import Any
 
 __all__ = [
+    "DEFAULT_BODY_TIMEOUT_SECONDS",
     "DEFAULT_HEADER_TIMEOUT_SECONDS",
     "auto_protocol",
     "gateway_protocol",
@@ -28,6 +34,7 @@ __all__ = [
 ]
 
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
+DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
 
 
 def auto_protocol() -> type[asyncio.Protocol]:
@@ -37,23 +44,33 @@ def auto_protocol() -> type[asyncio.Protocol]:
     return AutoHTTPProtocol
 
 
-def gateway_protocol(seconds: float) -> type[asyncio.Protocol]:
+def gateway_protocol(
+    seconds: float, body_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+) -> type[asyncio.Protocol]:
     """The HTTP protocol every gateway process serves with: uvicorn's own choice, writing
     each fixed-length response in one write (:mod:`capirelay.server.coalesce`), closing
-    connections whose headers take longer than ``seconds``."""
+    connections whose headers take longer than ``seconds`` and whose body, once the
+    headers are in, takes longer than ``body_seconds``."""
     from capirelay.server.coalesce import with_coalesced_writes
 
-    return with_header_timeout(with_coalesced_writes(auto_protocol()), seconds)
+    return with_header_timeout(
+        with_coalesced_writes(auto_protocol()), seconds, body_seconds=body_seconds
+    )
 
 
-def with_header_timeout(base: type[Any], seconds: float) -> type[asyncio.Protocol]:
-    """``base`` (a uvicorn HTTP protocol class) with the header timeout of ``seconds``."""
-    if seconds <= 0:
-        raise ValueError("the header timeout must be positive")
+def with_header_timeout(
+    base: type[Any], seconds: float, *, body_seconds: float | None = None
+) -> type[asyncio.Protocol]:
+    """``base`` (a uvicorn HTTP protocol class) with the header timeout of ``seconds``
+    and, unless ``body_seconds`` is None, the body timeout of ``body_seconds``."""
+    if seconds <= 0 or (body_seconds is not None and body_seconds <= 0):
+        raise ValueError("the header and body timeouts must be positive")
 
     class HeaderTimeoutProtocol(base):
         _header_timer: asyncio.TimerHandle | None = None
         _awaited_after: Any = None  # the cycle that was current when the timer started
+        _body_timer: asyncio.TimerHandle | None = None
+        _body_cycle: Any = None  # the request whose body the body timer waits for
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -63,12 +80,36 @@ def with_header_timeout(base: type[Any], seconds: float) -> type[asyncio.Protoco
             if self._header_timer is None and self._between_requests():
                 self._arm()
             super().data_received(data)
-            if self._header_timer is not None and self.cycle is not self._awaited_after:
+            cycle = self.cycle
+            if self._header_timer is not None and cycle is not self._awaited_after:
                 self._disarm()  # a new request head was parsed in time
+            if body_seconds is not None and cycle is not None:
+                if cycle.more_body and cycle is not self._body_cycle:
+                    self._arm_body(cycle)  # a new head whose body is still to come
+                elif self._body_timer is not None and not self._body_cycle.more_body:
+                    self._disarm_body()  # the body came in time
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._disarm_body()
             super().connection_lost(exc)
+
+        def _arm_body(self, cycle: Any) -> None:
+            self._disarm_body()
+            self._body_cycle = cycle
+            assert body_seconds is not None
+            self._body_timer = self.loop.call_later(body_seconds, self._body_too_slow)
+
+        def _disarm_body(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+        def _body_too_slow(self) -> None:
+            self._body_timer = None
+            cycle = self._body_cycle
+            if cycle is self.cycle and cycle.more_body and not self.transport.is_closing():
+                self.transport.close()
 
         def _between_requests(self) -> bool:
             return self.cycle is None or self.cycle.response_complete
@@ -96,6 +137,7 @@ def with_header_timeout(base: type[Any], seconds: float) -> type[asyncio.Protoco
 # string, since uvicorn pickles its config for each child: ``header_timeout:WorkerProtocol``
 # is built on first access from the timeout the supervisor put in the environment.
 HEADER_TIMEOUT_ENV = "CAPIRELAY_WORKER_HEADER_TIMEOUT"
+BODY_TIMEOUT_ENV = "CAPIRELAY_WORKER_BODY_TIMEOUT"
 WORKER_PROTOCOL = "capirelay.server.header_timeout:WorkerProtocol"
 
 
@@ -103,5 +145,8 @@ def __getattr__(name: str) -> Any:
     if name == "WorkerProtocol":
         import os
 
-        return gateway_protocol(float(os.environ.get(HEADER_TIMEOUT_ENV, "10")))
+        return gateway_protocol(
+            float(os.environ.get(HEADER_TIMEOUT_ENV, str(DEFAULT_HEADER_TIMEOUT_SECONDS))),
+            float(os.environ.get(BODY_TIMEOUT_ENV, str(DEFAULT_BODY_TIMEOUT_SECONDS))),
+        )
     raise AttributeError(name)

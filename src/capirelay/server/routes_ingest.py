@@ -259,11 +259,7 @@ async def _collect(
 
 async def preflight_collect(request: Request) -> Response:
     settings: Settings = request.app.state.settings
-    return cors.preflight(
-        settings,
-        request.headers.get("origin"),
-        request.headers.get("access-control-request-headers"),
-    )
+    return cors.preflight(settings, request.headers.get("origin"))
 
 
 # ---------------------------------------------------------------------------

@@ -78,7 +78,9 @@ def build_server(
             **UVICORN_OPTIONS,
             # httptools when installed, one write per response, closing connections
             # whose headers take too long
-            "http": gateway_protocol(settings.header_timeout_seconds),
+            "http": gateway_protocol(
+                settings.header_timeout_seconds, settings.body_timeout_seconds
+            ),
         },
     )
     return uvicorn.Server(config)

@@ -272,20 +272,25 @@ def serve_workers(
     timeout_graceful_shutdown: int,
 ) -> None:
     """Run ``workers`` gateway processes on ``host:port`` until SIGTERM/SIGINT."""
-    from capirelay.server.header_timeout import HEADER_TIMEOUT_ENV, WORKER_PROTOCOL
+    from capirelay.server.header_timeout import (
+        BODY_TIMEOUT_ENV,
+        HEADER_TIMEOUT_ENV,
+        WORKER_PROTOCOL,
+    )
     from capirelay.server.run import UVICORN_OPTIONS
 
     asyncio.run(_migrate(settings))
     metrics_dir = tempfile.mkdtemp(prefix="capirelay-metrics-")
     saved = {
         name: os.environ.get(name)
-        for name in (_ENV_CONFIG, _ENV_LOG, _ENV_METRICS_DIR, HEADER_TIMEOUT_ENV)
+        for name in (_ENV_CONFIG, _ENV_LOG, _ENV_METRICS_DIR, HEADER_TIMEOUT_ENV, BODY_TIMEOUT_ENV)
     }
     if config_file is not None:
         os.environ[_ENV_CONFIG] = str(Path(config_file).resolve())
     os.environ[_ENV_LOG] = f"{log_level}:{log_format}"
     os.environ[_ENV_METRICS_DIR] = metrics_dir
     os.environ[HEADER_TIMEOUT_ENV] = str(settings.header_timeout_seconds)
+    os.environ[BODY_TIMEOUT_ENV] = str(settings.body_timeout_seconds)
     try:
         config = uvicorn.Config(
             "capirelay.server.workers:worker_app",
