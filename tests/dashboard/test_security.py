@@ -6,7 +6,6 @@ route; a route added to the dashboard without a row here fails ``test_every_rout
 from __future__ import annotations
 
 import base64
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from capirelay.dashboard import create_dashboard
 from capirelay.dashboard.auth import SESSION_COOKIE
 from capirelay.metrics import Metrics
 from capirelay.server import create_app
+from loopback import another_client
 from server.conftest import serve_in_thread
 from waiting import wait_for
 
@@ -73,22 +73,11 @@ def test_pages_redirect_anonymous_callers_to_login(gateway: Gateway, path: str) 
 def test_pages_refuse_wrong_credentials(gateway: Gateway, path: str, authorization: str) -> None:
     # Each guess from a client address of its own: wrong header credentials count towards
     # the login throttle, per client, and this module's gateway is shared.
-    transport = httpx.HTTPTransport(local_address=_another_client_address())
-    with httpx.Client(transport=transport) as guesser:
+    with another_client() as guesser:
         answer = guesser.get(
             gateway.url + path, headers={"Authorization": authorization}, follow_redirects=False
         )
     assert answer.status_code == 303
-
-
-_clients = itertools.count()
-
-
-def _another_client_address() -> str:
-    """A loopback address no other request of this module came from (Linux routes all of
-    127.0.0.0/8 to the loopback interface)."""
-    n = next(_clients)
-    return f"127.0.{1 + n // 250}.{1 + n % 250}"
 
 
 @pytest.mark.parametrize("path", ACTIONS)

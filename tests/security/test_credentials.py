@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from capirelay.config import Settings
 from capirelay.server import create_app
+from loopback import another_client
 from reliability.harness import ADMIN_TOKEN, INGEST_KEY, RecordedEmulator, queue_depth
 
 from .conftest import PRESETS
@@ -105,15 +106,19 @@ def test_every_guarded_route_refuses_missing_and_wrong_credentials(
     headers = {"Authorization": authorization} if authorization is not None else {}
     body: dict[str, Any] = {"pixel_id": "1234567890", "data": []}
     for method, path in guarded_routes(settings):
-        answer = httpx.request(
-            method,
-            gateway + path,
-            headers=headers,
-            json=body if path.startswith("/v1/") else None,
-            data={"confirm": "yes", "csrf_token": "0" * 64} if path.startswith("/ui/") else None,
-            follow_redirects=False,
-            timeout=10,
-        )
+        # Each from a client of its own: the dashboard locks a client out after five
+        # wrong tokens (its login throttle), and every route's own refusal is the test.
+        with another_client(timeout=10) as client:
+            answer = client.request(
+                method,
+                gateway + path,
+                headers=headers,
+                json=body if path.startswith("/v1/") else None,
+                data={"confirm": "yes", "csrf_token": "0" * 64}
+                if path.startswith("/ui/")
+                else None,
+                follow_redirects=False,
+            )
         assert _refused(answer), f"{method} {path} answered {answer.status_code}"
         assert INGEST_KEY not in answer.text and ADMIN_TOKEN not in answer.text
     assert queue_depth(gateway) == 0
