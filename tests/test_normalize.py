@@ -128,7 +128,9 @@ SDK_FAILURE_ROWS = [
      "6959097001d10501ac7d54c0bdb8db61420f658f2922cc26e46d536119a31126"),  # = row 57
     (59, "st", "\xcele-de-France", None, "\xeeledefrance",
      "7f2f97f2a36f4cae0d099b382c08f83ec00532733befa7a2831942ab70360a48"),  # SDK agrees
-    (59, "st", "\xcele-de-France", "FR", "idf", None),  # ISO 3166-2 FR-IDF with a hint
+    # The same with a hint: Meta's rule for states outside the US (it was FR-IDF's "idf").
+    (59, "st", "\xcele-de-France", "FR", "\xeeledefrance",
+     "7f2f97f2a36f4cae0d099b382c08f83ec00532733befa7a2831942ab70360a48"),
     (61, "zp", " SW1A 1AA ", None, "sw1a1aa",
      "830e1d4b9838bab1f5c2acdb23e0b502ff13a9832c4632e8d67a1d43d3b7f614"),  # Node keeps space
     (63, "zp", "K1A 0B1", None, "k1a0b1",
@@ -408,10 +410,12 @@ STATE_CASES = [
     ("st", "Qu\xe9bec", "CA", "qc"),
     ("st", "Quebec", "CA", "qc"),  # accent-forgiving lookup
     ("st", "Georgia", None, "ga"),  # the US state, not the country
-    ("st", "Bayern", "DE", "by"),
+    ("st", "Bayern", "DE", "bayern"),  # Meta: lowercase, no punctuation (ISO's "by" before)
+    ("st", "New South Wales", "AU", "newsouthwales"),
+    ("st", "BY", "DE", "by"),  # a code is kept as written
     ("st", "Bavaria", "DE", "bavaria"),  # pycountry has no English alias: generic rule
     ("st", "Tokyo", "JP", "tokyo"),  # numeric ISO code (13) is not used
-    ("st", "\xcele-de-France", "FR", "idf"),
+    ("st", "\xcele-de-France", "FR", "\xeeledefrance"),
     ("st", "Somewhere-Else", "US", "somewhereelse"),
     ("st", "...", None, ERROR),
 ]

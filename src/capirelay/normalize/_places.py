@@ -9,13 +9,16 @@ ISO 3166-1 alpha-2 lowercase (``United States`` -> ``us``).
 Lookups against pycountry are slow, so every table is built once, on first
 use, into plain dicts keyed by the letters-only lowercase form of each name.
 
-State choices (beyond Meta's US rule): with a non-US country hint, a name or
-code of one of that country's *top-level* ISO 3166-2 subdivisions becomes the
-code after the dash (``Ontario`` in ``ca`` -> ``on``), but only when that code
-is alphabetic: purely numeric codes (Japan's ``13`` for Tokyo) are not
-abbreviations anyone else would send, so the name is kept.  Without a hint,
-US names and codes are tried, then Canadian provinces (Meta's param builder
-maps both), then the generic rule.
+State choices (beyond Meta's US rule): Canadian provinces become their
+two-letter codes too (``Ontario`` -> ``on``, with a ``ca`` hint or none; Meta's
+param builder cuts every state to two letters, which gives those codes for most
+provinces, where the documentation's rule gives ``ontario``).  Without a hint, US
+names and codes are tried, then Canadian provinces, then the generic rule.  With
+any other country's hint the documented rule applies as it is: the name as
+written, lowercase, without punctuation or spaces (``Bayern`` -> ``bayern``).  It
+used to become that country's ISO 3166-2 code (``by``), which no documentation
+asks for, and which made one shopper's state hash differently with a hint and
+without one (``Île-de-France``: ``idf`` against ``îledefrance``).
 """
 
 from __future__ import annotations
@@ -204,7 +207,9 @@ def _state_tables(region: str | None) -> tuple[dict[str, str], ...]:
         return (_us_states(), _subdivisions("ca"))
     if region == "us":
         return (_us_states(),)
-    return (_subdivisions(region),)
+    if region == "ca":
+        return (_subdivisions("ca"),)
+    return ()  # the documented rule as it is: the name, lowercase, no punctuation or spaces
 
 
 @functools.cache
