@@ -330,6 +330,14 @@ DOB_CASES = [
     ("db", "1990.01.31", None, "19900131"),
     ("db", "1990-31-01", None, "19900131"),  # a middle part > 12 is the day
     ("db", "1990-01-31T00:00:00Z", None, "19900131"),
+    # A time of day after the date (exports write them; they were refused):
+    ("db", "12/31/1990 10:00", None, "19901231"),
+    ("db", "12/31/1990 12:00:00 AM", None, "19901231"),
+    ("db", "31.12.1990 23:59 UTC", None, "19901231"),
+    ("db", "Dec 31 1990 10:00 pm", None, "19901231"),
+    ("db", "1990-12-31 10:00:00+02:00", None, "19901231"),
+    ("db", "10:00", None, ERROR),
+    ("db", "12/31/1990 10", None, ERROR),  # a fourth number, not a time
     ("db", "1990-01-31 08:15:00", None, "19900131"),
     ("db", "01/31/1990", None, "19900131"),
     ("db", "31/01/1990", None, "19900131"),  # first part > 12 is the day

@@ -64,6 +64,13 @@ _TOKEN = re.compile(r"\d+|[^\W\d_]+")
 # The shapes nearly all systems export (19900131, 1990-01-31, 1990/01/31) skip tokenizing.
 _YEAR_FIRST = re.compile(r"((?:19|20)[0-9]{2})([-/]?)(0[1-9]|1[0-2])\2([0-2][0-9]|3[01])")
 _ISO_WITH_TIME = re.compile(r"(\d{4}-\d{1,2}-\d{1,2})[t ]\d")
+# A time of day after the date, as exports write it ("12/31/1990 10:00",
+# "12/31/1990 12:00:00 am", "31.12.1990 23:59 utc"): not part of a birth date.  The
+# param builder reads the first three numbers and ignores the rest.
+_TRAILING_TIME = re.compile(
+    r"(?:\s+|t)\d{1,2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[ap]\.?m\.?)?"
+    r"\s*(?:z|utc|gmt|[+-]\d{2}:?\d{2})?$"
+)
 _DAY_FIRST_SEPARATOR = "."
 _CJK_MARKS = {"年": "y", "년": "y", "月": "m", "월": "m", "日": "d", "일": "d"}
 _CJK_PART = re.compile(r"(\d{1,4})\s*(年|년|月|월|日|일)\s*")
@@ -71,6 +78,8 @@ _CJK_PART = re.compile(r"(\d{1,4})\s*(年|년|月|월|日|일)\s*")
 
 def date_of_birth(field: str, value: str) -> str:
     text = ascii_digits(prepare(field, value))
+    if ":" in text:
+        text = _TRAILING_TIME.sub("", text)
     plain = _YEAR_FIRST.fullmatch(text)
     cjk = _cjk_parts(text) if plain is None else None
     if plain is not None:
