@@ -98,3 +98,16 @@ def test_user_errors_name_the_field(config: Path) -> None:
     assert bad.exit_code == 2 and "on or off" in bad.stderr
     bad = runner.invoke(app, ["pixel", "status", "--config", str(config), "--pixel", "42"])
     assert bad.exit_code == 2 and "--pixel 42: not in the config" in bad.stderr
+    # The table's name is printed as written (Rich took "[pixels]" for markup and dropped it).
+    assert "not in the config's [pixels] (have:" in bad.stderr
+
+
+def test_config_tables_named_in_errors_keep_their_brackets(tmp_path: Path) -> None:
+    empty = tmp_path / "no-pixels.toml"
+    empty.write_text('storage = "sqlite:///' + str(tmp_path / "x.db") + '"\n')
+    bad = runner.invoke(app, ["pixel", "status", "--config", str(empty)])
+    assert bad.exit_code == 2 and 'add a [pixels."<id>"] table' in bad.stderr
+    rows = tmp_path / "sales.jsonl"
+    rows.write_text("{}\n")
+    bad = runner.invoke(app, ["import", str(rows), "--pixel", "999", "--config", str(empty)])
+    assert bad.exit_code == 2 and "add [pixels.999] to the config" in bad.stderr

@@ -172,6 +172,28 @@ async def test_one_replica_at_a_time(emulator: RunningEmulator, outbox: Outbox) 
     assert sum(path.endswith("/da_checks") for path in requests) == 3
 
 
+async def test_a_stopped_runner_hands_the_schedule_on_at_once(
+    emulator: RunningEmulator, outbox: Outbox
+) -> None:
+    # A restarted gateway (a new holder) waited for its predecessor's lease to run out:
+    # up to 1.5 intervals, 90 minutes by default, with no checks at all.
+    clock = Clock(time.time())
+    settings = make_settings(emulator.url, interval_seconds=600)
+    store = meta_store_for(outbox)
+    before = DiagnosticsRunner(settings, store, Metrics(), clock=clock, holder="before-restart")
+    assert await before.run_once() is not None
+    await before.stop()
+    after = DiagnosticsRunner(settings, store, Metrics(), clock=clock, holder="after-restart")
+    assert await after.run_once() is not None  # the same minute
+    # A runner that does not hold the schedule leaves it to the one that does.
+    bystander = DiagnosticsRunner(settings, store, Metrics(), clock=clock, holder="bystander")
+    await bystander.stop()
+    assert (
+        await DiagnosticsRunner(settings, store, Metrics(), clock=clock, holder="third").run_once()
+        is None
+    )
+
+
 async def test_a_failing_step_keeps_its_previous_checks(
     emulator: RunningEmulator, outbox: Outbox
 ) -> None:

@@ -22,12 +22,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from capirelay.cli._output import err_console, error
 from capirelay.cli.storage import ConfigOpt, StorageOpt, existing_storage_url
 from capirelay.outbox import DLQFilter, Outbox
 
 dlq_app = typer.Typer(help="Inspect, replay and purge dead-lettered events.", no_args_is_help=True)
 console = Console()
-err_console = Console(stderr=True)
 T = TypeVar("T")
 
 PixelOpt = Annotated[str | None, typer.Option("--pixel", help="Only this pixel.")]
@@ -57,7 +57,7 @@ def _with_outbox(url: str, action: Callable[[Outbox], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        error(str(exc))
         raise typer.Exit(2) from None
 
 
@@ -67,9 +67,7 @@ def _timestamp(text: str | None, option: str) -> float | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        err_console.print(
-            f"[red]{option} takes an ISO date or date-time, e.g. 2026-11-26T10:00[/red]"
-        )
+        error(f"{option} takes an ISO date or date-time, e.g. 2026-11-26T10:00")
         raise typer.Exit(2) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -157,7 +155,7 @@ def show_command(
 
     detail = _with_outbox(existing_storage_url(config, storage), lambda o: dlq.show(o, dlq_id))
     if detail is None:
-        err_console.print(f"[red]no dead letter with id {dlq_id}[/red]")
+        error(f"no dead letter with id {dlq_id}")
         raise typer.Exit(1)
     s = detail.summary
     console.print(

@@ -8,8 +8,9 @@ import orjson
 import typer
 from rich.console import Console
 
+from capirelay.cli._output import err_console, error
+
 console = Console()
-err_console = Console(stderr=True)
 
 EXIT_USAGE = 2
 DEFAULT_EMULATOR_PIXEL = "1234567890"
@@ -75,7 +76,7 @@ def emulator_command(
     pixels = _parse_pixels(pixel)
     app_secret = os.environ.get(app_secret_env) if app_secret_env else None
     if app_secret_env and not app_secret:
-        err_console.print(f"[red]--app-secret-env: {app_secret_env} is not set or empty[/red]")
+        error(f"--app-secret-env: {app_secret_env} is not set or empty")
         raise typer.Exit(EXIT_USAGE)
     state = EmulatorState(
         pixels=pixels, store_events=store_events, fault_seed=seed, app_secret=app_secret
@@ -84,7 +85,7 @@ def emulator_command(
         for spec in [*_startup_faults(latency_ms, fail_rate, throttle_rate), *_json_faults(fault)]:
             state.faults.add(spec)
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        error(str(exc))
         raise typer.Exit(EXIT_USAGE) from None
     console.print(f"capirelay emulator on http://{host}:{port}", highlight=False)
     for pixel_id in pixels:

@@ -20,13 +20,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from capirelay.cli._output import err_console, error
 from capirelay.cli.storage import ConfigOpt, StorageOpt
 from capirelay.outbox.receipts import ErasureResult
 
 __all__ = ["erase_command", "erasure_hashes"]
 
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 
 ValuesOpt = list[str] | None
 
@@ -79,23 +79,23 @@ def erase_command(
     try:
         settings = load_settings(config)
     except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        error(str(exc))
         raise typer.Exit(2) from None
     if pixel is not None and pixel not in settings.pixels:
-        err_console.print(f"[red]pixel {pixel} is not configured; check --pixel[/red]")
+        error(f"pixel {pixel} is not configured; check --pixel")
         raise typer.Exit(2)
     pixels = [settings.pixels[pixel]] if pixel else list(settings.pixels.values())
     countries: set[str | None] = {p.default_country for p in pixels} | {None}
     try:
         hashes = erasure_hashes(email or [], phone or [], external_id or [], countries)
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        error(str(exc))
         raise typer.Exit(2) from None
     audit = sorted((key, digest) for key, digests in hashes.items() for digest in digests)
     try:
         result = asyncio.run(_erase(storage or settings.storage, hashes, pixel, audit))
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        error(str(exc))
         raise typer.Exit(2) from None
     where = f"pixel {pixel}" if pixel else "every pixel"
     console.print(

@@ -16,10 +16,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from capirelay.cli._output import error, warning
+
 __all__ = ["hash_command", "lossy_warnings"]
 
 console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_USAGE = 2
 
 _INTERNATIONAL = re.compile(r"^\s*(\+|00[1-9])")
@@ -113,12 +114,12 @@ def hash_command(
             warnings = lossy_warnings(WIRE_KEYS[field], value, normalized, country)
         hashed = hash_field(field, value, country=country)
     except NormalizationError as exc:
-        err_console.print(f"[red]cannot use this value for {exc.field}:[/red] {exc.reason}")
+        error(f"cannot use this value for {exc.field}: {exc.reason}")
         raise typer.Exit(EXIT_USAGE) from None
     except (KeyError, ValueError):
-        err_console.print(f"[red]unknown field[/red] {field!r}: use a wire key such as em or ph")
+        error(f"unknown field {field!r}: use a wire key such as em or ph")
         raise typer.Exit(EXIT_USAGE) from None
     console.print(f"normalized: {normalized}")
     console.print(f"sha256:     {hashed}")
-    for warning in warnings:
-        err_console.print(f"[yellow]warning:[/yellow] {warning}")
+    for lossy in warnings:
+        warning(f"warning: {lossy}")

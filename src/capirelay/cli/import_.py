@@ -31,6 +31,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from capirelay.cli._output import err_console, error
 from capirelay.cli.storage import ConfigOpt, StorageOpt
 from capirelay.importer import (
     FORMATS,
@@ -44,12 +45,11 @@ from capirelay.problems import Problem
 __all__ = ["import_command"]
 
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 PLAIN_PROGRESS_SECONDS = 5.0
 
 
 def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]{message}[/red]")
+    error(str(message))
     return typer.Exit(2)
 
 
@@ -249,9 +249,9 @@ def _execute(
 def _report(summary: ImportSummary, dry_run: bool, rejected: Path | None) -> None:
     if summary.reasons:
         reasons = ", ".join(f"{code} {n}" for code, n in sorted(summary.reasons.items()))
-        err_console.print(f"rejected because: {reasons}")
+        err_console.print(f"rejected because: {reasons}", markup=False)
     if rejected is not None:
-        err_console.print(f"rejected rows and their problems: {rejected}")
+        err_console.print(f"rejected rows and their problems: {rejected}", markup=False)
     if dry_run and summary.quality is not None:
         quality = summary.quality
         console.print(f"predicted match quality: {quality.overall.score:.1f}/10")

@@ -19,11 +19,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from capirelay.cli._output import error
 from capirelay.cli.storage import ConfigOpt, StorageOpt, storage_url
 from capirelay.outbox import StorageUnavailable
 
 console = Console()
-err_console = Console(stderr=True)
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
@@ -69,7 +69,7 @@ def migrate_command(
     try:
         applied = asyncio.run(migrate_url(postgres_conninfo(url)))
     except StorageUnavailable as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        error(str(exc))
         raise typer.Exit(1) from None
     latest = MIGRATIONS[-1].version
     if applied:

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from capirelay.cli._output import err_console, error
 from capirelay.config import ConfigError, Settings, load_settings
 from capirelay.graph import GraphError, SyncGraphClient
 from capirelay.graph._pixel import AAM_FIELDS, COOKIE_DISABLED, COOKIE_ENABLED
@@ -26,7 +27,6 @@ pixel_app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console()
-err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="capirelay.toml (default: $CAPIRELAY_CONFIG).")
@@ -41,7 +41,7 @@ def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        error(str(exc))
         raise typer.Exit(2) from None
 
 
@@ -49,21 +49,18 @@ def _targets(settings: Settings, pixel: str | None) -> list[tuple[str, str, str 
     """(pixel id, token, app secret) of the pixels to act on; exits 2 naming what is missing."""
     if pixel is not None and pixel not in settings.pixels:
         known = ", ".join(settings.pixels) or "none"
-        err_console.print(f"[red]--pixel {pixel}: not in the config's [pixels] (have: {known})")
+        error(f"--pixel {pixel}: not in the config's [pixels] (have: {known})")
         raise typer.Exit(2)
     chosen = [pixel] if pixel else list(settings.pixels)
     if not chosen:
-        err_console.print('[red]no pixels configured: add a [pixels."<id>"] table[/red]')
+        error('no pixels configured: add a [pixels."<id>"] table')
         raise typer.Exit(2)
     out = []
     for pixel_id in chosen:
         conf = settings.pixels[pixel_id]
         token = conf.access_token.resolve() if conf.access_token else None
         if not token:
-            err_console.print(
-                f'[red]pixel {pixel_id}: no access_token; set pixels."{pixel_id}".access_token'
-                "[/red]"
-            )
+            error(f'pixel {pixel_id}: no access_token; set pixels."{pixel_id}".access_token')
             raise typer.Exit(2)
         secret = conf.app_secret.resolve() if conf.app_secret else None
         out.append((pixel_id, token, secret))
@@ -157,9 +154,9 @@ def enable_aam_command(
     chosen = list(AAM_FIELDS) if fields is None else [f.strip() for f in fields.split(",") if f]
     unknown = [f for f in chosen if f not in AAM_FIELDS]
     if unknown or not chosen:
-        err_console.print(
-            f"[red]--fields: unknown field(s) {', '.join(unknown) or '(none given)'}; "
-            f"Meta accepts {','.join(AAM_FIELDS)}[/red]"
+        error(
+            f"--fields: unknown field(s) {', '.join(unknown) or '(none given)'}; "
+            f"Meta accepts {','.join(AAM_FIELDS)}"
         )
         raise typer.Exit(2)
     _update(
@@ -194,7 +191,7 @@ def _update(config: Path | None, pixel: str | None, what: str, **changes: object
                 client.update_pixel_settings(pixel_id, access_token=token, **changes)  # type: ignore[arg-type]
             except GraphError as err:
                 failed = True
-                err_console.print(f"[red]pixel {pixel_id}: {explain_settings_error(err, pixel_id)}")
+                error(f"pixel {pixel_id}: {explain_settings_error(err, pixel_id)}")
                 continue
         console.print(f"pixel {pixel_id}: {what}")
     if failed:

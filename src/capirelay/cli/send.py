@@ -22,12 +22,12 @@ import orjson
 import typer
 from rich.console import Console
 
+from capirelay.cli._output import err_console, error, warning
 from capirelay.problems import Problem
 
 __all__ = ["send_command"]
 
 console = Console(soft_wrap=True, highlight=False)
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 TOKEN_ENV = "CAPIRELAY_ACCESS_TOKEN"
 EXIT_FAILED = 1
@@ -100,16 +100,18 @@ def _read(path: Path) -> list[Any]:
     try:
         loaded = orjson.loads(path.read_bytes())
     except OSError as exc:
-        err_console.print(f"cannot read {path}: {exc.strerror}")
+        err_console.print(f"cannot read {path}: {exc.strerror}", markup=False)
         raise typer.Exit(EXIT_USAGE) from None
     except orjson.JSONDecodeError as exc:
-        err_console.print(f"{path} is not valid JSON: {exc}")
+        err_console.print(f"{path} is not valid JSON: {exc}", markup=False)
         raise typer.Exit(EXIT_USAGE) from None
     if isinstance(loaded, dict) and isinstance(loaded.get("data"), list):
         loaded = loaded["data"]
     events = loaded if isinstance(loaded, list) else [loaded]
     if not events:
-        err_console.print(f"{path} holds no events: give one event object or a list of them")
+        err_console.print(
+            f"{path} holds no events: give one event object or a list of them", markup=False
+        )
         raise typer.Exit(EXIT_USAGE)
     return events
 
@@ -179,11 +181,11 @@ def _sort(item: Checked, problems: list[Problem]) -> None:
 
 def _print_problems(item: Checked) -> None:
     if item.errors:
-        err_console.print(f"[red]{item.label}: not sent[/red]")
+        error(f"{item.label}: not sent")
         for line in item.errors:
             err_console.print(f"  error   {line}", markup=False)
     elif item.warnings:
-        err_console.print(f"[yellow]{item.label}: valid, with warnings[/yellow]")
+        warning(f"{item.label}: valid, with warnings")
     for line in item.warnings:
         err_console.print(f"  warning {line}", markup=False)
 
@@ -253,8 +255,8 @@ _WHAT_TO_DO = {
 
 def _print_graph_error(exc: Any, count: int) -> None:
     where = f"HTTP {exc.status}" if exc.status else "no answer"
-    err_console.print(
-        f"[red]not sent:[/red] the request with {count} event(s) failed ({where}"
+    error(
+        f"not sent: the request with {count} event(s) failed ({where}"
         f"{f', code {exc.code}' if exc.code else ''}"
         f"{f', fbtrace_id {exc.fbtrace_id}' if exc.fbtrace_id else ''})"
     )

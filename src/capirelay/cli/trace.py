@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from capirelay.cli._output import error
 from capirelay.cli.storage import ConfigOpt, StorageOpt, existing_storage_url
 from capirelay.ops.trace import iso, status_of, story, trace_json
 from capirelay.outbox.receipts import TraceRecord
@@ -25,7 +26,6 @@ from capirelay.outbox.receipts import TraceRecord
 __all__ = ["trace_command"]
 
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 # Piped or redirected output has no width to fit: a table as wide as its longest values,
 # so a grep or a file gets every fbtrace_id and error message whole.
 PIPE_WIDTH = 100_000
@@ -65,7 +65,7 @@ def trace_command(
     try:
         records = asyncio.run(_load(url, event_id, pixel, order))
     except ValueError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        error(str(exc))
         raise typer.Exit(2) from None
     records = [r for r in records if r.known]
     if as_json:

@@ -9,10 +9,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from capirelay.cli._output import err_console, error
 from capirelay.outbox import StorageUnavailable, sqlite_path_from_url
 
 console = Console()
-err_console = Console(stderr=True)
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
@@ -35,10 +35,10 @@ def transfer_command(source: str | None, target: str | None, *, merge: bool) -> 
     try:
         report = transfer(sqlite_path_from_url(source), postgres_conninfo(target), merge=merge)
     except StorageUnavailable as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        error(str(exc))
         raise typer.Exit(1) from None
     except RuntimeError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        error(str(exc))
         raise typer.Exit(1) from None
     if report.sqlite_version != report.sqlite_version_before:
         console.print(

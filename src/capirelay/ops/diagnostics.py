@@ -190,6 +190,14 @@ class DiagnosticsRunner:
             await self.recorder.flush(self._store)
         except Exception as exc:
             log.warning("diagnostics: could not store delivered counts at shutdown: %s", exc)
+        # The schedule's lease outlives a run by half an interval so that no other replica
+        # runs meanwhile; left behind by a stopped process, it kept the restarted gateway
+        # (or any other replica) from running the checks for up to 90 minutes.  Released
+        # only if this process holds it; a killed process's lease still runs out.
+        try:
+            await self._store.release_lease(LEASE_NAME, self.holder)
+        except Exception as exc:
+            log.warning("diagnostics: could not release the schedule at shutdown: %s", exc)
 
     async def _loop(self) -> None:
         # Delivered counts are flushed every FLUSH_SECONDS between runs, so a killed
