@@ -87,7 +87,7 @@ def render_config(answers: InitAnswers) -> str:
         "",
         "# The durable queue: a SQLite file, or postgresql://... for several replicas.",
         f"storage = {toml_string(answers.storage)}",
-        "# Where the gateway listens; put TLS in front of it (README, Deploy).",
+        "# Where the gateway listens; put TLS in front of it (README, Deploying).",
         f"host = {toml_string(answers.host)}",
         f"port = {answers.port}",
         *graph,
