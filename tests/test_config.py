@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from capirelay.config import ConfigError, Secret, load_settings
+from capirelay.config import ConfigError, Secret, Settings, load_settings
+from capirelay.ops.doctor import Check, Status, config_checks
 
 TOML = """
 storage = "sqlite:///{db}"
@@ -108,3 +109,41 @@ def test_secret_needs_exactly_one_source() -> None:
 def test_missing_secret_resolves_to_none(tmp_path: Path) -> None:
     assert Secret(env="CAPIRELAY_TEST_UNSET_VARIABLE").resolve() is None
     assert Secret(file=tmp_path / "absent").resolve() is None
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_a_webhook_mapping_path_is_read_beside_the_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # examples/capirelay.toml named its mapping relative to the repository's root: from any
+    # other directory, doctor said "ok" and serve refused to start.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
+    settings = load_settings(EXAMPLES / "capirelay.toml")
+    assert settings.webhooks["crm"].mapping == EXAMPLES / "mappings" / "crm.toml"
+    assert not config_checks_fail(settings)
+    absolute = tmp_path / "elsewhere.toml"
+    config = tmp_path / "conf" / "capirelay.toml"
+    config.parent.mkdir()
+    config.write_text(
+        "[pixels.1234567890]\n"
+        '[webhooks.a]\npreset = "mapping"\npixel_id = "1234567890"\n'
+        'secret = { env = "X" }\nmapping = "missing.toml"\n'
+        f'[webhooks.b]\npreset = "mapping"\npixel_id = "1234567890"\n'
+        f'secret = {{ env = "X" }}\nmapping = "{absolute}"\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(config)
+    assert settings.webhooks["a"].mapping == config.parent / "missing.toml"
+    assert settings.webhooks["b"].mapping == absolute
+    failing = config_checks_fail(settings)
+    assert [c.detail.split(":")[0] for c in failing] == ["webhooks.a", "webhooks.b"]
+    assert "cannot read the mapping file" in failing[0].detail
+    assert "config file's directory" in (failing[0].fix or "")
+
+
+def config_checks_fail(settings: Settings) -> list[Check]:
+    """The failing checks of doctor's config row (a webhook mapping that does not load)."""
+    return [c for c in config_checks(settings) if c.status is Status.FAIL]

@@ -222,7 +222,8 @@ class WebhookSettings(BaseModel):
     preset: str
     pixel_id: str
     secret: Secret
-    # For preset = "mapping" (or to override a preset's default mapping): a TOML file.
+    # For preset = "mapping" (or to override a preset's default mapping): a TOML file,
+    # a relative path read from the config file's directory.
     mapping: Path | None = None
     # Stripe: how old a signature timestamp may be.
     tolerance_seconds: int = Field(default=300, ge=1)
@@ -483,6 +484,18 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
                 os.environ.pop("CAPIRELAY_CONFIG", None)
             else:
                 os.environ["CAPIRELAY_CONFIG"] = previous
+    if path is not None:
+        _mappings_beside(settings, Path(path))
     for message in settings.warnings():
         log.warning(message)
     return settings
+
+
+def _mappings_beside(settings: Settings, config_file: Path) -> None:
+    """A webhook's relative ``mapping`` path is read from the config file's directory, not
+    from wherever the command runs: a config and the mapping files beside it work from
+    any directory (``examples/capirelay.toml`` named ``examples/mappings/crm.toml`` and
+    worked from the repository's root only)."""
+    for hook in settings.webhooks.values():
+        if hook.mapping is not None and not hook.mapping.is_absolute():
+            hook.mapping = config_file.parent / hook.mapping

@@ -128,6 +128,30 @@ class DoctorReport:
 # ----------------------------------------------------------------- pure checks
 
 
+def _mapping_checks(settings: Settings) -> list[Check]:
+    """Every webhook's own mapping file loads (``serve`` refuses to start otherwise)."""
+    from capirelay.sources.mapping import MappingLoadError, load_mapping
+
+    checks = []
+    for name, hook in settings.webhooks.items():
+        if hook.mapping is None:
+            continue
+        try:
+            load_mapping(hook.mapping)
+        except MappingLoadError as exc:
+            checks.append(
+                Check(
+                    "config",
+                    Status.FAIL,
+                    f"webhooks.{name}: {exc}",
+                    f"fix the file or the mapping path in [webhooks.{name}] (a relative path "
+                    "is read from the config file's directory); `capirelay mapping test` "
+                    "names each problem",
+                )
+            )
+    return checks
+
+
 def config_checks(settings: Settings) -> list[Check]:
     """No pixels is a fail (nothing can be delivered); each settings warning is a warn."""
     checks: list[Check] = []
@@ -144,6 +168,7 @@ def config_checks(settings: Settings) -> list[Check]:
     for message in warnings:
         subject, _, fix = message.partition("; ")
         checks.append(Check("config", Status.WARN, subject, fix or None))
+    checks.extend(_mapping_checks(settings))
     if not checks:
         checks.append(Check("config", Status.OK, f"{len(settings.pixels)} pixel(s) configured"))
     return checks
