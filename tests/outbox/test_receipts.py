@@ -8,6 +8,7 @@ import hashlib
 import orjson
 from outbox_data import T0, WEEK
 
+from capirelay.ops.trace import story
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, Outbox
 from capirelay.outbox.receipts import MetaAnswer, Outcome, Receipt, duplicate_receipt
 
@@ -91,6 +92,33 @@ async def test_dead_letters_are_receipted_with_the_refusal(outbox: Outbox) -> No
     assert receipt.attempts == 1 and receipt.fbtrace_id == "Fbad"
     assert [p.where for p in record.pending] == ["dead_letters"]
     assert (await outbox.trace("e3", pixel_id="222")).known is False
+
+
+async def test_a_replayed_dead_letter_tells_each_attempt_once(outbox: Outbox) -> None:
+    # A replayed letter keeps its attempt log, so its second receipt repeated the first
+    # attempt: the story told "attempt 1" twice, "dead-lettered after 1 attempts" where
+    # the DLQ said 2, and "queued from backend" for the replay (a newcomer's find).
+    await outbox.enqueue([event("e9")], now=T0)
+    for n, at in enumerate((T0 + 2, T0 + 20), start=1):
+        ids, lease = await lease_all(outbox, at - 1)
+        refusal = Attempt(at=at, status=400, code=100, subcode=2804050, fbtrace_id=f"F{n}")
+        await outbox.dead_letter(
+            ids, reason=DeadLetterReason.INVALID, attempt=refusal, now=at + 1, lease_id=lease
+        )
+        if n == 1:
+            [letter] = await outbox.dlq_list()
+            assert (await outbox.dlq_requeue([letter.id], now=T0 + 10)).requeued == [letter.id]
+
+    told = [(step.what, step.detail) for step in story(await outbox.trace("e9"))]
+    assert told == [
+        ("received", "queued from backend"),
+        ("attempt", "attempt 1 refused: HTTP 400, code 100/2804050"),
+        ("dead_lettered", "dead-lettered (invalid) after 1 attempts"),
+        ("received", "replayed from the dead-letter queue"),
+        ("attempt", "attempt 2 refused: HTTP 400, code 100/2804050"),
+        ("dead_lettered", "dead-lettered (invalid) after 2 attempts (1 since its replay)"),
+        ("in_dlq", "still in the dead-letter queue; `capirelay dlq` can replay it"),
+    ]
 
 
 async def test_duplicates_bump_one_receipt(outbox: Outbox) -> None:

@@ -74,6 +74,36 @@ def _attempt_detail(attempt: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+class _Told:
+    """What the story has told of one (pixel, event name) so far.
+
+    A dead letter replayed to the queue keeps its attempt log, so the receipt of its
+    second outcome (and its queue row) repeats the attempts the first receipt told:
+    told once, they are numbered on from there, and the replay is called one.
+    """
+
+    def __init__(self) -> None:
+        self.attempts: set[tuple[Any, ...]] = set()
+        self.dead_lettered = False
+
+    def new_attempts(self, log: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """The attempts of ``log`` not told yet, and how many were (the numbering's offset)."""
+        offset = len(self.attempts)
+        fresh = []
+        for attempt in log:
+            key = (attempt.get("at"), attempt.get("fbtrace_id"), attempt.get("status"),
+                   attempt.get("code"), attempt.get("subcode"))  # fmt: skip
+            if key not in self.attempts:
+                self.attempts.add(key)
+                fresh.append(attempt)
+        return fresh, offset
+
+    def arrival(self, source: str) -> str:
+        return (
+            "replayed from the dead-letter queue" if self.dead_lettered else f"queued from {source}"
+        )
+
+
 def _attempt_steps(
     log: list[dict[str, Any]], pixel_id: str, event_name: str, offset: int = 0
 ) -> list[Step]:
@@ -90,38 +120,41 @@ def _attempt_steps(
     ]
 
 
-def _receipt_steps(r: Receipt) -> list[Step]:
+def _receipt_steps(r: Receipt, told: _Told) -> list[Step]:
     p, n = r.pixel_id, r.event_name
     steps: list[Step] = []
     if r.outcome in (Outcome.DELIVERED, Outcome.DEAD_LETTERED):
-        steps.append(Step(r.received_at, "received", f"queued from {r.source}", p, n))
+        steps.append(Step(r.received_at, "received", told.arrival(r.source), p, n))
+        fresh, offset = told.new_attempts(r.attempt_log)
+        total = offset + len(fresh)
         if r.outcome == Outcome.DELIVERED:
-            steps += _attempt_steps(r.attempt_log, p, n)
+            steps += _attempt_steps(fresh, p, n, offset)
             received = "" if r.events_received is None else f", events_received={r.events_received}"
             test = f", test_event_code={r.test_event_code}" if r.test_event_code else ""
             steps.append(
                 Step(
                     r.last_attempt_at,
                     "delivered",
-                    f"accepted by Meta on attempt {r.attempts}{received}{test}",
+                    f"accepted by Meta on attempt {max(total + 1, r.attempts)}{received}{test}",
                     p,
                     n,
                     r.fbtrace_id,
                 )
             )
         else:
-            log = r.attempt_log
-            steps += _attempt_steps(log, p, n)
+            steps += _attempt_steps(fresh, p, n, offset)
+            since = f" ({r.attempts} since its replay)" if told.dead_lettered else ""
             steps.append(
                 Step(
                     r.recorded_at,
                     "dead_lettered",
-                    f"dead-lettered ({r.reason}) after {r.attempts} attempts",
+                    f"dead-lettered ({r.reason}) after {max(total, r.attempts)} attempts{since}",
                     p,
                     n,
                     r.fbtrace_id,
                 )
             )
+            told.dead_lettered = True
     elif r.outcome == Outcome.DUPLICATE:
         times = "once" if r.count == 1 else f"{r.count} times"
         steps.append(
@@ -141,10 +174,11 @@ def _receipt_steps(r: Receipt) -> list[Step]:
     return steps
 
 
-def _pending_steps(t: TracedEvent) -> list[Step]:
+def _pending_steps(t: TracedEvent, told: _Told) -> list[Step]:
     p, n = t.pixel_id, t.event_name
-    steps = [Step(t.queued_at, "received", f"queued from {t.source}", p, n)]
-    steps += _attempt_steps(t.attempt_log, p, n)
+    steps = [Step(t.queued_at, "received", told.arrival(t.source), p, n)]
+    fresh, offset = told.new_attempts(t.attempt_log)
+    steps += _attempt_steps(fresh, p, n, offset)
     if t.where == "queue":
         if t.next_attempt_at is not None:
             steps.append(Step(t.next_attempt_at, "waiting", "next attempt scheduled", p, n))
@@ -166,8 +200,10 @@ def _pending_steps(t: TracedEvent) -> list[Step]:
 def story(record: TraceRecord) -> list[Step]:
     """Every step of the event's life in time order (steps without a time last)."""
     steps: list[Step] = []
-    for receipt in record.receipts:
-        steps += _receipt_steps(receipt)
+    told: dict[tuple[str, str], _Told] = {}
+    for receipt in sorted(record.receipts, key=lambda r: r.recorded_at or 0.0):
+        key = (receipt.pixel_id, receipt.event_name)
+        steps += _receipt_steps(receipt, told.setdefault(key, _Told()))
     for pending in record.pending:
         # A dead letter's receipt already told its story; the letter adds only its place.
         if pending.where == "dead_letters" and any(
@@ -184,7 +220,8 @@ def story(record: TraceRecord) -> list[Step]:
                 )
             )
             continue
-        steps += _pending_steps(pending)
+        key = (pending.pixel_id, pending.event_name)
+        steps += _pending_steps(pending, told.setdefault(key, _Told()))
     return sorted(steps, key=lambda s: (s.at is None, s.at or 0.0))
 
 
