@@ -24,14 +24,18 @@ _EMAIL = re.compile(
 )
 _EMAIL_MAX_LENGTH = 254
 
+# Words for either, as CRM and form exports write them in a gender or title field.  The
+# English honorifics and pronouns beyond "mr"/"he" (sir, mister, him, his; lady, madam,
+# ma'am, her, hers) are among those Meta's param builder maps; its lists' nouns of kin
+# and rank (uncle, duke, goddess...) are left out: nobody's gender field holds them.
 _MALE_WORDS = (
-    "m male man boy mr he masculine masc "
+    "m male man boy mr he masculine masc sir mister gentleman him his himself "
     "masculino hombre varon varón masculin homme monsieur "
     "männlich maennlich mann herr maschio maschile uomo mannelijk "
     "мужской мужчина муж м 男 男性 남 남성"
 )
 _FEMALE_WORDS = (
-    "f female woman girl mrs ms miss she feminine fem "
+    "f female woman girl mrs ms miss she feminine fem lady madam maam her hers herself "
     "femenino femenina feminino feminina mujer mulher féminin feminin femme madame "
     "weiblich frau femmina femminile donna vrouwelijk vrouw "
     "женский женщина жен ж 女 女性 여 여성"
