@@ -455,6 +455,14 @@ ZIP_CASES = [
 
 COUNTRY_CASES = [
     ("country", "US", None, "us"),
+    # As their own people write them (refused before: pycountry knows English names only):
+    ("country", "Deutschland", None, "de"),
+    ("country", "España", None, "es"),
+    ("country", "Espana", None, "es"),
+    ("country", "Brasil", None, "br"),
+    ("country", "Österreich", None, "at"),
+    ("country", "Česká republika", None, "cz"),
+    ("country", "中国", None, ERROR),  # another script: refused, as Meta's code does
     ("country", " us ", None, "us"),
     ("country", "U.S.", None, "us"),
     ("country", "U.S.A.", None, "us"),

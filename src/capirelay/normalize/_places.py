@@ -91,6 +91,20 @@ _COUNTRY_ALIASES: dict[str, str] = {
     "xk": "xk",
     "xkx": "xk",
 }
+
+# Countries as their own people write them (a checkout in the shop's language): pycountry
+# has English names only, so "Deutschland" was refused where "Germany" was read.  Each is
+# also matched without its accents ("Osterreich").  Latin script only: Meta's param builder
+# and SDK both refuse a country in another script (中国), an authoritative vector.
+_COUNTRY_ENDONYMS: dict[str, str] = {
+    "deutschland": "de", "österreich": "at", "schweiz": "ch", "suisse": "ch",
+    "svizzera": "ch", "españa": "es", "italia": "it", "brasil": "br", "nederland": "nl",
+    "belgië": "be", "belgique": "be", "polska": "pl", "sverige": "se", "norge": "no",
+    "danmark": "dk", "suomi": "fi", "éire": "ie", "ísland": "is", "magyarország": "hu",
+    "česko": "cz", "českárepublika": "cz", "slovensko": "sk", "slovenija": "si",
+    "hrvatska": "hr", "srbija": "rs", "românia": "ro", "lietuva": "lt", "latvija": "lv",
+    "eesti": "ee",
+}  # fmt: skip
 _FUZZY_MIN_LENGTH = 4
 _US_LIKE_ZIP_COUNTRIES = frozenset({"us", "pr", "vi", "gu", "as", "mp"})
 _US_ZIP = re.compile(r"(\d{5})(?:[-\s]?\d{4})?")
@@ -226,6 +240,9 @@ def _country_table() -> dict[str, str]:
         table[entry.alpha_2.lower()] = entry.alpha_2.lower()
         table[entry.alpha_3.lower()] = entry.alpha_2.lower()
     table.update(_COUNTRY_ALIASES)
+    for name, code in _COUNTRY_ENDONYMS.items():
+        table.setdefault(name, code)
+        table.setdefault(fold_accents(name), code)
     return table
 
 
