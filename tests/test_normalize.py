@@ -426,6 +426,10 @@ STATE_CASES = [
     ("st", "Qu\xe9bec", "CA", "qc"),
     ("st", "Quebec", "CA", "qc"),  # accent-forgiving lookup
     ("st", "Georgia", None, "ga"),  # the US state, not the country
+    ("st", "Calif.", None, "ca"),  # AP/GPO abbreviations
+    ("st", "Mass.", "US", "ma"),
+    ("st", "Penna.", None, "pa"),
+    ("st", "W.Va.", None, "wv"),
     ("st", "Bayern", "DE", "bayern"),  # Meta: lowercase, no punctuation (ISO's "by" before)
     ("st", "New South Wales", "AU", "newsouthwales"),
     ("st", "BY", "DE", "by"),  # a code is kept as written

@@ -113,7 +113,17 @@ _US_ZIP_NO_HINT = re.compile(r"(\d{5})(?:[-\s]\d{4})?")
 _SPACED_US_ZIP = re.compile(r"(?:\d\s*){5}-\s*\d{4}")
 _ZIP_DROPPED = re.compile(r"[\s\-]")
 _ARMED_FORCES_CODES = ("aa", "ae", "ap")
-_US_STATE_ALIASES = {"washingtondc": "dc", "usvirginislands": "vi"}
+_US_STATE_ALIASES = {
+    "washingtondc": "dc", "usvirginislands": "vi",
+    # The AP/GPO abbreviations addresses are still written with ("Calif.", "Mass."):
+    # Meta wants the two-letter code for every US state.
+    "ala": "al", "ariz": "az", "ark": "ar", "cal": "ca", "calif": "ca", "colo": "co",
+    "conn": "ct", "del": "de", "fla": "fl", "ill": "il", "ind": "in", "kan": "ks",
+    "kans": "ks", "mass": "ma", "mich": "mi", "minn": "mn", "miss": "ms", "mont": "mt",
+    "neb": "ne", "nebr": "ne", "nev": "nv", "okla": "ok", "ore": "or", "oreg": "or",
+    "penn": "pa", "penna": "pa", "tenn": "tn", "tex": "tx", "wash": "wa", "wva": "wv",
+    "wis": "wi", "wisc": "wi", "wyo": "wy",
+}  # fmt: skip
 
 
 def city(field: str, value: str) -> str:
