@@ -280,6 +280,22 @@ def test_a_right_token_in_a_header_clears_the_count(lone_gateway: str) -> None:
             )
 
 
+def test_a_session_behind_a_proxys_own_authorization_header_is_never_locked_out(
+    lone_gateway: str,
+) -> None:
+    # A proxy in front of the dashboard (nginx auth_basic, oauth2-proxy) forwards its own
+    # Authorization header on every request: counted as a wrong guess, a logged-in admin
+    # was locked out after five page loads (a reviewer's find).
+    proxy = {"Authorization": "Basic " + base64.b64encode(b"proxy:secret").decode()}
+    with httpx.Client(base_url=lone_gateway, follow_redirects=False) as browser:
+        form = browser.get("/ui/login")
+        browser.post("/ui/login", data={"csrf_token": csrf_from(form.text), "token": ADMIN_TOKEN})
+        assert [browser.get("/ui/", headers=proxy).status_code for _ in range(8)] == [200] * 8
+        # Nor does a wrong Bearer token count while a session lets the caller in.
+        wrong = {"Authorization": "Bearer not-it"}
+        assert [browser.get("/ui/", headers=wrong).status_code for _ in range(8)] == [200] * 8
+
+
 def _basic(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 

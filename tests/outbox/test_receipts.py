@@ -8,6 +8,8 @@ import hashlib
 import orjson
 from outbox_data import T0, WEEK
 
+from capirelay.cli.erase import erasure_hashes
+from capirelay.normalize import sha256_hex
 from capirelay.ops.trace import story
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, Outbox
 from capirelay.outbox.receipts import MetaAnswer, Outcome, Receipt, duplicate_receipt
@@ -187,6 +189,39 @@ async def test_erase_removes_every_trace_of_one_person(outbox: Outbox) -> None:
     assert audit[0]["value_sha256"] == EMAIL_HASH and audit[0]["queued"] == 1
     again = await outbox.erase({"em": {EMAIL_HASH}}, pixel_id=None, now=T0 + 6, audit=[])
     assert again.total == 0
+
+
+async def test_erase_finds_values_the_param_builder_hashed(outbox: Outbox) -> None:
+    # Stored as the builder made them ("<digest>.<appendix>"), they were found by the
+    # byte search and then not confirmed: queued and dead-lettered rows stayed.
+    builder = EMAIL_HASH + ".AQQCAQMC"
+    await outbox.enqueue([event("bq", em=builder), event("bd", em=builder)], now=T0)
+    taken = await outbox.lease("111", limit=10, lease_seconds=LEASE, now=T0)
+    leased, lease = {e.event_id: e.id for e in taken}, taken[0].lease_id
+    await outbox.dead_letter(
+        [leased["bd"]], reason=DeadLetterReason.EXPIRED, attempt=None, now=T0 + 1, lease_id=lease
+    )
+    await outbox.release([leased["bq"]], lease_id=lease)
+
+    wanted = erasure_hashes(["Jane@Example.com"], [], [], {None})
+    result = await outbox.erase(wanted, pixel_id=None, now=T0 + 5, audit=[])
+    assert (result.queued, result.dead_letters, result.receipts) == (1, 1, 1)
+    assert not (await outbox.trace("bq")).known and not (await outbox.trace("bd")).known
+    # Given as the builder's value itself, the same digest is looked for (and what
+    # releases before hashed such a value again, for their stored rows).
+    given = erasure_hashes([], [], [EMAIL_HASH.upper() + ".AQQCAQMC"], {None})["external_id"]
+    assert EMAIL_HASH in given and all(len(h) == 64 for h in given)
+
+
+def test_erasure_also_looks_for_what_earlier_releases_stored() -> None:
+    # external_id kept its inner spaces and passed 32 hex digits through; a phone that
+    # carried its calling code got it twice under its region's hint.
+    uuid_hex = "3f2504e04f8941d39a0c0305e82c3301"
+    ids = erasure_hashes([], [], ["User 123", uuid_hex], {None})["external_id"]
+    assert {sha256_hex("user123"), sha256_hex("user 123"), uuid_hex} <= ids
+    assert sha256_hex(uuid_hex) in ids
+    phones = erasure_hashes([], ["4915123456789"], [], {"DE"})["ph"]
+    assert {sha256_hex("4915123456789"), sha256_hex("494915123456789")} == phones
 
 
 async def test_receipts_of_one_acked_batch_are_found_pruned_and_erased_one_by_one(

@@ -34,11 +34,19 @@ ValuesOpt = list[str] | None
 def erasure_hashes(
     emails: list[str], phones: list[str], external_ids: list[str], countries: set[str | None]
 ) -> dict[str, set[str]]:
-    """Wire key -> the SHA-256 digests ingest would have stored for these values.
+    """Wire key -> the SHA-256 digests ingest would have stored for these values, today
+    and under earlier releases' rules (:func:`capirelay.normalize.earlier_hashes`), each
+    a bare digest (a param builder's value given here loses its appendix: stored values
+    are compared by their digest).
 
     Raises ``ValueError`` naming the option when a value cannot be normalized.
     """
-    from capirelay.normalize import NormalizationError, hash_field
+    from capirelay.normalize import (
+        NormalizationError,
+        earlier_hashes,
+        hash_field,
+        resolve_country,
+    )
 
     hashes: dict[str, set[str]] = {}
     for option, key, values, hinted in (
@@ -51,13 +59,18 @@ def erasure_hashes(
             reason = ""
             for country in sorted(countries, key=str) if hinted else [None]:
                 try:
-                    found.add(hash_field(key, value, country=country))
+                    found.add(hash_field(key, value, country=country)[:_DIGEST_LENGTH])
                 except NormalizationError as exc:
                     reason = exc.reason
+                region = resolve_country(country) if country is not None else None
+                found.update(earlier_hashes(key, value, region))
             if not found:
                 raise ValueError(f"{option}: {reason}")
             hashes.setdefault(key, set()).update(found)
     return hashes
+
+
+_DIGEST_LENGTH = 64
 
 
 def erase_command(

@@ -98,10 +98,20 @@ class DashboardAuth:
         return self._session(request.cookies.get(SESSION_COOKIE))
 
     def presents_credential(self, request: Request) -> bool:
-        """True when ``request`` carries a token or password of its own (an
-        ``Authorization: Bearer`` or ``Basic`` header): a guess the login throttle counts."""
+        """True when ``request`` carries a token or password of its own for a scheme this
+        dashboard accepts (``Authorization: Bearer`` with an admin token configured,
+        ``Basic`` with basic auth configured): a guess the login throttle counts.  A
+        header for a scheme the dashboard does not use (a proxy's own basic auth in front
+        of it, forwarded on every request) is nobody's guess."""
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() in ("bearer", "basic") and bool(value.strip())
+        if not value.strip():
+            return False
+        scheme = scheme.lower()
+        if scheme == "bearer":
+            return self._settings.admin_token is not None
+        if scheme == "basic":
+            return self._settings.basic_user is not None
+        return False
 
     def check_admin_token(self, submitted: str) -> bool:
         expected = self._admin_token()

@@ -136,10 +136,11 @@ class Views:
                     )
             principal = await self._principal(request)
             if client is not None:
-                if principal is not None and principal.kind in ("bearer", "basic"):
-                    self.login_throttle.succeeded(client)
-                else:
+                if principal is None:
                     self.login_throttle.failed(client)
+                elif principal.kind in ("bearer", "basic"):
+                    self.login_throttle.succeeded(client)
+                # A login session let it in: the header was not what the caller relied on.
             if principal is None:
                 return self._unauthenticated(request)
             if request.method == "POST":

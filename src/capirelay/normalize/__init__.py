@@ -50,6 +50,7 @@ once per event rather than once per key.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Callable
@@ -65,6 +66,7 @@ __all__ = [
     "NormalizationError",
     "cache_info",
     "clear_caches",
+    "earlier_hashes",
     "hash_field",
     "hash_wire_key",
     "is_hashed",
@@ -209,6 +211,29 @@ def cache_info() -> dict[str, functools._CacheInfo]:
         "names": _hash_name.cache_info(),
         "country_hints": _places.hint_cache_info(),
     }
+
+
+def earlier_hashes(key: str, value: str, region: str | None = None) -> set[str]:
+    """What capirelay releases before 2026-12-07 stored for ``value`` under wire ``key``
+    where today's rule differs, so that erasure still finds events stored then (queued,
+    dead-lettered, and the receipts' identities): an ``external_id`` kept its inner
+    whitespace, and one of 32 hex digits passed through as an MD5; a phone that already
+    carried the hinted region's calling code was read nationally (``4915123456789``
+    with a DE hint as ``494915123456789``).  Empty where nothing changed."""
+    found: set[str] = set()
+    if not isinstance(value, str):
+        return found
+    if key == "external_id":
+        text = value.strip()
+        if len(text) == _MD5_LENGTH and _MD5.fullmatch(text) and not text.isdigit():
+            found.add(text.lower())
+        with contextlib.suppress(NormalizationError):
+            found.add(sha256(_person.prepare(key, value).encode()).hexdigest())
+    elif key == "ph" and region is not None:
+        national = _phone.national_reading(value, region)
+        if national is not None:
+            found.add(sha256(national.encode()).hexdigest())
+    return found
 
 
 def is_sha256(value: str) -> bool:

@@ -118,6 +118,17 @@ def _national(field: str, text: str, digits: str, region: str) -> str:
     raise NormalizationError(field, reason)
 
 
+def national_reading(value: str, region: str) -> str | None:
+    """The digits phonenumbers gives ``value`` read as a national number of ``region``
+    (an ISO alpha-2 code, any case), or ``None`` when that is not a possible number: what
+    capirelay stored before it read numbers already carrying their calling code
+    internationally (kept for erasure, :func:`capirelay.normalize.earlier_hashes`)."""
+    number = _parse(ascii_digits(value).strip().lower(), region.upper())
+    if number is None or not phonenumbers.is_possible_number(number):
+        return None
+    return phonenumbers.format_number(number, PhoneNumberFormat.E164)[1:]
+
+
 def _already_international(
     digits: str, region: str, national: phonenumbers.PhoneNumber
 ) -> str | None:
