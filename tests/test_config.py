@@ -147,3 +147,15 @@ def test_a_webhook_mapping_path_is_read_beside_the_config(
 def config_checks_fail(settings: Settings) -> list[Check]:
     """The failing checks of doctor's config row (a webhook mapping that does not load)."""
     return [c for c in config_checks(settings) if c.status is Status.FAIL]
+
+
+def test_a_mapping_file_that_is_not_utf8_is_a_doctor_row_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "m.toml").write_bytes("\ufeff[event]".encode("utf-16"))
+    config = tmp_path / "capirelay.toml"
+    config.write_text(
+        '[pixels.1234567890]\n[webhooks.a]\npreset = "mapping"\npixel_id = "1234567890"\n'
+        'secret = { env = "X" }\nmapping = "m.toml"\n',
+        encoding="utf-8",
+    )
+    [failing] = config_checks_fail(load_settings(config))
+    assert "not UTF-8 text; save it as UTF-8" in failing.detail

@@ -123,6 +123,31 @@ async def test_a_replayed_dead_letter_tells_each_attempt_once(outbox: Outbox) ->
     ]
 
 
+async def test_a_corrected_resend_is_told_as_a_send_of_its_own(outbox: Outbox) -> None:
+    # The dead letter's id is freed: the same id sent again is a new event with a log of
+    # its own, not a replay (a reviewer's find in the first version of the above).
+    await outbox.enqueue([event("e8")], now=T0)
+    ids, lease = await lease_all(outbox, T0 + 1)
+    refusal = Attempt(at=T0 + 2, status=400, code=100, subcode=2804050, fbtrace_id="F1")
+    await outbox.dead_letter(
+        ids, reason=DeadLetterReason.INVALID, attempt=refusal, now=T0 + 3, lease_id=lease
+    )
+    assert [str(s) for s in await outbox.enqueue([event("e8")], now=T0 + 10)] == ["queued"]
+    ids, lease = await lease_all(outbox, T0 + 11)
+    answer = MetaAnswer(fbtrace_id="Fok", events_received=1, sent_at=T0 + 12)
+    await outbox.ack_delivered(ids, now=T0 + 13, answer=answer, lease_id=lease)
+
+    told = [(step.what, step.detail) for step in story(await outbox.trace("e8"))]
+    assert told == [
+        ("received", "queued from backend"),
+        ("attempt", "attempt 1 refused: HTTP 400, code 100/2804050"),
+        ("dead_lettered", "dead-lettered (invalid) after 1 attempts"),
+        ("in_dlq", "still in the dead-letter queue; `capirelay dlq` can replay it"),
+        ("received", "queued from backend"),
+        ("delivered", "accepted by Meta on attempt 1, events_received=1"),
+    ]
+
+
 async def test_duplicates_bump_one_receipt(outbox: Outbox) -> None:
     new = event("e4")
     receipts = [

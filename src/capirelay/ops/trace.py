@@ -75,33 +75,33 @@ def _attempt_detail(attempt: dict[str, Any]) -> str:
 
 
 class _Told:
-    """What the story has told of one (pixel, event name) so far.
+    """The attempts the story has told of one (pixel, event name) so far.
 
     A dead letter replayed to the queue keeps its attempt log, so the receipt of its
-    second outcome (and its queue row) repeats the attempts the first receipt told:
-    told once, they are numbered on from there, and the replay is called one.
+    next outcome (and its queue row) repeats the attempts an earlier receipt told: told
+    once, the new ones are numbered on from there, and the arrival is called a replay.
+    A corrected event sent again under a freed id has a log of its own: numbered from 1.
     """
 
     def __init__(self) -> None:
         self.attempts: set[tuple[Any, ...]] = set()
-        self.dead_lettered = False
 
-    def new_attempts(self, log: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        """The attempts of ``log`` not told yet, and how many were (the numbering's offset)."""
-        offset = len(self.attempts)
-        fresh = []
+    def split(self, log: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """The attempts of ``log`` not told yet, and how many of it were (the offset)."""
+        fresh, told = [], 0
         for attempt in log:
             key = (attempt.get("at"), attempt.get("fbtrace_id"), attempt.get("status"),
                    attempt.get("code"), attempt.get("subcode"))  # fmt: skip
-            if key not in self.attempts:
+            if key in self.attempts:
+                told += 1
+            else:
                 self.attempts.add(key)
                 fresh.append(attempt)
-        return fresh, offset
+        return fresh, told
 
-    def arrival(self, source: str) -> str:
-        return (
-            "replayed from the dead-letter queue" if self.dead_lettered else f"queued from {source}"
-        )
+
+def _arrival(source: str, replayed: bool) -> str:
+    return "replayed from the dead-letter queue" if replayed else f"queued from {source}"
 
 
 def _attempt_steps(
@@ -124,8 +124,8 @@ def _receipt_steps(r: Receipt, told: _Told) -> list[Step]:
     p, n = r.pixel_id, r.event_name
     steps: list[Step] = []
     if r.outcome in (Outcome.DELIVERED, Outcome.DEAD_LETTERED):
-        steps.append(Step(r.received_at, "received", told.arrival(r.source), p, n))
-        fresh, offset = told.new_attempts(r.attempt_log)
+        fresh, offset = told.split(r.attempt_log)
+        steps.append(Step(r.received_at, "received", _arrival(r.source, offset > 0), p, n))
         total = offset + len(fresh)
         if r.outcome == Outcome.DELIVERED:
             steps += _attempt_steps(fresh, p, n, offset)
@@ -143,7 +143,7 @@ def _receipt_steps(r: Receipt, told: _Told) -> list[Step]:
             )
         else:
             steps += _attempt_steps(fresh, p, n, offset)
-            since = f" ({r.attempts} since its replay)" if told.dead_lettered else ""
+            since = f" ({r.attempts} since its replay)" if offset else ""
             steps.append(
                 Step(
                     r.recorded_at,
@@ -154,7 +154,6 @@ def _receipt_steps(r: Receipt, told: _Told) -> list[Step]:
                     r.fbtrace_id,
                 )
             )
-            told.dead_lettered = True
     elif r.outcome == Outcome.DUPLICATE:
         times = "once" if r.count == 1 else f"{r.count} times"
         steps.append(
@@ -176,8 +175,8 @@ def _receipt_steps(r: Receipt, told: _Told) -> list[Step]:
 
 def _pending_steps(t: TracedEvent, told: _Told) -> list[Step]:
     p, n = t.pixel_id, t.event_name
-    steps = [Step(t.queued_at, "received", told.arrival(t.source), p, n)]
-    fresh, offset = told.new_attempts(t.attempt_log)
+    fresh, offset = told.split(t.attempt_log)
+    steps = [Step(t.queued_at, "received", _arrival(t.source, offset > 0), p, n)]
     steps += _attempt_steps(fresh, p, n, offset)
     if t.where == "queue":
         if t.next_attempt_at is not None:

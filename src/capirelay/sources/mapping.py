@@ -338,6 +338,15 @@ def load_mapping(path: str | Path) -> EventMapping:
         raise MappingLoadError(
             [MappingIssue(str(path), None, "", f"cannot read the mapping file ({exc.strerror})")]
         ) from None
+    except UnicodeDecodeError:
+        # A file saved as UTF-16 (Windows Notepad's "Unicode") raised past every caller.
+        raise MappingLoadError(
+            [
+                MappingIssue(
+                    str(path), None, "", "the mapping file is not UTF-8 text; save it as UTF-8"
+                )
+            ]
+        ) from None
     return parse_mapping(text, source=str(path))
 
 
