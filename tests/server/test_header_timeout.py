@@ -23,6 +23,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from capirelay.config import Settings
+from capirelay.server import header_timeout
 from capirelay.server.header_timeout import with_header_timeout
 from capirelay.server.run import build_server
 
@@ -101,6 +102,26 @@ def test_a_body_that_stops_coming_is_closed(address: tuple[str, int], body_part:
         waited = closed_after(conn)
     print(f"\nbody ({len(body_part)} of 40 bytes): closed after {waited:.2f} s")
     assert waited >= BODY_TIMEOUT * 0.9
+
+
+def test_a_body_that_keeps_a_pace_is_not_cut_off(
+    address: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A total deadline cut off a large batch on a slow uplink that was still coming (a
+    # reviewer's find): each byte that arrives earns time at the minimum pace, here
+    # lowered to 1 KiB/s so that 2 KiB chunks earn 2 s each, far more than their gaps.
+    monkeypatch.setattr(header_timeout, "MIN_BODY_BYTES_PER_SECOND", 1024)
+    chunks = 12
+    head = BEACON_HEAD.replace(b"Content-Length: 40", b"Content-Length: %d" % (chunks * 2048))
+    with socket.create_connection(address, timeout=GUARD) as conn:
+        conn.sendall(head)
+        started = time.monotonic()
+        for _ in range(chunks):
+            time.sleep(BODY_TIMEOUT / 4)  # paces the upload; nothing is asserted on time
+            conn.sendall(b" " * 2048)
+        answer = conn.recv(4096)
+    print(f"\nbody trickled over {time.monotonic() - started:.2f} s: answered")
+    assert answer.startswith(b"HTTP/1.1 4")  # answered (not a beacon), not closed
 
 
 def test_a_body_sent_in_pieces_in_time_is_answered(address: tuple[str, int]) -> None:

@@ -8,9 +8,11 @@ server.  :func:`with_header_timeout` wraps uvicorn's HTTP protocol class (h11 or
 httptools, whichever uvicorn picked) so that a connection whose request head is
 not complete ``seconds`` after its first byte (or after the connection opened) is
 closed.  A body gets its own bound: a request whose body is not complete
-``body_seconds`` after its head was (headers sent in full, then a body that never
-comes, or comes a byte at a time) has its connection closed too; the route reads a
-disconnect and acknowledges nothing.  Sizes are the routes' own limits
+``body_seconds`` after its head was, plus one second for every
+:data:`MIN_BODY_BYTES_PER_SECOND` bytes that did arrive (headers sent in full, then
+a body that never comes, or comes a byte at a time; a large batch on a slow uplink
+that keeps that pace is not cut off), has its connection closed too; the route reads
+a disconnect and acknowledges nothing.  Sizes are the routes' own limits
 (:mod:`capirelay.server.body_limit`).
 
 The protocols expose the request being served as ``cycle`` (set when the head is
@@ -28,6 +30,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_BODY_TIMEOUT_SECONDS",
     "DEFAULT_HEADER_TIMEOUT_SECONDS",
+    "MIN_BODY_BYTES_PER_SECOND",
     "auto_protocol",
     "gateway_protocol",
     "with_header_timeout",
@@ -35,6 +38,10 @@ __all__ = [
 
 DEFAULT_HEADER_TIMEOUT_SECONDS = 10.0
 DEFAULT_BODY_TIMEOUT_SECONDS = 30.0
+# The pace a body may keep past its first ``body_seconds``: 16 KiB/s, a slow mobile
+# uplink's.  A 5 MiB batch may take 30 + 320 seconds; a trickle slower than that is
+# holding the connection, not sending.
+MIN_BODY_BYTES_PER_SECOND = 16 * 1024
 
 
 def auto_protocol() -> type[asyncio.Protocol]:
@@ -71,6 +78,8 @@ def with_header_timeout(
         _awaited_after: Any = None  # the cycle that was current when the timer started
         _body_timer: asyncio.TimerHandle | None = None
         _body_cycle: Any = None  # the request whose body the body timer waits for
+        _body_deadline = 0.0  # loop time: the head's arrival + body_seconds
+        _body_bytes = 0  # what arrived of it since, each byte earning time
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -86,8 +95,11 @@ def with_header_timeout(
             if body_seconds is not None and cycle is not None:
                 if cycle.more_body and cycle is not self._body_cycle:
                     self._arm_body(cycle)  # a new head whose body is still to come
-                elif self._body_timer is not None and not self._body_cycle.more_body:
-                    self._disarm_body()  # the body came in time
+                elif self._body_timer is not None:
+                    if self._body_cycle.more_body:
+                        self._body_bytes += len(data)  # progress: more time, at a pace
+                    else:
+                        self._disarm_body()  # the body came in time
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -97,8 +109,10 @@ def with_header_timeout(
         def _arm_body(self, cycle: Any) -> None:
             self._disarm_body()
             self._body_cycle = cycle
+            self._body_bytes = 0
             assert body_seconds is not None
-            self._body_timer = self.loop.call_later(body_seconds, self._body_too_slow)
+            self._body_deadline = self.loop.time() + body_seconds
+            self._body_timer = self.loop.call_at(self._body_deadline, self._body_too_slow)
 
         def _disarm_body(self) -> None:
             if self._body_timer is not None:
@@ -108,7 +122,13 @@ def with_header_timeout(
         def _body_too_slow(self) -> None:
             self._body_timer = None
             cycle = self._body_cycle
-            if cycle is self.cycle and cycle.more_body and not self.transport.is_closing():
+            if cycle is not self.cycle or not cycle.more_body or self.transport.is_closing():
+                return
+            # One timer, moved on only when it falls due: the bytes that came earned time.
+            deadline = self._body_deadline + self._body_bytes / MIN_BODY_BYTES_PER_SECOND
+            if self.loop.time() < deadline:
+                self._body_timer = self.loop.call_at(deadline, self._body_too_slow)
+            else:
                 self.transport.close()
 
         def _between_requests(self) -> bool:
