@@ -13,8 +13,9 @@ code cannot be guessed from digits alone, so:
    input was already normalized (``442079460958`` with a US hint) and is read
    that way.  So is a number that begins with the hinted region's own calling
    code, in a region whose national numbers begin with a trunk prefix, when it is
-   valid read internationally (``4915123456789`` with a DE hint stays itself; read
-   nationally it got ``49`` twice).
+   valid read internationally and the national reading does not beat it (not valid,
+   or not a mobile where the international one is): ``4915123456789`` with a DE
+   hint stays itself (read nationally it got ``49`` twice).
 3. Without a hint and without ``+``/``00``: digits only, leading zeros
    stripped, extension and a ``(0)`` trunk marker dropped.  That is what
    Meta's param builder does (it keeps the ``(0)``); it cannot add a missing
@@ -38,7 +39,13 @@ from __future__ import annotations
 import re
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneMetadata, PhoneNumberFormat, ValidationResult
+from phonenumbers import (
+    NumberParseException,
+    PhoneMetadata,
+    PhoneNumberFormat,
+    PhoneNumberType,
+    ValidationResult,
+)
 
 from ._errors import NormalizationError
 from ._text import ascii_digits
@@ -135,10 +142,15 @@ def _already_international(
     """The digits as an international number, when the input was normalized already:
     they begin with the hinted region's calling code, the region writes its national
     numbers with a trunk prefix (``0`` in Germany, Sweden, Indonesia ...) that they do
-    not begin with, and read internationally they are a valid number.  Read nationally,
-    ``4915123456789`` with a DE hint would get its ``49`` twice, a number nobody has
-    (and phonenumbers calls that one valid too: German numbers vary in length).  A region
-    without a trunk prefix (Italy) keeps the national reading; see the module's notes.
+    not begin with, and read internationally they are a valid number that the national
+    reading does not beat: the national reading is not valid, or the international one
+    is a mobile number and the national one is not.  Read nationally,
+    ``4915123456789`` with a DE hint got its ``49`` twice (phonenumbers calls that
+    number valid too: German numbers vary in length).  Where both readings are valid
+    numbers of the same kind the digits are ambiguous (``4621 12345`` is Lund without its
+    trunk ``0``, or Vasteras written internationally; spreadsheets drop leading zeros as
+    often as systems drop the ``+``), and the national reading, what the hint says, is
+    kept.  A region without a trunk prefix (Italy) keeps the national reading too.
     """
     if not digits.startswith(str(national.country_code)):
         return None
@@ -148,7 +160,27 @@ def _already_international(
     written = _parse("+" + digits, None)
     if written is None or not phonenumbers.is_valid_number(written):
         return None
+    if phonenumbers.is_valid_number(national) and not (
+        _full_mobile(written, region) and phonenumbers.number_type(national) not in _MOBILE_TYPES
+    ):
+        return None
     return _possible_e164(written)
+
+
+_MOBILE_TYPES = frozenset({PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE})
+
+
+def _full_mobile(number: phonenumbers.PhoneNumber, region: str) -> bool:
+    """A mobile number as long as the region's mobile numbers are (its example's length,
+    one digit less allowed): phonenumbers' metadata also calls some short numbers
+    mobile (``+27 8230681``), which a Namaqualand number without its trunk ``0``,
+    ``27 823 0681``, reads as."""
+    if phonenumbers.number_type(number) != PhoneNumberType.MOBILE:
+        return False
+    example = phonenumbers.example_number_for_type(region, PhoneNumberType.MOBILE)
+    if example is None:
+        return False
+    return len(str(number.national_number)) >= len(str(example.national_number)) - 1
 
 
 def _international_readings(digits: str) -> tuple[str, ...]:
