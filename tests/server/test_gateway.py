@@ -458,17 +458,20 @@ def test_collect_refuses_a_foreign_origin(gateway_url: str, emulator: RunningEmu
     assert "set-cookie" not in response.headers
 
 
+def preflight(gateway_url: str, origin: str, requested_headers: str) -> httpx.Response:
+    """The browser's OPTIONS before a cross-site beacon."""
+    headers = {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": requested_headers,
+    }
+    with httpx.Client(base_url=gateway_url) as http:
+        return http.options("/v1/collect", headers=headers)
+
+
 @pytest.mark.parametrize(("origin", "status"), [(SHOP_ORIGIN, 204), ("https://evil.example", 403)])
 def test_collect_preflight(gateway_url: str, origin: str, status: int) -> None:
-    with httpx.Client(base_url=gateway_url) as http:
-        response = http.options(
-            "/v1/collect",
-            headers={
-                "Origin": origin,
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "content-type",
-            },
-        )
+    response = preflight(gateway_url, origin, "content-type")
     assert response.status_code == status
     if status == 204:
         assert response.headers["access-control-allow-origin"] == origin
@@ -481,15 +484,7 @@ def test_collect_preflight(gateway_url: str, origin: str, status: int) -> None:
 
 def test_collect_preflight_grants_no_header_it_was_not_built_for(gateway_url: str) -> None:
     # The requested headers were echoed back (with credentials allowed).
-    with httpx.Client(base_url=gateway_url) as http:
-        response = http.options(
-            "/v1/collect",
-            headers={
-                "Origin": SHOP_ORIGIN,
-                "Access-Control-Request-Method": "POST",
-                "Access-Control-Request-Headers": "authorization, x-anything",
-            },
-        )
+    response = preflight(gateway_url, SHOP_ORIGIN, "authorization, x-anything")
     assert response.status_code == 204
     assert response.headers["access-control-allow-headers"] == "content-type"
 
