@@ -216,12 +216,18 @@ async def test_missing_token_keeps_events_queued_until_configured(
     outbox: SQLiteOutbox,
     emulator: RunningEmulator,
     token_env: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     token_env.delenv(TOKEN_ENV)
     engine = await start_engine()
     await queue_events(outbox, [new_event(wire_event(i)) for i in ids("unc", 4)])
     engine.notify(PIXEL)
     await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.UNCONFIGURED)
+    # The log says where the token should come from (it named only the config key).
+    assert any(
+        f"no access token (environment variable {TOKEN_ENV} is unset or empty)" in r.getMessage()
+        for r in caplog.records
+    )
     # No token can be read, so no request can leave: the events stay queued.
     assert (await outbox.stats(now=time.time())).depth == 4
     assert emulator.state.stats()["requests"] == 0

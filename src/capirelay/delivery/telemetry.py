@@ -151,11 +151,15 @@ class PixelTelemetry:
             extra={"pixel": self.pixel_id, "count": count, "result": f"dlq:{reason}"},
         )
 
-    def unconfigured(self) -> None:
+    def unconfigured(self, source: str | None = None) -> None:
+        """No token: none configured, or ``source`` (where it should come from, as
+        :meth:`capirelay.config.Secret.describe` says: never the value) has none."""
+        where = f"{source} is unset or empty" if source else "none configured"
         log.error(
-            "pixel %s: no access token configured or readable; events stay queued "
-            "until one is set (pixels.%s.access_token)",
+            "pixel %s: no access token (%s); events stay queued until one is set "
+            "(pixels.%s.access_token)",
             self.pixel_id,
+            where,
             self.pixel_id,
             extra={"pixel": self.pixel_id, "breaker": "unconfigured"},
         )

@@ -358,7 +358,9 @@ class PixelWorker:
 
     def _set_unconfigured(self) -> None:
         if self.breaker.mark_unconfigured():
-            self._telemetry.unconfigured()
+            pixel = self.pixel
+            secret = pixel.access_token if pixel is not None else None
+            self._telemetry.unconfigured(secret.describe() if secret is not None else None)
 
     # ---------------------------------------------------------------- a batch
 
