@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -226,6 +227,14 @@ MAX_AUDIT_IDS = 20
 MAX_AUDIT_TARGET = 500
 
 
+def _iso(at: float | None) -> str | None:
+    """A filter's bound as the operator gave it, an ISO date-time in UTC (it was written
+    as Unix seconds, ``since=1796601600.0``)."""
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def describe_target(target: Sequence[int] | DLQFilter) -> str:
     """What a replay or purge was given, for the audit trail: ids, or the filter's fields."""
     if not isinstance(target, DLQFilter):
@@ -238,8 +247,8 @@ def describe_target(target: Sequence[int] | DLQFilter) -> str:
             ("pixel", target.pixel_id),
             ("event_name", target.event_name),
             ("reason", target.reason),
-            ("since", target.since),
-            ("until", target.until),
+            ("since", _iso(target.since)),
+            ("until", _iso(target.until)),
         )
         if value is not None
     ]
