@@ -120,6 +120,8 @@ def test_an_import_is_delivered_once_and_rerunning_queues_nothing(
 
     assert code == 1, output  # some rows were rejected
     assert output.strip().splitlines()[-1] == "3 queued, 0 duplicate, 4 rejected"
+    # Counted as problems, which a rejected row can have several of, and said so.
+    assert "problems of the rejected rows (a row can have several): " in output
     sent = wait_for(lambda: (found := delivered_for(emulator, uid)) and len(found) >= 3 and found)
     assert sorted(e["custom_data"]["order_id"] for e in sent) == [
         f"{uid}store-0",

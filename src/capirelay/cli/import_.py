@@ -249,7 +249,11 @@ def _execute(
 def _report(summary: ImportSummary, dry_run: bool, rejected: Path | None) -> None:
     if summary.reasons:
         reasons = ", ".join(f"{code} {n}" for code, n in sorted(summary.reasons.items()))
-        err_console.print(f"rejected because: {reasons}", markup=False)
+        # Problems, not rows: one rejected row can have several (the counts do not add up
+        # to the rejected rows, which read as a contradiction).
+        err_console.print(
+            f"problems of the rejected rows (a row can have several): {reasons}", markup=False
+        )
     if rejected is not None:
         err_console.print(f"rejected rows and their problems: {rejected}", markup=False)
     if dry_run and summary.quality is not None:
