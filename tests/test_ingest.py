@@ -142,6 +142,27 @@ def test_uuid_hex_external_id_no_longer_refuses_the_event() -> None:
     assert user_data["external_id"] == [sha("a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6")]
 
 
+@pytest.mark.parametrize("depth", [300, 1200])  # past orjson's limit; past Python's recursion
+def test_values_nested_too_deep_are_refused_naming_the_field(depth: int) -> None:
+    nested: dict[str, Any] = {}
+    inner = nested
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    prepared = prepare(event(custom_data={"value": 1, "currency": "EUR", "deep": nested}))
+    [problem] = prepared.problems
+    assert prepared.new_event is None and problem.code == "invalid_value"
+    # The field was "" (an outside review's find): now the sender can find it.
+    assert problem.field == "custom_data.deep.a.a..." and "flatten it" in problem.message
+
+
+def test_a_number_beyond_64_bits_is_refused_naming_the_field() -> None:
+    custom = {"value": 1, "currency": "EUR", "contents": [{"id": "x", "quantity": 2**65}]}
+    [problem] = prepare(event(custom_data=custom)).problems
+    assert problem.field == "custom_data.contents.0.quantity"
+    assert "beyond 64 bits" in problem.message and str(2**65) not in problem.message
+
+
 # Each row: (description, event overrides, problem code, problem field).
 REJECTIONS = [
     ("unknown top-level field", {"evnt_name": "x"}, "unknown_field", "evnt_name"),

@@ -28,7 +28,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from pydantic import ValidationError
@@ -104,7 +104,7 @@ def prepare_event(
         return PreparedEvent(None, _given_event_id(raw), problems)
     except RecursionError:
         # Free-form custom_data nested ~1,000 deep: refuse this event, not the request.
-        return PreparedEvent(None, _given_event_id(raw), [_unencodable()])
+        return PreparedEvent(None, _given_event_id(raw), [_unencodable(raw)])
 
     payload = wire.payload
     # Emails, phones and secrets leave URLs and custom_data before the id is derived
@@ -115,13 +115,13 @@ def prepare_event(
         try:
             event_id = derive_event_id(pixel_id, payload)
         except orjson.JSONEncodeError:
-            return PreparedEvent(None, "", [_unencodable()])
+            return PreparedEvent(None, "", [_unencodable(payload)])
         # The id goes on the wire so Meta deduplicates our retries against the browser pixel.
         payload["event_id"] = event_id
     try:
         encoded = orjson.dumps(payload)
     except orjson.JSONEncodeError:
-        return PreparedEvent(None, _shown_id(event_id), [_unencodable()])
+        return PreparedEvent(None, _shown_id(event_id), [_unencodable(payload)])
     # A new list: the wire's own stays as prepare_wire left it.  The limits (capirelay.limits)
     # are what storage and Meta can take; Meta's rules are validate_event's.
     problems = (
@@ -182,15 +182,58 @@ def _not_an_object() -> Problem:
     )
 
 
-def _unencodable() -> Problem:
+def _unencodable(event: Any = None) -> Problem:
     # orjson refuses integers beyond 64 bits and nesting deeper than 254 levels: such an event
     # cannot be written to the outbox or sent, so it is refused like any other bad event.
+    found = _unencodable_at(event)
+    if found is None:
+        return error(
+            "invalid_value",
+            "",
+            "the event holds a number beyond 64 bits or values nested too deep to send; "
+            "send numbers (event_time: Unix seconds) within 64 bits and flatten custom_data",
+        )
+    field, too_deep = found
+    if too_deep:
+        return error(
+            "invalid_value",
+            field,
+            f"{field} nests values more than {_MAX_DEPTH} levels deep, too deep to send; "
+            "flatten it",
+        )
     return error(
         "invalid_value",
-        "",
-        "the event holds a number beyond 64 bits or values nested too deep to send; "
-        "send numbers (event_time: Unix seconds) within 64 bits and flatten custom_data",
+        field,
+        f"{field} is a number beyond 64 bits, too large to send; send it as text, or "
+        "within 64 bits (event_time: Unix seconds)",
     )
+
+
+_MAX_DEPTH: Final = 254
+_INT_RANGE: Final = range(-(2**63), 2**64)
+
+
+def _unencodable_at(event: Any) -> tuple[str, bool] | None:
+    """Where ``event`` breaks orjson's limits: (the field's path, too deep rather than too
+    large), the first found; walked without recursion, whatever the depth.  A path deeper
+    than a few keys is named by its first ones (the field is what the sender can find)."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(event, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > _MAX_DEPTH:
+            return _path(path), True
+        if isinstance(value, Mapping):
+            stack.extend((item, (*path, str(key))) for key, item in value.items())
+        elif isinstance(value, list | tuple):
+            stack.extend((item, (*path, str(i))) for i, item in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
+            return _path(path), False
+    return None
+
+
+def _path(path: tuple[str, ...]) -> str:
+    shown = ".".join(path[:4])
+    return shown if len(path) <= 4 else f"{shown}..."
 
 
 def _problems_from_validation(exc: ValidationError) -> list[Problem]:
