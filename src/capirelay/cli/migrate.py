@@ -61,11 +61,13 @@ def migrate_command(
         return
     url = storage_url(config, storage)
     if not url.startswith(_POSTGRES_SCHEMES):
+        # Success: a deploy step that runs `capirelay migrate` before `serve` whatever
+        # the backend must not fail on SQLite (it exited 1).
         console.print(
             "nothing to do: the SQLite outbox migrates itself when it opens "
             '(capirelay migrate is for storage = "postgresql://...")'
         )
-        raise typer.Exit(1)
+        return
     try:
         applied = asyncio.run(migrate_url(postgres_conninfo(url)))
     except StorageUnavailable as exc:
