@@ -170,11 +170,38 @@ def test_sqlite_outbox_moves_to_postgres_with_every_row(
     )
     assert merged.exit_code == 0, merged.output
     with psycopg.connect(postgres_url) as conn:
-        # Keyed rows were there already (plus "fresh", enqueued since); id'd rows are added.
+        # Every row was there already (plus "fresh", enqueued since): keyed rows by their
+        # key, id'd rows by their values.  A merge run twice added every queue row again
+        # (9 rows, each event delivered twice) and every receipt and audit record.
         assert conn.execute("SELECT count(*) FROM capirelay_dedup").fetchone() == (
             counts["dedup"] + 1,
         )
-        assert conn.execute("SELECT count(*) FROM capirelay_queue").fetchone() == (9,)
+        assert conn.execute("SELECT count(*) FROM capirelay_queue").fetchone() == (5,)
+        for table in ("dead_letters", "receipts", "erasures", "operator_audit"):
+            row = conn.execute(f"SELECT count(*) FROM capirelay_{table}").fetchone()
+            assert row == (counts[table],), table
+
+    # What the SQLite file gained since is still added by the next merge.
+    asyncio.run(_enqueue_one(sqlite_file, event("later")))
+    merged = runner.invoke(
+        app, ["migrate", "--from", f"sqlite:///{sqlite_file}", "--to", postgres_url, "--merge"]
+    )
+    assert merged.exit_code == 0, merged.output
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SELECT count(*) FROM capirelay_queue").fetchone() == (6,)
+        row = conn.execute(
+            "SELECT queue_id IS NOT NULL FROM capirelay_dedup WHERE event_id = 'later'"
+        )
+        assert row.fetchone() == (True,)  # its key pins its queue row
+
+
+async def _enqueue_one(path: Path, new: NewEvent) -> None:
+    box = SQLiteOutbox(str(path))
+    await box.open()
+    try:
+        assert [str(s) for s in await box.enqueue([new], now=T0 + 30)] == ["queued"]
+    finally:
+        await box.close()
 
 
 async def _check_postgres(url: str, counts: dict[str, int]) -> None:

@@ -17,8 +17,10 @@ before COMMIT, so a failed or short copy leaves the target exactly as it was.
 
 A target that already holds rows is refused unless ``merge=True``: then the source's
 rows are added, ids are assigned by the target (queue, dead letters, receipts and audit
-rows get new ids), and rows whose key the target already has (dedup keys, ledger keys,
-revoked sessions, diagnostics) keep the target's version and are reported as skipped.
+rows get new ids), and rows the target already has keep the target's version and are
+reported as skipped: by key (dedup keys, ledger keys, revoked sessions, diagnostics), or
+by their values (a queue row of the same event, the same dead letter, receipt or audit
+record), so a merge run twice adds nothing the second time.
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ class TableCopy:
     fixup: str | None = None
     # Extra SQL run on the target table once the rows are in, not counted (linking keys).
     link: str | None = None
+    # Columns that tell a row of an id'd table the target already has: a merge skips a
+    # source row when the target holds one with the same values (a merge run twice adds
+    # nothing the second time; it added every queue row again, each delivered twice).
+    same: tuple[str, ...] = ()
 
 
 _QUEUE_COLUMNS: Final = (
@@ -100,6 +106,7 @@ TABLES: Final[tuple[TableCopy, ...]] = (
         _QUEUE_COLUMNS,
         {"attempt_log": _json},
         identity="id",
+        same=("pixel_id", "event_name", "event_id"),
         # The stopped gateway's leases end now: leased events are ready again.
         fixup="UPDATE {table} SET state = 0 WHERE state = 2",
     ),
@@ -127,6 +134,7 @@ TABLES: Final[tuple[TableCopy, ...]] = (
         _DLQ_COLUMNS,
         {"error": _json, "attempt_log": _json},
         identity="id",
+        same=("pixel_id", "event_name", "event_id", "dead_at"),
     ),
     TableCopy(
         "receipts",
@@ -135,6 +143,7 @@ TABLES: Final[tuple[TableCopy, ...]] = (
         _RECEIPT_COLUMNS,
         {"problems": _json, "attempt_log": _json},
         identity="id",
+        same=("pixel_id", "event_name", "event_id", "outcome", "recorded_at"),
     ),
     TableCopy(
         "erasure audit",
@@ -151,6 +160,7 @@ TABLES: Final[tuple[TableCopy, ...]] = (
             "receipts",
         ),
         identity="id",
+        same=("requested_at", "field", "value_sha256", "pixel_id"),
     ),
     TableCopy(
         "operator audit",
@@ -158,6 +168,7 @@ TABLES: Final[tuple[TableCopy, ...]] = (
         "capirelay_operator_audit",
         ("id", "at", "actor", "action", "target", "count", "origin"),
         identity="id",
+        same=("at", "actor", "action", "target", "origin"),
     ),
     TableCopy(
         "revoked sessions",
@@ -307,14 +318,30 @@ def _copy_table(
         conflict = sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(
             sql.SQL(", ").join(map(sql.Identifier, table.key))
         )
+    unseen: sql.Composable = sql.SQL("")
+    if merge and table.same:
+        matches = sql.SQL(" AND ").join(
+            sql.SQL("d.{c} IS NOT DISTINCT FROM s.{c}").format(c=sql.Identifier(c))
+            for c in table.same
+        )
+        unseen = sql.SQL(" WHERE NOT EXISTS (SELECT 1 FROM {} AS d WHERE {})").format(
+            sql.Identifier(table.postgres), matches
+        )
     order = (
         sql.SQL(" ORDER BY {}").format(sql.Identifier(table.identity))
         if (table.identity and not merge)
         else sql.SQL("")
     )
     cur.execute(
-        sql.SQL("INSERT INTO {} ({}) {}SELECT {} FROM {}{}{}").format(
-            sql.Identifier(table.postgres), idents, overriding, idents, staging, order, conflict
+        sql.SQL("INSERT INTO {} ({}) {}SELECT {} FROM {} AS s{}{}{}").format(
+            sql.Identifier(table.postgres),
+            idents,
+            overriding,
+            idents,
+            staging,
+            unseen,
+            order,
+            conflict,
         )
     )
     inserted = max(cur.rowcount, 0)
@@ -413,7 +440,7 @@ def _copy_all(
                 f"{table.label}: {result.source_rows} rows in SQLite but {grown} arrived in "
                 "PostgreSQL; nothing was committed"
             )
-        if merge and not table.key and result.skipped:
+        if merge and not table.key and not table.same and result.skipped:
             raise RuntimeError(
                 f"{table.label}: {result.skipped} rows did not arrive; nothing was committed"
             )
