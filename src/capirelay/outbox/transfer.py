@@ -19,8 +19,9 @@ A target that already holds rows is refused unless ``merge=True``: then the sour
 rows are added, ids are assigned by the target (queue, dead letters, receipts and audit
 rows get new ids), and rows the target already has keep the target's version and are
 reported as skipped: by key (dedup keys, ledger keys, revoked sessions, diagnostics), or
-by their values (a queue row of the same event, the same dead letter, receipt or audit
-record), so a merge run twice adds nothing the second time.
+by their values (a queued event whose dedup key the target holds, because it has seen
+that event; the same dead letter, receipt or audit record), so a merge run twice adds
+nothing the second time.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class TableCopy:
     # source row when the target holds one with the same values (a merge run twice adds
     # nothing the second time; it added every queue row again, each delivered twice).
     same: tuple[str, ...] = ()
+    # Where those values are looked up (default: the table itself).  A queue row is looked
+    # up among the dedup keys: an event the target has seen (queued, or delivered within
+    # the window) is not queued again.
+    seen_in: str | None = None
 
 
 _QUEUE_COLUMNS: Final = (
@@ -107,6 +112,7 @@ TABLES: Final[tuple[TableCopy, ...]] = (
         {"attempt_log": _json},
         identity="id",
         same=("pixel_id", "event_name", "event_id"),
+        seen_in="capirelay_dedup",
         # The stopped gateway's leases end now: leased events are ready again.
         fixup="UPDATE {table} SET state = 0 WHERE state = 2",
     ),
@@ -325,7 +331,7 @@ def _copy_table(
             for c in table.same
         )
         unseen = sql.SQL(" WHERE NOT EXISTS (SELECT 1 FROM {} AS d WHERE {})").format(
-            sql.Identifier(table.postgres), matches
+            sql.Identifier(table.seen_in or table.postgres), matches
         )
     order = (
         sql.SQL(" ORDER BY {}").format(sql.Identifier(table.identity))
