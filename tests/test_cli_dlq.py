@@ -123,6 +123,16 @@ def test_purge_needs_ids_or_confirmation(storage: str) -> None:
     assert "purged: 1" in invoke("purge", "2", "--storage", storage).output
 
 
+def test_a_purge_with_bounds_beyond_datetime_is_recorded_not_a_failure(storage: str) -> None:
+    # The audit wrote the bounds as dates after the purge; a bound of year 0 once in UTC
+    # raised there: the letters were gone and no record was kept (a reviewer's find).
+    result = invoke("purge", "--storage", storage, "--since", "0001-01-01T00:00+01:00", "--yes")
+    assert result.exit_code == 0, result.output
+    audit = invoke("audit", "--storage", storage, "--json")
+    [record] = orjson.loads(audit.stdout)
+    assert record["action"] == "purge" and "since=-62135600400.0" in record["target"]
+
+
 def test_bad_storage_url_is_a_clear_error() -> None:
     result = invoke("list", "--storage", "sqlite:///:memory:")
     assert result.exit_code == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tracemalloc
 from typing import Any
 
 import orjson
@@ -154,6 +155,24 @@ def test_values_nested_too_deep_are_refused_naming_the_field(depth: int) -> None
     assert prepared.new_event is None and problem.code == "invalid_value"
     # The field was "" (an outside review's find): now the sender can find it.
     assert problem.field == "custom_data.deep.a.a..." and "flatten it" in problem.message
+
+
+def test_finding_the_field_takes_memory_of_the_depth_not_of_the_values() -> None:
+    # The first walk kept a path per value: a wide list deep inside custom_data made a
+    # request's worth of gigabytes (a reviewer measured 873 MB for a 1 MB body).
+    from capirelay.ingest import _unencodable_at
+
+    wide: Any = [0] * 100_000
+    for _ in range(200):
+        wide = [wide]
+    tracemalloc.start()
+    try:
+        found = _unencodable_at({"custom_data": {"wide": wide}})  # every value walked
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert found is None
+    assert peak < 1_000_000, peak
 
 
 def test_a_number_beyond_64_bits_is_refused_naming_the_field() -> None:

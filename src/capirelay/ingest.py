@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -215,20 +215,34 @@ _INT_RANGE: Final = range(-(2**63), 2**64)
 
 def _unencodable_at(event: Any) -> tuple[str, bool] | None:
     """Where ``event`` breaks orjson's limits: (the field's path, too deep rather than too
-    large), the first found; walked without recursion, whatever the depth.  A path deeper
-    than a few keys is named by its first ones (the field is what the sender can find)."""
-    stack: list[tuple[Any, tuple[str, ...]]] = [(event, ())]
+    large), the first found, or ``None``.  Depth first with one iterator per open
+    container, so memory grows with the depth and time with the number of values (a path
+    kept for every value made a request's worth of gigabytes, a reviewer found); the path
+    is only built for the value found.  A path deeper than a few keys is named by its
+    first ones (the field is what the sender can find)."""
+    if not isinstance(event, Mapping | list | tuple):
+        return None
+    # (the container's children, the key it was reached by); the event itself is depth 1.
+    stack: list[tuple[Iterator[tuple[str, Any]], str]] = [(_children(event), "")]
     while stack:
-        value, path = stack.pop()
-        if len(path) > _MAX_DEPTH:
-            return _path(path), True
-        if isinstance(value, Mapping):
-            stack.extend((item, (*path, str(key))) for key, item in value.items())
-        elif isinstance(value, list | tuple):
-            stack.extend((item, (*path, str(i))) for i, item in enumerate(value))
+        step = next(stack[-1][0], None)
+        if step is None:
+            stack.pop()
+            continue
+        key, value = step
+        if isinstance(value, Mapping | list | tuple):
+            if len(stack) >= _MAX_DEPTH:  # this container would nest one level deeper
+                return _path((*(k for _, k in stack[1:]), key)), True
+            stack.append((_children(value), key))
         elif isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
-            return _path(path), False
+            return _path((*(k for _, k in stack[1:]), key)), False
     return None
+
+
+def _children(container: Any) -> Iterator[tuple[str, Any]]:
+    if isinstance(container, Mapping):
+        return ((str(key), value) for key, value in container.items())
+    return ((str(index), value) for index, value in enumerate(container))
 
 
 def _path(path: tuple[str, ...]) -> str:

@@ -4,10 +4,14 @@ record, hash-only, found by event id and order id, pruned by retention and cap, 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
+from pathlib import Path
 
 import orjson
 from outbox_data import T0, WEEK
+from typer.testing import CliRunner
 
+from capirelay.cli import app as cli_app
 from capirelay.cli.erase import erasure_hashes
 from capirelay.normalize import sha256_hex
 from capirelay.ops.trace import story
@@ -120,6 +124,39 @@ async def test_a_replayed_dead_letter_tells_each_attempt_once(outbox: Outbox) ->
         ("attempt", "attempt 2 refused: HTTP 400, code 100/2804050"),
         ("dead_lettered", "dead-lettered (invalid) after 2 attempts (1 since its replay)"),
         ("in_dlq", "still in the dead-letter queue; `capirelay dlq` can replay it"),
+    ]
+
+
+async def test_a_replay_is_numbered_on_when_the_attempt_log_was_capped(outbox: Outbox) -> None:
+    # Logs keep their last 20 attempts: 15 failures, a replay, 10 more and a delivery told
+    # attempts 11 to 15 twice and "accepted on attempt 21" for the 26th (a reviewer's find).
+    await outbox.enqueue([event("e7")], now=T0)
+    at = T0
+    for n in range(1, 26):
+        ids, lease = await lease_all(outbox, at + 1)
+        at += 10
+        refusal = Attempt(at=at, status=500, code=2, fbtrace_id=f"F{n}")
+        if n == 15:
+            await outbox.dead_letter(
+                ids, reason=DeadLetterReason.INVALID, attempt=refusal, now=at, lease_id=lease
+            )
+            [letter] = await outbox.dlq_list()
+            await outbox.dlq_requeue([letter.id], now=at)
+        else:
+            await outbox.reschedule(ids, next_attempt_at=at, attempt=refusal, lease_id=lease)
+    ids, lease = await lease_all(outbox, at + 1)
+    answer = MetaAnswer(fbtrace_id="Fok", events_received=1, sent_at=at + 2)
+    await outbox.ack_delivered(ids, now=at + 3, answer=answer, lease_id=lease)
+
+    steps = story(await outbox.trace("e7"))
+    numbers = [int(s.detail.split()[1]) for s in steps if s.what == "attempt"]
+    assert numbers == list(range(1, 26))
+    assert [s.detail for s in steps if s.what == "received"] == [
+        "queued from backend",
+        "replayed from the dead-letter queue",
+    ]
+    assert [s.detail for s in steps if s.what == "delivered"] == [
+        "accepted by Meta on attempt 26, events_received=1"
     ]
 
 
@@ -236,6 +273,22 @@ async def test_erase_finds_values_the_param_builder_hashed(outbox: Outbox) -> No
     # releases before hashed such a value again, for their stored rows).
     given = erasure_hashes([], [], [EMAIL_HASH.upper() + ".AQQCAQMC"], {None})["external_id"]
     assert EMAIL_HASH in given and all(len(h) == 64 for h in given)
+
+
+def test_the_erasure_audit_holds_digests_only(tmp_path: Path) -> None:
+    # The search holds a 32-hex external_id as an earlier release stored it, the very id
+    # being erased; the audit, which outlives the erasure, wrote it (a reviewer's find).
+    uuid_hex = "3f2504e04f8941d39a0c0305e82c3301"
+    config = tmp_path / "capirelay.toml"
+    config.write_text(f'storage = "sqlite:///{tmp_path / "x.db"}"\n', encoding="utf-8")
+    result = CliRunner().invoke(
+        cli_app, ["erase", "--external-id", uuid_hex, "--config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    assert uuid_hex[:12] not in result.output
+    with sqlite3.connect(tmp_path / "x.db") as conn:
+        stored = [row[0] for row in conn.execute("SELECT value_sha256 FROM erasures")]
+    assert stored == [sha256_hex(uuid_hex)]
 
 
 def test_erasure_also_looks_for_what_earlier_releases_stored() -> None:

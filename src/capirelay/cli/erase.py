@@ -104,7 +104,15 @@ def erase_command(
     except ValueError as exc:
         error(str(exc))
         raise typer.Exit(2) from None
-    audit = sorted((key, digest) for key, digests in hashes.items() for digest in digests)
+    # SHA-256 digests only: the search also holds what an earlier release stored as is (a
+    # 32-hex external_id passed through), the very id being erased, and the audit outlives
+    # the erasure (a reviewer's find).
+    audit = sorted(
+        (key, digest)
+        for key, digests in hashes.items()
+        for digest in digests
+        if len(digest) == _DIGEST_LENGTH
+    )
     try:
         result = asyncio.run(_erase(storage or settings.storage, hashes, pixel, audit))
     except ValueError as exc:

@@ -86,7 +86,16 @@ class DashboardAuth:
         return hmac.new(secret.encode(), _KEY_LABEL, hashlib.sha256).digest()
 
     def authenticate(self, request: Request) -> Principal | None:
-        """The caller behind ``request``, or ``None`` when it shows no valid credential."""
+        """The caller behind ``request``, or ``None`` when it shows no valid credential.
+
+        A valid login session decides first, whatever ``Authorization`` header comes
+        with it: checked first, the header let a session holder try tokens without limit
+        (the throttle does not count a caller a session lets in) and read from the page
+        whether one was right (a reviewer's find).  Headers are checked without a session.
+        """
+        session = self._session(request.cookies.get(SESSION_COOKIE))
+        if session is not None:
+            return session
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and self.check_admin_token(value.strip()):
@@ -95,7 +104,7 @@ class DashboardAuth:
             user = self._check_basic(value.strip())
             if user is not None:
                 return Principal("basic", f"basic:{user}")
-        return self._session(request.cookies.get(SESSION_COOKIE))
+        return None
 
     def presents_credential(self, request: Request) -> bool:
         """True when ``request`` carries a token or password of its own for a scheme this

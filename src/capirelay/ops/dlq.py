@@ -232,7 +232,13 @@ def _iso(at: float | None) -> str | None:
     as Unix seconds, ``since=1796601600.0``)."""
     if at is None:
         return None
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        moment = datetime.fromtimestamp(at, UTC)
+    except (OverflowError, ValueError, OSError):
+        # A bound outside datetime's years (year 0 once in UTC): written as given, never a
+        # failure after the purge it records has happened (a reviewer's find).
+        return str(at)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def describe_target(target: Sequence[int] | DLQFilter) -> str:

@@ -78,26 +78,34 @@ class _Told:
     """The attempts the story has told of one (pixel, event name) so far.
 
     A dead letter replayed to the queue keeps its attempt log, so the receipt of its
-    next outcome (and its queue row) repeats the attempts an earlier receipt told: told
-    once, the new ones are numbered on from there, and the arrival is called a replay.
-    A corrected event sent again under a freed id has a log of its own: numbered from 1.
+    next outcome (and its queue row) repeats attempts an earlier receipt told: told once,
+    the new ones are numbered on from the count told so far, and the arrival is called
+    a replay.  A corrected event sent again under a freed id has a log of its own:
+    numbered from 1.  Logs keep their last 20 attempts (``ATTEMPT_LOG_LIMIT``), so the
+    numbers continue from the count told, not from the overlap, which shrinks as old
+    entries fall off; after 20 or more failures since a replay its log shares nothing
+    with the story's, and it is told as a send of its own.
     """
 
     def __init__(self) -> None:
         self.attempts: set[tuple[Any, ...]] = set()
+        self.count = 0
 
     def split(self, log: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        """The attempts of ``log`` not told yet, and how many of it were (the offset)."""
-        fresh, told = [], 0
+        """The attempts of ``log`` not told yet, and the number the first of them follows
+        (0 for a send of its own: nothing in ``log`` was told)."""
+        fresh, overlap = [], 0
         for attempt in log:
             key = (attempt.get("at"), attempt.get("fbtrace_id"), attempt.get("status"),
                    attempt.get("code"), attempt.get("subcode"))  # fmt: skip
             if key in self.attempts:
-                told += 1
+                overlap += 1
             else:
                 self.attempts.add(key)
                 fresh.append(attempt)
-        return fresh, told
+        offset = self.count if overlap else 0
+        self.count = offset + len(fresh)
+        return fresh, offset
 
 
 def _arrival(source: str, replayed: bool) -> str:
