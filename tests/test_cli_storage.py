@@ -63,12 +63,6 @@ def test_config_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert used("--storage", "sqlite:///other.db") == "storage: sqlite:///other.db (from --storage)"
 
 
-def test_migrate_on_sqlite_has_nothing_to_do_and_succeeds(tmp_path: Path) -> None:
-    # A deploy step running `capirelay migrate` before `serve` failed on SQLite (exit 1).
-    result = runner.invoke(app, ["migrate", "--storage", f"sqlite:///{tmp_path / 'x.db'}"])
-    assert result.exit_code == 0 and "nothing to do" in result.output
-
-
 def test_a_postgres_password_is_never_printed(tmp_path: Path) -> None:
     result = runner.invoke(
         app, ["migrate", "--storage", "postgresql://capi:hunter2@127.0.0.1:1/none"]
