@@ -43,6 +43,7 @@ def erasure_hashes(
     """
     from capirelay.normalize import (
         NormalizationError,
+        digest_of,
         earlier_hashes,
         hash_field,
         resolve_country,
@@ -59,7 +60,7 @@ def erasure_hashes(
             reason = ""
             for country in sorted(countries, key=str) if hinted else [None]:
                 try:
-                    found.add(hash_field(key, value, country=country)[:_DIGEST_LENGTH])
+                    found.add(digest_of(hash_field(key, value, country=country)))
                 except NormalizationError as exc:
                     reason = exc.reason
                 region = resolve_country(country) if country is not None else None
@@ -68,9 +69,6 @@ def erasure_hashes(
                 raise ValueError(f"{option}: {reason}")
             hashes.setdefault(key, set()).update(found)
     return hashes
-
-
-_DIGEST_LENGTH = 64
 
 
 def erase_command(
@@ -85,6 +83,7 @@ def erase_command(
 ) -> None:
     """Erase a person's queued and dead-lettered events and receipts (hashes only)."""
     from capirelay.config import ConfigError, load_settings
+    from capirelay.normalize import is_sha256
 
     if not (email or phone or external_id):
         err_console.print("[red]name the person: --email, --phone or --external-id[/red]")
@@ -108,10 +107,7 @@ def erase_command(
     # 32-hex external_id passed through), the very id being erased, and the audit outlives
     # the erasure (a reviewer's find).
     audit = sorted(
-        (key, digest)
-        for key, digests in hashes.items()
-        for digest in digests
-        if len(digest) == _DIGEST_LENGTH
+        (key, digest) for key, digests in hashes.items() for digest in digests if is_sha256(digest)
     )
     try:
         result = asyncio.run(_erase(storage or settings.storage, hashes, pixel, audit))

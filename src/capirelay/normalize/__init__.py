@@ -66,6 +66,7 @@ __all__ = [
     "NormalizationError",
     "cache_info",
     "clear_caches",
+    "digest_of",
     "earlier_hashes",
     "hash_field",
     "hash_wire_key",
@@ -249,6 +250,13 @@ def is_hashed(value: str) -> bool:
         return False
     text = value.strip()
     return _SHA256.fullmatch(text) is not None or _BUILDER_HASHED.fullmatch(text) is not None
+
+
+def digest_of(hashed: str) -> str:
+    """The SHA-256 digest a hashed value carries, lowercased, without the param builder's
+    appendix (``<digest>.AQQCAQMC`` -> ``<digest>``): what erasure compares stored values
+    by.  Shorter values (a 32-hex pass-through) are returned lowercased as they are."""
+    return hashed[:_SHA256_LENGTH].lower()
 
 
 def sha256_hex(text: str) -> str:

@@ -128,28 +128,26 @@ class DoctorReport:
 # ----------------------------------------------------------------- pure checks
 
 
-def _mapping_checks(settings: Settings) -> list[Check]:
-    """Every webhook's own mapping file loads (``serve`` refuses to start otherwise)."""
-    from capirelay.sources.mapping import MappingLoadError, load_mapping
+def _webhook_checks(settings: Settings) -> list[Check]:
+    """What ``serve`` would refuse to start on among the webhooks (a mapping file that does
+    not load, an unknown preset or pixel), by the resolution ``serve`` runs itself."""
+    from capirelay.sources.webhooks.configured import load_webhooks
 
-    checks = []
-    for name, hook in settings.webhooks.items():
-        if hook.mapping is None:
-            continue
-        try:
-            load_mapping(hook.mapping)
-        except MappingLoadError as exc:
-            checks.append(
-                Check(
-                    "config",
-                    Status.FAIL,
-                    f"webhooks.{name}: {exc}",
-                    f"fix the file or the mapping path in [webhooks.{name}] (a relative path "
-                    "is read from the config file's directory); `capirelay mapping test` "
-                    "names each problem",
-                )
+    try:
+        load_webhooks(settings)
+    except ConfigError as exc:
+        return [
+            Check(
+                "config",
+                Status.FAIL,
+                problem.strip(),
+                "fix it in the config or the mapping file (a relative mapping path is read "
+                "from the config file's directory); `capirelay mapping test` names each "
+                "problem of a mapping",
             )
-    return checks
+            for problem in str(exc).splitlines()[1:]
+        ]
+    return []
 
 
 def config_checks(settings: Settings) -> list[Check]:
@@ -168,7 +166,7 @@ def config_checks(settings: Settings) -> list[Check]:
     for message in warnings:
         subject, _, fix = message.partition("; ")
         checks.append(Check("config", Status.WARN, subject, fix or None))
-    checks.extend(_mapping_checks(settings))
+    checks.extend(_webhook_checks(settings))
     if not checks:
         checks.append(Check("config", Status.OK, f"{len(settings.pixels)} pixel(s) configured"))
     return checks

@@ -242,16 +242,15 @@ def carries(payload: bytes, hashes: Mapping[str, set[str]]) -> bool:
     user_data = wire.get("user_data") if isinstance(wire, dict) else None
     if not isinstance(user_data, dict):
         return False
-    # A value the param builder hashed carries its appendix after the digest
-    # ("<sha256 hex>.AQQCAQMC"): its first 64 characters are what is compared.
+    # Here, not at the top: the outbox's other users need none of normalization's tables.
+    from capirelay.normalize import digest_of
+
+    # A value the param builder hashed carries its appendix after the digest.
     return any(
-        value[:_DIGEST_LENGTH].lower() in wanted
+        digest_of(value) in wanted
         for name, wanted in hashes.items()
         for value in _values(user_data.get(name))
     )
-
-
-_DIGEST_LENGTH: Final = 64
 
 
 def _attempts(log: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

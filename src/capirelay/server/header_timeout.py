@@ -115,9 +115,8 @@ def with_header_timeout(
             self._body_timer = self.loop.call_at(self._body_deadline, self._body_too_slow)
 
         def _disarm_body(self) -> None:
-            if self._body_timer is not None:
-                self._body_timer.cancel()
-                self._body_timer = None
+            _cancel(self._body_timer)
+            self._body_timer = None
 
         def _body_too_slow(self) -> None:
             self._body_timer = None
@@ -139,9 +138,8 @@ def with_header_timeout(
             self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
 
         def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+            _cancel(self._header_timer)
+            self._header_timer = None
 
         def _headers_too_slow(self) -> None:
             self._header_timer = None
@@ -151,6 +149,12 @@ def with_header_timeout(
     HeaderTimeoutProtocol.__name__ = f"HeaderTimeout{base.__name__}"
     HeaderTimeoutProtocol.__qualname__ = HeaderTimeoutProtocol.__name__
     return HeaderTimeoutProtocol
+
+
+def _cancel(timer: asyncio.TimerHandle | None) -> None:
+    """Cancel ``timer``, if there is one."""
+    if timer is not None:
+        timer.cancel()
 
 
 # Worker processes (``capirelay serve --workers N``) get their protocol class by import

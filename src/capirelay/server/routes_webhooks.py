@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from capirelay.config import ConfigError, PixelSettings, Settings, WebhookSettings
+from capirelay.config import PixelSettings, Settings
 from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.metrics import Metrics
 from capirelay.orders import ORDER_PRESETS
@@ -49,67 +48,14 @@ from capirelay.server._commit import (
 )
 from capirelay.server.beacon_guard import limit_webhook
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
-from capirelay.sources.content_ids import (
-    DEFAULT_TEMPLATES,
-    PRESET_FIELDS,
-    ContentIdTemplate,
-    with_content_ids,
-)
-from capirelay.sources.mapping import EventMapping, MappedEvent, MappingLoadError, load_mapping
-from capirelay.sources.webhooks import SignatureError, WebhookPreset, get_preset
+from capirelay.sources.mapping import MappedEvent
+from capirelay.sources.webhooks import SignatureError
 from capirelay.sources.webhooks._base import identifier_hint
+from capirelay.sources.webhooks.configured import ConfiguredWebhook, load_webhooks
 
-__all__ = ["ConfiguredWebhook", "load_webhooks", "post_webhook"]
+__all__ = ["ConfiguredWebhook", "load_webhooks", "post_webhook"]  # the first two: re-exported
 
 log = logging.getLogger("capirelay.webhooks")
-
-
-@dataclass(frozen=True, slots=True)
-class ConfiguredWebhook:
-    """A webhook ready to serve: its settings, preset and compiled mapping."""
-
-    name: str
-    settings: WebhookSettings
-    preset: WebhookPreset
-    mapping: EventMapping
-
-    @property
-    def source(self) -> str:
-        return f"webhook:{self.name}"
-
-
-def load_webhooks(settings: Settings) -> dict[str, ConfiguredWebhook]:
-    """Resolve every ``[webhooks.<name>]``; :class:`ConfigError` lists what is wrong."""
-    webhooks: dict[str, ConfiguredWebhook] = {}
-    errors: list[str] = []
-    for name, hook in settings.webhooks.items():
-        try:
-            webhooks[name] = _configure(name, hook, settings)
-        except (ValueError, MappingLoadError) as exc:
-            errors.append(f"webhooks.{name}: {exc}")
-    if errors:
-        raise ConfigError("invalid webhook configuration:\n  " + "\n  ".join(errors))
-    return webhooks
-
-
-def _configure(name: str, hook: WebhookSettings, settings: Settings) -> ConfiguredWebhook:
-    preset = get_preset(hook.preset)
-    if hook.pixel_id not in settings.pixels:
-        raise ValueError(f"pixel_id {hook.pixel_id} is not configured under [pixels]")
-    mapping = load_mapping(hook.mapping) if hook.mapping is not None else preset.default_mapping()
-    if mapping is None:
-        raise ValueError(f'preset {preset.name!r} needs mapping = "path/to/mapping.toml"')
-    # The preset's catalog form applies to its own mapping; a user's mapping file keeps its
-    # ids unless content_id is set explicitly.
-    template = hook.content_id or (
-        DEFAULT_TEMPLATES.get(preset.name) if hook.mapping is None else None
-    )
-    if template is not None:
-        parsed = ContentIdTemplate.parse(
-            template, PRESET_FIELDS.get(preset.name, {}), setting="content_id"
-        )
-        mapping = with_content_ids(mapping, parsed)
-    return ConfiguredWebhook(name, hook, preset, mapping)
 
 
 async def post_webhook(request: Request) -> Response:
