@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import os
 import pstats
 import tempfile
 import threading
@@ -167,11 +168,15 @@ async def _run(app: Any, args: argparse.Namespace) -> None:
 
         profiler = cProfile.Profile() if profile else None
         before, started = _thread_cpu(), time.perf_counter()
+        if args.mark:
+            os.getppid()  # callgrind --dump-before=getppid: the measured part starts here
         if profiler:
             profiler.enable()
         await asyncio.gather(*(one(body) for body in bodies))
         if profiler:
             profiler.disable()
+        if args.mark:
+            os.getppid()  # ... and ends here
         elapsed, after = time.perf_counter() - started, _thread_cpu()
         names = {t.native_id: t.name for t in threading.enumerate()}
         print(f"{requests:,} requests, {requests / elapsed:,.0f} req/s wall (in process)")
@@ -196,6 +201,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--sort", default="cumulative", help="cProfile order (tottime, ...)")
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument(
+        "--mark",
+        action="store_true",
+        help="call getppid() just before and after the measured requests, where "
+        "bench/ingest_instructions.py has callgrind dump its counts",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="capirelay-cpu-") as tmp:
         settings = Settings(

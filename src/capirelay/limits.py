@@ -249,7 +249,9 @@ def check_event_limits(
                 "trim custom_data (long descriptions, embedded documents)",
             )
         )
-    if b"\\" in encoded:
+    # find, not `in`: bytes.__contains__ first tries the operand as an integer, and the
+    # TypeError it builds and drops costs more than the search.
+    if encoded.find(b"\\") >= 0:
         path = control_character_path(payload)
         if path is not None:
             problems.append(_control(path))

@@ -321,3 +321,50 @@ def test_the_remembered_request_url_follows_every_value_it_is_built_from() -> No
     assert len(set(expected)) == len(expected) - 1  # only the repeated Host matches base
     for _ in range(2):  # built, then remembered
         assert [Incoming(scope, receive).url() for scope in variants] == expected
+
+
+def test_the_gateway_state_keeps_starlettes_values_and_attributes_the_same() -> None:
+    """``app.state`` is a Starlette ``State`` whose values are also plain attributes: the
+    normal look-up finds them, without failing over to ``State.__getattr__``."""
+    from capirelay.server.fast_path import GatewayState
+
+    app = create_app(Settings(pixels={PIXEL: PixelSettings()}))
+    state = app.state
+    assert isinstance(state, GatewayState) and isinstance(state, State)
+    assert "settings" in vars(state) and "metrics" in vars(state)
+
+    state.marker = 1
+    assert state.marker == 1 and state._state["marker"] == 1 and vars(state)["marker"] == 1
+    state.marker = 2  # replaced in both
+    assert state.marker == 2 and state._state["marker"] == 2
+    del state.marker
+    assert "marker" not in state._state and "marker" not in vars(state)
+    with pytest.raises(AttributeError, match="marker"):
+        _ = state.marker
+
+
+def test_reading_a_state_value_raises_no_attribute_error_on_the_way() -> None:
+    """The reason for the class: a value read from Starlette's own ``State`` first fails
+    the normal look-up (an ``AttributeError`` built and dropped) before ``__getattr__``
+    finds it; from the gateway's state it does not."""
+    from capirelay.server.fast_path import GatewayState
+
+    class Counting:
+        def __init__(self, state_class: type[State]) -> None:
+            case = self
+            self.misses = 0
+
+            class Counted(state_class):  # type: ignore[valid-type,misc]
+                def __getattr__(self, key: str) -> Any:
+                    case.misses += 1
+                    return super().__getattr__(key)
+
+            self.state = Counted()
+            self.state.outbox = object()
+
+    plain, gateway = Counting(State), Counting(GatewayState)
+    for case in (plain, gateway):
+        for _ in range(3):
+            assert case.state.outbox is not None
+    assert plain.misses == 3
+    assert gateway.misses == 0
