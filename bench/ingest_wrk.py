@@ -183,14 +183,27 @@ def ensure_wrk() -> None:
         )
 
 
-def write_config(tmp: Path, storage: str, extra_toml: str) -> Path:
+def write_config(tmp: Path, storage: str, extra_toml: str, key_files: int = 0) -> Path:
+    """The bench config.  ``key_files``: that many ingest keys read from files (the
+    bench's own key last, as mounted secrets are configured) instead of one from the
+    environment."""
     config = tmp / "capirelay.toml"
+    if key_files:
+        keys = []
+        for index in range(key_files):
+            key_file = tmp / f"ingest-key-{index}"
+            last = index == key_files - 1
+            key_file.write_text(KEY if last else f"other-source-key-{index:04d}-{KEY[:16]}")
+            name = "bench" if last else f"source{index}"
+            keys.append(f'[ingest_keys.{name}]\nkey = {{ file = "{key_file}" }}')
+        ingest_keys = "\n".join(keys)
+    else:
+        ingest_keys = '[ingest_keys.bench]\nkey = { env = "BENCH_INGEST_KEY" }'
     config.write_text(
         f"""
 storage = "{storage}"
 graph_url = "http://{HOST}:9"
-[ingest_keys.bench]
-key = {{ env = "BENCH_INGEST_KEY" }}
+{ingest_keys}
 [pixels.{PIXEL}]
 allowed_origins = ["{ORIGIN}"]
 default_country = "US"
@@ -293,6 +306,13 @@ def main() -> None:
     )
     parser.add_argument("--extra-toml", type=Path, help="TOML appended to the bench config")
     parser.add_argument(
+        "--key-files",
+        type=int,
+        default=0,
+        help="configure this many ingest keys, each read from a file, the bench's own "
+        "last (default: one key from an environment variable)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -318,7 +338,9 @@ def main() -> None:
         tmp = Path(tmpdir)
         for workers in worker_counts:
             label = "default" if workers is None else str(workers)
-            config = write_config(tmp, fresh_storage(args.storage, tmp, label), extra)
+            config = write_config(
+                tmp, fresh_storage(args.storage, tmp, label), extra, args.key_files
+            )
             floor = start_floor()
             gateway = start_capirelay(config, workers)
             sent = 0

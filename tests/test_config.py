@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import capirelay.config as config_module
 from capirelay.config import ConfigError, Secret, Settings, load_settings
 from capirelay.ops.doctor import Check, Status, config_checks
 
@@ -109,6 +112,62 @@ def test_secret_needs_exactly_one_source() -> None:
 def test_missing_secret_resolves_to_none(tmp_path: Path) -> None:
     assert Secret(env="CAPIRELAY_TEST_UNSET_VARIABLE").resolve() is None
     assert Secret(file=tmp_path / "absent").resolve() is None
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every secret file read from now on (the real read still happens)."""
+    reads: list[Path] = []
+    real = Path.read_text
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        reads.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    return reads
+
+
+def test_a_key_file_rewritten_within_one_clock_tick_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two keys of the same length written back to back can leave the same size and
+    # timestamps; a file changed that recently is read on every use.
+    key_file = tmp_path / "key"
+    secret = Secret(file=key_file)
+    for key in ("key-aaaa", "key-bbbb", "key-cccc"):
+        key_file.write_text(key + "\n")
+        assert secret.resolve() == key
+    key_file.unlink()
+    assert secret.resolve() is None
+
+
+def test_an_unchanged_key_file_is_not_read_again_until_it_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("key-aaaa")
+    secret = Secret(file=key_file)
+    reads = _count_reads(monkeypatch)
+    # Seconds after the last change: the file's status is enough to know it is unchanged.
+    monkeypatch.setattr(config_module, "_clock", lambda: time.time() + 10)
+    assert [secret.resolve() for _ in range(5)] == ["key-aaaa"] * 5
+    assert reads == [key_file]
+    # Rotated in place, and rotated by a rename as mounted secrets are.  (The clock moved
+    # on above, so these writes count as old ones: a same-length rewrite could fall in the
+    # same timestamp tick here, which the test above covers at the real clock.)
+    key_file.write_text("key-bbbbbb")
+    assert secret.resolve() == "key-bbbbbb"
+    staged = tmp_path / "staged"
+    staged.write_text("key-cccc")
+    staged.replace(key_file)
+    assert secret.resolve() == "key-cccc"
+    assert secret.resolve() == "key-cccc"
+    assert reads == [key_file] * 3
+    # Emptied, or gone: no key, at once.
+    key_file.write_text("  \n")
+    assert secret.resolve() is None
+    key_file.unlink()
+    assert secret.resolve() is None
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,10 +83,42 @@ class Secret(BaseModel):
         if self.env:
             return (os.environ.get(self.env) or "").strip() or None
         assert self.file is not None
-        try:
-            return self.file.read_text(encoding="utf-8").strip() or None
-        except OSError:
-            return None
+        return _read_secret_file(self.file)
+
+
+# A secret file's text by the path's status when it was read.  Gateways resolve secrets on
+# every request (an ingest key per configured key, a beacon's verification secret, a
+# webhook's signing secret): a read costs an open, a read and a close (~30 µs here), a
+# status check one system call (~4 µs).  The status includes the change time (ctime),
+# which every write, rename or permission change sets to the kernel's clock and no
+# caller can set back.  That clock ticks coarsely (a few milliseconds), so two writes of
+# the same length within one tick can leave the same status: a file changed within
+# _RACY_SECONDS of now is therefore read every time, not remembered (git's "racy clean"
+# rule).  The answer is what a read would give, only without reading an unchanged file.
+_RACY_SECONDS = 2.0
+_SECRET_FILES: dict[Path, tuple[tuple[int, int, int, int, int], str | None]] = {}
+_clock = time.time  # the tests move it
+
+
+def _read_secret_file(path: Path) -> str | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    stamp = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+    cached = _SECRET_FILES.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        text = path.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        _SECRET_FILES.pop(path, None)
+        return None
+    if _clock() - max(status.st_ctime, status.st_mtime) > _RACY_SECONDS:
+        _SECRET_FILES[path] = (stamp, text)
+    else:
+        _SECRET_FILES.pop(path, None)
+    return text
 
 
 def _coerce_secret(value: Any) -> Any:
