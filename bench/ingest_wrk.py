@@ -217,9 +217,20 @@ collect_per_pixel = {{ rate = 1_000_000_000, burst = 1_000_000_000 }}
 
 
 class Server:
-    def __init__(self, cmd: list[str], port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        cmd: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        stderr: Path | None = None,
+    ) -> None:
         self.port = port
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        # At --log-level info the access lines go to a file, as a container's log driver
+        # would take them, not to this terminal.
+        errors = stderr.open("ab") if stderr is not None else None
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        if errors is not None:
+            errors.close()
         wait_http(f"http://{HOST}:{port}/healthz", timeout=60)
 
     def stop(self) -> None:
@@ -242,7 +253,7 @@ def start_floor() -> Server:
     return Server([PYTHON, str(WRK_DIR / "floor.py"), "--port", str(port)], port)
 
 
-def start_capirelay(config: Path, workers: int | None) -> Server:
+def start_capirelay(config: Path, workers: int | None, log_level: str = "warning") -> Server:
     port = free_port()
     env = dict(os.environ, BENCH_INGEST_KEY=KEY)
     cmd = [
@@ -253,11 +264,12 @@ def start_capirelay(config: Path, workers: int | None) -> Server:
         "--port",
         str(port),
         "--log-level",
-        "warning",
+        log_level,
     ]
     if workers is not None:
         cmd += ["--workers", str(workers)]
-    return Server(cmd, port, env)
+    quiet = log_level in ("warning", "error")
+    return Server(cmd, port, env, None if quiet else config.parent / "capirelay.log")
 
 
 def fresh_storage(storage: str, tmp: Path, label: str) -> str:
@@ -306,6 +318,12 @@ def main() -> None:
     )
     parser.add_argument("--extra-toml", type=Path, help="TOML appended to the bench config")
     parser.add_argument(
+        "--log-level",
+        default="warning",
+        help="capirelay serve's --log-level (its default, info, writes an access line per "
+        "request; warning leaves them out, as the goal lines were measured)",
+    )
+    parser.add_argument(
         "--key-files",
         type=int,
         default=0,
@@ -342,7 +360,7 @@ def main() -> None:
                 tmp, fresh_storage(args.storage, tmp, label), extra, args.key_files
             )
             floor = start_floor()
-            gateway = start_capirelay(config, workers)
+            gateway = start_capirelay(config, workers, args.log_level)
             sent = 0
             try:
                 # floors[i][script]: the floor of the i-th alternation of each route.

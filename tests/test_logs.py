@@ -6,7 +6,7 @@ import io
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,12 +20,14 @@ from capirelay.logs import (
     RedactionFilter,
     TextFormatter,
     configure_logging,
+    logging_configured,
     redact_text,
 )
 from capirelay.metrics import Metrics
 from capirelay.normalize import sha256_hex
 from capirelay.outbox import NewEvent
 from capirelay.outbox.memory import InMemoryOutbox
+from capirelay.server.fast_path import log_access
 
 PIXEL = "1234567890123456"
 TOKEN = "EAAlogtestTOKEN0123456789abcdefXYZ"
@@ -125,29 +127,16 @@ def test_text_formatter_appends_extras() -> None:
     assert TextFormatter().format(rec).endswith(f"batch sent [pixel={PIXEL} count=2]")
 
 
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    uvicorn = logging.getLogger("uvicorn")
-    saved_uvicorn = (list(uvicorn.handlers), uvicorn.propagate)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    uvicorn.handlers[:] = saved_uvicorn[0]
-    uvicorn.propagate = saved_uvicorn[1]
-
-
-@pytest.mark.usefixtures("restore_logging")
 def test_configure_logging_json_routes_every_logger_through_redaction() -> None:
     stream = io.StringIO()
-    configure_logging("info", json=True, stream=stream)
-    configure_logging("info", json=True, stream=stream)  # idempotent: no doubled lines
-    logging.getLogger("capirelay.x").info("sent", extra={"pixel": PIXEL, "count": 1})
-    logging.getLogger("uvicorn.error").warning(
-        "client 203.0.113.9 hung up", extra={"color_message": "\x1b[36mclient\x1b[0m"}
-    )
-    logging.getLogger("capirelay.x").debug("not at info level")
+    # logging_configured puts back all that configure_logging changes, flags included.
+    with logging_configured("info", json=True, stream=stream):
+        configure_logging("info", json=True, stream=stream)  # idempotent: no doubled lines
+        logging.getLogger("capirelay.x").info("sent", extra={"pixel": PIXEL, "count": 1})
+        logging.getLogger("uvicorn.error").warning(
+            "client 203.0.113.9 hung up", extra={"color_message": "\x1b[36mclient\x1b[0m"}
+        )
+        logging.getLogger("capirelay.x").debug("not at info level")
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [(x["logger"], x["message"]) for x in lines] == [
         ("capirelay.x", "sent"),
@@ -219,3 +208,58 @@ def _event(i: int, now: float) -> NewEvent:
         event_time=int(now),
         deadline=now + 7 * 86400,
     )
+
+
+@pytest.mark.parametrize(
+    "created",
+    [0.0, 1.0, 1.9996, 59.999, 1733570000.123456, 1733570000.9999, 1796630400.0005],
+)
+def test_timestamps_read_as_the_standard_formatters_write_them(created: float) -> None:
+    # Both formatters remember the text of the current second; each line must still read
+    # exactly as logging's own formatting (text) and datetime's (JSON) would give it.
+    text, json = TextFormatter(), JsonFormatter()
+    for moment in (created - 1.0005, created, created + 0.0004, created + 1):
+        if moment < 0:
+            continue
+        rec = record("hello")
+        rec.created, rec.msecs = moment, int((moment - int(moment)) * 1000)
+        assert text.formatTime(rec) == logging.Formatter().formatTime(rec)
+        expected = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
+        assert json_line(rec)["ts"] == expected
+        assert JsonFormatter().format(rec) == json.format(rec)
+
+
+@pytest.mark.parametrize("json", [False, True])
+def test_the_access_line_is_redacted_escaped_and_reads_as_before(json: bool) -> None:
+    stream = io.StringIO()
+    with logging_configured("info", json=json, stream=stream):
+        scope = {"method": "GET", "path": f"/x/jane@example.com/{TOKEN}/203.0.113.9\n/end"}
+        for _ in range(2):  # the second from the gateway's cache of shown paths
+            log_access(scope, 404, time.perf_counter())
+        log_access({"method": "POST", "path": "/v1/events"}, 202, time.perf_counter())
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    messages = [orjson.loads(line)["message"] if json else line for line in lines]
+    for message in messages[:2]:
+        assert "GET /x/[email]/[token]/[ip]\\n/end 404 " in message
+        assert message.endswith("ms")
+    assert "POST /v1/events 202 " in messages[2]
+    if json:
+        parsed = orjson.loads(lines[2])
+        assert set(parsed) == {"ts", "level", "logger", "message"}
+        assert parsed["logger"] == "capirelay.access" and parsed["level"] == "info"
+    else:
+        # No extra field shown: the marker that skips the second redaction is not one.
+        assert lines[2].split(" ")[2:5] == ["INFO", "capirelay.access", "POST"]
+        assert not lines[2].endswith("]")
+    assert "jane" not in stream.getvalue() and TOKEN not in stream.getvalue()
+
+
+def test_logging_configured_puts_the_record_flags_back() -> None:
+    before = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    with logging_configured("info", stream=io.StringIO()):
+        rec = logging.getLogger("capirelay.test").makeRecord(
+            "capirelay.test", logging.INFO, __file__, 1, "x", None, None
+        )
+        assert rec.threadName is None and rec.processName is None
+    assert (logging.logThreads, logging.logProcesses, logging.logMultiprocessing) == before

@@ -25,7 +25,8 @@ import ipaddress
 import logging
 import re
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -39,11 +40,15 @@ __all__ = [
     "redact_text",
 ]
 
+# Set on a record whose message its producer already redacted (the access line, one per
+# request): the filter passes it as it is.  Not an ``extra`` field of the line.
+REDACTED = "capirelay_redacted"
+
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 # uvicorn's ``color_message`` is the message again with ANSI colours: noise in a JSON line.
 _RECORD_ATTRS = frozenset(
     vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
-    | {"message", "asctime", "color_message"}
+    | {"message", "asctime", "color_message", REDACTED}
 )
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -96,6 +101,8 @@ class RedactionFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.__dict__.get(REDACTED):
+            return True
         record.msg = redact_text(record.getMessage())
         record.args = None
         for key, value in list(vars(record).items()):
@@ -109,15 +116,47 @@ class RedactionFilter(logging.Filter):
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS}
+    attrs = vars(record)
+    if attrs.keys() <= _RECORD_ATTRS:  # most lines: one set operation, in C
+        return {}
+    return {k: v for k, v in attrs.items() if k not in _RECORD_ATTRS}
+
+
+class _SecondCache:
+    """A timestamp's text up to the second, remembered for the second it names: a busy
+    gateway writes hundreds of lines a second, and formatting the same second again
+    (``strftime`` or ``datetime``) was a fifth of a line's cost."""
+
+    __slots__ = ("_render", "_second", "_text")
+
+    def __init__(self, render: Callable[[int], str]) -> None:
+        self._render = render
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, created: float) -> tuple[str, int]:
+        """The text of ``created``'s whole second and its milliseconds."""
+        second = int(created)
+        if second != self._second:
+            self._text, self._second = self._render(second), second
+        return self._text, int((created - second) * 1000)
+
+
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds").removesuffix("+00:00")
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts level logger message`` + ``extra`` fields (+ ``exc``)."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = _SecondCache(_iso_second)
+
     def format(self, record: logging.LogRecord) -> str:
+        second, millis = self._second(record.created)
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": f"{second}.{millis:03d}+00:00",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -136,6 +175,15 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(_TEXT_FORMAT)
+        self._second = _SecondCache(
+            lambda second: time.strftime(self.default_time_format, self.converter(second))
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second, millis = self._second(record.created)
+        return f"{second},{millis:03d}"  # logging's default_msec_format
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -150,6 +198,9 @@ def configure_logging(
 
     Replaces the root logger's handlers, so calling it twice does not double lines.
     """
+    # What no capirelay line shows, left out of every record (the "Optimization" section
+    # of the logging documentation): the thread's and the process's names and ids.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if json else TextFormatter())
     handler.addFilter(RedactionFilter())
@@ -158,11 +209,15 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    # uvicorn's loggers keep their own handlers unless told to propagate.
+    # uvicorn's loggers keep their own handlers unless told to propagate.  Its access
+    # line is off: the gateway writes its own (capirelay.access, without the client's
+    # address), and uvicorn writes one whenever the access logger has a handler, which
+    # propagation to the root would give it (under --workers, where this runs in each
+    # worker after uvicorn set its loggers up, every request was logged twice).
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
-        uvicorn_logger.propagate = True
+        uvicorn_logger.propagate = name != "uvicorn.access"
     return handler
 
 
@@ -178,6 +233,7 @@ def logging_configured(
     """
     root = logging.getLogger()
     saved_root = (list(root.handlers), root.level)
+    saved_flags = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
     saved_uvicorn = {
         name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
         for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
@@ -192,4 +248,5 @@ def logging_configured(
             logger = logging.getLogger(name)
             logger.handlers[:] = handlers
             logger.propagate = propagate
+        logging.logThreads, logging.logProcesses, logging.logMultiprocessing = saved_flags
         handler.close()

@@ -67,7 +67,9 @@ request_timeout = 30
 
 
 class Gateway:
-    def __init__(self, directory: Path, storage: str, graph_url: str = "") -> None:
+    def __init__(
+        self, directory: Path, storage: str, graph_url: str = "", log_level: str = "warning"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.storage = storage
@@ -88,7 +90,7 @@ class Gateway:
                     "--workers",
                     str(WORKERS),
                     "--log-level",
-                    "warning",
+                    log_level,
                 ],
                 cwd=directory,
                 env=env,
@@ -247,6 +249,23 @@ def test_sigterm_stops_every_worker_gracefully(gateway: Gateway) -> None:
     _, alive = psutil.wait_procs(workers, timeout=15)
     assert not alive
     assert "Traceback" not in gateway.log_path.read_text()
+
+
+def test_each_request_gets_one_access_line_from_the_workers_at_the_default_level(
+    tmp_path: Path,
+) -> None:
+    """uvicorn wrote an access line of its own (with the client's address and port)
+    beside the gateway's whenever its access logger reached a handler, as it did in each
+    worker: two lines per request at the default level."""
+    running = Gateway(tmp_path, f"sqlite:///{tmp_path / 'outbox.db'}", log_level="info")
+    try:
+        for index in range(3):
+            assert running.post(_event(f"a-{uuid.uuid4().hex[:8]}-{index}")).status_code == 202
+    finally:
+        assert stop_process(running.process) == 0
+    lines = running.log_path.read_text().splitlines()
+    assert sum(" capirelay.access POST /v1/events 202 " in line for line in lines) == 3
+    assert not [line for line in lines if "uvicorn.access" in line]
 
 
 def test_a_worker_that_dies_is_restarted_and_the_log_says_so(gateway: Gateway) -> None:
