@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -80,6 +81,36 @@ def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
     graph_url = f"http://{HOST}:{port}"
     wait_http(f"{graph_url}/_emulator/stats")
     return proc, graph_url
+
+
+def serve_options(config: Path, port: int, log_level: str = "warning") -> list[str]:
+    """The gateway's command-line options in the benches: their config, a port of their
+    own, and no access lines unless asked for."""
+    return ["--config", str(config), "--port", str(port), "--log-level", log_level]
+
+
+def purchase_event(
+    event_id: str, i: int, now: int, *, value: float = 10.5, fbp: bool = True
+) -> dict[str, Any]:
+    """The benches' purchase by the ``i``-th shopper, with the identifiers
+    ``bench/wrk/events_single.lua`` sends (``fbp=False``: without the browser id)."""
+    user_data = {
+        "email": f"shopper{i}@example.com",
+        "phone": f"+1 650 555 {i % 10000:04d}",
+        "client_ip_address": f"203.0.{(i >> 8) % 256}.{i % 256}",
+        "client_user_agent": "Mozilla/5.0 (bench)",
+    }
+    if fbp:
+        user_data["fbp"] = f"fb.1.1700000000000.{i}"
+    return {
+        "event_name": "Purchase",
+        "event_time": now,
+        "event_id": event_id,
+        "action_source": "website",
+        "event_source_url": "https://shop.bench.example/thanks",
+        "user_data": user_data,
+        "custom_data": {"value": value, "currency": "USD"},
+    }
 
 
 def events_requests(

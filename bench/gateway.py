@@ -46,6 +46,8 @@ from _common import (
     TOKEN,
     free_port,
     print_table,
+    purchase_event,
+    serve_options,
     start_emulator,
     stop_process,
     wait_http,
@@ -58,21 +60,7 @@ PYTHON = sys.executable
 
 
 def raw_event(i: int, now: int) -> dict[str, Any]:
-    return {
-        "event_name": "Purchase",
-        "event_time": now,
-        "event_id": f"bench-{i}-{uuid.uuid4().hex[:8]}",
-        "action_source": "website",
-        "event_source_url": "https://shop.bench.example/thanks",
-        "user_data": {
-            "email": f"shopper{i}@example.com",
-            "phone": f"+1 650 555 {i % 10000:04d}",
-            "client_ip_address": f"203.0.{(i >> 8) % 256}.{i % 256}",
-            "client_user_agent": "Mozilla/5.0 (bench)",
-            "fbp": f"fb.1.1700000000000.{i}",
-        },
-        "custom_data": {"value": 10.0 + i % 90, "currency": "USD"},
-    }
+    return purchase_event(f"bench-{i}-{uuid.uuid4().hex[:8]}", i, now, value=10.0 + i % 90)
 
 
 class Gateway:
@@ -90,12 +78,7 @@ class Gateway:
                 PYTHON,
                 "-m",
                 "capirelay.server",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
+                *serve_options(config, port),
             ],
             env=env,
         )

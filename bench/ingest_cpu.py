@@ -33,6 +33,7 @@ import orjson
 import psutil
 import uvloop
 
+from _common import purchase_event
 from capirelay.config import (
     IngestKey,
     PixelSettings,
@@ -93,21 +94,7 @@ def _body(run: str, i: int, now: int, batch: int) -> bytes:
 
 
 def _purchase(run: str, i: int, now: int) -> dict[str, Any]:
-    return {
-        "event_name": "Purchase",
-        "event_time": now,
-        "event_id": f"{run}-{i}",
-        "action_source": "website",
-        "event_source_url": "https://shop.bench.example/thanks",
-        "user_data": {
-            "email": f"shopper{i}@example.com",
-            "phone": f"+1 650 555 {i % 10000:04d}",
-            "client_ip_address": f"203.0.{(i >> 8) % 256}.{i % 256}",
-            "client_user_agent": "Mozilla/5.0 (bench)",
-            "fbp": f"fb.1.1700000000000.{i}",
-        },
-        "custom_data": {"value": 10.5, "currency": "USD"},
-    }
+    return purchase_event(f"{run}-{i}", i, now)
 
 
 async def _request(app: Any, path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

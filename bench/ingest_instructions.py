@@ -48,7 +48,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HOST, KEY, PIXEL, events_requests, free_port, print_table, wait_http
+from _common import (
+    HOST,
+    KEY,
+    PIXEL,
+    events_requests,
+    free_port,
+    print_table,
+    purchase_event,
+    serve_options,
+    wait_http,
+)
 from _loadgen import run_load
 
 HERE = Path(__file__).resolve().parent
@@ -128,12 +138,7 @@ default_country = "US"
             "-m",
             "capirelay",
             "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
+            *serve_options(config, port),
         ]
         server = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -174,21 +179,7 @@ default_country = "US"
 
 def _event(run: str, i: int, now: int) -> dict[str, Any]:
     """The event of bench/wrk/events_single.lua."""
-    return {
-        "event_name": "Purchase",
-        "event_time": now,
-        "event_id": f"w{run}{i}",
-        "action_source": "website",
-        "event_source_url": "https://shop.bench.example/thanks",
-        "user_data": {
-            "email": f"shopper{i}@example.com",
-            "phone": f"+1 650 555 {i % 10000:04d}",
-            "client_ip_address": f"203.0.{(i >> 8) % 256}.{i % 256}",
-            "client_user_agent": "Mozilla/5.0 (bench)",
-            "fbp": f"fb.1.1700000000000.{i}",
-        },
-        "custom_data": {"value": 10 + i % 90 + 0.5, "currency": "USD"},
-    }
+    return purchase_event(f"w{run}{i}", i, now, value=10 + i % 90 + 0.5)
 
 
 def _load(port: int, requests: list[bytes]) -> dict[int, int]:

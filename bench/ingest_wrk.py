@@ -53,7 +53,7 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HOST, KEY, PIXEL, free_port, print_table, stop_process, wait_http
+from _common import HOST, KEY, PIXEL, free_port, print_table, serve_options, stop_process, wait_http
 
 HERE = Path(__file__).resolve().parent
 WRK_DIR = HERE / "wrk"
@@ -259,12 +259,7 @@ def start_capirelay(config: Path, workers: int | None, log_level: str = "warning
     cmd = [
         str(Path(PYTHON).parent / "capirelay"),
         "serve",
-        "--config",
-        str(config),
-        "--port",
-        str(port),
-        "--log-level",
-        log_level,
+        *serve_options(config, port, log_level),
     ]
     if workers is not None:
         cmd += ["--workers", str(workers)]

@@ -64,6 +64,7 @@ from _common import (
     TOKEN,
     free_port,
     print_table,
+    purchase_event,
     start_emulator,
     stop_process,
     wait_http,
@@ -79,20 +80,7 @@ CAPIRELAY = str(Path(sys.executable).with_name("capirelay"))
 
 
 def raw_event(i: int, now: int, run: str) -> dict[str, Any]:
-    return {
-        "event_name": "Purchase",
-        "event_time": now,
-        "event_id": f"{run}-{i}",
-        "action_source": "website",
-        "event_source_url": "https://shop.bench.example/thanks",
-        "user_data": {
-            "email": f"shopper{i}@example.com",
-            "phone": f"+1 650 555 {i % 10000:04d}",
-            "client_ip_address": f"203.0.{(i >> 8) % 256}.{i % 256}",
-            "client_user_agent": "Mozilla/5.0 (bench)",
-        },
-        "custom_data": {"value": 10.0 + i % 90, "currency": "USD"},
-    }
+    return purchase_event(f"{run}-{i}", i, now, value=10.0 + i % 90, fbp=False)
 
 
 def write_config(tmp: Path, graph_url: str) -> Path:

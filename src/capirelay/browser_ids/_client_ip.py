@@ -55,9 +55,38 @@ def strip_ip_appendix(value: str) -> str:
     return value
 
 
+class TrustedNetworks:
+    """The trusted proxies' networks, asked about an address with one set look-up per
+    distinct prefix length: ``address in network`` costs about a microsecond per network
+    in ipaddress, and a gateway behind a CDN lists its ranges (Cloudflare publishes 22),
+    which made finding a beacon's client 30 µs.  The same answers as asking each network
+    (an address is never in a network of the other IP version)."""
+
+    __slots__ = ("_prefixes", "networks")
+
+    def __init__(self, networks: tuple[IPNetwork, ...]) -> None:
+        self.networks = networks
+        # version -> ((bits below the prefix, {network address >> those bits}), ...)
+        tables: dict[int, dict[int, set[int]]] = {4: {}, 6: {}}
+        for network in networks:
+            shift = network.max_prefixlen - network.prefixlen
+            prefix = int(network.network_address) >> shift
+            tables[network.version].setdefault(shift, set()).add(prefix)
+        self._prefixes = {
+            version: tuple((shift, frozenset(found)) for shift, found in sorted(table.items()))
+            for version, table in tables.items()
+        }
+
+    def __contains__(self, address: IPAddress) -> bool:
+        value = int(address)
+        return any((value >> shift) in found for shift, found in self._prefixes[address.version])
+
+
 @lru_cache(maxsize=64)
-def _trusted_networks(trusted_proxies: tuple[str, ...]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in trusted_proxies)
+def _trusted_networks(trusted_proxies: tuple[str, ...]) -> TrustedNetworks:
+    return TrustedNetworks(
+        tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in trusted_proxies)
+    )
 
 
 @lru_cache(maxsize=4096)
@@ -66,8 +95,8 @@ def _is_global(address: IPAddress) -> bool:
     return address.is_global
 
 
-def _is_trusted(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
-    return any(address in network for network in networks)
+def _is_trusted(address: IPAddress, networks: TrustedNetworks) -> bool:
+    return address in networks
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -84,7 +113,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def _request_ip(
-    remote_addr: str | None, headers: Mapping[str, str], networks: tuple[IPNetwork, ...]
+    remote_addr: str | None, headers: Mapping[str, str], networks: TrustedNetworks
 ) -> IPAddress | None:
     """The address of whoever connected to the first proxy we trust.
 
