@@ -89,3 +89,35 @@ def test_cors_allows_a_pixels_origin_and_answers_the_preflight() -> None:
     assert allowed.headers["access-control-allow-credentials"] == "true"
     assert allowed.headers["access-control-allow-headers"] == "content-type"
     assert cors.preflight(settings, "https://evil.example").status_code == 403
+
+
+def test_the_origins_of_every_pixel_are_one_set_answering_as_each_pixel_would() -> None:
+    pixels = {
+        str(1000 + i): PixelSettings(
+            allowed_origins=[f"https://Shop{i}.example/", f" https://www.shop{i}.example "]
+        )
+        for i in range(100)
+    }
+    pixels["9999"] = PixelSettings()  # a pixel without a beacon
+    settings = Settings(pixels=pixels)
+    origins = cors.BeaconOrigins.from_settings(settings)
+    tried = [
+        "https://shop0.example",
+        "https://SHOP99.example/",
+        "https://www.shop57.example",
+        "https://shop100.example",
+        "http://shop1.example",
+        "https://evil.example",
+        "",
+        None,
+    ]
+    for origin in tried:
+        each = bool(origin) and any(
+            cors.origin_allowed(pixel, origin or "") for pixel in pixels.values()
+        )
+        assert origins.allows(origin) == each == cors.origin_allowed_anywhere(settings, origin)
+        status = cors.preflight(settings, origin, origins).status_code
+        assert status == (204 if each else 403)
+    # One pixel open to any origin opens the preflight to every origin.
+    pixels["7"] = PixelSettings(allowed_origins=["*"])
+    assert cors.BeaconOrigins.from_settings(Settings(pixels=pixels)).allows("https://any.example")

@@ -37,7 +37,7 @@ from capirelay.metrics import Metrics
 from capirelay.ops.diagnostics import DiagnosticsRunner
 from capirelay.ops.meta_store import meta_store_for
 from capirelay.outbox import Outbox, open_outbox
-from capirelay.server import routes_health, routes_ingest, routes_trace, routes_webhooks
+from capirelay.server import cors, routes_health, routes_ingest, routes_trace, routes_webhooks
 from capirelay.server.body_limit import BodyLimitMiddleware, body_limit
 from capirelay.server.fast_path import FastRoute, Gateway, add_security_headers, log_access
 from capirelay.server.http import ApiError, JSONResponse, error_response
@@ -121,6 +121,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.webhooks = routes_webhooks.load_webhooks(settings)
+    app.state.beacon_origins = cors.BeaconOrigins.from_settings(settings)
     app.state.limits = GatewayLimits.from_settings(settings.rate_limits, _ingest_quotas(settings))
     app.state.outbox = outbox
     app.state.engine = engine

@@ -11,21 +11,35 @@ answer: the origin is echoed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 from starlette.responses import Response
 
 from capirelay.config import PixelSettings, Settings
 from capirelay.server.http import JSONResponse
 
-__all__ = ["cors_headers", "origin_allowed", "origin_allowed_anywhere", "preflight"]
+__all__ = [
+    "BeaconOrigins",
+    "cors_headers",
+    "origin_allowed",
+    "origin_allowed_anywhere",
+    "preflight",
+]
 
 _CORS_METHODS = "POST, OPTIONS"
 _CORS_MAX_AGE = "600"
 
 
-def preflight(settings: Settings, origin: str | None) -> Response:
-    """The answer to ``OPTIONS``: 204 with the CORS headers, or 403 for an unknown origin."""
-    if not origin_allowed_anywhere(settings, origin):
+def preflight(
+    settings: Settings, origin: str | None, origins: BeaconOrigins | None = None
+) -> Response:
+    """The answer to ``OPTIONS``: 204 with the CORS headers, or 403 for an unknown origin.
+
+    ``origins``: the gateway's :class:`BeaconOrigins`, read from ``settings`` at start."""
+    allowed = (
+        origins.allows(origin) if origins is not None else origin_allowed_anywhere(settings, origin)
+    )
+    if not allowed:
         return JSONResponse(
             {
                 "error": {
@@ -61,10 +75,37 @@ def origin_allowed(pixel: PixelSettings, origin: str) -> bool:
     return anything or _normalize_origin(origin) in allowed
 
 
+class BeaconOrigins:
+    """Every origin some pixel allows, as one set: the gateway builds it when it starts
+    (with the rest of what it derives from its settings), so the preflight and every
+    beacon ask one set instead of each pixel in turn (100 pixels cost 110-130 µs a
+    beacon, and as much for each preflight of an origin none of them allows)."""
+
+    __slots__ = ("_anything", "_origins")
+
+    def __init__(self, pixels: Iterable[PixelSettings]) -> None:
+        anything, origins = False, set[str]()
+        for pixel in pixels:
+            any_origin, allowed = _allowed(tuple(pixel.allowed_origins))
+            anything = anything or any_origin
+            origins |= allowed
+        self._anything = anything
+        self._origins = frozenset(origins)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BeaconOrigins:
+        return cls(settings.pixels.values())
+
+    def allows(self, origin: str | None) -> bool:
+        """Whether some pixel allows ``origin`` (never a request without one)."""
+        if not origin:
+            return False
+        return self._anything or _normalize_origin(origin) in self._origins
+
+
 def origin_allowed_anywhere(settings: Settings, origin: str | None) -> bool:
-    if not origin:
-        return False
-    return any(origin_allowed(pixel, origin) for pixel in settings.pixels.values())
+    """:meth:`BeaconOrigins.allows`, read from ``settings`` now."""
+    return BeaconOrigins.from_settings(settings).allows(origin)
 
 
 def cors_headers(origin: str | None) -> dict[str, str]:

@@ -152,7 +152,8 @@ def _with_ldu(raw: dict[str, Any], pixel: PixelSettings) -> dict[str, Any]:
 async def post_collect(state: State, incoming: Incoming) -> Answer:
     settings: Settings = state.settings
     origin = incoming.header(b"origin")
-    headers = cors.cors_headers(origin) if cors.origin_allowed_anywhere(settings, origin) else {}
+    beacon_origins: cors.BeaconOrigins = state.beacon_origins
+    headers = cors.cors_headers(origin) if beacon_origins.allows(origin) else {}
     try:
         return await _collect(state, incoming, settings, origin, headers)
     except ApiError as exc:
@@ -258,8 +259,8 @@ async def _collect(
 
 
 async def preflight_collect(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
-    return cors.preflight(settings, request.headers.get("origin"))
+    state = request.app.state
+    return cors.preflight(state.settings, request.headers.get("origin"), state.beacon_origins)
 
 
 # ---------------------------------------------------------------------------
