@@ -16,6 +16,7 @@ from capirelay.config import DeliverySettings, PixelSettings, Secret, Settings
 from capirelay.delivery import DeliveryEngine
 from capirelay.emulator.testing import run_emulator
 from capirelay.logs import (
+    REDACTED,
     JsonFormatter,
     RedactionFilter,
     TextFormatter,
@@ -212,7 +213,17 @@ def _event(i: int, now: float) -> NewEvent:
 
 @pytest.mark.parametrize(
     "created",
-    [0.0, 1.0, 1.9996, 59.999, 1733570000.123456, 1733570000.9999, 1796630400.0005],
+    [
+        0.0,
+        1.0,
+        1.9996,
+        59.999,
+        1733570000.123456,
+        1733570000.9999,
+        1796630400.0005,
+        1765000000.1549996,  # datetime rounds the microseconds up into the next millisecond
+        1765000000.9999996,  # ... and into the next second
+    ],
 )
 def test_timestamps_read_as_the_standard_formatters_write_them(created: float) -> None:
     # Both formatters remember the text of the current second; each line must still read
@@ -221,8 +232,8 @@ def test_timestamps_read_as_the_standard_formatters_write_them(created: float) -
     for moment in (created - 1.0005, created, created + 0.0004, created + 1):
         if moment < 0:
             continue
-        rec = record("hello")
-        rec.created, rec.msecs = moment, int((moment - int(moment)) * 1000)
+        rec = logging.makeLogRecord({"msg": "hello", "created": moment})
+        rec.msecs = int((moment - int(moment)) * 1000)  # as logging computes it
         assert text.formatTime(rec) == logging.Formatter().formatTime(rec)
         expected = datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds")
         assert json_line(rec)["ts"] == expected
@@ -253,6 +264,38 @@ def test_the_access_line_is_redacted_escaped_and_reads_as_before(json: bool) -> 
         assert lines[2].split(" ")[2:5] == ["INFO", "capirelay.access", "POST"]
         assert not lines[2].endswith("]")
     assert "jane" not in stream.getvalue() and TOKEN not in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "shown"),
+    [
+        # An escape ends in a word character, which hid what followed from the redaction.
+        ("GET", "/v1/x\n8.8.8.8", "GET /v1/x\\n[ip] "),
+        ("GET", "/u\x00+15551234567", "GET /u\\x00[phone] "),
+        ("GET", f"/\x7f{TOKEN}", "GET /\\x7f[token] "),
+        # h11, unlike httptools, takes any token as a method.
+        ("+15551234567", "/", "[phone] / "),
+        ("8.8.8.8", "/a", "[ip] /a "),
+    ],
+)
+def test_the_access_line_redacts_around_escapes_and_odd_methods(
+    method: str, path: str, shown: str
+) -> None:
+    stream = io.StringIO()
+    with logging_configured("info", stream=stream):
+        log_access({"method": method, "path": path}, 200, time.perf_counter())
+    [line] = stream.getvalue().splitlines()
+    assert f" capirelay.access {shown}200 " in line
+
+
+def test_only_the_access_lines_own_mark_skips_the_redaction() -> None:
+    stream = io.StringIO()
+    with logging_configured("info", stream=stream):
+        logging.getLogger("capirelay.test").info(
+            "peer 8.8.8.8", extra={REDACTED: True, "client": "9.9.9.9"}
+        )
+    assert "8.8.8.8" not in stream.getvalue() and "9.9.9.9" not in stream.getvalue()
+    assert REDACTED not in stream.getvalue()
 
 
 def test_logging_configured_puts_the_record_flags_back() -> None:

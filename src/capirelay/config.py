@@ -95,8 +95,13 @@ class Secret(BaseModel):
 # the same length within one tick can leave the same status: a file changed within
 # _RACY_SECONDS of now is therefore read every time, not remembered (git's "racy clean"
 # rule).  The answer is what a read would give, only without reading an unchanged file.
+# A remembered text is also read again once it is _REREAD_SECONDS old: a network file
+# system may answer the status from its attribute cache (NFS: up to a minute) while an
+# open asks the server, so there a change is seen within that second, not a minute.
 _RACY_SECONDS = 2.0
-_SECRET_FILES: dict[Path, tuple[tuple[int, int, int, int, int], str | None]] = {}
+_REREAD_SECONDS = 1.0
+# path -> (status when read, text, wall-clock time of the read)
+_SECRET_FILES: dict[Path, tuple[tuple[int, int, int, int, int], str | None, float]] = {}
 _clock = time.time  # the tests move it
 
 
@@ -107,15 +112,16 @@ def _read_secret_file(path: Path) -> str | None:
         return None
     stamp = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
     cached = _SECRET_FILES.get(path)
-    if cached is not None and cached[0] == stamp:
+    now = _clock()
+    if cached is not None and cached[0] == stamp and 0 <= now - cached[2] < _REREAD_SECONDS:
         return cached[1]
     try:
         text = path.read_text(encoding="utf-8").strip() or None
     except OSError:
         _SECRET_FILES.pop(path, None)
         return None
-    if _clock() - max(status.st_ctime, status.st_mtime) > _RACY_SECONDS:
-        _SECRET_FILES[path] = (stamp, text)
+    if now - max(status.st_ctime, status.st_mtime) > _RACY_SECONDS:
+        _SECRET_FILES[path] = (stamp, text, now)
     else:
         _SECRET_FILES.pop(path, None)
     return text

@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import re
 import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import orjson
 
@@ -40,9 +41,12 @@ __all__ = [
     "redact_text",
 ]
 
-# Set on a record whose message its producer already redacted (the access line, one per
-# request): the filter passes it as it is.  Not an ``extra`` field of the line.
+# The attribute, and the one value of it, that mark a record whose message its producer
+# already redacted (the access line, one per request): the filter passes it as it is.  A
+# value from anywhere else (``extra={REDACTED: True}``) is no mark.  Not an ``extra``
+# field of the line.
 REDACTED = "capirelay_redacted"
+PREREDACTED: Final = object()
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
 # uvicorn's ``color_message`` is the message again with ANSI colours: noise in a JSON line.
@@ -101,7 +105,7 @@ class RedactionFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.__dict__.get(REDACTED):
+        if record.__dict__.get(REDACTED) is PREREDACTED:
             return True
         record.msg = redact_text(record.getMessage())
         record.args = None
@@ -131,19 +135,27 @@ class _SecondCache:
 
     def __init__(self, render: Callable[[int], str]) -> None:
         self._render = render
-        self._second = -1
+        self._second: int | None = None
         self._text = ""
 
-    def __call__(self, created: float) -> tuple[str, int]:
-        """The text of ``created``'s whole second and its milliseconds."""
-        second = int(created)
+    def __call__(self, second: int) -> str:
         if second != self._second:
             self._text, self._second = self._render(second), second
-        return self._text, int((created - second) * 1000)
+        return self._text
 
 
 def _iso_second(second: int) -> str:
     return datetime.fromtimestamp(second, UTC).isoformat(timespec="seconds").removesuffix("+00:00")
+
+
+def _whole_and_micros(created: float) -> tuple[int, int]:
+    """``created``'s second and microseconds, rounded as ``datetime.fromtimestamp`` does
+    (half to even, a carry into the next second)."""
+    second = math.floor(created)
+    micros = round((created - second) * 1_000_000)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    return second, micros
 
 
 class JsonFormatter(logging.Formatter):
@@ -154,9 +166,9 @@ class JsonFormatter(logging.Formatter):
         self._second = _SecondCache(_iso_second)
 
     def format(self, record: logging.LogRecord) -> str:
-        second, millis = self._second(record.created)
+        second, micros = _whole_and_micros(record.created)
         entry: dict[str, Any] = {
-            "ts": f"{second}.{millis:03d}+00:00",
+            "ts": f"{self._second(second)}.{micros // 1000:03d}+00:00",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -182,8 +194,8 @@ class TextFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second, millis = self._second(record.created)
-        return f"{second},{millis:03d}"  # logging's default_msec_format
+        # logging's default_time_format and default_msec_format, its own msecs
+        return f"{self._second(math.floor(record.created))},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

@@ -37,7 +37,7 @@ from starlette.datastructures import URL, State
 from starlette.requests import cookie_parser
 from starlette.types import Receive, Scope, Send
 
-from capirelay.logs import REDACTED, redact_text
+from capirelay.logs import PREREDACTED, REDACTED, redact_text
 from capirelay.server.body_limit import BodyTooLarge
 from capirelay.server.http import ApiError, bad_content_length, too_large
 
@@ -76,8 +76,8 @@ def log_access(scope: Scope, status: int, started: float) -> None:
 
     One line per request, so it skips what a line costs and does not need: the caller's
     frame (``findCaller``) and the redaction filter's pass over the whole message, whose
-    only free text is the path, redacted here (the method is one of the few llhttp
-    parses, the rest are numbers).  The line reads as before."""
+    free text, the path and an unusual method, is redacted here (the rest are numbers).
+    The line reads as before."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     record = access_log.makeRecord(
@@ -87,7 +87,7 @@ def log_access(scope: Scope, status: int, started: float) -> None:
         0,
         "%s %s %d %.1fms",
         (
-            scope["method"],
+            method if (method := scope["method"]) in _METHODS else _shown_path(method),
             _shown_path(scope["path"]),
             status,
             (time.perf_counter() - started) * 1000,
@@ -99,18 +99,26 @@ def log_access(scope: Scope, status: int, started: float) -> None:
 
 
 _ACCESS_LOGGER = "capirelay.access"
-_PREREDACTED: Final = {REDACTED: True}
+_PREREDACTED: Final = {REDACTED: PREREDACTED}
+# The methods shown as they came; any other (h11, unlike httptools, takes any token as a
+# method) is shown as a path is.
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @lru_cache(maxsize=256)
 def _shown_path(path: str) -> str:
-    """``path`` as the access line shows it: escaped, then redacted.  The gateway's own
-    routes repeat; any other path is a miss that costs what it always did."""
+    """``path`` as the access line shows it: redacted, escaped, redacted again.  The
+    gateway's own routes repeat; any other path is a miss that costs what it always did.
+
+    The path arrives percent-decoded: "%0a" is a line break that would start a forged
+    line of its own in a text log, so what is not printable is escaped.  An escape ends
+    in a letter or digit ("\\n", "\\x00"), which would hide what follows it from the
+    redaction's word boundaries, hence the pass before; the pass after catches what the
+    escapes join up."""
+    path = redact_text(path)
     if not path.isprintable():
-        # The path arrives percent-decoded: "%0a" is a line break that would start a
-        # forged line of its own in a text log.  Escaped, it stays on the access line.
-        path = path.encode("unicode_escape").decode("ascii")
-    return redact_text(path)
+        path = redact_text(path.encode("unicode_escape").decode("ascii"))
+    return path
 
 
 class Answer(NamedTuple):
