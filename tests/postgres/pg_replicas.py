@@ -11,6 +11,7 @@ environment as an operator would.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -111,6 +112,16 @@ def queue_depth(storage_url: str) -> int:
     with psycopg.connect(storage_url) as conn:
         row = conn.execute("SELECT count(*) FROM capirelay_queue").fetchone()
     return int(row[0]) if row else 0
+
+
+_GIVEN_UP = re.compile(r"(\d+) events refused in \d+ ms: .*timeout before the lease ends")
+
+
+def events_given_up_at_lease_end(log_path: Path) -> int:
+    """Events in the batches a replica's log says it stopped waiting for at its lease's end
+    (Meta may have read them; the next lease sends them again)."""
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
+    return sum(int(match[1]) for match in _GIVEN_UP.finditer(text))
 
 
 def leased_event_ids(storage_url: str) -> set[str]:

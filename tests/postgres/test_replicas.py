@@ -27,6 +27,7 @@ from pg_replicas import (
     PIXEL_ID,
     dedup_keys,
     deployment_env,
+    events_given_up_at_lease_end,
     leased_event_ids,
     purchase,
     queue_depth,
@@ -196,11 +197,17 @@ def test_three_replicas_one_sigkilled_lose_nothing_acknowledged(
         f"{meta_duplicates})"
     )
     assert traffic.acked <= set(received), "an acknowledged event never reached Meta"
-    # Re-sends are the crash window only: rows leased when the victim died, which it may
-    # have sent (Meta may even read that request after the kill) without recording the
-    # ack, so their lease expired and a survivor sent them again, once.
-    assert set(sent_twice) <= leased_at_kill
-    assert all(n == 2 for n in sent_twice.values())
-    assert len(sent_twice) <= BATCH_SIZE_TO_META * MAX_IN_FLIGHT
-    assert meta_duplicates == sum(n - 1 for n in sent_twice.values())
+    # Re-sends come from two windows only.  The crash window: rows leased when the victim
+    # died, which it may have sent (Meta may even read that request after the kill) without
+    # recording the ack, so their lease expired and a survivor sent them again, once.  And
+    # a batch a replica gave up on because its lease was about to end (on a busy machine
+    # the in-process emulator has taken seconds to read one): Meta may have read it anyway
+    # and the next lease sends it again.  Each replica logs those with their count.
+    given_up = sum(events_given_up_at_lease_end(replica.log_path) for replica in fleet)
+    resends = sum(n - 1 for n in sent_twice.values())
+    assert len(set(sent_twice) - leased_at_kill) <= given_up
+    assert resends <= min(len(leased_at_kill), BATCH_SIZE_TO_META * MAX_IN_FLIGHT) + given_up
+    if not given_up:
+        assert all(n == 2 for n in sent_twice.values())
+    assert meta_duplicates == resends
     assert all(code in (0, -15) for code in survivors_exit)
