@@ -118,12 +118,10 @@ def _read_secret_file(path: Path) -> str | None:
     try:
         text = path.read_text(encoding="utf-8").strip() or None
     except OSError:
-        _SECRET_FILES.pop(path, None)
         return None
+    # A kept entry whose file changed since can never match again: its ctime is gone.
     if now - max(status.st_ctime, status.st_mtime) > _RACY_SECONDS:
         _SECRET_FILES[path] = (stamp, text, now)
-    else:
-        _SECRET_FILES.pop(path, None)
     return text
 
 

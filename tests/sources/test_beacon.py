@@ -80,15 +80,16 @@ def test_a_valid_page_fbp_replaces_the_cookie_and_an_invalid_one_is_ignored() ->
 
 def test_cors_allows_a_pixels_origin_and_answers_the_preflight() -> None:
     settings = Settings(pixels={"1": PixelSettings(allowed_origins=["https://Shop.example/"])})
+    origins = cors.BeaconOrigins.from_settings(settings)
     assert cors.origin_allowed(settings.pixels["1"], "https://shop.example")
-    assert not cors.origin_allowed_anywhere(settings, "https://evil.example")
-    assert not cors.origin_allowed_anywhere(settings, None)
-    allowed = cors.preflight(settings, "https://shop.example")
+    assert not origins.allows("https://evil.example")
+    assert not origins.allows(None)
+    allowed = cors.preflight(origins, "https://shop.example")
     assert allowed.status_code == 204
     assert allowed.headers["access-control-allow-origin"] == "https://shop.example"
     assert allowed.headers["access-control-allow-credentials"] == "true"
     assert allowed.headers["access-control-allow-headers"] == "content-type"
-    assert cors.preflight(settings, "https://evil.example").status_code == 403
+    assert cors.preflight(origins, "https://evil.example").status_code == 403
 
 
 def test_the_origins_of_every_pixel_are_one_set_answering_as_each_pixel_would() -> None:
@@ -115,8 +116,8 @@ def test_the_origins_of_every_pixel_are_one_set_answering_as_each_pixel_would() 
         each = bool(origin) and any(
             cors.origin_allowed(pixel, origin or "") for pixel in pixels.values()
         )
-        assert origins.allows(origin) == each == cors.origin_allowed_anywhere(settings, origin)
-        status = cors.preflight(settings, origin, origins).status_code
+        assert origins.allows(origin) == each
+        status = cors.preflight(origins, origin).status_code
         assert status == (204 if each else 403)
     # One pixel open to any origin opens the preflight to every origin.
     pixels["7"] = PixelSettings(allowed_origins=["*"])

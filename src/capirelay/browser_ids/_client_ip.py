@@ -62,10 +62,9 @@ class TrustedNetworks:
     which made finding a beacon's client 30 µs.  The same answers as asking each network
     (an address is never in a network of the other IP version)."""
 
-    __slots__ = ("_prefixes", "networks")
+    __slots__ = ("_prefixes",)
 
     def __init__(self, networks: tuple[IPNetwork, ...]) -> None:
-        self.networks = networks
         # version -> ((bits below the prefix, {network address >> those bits}), ...)
         tables: dict[int, dict[int, set[int]]] = {4: {}, 6: {}}
         for network in networks:

@@ -22,7 +22,6 @@ __all__ = [
     "BeaconOrigins",
     "cors_headers",
     "origin_allowed",
-    "origin_allowed_anywhere",
     "preflight",
 ]
 
@@ -30,16 +29,10 @@ _CORS_METHODS = "POST, OPTIONS"
 _CORS_MAX_AGE = "600"
 
 
-def preflight(
-    settings: Settings, origin: str | None, origins: BeaconOrigins | None = None
-) -> Response:
-    """The answer to ``OPTIONS``: 204 with the CORS headers, or 403 for an unknown origin.
-
-    ``origins``: the gateway's :class:`BeaconOrigins`, read from ``settings`` at start."""
-    allowed = (
-        origins.allows(origin) if origins is not None else origin_allowed_anywhere(settings, origin)
-    )
-    if not allowed:
+def preflight(origins: BeaconOrigins, origin: str | None) -> Response:
+    """The answer to ``OPTIONS``: 204 with the CORS headers, or 403 for an origin no pixel
+    allows (``origins``: the gateway's, built from its settings at start)."""
+    if not origins.allows(origin):
         return JSONResponse(
             {
                 "error": {
@@ -101,11 +94,6 @@ class BeaconOrigins:
         if not origin:
             return False
         return self._anything or _normalize_origin(origin) in self._origins
-
-
-def origin_allowed_anywhere(settings: Settings, origin: str | None) -> bool:
-    """:meth:`BeaconOrigins.allows`, read from ``settings`` now."""
-    return BeaconOrigins.from_settings(settings).allows(origin)
 
 
 def cors_headers(origin: str | None) -> dict[str, str]:

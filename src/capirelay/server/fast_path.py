@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("capirelay.server")
-access_log = logging.getLogger("capirelay.access")  # _ACCESS_LOGGER
+access_log = logging.getLogger("capirelay.access")
 
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
@@ -81,14 +81,14 @@ def log_access(scope: Scope, status: int, started: float) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
     record = access_log.makeRecord(
-        _ACCESS_LOGGER,
+        access_log.name,
         logging.INFO,
         __file__,
         0,
         "%s %s %d %.1fms",
         (
-            method if (method := scope["method"]) in _METHODS else _shown_path(method),
-            _shown_path(scope["path"]),
+            method if (method := scope["method"]) in _METHODS else _shown(method),
+            _shown(scope["path"]),
             status,
             (time.perf_counter() - started) * 1000,
         ),
@@ -98,27 +98,27 @@ def log_access(scope: Scope, status: int, started: float) -> None:
     access_log.handle(record)
 
 
-_ACCESS_LOGGER = "capirelay.access"
 _PREREDACTED: Final = {REDACTED: PREREDACTED}
 # The methods shown as they came; any other (h11, unlike httptools, takes any token as a
-# method) is shown as a path is.
+# method) is shown as a path is (_shown).
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 @lru_cache(maxsize=256)
-def _shown_path(path: str) -> str:
-    """``path`` as the access line shows it: redacted, escaped, redacted again.  The
-    gateway's own routes repeat; any other path is a miss that costs what it always did.
+def _shown(text: str) -> str:
+    """A path (or an unusual method) as the access line shows it: redacted, escaped,
+    redacted again.  The gateway's own routes repeat; any other path is a miss that costs
+    what it always did.
 
     The path arrives percent-decoded: "%0a" is a line break that would start a forged
     line of its own in a text log, so what is not printable is escaped.  An escape ends
     in a letter or digit ("\\n", "\\x00"), which would hide what follows it from the
     redaction's word boundaries, hence the pass before; the pass after catches what the
     escapes join up."""
-    path = redact_text(path)
-    if not path.isprintable():
-        path = redact_text(path.encode("unicode_escape").decode("ascii"))
-    return path
+    text = redact_text(text)
+    if not text.isprintable():
+        text = redact_text(text.encode("unicode_escape").decode("ascii"))
+    return text
 
 
 class Answer(NamedTuple):

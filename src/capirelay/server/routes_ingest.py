@@ -259,8 +259,7 @@ async def _collect(
 
 
 async def preflight_collect(request: Request) -> Response:
-    state = request.app.state
-    return cors.preflight(state.settings, request.headers.get("origin"), state.beacon_origins)
+    return cors.preflight(request.app.state.beacon_origins, request.headers.get("origin"))
 
 
 # ---------------------------------------------------------------------------
