@@ -253,7 +253,9 @@ def start_floor() -> Server:
     return Server([PYTHON, str(WRK_DIR / "floor.py"), "--port", str(port)], port)
 
 
-def start_capirelay(config: Path, workers: int | None, log_level: str = "warning") -> Server:
+def start_capirelay(
+    config: Path, workers: int | None, log_level: str = "warning", cpu_affinity: str = ""
+) -> Server:
     port = free_port()
     env = dict(os.environ, BENCH_INGEST_KEY=KEY)
     cmd = [
@@ -263,6 +265,8 @@ def start_capirelay(config: Path, workers: int | None, log_level: str = "warning
     ]
     if workers is not None:
         cmd += ["--workers", str(workers)]
+    if cpu_affinity:
+        cmd += ["--cpu-affinity", cpu_affinity]
     quiet = log_level in ("warning", "error")
     return Server(cmd, port, env, None if quiet else config.parent / "capirelay.log")
 
@@ -305,6 +309,12 @@ def main() -> None:
         help="comma-separated capirelay --workers values to compare "
         "(default: the server's own default only)",
     )
+    parser.add_argument(
+        "--cpu-affinity",
+        default="",
+        help="comma-separated capirelay --cpu-affinity values to compare, each with every "
+        "--workers value (default: the server's own default only), e.g. off,auto",
+    )
     parser.add_argument("--routes", default="events,collect,batch")
     parser.add_argument(
         "--storage",
@@ -337,6 +347,8 @@ def main() -> None:
 
     routes = [ROUTES[name] for name in args.routes.split(",")]
     worker_counts: list[int | None] = [int(w) for w in args.workers.split(",") if w] or [None]
+    affinities = [a.strip() for a in args.cpu_affinity.split(",") if a.strip()] or [""]
+    configurations = [(w, a) for w in worker_counts for a in affinities]
     extra = args.extra_toml.read_text() if args.extra_toml else ""
     print(
         "rate limits: beacon limits lifted to 10^9/s (one load address); ingest-key quotas "
@@ -349,13 +361,22 @@ def main() -> None:
     goals: list[str] = []
     with tempfile.TemporaryDirectory(prefix="capirelay-wrk-") as tmpdir:
         tmp = Path(tmpdir)
-        for workers in worker_counts:
+        for workers, affinity in configurations:
             label = "default" if workers is None else str(workers)
+            if affinity:
+                label += f" cpu={affinity}"
             config = write_config(
-                tmp, fresh_storage(args.storage, tmp, label), extra, args.key_files
+                tmp,
+                fresh_storage(
+                    args.storage,
+                    tmp,
+                    f"{label}-{affinity}".replace(" ", "_").replace("=", "_").replace(",", "_"),
+                ),
+                extra,
+                args.key_files,
             )
             floor = start_floor()
-            gateway = start_capirelay(config, workers, args.log_level)
+            gateway = start_capirelay(config, workers, args.log_level, affinity)
             sent = 0
             try:
                 # floors[i][script]: the floor of the i-th alternation of each route.

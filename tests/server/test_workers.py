@@ -68,7 +68,12 @@ request_timeout = 30
 
 class Gateway:
     def __init__(
-        self, directory: Path, storage: str, graph_url: str = "", log_level: str = "warning"
+        self,
+        directory: Path,
+        storage: str,
+        graph_url: str = "",
+        log_level: str = "warning",
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -91,6 +96,7 @@ class Gateway:
                     str(WORKERS),
                     "--log-level",
                     log_level,
+                    *extra_args,
                 ],
                 cwd=directory,
                 env=env,
@@ -266,6 +272,53 @@ def test_each_request_gets_one_access_line_from_the_workers_at_the_default_level
     lines = running.log_path.read_text().splitlines()
     assert sum(" capirelay.access POST /v1/events 202 " in line for line in lines) == 3
     assert not [line for line in lines if "uvicorn.access" in line]
+
+
+def _pinned_cpu(process: psutil.Process) -> int | None:
+    """The one CPU every thread of ``process`` is kept on, or None if they are not all
+    kept on the same single CPU."""
+    sets = {frozenset(os.sched_getaffinity(thread.id)) for thread in process.threads()}
+    if len(sets) != 1:
+        return None
+    (cpus,) = sets
+    return next(iter(cpus)) if len(cpus) == 1 else None
+
+
+def test_cpu_affinity_auto_keeps_each_worker_and_its_replacement_on_a_cpu_of_its_own(
+    tmp_path: Path,
+) -> None:
+    """``--cpu-affinity auto``: worker i, every thread of it (event loop, SQLite writer
+    and sync, delivery), on the i-th CPU the gateway may use, round robin; a worker
+    restarted after a crash gets its slot's CPU again; the supervisor is not pinned."""
+    allowed = sorted(os.sched_getaffinity(0))
+    expected = sorted(allowed[i % len(allowed)] for i in range(WORKERS))
+    running = Gateway(
+        tmp_path, f"sqlite:///{tmp_path / 'outbox.db'}", extra_args=("--cpu-affinity", "auto")
+    )
+    try:
+        assert running.post(_event(f"pinned-{uuid.uuid4().hex[:8]}")).status_code == 202
+
+        def pinned() -> list[int | None]:
+            return sorted((_pinned_cpu(w) for w in running.workers()), key=str)
+
+        every_thread_on_its_cpu: list[int | None] = sorted(expected, key=str)
+        assert pinned() == every_thread_on_its_cpu
+        assert os.sched_getaffinity(running.process.pid) == set(allowed)
+        victim = running.workers()[0]
+        victim.kill()
+        victim.wait(10)
+        wait_for(
+            lambda: (
+                len(running.workers()) == WORKERS
+                and victim.pid not in {w.pid for w in running.workers()}
+                and pinned() == every_thread_on_its_cpu
+            ),
+            what="a replacement worker on its slot's CPU",
+        )
+        assert running.post(_event(f"pinned-after-{uuid.uuid4().hex[:8]}")).status_code == 202
+        assert pinned() == every_thread_on_its_cpu
+    finally:
+        assert stop_process(running.process) == 0
 
 
 def test_a_worker_that_dies_is_restarted_and_the_log_says_so(gateway: Gateway) -> None:

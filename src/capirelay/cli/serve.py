@@ -35,6 +35,17 @@ def serve_command(
             "throughput; see docs/benchmarks.md).",
         ),
     ] = "1",
+    cpu_affinity: Annotated[
+        str,
+        typer.Option(
+            "--cpu-affinity",
+            envvar="CAPIRELAY_CPU_AFFINITY",
+            help="Keep each gateway process on one CPU: 'off' (default), 'auto' (worker i "
+            "on the i-th CPU this process may use) or a CPU list such as '0-3,6'. Helps "
+            "with one worker per CPU on a machine or container the gateway has to itself "
+            "(see docs/benchmarks.md).",
+        ),
+    ] = "off",
 ) -> None:
     """Run the gateway: ingest, durable queue, delivery to Meta (SIGTERM stops it gracefully)."""
     from capirelay.server.run import main as serve_main
@@ -49,7 +60,7 @@ def serve_command(
         except ValueError:
             typer.echo(f"--workers: expected a number or 'auto', got {workers!r}", err=True)
             raise typer.Exit(2) from None
-    argv += ["--workers", str(count)]
+    argv += ["--workers", str(count), "--cpu-affinity", cpu_affinity]
     if config is not None:
         argv += ["--config", str(config)]
     if host is not None:

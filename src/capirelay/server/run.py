@@ -27,6 +27,7 @@ from uvicorn.config import LOGGING_CONFIG
 from capirelay.config import ConfigError, Settings, config_path, load_settings, redact_storage_url
 from capirelay.config_errors import locate
 from capirelay.logs import logging_configured
+from capirelay.server.affinity import cpus_for_workers, pin_this_process
 from capirelay.server.app import create_app
 from capirelay.server.collector import serving_collector
 from capirelay.server.header_timeout import gateway_protocol
@@ -134,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
         "--workers auto': one per core)",
     )
     parser.add_argument(
+        "--cpu-affinity",
+        default="off",
+        help="off (default), auto (worker i on the i-th CPU this process may use) or a "
+        "CPU list such as 0-3,6: each gateway process kept on one CPU",
+    )
+    parser.add_argument(
         "--graceful-timeout",
         type=int,
         default=DEFAULT_GRACEFUL_SHUTDOWN_SECONDS,
@@ -155,6 +162,7 @@ def _main(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         if args.workers < 1:
             raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
+        cpus = cpus_for_workers(args.cpu_affinity)
         if args.workers > 1:
             # Build one app here first: a mistake in what the settings refer to is a
             # config error in the supervisor, not N crashing workers.
@@ -168,8 +176,12 @@ def _main(args: argparse.Namespace) -> int:
                 log_level=args.log_level,
                 log_format=args.log_format,
                 timeout_graceful_shutdown=args.graceful_timeout,
+                cpus=cpus,
             )
             return 0
+        if cpus:
+            # Before the app starts its threads (writer, sync, delivery): they inherit it.
+            pin_this_process(cpus[0])
         # Building the app validates what the settings refer to (webhook presets,
         # mapping files): a mistake there is a config error too, not a traceback.
         server = build_server(

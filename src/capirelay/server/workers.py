@@ -64,6 +64,7 @@ from uvicorn.supervisors.multiprocess import Process
 from capirelay.config import Settings, load_settings
 from capirelay.listen import bind_listener
 from capirelay.outbox import open_outbox
+from capirelay.server.affinity import WORKER_CPU_ENV, pin_from_environment
 
 __all__ = ["WorkerSockets", "bind_worker_sockets", "default_workers", "serve_workers", "worker_app"]
 
@@ -93,6 +94,7 @@ def worker_app() -> Starlette:
     from capirelay.server.collector import tune_for_serving
 
     _die_with_parent()
+    pin_from_environment()  # before the gateway starts its threads: they inherit it
     # A worker that exits drops out of the live-worker gauges (breaker, allowance); one
     # that is SIGKILLed stays in them until the supervisor restarts (its counters, which
     # are cumulative, count either way).
@@ -168,13 +170,28 @@ class WorkerSockets(Multiprocess):
     meanwhile wait in its backlog for the replacement instead of being refused.
     """
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        sockets: list[socket.socket],
+        cpus: list[int] | None = None,
+    ) -> None:
         super().__init__(config, sockets=[])
         self.slots = sockets
+        self.cpus = cpus
 
     def _spawn(self, idx: int) -> Process:
         process = Process(self.config, [self.slots[idx]])
-        process.start()
+        if not self.cpus:
+            process.start()
+            return process
+        # A spawned worker starts with the supervisor's environment as it is now: the
+        # slot's CPU rides in it (capirelay.server.affinity), a restart gets the same.
+        os.environ[WORKER_CPU_ENV] = str(self.cpus[idx % len(self.cpus)])
+        try:
+            process.start()
+        finally:
+            os.environ.pop(WORKER_CPU_ENV, None)
         return process
 
     def init_processes(self) -> None:
@@ -270,8 +287,10 @@ def serve_workers(
     log_level: str,
     log_format: str,
     timeout_graceful_shutdown: int,
+    cpus: list[int] | None = None,
 ) -> None:
-    """Run ``workers`` gateway processes on ``host:port`` until SIGTERM/SIGINT."""
+    """Run ``workers`` gateway processes on ``host:port`` until SIGTERM/SIGINT; with
+    ``cpus``, worker ``i`` is kept on ``cpus[i % len(cpus)]`` (``--cpu-affinity``)."""
     from capirelay.server.header_timeout import (
         BODY_TIMEOUT_ENV,
         HEADER_TIMEOUT_ENV,
@@ -309,12 +328,16 @@ def serve_workers(
             log.error("cannot listen on %s:%d: %s", host, port, exc)
             sys.exit(STARTUP_FAILURE)
         log.info(
-            "capirelay: %d worker processes on %s:%d",
+            "capirelay: %d worker processes on %s:%d%s",
             workers,
             host,
             sockets[0].getsockname()[1],
+            ""
+            if not cpus
+            else ", each kept on CPU "
+            + ", ".join(str(cpus[i % len(cpus)]) for i in range(workers)),
         )
-        WorkerSockets(config, sockets).run()
+        WorkerSockets(config, sockets, cpus).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         for name, value in saved.items():
