@@ -31,8 +31,8 @@ def serve_command(
             "--workers",
             envvar="CAPIRELAY_WORKERS",
             help="Gateway processes sharing the port: a number, or 'auto' for one per core "
-            "(default 1: on the 2-core benchmark machine a second SQLite worker added no "
-            "throughput; see docs/benchmarks.md).",
+            "(default 1, a single process; docs/benchmarks.md measures a second worker on "
+            "the 2-core benchmark machine).",
         ),
     ] = "1",
     cpu_affinity: Annotated[
