@@ -231,7 +231,11 @@ class Server:
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors)
         if errors is not None:
             errors.close()
-        wait_http(f"http://{HOST}:{port}/healthz", timeout=60)
+        try:
+            wait_http(f"http://{HOST}:{port}/healthz", timeout=60)
+        except BaseException:
+            stop_process(self.proc)  # not left running behind the run that gave up on it
+            raise
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -311,9 +315,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--cpu-affinity",
-        default="",
-        help="comma-separated capirelay --cpu-affinity values to compare, each with every "
-        "--workers value (default: the server's own default only), e.g. off,auto",
+        action="append",
+        default=[],
+        help="a capirelay --cpu-affinity value to compare (off, auto, or a CPU list such "
+        "as 0,1); repeat the option to compare several, each with every --workers value "
+        "(default: the server's own default only)",
     )
     parser.add_argument("--routes", default="events,collect,batch")
     parser.add_argument(
@@ -347,7 +353,7 @@ def main() -> None:
 
     routes = [ROUTES[name] for name in args.routes.split(",")]
     worker_counts: list[int | None] = [int(w) for w in args.workers.split(",") if w] or [None]
-    affinities = [a.strip() for a in args.cpu_affinity.split(",") if a.strip()] or [""]
+    affinities = [a.strip() for a in args.cpu_affinity if a.strip()] or [""]
     configurations = [(w, a) for w in worker_counts for a in affinities]
     extra = args.extra_toml.read_text() if args.extra_toml else ""
     print(

@@ -7,6 +7,7 @@ one process, the latter in a child process so the test runner itself stays unpin
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from capirelay.config import ConfigError
-from capirelay.server.affinity import cpus_for_workers
+from capirelay.server.affinity import WORKER_CPU_ENV, cpus_for_workers, pin_from_environment
 from capirelay.server.run import main as run_main
 
 ALLOWED = sorted(os.sched_getaffinity(0))
@@ -39,7 +40,7 @@ def test_a_cpu_list_is_read_as_linux_writes_it() -> None:
     assert cpus_for_workers(f"{last},{first},{last}") == list(dict.fromkeys([last, first]))
 
 
-@pytest.mark.parametrize("value", ["fast", "0-", "a-b", "1.5", "0,,1"])
+@pytest.mark.parametrize("value", ["fast", "0-", "a-b", "1.5", "0,,1", "1_0", "+1", "-1", "\u0660"])
 def test_an_unreadable_value_names_the_option_and_the_forms_it_takes(value: str) -> None:
     with pytest.raises(ConfigError) as caught:
         cpus_for_workers(value)
@@ -53,6 +54,15 @@ def test_a_backwards_range_is_refused() -> None:
         cpus_for_workers("3-1")
 
 
+def test_a_huge_range_is_refused_at_once_not_spelled_out() -> None:
+    """A typo such as ``0-100000000`` once built the whole list before refusing it
+    (a minute and gigabytes); the ends are checked first."""
+    with pytest.raises(ConfigError, match="CPU 100000000 is not one this gateway may run on"):
+        cpus_for_workers("0-100000000")
+    with pytest.raises(ConfigError, match=f"CPU {max(ALLOWED) + 10**12} is not one"):
+        cpus_for_workers(f"{ALLOWED[0]}-{max(ALLOWED) + 10**12}")
+
+
 def test_a_cpu_the_gateway_may_not_use_is_refused_with_the_ones_it_may() -> None:
     outside = max(ALLOWED) + 1000
     with pytest.raises(ConfigError) as caught:
@@ -60,6 +70,17 @@ def test_a_cpu_the_gateway_may_not_use_is_refused_with_the_ones_it_may() -> None
     message = str(caught.value)
     assert f"CPU {outside} is not one this gateway may run on" in message
     assert "allowed: " in message and "or use 'auto'" in message
+
+
+def test_a_worker_given_something_else_than_a_cpu_number_runs_unpinned_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(WORKER_CPU_ENV, "one")
+    with caplog.at_level(logging.WARNING, logger="capirelay.server"):
+        pin_from_environment()
+    assert WORKER_CPU_ENV not in os.environ
+    assert os.sched_getaffinity(0) == set(ALLOWED)
+    assert f"{WORKER_CPU_ENV}='one' is not a CPU number; this worker runs unpinned" in caplog.text
 
 
 def test_serve_refuses_a_bad_value_before_binding_anything(

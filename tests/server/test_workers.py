@@ -74,6 +74,7 @@ class Gateway:
         graph_url: str = "",
         log_level: str = "warning",
         extra_args: tuple[str, ...] = (),
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -82,6 +83,7 @@ class Gateway:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPIRELAY_")}
         env["WORKERS_TEST_INGEST_KEY"] = INGEST_KEY
         env["WORKERS_TEST_TOKEN"] = ACCESS_TOKEN
+        env.update(extra_env or {})
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -317,6 +319,29 @@ def test_cpu_affinity_auto_keeps_each_worker_and_its_replacement_on_a_cpu_of_its
         )
         assert running.post(_event(f"pinned-after-{uuid.uuid4().hex[:8]}")).status_code == 202
         assert pinned() == every_thread_on_its_cpu
+    finally:
+        assert stop_process(running.process) == 0
+
+
+def test_without_cpu_affinity_no_worker_is_pinned_whatever_the_environment_says(
+    tmp_path: Path,
+) -> None:
+    """The supervisor's hand-over variable, inherited from outside, pins nothing when
+    ``--cpu-affinity`` is off (the default)."""
+    allowed = os.sched_getaffinity(0)
+    running = Gateway(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'outbox.db'}",
+        extra_env={"CAPIRELAY_WORKER_CPU": str(min(allowed))},
+    )
+    try:
+        assert running.post(_event(f"unpinned-{uuid.uuid4().hex[:8]}")).status_code == 202
+        workers = running.workers()
+        assert len(workers) == WORKERS
+        for worker in workers:
+            assert {frozenset(os.sched_getaffinity(t.id)) for t in worker.threads()} == {
+                frozenset(allowed)
+            }
     finally:
         assert stop_process(running.process) == 0
 

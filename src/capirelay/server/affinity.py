@@ -1,15 +1,16 @@
 """``capirelay serve --cpu-affinity``: each gateway process kept on one CPU.
 
 Measured on the 2-core benchmark machine (docs/benchmarks.md, "Workers kept on a
-core"): with ``--workers 2`` and nothing pinned, the scheduler left 13-14% of the
-machine idle under a steady load, because a worker's event loop, its SQLite writer
-thread and its WAL sync thread hand work to each other many times per group commit and
-each hand-off woke a thread wherever the scheduler put it.  With each worker (all of its
-threads) kept on a CPU of its own, the idle share fell to about 5% and the same code
-served more requests per second.  It is off by default: it helps where the gateway has
-the machine (or the container's CPUs) to itself with one worker per CPU, and it can
-hurt where other busy programs share those CPUs, since a pinned worker cannot move
-away from them.
+core"): with ``--workers 2`` and nothing pinned, the machine stayed 12-15% idle under a
+steady single-event load; with each worker (all of its threads) kept on a CPU of its own
+it was 4-7% idle and the same code served more single events and beacons (batches the
+same).  Why the scheduler left that time idle is not established (the threads rarely
+changed CPU unpinned).  It is off by default: it helps where the gateway has its CPUs
+to itself (a machine, or a container given a CPU *set*) with one worker per CPU, and it
+did not help where the database shared those CPUs, since a pinned worker cannot move
+away from another busy program.  A CPU *quota* does not narrow the CPUs a process may
+use, so ``auto`` in several quota-limited containers on one host would put each one's
+worker ``i`` on the same CPU ``i``: give each replica its own list instead.
 
 The value is ``off``, ``auto`` (worker ``i`` on the ``i``-th CPU this process may run
 on, round robin) or a Linux CPU list such as ``0-3,6`` (worker ``i`` on the ``i``-th CPU
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from capirelay.config import ConfigError
 
@@ -29,6 +31,10 @@ log = logging.getLogger("capirelay.server")
 
 # The CPU the supervisor assigns to a worker it spawns (read by the worker at start).
 WORKER_CPU_ENV = "CAPIRELAY_WORKER_CPU"
+
+# One part of a CPU list: ``3`` or ``0-3`` (ASCII digits only: ``int`` alone would take
+# ``1_0``, ``+1`` or other scripts' digits).
+_CPU_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?", re.ASCII)
 
 
 def _allowed_cpus() -> list[int]:
@@ -55,26 +61,32 @@ def cpus_for_workers(value: str) -> list[int] | None:
     allowed_text = _cpu_list_text(allowed)
     if text == "auto":
         return allowed
+    allowed_set = set(allowed)
     cpus: list[int] = []
     for part in text.split(","):
-        first, dash, last = part.strip().partition("-")
-        try:
-            low = int(first)
-            high = int(last) if dash else low
-        except ValueError:
+        match = _CPU_RANGE.fullmatch(part.strip())
+        if match is None:
             raise ConfigError(
                 f"--cpu-affinity: expected 'off', 'auto' or a CPU list such as "
                 f"'0-3,6', got {value!r}"
-            ) from None
-        if low < 0 or high < low:
-            raise ConfigError(f"--cpu-affinity: {part.strip()!r} is not a CPU range")
+            )
+        low = int(match[1])
+        high = int(match[2]) if match[2] is not None else low
+        if high < low:
+            raise ConfigError(
+                f"--cpu-affinity: {part.strip()!r} is not a CPU range (write the lower "
+                f"CPU first, as in '0-3')"
+            )
+        # Checked before the range is spelled out: '0-100000000' is refused at once.
+        outside = [cpu for cpu in (low, high) if cpu not in allowed_set] or [
+            cpu for cpu in range(low, high + 1) if cpu not in allowed_set
+        ]
+        if outside:
+            raise ConfigError(
+                f"--cpu-affinity: CPU {outside[0]} is not one this gateway may run on "
+                f"(allowed: {allowed_text}); name CPUs from that list or use 'auto'"
+            )
         cpus.extend(range(low, high + 1))
-    outside = sorted(set(cpus) - set(allowed))
-    if outside:
-        raise ConfigError(
-            f"--cpu-affinity: CPU {_cpu_list_text(outside)} is not one this gateway may "
-            f"run on (allowed: {allowed_text}); name CPUs from that list or use 'auto'"
-        )
     return list(dict.fromkeys(cpus))
 
 
@@ -128,5 +140,11 @@ def _set_affinity(tasks: list[int], cpus: set[int]) -> None:
 def pin_from_environment() -> None:
     """In a worker: keep it on the CPU its supervisor assigned, if any."""
     assigned = os.environ.pop(WORKER_CPU_ENV, None)
-    if assigned is not None:
-        pin_this_process(int(assigned))
+    if assigned is None:
+        return
+    if not assigned.isascii() or not assigned.isdigit():
+        log.warning(
+            "%s=%r is not a CPU number; this worker runs unpinned", WORKER_CPU_ENV, assigned
+        )
+        return
+    pin_this_process(int(assigned))

@@ -179,9 +179,9 @@ def _main(args: argparse.Namespace) -> int:
                 cpus=cpus,
             )
             return 0
-        if cpus:
+        if cpus and pin_this_process(cpus[0]):
             # Before the app starts its threads (writer, sync, delivery): they inherit it.
-            pin_this_process(cpus[0])
+            logging.getLogger("capirelay.server").info("capirelay: kept on CPU %d", cpus[0])
         # Building the app validates what the settings refer to (webhook presets,
         # mapping files): a mistake there is a config error too, not a traceback.
         server = build_server(

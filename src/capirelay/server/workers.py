@@ -94,13 +94,13 @@ def worker_app() -> Starlette:
     from capirelay.server.collector import tune_for_serving
 
     _die_with_parent()
-    pin_from_environment()  # before the gateway starts its threads: they inherit it
     # A worker that exits drops out of the live-worker gauges (breaker, allowance); one
     # that is SIGKILLed stays in them until the supervisor restarts (its counters, which
     # are cumulative, count either way).
     atexit.register(mark_process_dead, os.getpid())
     level, _, fmt = os.environ.get(_ENV_LOG, "info:text").partition(":")
     configure_logging(level, json=fmt == "json")
+    pin_from_environment()  # before the gateway starts its threads: they inherit it
     app = create_app(load_settings())
     tune_for_serving()  # this process only serves from here on (capirelay.server.collector)
     return app
@@ -182,12 +182,13 @@ class WorkerSockets(Multiprocess):
 
     def _spawn(self, idx: int) -> Process:
         process = Process(self.config, [self.slots[idx]])
-        if not self.cpus:
-            process.start()
-            return process
         # A spawned worker starts with the supervisor's environment as it is now: the
-        # slot's CPU rides in it (capirelay.server.affinity), a restart gets the same.
-        os.environ[WORKER_CPU_ENV] = str(self.cpus[idx % len(self.cpus)])
+        # slot's CPU rides in it (capirelay.server.affinity), a restart gets the same;
+        # without --cpu-affinity the variable is absent, whatever the caller's env held.
+        if self.cpus:
+            os.environ[WORKER_CPU_ENV] = str(self.cpus[idx % len(self.cpus)])
+        else:
+            os.environ.pop(WORKER_CPU_ENV, None)
         try:
             process.start()
         finally:
@@ -337,6 +338,12 @@ def serve_workers(
             else ", each kept on CPU "
             + ", ".join(str(cpus[i % len(cpus)]) for i in range(workers)),
         )
+        if cpus and workers > len(cpus):
+            log.warning(
+                "--cpu-affinity names %d CPU(s) for %d workers: some workers share a CPU",
+                len(cpus),
+                workers,
+            )
         WorkerSockets(config, sockets, cpus).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
