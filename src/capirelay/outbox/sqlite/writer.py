@@ -5,9 +5,8 @@ See :mod:`capirelay.outbox.sqlite.outbox` for why writes are grouped: every stat
 change is a small function handed to :class:`GroupCommitWriter`, which runs all
 that wait in ONE transaction and commits once; with ``synchronous = FULL``,
 :class:`WalSyncer` makes each commit durable (an ``fdatasync`` of the WAL) before
-its callers are answered, and :class:`WalCheckpointer` copies committed pages into
-the database file beside them, outside the write lock; :class:`Reader` answers reads on
-its own connection (WAL gives it a consistent snapshot while the writer writes).
+its callers are answered; :class:`Reader` answers reads on its own connection (WAL
+gives it a consistent snapshot while the writer writes).
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ __all__ = [
     "GroupCommitWriter",
     "MergeFn",
     "Reader",
-    "WalCheckpointer",
     "WriteOp",
     "connect",
     "migrate",
@@ -51,8 +49,6 @@ WriteFn = Callable[[sqlite3.Connection], Any]
 
 # Page cache per connection (KiB): a large backlog's indexes stay in memory, not re-read.
 CACHE_KIB: Final = 64 * 1024
-# How long the WAL checkpointer rests after each checkpoint (seconds).
-CHECKPOINT_PERIOD: Final = 0.05
 # How often the writer retries for the write lock another process holds (seconds).
 BEGIN_RETRY_FIRST: Final = 0.0001
 BEGIN_RETRY_MAX: Final = 0.001
@@ -269,8 +265,6 @@ class WalSyncer(threading.Thread):
         self._exited = False
         self.failure: StorageUnavailable | None = None
         self.syncs = 0
-        # Called (on this thread) after each batch is synced and answered.
-        self.after_sync: Callable[[], None] | None = None
 
     def put(self, outcomes: list[Outcome]) -> None:
         with self._gate:
@@ -295,8 +289,6 @@ class WalSyncer(threading.Thread):
                 batch = [*item, *more]  # type: ignore[misc]
                 _answer(self._synced(batch))
                 batch = []
-                if self.after_sync is not None and self.failure is None:
-                    self.after_sync()
         except BaseException as exc:
             self._fail(exc)
             raise
@@ -350,96 +342,6 @@ class WalSyncer(threading.Thread):
         self.syncs += 1
 
 
-class WalCheckpointer(threading.Thread):
-    """Copies committed WAL frames into the database file on a connection of its own,
-    outside the write lock, so the checkpoints inside commits find little left to do.
-
-    SQLite checkpoints by itself after a commit that leaves ``wal_autocheckpoint``
-    (1,000) pages in the WAL: the committing connection copies them into the database
-    file and syncs it, inside ``COMMIT``, while it holds the write lock and, under
-    ``serve --workers N``, every worker's turn.  Measured (docs/benchmarks.md, "The WAL
-    checkpointed beside the writer"): 1.5-2.5% of commits took over 2 ms, up to 12-39
-    ms, and every request of every worker waited behind them.  A ``PASSIVE`` checkpoint
-    takes no write lock: writers go on appending while it copies the frames committed
-    before it began (syncing the WAL first and the database file after, as SQLite's
-    own checkpoint does).  This thread runs one after the syncer has answered a batch,
-    then rests ``period`` seconds; the automatic checkpoint stays on, and now copies
-    only what came since.  It is also what restarts the WAL from its start (a writer
-    does that once a checkpoint has copied all of it), so the WAL stays as small as
-    before.
-
-    Durability is SQLite's own, unchanged: no frame is overwritten before a checkpoint
-    has copied the whole WAL into the database and synced it, whichever connection
-    ran the checkpoint (:class:`WalSyncer`'s reasoning holds as it was).  A failed or
-    busy checkpoint (another worker's runs at the same time) changes nothing: the
-    frames stay in the WAL for the next one, and the commits' own checkpoint remains.
-    """
-
-    def __init__(
-        self, connect: Callable[[], sqlite3.Connection], period: float = CHECKPOINT_PERIOD
-    ) -> None:
-        super().__init__(name="capirelay-outbox-checkpoint", daemon=True)
-        self._connect = connect
-        self._period = period
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self.checkpoints = 0  # that ran to the end (not busy, not failed)
-        self.failures = 0
-        self._failing = False
-
-    def poke(self) -> None:
-        """There are new commits: checkpoint once the current rest is over."""
-        self._wake.set()
-
-    def stop(self) -> None:
-        """Exit after the checkpoint in progress, if any; ``join`` to wait for it."""
-        self._stopping.set()
-        self._wake.set()
-
-    def run(self) -> None:
-        try:
-            conn = self._connect()
-            conn.execute("PRAGMA busy_timeout = 0")
-        except sqlite3.Error as exc:
-            log.warning(
-                "outbox: the WAL checkpointer could not open the database (%s); commits "
-                "checkpoint by themselves, as SQLite does",
-                storage_error(exc),
-            )
-            return
-        try:
-            while True:
-                self._wake.wait()
-                if self._stopping.is_set():
-                    return
-                self._wake.clear()
-                self.checkpoint(conn)
-                if self._stopping.wait(self._period):
-                    return
-        finally:
-            conn.close()
-
-    def checkpoint(self, conn: sqlite3.Connection) -> None:
-        """One ``PASSIVE`` checkpoint on ``conn``; a failure is logged once per streak."""
-        try:
-            busy = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0]
-        except sqlite3.Error as exc:
-            self.failures += 1
-            if not self._failing:
-                self._failing = True
-                log.warning(
-                    "outbox: a WAL checkpoint beside the writer failed (%s); the WAL keeps "
-                    "what it has and commits checkpoint by themselves until this works again",
-                    storage_error(exc),
-                )
-            return
-        if self._failing:
-            self._failing = False
-            log.info("outbox: WAL checkpoints beside the writer work again")
-        if not busy:
-            self.checkpoints += 1
-
-
 class GroupCommitWriter(threading.Thread):
     """The only thread that writes; see the module docstring for the group-commit rules."""
 
@@ -462,7 +364,6 @@ class GroupCommitWriter(threading.Thread):
         self._turn_fd: int | None = None
         self._sync_outside_lock = sync_outside_lock
         self._syncer: WalSyncer | None = None
-        self.checkpointer: WalCheckpointer | None = None
         # An item is one WriteOp, a list of them (one event-loop iteration's writes, see
         # submit_soon) or _STOP.
         self._inbox: queue.SimpleQueue[WriteOp | list[WriteOp] | object] = queue.SimpleQueue()
@@ -555,19 +456,11 @@ class GroupCommitWriter(threading.Thread):
             self.ready.set_exception(failure)
             return
         self._turn_fd = _open_turn_file(self._turn_file)
-        if self._syncer is not None:
-            self.checkpointer = WalCheckpointer(self._connect)
-            self._syncer.after_sync = self.checkpointer.poke
-            self.checkpointer.start()
         self.ready.set_result(None)
         try:
             self._serve(conn)
         finally:
             self._refuse_pending()
-            if self.checkpointer is not None:
-                # Its connection closes first: the writer's, closed last, removes the WAL.
-                self.checkpointer.stop()
-                self.checkpointer.join()
             if self._syncer is not None:
                 # Before the connection closes: closing the last one removes the WAL.
                 self._syncer.stop()
