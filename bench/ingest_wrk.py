@@ -88,6 +88,8 @@ class WrkResult:
     errors: int
     p50_ms: float
     p99_ms: float
+    p999_ms: float = 0.0
+    max_ms: float = 0.0
     # Share of the machine's CPU time left idle during the run (/proc/stat): when the
     # server is the limit it is near 0; a server waiting on something else (its disk,
     # a lock) leaves the cores idle although the load generator keeps them busy.
@@ -129,6 +131,8 @@ def parse_wrk(output: str) -> WrkResult:
         errors=n["connect_errors"] + n["read_errors"] + n["write_errors"] + n["timeouts"],
         p50_ms=n["p50_us"] / 1000,
         p99_ms=n["p99_us"] / 1000,
+        p999_ms=n.get("p999_us", 0) / 1000,
+        max_ms=n.get("max_us", 0) / 1000,
     )
 
 
@@ -447,8 +451,8 @@ def main() -> None:
     print_table(
         f"wrk ingest vs floor ({args.storage.split(':')[0]}, "
         f"{args.duration:g} s per run, same run)",
-        ["route", "server", "conns", "req/s", "events/s", "p50 ms", "p99 ms", "non-2xx/err",
-         "idle", "server CPU µs/req", "ratio to floor req/s"],
+        ["route", "server", "conns", "req/s", "events/s", "p50 ms", "p99 ms", "p99.9 ms",
+         "non-2xx/err", "idle", "server CPU µs/req", "ratio to floor req/s"],
         rows,
     )  # fmt: skip
     for line in checks:
@@ -523,6 +527,7 @@ def table_row(route: Route, server: str, result: WrkResult, floor: WrkResult | N
         f"{events:,.0f}",
         f"{result.p50_ms:.1f}",
         f"{result.p99_ms:.1f}",
+        f"{result.p999_ms:.1f}",
         f"{result.non2xx}/{result.errors}",
         "-" if result.idle is None else f"{result.idle:.0%}",
         "-" if result.cpu_us_per_request is None else f"{result.cpu_us_per_request:.0f}",

@@ -34,10 +34,10 @@ function M.done(summary, latency, requests)
   local non2xx = s.errors.status
   io.write(string.format(
     "WRK_SUMMARY requests=%d duration_us=%d bytes=%d connect_errors=%d read_errors=%d "
-      .. "write_errors=%d timeouts=%d non2xx=%d p50_us=%d p90_us=%d p99_us=%d max_us=%d\n",
+      .. "write_errors=%d timeouts=%d non2xx=%d p50_us=%d p90_us=%d p99_us=%d p999_us=%d max_us=%d\n",
     s.requests, s.duration, s.bytes, s.errors.connect, s.errors.read, s.errors.write,
     s.errors.timeout, non2xx, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max))
+    latency:percentile(99), latency:percentile(99.9), latency.max))
 end
 
 return M
