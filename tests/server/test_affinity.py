@@ -45,12 +45,12 @@ def test_an_unreadable_value_names_the_option_and_the_forms_it_takes(value: str)
     with pytest.raises(ConfigError) as caught:
         cpus_for_workers(value)
     message = str(caught.value)
-    assert message.startswith("--cpu-affinity: ")
+    assert message.startswith("--cpu-affinity (or CAPIRELAY_CPU_AFFINITY): ")
     assert "'auto'" in message and "0-3,6" in message
 
 
 def test_a_backwards_range_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"--cpu-affinity: '3-1' is not a CPU range"):
+    with pytest.raises(ConfigError, match=r"CAPIRELAY_CPU_AFFINITY\): '3-1' is not a CPU range"):
         cpus_for_workers("3-1")
 
 
@@ -91,7 +91,10 @@ def test_serve_refuses_a_bad_value_before_binding_anything(
         f'storage = "sqlite:///{tmp_path}/o.db"\n[pixels.1234567890]\ndefault_country = "US"\n'
     )
     assert run_main(["--config", str(config), "--cpu-affinity", "fast", "--port", "0"]) == 2
-    assert "--cpu-affinity: expected 'off', 'auto' or a CPU list" in capsys.readouterr().err
+    assert (
+        "--cpu-affinity (or CAPIRELAY_CPU_AFFINITY): expected 'off', 'auto' or a CPU list"
+        in capsys.readouterr().err
+    )
 
 
 def test_pinning_moves_running_threads_and_threads_started_later_inherit_it() -> None:
@@ -161,4 +164,4 @@ def test_capirelay_serve_reads_the_option_from_its_environment_variable(tmp_path
         timeout=60,
     )
     assert done.returncode == 2
-    assert "--cpu-affinity: '9-1' is not a CPU range" in done.stderr
+    assert "--cpu-affinity (or CAPIRELAY_CPU_AFFINITY): '9-1' is not a CPU range" in done.stderr

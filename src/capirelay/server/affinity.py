@@ -31,6 +31,8 @@ log = logging.getLogger("capirelay.server")
 
 # The CPU the supervisor assigns to a worker it spawns (read by the worker at start).
 WORKER_CPU_ENV = "CAPIRELAY_WORKER_CPU"
+# How errors name the setting (``capirelay serve`` also reads it from the environment).
+_OPTION = "--cpu-affinity (or CAPIRELAY_CPU_AFFINITY)"
 
 # One part of a CPU list: ``3`` or ``0-3`` (ASCII digits only: ``int`` alone would take
 # ``1_0``, ``+1`` or other scripts' digits).
@@ -56,7 +58,7 @@ def cpus_for_workers(value: str) -> list[int] | None:
     allowed = _allowed_cpus()
     if not allowed:
         raise ConfigError(
-            "--cpu-affinity: this platform does not let a process choose its CPUs; leave it off"
+            f"{_OPTION}: this platform does not let a process choose its CPUs; leave it off"
         )
     allowed_text = _cpu_list_text(allowed)
     if text == "auto":
@@ -67,14 +69,13 @@ def cpus_for_workers(value: str) -> list[int] | None:
         match = _CPU_RANGE.fullmatch(part.strip())
         if match is None:
             raise ConfigError(
-                f"--cpu-affinity: expected 'off', 'auto' or a CPU list such as "
-                f"'0-3,6', got {value!r}"
+                f"{_OPTION}: expected 'off', 'auto' or a CPU list such as '0-3,6', got {value!r}"
             )
         low = int(match[1])
         high = int(match[2]) if match[2] is not None else low
         if high < low:
             raise ConfigError(
-                f"--cpu-affinity: {part.strip()!r} is not a CPU range (write the lower "
+                f"{_OPTION}: {part.strip()!r} is not a CPU range (write the lower "
                 f"CPU first, as in '0-3')"
             )
         # Checked before the range is spelled out: '0-100000000' is refused at once.
@@ -83,7 +84,7 @@ def cpus_for_workers(value: str) -> list[int] | None:
         ]
         if outside:
             raise ConfigError(
-                f"--cpu-affinity: CPU {outside[0]} is not one this gateway may run on "
+                f"{_OPTION}: CPU {outside[0]} is not one this gateway may run on "
                 f"(allowed: {allowed_text}); name CPUs from that list or use 'auto'"
             )
         cpus.extend(range(low, high + 1))

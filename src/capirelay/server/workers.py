@@ -335,8 +335,8 @@ def serve_workers(
             sockets[0].getsockname()[1],
             ""
             if not cpus
-            else ", each kept on CPU "
-            + ", ".join(str(cpus[i % len(cpus)]) for i in range(workers)),
+            else "; each kept on a CPU (worker: CPU) "
+            + ", ".join(f"{i + 1}: {cpus[i % len(cpus)]}" for i in range(workers)),
         )
         if cpus and workers > len(cpus):
             log.warning(
