@@ -28,8 +28,10 @@ from capirelay.ops.doctor import (
     backlog_check,
     clock_check,
     dlq_check,
+    graph_check,
     run_doctor,
 )
+from capirelay.ops.health import GraphProbe
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, QueueStats, SQLiteOutbox
 
 PIXEL = "1234567890"
@@ -241,6 +243,11 @@ def test_unreachable_graph_and_broken_config(tmp_path: Path) -> None:
     assert code == 1
     checks = by_name(report)
     assert checks["graph"]["status"] == "fail"
+    # Not Meta's host: the fix names what graph_url points at, not a firewall to Meta.
+    assert checks["graph"]["fix"].startswith(
+        "graph_url points at 127.0.0.1, not Meta's graph.facebook.com: check that it runs"
+    )
+    assert "graph.facebook.com (firewall" not in checks["graph"]["fix"]
     assert checks["clock"] == {
         "name": "clock",
         "status": "warn",
@@ -256,6 +263,17 @@ def test_unreachable_graph_and_broken_config(tmp_path: Path) -> None:
     assert result.stderr.strip().startswith(f"{broken}:1:1: port: ")
     report = orjson.loads(orjson.dumps(asyncio.run(run_doctor(broken)).to_dict()))
     assert report["checks"][0]["detail"].startswith(f"{broken}:1:1: port: ")
+
+
+def test_an_unreachable_meta_graph_asks_for_outbound_https() -> None:
+    probe = GraphProbe(reachable=False, status=None, skew_seconds=None, latency_ms=None,
+                       error="ConnectError")  # fmt: skip
+    check = graph_check(probe, "https://graph.facebook.com")
+    assert check.status == Status.FAIL
+    assert check.fix == (
+        "allow outbound HTTPS to graph.facebook.com (firewall, proxy, DNS); events wait in "
+        "the queue until their deadline"
+    )
 
 
 def test_rich_table_output(tmp_path: Path, emulator: RunningEmulator) -> None:

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -239,6 +240,10 @@ def storage_check(storage_url: str, error: str | None) -> Check:
     )
 
 
+# Where Meta's Graph API answers (the default graph_url's host).
+META_GRAPH_HOST = "graph.facebook.com"
+
+
 def graph_check(probe: GraphProbe, graph_url: str) -> Check:
     if probe.reachable:
         latency = f" in {probe.latency_ms:.0f} ms" if probe.latency_ms is not None else ""
@@ -248,12 +253,21 @@ def graph_check(probe: GraphProbe, graph_url: str) -> Check:
             f"reached {graph_url}{latency} (a token-less probe; any HTTP answer, here "
             f"{probe.status}, proves the network path to Graph works)",
         )
+    host = urlsplit(graph_url).hostname or graph_url
+    if host == META_GRAPH_HOST:
+        fix = f"allow outbound HTTPS to {META_GRAPH_HOST} (firewall, proxy, DNS)"
+    else:
+        # graph_url names something else: a local emulator, a proxy, a test double.
+        fix = (
+            f"graph_url points at {host}, not Meta's {META_GRAPH_HOST}: check that it runs "
+            f"and this host can reach it (capirelay's emulator: `capirelay emulator`), or "
+            f"remove graph_url to send to Meta"
+        )
     return Check(
         "graph",
         Status.FAIL,
         f"{graph_url} unreachable ({probe.error})",
-        "allow outbound HTTPS to graph.facebook.com (firewall, proxy, DNS); events wait in "
-        "the queue until their deadline",
+        fix + "; events wait in the queue until their deadline",
     )
 
 
