@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -27,6 +28,22 @@ async def test_demo_once_delivers_the_sample_event_hashed(tmp_path: Path) -> Non
     delivered = text.split("delivered to the emulator", 1)[1]
     assert "jane.doe@example.com" not in delivered.lower()
     assert '"em"' in delivered
+
+
+async def test_port_0_picks_a_free_port_and_every_url_names_it(tmp_path: Path) -> None:
+    """``--port 0`` printed ``http://127.0.0.1:0/...`` URLs and then failed with a
+    traceback; the demo now picks the port itself, so its URLs and origin work."""
+    console = Console(record=True, width=200)
+    options = DemoOptions(port=0, db_path=tmp_path / "demo.db", once=True)
+    assert await run_demo(options, console) == 0
+    text = console.export_text()
+    assert ":0/" not in text
+    shop = re.search(r"shop:\s+http://127\.0\.0\.1:(\d+)/shop", text)
+    assert shop is not None and int(shop[1]) > 0
+    assert f"http://127.0.0.1:{shop[1]}/v1/events" in text
+    assert "delivered to the emulator" in text
+    config = (tmp_path / "demo.toml").read_text()  # beside --db, named after it
+    assert f"port = {shop[1]}" in config
 
 
 def test_shop_page_carries_the_pixel_and_the_beacon() -> None:

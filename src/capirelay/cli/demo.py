@@ -13,7 +13,9 @@ console = Console()
 
 def demo_command(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8080,
+    port: Annotated[
+        int, typer.Option("--port", help="Port of the gateway and shop (0: any free port).")
+    ] = 8080,
     db: Annotated[Path, typer.Option("--db", help="SQLite file for the demo's queue.")] = Path(
         "capirelay-demo.db"
     ),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shlex
 import signal
@@ -289,6 +290,14 @@ async def _poll(client: httpx.AsyncClient, outbox: Any, emulator_url: str) -> tu
     return {"depth": stats.depth, "dlq_size": stats.dlq_size}, meta
 
 
+def _free_port(host: str) -> int:
+    """A port nothing listens on at ``host`` now (the kernel's pick)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
 def _port_in_use(host: str, port: int) -> str | None:
     """Why ``host:port`` cannot be listened on, or ``None`` when it is free."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -330,6 +339,10 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
     from capirelay.server import create_app
 
     console = console or Console()
+    if options.port == 0:
+        # Any free port: chosen here, because the shop's origin, the URLs printed and the
+        # config written all name it.
+        options = dataclasses.replace(options, port=_free_port(options.host))
     busy = _port_in_use(options.host, options.port)
     if busy is not None:
         console.print(
