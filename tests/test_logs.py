@@ -128,6 +128,38 @@ def test_text_formatter_appends_extras() -> None:
     assert TextFormatter().format(rec).endswith(f"batch sent [pixel={PIXEL} count=2]")
 
 
+def test_a_text_record_stays_on_one_line_whatever_its_message_carries() -> None:
+    """Text quoted from Meta's answers (a Diagnostics check's message) or sent by a
+    caller may hold line breaks; each record is still one line, its extras on it."""
+    rec = record(
+        "pixel %s: Meta check %s started failing: %s",
+        PIXEL,
+        "ssapi",
+        "Events are missing.\nFix your setup:\r\n2025-01-01 ERROR forged line",
+        extra={"pixel": PIXEL, "note": "two\nlines"},
+    )
+    line = TextFormatter().format(rec)
+    assert "\n" not in line and "\r" not in line
+    assert line.endswith(
+        "started failing: Events are missing.\\nFix your setup:\\r\\n2025-01-01 ERROR "
+        f"forged line [pixel={PIXEL} note=two\\nlines]"
+    )
+
+
+def test_a_traceback_still_follows_its_record_and_the_extras_stay_on_its_first_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        rec = logging.LogRecord(
+            "capirelay.test", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    rec.pixel = PIXEL
+    first, *rest = TextFormatter().format(rec).split("\n")
+    assert first.endswith(f"failed [pixel={PIXEL}]")
+    assert rest[0] == "Traceback (most recent call last):"
+    assert rest[-1] == "ValueError: boom"
+
+
 def test_configure_logging_json_routes_every_logger_through_redaction() -> None:
     stream = io.StringIO()
     # logging_configured puts back all that configure_logging changes, flags included.

@@ -197,10 +197,25 @@ class TextFormatter(logging.Formatter):
         # logging's default_time_format and default_msec_format, its own msecs
         return f"{self._second(math.floor(record.created))},{int(record.msecs):03d}"
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # One record, one line: a message carrying a line break (text quoted from Meta's
+        # answers, a value someone sent) would otherwise start what reads as a record of
+        # its own.  A traceback still follows on lines of its own, as logging writes it.
+        return _one_line(super().formatMessage(record))
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
-        return f"{line} [{extras}]" if extras else line
+        extras = _one_line(" ".join(f"{k}={v}" for k, v in _extras(record).items()))
+        if not extras:
+            return line
+        head, newline, rest = line.partition("\n")  # extras end the record's first line
+        return f"{head} [{extras}]{newline}{rest}"
+
+
+def _one_line(text: str) -> str:
+    if "\n" in text or "\r" in text:
+        return text.replace("\r", "\\r").replace("\n", "\\n")
+    return text
 
 
 def configure_logging(
