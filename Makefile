@@ -42,7 +42,8 @@ clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache build dist
 
 ## Ingest under wrk, side by side with the bare-Starlette floor (ratios); ~2 min.
-## BENCH_INGEST_ARGS="--workers 1,2 --duration 10" to compare worker counts.
+## BENCH_INGEST_ARGS="--workers 1,2 --duration 10" to compare worker counts,
+## "--workers 2 --cpu-affinity off --cpu-affinity auto --repeat 3" workers kept on a core.
 bench-ingest: $(STAMP)
 	command -v wrk >/dev/null || apt-get install -y wrk
 	$(BIN)/python bench/ingest_wrk.py $(BENCH_INGEST_ARGS)
