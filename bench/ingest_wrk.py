@@ -89,7 +89,6 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     p999_ms: float = 0.0
-    max_ms: float = 0.0
     # Share of the machine's CPU time left idle during the run (/proc/stat): when the
     # server is the limit it is near 0; a server waiting on something else (its disk,
     # a lock) leaves the cores idle although the load generator keeps them busy.
@@ -132,7 +131,6 @@ def parse_wrk(output: str) -> WrkResult:
         p50_ms=n["p50_us"] / 1000,
         p99_ms=n["p99_us"] / 1000,
         p999_ms=n.get("p999_us", 0) / 1000,
-        max_ms=n.get("max_us", 0) / 1000,
     )
 
 

@@ -290,19 +290,23 @@ async def _poll(client: httpx.AsyncClient, outbox: Any, emulator_url: str) -> tu
     return {"depth": stats.depth, "dlq_size": stats.dlq_size}, meta
 
 
+def _probe(host: str) -> socket.socket:
+    """A TCP socket of ``host``'s family, bound as the gateway will bind (SO_REUSEADDR)."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return probe
+
+
 def _free_port(host: str) -> int:
     """A port nothing listens on at ``host`` now (the kernel's pick)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+    with _probe(host) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
 
 
 def _port_in_use(host: str, port: int) -> str | None:
     """Why ``host:port`` cannot be listened on, or ``None`` when it is free."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with _probe(host) as probe:
         try:
             probe.bind((host, port))
         except OSError as exc:

@@ -30,7 +30,7 @@ import httpx
 import orjson
 
 from capirelay.config import ConfigError, Settings, load_settings
-from capirelay.graph import explain
+from capirelay.graph import DEFAULT_BASE_URL, explain
 from capirelay.graph.versions import DEFAULT_API_VERSION, VersionStatus
 from capirelay.ops.health import (
     REQUIRED_SCOPE,
@@ -241,7 +241,7 @@ def storage_check(storage_url: str, error: str | None) -> Check:
 
 
 # Where Meta's Graph API answers (the default graph_url's host).
-META_GRAPH_HOST = "graph.facebook.com"
+META_GRAPH_HOST = urlsplit(DEFAULT_BASE_URL).hostname
 
 
 def graph_check(probe: GraphProbe, graph_url: str) -> Check:

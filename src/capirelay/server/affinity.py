@@ -25,7 +25,13 @@ import re
 
 from capirelay.config import ConfigError
 
-__all__ = ["WORKER_CPU_ENV", "cpus_for_workers", "pin_from_environment", "pin_this_process"]
+__all__ = [
+    "WORKER_CPU_ENV",
+    "cpus_for_workers",
+    "pin_from_environment",
+    "pin_this_process",
+    "worker_cpu",
+]
 
 log = logging.getLogger("capirelay.server")
 
@@ -103,6 +109,11 @@ def _cpu_list_text(cpus: list[int]) -> str:
         if cpu is not None:
             start = previous = cpu
     return ",".join(parts)
+
+
+def worker_cpu(cpus: list[int], index: int) -> int:
+    """The CPU worker ``index`` (from 0) is kept on: the list's, round robin."""
+    return cpus[index % len(cpus)]
 
 
 def pin_this_process(cpu: int) -> bool:

@@ -64,7 +64,7 @@ from uvicorn.supervisors.multiprocess import Process
 from capirelay.config import Settings, load_settings
 from capirelay.listen import bind_listener
 from capirelay.outbox import open_outbox
-from capirelay.server.affinity import WORKER_CPU_ENV, pin_from_environment
+from capirelay.server.affinity import WORKER_CPU_ENV, pin_from_environment, worker_cpu
 
 __all__ = ["WorkerSockets", "bind_worker_sockets", "default_workers", "serve_workers", "worker_app"]
 
@@ -186,7 +186,7 @@ class WorkerSockets(Multiprocess):
         # slot's CPU rides in it (capirelay.server.affinity), a restart gets the same;
         # without --cpu-affinity the variable is absent, whatever the caller's env held.
         if self.cpus:
-            os.environ[WORKER_CPU_ENV] = str(self.cpus[idx % len(self.cpus)])
+            os.environ[WORKER_CPU_ENV] = str(worker_cpu(self.cpus, idx))
         else:
             os.environ.pop(WORKER_CPU_ENV, None)
         try:
@@ -336,7 +336,7 @@ def serve_workers(
             ""
             if not cpus
             else "; each kept on a CPU (worker: CPU) "
-            + ", ".join(f"{i + 1}: {cpus[i % len(cpus)]}" for i in range(workers)),
+            + ", ".join(f"{i + 1}: {worker_cpu(cpus, i)}" for i in range(workers)),
         )
         if cpus and workers > len(cpus):
             log.warning(
