@@ -278,8 +278,11 @@ def test_each_request_gets_one_access_line_from_the_workers_at_the_default_level
 
 def _pinned_cpu(process: psutil.Process) -> int | None:
     """The one CPU every thread of ``process`` is kept on, or None if they are not all
-    kept on the same single CPU."""
-    sets = {frozenset(os.sched_getaffinity(thread.id)) for thread in process.threads()}
+    kept on the same single CPU (or the process is gone)."""
+    try:
+        sets = {frozenset(os.sched_getaffinity(thread.id)) for thread in process.threads()}
+    except (psutil.NoSuchProcess, ProcessLookupError):  # it (or a thread) ended meanwhile
+        return None
     if len(sets) != 1:
         return None
     (cpus,) = sets
@@ -304,7 +307,12 @@ def test_cpu_affinity_auto_keeps_each_worker_and_its_replacement_on_a_cpu_of_its
             return sorted((_pinned_cpu(w) for w in running.workers()), key=str)
 
         every_thread_on_its_cpu: list[int | None] = sorted(expected, key=str)
-        assert pinned() == every_thread_on_its_cpu
+        # The gateway answers once one worker listens; the other may still be starting
+        # (all its threads on every CPU until it pins itself, before its own threads).
+        wait_for(
+            lambda: len(running.workers()) == WORKERS and pinned() == every_thread_on_its_cpu,
+            what="each worker on its slot's CPU",
+        )
         assert os.sched_getaffinity(running.process.pid) == set(allowed)
         victim = running.workers()[0]
         victim.kill()
