@@ -260,10 +260,18 @@ def start_floor() -> Server:
 
 
 def start_capirelay(
-    config: Path, workers: int | None, log_level: str = "warning", cpu_affinity: str = ""
+    config: Path,
+    workers: int | None,
+    log_level: str = "warning",
+    cpu_affinity: str = "",
+    tree: Path | None = None,
 ) -> Server:
     port = free_port()
     env = dict(os.environ, BENCH_INGEST_KEY=KEY)
+    if tree is not None:  # this source tree's capirelay, ahead of the installed one
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(tree.resolve()), env.get("PYTHONPATH", "")) if p
+        )
     cmd = [
         str(Path(PYTHON).parent / "capirelay"),
         "serve",
@@ -323,6 +331,15 @@ def main() -> None:
         "as 0,1); repeat the option to compare several, each with every --workers value "
         "(default: the server's own default only)",
     )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        type=Path,
+        default=[],
+        help="a source tree to serve from (git archive REV src | tar -x -C DIR; give DIR/src), "
+        "repeat to compare several side by side, each with every --workers and "
+        "--cpu-affinity value (default: this checkout's installed capirelay)",
+    )
     parser.add_argument("--routes", default="events,collect,batch")
     parser.add_argument(
         "--storage",
@@ -356,7 +373,8 @@ def main() -> None:
     routes = [ROUTES[name] for name in args.routes.split(",")]
     worker_counts: list[int | None] = [int(w) for w in args.workers.split(",") if w] or [None]
     affinities = [a.strip() for a in args.cpu_affinity if a.strip()] or [""]
-    configurations = [(w, a) for w in worker_counts for a in affinities]
+    trees: list[Path | None] = list(args.tree) or [None]
+    configurations = [(w, a, t) for w in worker_counts for a in affinities for t in trees]
     extra = args.extra_toml.read_text() if args.extra_toml else ""
     print(
         "rate limits: beacon limits lifted to 10^9/s (one load address); ingest-key quotas "
@@ -377,10 +395,12 @@ def main() -> None:
         gateways: list[Server] = []
         floor = start_floor()
         try:
-            for index, (workers, affinity) in enumerate(configurations):
+            for index, (workers, affinity, tree) in enumerate(configurations):
                 label = "default" if workers is None else str(workers)
                 if affinity:
                     label += f" cpu={affinity}"
+                if tree is not None:
+                    label += f" {tree}"
                 directory = tmp / f"config-{index}"
                 directory.mkdir()
                 config = write_config(
@@ -390,7 +410,7 @@ def main() -> None:
                     args.key_files,
                 )
                 labels.append(label)
-                gateways.append(start_capirelay(config, workers, args.log_level, affinity))
+                gateways.append(start_capirelay(config, workers, args.log_level, affinity, tree))
             sent = [0] * len(gateways)
             # floors[i][script]: the floor of the i-th alternation of each route.
             floors: list[dict[str, WrkResult]] = [{} for _ in range(args.repeat)]

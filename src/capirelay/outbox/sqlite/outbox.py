@@ -14,7 +14,10 @@ Why this shape:
   the callers once the WAL is synced: the same guarantee, while the writer (and
   the other ``serve --workers`` processes) go on with the next group.  The writes
   an event loop makes in one iteration reach the thread as one inbox item
-  (:meth:`GroupCommitWriter.submit_soon`): one wake-up per iteration, not per write.
+  (:meth:`GroupCommitWriter.submit_soon`): one wake-up per iteration, not per write;
+  or, when the write lock is free and no other process waits for it, the loop commits
+  them itself, on the writer's connection, and the syncer answers them the same way
+  (:meth:`GroupCommitWriter._commit_here`: no hand-off to a second thread and its GIL).
 * **Reads on their own connection** (one reader thread), so stats and DLQ
   listings never wait behind writes; WAL gives them a consistent snapshot.
 * **Indexes that keep a million-row backlog cheap.**  A row is *ready*,
