@@ -26,7 +26,7 @@ from outbox_data import T0, make_event
 
 from capirelay.outbox import EnqueueStatus, SQLiteOutbox
 from capirelay.outbox.sqlite import writer as writer_module
-from capirelay.outbox.sqlite.writer import GroupCommitWriter
+from capirelay.outbox.sqlite.writer import COMMIT_HERE_MAX_ROWS, GroupCommitWriter
 from waiting import wait_for_async
 
 pytestmark = pytest.mark.sqlite_only
@@ -72,7 +72,7 @@ async def test_a_free_turn_commits_the_iterations_writes_here_answered_after_the
     monkeypatch.setattr(writer_module, "_fdatasync", held_sync)
     here = writer.commits_here
     try:
-        calls = asyncio.gather(*(box._write(_thread_id) for _ in range(5)))
+        calls = asyncio.gather(*(box._write(_thread_id, rows=1) for _ in range(5)))
         await asyncio.get_running_loop().run_in_executor(None, syncing.wait, 10)
         # Committed (another connection reads it) and not answered until the sync is done.
         assert writer.commits_here == here + 1
@@ -109,7 +109,7 @@ async def test_a_writer_of_another_process_waiting_for_the_turn_goes_first(
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "waiting"
         here = writer.commits_here
-        ran_on = await asyncio.gather(*(box._write(_thread_id) for _ in range(3)))
+        ran_on = await asyncio.gather(*(box._write(_thread_id, rows=1) for _ in range(3)))
         assert ran_on == [writer.ident] * 3  # handed to the writer thread: a writer waits
         assert writer.commits_here == here
     finally:
@@ -118,7 +118,7 @@ async def test_a_writer_of_another_process_waiting_for_the_turn_goes_first(
         child.wait(10)
     # Nobody waits any more: the next iteration's writes are committed here.
     assert (
-        await asyncio.gather(*(box._write(_thread_id) for _ in range(3)))
+        await asyncio.gather(*(box._write(_thread_id, rows=1) for _ in range(3)))
         == [threading.get_ident()] * 3
     )
     assert writer.commits_here == here + 1
@@ -133,7 +133,7 @@ async def test_sqlites_lock_held_by_another_program_sends_the_writes_to_the_writ
     other = sqlite3.connect(db_path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        call = asyncio.ensure_future(box._write(_thread_id))
+        call = asyncio.ensure_future(box._write(_thread_id, rows=1))
         await wait_for_async(
             lambda: not writer._batches and writer._inbox.empty() and writer._conn_lock.locked(),
             what="the writer thread took the write and waits for SQLite's lock",
@@ -167,9 +167,32 @@ async def test_a_group_failing_here_is_run_again_by_the_writer_thread_each_write
         conn.execute("INSERT INTO marks VALUES (2)")
         raise RuntimeError("this write fails")
 
-    results = await asyncio.gather(box._write(good), box._write(bad), return_exceptions=True)
+    results = await asyncio.gather(
+        box._write(good, rows=1), box._write(bad, rows=1), return_exceptions=True
+    )
     assert results[0] == writer.ident  # committed alone, by the writer thread
     assert isinstance(results[1], RuntimeError) and str(results[1]) == "this write fails"
     assert (writer.commits_here, box.commits) == (here, commits + 1)
     with sqlite3.connect(db_path) as conn:  # nothing of the failed tries stayed behind
         assert conn.execute("SELECT x FROM marks").fetchall() == [(1,)]
+
+
+async def test_only_small_writes_are_committed_here(box: SQLiteOutbox) -> None:
+    """Leases, acks, housekeeping (no ``rows``) and iterations over
+    ``COMMIT_HERE_MAX_ROWS`` (a 100-event batch) keep their SQLite work on the writer
+    thread, beside the loop, instead of stalling it."""
+    writer = _writer(box)
+    here = writer.commits_here
+    assert await box._write(_thread_id) == writer.ident
+    over = await asyncio.gather(
+        *(box._write(_thread_id, rows=1) for _ in range(COMMIT_HERE_MAX_ROWS + 1))
+    )
+    assert over == [writer.ident] * (COMMIT_HERE_MAX_ROWS + 1)
+    batch = [make_event(f"batch-{i}") for i in range(100)]
+    assert await box.enqueue(batch, now=T0) == [EnqueueStatus.QUEUED] * 100
+    assert writer.commits_here == here
+    at_most = await asyncio.gather(
+        *(box._write(_thread_id, rows=1) for _ in range(COMMIT_HERE_MAX_ROWS))
+    )
+    assert at_most == [threading.get_ident()] * COMMIT_HERE_MAX_ROWS
+    assert writer.commits_here == here + 1

@@ -267,15 +267,22 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         return self._writer.operations if self._writer else 0
 
     async def _write(
-        self, fn: Callable[[sqlite3.Connection], T], merge: MergeFn | None = None, data: Any = None
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        merge: MergeFn | None = None,
+        data: Any = None,
+        rows: int | None = None,
     ) -> T:
+        """Run ``fn`` in the writer's next group; ``rows``: the rows it writes at most, for
+        a write known to be small (an ingest request's enqueue), which lets its event
+        loop commit it itself (``GroupCommitWriter._commit_here``)."""
         writer = self._writer
         if writer is None or not writer.is_alive():
             raise StorageUnavailable("the outbox is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         # With the other writes of this loop iteration: one hand-off to the writer for all.
-        writer.submit_soon(WriteOp(fn, loop, future, merge, data))
+        writer.submit_soon(WriteOp(fn, loop, future, merge, data, rows))
         return await future
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -315,10 +322,12 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
             insert_queued(conn, [e for e, ok in zip(batch, claimed, strict=True) if ok], now)
             return [_QUEUED if ok else _DUPLICATE for ok in claimed]
 
+        # Counted as one row an event: its queue row (its dedup and order keys ride along).
+        rows = len(batch)
         if any(e.order_key is not None for e in batch):
-            return await self._write(run)
+            return await self._write(run, rows=rows)
         # No order keys: consecutive enqueues of one commit group claim and insert together.
-        return await self._write(run, _enqueue_together, (batch, now))
+        return await self._write(run, _enqueue_together, (batch, now), rows)
 
     async def lease(
         self, pixel_id: str, *, limit: int, lease_seconds: float, now: float

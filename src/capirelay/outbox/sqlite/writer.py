@@ -114,6 +114,10 @@ class WriteOp:
     future: asyncio.Future[Any]
     merge: MergeFn | None = None
     data: Any = None
+    # How much the op writes, in rows, when its caller knows it to be little (an ingest
+    # request's enqueue: one an event); None for any other op, which is never committed
+    # on an event loop's thread (GroupCommitWriter._commit_here).
+    rows: int | None = None
 
 
 MergeFn = Callable[[sqlite3.Connection, Sequence[WriteOp]], list[Any]]
@@ -142,6 +146,13 @@ def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | 
     for future, value, error in outcomes:
         _deliver(future, value, error)
 
+
+# The most rows (events, for enqueues) one iteration's writes may come to and still be
+# committed on the event loop's thread (GroupCommitWriter._commit_here).  Single-event
+# requests come a few dozen to an iteration; a 100-event batch, a lease or an ack of a
+# thousand rows, and dedup expiry's chunks of 10,000 keys are better in the writer
+# thread, whose SQLite work runs without the GIL beside the loop (docs/benchmarks.md).
+COMMIT_HERE_MAX_ROWS: Final = 64
 
 # What a write came to: the op, its result, and the error it fails with (or None).
 Outcome = tuple["WriteOp", Any, BaseException | None]
@@ -188,6 +199,18 @@ def _open_turn_file(path: Path | None) -> int | None:
     except OSError as exc:
         log.warning("outbox writers take turns without %s: %s", path.name, exc.strerror)
         return None
+
+
+def _few_rows(batch: Sequence[WriteOp]) -> bool:
+    """Whether every op of ``batch`` says how many rows it writes, together at most
+    :data:`COMMIT_HERE_MAX_ROWS`."""
+    total = 0
+    for op in batch:
+        rows = op.rows
+        if rows is None:
+            return False
+        total += rows
+    return total <= COMMIT_HERE_MAX_ROWS
 
 
 def _record_lock(fd: int, operation: int) -> bool:
@@ -470,6 +493,10 @@ class GroupCommitWriter(threading.Thread):
 
         * WAL mode with the syncer: ``COMMIT`` writes the WAL and syncs nothing (an
           ``fdatasync`` on the loop's thread would stall every request it serves);
+        * each write says how many rows it writes (``WriteOp.rows``: an ingest request's
+          enqueue), together at most :data:`COMMIT_HERE_MAX_ROWS`: larger groups keep
+          SQLite's work on the writer thread, beside the loop, where it does not stall
+          the requests the loop serves (leases, acks and dedup expiry never come here);
         * the batch fits one group, the writer thread has nothing queued or carried over
           (what waits there was submitted first) and holds no group, and no sync failed;
         * no writer of another process is waiting for the turn (a shared lock on byte 0
@@ -489,6 +516,7 @@ class GroupCommitWriter(threading.Thread):
             or self._syncer is None
             or self._closing
             or len(batch) > self._max_group
+            or not _few_rows(batch)
             or not self._conn_lock.acquire(blocking=False)
         ):
             return False
