@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from outbox_data import T0, make_event, on_the_writer_thread
+from outbox_data import T0, make_event
 
 from capirelay.outbox import DEDUP_WINDOW_SECONDS, EnqueueStatus, SQLiteOutbox
 from capirelay.outbox.sqlite.writer import WriteOp, _open_turn_file, _run_group
@@ -49,7 +49,7 @@ async def one_group(
         release.wait()
 
     loop = asyncio.get_running_loop()
-    holder = on_the_writer_thread(box, hold)
+    holder = asyncio.ensure_future(box._write(hold))
     await loop.run_in_executor(None, started.wait)
     tasks = [asyncio.ensure_future(call) for call in calls]
     writer = box._writer
@@ -185,7 +185,7 @@ async def test_writers_of_one_file_take_turns_on_its_writer_lock(db_path: Path) 
             release.wait()
 
         loop = asyncio.get_running_loop()
-        holder = on_the_writer_thread(first, hold)
+        holder = asyncio.ensure_future(first._write(hold))
         await loop.run_in_executor(None, started.wait)
         fd = os.open(turn_file, os.O_RDWR)
         try:

@@ -70,50 +70,26 @@ def _queued_ids(db_path: Path) -> list[str]:
         return [row[0] for row in conn.execute("SELECT event_id FROM queue ORDER BY id")]
 
 
-async def test_one_iterations_writes_are_one_commit(db_path: Path) -> None:
-    """With the writers' turn free they are committed on the loop's own thread
-    (test_sqlite_commit_here.py), without an inbox item; one commit either way."""
+async def test_one_iterations_writes_reach_the_writer_as_one_item_and_one_commit(
+    db_path: Path,
+) -> None:
     box = SQLiteOutbox(db_path)
     await box.open()
     try:
         inbox = _count_inbox(box)
-        writer = _writer(box)
-        commits, operations, here = box.commits, box.write_operations, writer.commits_here
+        commits, operations = box.commits, box.write_operations
         # gather starts the 50 calls in the same iteration of the loop.
         statuses = await asyncio.gather(
             *(box.enqueue([make_event(f"e{i}")], now=T0) for i in range(50))
         )
         assert statuses == [[QUEUED]] * 50
-        assert (box.commits - commits, box.write_operations - operations) == (1, 50)
-        assert (writer.commits_here - here, inbox.items) == (1, [])
-        assert _queued_ids(db_path) == [f"e{i}" for i in range(50)]
-        # The next iteration's writes are a commit of their own.
-        assert await box.enqueue([make_event("later")], now=T0) == [QUEUED]
-        assert box.commits - commits == 2
-    finally:
-        await box.close()
-
-
-async def test_one_iterations_writes_reach_the_writer_as_one_item_while_the_turn_is_taken(
-    db_path: Path,
-) -> None:
-    turn = db_path.with_name(db_path.name + "-writer")
-    box = SQLiteOutbox(db_path)
-    await box.open()
-    held = os.open(turn, os.O_RDWR)
-    try:
-        inbox = _count_inbox(box)
-        commits, operations = box.commits, box.write_operations
-        fcntl.flock(held, fcntl.LOCK_EX)  # another writer of the file has its turn
-        calls = asyncio.gather(*(box.enqueue([make_event(f"e{i}")], now=T0) for i in range(50)))
-        await wait_for_async(lambda: len(inbox.items) == 1, what="the iteration's hand-off")
-        fcntl.flock(held, fcntl.LOCK_UN)
-        assert await asyncio.wait_for(calls, 10) == [[QUEUED]] * 50
         assert len(inbox.items) == 1 and len(inbox.items[0]) == 50
         assert (box.commits - commits, box.write_operations - operations) == (1, 50)
         assert _queued_ids(db_path) == [f"e{i}" for i in range(50)]
+        # The next iteration's writes are a new item.
+        assert await box.enqueue([make_event("later")], now=T0) == [QUEUED]
+        assert len(inbox.items) == 2
     finally:
-        os.close(held)
         await box.close()
 
 

@@ -14,10 +14,7 @@ Why this shape:
   the callers once the WAL is synced: the same guarantee, while the writer (and
   the other ``serve --workers`` processes) go on with the next group.  The writes
   an event loop makes in one iteration reach the thread as one inbox item
-  (:meth:`GroupCommitWriter.submit_soon`): one wake-up per iteration, not per write;
-  or, when the write lock is free and no other process waits for it, the loop commits
-  them itself, on the writer's connection, and the syncer answers them the same way
-  (:meth:`GroupCommitWriter._commit_here`: no hand-off to a second thread and its GIL).
+  (:meth:`GroupCommitWriter.submit_soon`): one wake-up per iteration, not per write.
 * **Reads on their own connection** (one reader thread), so stats and DLQ
   listings never wait behind writes; WAL gives them a consistent snapshot.
 * **Indexes that keep a million-row backlog cheap.**  A row is *ready*,
@@ -267,22 +264,15 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         return self._writer.operations if self._writer else 0
 
     async def _write(
-        self,
-        fn: Callable[[sqlite3.Connection], T],
-        merge: MergeFn | None = None,
-        data: Any = None,
-        rows: int | None = None,
+        self, fn: Callable[[sqlite3.Connection], T], merge: MergeFn | None = None, data: Any = None
     ) -> T:
-        """Run ``fn`` in the writer's next group; ``rows``: the rows it writes at most, for
-        a write known to be small (an ingest request's enqueue), which lets its event
-        loop commit it itself (``GroupCommitWriter._commit_here``)."""
         writer = self._writer
         if writer is None or not writer.is_alive():
             raise StorageUnavailable("the outbox is not open")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         # With the other writes of this loop iteration: one hand-off to the writer for all.
-        writer.submit_soon(WriteOp(fn, loop, future, merge, data, rows))
+        writer.submit_soon(WriteOp(fn, loop, future, merge, data))
         return await future
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -322,12 +312,10 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
             insert_queued(conn, [e for e, ok in zip(batch, claimed, strict=True) if ok], now)
             return [_QUEUED if ok else _DUPLICATE for ok in claimed]
 
-        # Counted as one row an event: its queue row (its dedup and order keys ride along).
-        rows = len(batch)
         if any(e.order_key is not None for e in batch):
-            return await self._write(run, rows=rows)
+            return await self._write(run)
         # No order keys: consecutive enqueues of one commit group claim and insert together.
-        return await self._write(run, _enqueue_together, (batch, now), rows)
+        return await self._write(run, _enqueue_together, (batch, now))
 
     async def lease(
         self, pixel_id: str, *, limit: int, lease_seconds: float, now: float

@@ -3,9 +3,7 @@ reader, and migrations.
 
 See :mod:`capirelay.outbox.sqlite.outbox` for why writes are grouped: every state
 change is a small function handed to :class:`GroupCommitWriter`, which runs all
-that wait in ONE transaction and commits once (an event loop commits its own
-iteration's writes itself, on the same connection, when that costs no wait:
-:meth:`GroupCommitWriter._commit_here`); with ``synchronous = FULL``,
+that wait in ONE transaction and commits once; with ``synchronous = FULL``,
 :class:`WalSyncer` makes each commit durable (an ``fdatasync`` of the WAL) before
 its callers are answered; :class:`Reader` answers reads on its own connection (WAL
 gives it a consistent snapshot while the writer writes).
@@ -64,11 +62,7 @@ def storage_error(exc: sqlite3.Error) -> StorageUnavailable:
 
 def connect(path: Path, *, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
     # isolation_level=None: this module issues BEGIN/COMMIT itself (group commit).
-    # check_same_thread=False: the writer's connection is also used on an event loop's
-    # thread (GroupCommitWriter._commit_here), one user at a time (its lock).
-    conn = sqlite3.connect(
-        path, isolation_level=None, timeout=busy_timeout, check_same_thread=False
-    )
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
@@ -114,10 +108,6 @@ class WriteOp:
     future: asyncio.Future[Any]
     merge: MergeFn | None = None
     data: Any = None
-    # How much the op writes, in rows, when its caller knows it to be little (an ingest
-    # request's enqueue: one an event); None for any other op, which is never committed
-    # on an event loop's thread (GroupCommitWriter._commit_here).
-    rows: int | None = None
 
 
 MergeFn = Callable[[sqlite3.Connection, Sequence[WriteOp]], list[Any]]
@@ -146,13 +136,6 @@ def _deliver_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | 
     for future, value, error in outcomes:
         _deliver(future, value, error)
 
-
-# The most rows (events, for enqueues) one iteration's writes may come to and still be
-# committed on the event loop's thread (GroupCommitWriter._commit_here).  Single-event
-# requests come a few dozen to an iteration; a 100-event batch, a lease or an ack of a
-# thousand rows, and dedup expiry's chunks of 10,000 keys are better in the writer
-# thread, whose SQLite work runs without the GIL beside the loop (docs/benchmarks.md).
-COMMIT_HERE_MAX_ROWS: Final = 64
 
 # What a write came to: the op, its result, and the error it fails with (or None).
 Outcome = tuple["WriteOp", Any, BaseException | None]
@@ -199,42 +182,6 @@ def _open_turn_file(path: Path | None) -> int | None:
     except OSError as exc:
         log.warning("outbox writers take turns without %s: %s", path.name, exc.strerror)
         return None
-
-
-def _few_rows(batch: Sequence[WriteOp]) -> bool:
-    """Whether every op of ``batch`` says how many rows it writes, together at most
-    :data:`COMMIT_HERE_MAX_ROWS`."""
-    total = 0
-    for op in batch:
-        rows = op.rows
-        if rows is None:
-            return False
-        total += rows
-    return total <= COMMIT_HERE_MAX_ROWS
-
-
-def _record_lock(fd: int, operation: int) -> bool:
-    """``lockf`` on the first byte of the turn file; False if it could not be had (taken,
-    or a file system without POSIX locks)."""
-    try:
-        fcntl.lockf(fd, operation, 1, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _take_free_turn(fd: int) -> bool:
-    """Take the writers' turn (``flock``) if it is free and no writer of another process
-    waits for it (holds the shared lock on byte 0, :meth:`GroupCommitWriter._turn`);
-    never waits.  False without taking anything, also where the file system cannot say."""
-    if not _record_lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
-        return False  # a writer waits (or nobody can tell): it goes first
-    _record_lock(fd, fcntl.LOCK_UN)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
 
 
 def _drain(inbox: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:
@@ -431,12 +378,6 @@ class GroupCommitWriter(threading.Thread):
         # (max_group): the next group starts with it.  The writer thread's alone.
         self._carry: list[WriteOp] = []
         self.ready: ThreadFuture[None] = ThreadFuture()
-        # The connection, once open, and who may use it: the writer thread for each of
-        # its groups, or an event loop committing its own iteration's writes
-        # (_commit_here).  None again once the thread is shutting down.
-        self._conn: sqlite3.Connection | None = None
-        self._conn_lock = threading.Lock()
-        self.commits_here = 0  # of the commits, those made on an event loop's thread
         self.commits = 0
         self.operations = 0
 
@@ -469,7 +410,7 @@ class GroupCommitWriter(threading.Thread):
         """Hand ``loop``'s writes of :meth:`submit_soon` to the writer now (on ``loop``'s
         thread); each fails with :class:`StorageUnavailable` if the writer is stopping."""
         batch = self._batches.pop(loop, None)
-        if not batch or self._commit_here(batch):
+        if not batch:
             return
         with self._gate:
             if not self._closing:
@@ -478,77 +419,6 @@ class GroupCommitWriter(threading.Thread):
         refused = StorageUnavailable("the outbox is closing")
         for op in batch:
             _deliver(op.future, None, refused)
-
-    def _commit_here(self, batch: list[WriteOp]) -> bool:
-        """Commit ``batch`` (one event loop's iteration) on the calling thread, the loop's
-        own, when that costs no wait: True once it is committed and settled (its callers
-        are answered by the syncer, as the writer thread's are), False to hand it to the
-        writer thread instead, with nothing written.
-
-        Handing a group to the writer thread costs two threads and their GIL: the writer
-        takes the GIL back at each step of each statement while the loop runs requests,
-        and holds the file's write lock for as long, so the other ``serve --workers``
-        processes wait longer for their turn (docs/benchmarks.md, "Commits on the
-        event loop's thread").  Here, only when nothing has to be waited for:
-
-        * WAL mode with the syncer: ``COMMIT`` writes the WAL and syncs nothing (an
-          ``fdatasync`` on the loop's thread would stall every request it serves);
-        * each write says how many rows it writes (``WriteOp.rows``: an ingest request's
-          enqueue), together at most :data:`COMMIT_HERE_MAX_ROWS`: larger groups keep
-          SQLite's work on the writer thread, beside the loop, where it does not stall
-          the requests the loop serves (leases, acks and dedup expiry never come here);
-        * the batch fits one group, the writer thread has nothing queued or carried over
-          (what waits there was submitted first) and holds no group, and no sync failed;
-        * no writer of another process is waiting for the turn (a shared lock on byte 0
-          of the turn file, :meth:`_turn`): a loop that may take the turn whenever it is
-          free would take it again and again ahead of a writer the kernel has yet to
-          wake, so then the batch queues behind it, through the writer thread;
-        * the turn and SQLite's write lock are free now (``BEGIN IMMEDIATE`` with the
-          writer's ``busy_timeout`` of 0).
-
-        If the group then fails (a constraint, a full disk), it is rolled back and the
-        writer thread runs it again, as a group and then each write alone, so each
-        caller gets the error its own write meets, as before.  SQLite's automatic
-        checkpoint still runs inside ``COMMIT`` when the WAL has grown past its limit,
-        here as on the writer thread."""
-        if (
-            self._conn is None
-            or self._syncer is None
-            or self._closing
-            or len(batch) > self._max_group
-            or not _few_rows(batch)
-            or not self._conn_lock.acquire(blocking=False)
-        ):
-            return False
-        try:
-            conn = self._conn  # None once the thread began shutting down (under the lock)
-            if conn is None or self._carry or not self._inbox.empty() or self.failure:
-                return False
-            fd = self._turn_fd
-            if fd is not None and not _take_free_turn(fd):
-                return False
-            try:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.Error:  # busy (another program), or failing: the thread's
-                    return False
-                try:
-                    results = _run_group(conn, batch)
-                    conn.execute("COMMIT")
-                except Exception:
-                    self._rollback(conn)
-                    return False
-            finally:
-                if fd is not None:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-            self.commits_here += 1
-            outcomes: list[Outcome] = [
-                (op, result, None) for op, result in zip(batch, results, strict=True)
-            ]
-            self._settle(outcomes, committed=True)
-            return True
-        finally:
-            self._conn_lock.release()
 
     def stop(self) -> None:
         """Refuse new writes; the thread finishes those already queued, then exits."""
@@ -586,13 +456,10 @@ class GroupCommitWriter(threading.Thread):
             self.ready.set_exception(failure)
             return
         self._turn_fd = _open_turn_file(self._turn_file)
-        self._conn = conn
         self.ready.set_result(None)
         try:
             self._serve(conn)
         finally:
-            with self._conn_lock:  # a commit on a loop's thread finishes first
-                self._conn = None
             self._refuse_pending()
             if self._syncer is not None:
                 # Before the connection closes: closing the last one removes the WAL.
@@ -650,8 +517,7 @@ class GroupCommitWriter(threading.Thread):
                     return
                 self._carry = item if isinstance(item, list) else [item]  # type: ignore[list-item]
             first, self._carry = self._carry[: self._max_group], self._carry[self._max_group :]
-            with self._conn_lock:
-                stopping = self._commit_group(conn, first) or stopping
+            stopping = self._commit_group(conn, first) or stopping
 
     def _gather(self, group: list[WriteOp]) -> bool:
         """Add to ``group`` what waits in the inbox (up to ``max_group``; the rest of a
@@ -709,18 +575,7 @@ class GroupCommitWriter(threading.Thread):
         if fd is None:
             yield
             return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            # While it waits, a shared lock on the file's first byte tells the other
-            # processes' event loops that a writer waits (_commit_here).  POSIX record
-            # locks are the process's, so this thread and its own loop never conflict.
-            marked = _record_lock(fd, fcntl.LOCK_SH)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
-            finally:
-                if marked:
-                    _record_lock(fd, fcntl.LOCK_UN)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # releases the GIL while it waits
         try:
             yield
         finally:
