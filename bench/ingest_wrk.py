@@ -25,6 +25,12 @@ so in its first line: the figure is ingest, not the limiter refusing requests.
     .venv/bin/python bench/ingest_wrk.py --duration 8 --workers 1,2
     .venv/bin/python bench/ingest_wrk.py --storage postgresql://127.0.0.1:5432/test
     .venv/bin/python bench/ingest_wrk.py --workers 2 --duration 6 --repeat 5   # medians
+    .venv/bin/python bench/ingest_wrk.py --workers 2 --tree /tmp/before/src --tree src
+
+``--tree`` serves a gateway from each source tree given (``git archive REV src | tar -x
+-C /tmp/before`` for an older commit), side by side in the same run like the
+``--workers`` and ``--cpu-affinity`` values: a before/after comparison within the same
+minutes.
 
 The last lines compare each route with the issue's goals: with ``--repeat N`` the
 floor and capirelay runs alternate N times per route, and each goal line gives every
