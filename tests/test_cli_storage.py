@@ -4,10 +4,13 @@ when they only read; the doctor checks the credentials a config refers to."""
 from __future__ import annotations
 
 import socket
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -69,6 +72,76 @@ def test_a_postgres_password_is_never_printed(tmp_path: Path) -> None:
     )
     assert "hunter2" not in result.output
     assert "postgresql://capi:***@127.0.0.1:1/none" in result.stderr
+
+
+def _said(result: Any) -> str:
+    return str(result.output) + str(getattr(result, "stderr", "") or "")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://capi:Pw@Secret6@127.0.0.1:5432/x", "holds '@'"),
+        ("postgresql://capi:Pw/Secret2@127.0.0.1:5432/x", "holds '/'"),
+        ("postgresql://capi:Pw%Secret1@127.0.0.1:5432/x", "not percent-encoding"),
+        ("postgresql://capi:PwSecret3@[::1:5432/x", "host or port cannot be read"),
+        ("postgresql://capi:PwSecret4@127.0.0.1:notaport/x", "host or port cannot be read"),
+    ],
+)
+def test_a_postgres_url_libpq_would_misread_is_refused_without_its_password(
+    tmp_path: Path, url: str, expected: str
+) -> None:
+    """libpq splits such a URL in the wrong place and quotes the piece in its error (part
+    of the password, as a host name); each command refuses it first, naming the fix."""
+    for args in (
+        ["migrate", "--storage", url],
+        ["migrate", "--from", f"sqlite:///{tmp_path / 'x.db'}", "--to", url],
+        ["dlq", "list", "--storage", url],
+    ):
+        result = runner.invoke(app, args)
+        said = _said(result)
+        assert result.exit_code == 2, (args, said)
+        assert expected in said
+        assert "percent-encode" in said or "brackets" in said
+        assert "Secret" not in said and "Traceback" not in said
+
+
+def test_a_password_given_as_a_query_parameter_is_masked(tmp_path: Path) -> None:
+    url = f"postgresql://capi@127.0.0.1:{_closed_port()}/none?password=QSecret7"
+    result = runner.invoke(app, ["migrate", "--storage", url])
+    assert "QSecret7" not in _said(result)
+    assert "?password=***" in _said(result)
+
+
+def test_postgres_refusals_are_one_line_naming_the_cause(postgres_database: str) -> None:
+    """A role without CREATE on the schema (PostgreSQL 15's default for a role that does
+    not own ``public``), a search_path naming no schema, an option libpq does not know:
+    one line and exit 1, not a traceback."""
+    role = f"capirelay_norights_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_database, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'NoRightsPw9'")
+    try:
+        host_and_database = postgres_database.split("@", 1)[1]
+        cases = [
+            (f"postgresql://{role}:NoRightsPw9@{host_and_database}", "permission denied"),
+            (
+                f"{postgres_database}?options={quote('-csearch_path=no_such_schema')}",
+                "no schema has been selected",
+            ),
+            (f"{postgres_database}?bogus=1", "invalid URI query parameter"),
+        ]
+        for url, expected in cases:
+            result = runner.invoke(app, ["migrate", "--storage", url])
+            said = _said(result)
+            assert result.exit_code == 1, said
+            assert "PostgreSQL refused: " in said and expected in said
+            assert "Traceback" not in said and "NoRightsPw9" not in said
+        assert "GRANT CREATE ON SCHEMA" in _said(
+            runner.invoke(app, ["migrate", "--storage", cases[0][0]])
+        )
+    finally:
+        with psycopg.connect(postgres_database, autocommit=True) as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
 
 
 def _doctor(config: Path) -> dict[str, list[dict[str, Any]]]:

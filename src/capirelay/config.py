@@ -466,8 +466,12 @@ class Settings(BaseSettings):
 
 
 def redact_storage_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe to print and log)."""
-    return re.sub(r"(://[^:/@\s]+):[^/\s]*@", r"\1:***@", url)
+    """``url`` with any password replaced by ``***`` (safe to print and log): everything
+    from the ``:`` after the user name to the last ``@`` (so a password holding an
+    unencoded ``@``, ``/`` or ``?`` is masked whole; a URL with an ``@`` further on
+    shows less than it could, never a password), and a ``password=`` query parameter."""
+    url = re.sub(r"^([A-Za-z][\w+.-]*://[^:/?#@\s]*):.*@", r"\1:***@", url, flags=re.S)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
 def config_path(config_file: str | Path | None = None) -> Path | None:

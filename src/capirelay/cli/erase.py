@@ -22,6 +22,7 @@ from rich.console import Console
 
 from capirelay.cli._output import err_console, error
 from capirelay.cli.storage import ConfigOpt, StorageOpt
+from capirelay.config import redact_storage_url
 from capirelay.outbox.receipts import ErasureResult
 
 __all__ = ["erase_command", "erasure_hashes"]
@@ -132,8 +133,9 @@ async def _erase(
     outbox = open_outbox(url)
     if not isinstance(outbox, ErasureStore):
         raise ValueError(
-            f"storage {url!r} cannot erase identifiers: point --storage (or storage in "
-            "capirelay.toml) at the SQLite or PostgreSQL outbox the gateway writes"
+            f"storage {redact_storage_url(url)!r} cannot erase identifiers: point --storage "
+            "(or storage in capirelay.toml) at the SQLite or PostgreSQL outbox the gateway "
+            "writes"
         )
     await outbox.open()
     try:

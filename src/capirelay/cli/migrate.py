@@ -51,7 +51,7 @@ def migrate_command(
 
     With --from and --to: copy a SQLite outbox into PostgreSQL (stop the gateway first).
     """
-    from capirelay.outbox.postgres import postgres_conninfo
+    from capirelay.outbox.postgres import postgres_conninfo, postgres_refusal
     from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate_url
 
     if source is not None or target is not None:
@@ -69,9 +69,20 @@ def migrate_command(
         )
         return
     try:
-        applied = asyncio.run(migrate_url(postgres_conninfo(url)))
+        conninfo = postgres_conninfo(url)
+    except ValueError as exc:
+        error(f"storage: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        applied = asyncio.run(migrate_url(conninfo))
     except StorageUnavailable as exc:
         error(str(exc))
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        refusal = postgres_refusal(exc)
+        if refusal is None:
+            raise
+        error(refusal)
         raise typer.Exit(1) from None
     latest = MIGRATIONS[-1].version
     if applied:

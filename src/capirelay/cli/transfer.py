@@ -19,7 +19,7 @@ _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 def transfer_command(source: str | None, target: str | None, *, merge: bool) -> None:
     """Copy the SQLite outbox ``source`` into the PostgreSQL outbox ``target``."""
-    from capirelay.outbox.postgres import postgres_conninfo
+    from capirelay.outbox.postgres import postgres_conninfo, postgres_refusal
     from capirelay.outbox.transfer import transfer
 
     if source is None or not source.startswith("sqlite:///") or source == "sqlite:///:memory:":
@@ -33,12 +33,23 @@ def transfer_command(source: str | None, target: str | None, *, merge: bool) -> 
         )
         raise typer.Exit(2)
     try:
-        report = transfer(sqlite_path_from_url(source), postgres_conninfo(target), merge=merge)
+        conninfo = postgres_conninfo(target)
+    except ValueError as exc:
+        error(f"--to: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        report = transfer(sqlite_path_from_url(source), conninfo, merge=merge)
     except StorageUnavailable as exc:
         error(str(exc))
         raise typer.Exit(1) from None
     except RuntimeError as exc:
         error(str(exc))
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        refusal = postgres_refusal(exc)
+        if refusal is None:
+            raise
+        error(refusal)
         raise typer.Exit(1) from None
     if report.sqlite_version != report.sqlite_version_before:
         console.print(

@@ -17,6 +17,14 @@ from capirelay.outbox.postgres.outbox import (
     PostgresOutbox,
     load_queries,
     postgres_conninfo,
+    postgres_refusal,
 )
 
-__all__ = ["CHANNEL", "QUERIES", "PostgresOutbox", "load_queries", "postgres_conninfo"]
+__all__ = [
+    "CHANNEL",
+    "QUERIES",
+    "PostgresOutbox",
+    "load_queries",
+    "postgres_conninfo",
+    "postgres_refusal",
+]

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import orjson
 import psycopg
@@ -87,7 +89,14 @@ from capirelay.outbox.postgres.migrate import migrate
 from capirelay.outbox.postgres.receipts import PostgresReceipts, insert_dead_letter_receipts
 from capirelay.tasks import cancel_and_wait
 
-__all__ = ["CHANNEL", "QUERIES", "PostgresOutbox", "load_queries", "postgres_conninfo"]
+__all__ = [
+    "CHANNEL",
+    "QUERIES",
+    "PostgresOutbox",
+    "load_queries",
+    "postgres_conninfo",
+    "postgres_refusal",
+]
 
 log = logging.getLogger("capirelay.outbox")
 
@@ -116,11 +125,49 @@ _POSTGRES_SCHEMES = ("postgresql+psycopg://", "postgres://")
 
 
 def postgres_conninfo(url: str) -> str:
-    """The storage URL as libpq understands it (``postgresql+psycopg://`` is SQLAlchemy's)."""
+    """The storage URL as libpq understands it (``postgresql+psycopg://`` is SQLAlchemy's).
+
+    :class:`ValueError` (naming the fix, never the URL) for a URL libpq would read
+    wrongly and then quote in its error: an ``@``, ``/`` or stray ``%`` in the user name
+    or password, or a host or port that cannot be read."""
     for scheme in _POSTGRES_SCHEMES:
         if url.startswith(scheme):
-            return "postgresql://" + url[len(scheme) :]
+            url = "postgresql://" + url[len(scheme) :]
+            break
+    _check_url_shape(url)
     return url
+
+
+_NOT_PERCENT_ENCODING = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def _check_url_shape(url: str) -> None:
+    """Refuse what libpq splits in the wrong place: it takes the user information up to
+    the first ``@`` (a password holding one leaves the rest as the host name, which its
+    error then prints), and an unencoded ``%`` or a bad port ends in an error that quotes
+    the text around it."""
+    rest = url.split("://", 1)[1] if "://" in url else url
+    before_query = rest.split("?", 1)[0].split("#", 1)[0]
+    authority = before_query.split("/", 1)[0]
+    userinfo, at, _ = authority.rpartition("@")
+    fix = "percent-encode it in the storage URL"
+    if "@" in userinfo:
+        raise ValueError(f"the PostgreSQL URL's user name or password holds '@': {fix} (%40)")
+    if not at and "@" in before_query:
+        raise ValueError(f"the PostgreSQL URL's user name or password holds '/': {fix} (%2F)")
+    if _NOT_PERCENT_ENCODING.search(userinfo):
+        raise ValueError(
+            f"the PostgreSQL URL's user name or password holds a '%' that is not "
+            f"percent-encoding: {fix} (%25)"
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError:
+        raise ValueError(
+            "the PostgreSQL URL's host or port cannot be read: the port is a number, an "
+            "IPv6 address goes in brackets (postgresql://user@[::1]:5432/capirelay)"
+        ) from None
 
 
 def storage_error(exc: BaseException) -> StorageUnavailable:
@@ -128,6 +175,28 @@ def storage_error(exc: BaseException) -> StorageUnavailable:
     sqlstate = getattr(exc, "sqlstate", None)
     code = f", SQLSTATE {sqlstate}" if sqlstate else ""
     return StorageUnavailable(f"PostgreSQL outbox unavailable ({type(exc).__name__}{code})")
+
+
+def postgres_refusal(exc: BaseException) -> str | None:
+    """One line for a command to print when PostgreSQL refused what it asked (no rights
+    on the schema, a search_path naming no schema, a connection option libpq does not
+    know): the server's or libpq's first line, which names the cause and no password
+    (the URL's shape is checked first, :func:`postgres_conninfo`), its class and
+    SQLSTATE; ``None`` for anything that is not a psycopg error."""
+    if not isinstance(exc, psycopg.Error):
+        return None
+    first = (str(exc).strip().splitlines() or [""])[0]
+    sqlstate = getattr(exc, "sqlstate", None)
+    code = f", SQLSTATE {sqlstate}" if sqlstate else ""
+    hint = ""
+    if sqlstate == "42501":
+        hint = (
+            "; the role needs CREATE on the schema the outbox goes in "
+            "(GRANT CREATE ON SCHEMA public TO the role, or a schema of its own)"
+        )
+    elif sqlstate == "3F000":
+        hint = "; create that schema, or fix search_path in the URL's options"
+    return f"PostgreSQL refused: {first} ({type(exc).__name__}{code}){hint}"
 
 
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, PoolClosed)
