@@ -177,7 +177,13 @@ def test_sqlite_outbox_moves_to_postgres_with_every_row(
             counts["dedup"] + 1,
         )
         assert conn.execute("SELECT count(*) FROM capirelay_queue").fetchone() == (5,)
-        for table in ("dead_letters", "receipts", "erasures", "operator_audit"):
+        for table in (
+            "dead_letters",
+            "receipts",
+            "erasures",
+            "operator_audit",
+            "meta_check_history",
+        ):
             row = conn.execute(f"SELECT count(*) FROM capirelay_{table}").fetchone()
             assert row == (counts[table],), table
 

@@ -198,6 +198,7 @@ TABLES: Final[tuple[TableCopy, ...]] = (
         ("id", "pixel_id", "key", "failing", "result", "title", "message", "at"),
         {"failing": _bool},
         identity="id",
+        same=("pixel_id", "key", "at", "failing", "result"),
     ),
     TableCopy(
         "Meta runs",
