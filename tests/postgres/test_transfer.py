@@ -283,3 +283,19 @@ def test_a_running_gateway_holding_the_file_is_named(sqlite_file: Path, postgres
         holder.close()
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM capirelay_queue").fetchone() == (0,)
+
+
+def test_another_programs_database_is_refused_untouched(tmp_path: Path, postgres_url: str) -> None:
+    """A SQLite file with a schema version of its own and no outbox tables: refused
+    before capirelay's upgrade could add its tables or change its version."""
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other, isolation_level=None)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    before = other.read_bytes()
+    result = runner.invoke(app, ["migrate", "--from", f"sqlite:///{other}", "--to", postgres_url])
+    assert result.exit_code == 1
+    assert "is not a capirelay outbox" in result.output
+    assert "nothing was changed" in result.output
+    assert other.read_bytes() == before

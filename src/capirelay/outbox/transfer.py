@@ -244,6 +244,10 @@ class TransferReport:
         return sum(t.copied for t in self.tables)
 
 
+# The tables every capirelay SQLite outbox has had since its first schema version.
+_OUTBOX_TABLES: Final = ("queue", "dedup")
+
+
 def _open_source(path: str, busy_timeout: float) -> tuple[sqlite3.Connection, int, int]:
     from capirelay.outbox.sqlite import migrate as sqlite_migrate
 
@@ -261,6 +265,20 @@ def _open_source(path: str, busy_timeout: float) -> tuple[sqlite3.Connection, in
         if before == 0:
             raise StorageUnavailable(
                 f"--from: {path!r} is not a capirelay outbox (no schema version); check the path"
+            )
+        # Another program's database with a schema version of its own: refused before
+        # the upgrade below could add capirelay's tables to it.
+        found = {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name IN (?, ?)",
+                _OUTBOX_TABLES,
+            )
+        }
+        if found != set(_OUTBOX_TABLES):
+            raise StorageUnavailable(
+                f"--from: {path!r} is not a capirelay outbox (it has no queue and dedup "
+                "tables); nothing was changed in it; check the path"
             )
         after = sqlite_migrate(conn)
     except sqlite3.Error as exc:
