@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +301,71 @@ def test_another_programs_database_is_refused_untouched(tmp_path: Path, postgres
     assert "is not a capirelay outbox" in result.output
     assert "nothing was changed" in result.output
     assert other.read_bytes() == before
+
+
+def _child(script: str) -> subprocess.Popen[str]:
+    """A Python process running ``script``, which prints one line once it holds what it
+    holds, then waits for its stdin to close (POSIX record locks belong to a process, so
+    a gateway and a migration are played by another one)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "holding"
+    return child
+
+
+def _end(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None
+    child.stdin.close()
+    assert child.wait(30) == 0
+
+
+def test_an_outbox_a_gateway_has_open_is_not_copied(sqlite_file: Path, postgres_url: str) -> None:
+    """Events a running gateway accepted during the copy would stay behind: while any
+    process has the outbox open, migrate refuses at once, copying nothing."""
+    gateway = _child(
+        "import asyncio, sys\n"
+        "from capirelay.outbox.sqlite import SQLiteOutbox\n"
+        "async def main():\n"
+        f"    box = SQLiteOutbox({str(sqlite_file)!r})\n"
+        "    await box.open()\n"
+        "    print('holding', flush=True)\n"
+        "    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)\n"
+        "    await box.close()\n"
+        "asyncio.run(main())\n"
+    )
+    try:
+        refused = runner.invoke(
+            app, ["migrate", "--from", f"sqlite:///{sqlite_file}", "--to", postgres_url]
+        )
+        assert refused.exit_code == 1
+        assert "has this SQLite outbox open; stop it" in refused.output
+    finally:
+        _end(gateway)
+    with psycopg.connect(postgres_url) as conn:
+        held = conn.execute("SELECT to_regclass('capirelay_queue') IS NOT NULL").fetchone()
+        if held == (True,):
+            assert conn.execute("SELECT count(*) FROM capirelay_queue").fetchone() == (0,)
+    moved = runner.invoke(
+        app, ["migrate", "--from", f"sqlite:///{sqlite_file}", "--to", postgres_url]
+    )
+    assert moved.exit_code == 0, moved.output
+
+
+async def test_a_gateway_does_not_open_an_outbox_being_copied(sqlite_file: Path) -> None:
+    migration = _child(
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(sqlite_file) + '-writer'!r}, os.O_RDWR)\n"
+        "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 1)\n"
+        "print('holding', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    try:
+        with pytest.raises(StorageUnavailable, match="capirelay migrate is copying it"):
+            await SQLiteOutbox(str(sqlite_file)).open()
+    finally:
+        _end(migration)
+    box = SQLiteOutbox(str(sqlite_file))
+    await box.open()
+    await box.close()

@@ -27,6 +27,9 @@ nothing the second time.
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from capirelay.outbox.base import StorageUnavailable
+from capirelay.outbox.sqlite.writer import OPEN_MARK_BYTE
 
 __all__ = ["TABLES", "TableCopy", "TableResult", "TargetNotEmpty", "TransferReport", "transfer"]
 
@@ -244,6 +248,35 @@ class TransferReport:
         return sum(t.copied for t in self.tables)
 
 
+def _hold_source(path: str) -> int | None:
+    """Take the outbox's open mark (byte 1 of its turn file) exclusively for the copy:
+    refused while a gateway or another capirelay command has the outbox open (events
+    it accepted during the copy would not be moved), and no gateway opens it until the
+    copy is done.  ``None`` where there is no turn file (no gateway of this version has
+    opened it) or no POSIX locks."""
+    try:
+        fd = os.open(f"{path}-writer", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, OPEN_MARK_BYTE)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            raise StorageUnavailable(
+                "--from: a gateway (or another capirelay command) has this SQLite outbox "
+                "open; stop it, then run this again (events it accepted during the copy "
+                "would not be moved)"
+            ) from None
+        return None
+    return fd
+
+
+def _let_go(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
 # The tables every capirelay SQLite outbox has had since its first schema version.
 _OUTBOX_TABLES: Final = ("queue", "dedup")
 
@@ -399,7 +432,12 @@ def transfer(
     """
     from capirelay.outbox.postgres.migrate import migrate_url
 
-    source, version_before, version = _open_source(sqlite_path, busy_timeout)
+    held = _hold_source(sqlite_path)
+    try:
+        source, version_before, version = _open_source(sqlite_path, busy_timeout)
+    except BaseException:
+        _let_go(held)
+        raise
     try:
         applied = asyncio.run(migrate_url(postgres_conninfo))
         try:
@@ -434,6 +472,7 @@ def transfer(
                 source.execute("ROLLBACK")
     finally:
         source.close()
+        _let_go(held)
     released, results = report
     return TransferReport(version_before, version, tuple(applied), released, results)
 

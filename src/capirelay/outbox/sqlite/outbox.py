@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import secrets
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -100,6 +101,7 @@ from capirelay.outbox.sqlite.writer import (
     Reader,
     WriteOp,
     connect,
+    hold_open_mark,
     migrate,
 )
 
@@ -212,6 +214,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         self._max_group = max_group
         self._writer: GroupCommitWriter | None = None
         self._reader: Reader | None = None
+        self._open_mark: int | None = None  # hold_open_mark's descriptor while open
 
     # ------------------------------------------------------------- lifecycle
 
@@ -229,15 +232,23 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         if self._writer is not None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        turn_file = self.path.with_name(self.path.name + "-writer")
+        mark = hold_open_mark(turn_file)  # refuses while capirelay migrate copies the file
         writer = GroupCommitWriter(
             self._connect_writer,
             self._max_group,
             self.busy_timeout,
-            turn_file=self.path.with_name(self.path.name + "-writer"),
+            turn_file=turn_file,
             sync_outside_lock=self.synchronous == "FULL",
         )
         writer.start()
-        await asyncio.wrap_future(writer.ready)
+        try:
+            await asyncio.wrap_future(writer.ready)
+        except BaseException:
+            if mark is not None:
+                os.close(mark)
+            raise
+        self._open_mark = mark
         self._writer = writer
         self._reader = Reader(self._connect_reader)
 
@@ -252,6 +263,9 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
             await asyncio.get_running_loop().run_in_executor(None, writer.join)
         if reader is not None:
             await reader.close()
+        mark, self._open_mark = self._open_mark, None
+        if mark is not None:
+            os.close(mark)
 
     @property
     def commits(self) -> int:

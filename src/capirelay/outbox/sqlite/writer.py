@@ -184,6 +184,36 @@ def _open_turn_file(path: Path | None) -> int | None:
         return None
 
 
+# Byte 1 of the turn file: every process with the outbox open holds a shared POSIX lock
+# on it for as long as it is open; `capirelay migrate --from` takes it exclusively for
+# the whole copy, so neither runs while the other holds the file.  (The turn itself is
+# an flock on the whole file: the two kinds of lock do not meet on Linux.)
+OPEN_MARK_BYTE: Final = 1
+
+
+def hold_open_mark(path: Path) -> int | None:
+    """Open the turn file ``path`` and hold the shared lock on :data:`OPEN_MARK_BYTE`
+    while the outbox is open (close the descriptor to let go).  ``None`` where the file
+    cannot be opened or has no POSIX locks; :class:`StorageUnavailable` while a
+    ``capirelay migrate --from`` copies the outbox.  POSIX locks belong to a process and
+    die with it: a killed gateway leaves none behind."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, OPEN_MARK_BYTE)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            raise StorageUnavailable(
+                "SQLite outbox unavailable: capirelay migrate is copying it to PostgreSQL; "
+                "start the gateway on the PostgreSQL URL once the copy is done"
+            ) from None
+        return None
+    return fd
+
+
 def _drain(inbox: queue.SimpleQueue[Any]) -> tuple[list[Any], bool]:
     """What waits in ``inbox``, lists flattened, and whether the stop mark was among it
     (left out)."""
