@@ -51,7 +51,7 @@ def migrate_command(
 
     With --from and --to: copy a SQLite outbox into PostgreSQL (stop the gateway first).
     """
-    from capirelay.outbox.postgres import postgres_conninfo, postgres_refusal
+    from capirelay.outbox.postgres import postgres_conninfo
     from capirelay.outbox.postgres.migrate import MIGRATIONS, migrate_url
 
     if source is not None or target is not None:
@@ -79,11 +79,10 @@ def migrate_command(
         error(str(exc))
         raise typer.Exit(1) from None
     except Exception as exc:
-        refusal = postgres_refusal(exc)
-        if refusal is None:
-            raise
-        error(refusal)
-        raise typer.Exit(1) from None
+        from capirelay.cli.transfer import exit_if_postgres_refused
+
+        exit_if_postgres_refused(exc)
+        raise
     latest = MIGRATIONS[-1].version
     if applied:
         console.print(

@@ -17,9 +17,21 @@ console = Console()
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
 
+def exit_if_postgres_refused(exc: Exception) -> None:
+    """Exit 1 with one line when ``exc`` is PostgreSQL refusing (no rights, no schema, an
+    unknown option: :func:`~capirelay.outbox.postgres.postgres_refusal`); else return,
+    for the caller to re-raise."""
+    from capirelay.outbox.postgres import postgres_refusal
+
+    refusal = postgres_refusal(exc)
+    if refusal is not None:
+        error(refusal)
+        raise typer.Exit(1) from None
+
+
 def transfer_command(source: str | None, target: str | None, *, merge: bool) -> None:
     """Copy the SQLite outbox ``source`` into the PostgreSQL outbox ``target``."""
-    from capirelay.outbox.postgres import postgres_conninfo, postgres_refusal
+    from capirelay.outbox.postgres import postgres_conninfo
     from capirelay.outbox.transfer import transfer
 
     if source is None or not source.startswith("sqlite:///") or source == "sqlite:///:memory:":
@@ -46,11 +58,8 @@ def transfer_command(source: str | None, target: str | None, *, merge: bool) -> 
         error(str(exc))
         raise typer.Exit(1) from None
     except Exception as exc:
-        refusal = postgres_refusal(exc)
-        if refusal is None:
-            raise
-        error(refusal)
-        raise typer.Exit(1) from None
+        exit_if_postgres_refused(exc)
+        raise
     if report.sqlite_version != report.sqlite_version_before:
         console.print(
             f"SQLite outbox upgraded from schema version {report.sqlite_version_before} "

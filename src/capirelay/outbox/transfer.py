@@ -27,19 +27,18 @@ nothing the second time.
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import psycopg
 from psycopg import sql
 
 from capirelay.outbox.base import StorageUnavailable
-from capirelay.outbox.sqlite.writer import OPEN_MARK_BYTE
+from capirelay.outbox.sqlite.writer import take_open_mark
 
 __all__ = ["TABLES", "TableCopy", "TableResult", "TargetNotEmpty", "TransferReport", "transfer"]
 
@@ -248,30 +247,6 @@ class TransferReport:
         return sum(t.copied for t in self.tables)
 
 
-def _hold_source(path: str) -> int | None:
-    """Take the outbox's open mark (byte 1 of its turn file) exclusively for the copy:
-    refused while a gateway or another capirelay command has the outbox open (events
-    it accepted during the copy would not be moved), and no gateway opens it until the
-    copy is done.  ``None`` where there is no turn file (no gateway of this version has
-    opened it) or no POSIX locks."""
-    try:
-        fd = os.open(f"{path}-writer", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, OPEN_MARK_BYTE)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EACCES, errno.EAGAIN):
-            raise StorageUnavailable(
-                "--from: a gateway (or another capirelay command) has this SQLite outbox "
-                "open; stop it, then run this again (events it accepted during the copy "
-                "would not be moved)"
-            ) from None
-        return None
-    return fd
-
-
 def _let_go(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
@@ -432,7 +407,8 @@ def transfer(
     """
     from capirelay.outbox.postgres.migrate import migrate_url
 
-    held = _hold_source(sqlite_path)
+    # No gateway may have the outbox open during the copy, nor open it meanwhile.
+    held = take_open_mark(Path(f"{sqlite_path}-writer"))
     try:
         source, version_before, version = _open_source(sqlite_path, busy_timeout)
     except BaseException:

@@ -197,19 +197,41 @@ def hold_open_mark(path: Path) -> int | None:
     cannot be opened or has no POSIX locks; :class:`StorageUnavailable` while a
     ``capirelay migrate --from`` copies the outbox.  POSIX locks belong to a process and
     die with it: a killed gateway leaves none behind."""
+    return _lock_open_mark(
+        path,
+        exclusive=False,
+        refusal="SQLite outbox unavailable: capirelay migrate is copying it to PostgreSQL; "
+        "start the gateway on the PostgreSQL URL once the copy is done",
+    )
+
+
+def take_open_mark(path: Path) -> int | None:
+    """The open mark of the turn file ``path`` taken exclusively, for ``capirelay migrate
+    --from`` to hold for its copy: :class:`StorageUnavailable` while any other process
+    has the outbox open; ``None`` where there is no turn file (no gateway of this
+    version opened the outbox) or no POSIX locks."""
+    return _lock_open_mark(
+        path,
+        exclusive=True,
+        refusal="--from: a gateway (or another capirelay command) has this SQLite outbox "
+        "open; stop it, then run this again (events it accepted during the copy would not "
+        "be moved)",
+    )
+
+
+def _lock_open_mark(path: Path, *, exclusive: bool, refusal: str) -> int | None:
+    flags = os.O_RDWR | os.O_CLOEXEC | (0 if exclusive else os.O_CREAT)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags, 0o644)
     except OSError:
         return None
     try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, OPEN_MARK_BYTE)
+        kind = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        fcntl.lockf(fd, kind | fcntl.LOCK_NB, 1, OPEN_MARK_BYTE)
     except OSError as exc:
         os.close(fd)
         if exc.errno in (errno.EACCES, errno.EAGAIN):
-            raise StorageUnavailable(
-                "SQLite outbox unavailable: capirelay migrate is copying it to PostgreSQL; "
-                "start the gateway on the PostgreSQL URL once the copy is done"
-            ) from None
+            raise StorageUnavailable(refusal) from None
         return None
     return fd
 
