@@ -369,3 +369,38 @@ async def test_a_gateway_does_not_open_an_outbox_being_copied(sqlite_file: Path)
     box = SQLiteOutbox(str(sqlite_file))
     await box.open()
     await box.close()
+
+
+def test_a_wait_for_the_sqlite_lock_is_announced_first(
+    sqlite_file: Path, postgres_url: str
+) -> None:
+    """Another program holding the file's write lock: ``on_wait`` hears of it (the CLI
+    prints a line) before the copy waits, here letting go of the lock."""
+    holder = sqlite3.connect(sqlite_file, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    waits: list[float] = []
+
+    def let_go(seconds: float) -> None:
+        waits.append(seconds)
+        holder.execute("ROLLBACK")
+
+    try:
+        report = transfer(str(sqlite_file), postgres_url, busy_timeout=10, on_wait=let_go)
+    finally:
+        holder.close()
+    assert waits == [10]
+    assert sum(t.copied for t in report.tables) > 0
+
+
+def test_an_interrupted_copy_says_what_holds(
+    sqlite_file: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("capirelay.outbox.transfer.transfer", interrupted)
+    result = runner.invoke(
+        app, ["migrate", "--from", f"sqlite:///{sqlite_file}", "--to", postgres_url]
+    )
+    assert result.exit_code == 130
+    assert "all of its rows or none of them" in result.output and "--merge" in result.output

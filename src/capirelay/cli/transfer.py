@@ -49,8 +49,22 @@ def transfer_command(source: str | None, target: str | None, *, merge: bool) -> 
     except ValueError as exc:
         error(f"--to: {exc}")
         raise typer.Exit(2) from None
+
+    def waiting(seconds: float) -> None:
+        err_console.print(
+            f"another process holds the SQLite file's write lock; waiting up to {seconds:g} s "
+            "for it (stop the gateway and anything else using the file)"
+        )
+
     try:
-        report = transfer(sqlite_path_from_url(source), conninfo, merge=merge)
+        report = transfer(sqlite_path_from_url(source), conninfo, merge=merge, on_wait=waiting)
+    except KeyboardInterrupt:
+        error(
+            "interrupted: the copy is one transaction, so PostgreSQL holds all of its rows "
+            "or none of them, and the SQLite file keeps every event; run it again with "
+            "--merge (which adds only what is missing)"
+        )
+        raise typer.Exit(130) from None
     except StorageUnavailable as exc:
         error(str(exc))
         raise typer.Exit(1) from None

@@ -247,6 +247,22 @@ class TransferReport:
         return sum(t.copied for t in self.tables)
 
 
+def _begin_waiting(
+    source: sqlite3.Connection, busy_timeout: float, on_wait: Callable[[float], None] | None
+) -> None:
+    """``BEGIN IMMEDIATE`` on the source; if another process holds its write lock, say so
+    through ``on_wait`` and wait up to ``busy_timeout`` seconds for it."""
+    source.execute("PRAGMA busy_timeout = 0")
+    try:
+        source.execute("BEGIN IMMEDIATE")
+        return
+    except sqlite3.OperationalError:
+        if on_wait is not None:
+            on_wait(busy_timeout)
+    source.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+    source.execute("BEGIN IMMEDIATE")
+
+
 def _let_go(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
@@ -396,14 +412,20 @@ def _copy_table(
 
 
 def transfer(
-    sqlite_path: str, postgres_conninfo: str, *, merge: bool = False, busy_timeout: float = 30.0
+    sqlite_path: str,
+    postgres_conninfo: str,
+    *,
+    merge: bool = False,
+    busy_timeout: float = 30.0,
+    on_wait: Callable[[float], None] | None = None,
 ) -> TransferReport:
     """Copy every persistent table of the SQLite outbox at ``sqlite_path`` into PostgreSQL.
 
     Raises :class:`TargetNotEmpty` when the target holds rows and ``merge`` is false,
     :class:`StorageUnavailable` for an unreadable source or unreachable target, and
     ``RuntimeError`` when the counts after the copy disagree (nothing is committed then).
-    ``busy_timeout``: how long to wait for another process's write lock on the SQLite file.
+    ``busy_timeout``: how long to wait for another process's write lock on the SQLite file;
+    ``on_wait(busy_timeout)`` is called first when that lock is not free at once.
     """
     from capirelay.outbox.postgres.migrate import migrate_url
 
@@ -425,7 +447,7 @@ def transfer(
         with target:
             # A write transaction on the source: nothing changes it while the copy runs.
             try:
-                source.execute("BEGIN IMMEDIATE")
+                _begin_waiting(source, busy_timeout, on_wait)
             except sqlite3.OperationalError:
                 raise StorageUnavailable(
                     "--from: the SQLite file stays locked by another process; stop the "
