@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from capirelay.cli._output import error
-from capirelay.cli.storage import ConfigOpt, StorageOpt, storage_url
+from capirelay.cli.storage import ConfigOpt, StorageOpt, exit_if_postgres_refused, storage_url
 from capirelay.outbox import StorageUnavailable
 
 console = Console()
@@ -79,8 +79,6 @@ def migrate_command(
         error(str(exc))
         raise typer.Exit(1) from None
     except Exception as exc:
-        from capirelay.cli.transfer import exit_if_postgres_refused
-
         exit_if_postgres_refused(exc)
         raise
     latest = MIGRATIONS[-1].version

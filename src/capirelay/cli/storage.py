@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from capirelay.cli._output import error
+
 if TYPE_CHECKING:
     from capirelay.config import Settings
 
@@ -27,6 +29,7 @@ __all__ = [
     "StorageOpt",
     "announce_config",
     "existing_storage_url",
+    "exit_if_postgres_refused",
     "load_config_or_exit",
     "sqlite_file",
     "storage_url",
@@ -110,3 +113,15 @@ def existing_storage_url(config: Path | None, storage: str | None) -> str:
         )
         raise typer.Exit(1)
     return url
+
+
+def exit_if_postgres_refused(exc: Exception) -> None:
+    """Exit 1 with one line when ``exc`` is PostgreSQL refusing (no rights, no schema, an
+    unknown option: :func:`~capirelay.outbox.postgres.postgres_refusal`); else return,
+    for the caller to re-raise."""
+    from capirelay.outbox.postgres import postgres_refusal
+
+    refusal = postgres_refusal(exc)
+    if refusal is not None:
+        error(refusal)
+        raise typer.Exit(1) from None

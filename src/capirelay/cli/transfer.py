@@ -10,23 +10,12 @@ from rich.console import Console
 from rich.table import Table
 
 from capirelay.cli._output import err_console, error
+from capirelay.cli.storage import exit_if_postgres_refused
 from capirelay.outbox import StorageUnavailable, sqlite_path_from_url
 
 console = Console()
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
-
-
-def exit_if_postgres_refused(exc: Exception) -> None:
-    """Exit 1 with one line when ``exc`` is PostgreSQL refusing (no rights, no schema, an
-    unknown option: :func:`~capirelay.outbox.postgres.postgres_refusal`); else return,
-    for the caller to re-raise."""
-    from capirelay.outbox.postgres import postgres_refusal
-
-    refusal = postgres_refusal(exc)
-    if refusal is not None:
-        error(refusal)
-        raise typer.Exit(1) from None
 
 
 def transfer_command(source: str | None, target: str | None, *, merge: bool) -> None:

@@ -263,11 +263,6 @@ def _begin_waiting(
     source.execute("BEGIN IMMEDIATE")
 
 
-def _let_go(fd: int | None) -> None:
-    if fd is not None:
-        os.close(fd)
-
-
 # The tables every capirelay SQLite outbox has had since its first schema version.
 _OUTBOX_TABLES: Final = ("queue", "dedup")
 
@@ -427,15 +422,26 @@ def transfer(
     ``busy_timeout``: how long to wait for another process's write lock on the SQLite file;
     ``on_wait(busy_timeout)`` is called first when that lock is not free at once.
     """
-    from capirelay.outbox.postgres.migrate import migrate_url
-
     # No gateway may have the outbox open during the copy, nor open it meanwhile.
     held = take_open_mark(Path(f"{sqlite_path}-writer"))
     try:
-        source, version_before, version = _open_source(sqlite_path, busy_timeout)
-    except BaseException:
-        _let_go(held)
-        raise
+        return _copy_file(sqlite_path, postgres_conninfo, merge, busy_timeout, on_wait)
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def _copy_file(
+    sqlite_path: str,
+    postgres_conninfo: str,
+    merge: bool,
+    busy_timeout: float,
+    on_wait: Callable[[float], None] | None,
+) -> TransferReport:
+    from capirelay.outbox.postgres import error_kind
+    from capirelay.outbox.postgres.migrate import migrate_url
+
+    source, version_before, version = _open_source(sqlite_path, busy_timeout)
     try:
         applied = asyncio.run(migrate_url(postgres_conninfo))
         try:
@@ -458,10 +464,8 @@ def transfer(
                 target.commit()
             except psycopg.Error as exc:
                 target.rollback()
-                sqlstate = f", SQLSTATE {exc.sqlstate}" if exc.sqlstate else ""
                 raise StorageUnavailable(
-                    f"--to: PostgreSQL refused the copy ({type(exc).__name__}{sqlstate}); "
-                    "nothing was committed"
+                    f"--to: PostgreSQL refused the copy ({error_kind(exc)}); nothing was committed"
                 ) from None
             except BaseException:
                 target.rollback()
@@ -470,7 +474,6 @@ def transfer(
                 source.execute("ROLLBACK")
     finally:
         source.close()
-        _let_go(held)
     released, results = report
     return TransferReport(version_before, version, tuple(applied), released, results)
 

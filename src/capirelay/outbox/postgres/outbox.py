@@ -93,6 +93,7 @@ __all__ = [
     "CHANNEL",
     "QUERIES",
     "PostgresOutbox",
+    "error_kind",
     "load_queries",
     "postgres_conninfo",
     "postgres_refusal",
@@ -170,11 +171,16 @@ def _check_url_shape(url: str) -> None:
         ) from None
 
 
+def error_kind(exc: BaseException) -> str:
+    """``OperationalError, SQLSTATE 08006``: a database failure's class and SQLSTATE, no
+    URL, password or row data."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    return f"{type(exc).__name__}, SQLSTATE {sqlstate}" if sqlstate else type(exc).__name__
+
+
 def storage_error(exc: BaseException) -> StorageUnavailable:
     """Describe a database failure by class and SQLSTATE: no URL, password or row data."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    code = f", SQLSTATE {sqlstate}" if sqlstate else ""
-    return StorageUnavailable(f"PostgreSQL outbox unavailable ({type(exc).__name__}{code})")
+    return StorageUnavailable(f"PostgreSQL outbox unavailable ({error_kind(exc)})")
 
 
 def postgres_refusal(exc: BaseException) -> str | None:
@@ -187,7 +193,6 @@ def postgres_refusal(exc: BaseException) -> str | None:
         return None
     first = (str(exc).strip().splitlines() or [""])[0]
     sqlstate = getattr(exc, "sqlstate", None)
-    code = f", SQLSTATE {sqlstate}" if sqlstate else ""
     hint = ""
     if sqlstate == "42501":
         hint = (
@@ -196,7 +201,7 @@ def postgres_refusal(exc: BaseException) -> str | None:
         )
     elif sqlstate == "3F000":
         hint = "; create that schema, or fix search_path in the URL's options"
-    return f"PostgreSQL refused: {first} ({type(exc).__name__}{code}){hint}"
+    return f"PostgreSQL refused: {first} ({error_kind(exc)}){hint}"
 
 
 _UNAVAILABLE = (psycopg.OperationalError, PoolTimeout, PoolClosed)
