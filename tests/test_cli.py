@@ -331,3 +331,32 @@ def test_hash_passes_an_existing_sha256_through() -> None:
     assert result.exit_code == 0, result.output
     assert "already a SHA-256 hash" in result.output
     assert f"sha256:     {digest}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("fault", "header", "fix"),
+    [
+        # An unknown code: the pixel is paused in the gateway; send says so, not nothing.
+        ({"kind": "graph_error", "code": 2200}, "code 2200", "check Meta's status"),
+        # LDU required: the specific fix, with the subcode in the header.
+        (
+            {"kind": "invalid_event", "event_id": "cli-1", "subcode": 2804030},
+            "code 100/2804030",
+            "data_processing_options",
+        ),
+        ({"kind": "graph_error", "code": 368}, "code 368", "policy"),
+    ],
+    ids=["unknown", "ldu", "policy"],
+)
+def test_send_explains_each_meta_error_with_its_own_fix(
+    emulator: RunningEmulator, tmp_path: Path, fault: dict[str, Any], header: str, fix: str
+) -> None:
+    httpx.post(f"{emulator.url}/_emulator/faults", json={"faults": [fault]}).raise_for_status()
+    try:
+        result = send(emulator, write_json(tmp_path, raw_event()))
+    finally:
+        httpx.delete(f"{emulator.url}/_emulator/faults").raise_for_status()
+    assert result.exit_code == 1
+    assert header in result.stderr, result.stderr
+    what_to_do = next(line for line in result.stderr.splitlines() if "what to do:" in line)
+    assert fix.lower() in what_to_do.lower(), result.stderr

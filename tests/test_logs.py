@@ -338,3 +338,25 @@ def test_logging_configured_puts_the_record_flags_back() -> None:
         )
         assert rec.threadName is None and rec.processName is None
     assert (logging.logThreads, logging.logProcesses, logging.logMultiprocessing) == before
+
+
+def test_warnings_are_json_lines_and_a_retiring_version_is_said_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import warnings
+
+    from capirelay.graph.versions import warn_if_retiring
+
+    stream = io.StringIO()
+    with logging_configured("info", json=True, stream=stream):
+        warn_if_retiring("v21.0")  # near its sunset on any day before 2027-01-21
+        warnings.warn("some library's own warning", UserWarning, stacklevel=1)
+    lines = stream.getvalue().splitlines()
+    records = [orjson.loads(line) for line in lines]  # every line is JSON
+    about_version = [r for r in records if "v21.0" in r["message"]]
+    assert len(about_version) == 1 and about_version[0]["logger"] == "capirelay.graph"
+    assert any("some library's own warning" in r["message"] for r in records)
+    assert capsys.readouterr().err == ""  # nothing raw on stderr beside the log
+    # Afterwards warnings are as they were: a library user still gets the warning.
+    with pytest.warns(UserWarning, match="v21.0"):
+        warn_if_retiring("v21.0")

@@ -27,11 +27,14 @@ import math
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any, Final
 
 import orjson
+
+from capirelay.graph.versions import ApiVersionWarning
 
 __all__ = [
     "JsonFormatter",
@@ -245,6 +248,11 @@ def configure_logging(
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = name != "uvicorn.access"
+    # Python warnings become log records (py.warnings) in the same format, instead of raw
+    # text on stderr between JSON lines; the API version's own warning is not repeated
+    # (capirelay.graph logs it as a line of its own).
+    logging.captureWarnings(True)
+    warnings.filterwarnings("ignore", category=ApiVersionWarning)
     return handler
 
 
@@ -265,15 +273,18 @@ def logging_configured(
         name: (list(logging.getLogger(name).handlers), logging.getLogger(name).propagate)
         for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
     }
-    handler = configure_logging(level, json, stream=stream)
-    try:
-        yield handler
-    finally:
-        root.handlers[:] = saved_root[0]
-        root.setLevel(saved_root[1])
-        for name, (handlers, propagate) in saved_uvicorn.items():
-            logger = logging.getLogger(name)
-            logger.handlers[:] = handlers
-            logger.propagate = propagate
-        logging.logThreads, logging.logProcesses, logging.logMultiprocessing = saved_flags
-        handler.close()
+    # The warning filters and showwarning as they were (configure_logging changes both).
+    with warnings.catch_warnings():
+        handler = configure_logging(level, json, stream=stream)
+        try:
+            yield handler
+        finally:
+            logging.captureWarnings(False)
+            root.handlers[:] = saved_root[0]
+            root.setLevel(saved_root[1])
+            for name, (handlers, propagate) in saved_uvicorn.items():
+                logger = logging.getLogger(name)
+                logger.handlers[:] = handlers
+                logger.propagate = propagate
+            logging.logThreads, logging.logProcesses, logging.logMultiprocessing = saved_flags
+            handler.close()

@@ -33,7 +33,7 @@ import orjson
 
 from capirelay.problems import Problem, error, warning
 
-__all__ = ["PIIPolicy", "contains_pii", "scrub_event", "scrub_url"]
+__all__ = ["PIIPolicy", "contains_pii", "mask_pii", "scrub_event", "scrub_url"]
 
 PIIPolicy = Literal["strip", "reject", "keep"]
 
@@ -88,6 +88,20 @@ def contains_pii(text: str) -> bool:
         if _MIN_PHONE_DIGITS <= digits <= _MAX_PHONE_DIGITS:
             return True
     return False
+
+
+def mask_pii(text: str) -> str:
+    """``text`` with every email address and phone-shaped number (as :func:`contains_pii`
+    sees them) replaced by ``[email]`` / ``[phone]``: for text from outside, such as
+    Meta's error messages, before it is logged or stored."""
+    if "@" in text:
+        text = _EMAIL.sub("[email]", text)
+    return _PHONE.sub(_mask_phone, text)
+
+
+def _mask_phone(match: re.Match[str]) -> str:
+    digits = sum(char.isdigit() for char in match.group())
+    return "[phone]" if _MIN_PHONE_DIGITS <= digits <= _MAX_PHONE_DIGITS else match.group()
 
 
 def _flagged_parameter(name: str, value: str) -> bool:

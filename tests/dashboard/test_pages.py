@@ -109,6 +109,8 @@ def test_errors_page_groups_by_meta_code_with_the_fix(gateway: Gateway, uid: str
             group = re.search(r'data-code="100" data-subcode="2804050">(.*?)</section>', page, re.S)
             assert group is not None
             assert "replay from the dead-letter queue" in group.group(1)
+            # Meta's user message, the only place it names the event and field.
+            assert "rejected by an injected emulator fault" in group.group(1)
             assert "affected events" in group.group(1)
             assert "code=100" in group.group(1) and "subcode=2804050" in group.group(1)
             filtered = client.get(

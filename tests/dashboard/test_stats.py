@@ -63,7 +63,7 @@ def test_recorder_files_counter_growth_under_the_minute_it_happened() -> None:
         (lambda m: m.dead_lettered.labels("1", "config").inc(),
          ("dead_lettered", "1", "", "config")),
         (lambda m: m.meta_errors.labels("1", "100", "2804050", "invalid").inc(),
-         ("graph_errors", "1", "", "100/2804050")),
+         ("graph_errors", "1", "", "100/2804050/invalid")),
     ],
     ids=["duplicate", "rejected", "dropped", "dead_lettered", "graph_errors"],
 )  # fmt: skip

@@ -16,9 +16,12 @@ Secrets never come from flags (they would land in shell history and ``ps``):
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from capirelay.cli._help import quiet_flag_types
+from capirelay.graph.versions import ApiVersionWarning
 
 quiet_flag_types()
 
@@ -68,4 +71,7 @@ _register_subcommands()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``capirelay = "capirelay.cli:main"``)."""
+    # A retiring API version is said once, as capirelay.graph's log line, not again as a
+    # raw Python warning quoting a source path.
+    warnings.filterwarnings("ignore", category=ApiVersionWarning)
     app(args=argv, prog_name="capirelay")

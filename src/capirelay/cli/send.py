@@ -229,38 +229,44 @@ def _send(
     return True
 
 
-_WHAT_TO_DO = {
+# What `send` adds to Meta's explanation (capirelay.graph.explain) for its own case: a
+# one-shot command that queues nothing and retries nothing.
+_SEND_NOTE = {
     "transient": (
-        "Meta or the network failed for now. Nothing was sent and nothing will be retried: "
-        "run the command again later (the gateway, `capirelay serve`, queues and retries)."
+        "Nothing was sent and nothing will be retried: run the command again later (the "
+        "gateway, `capirelay serve`, queues and retries)."
     ),
-    "throttled": (
-        "Meta is rate-limiting this pixel or app. Nothing was sent: wait a few minutes and "
-        "run the command again."
+    "throttled": "Nothing was sent: wait a few minutes and run the command again.",
+    "unknown": (
+        "Nothing was sent: run the command again later; if Meta keeps answering this, "
+        "check Meta's status page and the message above."
     ),
     "auth": (
-        f"the access token in {TOKEN_ENV} was refused: use a system-user token with the "
+        f"The token was read from {TOKEN_ENV}: use a system-user token with the "
         "ads_management permission on this pixel (Business Settings > System users)."
-    ),
-    "config": (
-        "Meta refused the pixel or the API version: check --pixel (the dataset id from "
-        "Events Manager) and --api-version."
-    ),
-    "invalid": (
-        "Meta refused the events although they passed the local checks; its message above "
-        "names the field. Fix it and run the command again."
     ),
 }
 
 
 def _print_graph_error(exc: Any, count: int) -> None:
     where = f"HTTP {exc.status}" if exc.status else "no answer"
+    code = ""
+    if exc.code:
+        code = f", code {exc.code}" + (f"/{exc.subcode}" if exc.subcode is not None else "")
     error(
-        f"not sent: the request with {count} event(s) failed ({where}"
-        f"{f', code {exc.code}' if exc.code else ''}"
+        f"not sent: the request with {count} event(s) failed ({where}{code}"
         f"{f', fbtrace_id {exc.fbtrace_id}' if exc.fbtrace_id else ''})"
     )
-    detail = exc.user_msg or exc.message
-    if detail:
-        err_console.print(f"  Meta says: {detail}", markup=False)
-    err_console.print(f"  what to do: {_WHAT_TO_DO.get(str(exc.retry_class), '')}", markup=False)
+    if exc.meta_says:
+        err_console.print(f"  Meta says: {exc.meta_says}", markup=False)
+    # Meta's sentence for this code where there is one; else, for the classes the gateway
+    # would retry or hold, what a one-shot command can do (the gateway's general sentence
+    # promises retries send does not make).
+    from capirelay.graph.errors import specific_explanation
+
+    note = _SEND_NOTE.get(str(exc.retry_class))
+    specific = specific_explanation(exc.code, exc.subcode)
+    what_to_do = specific or (note if note and exc.retry_class != "auth" else exc.explanation)
+    err_console.print(f"  what to do: {what_to_do}", markup=False)
+    if note and what_to_do != note:
+        err_console.print(f"  {note}", markup=False)

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from capirelay.dashboard.auth import Principal
 from capirelay.dashboard.views import Views
-from capirelay.ops.trace import status_of, story
+from capirelay.ops.trace import pauses_of, status_of, story
 from capirelay.outbox.base import Outbox, StorageUnavailable
 from capirelay.outbox.receipts import TraceRecord
 
@@ -45,7 +45,10 @@ def search_page(views: Views) -> Callable[[Request, Principal], Awaitable[Respon
                     matched_by = "order id" if records else ""
             except StorageUnavailable:
                 error = "storage is unavailable right now; try again"
-        results = [{"record": r, "status": status_of(r), "steps": story(r)} for r in records]
+        pauses = pauses_of(request.app.state.engine.status()) if records else {}
+        results = [
+            {"record": r, "status": status_of(r), "steps": story(r, pauses)} for r in records
+        ]
         return views.render(
             request,
             principal,

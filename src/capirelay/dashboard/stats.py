@@ -166,7 +166,11 @@ class ActivityRecorder:
                 name = labels.get(name_label, "") if name_label else ""
                 detail = labels.get(detail_label, "") if detail_label else ""
                 if outcome == "graph_errors":
-                    detail = f"{detail}/{labels.get('subcode', 'None')}"
+                    # code/subcode/class: the class the delivery gave the answer (its
+                    # explanation depends on the HTTP status, which the metric has not).
+                    detail = (
+                        f"{detail}/{labels.get('subcode', 'None')}/{labels.get('retry_class', '')}"
+                    )
                 values[(outcome, labels.get("pixel", ""), name, detail)] += value
         return dict(values)
 

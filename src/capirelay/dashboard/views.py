@@ -49,7 +49,8 @@ from capirelay.dashboard.stats import (
     percentile,
 )
 from capirelay.delivery.engine import DeliveryEngine
-from capirelay.graph import explain
+from capirelay.graph import RetryClass, explain
+from capirelay.graph.errors import meta_says_of
 from capirelay.metrics import Metrics
 from capirelay.ops.health import version_health
 from capirelay.ops.quality import GOOD_SCORE, MATCH_KEYS, predict_match_quality
@@ -114,6 +115,7 @@ class Views:
             jsonpretty=_json_pretty,
             delivery=_delivery_label,
             skew=_skew,
+            meta_says=meta_says_of,
         )
 
     # ----------------------------------------------------------------- guard
@@ -363,7 +365,15 @@ class Views:
             graph_errors=self._graph_error_counts(),
             rejected=self._counter_details("rejected"),
             last_errors={
-                pid: (s.last_error, explain(s.last_error.code, s.last_error.subcode))
+                pid: (
+                    s.last_error,
+                    explain(
+                        s.last_error.code,
+                        s.last_error.subcode,
+                        s.last_error.status,
+                        retry_class=s.last_error.retry_class,
+                    ),
+                )
                 for pid, s in engine.status().items()
                 if s.last_error is not None
             },
@@ -375,14 +385,14 @@ class Views:
         for (outcome, pixel, _name, detail), value in self.recorder.totals().items():
             if outcome != "graph_errors" or not value:
                 continue
-            code_text, _, subcode_text = detail.partition("/")
+            code_text, subcode_text, class_text = [*detail.split("/", 2), "", ""][:3]
             code, subcode = _int_or_none(code_text), _int_or_none(subcode_text)
             rows[(pixel, detail)] = {
                 "pixel_id": pixel,
                 "code": code,
                 "subcode": subcode,
                 "count": int(value),
-                "explanation": explain(code, subcode),
+                "explanation": explain(code, subcode, retry_class=class_text or None),
             }
         return sorted(rows.values(), key=lambda r: -r["count"])
 
@@ -501,7 +511,15 @@ def _explain_group(code: int | None, subcode: int | None, reason: str) -> str:
         )
     if code is None and reason == "rejected":
         return "The event failed local re-validation; fix the mapping and send it again."
-    return explain(code, subcode)
+    # A dead letter's Meta error was the event's own (invalid) or a setup refusal that
+    # named it (config): never a transient failure, whatever the code alone suggests.
+    return explain(code, subcode, retry_class=_DEAD_LETTER_CLASS.get(reason))
+
+
+_DEAD_LETTER_CLASS: dict[str, RetryClass] = {
+    "invalid": RetryClass.INVALID,
+    "config": RetryClass.CONFIG,
+}
 
 
 def _int_or_none(value: Any) -> int | None:

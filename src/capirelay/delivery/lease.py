@@ -55,6 +55,8 @@ def attempt_from(err: GraphError, now: float) -> Attempt:
         message=err.message,
         fbtrace_id=err.fbtrace_id,
         retry_class=str(err.retry_class),
+        user_title=err.user_title,
+        user_msg=err.user_msg,
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from capirelay.clock import Clock
 from capirelay.delivery.status import LastError
 from capirelay.graph import EventsResponse, GraphError
+from capirelay.graph.errors import meta_says
 from capirelay.metrics import Metrics
 from capirelay.outbox import Attempt, DeadLetterReason, LeasedEvent
 
@@ -93,7 +94,7 @@ class PixelTelemetry:
             status=err.status,
             code=err.code,
             subcode=err.subcode,
-            message=err.message,
+            message=err.meta_says,
             fbtrace_id=err.fbtrace_id,
             retry_class=str(err.retry_class),
         )
@@ -141,13 +142,17 @@ class PixelTelemetry:
         self.counts["dead_lettered"] += count
         self._metrics.dead_lettered.labels(self.pixel_id, str(reason)).inc(count)
         log.warning(
-            "pixel %s: %d events dead-lettered (%s, code=%s subcode=%s fbtrace_id=%s)",
+            "pixel %s: %d events dead-lettered (%s, code=%s subcode=%s fbtrace_id=%s)%s",
             self.pixel_id,
             count,
             reason,
             attempt.code if attempt else None,
             attempt.subcode if attempt else None,
             attempt.fbtrace_id if attempt else None,
+            f": {said}"
+            if attempt
+            and (said := meta_says(attempt.message, attempt.user_title, attempt.user_msg))
+            else "",
             extra={"pixel": self.pixel_id, "count": count, "result": f"dlq:{reason}"},
         )
 

@@ -48,6 +48,7 @@ from capirelay.meta_facts import (
     SUBCODE_LDU_REQUIRED,
     SUBCODE_PURCHASE_MISSING_VALUE,
 )
+from capirelay.pii_scrub import mask_pii
 
 MAX_MESSAGE_CHARS = 300
 _REDACTED = "[redacted]"
@@ -317,28 +318,81 @@ _CLASS_EXPLANATIONS: dict[RetryClass, str] = {
 }
 
 
-def explain(code: int | None, subcode: int | None, status: int | None = None) -> str:
-    """A sentence a marketer's engineer can act on: what went wrong and the fix."""
-    if code is not None:
-        specific = _EXPLANATIONS.get((code, subcode)) or _CODE_EXPLANATIONS.get(code)
-        if specific:
-            return specific
-        if code == 100 and subcode is not None and 2804000 <= subcode <= 2804999:
-            return (
-                f"Invalid event data (100/{subcode}): the error's user message names the event "
-                "index and field; fix the mapping, then replay from the dead-letter queue."
-            )
-    retry_class = classify(status, code, subcode, False)
+def explain(
+    code: int | None,
+    subcode: int | None,
+    status: int | None = None,
+    *,
+    retry_class: RetryClass | str | None = None,
+) -> str:
+    """A sentence a marketer's engineer can act on: what went wrong and the fix.
+
+    ``retry_class`` is the class the failure was given when it happened (stored with an
+    attempt, a metric or a dead letter); without it the class is worked out again from
+    ``status``, ``code`` and ``subcode``, and without ``status`` an unknown code reads as
+    a transient failure, so give the status or the class wherever they are known."""
+    specific = specific_explanation(code, subcode)
+    if specific:
+        return specific
+    known = _retry_class_or_none(retry_class)
+    cls = known if known is not None else classify(status, code, subcode, False)
     label = "" if code is None else f" ({code}{'' if subcode is None else f'/{subcode}'})"
-    return f"{_CLASS_EXPLANATIONS[retry_class]}{label}".strip()
+    return f"{_CLASS_EXPLANATIONS[cls]}{label}".strip()
+
+
+def specific_explanation(code: int | None, subcode: int | None) -> str | None:
+    """The sentence for this code (and subcode) in particular, or ``None`` where only its
+    class's general sentence applies."""
+    if code is None:
+        return None
+    specific = _EXPLANATIONS.get((code, subcode)) or _CODE_EXPLANATIONS.get(code)
+    if specific:
+        return specific
+    if code == 100 and subcode is not None and 2804000 <= subcode <= 2804999:
+        return (
+            f"Invalid event data (100/{subcode}): the error's user message names the event "
+            "index and field; fix the mapping, then replay from the dead-letter queue."
+        )
+    return None
+
+
+def _retry_class_or_none(value: RetryClass | str | None) -> RetryClass | None:
+    if value is None or isinstance(value, RetryClass):
+        return value
+    try:
+        return RetryClass(value)
+    except ValueError:
+        return None
+
+
+def meta_says(message: str | None, user_title: str | None, user_msg: str | None) -> str:
+    """One line of what Meta said: ``message``, then ``error_user_title`` and
+    ``error_user_msg`` where Meta sent them and they add something."""
+    parts = [message] if message else []
+    for extra in (user_title, user_msg):
+        if extra and not any(extra in part for part in parts):
+            parts.append(extra)
+    return " — ".join(parts)
+
+
+def meta_says_of(answer: Mapping[str, Any]) -> str | None:
+    """:func:`meta_says` of a stored attempt or error (``Attempt.to_dict``,
+    ``GraphError.to_dict``), or ``None`` when it holds no message at all."""
+    text = meta_says(
+        _as_str(answer.get("message")),
+        _as_str(answer.get("user_title")),
+        _as_str(answer.get("user_msg")),
+    )
+    return text or None
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Cap ``text`` and remove known secrets and token-looking runs from it."""
+    """Cap ``text`` and remove known secrets, token-looking runs and personal data (an
+    email address, a phone number: Meta's messages may quote a refused value) from it."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, _REDACTED)
-    text = _TOKEN_LIKE.sub(_REDACTED, text)
+    text = mask_pii(_TOKEN_LIKE.sub(_REDACTED, text))
     if len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 1] + "…"
     return text
@@ -387,7 +441,7 @@ class GraphError(Exception):
         ]
         if self.fbtrace_id:
             parts.append(f"fbtrace_id={self.fbtrace_id}")
-        return f"Graph API error ({', '.join(parts)}): {self.message}"
+        return f"Graph API error ({', '.join(parts)}): {self.meta_says}"
 
     def __repr__(self) -> str:
         return f"GraphError({self})"
@@ -400,6 +454,13 @@ class GraphError(Exception):
     @property
     def explanation(self) -> str:
         return explain(self.code, self.subcode, self.status)
+
+    @property
+    def meta_says(self) -> str:
+        """Meta's message with its user-facing title and message (the only place Meta
+        names the refused event's index and field: ``message`` is "Invalid parameter"
+        for every code 100 subcode)."""
+        return meta_says(self.message, self.user_title, self.user_msg)
 
     def to_dict(self) -> dict[str, Any]:
         """Safe to log or store in a dead-letter record (no token, capped message)."""

@@ -124,10 +124,16 @@ def _status_of_unlisted(version: str) -> VersionStatus:
     )
 
 
+class ApiVersionWarning(UserWarning):
+    """The Graph API version in use is retired or near its end (a ``UserWarning`` for
+    library users; capirelay's own commands log it instead, see ``capirelay.logs``)."""
+
+
 def warn_if_retiring(version: str, today: date | None = None) -> VersionStatus:
-    """Emit a ``UserWarning`` and a log line when ``version`` is expired or near its end."""
+    """Emit an :class:`ApiVersionWarning` and a log line when ``version`` is expired or
+    near its end."""
     status = version_status(version, today)
     if status.state in ("near_sunset", "expired"):
-        warnings.warn(status.advice, UserWarning, stacklevel=3)
+        warnings.warn(status.advice, ApiVersionWarning, stacklevel=3)
         logger.warning("graph api version %s: %s", status.state, status.advice)
     return status

@@ -25,6 +25,7 @@ from typing import Any, Final
 
 import orjson
 
+from capirelay.graph.errors import meta_says_of
 from capirelay.outbox import DeadLetter, DLQFilter, Outbox
 from capirelay.problems import Problem, has_errors
 from capirelay.validate import validate_event
@@ -133,7 +134,7 @@ def summarize(letter: DeadLetter) -> DeadLetterSummary:
         reason=letter.reason,
         code=error.get("code"),
         subcode=error.get("subcode"),
-        message=error.get("message"),
+        message=meta_says_of(error),
         fbtrace_id=error.get("fbtrace_id"),
         attempts=len(letter.attempts),
         dead_at=letter.dead_at,

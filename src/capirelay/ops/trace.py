@@ -9,13 +9,16 @@ payload, so nothing here can show an identifier.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from capirelay.delivery.status import BreakerState, PixelStatus
+from capirelay.graph.errors import explain, meta_says_of
 from capirelay.outbox.receipts import Outcome, Receipt, TracedEvent, TraceRecord
 
-__all__ = ["Step", "status_of", "story", "trace_json"]
+__all__ = ["Step", "pauses_of", "status_of", "story", "trace_json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +72,9 @@ def _attempt_detail(attempt: dict[str, Any]) -> str:
         parts.append(f"code {code}" + (f"/{subcode}" if subcode is not None else ""))
     if attempt.get("retry_class"):
         parts.append(str(attempt["retry_class"]))
-    if attempt.get("message"):
-        parts.append(str(attempt["message"]))
+    said = meta_says_of(attempt)
+    if said:
+        parts.append(said)
     return ", ".join(parts)
 
 
@@ -181,7 +185,49 @@ def _receipt_steps(r: Receipt, told: _Told) -> list[Step]:
     return steps
 
 
-def _pending_steps(t: TracedEvent, told: _Told) -> list[Step]:
+def pauses_of(statuses: Mapping[str, PixelStatus]) -> dict[str, str]:
+    """Why each pixel whose delivery is paused keeps its queued events, as the running
+    gateway knows it (its delivery engine's status): an open breaker with Meta's last
+    refusal and the fix, no token, or a rate-limit pause.  Pixels sending freely are left
+    out."""
+    pauses: dict[str, str] = {}
+    for pixel_id, status in statuses.items():
+        if status.breaker is BreakerState.UNCONFIGURED:
+            pauses[pixel_id] = (
+                f"delivery is paused: the pixel has no access token "
+                f"(pixels.{pixel_id}.access_token); its events wait in the queue until one is set"
+            )
+        elif status.breaker in (BreakerState.OPEN, BreakerState.HALF_OPEN):
+            last = status.last_error
+            if last is None:
+                why = "Meta refused a request"
+            else:
+                code = (
+                    "no code"
+                    if last.code is None
+                    else f"code {last.code}"
+                    + (f"/{last.subcode}" if last.subcode is not None else "")
+                )
+                said = f": {last.message}" if last.message else ""
+                trace = f", fbtrace_id {last.fbtrace_id}" if last.fbtrace_id else ""
+                fix = explain(last.code, last.subcode, last.status, retry_class=last.retry_class)
+                why = f"Meta refused the last request ({code}{trace}){said}. {fix}"
+            since = f" since {iso(status.opened_at)}" if status.opened_at else ""
+            pauses[pixel_id] = (
+                f"delivery is paused{since}: {why} Events stay queued; a probe is sent "
+                "regularly and delivery resumes by itself once Meta accepts it"
+            )
+        elif status.paused_for_seconds > 0:
+            pauses[pixel_id] = (
+                f"Meta is rate-limiting the pixel: sending resumes in "
+                f"{status.paused_for_seconds:.0f} s"
+            )
+    return pauses
+
+
+def _pending_steps(
+    t: TracedEvent, told: _Told, pauses: Mapping[str, str] | None = None
+) -> list[Step]:
     p, n = t.pixel_id, t.event_name
     fresh, offset = told.split(t.attempt_log)
     steps = [Step(t.queued_at, "received", _arrival(t.source, offset > 0), p, n)]
@@ -190,7 +236,11 @@ def _pending_steps(t: TracedEvent, told: _Told) -> list[Step]:
         if t.next_attempt_at is not None:
             steps.append(Step(t.next_attempt_at, "waiting", "next attempt scheduled", p, n))
         else:
-            steps.append(Step(None, "queued", "in the queue, being sent or due now", p, n))
+            pause = (pauses or {}).get(p)
+            if pause:
+                steps.append(Step(None, "paused", f"in the queue: {pause}", p, n))
+            else:
+                steps.append(Step(None, "queued", _QUEUED_DETAIL, p, n))
     else:
         steps.append(
             Step(
@@ -204,8 +254,19 @@ def _pending_steps(t: TracedEvent, told: _Told) -> list[Step]:
     return steps
 
 
-def story(record: TraceRecord) -> list[Step]:
-    """Every step of the event's life in time order (steps without a time last)."""
+# Read from storage alone (the CLI), a queued event's pixel may be paused in a running
+# gateway without storage knowing: say where to look rather than "being sent".
+_QUEUED_DETAIL = (
+    "in the queue, not yet delivered: due now or being sent, unless the pixel's delivery is "
+    "paused (if it stays here, `capirelay doctor` and the dashboard's Health page say why)"
+)
+
+
+def story(record: TraceRecord, pauses: Mapping[str, str] | None = None) -> list[Step]:
+    """Every step of the event's life in time order (steps without a time last).
+
+    ``pauses``: pixel id → why its delivery is paused (:func:`pauses_of`), where the
+    caller runs in the gateway and knows; a queued event of such a pixel says so."""
     steps: list[Step] = []
     told: dict[tuple[str, str], _Told] = {}
     for receipt in sorted(record.receipts, key=lambda r: r.recorded_at or 0.0):
@@ -228,15 +289,15 @@ def story(record: TraceRecord) -> list[Step]:
             )
             continue
         key = (pending.pixel_id, pending.event_name)
-        steps += _pending_steps(pending, told.setdefault(key, _Told()))
+        steps += _pending_steps(pending, told.setdefault(key, _Told()), pauses)
     return sorted(steps, key=lambda s: (s.at is None, s.at or 0.0))
 
 
-def trace_json(record: TraceRecord) -> dict[str, Any]:
+def trace_json(record: TraceRecord, pauses: Mapping[str, str] | None = None) -> dict[str, Any]:
     return {
         "event_id": record.event_id,
         "status": status_of(record),
-        "story": [step.to_dict() for step in story(record)],
+        "story": [step.to_dict() for step in story(record, pauses)],
         "receipts": [r.to_dict() for r in record.receipts],
         "pending": [p.to_dict() for p in record.pending],
     }

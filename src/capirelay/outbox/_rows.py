@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
-from capirelay.outbox.base import DeadLetter, DLQFilter, LeasedEvent, QueueStats
+from capirelay.graph.errors import meta_says
+from capirelay.outbox.base import DeadLetter, DLQFilter, DLQGroup, LeasedEvent, QueueStats
 
 __all__ = [
     "DLQ_FILTER_FIELDS",
     "dead_letter_from_row",
     "dlq_filter_values",
+    "dlq_group",
     "leased_from_row",
     "queue_stats",
     "require_purge_target",
@@ -33,6 +35,27 @@ DLQ_FILTER_FIELDS: Final = (
     ("since", "dead_at", ">="),
     ("until", "dead_at", "<"),
 )
+
+
+def dlq_group(
+    pixel_id: str,
+    event_name: str,
+    reason: str,
+    code: int | None,
+    subcode: int | None,
+    count: int,
+    last_dead_at: float,
+    message: str | None,
+    user_title: str | None,
+    user_msg: str | None,
+    fbtrace_id: str | None,
+) -> DLQGroup:
+    """A ``dlq_breakdown`` row (both backends' column order) as a group, its latest
+    letter's Meta message told with the user title and message (:func:`meta_says`)."""
+    said = meta_says(message, user_title, user_msg) or None
+    return DLQGroup(
+        pixel_id, event_name, reason, code, subcode, count, last_dead_at, said, fbtrace_id
+    )
 
 
 def leased_from_row(row: Sequence[Any], lease_id: str = "") -> LeasedEvent:

@@ -124,9 +124,13 @@ class Attempt:
     message: str | None = None
     fbtrace_id: str | None = None
     retry_class: str | None = None
+    # Meta's error_user_title / error_user_msg: where Meta names the refused event's index
+    # and field.  Kept in the stored dict only when Meta sent them.
+    user_title: str | None = None
+    user_msg: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        stored: dict[str, Any] = {
             "at": self.at,
             "status": self.status,
             "code": self.code,
@@ -135,6 +139,11 @@ class Attempt:
             "fbtrace_id": self.fbtrace_id,
             "retry_class": self.retry_class,
         }
+        if self.user_title:
+            stored["user_title"] = self.user_title
+        if self.user_msg:
+            stored["user_msg"] = self.user_msg
+        return stored
 
 
 @dataclass(frozen=True, slots=True)

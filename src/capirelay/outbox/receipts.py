@@ -32,6 +32,8 @@ from typing import Any, Final
 
 import orjson
 
+from capirelay.graph.errors import meta_says_of
+
 __all__ = [
     "IDENTITY_FIELDS",
     "KEY_HEX",
@@ -321,7 +323,7 @@ def dead_letter_receipt(
             {
                 "code": attempt.get("code"),
                 "subcode": attempt.get("subcode"),
-                "message": attempt.get("message"),
+                "message": meta_says_of(attempt),
             }
         )
     return Receipt(

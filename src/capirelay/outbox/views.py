@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from capirelay.graph.errors import meta_says_of
 from capirelay.outbox.base import DeadLetter, DLQGroup, LeasedEvent, Outbox, OutboxViews, QueueGroup
 
 __all__ = ["ScanViews", "views_of"]
@@ -62,7 +63,7 @@ def _add_to_group(
         *key,
         count=0,
         last_dead_at=letter.dead_at,
-        message=error.get("message"),
+        message=meta_says_of(error),
         fbtrace_id=error.get("fbtrace_id"),
     )
     groups[key] = replace(latest, count=latest.count + 1)

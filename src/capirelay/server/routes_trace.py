@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from capirelay.config import Settings
-from capirelay.ops.trace import trace_json
+from capirelay.ops.trace import pauses_of, trace_json
 from capirelay.outbox.base import Outbox, StorageUnavailable
 from capirelay.server.auth import authenticate, authorize_pixel
 from capirelay.server.http import ApiError, JSONResponse
@@ -60,4 +60,4 @@ async def get_event(request: Request) -> Response:
             f"no event with this event_id for pixel {pixel_id}: never received, or its "
             "receipt is older than receipts.retention_days",
         )
-    return JSONResponse(trace_json(record), 200)
+    return JSONResponse(trace_json(record, pauses_of(request.app.state.engine.status())), 200)

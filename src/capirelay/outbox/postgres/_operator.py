@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from capirelay.outbox._rows import leased_from_row
+from capirelay.outbox._rows import dlq_group, leased_from_row
 from capirelay.outbox.base import AuditRecord, DLQGroup, LeasedEvent, QueueGroup
 
 __all__ = ["PostgresOperatorRecords"]
@@ -30,7 +30,7 @@ class PostgresOperatorRecords:
         return [QueueGroup(*row) for row in await self._run("queue_breakdown", {})]
 
     async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
-        return [DLQGroup(*row) for row in await self._run("dlq_breakdown", {})]
+        return [dlq_group(*row) for row in await self._run("dlq_breakdown", {})]
 
     async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
         return [leased_from_row(row) for row in await self._run("queue_sample", {"limit": limit})]

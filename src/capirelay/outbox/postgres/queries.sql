@@ -762,6 +762,8 @@ ORDER BY pixel_id, event_name;
 -- Dashboard view: message and fbtrace_id are those of each group's most recent letter.
 SELECT pixel_id, event_name, reason, code, subcode, count(*) AS n, max(dead_at),
        (array_agg(error ->> 'message' ORDER BY dead_at DESC, id DESC))[1],
+       (array_agg(error ->> 'user_title' ORDER BY dead_at DESC, id DESC))[1],
+       (array_agg(error ->> 'user_msg' ORDER BY dead_at DESC, id DESC))[1],
        (array_agg(error ->> 'fbtrace_id' ORDER BY dead_at DESC, id DESC))[1]
 FROM (
     SELECT id, pixel_id, event_name, reason, error, dead_at,

@@ -60,6 +60,7 @@ from capirelay.outbox._rows import (
     DLQ_FILTER_FIELDS,
     dead_letter_from_row,
     dlq_filter_values,
+    dlq_group,
     leased_from_row,
     queue_stats,
     require_purge_target,
@@ -550,10 +551,7 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
 
     async def dlq_breakdown(self, *, scan_limit: int = 100_000) -> list[DLQGroup]:
         rows = await self._read(lambda c: c.execute(QUERIES["dlq_breakdown"]).fetchall())
-        return [
-            DLQGroup(pixel, name, reason, code, subcode, count, last, message, fbtrace)
-            for pixel, name, reason, code, subcode, count, last, message, fbtrace in rows
-        ]
+        return [dlq_group(*row) for row in rows]
 
     async def queue_sample(self, *, limit: int) -> list[LeasedEvent]:
         rows = await self._read(lambda c: c.execute(QUERIES["queue_sample"], (limit,)).fetchall())

@@ -214,7 +214,8 @@ FROM queue GROUP BY pixel_id, event_name ORDER BY pixel_id, event_name
 -- from the row holding the maximum: the group's most recent letter.
 SELECT pixel_id, event_name, reason, json_extract(error, '$.code') AS code,
        json_extract(error, '$.subcode') AS subcode, count(*) AS n, max(dead_at),
-       json_extract(error, '$.message'), json_extract(error, '$.fbtrace_id')
+       json_extract(error, '$.message'), json_extract(error, '$.user_title'),
+       json_extract(error, '$.user_msg'), json_extract(error, '$.fbtrace_id')
 FROM dead_letters GROUP BY pixel_id, event_name, reason, code, subcode
 ORDER BY n DESC
 
