@@ -33,6 +33,7 @@ from capirelay.ops.doctor import (
 )
 from capirelay.ops.health import GraphProbe
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, QueueStats, SQLiteOutbox
+from not_graph import serve_not_graph
 
 PIXEL = "1234567890"
 TOKEN = "EAAdoctorTOKENabcdefghijklmnopqrstu"
@@ -411,3 +412,58 @@ def test_a_missing_token_fix_names_the_setting_and_how_to_set_it(
     assert 'access_token = { env = "CAPIRELAY_TOKEN" }' in fix
     assert 'access_token = { file = "/run/secrets/capi_token" }' in fix
     assert f"CAPIRELAY_PIXELS__{PIXEL}__ACCESS_TOKEN=<token>" in fix
+
+
+# ------------------------------------------------- graph_url, test codes, secrets, scopes
+
+
+@pytest.fixture
+def not_graph() -> Iterator[str]:
+    with serve_not_graph() as url:
+        yield url
+
+
+def test_a_server_that_is_not_graph_fails_and_its_clock_is_not_graphs(
+    tmp_path: Path, not_graph: str
+) -> None:
+    code, report = doctor(write_config(tmp_path, not_graph))
+    assert code == 1
+    checks = by_name(report)
+    graph = checks["graph"]
+    assert graph["status"] == "fail"
+    assert graph["detail"] == (
+        f"{not_graph} answered, but not as Graph: HTTP 404 (text/html) without Graph's JSON "
+        "error or x-fb-* headers"
+    )
+    assert graph["fix"].startswith("graph_url must be Graph's bare origin")
+    # Its Date header is an hour off, and says nothing about Graph's clock.
+    assert checks["clock"]["status"] == "warn"
+    assert "not Graph" in checks["clock"]["detail"]
+    token = checks[f"token {PIXEL}"]
+    assert "the server at graph_url is not Graph" in token["fix"]
+
+
+def test_a_graph_url_with_the_version_stops_the_doctor_at_the_config(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    # Before: graph ok, token warn "check api_version", exit 0; serve then held the pixel
+    # on error 2500 forever.
+    config = write_config(tmp_path, f"{emulator.url}/v26.0")
+    result = runner.invoke(app, ["doctor", "--config", str(config)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"{config}:2:1: graph_url: ")
+    assert "must not include the Graph API version (/v26.0)" in result.stderr
+
+
+def test_an_unknown_path_on_the_token_check_points_at_graph_url(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    # A proxy prefix the config accepts but Graph does not serve: Graph answers 2500.
+    code, report = doctor(write_config(tmp_path, f"{emulator.url}/graph"))
+    assert code == 1
+    token = by_name(report)[f"token {PIXEL}"]
+    assert token["status"] == "fail"
+    assert "(2500)" in token["detail"]
+    assert "api_version v26.0 is a version Graph serves" in token["fix"]
+    assert "comes from graph_url" in token["fix"]
+    assert "check api_version" not in token["fix"]

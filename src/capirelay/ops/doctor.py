@@ -32,7 +32,9 @@ import orjson
 from capirelay.config import ConfigError, Settings, load_settings
 from capirelay.graph import DEFAULT_BASE_URL, explain
 from capirelay.graph.versions import DEFAULT_API_VERSION, VersionStatus
+from capirelay.meta_facts import CODE_UNKNOWN_PATH
 from capirelay.ops.health import (
+    GRAPH_URL_FIX,
     REQUIRED_SCOPE,
     GraphProbe,
     TokenHealth,
@@ -245,12 +247,20 @@ META_GRAPH_HOST = urlsplit(DEFAULT_BASE_URL).hostname
 
 
 def graph_check(probe: GraphProbe, graph_url: str) -> Check:
+    if probe.reachable and probe.not_graph is not None:
+        # Something answered, but not Graph: a web server, a portal, a proxy's own page.
+        return Check(
+            "graph",
+            Status.FAIL,
+            f"{graph_url} answered, but not as Graph: {probe.not_graph}",
+            GRAPH_URL_FIX + "; events wait in the queue until their deadline",
+        )
     if probe.reachable:
         latency = f" in {probe.latency_ms:.0f} ms" if probe.latency_ms is not None else ""
         return Check(
             "graph",
             Status.OK,
-            f"reached {graph_url}{latency} (a token-less probe; any HTTP answer, here "
+            f"reached {graph_url}{latency} (a token-less probe; Graph's error answer, here "
             f"{probe.status}, proves the network path to Graph works)",
         )
     host = urlsplit(graph_url).hostname or graph_url
@@ -271,10 +281,21 @@ def graph_check(probe: GraphProbe, graph_url: str) -> Check:
     )
 
 
-def clock_check(skew: float | None, max_future_skew: int, *, reachable: bool = True) -> Check:
-    """Meta judges event_time by its own clock: skew beyond the accepted window loses events."""
+def clock_check(
+    skew: float | None, max_future_skew: int, *, reachable: bool = True, from_graph: bool = True
+) -> Check:
+    """Meta judges event_time by its own clock: skew beyond the accepted window loses events.
+
+    ``from_graph`` False: the answer came from something else, whose clock says
+    nothing about Graph's (``skew`` is then None).
+    """
     if skew is None:
-        detail = "Graph did not answer" if not reachable else "Graph sent no Date header"
+        if not reachable:
+            detail = "Graph did not answer"
+        elif not from_graph:
+            detail = "the server at graph_url is not Graph (see graph), so its clock proves nothing"
+        else:
+            detail = "Graph sent no Date header"
         return Check("clock", Status.WARN, f"clock skew unknown: {detail}", None)
     direction = "ahead of" if skew < 0 else "behind"
     detail = f"local clock is {abs(skew):.0f} s {direction} Graph's"
@@ -297,7 +318,10 @@ def _token_check(health: TokenHealth, now: datetime) -> Check:
     if not health.configured or health.valid is False:
         return Check(name, Status.FAIL, health.error or "token invalid", health.explanation)
     if health.valid is None:
-        return Check(name, Status.WARN, f"could not be checked: {health.error}", health.explanation)
+        # An unknown path (2500) fails every delivery as it failed this call; other
+        # answers (an outage, a retired version reported below) say nothing either way.
+        status = Status.FAIL if health.error_code == CODE_UNKNOWN_PATH else Status.WARN
+        return Check(name, status, f"could not be checked: {health.error}", health.explanation)
     if health.pixel_access is False:
         return Check(
             name,
@@ -501,7 +525,12 @@ async def run_doctor(
     report.checks.append(_storage_verdict(settings.storage, storage))
     report.checks.append(graph_check(probe, settings.graph_url))
     report.checks.append(
-        clock_check(probe.skew_seconds, settings.max_future_skew, reachable=probe.reachable)
+        clock_check(
+            probe.skew_seconds,
+            settings.max_future_skew,
+            reachable=probe.reachable,
+            from_graph=probe.not_graph is None,
+        )
     )
     report.checks.extend(token_checks(tokens, datetime.fromtimestamp(now, UTC)))
     report.checks.extend(version_checks(version_health(settings, today)))
