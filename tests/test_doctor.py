@@ -467,3 +467,79 @@ def test_an_unknown_path_on_the_token_check_points_at_graph_url(
     assert "api_version v26.0 is a version Graph serves" in token["fix"]
     assert "comes from graph_url" in token["fix"]
     assert "check api_version" not in token["fix"]
+
+
+def test_a_test_event_code_left_on_warns_and_fails_under_strict(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPIRELAY_TEST_DOCTOR_SHOP_SECRET", "shpss_secret")
+    config = write_config(
+        tmp_path,
+        emulator.url,
+        pixel_extra=(
+            'test_event_code = "TEST12345"\n'
+            '[webhooks.shop]\npreset = "shopify"\n'
+            f'pixel_id = "{PIXEL}"\nsecret = {{ env = "CAPIRELAY_TEST_DOCTOR_SHOP_SECRET" }}\n'
+            'test_event_code = "TEST999"\n'
+        ),
+    )
+    code, report = doctor(config)
+    assert (code, report["status"]) == (0, "warn")
+    rows = [c for c in report["checks"] if c["name"] == "test events"]
+    assert [(c["status"], c["detail"].split(" is set")[0]) for c in rows] == [
+        ("warn", f"pixels.{PIXEL}.test_event_code"),
+        ("warn", "webhooks.shop.test_event_code"),
+    ]
+    assert "(TEST12345)" in rows[0]["detail"]
+    assert rows[0]["fix"].startswith(
+        f"once testing is done, remove test_event_code from [pixels.{PIXEL}] (or unset "
+        f"CAPIRELAY_PIXELS__{PIXEL}__TEST_EVENT_CODE) and restart the gateway"
+    )
+    assert "test events are not dropped" in rows[0]["fix"]
+    assert [c["name"] for c in report["checks"] if c["status"] == "warn"] == ["test events"] * 2
+    strict_code, _ = doctor(config, "--strict")
+    assert strict_code == 1
+
+
+def test_an_unreadable_webhook_secret_fails_naming_the_variable_or_file(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CAPIRELAY_TEST_DOCTOR_UNSET", raising=False)
+    missing = tmp_path / "no" / "such" / "file"
+    hooks = (
+        f'[webhooks.shopify]\npreset = "shopify"\npixel_id = "{PIXEL}"\n'
+        'secret = { env = "CAPIRELAY_TEST_DOCTOR_UNSET" }\n'
+        f'[webhooks.stripe]\npreset = "stripe"\npixel_id = "{PIXEL}"\n'
+        f'secret = {{ file = "{missing}" }}\n'
+    )
+    config = write_config(tmp_path, emulator.url, pixel_extra=hooks)
+    code, report = doctor(config)
+    assert code == 1
+    rows = [c for c in report["checks"] if c["name"] == "webhooks"]
+    assert [(c["status"], c["detail"]) for c in rows] == [
+        (
+            "fail",
+            "webhooks.shopify.secret (environment variable CAPIRELAY_TEST_DOCTOR_UNSET) "
+            "is missing or empty",
+        ),
+        ("fail", f"webhooks.stripe.secret (file {missing}) is missing or empty"),
+    ]
+    assert rows[0]["fix"].startswith("export CAPIRELAY_TEST_DOCTOR_UNSET=<the webhook's signing")
+    assert rows[1]["fix"].startswith(
+        f"write the webhook's signing secret (from the sender's settings) into {missing}"
+    )
+    assert "POST /v1/webhooks/stripe is answered 503 webhook_secret_missing" in rows[1]["fix"]
+    # Both set: one ok row, and nothing fails.
+    monkeypatch.setenv("CAPIRELAY_TEST_DOCTOR_UNSET", "shpss_secret")
+    missing.parent.mkdir(parents=True)
+    missing.write_text("whsec_secret\n", encoding="utf-8")
+    code, report = doctor(config)
+    assert code == 0
+    assert [c for c in report["checks"] if c["name"] == "webhooks"] == [
+        {
+            "name": "webhooks",
+            "status": "ok",
+            "detail": "2 signing secret(s) set and readable",
+            "fix": None,
+        }
+    ]

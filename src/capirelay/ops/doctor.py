@@ -42,6 +42,7 @@ from capirelay.ops.health import (
     token_health,
     version_health,
 )
+from capirelay.ops.preflight import Finding, test_event_code_findings, webhook_secret_findings
 from capirelay.ops.quality import GOOD_SCORE, QualityReport, predict_match_quality
 from capirelay.outbox import DLQFilter, Outbox, QueueStats, open_outbox, sqlite_path_from_url
 from capirelay.outbox.base import DLQGroup
@@ -66,6 +67,7 @@ __all__ = [
     "match_quality_checks",
     "run_doctor",
     "storage_check",
+    "test_event_checks",
     "token_checks",
     "version_checks",
 ]
@@ -205,8 +207,33 @@ def credential_checks(settings: Settings) -> list[Check]:
         checks.append(
             Check("ingest keys", Status.OK, f"{len(settings.ingest_keys)} key(s) set and readable")
         )
+    checks.extend(_webhook_secret_checks(settings))
     checks.append(_dashboard_check(settings))
     return checks
+
+
+def _webhook_secret_checks(settings: Settings) -> list[Check]:
+    """Each webhook's signing secret, readable right now (else its deliveries get 503)."""
+    missing = [_verdict(finding) for finding in webhook_secret_findings(settings)]
+    if settings.webhooks and not missing:
+        return [
+            Check(
+                "webhooks",
+                Status.OK,
+                f"{len(settings.webhooks)} signing secret(s) set and readable",
+            )
+        ]
+    return missing
+
+
+def test_event_checks(settings: Settings) -> list[Check]:
+    """A warn per test_event_code left in the settings (a pixel's or a webhook's)."""
+    return [_verdict(finding) for finding in test_event_code_findings(settings)]
+
+
+def _verdict(finding: Finding) -> Check:
+    status = Status.FAIL if finding.blocking else Status.WARN
+    return Check(finding.check, status, finding.detail, finding.fix)
 
 
 def _dashboard_check(settings: Settings) -> Check:
@@ -517,6 +544,7 @@ async def run_doctor(
     now = time.time() if now is None else now
     report.checks.extend(config_checks(settings))
     report.checks.extend(credential_checks(settings))
+    report.checks.extend(test_event_checks(settings))
     storage, probe, tokens = await asyncio.gather(
         _storage_facts(settings.storage, now),
         probe_graph(settings, transport=transport),
