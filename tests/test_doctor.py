@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from typer.testing import CliRunner
@@ -543,3 +544,37 @@ def test_an_unreadable_webhook_secret_fails_naming_the_variable_or_file(
             "fix": None,
         }
     ]
+
+
+def test_a_token_without_ads_management_is_told_to_get_that_permission(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    answer = httpx.post(
+        f"{emulator.url}/_emulator/tokens/scopes",
+        json={"access_token": TOKEN, "scopes": ["ads_read"]},
+    )
+    assert answer.status_code == 200
+    code, report = doctor(write_config(tmp_path, emulator.url))
+    assert code == 1
+    token = by_name(report)[f"token {PIXEL}"]
+    assert token["status"] == "fail"
+    assert token["detail"] == (
+        f"valid, but not granted ads_management (scopes: ads_read), which sending events to "
+        f"pixel {PIXEL} needs"
+    )
+    assert token["fix"].startswith("generate a new token with the ads_management permission")
+    assert token["fix"].endswith(f"put it in pixels.{PIXEL}.access_token")
+    assert token["fix"] != explain(100, 33)
+
+
+def test_a_token_granted_on_another_pixel_is_told_to_get_access_to_this_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other_pixel, other_token = "5550001111", "EAAotherTOKENabcdefghijklmnopqrstu"
+    monkeypatch.setenv(TOKEN_ENV, other_token)  # ads_management, but on the other pixel only
+    with run_emulator(pixels={PIXEL: TOKEN, other_pixel: other_token}) as emulator:
+        code, report = doctor(write_config(tmp_path, emulator.url))
+    assert code == 1
+    token = by_name(report)[f"token {PIXEL}"]
+    assert token["detail"] == f"valid, but its ads_management grant does not include pixel {PIXEL}"
+    assert token["fix"] == explain(100, 33)

@@ -349,11 +349,23 @@ def _token_check(health: TokenHealth, now: datetime) -> Check:
         # answers (an outage, a retired version reported below) say nothing either way.
         status = Status.FAIL if health.error_code == CODE_UNKNOWN_PATH else Status.WARN
         return Check(name, status, f"could not be checked: {health.error}", health.explanation)
+    if health.pixel_access is False and REQUIRED_SCOPE not in health.scopes:
+        scopes = ", ".join(health.scopes) or "none listed"
+        return Check(
+            name,
+            Status.FAIL,
+            f"valid, but not granted {REQUIRED_SCOPE} (scopes: {scopes}), which sending "
+            f"events to pixel {health.pixel_id} needs",
+            f"generate a new token with the {REQUIRED_SCOPE} permission for the system user "
+            "(Business Settings > Users > System users > Generate new token; a token keeps "
+            "the permissions it was generated with) and put it in "
+            f"pixels.{health.pixel_id}.access_token",
+        )
     if health.pixel_access is False:
         return Check(
             name,
             Status.FAIL,
-            f"valid, but not granted {REQUIRED_SCOPE} on pixel {health.pixel_id}",
+            f"valid, but its {REQUIRED_SCOPE} grant does not include pixel {health.pixel_id}",
             explain(100, 33),
         )
     days_left = health.days_left(now)
