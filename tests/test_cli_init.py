@@ -178,3 +178,31 @@ def test_bad_flags_are_named(tmp_path: Path) -> None:
     assert "'ftp://nope' is not an origin" in result.stderr
     assert not (tmp_path / "c.toml").exists()
     assert not (tmp_path / "capirelay-secrets").exists()
+
+
+def test_a_graph_url_with_the_version_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "c.toml"
+    result = runner.invoke(
+        app,
+        [
+            "init",
+            "--no-input",
+            "--config",
+            str(config),
+            "--pixel",
+            PIXEL,
+            "--token-env",
+            "X",
+            "--graph-url",
+            "http://127.0.0.1:8765/v26.0",
+        ],
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        "--graph-url must not include the Graph API version (/v26.0): capirelay adds each "
+        "pixel's api_version itself"
+    )
+    assert not config.exists()
+    assert not (tmp_path / "capirelay-secrets").exists()

@@ -225,3 +225,54 @@ def test_a_mapping_file_that_is_not_utf8_is_a_doctor_row_not_a_traceback(tmp_pat
     )
     [failing] = config_checks_fail(load_settings(config))
     assert "not UTF-8 text; save it as UTF-8" in failing.detail
+
+
+@pytest.mark.parametrize(
+    ("graph_url", "problem"),
+    [
+        # The seed guide's shape: Graph's URL with the version, as Meta's docs print it.
+        ("http://127.0.0.1:8765/v26.0", "must not include the Graph API version (/v26.0)"),
+        (
+            "https://graph.facebook.com/v21.0/1234567890/events",
+            "must not include the Graph API version (/v21.0)",
+        ),
+        ("https://graph.facebook.com/me", "must be Meta's bare origin without a path"),
+        ("graph.facebook.com", "must be an http(s) URL with a host"),
+        ("https://graph.facebook.com?x=1", "must not have a query string or fragment"),
+    ],
+)
+def test_a_graph_url_that_cannot_work_is_refused_with_the_fix(
+    tmp_path: Path, graph_url: str, problem: str
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'graph_url = "{graph_url}"\n[pixels.1]\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:1:1: graph_url: ")
+    assert problem in message
+    assert 'graph_url = "https://graph.facebook.com"' in message
+
+
+def test_a_graph_url_version_is_refused_from_the_environment_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
+    monkeypatch.setenv("CAPIRELAY_GRAPH_URL", "https://graph.facebook.com/v26.0/")
+    with pytest.raises(ConfigError, match=r"graph_url: .*remove /v26.0 and everything after it"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "graph_url",
+    [
+        "https://graph.facebook.com",
+        "https://graph.facebook.com/",
+        "http://127.0.0.1:8765",
+        # A forwarding proxy that serves Graph under a path prefix (not a version).
+        "https://egress.example/meta",
+        "https://egress.example/v1/graph",
+    ],
+)
+def test_graph_origins_and_proxy_prefixes_load(graph_url: str) -> None:
+    assert Settings(graph_url=graph_url).graph_url == graph_url

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from typer.testing import CliRunner
@@ -33,6 +34,7 @@ from capirelay.ops.doctor import (
 )
 from capirelay.ops.health import GraphProbe
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, QueueStats, SQLiteOutbox
+from not_graph import serve_not_graph
 
 PIXEL = "1234567890"
 TOKEN = "EAAdoctorTOKENabcdefghijklmnopqrstu"
@@ -411,3 +413,168 @@ def test_a_missing_token_fix_names_the_setting_and_how_to_set_it(
     assert 'access_token = { env = "CAPIRELAY_TOKEN" }' in fix
     assert 'access_token = { file = "/run/secrets/capi_token" }' in fix
     assert f"CAPIRELAY_PIXELS__{PIXEL}__ACCESS_TOKEN=<token>" in fix
+
+
+# ------------------------------------------------- graph_url, test codes, secrets, scopes
+
+
+@pytest.fixture
+def not_graph() -> Iterator[str]:
+    with serve_not_graph() as url:
+        yield url
+
+
+def test_a_server_that_is_not_graph_fails_and_its_clock_is_not_graphs(
+    tmp_path: Path, not_graph: str
+) -> None:
+    code, report = doctor(write_config(tmp_path, not_graph))
+    assert code == 1
+    checks = by_name(report)
+    graph = checks["graph"]
+    assert graph["status"] == "fail"
+    assert graph["detail"] == (
+        f"{not_graph} answered, but not as Graph: HTTP 404 (text/html) without Graph's JSON "
+        "error or x-fb-* headers"
+    )
+    assert graph["fix"].startswith("graph_url must be Graph's bare origin")
+    # Its Date header is an hour off, and says nothing about Graph's clock.
+    assert checks["clock"]["status"] == "warn"
+    assert "not Graph" in checks["clock"]["detail"]
+    token = checks[f"token {PIXEL}"]
+    assert "the server at graph_url is not Graph" in token["fix"]
+
+
+def test_a_graph_url_with_the_version_stops_the_doctor_at_the_config(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    # Before: graph ok, token warn "check api_version", exit 0; serve then held the pixel
+    # on error 2500 forever.
+    config = write_config(tmp_path, f"{emulator.url}/v26.0")
+    result = runner.invoke(app, ["doctor", "--config", str(config)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"{config}:2:1: graph_url: ")
+    assert "must not include the Graph API version (/v26.0)" in result.stderr
+
+
+def test_an_unknown_path_on_the_token_check_points_at_graph_url(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    # A proxy prefix the config accepts but Graph does not serve: Graph answers 2500.
+    code, report = doctor(write_config(tmp_path, f"{emulator.url}/graph"))
+    assert code == 1
+    token = by_name(report)[f"token {PIXEL}"]
+    assert token["status"] == "fail"
+    assert "(2500)" in token["detail"]
+    assert "api_version v26.0 is a version Graph serves" in token["fix"]
+    assert "comes from graph_url" in token["fix"]
+    assert "check api_version" not in token["fix"]
+
+
+def test_a_test_event_code_left_on_warns_and_fails_under_strict(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPIRELAY_TEST_DOCTOR_SHOP_SECRET", "shpss_secret")
+    config = write_config(
+        tmp_path,
+        emulator.url,
+        pixel_extra=(
+            'test_event_code = "TEST12345"\n'
+            '[webhooks.shop]\npreset = "shopify"\n'
+            f'pixel_id = "{PIXEL}"\nsecret = {{ env = "CAPIRELAY_TEST_DOCTOR_SHOP_SECRET" }}\n'
+            'test_event_code = "TEST999"\n'
+        ),
+    )
+    code, report = doctor(config)
+    assert (code, report["status"]) == (0, "warn")
+    rows = [c for c in report["checks"] if c["name"] == "test events"]
+    assert [(c["status"], c["detail"].split(" is set")[0]) for c in rows] == [
+        ("warn", f"pixels.{PIXEL}.test_event_code"),
+        ("warn", "webhooks.shop.test_event_code"),
+    ]
+    assert "(TEST12345)" in rows[0]["detail"]
+    assert rows[0]["fix"].startswith(
+        f"once testing is done, remove test_event_code from [pixels.{PIXEL}] (or unset "
+        f"CAPIRELAY_PIXELS__{PIXEL}__TEST_EVENT_CODE) and restart the gateway"
+    )
+    assert "test events are not dropped" in rows[0]["fix"]
+    assert [c["name"] for c in report["checks"] if c["status"] == "warn"] == ["test events"] * 2
+    strict_code, _ = doctor(config, "--strict")
+    assert strict_code == 1
+
+
+def test_an_unreadable_webhook_secret_fails_naming_the_variable_or_file(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CAPIRELAY_TEST_DOCTOR_UNSET", raising=False)
+    missing = tmp_path / "no" / "such" / "file"
+    hooks = (
+        f'[webhooks.shopify]\npreset = "shopify"\npixel_id = "{PIXEL}"\n'
+        'secret = { env = "CAPIRELAY_TEST_DOCTOR_UNSET" }\n'
+        f'[webhooks.stripe]\npreset = "stripe"\npixel_id = "{PIXEL}"\n'
+        f'secret = {{ file = "{missing}" }}\n'
+    )
+    config = write_config(tmp_path, emulator.url, pixel_extra=hooks)
+    code, report = doctor(config)
+    assert code == 1
+    rows = [c for c in report["checks"] if c["name"] == "webhooks"]
+    assert [(c["status"], c["detail"]) for c in rows] == [
+        (
+            "fail",
+            "webhooks.shopify.secret (environment variable CAPIRELAY_TEST_DOCTOR_UNSET) "
+            "is missing or empty",
+        ),
+        ("fail", f"webhooks.stripe.secret (file {missing}) is missing or empty"),
+    ]
+    assert rows[0]["fix"].startswith("export CAPIRELAY_TEST_DOCTOR_UNSET=<the webhook's signing")
+    assert rows[1]["fix"].startswith(
+        f"write the webhook's signing secret (from the sender's settings) into {missing}"
+    )
+    assert "POST /v1/webhooks/stripe is answered 503 webhook_secret_missing" in rows[1]["fix"]
+    # Both set: one ok row, and nothing fails.
+    monkeypatch.setenv("CAPIRELAY_TEST_DOCTOR_UNSET", "shpss_secret")
+    missing.parent.mkdir(parents=True)
+    missing.write_text("whsec_secret\n", encoding="utf-8")
+    code, report = doctor(config)
+    assert code == 0
+    assert [c for c in report["checks"] if c["name"] == "webhooks"] == [
+        {
+            "name": "webhooks",
+            "status": "ok",
+            "detail": "2 signing secret(s) set and readable",
+            "fix": None,
+        }
+    ]
+
+
+def test_a_token_without_ads_management_is_told_to_get_that_permission(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    answer = httpx.post(
+        f"{emulator.url}/_emulator/tokens/scopes",
+        json={"access_token": TOKEN, "scopes": ["ads_read"]},
+    )
+    assert answer.status_code == 200
+    code, report = doctor(write_config(tmp_path, emulator.url))
+    assert code == 1
+    token = by_name(report)[f"token {PIXEL}"]
+    assert token["status"] == "fail"
+    assert token["detail"] == (
+        f"valid, but not granted ads_management (scopes: ads_read), which sending events to "
+        f"pixel {PIXEL} needs"
+    )
+    assert token["fix"].startswith("generate a new token with the ads_management permission")
+    assert token["fix"].endswith(f"put it in pixels.{PIXEL}.access_token")
+    assert token["fix"] != explain(100, 33)
+
+
+def test_a_token_granted_on_another_pixel_is_told_to_get_access_to_this_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other_pixel, other_token = "5550001111", "EAAotherTOKENabcdefghijklmnopqrstu"
+    monkeypatch.setenv(TOKEN_ENV, other_token)  # ads_management, but on the other pixel only
+    with run_emulator(pixels={PIXEL: TOKEN, other_pixel: other_token}) as emulator:
+        code, report = doctor(write_config(tmp_path, emulator.url))
+    assert code == 1
+    token = by_name(report)[f"token {PIXEL}"]
+    assert token["detail"] == f"valid, but its ads_management grant does not include pixel {PIXEL}"
+    assert token["fix"] == explain(100, 33)

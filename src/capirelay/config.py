@@ -21,6 +21,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -35,7 +36,10 @@ from capirelay.limits import check_test_event_code
 log = logging.getLogger("capirelay.config")
 
 DEFAULT_API_VERSION = "v26.0"
+DEFAULT_GRAPH_URL = "https://graph.facebook.com"
 _PIXEL_ID = re.compile(r"^[0-9]{1,32}$")
+# A Graph API version as a path segment ("v26.0"): the client adds it itself.
+_VERSION_SEGMENT = re.compile(r"^v\d+\.\d+$")
 
 
 class ConfigError(ValueError):
@@ -130,6 +134,38 @@ def _coerce_secret(value: Any) -> Any:
     if isinstance(value, str):
         return {"value": value}
     return value
+
+
+def graph_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a ``graph_url``, or None when it can.
+
+    Requests go to ``{graph_url}/{api_version}/{path}``, so ``graph_url`` is Graph's
+    origin (``https://graph.facebook.com``, an emulator's ``http://127.0.0.1:8765``),
+    optionally with the path prefix of a forwarding proxy that serves Graph under
+    one (``https://egress.example/meta``).  A version segment in it (the URL copied
+    from Meta's documentation, ``.../v26.0``) makes every call ``/v26.0/v26.0/...``,
+    which Graph refuses with code 2500; Meta's own host has no prefix at all.  The
+    URL itself is not repeated in the answer (it may carry a proxy's credentials).
+    """
+    parts = urlsplit(url.strip())
+    example = f'e.g. graph_url = "{DEFAULT_GRAPH_URL}"'
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http(s) URL with a host, {example}"
+    if parts.query or parts.fragment:
+        return f"must not have a query string or fragment, {example}"
+    segments = [segment for segment in parts.path.split("/") if segment]
+    versions = [segment for segment in segments if _VERSION_SEGMENT.match(segment)]
+    if versions:
+        return (
+            f"must not include the Graph API version (/{versions[0]}): capirelay adds each "
+            f"pixel's api_version itself, so every call would go to /{versions[0]}/"
+            f"<api_version>/... and fail with error 2500; remove /{versions[0]} and "
+            f"everything after it ({example}) and pin the version with api_version under "
+            "[pixels.<PIXEL_ID>]"
+        )
+    if parts.hostname == urlsplit(DEFAULT_GRAPH_URL).hostname and segments:
+        return f"must be Meta's bare origin without a path ({example})"
+    return None
 
 
 class ConsentPolicy(BaseModel):
@@ -381,7 +417,8 @@ class Settings(BaseSettings):
     storage: str = "sqlite:///./capirelay.db"
     host: str = "127.0.0.1"
     port: int = 8080
-    graph_url: str = "https://graph.facebook.com"
+    # Graph's origin, or an emulator's or forwarding proxy's (see graph_url_problem).
+    graph_url: str = DEFAULT_GRAPH_URL
     partner_agent: str = "capirelay"
     sqlite_synchronous: str = Field(default="FULL", pattern="^(FULL|NORMAL|EXTRA)$")
     # Proxies whose X-Forwarded-For we believe (IPs or CIDRs).
@@ -411,6 +448,14 @@ class Settings(BaseSettings):
     order_ledger: OrderLedgerSettings = Field(default_factory=OrderLedgerSettings)
 
     _v_metrics_token = field_validator("metrics_token", mode="before")(_coerce_secret)
+
+    @field_validator("graph_url")
+    @classmethod
+    def _graph_origin(cls, v: str) -> str:
+        problem = graph_url_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
     @field_validator("pixels")
     @classmethod

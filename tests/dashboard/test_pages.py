@@ -5,12 +5,25 @@ errors are grouped with their fix, match quality and health show Meta's own answ
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
+import pytest
 
+from capirelay.server import create_app
+from not_graph import serve_not_graph
+from server.conftest import serve_in_thread
 from waiting import wait_for
 
-from .conftest import PIXEL_ID, TEST_CODE, Gateway, csrf_from, purchase
+from .conftest import (
+    ADMIN_TOKEN,
+    PIXEL_ID,
+    TEST_CODE,
+    Gateway,
+    csrf_from,
+    dashboard_settings,
+    purchase,
+)
 
 
 def _cell(html: str, event_name: str, column: str) -> int:
@@ -160,6 +173,24 @@ def test_health_page_shows_token_breaker_version_and_clock(gateway: Gateway) -> 
         )
         assert "v26.0" in row.group(1)
         assert re.search(r'id="clock-skew"><span class="badge \w+">(?:0|[+-]\d+) s<', page)
+
+
+def test_health_page_says_when_graph_url_is_not_graph(
+    tmp_path: Path, dashboard_env: pytest.MonkeyPatch
+) -> None:
+    # Before: "reachable", and the other server's clock shown as Meta's.
+    with serve_not_graph() as not_graph:
+        settings = dashboard_settings(tmp_path / "capirelay.db", not_graph)
+        with serve_in_thread(create_app(settings)) as url, httpx.Client(base_url=url) as client:
+            form = client.get("/ui/login")
+            login = {"csrf_token": csrf_from(form.text), "token": ADMIN_TOKEN}
+            assert client.post("/ui/login", data=login).status_code == 303
+            page = client.get("/ui/health").text
+    assert '<div class="n" id="graph-state"><span class="badge bad">not Graph</span>' in page
+    assert "clock skew (unknown: graph_url is not Graph)" in page
+    assert 'id="clock-skew"' not in page
+    alert = '<div class="alert" id="not-graph">graph_url answers, but not as Graph (HTTP 404'
+    assert alert in page
 
 
 def test_unknown_dead_letter_is_a_page_not_an_error(gateway: Gateway) -> None:

@@ -120,6 +120,8 @@ def test_classify(
         (100, 2804003, "7 days"),
         (100, 2804019, "event index"),
         (2635, None, "api_version"),
+        # A version in graph_url gives /v26.0/v26.0/...: the other cause of 2500.
+        (2500, None, "that graph_url is Graph's bare origin"),
         (4, None, "Rate limited"),
         (1, None, "retried automatically"),
         (200, None, "ads_management"),

@@ -3,6 +3,7 @@ who owns the outbox and the engine."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from capirelay.config import Settings
+from capirelay.config import Secret, Settings, WebhookSettings
 from capirelay.delivery.engine import DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.metrics import Metrics
@@ -21,7 +22,7 @@ from capirelay.outbox import SQLiteOutbox
 from capirelay.server import create_app
 from capirelay.server.run import main as run_main
 
-from .conftest import INGEST_KEY, PIXEL_ID, gateway_settings
+from .conftest import CONFIG_TEST_CODE, INGEST_KEY, OTHER_PIXEL_ID, PIXEL_ID, gateway_settings
 
 
 @pytest.fixture
@@ -121,6 +122,44 @@ async def test_owned_outbox_and_engine_are_closed_on_shutdown(lifecycle_settings
         assert engine.running
     assert not engine.running
     assert not await outbox.ping()
+
+
+async def test_start_up_warns_of_a_test_event_code_and_an_unset_webhook_secret(
+    tmp_path: Path,
+    emulator: RunningEmulator,
+    secrets_in_env: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before, serve started silently: every event went out with the test code, and the
+    # shop's first delivery was the first anyone heard of the missing secret (a 503).
+    secrets_in_env.delenv("CAPIRELAY_TEST_UNSET_WEBHOOK_SECRET", raising=False)
+    hook = WebhookSettings(
+        preset="shopify",
+        pixel_id=PIXEL_ID,
+        secret=Secret(env="CAPIRELAY_TEST_UNSET_WEBHOOK_SECRET"),
+    )
+    settings = gateway_settings(tmp_path / "warned.db", emulator.url, webhooks={"shop": hook})
+    caplog.set_level(logging.WARNING, logger="capirelay.server")
+    async with running(create_app(settings)) as client:
+        assert (await client.get("/readyz")).status_code == 200
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "capirelay.server" and r.levelno == logging.WARNING
+    ]
+    assert (
+        "webhooks.shop.secret (environment variable CAPIRELAY_TEST_UNSET_WEBHOOK_SECRET) is "
+        "missing or empty; export CAPIRELAY_TEST_UNSET_WEBHOOK_SECRET=<the webhook's signing "
+        "secret, from the sender's settings> for the gateway's process: until then every "
+        "delivery to POST /v1/webhooks/shop is answered 503 webhook_secret_missing, which the "
+        "sender retries for a limited time only"
+    ) in warnings
+    [test_code] = [w for w in warnings if "test_event_code" in w]
+    assert test_code.startswith(
+        f"pixels.{OTHER_PIXEL_ID}.test_event_code is set ({CONFIG_TEST_CODE}): every event for "
+        f"pixel {OTHER_PIXEL_ID} that carries no code of its own goes to Meta as a test event; "
+        f"once testing is done, remove test_event_code from [pixels.{OTHER_PIXEL_ID}]"
+    )
 
 
 def test_command_line_refuses_a_missing_config(tmp_path: Path) -> None:

@@ -138,6 +138,16 @@ def _check_origin(value: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+def _check_graph_url(value: str) -> str:
+    # The config's own rule, before a config that would not load is written.
+    from capirelay.config import graph_url_problem
+
+    problem = graph_url_problem(value)
+    if problem is not None:
+        raise typer.BadParameter(f"--graph-url {problem}")
+    return value.strip()
+
+
 def _check_origins(values: list[str]) -> list[str]:
     out: list[str] = []
     for value in values:
@@ -353,7 +363,7 @@ def _answers(
         storage=storage,
         public_url=public_url,
         test_event_code=test_event_code,
-        graph_url=graph_url,
+        graph_url=_check_graph_url(graph_url) if graph_url else None,
         ingest_key_file=secrets / "ingest-key",
         dashboard_token_file=secrets / "dashboard-token",
     )

@@ -281,7 +281,10 @@ _CODE_EXPLANATIONS: dict[int, str] = {
     2635: (
         "Deprecated Graph API version (2635): set api_version to a supported version (e.g. v26.0)."
     ),
-    2500: "Unknown path (2500): the API version or path is not valid; check api_version.",
+    2500: (
+        "Unknown path (2500): the API version or path is not valid; check api_version, and "
+        "that graph_url is Graph's bare origin (https://graph.facebook.com, no /v26.0 in it)."
+    ),
     12: "Endpoint deprecated for this API version (12): move to a current api_version.",
     368: (
         "Temporarily blocked for policy reasons (368): retry later and check Business Support "

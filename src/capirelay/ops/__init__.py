@@ -3,6 +3,9 @@
 - :mod:`~capirelay.ops.doctor` (and :mod:`~capirelay.ops.doctor_meta`): checks
   returning ``Check(name, status, detail, fix)``, for ``capirelay doctor``.
 - :mod:`~capirelay.ops.health`: token, Graph version, clock skew.
+- :mod:`~capirelay.ops.preflight`: settings that load but quietly change or stop
+  delivery (a test_event_code left on, an unset webhook secret), shown by the
+  doctor and logged by ``serve`` when it starts.
 - :mod:`~capirelay.ops.quality`: predicted match quality and hints.
 - :mod:`~capirelay.ops.dlq`: list, show, replay, purge the dead-letter queue.
 - :mod:`~capirelay.ops.trace`: an event's whole story from its receipts.
@@ -13,5 +16,6 @@
 
 The command line (:mod:`capirelay.cli`) and the dashboard call these; the
 gateway's hot path (ingest, outbox, delivery) does not depend on them, except
-the diagnostics job the server schedules.
+the diagnostics job the server schedules and the start-up warnings of
+:mod:`~capirelay.ops.preflight`.
 """

@@ -32,7 +32,9 @@ import orjson
 from capirelay.config import ConfigError, Settings, load_settings
 from capirelay.graph import DEFAULT_BASE_URL, explain
 from capirelay.graph.versions import DEFAULT_API_VERSION, VersionStatus
+from capirelay.meta_facts import CODE_UNKNOWN_PATH
 from capirelay.ops.health import (
+    GRAPH_URL_FIX,
     REQUIRED_SCOPE,
     GraphProbe,
     TokenHealth,
@@ -40,6 +42,7 @@ from capirelay.ops.health import (
     token_health,
     version_health,
 )
+from capirelay.ops.preflight import Finding, test_event_code_findings, webhook_secret_findings
 from capirelay.ops.quality import GOOD_SCORE, QualityReport, predict_match_quality
 from capirelay.outbox import DLQFilter, Outbox, QueueStats, open_outbox, sqlite_path_from_url
 from capirelay.outbox.base import DLQGroup
@@ -64,6 +67,7 @@ __all__ = [
     "match_quality_checks",
     "run_doctor",
     "storage_check",
+    "test_event_checks",
     "token_checks",
     "version_checks",
 ]
@@ -203,8 +207,33 @@ def credential_checks(settings: Settings) -> list[Check]:
         checks.append(
             Check("ingest keys", Status.OK, f"{len(settings.ingest_keys)} key(s) set and readable")
         )
+    checks.extend(_webhook_secret_checks(settings))
     checks.append(_dashboard_check(settings))
     return checks
+
+
+def _webhook_secret_checks(settings: Settings) -> list[Check]:
+    """Each webhook's signing secret, readable right now (else its deliveries get 503)."""
+    missing = [_verdict(finding) for finding in webhook_secret_findings(settings)]
+    if settings.webhooks and not missing:
+        return [
+            Check(
+                "webhooks",
+                Status.OK,
+                f"{len(settings.webhooks)} signing secret(s) set and readable",
+            )
+        ]
+    return missing
+
+
+def test_event_checks(settings: Settings) -> list[Check]:
+    """A warn per test_event_code left in the settings (a pixel's or a webhook's)."""
+    return [_verdict(finding) for finding in test_event_code_findings(settings)]
+
+
+def _verdict(finding: Finding) -> Check:
+    status = Status.FAIL if finding.blocking else Status.WARN
+    return Check(finding.check, status, finding.detail, finding.fix)
 
 
 def _dashboard_check(settings: Settings) -> Check:
@@ -245,12 +274,20 @@ META_GRAPH_HOST = urlsplit(DEFAULT_BASE_URL).hostname
 
 
 def graph_check(probe: GraphProbe, graph_url: str) -> Check:
+    if probe.reachable and probe.not_graph is not None:
+        # Something answered, but not Graph: a web server, a portal, a proxy's own page.
+        return Check(
+            "graph",
+            Status.FAIL,
+            f"{graph_url} answered, but not as Graph: {probe.not_graph}",
+            GRAPH_URL_FIX + "; events wait in the queue until their deadline",
+        )
     if probe.reachable:
         latency = f" in {probe.latency_ms:.0f} ms" if probe.latency_ms is not None else ""
         return Check(
             "graph",
             Status.OK,
-            f"reached {graph_url}{latency} (a token-less probe; any HTTP answer, here "
+            f"reached {graph_url}{latency} (a token-less probe; Graph's error answer, here "
             f"{probe.status}, proves the network path to Graph works)",
         )
     host = urlsplit(graph_url).hostname or graph_url
@@ -271,10 +308,21 @@ def graph_check(probe: GraphProbe, graph_url: str) -> Check:
     )
 
 
-def clock_check(skew: float | None, max_future_skew: int, *, reachable: bool = True) -> Check:
-    """Meta judges event_time by its own clock: skew beyond the accepted window loses events."""
+def clock_check(
+    skew: float | None, max_future_skew: int, *, reachable: bool = True, from_graph: bool = True
+) -> Check:
+    """Meta judges event_time by its own clock: skew beyond the accepted window loses events.
+
+    ``from_graph`` False: the answer came from something else, whose clock says
+    nothing about Graph's (``skew`` is then None).
+    """
     if skew is None:
-        detail = "Graph did not answer" if not reachable else "Graph sent no Date header"
+        if not reachable:
+            detail = "Graph did not answer"
+        elif not from_graph:
+            detail = "the server at graph_url is not Graph (see graph), so its clock proves nothing"
+        else:
+            detail = "Graph sent no Date header"
         return Check("clock", Status.WARN, f"clock skew unknown: {detail}", None)
     direction = "ahead of" if skew < 0 else "behind"
     detail = f"local clock is {abs(skew):.0f} s {direction} Graph's"
@@ -297,12 +345,27 @@ def _token_check(health: TokenHealth, now: datetime) -> Check:
     if not health.configured or health.valid is False:
         return Check(name, Status.FAIL, health.error or "token invalid", health.explanation)
     if health.valid is None:
-        return Check(name, Status.WARN, f"could not be checked: {health.error}", health.explanation)
+        # An unknown path (2500) fails every delivery as it failed this call; other
+        # answers (an outage, a retired version reported below) say nothing either way.
+        status = Status.FAIL if health.error_code == CODE_UNKNOWN_PATH else Status.WARN
+        return Check(name, status, f"could not be checked: {health.error}", health.explanation)
+    if health.pixel_access is False and REQUIRED_SCOPE not in health.scopes:
+        scopes = ", ".join(health.scopes) or "none listed"
+        return Check(
+            name,
+            Status.FAIL,
+            f"valid, but not granted {REQUIRED_SCOPE} (scopes: {scopes}), which sending "
+            f"events to pixel {health.pixel_id} needs",
+            f"generate a new token with the {REQUIRED_SCOPE} permission for the system user "
+            "(Business Settings > Users > System users > Generate new token; a token keeps "
+            "the permissions it was generated with) and put it in "
+            f"pixels.{health.pixel_id}.access_token",
+        )
     if health.pixel_access is False:
         return Check(
             name,
             Status.FAIL,
-            f"valid, but not granted {REQUIRED_SCOPE} on pixel {health.pixel_id}",
+            f"valid, but its {REQUIRED_SCOPE} grant does not include pixel {health.pixel_id}",
             explain(100, 33),
         )
     days_left = health.days_left(now)
@@ -493,6 +556,7 @@ async def run_doctor(
     now = time.time() if now is None else now
     report.checks.extend(config_checks(settings))
     report.checks.extend(credential_checks(settings))
+    report.checks.extend(test_event_checks(settings))
     storage, probe, tokens = await asyncio.gather(
         _storage_facts(settings.storage, now),
         probe_graph(settings, transport=transport),
@@ -501,7 +565,12 @@ async def run_doctor(
     report.checks.append(_storage_verdict(settings.storage, storage))
     report.checks.append(graph_check(probe, settings.graph_url))
     report.checks.append(
-        clock_check(probe.skew_seconds, settings.max_future_skew, reachable=probe.reachable)
+        clock_check(
+            probe.skew_seconds,
+            settings.max_future_skew,
+            reachable=probe.reachable,
+            from_graph=probe.not_graph is None,
+        )
     )
     report.checks.extend(token_checks(tokens, datetime.fromtimestamp(now, UTC)))
     report.checks.extend(version_checks(version_health(settings, today)))

@@ -29,17 +29,20 @@ from typing import Any
 
 import httpx
 
-from capirelay.config import PixelSettings, Settings
+from capirelay.config import DEFAULT_GRAPH_URL, PixelSettings, Settings
 from capirelay.graph import GraphClient, GraphError, RetryClass, explain
 from capirelay.graph.errors import redact
 from capirelay.graph.versions import VersionStatus, version_status
+from capirelay.meta_facts import CODE_UNKNOWN_PATH
 
 __all__ = [
+    "GRAPH_URL_FIX",
     "PROBE_TIMEOUT",
     "REQUIRED_SCOPE",
     "GraphProbe",
     "TokenHealth",
     "clock_skew",
+    "graph_answer",
     "probe_graph",
     "token_health",
     "version_health",
@@ -58,7 +61,9 @@ class TokenHealth:
     version): unknown, not bad.  ``expires_at`` is None for tokens that never
     expire (system-user tokens).  ``pixel_access`` is None when Graph's answer
     does not list granular targets.  ``error`` is Graph's code and message (no
-    token in it); ``explanation`` the fix, from :func:`capirelay.graph.explain`.
+    token in it), ``error_code`` that code; ``explanation`` the fix, from
+    :func:`capirelay.graph.explain` or, where the answer says ``graph_url`` is
+    wrong, naming ``graph_url``.
     """
 
     pixel_id: str
@@ -69,6 +74,7 @@ class TokenHealth:
     error: str | None
     explanation: str | None
     pixel_access: bool | None = None
+    error_code: int | None = None
 
     def days_left(self, now: datetime | None = None) -> float | None:
         if self.expires_at is None:
@@ -85,6 +91,7 @@ class TokenHealth:
             "scopes": list(self.scopes),
             "pixel_access": self.pixel_access,
             "error": self.error,
+            "error_code": self.error_code,
             "explanation": self.explanation,
         }
 
@@ -159,15 +166,38 @@ async def _one_token(
             # A token may inspect itself, so no separate app token is needed.
             answer = await client.debug_token(token, access_token=token)
         except GraphError as err:
-            return _from_graph_error(pixel_id, err)
+            return _from_graph_error(pixel_id, err, pixel.api_version)
     return _from_debug_data(pixel_id, answer.get("data") or {}, token)
 
 
-def _from_graph_error(pixel_id: str, err: GraphError) -> TokenHealth:
+# The fix when graph_url, not the token, is what is wrong.
+GRAPH_URL_FIX = (
+    f'graph_url must be Graph\'s bare origin, graph_url = "{DEFAULT_GRAPH_URL}" '
+    "(or an emulator's, or a forwarding proxy's that passes Graph's answers through), "
+    "without a version such as /v26.0: capirelay adds api_version itself; every delivery "
+    "fails until it is fixed"
+)
+
+
+def _from_graph_error(pixel_id: str, err: GraphError, api_version: str) -> TokenHealth:
     # Only an auth answer says something about the token; an outage or a retired
     # version says nothing either way.
     says_invalid = err.retry_class is RetryClass.AUTH or err.code in (190, 102)
     code = "" if err.code is None else f" ({err.code}{_sub(err.subcode)})"
+    explanation = explain(err.code, err.subcode, err.status)
+    if err.code == CODE_UNKNOWN_PATH and version_status(api_version).state != "unknown":
+        # The version is one Graph serves, so the unknown path is the rest of the URL:
+        # a version or prefix in graph_url (/v26.0/v26.0/debug_token).
+        explanation = (
+            f"Unknown path (2500): api_version {api_version} is a version Graph serves, so "
+            f"the path Graph did not know comes from graph_url. {GRAPH_URL_FIX}"
+        )
+    elif err.code is None and err.retry_class is RetryClass.CONFIG:
+        # A 404/405 without Graph's error object: something else answered the path.
+        explanation = (
+            f"HTTP {err.status} without Graph's error object: the server at graph_url is "
+            f"not Graph. {GRAPH_URL_FIX}"
+        )
     return TokenHealth(
         pixel_id,
         configured=True,
@@ -175,7 +205,8 @@ def _from_graph_error(pixel_id: str, err: GraphError) -> TokenHealth:
         expires_at=None,
         scopes=(),
         error=f"{err.message or 'request failed'}{code}",
-        explanation=explain(err.code, err.subcode, err.status),
+        explanation=explanation,
+        error_code=err.code,
     )
 
 
@@ -238,8 +269,11 @@ class GraphProbe:
     """One unauthenticated request to Graph: did it answer, and what time does it think it is.
 
     ``skew_seconds`` is Graph's clock minus ours (positive: Graph is ahead), to
-    within the ``Date`` header's one-second resolution; None without an answer
-    or a ``Date`` header.
+    within the ``Date`` header's one-second resolution; None without an answer,
+    without a ``Date`` header, or when the answer was not Graph's.  ``not_graph``
+    says what answered instead when the answer had neither Graph's JSON error
+    object nor its ``x-fb-*`` headers (a web server, a captive portal, a proxy's
+    own error page): then ``graph_url`` names the wrong server.
     """
 
     reachable: bool
@@ -247,12 +281,17 @@ class GraphProbe:
     skew_seconds: float | None
     latency_ms: float | None
     error: str | None
+    not_graph: str | None = None
 
 
 async def probe_graph(
     settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> GraphProbe:
-    """``GET`` Graph's root without a token: any HTTP answer proves it is reachable."""
+    """``GET`` Graph's root without a token: Graph answers it with its JSON error object.
+
+    Any HTTP answer proves the host is reachable; only a Graph-shaped one proves
+    ``graph_url`` names Graph (see :func:`graph_answer`).
+    """
     async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, transport=transport) as http:
         sent_at = time.time()
         try:
@@ -260,8 +299,31 @@ async def probe_graph(
         except httpx.HTTPError as exc:
             return GraphProbe(False, None, None, None, f"{type(exc).__name__}: {exc}")
         received_at = time.time()
+    latency_ms = (received_at - sent_at) * 1000
+    if not graph_answer(response):
+        kind = response.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+        what = f"HTTP {response.status_code} ({kind}) without Graph's JSON error or x-fb-* headers"
+        return GraphProbe(True, response.status_code, None, latency_ms, None, not_graph=what)
     skew = _skew(response.headers.get("date"), (sent_at + received_at) / 2)
-    return GraphProbe(True, response.status_code, skew, (received_at - sent_at) * 1000, None)
+    return GraphProbe(True, response.status_code, skew, latency_ms, None)
+
+
+# Headers Graph puts on its answers (x-fb-trace-id on every one, errors included).
+_GRAPH_HEADERS = ("x-fb-trace-id", "x-fb-debug", "x-fb-rev", "facebook-api-version")
+
+
+def graph_answer(response: httpx.Response) -> bool:
+    """Whether ``response`` came from Graph: its ``x-fb-*`` headers, or its JSON error
+    object (``{"error": {"message": ..., "code": ...}}``; Graph never answers a
+    token-less request with plain text or HTML)."""
+    if any(name in response.headers for name in _GRAPH_HEADERS):
+        return True
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and isinstance(error.get("code"), int)
 
 
 def _skew(date_header: str | None, local_time: float) -> float | None:

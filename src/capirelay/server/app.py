@@ -36,6 +36,7 @@ from capirelay.delivery.engine import DeliveryEngine
 from capirelay.metrics import Metrics
 from capirelay.ops.diagnostics import DiagnosticsRunner
 from capirelay.ops.meta_store import meta_store_for
+from capirelay.ops.preflight import log_startup_findings
 from capirelay.outbox import Outbox, open_outbox
 from capirelay.server import cors, routes_health, routes_ingest, routes_trace, routes_webhooks
 from capirelay.server.body_limit import BodyLimitMiddleware, body_limit
@@ -82,6 +83,7 @@ def create_app(
                 await stack.enter_async_context(dashboard.running())
             if not settings.ingest_keys:
                 log.warning("no ingest_keys configured: POST /v1/events answers 401 to everyone")
+            log_startup_findings(settings, log)
             yield
 
     app = Gateway(

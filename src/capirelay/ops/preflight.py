@@ -1,0 +1,132 @@
+"""Settings ``serve`` starts with but that quietly change or stop what it delivers.
+
+Two of them load fine and only show later: a ``test_event_code`` left on after
+testing (every event goes to Meta as a test event; Meta does not drop those,
+and asks for the code to be removed in production), and a webhook whose
+signing ``secret`` names an unset variable or a missing file (the first
+delivery from the shop is answered 503 ``webhook_secret_missing``).  Each is a
+:class:`Finding` here, worded once: ``capirelay doctor`` shows it as a row
+(``blocking`` ones fail, the others warn) and ``serve`` logs it as a WARNING
+when it starts (:func:`log_startup_findings`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from capirelay.config import Secret, Settings
+
+__all__ = [
+    "Finding",
+    "log_startup_findings",
+    "startup_findings",
+    "test_event_code_findings",
+    "webhook_secret_findings",
+]
+
+# Meta's own words (Conversions API, "Using the API"); the reason the code must go.
+_TEST_EVENTS_COUNT = (
+    "Meta asks for the code to be removed in production: test events are not dropped, "
+    "they count in Events Manager, targeting and ads measurement like the others"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem: the doctor row it belongs to, what was seen and the fix.
+
+    ``blocking``: something is refused until it is fixed (the doctor fails);
+    otherwise delivery works but not as it should in production (the doctor warns).
+    """
+
+    check: str
+    blocking: bool
+    detail: str
+    fix: str
+
+    def log_line(self) -> str:
+        return f"{self.detail}; {self.fix}"
+
+
+def test_event_code_findings(settings: Settings) -> list[Finding]:
+    """One finding per configured ``test_event_code`` (a pixel's or a webhook's)."""
+    found = []
+    for pixel_id, pixel in settings.pixels.items():
+        if pixel.test_event_code:
+            found.append(
+                Finding(
+                    "test events",
+                    blocking=False,
+                    detail=(
+                        f"pixels.{pixel_id}.test_event_code is set ({pixel.test_event_code}): "
+                        f"every event for pixel {pixel_id} that carries no code of its own "
+                        "goes to Meta as a test event"
+                    ),
+                    fix=(
+                        f"once testing is done, remove test_event_code from [pixels.{pixel_id}] "
+                        f"(or unset CAPIRELAY_PIXELS__{pixel_id}__TEST_EVENT_CODE) and restart "
+                        f"the gateway; {_TEST_EVENTS_COUNT}"
+                    ),
+                )
+            )
+    for name, hook in settings.webhooks.items():
+        if hook.test_event_code:
+            found.append(
+                Finding(
+                    "test events",
+                    blocking=False,
+                    detail=(
+                        f"webhooks.{name}.test_event_code is set ({hook.test_event_code}): "
+                        f"every event from webhook {name} goes to Meta as a test event"
+                    ),
+                    fix=(
+                        f"once testing is done, remove test_event_code from [webhooks.{name}] "
+                        f"and restart the gateway; {_TEST_EVENTS_COUNT}"
+                    ),
+                )
+            )
+    return found
+
+
+def webhook_secret_findings(settings: Settings) -> list[Finding]:
+    """One finding per webhook whose signing secret cannot be read right now."""
+    return [
+        Finding(
+            "webhooks",
+            blocking=True,
+            detail=f"webhooks.{name}.secret ({hook.secret.describe()}) is missing or empty",
+            fix=(
+                f"{_secret_fix(f'webhooks.{name}.secret', hook.secret)}: until then every "
+                f"delivery to POST /v1/webhooks/{name} is answered 503 webhook_secret_missing, "
+                "which the sender retries for a limited time only"
+            ),
+        )
+        for name, hook in settings.webhooks.items()
+        if hook.secret.resolve() is None
+    ]
+
+
+def _secret_fix(setting: str, secret: Secret) -> str:
+    if secret.env:
+        return (
+            f"export {secret.env}=<the webhook's signing secret, from the sender's settings> "
+            "for the gateway's process"
+        )
+    if secret.file:
+        return (
+            f"write the webhook's signing secret (from the sender's settings) into {secret.file}, "
+            "one line, readable by the gateway"
+        )
+    return f'set {setting}, e.g. {{ env = "..." }} or {{ file = "..." }}'
+
+
+def startup_findings(settings: Settings) -> list[Finding]:
+    """Everything above, webhook secrets first (they refuse deliveries)."""
+    return webhook_secret_findings(settings) + test_event_code_findings(settings)
+
+
+def log_startup_findings(settings: Settings, log: logging.Logger) -> None:
+    """One WARNING per finding: what ``capirelay doctor`` would show, at ``serve``'s start."""
+    for finding in startup_findings(settings):
+        log.warning("%s", finding.log_line())
