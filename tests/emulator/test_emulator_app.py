@@ -146,6 +146,49 @@ def test_revoked_token_is_190_463_and_restore_brings_it_back(http: httpx.Client)
     assert ok.status_code == 200
 
 
+def narrow_scopes(http: httpx.Client, token: str, scopes: list[str]) -> None:
+    answer = http.post("/_emulator/tokens/scopes", json={"access_token": token, "scopes": scopes})
+    assert answer.status_code == 200, answer.text
+
+
+def test_events_from_a_token_without_ads_management_are_refused_with_200(
+    http: httpx.Client, emulator: RunningEmulator
+) -> None:
+    narrow_scopes(http, TOKEN, ["ads_read"])
+    response = http.post(EVENTS_PATH, json={"data": [make_event()], "access_token": TOKEN})
+    assert response.status_code == 403
+    error = graph_error(response)
+    assert (error["code"], error["type"], error["is_transient"]) == (200, "OAuthException", False)
+    assert error["message"] == "(#200) Permissions error"
+    assert "ads_management" in error["error_user_msg"]
+    assert response.headers["x-fb-trace-id"] == error["fbtrace_id"]
+    assert emulator.state.stats()["events_received"] == 0
+    assert emulator.state.stats()["errors_by_code"] == {"200": 1}
+    # The same token and the same answer on the pixel node's write edge.
+    write = http.post(
+        f"/v26.0/{PIXEL}", json={"access_token": TOKEN, "first_party_cookie_status": "EMPTY"}
+    )
+    assert (write.status_code, graph_error(write)["code"]) == (403, 200)
+
+
+@pytest.mark.parametrize("scopes", [["ads_management"], ["business_management", "ads_read"]])
+def test_events_need_ads_management_or_business_management(
+    http: httpx.Client, scopes: list[str]
+) -> None:
+    narrow_scopes(http, TOKEN, scopes)
+    response = http.post(EVENTS_PATH, json={"data": [make_event()], "access_token": TOKEN})
+    assert response.status_code == 200, response.text
+
+
+def test_a_token_without_access_to_the_pixel_is_still_100_33_whatever_its_scopes(
+    http: httpx.Client,
+) -> None:
+    narrow_scopes(http, OTHER_TOKEN, ["ads_read"])
+    response = http.post(EVENTS_PATH, json={"data": [make_event()], "access_token": OTHER_TOKEN})
+    error = graph_error(response)
+    assert (error["code"], error["error_subcode"]) == (100, 33)
+
+
 def test_more_than_1000_events_is_100(http: httpx.Client, emulator: RunningEmulator) -> None:
     events = [make_event(i) for i in range(1001)]
     error = graph_error(http.post(EVENTS_PATH, json={"data": events, "access_token": TOKEN}))

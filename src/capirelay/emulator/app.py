@@ -5,7 +5,8 @@
 * ``POST /{version}/{pixel_id}/events`` the way Meta documents it: JSON, urlencoded
   and multipart bodies; ``data`` as objects or as JSON strings (the SDK's sync path);
   the token in the body, the query or an ``Authorization: OAuth|Bearer`` header;
-  Graph-shaped errors for a bad token (190), unknown pixel (100/33), retired
+  Graph-shaped errors for a bad token (190), unknown pixel (100/33), a token
+  without ``ads_management``/``business_management`` (403, 200), retired
   version (2635), nonsense version (2500), more than 1,000 events (100), and any
   invalid event, which rejects the whole request naming the event's index;
 * ``GET /{version}/dataset_quality`` and ``GET [/{version}]/debug_token``;
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from email import policy
 from email.parser import BytesParser
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import orjson
@@ -58,6 +59,7 @@ from capirelay.meta_facts import (
     CODE_ACCESS_TOKEN,
     CODE_APP_RATE_LIMIT,
     CODE_INVALID_PARAMETER,
+    CODE_PERMISSION_RANGE,
     CODE_RATE_LIMIT,
     CODE_SIGNATURE,
     CODE_UNKNOWN_PATH,
@@ -66,6 +68,8 @@ from capirelay.meta_facts import (
     MAX_EVENTS_PER_REQUEST,
 )
 
+# The scopes that let a token write to a pixel (send events, change its settings).
+WRITE_SCOPES: Final = frozenset({"ads_management", "business_management"})
 _SECRET_PARAMS = frozenset({"access_token", "appsecret_proof", "input_token"})
 _HTML_ERROR = (
     "<!DOCTYPE html><html><head><title>Error</title></head><body>"
@@ -285,6 +289,27 @@ def check_pixel(state: EmulatorState, token: str, pixel_id: str) -> None:
         )
 
 
+def check_write_scope(state: EmulatorState, token: str, action: str) -> None:
+    """Refuse a token without ``ads_management``/``business_management`` as Graph does.
+
+    Sending events and changing a pixel's settings both write to the pixel; a token
+    that may only read (``ads_read``) gets Graph's permission error, code 200
+    (reference §4.9: 10 and 200-299 are permission errors, not retried).
+    """
+    record = state.token(token)
+    if record is None or not WRITE_SCOPES & set(record.scopes):
+        raise GraphReply(
+            403,
+            CODE_PERMISSION_RANGE[0],
+            "(#200) Permissions error",
+            type="OAuthException",
+            user_title="Permissions error",
+            user_msg=f"The user or system user this token belongs to cannot {action} this "
+            "pixel: it needs ads_management (or business_management). Assign it to the "
+            "dataset with full control in Business Settings.",
+        )
+
+
 def validate_events(state: EmulatorState, pixel_id: str, events: list[dict[str, Any]]) -> None:
     """Reject the whole request at the first invalid event, as Meta does."""
     now = state.now()
@@ -444,6 +469,7 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         assert token is not None
         check_proof(state, token, params)
         check_pixel(state, token, pixel_id)
+        check_write_scope(state, token, "send events to")
         events = decode_data(params.get("data"))
         log["events"] = len(events)
         if len(events) > MAX_EVENTS_PER_REQUEST:
