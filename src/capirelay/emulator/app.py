@@ -12,7 +12,12 @@
 * ``GET /{version}/dataset_quality`` and ``GET [/{version}]/debug_token``;
 * the pixel node's settings, ``da_checks`` and ``stats`` (:mod:`capirelay.emulator._pixel`);
 * ``/_emulator/...``: inspect accepted events, stats, the request log (never a
-  token or a body), register pixels, revoke tokens, set the clock, inject faults.
+  token or a body), register pixels, revoke tokens, narrow their scopes, set their
+  expiry, set the clock, inject faults.
+
+A token's ``expires_at`` (0: never, like a system-user token) is compared with the
+emulator's clock on every edge that takes a token: once it has passed, Graph's
+190/463 ("Session has expired"), and ``debug_token`` reports ``is_valid: false``.
 
 Where Graph's exact wording is not documented, messages follow what Graph is seen
 to answer in public issue threads; codes and subcodes follow the reference.
@@ -24,6 +29,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
 from email.utils import formatdate
@@ -265,6 +271,22 @@ def check_token(state: EmulatorState, token: str | None, revoked_by_fault: bool)
             "Error validating access token: The session has been invalidated or has expired.",
             subcode=463,
         )
+    if state.is_expired(record):
+        raise GraphReply(
+            400, CODE_ACCESS_TOKEN, expired_message(state, record.expires_at), subcode=463
+        )
+
+
+def expired_message(state: EmulatorState, expires_at: int) -> str:
+    """Graph's wording for a token whose ``expires_at`` has passed (code 190, subcode 463)."""
+    return (
+        f"Error validating access token: Session has expired on {_graph_time(expires_at)}. "
+        f"The current time is {_graph_time(state.now())}."
+    )
+
+
+def _graph_time(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%A, %d-%b-%y %H:%M:%S UTC")
 
 
 def check_proof(state: EmulatorState, token: str, params: dict[str, Any]) -> None:
@@ -594,20 +616,27 @@ def _debug_token_body(
                 "scopes": [],
             }
         }
-    return {
-        "data": {
-            "app_id": "1000000000000001",
-            "type": "SYSTEM_USER",
-            "application": "capirelay emulator",
-            "is_valid": not record.revoked,
-            "expires_at": record.expires_at,
-            "data_access_expires_at": 0,
-            "scopes": list(record.scopes),
-            "granular_scopes": [
-                {"scope": scope, "target_ids": sorted(record.pixels)} for scope in record.scopes
-            ],
-        }
+    expired = state.is_expired(record)
+    data: dict[str, Any] = {
+        "app_id": "1000000000000001",
+        "type": "SYSTEM_USER",
+        "application": "capirelay emulator",
+        "is_valid": not record.revoked and not expired,
+        "expires_at": record.expires_at,
+        "data_access_expires_at": 0,
+        "scopes": list(record.scopes),
+        "granular_scopes": [
+            {"scope": scope, "target_ids": sorted(record.pixels)} for scope in record.scopes
+        ],
     }
+    if expired:
+        # As Graph's debug_token reports an expired token: the error inside data.
+        data["error"] = {
+            "code": CODE_ACCESS_TOKEN,
+            "message": expired_message(state, record.expires_at),
+            "subcode": 463,
+        }
+    return {"data": data}
 
 
 def _dataset_quality_body(
