@@ -49,3 +49,5 @@ def test_emulator_fault_examples_are_whole() -> None:
     text = runner.invoke(app, ["emulator", "--help"]).stdout
     assert """--fault '{"kind":"throttle","code":613,"duration":60}'""" in text
     assert "ID:TOKEN" in text
+    # How to expire a --pixel token: the route, whole, with a body it accepts.
+    assert """POST /_emulator/tokens/expiry {"access_token":"TOKEN","expires_in":-1}""" in text

@@ -66,6 +66,16 @@ async def test_expiring_token_reports_its_expiry(emulator: RunningEmulator) -> N
     assert days_left is not None and 4.9 < days_left <= 5.0
 
 
+async def test_expired_token(emulator: RunningEmulator) -> None:
+    record = emulator.state.token(TOKEN)
+    assert record is not None
+    record.expires_at = int(time.time()) - 86400
+    health = (await token_health(settings_for(emulator.url)))[PIXEL]
+    assert health.valid is False
+    assert health.error is not None and "(190/463)" in health.error
+    assert "Session has expired" in health.error
+
+
 async def test_revoked_token(emulator: RunningEmulator) -> None:
     emulator.state.revoke_token(TOKEN)
     health = (await token_health(settings_for(emulator.url)))[PIXEL]

@@ -22,8 +22,10 @@ Default columns (the library's field names; a header row is required)::
 
 ``event_time`` is Unix seconds or ISO 8601 (UTC when no offset is given).  A JSON
 Lines file without a mapping takes the same keys per object (plus optional
-``user_data``/``custom_data`` objects merged in).  Rejected rows are reported by line
-number with their problems; no identifier is ever copied out of the file.
+``user_data``/``custom_data`` objects merged in).  A CSV row with more or fewer fields
+than the header (an unquoted comma, a stray or missing cell) is rejected whole, by
+line and count.  Rejected rows are reported by line number with their problems; no
+identifier is ever copied out of the file.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "ImportFileError",
     "ImportSummary",
     "Importer",
+    "MisshapenRow",
     "parse_time",
     "read_rows",
 ]
@@ -87,7 +90,31 @@ class ImportFileError(ValueError):
     """The file cannot be imported at all (bad header, unreadable); names the fix."""
 
 
-Row = tuple[int, Any]  # (line number, the row: a dict of columns, or a JSON value)
+@dataclass(frozen=True, slots=True)
+class MisshapenRow:
+    """A CSV row with more or fewer fields than the header has columns.
+
+    Its cells cannot be trusted to sit under their columns (an unquoted comma in
+    ``Smith, Jr.`` moves every later cell one to the right), so the row is refused
+    whole, by its line and its count, instead of being queued with shifted values
+    or reported for whichever field the shift happened to break.
+    """
+
+    line: int
+    fields: int
+    columns: int
+
+    def problem(self) -> Problem:
+        noun = "field" if self.fields == 1 else "fields"
+        return error(
+            "field_count",
+            "",
+            f"line {self.line}: {self.fields} {noun}, the header has {self.columns}",
+        )
+
+
+# (line number, the row: a dict of columns, a JSON value, or a MisshapenRow)
+Row = tuple[int, Any]
 
 
 def read_rows(stream: IO[bytes], fmt: str) -> Iterator[Row]:
@@ -95,7 +122,9 @@ def read_rows(stream: IO[bytes], fmt: str) -> Iterator[Row]:
 
     A CSV header naming a column that is not a default column raises
     :class:`ImportFileError` unless ``fmt`` is ``"csv-mapped"`` (a mapping reads any
-    columns).  A JSON Lines line that is not valid JSON is yielded as ``None``.
+    columns).  A CSV row whose field count differs from the header's is yielded as a
+    :class:`MisshapenRow` (the importer rejects it; the other rows are unaffected).
+    A JSON Lines line that is not valid JSON is yielded as ``None``.
     """
     if fmt == "jsonl":
         for number, line in enumerate(stream, start=1):
@@ -114,9 +143,14 @@ def read_rows(stream: IO[bytes], fmt: str) -> Iterator[Row]:
         columns = [name.strip() for name in header]
         if fmt == "csv":
             _check_header(columns)
+        width = len(columns)
         for row in reader:
-            if row:
-                yield reader.line_num, dict(zip(columns, row, strict=False))
+            if not row:
+                continue
+            if len(row) != width:
+                yield reader.line_num, MisshapenRow(reader.line_num, len(row), width)
+            else:
+                yield reader.line_num, dict(zip(columns, row, strict=True))
     finally:
         # The caller owns the file (and reads its position for progress): do not close it.
         text.detach()
@@ -249,6 +283,8 @@ class Importer:
         """The raw events a row stands for, each with the problems found making it."""
         if row is None:
             return [({}, [error("invalid_json", "", "this line is not valid JSON")])]
+        if isinstance(row, MisshapenRow):
+            return [({}, [row.problem()])]
         if self.mapping is not None:
             mapped = self.mapping.apply(row, now=now)
             if not mapped:

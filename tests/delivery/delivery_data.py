@@ -91,6 +91,12 @@ async def change_token(emulator: RunningEmulator, action: str, token: str) -> No
         response.raise_for_status()
 
 
+async def control(emulator: RunningEmulator, path: str, body: dict[str, Any]) -> None:
+    """POST ``body`` to one of the emulator's ``/_emulator/...`` routes."""
+    async with httpx.AsyncClient(base_url=emulator.url) as client:
+        (await client.post(path, json=body)).raise_for_status()
+
+
 async def delivered_ids(emulator: RunningEmulator, **query: str) -> list[str]:
     async with httpx.AsyncClient(base_url=emulator.url) as client:
         response = await client.get(f"/_emulator/pixels/{PIXEL}/events", params=query)

@@ -18,6 +18,7 @@ from delivery_data import (
     add_faults,
     change_token,
     clear_faults,
+    control,
     delivered_ids,
     ids,
     make_settings,
@@ -31,6 +32,7 @@ from capirelay.clock import ManualClock
 from capirelay.config import PixelSettings, Secret
 from capirelay.delivery import BreakerState, DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator
+from capirelay.graph import RetryClass
 from capirelay.metrics import Metrics
 from capirelay.outbox import SQLiteOutbox
 from waiting import wait_for_async
@@ -176,6 +178,33 @@ async def test_revoked_token_opens_the_breaker_and_nothing_is_lost(
     opened = [r for r in caplog.records if "circuit breaker OPEN" in r.getMessage()]
     assert len(opened) == 1 and opened[0].levelno == logging.ERROR  # once per state change
     assert TOKEN not in caplog.text and EMAIL_HASH not in caplog.text
+
+
+async def test_token_without_ads_management_holds_the_pixel_until_granted(
+    start_engine: EngineFactory, outbox: SQLiteOutbox, emulator: RunningEmulator
+) -> None:
+    """Meta's permission error (#200) is the token's problem, like a 190: the pixel is
+    held with its events queued, none is dead-lettered, and granting the scope resumes it."""
+    scopes = "/_emulator/tokens/scopes"
+    await control(emulator, scopes, {"access_token": TOKEN, "scopes": ["ads_read"]})
+    engine = await start_engine()
+    wanted = ids("scope", 12)
+    await queue_events(outbox, [new_event(wire_event(i)) for i in wanted])
+    engine.notify(PIXEL)
+    await wait_for_async(lambda: engine.pixel_status(PIXEL).breaker is BreakerState.OPEN)
+    status = engine.pixel_status(PIXEL)
+    assert status.last_error is not None
+    assert (status.last_error.code, status.last_error.status) == (200, 403)
+    assert status.last_error.retry_class == RetryClass.AUTH
+    assert status.last_error.fbtrace_id  # Graph's error body, trace id included
+    stats = await outbox.stats(now=time.time())
+    assert (stats.depth, stats.dlq_size) == (12, 0)
+    assert await delivered_ids(emulator) == []
+
+    await control(emulator, scopes, {"access_token": TOKEN, "scopes": ["ads_management"]})
+    assert await engine.drain(timeout=10)
+    assert sorted(await delivered_ids(emulator)) == wanted
+    assert engine.pixel_status(PIXEL).breaker is BreakerState.CLOSED
 
 
 async def test_rotated_token_is_picked_up_without_restart(

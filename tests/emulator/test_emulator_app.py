@@ -146,6 +146,143 @@ def test_revoked_token_is_190_463_and_restore_brings_it_back(http: httpx.Client)
     assert ok.status_code == 200
 
 
+T0 = 1_800_000_000  # a frozen emulator clock (2027-01-15)
+
+
+def assert_expired_190_463(response: httpx.Response) -> None:
+    assert response.status_code == 400
+    error = graph_error(response)
+    assert (error["code"], error["error_subcode"], error["type"]) == (190, 463, "OAuthException")
+    assert error["message"].startswith("Error validating access token: Session has expired on ")
+    assert error["is_transient"] is False
+    assert response.headers["www-authenticate"].startswith('OAuth "Facebook Platform"')
+
+
+def test_an_expired_token_is_190_463_on_every_edge_that_takes_a_token(
+    http: httpx.Client, emulator: RunningEmulator
+) -> None:
+    emulator.state.set_clock(T0)
+    record = emulator.state.token(TOKEN)
+    assert record is not None
+    record.expires_at = T0 - 86400
+    event = make_event(event_time=T0 - 60)
+    auth = {"Authorization": f"OAuth {TOKEN}"}
+    assert_expired_190_463(http.post(EVENTS_PATH, json={"data": [event], "access_token": TOKEN}))
+    assert_expired_190_463(http.get(f"/v26.0/{PIXEL}", headers=auth))
+    assert_expired_190_463(http.get(f"/v26.0/{PIXEL}/da_checks", headers=auth))
+    assert_expired_190_463(
+        http.get("/v26.0/dataset_quality", params={"dataset_id": PIXEL}, headers=auth)
+    )
+    # A token cannot inspect itself once expired; another token sees it expired.
+    assert_expired_190_463(http.get("/debug_token", params={"input_token": TOKEN}, headers=auth))
+    seen = http.get(
+        "/debug_token",
+        params={"input_token": TOKEN},
+        headers={"Authorization": f"OAuth {OTHER_TOKEN}"},
+    ).json()["data"]
+    assert (seen["is_valid"], seen["expires_at"]) == (False, T0 - 86400)
+    assert (seen["error"]["code"], seen["error"]["subcode"]) == (190, 463)
+    assert emulator.state.stats()["events_received"] == 0
+    assert emulator.state.events(PIXEL) == []
+
+
+def test_token_expiry_follows_the_emulator_clock(
+    http: httpx.Client, emulator: RunningEmulator
+) -> None:
+    record = emulator.state.token(TOKEN)
+    assert record is not None
+    record.expires_at = T0
+    body = {"data": [make_event(event_time=T0 - 60)], "access_token": TOKEN}
+    emulator.state.set_clock(T0 - 1)
+    assert http.post(EVENTS_PATH, json=body).status_code == 200
+    seen = http.get(
+        "/debug_token", params={"input_token": TOKEN}, headers={"Authorization": f"OAuth {TOKEN}"}
+    ).json()["data"]
+    assert (seen["is_valid"], seen["expires_at"]) == (True, T0)
+    emulator.state.set_clock(T0)
+    assert_expired_190_463(http.post(EVENTS_PATH, json=body))
+
+
+def test_token_expiry_is_set_and_lifted_through_the_emulator_api(
+    http: httpx.Client, emulator: RunningEmulator
+) -> None:
+    http.post("/_emulator/clock", json={"now": T0})
+    body = {"data": [make_event(event_time=T0 - 60)], "access_token": TOKEN}
+    route = "/_emulator/tokens/expiry"
+
+    in_an_hour = http.post(route, json={"access_token": TOKEN, "expires_in": 3600})
+    assert in_an_hour.json() == {"expires_at": T0 + 3600, "expired": False}
+    assert http.post(EVENTS_PATH, json=body).status_code == 200
+    http.post("/_emulator/clock", json={"now": T0 + 3600})
+    body = {"data": [make_event(event_time=T0 + 3540)], "access_token": TOKEN}
+    assert_expired_190_463(http.post(EVENTS_PATH, json=body))
+
+    never = http.post(route, json={"access_token": TOKEN, "expires_at": 0})
+    assert never.json() == {"expires_at": 0, "expired": False}
+    assert http.post(EVENTS_PATH, json=body).status_code == 200
+
+    past = http.post(route, json={"access_token": TOKEN, "expires_at": T0})
+    assert past.json() == {"expires_at": T0, "expired": True}
+    assert_expired_190_463(http.post(EVENTS_PATH, json=body))
+    assert http.post("/_emulator/reset").status_code == 200
+    assert_expired_190_463(http.post(EVENTS_PATH, json=body))  # reset keeps it, like scopes
+
+    assert http.post(route, json={"access_token": "nope", "expires_at": 0}).status_code == 404
+    for bad in (
+        {"access_token": TOKEN},
+        {"access_token": TOKEN, "expires_at": 1, "expires_in": 1},
+        {"access_token": TOKEN, "expires_at": "tomorrow"},
+        {"access_token": TOKEN, "expires_at": -5},
+        {"access_token": TOKEN, "expires_in": True},
+        {"expires_at": 0},
+    ):
+        assert http.post(route, json=bad).status_code == 400, bad
+    assert TOKEN not in str(emulator.state.request_log())
+
+
+def narrow_scopes(http: httpx.Client, token: str, scopes: list[str]) -> None:
+    answer = http.post("/_emulator/tokens/scopes", json={"access_token": token, "scopes": scopes})
+    assert answer.status_code == 200, answer.text
+
+
+def test_events_from_a_token_without_ads_management_are_refused_with_200(
+    http: httpx.Client, emulator: RunningEmulator
+) -> None:
+    narrow_scopes(http, TOKEN, ["ads_read"])
+    response = http.post(EVENTS_PATH, json={"data": [make_event()], "access_token": TOKEN})
+    assert response.status_code == 403
+    error = graph_error(response)
+    assert (error["code"], error["type"], error["is_transient"]) == (200, "OAuthException", False)
+    assert error["message"] == "(#200) Permissions error"
+    assert "ads_management" in error["error_user_msg"]
+    assert response.headers["x-fb-trace-id"] == error["fbtrace_id"]
+    assert emulator.state.stats()["events_received"] == 0
+    assert emulator.state.stats()["errors_by_code"] == {"200": 1}
+    # The same token and the same answer on the pixel node's write edge.
+    write = http.post(
+        f"/v26.0/{PIXEL}", json={"access_token": TOKEN, "first_party_cookie_status": "EMPTY"}
+    )
+    assert (write.status_code, graph_error(write)["code"]) == (403, 200)
+
+
+@pytest.mark.parametrize("scopes", [["ads_management"], ["business_management", "ads_read"]])
+def test_events_need_ads_management_or_business_management(
+    http: httpx.Client, scopes: list[str]
+) -> None:
+    narrow_scopes(http, TOKEN, scopes)
+    response = http.post(EVENTS_PATH, json={"data": [make_event()], "access_token": TOKEN})
+    assert response.status_code == 200, response.text
+
+
+def test_a_token_without_access_to_the_pixel_is_still_100_33_whatever_its_scopes(
+    http: httpx.Client,
+) -> None:
+    narrow_scopes(http, OTHER_TOKEN, ["ads_read"])
+    response = http.post(EVENTS_PATH, json={"data": [make_event()], "access_token": OTHER_TOKEN})
+    error = graph_error(response)
+    assert (error["code"], error["error_subcode"]) == (100, 33)
+
+
 def test_more_than_1000_events_is_100(http: httpx.Client, emulator: RunningEmulator) -> None:
     events = [make_event(i) for i in range(1001)]
     error = graph_error(http.post(EVENTS_PATH, json={"data": events, "access_token": TOKEN}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import pickle
 import time
 from pathlib import Path
 
@@ -283,9 +284,103 @@ def test_rows_stream_with_their_line_numbers(tmp_path: Path) -> None:
     assert rows[1][1] == {"event_name": "Lead", "event_time": "2", "email": "x@y.z"}
 
 
-def test_the_importer_pickles_for_worker_processes() -> None:
-    import pickle
+SHORT_HEADER = [  # 11 columns, as in the reviewer's file
+    "event_name",
+    "event_time",
+    "event_id",
+    "action_source",
+    "email",
+    "first_name",
+    "last_name",
+    "value",
+    "currency",
+    "order_id",
+    "country",
+]
 
+
+def short_row(uid: str, n: int, last_name: str = "Lovelace") -> list[str]:
+    return [
+        "Purchase",
+        str(int(time.time() - 0.1 * DAY)),
+        f"{uid}sh-{n}",
+        "physical_store",
+        f"shopper{n}.{uid}@example.com",
+        "Ada",
+        last_name,
+        "12.50",
+        "USD",
+        f"{uid}short-{n}",
+        "US",
+    ]
+
+
+def test_rows_whose_field_count_differs_from_the_header_are_rejected_by_line(
+    emulator: RunningEmulator, config_file: Path, tmp_path: Path, uid: str
+) -> None:
+    """An unquoted comma (Smith, Jr.), a stray 12th field or a missing field shifts the
+    row: it is refused as a row, naming its line and its count, and nothing else is lost."""
+    lines = [
+        ",".join(SHORT_HEADER),
+        ",".join(short_row(uid, 0)),  # line 2: fine
+        ",".join(short_row(uid, 1, last_name="Smith, Jr.")),  # line 3: 12 fields
+        ",".join([*short_row(uid, 2), "extra"]),  # line 4: 12 fields
+        ",".join(short_row(uid, 3)[:-1]),  # line 5: 10 fields
+        ",".join(short_row(uid, 4, last_name='"Smith, Jr."')),  # line 6: quoted, fine
+    ]
+    data = tmp_path / "short.csv"
+    data.write_text("\n".join(lines) + "\n")
+
+    code, output = run_import(str(data), "--pixel", PIXEL_ID, "--config", str(config_file))
+
+    assert code == 1, output
+    assert output.strip().splitlines()[-1] == "2 queued, 0 duplicate, 3 rejected"
+    assert "field_count 3" in output
+    with (tmp_path / "short.csv.rejected.csv").open() as f:
+        rejected = list(csv.DictReader(f))
+    assert [(r["line"], r["event_id"], r["problems"]) for r in rejected] == [
+        ("3", "", "row: line 3: 12 fields, the header has 11"),
+        ("4", "", "row: line 4: 12 fields, the header has 11"),
+        ("5", "", "row: line 5: 10 fields, the header has 11"),
+    ]
+    sent = wait_for(lambda: (found := delivered_for(emulator, uid)) and len(found) >= 2 and found)
+    assert sorted(e["custom_data"]["order_id"] for e in sent) == [
+        f"{uid}short-0",
+        f"{uid}short-4",
+    ]
+    assert all(e["custom_data"]["value"] == 12.5 for e in sent)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "csv-mapped"])
+def test_a_row_of_the_wrong_width_is_one_problem_whatever_the_layout(
+    tmp_path: Path, fmt: str
+) -> None:
+    path = tmp_path / "width.csv"
+    path.write_text("event_name,event_time,email\nPurchase,1,a@b.c,x\nLead,2\nLead,3,d@e.f\n")
+    with path.open("rb") as f:
+        # As worker processes (--workers) receive them.
+        rows = pickle.loads(pickle.dumps(list(read_rows(f, fmt))))
+    assert [line for line, _ in rows] == [2, 3, 4]
+    assert rows[2][1] == {"event_name": "Lead", "event_time": "3", "email": "d@e.f"}
+    mapping = parse_mapping(
+        '[[event]]\n[event.map]\nevent_name = "event_name"\nevent_time = "event_time"\n'
+    )
+    importer = Importer(
+        pixel_id=PIXEL_ID,
+        pixel=PixelSettings(access_token=Secret(env=TOKEN_ENV)),
+        mapping=mapping if fmt == "csv-mapped" else None,
+        action_source="system_generated",
+    )
+    now = time.time()
+    for (line, row), count in zip(rows[:2], (4, 2), strict=True):
+        [item] = importer.prepare(line, row, now)
+        assert item.new_event is None
+        assert [(p.code, p.field, p.message) for p in item.problems] == [
+            ("field_count", "", f"line {line}: {count} fields, the header has 3")
+        ]
+
+
+def test_the_importer_pickles_for_worker_processes() -> None:
     importer = Importer(
         pixel_id=PIXEL_ID,
         pixel=PixelSettings(access_token=Secret(env=TOKEN_ENV)),

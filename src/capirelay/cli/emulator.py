@@ -66,6 +66,13 @@ def emulator_command(
     --fault '{"kind":"throttle","code":613,"duration":60}'
 
     --fault '{"kind":"token_revoked"}'
+
+    Token expiry (Graph then answers 190/463), for a --pixel ID:TOKEN:
+
+    POST /_emulator/tokens/expiry {"access_token":"TOKEN","expires_in":-1}
+
+    ("expires_in":3600 expires it in an hour, "expires_at":0 never; the emulator's
+    clock decides, POST /_emulator/clock moves it.)
     """
     import os
 
@@ -93,6 +100,7 @@ def emulator_command(
     if not pixel:
         console.print(f"  (demo token: {DEFAULT_EMULATOR_TOKEN})", highlight=False)
     console.print("  inspect: /_emulator/stats, /_emulator/pixels/{id}/events", highlight=False)
+    console.print("  token expiry: POST /_emulator/tokens/expiry (see --help)", highlight=False)
     uvicorn.run(
         create_app(state),
         host=host,

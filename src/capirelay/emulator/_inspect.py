@@ -3,7 +3,8 @@
 This is what tests, the demo and users' CI talk to instead of Events Manager:
 the accepted events per pixel (with ``test_event_code`` and the ``deduplicated``
 flag), counters, the recent request log (no tokens, no bodies), pixel and token
-management, the clock, and fault injection.  It never returns a token.
+management (revoke, restore, ``POST /_emulator/tokens/expiry``), the clock, and
+fault injection.  It never returns a token.
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ def inspection_routes(state: EmulatorState) -> list[BaseRoute]:
     async def restore(request: Request) -> Response:
         return await _token_change(request, state.restore_token)
 
+    async def expiry(request: Request) -> Response:
+        try:
+            body = await _json_body(request)
+            token, expires_at = _expiry_of(body, state.now())
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            return _bad_request(str(exc))
+        if not state.set_token_expiry(token, expires_at):
+            return _json({"error": {"message": "unknown token"}}, 404)
+        record = state.token(token)
+        assert record is not None
+        return _json({"expires_at": record.expires_at, "expired": state.is_expired(record)})
+
     async def stats(request: Request) -> Response:
         return _json(state.stats())
 
@@ -133,6 +146,7 @@ def inspection_routes(state: EmulatorState) -> list[BaseRoute]:
         Route("/_emulator/pixels", pixels, methods=["GET", "POST"]),
         Route("/_emulator/tokens/revoke", revoke, methods=["POST"]),
         Route("/_emulator/tokens/restore", restore, methods=["POST"]),
+        Route("/_emulator/tokens/expiry", expiry, methods=["POST"]),
         Route("/_emulator/stats", stats, methods=["GET"]),
         Route("/_emulator/requests", requests, methods=["GET"]),
         Route("/_emulator/reset", reset, methods=["POST"]),
@@ -152,3 +166,32 @@ async def _token_change(request: Request, change: Any) -> Response:
     if not change(token):
         return _json({"error": {"message": "unknown token"}}, 404)
     return _json({"ok": True})
+
+
+_EXPIRY_USAGE = (
+    "send {'access_token', 'expires_at': Unix seconds (0 or null: never)} or "
+    "{'access_token', 'expires_in': seconds from the emulator's clock (0 or less: expired now)}"
+)
+
+
+def _expiry_of(body: dict[str, Any], now: float) -> tuple[str, int]:
+    """(token, expires_at) from an expiry request's body; ValueError names the mistake."""
+    token = body.get("access_token")
+    if not isinstance(token, str) or not token or ("expires_at" in body) == ("expires_in" in body):
+        raise ValueError(_EXPIRY_USAGE)
+    if "expires_at" in body:
+        value = body["expires_at"]
+        if value is None:
+            return token, 0
+        if not _is_number(value) or value < 0:
+            raise ValueError(_EXPIRY_USAGE)
+        return token, int(value)
+    value = body["expires_in"]
+    if not _is_number(value):
+        raise ValueError(_EXPIRY_USAGE)
+    # At least 1: 0 means "never", and a token told to expire now has expired.
+    return token, max(1, int(now + value))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -3,7 +3,8 @@
 * ``GET /{v}/{pixel_id}?fields=…``: ``enable_automatic_matching``,
   ``automatic_matching_fields``, ``first_party_cookie_status`` (and ``id``, ``name``);
 * ``POST /{v}/{pixel_id}``: writes them; a token without ``ads_management`` or
-  ``business_management`` gets Graph's ``(#200) Permissions error``;
+  ``business_management`` gets Graph's ``(#200) Permissions error``
+  (:func:`~capirelay.emulator.app.check_write_scope`, which ``/events`` applies too);
 * ``GET /{v}/{pixel_id}/da_checks``: every check ``passed`` unless a
   ``da_check_failed`` fault names it;
 * ``GET /{v}/{pixel_id}/stats``: hourly buckets of what the emulator received;
@@ -25,6 +26,7 @@ from capirelay.emulator.app import (
     check_pixel,
     check_token,
     check_version,
+    check_write_scope,
     find_token,
     new_fbtrace_id,
     read_params,
@@ -34,13 +36,11 @@ from capirelay.emulator.faults import FaultKind
 from capirelay.emulator.state import EmulatorState
 from capirelay.meta_facts import (
     CODE_INVALID_PARAMETER,
-    CODE_PERMISSION_RANGE,
     CODE_UNKNOWN_PATH,
 )
 
 AAM_FIELDS: Final = ("em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country", "external_id")
 COOKIE_STATUSES: Final = ("FIRST_PARTY_COOKIE_ENABLED", "FIRST_PARTY_COOKIE_DISABLED", "EMPTY")
-WRITE_SCOPES: Final = frozenset({"ads_management", "business_management"})
 AGGREGATIONS: Final = frozenset(
     {
         "browser_type", "custom_data_field", "device_os", "device_type", "event",
@@ -147,17 +147,7 @@ def pixel_routes(state: EmulatorState) -> tuple[list[BaseRoute], list[BaseRoute]
         return {f: node[f] for f in fields.split(",") if f in node} | {"id": pixel_id}
 
     def _write_node(pixel_id: str, token: str, params: dict[str, Any]) -> dict[str, Any]:
-        record = state.token(token)
-        if record is None or not WRITE_SCOPES & set(record.scopes):
-            raise GraphReply(
-                403,
-                CODE_PERMISSION_RANGE[0],
-                "(#200) Permissions error",
-                type="OAuthException",
-                user_title="Permissions error",
-                user_msg="The user or system user this token belongs to cannot edit this "
-                "pixel. Assign it to the dataset with full control in Business Settings.",
-            )
+        check_write_scope(state, token, "edit")
         changes = _changes(params)
         if not changes:
             raise GraphReply(400, CODE_INVALID_PARAMETER, "(#100) No fields to update were given")

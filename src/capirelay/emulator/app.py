@@ -5,13 +5,19 @@
 * ``POST /{version}/{pixel_id}/events`` the way Meta documents it: JSON, urlencoded
   and multipart bodies; ``data`` as objects or as JSON strings (the SDK's sync path);
   the token in the body, the query or an ``Authorization: OAuth|Bearer`` header;
-  Graph-shaped errors for a bad token (190), unknown pixel (100/33), retired
+  Graph-shaped errors for a bad token (190), unknown pixel (100/33), a token
+  without ``ads_management``/``business_management`` (403, 200), retired
   version (2635), nonsense version (2500), more than 1,000 events (100), and any
   invalid event, which rejects the whole request naming the event's index;
 * ``GET /{version}/dataset_quality`` and ``GET [/{version}]/debug_token``;
 * the pixel node's settings, ``da_checks`` and ``stats`` (:mod:`capirelay.emulator._pixel`);
 * ``/_emulator/...``: inspect accepted events, stats, the request log (never a
-  token or a body), register pixels, revoke tokens, set the clock, inject faults.
+  token or a body), register pixels, revoke tokens, narrow their scopes, set their
+  expiry, set the clock, inject faults.
+
+A token's ``expires_at`` (0: never, like a system-user token) is compared with the
+emulator's clock on every edge that takes a token: once it has passed, Graph's
+190/463 ("Session has expired"), and ``debug_token`` reports ``is_valid: false``.
 
 Where Graph's exact wording is not documented, messages follow what Graph is seen
 to answer in public issue threads; codes and subcodes follow the reference.
@@ -23,10 +29,11 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
 from email.utils import formatdate
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import orjson
@@ -58,6 +65,7 @@ from capirelay.meta_facts import (
     CODE_ACCESS_TOKEN,
     CODE_APP_RATE_LIMIT,
     CODE_INVALID_PARAMETER,
+    CODE_PERMISSION_RANGE,
     CODE_RATE_LIMIT,
     CODE_SIGNATURE,
     CODE_UNKNOWN_PATH,
@@ -66,6 +74,8 @@ from capirelay.meta_facts import (
     MAX_EVENTS_PER_REQUEST,
 )
 
+# The scopes that let a token write to a pixel (send events, change its settings).
+WRITE_SCOPES: Final = frozenset({"ads_management", "business_management"})
 _SECRET_PARAMS = frozenset({"access_token", "appsecret_proof", "input_token"})
 _HTML_ERROR = (
     "<!DOCTYPE html><html><head><title>Error</title></head><body>"
@@ -261,6 +271,22 @@ def check_token(state: EmulatorState, token: str | None, revoked_by_fault: bool)
             "Error validating access token: The session has been invalidated or has expired.",
             subcode=463,
         )
+    if state.is_expired(record):
+        raise GraphReply(
+            400, CODE_ACCESS_TOKEN, expired_message(state, record.expires_at), subcode=463
+        )
+
+
+def expired_message(state: EmulatorState, expires_at: int) -> str:
+    """Graph's wording for a token whose ``expires_at`` has passed (code 190, subcode 463)."""
+    return (
+        f"Error validating access token: Session has expired on {_graph_time(expires_at)}. "
+        f"The current time is {_graph_time(state.now())}."
+    )
+
+
+def _graph_time(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%A, %d-%b-%y %H:%M:%S UTC")
 
 
 def check_proof(state: EmulatorState, token: str, params: dict[str, Any]) -> None:
@@ -282,6 +308,27 @@ def check_pixel(state: EmulatorState, token: str, pixel_id: str) -> None:
             "loaded due to missing permissions, or does not support this operation.",
             subcode=33,
             type="GraphMethodException",
+        )
+
+
+def check_write_scope(state: EmulatorState, token: str, action: str) -> None:
+    """Refuse a token without ``ads_management``/``business_management`` as Graph does.
+
+    Sending events and changing a pixel's settings both write to the pixel; a token
+    that may only read (``ads_read``) gets Graph's permission error, code 200
+    (reference §4.9: 10 and 200-299 are permission errors, not retried).
+    """
+    record = state.token(token)
+    if record is None or not WRITE_SCOPES & set(record.scopes):
+        raise GraphReply(
+            403,
+            CODE_PERMISSION_RANGE[0],
+            "(#200) Permissions error",
+            type="OAuthException",
+            user_title="Permissions error",
+            user_msg=f"The user or system user this token belongs to cannot {action} this "
+            "pixel: it needs ads_management (or business_management). Assign it to the "
+            "dataset with full control in Business Settings.",
         )
 
 
@@ -444,6 +491,7 @@ def create_app(state: EmulatorState | None = None) -> Starlette:
         assert token is not None
         check_proof(state, token, params)
         check_pixel(state, token, pixel_id)
+        check_write_scope(state, token, "send events to")
         events = decode_data(params.get("data"))
         log["events"] = len(events)
         if len(events) > MAX_EVENTS_PER_REQUEST:
@@ -568,20 +616,27 @@ def _debug_token_body(
                 "scopes": [],
             }
         }
-    return {
-        "data": {
-            "app_id": "1000000000000001",
-            "type": "SYSTEM_USER",
-            "application": "capirelay emulator",
-            "is_valid": not record.revoked,
-            "expires_at": record.expires_at,
-            "data_access_expires_at": 0,
-            "scopes": list(record.scopes),
-            "granular_scopes": [
-                {"scope": scope, "target_ids": sorted(record.pixels)} for scope in record.scopes
-            ],
-        }
+    expired = state.is_expired(record)
+    data: dict[str, Any] = {
+        "app_id": "1000000000000001",
+        "type": "SYSTEM_USER",
+        "application": "capirelay emulator",
+        "is_valid": not record.revoked and not expired,
+        "expires_at": record.expires_at,
+        "data_access_expires_at": 0,
+        "scopes": list(record.scopes),
+        "granular_scopes": [
+            {"scope": scope, "target_ids": sorted(record.pixels)} for scope in record.scopes
+        ],
     }
+    if expired:
+        # As Graph's debug_token reports an expired token: the error inside data.
+        data["error"] = {
+            "code": CODE_ACCESS_TOKEN,
+            "message": expired_message(state, record.expires_at),
+            "subcode": 463,
+        }
+    return {"data": data}
 
 
 def _dataset_quality_body(

@@ -178,6 +178,19 @@ class EmulatorState:
     def token(self, access_token: str) -> TokenRecord | None:
         return self._tokens.get(access_token)
 
+    def set_token_expiry(self, access_token: str, expires_at: int) -> bool:
+        """Make ``access_token`` expire at ``expires_at`` (Unix seconds; 0 = never)."""
+        with self._lock:
+            record = self._tokens.get(access_token)
+            if record is None:
+                return False
+            record.expires_at = int(expires_at)
+            return True
+
+    def is_expired(self, record: TokenRecord) -> bool:
+        """The token's ``expires_at`` has passed on the emulator's clock (0 never does)."""
+        return 0 < record.expires_at <= self.now()
+
     def can_access(self, access_token: str, pixel_id: str) -> bool:
         record = self._tokens.get(access_token)
         return record is not None and pixel_id in record.pixels
@@ -334,7 +347,8 @@ class EmulatorState:
         return entries[-limit:] if limit else entries
 
     def reset(self) -> None:
-        """Back to just-started: traffic, faults and revocations cleared, pixels kept."""
+        """Back to just-started: traffic, faults and revocations cleared; pixels kept, and
+        each token's scopes and expiry."""
         with self._lock:
             self._reset_traffic()
             self.faults.clear()
