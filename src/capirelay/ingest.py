@@ -121,7 +121,7 @@ def prepare_event(
     try:
         encoded = orjson.dumps(payload)
     except orjson.JSONEncodeError:
-        return PreparedEvent(None, _shown_id(event_id), [_unencodable(payload)])
+        return PreparedEvent(None, shown_event_id(event_id), [_unencodable(payload)])
     # A new list: the wire's own stays as prepare_wire left it.  The limits (capirelay.limits)
     # are what storage and Meta can take; Meta's rules are validate_event's.
     problems = (
@@ -131,7 +131,7 @@ def prepare_event(
         + check_event_limits(payload, encoded, test_event_code)
     )
     if problems and has_errors(problems):
-        return PreparedEvent(None, _shown_id(event_id), problems)
+        return PreparedEvent(None, shown_event_id(event_id), problems)
     new_event = NewEvent(
         pixel_id=pixel_id,
         event_name=payload["event_name"],
@@ -163,11 +163,12 @@ def derive_event_id(pixel_id: str, payload: Mapping[str, Any]) -> str:
 
 def _given_event_id(raw: Mapping[str, Any]) -> str:
     value = raw.get("event_id")
-    return _shown_id(value) if isinstance(value, str) else ""
+    return shown_event_id(value) if isinstance(value, str) else ""
 
 
-def _shown_id(event_id: Any) -> str:
-    """The id to echo in a result: not when it breaks a limit (the problem names it)."""
+def shown_event_id(event_id: Any) -> str:
+    """The id to echo in a result or keep in a receipt: ``""`` when it breaks a limit
+    (too long, a control character), as the problem naming it says."""
     if not isinstance(event_id, str) or len(event_id) > MAX_EVENT_ID:
         return ""
     return "" if any(ord(char) < 0x20 for char in event_id) else event_id

@@ -180,6 +180,34 @@ def test_dropped_beacons_are_receipted_without_identifiers(
     assert receipt["source"] == "collect" and receipt["reason"] == response.json()["reason"]
 
 
+@pytest.mark.parametrize(
+    ("event_id", "why"),
+    [("drop\x00ped", "a NUL, which PostgreSQL text refuses"), ("x" * 3_000, "3,000 chars")],
+    ids=["nul", "long"],
+)
+def test_a_dropped_beacon_with_a_hostile_id_keeps_and_echoes_nothing(
+    gateway_url: str, client: httpx.Client, uid: str, event_id: str, why: str
+) -> None:
+    # Dropped beacons skip prepare_event and its limits: the id was stored as sent (a 500
+    # on PostgreSQL, receipts of any size on both) and echoed back.
+    with httpx.Client(base_url=gateway_url) as http:
+        response = http.post(
+            "/v1/collect",
+            json={
+                "pixel_id": PIXEL_ID,
+                "event_name": "PageView",
+                "event_id": f"{uid}{event_id}",
+                "consent": False,
+            },
+            headers={"User-Agent": "Mozilla/5.0 (test)", "Origin": "https://shop.example"},
+        )
+    assert response.status_code == 202, (why, response.text)
+    assert response.json()["status"] == "dropped" and response.json()["event_id"] == ""
+    assert client.get("/readyz").status_code == 200
+    # Nothing was kept under any prefix of it either.
+    assert trace(client, uid).status_code == 404
+
+
 def test_keys_read_only_their_pixels_and_requests_are_checked(
     client: httpx.Client, uid: str
 ) -> None:

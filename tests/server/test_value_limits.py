@@ -181,10 +181,12 @@ def test_the_beacon_refuses_a_3200_char_event_id_without_failing_storage(
         body = response.json()
         assert body["status"] == "rejected"
         assert problem_of(body, "value_too_long")["field"] == "event_id"
+        assert body["event_id"] == ""  # the hostile id is not echoed back
         nul = {**beacon, "event_id": f"{uid}\x00"}
         response = browser.post("/v1/collect", json=nul, headers=headers)
         assert response.status_code == 202, response.text
         assert response.json()["status"] == "rejected"
+        assert response.json()["event_id"] == ""
         good = {**beacon, "event_id": f"{uid}ok"}
         assert browser.post("/v1/collect", json=good, headers=headers).json()["status"] == "queued"
     assert_ready(client)
@@ -213,3 +215,39 @@ def test_a_configured_test_event_code_over_the_limit_is_a_config_error(code_valu
         PixelSettings(test_event_code=code_value)
     with pytest.raises(ValidationError, match="test_event_code"):
         WebhookSettings(preset="shopify", pixel_id=PIXEL_ID, secret="s", test_event_code=code_value)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"user_data": {"fbp": "fb.1.1700000000000.\uff11\uff12"}},
+        {"user_data": {"fbc": "fb.1.1700000000000.\u0661\u0662"}},
+        {"fbclid": "fb.1.\u0661\u0662\u0663.abc"},
+        {"page_url": "https://shop.example/p?fbclid=fb.1.%D9%A1%D9%A2%D9%A3.abc"},
+    ],
+    ids=["fbp-fullwidth", "fbc-arabic-indic", "fbclid", "fbclid-in-url"],
+)
+def test_unicode_digits_in_browser_ids_are_not_a_500(
+    gateway_url: str, client: httpx.Client, fields: dict[str, Any]
+) -> None:
+    # \d matched any Unicode digit: the value passed the fbc/fbp grammar, then failed the
+    # cookie's octet check (500) or went to Meta as is.
+    beacon = {"pixel_id": PIXEL_ID, "event_name": "PageView", "page_url": "https://shop.example/"}
+    headers = {"Origin": SHOP_ORIGIN, "User-Agent": BROWSER_UA, "Content-Type": "text/plain"}
+    with httpx.Client(base_url=gateway_url, timeout=10) as browser:
+        response = browser.post("/v1/collect", json={**beacon, **fields}, headers=headers)
+    assert response.status_code == 202, response.text
+    for cookie in response.headers.get_list("set-cookie"):
+        assert cookie.isascii(), cookie
+    assert response.json()["fbp"] is None or response.json()["fbp"].isascii()
+    assert_ready(client)
+
+
+def test_a_nul_in_a_hashed_id_drops_that_key_with_a_problem(
+    gateway_url: str, client: httpx.Client, uid: str
+) -> None:
+    event = server_event(event_id=f"{uid}ext")
+    event["user_data"]["external_id"] = "cust\x00-1"
+    response = post_events(client, [event])
+    [result] = response.json()["results"]
+    assert problem_of(result, "invalid_external_id")["field"] == "user_data.external_id"

@@ -14,8 +14,10 @@ _APPENDIX = BUILDER_APPENDIX_PATTERN
 # fbclid values are base64url-like (``IwAR...``, ``IwZXh0bgNhZW0...``); a dot
 # would shift the segments, anything else is junk Meta answers with 2804001.
 _CLICK_ID = r"[A-Za-z0-9_-]+"
-FBC_RE = re.compile(rf"fb\.(\d{{1,3}})\.(\d{{1,16}})\.({_CLICK_ID})(?:\.({_APPENDIX}))?")
-FBP_RE = re.compile(rf"fb\.(\d{{1,3}})\.(\d{{1,16}})\.(\d{{1,20}})(?:\.({_APPENDIX}))?")
+# re.ASCII: \d is 0-9 only.  Unicode digits ("\uff11", Arabic-Indic) passed the grammar,
+# then failed the cookie's octet check (a 500 on /v1/collect) or went to Meta as is.
+FBC_RE = re.compile(rf"fb\.(\d{{1,3}})\.(\d{{1,16}})\.({_CLICK_ID})(?:\.({_APPENDIX}))?", re.ASCII)
+FBP_RE = re.compile(rf"fb\.(\d{{1,3}})\.(\d{{1,16}})\.(\d{{1,20}})(?:\.({_APPENDIX}))?", re.ASCII)
 _CLICK_ID_RE = re.compile(_CLICK_ID)
 APPENDIX_RE = re.compile(_APPENDIX)
 _IP_APPENDIX_RE = re.compile(rf"(.+)\.{_APPENDIX}")

@@ -21,7 +21,7 @@ logger = logging.getLogger("capirelay.graph")
 DEFAULT_API_VERSION = "v26.0"
 SUNSET_WARNING_DAYS = 90
 
-_VERSION_RE = re.compile(r"^v(\d{1,3})\.(\d{1,2})$")
+_VERSION_RE = re.compile(r"^v(\d{1,3})\.(\d{1,2})$", re.ASCII)
 
 VersionState = Literal["ok", "near_sunset", "expired", "unknown"]
 

@@ -36,7 +36,7 @@ from starlette.responses import Response
 
 from capirelay import browser_ids
 from capirelay.config import PixelSettings, Settings
-from capirelay.ingest import prepare_event
+from capirelay.ingest import prepare_event, shown_event_id
 from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
 from capirelay.metrics import Metrics
 from capirelay.outbox.base import EnqueueStatus
@@ -201,15 +201,19 @@ async def _collect(
     reason = drop_reason(beacon, pixel, gpc, incoming.header(b"user-agent"))
     if reason is not None:
         metrics.dropped.labels(beacon.pixel_id, reason).inc()
-        await record_dropped(
-            state.outbox,
-            pixel_id=beacon.pixel_id,
-            event_name=beacon.event_name,
-            event_id=event_id,
-            reason=reason,
-            now=time.time(),
-        )
-        dropped: dict[str, Any] = {"event_id": event_id, "status": "dropped", "fbp": None}
+        # A dropped beacon skips prepare_event and its limits: an id that breaks them
+        # (a NUL PostgreSQL refuses, 64,000 characters) is neither kept nor echoed.
+        shown = shown_event_id(event_id)
+        if shown:
+            await record_dropped(
+                state.outbox,
+                pixel_id=beacon.pixel_id,
+                event_name=beacon.event_name,
+                event_id=shown,
+                reason=reason,
+                now=time.time(),
+            )
+        dropped: dict[str, Any] = {"event_id": shown, "status": "dropped", "fbp": None}
         return json_answer(202, {**dropped, "problems": [], "reason": reason}, raw_headers(headers))
 
     context = browser_ids.from_request(
@@ -249,7 +253,8 @@ async def _collect(
     return json_answer(
         202,
         {
-            "event_id": prepared.event_id or event_id,
+            # prepare_event's id: "" when the beacon's breaks a limit, never echoed.
+            "event_id": prepared.event_id,
             "status": status,
             "fbp": context.fbp,
             "problems": problems_json(prepared.problems),
