@@ -176,6 +176,21 @@ def test_woocommerce_variation_is_its_own_catalog_item(
     assert sent["custom_data"]["content_ids"] == ids
 
 
+def test_woocommerce_item_names_reach_meta_without_html_entities(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    # The REST API (and so the webhook) gives order 727's variation as
+    # "Ship Your Idea &ndash; Color: Black, Size: M Test".
+    order = _woo_order()
+    assert "&ndash;" in order["line_items"][1]["name"]
+    [result] = _post(client, "woo", order, "order.updated")["results"]
+    sent = _delivered(emulator, result["event_id"])
+    assert [c["title"] for c in sent["custom_data"]["contents"]] == [
+        "Woo Single #1",
+        "Ship Your Idea \u2013 Color: Black, Size: M Test",
+    ]
+
+
 # ---------------------------------------------------------------------------
 # Stripe
 

@@ -39,6 +39,9 @@ TRANSFORM_CASES: list[tuple[str, str | None, str | None, Any, Any]] = [
     ("lower", None, None, ["A", "B"], ["a", "b"]),
     ("upper", None, None, "usd", "USD"),
     ("strip", None, None, "  x  ", "x"),
+    ("html_unescape", None, None, "Idea &ndash; Color: Black", "Idea \u2013 Color: Black"),
+    ("html_unescape", None, None, ["Tom &amp; Jerry", "O&#039;Neil"], ["Tom & Jerry", "O'Neil"]),
+    ("html_unescape", None, None, "Plain \u2013 decoded", "Plain \u2013 decoded"),
     ("first", None, None, ["a", "b"], "a"),
     ("first", None, None, [], None),
     ("first", None, None, "solo", "solo"),
@@ -75,6 +78,7 @@ TRANSFORM_FAILURES: list[tuple[str, str | None, Any]] = [
     ("float", None, True),
     ("float", None, "NaN"),
     ("lower", None, 12),
+    ("html_unescape", None, 12),
     ("iso8601_to_unix", None, "last tuesday"),
     ("iso8601_to_unix", None, 1.5),
     ("minor_to_units", None, 100),  # no currency found

@@ -13,6 +13,7 @@ the evaluated code as ``currency``.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -198,6 +199,8 @@ TRANSFORMS: dict[str, Transform] = {
     "lower": _string_op("lower", str.lower),
     "upper": _string_op("upper", str.upper),
     "strip": _string_op("strip", str.strip),
+    # WooCommerce's REST API gives item names HTML-encoded ("Ship Your Idea &ndash; Color: Black").
+    "html_unescape": _string_op("html_unescape", html.unescape),
     "first": _first,
     "join": _join,
     "default": _default,
