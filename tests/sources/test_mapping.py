@@ -95,6 +95,45 @@ def test_transform_failure_names_the_type_not_the_value(
         assert value not in str(caught.value)
 
 
+PLACED = "2024-03-01T10:00:00-05:00"  # 1709305200
+TEN_DAYS_LATER = "2024-03-11T10:00:00-05:00"  # 1710169200
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        # Paid ten days after it was placed (bank transfer): the payment's update.
+        ({"created_at": PLACED, "processed_at": PLACED, "updated_at": TEN_DAYS_LATER}, 1710169200),
+        # Placed and paid at checkout: a few seconds later.
+        (
+            {"created_at": PLACED, "processed_at": PLACED, "updated_at": "2024-03-01T15:00:02Z"},
+            1709305202,
+        ),
+        # Imported with its original date (processed_at ten days before Shopify created it).
+        (
+            {"created_at": TEN_DAYS_LATER, "processed_at": PLACED, "updated_at": TEN_DAYS_LATER},
+            1709305200,
+        ),
+        # A few seconds between processed_at and created_at is no import.
+        (
+            {"created_at": "2024-03-01T15:00:03Z", "processed_at": PLACED, "updated_at": None},
+            1709305203,
+        ),
+        ({"processed_at": PLACED}, 1709305200),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_shopify_paid_at(order: dict[str, Any] | None, expected: int | None) -> None:
+    assert TRANSFORMS["shopify_paid_at"](order, None, None) == expected
+
+
+@pytest.mark.parametrize("order", ["2024-03-01T10:00:00Z", {"updated_at": "soon"}])
+def test_shopify_paid_at_needs_an_order_with_dates(order: Any) -> None:
+    with pytest.raises(TransformError):
+        TRANSFORMS["shopify_paid_at"](order, None, None)
+
+
 @pytest.mark.parametrize(
     ("code", "exponent"), [("USD", 2), ("eur", 2), ("JPY", 0), ("krw", 0), ("KWD", 3), ("ISK", 2)]
 )

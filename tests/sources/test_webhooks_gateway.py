@@ -44,6 +44,7 @@ SECRETS = {
     "stripe": "whsec_test_secret_89ab",
     "crm": "crm_test_secret_cdef",
 }
+DAY = 86400
 PRESET_OF = {"shop": "shopify", "woo": "woocommerce", "stripe": "stripe", "crm": "mapping"}
 
 
@@ -102,6 +103,10 @@ def iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def iso_days_ago(days: float) -> str:
+    return datetime.fromtimestamp(time.time() - days * DAY, UTC).isoformat(timespec="seconds")
+
+
 def post(
     client: httpx.Client, name: str, payload: Any, topic: str = "", *, secret: str | None = None
 ) -> httpx.Response:
@@ -146,7 +151,9 @@ def assert_sent_once(storage_url: str, emulator: RunningEmulator, event_id: str)
 
 def shopify_order(**overrides: Any) -> dict[str, Any]:
     order = fixture("shopify", "orders_paid.json")
-    order.update(id=unique_id(), processed_at=iso_now(), **overrides)
+    now = iso_now()
+    order.update(id=unique_id(), created_at=now, processed_at=now, updated_at=now)
+    order.update(overrides)
     return order
 
 
@@ -197,6 +204,47 @@ def test_a_paid_shopify_order_is_sent_once_even_when_redelivered(
     assert again.status_code == 200
     assert again.json()["results"][0]["status"] == "duplicate"
     assert_sent_once(storage_url, emulator, event_id)
+
+
+def test_a_shopify_order_paid_days_after_it_was_placed_is_dated_at_its_payment(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    # Bank transfer, cash on delivery, payment terms: orders/paid comes when the money does.
+    # Dated at its placing (processed_at), Meta would refuse it as older than 7 days.
+    placed, paid = iso_days_ago(10), iso_now()
+    order = shopify_order(created_at=placed, processed_at=placed, updated_at=paid)
+    [result] = post(client, "shop", order, "orders/paid").json()["results"]
+    assert result["status"] == "queued", result
+    sent = wait_delivered(emulator, result["event_id"])
+    assert sent["event_time"] == int(datetime.fromisoformat(paid).timestamp())
+
+
+def test_a_shopify_order_placed_and_paid_at_once_is_dated_at_checkout(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    now = time.time()
+    at_checkout = iso_now()
+    order = shopify_order(created_at=at_checkout, processed_at=at_checkout, updated_at=at_checkout)
+    [result] = post(client, "shop", order, "orders/paid").json()["results"]
+    sent = wait_delivered(emulator, result["event_id"])
+    assert abs(sent["event_time"] - now) < 5
+
+
+def test_an_imported_shopify_order_keeps_its_date_and_the_answer_says_what_a_webhook_can_do(
+    client: httpx.Client,
+) -> None:
+    # An import of past orders: Shopify records it now, with processed_at set to the original
+    # date. It is history, not today's purchase, so it is not sent dated at its import.
+    order = shopify_order(created_at=iso_now(), processed_at=iso_days_ago(10), updated_at=iso_now())
+    [result] = post(client, "shop", order, "orders/paid").json()["results"]
+    assert result["status"] == "rejected"
+    [too_old] = [p for p in result["problems"] if p["code"] == "event_too_old"]
+    # Not "send it sooner": the vendor decides when a webhook comes.
+    assert "send it sooner" not in too_old["message"]
+    assert too_old["message"].startswith("event_time is more than 7 days in the past; ")
+    assert "a webhook cannot be sent sooner" in too_old["message"]
+    assert "map event_time" in too_old["message"]
+    assert "imported with its original date" in too_old["message"]
 
 
 def test_a_signed_order_whose_id_holds_nul_is_answered_200_with_a_rejected_result(

@@ -50,7 +50,7 @@ from capirelay.server.beacon_guard import limit_webhook
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
 from capirelay.sources.mapping import MappedEvent
 from capirelay.sources.webhooks import SignatureError
-from capirelay.sources.webhooks._base import identifier_hint
+from capirelay.sources.webhooks._base import identifier_hint, webhook_advice
 from capirelay.sources.webhooks.configured import ConfiguredWebhook, load_webhooks
 
 __all__ = ["ConfiguredWebhook", "load_webhooks", "post_webhook"]  # the first two: re-exported
@@ -109,7 +109,8 @@ def _with_hint(
     webhook: ConfiguredWebhook, topic: str | None, problems: list[Problem]
 ) -> list[Problem]:
     hint = identifier_hint(webhook.preset, topic, problems)
-    return problems if hint is None else [*problems, hint]
+    advised = webhook_advice(problems)
+    return advised if hint is None else [*advised, hint]
 
 
 def _verify(webhook: ConfiguredWebhook, body: bytes, request: Request, metrics: Metrics) -> None:

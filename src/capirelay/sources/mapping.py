@@ -65,9 +65,10 @@ Transforms
     WooCommerce's item names need), ``first`` (a list's first item), ``join`` /
     ``join:SEP`` (a list to one string, ``,`` by default), ``default:VALUE``
     (a string default), ``cents_to_units`` (÷ 100), ``minor_to_units`` (÷
-    10^exponent of ``currency``: JPY 0, KWD 3, most 2) and ``iso8601_to_unix``
+    10^exponent of ``currency``: JPY 0, KWD 3, most 2), ``iso8601_to_unix``
     (a date-time, UTC when it has no offset, to Unix seconds; an integer passes
-    through).  String transforms apply to each item of a list.
+    through) and ``shopify_paid_at`` (a Shopify order object, ``path = "@"``, to
+    the Unix time it was paid).  String transforms apply to each item of a list.
 Semantics
     Every rule whose ``topic`` lists the payload's topic (rules without a
     ``topic`` match any) and whose ``when`` is truthy (JMESPath truthiness:

@@ -34,6 +34,7 @@ __all__ = [
     "hmac_sha256",
     "identifier_hint",
     "verify_base64_hmac",
+    "webhook_advice",
 ]
 
 # Headers arrive as a case-insensitive mapping (Starlette's Headers) or a dict
@@ -115,3 +116,28 @@ def identifier_hint(
     if hint is None or not missing:
         return None
     return warning("identifier_hint", "user_data", f"{preset.name} {topic}: {hint}")
+
+
+_TOO_OLD_FOR_A_WEBHOOK = (
+    "; Meta refuses it, and a webhook cannot be sent sooner. If the order was paid (or the "
+    "event happened) just now, the mapping dates it from an older field of the payload: map "
+    "event_time to the time it happened, in a copy of the preset's mapping.toml named by "
+    'mapping = "..." in the webhook\'s config. If the order itself is old (imported with '
+    "its original date, resent from the vendor's dashboard, or retried after a long outage), "
+    "it is past Meta's window and cannot be sent; it is answered 200 so the vendor stops "
+    "retrying"
+)
+
+
+def webhook_advice(problems: Sequence[Problem]) -> list[Problem]:
+    """``problems`` with the advice a webhook's operator can follow in place of the generic one.
+
+    Validation's ``event_too_old`` says "drop the event or send it sooner", which a webhook
+    cannot do: the vendor decides when it notifies.
+    """
+    return [
+        Problem(p.code, p.field, p.severity, p.message.partition(";")[0] + _TOO_OLD_FOR_A_WEBHOOK)
+        if p.code == "event_too_old"
+        else p
+        for p in problems
+    ]
