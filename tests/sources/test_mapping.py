@@ -285,6 +285,62 @@ def test_a_condition_that_fails_on_the_payload_does_not_match() -> None:
     assert len(mapping.apply({"tags": ["vip"]}, now=NOW)) == 1
 
 
+PAID_ONLY = """
+[[event]]
+name = "paid"
+topic = ["orders/paid", "orders/updated"]
+when = "financial_status == 'paid'"
+[event.set]
+event_name = "Purchase"
+[event.map]
+event_id = { path = "id", transform = "str", format = "shop:{}:Purchase" }
+
+[[event]]
+name = "checkout"
+topic = "checkouts/create"
+[event.set]
+event_name = "InitiateCheckout"
+"""
+
+
+def test_unmapped_names_the_rule_and_the_condition_that_did_not_hold() -> None:
+    mapping = parse_mapping(PAID_ONLY)
+    voided = order(financial_status="voided")
+    assert mapping.apply(voided, now=NOW, topic="orders/paid") == []
+    why = mapping.unmapped(voided, topic="orders/paid")
+    assert why.reason == "condition_false"
+    assert [rule.to_dict() for rule in why.rules] == [
+        {"rule": "paid", "when": "financial_status == 'paid'", "event_id": "shop:1001:Purchase"}
+    ]
+    assert why.event_ids == ["shop:1001:Purchase"]
+    assert "rule 'paid' only when financial_status == 'paid'" in why.message
+    assert "topic 'orders/paid'" in why.message
+    # The message quotes the mapping, never the payload.
+    assert "voided" not in why.message and "jane" not in why.message.lower()
+
+
+def test_unmapped_tells_a_topic_without_rule_from_a_false_condition() -> None:
+    mapping = parse_mapping(PAID_ONLY)
+    refund = mapping.unmapped(order(), topic="refunds/create")
+    assert (refund.reason, refund.rules) == ("no_rule_for_topic", ())
+    assert refund.message == (
+        "no rule of the mapping is for topic 'refunds/create' "
+        "(its rules are for: checkouts/create, orders/paid, orders/updated)"
+    )
+    assert mapping.unmapped(order(), topic=None).reason == "no_rule_for_topic"
+    assert "has no topic" in mapping.unmapped(order(), topic=None).message
+
+
+def test_unmapped_says_when_a_condition_cannot_be_evaluated() -> None:
+    mapping = parse_mapping(
+        '[[event]]\nname = "vip"\nwhen = "contains(tags, \'vip\')"\n[event.set]\nevent_name = "X"\n'
+    )
+    why = mapping.unmapped({"tags": None}, topic=None)
+    assert why.reason == "condition_false"
+    assert why.rules[0].failed and why.rules[0].event_id is None
+    assert "cannot be evaluated on this payload" in why.message
+
+
 def test_constants_are_not_shared_between_events() -> None:
     mapping = parse_mapping('[[event]]\n[event.set]\nevent_name = "X"\ncustom_data.tags = ["a"]\n')
     first = mapping.apply({}, now=NOW)[0].event

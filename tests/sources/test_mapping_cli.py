@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from capirelay.cli import app
+from vendor_data import VENDORS_DIR
 
 from .webhook_data import WEBHOOKS_DIR
 
@@ -54,7 +55,17 @@ def test_a_rejected_event_lists_its_problems_and_exits_one() -> None:
 def test_no_matching_rule_is_not_an_error() -> None:
     code, out, _ = mapping_test(EXAMPLE, SAMPLE, "--topic", "contact.deleted", "--now", SAMPLE_TIME)
     assert code == 0
-    assert "no rule matched" in out
+    assert "no rule matched (no_rule_for_topic)" in out
+    assert "no rule of the mapping is for topic 'contact.deleted'" in out
+
+
+def test_a_false_condition_names_the_rule_and_its_condition() -> None:
+    # Shopify's documented sample order (its "Send test notification" payload) is voided.
+    sample = VENDORS_DIR / "shopify_documented_order.json"
+    code, out, _ = mapping_test("shopify", sample, "--topic", "orders/paid")
+    assert code == 0, out
+    assert "no rule matched (condition_false)" in out
+    assert "rule 'order paid' only when financial_status == 'paid'" in out
 
 
 def test_a_preset_name_uses_its_default_mapping_and_finds_stripes_topic_in_the_body() -> None:

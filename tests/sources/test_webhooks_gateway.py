@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from server.conftest import (
     gateway_settings,
     serve_in_thread,
 )
+from vendor_data import vendor_fixture
 from waiting import wait_for
 
 from .webhook_data import SIGNERS, fixture
@@ -291,22 +293,69 @@ def test_a_bad_signature_is_401_and_queues_nothing(
     assert genuine.json()["results"][0]["status"] == "queued"
 
 
-def test_a_shopify_refund_is_ignored_with_200(client: httpx.Client) -> None:
-    response = post(client, "shop", fixture("shopify", "refunds_create.json"), "refunds/create")
+def test_a_shopify_refund_is_ignored_with_200_because_no_rule_is_for_its_topic(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="capirelay.webhooks")
+    refund = fixture("shopify", "refunds_create.json")
+    response = post(client, "shop", refund, "refunds/create")
     assert response.status_code == 200
     assert response.json() == {
         "webhook": "shop",
         "topic": "refunds/create",
         "status": "ignored",
+        "reason": "no_rule_for_topic",
+        "message": "no rule of the mapping is for topic 'refunds/create' "
+        "(its rules are for: checkouts/create, orders/paid)",
+        "rules": [],
         "results": [],
     }
+    [line] = webhook_log(caplog, "refunds/create")
+    assert f"refunds/create {refund['id']} ignored (no_rule_for_topic)" in line
+
+
+def test_shopifys_sample_notification_on_orders_paid_says_which_condition_did_not_hold(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "Send test notification" posts Shopify's documented sample order: financial_status
+    # "voided", so the Purchase rule's condition is false.  Say so; it is not a topic no
+    # rule maps.
+    caplog.set_level(logging.INFO, logger="capirelay.webhooks")
+    sample = vendor_fixture("shopify_documented_order.json")
+    answer = post(client, "shop", sample, "orders/paid").json()
+    assert answer["status"] == "ignored"
+    assert answer["reason"] == "condition_false"
+    assert answer["rules"] == [
+        {
+            "rule": "order paid",
+            "when": "financial_status == 'paid'",
+            "event_id": "shopify:820982911946154508:Purchase",
+        }
+    ]
+    assert "rule 'order paid' only when financial_status == 'paid'" in answer["message"]
+    [line] = webhook_log(caplog, "orders/paid shopify:820982911946154508:Purchase")
+    assert "ignored (condition_false)" in line
+    assert "financial_status == 'paid'" in line
+    for personal in ("jon@example.com", "Steve", "Shipper", "Shippington"):
+        assert personal not in line
+
+
+def webhook_log(caplog: pytest.LogCaptureFixture, containing: str) -> list[str]:
+    return wait_for(
+        lambda: [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "capirelay.webhooks" and containing in r.getMessage()
+        ]
+    )
 
 
 def test_an_unpaid_shopify_order_is_no_purchase(client: httpx.Client) -> None:
     order = fixture("shopify", "orders_create_pending.json")
-    assert post(client, "shop", order, "orders/create").json()["status"] == "ignored"
+    assert post(client, "shop", order, "orders/create").json()["reason"] == "no_rule_for_topic"
     # Even on the paid topic, the condition on financial_status holds it back.
-    assert post(client, "shop", order, "orders/paid").json()["status"] == "ignored"
+    paid_topic = post(client, "shop", order, "orders/paid").json()
+    assert (paid_topic["status"], paid_topic["reason"]) == ("ignored", "condition_false")
 
 
 def test_a_shopify_checkout_is_an_initiate_checkout(
@@ -348,6 +397,10 @@ def test_woocommerce_purchase_only_once_paid_and_only_once(
     for status in ("pending", "on-hold", "failed", "cancelled"):
         response = post(client, "woo", woo_order(status, order_id), "order.created")
         assert response.json()["status"] == "ignored", status
+        assert response.json()["reason"] == "condition_false", status
+        assert response.json()["rules"][0]["when"] == (
+            "status == 'processing' || status == 'completed'"
+        )
     processing = post(client, "woo", woo_order("processing", order_id), "order.updated")
     assert processing.json()["results"][0]["status"] == "queued"
     completed = post(client, "woo", woo_order("completed", order_id), "order.updated")
@@ -410,8 +463,17 @@ def test_a_stale_stripe_signature_is_401(client: httpx.Client) -> None:
 
 
 def test_an_unpaid_stripe_checkout_is_no_purchase(client: httpx.Client) -> None:
-    event = stripe_event("checkout_session_unpaid.json", f"pi_test{unique_id()}")
-    assert post(client, "stripe", event).json()["status"] == "ignored"
+    payment_intent = f"pi_test{unique_id()}"
+    event = stripe_event("checkout_session_unpaid.json", payment_intent)
+    answer = post(client, "stripe", event).json()
+    assert (answer["status"], answer["reason"]) == ("ignored", "condition_false")
+    assert answer["rules"] == [
+        {
+            "rule": "checkout session paid",
+            "when": "data.object.payment_status == 'paid'",
+            "event_id": f"stripe:{payment_intent}:Purchase",
+        }
+    ]
 
 
 # ---------------------------------------------------------------------------

@@ -88,7 +88,12 @@ def test_command(
     typer.echo(f"mapping: {compiled.source}")
     typer.echo(f"topic: {topic if topic is not None else '(none)'}")
     if not mapped:
-        typer.echo("no rule matched: nothing would be queued (a webhook answers 200 'ignored')")
+        unmapped = compiled.unmapped(payload, topic=topic)
+        typer.echo(
+            f"no rule matched ({unmapped.reason}): nothing would be queued "
+            "(a webhook answers 200 'ignored')"
+        )
+        typer.echo(f"  {unmapped.message}")
         return
     pixel = PixelSettings(default_country=default_country)
     rejected = 0

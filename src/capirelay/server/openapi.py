@@ -262,6 +262,25 @@ _WEBHOOK_RESPONSE: dict[str, Any] = {
         "webhook": {"type": "string"},
         "topic": {"type": ["string", "null"]},
         "status": {"type": "string", "enum": ["processed", "ignored", "ping"]},
+        "reason": {
+            "type": "string",
+            "enum": ["no_rule_for_topic", "condition_false"],
+            "description": "ignored only: no rule of the mapping is for the topic, or the "
+            "rules for it have a when condition that is false for this payload",
+        },
+        "message": {"type": "string", "description": "ignored only: why, in a sentence"},
+        "rules": {
+            "type": "array",
+            "description": "ignored only: the rules whose condition did not hold",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "rule": {"type": "string"},
+                    "when": {"type": "string"},
+                    "event_id": {"type": ["string", "null"]},
+                },
+            },
+        },
         "results": {
             "type": "array",
             "items": {

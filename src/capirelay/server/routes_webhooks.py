@@ -11,8 +11,11 @@ it safe:
 1. the raw body is read under the size limit and the vendor's signature is
    checked on those exact bytes, in constant time, before anything is parsed:
    a bad or missing signature is a 401 and nothing is queued;
-2. the payload is parsed, its topic found, and the mapping applied; a topic no
-   rule maps (a refund, an unpaid order) is answered 200 ``"ignored"``;
+2. the payload is parsed, its topic found, and the mapping applied; a payload
+   that maps to no event is answered 200 ``"ignored"`` with the ``reason``
+   (``no_rule_for_topic``: a refund; ``condition_false``: an unpaid order on
+   ``orders/paid``, naming the rule and its ``when``) and logged at INFO with
+   the order's event id, never a person's data;
 3. each mapped event goes through :func:`capirelay.ingest.prepare_event`
    (normalize, hash, validate) and the survivors are committed to the outbox
    in one call.  Their ids are derived from the vendor's order id, so a
@@ -31,7 +34,9 @@ FIELD`` instead of failing on the first order.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,7 +53,7 @@ from capirelay.server._commit import (
 )
 from capirelay.server.beacon_guard import limit_webhook
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
-from capirelay.sources.mapping import MappedEvent
+from capirelay.sources.mapping import MappedEvent, Unmapped
 from capirelay.sources.webhooks import SignatureError
 from capirelay.sources.webhooks._base import identifier_hint, webhook_advice
 from capirelay.sources.webhooks.configured import ConfiguredWebhook, load_webhooks
@@ -78,10 +83,8 @@ async def post_webhook(request: Request) -> Response:
     now = time.time()
     mapped = webhook.mapping.apply(payload, now=now, topic=topic)
     if not mapped:
-        metrics.webhooks.labels(webhook.name, "ignored").inc()
-        return JSONResponse(
-            {"webhook": webhook.name, "topic": topic, "status": "ignored", "results": []}
-        )
+        unmapped = webhook.mapping.unmapped(payload, topic=topic)
+        return _ignored(webhook, topic, payload, unmapped, metrics)
     pixel = settings.pixels[webhook.settings.pixel_id]
     prepared = [_prepare(item, webhook, pixel, settings, now) for item in mapped]
     statuses = await commit_events(
@@ -103,6 +106,50 @@ async def post_webhook(request: Request) -> Response:
     return JSONResponse(
         {"webhook": webhook.name, "topic": topic, "status": "processed", "results": results}
     )
+
+
+def _ignored(
+    webhook: ConfiguredWebhook,
+    topic: str | None,
+    payload: Any,
+    unmapped: Unmapped,
+    metrics: Metrics,
+) -> Response:
+    """200 ``"ignored"`` (the vendor must not retry), saying why; one INFO line."""
+    metrics.webhooks.labels(webhook.name, "ignored").inc()
+    ids = unmapped.event_ids or [_payload_id(payload)]
+    log.info(
+        "webhook %s: %s %s ignored (%s): %s",
+        webhook.name,
+        topic or "(no topic)",
+        ", ".join(i for i in ids if i) or "(no id)",
+        unmapped.reason,
+        unmapped.message,
+    )
+    return JSONResponse(
+        {
+            "webhook": webhook.name,
+            "topic": topic,
+            "status": "ignored",
+            "reason": unmapped.reason,
+            "message": unmapped.message,
+            "rules": [rule.to_dict() for rule in unmapped.rules],
+            "results": [],
+        }
+    )
+
+
+# Vendors' own ids (Shopify's numeric ids, Stripe's evt_..., WooCommerce's post ids); an
+# id shaped otherwise (an e-mail as a CRM's id) is not logged.
+_LOGGABLE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _payload_id(payload: Any) -> str:
+    found = payload.get("id") if isinstance(payload, dict) else None
+    if isinstance(found, bool) or not isinstance(found, int | str):
+        return ""
+    text = str(found)
+    return text if _LOGGABLE_ID.fullmatch(text) else ""
 
 
 def _with_hint(

@@ -5,8 +5,10 @@ HMAC-SHA256 of the raw body, keyed with the app's client secret (or the
 secret shown under Settings → Notifications → Webhooks for a store-created
 webhook).  The topic is ``X-Shopify-Topic``.  Any other topic (refunds,
 ``orders/create`` of an unpaid order, ...) matches no rule and is answered
-200 "ignored", so Shopify does not retry it.  The default mapping is
-``mapping.toml`` beside this file; event ids are
+200 "ignored" (``no_rule_for_topic``), so Shopify does not retry it; an
+``orders/paid`` order that is not ``paid`` (Shopify's "Send test
+notification" sample is ``voided``) is "ignored" too, as ``condition_false``.
+The default mapping is ``mapping.toml`` beside this file; event ids are
 ``shopify:{order id}:Purchase`` and ``shopify:{checkout id}:InitiateCheckout``.
 """
 
