@@ -75,6 +75,11 @@ def test_a_preset_name_uses_its_default_mapping_and_finds_stripes_topic_in_the_b
     assert "topic: payment_intent.succeeded" in out
     assert '"value": 5400.0' in out
     assert "event_id=stripe:pi_3OuY0a2eZvKYlo2C0jpyAAAA:Purchase" in out
+    # The sample is a test-mode event: the webhook would not send it live.
+    assert (
+        "note: the payload says livemode: false: a stripe webhook sends it only under a "
+        "test_event_code, and answers it 'ignored' (test_mode) when none is configured"
+    ) in out
 
 
 def test_mapping_problems_and_validation_problems_are_both_shown(tmp_path: Path) -> None:

@@ -47,11 +47,19 @@ SECRETS = {
     "crm": "crm_test_secret_cdef",
 }
 DAY = 86400
-PRESET_OF = {"shop": "shopify", "woo": "woocommerce", "stripe": "stripe", "crm": "mapping"}
+PRESET_OF = {
+    "shop": "shopify",
+    "woo": "woocommerce",
+    "stripe": "stripe",
+    "crm": "mapping",
+    "shop-test": "shopify",
+    "stripe-test": "stripe",
+}
+WEBHOOK_TEST_CODE = "TEST_WEBHOOK_42"
 
 
 def secret_env(name: str) -> str:
-    return f"CAPIRELAY_TEST_WEBHOOK_{name.upper()}"
+    return f"CAPIRELAY_TEST_WEBHOOK_{name.upper().replace('-', '_')}"
 
 
 def webhook_settings() -> dict[str, WebhookSettings]:
@@ -67,6 +75,13 @@ def webhook_settings() -> dict[str, WebhookSettings]:
     hooks["unset"] = WebhookSettings(
         preset="shopify", pixel_id=PIXEL_ID, secret=Secret(env="CAPIRELAY_TEST_NEVER_SET")
     )
+    for name in ("shop-test", "stripe-test"):
+        hooks[name] = WebhookSettings(
+            preset=PRESET_OF[name],
+            pixel_id=PIXEL_ID,
+            secret=Secret(env=secret_env(name)),
+            test_event_code=WEBHOOK_TEST_CODE,
+        )
     return hooks
 
 
@@ -85,6 +100,8 @@ def settings(storage_url: str, emulator: RunningEmulator) -> Iterator[Settings]:
         patch.delenv("CAPIRELAY_TEST_NEVER_SET", raising=False)
         for name, secret in SECRETS.items():
             patch.setenv(secret_env(name), secret)
+        patch.setenv(secret_env("shop-test"), SECRETS["shop"])
+        patch.setenv(secret_env("stripe-test"), SECRETS["stripe"])
         yield gateway_settings(storage_url, emulator.url, webhooks=webhook_settings())
 
 
@@ -113,7 +130,8 @@ def post(
     client: httpx.Client, name: str, payload: Any, topic: str = "", *, secret: str | None = None
 ) -> httpx.Response:
     body = json.dumps(payload).encode()
-    headers = SIGNERS[PRESET_OF[name]](body, secret or SECRETS[name], time.time(), topic)
+    key = secret or SECRETS[name.removesuffix("-test")]
+    headers = SIGNERS[PRESET_OF[name]](body, key, time.time(), topic)
     return client.post(f"/v1/webhooks/{name}", content=body, headers=headers)
 
 
@@ -166,10 +184,11 @@ def woo_order(status: str, order_id: int) -> dict[str, Any]:
     return order
 
 
-def stripe_event(name: str, payment_intent: str) -> dict[str, Any]:
-    event = fixture("stripe", name)
+def stripe_event(name: str, payment_intent: str, *, livemode: bool = True) -> dict[str, Any]:
+    event = fixture("stripe", name)  # the samples are test-mode events: livemode false
     event["created"] = int(time.time())
     obj = event["data"]["object"]
+    event["livemode"] = obj["livemode"] = livemode
     if obj["object"] == "payment_intent":
         obj["id"] = payment_intent
     else:
@@ -474,6 +493,62 @@ def test_an_unpaid_stripe_checkout_is_no_purchase(client: httpx.Client) -> None:
             "event_id": f"stripe:{payment_intent}:Purchase",
         }
     ]
+
+
+# ---------------------------------------------------------------------------
+# Test orders and payments: Meta counts an event without test_event_code as real
+
+
+def test_a_shopify_test_order_is_not_sent_as_a_live_purchase(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="capirelay.webhooks")
+    order = shopify_order(test=True)
+    event_id = f"shopify:{order['id']}:Purchase"
+    answer = post(client, "shop", order, "orders/paid").json()
+    assert (answer["status"], answer["reason"]) == ("ignored", "test_mode")
+    assert answer["rules"] == [{"rule": "order paid", "when": None, "event_id": event_id}]
+    assert answer["message"].startswith("the payload says test: true: a shopify test")
+    assert "set test_event_code in [webhooks.shop] or [pixels." in answer["message"]
+    [line] = webhook_log(caplog, f"orders/paid {event_id} ignored (test_mode)")
+    assert "test: true" in line and order["email"] not in line
+    # Nothing was queued for it: the same order, live, is new.
+    live = post(client, "shop", {**order, "test": False}, "orders/paid").json()
+    assert live["results"][0]["status"] == "queued"
+
+
+def test_a_stripe_test_mode_payment_is_not_sent_as_a_live_purchase(client: httpx.Client) -> None:
+    payment_intent = f"pi_test{unique_id()}"
+    event = stripe_event("payment_intent_succeeded.json", payment_intent, livemode=False)
+    answer = post(client, "stripe", event).json()
+    assert (answer["status"], answer["reason"]) == ("ignored", "test_mode")
+    assert answer["message"].startswith("the payload says livemode: false: a stripe test")
+    assert answer["rules"][0]["event_id"] == f"stripe:{payment_intent}:Purchase"
+
+
+@pytest.mark.parametrize("hook", ["shop-test", "stripe-test"])
+def test_test_orders_go_to_metas_test_events_when_a_test_event_code_is_set(
+    client: httpx.Client, emulator: RunningEmulator, hook: str
+) -> None:
+    if hook == "shop-test":
+        order = shopify_order(test=True)
+        answer = post(client, hook, order, "orders/paid").json()
+        event_id = f"shopify:{order['id']}:Purchase"
+    else:
+        payment_intent = f"pi_test{unique_id()}"
+        event = stripe_event("payment_intent_succeeded.json", payment_intent, livemode=False)
+        answer = post(client, hook, event).json()
+        event_id = f"stripe:{payment_intent}:Purchase"
+    assert answer["status"] == "processed"
+    assert answer["results"][0]["status"] == "queued"
+    sent = wait_for(
+        lambda: [
+            stored
+            for stored in emulator.state.events(PIXEL_ID, test_event_code=WEBHOOK_TEST_CODE)
+            if stored["event"]["event_id"] == event_id
+        ]
+    )
+    assert [stored["test_event_code"] for stored in sent] == [WEBHOOK_TEST_CODE]
 
 
 # ---------------------------------------------------------------------------

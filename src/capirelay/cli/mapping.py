@@ -95,6 +95,12 @@ def test_command(
         )
         typer.echo(f"  {unmapped.message}")
         return
+    test_flag = preset.test_mode(payload) if preset is not None else None
+    if preset is not None and test_flag is not None:
+        typer.echo(
+            f"note: the payload says {test_flag}: a {preset.name} webhook sends it only under a "
+            "test_event_code, and answers it 'ignored' (test_mode) when none is configured"
+        )
     pixel = PixelSettings(default_country=default_country)
     rejected = 0
     for number, item in enumerate(mapped, start=1):

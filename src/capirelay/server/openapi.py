@@ -264,19 +264,22 @@ _WEBHOOK_RESPONSE: dict[str, Any] = {
         "status": {"type": "string", "enum": ["processed", "ignored", "ping"]},
         "reason": {
             "type": "string",
-            "enum": ["no_rule_for_topic", "condition_false"],
-            "description": "ignored only: no rule of the mapping is for the topic, or the "
-            "rules for it have a when condition that is false for this payload",
+            "enum": ["no_rule_for_topic", "condition_false", "test_mode"],
+            "description": "ignored only: no rule of the mapping is for the topic; the "
+            "rules for it have a when condition that is false for this payload; or the "
+            "vendor marks the payload a test (Shopify test: true, Stripe livemode: false) "
+            "and no test_event_code is configured",
         },
         "message": {"type": "string", "description": "ignored only: why, in a sentence"},
         "rules": {
             "type": "array",
-            "description": "ignored only: the rules whose condition did not hold",
+            "description": "ignored only: the rules whose condition did not hold (for "
+            "test_mode: the rules that would have sent an event, when null)",
             "items": {
                 "type": "object",
                 "properties": {
                     "rule": {"type": "string"},
-                    "when": {"type": "string"},
+                    "when": {"type": ["string", "null"]},
                     "event_id": {"type": ["string", "null"]},
                 },
             },

@@ -220,7 +220,7 @@ class SkippedRule:
     """
 
     rule: str
-    condition: str
+    condition: str | None
     event_id: str | None
     failed: bool = False
 
@@ -230,9 +230,11 @@ class SkippedRule:
 
 @dataclass(frozen=True, slots=True)
 class Unmapped:
-    """Why a payload mapped to no event: ``reason`` is ``no_rule_for_topic`` (no rule is
+    """Why a payload made no event to send: ``reason`` is ``no_rule_for_topic`` (no rule is
     for its topic) or ``condition_false`` (rules are, and each one's ``when`` did not hold,
-    listed in ``rules``); ``message`` says so in a sentence that quotes no payload value."""
+    listed in ``rules``); a webhook adds ``test_mode`` (the vendor marks the payload a test
+    and no test_event_code is set; ``rules`` without a condition).  ``message`` says so in a
+    sentence that quotes no payload value."""
 
     reason: str
     message: str

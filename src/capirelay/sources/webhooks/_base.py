@@ -1,10 +1,12 @@
 """What every webhook preset is made of, and the HMAC checks they share.
 
-A preset is data plus three small functions: ``verify`` (the vendor's
+A preset is data plus four small functions: ``verify`` (the vendor's
 signature scheme, on the raw bytes, before anything is parsed), ``topic``
-(which kind of notification this is) and ``is_ping`` (a setup handshake to
-answer 200 without queueing anything).  Its default mapping is a TOML file
-beside its module, loaded once.
+(which kind of notification this is), ``is_ping`` (a setup handshake to
+answer 200 without queueing anything) and ``test_mode`` (the field that
+marks a test order or payment, which must not reach Meta as a live
+conversion: Meta counts events without a ``test_event_code`` as real).
+Its default mapping is a TOML file beside its module, loaded once.
 
 Comparisons go through :func:`hmac.compare_digest` so the time taken does not
 reveal how much of a forged signature was right.  :class:`SignatureError`
@@ -60,6 +62,10 @@ def _never_a_ping(body: bytes, headers: Headers) -> bool:
     return False
 
 
+def _never_a_test(payload: Any) -> str | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookPreset:
     """One webhook source: its signature scheme, topic, handshake and default mapping."""
@@ -69,6 +75,9 @@ class WebhookPreset:
     topic: Callable[[Headers, Any], str | None]
     mapping_path: Path | None
     is_ping: Callable[[bytes, Headers], bool] = field(default=_never_a_ping)
+    # The vendor's own test-mode flag as it appears in the payload ("test: true"), or None
+    # for a live order: such a payload is sent only with a test_event_code.
+    test_mode: Callable[[Any], str | None] = field(default=_never_a_test)
     # Topic -> where that topic's payload carries the buyer's identifiers, shown when an
     # event of it is rejected for missing user data (capirelay mapping test, webhook answers).
     identifier_hints: Mapping[str, str] = field(default_factory=dict)

@@ -24,7 +24,7 @@ from capirelay.sources.webhooks._base import (
     verify_base64_hmac,
 )
 
-__all__ = ["PRESET", "SIGNATURE_HEADER", "TOPIC_HEADER", "topic", "verify"]
+__all__ = ["PRESET", "SIGNATURE_HEADER", "TOPIC_HEADER", "test_mode", "topic", "verify"]
 
 SIGNATURE_HEADER = "x-shopify-hmac-sha256"
 TOPIC_HEADER = "x-shopify-topic"
@@ -41,9 +41,16 @@ def topic(headers: Headers, payload: Any) -> str | None:
     return header(headers, TOPIC_HEADER)
 
 
+def test_mode(payload: Any) -> str | None:
+    """``"test: true"`` for a test order (a test payment gateway, Bogus Gateway, or
+    Shopify's sample notification); ``None`` for a real one."""
+    return "test: true" if isinstance(payload, dict) and payload.get("test") is True else None
+
+
 PRESET = WebhookPreset(
     name="shopify",
     verify=verify,
     topic=topic,
     mapping_path=Path(__file__).with_name("mapping.toml"),
+    test_mode=test_mode,
 )
