@@ -48,6 +48,7 @@ TOKEN_ENV = "CAPIRELAY_TEST_ACCESS_TOKEN"
 INGEST_KEY_ENV = "CAPIRELAY_TEST_INGEST_KEY"
 SECRET = "catalog_test_secret_0123"
 SECRET_ENV = "CAPIRELAY_TEST_WEBHOOK_CATALOG"
+TEST_CODE = "TEST_CATALOG_7"
 HOOKS = {
     "shop": ("shopify", None),
     "shop-sku": ("shopify", "{sku}"),
@@ -81,9 +82,16 @@ def env() -> Iterator[None]:
 def client(
     tmp_path_factory: pytest.TempPathFactory, emulator: RunningEmulator, env: None
 ) -> Iterator[httpx.Client]:
+    # Shopify's sample is a test order (test: true) and stripe-mock's objects are test mode
+    # (livemode: false): those webhooks send them under a test_event_code, as a shop testing
+    # its setup would, instead of answering them ignored.
     hooks = {
         name: WebhookSettings(
-            preset=preset, pixel_id=PIXEL_ID, secret=Secret(env=SECRET_ENV), content_id=template
+            preset=preset,
+            pixel_id=PIXEL_ID,
+            secret=Secret(env=SECRET_ENV),
+            content_id=template,
+            test_event_code=TEST_CODE if preset in ("shopify", "stripe") else None,
         )
         for name, (preset, template) in HOOKS.items()
     }
@@ -149,6 +157,13 @@ def test_shopify_items_without_product_id_fall_back_to_sku(
     assert [c["id"] for c in sent["custom_data"]["contents"]] == ids
     assert sent["custom_data"]["content_ids"] == ids
     assert [c["quantity"] for c in sent["custom_data"]["contents"]] == [1] * 5
+    # The sample says test: true, so it went to Test events.
+    [stored] = [
+        stored
+        for stored in emulator.state.events(PIXEL_ID, test_event_code=TEST_CODE)
+        if stored["event"]["event_id"] == result["event_id"]
+    ]
+    assert stored["test_event_code"] == TEST_CODE
 
 
 def test_shopify_content_id_template(client: httpx.Client, emulator: RunningEmulator) -> None:
@@ -174,6 +189,21 @@ def test_woocommerce_variation_is_its_own_catalog_item(
     sent = _delivered(emulator, result["event_id"])
     assert [c["id"] for c in sent["custom_data"]["contents"]] == ids
     assert sent["custom_data"]["content_ids"] == ids
+
+
+def test_woocommerce_item_names_reach_meta_without_html_entities(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    # The REST API (and so the webhook) gives order 727's variation as
+    # "Ship Your Idea &ndash; Color: Black, Size: M Test".
+    order = _woo_order()
+    assert "&ndash;" in order["line_items"][1]["name"]
+    [result] = _post(client, "woo", order, "order.updated")["results"]
+    sent = _delivered(emulator, result["event_id"])
+    assert [c["title"] for c in sent["custom_data"]["contents"]] == [
+        "Woo Single #1",
+        "Ship Your Idea \u2013 Color: Black, Size: M Test",
+    ]
 
 
 # ---------------------------------------------------------------------------

@@ -39,6 +39,9 @@ TRANSFORM_CASES: list[tuple[str, str | None, str | None, Any, Any]] = [
     ("lower", None, None, ["A", "B"], ["a", "b"]),
     ("upper", None, None, "usd", "USD"),
     ("strip", None, None, "  x  ", "x"),
+    ("html_unescape", None, None, "Idea &ndash; Color: Black", "Idea \u2013 Color: Black"),
+    ("html_unescape", None, None, ["Tom &amp; Jerry", "O&#039;Neil"], ["Tom & Jerry", "O'Neil"]),
+    ("html_unescape", None, None, "Plain \u2013 decoded", "Plain \u2013 decoded"),
     ("first", None, None, ["a", "b"], "a"),
     ("first", None, None, [], None),
     ("first", None, None, "solo", "solo"),
@@ -75,6 +78,7 @@ TRANSFORM_FAILURES: list[tuple[str, str | None, Any]] = [
     ("float", None, True),
     ("float", None, "NaN"),
     ("lower", None, 12),
+    ("html_unescape", None, 12),
     ("iso8601_to_unix", None, "last tuesday"),
     ("iso8601_to_unix", None, 1.5),
     ("minor_to_units", None, 100),  # no currency found
@@ -89,6 +93,45 @@ def test_transform_failure_names_the_type_not_the_value(
         TRANSFORMS[name](value, None, currency)
     if isinstance(value, str):
         assert value not in str(caught.value)
+
+
+PLACED = "2024-03-01T10:00:00-05:00"  # 1709305200
+TEN_DAYS_LATER = "2024-03-11T10:00:00-05:00"  # 1710169200
+
+
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        # Paid ten days after it was placed (bank transfer): the payment's update.
+        ({"created_at": PLACED, "processed_at": PLACED, "updated_at": TEN_DAYS_LATER}, 1710169200),
+        # Placed and paid at checkout: a few seconds later.
+        (
+            {"created_at": PLACED, "processed_at": PLACED, "updated_at": "2024-03-01T15:00:02Z"},
+            1709305202,
+        ),
+        # Imported with its original date (processed_at ten days before Shopify created it).
+        (
+            {"created_at": TEN_DAYS_LATER, "processed_at": PLACED, "updated_at": TEN_DAYS_LATER},
+            1709305200,
+        ),
+        # A few seconds between processed_at and created_at is no import.
+        (
+            {"created_at": "2024-03-01T15:00:03Z", "processed_at": PLACED, "updated_at": None},
+            1709305203,
+        ),
+        ({"processed_at": PLACED}, 1709305200),
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_shopify_paid_at(order: dict[str, Any] | None, expected: int | None) -> None:
+    assert TRANSFORMS["shopify_paid_at"](order, None, None) == expected
+
+
+@pytest.mark.parametrize("order", ["2024-03-01T10:00:00Z", {"updated_at": "soon"}])
+def test_shopify_paid_at_needs_an_order_with_dates(order: Any) -> None:
+    with pytest.raises(TransformError):
+        TRANSFORMS["shopify_paid_at"](order, None, None)
 
 
 @pytest.mark.parametrize(
@@ -240,6 +283,62 @@ def test_a_condition_that_fails_on_the_payload_does_not_match() -> None:
     )
     assert mapping.apply({"tags": None}, now=NOW) == []
     assert len(mapping.apply({"tags": ["vip"]}, now=NOW)) == 1
+
+
+PAID_ONLY = """
+[[event]]
+name = "paid"
+topic = ["orders/paid", "orders/updated"]
+when = "financial_status == 'paid'"
+[event.set]
+event_name = "Purchase"
+[event.map]
+event_id = { path = "id", transform = "str", format = "shop:{}:Purchase" }
+
+[[event]]
+name = "checkout"
+topic = "checkouts/create"
+[event.set]
+event_name = "InitiateCheckout"
+"""
+
+
+def test_unmapped_names_the_rule_and_the_condition_that_did_not_hold() -> None:
+    mapping = parse_mapping(PAID_ONLY)
+    voided = order(financial_status="voided")
+    assert mapping.apply(voided, now=NOW, topic="orders/paid") == []
+    why = mapping.unmapped(voided, topic="orders/paid")
+    assert why.reason == "condition_false"
+    assert [rule.to_dict() for rule in why.rules] == [
+        {"rule": "paid", "when": "financial_status == 'paid'", "event_id": "shop:1001:Purchase"}
+    ]
+    assert why.event_ids == ["shop:1001:Purchase"]
+    assert "rule 'paid' only when financial_status == 'paid'" in why.message
+    assert "topic 'orders/paid'" in why.message
+    # The message quotes the mapping, never the payload.
+    assert "voided" not in why.message and "jane" not in why.message.lower()
+
+
+def test_unmapped_tells_a_topic_without_rule_from_a_false_condition() -> None:
+    mapping = parse_mapping(PAID_ONLY)
+    refund = mapping.unmapped(order(), topic="refunds/create")
+    assert (refund.reason, refund.rules) == ("no_rule_for_topic", ())
+    assert refund.message == (
+        "no rule of the mapping is for topic 'refunds/create' "
+        "(its rules are for: checkouts/create, orders/paid, orders/updated)"
+    )
+    assert mapping.unmapped(order(), topic=None).reason == "no_rule_for_topic"
+    assert "has no topic" in mapping.unmapped(order(), topic=None).message
+
+
+def test_unmapped_says_when_a_condition_cannot_be_evaluated() -> None:
+    mapping = parse_mapping(
+        '[[event]]\nname = "vip"\nwhen = "contains(tags, \'vip\')"\n[event.set]\nevent_name = "X"\n'
+    )
+    why = mapping.unmapped({"tags": None}, topic=None)
+    assert why.reason == "condition_false"
+    assert why.rules[0].failed and why.rules[0].event_id is None
+    assert "cannot be evaluated on this payload" in why.message
 
 
 def test_constants_are_not_shared_between_events() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from capirelay.cli import app
+from vendor_data import VENDORS_DIR
 
 from .webhook_data import WEBHOOKS_DIR
 
@@ -54,7 +55,17 @@ def test_a_rejected_event_lists_its_problems_and_exits_one() -> None:
 def test_no_matching_rule_is_not_an_error() -> None:
     code, out, _ = mapping_test(EXAMPLE, SAMPLE, "--topic", "contact.deleted", "--now", SAMPLE_TIME)
     assert code == 0
-    assert "no rule matched" in out
+    assert "no rule matched (no_rule_for_topic)" in out
+    assert "no rule of the mapping is for topic 'contact.deleted'" in out
+
+
+def test_a_false_condition_names_the_rule_and_its_condition() -> None:
+    # Shopify's documented sample order (its "Send test notification" payload) is voided.
+    sample = VENDORS_DIR / "shopify_documented_order.json"
+    code, out, _ = mapping_test("shopify", sample, "--topic", "orders/paid")
+    assert code == 0, out
+    assert "no rule matched (condition_false)" in out
+    assert "rule 'order paid' only when financial_status == 'paid'" in out
 
 
 def test_a_preset_name_uses_its_default_mapping_and_finds_stripes_topic_in_the_body() -> None:
@@ -64,6 +75,11 @@ def test_a_preset_name_uses_its_default_mapping_and_finds_stripes_topic_in_the_b
     assert "topic: payment_intent.succeeded" in out
     assert '"value": 5400.0' in out
     assert "event_id=stripe:pi_3OuY0a2eZvKYlo2C0jpyAAAA:Purchase" in out
+    # The sample is a test-mode event: the webhook would not send it live.
+    assert (
+        "note: the payload says livemode: false: a stripe webhook sends it only under a "
+        "test_event_code, and answers it 'ignored' (test_mode) when none is configured"
+    ) in out
 
 
 def test_mapping_problems_and_validation_problems_are_both_shown(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from server.conftest import (
     gateway_settings,
     serve_in_thread,
 )
+from vendor_data import vendor_fixture
 from waiting import wait_for
 
 from .webhook_data import SIGNERS, fixture
@@ -44,11 +46,20 @@ SECRETS = {
     "stripe": "whsec_test_secret_89ab",
     "crm": "crm_test_secret_cdef",
 }
-PRESET_OF = {"shop": "shopify", "woo": "woocommerce", "stripe": "stripe", "crm": "mapping"}
+DAY = 86400
+PRESET_OF = {
+    "shop": "shopify",
+    "woo": "woocommerce",
+    "stripe": "stripe",
+    "crm": "mapping",
+    "shop-test": "shopify",
+    "stripe-test": "stripe",
+}
+WEBHOOK_TEST_CODE = "TEST_WEBHOOK_42"
 
 
 def secret_env(name: str) -> str:
-    return f"CAPIRELAY_TEST_WEBHOOK_{name.upper()}"
+    return f"CAPIRELAY_TEST_WEBHOOK_{name.upper().replace('-', '_')}"
 
 
 def webhook_settings() -> dict[str, WebhookSettings]:
@@ -64,6 +75,13 @@ def webhook_settings() -> dict[str, WebhookSettings]:
     hooks["unset"] = WebhookSettings(
         preset="shopify", pixel_id=PIXEL_ID, secret=Secret(env="CAPIRELAY_TEST_NEVER_SET")
     )
+    for name in ("shop-test", "stripe-test"):
+        hooks[name] = WebhookSettings(
+            preset=PRESET_OF[name],
+            pixel_id=PIXEL_ID,
+            secret=Secret(env=secret_env(name)),
+            test_event_code=WEBHOOK_TEST_CODE,
+        )
     return hooks
 
 
@@ -82,6 +100,8 @@ def settings(storage_url: str, emulator: RunningEmulator) -> Iterator[Settings]:
         patch.delenv("CAPIRELAY_TEST_NEVER_SET", raising=False)
         for name, secret in SECRETS.items():
             patch.setenv(secret_env(name), secret)
+        patch.setenv(secret_env("shop-test"), SECRETS["shop"])
+        patch.setenv(secret_env("stripe-test"), SECRETS["stripe"])
         yield gateway_settings(storage_url, emulator.url, webhooks=webhook_settings())
 
 
@@ -102,11 +122,16 @@ def iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def iso_days_ago(days: float) -> str:
+    return datetime.fromtimestamp(time.time() - days * DAY, UTC).isoformat(timespec="seconds")
+
+
 def post(
     client: httpx.Client, name: str, payload: Any, topic: str = "", *, secret: str | None = None
 ) -> httpx.Response:
     body = json.dumps(payload).encode()
-    headers = SIGNERS[PRESET_OF[name]](body, secret or SECRETS[name], time.time(), topic)
+    key = secret or SECRETS[name.removesuffix("-test")]
+    headers = SIGNERS[PRESET_OF[name]](body, key, time.time(), topic)
     return client.post(f"/v1/webhooks/{name}", content=body, headers=headers)
 
 
@@ -146,7 +171,9 @@ def assert_sent_once(storage_url: str, emulator: RunningEmulator, event_id: str)
 
 def shopify_order(**overrides: Any) -> dict[str, Any]:
     order = fixture("shopify", "orders_paid.json")
-    order.update(id=unique_id(), processed_at=iso_now(), **overrides)
+    now = iso_now()
+    order.update(id=unique_id(), created_at=now, processed_at=now, updated_at=now)
+    order.update(overrides)
     return order
 
 
@@ -157,10 +184,11 @@ def woo_order(status: str, order_id: int) -> dict[str, Any]:
     return order
 
 
-def stripe_event(name: str, payment_intent: str) -> dict[str, Any]:
-    event = fixture("stripe", name)
+def stripe_event(name: str, payment_intent: str, *, livemode: bool = True) -> dict[str, Any]:
+    event = fixture("stripe", name)  # the samples are test-mode events: livemode false
     event["created"] = int(time.time())
     obj = event["data"]["object"]
+    event["livemode"] = obj["livemode"] = livemode
     if obj["object"] == "payment_intent":
         obj["id"] = payment_intent
     else:
@@ -197,6 +225,47 @@ def test_a_paid_shopify_order_is_sent_once_even_when_redelivered(
     assert again.status_code == 200
     assert again.json()["results"][0]["status"] == "duplicate"
     assert_sent_once(storage_url, emulator, event_id)
+
+
+def test_a_shopify_order_paid_days_after_it_was_placed_is_dated_at_its_payment(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    # Bank transfer, cash on delivery, payment terms: orders/paid comes when the money does.
+    # Dated at its placing (processed_at), Meta would refuse it as older than 7 days.
+    placed, paid = iso_days_ago(10), iso_now()
+    order = shopify_order(created_at=placed, processed_at=placed, updated_at=paid)
+    [result] = post(client, "shop", order, "orders/paid").json()["results"]
+    assert result["status"] == "queued", result
+    sent = wait_delivered(emulator, result["event_id"])
+    assert sent["event_time"] == int(datetime.fromisoformat(paid).timestamp())
+
+
+def test_a_shopify_order_placed_and_paid_at_once_is_dated_at_checkout(
+    client: httpx.Client, emulator: RunningEmulator
+) -> None:
+    now = time.time()
+    at_checkout = iso_now()
+    order = shopify_order(created_at=at_checkout, processed_at=at_checkout, updated_at=at_checkout)
+    [result] = post(client, "shop", order, "orders/paid").json()["results"]
+    sent = wait_delivered(emulator, result["event_id"])
+    assert abs(sent["event_time"] - now) < 5
+
+
+def test_an_imported_shopify_order_keeps_its_date_and_the_answer_says_what_a_webhook_can_do(
+    client: httpx.Client,
+) -> None:
+    # An import of past orders: Shopify records it now, with processed_at set to the original
+    # date. It is history, not today's purchase, so it is not sent dated at its import.
+    order = shopify_order(created_at=iso_now(), processed_at=iso_days_ago(10), updated_at=iso_now())
+    [result] = post(client, "shop", order, "orders/paid").json()["results"]
+    assert result["status"] == "rejected"
+    [too_old] = [p for p in result["problems"] if p["code"] == "event_too_old"]
+    # Not "send it sooner": the vendor decides when a webhook comes.
+    assert "send it sooner" not in too_old["message"]
+    assert too_old["message"].startswith("event_time is more than 7 days in the past; ")
+    assert "a webhook cannot be sent sooner" in too_old["message"]
+    assert "map event_time" in too_old["message"]
+    assert "imported with its original date" in too_old["message"]
 
 
 def test_a_signed_order_whose_id_holds_nul_is_answered_200_with_a_rejected_result(
@@ -243,22 +312,69 @@ def test_a_bad_signature_is_401_and_queues_nothing(
     assert genuine.json()["results"][0]["status"] == "queued"
 
 
-def test_a_shopify_refund_is_ignored_with_200(client: httpx.Client) -> None:
-    response = post(client, "shop", fixture("shopify", "refunds_create.json"), "refunds/create")
+def test_a_shopify_refund_is_ignored_with_200_because_no_rule_is_for_its_topic(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="capirelay.webhooks")
+    refund = fixture("shopify", "refunds_create.json")
+    response = post(client, "shop", refund, "refunds/create")
     assert response.status_code == 200
     assert response.json() == {
         "webhook": "shop",
         "topic": "refunds/create",
         "status": "ignored",
+        "reason": "no_rule_for_topic",
+        "message": "no rule of the mapping is for topic 'refunds/create' "
+        "(its rules are for: checkouts/create, orders/paid)",
+        "rules": [],
         "results": [],
     }
+    [line] = webhook_log(caplog, "refunds/create")
+    assert f"refunds/create {refund['id']} ignored (no_rule_for_topic)" in line
+
+
+def test_shopifys_sample_notification_on_orders_paid_says_which_condition_did_not_hold(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "Send test notification" posts Shopify's documented sample order: financial_status
+    # "voided", so the Purchase rule's condition is false.  Say so; it is not a topic no
+    # rule maps.
+    caplog.set_level(logging.INFO, logger="capirelay.webhooks")
+    sample = vendor_fixture("shopify_documented_order.json")
+    answer = post(client, "shop", sample, "orders/paid").json()
+    assert answer["status"] == "ignored"
+    assert answer["reason"] == "condition_false"
+    assert answer["rules"] == [
+        {
+            "rule": "order paid",
+            "when": "financial_status == 'paid'",
+            "event_id": "shopify:820982911946154508:Purchase",
+        }
+    ]
+    assert "rule 'order paid' only when financial_status == 'paid'" in answer["message"]
+    [line] = webhook_log(caplog, "orders/paid shopify:820982911946154508:Purchase")
+    assert "ignored (condition_false)" in line
+    assert "financial_status == 'paid'" in line
+    for personal in ("jon@example.com", "Steve", "Shipper", "Shippington"):
+        assert personal not in line
+
+
+def webhook_log(caplog: pytest.LogCaptureFixture, containing: str) -> list[str]:
+    return wait_for(
+        lambda: [
+            r.getMessage()
+            for r in caplog.records
+            if r.name == "capirelay.webhooks" and containing in r.getMessage()
+        ]
+    )
 
 
 def test_an_unpaid_shopify_order_is_no_purchase(client: httpx.Client) -> None:
     order = fixture("shopify", "orders_create_pending.json")
-    assert post(client, "shop", order, "orders/create").json()["status"] == "ignored"
+    assert post(client, "shop", order, "orders/create").json()["reason"] == "no_rule_for_topic"
     # Even on the paid topic, the condition on financial_status holds it back.
-    assert post(client, "shop", order, "orders/paid").json()["status"] == "ignored"
+    paid_topic = post(client, "shop", order, "orders/paid").json()
+    assert (paid_topic["status"], paid_topic["reason"]) == ("ignored", "condition_false")
 
 
 def test_a_shopify_checkout_is_an_initiate_checkout(
@@ -300,6 +416,10 @@ def test_woocommerce_purchase_only_once_paid_and_only_once(
     for status in ("pending", "on-hold", "failed", "cancelled"):
         response = post(client, "woo", woo_order(status, order_id), "order.created")
         assert response.json()["status"] == "ignored", status
+        assert response.json()["reason"] == "condition_false", status
+        assert response.json()["rules"][0]["when"] == (
+            "status == 'processing' || status == 'completed'"
+        )
     processing = post(client, "woo", woo_order("processing", order_id), "order.updated")
     assert processing.json()["results"][0]["status"] == "queued"
     completed = post(client, "woo", woo_order("completed", order_id), "order.updated")
@@ -362,8 +482,73 @@ def test_a_stale_stripe_signature_is_401(client: httpx.Client) -> None:
 
 
 def test_an_unpaid_stripe_checkout_is_no_purchase(client: httpx.Client) -> None:
-    event = stripe_event("checkout_session_unpaid.json", f"pi_test{unique_id()}")
-    assert post(client, "stripe", event).json()["status"] == "ignored"
+    payment_intent = f"pi_test{unique_id()}"
+    event = stripe_event("checkout_session_unpaid.json", payment_intent)
+    answer = post(client, "stripe", event).json()
+    assert (answer["status"], answer["reason"]) == ("ignored", "condition_false")
+    assert answer["rules"] == [
+        {
+            "rule": "checkout session paid",
+            "when": "data.object.payment_status == 'paid'",
+            "event_id": f"stripe:{payment_intent}:Purchase",
+        }
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Test orders and payments: Meta counts an event without test_event_code as real
+
+
+def test_a_shopify_test_order_is_not_sent_as_a_live_purchase(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="capirelay.webhooks")
+    order = shopify_order(test=True)
+    event_id = f"shopify:{order['id']}:Purchase"
+    answer = post(client, "shop", order, "orders/paid").json()
+    assert (answer["status"], answer["reason"]) == ("ignored", "test_mode")
+    assert answer["rules"] == [{"rule": "order paid", "when": None, "event_id": event_id}]
+    assert answer["message"].startswith("the payload says test: true: a shopify test")
+    assert "set test_event_code in [webhooks.shop] or [pixels." in answer["message"]
+    [line] = webhook_log(caplog, f"orders/paid {event_id} ignored (test_mode)")
+    assert "test: true" in line and order["email"] not in line
+    # Nothing was queued for it: the same order, live, is new.
+    live = post(client, "shop", {**order, "test": False}, "orders/paid").json()
+    assert live["results"][0]["status"] == "queued"
+
+
+def test_a_stripe_test_mode_payment_is_not_sent_as_a_live_purchase(client: httpx.Client) -> None:
+    payment_intent = f"pi_test{unique_id()}"
+    event = stripe_event("payment_intent_succeeded.json", payment_intent, livemode=False)
+    answer = post(client, "stripe", event).json()
+    assert (answer["status"], answer["reason"]) == ("ignored", "test_mode")
+    assert answer["message"].startswith("the payload says livemode: false: a stripe test")
+    assert answer["rules"][0]["event_id"] == f"stripe:{payment_intent}:Purchase"
+
+
+@pytest.mark.parametrize("hook", ["shop-test", "stripe-test"])
+def test_test_orders_go_to_metas_test_events_when_a_test_event_code_is_set(
+    client: httpx.Client, emulator: RunningEmulator, hook: str
+) -> None:
+    if hook == "shop-test":
+        order = shopify_order(test=True)
+        answer = post(client, hook, order, "orders/paid").json()
+        event_id = f"shopify:{order['id']}:Purchase"
+    else:
+        payment_intent = f"pi_test{unique_id()}"
+        event = stripe_event("payment_intent_succeeded.json", payment_intent, livemode=False)
+        answer = post(client, hook, event).json()
+        event_id = f"stripe:{payment_intent}:Purchase"
+    assert answer["status"] == "processed"
+    assert answer["results"][0]["status"] == "queued"
+    sent = wait_for(
+        lambda: [
+            stored
+            for stored in emulator.state.events(PIXEL_ID, test_event_code=WEBHOOK_TEST_CODE)
+            if stored["event"]["event_id"] == event_id
+        ]
+    )
+    assert [stored["test_event_code"] for stored in sent] == [WEBHOOK_TEST_CODE]
 
 
 # ---------------------------------------------------------------------------

@@ -151,6 +151,26 @@ def test_topic(preset: str, headers: dict[str, str], payload: object, topic: str
     assert PRESETS[preset].topic(headers, payload) == topic
 
 
+@pytest.mark.parametrize(
+    ("preset", "payload", "flag"),
+    [
+        ("shopify", {"test": True}, "test: true"),
+        ("shopify", {"test": False}, None),
+        ("shopify", {}, None),
+        ("shopify", {"test": "true"}, None),  # only Shopify's boolean
+        ("stripe", {"livemode": False}, "livemode: false"),
+        ("stripe", {"livemode": True}, None),
+        ("stripe", {}, None),
+        ("stripe", ["not an event"], None),
+        # WooCommerce's REST v3 order documents no test flag.
+        ("woocommerce", {"status": "processing", "test": True}, None),
+        ("mapping", {"test": True, "livemode": False}, None),
+    ],
+)
+def test_test_mode(preset: str, payload: object, flag: str | None) -> None:
+    assert PRESETS[preset].test_mode(payload) == flag
+
+
 def test_unknown_preset_names_the_known_ones() -> None:
     with pytest.raises(ValueError, match="shopify, stripe, woocommerce"):
         get_preset("magento")

@@ -88,8 +88,19 @@ def test_command(
     typer.echo(f"mapping: {compiled.source}")
     typer.echo(f"topic: {topic if topic is not None else '(none)'}")
     if not mapped:
-        typer.echo("no rule matched: nothing would be queued (a webhook answers 200 'ignored')")
+        unmapped = compiled.unmapped(payload, topic=topic)
+        typer.echo(
+            f"no rule matched ({unmapped.reason}): nothing would be queued "
+            "(a webhook answers 200 'ignored')"
+        )
+        typer.echo(f"  {unmapped.message}")
         return
+    test_flag = preset.test_mode(payload) if preset is not None else None
+    if preset is not None and test_flag is not None:
+        typer.echo(
+            f"note: the payload says {test_flag}: a {preset.name} webhook sends it only under a "
+            "test_event_code, and answers it 'ignored' (test_mode) when none is configured"
+        )
     pixel = PixelSettings(default_country=default_country)
     rejected = 0
     for number, item in enumerate(mapped, start=1):

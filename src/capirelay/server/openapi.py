@@ -262,6 +262,28 @@ _WEBHOOK_RESPONSE: dict[str, Any] = {
         "webhook": {"type": "string"},
         "topic": {"type": ["string", "null"]},
         "status": {"type": "string", "enum": ["processed", "ignored", "ping"]},
+        "reason": {
+            "type": "string",
+            "enum": ["no_rule_for_topic", "condition_false", "test_mode"],
+            "description": "ignored only: no rule of the mapping is for the topic; the "
+            "rules for it have a when condition that is false for this payload; or the "
+            "vendor marks the payload a test (Shopify test: true, Stripe livemode: false) "
+            "and no test_event_code is configured",
+        },
+        "message": {"type": "string", "description": "ignored only: why, in a sentence"},
+        "rules": {
+            "type": "array",
+            "description": "ignored only: the rules whose condition did not hold (for "
+            "test_mode: the rules that would have sent an event, when null)",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "rule": {"type": "string"},
+                    "when": {"type": ["string", "null"]},
+                    "event_id": {"type": ["string", "null"]},
+                },
+            },
+        },
         "results": {
             "type": "array",
             "items": {

@@ -11,8 +11,14 @@ it safe:
 1. the raw body is read under the size limit and the vendor's signature is
    checked on those exact bytes, in constant time, before anything is parsed:
    a bad or missing signature is a 401 and nothing is queued;
-2. the payload is parsed, its topic found, and the mapping applied; a topic no
-   rule maps (a refund, an unpaid order) is answered 200 ``"ignored"``;
+2. the payload is parsed, its topic found, and the mapping applied; a payload
+   that maps to no event is answered 200 ``"ignored"`` with the ``reason``
+   (``no_rule_for_topic``: a refund; ``condition_false``: an unpaid order on
+   ``orders/paid``, naming the rule and its ``when``) and logged at INFO with
+   the order's event id, never a person's data; so is a vendor's test order
+   (Shopify ``test: true``, Stripe ``livemode: false``) when no
+   ``test_event_code`` is configured to send it under (``test_mode``): Meta
+   does not drop test events, it counts them;
 3. each mapped event goes through :func:`capirelay.ingest.prepare_event`
    (normalize, hash, validate) and the survivors are committed to the outbox
    in one call.  Their ids are derived from the vendor's order id, so a
@@ -31,7 +37,9 @@ FIELD`` instead of failing on the first order.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -48,9 +56,9 @@ from capirelay.server._commit import (
 )
 from capirelay.server.beacon_guard import limit_webhook
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
-from capirelay.sources.mapping import MappedEvent
+from capirelay.sources.mapping import MappedEvent, SkippedRule, Unmapped
 from capirelay.sources.webhooks import SignatureError
-from capirelay.sources.webhooks._base import identifier_hint
+from capirelay.sources.webhooks._base import identifier_hint, webhook_advice
 from capirelay.sources.webhooks.configured import ConfiguredWebhook, load_webhooks
 
 __all__ = ["ConfiguredWebhook", "load_webhooks", "post_webhook"]  # the first two: re-exported
@@ -78,12 +86,14 @@ async def post_webhook(request: Request) -> Response:
     now = time.time()
     mapped = webhook.mapping.apply(payload, now=now, topic=topic)
     if not mapped:
-        metrics.webhooks.labels(webhook.name, "ignored").inc()
-        return JSONResponse(
-            {"webhook": webhook.name, "topic": topic, "status": "ignored", "results": []}
-        )
+        unmapped = webhook.mapping.unmapped(payload, topic=topic)
+        return _ignored(webhook, topic, payload, unmapped, metrics)
     pixel = settings.pixels[webhook.settings.pixel_id]
-    prepared = [_prepare(item, webhook, pixel, settings, now) for item in mapped]
+    test_event_code = webhook.settings.test_event_code or pixel.test_event_code
+    test_flag = webhook.preset.test_mode(payload)
+    if test_flag is not None and test_event_code is None:
+        return _ignored(webhook, topic, payload, _test_mode(webhook, test_flag, mapped), metrics)
+    prepared = [_prepare(item, webhook, pixel, settings, now, test_event_code) for item in mapped]
     statuses = await commit_events(
         request.app.state, webhook.settings.pixel_id, prepared, now=now, source=webhook.source
     )
@@ -105,11 +115,76 @@ async def post_webhook(request: Request) -> Response:
     )
 
 
+def _ignored(
+    webhook: ConfiguredWebhook,
+    topic: str | None,
+    payload: Any,
+    unmapped: Unmapped,
+    metrics: Metrics,
+) -> Response:
+    """200 ``"ignored"`` (the vendor must not retry), saying why; one INFO line."""
+    metrics.webhooks.labels(webhook.name, "ignored").inc()
+    ids = unmapped.event_ids or [_payload_id(payload)]
+    log.info(
+        "webhook %s: %s %s ignored (%s): %s",
+        webhook.name,
+        topic or "(no topic)",
+        ", ".join(i for i in ids if i) or "(no id)",
+        unmapped.reason,
+        unmapped.message,
+    )
+    return JSONResponse(
+        {
+            "webhook": webhook.name,
+            "topic": topic,
+            "status": "ignored",
+            "reason": unmapped.reason,
+            "message": unmapped.message,
+            "rules": [rule.to_dict() for rule in unmapped.rules],
+            "results": [],
+        }
+    )
+
+
+def _test_mode(webhook: ConfiguredWebhook, flag: str, mapped: list[MappedEvent]) -> Unmapped:
+    """A vendor's test order with no test_event_code to send it under: not sent at all, since
+    Meta counts an event without one as a real conversion (it does not drop test events)."""
+    rules = tuple(
+        SkippedRule(item.rule, None, _event_id(item.event.get("event_id"))) for item in mapped
+    )
+    return Unmapped(
+        "test_mode",
+        f"the payload says {flag}: a {webhook.preset.name} test, not a real sale, so it was not "
+        "sent to Meta, which would count it as a live conversion; to see test orders in Events "
+        f"Manager → Test events, set test_event_code in [webhooks.{webhook.name}] or "
+        f"[pixels.{webhook.settings.pixel_id}]",
+        rules,
+    )
+
+
+def _event_id(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+# Vendors' own ids (Shopify's numeric ids, Stripe's evt_..., WooCommerce's post ids); an
+# id shaped otherwise (an e-mail as a CRM's id) is not logged.
+_LOGGABLE_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _payload_id(payload: Any) -> str:
+    found = payload.get("id") if isinstance(payload, dict) else None
+    if isinstance(found, bool) or not isinstance(found, int | str):
+        return ""
+    text = str(found)
+    return text if _LOGGABLE_ID.fullmatch(text) else ""
+
+
 def _with_hint(
     webhook: ConfiguredWebhook, topic: str | None, problems: list[Problem]
 ) -> list[Problem]:
     hint = identifier_hint(webhook.preset, topic, problems)
-    return problems if hint is None else [*problems, hint]
+    advised = webhook_advice(problems)
+    return advised if hint is None else [*advised, hint]
 
 
 def _verify(webhook: ConfiguredWebhook, body: bytes, request: Request, metrics: Metrics) -> None:
@@ -147,13 +222,14 @@ def _prepare(
     pixel: PixelSettings,
     settings: Settings,
     now: float,
+    test_event_code: str | None,
 ) -> PreparedEvent:
     return prepare_event(
         item.event,
         pixel_id=webhook.settings.pixel_id,
         pixel=pixel,
         now=now,
-        test_event_code=webhook.settings.test_event_code or pixel.test_event_code,
+        test_event_code=test_event_code,
         source=webhook.source,
         max_future_skew=settings.max_future_skew,
         order_by_event_id=webhook.preset.name in ORDER_PRESETS,

@@ -13,6 +13,7 @@ the evaluated code as ``currency``.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -158,6 +159,41 @@ def _iso8601_to_unix(value: Any, argument: str | None, currency: str | None) -> 
     return int(moment.timestamp())
 
 
+# An order Shopify recorded more than this after its processed_at was backdated: imported
+# from another platform (processed_at set to the original date, as Shopify documents for
+# imports) or a point-of-sale sale synced later.  It happened at processed_at.
+SHOPIFY_BACKDATED_SECONDS = 300
+
+
+def _shopify_paid_at(value: Any, argument: str | None, currency: str | None) -> Any:
+    """When a Shopify order of an ``orders/paid`` notification was paid, in Unix seconds.
+
+    Reads the order object (``path = "@"``).  ``processed_at`` and ``created_at`` are when
+    the order was placed; Shopify's order payload has no payment time of its own, but
+    ``updated_at`` is set when the payment marks the order paid, the change that triggers
+    ``orders/paid``.  So an order paid days after it was placed (bank transfer, cash on
+    delivery, payment terms) is dated at payment, and one paid at checkout at checkout
+    (the latest of the three).  A backdated order (``processed_at`` well before
+    ``created_at``: an import of past orders) keeps its ``processed_at``, so history is
+    not sent as today's purchases.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TransformError(
+            f"'shopify_paid_at' needs the order object (path = \"@\"), got {_type_name(value)}"
+        )
+    processed, created, updated = (
+        _iso8601_to_unix(value.get(key) or None, None, None)
+        for key in ("processed_at", "created_at", "updated_at")
+    )
+    recorded_later = created - processed if created is not None and processed is not None else 0
+    if recorded_later > SHOPIFY_BACKDATED_SECONDS:
+        return processed
+    known = [moment for moment in (processed, created, updated) if moment is not None]
+    return max(known) if known else None
+
+
 def _first(value: Any, argument: str | None, currency: str | None) -> Any:
     if isinstance(value, list):
         return value[0] if value else None
@@ -198,12 +234,15 @@ TRANSFORMS: dict[str, Transform] = {
     "lower": _string_op("lower", str.lower),
     "upper": _string_op("upper", str.upper),
     "strip": _string_op("strip", str.strip),
+    # WooCommerce's REST API gives item names HTML-encoded ("Ship Your Idea &ndash; Color: Black").
+    "html_unescape": _string_op("html_unescape", html.unescape),
     "first": _first,
     "join": _join,
     "default": _default,
     "cents_to_units": _cents_to_units,
     "minor_to_units": _minor_to_units,
     "iso8601_to_unix": _iso8601_to_unix,
+    "shopify_paid_at": _shopify_paid_at,
     "url_origin": _url_origin,
 }
 

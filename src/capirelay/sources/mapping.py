@@ -60,13 +60,15 @@ Field specs (values in ``map`` and ``contents``)
     string with ``{}`` where the value goes, applied last) and ``currency``
     (an expression giving the ISO 4217 code, for ``minor_to_units``).
 Transforms
-    ``str``, ``int``, ``float``, ``lower``, ``upper``, ``strip``, ``first``
-    (a list's first item), ``join`` / ``join:SEP`` (a list to one string,
-    ``,`` by default), ``default:VALUE`` (a string default), ``cents_to_units``
-    (÷ 100), ``minor_to_units`` (÷ 10^exponent of ``currency``: JPY 0, KWD 3,
-    most 2) and ``iso8601_to_unix`` (a date-time, UTC when it has no offset,
-    to Unix seconds; an integer passes through).  String transforms apply to
-    each item of a list.
+    ``str``, ``int``, ``float``, ``lower``, ``upper``, ``strip``,
+    ``html_unescape`` (HTML entities such as ``&ndash;`` to characters, as
+    WooCommerce's item names need), ``first`` (a list's first item), ``join`` /
+    ``join:SEP`` (a list to one string, ``,`` by default), ``default:VALUE``
+    (a string default), ``cents_to_units`` (÷ 100), ``minor_to_units`` (÷
+    10^exponent of ``currency``: JPY 0, KWD 3, most 2), ``iso8601_to_unix``
+    (a date-time, UTC when it has no offset, to Unix seconds; an integer passes
+    through) and ``shopify_paid_at`` (a Shopify order object, ``path = "@"``, to
+    the Unix time it was paid).  String transforms apply to each item of a list.
 Semantics
     Every rule whose ``topic`` lists the payload's topic (rules without a
     ``topic`` match any) and whose ``when`` is truthy (JMESPath truthiness:
@@ -108,6 +110,8 @@ __all__ = [
     "MappedEvent",
     "MappingIssue",
     "MappingLoadError",
+    "SkippedRule",
+    "Unmapped",
     "load_mapping",
     "parse_mapping",
     "redacted_summary",
@@ -207,6 +211,41 @@ class MappedEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class SkippedRule:
+    """A rule for the payload's topic whose ``when`` did not hold, so it emitted nothing.
+
+    ``event_id`` is the id the rule would have given the event (it names the vendor's order,
+    never a person); ``failed`` says the condition could not be evaluated on this payload
+    (a field it tests is missing or of another type).
+    """
+
+    rule: str
+    condition: str | None
+    event_id: str | None
+    failed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "when": self.condition, "event_id": self.event_id}
+
+
+@dataclass(frozen=True, slots=True)
+class Unmapped:
+    """Why a payload made no event to send: ``reason`` is ``no_rule_for_topic`` (no rule is
+    for its topic) or ``condition_false`` (rules are, and each one's ``when`` did not hold,
+    listed in ``rules``); a webhook adds ``test_mode`` (the vendor marks the payload a test
+    and no test_event_code is set; ``rules`` without a condition).  ``message`` says so in a
+    sentence that quotes no payload value."""
+
+    reason: str
+    message: str
+    rules: tuple[SkippedRule, ...] = ()
+
+    @property
+    def event_ids(self) -> list[str]:
+        return [rule.event_id for rule in self.rules if rule.event_id]
+
+
+@dataclass(frozen=True, slots=True)
 class EventRule:
     label: str
     topics: frozenset[str] | None
@@ -216,15 +255,32 @@ class EventRule:
     contents: ContentsSpec | None
 
     def matches(self, payload: Any, topic: str | None) -> bool:
-        if self.topics is not None and topic not in self.topics:
-            return False
+        return self.for_topic(topic) and self.condition_holds(payload) is True
+
+    def for_topic(self, topic: str | None) -> bool:
+        return self.topics is None or topic in self.topics
+
+    def condition_holds(self, payload: Any) -> bool | None:
+        """Whether ``when`` holds for ``payload`` (no ``when`` always does); ``None`` when it
+        cannot be evaluated on it, which counts as not holding."""
         if self.when is None:
             return True
         try:
             return _truthy(self.when.search(payload))
         except JMESPathError:
             # A type error in a condition means the payload lacks what it tests.
-            return False
+            return None
+
+    def event_id(self, payload: Any) -> str | None:
+        """The ``event_id`` this rule gives ``payload``, when it gives one."""
+        for target, value in self.constants:
+            if target == ("event_id",) and isinstance(value, str | int):
+                return str(value)
+        for spec in self.fields:
+            if spec.target == ("event_id",):
+                found = spec.evaluate(payload, [], "event_id")
+                return str(found) if isinstance(found, str | int) and found != "" else None
+        return None
 
     def build(self, payload: Any, now: float) -> MappedEvent:
         event: dict[str, Any] = {}
@@ -286,6 +342,41 @@ class EventMapping:
     def apply(self, payload: Any, *, now: float, topic: str | None = None) -> list[MappedEvent]:
         """The events ``payload`` maps to (none when no rule matches), in rule order."""
         return [rule.build(payload, now) for rule in self.rules if rule.matches(payload, topic)]
+
+    def unmapped(self, payload: Any, *, topic: str | None = None) -> Unmapped:
+        """Why :meth:`apply` gave no event for ``payload``: no rule for ``topic``, or the
+        rules for it and the conditions that did not hold."""
+        skipped = tuple(
+            SkippedRule(
+                rule.label,
+                rule.when.expression if rule.when is not None else "",
+                rule.event_id(payload),
+                failed=holds is None,
+            )
+            for rule in self.rules
+            if rule.for_topic(topic) and (holds := rule.condition_holds(payload)) is not True
+        )
+        if not skipped:
+            return Unmapped("no_rule_for_topic", self._no_rule_message(topic))
+        conditions = "; ".join(
+            f"rule {rule.rule!r} only when {rule.condition}"
+            + (" (which cannot be evaluated on this payload)" if rule.failed else "")
+            for rule in skipped
+        )
+        on_topic = f"topic {topic!r}" if topic is not None else "this payload"
+        return Unmapped(
+            "condition_false",
+            f"the mapping has a rule for {on_topic}, but its condition is false for this "
+            f"payload, so no event was made: {conditions}",
+            skipped,
+        )
+
+    def _no_rule_message(self, topic: str | None) -> str:
+        named = sorted({t for rule in self.rules if rule.topics for t in rule.topics})
+        rules_for = f" (its rules are for: {', '.join(named)})" if named else ""
+        if topic is None:
+            return f"the payload has no topic and every rule of the mapping is for one{rules_for}"
+        return f"no rule of the mapping is for topic {topic!r}{rules_for}"
 
 
 def _truthy(value: Any) -> bool:

@@ -1,10 +1,12 @@
 """What every webhook preset is made of, and the HMAC checks they share.
 
-A preset is data plus three small functions: ``verify`` (the vendor's
+A preset is data plus four small functions: ``verify`` (the vendor's
 signature scheme, on the raw bytes, before anything is parsed), ``topic``
-(which kind of notification this is) and ``is_ping`` (a setup handshake to
-answer 200 without queueing anything).  Its default mapping is a TOML file
-beside its module, loaded once.
+(which kind of notification this is), ``is_ping`` (a setup handshake to
+answer 200 without queueing anything) and ``test_mode`` (the field that
+marks a test order or payment, which must not reach Meta as a live
+conversion: Meta counts events without a ``test_event_code`` as real).
+Its default mapping is a TOML file beside its module, loaded once.
 
 Comparisons go through :func:`hmac.compare_digest` so the time taken does not
 reveal how much of a forged signature was right.  :class:`SignatureError`
@@ -34,6 +36,7 @@ __all__ = [
     "hmac_sha256",
     "identifier_hint",
     "verify_base64_hmac",
+    "webhook_advice",
 ]
 
 # Headers arrive as a case-insensitive mapping (Starlette's Headers) or a dict
@@ -59,6 +62,10 @@ def _never_a_ping(body: bytes, headers: Headers) -> bool:
     return False
 
 
+def _never_a_test(payload: Any) -> str | None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookPreset:
     """One webhook source: its signature scheme, topic, handshake and default mapping."""
@@ -68,6 +75,9 @@ class WebhookPreset:
     topic: Callable[[Headers, Any], str | None]
     mapping_path: Path | None
     is_ping: Callable[[bytes, Headers], bool] = field(default=_never_a_ping)
+    # The vendor's own test-mode flag as it appears in the payload ("test: true"), or None
+    # for a live order: such a payload is sent only with a test_event_code.
+    test_mode: Callable[[Any], str | None] = field(default=_never_a_test)
     # Topic -> where that topic's payload carries the buyer's identifiers, shown when an
     # event of it is rejected for missing user data (capirelay mapping test, webhook answers).
     identifier_hints: Mapping[str, str] = field(default_factory=dict)
@@ -115,3 +125,28 @@ def identifier_hint(
     if hint is None or not missing:
         return None
     return warning("identifier_hint", "user_data", f"{preset.name} {topic}: {hint}")
+
+
+_TOO_OLD_FOR_A_WEBHOOK = (
+    "; Meta refuses it, and a webhook cannot be sent sooner. If the order was paid (or the "
+    "event happened) just now, the mapping dates it from an older field of the payload: map "
+    "event_time to the time it happened, in a copy of the preset's mapping.toml named by "
+    'mapping = "..." in the webhook\'s config. If the order itself is old (imported with '
+    "its original date, resent from the vendor's dashboard, or retried after a long outage), "
+    "it is past Meta's window and cannot be sent; it is answered 200 so the vendor stops "
+    "retrying"
+)
+
+
+def webhook_advice(problems: Sequence[Problem]) -> list[Problem]:
+    """``problems`` with the advice a webhook's operator can follow in place of the generic one.
+
+    Validation's ``event_too_old`` says "drop the event or send it sooner", which a webhook
+    cannot do: the vendor decides when it notifies.
+    """
+    return [
+        Problem(p.code, p.field, p.severity, p.message.partition(";")[0] + _TOO_OLD_FOR_A_WEBHOOK)
+        if p.code == "event_too_old"
+        else p
+        for p in problems
+    ]

@@ -5,8 +5,10 @@ HMAC-SHA256 of the raw body, keyed with the app's client secret (or the
 secret shown under Settings → Notifications → Webhooks for a store-created
 webhook).  The topic is ``X-Shopify-Topic``.  Any other topic (refunds,
 ``orders/create`` of an unpaid order, ...) matches no rule and is answered
-200 "ignored", so Shopify does not retry it.  The default mapping is
-``mapping.toml`` beside this file; event ids are
+200 "ignored" (``no_rule_for_topic``), so Shopify does not retry it; an
+``orders/paid`` order that is not ``paid`` (Shopify's "Send test
+notification" sample is ``voided``) is "ignored" too, as ``condition_false``.
+The default mapping is ``mapping.toml`` beside this file; event ids are
 ``shopify:{order id}:Purchase`` and ``shopify:{checkout id}:InitiateCheckout``.
 """
 
@@ -22,7 +24,7 @@ from capirelay.sources.webhooks._base import (
     verify_base64_hmac,
 )
 
-__all__ = ["PRESET", "SIGNATURE_HEADER", "TOPIC_HEADER", "topic", "verify"]
+__all__ = ["PRESET", "SIGNATURE_HEADER", "TOPIC_HEADER", "test_mode", "topic", "verify"]
 
 SIGNATURE_HEADER = "x-shopify-hmac-sha256"
 TOPIC_HEADER = "x-shopify-topic"
@@ -39,9 +41,16 @@ def topic(headers: Headers, payload: Any) -> str | None:
     return header(headers, TOPIC_HEADER)
 
 
+def test_mode(payload: Any) -> str | None:
+    """``"test: true"`` for a test order (a test payment gateway, Bogus Gateway, or
+    Shopify's sample notification); ``None`` for a real one."""
+    return "test: true" if isinstance(payload, dict) and payload.get("test") is True else None
+
+
 PRESET = WebhookPreset(
     name="shopify",
     verify=verify,
     topic=topic,
     mapping_path=Path(__file__).with_name("mapping.toml"),
+    test_mode=test_mode,
 )

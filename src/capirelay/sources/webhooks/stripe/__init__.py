@@ -28,7 +28,15 @@ from capirelay.sources.webhooks._base import (
     hmac_sha256,
 )
 
-__all__ = ["IDENTIFIER_HINTS", "PRESET", "SIGNATURE_HEADER", "sign", "topic", "verify"]
+__all__ = [
+    "IDENTIFIER_HINTS",
+    "PRESET",
+    "SIGNATURE_HEADER",
+    "sign",
+    "test_mode",
+    "topic",
+    "verify",
+]
 
 SIGNATURE_HEADER = "stripe-signature"
 
@@ -84,6 +92,16 @@ def topic(headers: Headers, payload: Any) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
+def test_mode(payload: Any) -> str | None:
+    """``"livemode: false"`` for an event of Stripe's test mode (test keys, ``stripe
+    trigger``, the dashboard's test data); ``None`` for a live one."""
+    return (
+        "livemode: false"
+        if isinstance(payload, dict) and payload.get("livemode") is False
+        else None
+    )
+
+
 IDENTIFIER_HINTS = {
     "payment_intent.succeeded": (
         "a guest PaymentIntent carries no customer: put email/phone (metadata keys email, "
@@ -102,4 +120,5 @@ PRESET = WebhookPreset(
     topic=topic,
     mapping_path=Path(__file__).with_name("mapping.toml"),
     identifier_hints=IDENTIFIER_HINTS,
+    test_mode=test_mode,
 )
