@@ -20,6 +20,7 @@ from capirelay.config import ConfigError, Secret, Settings, WebhookSettings
 from capirelay.delivery.engine import DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.metrics import Metrics
+from capirelay.ops.trace import status_of, story
 from capirelay.outbox import SQLiteOutbox, open_outbox
 from capirelay.outbox.receipts import TraceRecord
 from capirelay.server import create_app
@@ -266,6 +267,24 @@ def test_an_imported_shopify_order_keeps_its_date_and_the_answer_says_what_a_web
     assert "a webhook cannot be sent sooner" in too_old["message"]
     assert "map event_time" in too_old["message"]
     assert "imported with its original date" in too_old["message"]
+
+
+def test_a_rejected_webhook_event_leaves_a_receipt_and_a_log_line(
+    client: httpx.Client, storage_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Shopify got a 200 and will not retry: before, nothing but a counter knew of the order
+    # (trace said "never received").
+    order = shopify_order(created_at=iso_now(), processed_at=iso_days_ago(10), updated_at=iso_now())
+    with caplog.at_level(logging.WARNING, logger="capirelay.webhooks"):
+        [result] = post(client, "shop", order, "orders/paid").json()["results"]
+    assert result["status"] == "rejected"
+    event_id = result["event_id"]
+    [line] = [r.getMessage() for r in caplog.records if event_id in r.getMessage()]
+    assert "event_too_old" in line and "@" not in line  # the code, never the buyer's email
+    record = stored_trace(storage_url, event_id)
+    assert status_of(record) == "dropped"
+    [step] = [s for s in story(record) if s.what == "rejected"]
+    assert "event_too_old" in step.detail and "will not send it again" in step.detail
 
 
 def test_a_signed_order_whose_id_holds_nul_is_answered_200_with_a_rejected_result(

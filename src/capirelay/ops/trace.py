@@ -178,6 +178,19 @@ def _receipt_steps(r: Receipt, told: _Told) -> list[Step]:
                 n,
             )
         )
+    elif r.reason and r.reason.startswith("rejected"):
+        # A webhook's event that failed validation after its vendor was answered 200.
+        steps.append(
+            Step(
+                r.received_at,
+                "rejected",
+                f"{r.reason.replace('rejected', 'rejected at ingest', 1)}; "
+                f"{r.source} was answered 200 and will not send it again: fix the cause "
+                "(the mapping or the shop's data), then resend the order",
+                p,
+                n,
+            )
+        )
     else:
         steps.append(
             Step(r.received_at, "dropped", f"dropped at ingest by policy: {r.reason}", p, n)

@@ -50,14 +50,23 @@ async def record_duplicates(
 
 
 async def record_dropped(
-    outbox: Outbox, *, pixel_id: str, event_name: str, event_id: str, reason: str, now: float
+    outbox: Outbox,
+    *,
+    pixel_id: str,
+    event_name: str,
+    event_id: str,
+    reason: str,
+    now: float,
+    source: str = "collect",
 ) -> None:
-    """The receipt of a beacon the consent or bot policy kept from Meta (no identifiers)."""
+    """The receipt of an event kept from Meta at ingest (no identifiers): a beacon the
+    consent or bot policy dropped, or a webhook's event rejected after the vendor was
+    answered 200 (it will not retry, so the receipt is what is left to trace)."""
     receipt = dropped_receipt(
         pixel_id=pixel_id,
         event_name=event_name,
         event_id=event_id,
-        source="collect",
+        source=source,
         reason=reason,
         now=now,
     )

@@ -46,6 +46,7 @@ from starlette.responses import Response
 
 from capirelay.config import PixelSettings, Settings
 from capirelay.ingest import PreparedEvent, prepare_event
+from capirelay.limits import MAX_EVENT_NAME
 from capirelay.metrics import Metrics
 from capirelay.orders import ORDER_PRESETS
 from capirelay.problems import Problem
@@ -54,6 +55,7 @@ from capirelay.server._commit import (
     commit_events,
     problems_json,
 )
+from capirelay.server._receipts import record_dropped
 from capirelay.server.beacon_guard import limit_webhook
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
 from capirelay.sources.mapping import MappedEvent, SkippedRule, Unmapped
@@ -98,6 +100,7 @@ async def post_webhook(request: Request) -> Response:
         request.app.state, webhook.settings.pixel_id, prepared, now=now, source=webhook.source
     )
     metrics.webhooks.labels(webhook.name, "processed").inc()
+    await _tell_rejections(request, webhook, mapped, prepared, statuses, now)
     results = [
         {
             "rule": item.rule,
@@ -113,6 +116,50 @@ async def post_webhook(request: Request) -> Response:
     return JSONResponse(
         {"webhook": webhook.name, "topic": topic, "status": "processed", "results": results}
     )
+
+
+async def _tell_rejections(
+    request: Request,
+    webhook: ConfiguredWebhook,
+    mapped: list[MappedEvent],
+    prepared: list[PreparedEvent],
+    statuses: list[str],
+    now: float,
+) -> None:
+    """A webhook's rejected event leaves a receipt and a log line: the vendor got a 200
+    and will not retry, and nobody reads that answer, so `trace` and the log are where
+    the order can still be found.  Problems name fields, never values."""
+    for item, ready, status in zip(mapped, prepared, statuses, strict=True):
+        if status != "rejected":
+            continue
+        errors = [p for p in ready.problems if p.is_error]
+        codes = ", ".join(dict.fromkeys(p.code for p in errors)) or "rejected"
+        first = errors[0].message if errors else ""
+        log.warning(
+            "webhook %s: event %s rejected (%s): %s",
+            webhook.name,
+            ready.event_id or "(no usable event_id)",
+            codes,
+            first,
+            extra={"webhook": webhook.name, "result": "rejected"},
+        )
+        if ready.event_id:
+            await record_dropped(
+                request.app.state.outbox,
+                pixel_id=webhook.settings.pixel_id,
+                event_name=_event_name(item.event.get("event_name")),
+                event_id=ready.event_id,
+                reason=f"rejected ({codes}): {first}"[:500],
+                now=now,
+                source=webhook.source,
+            )
+
+
+def _event_name(value: Any) -> str:
+    """The mapped event name for a receipt, where it is one a receipt can keep."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_EVENT_NAME and value.isprintable():
+        return value
+    return ""
 
 
 def _ignored(
