@@ -218,8 +218,20 @@ def test_rejections_name_the_field(overrides: dict[str, Any], code: str, field: 
 def test_pydantic_message_names_path_and_never_echoes_input() -> None:
     prepared = prepare(event(custom_data={"value": "SECRET-VALUE", "currency": "EUR"}))
     [problem] = [p for p in prepared.problems if p.field == "custom_data.value"]
-    assert problem.message.startswith("custom_data.value: Input should be a valid")
+    # One sentence with the fix, not pydantic's "valid integer ... or valid number".
+    assert problem.message.startswith("custom_data.value: must be a number such as 12.50")
+    assert "integer" not in problem.message
     assert "SECRET-VALUE" not in problem.message
+
+
+def test_a_decimal_comma_in_value_is_told_how_to_write_the_number() -> None:
+    prepared = prepare(event(custom_data={"value": "12,50", "currency": "EUR"}))
+    [problem] = [p for p in prepared.problems if p.field == "custom_data.value"]
+    assert "a dot before the decimals" in problem.message
+    # An integer-only field keeps pydantic's own sentence (no decimals to speak of).
+    prepared = prepare(event(custom_data={"value": 1.0, "currency": "EUR", "num_items": "x"}))
+    [problem] = [p for p in prepared.problems if p.field == "custom_data.num_items"]
+    assert "12.50" not in problem.message
 
 
 def test_not_an_object_is_rejected() -> None:

@@ -418,6 +418,12 @@ ROWS: list[tuple[str, dict[str, Any], list[str]]] = [
         ["missing_browser_ids"],
     ),
     ("website with fbp only", {"user_data.fbc": DELETE}, []),
+    # A custom name that looks like a standard event: counted as custom by Meta.
+    ("lowercase purchase", {"event_name": "purchase"}, ["custom_event_like_standard"]),
+    ("a typo of Purchase", {"event_name": "Purchse"}, ["custom_event_like_standard"]),
+    ("snake_case add to cart", {"event_name": "add_to_cart"}, ["custom_event_like_standard"]),
+    ("a custom event of its own", {"event_name": "QuoteRequested"}, []),
+    ("a short custom name near Lead", {"event_name": "Leed"}, []),
 ]
 
 
@@ -441,10 +447,10 @@ def test_rule_codes_are_unique_and_each_problem_carries_its_rule_code() -> None:
             assert problem.code in rule_codes
 
 
-WARNING_CODES = {"missing_event_id", "missing_browser_ids"}
+WARNING_CODES = {"missing_event_id", "missing_browser_ids", "custom_event_like_standard"}
 
 
-def test_only_dedup_and_browser_id_gaps_are_warnings() -> None:
+def test_only_dedup_browser_id_and_event_name_advice_are_warnings() -> None:
     for _, changes, _ in ROWS:
         for problem in validate_event(tweaked(changes), now=NOW):
             expected = Severity.WARNING if problem.code in WARNING_CODES else Severity.ERROR
@@ -579,7 +585,12 @@ def test_browser_ids_output_passes_the_grammar_rules() -> None:
 
 def test_rules_say_who_enforces_them() -> None:
     policy = {rule.code for rule in RULES if rule.enforced_by == "capirelay"}
-    assert policy == {"unhashed_external_id", "missing_event_id", "missing_browser_ids"}
+    assert policy == {
+        "unhashed_external_id",
+        "missing_event_id",
+        "missing_browser_ids",
+        "custom_event_like_standard",
+    }
     assert {rule.enforced_by for rule in RULES} == {"meta", "capirelay"}
 
 

@@ -260,12 +260,20 @@ def _problems_from_validation(exc: ValidationError) -> list[Problem]:
     """
     messages: dict[str, list[str]] = {}
     codes: dict[str, str] = {}
+    numeric: dict[str, bool] = {}
+    decimal: set[str] = set()
     for err in exc.errors(include_url=False, include_input=False, include_context=False):
         path = ".".join(str(part) for part in err["loc"] if not _is_union_tag(part))
         codes.setdefault(path, _PYDANTIC_CODES.get(err["type"], "invalid_field"))
+        numeric[path] = numeric.get(path, True) and err["type"] in _NUMBER_ERRORS
+        if err["type"].startswith("float"):
+            decimal.add(path)
         hint = _fix_hint(err["type"], err["msg"])
         if hint not in messages.setdefault(path, []):
             messages[path].append(hint)
+    for path, only_numbers in numeric.items():
+        if only_numbers and path in decimal:  # "valid integer ... or valid number": one fix
+            messages[path] = [_NUMBER_HINT]
     return [
         error(codes[path], path, f"{path or 'event'}: {' or '.join(hints)}")
         for path, hints in messages.items()
@@ -274,6 +282,16 @@ def _problems_from_validation(exc: ValidationError) -> list[Problem]:
 
 def _is_union_tag(part: str | int) -> bool:
     return isinstance(part, str) and _UNION_TAG.fullmatch(part) is not None
+
+
+# A number field (int | float) refused text it could not read ("12,50", "$12.50").
+_NUMBER_ERRORS = frozenset(
+    {"int_parsing", "int_type", "int_from_float", "float_parsing", "float_type", "finite_number"}
+)
+_NUMBER_HINT = (
+    "must be a number such as 12.50 (a dot before the decimals; no currency sign, space or "
+    "thousands separator)"
+)
 
 
 def _fix_hint(error_type: str, message: str) -> str:

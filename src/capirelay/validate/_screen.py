@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from capirelay.browser_ids import FBC_RE, FBP_RE
+from capirelay.meta_facts import STANDARD_EVENTS
 from capirelay.validate._context import (
     _BASELINE_KEYS,
     _EXACT_FIELD_TYPE,
@@ -42,6 +43,7 @@ from capirelay.validate.checks import (
     _check_contents,
     _check_currency,
     _check_event_id,
+    _check_event_name_spelling,
     _check_event_time_type,
     _check_external_id_hashed,
     _check_fbc,
@@ -58,6 +60,7 @@ from capirelay.validate.checks import (
     _check_value,
     _check_website,
     _is_ip_address,
+    near_standard_event,
 )
 
 __all__ = ["SCREENED", "clean"]
@@ -88,6 +91,7 @@ SCREENED: Final = frozenset(
         _check_fbp,
         _check_client_ip,
         _check_event_id,
+        _check_event_name_spelling,
         _check_browser_ids,
     }
 )
@@ -181,8 +185,10 @@ def clean(event: Mapping[str, Any], now: float, max_future_skew: int) -> bool:
     address = user_data.get("client_ip_address")
     if address is not None and not (isinstance(address, str) and _is_ip_address(address)):
         return False
-    # Warnings (missing_event_id, missing_browser_ids).
+    # Warnings (missing_event_id, custom_event_like_standard, missing_browser_ids).
     if not _is_filled(event.get("event_id")):
+        return False
+    if event_name not in STANDARD_EVENTS and near_standard_event(event_name) is not None:
         return False
     return not website or _is_filled(user_data.get("fbp")) or _is_filled(user_data.get("fbc"))
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from capirelay.browser_ids import APPENDIX_RE, FBC_RE, FBP_RE
-from capirelay.meta_facts import DAY
+from capirelay.meta_facts import DAY, STANDARD_EVENTS
 from capirelay.problems import Problem, error, warning
 from capirelay.validate._context import (
     _BASELINE_KEYS,
@@ -563,6 +563,66 @@ def _check_event_id(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]
             "send the same id as the Pixel's eventID",
         )
     ]
+
+
+def _check_event_name_spelling(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:
+    name = event.get("event_name")
+    if not isinstance(name, str) or name in STANDARD_EVENTS:
+        return _NO_PROBLEMS
+    meant = near_standard_event(name)
+    if meant is None:
+        return _NO_PROBLEMS
+    return [
+        warning(
+            "custom_event_like_standard",
+            "event_name",
+            f"event_name is not a standard event but looks like {meant}: Meta counts it as a "
+            f"custom event (names are case-sensitive), so it does not optimize or report as "
+            f"{meant}; send exactly {meant!r} if that is what it is",
+        )
+    ]
+
+
+def near_standard_event(name: str) -> str | None:
+    """The standard event ``name`` was probably meant to be (another case, spaces or
+    underscores, one or two letters off), or ``None``."""
+    if len(name) > _LONGEST_STANDARD + 2:
+        return None
+    folded = _fold_name(name)
+    meant = _FOLDED_STANDARD.get(folded)
+    if meant is not None:
+        return meant
+    if len(folded) < 5:  # "Lead" and "Donate" are short: a near miss there is a new word
+        return None
+    for standard_folded, standard in _FOLDED_STANDARD.items():
+        if _within_two_edits(folded, standard_folded):
+            return standard
+    return None
+
+
+def _fold_name(name: str) -> str:
+    return name.replace("_", "").replace(" ", "").replace("-", "").lower()
+
+
+def _within_two_edits(a: str, b: str) -> bool:
+    """Levenshtein distance of ``a`` and ``b`` at most 2 (a banded dynamic program)."""
+    if abs(len(a) - len(b)) > 2:
+        return False
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
+            )
+        if min(current) > 2:
+            return False
+        previous = current
+    return previous[-1] <= 2
+
+
+_FOLDED_STANDARD: Final = {_fold_name(name): name for name in sorted(STANDARD_EVENTS)}
+_LONGEST_STANDARD: Final = max(len(name) for name in STANDARD_EVENTS)
 
 
 def _check_browser_ids(event: Mapping[str, Any], ctx: Context) -> Iterable[Problem]:

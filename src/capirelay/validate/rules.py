@@ -23,6 +23,7 @@ from capirelay.validate.checks import (
     _check_contents,
     _check_currency,
     _check_event_id,
+    _check_event_name_spelling,
     _check_event_time_type,
     _check_external_id_hashed,
     _check_fbc,
@@ -128,6 +129,12 @@ RULES: tuple[Rule, ...] = (
         "missing_event_id",
         "warning: event_id enables dedup with the Pixel",
         _check_event_id,
+        POLICY,
+    ),
+    Rule(
+        "custom_event_like_standard",
+        "warning: a custom event_name that looks like a standard event (case, a typo)",
+        _check_event_name_spelling,
         POLICY,
     ),
     Rule(
