@@ -157,22 +157,31 @@ def test_a_dead_lettered_event_shows_metas_refusal(
     assert result.exit_code == 1 and "dead_lettered" in result.output
 
 
+def post_unconsented_beacon(
+    gateway_url: str, event_id: str, user_data: dict[str, Any] | None = None
+) -> httpx.Response:
+    """A browser's beacon without consent: the gateway drops it and keeps its receipt."""
+    beacon: dict[str, Any] = {
+        "pixel_id": PIXEL_ID,
+        "event_name": "PageView",
+        "event_id": event_id,
+        "consent": False,
+    }
+    if user_data is not None:
+        beacon["user_data"] = user_data
+    with httpx.Client(base_url=gateway_url) as http:
+        return http.post(
+            "/v1/collect",
+            json=beacon,
+            headers={"User-Agent": "Mozilla/5.0 (test)", "Origin": "https://shop.example"},
+        )
+
+
 def test_dropped_beacons_are_receipted_without_identifiers(
     gateway_url: str, client: httpx.Client, uid: str
 ) -> None:
     event_id = f"{uid}no-consent"
-    with httpx.Client(base_url=gateway_url) as http:
-        response = http.post(
-            "/v1/collect",
-            json={
-                "pixel_id": PIXEL_ID,
-                "event_name": "PageView",
-                "event_id": event_id,
-                "consent": False,
-                "user_data": {"email": RAW_EMAIL},
-            },
-            headers={"User-Agent": "Mozilla/5.0 (test)", "Origin": "https://shop.example"},
-        )
+    response = post_unconsented_beacon(gateway_url, event_id, {"email": RAW_EMAIL})
     assert response.json()["status"] == "dropped"
 
     body = wait_status(client, event_id, "dropped")
@@ -190,17 +199,7 @@ def test_a_dropped_beacon_with_a_hostile_id_keeps_and_echoes_nothing(
 ) -> None:
     # Dropped beacons skip prepare_event and its limits: the id was stored as sent (a 500
     # on PostgreSQL, receipts of any size on both) and echoed back.
-    with httpx.Client(base_url=gateway_url) as http:
-        response = http.post(
-            "/v1/collect",
-            json={
-                "pixel_id": PIXEL_ID,
-                "event_name": "PageView",
-                "event_id": f"{uid}{event_id}",
-                "consent": False,
-            },
-            headers={"User-Agent": "Mozilla/5.0 (test)", "Origin": "https://shop.example"},
-        )
+    response = post_unconsented_beacon(gateway_url, f"{uid}{event_id}")
     assert response.status_code == 202, (why, response.text)
     assert response.json()["status"] == "dropped" and response.json()["event_id"] == ""
     assert client.get("/readyz").status_code == 200

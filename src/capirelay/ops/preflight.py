@@ -51,42 +51,36 @@ class Finding:
 
 def test_event_code_findings(settings: Settings) -> list[Finding]:
     """One finding per configured ``test_event_code`` (a pixel's or a webhook's)."""
-    found = []
-    for pixel_id, pixel in settings.pixels.items():
-        if pixel.test_event_code:
-            found.append(
-                Finding(
-                    "test events",
-                    blocking=False,
-                    detail=(
-                        f"pixels.{pixel_id}.test_event_code is set ({pixel.test_event_code}): "
-                        f"every event for pixel {pixel_id} that carries no code of its own "
-                        "goes to Meta as a test event"
-                    ),
-                    fix=(
-                        f"once testing is done, remove test_event_code from [pixels.{pixel_id}] "
-                        f"(or unset CAPIRELAY_PIXELS__{pixel_id}__TEST_EVENT_CODE) and restart "
-                        f"the gateway; {_TEST_EVENTS_COUNT}"
-                    ),
-                )
-            )
-    for name, hook in settings.webhooks.items():
-        if hook.test_event_code:
-            found.append(
-                Finding(
-                    "test events",
-                    blocking=False,
-                    detail=(
-                        f"webhooks.{name}.test_event_code is set ({hook.test_event_code}): "
-                        f"every event from webhook {name} goes to Meta as a test event"
-                    ),
-                    fix=(
-                        f"once testing is done, remove test_event_code from [webhooks.{name}] "
-                        f"and restart the gateway; {_TEST_EVENTS_COUNT}"
-                    ),
-                )
-            )
-    return found
+    # (table, name, code, whose events, how else it may be set)
+    owners = [
+        (
+            "pixels",
+            pixel_id,
+            pixel.test_event_code,
+            f"every event for pixel {pixel_id} that carries no code of its own",
+            f" (or unset CAPIRELAY_PIXELS__{pixel_id}__TEST_EVENT_CODE)",
+        )
+        for pixel_id, pixel in settings.pixels.items()
+    ] + [
+        ("webhooks", name, hook.test_event_code, f"every event from webhook {name}", "")
+        for name, hook in settings.webhooks.items()
+    ]
+    return [
+        Finding(
+            "test events",
+            blocking=False,
+            detail=(
+                f"{table}.{name}.test_event_code is set ({code}): {whose} goes to Meta as a "
+                "test event"
+            ),
+            fix=(
+                f"once testing is done, remove test_event_code from [{table}.{name}]{also} "
+                f"and restart the gateway; {_TEST_EVENTS_COUNT}"
+            ),
+        )
+        for table, name, code, whose, also in owners
+        if code
+    ]
 
 
 def webhook_secret_findings(settings: Settings) -> list[Finding]:
