@@ -130,4 +130,39 @@ def test_mistakes_found_after_loading_point_at_their_table(tmp_path: Path) -> No
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if "WARNING" not in line]
     assert len(errors) == 1
-    assert errors[0].startswith(f"{path}:4:11: webhooks.shop: unknown webhook preset 'nosuch'")
+    # Checked with the other settings now: the preset's own line.
+    assert errors[0].startswith(f"{path}:5:1: webhooks.shop.preset: ")
+    assert "unknown webhook preset 'nosuch'" in errors[0]
+
+
+def test_mistakes_inside_and_around_tables_are_told_in_one_round(tmp_path: Path) -> None:
+    # A reviewer's first hour: six mistakes took four edit-and-run rounds, because the
+    # pixel id and the preset were checked only once everything else loaded.
+    path = tmp_path / "capirelay.toml"
+    path.write_text(
+        "[pixels.act_1234567890]\n"
+        'default_contry = "US"\n'
+        "[pixels.1234567890]\n"
+        "[webhooks.shop]\n"
+        'preset = "shopfy"\n'
+        'pixel_id = "1234567890"\n'
+        'secret = { env = "SHOP_SECRET" }\n'
+        "[webhooks.woo]\n"
+        'preset = "woocommerce"\n'
+        'pixel_id = "1234567890"\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    lines = str(raised.value).splitlines()
+    assert any("pixel id 'act_1234567890' must be the numeric id" in line for line in lines)
+    assert any("default_contry" in line and "default_country" in line for line in lines)
+    assert any("'shopfy'; did you mean 'shopify'?" in line for line in lines)
+    assert any("webhooks.woo.secret: field required" in line for line in lines)
+    assert all(line.startswith(f"{path}:") for line in lines), lines  # each at its line
+
+
+def test_the_config_knows_every_webhook_preset() -> None:
+    from capirelay.config import WEBHOOK_PRESETS
+    from capirelay.sources.webhooks import PRESETS
+
+    assert set(WEBHOOK_PRESETS) == set(PRESETS)

@@ -15,15 +15,16 @@ restart.  A literal value in the file works but is warned about.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,6 +39,18 @@ log = logging.getLogger("capirelay.config")
 DEFAULT_API_VERSION = "v26.0"
 DEFAULT_GRAPH_URL = "https://graph.facebook.com"
 _PIXEL_ID = re.compile(r"^[0-9]{1,32}$")
+
+
+# capirelay.sources.webhooks.PRESETS' names (tests/test_config.py keeps the two equal):
+# checked with the other settings, so a misspelt preset is told in the first round.
+def _pixel_id(value: str) -> str:
+    if not _PIXEL_ID.match(value):
+        raise ValueError(f"pixel id {value!r} must be the numeric id from Events Manager")
+    return value
+
+
+PixelId = Annotated[str, AfterValidator(_pixel_id)]
+WEBHOOK_PRESETS: Final = ("mapping", "shopify", "stripe", "woocommerce")
 # A Graph API version as a path segment ("v26.0"): the client adds it itself.
 _VERSION_SEGMENT = re.compile(r"^v\d+\.\d+$")
 
@@ -308,6 +321,17 @@ class WebhookSettings(BaseModel):
     _v_secret = field_validator("secret", mode="before")(_coerce_secret)
     _v_test_event_code = field_validator("test_event_code")(_test_event_code_limit)
 
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str) -> str:
+        if v not in WEBHOOK_PRESETS:
+            near = difflib.get_close_matches(v, WEBHOOK_PRESETS, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            raise ValueError(
+                f"unknown webhook preset {v!r}; {hint}known: {', '.join(WEBHOOK_PRESETS)}"
+            )
+        return v
+
 
 class RateLimit(BaseModel):
     """A token bucket: ``rate`` requests per second on average, ``burst`` at once."""
@@ -430,7 +454,9 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # Seconds a client may take, once its headers are in, to send the request's body.
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
-    pixels: dict[str, PixelSettings] = Field(default_factory=dict)
+    # The ids are checked as the dict's keys, so an id like "act_123" is reported in the same
+    # round as a mistake inside its table.
+    pixels: dict[PixelId, PixelSettings] = Field(default_factory=dict)
     ingest_keys: dict[str, IngestKey] = Field(default_factory=dict)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     webhooks: dict[str, WebhookSettings] = Field(default_factory=dict)
@@ -455,16 +481,6 @@ class Settings(BaseSettings):
         problem = graph_url_problem(v)
         if problem is not None:
             raise ValueError(problem)
-        return v
-
-    @field_validator("pixels")
-    @classmethod
-    def _pixel_ids(cls, v: dict[str, PixelSettings]) -> dict[str, PixelSettings]:
-        for pixel_id in v:
-            if not _PIXEL_ID.match(pixel_id):
-                raise ValueError(
-                    f"pixel id {pixel_id!r} must be the numeric id from Events Manager"
-                )
         return v
 
     @classmethod

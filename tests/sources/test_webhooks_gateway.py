@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from capirelay.config import ConfigError, Secret, Settings, WebhookSettings
 from capirelay.delivery.engine import DeliveryEngine
@@ -685,10 +686,14 @@ def filler_events(size: int, padding: int) -> list[dict[str, Any]]:
     ]
 
 
+def test_an_unknown_preset_is_refused_with_the_settings() -> None:
+    with pytest.raises(ValidationError, match="unknown webhook preset 'magento'"):
+        WebhookSettings(preset="magento", pixel_id=PIXEL_ID, secret="s")
+
+
 @pytest.mark.parametrize(
     ("hook", "words"),
     [
-        ({"preset": "magento"}, "unknown webhook preset 'magento'"),
         ({"pixel_id": "999"}, "pixel_id 999 is not configured"),
         ({"preset": "mapping"}, "needs mapping ="),
         ({"mapping": "broken"}, "broken.toml:2: event[0].topic"),
