@@ -107,17 +107,12 @@ def external_id(field: str, value: str) -> str:
     lowercases the id and removes every whitespace character, so the browser's and the
     server's hashes of one id meet whichever side wrote a space into it.
     """
-    text = _JS_WHITESPACE.sub("", prepare(field, value))
-    if _CONTROL.search(text):
-        # A NUL or another C0 control in an id is a sender's bug: its hash could never meet
-        # the browser's, and no Meta field carries one (docs/reliability.md's limits).
-        raise NormalizationError(
-            field, "holds a control character (U+0000-U+001F); send the id as printable text"
-        )
-    return text
+    # Control characters stay, NUL included: the builder keeps them (vector 719 of
+    # tests/fixtures/reference/external-normalization-vectors.json), so the browser's hash
+    # of such an id is the hash of them too.
+    return _JS_WHITESPACE.sub("", prepare(field, value))
 
 
-_CONTROL = re.compile(r"[\x00-\x1f]")
 # JavaScript's \s, the builder's class (Python's own whitespace also counts the
 # information separators U+001C-U+001F, which the builder keeps).
 _JS_WHITESPACE = re.compile(
