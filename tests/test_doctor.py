@@ -578,3 +578,19 @@ def test_a_token_granted_on_another_pixel_is_told_to_get_access_to_this_one(
     token = by_name(report)[f"token {PIXEL}"]
     assert token["detail"] == f"valid, but its ads_management grant does not include pixel {PIXEL}"
     assert token["fix"] == explain(100, 33)
+
+
+def test_a_webhook_for_an_unconfigured_pixel_is_told_which_pixels_exist(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPIRELAY_TEST_DOCTOR_HOOK", "s3cret")
+    hooks = (
+        '[webhooks.shop]\npreset = "shopify"\npixel_id = "123456789"\n'
+        'secret = { env = "CAPIRELAY_TEST_DOCTOR_HOOK" }\n'
+    )
+    code, report = doctor(write_config(tmp_path, emulator.url, pixel_extra=hooks))
+    assert code == 1
+    [row] = [c for c in report["checks"] if "123456789" in c["detail"]]
+    assert row["status"] == "fail"
+    assert f"set pixel_id to a configured pixel ({PIXEL})" in row["detail"]
+    assert "mapping" not in row["fix"]  # not the mapping file's advice

@@ -54,7 +54,11 @@ def load_webhooks(settings: Settings) -> dict[str, ConfiguredWebhook]:
 def _configure(name: str, hook: WebhookSettings, settings: Settings) -> ConfiguredWebhook:
     preset = get_preset(hook.preset)
     if hook.pixel_id not in settings.pixels:
-        raise ValueError(f"pixel_id {hook.pixel_id} is not configured under [pixels]")
+        known = ", ".join(sorted(settings.pixels)) or "none yet"
+        raise ValueError(
+            f"pixel_id {hook.pixel_id} is not configured under [pixels]; add a "
+            f"[pixels.{hook.pixel_id}] table, or set pixel_id to a configured pixel ({known})"
+        )
     mapping = load_mapping(hook.mapping) if hook.mapping is not None else preset.default_mapping()
     if mapping is None:
         raise ValueError(f'preset {preset.name!r} needs mapping = "path/to/mapping.toml"')
