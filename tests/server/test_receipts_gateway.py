@@ -189,6 +189,20 @@ def test_keys_read_only_their_pixels_and_requests_are_checked(
     assert missing.status_code == 422 and "pixel_id" in missing.json()["error"]["message"]
 
 
+def test_an_event_id_holding_nul_is_not_found_on_either_backend(
+    client: httpx.Client, gateway_url: str, uid: str
+) -> None:
+    # A 500 on PostgreSQL (psycopg's DataError: text cannot hold NUL), 404 on SQLite.
+    response = client.get(f"/v1/events/{uid}a%00b", params={"pixel_id": PIXEL_ID})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_event"
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=gateway_url, headers=auth) as http:
+        page = http.get("/ui/search", params={"q": f"{uid}a\x00b"})
+    assert page.status_code == 200
+    assert 'id="search-none"' in page.text
+
+
 def test_the_dashboard_search_box_finds_events_and_orders(
     client: httpx.Client, gateway_url: str, uid: str
 ) -> None:
