@@ -240,6 +240,32 @@ def test_redirects_are_relative_whatever_the_host_header(
     assert httpx.get(first + "/healthz/", headers=headers, timeout=10).status_code == 404
 
 
+def test_numbers_in_dlq_query_strings_are_ascii_digits_within_range(
+    replicas: tuple[str, str, RunningEmulator],
+) -> None:
+    # Each was a 500: a 23-digit OFFSET (OverflowError binding it for SQLite,
+    # NumericValueOutOfRange from PostgreSQL), int() of "²" (str.isdigit() takes it).  A
+    # value that is not a number within range is ignored, like any other bad filter value.
+    first, _, _ = replicas
+    session = log_in(first)
+    for query in (
+        "offset=99999999999999999999999",
+        "offset=999999999999999999",  # 18 digits: within range, an empty page
+        "offset=-5",
+        "code=%C2%B2",  # "²"
+        "subcode=%D9%A3",  # "٣", an Arabic-Indic digit that int() would take
+        "code=" + "9" * 5000,
+        "replayed=%C2%B2&purged=%C2%B2",  # the counts of the last action
+    ):
+        listing = page(first, session, f"/ui/dlq?{query}")
+        assert listing.status_code == 200, (query, listing.text[:300])
+        assert 'name="code" value=""' in listing.text
+    filtered = page(first, session, "/ui/dlq?code=190&subcode=-1&replayed=2")
+    assert 'name="code" value="190"' in filtered.text
+    assert 'name="subcode" value="-1"' in filtered.text
+    assert "2 dead letter(s) re-queued for delivery." in filtered.text
+
+
 def test_a_nul_in_a_dlq_filter_matches_nothing_and_fails_nothing(
     replicas: tuple[str, str, RunningEmulator], storage: str
 ) -> None:

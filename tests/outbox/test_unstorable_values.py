@@ -91,6 +91,17 @@ async def test_a_nul_in_metas_error_message_is_stored_with_the_attempt(outbox: O
     assert letter.error["message"].startswith("bad ")
 
 
+async def test_an_event_id_holding_nul_is_traced_as_unknown(outbox: Outbox) -> None:
+    # PostgreSQL refused the query itself (text cannot hold U+0000): GET /v1/events/a%00b and
+    # the dashboard's search for it were a 500 there, and "not found" on SQLite.
+    await outbox.enqueue([new_event("a")], now=NOW)
+    record = await outbox.trace("a\x00b")
+    assert record.event_id == "a\x00b"
+    assert not record.known
+    assert await outbox.event_ids_for_order("a\x00b") == []
+    assert (await outbox.trace("a")).known  # the storage answers as before
+
+
 # ---------------------------------------------------------------------------
 # Property: the same hostile events get the same per-event results on both backends
 

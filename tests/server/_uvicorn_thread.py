@@ -14,10 +14,18 @@ __all__ = ["serving"]
 
 
 @contextlib.contextmanager
-def serving(server: uvicorn.Server, guard: float) -> Iterator[tuple[str, int]]:
+def serving(
+    server: uvicorn.Server, guard: float, *, receive_buffer: int | None = None
+) -> Iterator[tuple[str, int]]:
     """Run ``server`` until the block ends; its ``(host, port)``.  Waits for the server
-    to have started (``guard`` seconds only stop a broken test from hanging)."""
+    to have started (``guard`` seconds only stop a broken test from hanging).
+
+    ``receive_buffer`` fixes the kernel's receive buffer of the connections the server
+    accepts (they inherit the listening socket's), so that what a client can have sent
+    beyond what the server read is bounded."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -215,7 +215,9 @@ async def test_other_methods_on_the_fast_paths_are_still_405(gateway: Any) -> No
     assert SECURITY.items() <= sent.headers.items()
 
 
-async def test_an_unexpected_failure_is_a_500_that_acknowledges_nothing_and_is_reraised() -> None:
+async def test_an_unexpected_failure_is_a_500_that_acknowledges_nothing_and_is_reraised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def broken(state: State, incoming: Incoming) -> Answer:
         raise RuntimeError("secret detail that must not be answered")
 
@@ -223,6 +225,9 @@ async def test_an_unexpected_failure_is_a_500_that_acknowledges_nothing_and_is_r
     sent = Sent()
     with pytest.raises(RuntimeError):
         await app(_scope("POST", "/v1/events", []), _receiver(*_chunks(b"{}")), sent)
+    # Logged with its type, method and path only (the text can hold anything).
+    assert "unhandled RuntimeError on POST /v1/events" in caplog.messages
+    assert "secret detail" not in caplog.text
     assert sent.status == 500
     assert sent.json == {
         "error": {

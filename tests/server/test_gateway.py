@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psycopg
 import pytest
 
@@ -276,6 +277,37 @@ def test_bad_requests_get_clear_errors(
     assert INGEST_KEY not in response.text
     # The gateway is undisturbed: a good request right after still works.
     assert post_events(client, [server_event(event_id="after")]).status_code == 202
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_its_offset(
+    client: httpx.Client, gateway_url: str
+) -> None:
+    # A Latin-1 "é" in the second event of a batch was "not valid JSON (str is not valid
+    # UTF-8: surrogates not allowed at 0)": no surrogate, and not at 0.
+    second = server_event(event_id="latin-1")
+    second["user_data"]["fn"] = "Jos\N{LATIN SMALL LETTER E WITH ACUTE}"
+    body = orjson.dumps({"pixel_id": PIXEL_ID, "data": [server_event(), second]})
+    body = body.replace("é".encode(), "é".encode("latin-1"))
+    offset = body.index(b"\xe9")
+    assert offset > 300
+    response = client.post("/v1/events", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "malformed_json",
+        "message": f"the request body is not valid UTF-8 at byte {offset}; "
+        "send JSON encoded as UTF-8",
+    }
+    # The beacon reads its body the same way.
+    with httpx.Client(base_url=gateway_url) as http:
+        beacon = http.post("/v1/collect", content=b'{"x": "\xff"}', headers=beacon_headers())
+    assert beacon.json()["error"]["message"].startswith(
+        "the request body is not valid UTF-8 at byte 7;"
+    )
+    # Valid UTF-8 that is not JSON says so, as before.
+    broken = client.post("/v1/events", content=b'{"data": [1,]}')
+    assert broken.json()["error"]["message"] == (
+        "the request body is not valid JSON (trailing comma is not allowed at 11)"
+    )
 
 
 def test_more_than_1000_events_is_refused(client: httpx.Client) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,8 @@ from typer.testing import CliRunner
 from capirelay.cli import app as cli_app
 from capirelay.config import Settings
 from capirelay.emulator.testing import RunningEmulator
+from capirelay.outbox import SQLiteOutbox
+from capirelay.outbox.postgres import PostgresOutbox
 from waiting import wait_for
 
 from .conftest import INGEST_KEY, LIMITED_KEY, PIXEL_ID, gateway_settings
@@ -214,6 +217,40 @@ def test_keys_read_only_their_pixels_and_requests_are_checked(
     assert trace(client, f"{uid}x", key="wrong-key").status_code == 401
     missing = client.get(f"/v1/events/{uid}x")
     assert missing.status_code == 422 and "pixel_id" in missing.json()["error"]["message"]
+
+
+def test_an_event_id_holding_nul_is_not_found_on_either_backend(
+    client: httpx.Client, gateway_url: str, uid: str
+) -> None:
+    # A 500 on PostgreSQL (psycopg's DataError: text cannot hold NUL), 404 on SQLite.
+    response = client.get(f"/v1/events/{uid}a%00b", params={"pixel_id": PIXEL_ID})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "unknown_event"
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    with httpx.Client(base_url=gateway_url, headers=auth) as http:
+        page = http.get("/ui/search", params={"q": f"{uid}a\x00b"})
+    assert page.status_code == 200
+    assert 'id="search-none"' in page.text
+
+
+def test_a_failure_logs_the_path_escaped_as_the_access_line_does(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The error line wrote the decoded path as it came: a NUL byte, a carriage return and
+    # a terminal's erase-line sequence that hide what came before on a terminal.  (A line
+    # break matches no route: the path convertor stops at it.)
+    async def broken(self: Any, event_id: str, *, pixel_id: str | None = None) -> Any:
+        raise RuntimeError("what storage said")
+
+    monkeypatch.setattr(SQLiteOutbox, "trace", broken)
+    monkeypatch.setattr(PostgresOutbox, "trace", broken)
+    caplog.set_level(logging.INFO)
+    response = trace(client, "a%00b%0d%1b[2Kforged")
+    assert response.status_code == 500
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("unhandled")]
+    assert line == "unhandled RuntimeError on GET /v1/events/a\\x00b\\r\\x1b[2Kforged"
+    [access] = [r.getMessage() for r in caplog.records if r.name == "capirelay.access"]
+    assert access.startswith("GET /v1/events/a\\x00b\\r\\x1b[2Kforged ")
 
 
 def test_the_dashboard_search_box_finds_events_and_orders(

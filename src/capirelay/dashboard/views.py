@@ -15,6 +15,7 @@ history from :mod:`capirelay.dashboard.stats`; they show wire events only
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import time
 from collections import defaultdict
@@ -522,10 +523,18 @@ _DEAD_LETTER_CLASS: dict[str, RetryClass] = {
 }
 
 
+# A number in a query string or a path: ASCII digits, at most 18 of them (below 2**63,
+# what SQLite's INTEGER and PostgreSQL's bigint hold).  str.isdigit() also takes "²",
+# which int() refuses, and any length, which both backends refuse as an OFFSET: a 500.
+_INTEGER: Final = re.compile(r"-?[0-9]{1,18}")
+
+
 def _int_or_none(value: Any) -> int | None:
+    """``value`` as an int when it is one, or a string that is one within range; else None
+    (a filter or count that is not a number is ignored, as if absent)."""
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
         return int(value)
     return None
 

@@ -40,7 +40,13 @@ from capirelay.ops.preflight import log_startup_findings
 from capirelay.outbox import Outbox, open_outbox
 from capirelay.server import cors, routes_health, routes_ingest, routes_trace, routes_webhooks
 from capirelay.server.body_limit import BodyLimitMiddleware, body_limit
-from capirelay.server.fast_path import FastRoute, Gateway, add_security_headers, log_access
+from capirelay.server.fast_path import (
+    FastRoute,
+    Gateway,
+    add_security_headers,
+    log_access,
+    log_unhandled,
+)
 from capirelay.server.http import ApiError, JSONResponse, error_response
 from capirelay.server.openapi import openapi_document
 from capirelay.server.rate_limit import GatewayLimits
@@ -215,8 +221,7 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    # The exception text can hold anything; log only its type and the path.
-    log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    log_unhandled(exc, request.scope)
     return error_response(500, "internal_error", "the gateway failed; nothing was acknowledged")
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "Incoming",
     "error_answer",
     "json_answer",
+    "log_unhandled",
 ]
 
 log = logging.getLogger("capirelay.server")
@@ -96,6 +97,19 @@ def log_access(scope: Scope, status: int, started: float) -> None:
         extra=_PREREDACTED,
     )
     access_log.handle(record)
+
+
+def log_unhandled(exc: BaseException, scope: Scope) -> None:
+    """The error line of a request that failed: the exception's type (its text can hold
+    anything), the method and the path, shown as the access line shows them (escaped: a
+    decoded "%00" or "%0a" is written as "\\x00" or "\\n", not as itself)."""
+    method = scope["method"]
+    log.error(
+        "unhandled %s on %s %s",
+        type(exc).__name__,
+        method if method in _METHODS else _shown(method),
+        _shown(scope["path"]),
+    )
 
 
 _PREREDACTED: Final = {REDACTED: PREREDACTED}
@@ -300,8 +314,7 @@ async def serve(app: Any, handler: Handler, scope: Scope, receive: Receive, send
         status = answer.status
         await _send(send, answer)
     except Exception as exc:
-        # The exception text can hold anything; log only its type and the path.
-        log.error("unhandled %s on %s %s", type(exc).__name__, scope["method"], scope["path"])
+        log_unhandled(exc, scope)
         if status == 0:
             status = 500
             failure = ApiError(

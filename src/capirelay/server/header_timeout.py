@@ -52,16 +52,24 @@ def auto_protocol() -> type[asyncio.Protocol]:
 
 
 def gateway_protocol(
-    seconds: float, body_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS
+    seconds: float,
+    body_seconds: float = DEFAULT_BODY_TIMEOUT_SECONDS,
+    *,
+    base: type[Any] | None = None,
 ) -> type[asyncio.Protocol]:
-    """The HTTP protocol every gateway process serves with: uvicorn's own choice, writing
-    each fixed-length response in one write (:mod:`capirelay.server.coalesce`), closing
-    connections whose headers take longer than ``seconds`` and whose body, once the
-    headers are in, takes longer than ``body_seconds``."""
+    """The HTTP protocol every gateway process serves with: uvicorn's own choice (or
+    ``base``, a uvicorn HTTP protocol class), writing each fixed-length response in one
+    write (:mod:`capirelay.server.coalesce`), refusing request heads over the size limits
+    (:mod:`capirelay.server.head_limits`), closing connections whose headers take longer
+    than ``seconds`` and whose body, once the headers are in, takes longer than
+    ``body_seconds``."""
     from capirelay.server.coalesce import with_coalesced_writes
+    from capirelay.server.head_limits import with_head_limits
 
     return with_header_timeout(
-        with_coalesced_writes(auto_protocol()), seconds, body_seconds=body_seconds
+        with_head_limits(with_coalesced_writes(base or auto_protocol())),
+        seconds,
+        body_seconds=body_seconds,
     )
 
 

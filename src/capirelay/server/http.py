@@ -108,6 +108,19 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        # orjson checks the encoding of the whole body first, and says "str is not valid
+        # UTF-8: surrogates not allowed at 0" of any byte that is not UTF-8, wherever it
+        # is: the first such byte, named by its offset (never the byte itself), is what
+        # the sender needs (a Latin-1 "é" in one event of a batch, typically).
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise ApiError(
+                400,
+                "malformed_json",
+                f"the request body is not valid UTF-8 at byte {bad.start}; "
+                "send JSON encoded as UTF-8",
+            ) from None
         # The decoder's message gives line/column only, never the offending bytes.
         raise ApiError(
             400, "malformed_json", f"the request body is not valid JSON ({exc.msg} at {exc.pos})"

@@ -30,6 +30,7 @@ from capirelay.logs import logging_configured
 from capirelay.server.affinity import cpus_for_workers, pin_this_process
 from capirelay.server.app import create_app
 from capirelay.server.collector import serving_collector
+from capirelay.server.head_limits import MAX_HEAD_BYTES
 from capirelay.server.header_timeout import gateway_protocol
 from capirelay.server.workers import serve_workers
 
@@ -52,6 +53,9 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "access_log": False,
     "server_header": False,
     "proxy_headers": False,
+    # h11 (when httptools is not installed) buffers an incomplete head up to this; the
+    # gateway's own bound on heads (capirelay.server.head_limits) is the same.
+    "h11_max_incomplete_event_size": MAX_HEAD_BYTES,
 }
 
 
@@ -77,8 +81,8 @@ def build_server(
         timeout_graceful_shutdown=timeout_graceful_shutdown,
         **{
             **UVICORN_OPTIONS,
-            # httptools when installed, one write per response, closing connections
-            # whose headers take too long
+            # httptools when installed, one write per response, refusing heads over
+            # the size limits, closing connections whose headers take too long
             "http": gateway_protocol(
                 settings.header_timeout_seconds, settings.body_timeout_seconds
             ),

@@ -179,6 +179,11 @@ class PostgresReceipts:
             await self._in_transaction(work)
 
     async def trace(self, event_id: str, *, pixel_id: str | None = None) -> TraceRecord:
+        if "\x00" in event_id:
+            # No stored event holds U+0000 (text cannot; ingest refuses control characters),
+            # and PostgreSQL would refuse the query itself: nothing is known of it, as on
+            # SQLite, rather than a DataError (a 500 for GET /v1/events/a%00b).
+            return TraceRecord(event_id)
         params = {"event_id": event_id}
 
         async def work(conn: AsyncConnection[Any]) -> TraceRecord:

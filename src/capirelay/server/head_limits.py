@@ -1,0 +1,264 @@
+"""Bounds on the size of a request's head: its request line and header fields.
+
+httptools, the parser uvicorn picks when it is installed, has no size limit of its own:
+it keeps a header line until the line ends, and uvicorn keeps every header of a request
+until the request is served.  One unauthenticated ``GET /healthz`` with 400 header lines
+of 1 MiB each took the gateway from 87 to 443 MB and was answered 200 (an outside
+review).  :func:`with_head_limits` wraps uvicorn's HTTP protocol class and counts a
+head's bytes before the parser sees them:
+
+* a request line longer than :data:`MAX_LINE_BYTES` is answered ``414 URI Too Long``;
+* a header line longer than :data:`MAX_LINE_BYTES`, more than :data:`MAX_HEADER_FIELDS`
+  header fields, or a head of more than :data:`MAX_HEAD_BYTES` in all are answered
+  ``431 Request Header Fields Too Large``;
+
+both with ``Connection: close``, and the connection is closed at once: the bytes past
+the limit are never handed to the parser and nothing more is read.
+
+What is counted: every byte from the start of a read that arrives while the connection
+waits for a request head (a new connection, the next request on a kept-alive one) up to
+the blank line that ends the head.  A head that begins in the middle of a read, behind
+another request in the same read (a client pipelining without waiting for answers), is
+counted from the next read on; with httptools, the URL and every header field are also
+checked as the parser hands them over, so such a head is refused too, at most one read
+(about 256 KB, what uvloop or asyncio reads at a time) past the limit.  With h11 (used
+when httptools is not installed), h11's own bound on an incomplete head is set to
+:data:`MAX_HEAD_BYTES` (``h11_max_incomplete_event_size`` in
+:data:`capirelay.server.run.UVICORN_OPTIONS`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final, NamedTuple
+
+import orjson
+
+from capirelay.server.fast_path import SECURITY_HEADERS
+
+__all__ = [
+    "MAX_HEADER_FIELDS",
+    "MAX_HEAD_BYTES",
+    "MAX_LINE_BYTES",
+    "Refusal",
+    "with_head_limits",
+]
+
+log = logging.getLogger("capirelay.server")
+
+# nginx's and Apache's default for one line (large_client_header_buffers 8k,
+# LimitRequestLine / LimitRequestFieldSize 8190), Apache's for the number of fields
+# (LimitRequestFields 100); a browser sends a few hundred bytes in 10 to 20 fields.
+MAX_LINE_BYTES: Final = 8 * 1024
+MAX_HEADER_FIELDS: Final = 100
+MAX_HEAD_BYTES: Final = 64 * 1024
+
+_CR: Final = 13
+
+
+class Refusal(NamedTuple):
+    """The answer to a head over the limits, and what the log line says of it."""
+
+    why: str
+    answer: bytes
+
+
+def _refusal(status: int, reason: str, code: str, message: str) -> Refusal:
+    """A whole response, in the gateway's error shape, that closes the connection."""
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    head = [
+        b"HTTP/1.1 %d %s" % (status, reason.encode("ascii")),
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        *(name + b": " + value for name, value in SECURITY_HEADERS),
+    ]
+    return Refusal(f"{status}: {message}", b"\r\n".join(head) + b"\r\n\r\n" + body)
+
+
+REQUEST_LINE_TOO_LONG: Final = _refusal(
+    414,
+    "URI Too Long",
+    "request_line_too_long",
+    f"the request line is longer than {MAX_LINE_BYTES} bytes; send a shorter URL",
+)
+HEADER_LINE_TOO_LONG: Final = _refusal(
+    431,
+    "Request Header Fields Too Large",
+    "headers_too_large",
+    f"a header line is longer than {MAX_LINE_BYTES} bytes; send shorter headers "
+    "(a large Cookie header is the usual cause)",
+)
+TOO_MANY_HEADER_FIELDS: Final = _refusal(
+    431,
+    "Request Header Fields Too Large",
+    "headers_too_large",
+    f"the request has more than {MAX_HEADER_FIELDS} header fields; send fewer",
+)
+HEAD_TOO_LARGE: Final = _refusal(
+    431,
+    "Request Header Fields Too Large",
+    "headers_too_large",
+    f"the request's headers are larger than {MAX_HEAD_BYTES} bytes in all; send fewer",
+)
+
+
+def with_head_limits(base: type[Any]) -> type[Any]:
+    """``base`` (a uvicorn HTTP protocol class) refusing request heads over the limits."""
+    limited = _counting(base)
+    if hasattr(base, "on_headers_complete"):  # httptools: checked as parsed, too
+        limited = _checking_parsed(limited)
+    limited.__name__ = f"HeadLimits{base.__name__}"
+    limited.__qualname__ = limited.__name__
+    return limited
+
+
+def _counting(base: type[Any]) -> type[Any]:
+    """``base`` counting the bytes of each head before its parser sees them."""
+    if hasattr(base, "on_headers_complete"):
+        idle = None  # httptools: awaiting a head unless between one and its message's end
+    else:
+        import h11
+
+        idle = h11.IDLE
+
+    class CountingProtocol(base):
+        # The head being received, as counted from the bytes (one read at a time).
+        _head_bytes = 0  # all of it so far, blank lines before the request line included
+        _head_lines = 0  # its lines that ended: the request line, then header fields
+        _line_bytes = 0  # the line the last read ended in, so far
+        _line_cr = False  # ... and whether its last byte was a CR
+        _in_body = False  # httptools: between a head and the end of its message
+        _refusal: Refusal | None = None  # set by the parser's callbacks (httptools)
+        _refused = False  # answered: nothing more is read
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._awaiting_head():
+                refusal = self._count(data)
+                if refusal is not None:
+                    self._refuse(refusal)
+                    return
+            try:
+                super().data_received(data)
+            except Exception:
+                # What uvicorn makes of a message whose head was cut short (an upgrade
+                # it can no longer read, say) is moot: the connection is refused.
+                if self._refusal is None:
+                    raise
+            if self._refusal is not None:
+                self._refuse(self._refusal)
+
+        def _awaiting_head(self) -> bool:
+            if idle is None:
+                return not self._in_body
+            return bool(self.conn.their_state is idle)
+
+        def _count(self, data: bytes) -> Refusal | None:
+            """Count ``data``, up to the blank line that ends the head, against the limits:
+            the refusal of a head over them, or None."""
+            if not self._head_bytes and data[:1] not in (b"\r", b"\n"):
+                # The usual read: a whole head, well within every limit, at its start.
+                end = data.find(b"\r\n\r\n", 0, MAX_LINE_BYTES)
+                if end > 0 and data.count(b"\n", 0, end) <= MAX_HEADER_FIELDS:
+                    return None
+            pos, size = 0, len(data)
+            while pos < size:
+                newline = data.find(b"\n", pos)
+                stop = size if newline == -1 else newline
+                line = self._line_bytes + stop - pos
+                cr = data[stop - 1] == _CR if stop > pos else self._line_cr
+                content = line - cr  # a CR before the LF ends the line, it is not in it
+                self._head_bytes += stop - pos + (newline != -1)
+                if content > MAX_LINE_BYTES:
+                    return HEADER_LINE_TOO_LONG if self._head_lines else REQUEST_LINE_TOO_LONG
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    return HEAD_TOO_LARGE
+                if newline == -1:
+                    self._line_bytes, self._line_cr = line, cr
+                    return None
+                self._line_bytes, self._line_cr = 0, False
+                pos = newline + 1
+                if content:
+                    self._head_lines += 1
+                    if self._head_lines > MAX_HEADER_FIELDS + 1:
+                        return TOO_MANY_HEADER_FIELDS
+                elif self._head_lines:
+                    # The blank line that ends the head: the next one counts from zero.
+                    self._head_bytes = self._head_lines = 0
+                    return None
+            return None
+
+        def _refuse(self, refusal: Refusal) -> None:
+            self._refused = True
+            transport = self.transport
+            if transport.is_closing():
+                return  # uvicorn answered (a parse error) and closed already
+            log.info("refused a request head over the limits (%s)", refusal.why)
+            cycle = self.cycle
+            if cycle is None or cycle.response_complete:
+                transport.write(refusal.answer)
+                transport.close()
+            else:
+                # An earlier request of this connection is still being answered (the
+                # client sent the next one without waiting): let that answer go out, then
+                # close, as uvicorn's own shutdown does; nothing more is read meanwhile.
+                cycle.keep_alive = False
+                transport.pause_reading()
+
+    return CountingProtocol
+
+
+def _checking_parsed(base: type[Any]) -> type[Any]:
+    """``base`` (httptools) checking each part of a head as the parser hands it over: that
+    catches a head that began behind another request in the same read, which the counting
+    does not see.  After a refusal nothing more reaches uvicorn: the connection closes."""
+
+    class CheckingProtocol(base):
+        _parsed_bytes = 0  # the head's URL and fields so far
+        _parsed_fields = 0
+        _refusal: Refusal | None  # CountingProtocol's
+
+        def on_message_begin(self) -> None:
+            self._in_body = False
+            self._parsed_bytes = self._parsed_fields = 0
+            if self._refusal is None:
+                super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._parsed_bytes += len(url)
+            if self._refusal is None and self._parsed_bytes > MAX_LINE_BYTES:
+                self._refusal = REQUEST_LINE_TOO_LONG
+            if self._refusal is None:
+                super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            size = len(name) + 1 + len(value)  # "name:value", as short as its line can be
+            self._parsed_fields += 1
+            self._parsed_bytes += size
+            if self._refusal is None:
+                if size > MAX_LINE_BYTES:
+                    self._refusal = HEADER_LINE_TOO_LONG
+                elif self._parsed_fields > MAX_HEADER_FIELDS:
+                    self._refusal = TOO_MANY_HEADER_FIELDS
+                elif self._parsed_bytes > MAX_HEAD_BYTES:
+                    self._refusal = HEAD_TOO_LARGE
+                else:
+                    super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            if self._refusal is None:  # a refused head is no request: the app never sees it
+                self._in_body = True
+                super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if self._refusal is None:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._in_body = False
+            if self._refusal is None:
+                super().on_message_complete()
+
+    return CheckingProtocol
