@@ -302,3 +302,10 @@ def test_graph_error_pickles_and_serializes() -> None:
     assert clone.to_dict() == error.to_dict()
     assert orjson.loads(orjson.dumps(error.to_dict()))["retry_class"] == "auth"
     assert error.explanation.startswith("Access token invalid")
+
+
+def test_a_code_written_with_other_digits_is_no_code_not_a_crash() -> None:
+    body = b'{"error": {"message": "x", "code": "\xc2\xb2", "error_subcode": "1\xd9\xa1"}}'
+    err = GraphError.from_response(400, {}, body)
+    assert (err.code, err.subcode) == (None, None)
+    assert GraphError.from_response(400, {}, b'{"error": {"code": "190"}}').code == 190
