@@ -19,12 +19,16 @@ What is counted: every byte from the start of a read that arrives while the conn
 waits for a request head (a new connection, the next request on a kept-alive one) up to
 the blank line that ends the head.  A head that begins in the middle of a read, behind
 another request in the same read (a client pipelining without waiting for answers), is
-counted from the next read on; with httptools, the URL and every header field are also
-checked as the parser hands them over, so such a head is refused too, at most one read
-(about 256 KB, what uvloop or asyncio reads at a time) past the limit.  With h11 (used
-when httptools is not installed), h11's own bound on an incomplete head is set to
-:data:`MAX_HEAD_BYTES` (``h11_max_incomplete_event_size`` in
-:data:`capirelay.server.run.UVICORN_OPTIONS`).
+counted from the next read on, so it is refused at most one read (about 256 KB, what
+uvloop or asyncio reads at a time) past the limit, and one read is all a connection can
+make the gateway hold.  Checking every header field as httptools hands it over would
+catch such a head within its read too, but that is a Python call per header of every
+request: +28,900 instructions per single-event request under callgrind (4.5%), for a
+case whose memory the counting already bounds.  With httptools, the parser's end of a
+head and end of a message tell the counting when a body is being read (a body's long
+lines are not a head's).  With h11 (used when httptools is not installed), h11's own
+bound on an incomplete head is set to :data:`MAX_HEAD_BYTES`
+(``h11_max_incomplete_event_size`` in :data:`capirelay.server.run.UVICORN_OPTIONS`).
 """
 
 from __future__ import annotations
@@ -106,8 +110,8 @@ HEAD_TOO_LARGE: Final = _refusal(
 def with_head_limits(base: type[Any]) -> type[Any]:
     """``base`` (a uvicorn HTTP protocol class) refusing request heads over the limits."""
     limited = _counting(base)
-    if hasattr(base, "on_headers_complete"):  # httptools: checked as parsed, too
-        limited = _checking_parsed(limited)
+    if hasattr(base, "on_headers_complete"):  # httptools: told where each body is
+        limited = _tracking_bodies(limited)
     limited.__name__ = f"HeadLimits{base.__name__}"
     limited.__qualname__ = limited.__name__
     return limited
@@ -129,7 +133,6 @@ def _counting(base: type[Any]) -> type[Any]:
         _line_bytes = 0  # the line the last read ended in, so far
         _line_cr = False  # ... and whether its last byte was a CR
         _in_body = False  # httptools: between a head and the end of its message
-        _refusal: Refusal | None = None  # set by the parser's callbacks (httptools)
         _refused = False  # answered: nothing more is read
 
         def data_received(self, data: bytes) -> None:
@@ -140,15 +143,7 @@ def _counting(base: type[Any]) -> type[Any]:
                 if refusal is not None:
                     self._refuse(refusal)
                     return
-            try:
-                super().data_received(data)
-            except Exception:
-                # What uvicorn makes of a message whose head was cut short (an upgrade
-                # it can no longer read, say) is moot: the connection is refused.
-                if self._refusal is None:
-                    raise
-            if self._refusal is not None:
-                self._refuse(self._refusal)
+            super().data_received(data)
 
         def _awaiting_head(self) -> bool:
             if idle is None:
@@ -210,55 +205,17 @@ def _counting(base: type[Any]) -> type[Any]:
     return CountingProtocol
 
 
-def _checking_parsed(base: type[Any]) -> type[Any]:
-    """``base`` (httptools) checking each part of a head as the parser hands it over: that
-    catches a head that began behind another request in the same read, which the counting
-    does not see.  After a refusal nothing more reaches uvicorn: the connection closes."""
+def _tracking_bodies(base: type[Any]) -> type[Any]:
+    """``base`` (httptools) noting when a message's body is being read: two calls per
+    request, where checking each part of a head as parsed took one per header field."""
 
-    class CheckingProtocol(base):
-        _parsed_bytes = 0  # the head's URL and fields so far
-        _parsed_fields = 0
-        _refusal: Refusal | None  # CountingProtocol's
-
-        def on_message_begin(self) -> None:
-            self._in_body = False
-            self._parsed_bytes = self._parsed_fields = 0
-            if self._refusal is None:
-                super().on_message_begin()
-
-        def on_url(self, url: bytes) -> None:
-            self._parsed_bytes += len(url)
-            if self._refusal is None and self._parsed_bytes > MAX_LINE_BYTES:
-                self._refusal = REQUEST_LINE_TOO_LONG
-            if self._refusal is None:
-                super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            size = len(name) + 1 + len(value)  # "name:value", as short as its line can be
-            self._parsed_fields += 1
-            self._parsed_bytes += size
-            if self._refusal is None:
-                if size > MAX_LINE_BYTES:
-                    self._refusal = HEADER_LINE_TOO_LONG
-                elif self._parsed_fields > MAX_HEADER_FIELDS:
-                    self._refusal = TOO_MANY_HEADER_FIELDS
-                elif self._parsed_bytes > MAX_HEAD_BYTES:
-                    self._refusal = HEAD_TOO_LARGE
-                else:
-                    super().on_header(name, value)
-
+    class TrackingProtocol(base):
         def on_headers_complete(self) -> None:
-            if self._refusal is None:  # a refused head is no request: the app never sees it
-                self._in_body = True
-                super().on_headers_complete()
-
-        def on_body(self, body: bytes) -> None:
-            if self._refusal is None:
-                super().on_body(body)
+            self._in_body = True
+            super().on_headers_complete()
 
         def on_message_complete(self) -> None:
             self._in_body = False
-            if self._refusal is None:
-                super().on_message_complete()
+            super().on_message_complete()
 
-    return CheckingProtocol
+    return TrackingProtocol
