@@ -360,3 +360,19 @@ def test_send_explains_each_meta_error_with_its_own_fix(
     assert header in result.stderr, result.stderr
     what_to_do = next(line for line in result.stderr.splitlines() if "what to do:" in line)
     assert fix.lower() in what_to_do.lower(), result.stderr
+
+
+def test_send_does_not_offer_the_gateways_replay_or_retries(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    # 100/2804xxx: the gateway's sentence says "replay from the dead-letter queue"; send
+    # keeps no queue (an adversarial review of the first version).
+    fault = {"kind": "invalid_event", "event_id": "cli-1", "subcode": 2804050}
+    httpx.post(f"{emulator.url}/_emulator/faults", json={"faults": [fault]}).raise_for_status()
+    try:
+        result = send(emulator, write_json(tmp_path, raw_event()))
+    finally:
+        httpx.delete(f"{emulator.url}/_emulator/faults").raise_for_status()
+    assert result.exit_code == 1
+    assert "dead-letter" not in result.stderr and "replay" not in result.stderr
+    assert "run the command again" in result.stderr

@@ -424,6 +424,11 @@ ROWS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("snake_case add to cart", {"event_name": "add_to_cart"}, ["custom_event_like_standard"]),
     ("a custom event of its own", {"event_name": "QuoteRequested"}, []),
     ("a short custom name near Lead", {"event_name": "Leed"}, []),
+    # Words built on a standard name, often its opposite: not typos to "fix".
+    ("Unsubscribe is no Subscribe", {"event_name": "Unsubscribe"}, []),
+    ("IncompleteRegistration", {"event_name": "IncompleteRegistration"}, []),
+    ("Repurchase", {"event_name": "Repurchase"}, []),
+    ("RestartTrial", {"event_name": "RestartTrial"}, []),
 ]
 
 

@@ -123,7 +123,8 @@ def read_rows(stream: IO[bytes], fmt: str) -> Iterator[Row]:
     A CSV header naming a column that is not a default column raises
     :class:`ImportFileError` unless ``fmt`` is ``"csv-mapped"`` (a mapping reads any
     columns).  A CSV row whose field count differs from the header's is yielded as a
-    :class:`MisshapenRow` (the importer rejects it; the other rows are unaffected).
+    :class:`MisshapenRow` (the importer rejects it; the other rows are unaffected), but
+    for empty cells past the header's width (a trailing comma), which are left out.
     A JSON Lines line that is not valid JSON is yielded as ``None``.
     """
     if fmt == "jsonl":
@@ -147,6 +148,10 @@ def read_rows(stream: IO[bytes], fmt: str) -> Iterator[Row]:
         for row in reader:
             if not row:
                 continue
+            if len(row) > width and not any(cell.strip() for cell in row[width:]):
+                # Empty cells past the header's width (a trailing comma, as some exporters
+                # end every line) shift nothing: read the row without them.
+                row = row[:width]
             if len(row) != width:
                 yield reader.line_num, MisshapenRow(reader.line_num, len(row), width)
             else:

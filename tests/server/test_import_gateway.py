@@ -380,6 +380,18 @@ def test_a_row_of_the_wrong_width_is_one_problem_whatever_the_layout(
         ]
 
 
+def test_empty_cells_past_the_header_shift_nothing_and_are_left_out(tmp_path: Path) -> None:
+    # A trailing comma on every line, as some exporters write them (an adversarial review).
+    path = tmp_path / "trailing.csv"
+    path.write_text("event_name,event_time,email\nPurchase,1,a@b.c,\nLead,2,d@e.f, ,\n")
+    with path.open("rb") as f:
+        rows = list(read_rows(f, "csv"))
+    assert rows == [
+        (2, {"event_name": "Purchase", "event_time": "1", "email": "a@b.c"}),
+        (3, {"event_name": "Lead", "event_time": "2", "email": "d@e.f"}),
+    ]
+
+
 def test_the_importer_pickles_for_worker_processes() -> None:
     importer = Importer(
         pixel_id=PIXEL_ID,

@@ -286,6 +286,18 @@ def test_a_rejected_webhook_event_leaves_a_receipt_and_a_log_line(
     assert status_of(record) == "dropped"
     [step] = [s for s in story(record) if s.what == "rejected"]
     assert "event_too_old" in step.detail and "will not send it again" in step.detail
+    # Found by its order id too, as the dashboard's search looks an order up.
+    order_id = str(order["id"])
+
+    async def by_order() -> list[str]:
+        box = open_outbox(storage_url)
+        await box.open()
+        try:
+            return await box.event_ids_for_order(order_id, limit=5)
+        finally:
+            await box.close()
+
+    assert event_id in asyncio.run(by_order())
 
 
 def test_a_signed_order_whose_id_holds_nul_is_answered_200_with_a_rejected_result(

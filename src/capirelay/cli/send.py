@@ -229,23 +229,36 @@ def _send(
     return True
 
 
-# What `send` adds to Meta's explanation (capirelay.graph.explain) for its own case: a
-# one-shot command that queues nothing and retries nothing.
-_SEND_NOTE = {
+# What a one-shot command that queues and retries nothing can do, per class: the
+# gateway's own sentences (capirelay.graph.explain) promise retries, holds and replays
+# from the dead-letter queue that `send` does not make.
+_SEND_ADVICE = {
     "transient": (
         "Nothing was sent and nothing will be retried: run the command again later (the "
         "gateway, `capirelay serve`, queues and retries)."
     ),
     "throttled": "Nothing was sent: wait a few minutes and run the command again.",
     "unknown": (
-        "Nothing was sent: run the command again later; if Meta keeps answering this, "
-        "check Meta's status page and the message above."
+        "Nothing was sent and Meta named no event: read its message above; if it names a "
+        "parameter, fix it and run the command again, otherwise run it again later and "
+        "check Meta's status page if it persists."
     ),
     "auth": (
         f"The token was read from {TOKEN_ENV}: use a system-user token with the "
         "ads_management permission on this pixel (Business Settings > System users)."
     ),
+    "invalid": (
+        "Meta refused the events although they passed the local checks; its message above "
+        "names the event and field: fix it and run the command again."
+    ),
+    "config": (
+        "Meta refused the pixel or its setup: check --pixel (the dataset id from Events "
+        "Manager) and --api-version, then run the command again."
+    ),
 }
+# Classes whose advice still holds beside a code's own sentence (not config or invalid:
+# there the code's sentence is the fix, and the class's would contradict it).
+_ADVICE_BESIDE_THE_CODES = frozenset({"transient", "throttled", "unknown", "auth"})
 
 
 def _print_graph_error(exc: Any, count: int) -> None:
@@ -259,14 +272,13 @@ def _print_graph_error(exc: Any, count: int) -> None:
     )
     if exc.meta_says:
         err_console.print(f"  Meta says: {exc.meta_says}", markup=False)
-    # Meta's sentence for this code where there is one; else, for the classes the gateway
-    # would retry or hold, what a one-shot command can do (the gateway's general sentence
-    # promises retries send does not make).
     from capirelay.graph.errors import specific_explanation
 
-    note = _SEND_NOTE.get(str(exc.retry_class))
+    kind = str(exc.retry_class)
+    advice = _SEND_ADVICE.get(kind, exc.explanation)
     specific = specific_explanation(exc.code, exc.subcode)
-    what_to_do = specific or (note if note and exc.retry_class != "auth" else exc.explanation)
-    err_console.print(f"  what to do: {what_to_do}", markup=False)
-    if note and what_to_do != note:
-        err_console.print(f"  {note}", markup=False)
+    if specific and "replay from the dead-letter queue" in specific:
+        specific = None  # the generic 2804xxx sentence: the gateway's, not send's
+    err_console.print(f"  what to do: {specific or advice}", markup=False)
+    if specific and kind in _ADVICE_BESIDE_THE_CODES:
+        err_console.print(f"  {advice}", markup=False)

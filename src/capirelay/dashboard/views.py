@@ -534,8 +534,11 @@ def _int_or_none(value: Any) -> int | None:
     (a filter or count that is not a number is ignored, as if absent)."""
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
-        return int(value)
+    if isinstance(value, str):
+        # The digits as matched: str.strip() also drops U+001C-U+001F, which int() refuses.
+        text = value.strip(" \t")
+        if _INTEGER.fullmatch(text):
+            return int(text)
     return None
 
 

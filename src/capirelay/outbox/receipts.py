@@ -376,9 +376,18 @@ def duplicate_receipt(
 
 
 def dropped_receipt(
-    *, pixel_id: str, event_name: str, event_id: str, source: str, reason: str, now: float
+    *,
+    pixel_id: str,
+    event_name: str,
+    event_id: str,
+    source: str,
+    reason: str,
+    now: float,
+    order_id: Any = None,
 ) -> Receipt:
-    """A beacon the consent or bot policy kept from Meta: no identifier at all is kept."""
+    """An event kept from Meta at ingest (a beacon the consent or bot policy dropped, a
+    webhook's event rejected): no identifier is kept, only the lookup key of its
+    ``custom_data.order_id`` where it had one, so a search by order finds it."""
     return Receipt(
         pixel_id=pixel_id,
         event_name=event_name,
@@ -388,6 +397,7 @@ def dropped_receipt(
         recorded_at=now,
         received_at=now,
         reason=reason,
+        order_key=order_key(order_id) if order_id is not None else None,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
 from capirelay.outbox.receipts import Receipt, dropped_receipt, duplicate_receipt
@@ -58,6 +59,7 @@ async def record_dropped(
     reason: str,
     now: float,
     source: str = "collect",
+    order_id: Any = None,
 ) -> None:
     """The receipt of an event kept from Meta at ingest (no identifiers): a beacon the
     consent or bot policy dropped, or a webhook's event rejected after the vendor was
@@ -69,5 +71,6 @@ async def record_dropped(
         source=source,
         reason=reason,
         now=now,
+        order_id=order_id,
     )
     await _record(outbox, [receipt])

@@ -17,18 +17,13 @@ the limit are never handed to the parser and nothing more is read.
 
 What is counted: every byte from the start of a read that arrives while the connection
 waits for a request head (a new connection, the next request on a kept-alive one) up to
-the blank line that ends the head.  A head that begins in the middle of a read, behind
-another request in the same read (a client pipelining without waiting for answers), is
-counted from the next read on, so it is refused at most one read (about 256 KB, what
-uvloop or asyncio reads at a time) past the limit, and one read is all a connection can
-make the gateway hold.  Checking every header field as httptools hands it over would
-catch such a head within its read too, but that is a Python call per header of every
-request: +28,900 instructions per single-event request under callgrind (4.5%; the
-counting and the two calls below: about 2%), for a case whose memory the counting
-already bounds.  With httptools, the parser's end of a
-head and end of a message tell the counting when a body is being read (a body's long
-lines are not a head's).  With h11 (used when httptools is not installed), h11's own
-bound on an incomplete head is set to :data:`MAX_HEAD_BYTES`
+the blank line that ends the head.  With httptools the URL and every header field are
+also checked as the parser hands them over, and the fields of a chunked body's trailer
+count against the same limits as the head's (llhttp hands them over as header fields):
+that catches a head pipelined behind another request in the same read, which the
+counting sees only from the next read on, and trailers, which arrive while a body is
+read and the counting rests.  With h11 (used when httptools is not installed), h11's own
+bound on an incomplete head or trailer is set to :data:`MAX_HEAD_BYTES`
 (``h11_max_incomplete_event_size`` in :data:`capirelay.server.run.UVICORN_OPTIONS`).
 """
 
@@ -111,8 +106,8 @@ HEAD_TOO_LARGE: Final = _refusal(
 def with_head_limits(base: type[Any]) -> type[Any]:
     """``base`` (a uvicorn HTTP protocol class) refusing request heads over the limits."""
     limited = _counting(base)
-    if hasattr(base, "on_headers_complete"):  # httptools: told where each body is
-        limited = _tracking_bodies(limited)
+    if hasattr(base, "on_headers_complete"):  # httptools: checked as parsed, too
+        limited = _checking_parsed(limited)
     limited.__name__ = f"HeadLimits{base.__name__}"
     limited.__qualname__ = limited.__name__
     return limited
@@ -134,6 +129,7 @@ def _counting(base: type[Any]) -> type[Any]:
         _line_bytes = 0  # the line the last read ended in, so far
         _line_cr = False  # ... and whether its last byte was a CR
         _in_body = False  # httptools: between a head and the end of its message
+        _refusal: Refusal | None = None  # set by the parser's callbacks (httptools)
         _refused = False  # answered: nothing more is read
 
         def data_received(self, data: bytes) -> None:
@@ -144,7 +140,15 @@ def _counting(base: type[Any]) -> type[Any]:
                 if refusal is not None:
                     self._refuse(refusal)
                     return
-            super().data_received(data)
+            try:
+                super().data_received(data)
+            except Exception:
+                # What uvicorn makes of a message whose head was cut short (an upgrade
+                # it can no longer read, say) is moot: the connection is refused.
+                if self._refusal is None:
+                    raise
+            if self._refusal is not None:
+                self._refuse(self._refusal)
 
         def _awaiting_head(self) -> bool:
             if idle is None:
@@ -206,17 +210,66 @@ def _counting(base: type[Any]) -> type[Any]:
     return CountingProtocol
 
 
-def _tracking_bodies(base: type[Any]) -> type[Any]:
-    """``base`` (httptools) noting when a message's body is being read: two calls per
-    request, where checking each part of a head as parsed took one per header field."""
+def _checking_parsed(base: type[Any]) -> type[Any]:
+    """``base`` (httptools) checking each part of a head, and of a chunked body's trailer,
+    as the parser hands it over.  After a refusal nothing more reaches uvicorn: the
+    connection closes.
 
-    class TrackingProtocol(base):
+    Every request pays a call per header field here, so the field's callback is kept to
+    the checks and a direct call of uvicorn's own (no ``super()``, no counter reset: the
+    counters restart when a message ends, :meth:`on_message_complete`)."""
+    base_on_url = base.on_url
+    base_on_header = base.on_header
+    base_on_headers_complete = base.on_headers_complete
+    base_on_body = base.on_body
+    base_on_message_complete = base.on_message_complete
+
+    class CheckingProtocol(base):
+        _parsed_bytes = 0  # the message's URL, header fields and trailer fields so far
+        _parsed_fields = 0
+        _refusal: Refusal | None  # CountingProtocol's
+
+        def on_url(self, url: bytes) -> None:
+            self._parsed_bytes += len(url)
+            if self._refusal is None:
+                if self._parsed_bytes > MAX_LINE_BYTES:
+                    self._refusal = REQUEST_LINE_TOO_LONG
+                else:
+                    base_on_url(self, url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            size = len(name) + len(value) + 1  # "name:value", as short as its line can be
+            fields = self._parsed_fields = self._parsed_fields + 1
+            total = self._parsed_bytes = self._parsed_bytes + size
+            if (
+                size <= MAX_LINE_BYTES
+                and fields <= MAX_HEADER_FIELDS
+                and total <= MAX_HEAD_BYTES
+                and self._refusal is None
+            ):
+                base_on_header(self, name, value)
+            elif self._refusal is None:
+                self._refusal = (
+                    HEADER_LINE_TOO_LONG
+                    if size > MAX_LINE_BYTES
+                    else TOO_MANY_HEADER_FIELDS
+                    if fields > MAX_HEADER_FIELDS
+                    else HEAD_TOO_LARGE
+                )
+
         def on_headers_complete(self) -> None:
-            self._in_body = True
-            super().on_headers_complete()
+            if self._refusal is None:  # a refused head is no request: the app never sees it
+                self._in_body = True
+                base_on_headers_complete(self)
+
+        def on_body(self, body: bytes) -> None:
+            if self._refusal is None:
+                base_on_body(self, body)
 
         def on_message_complete(self) -> None:
             self._in_body = False
-            super().on_message_complete()
+            self._parsed_bytes = self._parsed_fields = 0
+            if self._refusal is None:
+                base_on_message_complete(self)
 
-    return TrackingProtocol
+    return CheckingProtocol

@@ -152,7 +152,14 @@ async def _tell_rejections(
                 reason=f"rejected ({codes}): {first}"[:500],
                 now=now,
                 source=webhook.source,
+                order_id=_order_id(item.event),
             )
+
+
+def _order_id(event: Any) -> Any:
+    """The mapped event's ``custom_data.order_id``, for the receipt's order lookup key."""
+    custom = event.get("custom_data") if isinstance(event, dict) else None
+    return custom.get("order_id") if isinstance(custom, dict) else None
 
 
 def _event_name(value: Any) -> str:

@@ -577,8 +577,8 @@ def _check_event_name_spelling(event: Mapping[str, Any], ctx: Context) -> Iterab
             "custom_event_like_standard",
             "event_name",
             f"event_name is not a standard event but looks like {meant}: Meta counts it as a "
-            f"custom event (names are case-sensitive), so it does not optimize or report as "
-            f"{meant}; send exactly {meant!r} if that is what it is",
+            f"custom event (it matches standard names exactly, case included), so it does not "
+            f"optimize or report as {meant}; send exactly {meant!r} if that is what it is",
         )
     ]
 
@@ -595,7 +595,9 @@ def near_standard_event(name: str) -> str | None:
     if len(folded) < 5:  # "Lead" and "Donate" are short: a near miss there is a new word
         return None
     for standard_folded, standard in _FOLDED_STANDARD.items():
-        if _within_two_edits(folded, standard_folded):
+        # A name holding the standard one whole is another word built on it (Unsubscribe,
+        # IncompleteRegistration, Repurchase, Purchased), often its opposite: not a typo.
+        if standard_folded not in folded and _within_two_edits(folded, standard_folded):
             return standard
     return None
 
