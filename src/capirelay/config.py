@@ -21,7 +21,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -437,6 +437,10 @@ class Settings(BaseSettings):
         extra="forbid",
         toml_file=None,
     )
+
+    # A gateway whose every event is meant as a test event (capirelay demo): serve's
+    # start-up does not warn of a test_event_code left on (capirelay.ops.preflight).
+    test_events_intended: ClassVar[bool] = False
 
     storage: str = "sqlite:///./capirelay.db"
     host: str = "127.0.0.1"

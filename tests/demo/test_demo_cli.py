@@ -129,6 +129,8 @@ def test_demo_prints_every_way_in_once(demo: tuple[Running, Path, int]) -> None:
     assert "capirelay dlq list --config capirelay-demo.toml" in text
     assert f"{cwd / 'capirelay.toml'} is NOT used by the demo" in text
     assert text.count("dashboard:") == 1  # printed once, not per refresh
+    # The demo means every event as a test event: no start-up warning about its code.
+    assert "test_event_code is set" not in text
 
 
 def test_the_printed_token_opens_the_dashboard(demo: tuple[Running, Path, int]) -> None:

@@ -172,3 +172,15 @@ def test_command_line_help_names_the_options(capsys: pytest.CaptureFixture[str])
     assert exited.value.code == 0
     out = capsys.readouterr().out
     assert all(option in out for option in ("--config", "--host", "--port", "--graceful-timeout"))
+
+
+def test_start_up_does_not_warn_where_test_events_are_intended() -> None:
+    from capirelay.config import PixelSettings, Settings
+    from capirelay.ops.preflight import startup_findings
+
+    class AllTestEvents(Settings):
+        test_events_intended = True
+
+    pixels = {"123": PixelSettings(test_event_code="TEST1")}
+    assert [f.check for f in startup_findings(Settings(pixels=pixels))] == ["test events"]
+    assert startup_findings(AllTestEvents(pixels=pixels)) == []

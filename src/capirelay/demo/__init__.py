@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import orjson
@@ -99,7 +99,13 @@ class DemoFiles:
 
 
 class _DemoSettings(Settings):
-    """Settings from the demo's own values only: no ./capirelay.toml, no CAPIRELAY_* variables."""
+    """Settings from the demo's own values only: no ./capirelay.toml, no CAPIRELAY_* variables.
+
+    Every demo event goes out under TEST_DEMO on purpose, so the start-up warning about a
+    test_event_code left on would only puzzle a newcomer (``capirelay doctor`` on the
+    written demo config still says it)."""
+
+    test_events_intended: ClassVar[bool] = True
 
     @classmethod
     def settings_customise_sources(

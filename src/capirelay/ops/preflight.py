@@ -116,8 +116,10 @@ def _secret_fix(setting: str, secret: Secret) -> str:
 
 
 def startup_findings(settings: Settings) -> list[Finding]:
-    """Everything above, webhook secrets first (they refuse deliveries)."""
-    return webhook_secret_findings(settings) + test_event_code_findings(settings)
+    """Everything above, webhook secrets first (they refuse deliveries); no test code
+    finding where every event is meant as a test event (the demo)."""
+    test_codes = [] if settings.test_events_intended else test_event_code_findings(settings)
+    return webhook_secret_findings(settings) + test_codes
 
 
 def log_startup_findings(settings: Settings, log: logging.Logger) -> None:
