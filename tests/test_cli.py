@@ -333,6 +333,15 @@ def test_hash_passes_an_existing_sha256_through() -> None:
     assert f"sha256:     {digest}" in result.output
 
 
+def send_under_fault(emulator: RunningEmulator, tmp_path: Path, fault: dict[str, Any]) -> Any:
+    """``send`` of the sample event while the emulator answers with ``fault``."""
+    httpx.post(f"{emulator.url}/_emulator/faults", json={"faults": [fault]}).raise_for_status()
+    try:
+        return send(emulator, write_json(tmp_path, raw_event()))
+    finally:
+        httpx.delete(f"{emulator.url}/_emulator/faults").raise_for_status()
+
+
 @pytest.mark.parametrize(
     ("fault", "header", "fix"),
     [
@@ -351,11 +360,7 @@ def test_hash_passes_an_existing_sha256_through() -> None:
 def test_send_explains_each_meta_error_with_its_own_fix(
     emulator: RunningEmulator, tmp_path: Path, fault: dict[str, Any], header: str, fix: str
 ) -> None:
-    httpx.post(f"{emulator.url}/_emulator/faults", json={"faults": [fault]}).raise_for_status()
-    try:
-        result = send(emulator, write_json(tmp_path, raw_event()))
-    finally:
-        httpx.delete(f"{emulator.url}/_emulator/faults").raise_for_status()
+    result = send_under_fault(emulator, tmp_path, fault)
     assert result.exit_code == 1
     assert header in result.stderr, result.stderr
     what_to_do = next(line for line in result.stderr.splitlines() if "what to do:" in line)
@@ -368,11 +373,7 @@ def test_send_does_not_offer_the_gateways_replay_or_retries(
     # 100/2804xxx: the gateway's sentence says "replay from the dead-letter queue"; send
     # keeps no queue (an adversarial review of the first version).
     fault = {"kind": "invalid_event", "event_id": "cli-1", "subcode": 2804050}
-    httpx.post(f"{emulator.url}/_emulator/faults", json={"faults": [fault]}).raise_for_status()
-    try:
-        result = send(emulator, write_json(tmp_path, raw_event()))
-    finally:
-        httpx.delete(f"{emulator.url}/_emulator/faults").raise_for_status()
+    result = send_under_fault(emulator, tmp_path, fault)
     assert result.exit_code == 1
     assert "dead-letter" not in result.stderr and "replay" not in result.stderr
     assert "run the command again" in result.stderr
