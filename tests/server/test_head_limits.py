@@ -298,11 +298,15 @@ def test_a_pipelined_head_that_ends_early_in_the_next_read_is_refused(gateway: G
         with contextlib.suppress(ConnectionResetError, BrokenPipeError):
             conn.sendall(b"X-Last: a\r\n\r\n")
         rest = bytes(buffered) + read_to_end(conn)
-    # Refused while the first answer was under way: that answer says it closes the
-    # connection, and the refused head never becomes a request (no second answer).
     assert first.status == 200
-    assert first.headers[b"connection"] == b"close"
-    assert rest == b""
+    if rest:
+        # The second head came in a read of its own (TCP may split the send), after the
+        # first answer: counted from its start and answered 431.
+        assert_refused(rest, 431, "headers_too_large")
+    else:
+        # Refused while the first answer was under way: that answer says it closes the
+        # connection, and the refused head never becomes a request (no second answer).
+        assert first.headers[b"connection"] == b"close"
 
 
 @pytest.mark.parametrize("line", [field(1020), field(MAX_LINE_BYTES + 1)], ids=["many", "long"])
