@@ -263,17 +263,15 @@ _ADVICE_BESIDE_THE_CODES = frozenset({"transient", "throttled", "unknown", "auth
 
 def _print_graph_error(exc: Any, count: int) -> None:
     where = f"HTTP {exc.status}" if exc.status else "no answer"
-    code = ""
-    if exc.code:
-        code = f", code {exc.code}" + (f"/{exc.subcode}" if exc.subcode is not None else "")
+    from capirelay.graph.errors import code_label, specific_explanation
+
+    code = f", code {code_label(exc.code, exc.subcode)}" if exc.code else ""
     error(
         f"not sent: the request with {count} event(s) failed ({where}{code}"
         f"{f', fbtrace_id {exc.fbtrace_id}' if exc.fbtrace_id else ''})"
     )
     if exc.meta_says:
         err_console.print(f"  Meta says: {exc.meta_says}", markup=False)
-    from capirelay.graph.errors import specific_explanation
-
     kind = str(exc.retry_class)
     advice = _SEND_ADVICE.get(kind, exc.explanation)
     specific = specific_explanation(exc.code, exc.subcode)

@@ -339,8 +339,13 @@ def explain(
         return specific
     known = _retry_class_or_none(retry_class)
     cls = known if known is not None else classify(status, code, subcode, False)
-    label = "" if code is None else f" ({code}{'' if subcode is None else f'/{subcode}'})"
+    label = "" if code is None else f" ({code_label(code, subcode)})"
     return f"{_CLASS_EXPLANATIONS[cls]}{label}".strip()
+
+
+def code_label(code: int | None, subcode: int | None) -> str:
+    """Meta's code as it is written everywhere: ``190``, ``100/2804050``."""
+    return f"{code}{'' if subcode is None else f'/{subcode}'}"
 
 
 def specific_explanation(code: int | None, subcode: int | None) -> str | None:

@@ -31,6 +31,7 @@ import orjson
 
 from capirelay.config import ConfigError, Settings, load_settings
 from capirelay.graph import DEFAULT_BASE_URL, explain
+from capirelay.graph.errors import code_label
 from capirelay.graph.versions import DEFAULT_API_VERSION, VersionStatus
 from capirelay.meta_facts import CODE_UNKNOWN_PATH
 from capirelay.ops.health import (
@@ -481,7 +482,7 @@ def error_class_checks(groups: Iterable[DLQGroup]) -> list[Check]:
     for (code, subcode, reason), names in sorted(
         by_class.items(), key=lambda item: -item[1].total()
     ):
-        label = reason if code is None else f"{code}{'' if subcode is None else f'/{subcode}'}"
+        label = reason if code is None else code_label(code, subcode)
         events = ", ".join(f"{name} x{n}" for name, n in names.most_common(4))
         fix = _REASON_FIXES.get(reason) if code is None else explain(code, subcode)
         checks.append(

@@ -31,7 +31,7 @@ import httpx
 
 from capirelay.config import DEFAULT_GRAPH_URL, PixelSettings, Settings
 from capirelay.graph import GraphClient, GraphError, RetryClass, explain
-from capirelay.graph.errors import redact
+from capirelay.graph.errors import code_label, redact
 from capirelay.graph.versions import VersionStatus, version_status
 from capirelay.meta_facts import CODE_UNKNOWN_PATH
 
@@ -183,7 +183,7 @@ def _from_graph_error(pixel_id: str, err: GraphError, api_version: str) -> Token
     # Only an auth answer says something about the token; an outage or a retired
     # version says nothing either way.
     says_invalid = err.retry_class is RetryClass.AUTH or err.code in (190, 102)
-    code = "" if err.code is None else f" ({err.code}{_sub(err.subcode)})"
+    code = "" if err.code is None else f" ({code_label(err.code, err.subcode)})"
     explanation = explain(err.code, err.subcode, err.status)
     if err.code == CODE_UNKNOWN_PATH and version_status(api_version).state != "unknown":
         # The version is one Graph serves, so the unknown path is the rest of the URL:
@@ -220,7 +220,7 @@ def _from_debug_data(pixel_id: str, data: dict[str, Any], token: str) -> TokenHe
         code = error.get("code") if error else 190
         subcode = error.get("subcode") if error else None
         message = str(error.get("message", "")) if error else "Graph reports the token invalid"
-        error_text = redact(f"{message} ({code}{_sub(subcode)})", (token,))
+        error_text = redact(f"{message} ({code_label(code, subcode)})", (token,))
         explanation = explain(code if isinstance(code, int) else 190, subcode)
     return TokenHealth(
         pixel_id,
@@ -232,10 +232,6 @@ def _from_debug_data(pixel_id: str, data: dict[str, Any], token: str) -> TokenHe
         explanation=explanation,
         pixel_access=_pixel_access(pixel_id, data.get("granular_scopes")),
     )
-
-
-def _sub(subcode: Any) -> str:
-    return "" if subcode is None else f"/{subcode}"
 
 
 def _expiry(value: Any) -> datetime | None:

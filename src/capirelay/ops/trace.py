@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from capirelay.delivery.status import BreakerState, PixelStatus
-from capirelay.graph.errors import explain, meta_says_of
+from capirelay.graph.errors import code_label, explain, meta_says_of
 from capirelay.outbox.receipts import Outcome, Receipt, TracedEvent, TraceRecord
 
 __all__ = ["Step", "pauses_of", "status_of", "story", "trace_json"]
@@ -69,7 +69,7 @@ def _attempt_detail(attempt: dict[str, Any]) -> str:
         parts.append("no answer")
     code, subcode = attempt.get("code"), attempt.get("subcode")
     if code is not None:
-        parts.append(f"code {code}" + (f"/{subcode}" if subcode is not None else ""))
+        parts.append(f"code {code_label(code, subcode)}")
     if attempt.get("retry_class"):
         parts.append(str(attempt["retry_class"]))
     said = meta_says_of(attempt)
@@ -218,8 +218,7 @@ def pauses_of(statuses: Mapping[str, PixelStatus]) -> dict[str, str]:
                 code = (
                     "no code"
                     if last.code is None
-                    else f"code {last.code}"
-                    + (f"/{last.subcode}" if last.subcode is not None else "")
+                    else f"code {code_label(last.code, last.subcode)}"
                 )
                 said = f": {last.message}" if last.message else ""
                 trace = f", fbtrace_id {last.fbtrace_id}" if last.fbtrace_id else ""
