@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
 from capirelay.outbox.receipts import Receipt, dropped_receipt, duplicate_receipt
 
-__all__ = ["record_dropped", "record_duplicates"]
+__all__ = ["record_dropped", "record_duplicates", "record_receipts"]
 
 log = logging.getLogger("capirelay.server")
 
 
-async def _record(outbox: Outbox, receipts: Sequence[Receipt]) -> None:
+async def record_receipts(outbox: Outbox, receipts: Sequence[Receipt]) -> None:
+    """Store ``receipts`` in one write; storage being down costs a log line, not the answer."""
     if not receipts:
         return
     try:
@@ -47,30 +47,19 @@ async def record_duplicates(
         for event, status in zip(events, statuses, strict=True)
         if status == EnqueueStatus.DUPLICATE
     ]
-    await _record(outbox, receipts)
+    await record_receipts(outbox, receipts)
 
 
 async def record_dropped(
-    outbox: Outbox,
-    *,
-    pixel_id: str,
-    event_name: str,
-    event_id: str,
-    reason: str,
-    now: float,
-    source: str = "collect",
-    order_id: Any = None,
+    outbox: Outbox, *, pixel_id: str, event_name: str, event_id: str, reason: str, now: float
 ) -> None:
-    """The receipt of an event kept from Meta at ingest (no identifiers): a beacon the
-    consent or bot policy dropped, or a webhook's event rejected after the vendor was
-    answered 200 (it will not retry, so the receipt is what is left to trace)."""
+    """The receipt of a beacon the consent or bot policy kept from Meta (no identifiers)."""
     receipt = dropped_receipt(
         pixel_id=pixel_id,
         event_name=event_name,
         event_id=event_id,
-        source=source,
+        source="collect",
         reason=reason,
         now=now,
-        order_id=order_id,
     )
-    await _record(outbox, [receipt])
+    await record_receipts(outbox, [receipt])

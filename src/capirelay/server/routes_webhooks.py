@@ -49,13 +49,14 @@ from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.limits import MAX_EVENT_NAME
 from capirelay.metrics import Metrics
 from capirelay.orders import ORDER_PRESETS
+from capirelay.outbox.receipts import dropped_receipt
 from capirelay.problems import Problem
 from capirelay.server._commit import (
     STORAGE_RETRY_AFTER_SECONDS,
     commit_events,
     problems_json,
 )
-from capirelay.server._receipts import record_dropped
+from capirelay.server._receipts import record_receipts
 from capirelay.server.beacon_guard import limit_webhook
 from capirelay.server.http import ApiError, JSONResponse, parse_json, read_body
 from capirelay.sources.mapping import MappedEvent, SkippedRule, Unmapped
@@ -128,7 +129,9 @@ async def _tell_rejections(
 ) -> None:
     """A webhook's rejected event leaves a receipt and a log line: the vendor got a 200
     and will not retry, and nobody reads that answer, so `trace` and the log are where
-    the order can still be found.  Problems name fields, never values."""
+    the order can still be found.  Problems name fields, never values.  The receipts of
+    one delivery are stored in one write."""
+    receipts = []
     for item, ready, status in zip(mapped, prepared, statuses, strict=True):
         if status != "rejected":
             continue
@@ -144,16 +147,18 @@ async def _tell_rejections(
             extra={"webhook": webhook.name, "result": "rejected"},
         )
         if ready.event_id:
-            await record_dropped(
-                request.app.state.outbox,
-                pixel_id=webhook.settings.pixel_id,
-                event_name=_event_name(item.event.get("event_name")),
-                event_id=ready.event_id,
-                reason=f"rejected ({codes}): {first}"[:500],
-                now=now,
-                source=webhook.source,
-                order_id=_order_id(item.event),
+            receipts.append(
+                dropped_receipt(
+                    pixel_id=webhook.settings.pixel_id,
+                    event_name=_event_name(item.event.get("event_name")),
+                    event_id=ready.event_id,
+                    source=webhook.source,
+                    reason=f"rejected ({codes}): {first}"[:500],
+                    now=now,
+                    order_id=_order_id(item.event),
+                )
             )
+    await record_receipts(request.app.state.outbox, receipts)
 
 
 def _order_id(event: Any) -> Any:
