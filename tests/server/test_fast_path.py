@@ -5,6 +5,7 @@ message the app sends (and an exception it raises) is visible."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,6 +13,9 @@ from typing import Any
 import orjson
 import pytest
 from starlette.datastructures import State
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from capirelay.config import IngestKey, PixelSettings, Secret, Settings
 from capirelay.outbox.memory import InMemoryOutbox
@@ -236,6 +240,41 @@ async def test_an_unexpected_failure_is_a_500_that_acknowledges_nothing_and_is_r
         }
     }
     assert SECURITY.items() <= sent.headers.items()
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "capirelay.access"]
+
+
+async def test_an_unhandled_failure_is_logged_as_500_on_either_path(
+    gateway: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Starlette route's failure is answered 500 by Starlette's outermost layer, outside
+    # the middleware that writes the access line: the line said status 0.
+    caplog.set_level(logging.INFO, logger="capirelay.access")
+
+    async def broken_route(request: Request) -> Response:
+        raise RuntimeError("storage said something")
+
+    gateway.router.routes.append(Route("/broken", broken_route, methods=["GET"]))
+    sent = Sent()
+    with pytest.raises(RuntimeError):
+        await gateway(_scope("GET", "/broken", []), _receiver(*_chunks(b"")), sent)
+    assert sent.status == 500
+    [line] = _access_lines(caplog)
+    assert line.startswith("GET /broken 500 "), line
+
+    async def broken(state: State, incoming: Incoming) -> Answer:
+        raise RuntimeError("storage said something")
+
+    caplog.clear()
+    fast = Gateway(fast_routes={"/v1/events": broken}, body_limits={}, routes=[])
+    sent = Sent()
+    with pytest.raises(RuntimeError):
+        await fast(_scope("POST", "/v1/events", []), _receiver(*_chunks(b"{}")), sent)
+    assert sent.status == 500
+    [line] = _access_lines(caplog)
+    assert line.startswith("POST /v1/events 500 "), line
 
 
 @pytest.mark.parametrize(

@@ -251,6 +251,7 @@ def test_a_failure_logs_the_path_escaped_as_the_access_line_does(
     assert line == "unhandled RuntimeError on GET /v1/events/a\\x00b\\r\\x1b[2Kforged"
     [access] = [r.getMessage() for r in caplog.records if r.name == "capirelay.access"]
     assert access.startswith("GET /v1/events/a\\x00b\\r\\x1b[2Kforged ")
+    assert access.rsplit(" ", 2)[1] == "500"  # it said 0: the 500 was answered outside it
 
 
 def test_the_dashboard_search_box_finds_events_and_orders(

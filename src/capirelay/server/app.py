@@ -254,5 +254,12 @@ class GatewayHeadersMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Starlette's outermost layer (ServerErrorMiddleware, outside this one) answers
+            # the 500 of an unhandled error; the line says so, as the fast path's does.  A
+            # response already started keeps the status that went out.
+            if status == 0:
+                status = 500
+            raise
         finally:
             log_access(scope, status, started)
