@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -21,9 +22,9 @@ from capirelay.config import ConfigError, Secret, Settings, WebhookSettings
 from capirelay.delivery.engine import DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.metrics import Metrics
-from capirelay.ops.trace import status_of, story
-from capirelay.outbox import SQLiteOutbox, open_outbox
-from capirelay.outbox.receipts import TraceRecord
+from capirelay.ops.trace import iso, status_of, story
+from capirelay.outbox import NewEvent, SQLiteOutbox, open_outbox
+from capirelay.outbox.receipts import MetaAnswer, TraceRecord
 from capirelay.server import create_app
 from capirelay.server.routes_webhooks import load_webhooks
 from server.conftest import (
@@ -680,6 +681,60 @@ async def test_storage_failure_is_503_so_the_vendor_retries(
             assert response.json()["error"]["code"] == "storage_unavailable"
     finally:
         await outbox.close()
+
+
+async def test_an_order_delivered_then_resent_past_metas_window_is_told_as_delivered(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # The order went to Meta when it was paid, 8 days ago; Shopify sends it again today
+    # (resent from its dashboard) and ingest refuses it as too old.  The story told the
+    # user to "fix the cause, then resend the order", which was already delivered.
+    outbox = SQLiteOutbox(tmp_path / "resent.db")
+    await outbox.open()
+    paid = time.time() - 8 * DAY
+    paid_iso = datetime.fromtimestamp(paid, UTC).isoformat(timespec="seconds")
+    order = shopify_order(created_at=paid_iso, processed_at=paid_iso, updated_at=paid_iso)
+    event_id = f"shopify:{order['id']}:Purchase"
+    wire = {"event_name": "Purchase", "event_id": event_id, "event_time": int(paid)}
+    queued = NewEvent(
+        PIXEL_ID, "Purchase", event_id, orjson.dumps(wire), int(paid), paid + 7 * DAY,
+        source="webhook:shop",
+    )  # fmt: skip
+    await outbox.enqueue([queued], now=paid)
+    [leased] = await outbox.lease(PIXEL_ID, limit=1, lease_seconds=30, now=paid)
+    answer = MetaAnswer(fbtrace_id="Fpaid", events_received=1, sent_at=paid + 1)
+    await outbox.ack_delivered([leased.id], now=paid + 2, answer=answer, lease_id=leased.lease_id)
+    # An engine the app does not start: what storage holds is what the test wrote.
+    app = create_app(settings, outbox=outbox, engine=DeliveryEngine(outbox, settings, Metrics()))
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
+            ) as http,
+        ):
+            body = json.dumps(order).encode()
+            headers = SIGNERS["shopify"](body, SECRETS["shop"], time.time(), "orders/paid")
+            response = await http.post("/v1/webhooks/shop", content=body, headers=headers)
+            [result] = response.json()["results"]
+            assert (result["event_id"], result["status"]) == (event_id, "rejected")
+            api = await http.get(
+                f"/v1/events/{event_id}",
+                params={"pixel_id": PIXEL_ID},
+                headers={"Authorization": f"Bearer {INGEST_KEY}"},
+            )
+        record = await outbox.trace(event_id, pixel_id=PIXEL_ID)
+    finally:
+        await outbox.close()
+
+    assert status_of(record) == "delivered"
+    [step] = [s for s in story(record) if s.what == "rejected"]
+    assert "resend the order" not in step.detail
+    assert "event_too_old" in step.detail
+    assert f"the order was already delivered to Meta at {iso(paid + 1)}" in step.detail
+    assert "nothing to do" in step.detail
+    assert api.status_code == 200
+    assert [s["detail"] for s in api.json()["story"] if s["what"] == "rejected"] == [step.detail]
 
 
 def filler_events(size: int, padding: int) -> list[dict[str, Any]]:

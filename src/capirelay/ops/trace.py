@@ -132,7 +132,27 @@ def _attempt_steps(
     ]
 
 
-def _receipt_steps(r: Receipt, told: _Told) -> list[Step]:
+def _too_old_resend(r: Receipt, delivered_at: float | None) -> str | None:
+    """The story of a webhook's event refused as too old after the same event had been
+    delivered: the vendor sent a delivered order again past Meta's window.  Nothing is
+    lost and nothing is to be resent; ``None`` for any other rejection."""
+    if delivered_at is None or not r.reason:
+        return None
+    head = r.reason.partition(";")[0]  # "rejected (codes): first problem"
+    codes = head.removeprefix("rejected (").partition(")")[0].split(", ")
+    if not head.startswith("rejected (") or "event_too_old" not in codes:
+        return None
+    what = "order" if r.order_key else "event"
+    return (
+        f"{head.replace('rejected', f'sent again by {r.source} and rejected at ingest', 1)}; "
+        f"the {what} was already delivered to Meta at {iso(delivered_at)}: only this late "
+        "resend was refused, nothing to do"
+    )
+
+
+def _receipt_steps(r: Receipt, told: _Told, delivered_at: float | None = None) -> list[Step]:
+    """``delivered_at``: when an earlier receipt of the same pixel and event name says
+    the event was delivered (``None`` if none does)."""
     p, n = r.pixel_id, r.event_name
     steps: list[Step] = []
     if r.outcome in (Outcome.DELIVERED, Outcome.DEAD_LETTERED):
@@ -178,6 +198,8 @@ def _receipt_steps(r: Receipt, told: _Told) -> list[Step]:
                 n,
             )
         )
+    elif (resend := _too_old_resend(r, delivered_at)) is not None:
+        steps.append(Step(r.received_at, "rejected", resend, p, n))
     elif r.reason and r.reason.startswith("rejected"):
         # A webhook's event that failed validation after its vendor was answered 200.
         steps.append(
@@ -281,9 +303,12 @@ def story(record: TraceRecord, pauses: Mapping[str, str] | None = None) -> list[
     caller runs in the gateway and knows; a queued event of such a pixel says so."""
     steps: list[Step] = []
     told: dict[tuple[str, str], _Told] = {}
+    delivered: dict[tuple[str, str], float] = {}
     for receipt in sorted(record.receipts, key=lambda r: r.recorded_at or 0.0):
         key = (receipt.pixel_id, receipt.event_name)
-        steps += _receipt_steps(receipt, told.setdefault(key, _Told()))
+        steps += _receipt_steps(receipt, told.setdefault(key, _Told()), delivered.get(key))
+        if receipt.outcome == Outcome.DELIVERED:
+            delivered[key] = receipt.last_attempt_at or receipt.recorded_at
     for pending in record.pending:
         # A dead letter's receipt already told its story; the letter adds only its place.
         if pending.where == "dead_letters" and any(
