@@ -559,24 +559,52 @@ def test_a_token_without_ads_management_is_told_to_get_that_permission(
     token = by_name(report)[f"token {PIXEL}"]
     assert token["status"] == "fail"
     assert token["detail"] == (
-        f"valid, but not granted ads_management (scopes: ads_read), which sending events to "
-        f"pixel {PIXEL} needs"
+        "valid, but not granted ads_management or business_management (scopes: ads_read), "
+        f"which sending events to pixel {PIXEL} needs"
     )
     assert token["fix"].startswith("generate a new token with the ads_management permission")
     assert token["fix"].endswith(f"put it in pixels.{PIXEL}.access_token")
     assert token["fix"] != explain(100, 33)
 
 
+def test_a_token_with_business_management_alone_passes_as_graph_takes_its_events(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    # Reference (official-sdk-and-spec.md): the only permission text for a dataset names
+    # "ads_management or business_management"; the emulator takes events from such a
+    # token, and the doctor failed it ("not granted ads_management").
+    answer = httpx.post(
+        f"{emulator.url}/_emulator/tokens/scopes",
+        json={"access_token": TOKEN, "scopes": ["business_management"]},
+    )
+    assert answer.status_code == 200
+    event = wire_event(
+        "bm-only", int(time.time()), em=[sha256_hex("a@example.com")], client_user_agent="UA"
+    )
+    sent = httpx.post(
+        f"{emulator.url}/v26.0/{PIXEL}/events",
+        json={"data": [event], "access_token": TOKEN},
+    )
+    assert sent.status_code == 200, sent.text
+    code, report = doctor(write_config(tmp_path, emulator.url))
+    token = by_name(report)[f"token {PIXEL}"]
+    assert (token["status"], token["fix"]) == ("ok", None), token
+    assert token["detail"] == "valid, never expires; scopes: business_management"
+    assert code == 0
+
+
 def test_a_token_granted_on_another_pixel_is_told_to_get_access_to_this_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     other_pixel, other_token = "5550001111", "EAAotherTOKENabcdefghijklmnopqrstu"
-    monkeypatch.setenv(TOKEN_ENV, other_token)  # ads_management, but on the other pixel only
+    monkeypatch.setenv(TOKEN_ENV, other_token)  # its grants name the other pixel only
     with run_emulator(pixels={PIXEL: TOKEN, other_pixel: other_token}) as emulator:
         code, report = doctor(write_config(tmp_path, emulator.url))
     assert code == 1
     token = by_name(report)[f"token {PIXEL}"]
-    assert token["detail"] == f"valid, but its ads_management grant does not include pixel {PIXEL}"
+    assert token["detail"] == (
+        f"valid, but its ads_management and business_management grants do not include pixel {PIXEL}"
+    )
     assert token["fix"] == explain(100, 33)
 
 

@@ -36,7 +36,7 @@ from capirelay.graph.versions import DEFAULT_API_VERSION, VersionStatus
 from capirelay.meta_facts import CODE_UNKNOWN_PATH
 from capirelay.ops.health import (
     GRAPH_URL_FIX,
-    REQUIRED_SCOPE,
+    SEND_SCOPES,
     GraphProbe,
     TokenHealth,
     probe_graph,
@@ -354,23 +354,25 @@ def _token_check(health: TokenHealth, now: datetime) -> Check:
         # answers (an outage, a retired version reported below) say nothing either way.
         status = Status.FAIL if health.error_code == CODE_UNKNOWN_PATH else Status.WARN
         return Check(name, status, f"could not be checked: {health.error}", health.explanation)
-    if health.pixel_access is False and REQUIRED_SCOPE not in health.scopes:
+    granted = [scope for scope in SEND_SCOPES if scope in health.scopes]
+    if health.pixel_access is False and not granted:
         scopes = ", ".join(health.scopes) or "none listed"
         return Check(
             name,
             Status.FAIL,
-            f"valid, but not granted {REQUIRED_SCOPE} (scopes: {scopes}), which sending "
-            f"events to pixel {health.pixel_id} needs",
-            f"generate a new token with the {REQUIRED_SCOPE} permission for the system user "
+            f"valid, but not granted {' or '.join(SEND_SCOPES)} (scopes: {scopes}), which "
+            f"sending events to pixel {health.pixel_id} needs",
+            f"generate a new token with the {SEND_SCOPES[0]} permission for the system user "
             "(Business Settings > Users > System users > Generate new token; a token keeps "
             "the permissions it was generated with) and put it in "
             f"pixels.{health.pixel_id}.access_token",
         )
     if health.pixel_access is False:
+        grants = " and ".join(granted) + (" grants do" if len(granted) > 1 else " grant does")
         return Check(
             name,
             Status.FAIL,
-            f"valid, but its {REQUIRED_SCOPE} grant does not include pixel {health.pixel_id}",
+            f"valid, but its {grants} not include pixel {health.pixel_id}",
             explain(100, 33),
         )
     days_left = health.days_left(now)
@@ -384,8 +386,8 @@ def _token_check(health: TokenHealth, now: datetime) -> Check:
         return Check(name, Status.FAIL, detail, renew)
     if days_left is not None and days_left < TOKEN_EXPIRY_WARN_DAYS:
         return Check(name, Status.WARN, detail, renew)
-    if health.scopes and REQUIRED_SCOPE not in health.scopes:
-        return Check(name, Status.WARN, detail, f"grant the token's system user {REQUIRED_SCOPE}")
+    if health.scopes and not granted:
+        return Check(name, Status.WARN, detail, f"grant the token's system user {SEND_SCOPES[0]}")
     return Check(name, Status.OK, detail)
 
 

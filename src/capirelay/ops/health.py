@@ -38,7 +38,7 @@ from capirelay.meta_facts import CODE_UNKNOWN_PATH
 __all__ = [
     "GRAPH_URL_FIX",
     "PROBE_TIMEOUT",
-    "REQUIRED_SCOPE",
+    "SEND_SCOPES",
     "GraphProbe",
     "TokenHealth",
     "clock_skew",
@@ -48,8 +48,12 @@ __all__ = [
     "version_health",
 ]
 
-# The permission a system-user token needs to post events to a dataset it was given.
-REQUIRED_SCOPE = "ads_management"
+# The permissions that let a system-user token post events to a dataset it was given:
+# either one.  Meta's pages, as the reference quotes them, name no permission for
+# ``POST /{pixel_id}/events`` itself; for a dataset they say "ads_management or
+# business_management" (Dataset Quality API), and a write to the pixel takes either
+# (docs/reference/meta-diagnostics.md, which the emulator follows too).
+SEND_SCOPES: tuple[str, ...] = ("ads_management", "business_management")
 PROBE_TIMEOUT = 5.0
 
 
@@ -245,10 +249,11 @@ def _pixel_access(pixel_id: str, granular: Any) -> bool | None:
     if not isinstance(granular, list) or not granular:
         return None
     for grant in granular:
-        if isinstance(grant, dict) and grant.get("scope") == REQUIRED_SCOPE:
+        if isinstance(grant, dict) and grant.get("scope") in SEND_SCOPES:
             targets = grant.get("target_ids")
             # No target list means the scope applies to everything the user can see.
-            return targets is None or pixel_id in [str(t) for t in targets]
+            if targets is None or pixel_id in [str(t) for t in targets]:
+                return True
     return False
 
 
