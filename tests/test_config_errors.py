@@ -161,6 +161,66 @@ def test_mistakes_inside_and_around_tables_are_told_in_one_round(tmp_path: Path)
     assert all(line.startswith(f"{path}:") for line in lines), lines  # each at its line
 
 
+def test_a_webhook_naming_an_unconfigured_pixel_is_told_in_the_first_round(
+    tmp_path: Path,
+) -> None:
+    # It was checked only once everything else loaded: told in a round of its own, after
+    # the user had fixed the rest.
+    path = tmp_path / "capirelay.toml"
+    path.write_text(
+        "[pixels.1234567890]\n"
+        'default_contry = "US"\n'
+        "[pixels.5550001111]\n"
+        "[webhooks.shop]\n"
+        'preset = "shopify"\n'
+        'pixel_id = "999"\n'
+        'secret = { env = "SHOP_SECRET" }\n'
+        "[webhooks.woo]\n"
+        'preset = "woocommerce"\n'
+        'pixel_id = "5550001111"\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    lines = str(raised.value).splitlines()
+    assert any("default_contry" in line for line in lines), lines
+    assert any("webhooks.woo.secret: field required" in line for line in lines), lines
+    assert f"{path}:6:1: webhooks.shop.pixel_id: pixel_id 999 is not configured under " \
+        "[pixels]; add a [pixels.999] table, or set pixel_id to a configured pixel " \
+        "(1234567890, 5550001111)" in lines, lines  # fmt: skip
+    assert len(lines) == 3, lines
+
+    # Alone, once the rest is right: the same line.
+    path.write_text(
+        path.read_text().replace("default_contry", "default_country")
+        + 'secret = { env = "WOO_SECRET" }\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert str(raised.value).splitlines() == [
+        f"{path}:6:1: webhooks.shop.pixel_id: pixel_id 999 is not configured under [pixels]; "
+        "add a [pixels.999] table, or set pixel_id to a configured pixel "
+        "(1234567890, 5550001111)"
+    ]
+
+
+def test_a_webhook_naming_a_pixel_whose_id_is_refused_is_told_once(tmp_path: Path) -> None:
+    # The pixel's table is there under an id that is itself a mistake: that mistake is
+    # the one to fix, and the webhook is not also called unconfigured.
+    path = tmp_path / "capirelay.toml"
+    path.write_text(
+        "[pixels.act_1234567890]\n"
+        "[webhooks.shop]\n"
+        'preset = "shopify"\n'
+        'pixel_id = "act_1234567890"\n'
+        'secret = { env = "SHOP_SECRET" }\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    lines = str(raised.value).splitlines()
+    assert any("pixel id 'act_1234567890' must be the numeric id" in line for line in lines)
+    assert not any("is not configured" in line for line in lines), lines
+
+
 def test_the_config_knows_every_webhook_preset() -> None:
     from capirelay.config import WEBHOOK_PRESETS
     from capirelay.sources.webhooks import PRESETS

@@ -20,11 +20,22 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -179,6 +190,46 @@ def graph_url_problem(url: str) -> str | None:
     if parts.hostname == urlsplit(DEFAULT_GRAPH_URL).hostname and segments:
         return f"must be Meta's bare origin without a path ({example})"
     return None
+
+
+def unconfigured_pixel_problem(pixel_id: str, configured: Iterable[str]) -> str:
+    """What a webhook whose ``pixel_id`` has no ``[pixels]`` table is told, by the settings'
+    validation and by :func:`capirelay.sources.webhooks.configured.load_webhooks` alike."""
+    known = ", ".join(sorted(configured)) or "none yet"
+    return (
+        f"pixel_id {pixel_id} is not configured under [pixels]; add a "
+        f"[pixels.{pixel_id}] table, or set pixel_id to a configured pixel ({known})"
+    )
+
+
+def _unconfigured_webhook_pixels(pixels: Any, webhooks: Any) -> list[InitErrorDetails]:
+    """One error per webhook naming a pixel that has no table, from the settings as given
+    (``pixels`` and ``webhooks`` before or after validation).
+
+    A pixel's table counts as there even under an id that is itself refused
+    (``act_123``): that id's own error is the one to fix.  The configured pixels the
+    message lists are the valid ids.  Nothing is told when either table is not a table."""
+    pixels = {} if pixels is None else pixels
+    if not isinstance(pixels, Mapping) or not isinstance(webhooks, Mapping):
+        return []
+    present = {str(pixel_id) for pixel_id in pixels}
+    configured = [pixel_id for pixel_id in present if _PIXEL_ID.match(pixel_id)]
+    errors: list[InitErrorDetails] = []
+    for name, hook in webhooks.items():
+        if isinstance(hook, Mapping):
+            pixel_id = hook.get("pixel_id")
+        else:
+            pixel_id = getattr(hook, "pixel_id", None)
+        if isinstance(pixel_id, str) and pixel_id not in present:
+            problem = unconfigured_pixel_problem(pixel_id, configured)
+            errors.append(
+                {
+                    "type": PydanticCustomError("webhook_pixel_unconfigured", problem),
+                    "loc": ("webhooks", str(name), "pixel_id"),
+                    "input": pixel_id,
+                }
+            )
+    return errors
 
 
 class ConsentPolicy(BaseModel):
@@ -487,6 +538,30 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return v
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _webhook_pixels(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        """A webhook naming a pixel that is not configured, told with every other mistake.
+
+        An "after" validator runs only once everything else is valid: the mistake came in
+        a round of its own, after the user had fixed the others.  Here it is checked on
+        the settings as given when validation failed, and added to those errors."""
+        try:
+            settings = handler(data)
+        except ValidationError as exc:
+            if not isinstance(data, Mapping):
+                raise
+            unconfigured = _unconfigured_webhook_pixels(data.get("pixels"), data.get("webhooks"))
+            if not unconfigured:
+                raise
+            raise ValidationError.from_exception_data(
+                exc.title, [*_as_init_errors(exc), *unconfigured]
+            ) from None
+        unconfigured = _unconfigured_webhook_pixels(settings.pixels, settings.webhooks)
+        if unconfigured:
+            raise ValidationError.from_exception_data(cls.__name__, unconfigured)
+        return settings
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -528,6 +603,18 @@ class Settings(BaseSettings):
                     f"ingest_keys.{name}.key is a literal in the config file; use env or file"
                 )
         return out
+
+
+def _as_init_errors(exc: ValidationError) -> list[InitErrorDetails]:
+    """``exc``'s errors, to raise again with others: each keeps its type, place and message."""
+    return [
+        {
+            "type": PydanticCustomError(error["type"], error["msg"]),
+            "loc": error["loc"],
+            "input": error["input"],
+        }
+        for error in exc.errors(include_url=False)
+    ]
 
 
 def redact_storage_url(url: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capirelay.config import ConfigError, Settings, WebhookSettings
+from capirelay.config import ConfigError, Settings, WebhookSettings, unconfigured_pixel_problem
 from capirelay.sources.content_ids import (
     DEFAULT_TEMPLATES,
     PRESET_FIELDS,
@@ -54,11 +54,9 @@ def load_webhooks(settings: Settings) -> dict[str, ConfiguredWebhook]:
 def _configure(name: str, hook: WebhookSettings, settings: Settings) -> ConfiguredWebhook:
     preset = get_preset(hook.preset)
     if hook.pixel_id not in settings.pixels:
-        known = ", ".join(sorted(settings.pixels)) or "none yet"
-        raise ValueError(
-            f"pixel_id {hook.pixel_id} is not configured under [pixels]; add a "
-            f"[pixels.{hook.pixel_id}] table, or set pixel_id to a configured pixel ({known})"
-        )
+        # Validated settings have told it already; settings built without validation
+        # (model_copy, model_construct) are told here.
+        raise ValueError(unconfigured_pixel_problem(hook.pixel_id, settings.pixels))
     mapping = load_mapping(hook.mapping) if hook.mapping is not None else preset.default_mapping()
     if mapping is None:
         raise ValueError(f'preset {preset.name!r} needs mapping = "path/to/mapping.toml"')
