@@ -28,8 +28,8 @@ Phases, per scenario
    per-event cost divided by it is printed too).
 4. replica scaling: a backlog (50,000 events with --quick) filled through one
    token-less replica, drained by 1 or 2 replicas started behind a hold on the
-   pixel, alternating, at least 5 runs each; the medians, and the database CPU
-   per event of the draining replicas' backends.
+   pixel, alternating (1, 2, then 2, 1, ...), at least 5 runs each; the medians,
+   and the database CPU per event of the draining replicas' backends.
 
 The last two lines are meant to be compared from run to run:
     database CPU per delivered event: N us (client wall N us)
@@ -501,12 +501,15 @@ def drain_rate(
 def replica_scaling(
     config: Path, pg_url: str, graph_url: str, *, runs: int, events: int
 ) -> tuple[float, float, float, float]:
-    """Median drain rate of 1 and of 2 replicas, over ``runs`` runs each, alternating; and
-    the median database CPU seconds per delivered event of each."""
+    """Median drain rate of 1 and of 2 replicas, over ``runs`` runs each, alternating (each
+    count first in every other pair); and the median database CPU seconds per delivered
+    event of each."""
     rates: dict[int, list[float]] = {1: [], 2: []}
     db_cpu: dict[int, list[float]] = {1: [], 2: []}
     for n in range(runs):
-        for count in (1, 2):
+        # 1, 2, then 2, 1, ...: a machine that speeds up or slows down during the runs
+        # (this shared host does, by a quarter within minutes) favours neither count.
+        for count in (1, 2) if n % 2 == 0 else (2, 1):
             reset_schema(pg_url)
             rate, cpu = drain_rate(config, pg_url, count, graph_url, events)
             rates[count].append(rate)
