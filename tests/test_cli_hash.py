@@ -53,3 +53,18 @@ def test_faithful_inputs_do_not_warn(args: list[str]) -> None:
     result = runner.invoke(app, ["hash", *args])
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        # Meta's documented normalized phone (Customer Information Parameters: 16505551212),
+        # and a UK number written with its calling code and no "+": nothing is missing.
+        ["ph", "16505551212"],
+        ["ph", "442079460958"],
+    ],
+)
+def test_values_already_as_meta_documents_them_do_not_warn(args: list[str]) -> None:
+    result = runner.invoke(app, ["hash", *args])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""

@@ -23,7 +23,6 @@ __all__ = ["hash_command", "lossy_warnings"]
 console = Console(highlight=False, soft_wrap=True)
 EXIT_USAGE = 2
 
-_INTERNATIONAL = re.compile(r"^\s*(\+|00[1-9])")
 _EXTENSION = re.compile(r"(?:e?xt(?:ension)?\.?|x|#)\s*\d+\s*$", re.IGNORECASE)
 _DAY_MONTH_YEAR = re.compile(r"^\s*(\d{1,2})\s*([/\-.\s])\s*(\d{1,2})\s*\2\s*(\d{2}|\d{4})\s*$")
 _TWO_DIGIT_YEAR = re.compile(r"(^|\D)\d{1,2}\D+\d{1,2}\D+\d{2}\s*$")
@@ -31,9 +30,13 @@ _TWO_DIGIT_YEAR = re.compile(r"(^|\D)\d{1,2}\D+\d{1,2}\D+\d{2}\s*$")
 
 def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -> list[str]:
     """Why ``value`` -> ``normalized`` may not be what the other side hashed (wire ``key``)."""
+    from capirelay.events._user_data import _national_only
+
     warnings: list[str] = []
     if key == "ph":
-        if country is None and not _INTERNATIONAL.match(value):
+        # The same test ingest's phone_without_country_code warning makes: "16505551212"
+        # already carries its country code (Meta's own documented example).
+        if country is None and _national_only(value):
             warnings.append(
                 "this phone number has no country code and no --country was given: it was "
                 "hashed as the national digits, which never match Meta's (Meta needs the "
