@@ -56,11 +56,7 @@ def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -
                 "spaces and dashes; pass --country for that country's rules"
             )
     elif key == "st" and len(normalized) != 2:
-        warnings.append(
-            f"'{normalized}' is not a 2-letter state code: Meta matches US states on their "
-            "ANSI abbreviation (e.g. ca) and other regions on a 2-character code; "
-            "pass the code (or --country US for US state names)"
-        )
+        warnings.extend(_state_warnings(normalized, country))
     elif key == "db":
         warnings.extend(_date_warnings(value))
     elif key in ("fn", "ln", "ct"):
@@ -73,6 +69,27 @@ def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -
         if any(ch.isdigit() for ch in normalized):
             warnings.append("the value contains digits: names and cities normally have none")
     return warnings
+
+
+def _state_warnings(normalized: str, country: str | None) -> list[str]:
+    """Meta wants the 2-letter code for a US state only; other regions' states are the name
+    lowercased without punctuation or spaces (Customer Information Parameters), which is
+    what ``normalized`` then is (capirelay also codes Canadian provinces)."""
+    from capirelay.normalize import resolve_country
+
+    region = resolve_country(country) if country is not None else None
+    if region is not None and region not in ("us", "ca"):
+        return []
+    code = (
+        f"'{normalized}' is not a 2-letter state code: Meta matches US states on their "
+        "2-letter ANSI abbreviation (e.g. ca)"
+    )
+    if region is not None:
+        return [f"{code}; check the spelling or pass the code"]
+    return [
+        f"{code}; outside the US this is right (Meta: the name lowercased, no punctuation "
+        "or spaces), for a US state pass the code or --country US"
+    ]
 
 
 def _date_warnings(value: str) -> list[str]:
