@@ -16,7 +16,7 @@ from capirelay.graph import GraphClient
 from capirelay.metrics import Metrics
 from capirelay.ops.diagnostics import DiagnosticsRunner
 from capirelay.ops.doctor import run_doctor
-from capirelay.ops.meta_advice import advice_for, dq_key
+from capirelay.ops.meta_advice import UNDERCOUNT, advice_for, dq_key
 from capirelay.ops.meta_store import meta_store_for
 from capirelay.outbox import Outbox, open_outbox
 
@@ -92,3 +92,14 @@ def test_dataset_quality_advice_follows_the_finding_not_the_event_name(
         assert "client_ip_address" not in advice
     else:
         assert expected in advice
+
+
+def test_undercount_advice_names_no_cause_meta_rules_out() -> None:
+    advice = advice_for(UNDERCOUNT)
+    # An event older than 7 days errors the whole request (nothing is acknowledged), and
+    # events without test_event_code are counted like any other (reference §4.2, §4.3):
+    # neither can make Meta count fewer server events than it acknowledged.
+    assert "older than 7 days, " not in advice
+    assert "sent without test_event_code" not in advice
+    # What does remove an acknowledged server copy: dedup against the browser's twin.
+    assert "event_id" in advice and "deduplicated" in advice

@@ -53,10 +53,13 @@ _ADVICE: Final[dict[str, str]] = {
         "fallback are lost. Run `capirelay pixel first-party-cookies on`."
     ),
     UNDERCOUNT: (
-        "Meta counts fewer server events than it acknowledged. Compare the hours on the "
-        "Diagnostics page; events may be dropped after receipt (event_time older than 7 "
-        "days, an action_source Meta does not attribute, or test events sent without "
-        "test_event_code). Check `capirelay dlq list` and the event_time your sources send."
+        "Meta counts fewer server events than it acknowledged. First compare the gap with "
+        "the deduplicated count of the same hours on the Diagnostics page: Meta discards a "
+        "server copy that shares event_name and event_id with a browser event it received "
+        "first (within 48 h), which is dedup working, not a loss. An old event_time is not "
+        "the cause (Meta refuses the whole request, nothing is acknowledged), nor are events "
+        "without test_event_code (Meta counts them). A gap beyond the deduplicated events: "
+        "keep the hours; `capirelay trace EVENT_ID` gives an event's fbtrace_id for Meta support."
     ),
     HAD_PII: (
         "Meta received events carrying unhashed personal data. capirelay hashes every "
