@@ -53,3 +53,28 @@ def test_faithful_inputs_do_not_warn(args: list[str]) -> None:
     result = runner.invoke(app, ["hash", *args])
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        # Meta's documented normalized phone (Customer Information Parameters: 16505551212),
+        # and a UK number written with its calling code and no "+": nothing is missing.
+        ["ph", "16505551212"],
+        ["ph", "442079460958"],
+        # Outside the US, Meta's rule for st is the name lowercased without punctuation or
+        # spaces, not a code: bayern is what Meta hashes.
+        ["st", "Bayern", "--country", "DE"],
+        ["st", "New South Wales", "--country", "AU"],
+    ],
+)
+def test_values_already_as_meta_documents_them_do_not_warn(args: list[str]) -> None:
+    result = runner.invoke(app, ["hash", *args])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+
+
+def test_a_us_state_name_that_is_no_state_still_warns() -> None:
+    result = runner.invoke(app, ["hash", "st", "Calfornia", "--country", "US"])
+    assert result.exit_code == 0, result.output
+    assert "not a 2-letter state code" in result.stderr

@@ -16,6 +16,7 @@ from capirelay.graph import GraphClient
 from capirelay.metrics import Metrics
 from capirelay.ops.diagnostics import DiagnosticsRunner
 from capirelay.ops.doctor import run_doctor
+from capirelay.ops.meta_advice import UNDERCOUNT, advice_for, dq_key
 from capirelay.ops.meta_store import meta_store_for
 from capirelay.outbox import Outbox, open_outbox
 
@@ -67,3 +68,38 @@ async def test_doctor_reports_settings_and_stored_diagnostics(
     assert "capirelay dlq list" in (decline.fix or "")
     assert checks[f"meta diagnostics {PIXEL}"].detail.startswith("last run 0.5 h ago")
     assert TOKEN not in str(report.to_dict())
+
+
+@pytest.mark.parametrize(
+    ("event_name", "title", "expected"),
+    [
+        # The event's name is no part of the finding: "ip" inside it is no IP address.
+        ("SubscriptionCreated", "Send email with more events", "user_data.em"),
+        ("AddShippingInfo", "Send click_id with more events", "_fbc"),
+        # Nor is "ip" inside a word of the title ("zip").
+        ("Purchase", "Send zip code with more events", None),
+        # Meta's own IP diagnostics (reference §5) still get the IP advice.
+        ("Purchase", "Server sending mismatched IP addresses", "client_ip_address"),
+        ("Purchase", "Update your IPv4 IP addresses to IPv6 IP addresses", "client_ip_address"),
+        ("Purchase", "Send ip_address with more events", "client_ip_address"),
+    ],
+)
+def test_dataset_quality_advice_follows_the_finding_not_the_event_name(
+    event_name: str, title: str, expected: str | None
+) -> None:
+    advice = advice_for(dq_key(event_name, title), title)
+    if expected is None:
+        assert "client_ip_address" not in advice
+    else:
+        assert expected in advice
+
+
+def test_undercount_advice_names_no_cause_meta_rules_out() -> None:
+    advice = advice_for(UNDERCOUNT)
+    # An event older than 7 days errors the whole request (nothing is acknowledged), and
+    # events without test_event_code are counted like any other (reference §4.2, §4.3):
+    # neither can make Meta count fewer server events than it acknowledged.
+    assert "older than 7 days, " not in advice
+    assert "sent without test_event_code" not in advice
+    # What does remove an acknowledged server copy: dedup against the browser's twin.
+    assert "event_id" in advice and "deduplicated" in advice

@@ -23,7 +23,6 @@ __all__ = ["hash_command", "lossy_warnings"]
 console = Console(highlight=False, soft_wrap=True)
 EXIT_USAGE = 2
 
-_INTERNATIONAL = re.compile(r"^\s*(\+|00[1-9])")
 _EXTENSION = re.compile(r"(?:e?xt(?:ension)?\.?|x|#)\s*\d+\s*$", re.IGNORECASE)
 _DAY_MONTH_YEAR = re.compile(r"^\s*(\d{1,2})\s*([/\-.\s])\s*(\d{1,2})\s*\2\s*(\d{2}|\d{4})\s*$")
 _TWO_DIGIT_YEAR = re.compile(r"(^|\D)\d{1,2}\D+\d{1,2}\D+\d{2}\s*$")
@@ -31,9 +30,13 @@ _TWO_DIGIT_YEAR = re.compile(r"(^|\D)\d{1,2}\D+\d{1,2}\D+\d{2}\s*$")
 
 def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -> list[str]:
     """Why ``value`` -> ``normalized`` may not be what the other side hashed (wire ``key``)."""
+    from capirelay.events._user_data import _national_only
+
     warnings: list[str] = []
     if key == "ph":
-        if country is None and not _INTERNATIONAL.match(value):
+        # The same test ingest's phone_without_country_code warning makes: "16505551212"
+        # already carries its country code (Meta's own documented example).
+        if country is None and _national_only(value):
             warnings.append(
                 "this phone number has no country code and no --country was given: it was "
                 "hashed as the national digits, which never match Meta's (Meta needs the "
@@ -53,11 +56,7 @@ def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -
                 "spaces and dashes; pass --country for that country's rules"
             )
     elif key == "st" and len(normalized) != 2:
-        warnings.append(
-            f"'{normalized}' is not a 2-letter state code: Meta matches US states on their "
-            "ANSI abbreviation (e.g. ca) and other regions on a 2-character code; "
-            "pass the code (or --country US for US state names)"
-        )
+        warnings.extend(_state_warnings(normalized, country))
     elif key == "db":
         warnings.extend(_date_warnings(value))
     elif key in ("fn", "ln", "ct"):
@@ -70,6 +69,27 @@ def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -
         if any(ch.isdigit() for ch in normalized):
             warnings.append("the value contains digits: names and cities normally have none")
     return warnings
+
+
+def _state_warnings(normalized: str, country: str | None) -> list[str]:
+    """Meta wants the 2-letter code for a US state only; other regions' states are the name
+    lowercased without punctuation or spaces (Customer Information Parameters), which is
+    what ``normalized`` then is (capirelay also codes Canadian provinces)."""
+    from capirelay.normalize import resolve_country
+
+    region = resolve_country(country) if country is not None else None
+    if region is not None and region not in ("us", "ca"):
+        return []
+    code = (
+        f"'{normalized}' is not a 2-letter state code: Meta matches US states on their "
+        "2-letter ANSI abbreviation (e.g. ca)"
+    )
+    if region is not None:
+        return [f"{code}; check the spelling or pass the code"]
+    return [
+        f"{code}; outside the US this is right (Meta: the name lowercased, no punctuation "
+        "or spaces), for a US state pass the code or --country US"
+    ]
 
 
 def _date_warnings(value: str) -> list[str]:

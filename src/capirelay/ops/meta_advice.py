@@ -53,10 +53,13 @@ _ADVICE: Final[dict[str, str]] = {
         "fallback are lost. Run `capirelay pixel first-party-cookies on`."
     ),
     UNDERCOUNT: (
-        "Meta counts fewer server events than it acknowledged. Compare the hours on the "
-        "Diagnostics page; events may be dropped after receipt (event_time older than 7 "
-        "days, an action_source Meta does not attribute, or test events sent without "
-        "test_event_code). Check `capirelay dlq list` and the event_time your sources send."
+        "Meta counts fewer server events than it acknowledged. First compare the gap with "
+        "the deduplicated count of the same hours on the Diagnostics page: Meta discards a "
+        "server copy that shares event_name and event_id with a browser event it received "
+        "first (within 48 h), which is dedup working, not a loss. An old event_time is not "
+        "the cause (Meta refuses the whole request, nothing is acknowledged), nor are events "
+        "without test_event_code (Meta counts them). A gap beyond the deduplicated events: "
+        "keep the hours; `capirelay trace EVENT_ID` gives an event's fbtrace_id for Meta support."
     ),
     HAD_PII: (
         "Meta received events carrying unhashed personal data. capirelay hashes every "
@@ -75,9 +78,10 @@ _DQ_HINTS: Final = (
     ("click", "Forward _fbc: serve capirelay's snippet on your pages so the beacon carries it."),
     ("browser", "Forward _fbp: serve capirelay's snippet so fbp reaches the server events."),
     ("dedup", "Send the same event_id from the browser Pixel and from capirelay."),
-    ("event_id", "Send the same event_id from the browser Pixel and from capirelay."),
+    ("event id", "Send the same event_id from the browser Pixel and from capirelay."),
     ("external", "Map your customer id into user_data.external_id."),
 )  # fmt: skip
+_WORDS: Final = re.compile(r"[a-z0-9]+")
 _GENERIC: Final = (
     "Meta flags this for the pixel as a whole; open Meta's link for the affected events, "
     "then use `capirelay doctor` and the Match quality page to find which source or "
@@ -90,9 +94,12 @@ def advice_for(key: str, title: str = "") -> str:
     if key in _ADVICE:
         return _ADVICE[key]
     if key.startswith("dq:"):
-        text = f"{key} {title}".lower()
+        # The finding is in Meta's title (or the key's slug of it), never in the event's
+        # name, and a needle starts a word: "ip" is not the one in "zip" or "Shipping".
+        finding = title or key.rsplit(":", 1)[-1]
+        text = " ".join(_WORDS.findall(finding.lower()))
         for needle, hint in _DQ_HINTS:
-            if needle in text:
+            if re.search(rf"\b{needle}", text):
                 return hint
     return _GENERIC
 
