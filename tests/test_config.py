@@ -276,3 +276,27 @@ def test_a_graph_url_version_is_refused_from_the_environment_too(
 )
 def test_graph_origins_and_proxy_prefixes_load(graph_url: str) -> None:
     assert Settings(graph_url=graph_url).graph_url == graph_url
+
+
+def test_a_token_from_the_documented_environment_variable_is_not_called_a_literal_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CAPIRELAY_PIXELS__<ID>__ACCESS_TOKEN`` (what the doctor's own fix suggests) is an
+    environment variable: not "a literal in the config file" to move into one, even where
+    the file names a token file it overrides; it is read at use time like ``{ env = ... }``."""
+    path = tmp_path / "c.toml"
+    path.write_text('[pixels.42]\naccess_token = { file = "/run/secrets/none" }\n')
+    monkeypatch.setenv("CAPIRELAY_PIXELS__42__ACCESS_TOKEN", "EAAfromTheEnvironment")
+    monkeypatch.setenv("CAPIRELAY_INGEST_KEYS__BACKEND__KEY", "key-from-env")
+    settings = load_settings(path)
+    token = settings.pixels["42"].access_token
+    assert token is not None and token.resolve() == "EAAfromTheEnvironment"
+    assert token.describe() == "environment variable CAPIRELAY_PIXELS__42__ACCESS_TOKEN"
+    assert settings.ingest_keys["backend"].key.resolve() == "key-from-env"
+    assert not [w for w in settings.warnings() if "literal" in w], settings.warnings()
+    monkeypatch.setenv("CAPIRELAY_PIXELS__42__ACCESS_TOKEN", "EAArotated")
+    assert token.resolve() == "EAArotated"
+    # A literal in the file itself is still warned about.
+    path.write_text('[pixels.42]\naccess_token = "EAAliteral"\n')
+    monkeypatch.delenv("CAPIRELAY_PIXELS__42__ACCESS_TOKEN")
+    assert any("is a literal in the config file" in w for w in load_settings(path).warnings())

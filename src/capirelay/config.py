@@ -35,9 +35,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -572,7 +574,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_path = os.environ.get("CAPIRELAY_CONFIG", "capirelay.toml")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSecrets(settings_cls)]
         if Path(toml_path).is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
@@ -603,6 +605,80 @@ class Settings(BaseSettings):
                     f"ingest_keys.{name}.key is a literal in the config file; use env or file"
                 )
         return out
+
+
+# Where settings hold a Secret: (table, key within it or None for any name, secret's key).
+_SECRET_PLACES: Final = (
+    ("pixels", None, ("access_token", "app_secret", "verification_secret")),
+    ("ingest_keys", None, ("key",)),
+    ("webhooks", None, ("secret",)),
+    ("dashboard", "", ("admin_token", "basic_password")),
+    ("", "", ("metrics_token",)),
+)
+
+
+class _EnvSecrets(EnvSettingsSource):
+    """The ``CAPIRELAY_...`` environment, with a secret set there as plain text
+    (``CAPIRELAY_PIXELS__1234567890__ACCESS_TOKEN=EAA...``) read like ``{ env = ... }``.
+
+    Such a value was taken for a literal, so the settings warned that it sat "in the
+    config file" and should move to an environment variable, where it already was; and a
+    secret that is not optional (``CAPIRELAY_INGEST_KEYS__<NAME>__KEY``,
+    ``CAPIRELAY_WEBHOOKS__<NAME>__SECRET``) stopped every command with pydantic-settings'
+    "error parsing value" (it tried to read the text as JSON).  Here it becomes a
+    :class:`Secret` naming its variable: read at use time, described as that variable.
+    """
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if field is not None and _holds_a_secret(field.annotation):
+                return value  # a bare secret, not JSON: made a Secret in __call__
+            raise
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        for table, name, keys in _SECRET_PLACES:
+            for path, holder in _secret_holders(data, table, name):
+                for key in keys:
+                    if isinstance(holder.get(key), str):
+                        variable = _variable_named(("CAPIRELAY", *path, key))
+                        if variable is not None:
+                            holder[key] = Secret(env=variable)
+        return data
+
+
+def _holds_a_secret(annotation: Any) -> bool:
+    return annotation is Secret or Secret in getattr(annotation, "__args__", ())
+
+
+def _secret_holders(
+    data: dict[str, Any], table: str, name: str | None
+) -> Iterable[tuple[tuple[str, ...], dict[str, Any]]]:
+    """The dicts of ``data`` that hold the secrets of ``table`` (each named entry of it
+    when ``name`` is None), with their path."""
+    if not table:
+        yield (), data
+        return
+    value = data.get(table)
+    if not isinstance(value, dict):
+        return
+    if name is not None:
+        yield (table,), value
+        return
+    for entry, holder in value.items():
+        if isinstance(holder, dict):
+            yield (table, str(entry)), holder
+
+
+def _variable_named(path: tuple[str, ...]) -> str | None:
+    """The environment variable whose name is ``path`` joined by ``__`` (any case)."""
+    wanted = "_".join(path[:1]) + "_" + "__".join(path[1:])
+    for variable in os.environ:
+        if variable.lower() == wanted.lower():
+            return variable
+    return None
 
 
 def _as_init_errors(exc: ValidationError) -> list[InitErrorDetails]:
