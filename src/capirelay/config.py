@@ -106,6 +106,26 @@ class Secret(BaseModel):
             return f"file {self.file}"
         return "literal value in the config file"
 
+    def how_to_replace(self, setting: str) -> str:
+        """How to put a new value (a rotated token) where ``setting`` reads it, and whether
+        the gateway must restart for it: a file is read again at its next use, but a
+        running process keeps the environment it was started with."""
+        if self.file:
+            return (
+                f"write the new value into the file {self.file} ({setting}): the gateway reads "
+                "it again at its next use, no restart needed"
+            )
+        if self.env:
+            return (
+                f"set the environment variable {self.env} ({setting}) to the new value and "
+                "restart the gateway: a running process keeps the environment it started with "
+                f'(or use {setting} = {{ file = "..." }}, which is read again at each use)'
+            )
+        return (
+            f"replace the literal {setting} in the config file and restart the gateway "
+            f'(better: {setting} = {{ file = "..." }}, read again at each use)'
+        )
+
     def resolve(self) -> str | None:
         """Read the secret now; ``None`` when the variable/file is missing or empty."""
         if self.value is not None:
