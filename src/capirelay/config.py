@@ -775,6 +775,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
                 os.environ["CAPIRELAY_CONFIG"] = previous
     if path is not None:
         _mappings_beside(settings, Path(path))
+        _secret_files_beside(settings, Path(path))
     for message in settings.warnings():
         log.warning(message)
     return settings
@@ -788,3 +789,22 @@ def _mappings_beside(settings: Settings, config_file: Path) -> None:
     for hook in settings.webhooks.values():
         if hook.mapping is not None and not hook.mapping.is_absolute():
             hook.mapping = config_file.parent / hook.mapping
+
+
+def _secret_files_beside(settings: Settings, config_file: Path) -> None:
+    """A secret's relative ``file`` is read from the config file's directory, like a
+    webhook's ``mapping``: ``{ file = "secrets/token" }`` beside a config in the
+    repository works whatever directory ``serve`` or ``doctor`` runs from (it was read
+    from the current directory: under systemd, ``/secrets/token``)."""
+    models: list[BaseModel] = [settings, settings.dashboard]
+    models += [*settings.pixels.values(), *settings.ingest_keys.values()]
+    models += list(settings.webhooks.values())
+    for model in models:
+        for name in type(model).model_fields:
+            secret = getattr(model, name)
+            if isinstance(secret, Secret) and secret.file is not None:
+                file = secret.file.expanduser()
+                if not file.is_absolute():
+                    file = config_file.parent / file
+                if file != secret.file:
+                    setattr(model, name, secret.model_copy(update={"file": file}))
