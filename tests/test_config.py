@@ -276,3 +276,56 @@ def test_a_graph_url_version_is_refused_from_the_environment_too(
 )
 def test_graph_origins_and_proxy_prefixes_load(graph_url: str) -> None:
     assert Settings(graph_url=graph_url).graph_url == graph_url
+
+
+def test_a_token_from_the_documented_environment_variable_is_not_called_a_literal_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``CAPIRELAY_PIXELS__<ID>__ACCESS_TOKEN`` (what the doctor's own fix suggests) is an
+    environment variable: not "a literal in the config file" to move into one, even where
+    the file names a token file it overrides; it is read at use time like ``{ env = ... }``."""
+    path = tmp_path / "c.toml"
+    path.write_text('[pixels.42]\naccess_token = { file = "/run/secrets/none" }\n')
+    monkeypatch.setenv("CAPIRELAY_PIXELS__42__ACCESS_TOKEN", "EAAfromTheEnvironment")
+    monkeypatch.setenv("CAPIRELAY_INGEST_KEYS__BACKEND__KEY", "key-from-env")
+    settings = load_settings(path)
+    token = settings.pixels["42"].access_token
+    assert token is not None and token.resolve() == "EAAfromTheEnvironment"
+    assert token.describe() == "environment variable CAPIRELAY_PIXELS__42__ACCESS_TOKEN"
+    assert settings.ingest_keys["backend"].key.resolve() == "key-from-env"
+    assert not [w for w in settings.warnings() if "literal" in w], settings.warnings()
+    monkeypatch.setenv("CAPIRELAY_PIXELS__42__ACCESS_TOKEN", "EAArotated")
+    assert token.resolve() == "EAArotated"
+    # A literal in the file itself is still warned about.
+    path.write_text('[pixels.42]\naccess_token = "EAAliteral"\n')
+    monkeypatch.delenv("CAPIRELAY_PIXELS__42__ACCESS_TOKEN")
+    assert any("is a literal in the config file" in w for w in load_settings(path).warnings())
+
+
+def test_a_relative_secret_file_is_read_beside_the_config_like_a_mapping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``{ file = "secrets/token" }`` in a config kept in a repository names the file
+    beside it, as a relative ``mapping`` does: ``serve --config /srv/shop/capirelay.toml``
+    from another directory (systemd's is /) said the token file was missing and held
+    every event, while ``capirelay doctor`` run from the config's directory said ok."""
+    config = tmp_path / "repo" / "capirelay.toml"
+    (config.parent / "secrets").mkdir(parents=True)
+    (config.parent / "secrets" / "token").write_text("EAAbeside\n")
+    (config.parent / "secrets" / "ingest").write_text("key-beside\n")
+    config.write_text(
+        '[pixels.42]\naccess_token = { file = "secrets/token" }\n'
+        '[ingest_keys.backend]\nkey = { file = "secrets/ingest" }\n'
+        f'[dashboard]\nadmin_token = {{ file = "{tmp_path / "absolute"}" }}\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
+    settings = load_settings(config)
+    token = settings.pixels["42"].access_token
+    assert token is not None and token.resolve() == "EAAbeside"
+    assert token.describe() == f"file {config.parent / 'secrets' / 'token'}"
+    assert settings.ingest_keys["backend"].key.resolve() == "key-beside"
+    admin = settings.dashboard.admin_token
+    assert admin is not None and admin.file == tmp_path / "absolute"  # absolute: as written

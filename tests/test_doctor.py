@@ -173,8 +173,40 @@ def test_revoked_token_fails(tmp_path: Path, emulator: RunningEmulator) -> None:
     token = by_name(report)[f"token {PIXEL}"]
     assert token["status"] == "fail"
     assert "(190/463)" in token["detail"]
-    assert token["fix"] == explain(190, 463)
+    assert token["fix"].startswith(explain(190, 463))
     assert TOKEN not in orjson.dumps(report).decode()
+
+
+def test_a_bad_or_expiring_token_is_told_where_the_new_one_goes_and_if_to_restart(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    """The fix for a revoked or expiring token names the variable or file the new token
+    goes in: a file is read again at its next use, a variable needs a restart (a running
+    process keeps its environment), which "update the pixel's token" did not say."""
+    emulator.state.revoke_token(TOKEN)
+    _, report = doctor(write_config(tmp_path, emulator.url))
+    fix = by_name(report)[f"token {PIXEL}"]["fix"]
+    assert f"set the environment variable {TOKEN_ENV} (pixels.{PIXEL}.access_token)" in fix
+    assert "restart the gateway" in fix
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    config = write_config(tmp_path, emulator.url)
+    config.write_text(
+        config.read_text().replace(f'{{ env = "{TOKEN_ENV}" }}', f'{{ file = "{token_file}" }}')
+    )
+    _, report = doctor(config)
+    fix = by_name(report)[f"token {PIXEL}"]["fix"]
+    assert fix.startswith(explain(190, 463))
+    assert f"write the new value into the file {token_file} (pixels.{PIXEL}.access_token)" in fix
+    assert "no restart needed" in fix
+
+    emulator.state.restore_token(TOKEN)
+    emulator.state.set_token_expiry(TOKEN, int(emulator.state.now()) + 5 * 86400)
+    _, report = doctor(config)
+    check = by_name(report)[f"token {PIXEL}"]
+    assert check["status"] == "warn" and "expires in 5 days" in check["detail"]
+    assert f"into the file {token_file}" in check["fix"]
 
 
 def test_expired_version_fails(tmp_path: Path, emulator: RunningEmulator) -> None:
@@ -563,7 +595,7 @@ def test_a_token_without_ads_management_is_told_to_get_that_permission(
         f"which sending events to pixel {PIXEL} needs"
     )
     assert token["fix"].startswith("generate a new token with the ads_management permission")
-    assert token["fix"].endswith(f"put it in pixels.{PIXEL}.access_token")
+    assert f"set the environment variable {TOKEN_ENV} (pixels.{PIXEL}.access_token)" in token["fix"]
     assert token["fix"] != explain(100, 33)
 
 

@@ -35,9 +35,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -103,6 +105,26 @@ class Secret(BaseModel):
         if self.file:
             return f"file {self.file}"
         return "literal value in the config file"
+
+    def how_to_replace(self, setting: str) -> str:
+        """How to put a new value (a rotated token) where ``setting`` reads it, and whether
+        the gateway must restart for it: a file is read again at its next use, but a
+        running process keeps the environment it was started with."""
+        if self.file:
+            return (
+                f"write the new value into the file {self.file} ({setting}): the gateway reads "
+                "it again at its next use, no restart needed"
+            )
+        if self.env:
+            return (
+                f"set the environment variable {self.env} ({setting}) to the new value and "
+                "restart the gateway: a running process keeps the environment it started with "
+                f'(or use {setting} = {{ file = "..." }}, which is read again at each use)'
+            )
+        return (
+            f"replace the literal {setting} in the config file and restart the gateway "
+            f'(better: {setting} = {{ file = "..." }}, read again at each use)'
+        )
 
     def resolve(self) -> str | None:
         """Read the secret now; ``None`` when the variable/file is missing or empty."""
@@ -572,7 +594,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_path = os.environ.get("CAPIRELAY_CONFIG", "capirelay.toml")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSecrets(settings_cls)]
         if Path(toml_path).is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
@@ -603,6 +625,80 @@ class Settings(BaseSettings):
                     f"ingest_keys.{name}.key is a literal in the config file; use env or file"
                 )
         return out
+
+
+# Where settings hold a Secret: (table, key within it or None for any name, secret's key).
+_SECRET_PLACES: Final = (
+    ("pixels", None, ("access_token", "app_secret", "verification_secret")),
+    ("ingest_keys", None, ("key",)),
+    ("webhooks", None, ("secret",)),
+    ("dashboard", "", ("admin_token", "basic_password")),
+    ("", "", ("metrics_token",)),
+)
+
+
+class _EnvSecrets(EnvSettingsSource):
+    """The ``CAPIRELAY_...`` environment, with a secret set there as plain text
+    (``CAPIRELAY_PIXELS__1234567890__ACCESS_TOKEN=EAA...``) read like ``{ env = ... }``.
+
+    Such a value was taken for a literal, so the settings warned that it sat "in the
+    config file" and should move to an environment variable, where it already was; and a
+    secret that is not optional (``CAPIRELAY_INGEST_KEYS__<NAME>__KEY``,
+    ``CAPIRELAY_WEBHOOKS__<NAME>__SECRET``) stopped every command with pydantic-settings'
+    "error parsing value" (it tried to read the text as JSON).  Here it becomes a
+    :class:`Secret` naming its variable: read at use time, described as that variable.
+    """
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if field is not None and _holds_a_secret(field.annotation):
+                return value  # a bare secret, not JSON: made a Secret in __call__
+            raise
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        for table, name, keys in _SECRET_PLACES:
+            for path, holder in _secret_holders(data, table, name):
+                for key in keys:
+                    if isinstance(holder.get(key), str):
+                        variable = _variable_named(("CAPIRELAY", *path, key))
+                        if variable is not None:
+                            holder[key] = Secret(env=variable)
+        return data
+
+
+def _holds_a_secret(annotation: Any) -> bool:
+    return annotation is Secret or Secret in getattr(annotation, "__args__", ())
+
+
+def _secret_holders(
+    data: dict[str, Any], table: str, name: str | None
+) -> Iterable[tuple[tuple[str, ...], dict[str, Any]]]:
+    """The dicts of ``data`` that hold the secrets of ``table`` (each named entry of it
+    when ``name`` is None), with their path."""
+    if not table:
+        yield (), data
+        return
+    value = data.get(table)
+    if not isinstance(value, dict):
+        return
+    if name is not None:
+        yield (table,), value
+        return
+    for entry, holder in value.items():
+        if isinstance(holder, dict):
+            yield (table, str(entry)), holder
+
+
+def _variable_named(path: tuple[str, ...]) -> str | None:
+    """The environment variable whose name is ``path`` joined by ``__`` (any case)."""
+    wanted = "_".join(path[:1]) + "_" + "__".join(path[1:])
+    for variable in os.environ:
+        if variable.lower() == wanted.lower():
+            return variable
+    return None
 
 
 def _as_init_errors(exc: ValidationError) -> list[InitErrorDetails]:
@@ -679,6 +775,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
                 os.environ["CAPIRELAY_CONFIG"] = previous
     if path is not None:
         _mappings_beside(settings, Path(path))
+        _secret_files_beside(settings, Path(path))
     for message in settings.warnings():
         log.warning(message)
     return settings
@@ -692,3 +789,22 @@ def _mappings_beside(settings: Settings, config_file: Path) -> None:
     for hook in settings.webhooks.values():
         if hook.mapping is not None and not hook.mapping.is_absolute():
             hook.mapping = config_file.parent / hook.mapping
+
+
+def _secret_files_beside(settings: Settings, config_file: Path) -> None:
+    """A secret's relative ``file`` is read from the config file's directory, like a
+    webhook's ``mapping``: ``{ file = "secrets/token" }`` beside a config in the
+    repository works whatever directory ``serve`` or ``doctor`` runs from (it was read
+    from the current directory: under systemd, ``/secrets/token``)."""
+    models: list[BaseModel] = [settings, settings.dashboard]
+    models += [*settings.pixels.values(), *settings.ingest_keys.values()]
+    models += list(settings.webhooks.values())
+    for model in models:
+        for name in type(model).model_fields:
+            secret = getattr(model, name)
+            if isinstance(secret, Secret) and secret.file is not None:
+                file = secret.file.expanduser()
+                if not file.is_absolute():
+                    file = config_file.parent / file
+                if file != secret.file:
+                    setattr(model, name, secret.model_copy(update={"file": file}))

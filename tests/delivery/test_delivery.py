@@ -177,6 +177,9 @@ async def test_revoked_token_opens_the_breaker_and_nothing_is_lost(
     assert metric(engine.metrics, "capirelay_breaker_open", {"pixel": PIXEL}) == 0
     opened = [r for r in caplog.records if "circuit breaker OPEN" in r.getMessage()]
     assert len(opened) == 1 and opened[0].levelno == logging.ERROR  # once per state change
+    # It says where the new token goes, and that a variable needs a restart.
+    assert f"set the environment variable {TOKEN_ENV}" in opened[0].getMessage()
+    assert "restart the gateway" in opened[0].getMessage()
     assert TOKEN not in caplog.text and EMAIL_HASH not in caplog.text
 
 

@@ -184,3 +184,39 @@ def test_start_up_does_not_warn_where_test_events_are_intended() -> None:
     pixels = {"123": PixelSettings(test_event_code="TEST1")}
     assert [f.check for f in startup_findings(Settings(pixels=pixels))] == ["test events"]
     assert startup_findings(AllTestEvents(pixels=pixels)) == []
+
+
+def test_start_up_warns_of_an_api_version_near_or_past_its_sunset(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``serve`` said nothing at start-up of a pinned version 45 days from retirement, or
+    already retired: the Graph client warns only once it is first made (first delivery or
+    diagnostics run), which an idle pixel or disabled diagnostics never reach."""
+    from datetime import date
+
+    from capirelay.config import PixelSettings, Settings
+    from capirelay.ops.preflight import log_startup_findings, startup_findings
+
+    settings = Settings(
+        pixels={
+            "1": PixelSettings(api_version="v21.0"),
+            "2": PixelSettings(api_version="v15.0"),
+            "3": PixelSettings(),
+        }
+    )
+    findings = startup_findings(settings, today=date(2026, 12, 7))
+    assert [(f.check, f.blocking) for f in findings] == [
+        ("api version", False),
+        ("api version", True),
+    ]
+    assert findings[0].detail == (
+        "pixels.1.api_version: v21.0 stops working on 2027-01-21 (45 days left). "
+        "Move api_version to v26.0 before then."
+    )
+    assert findings[1].fix.startswith('set api_version = "v26.0" in [pixels.2] and restart')
+    caplog.set_level(logging.WARNING, logger="capirelay.test")
+    log_startup_findings(settings, logging.getLogger("capirelay.test"))
+    assert any(
+        "pixels.2.api_version: v15.0 stopped working on 2024-11-20" in r.getMessage()
+        for r in caplog.records
+    )

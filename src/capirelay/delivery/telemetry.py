@@ -156,30 +156,33 @@ class PixelTelemetry:
             extra={"pixel": self.pixel_id, "count": count, "result": f"dlq:{reason}"},
         )
 
-    def unconfigured(self, source: str | None = None) -> None:
+    def unconfigured(self, source: str | None = None, replace_hint: str | None = None) -> None:
         """No token: none configured, or ``source`` (where it should come from, as
-        :meth:`capirelay.config.Secret.describe` says: never the value) has none."""
+        :meth:`capirelay.config.Secret.describe` says: never the value) has none;
+        ``replace_hint`` how to give it one (:meth:`capirelay.config.Secret.how_to_replace`)."""
         where = f"{source} is unset or empty" if source else "none configured"
         log.error(
-            "pixel %s: no access token (%s); events stay queued until one is set "
-            "(pixels.%s.access_token)",
+            "pixel %s: no access token (%s); events stay queued until one is set: %s",
             self.pixel_id,
             where,
-            self.pixel_id,
+            replace_hint or f"set pixels.{self.pixel_id}.access_token",
             extra={"pixel": self.pixel_id, "breaker": "unconfigured"},
         )
         self._metrics.breaker_open.labels(self.pixel_id).set(1)
 
-    def breaker_opened(self, err: GraphError) -> None:
+    def breaker_opened(self, err: GraphError, replace_hint: str | None = None) -> None:
+        """``replace_hint``: where a new token goes (an auth error), see
+        :meth:`capirelay.config.Secret.how_to_replace`."""
         self._metrics.breaker_open.labels(self.pixel_id).set(1)
         log.error(
             "pixel %s: circuit breaker OPEN, delivery paused and events kept queued "
-            "(code=%s subcode=%s fbtrace_id=%s): %s",
+            "(code=%s subcode=%s fbtrace_id=%s): %s%s",
             self.pixel_id,
             err.code,
             err.subcode,
             err.fbtrace_id,
             err.explanation,
+            f" Then {replace_hint}" if replace_hint else "",
             extra={
                 "pixel": self.pixel_id,
                 "breaker": "open",

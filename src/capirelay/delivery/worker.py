@@ -360,7 +360,16 @@ class PixelWorker:
         if self.breaker.mark_unconfigured():
             pixel = self.pixel
             secret = pixel.access_token if pixel is not None else None
-            self._telemetry.unconfigured(secret.describe() if secret is not None else None)
+            if secret is None:
+                self._telemetry.unconfigured()
+            else:
+                self._telemetry.unconfigured(secret.describe(), self._token_replace_hint())
+
+    def _token_replace_hint(self) -> str | None:
+        pixel = self.pixel
+        if pixel is None or pixel.access_token is None:
+            return None
+        return pixel.access_token.how_to_replace(f"pixels.{self.pixel_id}.access_token")
 
     # ---------------------------------------------------------------- a batch
 
@@ -525,7 +534,8 @@ class PixelWorker:
         # Open first, release after: released events wait for the probe, not the next lease.
         tripped = self.breaker.trip(self._clock.monotonic(), wall_time=self._clock.time())
         if tripped:
-            self._telemetry.breaker_opened(err)
+            hint = self._token_replace_hint() if err.retry_class is RetryClass.AUTH else None
+            self._telemetry.breaker_opened(err, hint)
         await self._release(events)
         # After the state, gauge and log: they must agree the moment the breaker is open.
         await self._hold_everywhere(self.breaker.probe_interval, "breaker", err)

@@ -347,8 +347,11 @@ def token_checks(tokens: dict[str, TokenHealth], now: datetime | None = None) ->
 
 def _token_check(health: TokenHealth, now: datetime) -> Check:
     name = f"token {health.pixel_id}"
-    if not health.configured or health.valid is False:
+    if not health.configured:
         return Check(name, Status.FAIL, health.error or "token invalid", health.explanation)
+    if health.valid is False:
+        fix = _with_replace_hint(health.explanation, health)
+        return Check(name, Status.FAIL, health.error or "token invalid", fix)
     if health.valid is None:
         # An unknown path (2500) fails every delivery as it failed this call; other
         # answers (an outage, a retired version reported below) say nothing either way.
@@ -364,8 +367,8 @@ def _token_check(health: TokenHealth, now: datetime) -> Check:
             f"sending events to pixel {health.pixel_id} needs",
             f"generate a new token with the {SEND_SCOPES[0]} permission for the system user "
             "(Business Settings > Users > System users > Generate new token; a token keeps "
-            "the permissions it was generated with) and put it in "
-            f"pixels.{health.pixel_id}.access_token",
+            "the permissions it was generated with); "
+            + (health.replace_hint or f"put it in pixels.{health.pixel_id}.access_token"),
         )
     if health.pixel_access is False:
         grants = " and ".join(granted) + (" grants do" if len(granted) > 1 else " grant does")
@@ -378,9 +381,8 @@ def _token_check(health: TokenHealth, now: datetime) -> Check:
     days_left = health.days_left(now)
     expiry = "never expires" if days_left is None else f"expires in {days_left:.0f} days"
     detail = f"valid, {expiry}; scopes: {', '.join(health.scopes) or 'none listed'}"
-    renew = (
-        "generate a system-user token (they do not expire) in Business Settings and update "
-        "the pixel's access_token"
+    renew = _with_replace_hint(
+        "generate a system-user token (they do not expire) in Business Settings, then", health
     )
     if days_left is not None and days_left < TOKEN_EXPIRY_FAIL_DAYS:
         return Check(name, Status.FAIL, detail, renew)
@@ -389,6 +391,16 @@ def _token_check(health: TokenHealth, now: datetime) -> Check:
     if health.scopes and not granted:
         return Check(name, Status.WARN, detail, f"grant the token's system user {SEND_SCOPES[0]}")
     return Check(name, Status.OK, detail)
+
+
+def _with_replace_hint(fix: str | None, health: TokenHealth) -> str | None:
+    """``fix``, then where the new token goes and whether the gateway must restart."""
+    if health.replace_hint is None:
+        return fix
+    if fix is None:
+        return health.replace_hint
+    joiner = " " if fix.endswith("then") else " Then "
+    return fix + joiner + health.replace_hint
 
 
 def version_checks(versions: dict[str, VersionStatus]) -> list[Check]:

@@ -20,6 +20,7 @@ the token, and Graph's messages pass through :func:`capirelay.graph.errors.redac
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ class TokenHealth:
     explanation: str | None
     pixel_access: bool | None = None
     error_code: int | None = None
+    # Where a new token goes for this pixel and whether a restart is needed
+    # (:meth:`capirelay.config.Secret.how_to_replace`); None without a token setting.
+    replace_hint: str | None = None
 
     def days_left(self, now: datetime | None = None) -> float | None:
         if self.expires_at is None:
@@ -97,6 +101,7 @@ class TokenHealth:
             "error": self.error,
             "error_code": self.error_code,
             "explanation": self.explanation,
+            "replace_hint": self.replace_hint,
         }
 
 
@@ -165,13 +170,17 @@ async def _one_token(
             app_secret=app_secret,
             transport=transport,
         )
+    setting = f"pixels.{pixel_id}.access_token"
+    hint = pixel.access_token.how_to_replace(setting) if pixel.access_token else None
     async with client:
         try:
             # A token may inspect itself, so no separate app token is needed.
             answer = await client.debug_token(token, access_token=token)
         except GraphError as err:
-            return _from_graph_error(pixel_id, err, pixel.api_version)
-    return _from_debug_data(pixel_id, answer.get("data") or {}, token)
+            health = _from_graph_error(pixel_id, err, pixel.api_version)
+        else:
+            health = _from_debug_data(pixel_id, answer.get("data") or {}, token)
+    return dataclasses.replace(health, replace_hint=hint)
 
 
 # The fix when graph_url, not the token, is what is wrong.

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import date
 
 from capirelay.config import Secret, Settings
+from capirelay.graph.versions import DEFAULT_API_VERSION, version_status
 
 __all__ = [
     "Finding",
+    "api_version_findings",
     "log_startup_findings",
     "startup_findings",
     "test_event_code_findings",
@@ -115,11 +118,40 @@ def _secret_fix(setting: str, secret: Secret) -> str:
     return f'set {setting}, e.g. {{ env = "..." }} or {{ file = "..." }}'
 
 
-def startup_findings(settings: Settings) -> list[Finding]:
-    """Everything above, webhook secrets first (they refuse deliveries); no test code
-    finding where every event is meant as a test event (the demo)."""
+def api_version_findings(settings: Settings, today: date | None = None) -> list[Finding]:
+    """One finding per pixel whose ``api_version`` is retired (blocking: Graph refuses
+    every call with 2635), within its last 90 days, or unknown to capirelay.
+
+    ``serve`` said nothing of it when it started: the Graph client warns once when it is
+    first made, i.e. at the first delivery or diagnostics run, which an idle pixel or
+    ``[diagnostics] enabled = false`` never reaches."""
+    findings = []
+    for pixel_id, pixel in settings.pixels.items():
+        status = version_status(pixel.api_version, today)
+        if status.state == "ok":
+            continue
+        findings.append(
+            Finding(
+                "api version",
+                blocking=status.state == "expired",
+                detail=f"pixels.{pixel_id}.api_version: {status.advice}",
+                fix=(
+                    f'set api_version = "{DEFAULT_API_VERSION}" in [pixels.{pixel_id}] and '
+                    "restart the gateway; events for the pixel stay queued meanwhile"
+                    if status.state == "expired"
+                    else f'set api_version = "{DEFAULT_API_VERSION}" in [pixels.{pixel_id}] '
+                    "and restart the gateway"
+                ),
+            )
+        )
+    return findings
+
+
+def startup_findings(settings: Settings, today: date | None = None) -> list[Finding]:
+    """Everything above, webhook secrets and retired API versions first (they refuse
+    deliveries); no test code finding where every event is meant as a test event (the demo)."""
     test_codes = [] if settings.test_events_intended else test_event_code_findings(settings)
-    return webhook_secret_findings(settings) + test_codes
+    return webhook_secret_findings(settings) + api_version_findings(settings, today) + test_codes
 
 
 def log_startup_findings(settings: Settings, log: logging.Logger) -> None:
