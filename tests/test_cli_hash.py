@@ -16,6 +16,10 @@ runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
     ("args", "normalized", "warning"),
     [
         (["ph", "(650)555-1212"], "6505551212", "no country code and no --country"),
+        # US numbers whose ten digits also read as a valid number with another country's
+        # calling code (+47 98570523, Norway): still a US number missing its 1.
+        (["ph", "(479) 857-0523"], "4798570523", "no country code and no --country"),
+        (["ph", "4798570523"], "4798570523", "no country code and no --country"),
         (["phone", "650-555-1212 ext. 12", "--country", "US"], "16505551212", "extension"),
         (["zp", "94025-1234"], "94025", "ZIP+4"),
         (["zp", "SW1A 1AA"], "sw1a1aa", "no --country given"),

@@ -36,7 +36,7 @@ def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -
     if key == "ph":
         # The same test ingest's phone_without_country_code warning makes: "16505551212"
         # already carries its country code (Meta's own documented example).
-        if country is None and _national_only(value):
+        if country is None and (_national_only(value) or _reads_as_us_national(value)):
             warnings.append(
                 "this phone number has no country code and no --country was given: it was "
                 "hashed as the national digits, which never match Meta's (Meta needs the "
@@ -69,6 +69,26 @@ def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -
         if any(ch.isdigit() for ch in normalized):
             warnings.append("the value contains digits: names and cities normally have none")
     return warnings
+
+
+def _reads_as_us_national(value: str) -> bool:
+    """True for a phone written without a ``+``/``00`` that is a valid US number as written
+    (``(479) 857-0523``, ``4798570523``): ingest's test passes such digits when they also
+    read as another country's number with its code (+47 ...), which is one in nine US
+    numbers, while the likelier reading is a US number missing its 1."""
+    import phonenumbers
+
+    text = value.strip()
+    if text.lstrip("( ").startswith("+") or text.startswith("00"):
+        return False
+    digits = "".join(ch for ch in text if ch.isdigit())
+    if len(digits) != 10:
+        return False
+    try:
+        number = phonenumbers.parse(digits, "US")
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(number)
 
 
 def _state_warnings(normalized: str, country: str | None) -> list[str]:
