@@ -302,6 +302,27 @@ def test_a_token_from_the_documented_environment_variable_is_not_called_a_litera
     assert any("is a literal in the config file" in w for w in load_settings(path).warnings())
 
 
+def test_a_quoted_environment_secret_loses_its_quotes_and_an_empty_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Docker's env_file and many .env files keep the quotes of ``X="..."``: the value
+    decoded as JSON (the token without its quotes) is the one used, as before the plain
+    variables were read as ``{ env = ... }``.  An empty variable (an unset ``${VAR}`` in a
+    compose file) is refused at load, naming the setting, instead of locking /metrics or
+    the dashboard without a word."""
+    path = tmp_path / "c.toml"
+    path.write_text("[pixels.42]\n")
+    monkeypatch.setenv("CAPIRELAY_PIXELS__42__ACCESS_TOKEN", '"EAAquoted"')
+    token = load_settings(path).pixels["42"].access_token
+    assert token is not None and token.resolve() == "EAAquoted"
+    monkeypatch.delenv("CAPIRELAY_PIXELS__42__ACCESS_TOKEN")
+    for variable in ("CAPIRELAY_METRICS_TOKEN", "CAPIRELAY_INGEST_KEYS__SHOP__KEY"):
+        monkeypatch.setenv(variable, "")
+        with pytest.raises(ConfigError, match="give exactly one of env, file or value"):
+            load_settings(path)
+        monkeypatch.delenv(variable)
+
+
 def test_a_relative_secret_file_is_read_beside_the_config_like_a_mapping(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

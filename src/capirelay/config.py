@@ -649,11 +649,17 @@ class _EnvSecrets(EnvSettingsSource):
     :class:`Secret` naming its variable: read at use time, described as that variable.
     """
 
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        # The secrets' texts that were not JSON (decode_complex_value kept them as text).
+        self._bare: set[str] = set()
+
     def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
         try:
             return super().decode_complex_value(field_name, field, value)
         except ValueError:
             if field is not None and _holds_a_secret(field.annotation):
+                self._bare.add(value)
                 return value  # a bare secret, not JSON: made a Secret in __call__
             raise
 
@@ -662,10 +668,16 @@ class _EnvSecrets(EnvSettingsSource):
         for table, name, keys in _SECRET_PLACES:
             for path, holder in _secret_holders(data, table, name):
                 for key in keys:
-                    if isinstance(holder.get(key), str):
-                        variable = _variable_named(("CAPIRELAY", *path, key))
-                        if variable is not None:
-                            holder[key] = Secret(env=variable)
+                    text = holder.get(key)
+                    # Only text that was not JSON: a quoted value ("EAA...") keeps its
+                    # decoded form, as before, and an empty one stays a literal, which the
+                    # secret's own check refuses (an unset ${VAR} in a compose file would
+                    # otherwise lock the dashboard or /metrics without a word).
+                    if not isinstance(text, str) or text not in self._bare or not text.strip():
+                        continue
+                    variable = _variable_named(("CAPIRELAY", *path, key))
+                    if variable is not None:
+                        holder[key] = Secret(env=variable)
         return data
 
 
