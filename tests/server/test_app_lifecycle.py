@@ -202,6 +202,8 @@ def test_start_up_warns_of_an_api_version_near_or_past_its_sunset(
             "1": PixelSettings(api_version="v21.0"),
             "2": PixelSettings(api_version="v15.0"),
             "3": PixelSettings(),
+            # Newer than capirelay's table: most likely Meta's latest, never "move back".
+            "4": PixelSettings(api_version="v99.0"),
         }
     )
     findings = startup_findings(settings, today=date(2026, 12, 7))
