@@ -209,6 +209,33 @@ def test_a_bad_or_expiring_token_is_told_where_the_new_one_goes_and_if_to_restar
     assert f"into the file {token_file}" in check["fix"]
 
 
+def test_a_permission_error_is_fixed_by_a_grant_and_the_hint_is_for_a_new_token_only() -> None:
+    """Codes 3, 10 and 200-299 are fixed by granting the token's system user a permission:
+    the token stays and the breaker's probe resumes delivery, so "Then set ... and restart"
+    was wrong there; it is said for a new token only.  A bad token (190) still gets it."""
+    from datetime import UTC, datetime
+
+    from capirelay.config import Secret
+    from capirelay.ops.doctor import _token_check
+    from capirelay.ops.health import TokenHealth
+
+    hint = Secret(env="CAPI_TOK").how_to_replace("pixels.123.access_token")
+    # As written in the config: the key under its table, not a dotted name inside it.
+    assert 'access_token = { file = "..." } under [pixels.123]' in hint
+
+    def fix_for(code: int) -> str:
+        health = TokenHealth(
+            "123", True, False, None, (), f"({code})", explain(code, None),
+            error_code=code, replace_hint=hint,
+        )  # fmt: skip
+        fix = _token_check(health, datetime.now(UTC)).fix
+        assert fix is not None
+        return fix
+
+    assert fix_for(200) == f"{explain(200, None)} If you generate a new token: {hint}"
+    assert fix_for(190) == f"{explain(190, None)} Then {hint}"
+
+
 def test_expired_version_fails(tmp_path: Path, emulator: RunningEmulator) -> None:
     config = write_config(tmp_path, emulator.url, pixel_extra='api_version = "v19.0"\n')
     code, report = doctor(config)

@@ -115,15 +115,19 @@ class Secret(BaseModel):
                 f"write the new value into the file {self.file} ({setting}): the gateway reads "
                 "it again at its next use, no restart needed"
             )
+        table, _, key = setting.rpartition(".")
+        # As written in the config: ``key = { file = ... }`` under its table (a dotted
+        # ``pixels.1.access_token = ...`` inside [pixels.1] would nest once more).
+        as_file = f'{key} = {{ file = "..." }}' + (f" under [{table}]" if table else "")
         if self.env:
             return (
                 f"set the environment variable {self.env} ({setting}) to the new value and "
                 "restart the gateway: a running process keeps the environment it started with "
-                f'(or use {setting} = {{ file = "..." }}, which is read again at each use)'
+                f"(or use {as_file}, which is read again at each use)"
             )
         return (
             f"replace the literal {setting} in the config file and restart the gateway "
-            f'(better: {setting} = {{ file = "..." }}, read again at each use)'
+            f"(better: {as_file}, read again at each use)"
         )
 
     def resolve(self) -> str | None:

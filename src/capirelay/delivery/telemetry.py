@@ -170,9 +170,12 @@ class PixelTelemetry:
         )
         self._metrics.breaker_open.labels(self.pixel_id).set(1)
 
-    def breaker_opened(self, err: GraphError, replace_hint: str | None = None) -> None:
+    def breaker_opened(
+        self, err: GraphError, replace_hint: str | None = None, *, new_token: bool = True
+    ) -> None:
         """``replace_hint``: where a new token goes (an auth error), see
-        :meth:`capirelay.config.Secret.how_to_replace`."""
+        :meth:`capirelay.config.Secret.how_to_replace`; ``new_token`` False when the fix
+        is a grant (3, 10, 200-299) and the token may stay as it is."""
         self._metrics.breaker_open.labels(self.pixel_id).set(1)
         log.error(
             "pixel %s: circuit breaker OPEN, delivery paused and events kept queued "
@@ -182,7 +185,9 @@ class PixelTelemetry:
             err.subcode,
             err.fbtrace_id,
             err.explanation,
-            f" Then {replace_hint}" if replace_hint else "",
+            (f" {'Then' if new_token else 'If you generate a new token:'} {replace_hint}")
+            if replace_hint
+            else "",
             extra={
                 "pixel": self.pixel_id,
                 "breaker": "open",

@@ -45,7 +45,7 @@ from capirelay.delivery.lease import LeaseBudget, LeaseRunningOut, attempt_from,
 from capirelay.delivery.status import AIMDLimit, Breaker, BreakerState, LastError, PixelStatus
 from capirelay.delivery.telemetry import PixelTelemetry
 from capirelay.graph import EventsResponse, GraphClient, GraphError, RetryClass
-from capirelay.graph.errors import is_event_level
+from capirelay.graph.errors import TOKEN_ERROR_CODES, is_event_level
 from capirelay.metrics import Metrics
 from capirelay.outbox import (
     Attempt,
@@ -535,7 +535,7 @@ class PixelWorker:
         tripped = self.breaker.trip(self._clock.monotonic(), wall_time=self._clock.time())
         if tripped:
             hint = self._token_replace_hint() if err.retry_class is RetryClass.AUTH else None
-            self._telemetry.breaker_opened(err, hint)
+            self._telemetry.breaker_opened(err, hint, new_token=err.code in TOKEN_ERROR_CODES)
         await self._release(events)
         # After the state, gauge and log: they must agree the moment the breaker is open.
         await self._hold_everywhere(self.breaker.probe_interval, "breaker", err)

@@ -109,6 +109,9 @@ AUTH_CODES = frozenset(
         *CODE_PERMISSION_RANGE,
     }
 )
+# The codes a new token fixes (the token itself is bad or missing); the rest of AUTH_CODES
+# is fixed by a grant to the token's system user, the token staying as it is.
+TOKEN_ERROR_CODES = frozenset({CODE_SESSION_KEY, CODE_SIGNATURE, CODE_ACCESS_TOKEN})
 # 2635: deprecated version; 2500: unknown path component (nonsense version or path);
 # 12: endpoint deprecated for this version.
 CONFIG_CODES = frozenset({CODE_DEPRECATED_ENDPOINT, CODE_UNKNOWN_PATH, CODE_VERSION_DEPRECATED})

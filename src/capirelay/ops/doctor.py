@@ -31,7 +31,7 @@ import orjson
 
 from capirelay.config import ConfigError, Settings, load_settings
 from capirelay.graph import DEFAULT_BASE_URL, explain
-from capirelay.graph.errors import code_label
+from capirelay.graph.errors import TOKEN_ERROR_CODES, code_label
 from capirelay.graph.versions import DEFAULT_API_VERSION, VersionStatus
 from capirelay.meta_facts import CODE_UNKNOWN_PATH
 from capirelay.ops.health import (
@@ -350,7 +350,11 @@ def _token_check(health: TokenHealth, now: datetime) -> Check:
     if not health.configured:
         return Check(name, Status.FAIL, health.error or "token invalid", health.explanation)
     if health.valid is False:
-        fix = _with_replace_hint(health.explanation, health)
+        # A permission error (3, 10, 200-299) is fixed by a grant: the token stays, and only
+        # a new token (if one is generated) goes where the hint says.
+        fix = _with_replace_hint(
+            health.explanation, health, only_if_new=health.error_code not in TOKEN_ERROR_CODES
+        )
         return Check(name, Status.FAIL, health.error or "token invalid", fix)
     if health.valid is None:
         # An unknown path (2500) fails every delivery as it failed this call; other
@@ -393,12 +397,17 @@ def _token_check(health: TokenHealth, now: datetime) -> Check:
     return Check(name, Status.OK, detail)
 
 
-def _with_replace_hint(fix: str | None, health: TokenHealth) -> str | None:
-    """``fix``, then where the new token goes and whether the gateway must restart."""
+def _with_replace_hint(
+    fix: str | None, health: TokenHealth, *, only_if_new: bool = False
+) -> str | None:
+    """``fix``, then where the new token goes and whether the gateway must restart
+    (``only_if_new``: the fix may keep the token, so the hint is for a new one only)."""
     if health.replace_hint is None:
         return fix
     if fix is None:
         return health.replace_hint
+    if only_if_new:
+        return f"{fix} If you generate a new token: {health.replace_hint}"
     joiner = " " if fix.endswith("then") else " Then "
     return fix + joiner + health.replace_hint
 
