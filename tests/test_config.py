@@ -350,3 +350,51 @@ def test_a_relative_secret_file_is_read_beside_the_config_like_a_mapping(
     assert settings.ingest_keys["backend"].key.resolve() == "key-beside"
     admin = settings.dashboard.admin_token
     assert admin is not None and admin.file == tmp_path / "absolute"  # absolute: as written
+
+
+def test_a_secret_file_left_where_older_versions_read_it_is_pointed_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deployment whose relative secret file sits in the working directory (read from
+    there before secrets were read beside the config) is told at load where the file is
+    now looked for and where it still is, not only "missing" at the first delivery."""
+    config = tmp_path / "etc" / "capirelay.toml"
+    config.parent.mkdir()
+    config.write_text('[pixels.42]\naccess_token = { file = "secrets/token" }\n')
+    workdir = tmp_path / "var"
+    (workdir / "secrets").mkdir(parents=True)
+    (workdir / "secrets" / "token").write_text("EAAold\n")
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
+    with caplog.at_level("WARNING", logger="capirelay.config"):
+        settings = load_settings(config)
+    token = settings.pixels["42"].access_token
+    assert token is not None and token.file == config.parent / "secrets" / "token"
+    assert any(
+        "now read beside the config file" in r.getMessage()
+        and str(workdir / "secrets" / "token") in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
+
+
+def test_a_home_relative_secret_file_without_a_home_directory_loads_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``{ file = "~/token" }`` for a user with no HOME and no passwd entry (a container's
+    arbitrary UID) stopped the load with a traceback ("Could not determine home
+    directory"); the path is kept as written and reported missing like any other."""
+    import pwd
+
+    config = tmp_path / "capirelay.toml"
+    config.write_text('[pixels.42]\naccess_token = { file = "~/token" }\n')
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(uid)
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    with pytest.raises(RuntimeError):
+        Path("~/token").expanduser()  # the condition this test stands in for
+    token = load_settings(config).pixels["42"].access_token
+    assert token is not None and token.resolve() is None

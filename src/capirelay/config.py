@@ -819,8 +819,23 @@ def _secret_files_beside(settings: Settings, config_file: Path) -> None:
         for name in type(model).model_fields:
             secret = getattr(model, name)
             if isinstance(secret, Secret) and secret.file is not None:
-                file = secret.file.expanduser()
+                try:
+                    file = secret.file.expanduser()
+                except RuntimeError:  # no home directory to expand ~ to: kept as written
+                    file = secret.file
                 if not file.is_absolute():
                     file = config_file.parent / file
+                    if not file.exists() and secret.file.exists():
+                        # Read from the current directory before this version: say where
+                        # the file is now looked for, rather than only "missing" later.
+                        log.warning(
+                            "%s: the secret file %s is now read beside the config file, as "
+                            "%s, which does not exist; %s in the current directory does. "
+                            "Move the file there or give its absolute path",
+                            config_file,
+                            secret.file,
+                            file,
+                            secret.file.resolve(),
+                        )
                 if file != secret.file:
                     setattr(model, name, secret.model_copy(update={"file": file}))
