@@ -203,6 +203,24 @@ def test_a_webhook_naming_an_unconfigured_pixel_is_told_in_the_first_round(
     ]
 
 
+def test_a_webhook_pixel_id_that_is_no_pixel_id_is_told_to_use_the_numeric_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "add a [pixels.{pixel}] table" would itself be refused ("must be the numeric id").
+    monkeypatch.setenv("SHOP_SECRET", "s")
+    path = tmp_path / "capirelay.toml"
+    path.write_text(
+        '[pixels.1234567890]\n[webhooks.shop]\npreset = "shopify"\npixel_id = "{pixel}"\n'
+        'secret = { env = "SHOP_SECRET" }\n'
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert str(raised.value).splitlines() == [
+        f"{path}:4:1: webhooks.shop.pixel_id: pixel_id '{{pixel}}' is not a pixel id: use the "
+        "numeric dataset id from Events Manager, one of the configured pixels (1234567890)"
+    ]
+
+
 def test_a_webhook_naming_a_pixel_whose_id_is_refused_is_told_once(tmp_path: Path) -> None:
     # The pixel's table is there under an id that is itself a mistake: that mistake is
     # the one to fix, and the webhook is not also called unconfigured.

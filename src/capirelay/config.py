@@ -222,6 +222,12 @@ def unconfigured_pixel_problem(pixel_id: str, configured: Iterable[str]) -> str:
     """What a webhook whose ``pixel_id`` has no ``[pixels]`` table is told, by the settings'
     validation and by :func:`capirelay.sources.webhooks.configured.load_webhooks` alike."""
     known = ", ".join(sorted(configured)) or "none yet"
+    if not _PIXEL_ID.match(pixel_id):
+        # "add a [pixels.abc] table" would itself be refused: the id is the mistake.
+        return (
+            f"pixel_id {pixel_id!r} is not a pixel id: use the numeric dataset id from "
+            f"Events Manager, one of the configured pixels ({known})"
+        )
     return (
         f"pixel_id {pixel_id} is not configured under [pixels]; add a "
         f"[pixels.{pixel_id}] table, or set pixel_id to a configured pixel ({known})"

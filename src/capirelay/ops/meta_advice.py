@@ -57,8 +57,8 @@ _ADVICE: Final[dict[str, str]] = {
         "the deduplicated count of the same hours on the Diagnostics page: Meta discards a "
         "server copy that shares event_name and event_id with a browser event it received "
         "first (within 48 h), which is dedup working, not a loss. An old event_time is not "
-        "the cause (Meta refuses the whole request, nothing is acknowledged), nor are events "
-        "without test_event_code (Meta counts them). A gap beyond the deduplicated events: "
+        "the cause (Meta refuses the whole request, nothing is acknowledged), nor is a "
+        "test_event_code (test events are counted too). A gap beyond the deduplicated events: "
         "keep the hours; `capirelay trace EVENT_ID` gives an event's fbtrace_id for Meta support."
     ),
     HAD_PII: (
