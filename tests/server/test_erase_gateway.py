@@ -138,3 +138,17 @@ def test_phones_hash_as_ingest_does_for_each_configured_country() -> None:
     international = erasure_hashes([], ["+1 650 555 0199"], [], {None})["ph"]
     assert international <= national
     assert hashlib.sha256(b"16505550199").hexdigest() in national
+
+
+def test_erase_with_no_database_says_so_and_creates_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run in the wrong directory (no config, so the default ./capirelay.db), erase created
+    an empty database, "erased" nothing from it and exited 0: the user believed the person
+    erased.  Like trace and dlq, it now says there is no database and exits 1."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
+    result = CliRunner().invoke(cli_app, ["erase", "--email", "a@b.com"])
+    assert result.exit_code == 1, result.output
+    assert "no database at capirelay.db" in result.output
+    assert list(tmp_path.iterdir()) == []

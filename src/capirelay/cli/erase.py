@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 
 from capirelay.cli._output import err_console, error
-from capirelay.cli.storage import ConfigOpt, StorageOpt
+from capirelay.cli.storage import ConfigOpt, StorageOpt, existing_storage_url
 from capirelay.config import redact_storage_url
 from capirelay.outbox.receipts import ErasureResult
 
@@ -110,8 +110,11 @@ def erase_command(
     audit = sorted(
         (key, digest) for key, digests in hashes.items() for digest in digests if is_sha256(digest)
     )
+    # A missing SQLite file is said and nothing is created: an empty new database "erased"
+    # nothing and reported success to a user in the wrong directory or with the wrong config.
+    url = existing_storage_url(config, storage)
     try:
-        result = asyncio.run(_erase(storage or settings.storage, hashes, pixel, audit))
+        result = asyncio.run(_erase(url, hashes, pixel, audit))
     except ValueError as exc:
         error(str(exc))
         raise typer.Exit(2) from None
