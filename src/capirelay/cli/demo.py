@@ -26,8 +26,9 @@ def demo_command(
     """Gateway + local Graph API emulator + a demo shop page, all on this machine.
 
     Prints the shop and dashboard URLs, the dashboard token, the ingest key with
-    a curl example, and writes the demo's settings to capirelay-demo.toml (next
-    to --db) so `capirelay dlq list --config capirelay-demo.toml` reads its queue.
+    a curl example, and writes the demo's settings beside --db, named after it
+    (capirelay-demo.toml for the default), so `capirelay dlq list --config FILE`
+    reads its queue.
     ./capirelay.toml is not read.  Ctrl-C stops it.
     """
     import asyncio
