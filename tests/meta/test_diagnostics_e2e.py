@@ -15,7 +15,13 @@ from capirelay.emulator import RunningEmulator, run_emulator
 from capirelay.graph import GraphClient
 from capirelay.metrics import Metrics
 from capirelay.ops.diagnostics import DiagnosticsRunner
-from capirelay.ops.meta_advice import AAM_OFF, COOKIES_DISABLED, HAD_PII, UNDERCOUNT
+from capirelay.ops.meta_advice import (
+    AAM_OFF,
+    COOKIES_DISABLED,
+    HAD_PII,
+    TOKEN_EXPIRING,
+    UNDERCOUNT,
+)
 from capirelay.ops.meta_store import meta_store_for
 from capirelay.outbox import Outbox
 from waiting import wait_for_async
@@ -238,3 +244,38 @@ async def test_the_schedule_runs_by_itself_and_stops(
         await runner.stop()
     assert runner.recorder not in metrics.acknowledged_listeners
     assert (await store.runs())[PIXEL].error is None
+
+
+async def test_a_token_about_to_expire_is_told_by_the_running_gateway(
+    emulator: RunningEmulator, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only `capirelay doctor` and the dashboard said a token was about to expire, when
+    someone looked; the gateway itself said nothing until Meta refused every event.  The
+    scheduled run now makes it a failing check, logged at WARNING and counted, naming
+    where the new token goes; a renewed token clears it."""
+    clock = Clock(time.time())
+    emulator.state.set_clock(clock)
+    metrics = Metrics()
+    store = meta_store_for(outbox)
+    runner = DiagnosticsRunner(make_settings(emulator.url), store, metrics, clock=clock)
+    runs = await runner.run_once()
+    assert runs is not None and not runs[0].errors
+    assert failing(metrics, TOKEN_EXPIRING) == 0.0
+
+    emulator.state.set_token_expiry(TOKEN, int(clock.now) + 5 * 86400)
+    clock.now += 3600
+    caplog.set_level(logging.WARNING, "capirelay.diagnostics")
+    runs = await runner.run_once()
+    assert runs is not None and not runs[0].errors
+    assert failing(metrics, TOKEN_EXPIRING) == 1.0
+    (check,) = [c for c in runs[0].checks if c.key == TOKEN_EXPIRING]
+    assert check.title == "The access token expires in 5 days"
+    # Where the new token goes (the settings hold it as a literal) and that a restart is due.
+    assert "replace the literal pixels." in check.message and "restart" in check.message
+    assert TOKEN not in check.message
+    assert any("capirelay:token_expiring started failing" in r.getMessage() for r in caplog.records)
+
+    emulator.state.set_token_expiry(TOKEN, 0)  # a system-user token: never expires
+    clock.now += 3600
+    await runner.run_once()
+    assert failing(metrics, TOKEN_EXPIRING) == 0.0

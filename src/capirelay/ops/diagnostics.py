@@ -4,6 +4,10 @@ Every ``diagnostics.interval_seconds`` (default hourly, ±``jitter``) one replic
 (the holder of the ``meta-diagnostics`` lease row, so one at a time even on a
 shared PostgreSQL) fetches, per configured pixel with a token:
 
+0. the token's expiry (``GET /debug_token``): one that expires within 14 days is a
+   failing ``capirelay:token_expiring`` check, logged and counted like Meta's, so a
+   running gateway warns before its deliveries stop (before, only ``capirelay doctor``
+   and the dashboard said it, when someone looked);
 1. the pixel's AAM and first-party cookie settings (``GET /{pixel}``);
 2. the server diagnostics checks (``GET /{pixel}/da_checks?connection_method=SERVER``);
 3. the Dataset Quality API's ``diagnostics``, ``dedupe_key_feedback`` and
@@ -46,10 +50,12 @@ from capirelay.config import Settings
 from capirelay.graph import GraphClient, GraphError, RetryClass
 from capirelay.graph._pixel import DACheck, StatsBucket
 from capirelay.metrics import Metrics
+from capirelay.ops.health import TOKEN_EXPIRY_WARN_DAYS, token_from_debug_data
 from capirelay.ops.meta_advice import (
     AAM_OFF,
     COOKIES_DISABLED,
     HAD_PII,
+    TOKEN_EXPIRING,
     UNDERCOUNT,
     dq_key,
     explain_settings_error,
@@ -251,6 +257,7 @@ class DiagnosticsRunner:
             transport=self._transport,
         ) as pixel_client:
             steps = (
+                ("token", self._token_step),
                 ("pixel_settings", self._settings_step),
                 ("da_checks", self._da_checks_step),
                 ("dataset_quality", self._dataset_quality_step),
@@ -277,6 +284,42 @@ class DiagnosticsRunner:
         )
         self._observe(run)
         return run
+
+    async def _token_step(
+        self, client: GraphClient, pixel_id: str, token: str, now: float, run: PixelRun
+    ) -> None:
+        try:
+            answer = await client.debug_token(token, access_token=token)
+        except GraphError as err:
+            if err.retry_class is RetryClass.AUTH:
+                return  # a bad token: the next steps' errors and delivery's breaker say it
+            raise
+        health = token_from_debug_data(pixel_id, answer.get("data") or {}, token)
+        if health.valid is False:
+            return
+        expires_at = health.expires_at
+        days = None if expires_at is None else (expires_at.timestamp() - now) / 86400
+        expiring = days is not None and days < TOKEN_EXPIRY_WARN_DAYS
+        if expires_at is None:
+            message = "the token does not expire"
+        else:
+            message = f"expires_at: {expires_at.isoformat(timespec='seconds')}"
+            pixel = self._settings.pixels[pixel_id]
+            if expiring and pixel.access_token is not None:
+                setting = f"pixels.{pixel_id}.access_token"
+                message += f"; {pixel.access_token.how_to_replace(setting)}"
+        run.checks.append(
+            CheckResult(
+                TOKEN_EXPIRING,
+                "token",
+                expiring,
+                "failed" if expiring else "passed",
+                f"The access token expires in {max(days or 0.0, 0.0):.0f} days"
+                if expiring
+                else "Access token expiry",
+                message,
+            )
+        )
 
     async def _settings_step(
         self, client: GraphClient, pixel_id: str, token: str, now: float, run: PixelRun

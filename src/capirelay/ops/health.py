@@ -26,7 +26,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Final
 
 import httpx
 
@@ -40,14 +40,22 @@ __all__ = [
     "GRAPH_URL_FIX",
     "PROBE_TIMEOUT",
     "SEND_SCOPES",
+    "TOKEN_EXPIRY_FAIL_DAYS",
+    "TOKEN_EXPIRY_WARN_DAYS",
     "GraphProbe",
     "TokenHealth",
     "clock_skew",
     "graph_answer",
     "probe_graph",
+    "token_from_debug_data",
     "token_health",
     "version_health",
 ]
+
+# A token's expiry within these days is a warning (the doctor, the scheduled diagnostics),
+# within the second a failure (the doctor).
+TOKEN_EXPIRY_WARN_DAYS: Final = 14
+TOKEN_EXPIRY_FAIL_DAYS: Final = 3
 
 # The permissions that let a system-user token post events to a dataset it was given:
 # either one.  Meta's pages, as the reference quotes them, name no permission for
@@ -179,7 +187,7 @@ async def _one_token(
         except GraphError as err:
             health = _from_graph_error(pixel_id, err, pixel.api_version)
         else:
-            health = _from_debug_data(pixel_id, answer.get("data") or {}, token)
+            health = token_from_debug_data(pixel_id, answer.get("data") or {}, token)
     return dataclasses.replace(health, replace_hint=hint)
 
 
@@ -223,7 +231,9 @@ def _from_graph_error(pixel_id: str, err: GraphError, api_version: str) -> Token
     )
 
 
-def _from_debug_data(pixel_id: str, data: dict[str, Any], token: str) -> TokenHealth:
+def token_from_debug_data(pixel_id: str, data: dict[str, Any], token: str) -> TokenHealth:
+    """What ``/debug_token``'s ``data`` says of ``token`` (the token itself redacted from
+    any error text)."""
     scopes = tuple(s for s in data.get("scopes") or () if isinstance(s, str))
     error = data.get("error") if isinstance(data.get("error"), dict) else None
     valid = bool(data.get("is_valid"))

@@ -19,6 +19,7 @@ __all__ = [
     "AAM_OFF",
     "COOKIES_DISABLED",
     "HAD_PII",
+    "TOKEN_EXPIRING",
     "UNDERCOUNT",
     "advice_for",
     "dq_key",
@@ -29,6 +30,7 @@ AAM_OFF: Final = "capirelay:aam_off"
 COOKIES_DISABLED: Final = "capirelay:first_party_cookies_disabled"
 UNDERCOUNT: Final = "capirelay:server_undercount"
 HAD_PII: Final = "capirelay:had_pii"
+TOKEN_EXPIRING: Final = "capirelay:token_expiring"
 
 _ADVICE: Final[dict[str, str]] = {
     "pixel_missing_param_in_events": (
@@ -41,6 +43,13 @@ _ADVICE: Final[dict[str, str]] = {
         "Meta sees far fewer events than before. Check the dashboard Overview for a "
         "backlog or an open breaker, the DLQ for rejected events (`capirelay dlq list`), "
         "and your ingest keys and webhook secrets after a deploy."
+    ),
+    TOKEN_EXPIRING: (
+        "The pixel's access token expires soon. Past that moment Meta refuses every event "
+        "(error 190): the gateway keeps them queued, but none reaches Meta until a new token "
+        "is in place. Generate a system-user token in Business Settings > Users > System "
+        "users (they do not expire) and put it where the pixel's access_token reads it; "
+        "`capirelay doctor` names the variable or file and whether a restart is needed."
     ),
     AAM_OFF: (
         "Automatic Advanced Matching is off, so browser events carry no hashed customer "
