@@ -3,6 +3,7 @@ record, hash-only, found by event id and order id, pruned by retention and cap, 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 from pathlib import Path
@@ -15,7 +16,7 @@ from capirelay.cli import app as cli_app
 from capirelay.cli.erase import erasure_hashes
 from capirelay.normalize import sha256_hex
 from capirelay.ops.trace import story
-from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, Outbox
+from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, Outbox, SQLiteOutbox
 from capirelay.outbox.receipts import MetaAnswer, Outcome, Receipt, duplicate_receipt
 
 LEASE = 30.0
@@ -281,6 +282,13 @@ def test_the_erasure_audit_holds_digests_only(tmp_path: Path) -> None:
     uuid_hex = "3f2504e04f8941d39a0c0305e82c3301"
     config = tmp_path / "capirelay.toml"
     config.write_text(f'storage = "sqlite:///{tmp_path / "x.db"}"\n', encoding="utf-8")
+
+    async def gateway_database() -> None:  # erase works on the gateway's, never creates one
+        outbox = SQLiteOutbox(tmp_path / "x.db")
+        await outbox.open()
+        await outbox.close()
+
+    asyncio.run(gateway_database())
     result = CliRunner().invoke(
         cli_app, ["erase", "--external-id", uuid_hex, "--config", str(config)]
     )
