@@ -263,6 +263,12 @@ async def test_an_unhandled_failure_is_logged_as_500_on_either_path(
     assert sent.status == 500
     [line] = _access_lines(caplog)
     assert line.startswith("GET /broken 500 "), line
+    # Answered inside the headers middleware, like every other response: the security
+    # headers (no-store, nosniff, ...) and the gateway's JSON error, once.
+    assert [m["type"] for m in sent.messages].count("http.response.start") == 1
+    for name, value in SECURITY.items():
+        assert sent.headers.get(name) == value, sent.headers
+    assert b'"internal_error"' in b"".join(m.get("body", b"") for m in sent.messages[1:])
 
     async def broken(state: State, incoming: Incoming) -> Answer:
         raise RuntimeError("storage said something")

@@ -220,9 +220,13 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     return error_response(405, "method_not_allowed", "method not allowed; see /openapi.json")
 
 
+def _internal_error_response() -> Response:
+    return error_response(500, "internal_error", "the gateway failed; nothing was acknowledged")
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log_unhandled(exc, request.scope)
-    return error_response(500, "internal_error", "the gateway failed; nothing was acknowledged")
+    return _internal_error_response()
 
 
 class GatewayHeadersMiddleware:
@@ -255,11 +259,13 @@ class GatewayHeadersMiddleware:
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception:
-            # Starlette's outermost layer (ServerErrorMiddleware, outside this one) answers
-            # the 500 of an unhandled error; the line says so, as the fast path's does.  A
-            # response already started keeps the status that went out.
+            # Starlette's outermost layer (ServerErrorMiddleware, outside this one) logs an
+            # unhandled error (its handler, _internal_error) and re-raises it; its own 500
+            # would go out past this middleware, without the security headers.  The 500 is
+            # sent here instead, through them, so that layer finds the response started and
+            # sends none.  A response already started keeps the status that went out.
             if status == 0:
-                status = 500
+                await _internal_error_response()(scope, receive, send_with_headers)
             raise
         finally:
             log_access(scope, status, started)
