@@ -218,6 +218,14 @@ def graph_url_problem(url: str) -> str | None:
     return None
 
 
+def token_replace_hint(pixel_id: str, pixel: PixelSettings) -> str | None:
+    """Where a new access token for ``pixel_id`` goes and whether a restart is needed
+    (:meth:`Secret.how_to_replace`); ``None`` without a token setting."""
+    if pixel.access_token is None:
+        return None
+    return pixel.access_token.how_to_replace(f"pixels.{pixel_id}.access_token")
+
+
 def unconfigured_pixel_problem(pixel_id: str, configured: Iterable[str]) -> str:
     """What a webhook whose ``pixel_id`` has no ``[pixels]`` table is told, by the settings'
     validation and by :func:`capirelay.sources.webhooks.configured.load_webhooks` alike."""

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from capirelay.clock import Clock
-from capirelay.config import PixelSettings, Settings
+from capirelay.config import PixelSettings, Settings, token_replace_hint
 from capirelay.delivery.bisect import Bisection
 from capirelay.delivery.lease import LeaseBudget, LeaseRunningOut, attempt_from, dead_letter_reason
 from capirelay.delivery.status import AIMDLimit, Breaker, BreakerState, LastError, PixelStatus
@@ -367,9 +367,7 @@ class PixelWorker:
 
     def _token_replace_hint(self) -> str | None:
         pixel = self.pixel
-        if pixel is None or pixel.access_token is None:
-            return None
-        return pixel.access_token.how_to_replace(f"pixels.{self.pixel_id}.access_token")
+        return None if pixel is None else token_replace_hint(self.pixel_id, pixel)
 
     # ---------------------------------------------------------------- a batch
 

@@ -103,6 +103,18 @@ def version_status(version: str, today: date | None = None) -> VersionStatus:
     )
 
 
+def beyond_the_table(version: str) -> bool:
+    """A well-formed version this table does not list and cannot call retired: not older
+    than its newest, so most likely a version Meta released since (nothing to move back
+    from)."""
+    match = _VERSION_RE.match(version)
+    return (
+        match is not None
+        and version not in API_VERSIONS
+        and int(match.group(1)) >= _LATEST_KNOWN_MAJOR
+    )
+
+
 def _status_of_unlisted(version: str) -> VersionStatus:
     match = _VERSION_RE.match(version)
     if match is not None and int(match.group(1)) < _LATEST_KNOWN_MAJOR:

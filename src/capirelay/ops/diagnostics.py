@@ -42,11 +42,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import httpx
 
-from capirelay.config import Settings
+from capirelay.config import Settings, token_replace_hint
 from capirelay.graph import GraphClient, GraphError, RetryClass
 from capirelay.graph._pixel import DACheck, StatsBucket
 from capirelay.metrics import Metrics
@@ -297,17 +298,15 @@ class DiagnosticsRunner:
         health = token_from_debug_data(pixel_id, answer.get("data") or {}, token)
         if health.valid is False:
             return
-        expires_at = health.expires_at
-        days = None if expires_at is None else (expires_at.timestamp() - now) / 86400
+        days = health.days_left(datetime.fromtimestamp(now, UTC))
         expiring = days is not None and days < TOKEN_EXPIRY_WARN_DAYS
-        if expires_at is None:
+        if health.expires_at is None:
             message = "the token does not expire"
         else:
-            message = f"expires_at: {expires_at.isoformat(timespec='seconds')}"
-            pixel = self._settings.pixels[pixel_id]
-            if expiring and pixel.access_token is not None:
-                setting = f"pixels.{pixel_id}.access_token"
-                message += f"; {pixel.access_token.how_to_replace(setting)}"
+            message = f"expires_at: {health.expires_at.isoformat(timespec='seconds')}"
+            hint = token_replace_hint(pixel_id, self._settings.pixels[pixel_id])
+            if expiring and hint is not None:
+                message += f"; {hint}"
         run.checks.append(
             CheckResult(
                 TOKEN_EXPIRING,

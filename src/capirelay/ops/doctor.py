@@ -143,21 +143,17 @@ def _webhook_checks(settings: Settings) -> list[Check]:
         load_webhooks(settings)
     except ConfigError as exc:
         return [
-            Check("config", Status.FAIL, problem.strip(), _webhook_fix(problem))
+            Check(
+                "config",
+                Status.FAIL,
+                problem.strip(),
+                "fix it in the config or the mapping file (a relative mapping path is read "
+                "from the config file's directory); `capirelay mapping test` names each "
+                "problem of a mapping",
+            )
             for problem in str(exc).splitlines()[1:]
         ]
     return []
-
-
-def _webhook_fix(problem: str) -> str:
-    if "is not configured under [pixels]" in problem:
-        # The problem says which table to add or which ids are configured.
-        return "point the webhook's pixel_id at a configured pixel, or configure that pixel"
-    return (
-        "fix it in the config or the mapping file (a relative mapping path is read "
-        "from the config file's directory); `capirelay mapping test` names each "
-        "problem of a mapping"
-    )
 
 
 def config_checks(settings: Settings) -> list[Check]:

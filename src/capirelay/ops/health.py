@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import httpx
 
-from capirelay.config import DEFAULT_GRAPH_URL, PixelSettings, Settings
+from capirelay.config import DEFAULT_GRAPH_URL, PixelSettings, Settings, token_replace_hint
 from capirelay.graph import GraphClient, GraphError, RetryClass, explain
 from capirelay.graph.errors import code_label, redact
 from capirelay.graph.versions import VersionStatus, version_status
@@ -178,8 +178,7 @@ async def _one_token(
             app_secret=app_secret,
             transport=transport,
         )
-    setting = f"pixels.{pixel_id}.access_token"
-    hint = pixel.access_token.how_to_replace(setting) if pixel.access_token else None
+    hint = token_replace_hint(pixel_id, pixel)
     async with client:
         try:
             # A token may inspect itself, so no separate app token is needed.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from capirelay.config import Secret, Settings
-from capirelay.graph.versions import DEFAULT_API_VERSION, is_well_formed, version_status
+from capirelay.graph.versions import DEFAULT_API_VERSION, beyond_the_table, version_status
 
 __all__ = [
     "Finding",
@@ -128,22 +128,18 @@ def api_version_findings(settings: Settings, today: date | None = None) -> list[
     findings = []
     for pixel_id, pixel in settings.pixels.items():
         status = version_status(pixel.api_version, today)
-        if status.state == "ok" or (status.state == "unknown" and is_well_formed(status.version)):
-            # A well-formed version capirelay does not list is newer than its table (older
-            # unlisted ones read as retired): most likely Meta's latest, not one to move
-            # back from; the Graph client does not warn of it either.
-            continue
+        if status.state == "ok" or beyond_the_table(pixel.api_version):
+            continue  # newer than capirelay's table: the Graph client does not warn either
+        blocking = status.state == "expired"
         findings.append(
             Finding(
                 "api version",
-                blocking=status.state == "expired",
+                blocking=blocking,
                 detail=f"pixels.{pixel_id}.api_version: {status.advice}",
                 fix=(
                     f'set api_version = "{DEFAULT_API_VERSION}" in [pixels.{pixel_id}] and '
-                    "restart the gateway; events for the pixel stay queued meanwhile"
-                    if status.state == "expired"
-                    else f'set api_version = "{DEFAULT_API_VERSION}" in [pixels.{pixel_id}] '
-                    "and restart the gateway"
+                    "restart the gateway"
+                    + ("; events for the pixel stay queued meanwhile" if blocking else "")
                 ),
             )
         )
