@@ -645,16 +645,6 @@ class Settings(BaseSettings):
         return out
 
 
-# Where settings hold a Secret: (table, key within it or None for any name, secret's key).
-_SECRET_PLACES: Final = (
-    ("pixels", None, ("access_token", "app_secret", "verification_secret")),
-    ("ingest_keys", None, ("key",)),
-    ("webhooks", None, ("secret",)),
-    ("dashboard", "", ("admin_token", "basic_password")),
-    ("", "", ("metrics_token",)),
-)
-
-
 class _EnvSecrets(EnvSettingsSource):
     """The ``CAPIRELAY_...`` environment, with a secret set there as plain text
     (``CAPIRELAY_PIXELS__1234567890__ACCESS_TOKEN=EAA...``) read like ``{ env = ... }``.
@@ -669,57 +659,41 @@ class _EnvSecrets(EnvSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
-        # The secrets' texts that were not JSON (decode_complex_value kept them as text).
-        self._bare: set[str] = set()
+        # (setting name, text) of the secrets whose text was not JSON: decode_complex_value
+        # kept them as text, and only they become variables.
+        self._bare: set[tuple[str, str]] = set()
 
     def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
         try:
             return super().decode_complex_value(field_name, field, value)
         except ValueError:
             if field is not None and _holds_a_secret(field.annotation):
-                self._bare.add(value)
+                if value.strip():
+                    self._bare.add((field_name.lower(), value))
                 return value  # a bare secret, not JSON: made a Secret in __call__
             raise
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
-        for table, name, keys in _SECRET_PLACES:
-            for path, holder in _secret_holders(data, table, name):
-                for key in keys:
-                    text = holder.get(key)
-                    # Only text that was not JSON: a quoted value ("EAA...") keeps its
-                    # decoded form, as before, and an empty one stays a literal, which the
-                    # secret's own check refuses (an unset ${VAR} in a compose file would
-                    # otherwise lock the dashboard or /metrics without a word).
-                    if not isinstance(text, str) or text not in self._bare or not text.strip():
-                        continue
-                    variable = _variable_named(("CAPIRELAY", *path, key))
-                    if variable is not None:
-                        holder[key] = Secret(env=variable)
+        self._name_variables(data, ())
         return data
+
+    def _name_variables(self, holder: dict[str, Any], path: tuple[str, ...]) -> None:
+        # Only text that was not JSON: a quoted value ("EAA...") keeps its decoded form, as
+        # before, and an empty one is not taken, so it stays a literal, which the
+        # secret's own check refuses (an unset ${VAR} in a compose file would otherwise
+        # lock the dashboard or /metrics without a word).
+        for key, value in holder.items():
+            if isinstance(value, dict):
+                self._name_variables(value, (*path, str(key)))
+            elif isinstance(value, str) and (str(key).lower(), value) in self._bare:
+                variable = _variable_named(("CAPIRELAY", *path, str(key)))
+                if variable is not None:
+                    holder[key] = Secret(env=variable)
 
 
 def _holds_a_secret(annotation: Any) -> bool:
     return annotation is Secret or Secret in getattr(annotation, "__args__", ())
-
-
-def _secret_holders(
-    data: dict[str, Any], table: str, name: str | None
-) -> Iterable[tuple[tuple[str, ...], dict[str, Any]]]:
-    """The dicts of ``data`` that hold the secrets of ``table`` (each named entry of it
-    when ``name`` is None), with their path."""
-    if not table:
-        yield (), data
-        return
-    value = data.get(table)
-    if not isinstance(value, dict):
-        return
-    if name is not None:
-        yield (table,), value
-        return
-    for entry, holder in value.items():
-        if isinstance(holder, dict):
-            yield (table, str(entry)), holder
 
 
 def _variable_named(path: tuple[str, ...]) -> str | None:
