@@ -605,14 +605,18 @@ def test_an_unreadable_webhook_secret_fails_naming_the_variable_or_file(
     ]
 
 
+def grant_only(emulator: RunningEmulator, scopes: list[str]) -> None:
+    """The emulator's token now holds only ``scopes`` (as Business Settings can leave it)."""
+    answer = httpx.post(
+        f"{emulator.url}/_emulator/tokens/scopes", json={"access_token": TOKEN, "scopes": scopes}
+    )
+    assert answer.status_code == 200
+
+
 def test_a_token_without_ads_management_is_told_to_get_that_permission(
     tmp_path: Path, emulator: RunningEmulator
 ) -> None:
-    answer = httpx.post(
-        f"{emulator.url}/_emulator/tokens/scopes",
-        json={"access_token": TOKEN, "scopes": ["ads_read"]},
-    )
-    assert answer.status_code == 200
+    grant_only(emulator, ["ads_read"])
     code, report = doctor(write_config(tmp_path, emulator.url))
     assert code == 1
     token = by_name(report)[f"token {PIXEL}"]
@@ -632,11 +636,7 @@ def test_a_token_with_business_management_alone_passes_as_graph_takes_its_events
     # Reference (official-sdk-and-spec.md): the only permission text for a dataset names
     # "ads_management or business_management"; the emulator takes events from such a
     # token, and the doctor failed it ("not granted ads_management").
-    answer = httpx.post(
-        f"{emulator.url}/_emulator/tokens/scopes",
-        json={"access_token": TOKEN, "scopes": ["business_management"]},
-    )
-    assert answer.status_code == 200
+    grant_only(emulator, ["business_management"])
     event = wire_event(
         "bm-only", int(time.time()), em=[sha256_hex("a@example.com")], client_user_agent="UA"
     )
