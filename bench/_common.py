@@ -59,6 +59,31 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+# What a gateway started without an access token (the benches' way of keeping events
+# queued) logs by design, once per process: the config's warning and delivery's error.
+NO_TOKEN_LINES = ("access_token is not set", "no access token")
+
+
+def gateway_log(directory: Path, name: str) -> Path:
+    """A file for a gateway subprocess's log lines (its stderr), in the bench's own
+    temporary ``directory``: the terminal keeps the bench's tables, and
+    :func:`echo_unexpected` repeats what it should still see."""
+    return directory / f"{name}.log"
+
+
+def echo_unexpected(log: Path, expected: tuple[str, ...] = NO_TOKEN_LINES) -> None:
+    """Repeat on stderr the WARNING, ERROR and CRITICAL lines of ``log`` (and any
+    traceback), but those naming one of ``expected``."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return
+    for line in text.splitlines():
+        loud = any(level in line for level in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))
+        if loud and not any(phrase in line for phrase in expected):
+            print(f"{log.name}: {line}", file=sys.stderr)
+
+
 def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
     """The Graph API emulator as a subprocess serving the bench pixel; its base URL.
 

@@ -44,7 +44,9 @@ from _common import (
     KEY,
     PIXEL,
     TOKEN,
+    echo_unexpected,
     free_port,
+    gateway_log,
     print_table,
     purchase_event,
     serve_options,
@@ -73,6 +75,10 @@ class Gateway:
         if with_token:
             env["BENCH_ACCESS_TOKEN"] = TOKEN
         self.port = port
+        # Without a token (events kept queued) its log says so by design; the rest of
+        # what it logs is repeated by stop().
+        self.log = None if with_token else gateway_log(config.parent, f"gateway-{port}")
+        errors = self.log.open("ab") if self.log is not None else None
         self.proc = subprocess.Popen(
             [
                 PYTHON,
@@ -81,7 +87,10 @@ class Gateway:
                 *serve_options(config, port),
             ],
             env=env,
+            stderr=errors,
         )
+        if errors is not None:
+            errors.close()
         wait_http(f"http://{HOST}:{port}/healthz")
         self.ps = psutil.Process(self.proc.pid)
 
@@ -90,6 +99,8 @@ class Gateway:
 
     def stop(self) -> None:
         stop_process(self.proc)
+        if self.log is not None:
+            echo_unexpected(self.log)
 
 
 def write_config(tmp: Path, graph_url: str) -> Path:

@@ -59,7 +59,18 @@ import httpx
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HOST, KEY, PIXEL, free_port, print_table, serve_options, stop_process, wait_http
+from _common import (
+    HOST,
+    KEY,
+    PIXEL,
+    echo_unexpected,
+    free_port,
+    gateway_log,
+    print_table,
+    serve_options,
+    stop_process,
+    wait_http,
+)
 
 HERE = Path(__file__).resolve().parent
 WRK_DIR = HERE / "wrk"
@@ -233,8 +244,10 @@ class Server:
         stderr: Path | None = None,
     ) -> None:
         self.port = port
-        # At --log-level info the access lines go to a file, as a container's log driver
-        # would take them, not to this terminal.
+        # capirelay's log lines go to a file, as a container's log driver would take
+        # them (the access lines at --log-level info), not to this terminal; stop()
+        # repeats those a reader should see (echo_unexpected).
+        self.log = stderr
         errors = stderr.open("ab") if stderr is not None else None
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=errors)
         if errors is not None:
@@ -247,6 +260,8 @@ class Server:
 
     def stop(self) -> None:
         stop_process(self.proc)
+        if self.log is not None:
+            echo_unexpected(self.log)
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the server and its live child processes (the
@@ -287,8 +302,7 @@ def start_capirelay(
         cmd += ["--workers", str(workers)]
     if cpu_affinity:
         cmd += ["--cpu-affinity", cpu_affinity]
-    quiet = log_level in ("warning", "error")
-    return Server(cmd, port, env, None if quiet else config.parent / "capirelay.log")
+    return Server(cmd, port, env, gateway_log(config.parent, f"capirelay-{port}"))
 
 
 def fresh_storage(storage: str, tmp: Path, label: str) -> str:

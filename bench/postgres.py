@@ -62,7 +62,9 @@ from _common import (
     KEY,
     PIXEL,
     TOKEN,
+    echo_unexpected,
     free_port,
+    gateway_log,
     print_table,
     purchase_event,
     start_emulator,
@@ -116,6 +118,10 @@ class Replica:
         if with_token:
             env["BENCH_ACCESS_TOKEN"] = TOKEN
         self.port = free_port()
+        # Without a token (events kept queued) its log says so by design; the rest of
+        # what it logs is repeated by stop().
+        self.log = None if with_token else gateway_log(config.parent, f"replica-{self.port}")
+        errors = self.log.open("ab") if self.log is not None else None
         self.proc = subprocess.Popen(
             [
                 CAPIRELAY,
@@ -131,12 +137,17 @@ class Replica:
             ],
             cwd=config.parent,
             env=env,
+            stderr=errors,
         )
+        if errors is not None:
+            errors.close()
         if wait:
             wait_http(f"http://{HOST}:{self.port}/readyz", interval=0.05)
 
     def stop(self) -> None:
         stop_process(self.proc)
+        if self.log is not None:
+            echo_unexpected(self.log)
 
 
 def start_replicas(config: Path, storage: str, count: int, *, with_token: bool) -> list[Replica]:
