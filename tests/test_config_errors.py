@@ -302,3 +302,22 @@ def test_a_secret_with_an_unguessable_key_is_shown_both_forms(tmp_path: Path) ->
     assert "unknown key `pixels.123.access_token.token`" in line
     assert 'access_token = { file = "' in line and 'access_token = { env = "' in line
     assert "EAAsecret" not in line
+
+
+@pytest.mark.parametrize("snippet", [s for s, _ in SECRET_SETTINGS], ids=lambda v: v)
+def test_a_secret_written_as_a_number_is_told_to_quote_it_or_use_file_or_env(
+    tmp_path: Path, snippet: str
+) -> None:
+    """``key = 123456`` in TOML is a number, which no secret is: the message names the
+    setting and the forms that work, without echoing the digits."""
+    setting = dict((s, n) for s, n in SECRET_SETTINGS)[snippet]
+    key = setting.rpartition(".")[2]
+    path = tmp_path / "secret.toml"
+    path.write_text(snippet.replace("{SECRET}", "987654321987"))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    (line,) = str(caught.value).splitlines()
+    assert line.startswith(f"{path}:{len(snippet.splitlines())}:1: {setting}: "), line
+    assert f'{key} = {{ file = "..." }}' in line and f'{key} = {{ env = "..." }}' in line
+    assert "quote" in line
+    assert "987654321987" not in line
