@@ -138,7 +138,7 @@ def test_send_with_a_bad_token_explains_and_exits_1(
     assert result.exit_code == 1
     assert "not sent: the request with 1 event(s) failed (HTTP 400, code 190" in result.stderr
     assert "system-user token with the ads_management permission" in result.output
-    assert "2 of" not in result.output and "1 of 1 event was not sent" in result.output
+    assert "2 of" not in result.output and "the event was not sent" in result.output
     assert secret not in result.output
 
 
@@ -168,10 +168,39 @@ def test_send_lists_every_problem_and_sends_the_valid_events(
     assert any("action_source" in line for line in problems)
     assert any("custom_data.value" in line for line in problems)
     assert any("currency" in line for line in err.splitlines())
-    assert "1 of 2 events were not sent" not in err and "1 of 2 event was not sent" in err
+    assert "1 of 2 events was not sent (why: above)" in err
+    assert "send it again once fixed" in err
     assert "dead-letter" not in result.output and "replay" not in result.output
     assert "sent 1 event(s)" in result.stdout
     assert [e["event"]["event_id"] for e in emulator.state.events(PIXEL)] == ["lead-1"]
+
+
+@pytest.mark.parametrize(
+    ("valid", "invalid", "summary"),
+    [
+        (0, 1, "the event was not sent (why: above)"),
+        (1, 1, "1 of 2 events was not sent (why: above)"),
+        (0, 2, "neither event was sent (why: above)"),
+        (1, 2, "2 of 3 events were not sent (why: above)"),
+        (0, 3, "none of the 3 events was sent (why: above)"),
+        (2, 1, "1 of 3 events was not sent (why: above)"),
+    ],
+)
+def test_send_counts_what_was_not_sent_in_plain_english(
+    emulator: RunningEmulator, tmp_path: Path, valid: int, invalid: int, summary: str
+) -> None:
+    events = [raw_event(f"ok-{n}") for n in range(valid)]
+    for n in range(invalid):
+        bad = raw_event(f"bad-{n}")
+        del bad["action_source"]
+        events.append(bad)
+    result = send(emulator, write_json(tmp_path, events))
+    assert result.exit_code == 1
+    assert summary in result.stderr, result.stderr
+    assert f"send {'it' if invalid == 1 else 'them'} again once fixed" in result.stderr
+    assert " 1 events " not in result.stderr and "event(s) was" not in result.stderr
+    sent = [e["event"]["event_id"] for e in emulator.state.events(PIXEL)]
+    assert sent == [f"ok-{n}" for n in range(valid)]
 
 
 def test_send_to_an_unreachable_graph_says_nothing_was_retried(tmp_path: Path) -> None:

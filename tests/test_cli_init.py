@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import stat
 import tomllib
 from collections.abc import Iterator
@@ -141,7 +143,8 @@ def test_interactive_init_asks_with_defaults_and_asks_again_on_mistakes(
     written = tomllib.loads((tmp_path / "capirelay.toml").read_text())
     pixel = written["pixels"][PIXEL]
     token_file = tmp_path / "capirelay-secrets" / "access-token"
-    assert pixel["access_token"] == {"file": str(token_file)}
+    # Beside the config, so written relative to it (read from the config's directory).
+    assert pixel["access_token"] == {"file": "capirelay-secrets/access-token"}
     assert token_file.read_text().strip() == TOKEN
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert pixel["allowed_origins"] == ["https://shop.example"]
@@ -206,3 +209,72 @@ def test_a_graph_url_with_the_version_is_refused_before_anything_is_written(
     )
     assert not config.exists()
     assert not (tmp_path / "capirelay-secrets").exists()
+
+
+def test_secret_files_beside_the_config_are_written_relative_so_the_project_can_move(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relative secret paths are read from the config file's directory: init writes the
+    generated ones (and a token file under the config's directory) relative to it, so
+    the directory can be moved or committed with its config and still load."""
+    project = tmp_path / "project"
+    token_file = project / "private" / "meta-token"
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(TOKEN + "\n")
+    flags = _flags(project, emulator)
+    flags[flags.index("--token-env") : flags.index("--token-env") + 2] = [
+        "--token-file",
+        str(token_file),
+    ]
+    monkeypatch.chdir(tmp_path)  # init runs from elsewhere than the config's directory
+    result = runner.invoke(app, flags)
+    assert result.exit_code == 0, result.output
+    written = tomllib.loads((project / "capirelay.toml").read_text())
+    assert written["pixels"][PIXEL]["access_token"] == {"file": "private/meta-token"}
+    assert written["ingest_keys"]["backend"]["key"] == {"file": "capirelay-secrets/ingest-key"}
+    assert written["dashboard"]["admin_token"] == {"file": "capirelay-secrets/dashboard-token"}
+    key = (project / "capirelay-secrets" / "ingest-key").read_text().strip()
+
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(project, moved)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    settings = load_settings(moved / "capirelay.toml")
+    token = settings.pixels[PIXEL].access_token
+    assert token is not None and token.file == moved / "private" / "meta-token"
+    assert token.resolve() == TOKEN
+    assert settings.ingest_keys["backend"].key.resolve() == key
+    admin = settings.dashboard.admin_token
+    assert admin is not None and admin.file == moved / "capirelay-secrets" / "dashboard-token"
+    # The doctor, run from another directory, reads the moved files.
+    doctor = runner.invoke(app, ["doctor", "--config", str(moved / "capirelay.toml")])
+    assert "1 key(s) set and readable" in doctor.stdout, doctor.output
+    assert re.search(rf"token {PIXEL}\s+│ ok", doctor.stdout), doctor.output
+
+
+def test_secret_files_outside_the_config_directory_stay_absolute(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    outside = tmp_path / "vault"
+    token_file = tmp_path / "tokens" / "meta"
+    token_file.parent.mkdir()
+    token_file.write_text(TOKEN)
+    monkeypatch.chdir(project)
+    flags = _flags(project, emulator)
+    flags[flags.index("--token-env") : flags.index("--token-env") + 2] = [
+        "--token-file",
+        # Spelt through the config's directory, but outside it.
+        os.path.join("..", "tokens", "meta"),
+    ]
+    result = runner.invoke(app, [*flags, "--secrets-dir", str(outside)])
+    assert result.exit_code == 0, result.output
+    written = tomllib.loads((project / "capirelay.toml").read_text())
+    assert written["pixels"][PIXEL]["access_token"] == {"file": str(token_file)}
+    assert written["ingest_keys"]["backend"]["key"] == {"file": str(outside / "ingest-key")}
+    assert written["dashboard"]["admin_token"] == {"file": str(outside / "dashboard-token")}
+    settings = load_settings(project / "capirelay.toml")
+    token = settings.pixels[PIXEL].access_token
+    assert token is not None and token.resolve() == TOKEN

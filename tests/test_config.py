@@ -323,6 +323,63 @@ def test_a_quoted_environment_secret_loses_its_quotes_and_an_empty_one_is_refuse
         monkeypatch.delenv(variable)
 
 
+# Every secret-typed setting, by the CAPIRELAY_... variable that sets it as plain text.
+SECRET_VARIABLES = {
+    "CAPIRELAY_PIXELS__42__ACCESS_TOKEN": lambda s: s.pixels["42"].access_token,
+    "CAPIRELAY_PIXELS__42__APP_SECRET": lambda s: s.pixels["42"].app_secret,
+    "CAPIRELAY_PIXELS__42__VERIFICATION_SECRET": lambda s: s.pixels["42"].verification_secret,
+    "CAPIRELAY_INGEST_KEYS__SHOP__KEY": lambda s: s.ingest_keys["shop"].key,
+    "CAPIRELAY_WEBHOOKS__SHOP__SECRET": lambda s: s.webhooks["shop"].secret,
+    "CAPIRELAY_DASHBOARD__ADMIN_TOKEN": lambda s: s.dashboard.admin_token,
+    "CAPIRELAY_DASHBOARD__BASIC_PASSWORD": lambda s: s.dashboard.basic_password,
+    "CAPIRELAY_METRICS_TOKEN": lambda s: s.metrics_token,
+}
+
+
+@pytest.mark.parametrize("variable", SECRET_VARIABLES)
+@pytest.mark.parametrize("text", ["123456789012345678901234", "1e5", "0.50", " 42 ", "true"])
+def test_a_secret_set_as_digits_in_the_environment_is_read_as_its_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, text: str
+) -> None:
+    """A webhook secret or ingest key may be all digits (or look like another JSON value):
+    it is text, read from its variable like any other, not a number refused with
+    "input should be a valid dictionary".  Its text is kept as written ("0.50", not 0.5)."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[pixels.42]\n[webhooks.shop]\npreset = "shopify"\npixel_id = "42"\n'
+        'secret = { env = "UNSET_WEBHOOK_SECRET" }\n'
+        '[ingest_keys.shop]\nkey = { env = "UNSET_INGEST_KEY" }\n'
+    )
+    monkeypatch.setenv(variable, text)
+    settings = load_settings(path)
+    secret = SECRET_VARIABLES[variable](settings)
+    assert secret is not None
+    assert secret.resolve() == text.strip()
+    assert secret.describe() == f"environment variable {variable}"
+    assert not [w for w in settings.warnings() if "literal" in w], settings.warnings()
+
+
+def test_numeric_settings_beside_a_numeric_secret_stay_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[pixels.42]\n")
+    monkeypatch.setenv("CAPIRELAY_INGEST_KEYS__SHOP__KEY", "987654321098765432109876")
+    monkeypatch.setenv("CAPIRELAY_INGEST_KEYS__SHOP__EVENTS_PER_SECOND", "2.5")
+    monkeypatch.setenv("CAPIRELAY_INGEST_KEYS__SHOP__BURST", "5")
+    monkeypatch.setenv("CAPIRELAY_PORT", "9000")
+    monkeypatch.setenv("CAPIRELAY_DELIVERY__BATCH_SIZE", "250")
+    settings = load_settings(path)
+    key = settings.ingest_keys["shop"]
+    assert key.key.resolve() == "987654321098765432109876"
+    assert (key.events_per_second, key.burst) == (2.5, 5)
+    assert (settings.port, settings.delivery.batch_size) == (9000, 250)
+    # A table given as JSON is still a table.
+    monkeypatch.setenv("CAPIRELAY_INGEST_KEYS__SHOP__KEY", '{"env": "SHOP_KEY"}')
+    monkeypatch.setenv("SHOP_KEY", "from-shop-key")
+    assert load_settings(path).ingest_keys["shop"].key.resolve() == "from-shop-key"
+
+
 def test_a_relative_secret_file_is_read_beside_the_config_like_a_mapping(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -244,3 +244,80 @@ def test_the_config_knows_every_webhook_preset() -> None:
     from capirelay.sources.webhooks import PRESETS
 
     assert set(WEBHOOK_PRESETS) == set(PRESETS)
+
+
+# Every secret-typed setting, as (the TOML that holds it around a {SECRET} mark, its
+# dotted name).  The rest of each snippet is valid, so the secret's is the only mistake.
+SECRET_SETTINGS = [
+    ("[pixels.123]\naccess_token = {SECRET}\n", "pixels.123.access_token"),
+    ("[pixels.123]\napp_secret = {SECRET}\n", "pixels.123.app_secret"),
+    ("[pixels.123]\nverification_secret = {SECRET}\n", "pixels.123.verification_secret"),
+    ("[ingest_keys.shop]\nkey = {SECRET}\n", "ingest_keys.shop.key"),
+    (
+        '[pixels.123]\n[webhooks.shop]\npreset = "shopify"\npixel_id = "123"\nsecret = {SECRET}\n',
+        "webhooks.shop.secret",
+    ),
+    ("[dashboard]\nadmin_token = {SECRET}\n", "dashboard.admin_token"),
+    ('[dashboard]\nbasic_user = "ops"\nbasic_password = {SECRET}\n', "dashboard.basic_password"),
+    ("metrics_token = {SECRET}\n", "metrics_token"),
+]
+
+
+@pytest.mark.parametrize(("snippet", "setting"), SECRET_SETTINGS, ids=lambda v: v)
+@pytest.mark.parametrize(
+    ("wrong", "right"),
+    [
+        ("path", "file"),
+        ("filename", "file"),
+        ("file_path", "file"),
+        ("var", "env"),
+        ("environment", "env"),
+        ("env_var", "env"),
+    ],
+)
+def test_a_secret_with_a_wrong_key_names_the_setting_and_suggests_file_or_env(
+    tmp_path: Path, snippet: str, setting: str, wrong: str, right: str
+) -> None:
+    path = tmp_path / "secret.toml"
+    path.write_text(snippet.replace("{SECRET}", f'{{ {wrong} = "s3cret-value" }}'))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    (line,) = str(caught.value).splitlines()
+    key = setting.rpartition(".")[2]
+    last = len(snippet.splitlines())  # the secret is each snippet's last line
+    assert line.startswith(f"{path}:{last}:"), line
+    assert f"unknown key `{setting}.{wrong}`; did you mean `{right}`?" in line
+    # The fix, written as the user would write it.
+    assert f'{key} = {{ {right} = "' in line
+    assert "s3cret-value" not in line
+
+
+def test_a_secret_with_an_unguessable_key_is_shown_both_forms(tmp_path: Path) -> None:
+    path = tmp_path / "secret.toml"
+    path.write_text('[pixels.123]\naccess_token = { token = "EAAsecret" }\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    (line,) = str(caught.value).splitlines()
+    assert line.startswith(f"{path}:2:")
+    assert "unknown key `pixels.123.access_token.token`" in line
+    assert 'access_token = { file = "' in line and 'access_token = { env = "' in line
+    assert "EAAsecret" not in line
+
+
+@pytest.mark.parametrize("snippet", [s for s, _ in SECRET_SETTINGS], ids=lambda v: v)
+def test_a_secret_written_as_a_number_is_told_to_quote_it_or_use_file_or_env(
+    tmp_path: Path, snippet: str
+) -> None:
+    """``key = 123456`` in TOML is a number, which no secret is: the message names the
+    setting and the forms that work, without echoing the digits."""
+    setting = dict((s, n) for s, n in SECRET_SETTINGS)[snippet]
+    key = setting.rpartition(".")[2]
+    path = tmp_path / "secret.toml"
+    path.write_text(snippet.replace("{SECRET}", "987654321987"))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    (line,) = str(caught.value).splitlines()
+    assert line.startswith(f"{path}:{len(snippet.splitlines())}:1: {setting}: "), line
+    assert f'{key} = {{ file = "..." }}' in line and f'{key} = {{ env = "..." }}' in line
+    assert "quote" in line
+    assert "987654321987" not in line

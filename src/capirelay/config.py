@@ -659,19 +659,29 @@ class _EnvSecrets(EnvSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
-        # (setting name, text) of the secrets whose text was not JSON: decode_complex_value
-        # kept them as text, and only they become variables.
+        # (setting name, text) of the secrets whose text was not JSON, or JSON's number or
+        # boolean: decode_complex_value kept them as text, and only they become variables.
         self._bare: set[tuple[str, str]] = set()
 
     def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        secret = field is not None and _holds_a_secret(field.annotation)
         try:
-            return super().decode_complex_value(field_name, field, value)
+            decoded = super().decode_complex_value(field_name, field, value)
+            # Text that JSON reads as a number or a boolean (a webhook secret of digits,
+            # "1e5", "0.50") is a secret's text too, kept as written: as a number it was
+            # refused with "input should be a valid dictionary".  A table ({"env": ...}),
+            # a quoted string and null keep their JSON meaning.  Only secrets: a numeric
+            # setting (port, burst ...) is not complex and never comes here.
+            bare = secret and isinstance(decoded, int | float)
         except ValueError:
-            if field is not None and _holds_a_secret(field.annotation):
-                if value.strip():
-                    self._bare.add((field_name.lower(), value))
-                return value  # a bare secret, not JSON: made a Secret in __call__
-            raise
+            if not secret:
+                raise
+            bare = True  # not JSON: a bare secret
+        if bare:
+            if value.strip():
+                self._bare.add((field_name.lower(), value))
+            return value  # made a Secret naming its variable in __call__
+        return decoded
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()

@@ -56,11 +56,15 @@ def validation_error_lines(
         loc = [part for part in error["loc"] if isinstance(part, str | int)]
         loc = _settings_path(loc, error["type"])
         dotted = ".".join(str(part) for part in loc)
-        if error["type"] == "extra_forbidden":
+        if error["type"] == "extra_forbidden" and _in_a_secret(root, loc):
+            what = _unknown_secret_key(dotted, loc)
+        elif error["type"] == "extra_forbidden":
             what = f"unknown key `{dotted}`"
             suggestion = field_suggestion(root, loc)
             if suggestion:
                 what += f"; did you mean `{suggestion}`?"
+        elif error["type"] == "model_type" and _model_at(root, loc) is _secret_model():
+            what = f"{dotted}: {_not_a_secret(loc)}"
         else:
             what = f"{dotted}: {_lower(error['msg'])}"
         out.append(f"{_where(path, keys, lines, loc)}: {what}")
@@ -101,6 +105,46 @@ def field_suggestion(root: type[BaseModel], loc: Sequence[str | int]) -> str | N
     names = [name for name in model.model_fields if not name.startswith("_")]
     matches = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
     return matches[0] if matches else None
+
+
+def _secret_model() -> type[BaseModel]:
+    from capirelay.config import Secret
+
+    return Secret
+
+
+def _in_a_secret(root: type[BaseModel], loc: Sequence[str | int]) -> bool:
+    return len(loc) >= 2 and _model_at(root, loc[:-1]) is _secret_model()
+
+
+def _secret_forms(setting: str) -> tuple[str, str]:
+    """How ``setting`` reads its secret from a file and from an environment variable."""
+    return (
+        f'`{setting} = {{ file = "..." }}` (a path, relative to the config file\'s directory)',
+        f'`{setting} = {{ env = "..." }}` (the name of an environment variable)',
+    )
+
+
+def _not_a_secret(loc: Sequence[str | int]) -> str:
+    """A secret given as a number, a boolean, a list (``key = 123456``): what to write."""
+    as_file, as_env = _secret_forms(str(loc[-1]))
+    return (
+        f"a secret is text: write {as_file} or {as_env}, or quote it in the file "
+        "(a literal, warned about)"
+    )
+
+
+def _unknown_secret_key(dotted: str, loc: Sequence[str | int]) -> str:
+    """An unknown key inside a secret's table (``access_token = { path = "..." }``): which
+    of ``file`` or ``env`` it meant, written out for this setting.  Only the key is named,
+    never its value."""
+    as_file, as_env = _secret_forms(str(loc[-2]))
+    wrong = str(loc[-1]).lower()
+    if "file" in wrong or "path" in wrong:
+        return f"unknown key `{dotted}`; did you mean `file`? Write {as_file}"
+    if "env" in wrong or "var" in wrong:
+        return f"unknown key `{dotted}`; did you mean `env`? Write {as_env}"
+    return f"unknown key `{dotted}`; a secret is read with {as_file} or {as_env}"
 
 
 def _settings_path(loc: list[str | int], kind: str) -> list[str | int]:

@@ -3,8 +3,9 @@
 Interactive by default (each question has a default; flags answer them in
 advance), fully non-interactive with ``--no-input`` (for scripts and CI).  The
 generated ingest key and dashboard token go to files with mode 0600 that the
-config refers to as ``{ file = "..." }``; the Meta access token is read from
-an environment variable or a file, never written into the TOML.  An existing
+config refers to as ``{ file = "..." }`` (relative to the config's directory when
+inside it: a relative path is read from there); the Meta access token is read
+from an environment variable or a file, never written into the TOML.  An existing
 config is never overwritten without ``--force`` (existing secret files are
 kept, not rotated).  It ends by printing the ``<script>`` tag and a ``curl``
 example, and by running the doctor's checks on what it wrote.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,13 +54,23 @@ class InitAnswers:
     dashboard_token_file: Path = Path("capirelay-secrets/dashboard-token")
 
 
-def render_config(answers: InitAnswers) -> str:
-    """The commented TOML text for ``answers`` (paths as given; secrets only by reference)."""
+def render_config(answers: InitAnswers, config_dir: Path | None = None) -> str:
+    """The commented TOML text for ``answers`` (secrets only by reference).
+
+    With ``config_dir`` (the directory the config is written to), a secret file inside
+    it is written relative to it, as the config reads a relative ``file`` from its own
+    directory: the project can be moved or committed and still find its secrets.  A file
+    elsewhere, or every file without ``config_dir``, is written as given."""
+
+    def file_ref(path: Path | None) -> str:
+        assert path is not None
+        return f"{{ file = {toml_string(_as_written(path, config_dir))} }}"
+
     if answers.token_env:
         token = f"{{ env = {toml_string(answers.token_env)} }}"
         token_note = f"# Read from the environment variable {answers.token_env} at each use."
     else:
-        token = f"{{ file = {toml_string(str(answers.token_file))} }}"
+        token = file_ref(answers.token_file)
         token_note = "# Read from this file (mode 0600) at each use: rotate it without a restart."
     origins = ", ".join(toml_string(o) for o in answers.origins)
     country = (
@@ -107,14 +119,27 @@ def render_config(answers: InitAnswers) -> str:
         "",
         "# Server-to-server key for POST /v1/events: 'Authorization: Bearer <file contents>'.",
         "[ingest_keys.backend]",
-        f"key = {{ file = {toml_string(str(answers.ingest_key_file))} }}",
+        f"key = {file_ref(answers.ingest_key_file)}",
         "",
         "# The operator dashboard at /ui/: sign in with this token.",
         "[dashboard]",
-        f"admin_token = {{ file = {toml_string(str(answers.dashboard_token_file))} }}",
+        f"admin_token = {file_ref(answers.dashboard_token_file)}",
         "",
     ]
     return "\n".join(lines)
+
+
+def _as_written(path: Path, config_dir: Path | None) -> str:
+    """``path`` relative to ``config_dir`` (with ``/``) when it is inside it, else as given.
+
+    Inside is decided on the resolved paths (``..`` and symbolic links followed), so a
+    path that leaves the directory is never written relative to it."""
+    if config_dir is not None:
+        try:
+            return path.resolve().relative_to(config_dir.resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(path)
 
 
 # ------------------------------------------------------------------ validation
@@ -276,7 +301,7 @@ def init_command(
         raise typer.Exit(EXIT_USAGE) from None
     kept = _write_secrets(answers)
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(render_config(answers), encoding="utf-8")
+    config.write_text(render_config(answers, config.parent), encoding="utf-8")
     _report(config, answers, kept)
     _doctor(config)
 
@@ -297,7 +322,7 @@ def _answers(
     interactive: bool,
 ) -> InitAnswers:
     base = config.parent.absolute()
-    secrets = (secrets_dir or base / "capirelay-secrets").absolute()
+    secrets = _absolute(secrets_dir or base / "capirelay-secrets")
     pixel_id = (
         _check_pixel(pixel)
         if pixel
@@ -357,7 +382,7 @@ def _answers(
     return InitAnswers(
         pixel_id=pixel_id,
         token_env=token_env,
-        token_file=token_file.absolute() if token_file else None,
+        token_file=_absolute(token_file) if token_file else None,
         origins=origin_list,
         country=_check_country(country),
         storage=storage,
@@ -367,6 +392,12 @@ def _answers(
         ingest_key_file=secrets / "ingest-key",
         dashboard_token_file=secrets / "dashboard-token",
     )
+
+
+def _absolute(path: Path) -> Path:
+    """``path`` from the current directory, without ``..`` parts (as the user meant it:
+    ``../tokens/meta`` is written ``/srv/tokens/meta``, not ``/srv/shop/../tokens/meta``)."""
+    return Path(os.path.normpath(path.absolute()))
 
 
 def _check_source(value: str) -> str:

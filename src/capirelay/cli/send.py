@@ -87,13 +87,23 @@ def send_command(
     sent = _send(valid, pixel, token, test_event_code, api_version, graph_url, timeout)
     not_sent = len(checked) - (len(valid) if sent else 0)
     if not_sent:
-        plural = "event was" if not_sent == 1 else "events were"
+        them = "it" if not_sent == 1 else "them"
         err_console.print(
-            f"{not_sent} of {len(checked)} {plural} not sent (why: above). send keeps no "
-            "queue and retries nothing: send them again once fixed.",
+            f"{_not_sent_summary(not_sent, len(checked))} (why: above). send keeps no "
+            f"queue and retries nothing: send {them} again once fixed.",
             markup=False,
         )
         raise typer.Exit(EXIT_FAILED)
+
+
+def _not_sent_summary(not_sent: int, total: int) -> str:
+    """How many of the file's events were not sent, in plain English."""
+    if total == 1:
+        return "the event was not sent"
+    if not_sent == total:
+        return "neither event was sent" if total == 2 else f"none of the {total} events was sent"
+    verb = "was" if not_sent == 1 else "were"
+    return f"{not_sent} of {total} events {verb} not sent"
 
 
 def _read(path: Path) -> list[Any]:
