@@ -288,3 +288,30 @@ def test_wire_problems_and_rule_problems_both_reach_the_result() -> None:
     by_code = {p.code: p for p in prepared.problems}
     assert by_code["event_in_future"].is_error
     assert any(p.field.endswith("em") and not p.is_error for p in prepared.problems)
+
+
+@pytest.mark.parametrize(
+    ("phone", "default_country", "warned"),
+    [
+        # Ten US digits that also read as Norway's +47 98570523: still a US number missing its 1.
+        ("(479) 857-0523", None, True),
+        ("(479) 857-0523", "US", False),
+        ("+1 (479) 857-0523", None, False),
+    ],
+)
+def test_a_us_phone_without_its_1_is_warned_about_when_no_country_is_known(
+    phone: str, default_country: str | None, warned: bool
+) -> None:
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "phone": phone}
+    prepared = prepare(raw, pixel=PixelSettings(default_country=default_country))
+    assert prepared.new_event is not None
+    flagged = [p for p in prepared.problems if p.code == "phone_without_country_code"]
+    assert len(flagged) == (1 if warned else 0)
+    sent = orjson.loads(prepared.new_event.payload)["user_data"]["ph"]
+    assert sent == [sha("4798570523" if warned else "14798570523")]
+    if warned:
+        [problem] = flagged
+        assert problem.field == "user_data.ph" and not problem.is_error
+        assert "country code" in problem.message and "default_country" in problem.message
+        assert "4798570523" not in problem.message and "857" not in problem.message
