@@ -37,7 +37,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from capirelay.meta_facts import SINGLE_VALUE_HASHED_KEYS, UNHASHED_USER_DATA_KEYS
 from capirelay.normalize import NormalizationError, hash_wire_key, is_hashed, resolve_country
-from capirelay.problems import Problem, warning
+from capirelay.problems import Problem, error, warning
 
 StrOrList = str | list[str]
 
@@ -378,6 +378,52 @@ def normalization_problem(key: str, reason: str) -> Problem:
         f"user_data.{key}",
         f"user_data.{key} could not be normalized ({reason}) and was dropped; {fix}.",
     )
+
+
+# The codes of normalization_problem's warnings: a user_data value given and dropped.
+_DROPPED_CODES: Final = frozenset(f"invalid_{name}" for name, _ in _FIXES.values())
+# capirelay.validate's errors on a user_data that is missing (the wire leaves out an emptied
+# user_data), empty, or too thin to match on.
+_EMPTY_USER_DATA_CODES: Final = frozenset({"missing_field", "missing_user_data"})
+_THIN_USER_DATA_CODE: Final = "insufficient_customer_info"
+
+
+def explain_dropped_user_data(problems: list[Problem]) -> list[Problem]:
+    """``problems`` with the errors that find ``user_data`` missing, empty or too thin told
+    again with the values normalization dropped from it: the field, why and the fix.
+
+    An event whose only e-mail could not be normalized reaches validation without
+    ``user_data``; "user_data is required" would send its sender looking for a field
+    they did send.  The error keeps its code and field (what Meta would refuse), and
+    ``problems`` comes back as is when nothing was dropped.  Ingest and ``capirelay
+    send`` both pass their wire and rule problems through here.
+    """
+    dropped = [
+        p.message for p in problems if p.code in _DROPPED_CODES and p.field.startswith("user_data.")
+    ]
+    if not dropped:
+        return problems
+    what = " ".join(dropped)
+    out: list[Problem] = []
+    for problem in problems:
+        if problem.is_error and problem.field == "user_data":
+            if problem.code in _EMPTY_USER_DATA_CODES:
+                problem = error(
+                    problem.code,
+                    "user_data",
+                    "user_data was given but none of its values could be used: "
+                    f"{what} Fix {'that value' if len(dropped) == 1 else 'those values'}, "
+                    "or add another customer information parameter (em, ph, external_id, "
+                    "client_ip_address with client_user_agent, fbc, fbp...).",
+                )
+            elif problem.code == _THIN_USER_DATA_CODE:
+                problem = error(
+                    problem.code,
+                    "user_data",
+                    f"{problem.message}, or fix what was dropped from it: {what}",
+                )
+        out.append(problem)
+    return out
 
 
 @functools.cache
