@@ -18,7 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from capirelay.cli import app
+from capirelay.config import PixelSettings
 from capirelay.emulator import RunningEmulator, run_emulator
+from capirelay.ingest import prepare_event
 
 PIXEL = "1234567890"
 TOKEN = "EAAclitokenfortests0123456789abcdef"
@@ -201,6 +203,29 @@ def test_send_counts_what_was_not_sent_in_plain_english(
     assert " 1 events " not in result.stderr and "event(s) was" not in result.stderr
     sent = [e["event"]["event_id"] for e in emulator.state.events(PIXEL)]
     assert sent == [f"ok-{n}" for n in range(valid)]
+
+
+def test_send_names_the_dropped_field_when_it_was_the_only_user_data(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    # The e-mail was given but could not be normalized: user_data is not "missing", its
+    # only value was dropped. send says so in the words the gateway's ingest uses.
+    bad = raw_event("only-em", action_source="system_generated", user_data={"em": "nope"})
+    result = send(emulator, write_json(tmp_path, bad))
+    assert result.exit_code == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("  error   ")]
+    assert len(errors) == 1, result.stderr
+    assert "is required" not in errors[0]
+    assert "user_data.em" in errors[0] and "dropped" in errors[0]
+    assert "name@example.com" in errors[0]  # the fix
+    assert "nope" not in result.output
+    ingest = prepare_event(
+        bad, pixel_id=PIXEL, pixel=PixelSettings(), now=time.time(), test_event_code=None,
+        source="api", max_future_skew=300,
+    )  # fmt: skip
+    [gateway] = [p for p in ingest.problems if p.is_error]
+    assert errors[0] == f"  error   {gateway.field}: {gateway.message}"
+    assert emulator.state.events(PIXEL) == []
 
 
 def test_send_to_an_unreachable_graph_says_nothing_was_retried(tmp_path: Path) -> None:

@@ -163,6 +163,13 @@ def test_a_bad_phone_drops_only_ph_and_reports_a_warning_without_the_value() -> 
     [
         ("6505551212", None, None, True),  # national digits, nothing to complete them with
         ("020 7946 0958", None, None, True),
+        # A US number without its 1 whose ten digits also read as another country's number
+        # with its code (+47 98570523): the likelier reading is still a missing 1.
+        ("(479) 857-0523", None, None, True),
+        ("4798570523", None, None, True),
+        ("4798570523", "us", None, False),
+        ("(479) 857-0523", None, "US", False),
+        ("+47 985 70 523", None, None, False),
         (["+1 650 555 1212", "6505551212"], None, None, True),
         ("6505551212", "us", None, False),
         ("6505551212", None, "US", False),

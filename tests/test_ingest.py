@@ -288,3 +288,62 @@ def test_wire_problems_and_rule_problems_both_reach_the_result() -> None:
     by_code = {p.code: p for p in prepared.problems}
     assert by_code["event_in_future"].is_error
     assert any(p.field.endswith("em") and not p.is_error for p in prepared.problems)
+
+
+@pytest.mark.parametrize(
+    ("phone", "default_country", "warned"),
+    [
+        # Ten US digits that also read as Norway's +47 98570523: still a US number missing its 1.
+        ("(479) 857-0523", None, True),
+        ("(479) 857-0523", "US", False),
+        ("+1 (479) 857-0523", None, False),
+    ],
+)
+def test_a_us_phone_without_its_1_is_warned_about_when_no_country_is_known(
+    phone: str, default_country: str | None, warned: bool
+) -> None:
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "phone": phone}
+    prepared = prepare(raw, pixel=PixelSettings(default_country=default_country))
+    assert prepared.new_event is not None
+    flagged = [p for p in prepared.problems if p.code == "phone_without_country_code"]
+    assert len(flagged) == (1 if warned else 0)
+    sent = orjson.loads(prepared.new_event.payload)["user_data"]["ph"]
+    assert sent == [sha("4798570523" if warned else "14798570523")]
+    if warned:
+        [problem] = flagged
+        assert problem.field == "user_data.ph" and not problem.is_error
+        assert "country code" in problem.message and "default_country" in problem.message
+        assert "4798570523" not in problem.message and "857" not in problem.message
+
+
+@pytest.mark.parametrize(
+    ("user_data", "dropped", "fix"),
+    [
+        ({"email": "not-an-email"}, "user_data.em", "name@example.com"),
+        ({"phone": "call me"}, "user_data.ph", "country code"),
+        ({"em": "not-an-email", "ph": "call me"}, "user_data.em", "user_data.ph"),
+    ],
+)
+def test_an_event_whose_only_identifiers_were_dropped_says_which_and_why(
+    user_data: dict[str, str], dropped: str, fix: str
+) -> None:
+    prepared = prepare(
+        event(event_id="order-7", action_source="system_generated", user_data=user_data)
+    )
+    assert prepared.rejected
+    [problem] = [p for p in prepared.problems if p.is_error]
+    assert problem.field == "user_data"
+    assert "is required" not in problem.message, "user_data was given; its values were dropped"
+    assert dropped in problem.message and "dropped" in problem.message
+    assert fix in problem.message
+    assert all(v not in problem.message for v in ("not-an-email", "call me"))
+
+
+def test_a_thin_user_data_also_names_what_was_dropped_from_it() -> None:
+    user_data = {"email": "not-an-email", "client_user_agent": "Mozilla/5.0"}
+    prepared = prepare(event(action_source="system_generated", user_data=user_data))
+    [problem] = [p for p in prepared.problems if p.is_error]
+    assert (problem.code, problem.field) == ("insufficient_customer_info", "user_data")
+    assert "user_data.em" in problem.message and "name@example.com" in problem.message
+    assert "not-an-email" not in problem.message

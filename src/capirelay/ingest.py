@@ -34,7 +34,7 @@ import orjson
 from pydantic import ValidationError
 
 from capirelay.config import PixelSettings
-from capirelay.events import prepare_wire
+from capirelay.events import explain_dropped_user_data, prepare_wire
 from capirelay.limits import MAX_EVENT_ID, check_event_limits, check_test_event_code
 from capirelay.orders import order_key
 from capirelay.outbox.base import NewEvent
@@ -131,7 +131,8 @@ def prepare_event(
         + check_event_limits(payload, encoded, test_event_code)
     )
     if problems and has_errors(problems):
-        return PreparedEvent(None, shown_event_id(event_id), problems)
+        # "user_data is required" for a user_data whose values were all dropped names them.
+        return PreparedEvent(None, shown_event_id(event_id), explain_dropped_user_data(problems))
     new_event = NewEvent(
         pixel_id=pixel_id,
         event_name=payload["event_name"],

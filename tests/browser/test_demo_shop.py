@@ -31,17 +31,12 @@ pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed"),
 ]
 
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, BrowserContext, Page  # noqa: E402
 
 from capirelay.demo import DEMO_PIXEL_ID  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 EMULATOR_LINE = re.compile(r"Graph emulator (http://127\.0\.0\.1:\d+)")
-SHOPPER_UA = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/120.0.0.0 Safari/537.36"
-)
 STARTUP_SECONDS = 20.0
 DELIVERY_SECONDS = 10.0
 # What ``capirelay demo --port P --db D`` runs, without the rest of the CLI.
@@ -106,34 +101,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    # Headless Chromium says "HeadlessChrome", which the gateway rightly drops as a bot;
-    # the shopper here is a person, so the context presents a desktop Chrome.
-    fresh = browser.new_context(user_agent=SHOPPER_UA)
-    try:
-        yield fresh
-    finally:
-        fresh.close()
-
-
-@pytest.fixture
-def page(context: BrowserContext) -> Page:
-    return context.new_page()
 
 
 def _beacons(page: Page) -> list[str]:

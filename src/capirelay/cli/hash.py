@@ -30,17 +30,19 @@ _TWO_DIGIT_YEAR = re.compile(r"(^|\D)\d{1,2}\D+\d{1,2}\D+\d{2}\s*$")
 
 def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -> list[str]:
     """Why ``value`` -> ``normalized`` may not be what the other side hashed (wire ``key``)."""
-    from capirelay.events._user_data import _national_only
+    from capirelay.events._user_data import written_without_country_code
 
     warnings: list[str] = []
     if key == "ph":
         # The same test ingest's phone_without_country_code warning makes: "16505551212"
-        # already carries its country code (Meta's own documented example).
-        if country is None and (_national_only(value) or _reads_as_us_national(value)):
+        # already carries its country code (Meta's own documented example), "4798570523"
+        # is a US number without its 1 though it also reads as Norway's +47 98570523.
+        if country is None and written_without_country_code(value):
             warnings.append(
-                "this phone number has no country code and no --country was given: it was "
-                "hashed as the national digits, which never match Meta's (Meta needs the "
-                "country code, e.g. 1 for the US); pass --country US or write +1 ..."
+                "this phone number looks like it has no country code and no --country was "
+                "given: it was hashed as the digits written, which never match Meta's if the "
+                "country code is missing (Meta needs it, e.g. 1 for the US); pass --country "
+                "US or write +1 ..."
             )
         if _EXTENSION.search(value.strip()):
             warnings.append("the extension was dropped: Meta matches the number without it")
@@ -69,26 +71,6 @@ def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -
         if any(ch.isdigit() for ch in normalized):
             warnings.append("the value contains digits: names and cities normally have none")
     return warnings
-
-
-def _reads_as_us_national(value: str) -> bool:
-    """True for a phone written without a ``+``/``00`` that is a valid US number as written
-    (``(479) 857-0523``, ``4798570523``): ingest's test passes such digits when they also
-    read as another country's number with its code (+47 ...), which is one in nine US
-    numbers, while the likelier reading is a US number missing its 1."""
-    import phonenumbers
-
-    text = value.strip()
-    if text.lstrip("( ").startswith("+") or text.startswith("00"):
-        return False
-    digits = "".join(ch for ch in text if ch.isdigit())
-    if len(digits) != 10:
-        return False
-    try:
-        number = phonenumbers.parse(digits, "US")
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_valid_number(number)
 
 
 def _state_warnings(normalized: str, country: str | None) -> list[str]:

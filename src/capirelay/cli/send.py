@@ -130,7 +130,7 @@ def _check(index: int, raw: Any, default_country: str | None) -> Checked:
     """Validate one event like the gateway does; never echo a value."""
     from pydantic import ValidationError
 
-    from capirelay.events import Event
+    from capirelay.events import Event, explain_dropped_user_data
     from capirelay.validate import validate_event
 
     if not isinstance(raw, dict):
@@ -157,8 +157,8 @@ def _check(index: int, raw: Any, default_country: str | None) -> Checked:
             ):
                 item.errors.append(f"{problem.field}: {problem.message}")
         return item
-    _sort(item, wire.problems)
-    _sort(item, validate_event(wire.payload))
+    # As ingest reports it: a user_data emptied by dropped values names them, not "missing".
+    _sort(item, explain_dropped_user_data(wire.problems + validate_event(wire.payload)))
     item.payload = wire.payload
     return item
 

@@ -34,7 +34,7 @@ from capirelay.events._models import (
 )
 from capirelay.events._prepare import prepare_wire
 from capirelay.events._request import MAX_EVENTS_PER_REQUEST, encode_request
-from capirelay.events._user_data import UserData
+from capirelay.events._user_data import UserData, explain_dropped_user_data
 
 __all__ = [
     "MAX_EVENTS_PER_REQUEST",
@@ -56,5 +56,6 @@ __all__ = [
     "UserData",
     "WireEvent",
     "encode_request",
+    "explain_dropped_user_data",
     "prepare_wire",
 ]

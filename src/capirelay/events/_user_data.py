@@ -37,7 +37,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from capirelay.meta_facts import SINGLE_VALUE_HASHED_KEYS, UNHASHED_USER_DATA_KEYS
 from capirelay.normalize import NormalizationError, hash_wire_key, is_hashed, resolve_country
-from capirelay.problems import Problem, warning
+from capirelay.problems import Problem, error, warning
 
 StrOrList = str | list[str]
 
@@ -249,12 +249,15 @@ def wire_user_data(
 
 # Meta requires the country code in ph.  Without a country to complete a national number
 # the digits are sent as given (they may still match), and the sender is told how to fix it.
+# The number may also be another country's, written with its code but no "+" (a US
+# number's ten digits can read so): the message says "looks like", not "has no".
 PHONE_WITHOUT_COUNTRY_CODE: Final = warning(
     "phone_without_country_code",
     "user_data.ph",
-    "user_data.ph has no country code and the event has no country to add one, so it was "
-    "sent as given and may not match; send the phone with its country code or set the "
-    "event's country / pixel default_country.",
+    "user_data.ph looks like a number without its country code (e.g. a US number without "
+    "its 1) and the event has no country to add one, so it was sent as given and may not "
+    "match; send the phone with its country code (+1 ... for the US) or set the event's "
+    "country / pixel default_country.",
 )
 
 
@@ -263,16 +266,21 @@ def _phone_lacks_country_code(values: Mapping[str, Any], multi: Sequence[tuple[s
         if key == "ph":
             phones = values[name]
             listed = [phones] if type(phones) is str else phones or []
-            return any(type(p) is str and _national_only(p) for p in listed)
+            return any(type(p) is str and written_without_country_code(p) for p in listed)
     return False
 
 
-def _national_only(phone: str) -> bool:
-    """True for a phone that is neither hashed nor written with its country code.
+def written_without_country_code(phone: str) -> bool:
+    """True for a phone that is neither hashed nor, by its likelier reading, written with
+    its country code: the test behind ingest's ``phone_without_country_code`` warning and
+    ``capirelay hash ph``'s, asked only when no country is known.
 
     Written internationally means a leading ``+``/``00``, or digits that already form a
-    valid number when read with a country code (``16505551212``); validity is only a
-    hint here, so ageing allocation metadata can at worst add a warning.
+    valid number when read with a country code (``16505551212``), unless they are ten
+    digits that also form a valid US number: ``(479) 857-0523`` reads as +47 98570523 in
+    Norway, as one in nine US numbers read as some country's, and the likelier reading is
+    a US number missing its 1.  Validity is only a hint here, so ageing allocation
+    metadata can at worst add a warning.
     """
     text = phone.strip()
     if not text or (len(text) >= _SHA256_LENGTH and is_hashed(text)):
@@ -284,7 +292,18 @@ def _national_only(phone: str) -> bool:
         number = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException:
         return True
-    return not phonenumbers.is_valid_number(number)
+    return not phonenumbers.is_valid_number(number) or _valid_us_national(digits)
+
+
+def _valid_us_national(digits: str) -> bool:
+    """True for ten digits that are a valid US number read without its country code."""
+    if len(digits) != 10:
+        return False
+    try:
+        number = phonenumbers.parse(digits, "US")
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(number)
 
 
 # How each attribute goes on the wire (plain ints: compared per field, per event).
@@ -359,6 +378,52 @@ def normalization_problem(key: str, reason: str) -> Problem:
         f"user_data.{key}",
         f"user_data.{key} could not be normalized ({reason}) and was dropped; {fix}.",
     )
+
+
+# The codes of normalization_problem's warnings: a user_data value given and dropped.
+_DROPPED_CODES: Final = frozenset(f"invalid_{name}" for name, _ in _FIXES.values())
+# capirelay.validate's errors on a user_data that is missing (the wire leaves out an emptied
+# user_data), empty, or too thin to match on.
+_EMPTY_USER_DATA_CODES: Final = frozenset({"missing_field", "missing_user_data"})
+_THIN_USER_DATA_CODE: Final = "insufficient_customer_info"
+
+
+def explain_dropped_user_data(problems: list[Problem]) -> list[Problem]:
+    """``problems`` with the errors that find ``user_data`` missing, empty or too thin told
+    again with the values normalization dropped from it: the field, why and the fix.
+
+    An event whose only e-mail could not be normalized reaches validation without
+    ``user_data``; "user_data is required" would send its sender looking for a field
+    they did send.  The error keeps its code and field (what Meta would refuse), and
+    ``problems`` comes back as is when nothing was dropped.  Ingest and ``capirelay
+    send`` both pass their wire and rule problems through here.
+    """
+    dropped = [
+        p.message for p in problems if p.code in _DROPPED_CODES and p.field.startswith("user_data.")
+    ]
+    if not dropped:
+        return problems
+    what = " ".join(dropped)
+    out: list[Problem] = []
+    for problem in problems:
+        if problem.is_error and problem.field == "user_data":
+            if problem.code in _EMPTY_USER_DATA_CODES:
+                problem = error(
+                    problem.code,
+                    "user_data",
+                    "user_data was given but none of its values could be used: "
+                    f"{what} Fix {'that value' if len(dropped) == 1 else 'those values'}, "
+                    "or add another customer information parameter (em, ph, external_id, "
+                    "client_ip_address with client_user_agent, fbc, fbp...).",
+                )
+            elif problem.code == _THIN_USER_DATA_CODE:
+                problem = error(
+                    problem.code,
+                    "user_data",
+                    f"{problem.message}, or fix what was dropped from it: {what}",
+                )
+        out.append(problem)
+    return out
 
 
 @functools.cache

@@ -53,8 +53,10 @@
 
   // The page's first-party _fbp/_fbc (the pixel's when it ran first). When missing they are written
   // on the page's own domain as the pixel does, so every beacon of the visit carries one fbp even
-  // when the gateway is on another site and cannot set the page's cookies.
-  var FBP = /^fb\.\d{1,3}\.\d{1,16}\.\d{1,20}(\.[\w-]{2,8})?$/, FBC = /^fb\.\d{1,3}\.\d{1,16}\.[\w-]+(\.[\w-]{2,8})?$/;
+  // when the gateway is on another site and cannot set the page's cookies. The gateway's grammar
+  // (browser_ids FBP_RE/FBC_RE): an appendix is 8 characters or a builder's 2-char language token.
+  var FBP = /^fb\.\d{1,3}\.\d{1,16}\.\d{1,20}(\.([\w-]{8}|AQ|Ag|Aw|BA|BQ|Bg))?$/,
+    FBC = /^fb\.\d{1,3}\.\d{1,16}\.[\w-]+(\.([\w-]{8}|AQ|Ag|Aw|BA|BQ|Bg))?$/;
   var memo = {};
   function cookie(name) {
     var c = new RegExp("(?:^|; *)" + name + "=([^;]*)").exec(d.cookie);
