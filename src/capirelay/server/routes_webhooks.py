@@ -136,7 +136,7 @@ async def _tell_rejections(
         if status != "rejected":
             continue
         errors = [p for p in ready.problems if p.is_error]
-        codes = ", ".join(dict.fromkeys(p.code for p in errors)) or "rejected"
+        codes = ", ".join(dict.fromkeys(p.code for p in errors)) or REJECTED
         first = errors[0].message if errors else ""
         log.warning(
             "webhook %s: event %s rejected (%s): %s",
@@ -156,9 +156,24 @@ async def _tell_rejections(
                     reason=f"rejected ({codes}): {first}"[:500],
                     now=now,
                     order_id=_order_id(item.event),
+                    problems=_receipt_problems(errors),
                 )
             )
     await record_receipts(request.app.state.outbox, receipts)
+
+
+# The problem code a rejection stores when it carries no error of its own (none expected).
+REJECTED = "rejected"
+RECEIPT_PROBLEMS = 10
+
+
+def _receipt_problems(errors: list[Problem]) -> list[dict[str, str]]:
+    """What a rejection's receipt keeps of its errors: codes, fields and messages, which
+    name fields and never hold values (``trace`` tells the story from the codes)."""
+    kept = problems_json(errors[:RECEIPT_PROBLEMS])
+    for problem in kept:
+        problem["message"] = problem["message"][:500]
+    return kept or [{"code": REJECTED, "field": "", "severity": "error", "message": ""}]
 
 
 def _order_id(event: Any) -> Any:
