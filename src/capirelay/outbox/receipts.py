@@ -33,6 +33,7 @@ from typing import Any, Final
 import orjson
 
 from capirelay.graph.errors import meta_says_of
+from capirelay.orders import order_id_of
 
 __all__ = [
     "IDENTITY_FIELDS",
@@ -243,9 +244,7 @@ def payload_keys(payload: bytes) -> tuple[str | None, str | None]:
         return None, None
     if not isinstance(wire, dict):
         return None, None
-    custom = wire.get("custom_data")
-    order = order_key(custom.get("order_id")) if isinstance(custom, dict) else None
-    return order, identity_of(wire)
+    return order_key(order_id_of(wire)), identity_of(wire)
 
 
 def carries(payload: bytes, hashes: Mapping[str, set[str]]) -> bool:

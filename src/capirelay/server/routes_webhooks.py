@@ -48,7 +48,7 @@ from capirelay.config import PixelSettings, Settings
 from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.limits import MAX_EVENT_NAME
 from capirelay.metrics import Metrics
-from capirelay.orders import ORDER_PRESETS
+from capirelay.orders import ORDER_PRESETS, order_id_of
 from capirelay.outbox.receipts import dropped_receipt
 from capirelay.problems import Problem
 from capirelay.server._commit import (
@@ -155,7 +155,7 @@ async def _tell_rejections(
                     source=webhook.source,
                     reason=f"rejected ({codes}): {first}"[:500],
                     now=now,
-                    order_id=_order_id(item.event),
+                    order_id=order_id_of(item.event),
                     problems=_receipt_problems(errors),
                 )
             )
@@ -174,12 +174,6 @@ def _receipt_problems(errors: list[Problem]) -> list[dict[str, str]]:
     for problem in kept:
         problem["message"] = problem["message"][:500]
     return kept or [{"code": REJECTED, "field": "", "severity": "error", "message": ""}]
-
-
-def _order_id(event: Any) -> Any:
-    """The mapped event's ``custom_data.order_id``, for the receipt's order lookup key."""
-    custom = event.get("custom_data") if isinstance(event, dict) else None
-    return custom.get("order_id") if isinstance(custom, dict) else None
 
 
 def _event_name(value: Any) -> str:
