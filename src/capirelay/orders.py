@@ -30,16 +30,25 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ORDER_KEY_BYTES", "ORDER_PRESETS", "order_key"]
+__all__ = ["ORDER_KEY_BYTES", "ORDER_PRESETS", "order_id_of", "order_key"]
 
 ORDER_PRESETS = frozenset({"shopify", "woocommerce", "stripe"})
 ORDER_KEY_BYTES = 16  # 128 bits: no collision in any ledger size that fits on a disk
 _DOMAIN = "capirelay-order-ledger-v1"
-_ORDER_ID_TYPES = (str, int)  # a tuple: ``str | int`` in the call is built on every call
+_ORDER_ID_TYPES = (str, int, float)  # a tuple: a union in the call is built on every call
 
 
-def _order_id(payload: Mapping[str, Any]) -> str | None:
-    custom = payload.get("custom_data")
+def order_id_of(event: Mapping[str, Any]) -> str | None:
+    """An event's ``custom_data.order_id`` as the text that names the order, or ``None``.
+
+    The one reading of an order id, for the ledger's key (on the prepared wire payload)
+    and for the receipt of a webhook's event rejected at ingest (on the mapped event,
+    which has no wire payload): both must name the same order.  So a number counts as
+    its text, as ``prepare_wire`` puts it on the wire (``1001`` → ``"1001"``,
+    ``1001.0`` → ``"1001.0"``); surrounding blanks are not part of it; a bool, an
+    object, a list or blank text is no order id.
+    """
+    custom = event.get("custom_data")
     if type(custom) is not dict and not isinstance(custom, Mapping):
         return None
     value = custom.get("order_id")
@@ -63,7 +72,7 @@ def order_key(
     Test events (``test_event_code``) get keys of their own, so testing an order
     never blocks the live one.
     """
-    order_id = _order_id(payload)
+    order_id = order_id_of(payload)
     if order_id is not None:
         reference = "order_id\x00" + order_id
     elif by_event_id and isinstance(payload.get("event_id"), str):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from capirelay.demo import DemoOptions, run_demo, shop_page
@@ -51,3 +53,25 @@ def test_shop_page_carries_the_pixel_and_the_beacon() -> None:
     assert '"1234567890"' in page
     assert "/v1/collect" in page
     assert "eventID" in page
+
+
+async def test_once_runs_meta_diagnostics_and_the_demo_traffic_passes_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first run of the quick start must not greet a newcomer with a diagnostics
+    WARNING: the demo's traffic looks like a shop's (an order from an ad click carries
+    the click id), so the emulator's Dataset Quality check has nothing to flag."""
+    caplog.set_level(logging.INFO, "capirelay.diagnostics")
+    console = Console(record=True, width=200)
+    options = DemoOptions(port=_free_port(), db_path=tmp_path / "demo.db", once=True)
+    assert await run_demo(options, console) == 0
+    text = console.export_text()
+    assert "Meta diagnostics: no check failing" in text
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "capirelay.diagnostics" and r.levelno >= logging.WARNING
+    ]
+    assert warnings == []
+    delivered = text.split("delivered to the emulator", 1)[1]
+    assert '"fbc"' in delivered

@@ -319,3 +319,31 @@ def test_the_live_table_in_a_terminal_has_dropped_and_rejected_rows(tmp_path: Pa
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=20) == 0
         os.close(controller)
+
+
+def test_a_shop_visit_from_the_printed_address_reaches_meta_with_a_click_id(
+    demo: tuple[Running, Path, int],
+) -> None:
+    """The printed shop address is an ad click's landing (``?fbclid=``): the shop's
+    beacon carries it as its page URL, and the gateway builds ``fbc`` from it."""
+    running, _, port = demo
+    shop = running.wait_for(r"^  shop:      (http://\S+/shop\?fbclid=(\S+))")
+    emulator = running.wait_for(r"Graph emulator (http://\S+)")[1]
+    beacon = {
+        "pixel_id": "1234567890",
+        "event_name": "Purchase",
+        "event_id": "ad-visit-1",
+        "page_url": shop[1],
+        "custom_data": {"value": 25.0, "currency": "EUR"},
+    }
+    answer = httpx.post(
+        f"http://127.0.0.1:{port}/v1/collect",
+        headers={"User-Agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+                 "Origin": f"http://127.0.0.1:{port}", "Content-Type": "text/plain"},
+        json=beacon,
+    ).json()  # fmt: skip
+    assert answer["status"] == "queued", answer
+    running.wait_for(r"^Purchase ad-visit-1 \(browser\): delivered")
+    events = httpx.get(f"{emulator}/_emulator/pixels/1234567890/events").json()["data"]
+    sent = next(e["event"] for e in events if e["event"]["event_id"] == "ad-visit-1")
+    assert sent["user_data"]["fbc"].endswith("." + shop[2])

@@ -35,9 +35,32 @@ def test_only_settled_hours_are_compared_and_tolerance_applies() -> None:
     assert result.dedup_coverage == pytest.approx(40 / 50)
     stricter = reconcile(delivered, stats, now=now, lag_hours=3, tolerance=0.01,
                          min_events=20)  # fmt: skip
-    assert stricter.undercount
+    # Over the stricter tolerance, but no larger than Meta's 40 deduplicated: said, not alarmed.
+    assert not stricter.undercount and stricter.gap_within_dedup
     quiet = reconcile(delivered, stats, now=now, lag_hours=3, tolerance=0.01, min_events=500)
     assert not quiet.undercount  # too few events to judge
+
+
+def test_only_a_gap_beyond_the_deduplicated_count_is_an_undercount() -> None:
+    # Whether Meta's SERVER count keeps server copies it deduplicated is undocumented:
+    # a gap up to the deduplicated count may be dedup; beyond it, events are missing.
+    delivered = [DeliveredHour(PIXEL, "Purchase", H0, 100, 100)]
+    stats = [
+        bucket("event_source", H0, ("SERVER", 50, "Purchase"), ("WEB", 60, "Purchase")),
+        bucket("event_processing_results", H0, ("deduplicated", 10, "Purchase")),
+    ]
+    result = reconcile(delivered, stats, now=H0 + 4 * HOUR, lag_hours=3, tolerance=0.02,
+                       min_events=20)  # fmt: skip
+    assert (result.gap, result.unexplained) == (50, 40)
+    assert result.undercount and not result.gap_within_dedup
+    assert result.gap_ratio == pytest.approx(0.5)
+    assert result.unexplained_ratio == pytest.approx(0.4)
+    stats[1] = bucket("event_processing_results", H0, ("deduplicated", 60, "Purchase"))
+    explained = reconcile(delivered, stats, now=H0 + 4 * HOUR, lag_hours=3, tolerance=0.02,
+                          min_events=20)  # fmt: skip
+    assert (explained.unexplained, explained.undercount, explained.gap_within_dedup) == (
+        0, False, True
+    )  # fmt: skip
 
 
 def test_rows_without_event_names_compare_totals_and_had_pii_needs_no_lag() -> None:

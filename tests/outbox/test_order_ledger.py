@@ -182,10 +182,20 @@ async def test_pruned_after_retention_and_beyond_the_cap(outbox: Outbox) -> None
     assert await outbox.enqueue([order_event("o4-again", "4")], now=later) == [DUPLICATE]
 
 
-@pytest.mark.parametrize("value", [None, "", "  ", True, 1.5, {"x": 1}])
+@pytest.mark.parametrize("value", [None, "", "  ", True, {"x": 1}, [731]])
 def test_no_order_key_without_an_order_id(value: object) -> None:
     payload = {"event_name": "Purchase", "event_id": "x", "custom_data": {"order_id": value}}
     assert order_key("111", payload, test_event_code=None) is None
+
+
+def test_a_number_is_keyed_as_the_text_the_wire_carries() -> None:
+    # prepare_wire stores a numeric order_id as its text (1.5 -> "1.5"), and the ledger
+    # only ever sees the wire; a raw number keys as that text (capirelay.orders.order_id_of).
+    def key(value: object) -> bytes | None:
+        payload = {"event_name": "Purchase", "event_id": "x", "custom_data": {"order_id": value}}
+        return order_key("111", payload, test_event_code=None)
+
+    assert key(1.5) == key("1.5") is not None
 
 
 def test_order_keys_are_hashed_and_scoped() -> None:

@@ -18,6 +18,7 @@ from capirelay.normalize import sha256_hex
 from capirelay.ops.trace import story
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, Outbox, SQLiteOutbox
 from capirelay.outbox.receipts import MetaAnswer, Outcome, Receipt, duplicate_receipt
+from capirelay.outbox.sqlite import MIGRATIONS, migrate
 
 LEASE = 30.0
 EMAIL_HASH = hashlib.sha256(b"jane@example.com").hexdigest()
@@ -342,3 +343,34 @@ async def test_receipts_of_one_acked_batch_are_found_pruned_and_erased_one_by_on
     assert await outbox.receipt_count() == 1
     assert await outbox.prune_receipts(now=T0 + 3, retention_seconds=WEEK, cap=0) == 1
     assert await outbox.receipt_count() == 0
+
+
+async def test_a_rejection_received_before_0007_is_told_from_its_codes(db_path: Path) -> None:
+    """SQLite migration 0007: a webhook rejection's receipt written before kept its codes
+    only in its ``reason`` sentence; after the upgrade it carries them as ``problems``."""
+    reason = "rejected (event_too_old, missing_field): event_time is more than 7 days old; fix"
+    with sqlite3.connect(db_path) as conn:
+        migrate(conn, [m for m in MIGRATIONS if m.version <= 6])
+        conn.executemany(
+            "INSERT INTO receipts (pixel_id, event_name, event_id, outcome, source, recorded_at,"
+            " received_at, reason) VALUES ('111', ?, ?, 'dropped', ?, ?, ?, ?)",
+            [
+                ("Purchase", "old-rejected", "webhook:shop", T0, T0, reason),
+                ("Lead", "old-bot", "collect", T0, T0, "bot"),
+            ],
+        )
+    conn.close()
+    box = SQLiteOutbox(db_path)
+    await box.open()  # migrates to the latest version
+    try:
+        record = await box.trace("old-rejected")
+        [bot] = (await box.trace("old-bot")).receipts
+    finally:
+        await box.close()
+    [rejected] = record.receipts
+    assert rejected.reason == reason  # the sentence stays as it was
+    assert rejected.problem_codes == ("event_too_old", "missing_field")
+    assert rejected.problems[0]["message"] == "event_time is more than 7 days old; fix"
+    [step] = story(record)
+    assert step.what == "rejected" and "(event_too_old, missing_field)" in step.detail
+    assert (bot.problems, bot.rejected_at_ingest) == ([], False)

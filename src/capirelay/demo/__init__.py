@@ -16,8 +16,9 @@ variables are not read.  It writes them to ``capirelay-demo.toml`` (next to the
 database; secrets in 0600 files in ``capirelay-demo-secrets/`` beside it) so other
 commands can look at the demo's queue: ``capirelay dlq list --config capirelay-demo.toml``.
 
-``--once`` sends the sample event, waits until the emulator has it and exits
-(used by the test suite and handy as a smoke test).
+``--once`` sends the sample event, waits until the emulator has it, runs the
+gateway's Meta diagnostics once (what the running demo does a minute after
+start) and exits (used by the test suite and handy as a smoke test).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from rich.text import Text
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 
+from capirelay.browser_ids import build_fbc
 from capirelay.config import (
     DashboardSettings,
     IngestKey,
@@ -63,6 +65,7 @@ __all__ = [
     "run_demo",
     "sample_event",
     "shop_page",
+    "shop_url",
 ]
 
 DEMO_PIXEL_ID = "1234567890"
@@ -70,6 +73,10 @@ DEMO_TOKEN = "emulator-token"  # the emulator's public demo token, not a Meta cr
 DEMO_KEY_ENV = "CAPIRELAY_DEMO_INGEST_KEY"
 DEMO_ADMIN_ENV = "CAPIRELAY_DEMO_ADMIN_TOKEN"
 DEFAULT_INGEST_KEY = "demo-ingest-key"
+# The click id of the demo's pretend Meta ad.  A real shop's ad traffic lands with
+# ?fbclid=... and its orders carry the _fbc built from it; so do the demo's, and Meta's
+# (the emulator's) Dataset Quality check has no missing click id to warn about.
+DEMO_FBCLID = "IwAR0capirelayDemoAdClick"
 POLL_SECONDS = 0.5
 
 
@@ -175,7 +182,13 @@ def shop_page(pixel_id: str) -> str:
     return template.replace("{{ pixel_id }}", pixel_id)
 
 
+def shop_url(url: str) -> str:
+    """The demo shop as a visitor from a Meta ad lands on it: with the ad's ``fbclid``."""
+    return f"{url}/shop?fbclid={DEMO_FBCLID}"
+
+
 def sample_event() -> dict[str, Any]:
+    now_ms = int(time.time() * 1000)
     return {
         "event_name": "Purchase",
         "event_time": int(time.time()),
@@ -194,7 +207,9 @@ def sample_event() -> dict[str, Any]:
             "external_id": "customer-42",
             "client_ip_address": "203.0.113.7",
             "client_user_agent": "Mozilla/5.0 (demo)",
-            "fbp": f"fb.1.{int(time.time() * 1000)}.1098115397",
+            "fbp": f"fb.1.{now_ms}.1098115397",
+            # The shopper came from an ad click: the shop kept the _fbc cookie with the order.
+            "fbc": build_fbc(DEMO_FBCLID, "shop.example", now_ms=now_ms),
         },
         "custom_data": {
             "value": 25.0,
@@ -233,7 +248,7 @@ def _welcome(
     cwd_config = Path("capirelay.toml")
     lines = [
         ("capirelay demo", "bold green"),
-        (f"  shop:      {url}/shop", ""),
+        (f"  shop:      {shop_url(url)}  (as a visitor from a Meta ad)", ""),
         (f"  dashboard: {url}/ui/  token: {keys['admin']}", ""),
         (f"  ingest key: {keys['ingest']}   try:", ""),
         (f"    {curl_example(url, keys['ingest'])}", "dim"),
@@ -427,8 +442,11 @@ async def _run(
         )
         if options.once:
             console.print("--once: waiting for the sample event to reach the emulator, then exit")
-            return await _wait_for_delivery(client, emulator_url, console)
-        console.print(f"Open {url}/shop and press Buy; Ctrl-C stops the demo.", soft_wrap=True)
+            code = await _wait_for_delivery(client, emulator_url, console)
+            if code == 0:
+                await _diagnose_once(app, console)
+            return code
+        console.print(f"Open {shop_url(url)} and press Buy; Ctrl-C stops the demo.", soft_wrap=True)
         _flush(console)
         outbox = app.state.outbox
         if console.is_terminal:
@@ -470,7 +488,7 @@ def _add_demo_routes(app: Any, recorder: OutcomeRecorder) -> None:
         return HTMLResponse(shop_page(DEMO_PIXEL_ID))
 
     async def root(_: Request) -> RedirectResponse:
-        return RedirectResponse("/shop")
+        return RedirectResponse(shop_url(""))
 
     async def outcome(request: Request) -> JSONResponse:
         found = recorder.get(request.path_params["event_id"])
@@ -481,6 +499,20 @@ def _add_demo_routes(app: Any, recorder: OutcomeRecorder) -> None:
     app.add_route("/shop", shop, methods=["GET"])
     app.add_route("/", root, methods=["GET"])
     app.add_route("/demo/outcome/{event_id}", outcome, methods=["GET"])
+
+
+async def _diagnose_once(app: Any, console: Console) -> None:
+    """One run of the gateway's Meta diagnostics against the emulator (``--once``)."""
+    runner = app.state.diagnostics
+    if runner is None:
+        return
+    runs = await runner.run_once() or []
+    failing = sorted(check.key for run in runs for check in run.checks if check.failing)
+    console.print(
+        "Meta diagnostics: " + (", ".join(failing) + " failing" if failing else "no check failing"),
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 async def _wait_for_delivery(client: httpx.AsyncClient, emulator_url: str, console: Console) -> int:

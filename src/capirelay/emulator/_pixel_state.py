@@ -13,6 +13,12 @@ user) post the Pixel fires they want Meta to have seen through
 ``POST /_emulator/pixels/{id}/browser_events``.  Test events
 (``test_event_code``) are left out of ``/stats`` as they are out of Meta's
 reporting.
+
+Whether Meta's ``event_source`` ``SERVER`` count includes a server copy that was
+deduplicated against the browser's event is not documented (UNVERIFIED,
+``docs/reference/meta-diagnostics.md`` §3).  By default the emulator counts it;
+``server_counts_deduplicated = False`` (on the book, ``EmulatorState.pixel_meta``) leaves
+it out, so tests can check capirelay under either reading.
 """
 
 from __future__ import annotations
@@ -71,6 +77,9 @@ class PixelMetaBook:
 
     def __init__(self) -> None:
         self._pixels: dict[str, PixelMeta] = {}
+        # False: a server copy deduplicated against a browser event is left out of the
+        # event_source SERVER count (one reading of Meta's undocumented behaviour).
+        self.server_counts_deduplicated = True
 
     def meta(self, pixel_id: str) -> PixelMeta:
         return self._pixels.setdefault(pixel_id, PixelMeta())
@@ -94,10 +103,12 @@ class PixelMetaBook:
         for event, duplicate in events:
             name = str(event.get("event_name") or "")
             event_id = event.get("event_id")
+            twin_first = False  # the other source's copy of this key came first
             if event_id is not None and not duplicate:
                 first = meta.seen.setdefault((name, str(event_id)), source)
-                duplicate = first != source
-            meta.counts[(hour, "event_source", name, source)] += 1
+                duplicate = twin_first = first != source
+            if not (twin_first and source == "SERVER" and not self.server_counts_deduplicated):
+                meta.counts[(hour, "event_source", name, source)] += 1
             result = "deduplicated" if duplicate else "processed"
             meta.counts[(hour, "event_processing_results", name, result)] += 1
             meta.counts[(hour, "had_pii", name, "true" if had_pii(event) else "false")] += 1

@@ -65,9 +65,11 @@ _ADVICE: Final[dict[str, str]] = {
         "Meta counts fewer server events than it acknowledged. First compare the gap with "
         "the deduplicated count of the same hours on the Diagnostics page: Meta discards a "
         "server copy that shares event_name and event_id with a browser event it received "
-        "first (within 48 h), which is dedup working, not a loss. An old event_time is not "
-        "the cause (Meta refuses the whole request, nothing is acknowledged), nor is a "
-        "test_event_code (test events are counted too). A gap beyond the deduplicated events: "
+        "first (within 48 h), and does not document whether its server count still includes "
+        "that copy, so a gap up to the deduplicated count may be dedup working (capirelay "
+        "then shows a warning, not a failure). An old event_time is not the cause (Meta "
+        "refuses the whole request, nothing is acknowledged), nor is a test_event_code "
+        "(test events are counted too). A gap beyond the deduplicated events: "
         "keep the hours; `capirelay trace EVENT_ID` gives an event's fbtrace_id for Meta support."
     ),
     HAD_PII: (

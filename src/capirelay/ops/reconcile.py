@@ -11,15 +11,31 @@ Per pixel, event name and hour, three numbers meet:
 
 Meta's counts settle after a delay, so only hours that ended more than
 ``lag_hours`` ago are *compared*; newer hours are shown but never alerted on.
-An *undercount* alert fires when, over the compared hours, Meta counts fewer
-server events than it acknowledged by more than ``tolerance`` (and at least
-``min_events`` were acknowledged, so one lost event in a quiet hour is not an
-alert).  A *had_pii* alert fires at once, whatever the hour, when
+
+Meta discards a server copy that shares ``event_name`` and ``event_id`` with a
+browser event it received first; whether ``/stats`` then leaves that copy out of
+its ``SERVER`` count is not documented (UNVERIFIED,
+``docs/reference/meta-diagnostics.md`` §3).  If it does, dedup working looks
+like a gap.  So the gap is weighed against Meta's deduplicated count of the same
+hours:
+
+* an *undercount* alert fires when, over the compared hours, the gap *beyond*
+  the deduplicated count (``unexplained``) exceeds ``tolerance`` of what was
+  acknowledged (and at least ``min_events`` were acknowledged, so one lost event
+  in a quiet hour is not an alert): no reading of dedup explains it;
+* a gap over ``tolerance`` but within the deduplicated count is
+  ``gap_within_dedup``: said, not alarmed, since it may be dedup working or a
+  loss of up to that many events, and only the dedup rate tells which.
+
+A *had_pii* alert fires at once, whatever the hour, when
 ``/stats?aggregation=had_pii`` reports events that carried unhashed personal
 data: that is data capirelay (or another sender on the pixel) must never send.
 
-Dedup coverage: deduplicated events over the smaller of browser and server
-counts (the share of the pair that Meta recognised as one event), capped at 1.
+Dedup coverage: deduplicated events over the smaller of the browser count and
+the server side (the share of the pair that Meta recognised as one event),
+capped at 1.  The server side is the larger of Meta's server count and what it
+acknowledged: a server count that leaves deduplicated copies out would
+otherwise hide the very rate that explains the gap.
 
 Vocabulary and bucketing are those of ``docs/reference/meta-diagnostics.md``.
 When Meta's rows carry no ``event`` name, everything is compared as one
@@ -79,18 +95,30 @@ class Reconciliation:
     browser: int = 0
     deduplicated: int = 0
     had_pii: int = 0  # over every hour fetched
-    undercount: bool = False
+    undercount: bool = False  # the gap beyond the deduplicated count is over tolerance
+    gap_within_dedup: bool = False  # a gap over tolerance, no larger than the dedup count
     tolerance: float = 0.02
 
     @property
+    def gap(self) -> int:
+        return max(0, self.acknowledged - self.server)
+
+    @property
     def gap_ratio(self) -> float:
-        if self.acknowledged == 0:
-            return 0.0
-        return max(0, self.acknowledged - self.server) / self.acknowledged
+        return self.gap / self.acknowledged if self.acknowledged else 0.0
+
+    @property
+    def unexplained(self) -> int:
+        """The gap beyond Meta's deduplicated count: missing under any reading of dedup."""
+        return max(0, self.gap - self.deduplicated)
+
+    @property
+    def unexplained_ratio(self) -> float:
+        return self.unexplained / self.acknowledged if self.acknowledged else 0.0
 
     @property
     def dedup_coverage(self) -> float | None:
-        pair = min(self.browser, self.server)
+        pair = min(self.browser, max(self.server, self.acknowledged))
         return min(1.0, self.deduplicated / pair) if pair else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,8 +130,10 @@ class Reconciliation:
             "deduplicated": self.deduplicated,
             "had_pii": self.had_pii,
             "gap_ratio": self.gap_ratio,
+            "unexplained_ratio": self.unexplained_ratio,
             "dedup_coverage": self.dedup_coverage,
             "undercount": self.undercount,
+            "gap_within_dedup": self.gap_within_dedup,
             "tolerance": self.tolerance,
         }
 
@@ -156,7 +186,9 @@ def reconcile(
             result.server += row.server
             result.browser += row.browser
             result.deduplicated += row.deduplicated
-    result.undercount = result.acknowledged >= max(min_events, 1) and result.gap_ratio > tolerance
+    enough = result.acknowledged >= max(min_events, 1)
+    result.undercount = enough and result.unexplained_ratio > tolerance
+    result.gap_within_dedup = enough and not result.undercount and result.gap_ratio > tolerance
     return result
 
 

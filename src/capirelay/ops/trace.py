@@ -132,19 +132,23 @@ def _attempt_steps(
     ]
 
 
+def _rejection(r: Receipt) -> str:
+    """``(codes): first message`` of a rejection at ingest, from its stored problems."""
+    codes = ", ".join(dict.fromkeys(r.problem_codes))
+    first = next((str(p.get("message") or "") for p in r.problems if isinstance(p, dict)), "")
+    return f"({codes}): {first}" if first else f"({codes})"
+
+
 def _too_old_resend(r: Receipt, delivered_at: float | None) -> str | None:
     """The story of a webhook's event refused as too old after the same event had been
     delivered: the vendor sent a delivered order again past Meta's window.  Nothing is
-    lost and nothing is to be resent; ``None`` for any other rejection."""
-    if delivered_at is None or not r.reason:
-        return None
-    head = r.reason.partition(";")[0]  # "rejected (codes): first problem"
-    codes = head.removeprefix("rejected (").partition(")")[0].split(", ")
-    if not head.startswith("rejected (") or "event_too_old" not in codes:
+    lost and nothing is to be resent; ``None`` for any other rejection.  Decided by the
+    receipt's problem codes, not by its ``reason`` text."""
+    if delivered_at is None or "event_too_old" not in r.problem_codes:
         return None
     what = "order" if r.order_key else "event"
     return (
-        f"{head.replace('rejected', f'sent again by {r.source} and rejected at ingest', 1)}; "
+        f"sent again by {r.source} and rejected at ingest {_rejection(r).partition(';')[0]}; "
         f"the {what} was already delivered to Meta at {iso(delivered_at)}: only this late "
         "resend was refused, nothing to do"
     )
@@ -198,24 +202,24 @@ def _receipt_steps(r: Receipt, told: _Told, delivered_at: float | None = None) -
                 n,
             )
         )
+    elif not r.rejected_at_ingest:
+        steps.append(
+            Step(r.received_at, "dropped", f"dropped at ingest by policy: {r.reason}", p, n)
+        )
     elif (resend := _too_old_resend(r, delivered_at)) is not None:
         steps.append(Step(r.received_at, "rejected", resend, p, n))
-    elif r.reason and r.reason.startswith("rejected"):
+    else:
         # A webhook's event that failed validation after its vendor was answered 200.
         steps.append(
             Step(
                 r.received_at,
                 "rejected",
-                f"{r.reason.replace('rejected', 'rejected at ingest', 1)}; "
+                f"rejected at ingest {_rejection(r)}; "
                 f"{r.source} was answered 200 and will not send it again: fix the cause "
                 "(the mapping or the shop's data), then resend the order",
                 p,
                 n,
             )
-        )
-    else:
-        steps.append(
-            Step(r.received_at, "dropped", f"dropped at ingest by policy: {r.reason}", p, n)
         )
     return steps
 

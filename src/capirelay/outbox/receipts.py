@@ -33,6 +33,7 @@ from typing import Any, Final
 import orjson
 
 from capirelay.graph.errors import meta_says_of
+from capirelay.orders import order_id_of
 
 __all__ = [
     "IDENTITY_FIELDS",
@@ -98,6 +99,19 @@ class Receipt:
     identity: str | None = None
     count: int = 1
     id: int | None = None
+
+    @property
+    def rejected_at_ingest(self) -> bool:
+        """An event that failed validation at ingest (a webhook's, whose vendor was answered
+        200): a ``dropped`` receipt with the problems that rejected it.  A policy drop (bot,
+        consent) has none."""
+        return self.outcome == Outcome.DROPPED and bool(self.problems)
+
+    @property
+    def problem_codes(self) -> tuple[str, ...]:
+        """The ``code`` of each stored problem, in order (Meta's for a dead letter,
+        capirelay's validation codes for a rejection at ingest)."""
+        return tuple(str(p["code"]) for p in self.problems if isinstance(p, dict) and p.get("code"))
 
     def to_dict(self) -> dict[str, Any]:
         """The receipt as a JSON-ready dict (lookup keys left out)."""
@@ -230,9 +244,7 @@ def payload_keys(payload: bytes) -> tuple[str | None, str | None]:
         return None, None
     if not isinstance(wire, dict):
         return None, None
-    custom = wire.get("custom_data")
-    order = order_key(custom.get("order_id")) if isinstance(custom, dict) else None
-    return order, identity_of(wire)
+    return order_key(order_id_of(wire)), identity_of(wire)
 
 
 def carries(payload: bytes, hashes: Mapping[str, set[str]]) -> bool:
@@ -384,10 +396,16 @@ def dropped_receipt(
     reason: str,
     now: float,
     order_id: Any = None,
+    problems: Sequence[dict[str, Any]] = (),
 ) -> Receipt:
     """An event kept from Meta at ingest (a beacon the consent or bot policy dropped, a
     webhook's event rejected): no identifier is kept, only the lookup key of its
-    ``custom_data.order_id`` where it had one, so a search by order finds it."""
+    ``custom_data.order_id`` where it had one, so a search by order finds it.
+
+    ``reason`` is for people (the policy's code for a drop, a sentence for a rejection);
+    ``problems`` (``code``, ``field``, ``severity``, ``message``: fields named, never
+    values) are the errors that rejected the event, empty for a policy drop.  What a trace
+    tells is decided by them, never by the wording of ``reason``."""
     return Receipt(
         pixel_id=pixel_id,
         event_name=event_name,
@@ -397,6 +415,7 @@ def dropped_receipt(
         recorded_at=now,
         received_at=now,
         reason=reason,
+        problems=list(problems),
         order_key=order_key(order_id) if order_id is not None else None,
     )
 

@@ -48,7 +48,7 @@ from capirelay.config import PixelSettings, Settings
 from capirelay.ingest import PreparedEvent, prepare_event
 from capirelay.limits import MAX_EVENT_NAME
 from capirelay.metrics import Metrics
-from capirelay.orders import ORDER_PRESETS
+from capirelay.orders import ORDER_PRESETS, order_id_of
 from capirelay.outbox.receipts import dropped_receipt
 from capirelay.problems import Problem
 from capirelay.server._commit import (
@@ -136,7 +136,7 @@ async def _tell_rejections(
         if status != "rejected":
             continue
         errors = [p for p in ready.problems if p.is_error]
-        codes = ", ".join(dict.fromkeys(p.code for p in errors)) or "rejected"
+        codes = ", ".join(dict.fromkeys(p.code for p in errors)) or REJECTED
         first = errors[0].message if errors else ""
         log.warning(
             "webhook %s: event %s rejected (%s): %s",
@@ -155,16 +155,25 @@ async def _tell_rejections(
                     source=webhook.source,
                     reason=f"rejected ({codes}): {first}"[:500],
                     now=now,
-                    order_id=_order_id(item.event),
+                    order_id=order_id_of(item.event),
+                    problems=_receipt_problems(errors),
                 )
             )
     await record_receipts(request.app.state.outbox, receipts)
 
 
-def _order_id(event: Any) -> Any:
-    """The mapped event's ``custom_data.order_id``, for the receipt's order lookup key."""
-    custom = event.get("custom_data") if isinstance(event, dict) else None
-    return custom.get("order_id") if isinstance(custom, dict) else None
+# The problem code a rejection stores when it carries no error of its own (none expected).
+REJECTED = "rejected"
+RECEIPT_PROBLEMS = 10
+
+
+def _receipt_problems(errors: list[Problem]) -> list[dict[str, str]]:
+    """What a rejection's receipt keeps of its errors: codes, fields and messages, which
+    name fields and never hold values (``trace`` tells the story from the codes)."""
+    kept = problems_json(errors[:RECEIPT_PROBLEMS])
+    for problem in kept:
+        problem["message"] = problem["message"][:500]
+    return kept or [{"code": REJECTED, "field": "", "severity": "error", "message": ""}]
 
 
 def _event_name(value: Any) -> str:

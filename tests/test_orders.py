@@ -1,0 +1,61 @@
+"""``custom_data.order_id`` is read by one function, :func:`capirelay.orders.order_id_of`, for
+the order ledger (on the prepared wire payload) and for a rejected webhook event's receipt
+(on the mapped event, which has no wire payload): both must name the same order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from capirelay.events._prepare import prepare_wire
+from capirelay.orders import order_id_of
+from capirelay.outbox.receipts import order_key as receipt_order_key
+from capirelay.server import routes_webhooks
+
+
+def _event(order_id: Any) -> dict[str, Any]:
+    return {
+        "event_name": "Purchase",
+        "event_time": 1,
+        "action_source": "website",
+        "custom_data": {"order_id": order_id, "value": 1, "currency": "USD"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("A-1001", "A-1001"),
+        ("  1001 ", "1001"),
+        (1001, "1001"),
+        (1001.0, "1001.0"),  # what prepare_wire puts on the wire (str of the number)
+        (1e20, "1e+20"),
+        ("", None),
+        ("   ", None),
+        (None, None),
+        (True, None),
+        ({"id": 1}, None),
+        ([1001], None),
+    ],
+)
+def test_the_mapped_event_and_its_wire_payload_name_the_same_order(
+    raw: Any, expected: str | None
+) -> None:
+    assert order_id_of(_event(raw)) == expected
+    try:
+        wire = prepare_wire(_event(raw), default_country=None).payload
+    except ValueError:  # pydantic refuses it: only the mapped event is left (a rejection)
+        return
+    assert order_id_of(wire) == expected
+
+
+def test_no_custom_data_or_not_an_object_is_no_order() -> None:
+    assert order_id_of({"event_name": "Purchase"}) is None
+    assert order_id_of({"custom_data": "1001"}) is None
+
+
+def test_the_webhook_receipt_reads_the_order_id_through_the_same_function() -> None:
+    # The receipt of a rejected webhook event is found by the order id a search types.
+    assert not hasattr(routes_webhooks, "_order_id")
+    assert receipt_order_key(order_id_of(_event(" 1001 "))) == receipt_order_key("1001")
