@@ -63,6 +63,26 @@ def test_only_a_gap_beyond_the_deduplicated_count_is_an_undercount() -> None:
     )  # fmt: skip
 
 
+def test_dedup_of_another_event_or_hour_explains_no_gap() -> None:
+    # Half the Purchases are missing at Meta.  PageViews reloaded in the browser (or sent
+    # by another server) are deduplicated by the hundred, and so are the next hour's
+    # Purchases: neither is a reading under which these Purchases were merged.
+    delivered = [DeliveredHour(PIXEL, "Purchase", H0, 100, 100),
+                 DeliveredHour(PIXEL, "Purchase", H0 + HOUR, 100, 100)]  # fmt: skip
+    stats = [
+        bucket("event_source", H0, ("SERVER", 50, "Purchase"), ("WEB", 5000, "PageView")),
+        bucket("event_processing_results", H0, ("deduplicated", 500, "PageView")),
+        bucket("event_source", H0 + HOUR, ("SERVER", 100, "Purchase"), ("WEB", 100, "Purchase")),
+        bucket("event_processing_results", H0 + HOUR, ("deduplicated", 100, "Purchase")),
+    ]
+    result = reconcile(delivered, stats, now=H0 + 5 * HOUR, lag_hours=3, tolerance=0.02,
+                       min_events=20)  # fmt: skip
+    assert result.deduplicated == 600  # the totals still count every row's dedup
+    assert (result.gap, result.unexplained) == (50, 50)
+    assert result.undercount and not result.gap_within_dedup
+    assert result.unexplained_ratio == pytest.approx(0.25)
+
+
 def test_rows_without_event_names_compare_totals_and_had_pii_needs_no_lag() -> None:
     delivered = [DeliveredHour(PIXEL, "Purchase", H0, 5, 5), DeliveredHour(PIXEL, "Lead", H0, 5, 5)]
     stats = [bucket("event_source", H0, ("SERVER", 10, None)),

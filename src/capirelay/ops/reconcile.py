@@ -22,7 +22,10 @@ hours:
 * an *undercount* alert fires when, over the compared hours, the gap *beyond*
   the deduplicated count (``unexplained``) exceeds ``tolerance`` of what was
   acknowledged (and at least ``min_events`` were acknowledged, so one lost event
-  in a quiet hour is not an alert): no reading of dedup explains it;
+  in a quiet hour is not an alert): no reading of dedup explains it.  The gap is
+  weighed row by row, each (hour, event name) against its own deduplicated
+  count: dedup of one event (PageViews reloaded, another sender's copies) never
+  explains a gap in another (Purchases lost), nor an hour another hour's;
 * a gap over ``tolerance`` but within the deduplicated count is
   ``gap_within_dedup``: said, not alarmed, since it may be dedup working or a
   loss of up to that many events, and only the dedup rate tells which.
@@ -73,6 +76,11 @@ class HourRow:
     def gap(self) -> int:
         return self.acknowledged - self.server
 
+    @property
+    def unexplained(self) -> int:
+        """This row's gap beyond its own deduplicated count (0 when there is no gap)."""
+        return max(0, self.gap - self.deduplicated)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "hour": self.hour,
@@ -109,8 +117,10 @@ class Reconciliation:
 
     @property
     def unexplained(self) -> int:
-        """The gap beyond Meta's deduplicated count: missing under any reading of dedup."""
-        return max(0, self.gap - self.deduplicated)
+        """The gap beyond Meta's deduplicated count, row by row over the compared hours:
+        missing under any reading of dedup.  Only a row's own deduplicated events can
+        explain its gap (a row where capirelay acknowledged nothing explains nothing)."""
+        return sum(row.unexplained for row in self.rows if row.compared)
 
     @property
     def unexplained_ratio(self) -> float:
