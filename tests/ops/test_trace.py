@@ -11,6 +11,8 @@ from capirelay.outbox.receipts import (
     delivered_receipt,
     dropped_receipt,
 )
+from capirelay.problems import error
+from capirelay.server.routes_webhooks import RECEIPT_PROBLEMS, _receipt_problems
 
 T0 = 1_800_000_000.0
 PIXEL = "111"
@@ -64,3 +66,35 @@ def test_a_policy_drop_whose_reason_starts_with_rejected_is_still_a_drop() -> No
     )  # fmt: skip
     [step] = story(TraceRecord("e2", [drop]))
     assert step.what == "dropped"
+
+
+def test_a_rejection_an_older_replica_wrote_without_problems_is_still_a_rejection() -> None:
+    # During a rolling upgrade a replica of the version before 0016 goes on writing the
+    # codes only in the reason, after the migration gave the older rows their problems.
+    older = _rejected(
+        "rejected (missing_field, event_too_old): currency is required", [], T0 + 9 * 86400
+    )
+    assert older.problem_codes == ("missing_field", "event_too_old")
+    assert older.rejected_at_ingest
+    [step] = [s for s in story(TraceRecord("shopify:1:Purchase", [_delivered(), older]))
+              if s.what == "rejected"]  # fmt: skip
+    assert f"already delivered to Meta at {iso(T0 + 1)}" in step.detail
+    # Only the migrations' grammar is read: a policy's own code never is.
+    for reason in ("rejected_by_consent", "rejected (Bot!): x", "rejected ()", "bot"):
+        drop = _rejected(reason, [], T0)
+        assert drop.problem_codes == () and not drop.rejected_at_ingest, reason
+
+
+def test_a_rejection_keeps_every_code_it_was_rejected_for() -> None:
+    errors = [error("invalid_value", f"custom_data.contents.{n}.id", "bad id")
+              for n in range(RECEIPT_PROBLEMS + 5)]  # fmt: skip
+    errors.append(error("event_too_old", "event_time", "too old"))
+    errors.append(error("invalid_value", "custom_data.value", "not a number"))
+    kept = _receipt_problems(errors)
+    assert [p["code"] for p in kept] == ["invalid_value"] * RECEIPT_PROBLEMS + ["event_too_old"]
+    assert kept[-1] == {"code": "event_too_old", "field": "event_time", "severity": "error",
+                        "message": ""}  # fmt: skip
+    receipt = _rejected("rejected (invalid_value, event_too_old): bad id", kept, T0 + 9 * 86400)
+    [step] = [s for s in story(TraceRecord("shopify:1:Purchase", [_delivered(), receipt]))
+              if s.what == "rejected"]  # fmt: skip
+    assert "nothing to do" in step.detail

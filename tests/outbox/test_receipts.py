@@ -357,6 +357,9 @@ async def test_a_rejection_received_before_0007_is_told_from_its_codes(db_path: 
             [
                 ("Purchase", "old-rejected", "webhook:shop", T0, T0, reason),
                 ("Lead", "old-bot", "collect", T0, T0, "bot"),
+                # Not capirelay's grammar (upper case, a quote): left as it is, as 0016 does.
+                ("Lead", "odd-1", "webhook:shop", T0, T0, "REJECTED (missing_field): x"),
+                ("Lead", "odd-2", "webhook:shop", T0, T0, 'rejected (a"b): x'),
             ],
         )
     conn.close()
@@ -365,12 +368,14 @@ async def test_a_rejection_received_before_0007_is_told_from_its_codes(db_path: 
     try:
         record = await box.trace("old-rejected")
         [bot] = (await box.trace("old-bot")).receipts
+        odd = [(await box.trace(e)).receipts[0] for e in ("odd-1", "odd-2")]
     finally:
         await box.close()
     [rejected] = record.receipts
     assert rejected.reason == reason  # the sentence stays as it was
     assert rejected.problem_codes == ("event_too_old", "missing_field")
     assert rejected.problems[0]["message"] == "event_time is more than 7 days old; fix"
+    assert [(r.problems, r.rejected_at_ingest) for r in odd] == [([], False)] * 2
     [step] = story(record)
     assert step.what == "rejected" and "(event_too_old, missing_field)" in step.detail
     assert (bot.problems, bot.rejected_at_ingest) == ([], False)

@@ -18,7 +18,11 @@ ROWS_0015 = """
 INSERT INTO capirelay_receipts (pixel_id, event_name, event_id, outcome, source, recorded_at,
                                 received_at, reason)
 VALUES ('111', 'Purchase', 'old-rejected', 'dropped', 'webhook:shop', %(t)s, %(t)s, %(reason)s),
-       ('111', 'Lead', 'old-bot', 'dropped', 'collect', %(t)s, %(t)s, 'bot')
+       ('111', 'Lead', 'old-bot', 'dropped', 'collect', %(t)s, %(t)s, 'bot'),
+       -- not capirelay's grammar (upper case, a quote): left as it is, as SQLite's 0007 does
+       ('111', 'Lead', 'odd-1', 'dropped', 'webhook:shop', %(t)s, %(t)s,
+        'REJECTED (missing_field): x'),
+       ('111', 'Lead', 'odd-2', 'dropped', 'webhook:shop', %(t)s, %(t)s, 'rejected (a"b): x')
 """
 
 
@@ -31,6 +35,7 @@ async def test_upgrade_from_0015_keeps_old_rejections_readable(postgres_url: str
     try:
         record = await box.trace("old-rejected")
         [bot] = (await box.trace("old-bot")).receipts
+        odd = [(await box.trace(e)).receipts[0] for e in ("odd-1", "odd-2")]
     finally:
         await box.close()
     [rejected] = record.receipts
@@ -41,3 +46,4 @@ async def test_upgrade_from_0015_keeps_old_rejections_readable(postgres_url: str
     [step] = story(record)
     assert step.what == "rejected" and "(event_too_old, missing_field)" in step.detail
     assert (bot.problems, bot.rejected_at_ingest) == ([], False)
+    assert [(r.problems, r.rejected_at_ingest) for r in odd] == [([], False)] * 2

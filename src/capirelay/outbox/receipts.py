@@ -25,6 +25,7 @@ Receipts are bounded: older than the retention (default 30 days) or beyond the c
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -52,6 +53,12 @@ __all__ = [
     "short_key",
     "trace_from_rows",
 ]
+
+# How the reason of a rejection at ingest reads: "rejected (code, code): first message".
+# Only receipts without structured problems are read by it (see Receipt.problem_codes),
+# with the grammar the migrations that gave older rows their problems use (SQLite
+# 0007_rejection_problems.sql, PostgreSQL 0016_rejection_problems.sql).
+REJECTED_REASON: Final = re.compile(r"rejected \(([a-z0-9_]+(?:, [a-z0-9_]+)*)\)")
 
 # Hex digits of SHA-256 kept per lookup key (64 bits).
 KEY_HEX: Final = 16
@@ -105,13 +112,23 @@ class Receipt:
         """An event that failed validation at ingest (a webhook's, whose vendor was answered
         200): a ``dropped`` receipt with the problems that rejected it.  A policy drop (bot,
         consent) has none."""
-        return self.outcome == Outcome.DROPPED and bool(self.problems)
+        return self.outcome == Outcome.DROPPED and bool(self.problem_codes)
 
     @property
     def problem_codes(self) -> tuple[str, ...]:
         """The ``code`` of each stored problem, in order (Meta's for a dead letter,
-        capirelay's validation codes for a rejection at ingest)."""
-        return tuple(str(p["code"]) for p in self.problems if isinstance(p, dict) and p.get("code"))
+        capirelay's validation codes for a rejection at ingest).
+
+        A rejection recorded without them (by a replica of a version before migration
+        0016/0007 still running during a rolling upgrade, after the migration filled in
+        the older rows) has its codes read from its reason, by the migrations' grammar."""
+        codes = tuple(
+            str(p["code"]) for p in self.problems if isinstance(p, dict) and p.get("code")
+        )
+        if codes or self.problems or self.outcome != Outcome.DROPPED or not self.reason:
+            return codes
+        older = REJECTED_REASON.match(self.reason)
+        return tuple(older.group(1).split(", ")) if older else ()
 
     def to_dict(self) -> dict[str, Any]:
         """The receipt as a JSON-ready dict (lookup keys left out)."""

@@ -169,10 +169,19 @@ RECEIPT_PROBLEMS = 10
 
 def _receipt_problems(errors: list[Problem]) -> list[dict[str, str]]:
     """What a rejection's receipt keeps of its errors: codes, fields and messages, which
-    name fields and never hold values (``trace`` tells the story from the codes)."""
+    name fields and never hold values (``trace`` tells the story from the codes).  The
+    first :data:`RECEIPT_PROBLEMS` are kept whole; after them, each code not seen yet is
+    kept with its field and no message, so every code the event was rejected for is
+    there (``event_too_old`` decides what ``trace`` tells, wherever it comes)."""
     kept = problems_json(errors[:RECEIPT_PROBLEMS])
     for problem in kept:
         problem["message"] = problem["message"][:500]
+    seen = {problem["code"] for problem in kept}
+    for later in errors[RECEIPT_PROBLEMS:]:
+        if later.code not in seen:
+            seen.add(later.code)
+            kept.append({"code": later.code, "field": later.field, "severity": str(later.severity),
+                         "message": ""})  # fmt: skip
     return kept or [{"code": REJECTED, "field": "", "severity": "error", "message": ""}]
 
 

@@ -14,9 +14,10 @@ SET problems = (
                                THEN substr(r.reason, strpos(r.reason, '): ') + 3)
                                ELSE '' END
            ) ORDER BY c.n)
-    FROM unnest(string_to_array(substring(r.reason FROM '^rejected \(([^)]+)\)'), ', '))
+    FROM unnest(string_to_array(substring(r.reason FROM '^rejected \(([a-z0-9_, ]+)\)'), ', '))
          WITH ORDINALITY AS c(code, n)
 )
 WHERE r.outcome = 'dropped'
   AND r.problems IS NULL
-  AND r.reason ~ '^rejected \([^)]+\)';
+  -- codes are lower-case snake_case (as capirelay.outbox.receipts.REJECTED_REASON reads them)
+  AND r.reason ~ '^rejected \([a-z0-9_, ]+\)';

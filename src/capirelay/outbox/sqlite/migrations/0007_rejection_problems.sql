@@ -19,6 +19,9 @@ SET problems = (
 )
 WHERE outcome = 'dropped'
   AND problems IS NULL
-  AND reason LIKE 'rejected (%)%'
+  AND reason GLOB 'rejected (*)*'
   AND instr(reason, ')') > 11
+  -- codes are lower-case snake_case (as capirelay.outbox.receipts.REJECTED_REASON reads
+  -- them): nothing in them can break the JSON array built by concatenation above
+  AND substr(reason, 11, instr(reason, ')') - 11) NOT GLOB '*[^a-z0-9_, ]*'
   AND json_valid('["' || replace(substr(reason, 11, instr(reason, ')') - 11), ', ', '","') || '"]');
