@@ -72,15 +72,24 @@ def gateway_log(directory: Path, name: str) -> Path:
 
 
 def echo_unexpected(log: Path, expected: tuple[str, ...] = NO_TOKEN_LINES) -> None:
-    """Repeat on stderr the WARNING, ERROR and CRITICAL lines of ``log`` (and any
-    traceback), but those naming one of ``expected``."""
+    """Repeat on stderr the WARNING, ERROR and CRITICAL lines of ``log``, each with the
+    lines that follow it up to the next log line (a traceback), but those naming one of
+    ``expected``; and a traceback printed outside a log line, whole."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         return
+    echoing = False
     for line in text.splitlines():
-        loud = any(level in line for level in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))
-        if loud and not any(phrase in line for phrase in expected):
+        # A log line starts with its date (logs.py's text format); other lines belong to
+        # the log line before them.
+        starts_entry = line[:4].isdigit() or line.startswith("Traceback")
+        if starts_entry:
+            loud = line.startswith("Traceback") or any(
+                level in line for level in (" WARNING ", " ERROR ", " CRITICAL ")
+            )
+            echoing = loud and not any(phrase in line for phrase in expected)
+        if echoing:
             print(f"{log.name}: {line}", file=sys.stderr)
 
 
