@@ -366,3 +366,28 @@ def test_dot_dot_is_collapsed_only_where_the_same_file_is_opened(
     assert _as_written(_absolute(Path("link/../t")), tmp_path / "dir") == str(
         tmp_path / "link" / ".." / "t"
     )
+
+
+def test_the_default_storage_is_absolute_without_dot_dot_where_that_opens_the_same_file(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite file beside the config is written absolute (a relative storage path is
+    read from the current directory, not the config's), spelt without ``..`` through a
+    real directory (it was ``sqlite:////tmp/t/work/../deploy/capirelay.db``) and kept as
+    given after a symbolic link, where dropping ``..`` would name another directory."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "b")
+    monkeypatch.chdir(tmp_path)
+    for given, storage in (
+        ("work/../deploy", tmp_path / "deploy" / "capirelay.db"),
+        ("link/../deploy", tmp_path / "link" / ".." / "deploy" / "capirelay.db"),
+    ):
+        flags = _flags(tmp_path, emulator)
+        flags[flags.index("--config") + 1] = f"{given}/capirelay.toml"
+        result = runner.invoke(app, flags)
+        assert result.exit_code == 0, result.output
+        written = tomllib.loads((Path(given) / "capirelay.toml").read_text())
+        assert written["storage"] == f"sqlite:///{storage}"
+        assert storage.parent.samefile(Path(given))
+    assert (tmp_path / "a" / "deploy" / "capirelay.toml").is_file()  # link/.. is a/

@@ -96,7 +96,8 @@ def render_config(answers: InitAnswers, config_dir: Path | None = None) -> str:
         "# Check this file with `capirelay doctor`.",
         "# Secrets are never in this file: each is { env = ... } or { file = ... }.",
         "",
-        "# The durable queue: a SQLite file, or postgresql://... for several replicas.",
+        "# The durable queue: a SQLite file (a relative path is opened from the directory",
+        "# the gateway runs in, not this file's), or postgresql://... for several replicas.",
         f"storage = {toml_string(answers.storage)}",
         "# Where the gateway listens; put TLS in front of it (README, Deploying).",
         f"host = {toml_string(answers.host)}",
@@ -376,7 +377,9 @@ def _answers(
             lambda v: _check_country(v) or "",
             interactive,
         )
-    storage = storage or f"sqlite:///{base / 'capirelay.db'}"
+    # Absolute: a relative SQLite path is opened from the current directory of `serve`,
+    # not from the config's (only secret files are read from there).
+    storage = storage or f"sqlite:///{_absolute(base) / 'capirelay.db'}"
     if public_url is None:
         public_url = _ask(
             "The gateway's URL as your pages will load it",
