@@ -278,3 +278,116 @@ def test_secret_files_outside_the_config_directory_stay_absolute(
     settings = load_settings(project / "capirelay.toml")
     token = settings.pixels[PIXEL].access_token
     assert token is not None and token.resolve() == TOKEN
+
+
+def _token_file_flags(config_dir: Path, emulator: RunningEmulator, token_file: str) -> list[str]:
+    flags = _flags(config_dir, emulator)
+    flags[flags.index("--token-env") : flags.index("--token-env") + 2] = [
+        "--token-file",
+        token_file,
+    ]
+    return flags
+
+
+def test_a_token_file_that_is_a_symlink_is_written_as_given_so_rotation_keeps_working(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Kubernetes secret mounted inside the project: ``secrets/meta-token`` links to
+    ``..data/meta-token`` and ``..data`` to a timestamped directory that a rotation
+    replaces and deletes.  The config names the link the user gave, not its target of
+    the day, so the rotated token is read without a restart."""
+    project = tmp_path / "project"
+    secrets = project / "secrets"
+    (secrets / "..2024_01_01").mkdir(parents=True)
+    (secrets / "..2024_01_01" / "meta-token").write_text(TOKEN)
+    (secrets / "..data").symlink_to("..2024_01_01")
+    (secrets / "meta-token").symlink_to("..data/meta-token")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, _token_file_flags(project, emulator, "project/secrets/meta-token"))
+    assert result.exit_code == 0, result.output
+    written = tomllib.loads((project / "capirelay.toml").read_text())
+    assert written["pixels"][PIXEL]["access_token"] == {"file": "secrets/meta-token"}
+
+    # The rotation: a new timestamped directory, ..data swapped to it, the old one gone.
+    (secrets / "..2024_02_01").mkdir()
+    (secrets / "..2024_02_01" / "meta-token").write_text("rotated-token")
+    (secrets / "..data_tmp").symlink_to("..2024_02_01")
+    os.replace(secrets / "..data_tmp", secrets / "..data")
+    shutil.rmtree(secrets / "..2024_01_01")
+    token = load_settings(project / "capirelay.toml").pixels[PIXEL].access_token
+    assert token is not None and token.resolve() == "rotated-token"
+
+
+def test_dot_dot_after_a_symlink_is_kept_so_the_file_opened_is_the_one_given(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``link/../x`` opens ``x`` beside the link's target, not ``x`` beside the link:
+    the path is not shortened past a symbolic link (``dir/../x`` still is)."""
+    project = tmp_path / "project"
+    (project / "real").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    (project / "link").symlink_to(tmp_path / "elsewhere" / "deep")
+    (project / "meta-token").write_text("the-wrong-token")  # what normpath would name
+    (tmp_path / "elsewhere" / "meta-token").write_text(TOKEN)  # what the kernel opens
+    monkeypatch.chdir(project)
+    result = runner.invoke(app, _token_file_flags(project, emulator, "link/../meta-token"))
+    assert result.exit_code == 0, result.output
+    written = tomllib.loads((project / "capirelay.toml").read_text())
+    given = written["pixels"][PIXEL]["access_token"]["file"]
+    assert given == str(project / "link" / ".." / "meta-token")
+    token = load_settings(project / "capirelay.toml").pixels[PIXEL].access_token
+    assert token is not None and token.resolve() == TOKEN
+    # Through a real directory, `..` is collapsed (and the file is inside the project).
+    result = runner.invoke(
+        app, [*_token_file_flags(project, emulator, "real/../meta-token"), "--force"]
+    )
+    assert result.exit_code == 0, result.output
+    written = tomllib.loads((project / "capirelay.toml").read_text())
+    assert written["pixels"][PIXEL]["access_token"] == {"file": "meta-token"}
+
+
+def test_dot_dot_is_collapsed_only_where_the_same_file_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capirelay.cli.init import _absolute, _as_written
+
+    (tmp_path / "dir" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "dir" / "sub")
+    monkeypatch.chdir(tmp_path)
+    assert _absolute(Path("dir/sub/../../x")) == tmp_path / "x"
+    assert _absolute(Path("link/../x")) == tmp_path / "link" / ".." / "x"
+    assert _absolute(Path("dir/link-free/../x")) == tmp_path / "dir" / "link-free" / ".." / "x"
+    # After a kept `..`, a real directory's `..` still goes (checked through the link).
+    assert _absolute(Path("link/../sub/../x")) == tmp_path / "link" / ".." / "x"
+    # The config's directory reached through a link: a file given by the real path is
+    # inside it all the same; one given past a link's `..` is not written relative.
+    (tmp_path / "project").symlink_to(tmp_path / "dir")
+    assert _as_written(tmp_path / "dir" / "sub" / "t", tmp_path / "project") == "sub/t"
+    assert _as_written(_absolute(Path("link/../t")), tmp_path / "dir") == str(
+        tmp_path / "link" / ".." / "t"
+    )
+
+
+def test_the_default_storage_is_absolute_without_dot_dot_where_that_opens_the_same_file(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SQLite file beside the config is written absolute (a relative storage path is
+    read from the current directory, not the config's), spelt without ``..`` through a
+    real directory (it was ``sqlite:////tmp/t/work/../deploy/capirelay.db``) and kept as
+    given after a symbolic link, where dropping ``..`` would name another directory."""
+    (tmp_path / "work").mkdir()
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "a" / "b")
+    monkeypatch.chdir(tmp_path)
+    for given, storage in (
+        ("work/../deploy", tmp_path / "deploy" / "capirelay.db"),
+        ("link/../deploy", tmp_path / "link" / ".." / "deploy" / "capirelay.db"),
+    ):
+        flags = _flags(tmp_path, emulator)
+        flags[flags.index("--config") + 1] = f"{given}/capirelay.toml"
+        result = runner.invoke(app, flags)
+        assert result.exit_code == 0, result.output
+        written = tomllib.loads((Path(given) / "capirelay.toml").read_text())
+        assert written["storage"] == f"sqlite:///{storage}"
+        assert storage.parent.samefile(Path(given))
+    assert (tmp_path / "a" / "deploy" / "capirelay.toml").is_file()  # link/.. is a/

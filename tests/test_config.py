@@ -323,6 +323,47 @@ def test_a_quoted_environment_secret_loses_its_quotes_and_an_empty_one_is_refuse
         monkeypatch.delenv(variable)
 
 
+def test_a_quoted_environment_secret_is_a_literal_said_to_be_in_its_variable_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``X="EAA..."`` kept with its quotes is JSON text: a literal, read once at load.
+    It is warned about as what it is (the variable, read as a literal because of its
+    quotes: remove them), not as "a literal in the config file" to move into a variable
+    it already is; a literal in the file is still told so."""
+    path = tmp_path / "c.toml"
+    path.write_text('[pixels.42]\n[ingest_keys.shop]\nkey = { env = "UNSET_INGEST_KEY" }\n')
+    quoted = {
+        "CAPIRELAY_PIXELS__42__ACCESS_TOKEN": ("pixels.42.access_token", '"EAAquoted"'),
+        "CAPIRELAY_PIXELS__42__VERIFICATION_SECRET": (
+            "pixels.42.verification_secret",
+            '"verify-quoted"',
+        ),
+        "CAPIRELAY_INGEST_KEYS__SHOP__KEY": ("ingest_keys.shop.key", '"key-quoted"'),
+    }
+    for variable, (_, value) in quoted.items():
+        monkeypatch.setenv(variable, value)
+    settings = load_settings(path)
+    warnings = settings.warnings()
+    assert not [w for w in warnings if "config file" in w], warnings
+    for variable, (setting, value) in quoted.items():
+        (warning,) = [w for w in warnings if w.startswith(f"{setting}:")]
+        assert variable in warning and "quotes" in warning and "remove" in warning, warning
+        assert value.strip('"') not in warning
+    token = settings.pixels["42"].access_token
+    assert token is not None and token.resolve() == "EAAquoted"
+    assert "config file" not in token.describe()
+    assert "CAPIRELAY_PIXELS__42__ACCESS_TOKEN" in token.describe()
+    fix = token.how_to_replace("pixels.42.access_token")
+    assert "CAPIRELAY_PIXELS__42__ACCESS_TOKEN" in fix and "config file" not in fix
+    # The same text written in the file is a literal in the config file.
+    path.write_text('[pixels.42]\naccess_token = "EAAquoted"\n')
+    monkeypatch.delenv("CAPIRELAY_PIXELS__42__ACCESS_TOKEN")
+    assert any(
+        w.startswith("pixels.42.access_token is a literal in the config file")
+        for w in load_settings(path).warnings()
+    )
+
+
 # Every secret-typed setting, by the CAPIRELAY_... variable that sets it as plain text.
 SECRET_VARIABLES = {
     "CAPIRELAY_PIXELS__42__ACCESS_TOKEN": lambda s: s.pixels["42"].access_token,

@@ -321,3 +321,67 @@ def test_a_secret_written_as_a_number_is_told_to_quote_it_or_use_file_or_env(
     assert f'{key} = {{ file = "..." }}' in line and f'{key} = {{ env = "..." }}' in line
     assert "quote" in line
     assert "987654321987" not in line
+
+
+WEBHOOK_FROM_ENV = (
+    '[pixels.123]\n[webhooks.shop]\npreset = "shopify"\npixel_id = "123"\n'
+    'secret = { env = "SHOP_SECRET" }\n'
+)
+
+
+@pytest.mark.parametrize("value", ["null", "[1]", '["s3cret-value"]'])
+def test_a_secret_variable_that_is_no_text_is_named_with_the_fix_for_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """``CAPIRELAY_WEBHOOKS__SHOP__SECRET=null`` (or a JSON list) overrides the file's
+    valid line: the message names the variable as where the bad value is and says what
+    to set it to, not the file's line and "quote it in the file"."""
+    path = tmp_path / "c.toml"
+    path.write_text(WEBHOOK_FROM_ENV)
+    monkeypatch.setenv("CAPIRELAY_WEBHOOKS__SHOP__SECRET", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    (line,) = str(caught.value).splitlines()
+    assert line.startswith(
+        "environment variable CAPIRELAY_WEBHOOKS__SHOP__SECRET: webhooks.shop.secret: "
+    ), line
+    assert str(path) not in line and "quote it in the file" not in line
+    assert "set CAPIRELAY_WEBHOOKS__SHOP__SECRET to the secret itself" in line
+    assert '{"file": "..."}' in line and '{"env": "..."}' in line
+    assert "s3cret-value" not in line
+
+
+def test_a_secret_variable_with_a_wrong_key_is_told_the_json_for_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(WEBHOOK_FROM_ENV)
+    monkeypatch.setenv("CAPIRELAY_WEBHOOKS__SHOP__SECRET", '{"path": "/run/s3cret-value"}')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    (line,) = str(caught.value).splitlines()
+    assert line.startswith("environment variable CAPIRELAY_WEBHOOKS__SHOP__SECRET: "), line
+    assert "unknown key `webhooks.shop.secret.path`; did you mean `file`?" in line
+    assert 'Set CAPIRELAY_WEBHOOKS__SHOP__SECRET to {"file": "..."}' in line
+    assert "s3cret-value" not in line
+
+
+def test_a_bad_value_in_a_variable_holding_a_table_names_that_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table given whole (``CAPIRELAY_WEBHOOKS__SHOP='{"secret": null}'``) is where the
+    bad value is; a variable holding the table without that key is not."""
+    path = tmp_path / "c.toml"
+    path.write_text(WEBHOOK_FROM_ENV)
+    monkeypatch.setenv("CAPIRELAY_WEBHOOKS__SHOP", '{"secret": null}')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    (line,) = str(caught.value).splitlines()
+    assert line.startswith("environment variable CAPIRELAY_WEBHOOKS__SHOP: "), line
+    path.write_text(WEBHOOK_FROM_ENV.replace('{ env = "SHOP_SECRET" }', "[1]"))
+    monkeypatch.setenv("CAPIRELAY_WEBHOOKS__SHOP", '{"preset": "shopify"}')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    (line,) = str(caught.value).splitlines()
+    assert line.startswith(f"{path}:5:1: webhooks.shop.secret: "), line
+    assert "quote it in the file" in line

@@ -31,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -87,6 +88,21 @@ class Secret(BaseModel):
     env: str | None = None
     file: Path | None = None
     value: str | None = Field(default=None, repr=False)
+    # The CAPIRELAY_* variable a literal ``value`` came from, set in double quotes (JSON
+    # text, so read as a literal rather than as the variable); None for one in the file.
+    _quoted_variable: str | None = PrivateAttr(default=None)
+
+    @classmethod
+    def quoted_in(cls, variable: str, text: str) -> Secret:
+        """The literal ``text`` of ``variable``, whose value was ``"text"`` in quotes."""
+        secret = cls(value=text)
+        secret._quoted_variable = variable
+        return secret
+
+    @property
+    def quoted_variable(self) -> str | None:
+        """The variable this literal was set in with quotes (None: a literal in the file)."""
+        return self._quoted_variable if self.value is not None else None
 
     @model_validator(mode="after")
     def _one_source(self) -> Secret:
@@ -104,6 +120,11 @@ class Secret(BaseModel):
             return f"environment variable {self.env}"
         if self.file:
             return f"file {self.file}"
+        if self.quoted_variable:
+            return (
+                f"literal value of the environment variable {self.quoted_variable} "
+                "(set in double quotes)"
+            )
         return "literal value in the config file"
 
     def how_to_replace(self, setting: str) -> str:
@@ -124,6 +145,12 @@ class Secret(BaseModel):
                 f"set the environment variable {self.env} ({setting}) to the new value and "
                 "restart the gateway: a running process keeps the environment it started with "
                 f"(or use {as_file}, which is read again at each use)"
+            )
+        if self.quoted_variable:
+            return (
+                f"set the environment variable {self.quoted_variable} ({setting}) to the new "
+                "value, without the double quotes (with them it is read as a literal), and "
+                f"restart the gateway (or use {as_file}, which is read again at each use)"
             )
         return (
             f"replace the literal {setting} in the config file and restart the gateway "
@@ -623,13 +650,16 @@ class Settings(BaseSettings):
         for pixel_id, pixel in self.pixels.items():
             if pixel.access_token and pixel.access_token.is_literal:
                 out.append(
-                    f"pixels.{pixel_id}.access_token is a literal in the config file; "
+                    _quoted_variable_warning(f"pixels.{pixel_id}.access_token", pixel.access_token)
+                    or f"pixels.{pixel_id}.access_token is a literal in the config file; "
                     'move it to an environment variable (access_token = {env = "..."}) '
                     "or a file so it stays out of your repository"
                 )
-            if pixel.verification_secret and pixel.verification_secret.is_literal:
+            secret = pixel.verification_secret
+            if secret and secret.is_literal:
                 out.append(
-                    f"pixels.{pixel_id}.verification_secret is a literal in the config file; "
+                    _quoted_variable_warning(f"pixels.{pixel_id}.verification_secret", secret)
+                    or f"pixels.{pixel_id}.verification_secret is a literal in the config file; "
                     "use env or file"
                 )
             if pixel.access_token is None:
@@ -640,9 +670,23 @@ class Settings(BaseSettings):
         for name, key in self.ingest_keys.items():
             if key.key.is_literal:
                 out.append(
-                    f"ingest_keys.{name}.key is a literal in the config file; use env or file"
+                    _quoted_variable_warning(f"ingest_keys.{name}.key", key.key)
+                    or f"ingest_keys.{name}.key is a literal in the config file; use env or file"
                 )
         return out
+
+
+def _quoted_variable_warning(setting: str, secret: Secret) -> str | None:
+    """The warning for a literal set as ``VAR="..."`` in quotes (None for one in the file):
+    it is in the environment already, only read as a literal because of the quotes."""
+    variable = secret.quoted_variable
+    if variable is None:
+        return None
+    return (
+        f"{setting}: the environment variable {variable} is read as a literal (once, at "
+        "start), not as that variable, because its value is in double quotes (JSON text); "
+        "remove the quotes from the value (some .env files and docker's env_file keep them)"
+    )
 
 
 class _EnvSecrets(EnvSettingsSource):
@@ -662,6 +706,9 @@ class _EnvSecrets(EnvSettingsSource):
         # (setting name, text) of the secrets whose text was not JSON, or JSON's number or
         # boolean: decode_complex_value kept them as text, and only they become variables.
         self._bare: set[tuple[str, str]] = set()
+        # (setting name, text) of the secrets set as a JSON string ("EAA..." in quotes):
+        # literals, which keep the variable's name for their warning.
+        self._quoted: set[tuple[str, str]] = set()
 
     def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
         secret = field is not None and _holds_a_secret(field.annotation)
@@ -673,6 +720,8 @@ class _EnvSecrets(EnvSettingsSource):
             # a quoted string and null keep their JSON meaning.  Only secrets: a numeric
             # setting (port, burst ...) is not complex and never comes here.
             bare = secret and isinstance(decoded, int | float)
+            if secret and isinstance(decoded, str) and decoded:
+                self._quoted.add((field_name.lower(), decoded))
         except ValueError:
             if not secret:
                 raise
@@ -689,8 +738,9 @@ class _EnvSecrets(EnvSettingsSource):
         return data
 
     def _name_variables(self, holder: dict[str, Any], path: tuple[str, ...]) -> None:
-        # Only text that was not JSON: a quoted value ("EAA...") keeps its decoded form, as
-        # before, and an empty one is not taken, so it stays a literal, which the
+        # Only text that was not JSON becomes the variable.  A quoted value ("EAA...")
+        # keeps its decoded form, as before: a literal, which names its variable for the
+        # warning.  An empty one is not taken, so it stays a literal, which the
         # secret's own check refuses (an unset ${VAR} in a compose file would otherwise
         # lock the dashboard or /metrics without a word).
         for key, value in holder.items():
@@ -700,6 +750,10 @@ class _EnvSecrets(EnvSettingsSource):
                 variable = _variable_named(("CAPIRELAY", *path, str(key)))
                 if variable is not None:
                     holder[key] = Secret(env=variable)
+            elif isinstance(value, str) and (str(key).lower(), value) in self._quoted:
+                variable = _variable_named(("CAPIRELAY", *path, str(key)))
+                if variable is not None:
+                    holder[key] = Secret.quoted_in(variable, value)
 
 
 def _holds_a_secret(annotation: Any) -> bool:

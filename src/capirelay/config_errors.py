@@ -11,6 +11,8 @@ Values are never echoed: a misplaced token must not end up in a terminal log.
 from __future__ import annotations
 
 import difflib
+import json
+import os
 import re
 import tomllib
 import types
@@ -56,18 +58,22 @@ def validation_error_lines(
         loc = [part for part in error["loc"] if isinstance(part, str | int)]
         loc = _settings_path(loc, error["type"])
         dotted = ".".join(str(part) for part in loc)
+        # A CAPIRELAY_* variable overrides the file: when the value came from one, that
+        # variable is where it is wrong (the file's line may be valid) and what to fix.
+        variable = _variable_holding(loc)
         if error["type"] == "extra_forbidden" and _in_a_secret(root, loc):
-            what = _unknown_secret_key(dotted, loc)
+            what = _unknown_secret_key(dotted, loc, variable)
         elif error["type"] == "extra_forbidden":
             what = f"unknown key `{dotted}`"
             suggestion = field_suggestion(root, loc)
             if suggestion:
                 what += f"; did you mean `{suggestion}`?"
         elif error["type"] == "model_type" and _model_at(root, loc) is _secret_model():
-            what = f"{dotted}: {_not_a_secret(loc)}"
+            what = f"{dotted}: {_not_a_secret(loc, variable)}"
         else:
             what = f"{dotted}: {_lower(error['msg'])}"
-        out.append(f"{_where(path, keys, lines, loc)}: {what}")
+        where = f"environment variable {variable}" if variable else _where(path, keys, lines, loc)
+        out.append(f"{where}: {what}")
     return out
 
 
@@ -125,8 +131,20 @@ def _secret_forms(setting: str) -> tuple[str, str]:
     )
 
 
-def _not_a_secret(loc: Sequence[str | int]) -> str:
-    """A secret given as a number, a boolean, a list (``key = 123456``): what to write."""
+def _env_forms(variable: str) -> str:
+    """How the variable ``variable`` gives a secret: its text, or a JSON table."""
+    return (
+        f"set {variable} to the secret itself, without quotes (read from the variable at "
+        'each use), or to {"file": "..."} or {"env": "..."} (JSON), or unset it to use '
+        "the config file's setting"
+    )
+
+
+def _not_a_secret(loc: Sequence[str | int], variable: str | None = None) -> str:
+    """A secret given as a number, a boolean, a list (``key = 123456``): what to write.
+    From ``variable`` (JSON ``null``, a list): what to set it to instead."""
+    if variable is not None:
+        return f"a secret is text, and the variable holds JSON that is not: {_env_forms(variable)}"
     as_file, as_env = _secret_forms(str(loc[-1]))
     return (
         f"a secret is text: write {as_file} or {as_env}, or quote it in the file "
@@ -134,17 +152,65 @@ def _not_a_secret(loc: Sequence[str | int]) -> str:
     )
 
 
-def _unknown_secret_key(dotted: str, loc: Sequence[str | int]) -> str:
+def _unknown_secret_key(dotted: str, loc: Sequence[str | int], variable: str | None = None) -> str:
     """An unknown key inside a secret's table (``access_token = { path = "..." }``): which
-    of ``file`` or ``env`` it meant, written out for this setting.  Only the key is named,
-    never its value."""
-    as_file, as_env = _secret_forms(str(loc[-2]))
+    of ``file`` or ``env`` it meant, written out for this setting (as JSON for the
+    ``variable`` the table came from).  Only the key is named, never its value."""
+    if variable is not None:
+        as_file = f'set {variable} to {{"file": "..."}} (a path)'
+        as_env = f'set {variable} to {{"env": "..."}} (the name of another variable)'
+        either = (
+            f'set {variable} to {{"file": "..."}} (a path) or {{"env": "..."}} '
+            "(the name of another variable)"
+        )
+    else:
+        as_file, as_env = _secret_forms(str(loc[-2]))
+        either = f"a secret is read with {as_file} or {as_env}"
+        as_file, as_env = f"write {as_file}", f"write {as_env}"
     wrong = str(loc[-1]).lower()
     if "file" in wrong or "path" in wrong:
-        return f"unknown key `{dotted}`; did you mean `file`? Write {as_file}"
+        return f"unknown key `{dotted}`; did you mean `file`? {_capital(as_file)}"
     if "env" in wrong or "var" in wrong:
-        return f"unknown key `{dotted}`; did you mean `env`? Write {as_env}"
-    return f"unknown key `{dotted}`; a secret is read with {as_file} or {as_env}"
+        return f"unknown key `{dotted}`; did you mean `env`? {_capital(as_env)}"
+    return f"unknown key `{dotted}`; {either}"
+
+
+def _variable_holding(loc: Sequence[str | int]) -> str | None:
+    """The ``CAPIRELAY_*`` variable the value at ``loc`` came from, if any: the one named
+    for ``loc`` (``CAPIRELAY_WEBHOOKS__SHOP__SECRET``), else one named for a table above
+    it whose JSON holds the rest of ``loc`` (``CAPIRELAY_WEBHOOKS__SHOP='{"secret": ...}'``).
+    Variables override the config file, so such a value is the one that was read."""
+    if not loc:
+        return None
+    variables = {name.lower(): name for name in os.environ}
+    for depth in range(len(loc), 0, -1):
+        wanted = "capirelay_" + "__".join(str(part) for part in loc[:depth]).lower()
+        variable = variables.get(wanted)
+        if variable is None:
+            continue
+        if depth == len(loc) or _json_holds(os.environ[variable], loc[depth:]):
+            return variable
+        return None  # the nearest table's variable does not hold it: the file does
+    return None
+
+
+def _json_holds(text: str, rest: Sequence[str | int]) -> bool:
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        return False
+    for part in rest:
+        if not isinstance(value, dict):
+            return False
+        keys = {str(key).lower(): key for key in value}
+        if str(part).lower() not in keys:
+            return False
+        value = value[keys[str(part).lower()]]
+    return True
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _settings_path(loc: list[str | int], kind: str) -> list[str | int]:

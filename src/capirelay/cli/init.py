@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +96,8 @@ def render_config(answers: InitAnswers, config_dir: Path | None = None) -> str:
         "# Check this file with `capirelay doctor`.",
         "# Secrets are never in this file: each is { env = ... } or { file = ... }.",
         "",
-        "# The durable queue: a SQLite file, or postgresql://... for several replicas.",
+        "# The durable queue: a SQLite file (a relative path is opened from the directory",
+        "# the gateway runs in, not this file's), or postgresql://... for several replicas.",
         f"storage = {toml_string(answers.storage)}",
         "# Where the gateway listens; put TLS in front of it (README, Deploying).",
         f"host = {toml_string(answers.host)}",
@@ -132,13 +132,21 @@ def render_config(answers: InitAnswers, config_dir: Path | None = None) -> str:
 def _as_written(path: Path, config_dir: Path | None) -> str:
     """``path`` relative to ``config_dir`` (with ``/``) when it is inside it, else as given.
 
-    Inside is decided on the resolved paths (``..`` and symbolic links followed), so a
-    path that leaves the directory is never written relative to it."""
+    Inside is decided on ``path`` as given (made absolute, ``..`` collapsed only where that
+    opens the same file: :func:`_absolute`), against the config's directory as given or
+    resolved.  ``path`` itself is never resolved: a symbolic link the user named (a
+    Kubernetes secret, ``secrets/meta-token -> ..data/meta-token``) is written as that
+    link, not as its target of the day, which a rotation deletes.  A path that still
+    holds ``..`` (after a link) is never written relative."""
     if config_dir is not None:
-        try:
-            return path.resolve().relative_to(config_dir.resolve()).as_posix()
-        except ValueError:
-            pass
+        given = _absolute(path)
+        for directory in (_absolute(config_dir), config_dir.resolve()):
+            try:
+                relative = given.relative_to(directory)
+            except ValueError:
+                continue
+            if ".." not in relative.parts:
+                return relative.as_posix()
     return str(path)
 
 
@@ -369,7 +377,9 @@ def _answers(
             lambda v: _check_country(v) or "",
             interactive,
         )
-    storage = storage or f"sqlite:///{base / 'capirelay.db'}"
+    # Absolute: a relative SQLite path is opened from the current directory of `serve`,
+    # not from the config's (only secret files are read from there).
+    storage = storage or f"sqlite:///{_absolute(base) / 'capirelay.db'}"
     if public_url is None:
         public_url = _ask(
             "The gateway's URL as your pages will load it",
@@ -395,9 +405,22 @@ def _answers(
 
 
 def _absolute(path: Path) -> Path:
-    """``path`` from the current directory, without ``..`` parts (as the user meant it:
-    ``../tokens/meta`` is written ``/srv/tokens/meta``, not ``/srv/shop/../tokens/meta``)."""
-    return Path(os.path.normpath(path.absolute()))
+    """``path`` from the current directory, with each ``name/..`` dropped when ``name`` is
+    a directory that is not a symbolic link: ``../tokens/meta`` is written
+    ``/srv/tokens/meta``, not ``/srv/shop/../tokens/meta``.
+
+    Only where that names the same file: ``link/..`` is the directory above the link's
+    *target*, so it is kept as given (as is ``missing/..``, which opens nothing), where
+    :func:`os.path.normpath` would name ``x`` beside the link instead."""
+    parts: list[str] = []
+    for part in path.absolute().parts:
+        if part == ".." and parts and parts[-1] not in ("..", parts[0]):
+            here = Path(*parts)
+            if here.is_dir() and not here.is_symlink():
+                parts.pop()
+                continue
+        parts.append(part)
+    return Path(*parts)
 
 
 def _check_source(value: str) -> str:
