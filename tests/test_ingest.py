@@ -347,3 +347,44 @@ def test_a_thin_user_data_also_names_what_was_dropped_from_it() -> None:
     assert (problem.code, problem.field) == ("insufficient_customer_info", "user_data")
     assert "user_data.em" in problem.message and "name@example.com" in problem.message
     assert "not-an-email" not in problem.message
+
+
+@pytest.mark.parametrize(
+    ("phone", "reading"),
+    [
+        ("3212345678", "+32 (Belgium)"),  # Belgium's +32 12 34 56 78 written without "+"
+        ("4798570523", "+47 (Norway)"),
+        ("(479) 857-0523", "+47 (Norway)"),
+        ("4687654321", "+46 (Sweden)"),
+        ("3545512345", "+354 (Iceland)"),
+    ],
+)
+def test_ten_digits_that_read_two_ways_are_warned_with_both_readings(
+    phone: str, reading: str
+) -> None:
+    """Not "looks like a number without its country code": a Belgian number written with
+    its code is no such thing.  The warning says both readings, which one was hashed (the
+    hash is unchanged: the digits as written) and how to stop the guess, without the number."""
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "phone": phone}
+    prepared = prepare(raw, pixel=PixelSettings(default_country=None))
+    assert prepared.new_event is not None
+    [problem] = [p for p in prepared.problems if p.code == "phone_without_country_code"]
+    assert problem.field == "user_data.ph" and not problem.is_error
+    digits = "".join(ch for ch in phone if ch.isdigit())
+    assert orjson.loads(prepared.new_event.payload)["user_data"]["ph"] == [sha(digits)]
+    message = problem.message
+    assert f"written with its country code, {reading}, which is how it was hashed" in message
+    assert "or as a US number without its 1" in message
+    assert "+1" in message and "default_country" in message
+    assert "looks like a number without its country code" not in message
+    assert digits[2:] not in message and digits[-4:] not in message  # no raw number
+
+
+@pytest.mark.parametrize("phone", ["6505551212", "020 7946 0958"])
+def test_digits_that_read_only_as_a_national_number_keep_the_plain_warning(phone: str) -> None:
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "phone": phone}
+    prepared = prepare(raw, pixel=PixelSettings(default_country=None))
+    [problem] = [p for p in prepared.problems if p.code == "phone_without_country_code"]
+    assert problem.message.startswith("user_data.ph looks like a number without its country code")

@@ -28,11 +28,13 @@ Wire-form choices:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import phonenumbers
+import pycountry
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from capirelay.meta_facts import SINGLE_VALUE_HASHED_KEYS, UNHASHED_USER_DATA_KEYS
@@ -242,15 +244,15 @@ def wire_user_data(
                 out[name] = value
         elif value is not None:
             out[name] = value
-    if region is None and "ph" in out and _phone_lacks_country_code(values, multi):
-        problems.append(PHONE_WITHOUT_COUNTRY_CODE)
+    if region is None and "ph" in out:
+        doubt = _phone_country_code_warning(values, multi)
+        if doubt is not None:
+            problems.append(doubt)
     return out
 
 
 # Meta requires the country code in ph.  Without a country to complete a national number
 # the digits are sent as given (they may still match), and the sender is told how to fix it.
-# The number may also be another country's, written with its code but no "+" (a US
-# number's ten digits can read so): the message says "looks like", not "has no".
 PHONE_WITHOUT_COUNTRY_CODE: Final = warning(
     "phone_without_country_code",
     "user_data.ph",
@@ -261,38 +263,98 @@ PHONE_WITHOUT_COUNTRY_CODE: Final = warning(
 )
 
 
-def _phone_lacks_country_code(values: Mapping[str, Any], multi: Sequence[tuple[str, str]]) -> bool:
+@functools.lru_cache(maxsize=64)
+def _phone_reads_two_ways(countries: tuple[str, ...]) -> Problem:
+    """The ``phone_without_country_code`` warning for ten digits that read both as a US number
+    without its 1 and as another country's number with its code (``countries``: "+47
+    (Norway)"), which is how they were hashed.  Names the country code, never the number."""
+    return warning(
+        "phone_without_country_code",
+        "user_data.ph",
+        "user_data.ph reads two ways and the event has no country to tell which: as a number "
+        f"written with its country code, {' or '.join(countries)}, which is how it was hashed "
+        "and sent, or as a US number without its 1, which would not match. If it is a US "
+        "number, send it with its country code (+1 ...); set the event's country or the "
+        "pixel's default_country to stop the guessing.",
+    )
+
+
+def _phone_country_code_warning(
+    values: Mapping[str, Any], multi: Sequence[tuple[str, str]]
+) -> Problem | None:
     for name, key in multi:
         if key == "ph":
             phones = values[name]
             listed = [phones] if type(phones) is str else phones or []
-            return any(type(p) is str and written_without_country_code(p) for p in listed)
-    return False
+            doubts = [missing_country_code(p) for p in listed if type(p) is str]
+            found = [d for d in doubts if d is not None]
+            if not found:
+                return None
+            if any(d.as_written is None for d in found):
+                return PHONE_WITHOUT_COUNTRY_CODE
+            return _phone_reads_two_ways(tuple(dict.fromkeys(d.country_code() for d in found)))
+    return None
 
 
-def written_without_country_code(phone: str) -> bool:
-    """True for a phone that is neither hashed nor, by its likelier reading, written with
-    its country code: the test behind ingest's ``phone_without_country_code`` warning and
-    ``capirelay hash ph``'s, asked only when no country is known.
+@dataclasses.dataclass(frozen=True, slots=True)
+class MissingCountryCode:
+    """A phone that looks written without its country code (:func:`missing_country_code`).
+
+    ``as_written`` is set when its digits also form a valid number read with a country
+    code, which is how they are hashed without a country: ten digits such as
+    ``4798570523`` are the US number (479) 857-0523 without its 1 *or* Norway's
+    +47 98 57 05 23 written without the ``+``.  It is ``None`` when the digits read only
+    as a national number (``6505551212``, ``020 7946 0958``).
+    """
+
+    as_written: phonenumbers.PhoneNumber | None = None
+
+    def country(self) -> str | None:
+        """The country of ``as_written`` (``Norway``), when it has one."""
+        if self.as_written is None:
+            return None
+        found = pycountry.countries.get(
+            alpha_2=phonenumbers.region_code_for_number(self.as_written) or ""
+        )
+        return str(getattr(found, "common_name", None) or found.name) if found else None
+
+    def country_code(self) -> str:
+        """``+47 (Norway)``: the country code ``as_written`` starts with, and its country."""
+        if self.as_written is None:
+            return ""
+        code = f"+{self.as_written.country_code}"
+        name = self.country()
+        return f"{code} ({name})" if name else code
+
+
+def missing_country_code(phone: str) -> MissingCountryCode | None:
+    """Why ``phone`` looks written without its country code, or ``None`` when it does not
+    (hashed, or written with its code): the test behind ingest's
+    ``phone_without_country_code`` warning and ``capirelay hash ph``'s, asked only when no
+    country is known.
 
     Written internationally means a leading ``+``/``00``, or digits that already form a
     valid number when read with a country code (``16505551212``), unless they are ten
     digits that also form a valid US number: ``(479) 857-0523`` reads as +47 98570523 in
-    Norway, as one in nine US numbers read as some country's, and the likelier reading is
-    a US number missing its 1.  Validity is only a hint here, so ageing allocation
-    metadata can at worst add a warning.
+    Norway, as one in nine US numbers read as some country's, and for many countries'
+    numbers written with their code but no ``+`` (``3212345678``, Belgium's
+    +32 12 34 56 78) the reverse holds.  Nothing tells the two apart, so such a phone is a
+    :class:`MissingCountryCode` that carries both readings.  Validity is only a hint
+    here, so ageing allocation metadata can at worst add a warning.
     """
     text = phone.strip()
     if not text or (len(text) >= _SHA256_LENGTH and is_hashed(text)):
-        return False
+        return None
     if text.lstrip("( ").startswith("+") or text.startswith("00"):
-        return False
+        return None
     digits = "".join(ch for ch in text if ch.isdigit())
     try:
         number = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException:
-        return True
-    return not phonenumbers.is_valid_number(number) or _valid_us_national(digits)
+        return MissingCountryCode()
+    if not phonenumbers.is_valid_number(number):
+        return MissingCountryCode()
+    return MissingCountryCode(number) if _valid_us_national(digits) else None
 
 
 def _valid_us_national(digits: str) -> bool:
