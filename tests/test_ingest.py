@@ -388,3 +388,23 @@ def test_digits_that_read_only_as_a_national_number_keep_the_plain_warning(phone
     prepared = prepare(raw, pixel=PixelSettings(default_country=None))
     [problem] = [p for p in prepared.problems if p.code == "phone_without_country_code"]
     assert problem.message.startswith("user_data.ph looks like a number without its country code")
+
+
+def test_values_dropped_from_one_field_are_told_once_in_the_error() -> None:
+    """Three bad e-mails put the same ~150-character sentence three times into the error
+    (a receipt keeps 500 characters); the field is named once with its count."""
+    user_data = {"em": ["bad", "bad2", "bad3"], "ph": "call me"}
+    prepared = prepare(event(action_source="system_generated", user_data=user_data))
+    [problem] = [p for p in prepared.problems if p.is_error]
+    message = problem.message
+    assert message.startswith(
+        "user_data was given but none of its values could be used: user_data.em (3 values) "
+        "and user_data.ph could not be normalized and were dropped. Fix them, or add another "
+        "customer information parameter"
+    )
+    assert message.count("user_data.em") == 2  # named, then its reason and fix
+    assert message.count("exactly one '@'") == 1 and message.count("name@example.com") == 1
+    assert message.count("contains no digits") == 1
+    # A receipt keeps 500 characters: what was dropped and the way out come first.
+    assert "fbp...). user_data.em: " in message[:500]
+    assert all(v not in message for v in ("bad2", "bad3", "call me"))

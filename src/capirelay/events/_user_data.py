@@ -450,42 +450,84 @@ _EMPTY_USER_DATA_CODES: Final = frozenset({"missing_field", "missing_user_data"}
 _THIN_USER_DATA_CODE: Final = "insufficient_customer_info"
 
 
-def explain_dropped_user_data(problems: list[Problem]) -> list[Problem]:
+def explain_dropped_user_data(
+    problems: list[Problem], *, keep_dropped: bool = True
+) -> list[Problem]:
     """``problems`` with the errors that find ``user_data`` missing, empty or too thin told
-    again with the values normalization dropped from it: the field, why and the fix.
+    again with the values normalization dropped from it: each field once, how many of its
+    values, why and the fix.
 
     An event whose only e-mail could not be normalized reaches validation without
     ``user_data``; "user_data is required" would send its sender looking for a field
     they did send.  The error keeps its code and field (what Meta would refuse), and
-    ``problems`` comes back as is when nothing was dropped.  Ingest and ``capirelay
+    ``problems`` comes back as is when nothing was dropped.  The error stands alone (a
+    webhook's rejection receipt keeps only errors), so it repeats what the drop warnings
+    say, once per field; ``keep_dropped=False`` leaves those warnings out when an error
+    told them (``capirelay send`` prints both on one screen).  Ingest and ``capirelay
     send`` both pass their wire and rule problems through here.
     """
-    dropped = [
-        p.message for p in problems if p.code in _DROPPED_CODES and p.field.startswith("user_data.")
-    ]
+    dropped = [p for p in problems if p.code in _DROPPED_CODES and p.field.startswith("user_data.")]
     if not dropped:
         return problems
-    what = " ".join(dropped)
+    head, details, several = _dropped_summary(dropped)
     out: list[Problem] = []
+    told = False
     for problem in problems:
         if problem.is_error and problem.field == "user_data":
             if problem.code in _EMPTY_USER_DATA_CODES:
+                told = True
                 problem = error(
                     problem.code,
                     "user_data",
-                    "user_data was given but none of its values could be used: "
-                    f"{what} Fix {'that value' if len(dropped) == 1 else 'those values'}, "
-                    "or add another customer information parameter (em, ph, external_id, "
-                    "client_ip_address with client_user_agent, fbc, fbp...).",
+                    f"user_data was given but none of its values could be used: {head}. "
+                    f"Fix {'them' if several else 'it'}, or add another customer information "
+                    "parameter (em, ph, external_id, client_ip_address with "
+                    f"client_user_agent, fbc, fbp...). {details}",
                 )
             elif problem.code == _THIN_USER_DATA_CODE:
+                told = True
                 problem = error(
                     problem.code,
                     "user_data",
-                    f"{problem.message}, or fix what was dropped from it: {what}",
+                    f"{problem.message}, or fix what was dropped from it: {head}. {details}",
                 )
         out.append(problem)
+    if told and not keep_dropped:
+        out = [p for p in out if p not in dropped]
     return out
+
+
+def _dropped_summary(dropped: list[Problem]) -> tuple[str, str, bool]:
+    """What was dropped, compactly: the fields, each once with how many of its values
+    (``user_data.em (3 values) and user_data.ph could not be normalized and were
+    dropped``); then each field's distinct reasons and its fix, once; and whether more
+    than one value was dropped.  The fields come first: a receipt keeps 500 characters."""
+    reasons: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for problem in dropped:
+        key = problem.field.removeprefix("user_data.")
+        counts[key] = counts.get(key, 0) + 1
+        reason = _dropped_reason(key, problem.message)
+        listed = reasons.setdefault(key, [])
+        if reason is not None and reason not in listed:
+            listed.append(reason)
+    names = [f"user_data.{key}" + (f" ({n} values)" if n > 1 else "") for key, n in counts.items()]
+    several = len(dropped) > 1
+    named = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    head = f"{named} could not be normalized and {'were' if several else 'was'} dropped"
+    details = " ".join(
+        f"user_data.{key}: {'; '.join([*reasons[key], _FIXES[key][1]])}." for key in counts
+    )
+    return head, details, several
+
+
+def _dropped_reason(key: str, message: str) -> str | None:
+    """The reason in a :func:`normalization_problem` message, which names no value."""
+    head = f"user_data.{key} could not be normalized ("
+    tail = f") and was dropped; {_FIXES[key][1]}." if key in _FIXES else None
+    if tail is None or not (message.startswith(head) and message.endswith(tail)):
+        return None
+    return message[len(head) : -len(tail)]
 
 
 @functools.cache
