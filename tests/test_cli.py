@@ -228,6 +228,25 @@ def test_send_names_the_dropped_field_when_it_was_the_only_user_data(
     assert emulator.state.events(PIXEL) == []
 
 
+def test_send_tells_values_dropped_from_user_data_once(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    # Three bad e-mails printed the same sentence three times inside the error, then once
+    # more as the field's warning: now the error names the field and its count, and says
+    # the reason and the fix once; no warning line repeats it.
+    user_data = {"em": ["bad", "bad2", "bad3"]}
+    bad = raw_event("three-em", action_source="system_generated", user_data=user_data)
+    result = send(emulator, write_json(tmp_path, bad))
+    assert result.exit_code == 1
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("  error   ")]
+    assert "user_data.em (3 values) could not be normalized and were dropped" in line
+    assert not [line for line in result.stderr.splitlines() if line.startswith("  warning ")]
+    assert result.stderr.count("exactly one '@'") == 1
+    assert result.stderr.count("name@example.com") == 1
+    assert "bad2" not in result.output
+    assert emulator.state.events(PIXEL) == []
+
+
 def test_send_to_an_unreachable_graph_says_nothing_was_retried(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

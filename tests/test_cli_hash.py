@@ -16,10 +16,10 @@ runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
     ("args", "normalized", "warning"),
     [
         (["ph", "(650)555-1212"], "6505551212", "no country code and no --country"),
-        # US numbers whose ten digits also read as a valid number with another country's
-        # calling code (+47 98570523, Norway): still a US number missing its 1.
-        (["ph", "(479) 857-0523"], "4798570523", "no country code and no --country"),
-        (["ph", "4798570523"], "4798570523", "no country code and no --country"),
+        # Ten digits that are a US number without its 1 and also Norway's +47 98570523
+        # written without its "+": both readings are told (test below).
+        (["ph", "(479) 857-0523"], "4798570523", "reads two ways and no --country"),
+        (["ph", "4798570523"], "4798570523", "reads two ways and no --country"),
         (["phone", "650-555-1212 ext. 12", "--country", "US"], "16505551212", "extension"),
         (["zp", "94025-1234"], "94025", "ZIP+4"),
         (["zp", "SW1A 1AA"], "sw1a1aa", "no --country given"),
@@ -82,3 +82,39 @@ def test_a_us_state_name_that_is_no_state_still_warns() -> None:
     result = runner.invoke(app, ["hash", "st", "Calfornia", "--country", "US"])
     assert result.exit_code == 0, result.output
     assert "not a 2-letter state code" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "as_written", "us"),
+    [
+        ("4798570523", "+47 98 57 05 23 (Norway)", "(479) 857-0523"),
+        ("(479) 857-0523", "+47 98 57 05 23 (Norway)", "(479) 857-0523"),
+        # A Belgian number written with its code but no "+" is also a US number's digits.
+        ("3212345678", "+32 12 34 56 78 (Belgium)", "(321) 234-5678"),
+        ("4687654321", "+46 8 765 43 21 (Sweden)", "(468) 765-4321"),
+    ],
+)
+def test_ten_digits_that_read_two_ways_are_told_both_readings(
+    value: str, as_written: str, us: str
+) -> None:
+    """Such a phone was told 'looks like it has no country code', false for the Belgian
+    number written with its code; the hash (of the digits, the first reading) is unchanged."""
+    result = runner.invoke(app, ["hash", "ph", value])
+    assert result.exit_code == 0, result.output
+    digits = "".join(ch for ch in value if ch.isdigit())
+    digest = hashlib.sha256(digits.encode()).hexdigest()
+    assert result.stdout.splitlines() == [f"normalized: {digits}", f"sha256:     {digest}"]
+    [line] = result.stderr.strip().splitlines()
+    assert f"as {as_written}, written with its country code" in line
+    assert f"or as the US number {us} without its 1" in line
+    assert "hashed as the first" in line and "+1" in line
+    assert "looks like it has no country code" not in line
+    us_reading = runner.invoke(app, ["hash", "ph", value, "--country", "US"])
+    assert us_reading.stderr == ""
+    assert digest not in us_reading.stdout  # the US reading hashes differently: say which
+
+
+def test_digits_that_read_only_as_a_national_number_keep_the_plain_warning() -> None:
+    result = runner.invoke(app, ["hash", "ph", "6505551212"])
+    assert "looks like it has no country code" in result.stderr
+    assert "reads two ways" not in result.stderr

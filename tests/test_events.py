@@ -202,6 +202,35 @@ def test_a_phone_without_country_code_is_sent_with_a_warning(
     assert_same_as_model(raw, default_country)
 
 
+@pytest.mark.parametrize(
+    ("phones", "readings"),
+    [
+        ("3212345678", "+32 (Belgium)"),
+        (["3212345678", "4798570523"], "+32 (Belgium) or +47 (Norway)"),
+        (["4798570523", "+47 985 70 523"], "+47 (Norway)"),
+    ],
+)
+def test_a_phone_that_reads_two_ways_names_both_readings_and_hashes_the_digits(
+    phones: Any, readings: str
+) -> None:
+    wire = event(user_data=UserData(phone=phones, client_user_agent="Mozilla/5.0")).to_wire(None)
+    listed = [phones] if isinstance(phones, str) else phones
+    sent = [sha("".join(ch for ch in p if ch.isdigit())) for p in listed]
+    assert wire.payload["user_data"]["ph"] == list(dict.fromkeys(sent))
+    [problem] = [p for p in wire.problems if p.code == "phone_without_country_code"]
+    assert f"written with its country code, {readings}, which is how it" in problem.message
+    assert "US number without its 1" in problem.message
+
+
+def test_a_phone_list_with_a_national_only_number_keeps_the_plain_warning() -> None:
+    user_data = UserData(phone=["3212345678", "6505551212"], client_user_agent="Mozilla/5.0")
+    [problem] = [
+        p for p in event(user_data=user_data).to_wire(None).problems
+        if p.code == "phone_without_country_code"
+    ]  # fmt: skip
+    assert problem.message.startswith("user_data.ph looks like a number without its country")
+
+
 def test_one_bad_value_in_a_list_keeps_the_good_ones() -> None:
     wire = event(user_data=UserData(email=["nope", "ok@example.com"])).to_wire()
     assert wire.payload["user_data"] == {"em": [sha("ok@example.com")]}

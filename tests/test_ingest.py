@@ -347,3 +347,64 @@ def test_a_thin_user_data_also_names_what_was_dropped_from_it() -> None:
     assert (problem.code, problem.field) == ("insufficient_customer_info", "user_data")
     assert "user_data.em" in problem.message and "name@example.com" in problem.message
     assert "not-an-email" not in problem.message
+
+
+@pytest.mark.parametrize(
+    ("phone", "reading"),
+    [
+        ("3212345678", "+32 (Belgium)"),  # Belgium's +32 12 34 56 78 written without "+"
+        ("4798570523", "+47 (Norway)"),
+        ("(479) 857-0523", "+47 (Norway)"),
+        ("4687654321", "+46 (Sweden)"),
+        ("3545512345", "+354 (Iceland)"),
+    ],
+)
+def test_ten_digits_that_read_two_ways_are_warned_with_both_readings(
+    phone: str, reading: str
+) -> None:
+    """Not "looks like a number without its country code": a Belgian number written with
+    its code is no such thing.  The warning says both readings, which one was hashed (the
+    hash is unchanged: the digits as written) and how to stop the guess, without the number."""
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "phone": phone}
+    prepared = prepare(raw, pixel=PixelSettings(default_country=None))
+    assert prepared.new_event is not None
+    [problem] = [p for p in prepared.problems if p.code == "phone_without_country_code"]
+    assert problem.field == "user_data.ph" and not problem.is_error
+    digits = "".join(ch for ch in phone if ch.isdigit())
+    assert orjson.loads(prepared.new_event.payload)["user_data"]["ph"] == [sha(digits)]
+    message = problem.message
+    assert f"written with its country code, {reading}, which is how it was hashed" in message
+    assert "or as a US number without its 1" in message
+    assert "+1" in message and "default_country" in message
+    assert "looks like a number without its country code" not in message
+    assert digits[2:] not in message and digits[-4:] not in message  # no raw number
+
+
+@pytest.mark.parametrize("phone", ["6505551212", "020 7946 0958"])
+def test_digits_that_read_only_as_a_national_number_keep_the_plain_warning(phone: str) -> None:
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "phone": phone}
+    prepared = prepare(raw, pixel=PixelSettings(default_country=None))
+    [problem] = [p for p in prepared.problems if p.code == "phone_without_country_code"]
+    assert problem.message.startswith("user_data.ph looks like a number without its country code")
+
+
+def test_values_dropped_from_one_field_are_told_once_in_the_error() -> None:
+    """Three bad e-mails put the same ~150-character sentence three times into the error
+    (a receipt keeps 500 characters); the field is named once with its count."""
+    user_data = {"em": ["bad", "bad2", "bad3"], "ph": "call me"}
+    prepared = prepare(event(action_source="system_generated", user_data=user_data))
+    [problem] = [p for p in prepared.problems if p.is_error]
+    message = problem.message
+    assert message.startswith(
+        "user_data was given but none of its values could be used: user_data.em (3 values) "
+        "and user_data.ph could not be normalized and were dropped. Fix them, or add another "
+        "customer information parameter"
+    )
+    assert message.count("user_data.em") == 2  # named, then its reason and fix
+    assert message.count("exactly one '@'") == 1 and message.count("name@example.com") == 1
+    assert message.count("contains no digits") == 1
+    # A receipt keeps 500 characters: what was dropped and the way out come first.
+    assert "fbp...). user_data.em: " in message[:500]
+    assert all(v not in message for v in ("bad2", "bad3", "call me"))

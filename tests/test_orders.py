@@ -1,6 +1,9 @@
 """``custom_data.order_id`` is read by one function, :func:`capirelay.orders.order_id_of`, for
 the order ledger (on the prepared wire payload) and for a rejected webhook event's receipt
-(on the mapped event, which has no wire payload): both must name the same order."""
+(on the mapped event, which has no wire payload): both must name the same order.  That the
+receipt is keyed by this reading is tested end to end in
+tests/sources/test_webhooks_gateway.py
+(test_a_rejected_webhook_events_receipt_is_found_by_order_id_of_the_event)."""
 
 from __future__ import annotations
 
@@ -10,8 +13,6 @@ import pytest
 
 from capirelay.events._prepare import prepare_wire
 from capirelay.orders import order_id_of
-from capirelay.outbox.receipts import order_key as receipt_order_key
-from capirelay.server import routes_webhooks
 
 
 def _event(order_id: Any) -> dict[str, Any]:
@@ -53,9 +54,3 @@ def test_the_mapped_event_and_its_wire_payload_name_the_same_order(
 def test_no_custom_data_or_not_an_object_is_no_order() -> None:
     assert order_id_of({"event_name": "Purchase"}) is None
     assert order_id_of({"custom_data": "1001"}) is None
-
-
-def test_the_webhook_receipt_reads_the_order_id_through_the_same_function() -> None:
-    # The receipt of a rejected webhook event is found by the order id a search types.
-    assert not hasattr(routes_webhooks, "_order_id")
-    assert receipt_order_key(order_id_of(_event(" 1001 "))) == receipt_order_key("1001")

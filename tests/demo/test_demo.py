@@ -6,11 +6,15 @@ import logging
 import re
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
+from capirelay import demo
 from capirelay.demo import DemoOptions, run_demo, shop_page
+from capirelay.emulator.faults import Fault, FaultKind
+from capirelay.ops.diagnostics import DiagnosticsRunner
 
 
 def _free_port() -> int:
@@ -75,3 +79,47 @@ async def test_once_runs_meta_diagnostics_and_the_demo_traffic_passes_them(
     assert warnings == []
     delivered = text.split("delivered to the emulator", 1)[1]
     assert '"fbc"' in delivered
+
+
+async def test_once_fails_and_names_the_check_when_a_meta_diagnostics_check_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--once exited 0 whatever the diagnostics found: a smoke test that cannot fail."""
+
+    class FailingCheck(demo.TracingEmulatorState):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.faults.add(
+                Fault(FaultKind.DA_CHECK_FAILED, check="pixel_decline", message="Events dropped")
+            )
+
+    monkeypatch.setattr(demo, "TracingEmulatorState", FailingCheck)
+    console = Console(record=True, width=400)
+    options = DemoOptions(port=_free_port(), db_path=tmp_path / "demo.db", once=True)
+    assert await run_demo(options, console) == 1
+    text = console.export_text()
+    assert "delivered to the emulator" in text
+    assert "Meta diagnostics: 1 check failing: pixel_decline (" in text
+    assert "Events dropped" in text
+    assert "the sample event was delivered" in text
+    assert "no check failing" not in text
+
+
+async def test_once_reports_a_diagnostics_run_that_raises_after_the_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error other than Graph's from run_once crashed --once after a good delivery."""
+
+    async def broken(self: DiagnosticsRunner) -> None:
+        raise RuntimeError("the meta store is gone")
+
+    monkeypatch.setattr(DiagnosticsRunner, "run_once", broken)
+    console = Console(record=True, width=400)
+    options = DemoOptions(port=_free_port(), db_path=tmp_path / "demo.db", once=True)
+    assert await run_demo(options, console) == 1
+    text = console.export_text()
+    assert "delivered to the emulator" in text
+    assert (
+        "Meta diagnostics could not run (RuntimeError: the meta store is gone); "
+        "the sample event was delivered (above)"
+    ) in text

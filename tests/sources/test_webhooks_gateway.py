@@ -23,6 +23,7 @@ from capirelay.delivery.engine import DeliveryEngine
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.metrics import Metrics
 from capirelay.ops.trace import iso, status_of, story
+from capirelay.orders import order_id_of
 from capirelay.outbox import NewEvent, SQLiteOutbox, open_outbox
 from capirelay.outbox.receipts import MetaAnswer, TraceRecord
 from capirelay.server import create_app
@@ -679,6 +680,67 @@ async def test_storage_failure_is_503_so_the_vendor_retries(
             response = await http.post("/v1/webhooks/shop", content=body, headers=headers)
             assert response.status_code == 503
             assert response.json()["error"]["code"] == "storage_unavailable"
+    finally:
+        await outbox.close()
+
+
+RAW_ORDER_MAPPING = """
+[[event]]
+name = "order"
+[event.set]
+event_name = "Purchase"
+action_source = "system_generated"
+[event.map]
+event_id = { path = "id", transform = "str", format = "raw:{}:Purchase" }
+event_time = "time"
+custom_data.order_id = "order_id"
+"""
+
+
+@pytest.mark.parametrize(
+    "order_id", [1001, 1001.0, 1001.5, "  A-1001 ", "A 1001", "1001"], ids=repr
+)
+async def test_a_rejected_webhook_events_receipt_is_found_by_order_id_of_the_event(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order_id: Any
+) -> None:
+    """The receipt of a webhook event rejected at ingest (no wire payload) is keyed by the
+    order id :func:`capirelay.orders.order_id_of` reads from the mapped event, the reading
+    the ledger uses: a number as its text, surrounding blanks not part of it."""
+    mapping = tmp_path / "raw.toml"
+    mapping.write_text(RAW_ORDER_MAPPING, encoding="utf-8")
+    monkeypatch.setenv(secret_env("raw"), SECRETS["crm"])
+    hook = WebhookSettings(
+        preset="mapping", pixel_id=PIXEL_ID, secret=Secret(env=secret_env("raw")), mapping=mapping
+    )
+    raw_settings = gateway_settings(tmp_path / "raw.db", settings.graph_url, webhooks={"raw": hook})
+    outbox = SQLiteOutbox(tmp_path / "raw.db")
+    await outbox.open()
+    event_id = f"raw:{unique_id()}:Purchase"
+    # Ten days old: refused at ingest, so only the mapped event names the order.
+    payload = {
+        "id": event_id.split(":")[1],
+        "time": int(time.time() - 10 * DAY),
+        "order_id": order_id,
+    }
+    app = create_app(
+        raw_settings, outbox=outbox, engine=DeliveryEngine(outbox, raw_settings, Metrics())
+    )
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
+            ) as http,
+        ):
+            body = json.dumps(payload).encode()
+            headers = SIGNERS["mapping"](body, SECRETS["crm"], time.time(), "")
+            response = await http.post("/v1/webhooks/raw", content=body, headers=headers)
+        [result] = response.json()["results"]
+        assert (result["event_id"], result["status"]) == (event_id, "rejected"), result
+        mapped = {"custom_data": {"order_id": order_id}}
+        reading = order_id_of(mapped)
+        assert reading == str(order_id).strip()
+        assert await outbox.event_ids_for_order(reading) == [event_id]
     finally:
         await outbox.close()
 

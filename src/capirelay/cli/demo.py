@@ -20,7 +20,12 @@ def demo_command(
         "capirelay-demo.db"
     ),
     once: Annotated[
-        bool, typer.Option("--once", help="Send one sample event, show it delivered, exit.")
+        bool,
+        typer.Option(
+            "--once",
+            help="Send one sample event, show it delivered, run Meta diagnostics once, "
+            "exit (1 if a check fails).",
+        ),
     ] = False,
 ) -> None:
     """Gateway + local Graph API emulator + a demo shop page, all on this machine.

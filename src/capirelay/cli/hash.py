@@ -11,12 +11,15 @@ ambiguous date, a name or city that lost characters, an extension cut off.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from capirelay.cli._output import error, warning
+
+if TYPE_CHECKING:
+    from phonenumbers import PhoneNumber
 
 __all__ = ["hash_command", "lossy_warnings"]
 
@@ -30,14 +33,18 @@ _TWO_DIGIT_YEAR = re.compile(r"(^|\D)\d{1,2}\D+\d{1,2}\D+\d{2}\s*$")
 
 def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -> list[str]:
     """Why ``value`` -> ``normalized`` may not be what the other side hashed (wire ``key``)."""
-    from capirelay.events._user_data import written_without_country_code
+    from capirelay.events._user_data import missing_country_code
 
     warnings: list[str] = []
     if key == "ph":
         # The same test ingest's phone_without_country_code warning makes: "16505551212"
-        # already carries its country code (Meta's own documented example), "4798570523"
-        # is a US number without its 1 though it also reads as Norway's +47 98570523.
-        if country is None and written_without_country_code(value):
+        # already carries its country code (Meta's own documented example), "6505551212"
+        # does not, "4798570523" reads both as a US number without its 1 and as Norway's
+        # +47 98570523 written without the "+".
+        doubt = missing_country_code(value) if country is None else None
+        if doubt is not None and doubt.as_written is not None:
+            warnings.append(_two_readings(value, doubt.as_written, doubt.country()))
+        elif doubt is not None:
             warnings.append(
                 "this phone number looks like it has no country code and no --country was "
                 "given: it was hashed as the digits written, which never match Meta's if the "
@@ -71,6 +78,27 @@ def lossy_warnings(key: str, value: str, normalized: str, country: str | None) -
         if any(ch.isdigit() for ch in normalized):
             warnings.append("the value contains digits: names and cities normally have none")
     return warnings
+
+
+def _two_readings(value: str, as_written: PhoneNumber, country: str | None) -> str:
+    """The warning for ten digits that are a US number without its 1 and also another
+    country's number written with its code (how they were hashed): both readings, named
+    from the value the user typed (this is their terminal, where the value is printed)."""
+    import phonenumbers
+
+    digits = "".join(ch for ch in value if ch.isdigit())
+    international = phonenumbers.format_number(
+        as_written, phonenumbers.PhoneNumberFormat.INTERNATIONAL
+    )
+    us = phonenumbers.format_number(
+        phonenumbers.parse(digits, "US"), phonenumbers.PhoneNumberFormat.NATIONAL
+    )
+    return (
+        f"this phone number reads two ways and no --country was given: as {international}"
+        f"{f' ({country})' if country else ''}, written with its country code, or as the US number "
+        f"{us} without its 1; it was hashed as the first. If it is a US number, write +1 ... "
+        "or pass --country US (the hash changes)"
+    )
 
 
 def _state_warnings(normalized: str, country: str | None) -> list[str]:

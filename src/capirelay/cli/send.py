@@ -157,8 +157,10 @@ def _check(index: int, raw: Any, default_country: str | None) -> Checked:
             ):
                 item.errors.append(f"{problem.field}: {problem.message}")
         return item
-    # As ingest reports it: a user_data emptied by dropped values names them, not "missing".
-    _sort(item, explain_dropped_user_data(wire.problems + validate_event(wire.payload)))
+    # As ingest reports it: a user_data emptied by dropped values names them, not "missing";
+    # the drop warnings that error repeats are not printed a second time.
+    problems = wire.problems + validate_event(wire.payload)
+    _sort(item, explain_dropped_user_data(problems, keep_dropped=False))
     item.payload = wire.payload
     return item
 

@@ -18,7 +18,8 @@ commands can look at the demo's queue: ``capirelay dlq list --config capirelay-d
 
 ``--once`` sends the sample event, waits until the emulator has it, runs the
 gateway's Meta diagnostics once (what the running demo does a minute after
-start) and exits (used by the test suite and handy as a smoke test).
+start) and exits (used by the test suite and handy as a smoke test): 1 when the
+event was not delivered, a check fails (named) or the diagnostics could not run.
 """
 
 from __future__ import annotations
@@ -444,7 +445,7 @@ async def _run(
             console.print("--once: waiting for the sample event to reach the emulator, then exit")
             code = await _wait_for_delivery(client, emulator_url, console)
             if code == 0:
-                await _diagnose_once(app, console)
+                code = await _diagnose_once(app, console)
             return code
         console.print(f"Open {shop_url(url)} and press Buy; Ctrl-C stops the demo.", soft_wrap=True)
         _flush(console)
@@ -501,18 +502,46 @@ def _add_demo_routes(app: Any, recorder: OutcomeRecorder) -> None:
     app.add_route("/demo/outcome/{event_id}", outcome, methods=["GET"])
 
 
-async def _diagnose_once(app: Any, console: Console) -> None:
-    """One run of the gateway's Meta diagnostics against the emulator (``--once``)."""
+async def _diagnose_once(app: Any, console: Console) -> int:
+    """One run of the gateway's Meta diagnostics against the emulator (``--once``): 0 when
+    it ran and no check fails, else 1, saying which check failed or why it did not run.
+    The sample event was delivered by then, and the message says so."""
     runner = app.state.diagnostics
     if runner is None:
-        return
-    runs = await runner.run_once() or []
-    failing = sorted(check.key for run in runs for check in run.checks if check.failing)
-    console.print(
-        "Meta diagnostics: " + (", ".join(failing) + " failing" if failing else "no check failing"),
-        soft_wrap=True,
-        highlight=False,
-    )
+        return 0
+    delivered = "the sample event was delivered (above)"
+    try:
+        runs = await runner.run_once()
+    except Exception as exc:  # any failure is reported; the delivery still stands
+        _say(console, f"Meta diagnostics could not run ({type(exc).__name__}: {exc}); {delivered}")
+        return 1
+    if runs is None:
+        _say(
+            console,
+            "Meta diagnostics did not run: another capirelay process using this database "
+            f"holds their schedule; {delivered}",
+        )
+        return 1
+    checks = [check for run in runs for check in run.checks if check.failing]
+    failing = sorted({f"{check.key} ({check.title}: {check.message})" for check in checks})
+    errors = [f"{step}: {why}" for run in runs for step, why in run.errors.items()]
+    if not failing and not errors:
+        _say(console, "Meta diagnostics: no check failing")
+        return 0
+    if failing:
+        n = len(failing)
+        _say(
+            console,
+            f"Meta diagnostics: {n} check{'s' if n > 1 else ''} failing: " + "; ".join(failing),
+        )
+    if errors:
+        _say(console, "Meta diagnostics: could not run " + "; ".join(errors))
+    _say(console, f"--once fails on that; {delivered}")
+    return 1
+
+
+def _say(console: Console, text: str) -> None:
+    console.print(text, soft_wrap=True, highlight=False, markup=False)
 
 
 async def _wait_for_delivery(client: httpx.AsyncClient, emulator_url: str, console: Console) -> int:

@@ -28,11 +28,13 @@ Wire-form choices:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import phonenumbers
+import pycountry
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from capirelay.meta_facts import SINGLE_VALUE_HASHED_KEYS, UNHASHED_USER_DATA_KEYS
@@ -242,15 +244,15 @@ def wire_user_data(
                 out[name] = value
         elif value is not None:
             out[name] = value
-    if region is None and "ph" in out and _phone_lacks_country_code(values, multi):
-        problems.append(PHONE_WITHOUT_COUNTRY_CODE)
+    if region is None and "ph" in out:
+        doubt = _phone_country_code_warning(values, multi)
+        if doubt is not None:
+            problems.append(doubt)
     return out
 
 
 # Meta requires the country code in ph.  Without a country to complete a national number
 # the digits are sent as given (they may still match), and the sender is told how to fix it.
-# The number may also be another country's, written with its code but no "+" (a US
-# number's ten digits can read so): the message says "looks like", not "has no".
 PHONE_WITHOUT_COUNTRY_CODE: Final = warning(
     "phone_without_country_code",
     "user_data.ph",
@@ -261,38 +263,98 @@ PHONE_WITHOUT_COUNTRY_CODE: Final = warning(
 )
 
 
-def _phone_lacks_country_code(values: Mapping[str, Any], multi: Sequence[tuple[str, str]]) -> bool:
+@functools.lru_cache(maxsize=64)
+def _phone_reads_two_ways(countries: tuple[str, ...]) -> Problem:
+    """The ``phone_without_country_code`` warning for ten digits that read both as a US number
+    without its 1 and as another country's number with its code (``countries``: "+47
+    (Norway)"), which is how they were hashed.  Names the country code, never the number."""
+    return warning(
+        "phone_without_country_code",
+        "user_data.ph",
+        "user_data.ph reads two ways and the event has no country to tell which: as a number "
+        f"written with its country code, {' or '.join(countries)}, which is how it was hashed "
+        "and sent, or as a US number without its 1, which would not match. If it is a US "
+        "number, send it with its country code (+1 ...); set the event's country or the "
+        "pixel's default_country to stop the guessing.",
+    )
+
+
+def _phone_country_code_warning(
+    values: Mapping[str, Any], multi: Sequence[tuple[str, str]]
+) -> Problem | None:
     for name, key in multi:
         if key == "ph":
             phones = values[name]
             listed = [phones] if type(phones) is str else phones or []
-            return any(type(p) is str and written_without_country_code(p) for p in listed)
-    return False
+            doubts = [missing_country_code(p) for p in listed if type(p) is str]
+            found = [d for d in doubts if d is not None]
+            if not found:
+                return None
+            if any(d.as_written is None for d in found):
+                return PHONE_WITHOUT_COUNTRY_CODE
+            return _phone_reads_two_ways(tuple(dict.fromkeys(d.country_code() for d in found)))
+    return None
 
 
-def written_without_country_code(phone: str) -> bool:
-    """True for a phone that is neither hashed nor, by its likelier reading, written with
-    its country code: the test behind ingest's ``phone_without_country_code`` warning and
-    ``capirelay hash ph``'s, asked only when no country is known.
+@dataclasses.dataclass(frozen=True, slots=True)
+class MissingCountryCode:
+    """A phone that looks written without its country code (:func:`missing_country_code`).
+
+    ``as_written`` is set when its digits also form a valid number read with a country
+    code, which is how they are hashed without a country: ten digits such as
+    ``4798570523`` are the US number (479) 857-0523 without its 1 *or* Norway's
+    +47 98 57 05 23 written without the ``+``.  It is ``None`` when the digits read only
+    as a national number (``6505551212``, ``020 7946 0958``).
+    """
+
+    as_written: phonenumbers.PhoneNumber | None = None
+
+    def country(self) -> str | None:
+        """The country of ``as_written`` (``Norway``), when it has one."""
+        if self.as_written is None:
+            return None
+        found = pycountry.countries.get(
+            alpha_2=phonenumbers.region_code_for_number(self.as_written) or ""
+        )
+        return str(getattr(found, "common_name", None) or found.name) if found else None
+
+    def country_code(self) -> str:
+        """``+47 (Norway)``: the country code ``as_written`` starts with, and its country."""
+        if self.as_written is None:
+            return ""
+        code = f"+{self.as_written.country_code}"
+        name = self.country()
+        return f"{code} ({name})" if name else code
+
+
+def missing_country_code(phone: str) -> MissingCountryCode | None:
+    """Why ``phone`` looks written without its country code, or ``None`` when it does not
+    (hashed, or written with its code): the test behind ingest's
+    ``phone_without_country_code`` warning and ``capirelay hash ph``'s, asked only when no
+    country is known.
 
     Written internationally means a leading ``+``/``00``, or digits that already form a
     valid number when read with a country code (``16505551212``), unless they are ten
     digits that also form a valid US number: ``(479) 857-0523`` reads as +47 98570523 in
-    Norway, as one in nine US numbers read as some country's, and the likelier reading is
-    a US number missing its 1.  Validity is only a hint here, so ageing allocation
-    metadata can at worst add a warning.
+    Norway, as one in nine US numbers read as some country's, and for many countries'
+    numbers written with their code but no ``+`` (``3212345678``, Belgium's
+    +32 12 34 56 78) the reverse holds.  Nothing tells the two apart, so such a phone is a
+    :class:`MissingCountryCode` that carries both readings.  Validity is only a hint
+    here, so ageing allocation metadata can at worst add a warning.
     """
     text = phone.strip()
     if not text or (len(text) >= _SHA256_LENGTH and is_hashed(text)):
-        return False
+        return None
     if text.lstrip("( ").startswith("+") or text.startswith("00"):
-        return False
+        return None
     digits = "".join(ch for ch in text if ch.isdigit())
     try:
         number = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException:
-        return True
-    return not phonenumbers.is_valid_number(number) or _valid_us_national(digits)
+        return MissingCountryCode()
+    if not phonenumbers.is_valid_number(number):
+        return MissingCountryCode()
+    return MissingCountryCode(number) if _valid_us_national(digits) else None
 
 
 def _valid_us_national(digits: str) -> bool:
@@ -388,42 +450,84 @@ _EMPTY_USER_DATA_CODES: Final = frozenset({"missing_field", "missing_user_data"}
 _THIN_USER_DATA_CODE: Final = "insufficient_customer_info"
 
 
-def explain_dropped_user_data(problems: list[Problem]) -> list[Problem]:
+def explain_dropped_user_data(
+    problems: list[Problem], *, keep_dropped: bool = True
+) -> list[Problem]:
     """``problems`` with the errors that find ``user_data`` missing, empty or too thin told
-    again with the values normalization dropped from it: the field, why and the fix.
+    again with the values normalization dropped from it: each field once, how many of its
+    values, why and the fix.
 
     An event whose only e-mail could not be normalized reaches validation without
     ``user_data``; "user_data is required" would send its sender looking for a field
     they did send.  The error keeps its code and field (what Meta would refuse), and
-    ``problems`` comes back as is when nothing was dropped.  Ingest and ``capirelay
+    ``problems`` comes back as is when nothing was dropped.  The error stands alone (a
+    webhook's rejection receipt keeps only errors), so it repeats what the drop warnings
+    say, once per field; ``keep_dropped=False`` leaves those warnings out when an error
+    told them (``capirelay send`` prints both on one screen).  Ingest and ``capirelay
     send`` both pass their wire and rule problems through here.
     """
-    dropped = [
-        p.message for p in problems if p.code in _DROPPED_CODES and p.field.startswith("user_data.")
-    ]
+    dropped = [p for p in problems if p.code in _DROPPED_CODES and p.field.startswith("user_data.")]
     if not dropped:
         return problems
-    what = " ".join(dropped)
+    head, details, several = _dropped_summary(dropped)
     out: list[Problem] = []
+    told = False
     for problem in problems:
         if problem.is_error and problem.field == "user_data":
             if problem.code in _EMPTY_USER_DATA_CODES:
+                told = True
                 problem = error(
                     problem.code,
                     "user_data",
-                    "user_data was given but none of its values could be used: "
-                    f"{what} Fix {'that value' if len(dropped) == 1 else 'those values'}, "
-                    "or add another customer information parameter (em, ph, external_id, "
-                    "client_ip_address with client_user_agent, fbc, fbp...).",
+                    f"user_data was given but none of its values could be used: {head}. "
+                    f"Fix {'them' if several else 'it'}, or add another customer information "
+                    "parameter (em, ph, external_id, client_ip_address with "
+                    f"client_user_agent, fbc, fbp...). {details}",
                 )
             elif problem.code == _THIN_USER_DATA_CODE:
+                told = True
                 problem = error(
                     problem.code,
                     "user_data",
-                    f"{problem.message}, or fix what was dropped from it: {what}",
+                    f"{problem.message}, or fix what was dropped from it: {head}. {details}",
                 )
         out.append(problem)
+    if told and not keep_dropped:
+        out = [p for p in out if p not in dropped]
     return out
+
+
+def _dropped_summary(dropped: list[Problem]) -> tuple[str, str, bool]:
+    """What was dropped, compactly: the fields, each once with how many of its values
+    (``user_data.em (3 values) and user_data.ph could not be normalized and were
+    dropped``); then each field's distinct reasons and its fix, once; and whether more
+    than one value was dropped.  The fields come first: a receipt keeps 500 characters."""
+    reasons: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    for problem in dropped:
+        key = problem.field.removeprefix("user_data.")
+        counts[key] = counts.get(key, 0) + 1
+        reason = _dropped_reason(key, problem.message)
+        listed = reasons.setdefault(key, [])
+        if reason is not None and reason not in listed:
+            listed.append(reason)
+    names = [f"user_data.{key}" + (f" ({n} values)" if n > 1 else "") for key, n in counts.items()]
+    several = len(dropped) > 1
+    named = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    head = f"{named} could not be normalized and {'were' if several else 'was'} dropped"
+    details = " ".join(
+        f"user_data.{key}: {'; '.join([*reasons[key], _FIXES[key][1]])}." for key in counts
+    )
+    return head, details, several
+
+
+def _dropped_reason(key: str, message: str) -> str | None:
+    """The reason in a :func:`normalization_problem` message, which names no value."""
+    head = f"user_data.{key} could not be normalized ("
+    tail = f") and was dropped; {_FIXES[key][1]}." if key in _FIXES else None
+    if tail is None or not (message.startswith(head) and message.endswith(tail)):
+        return None
+    return message[len(head) : -len(tail)]
 
 
 @functools.cache

@@ -51,10 +51,11 @@
     }
   }
 
-  // The page's first-party _fbp/_fbc (the pixel's when it ran first). When missing they are written
-  // on the page's own domain as the pixel does, so every beacon of the visit carries one fbp even
-  // when the gateway is on another site and cannot set the page's cookies. The gateway's grammar
-  // (browser_ids FBP_RE/FBC_RE): an appendix is 8 characters or a builder's 2-char language token.
+  // The page's first-party _fbp/_fbc (the pixel's when it ran first), never rewritten: one the
+  // gateway would refuse is left out (browser_ids FBP_RE/FBC_RE: an appendix is 8 chars or a
+  // builder's 2-char language token). When missing (_fbc: or of an older click) they are written
+  // on the page's own domain as the pixel does, so every beacon of the visit carries one fbp
+  // even when the gateway is on another site and cannot set the page's cookies.
   var FBP = /^fb\.\d{1,3}\.\d{1,16}\.\d{1,20}(\.([\w-]{8}|AQ|Ag|Aw|BA|BQ|Bg))?$/,
     FBC = /^fb\.\d{1,3}\.\d{1,16}\.[\w-]+(\.([\w-]{8}|AQ|Ag|Aw|BA|BQ|Bg))?$/;
   var memo = {};
@@ -74,14 +75,16 @@
     return v; // cookies blocked: still one value for this page
   }
   function browserIds() {
-    var now = new Date().getTime(), fbp = cookie("_fbp") || memo.fbp, fbc = cookie("_fbc") || memo.fbc;
-    if (!FBP.test(fbp || "")) {
+    var now = new Date().getTime(), fbp = cookie("_fbp") || memo.fbp, fbc = cookie("_fbc") || memo.fbc, ids = {};
+    if (!fbp) {
       fbp = memo.fbp = setCookie("_fbp", function (i) { return "fb." + i + "." + now + "." + Math.floor(Math.random() * 2147483647); });
     }
-    if (urlClick && (!FBC.test(fbc || "") || fbc.split(".")[3] !== urlClick)) {
+    if (urlClick && (!fbc || fbc.split(".")[3] !== urlClick)) {
       fbc = memo.fbc = setCookie("_fbc", function (i) { return "fb." + i + "." + now + "." + urlClick; });
     }
-    return FBC.test(fbc || "") ? { fbp: fbp, fbc: fbc } : { fbp: fbp };
+    if (FBP.test(fbp)) { ids.fbp = fbp; }
+    if (FBC.test(fbc)) { ids.fbc = fbc; }
+    return ids;
   }
 
   function putIfAny(body, name, o) { for (var k in o) { if (o.hasOwnProperty(k)) { body[name] = o; return; } } }
