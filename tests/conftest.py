@@ -18,6 +18,9 @@ Outbox: ``outbox`` is an open outbox on ``backend`` (a SQLite file ``outbox.db``
 suite; a directory that wants SQLite's faster ``synchronous=NORMAL`` overrides
 ``sqlite_synchronous``.  Waiting for a condition: ``tests/waiting.py``.
 
+Browser: ``browser`` is Debian's headless Chromium, launched once per module
+(``tests/chromium.py``).
+
 Emulator: ``emulator`` is a live Graph API emulator on a loopback port serving the
 pixels of ``emulator_data`` (directories needing other pixels or a wider scope
 override it), ``http`` a client for it.
@@ -36,11 +39,13 @@ from urllib.parse import quote
 import httpx
 import psycopg
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from capirelay.emulator import RunningEmulator, run_emulator
 from capirelay.outbox import Outbox, SQLiteOutbox
 from capirelay.outbox.memory import InMemoryOutbox
 from capirelay.outbox.postgres import PostgresOutbox
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from emulator_data import OTHER_PIXEL, OTHER_TOKEN, PIXEL, TOKEN, make_event
 
 POSTGRES_SERVER_URL = os.environ.get(
@@ -174,3 +179,16 @@ def emulator() -> Iterator[RunningEmulator]:
 def http(emulator: RunningEmulator) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=emulator.url, timeout=5.0) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, for one module's tests (``tests/chromium.py``)."""
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()

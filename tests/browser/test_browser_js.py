@@ -14,16 +14,13 @@ one of an older click, as the pixel does).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed"),
-]
+from chromium import NEEDS_CHROMIUM
+
+pytestmark = NEEDS_CHROMIUM
 
 from playwright.sync_api import BrowserContext, Route  # noqa: E402
 

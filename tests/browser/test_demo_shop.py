@@ -25,11 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed"),
-]
+from chromium import NEEDS_CHROMIUM
+
+pytestmark = NEEDS_CHROMIUM
 
 from playwright.sync_api import Browser, BrowserContext, Page  # noqa: E402
 

@@ -14,35 +14,27 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from chromium import NEEDS_CHROMIUM
 from waiting import wait_for
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed"),
-]
+pytestmark = NEEDS_CHROMIUM
 
-from playwright.sync_api import Page, Route, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, Route  # noqa: E402
 
 from capirelay import mint_beacon_token  # noqa: E402
 from capirelay.config import PixelSettings, Secret  # noqa: E402
 from capirelay.emulator.testing import RunningEmulator, run_emulator  # noqa: E402
 from capirelay.server import create_app  # noqa: E402
+from chromium import SHOPPER_UA  # noqa: E402
 from server.conftest import gateway_settings, serve_in_thread  # noqa: E402
 
 PIXEL_ID = "1234567890"
 ACCESS_TOKEN = "browser-test-access-token"
 SECRET = "browser-test-beacon-secret"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SHOPPER_UA = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/120.0.0.0 Safari/537.36"
-)
 
 
 @pytest.fixture(scope="module")
@@ -72,28 +64,24 @@ def gateway(emulator: RunningEmulator, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def page(gateway: str) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        context = browser.new_context(user_agent=SHOPPER_UA)
-        shop_page = context.new_page()
-        html = (
-            f'<html><body><script src="/capirelay.js" data-pixel-id="{PIXEL_ID}">'
-            "</script></body></html>"
-        )
+def page(browser: Browser, gateway: str) -> Iterator[Page]:
+    context = browser.new_context(user_agent=SHOPPER_UA)
+    shop_page = context.new_page()
+    html = (
+        f'<html><body><script src="/capirelay.js" data-pixel-id="{PIXEL_ID}">'
+        "</script></body></html>"
+    )
 
-        def thank_you(route: Route) -> None:
-            route.fulfill(status=200, content_type="text/html", body=html)
+    def thank_you(route: Route) -> None:
+        route.fulfill(status=200, content_type="text/html", body=html)
 
-        shop_page.route(f"{gateway}/thank-you", thank_you)
-        shop_page.goto(f"{gateway}/thank-you")
-        shop_page.wait_for_function("window.capirelay && window.capirelay.version")
-        try:
-            yield shop_page
-        finally:
-            browser.close()
+    shop_page.route(f"{gateway}/thank-you", thank_you)
+    shop_page.goto(f"{gateway}/thank-you")
+    shop_page.wait_for_function("window.capirelay && window.capirelay.version")
+    try:
+        yield shop_page
+    finally:
+        context.close()
 
 
 def refused(gateway: str, code: str) -> float:

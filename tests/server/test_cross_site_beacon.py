@@ -17,12 +17,11 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
@@ -32,23 +31,15 @@ from capirelay.browser_ids import parse_fbc, parse_fbp
 from capirelay.config import PixelSettings, Secret
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.server import create_app
+from chromium import NEEDS_CHROMIUM, SHOPPER_UA
 from waiting import wait_for
 
 from .conftest import PIXEL_ID, TOKEN_ENV, gateway_settings, serve_in_thread
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-SHOPPER_UA = (
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/120.0.0.0 Safari/537.36"
-)
 PIXEL_FBP = "fb.0.1764700000000.424242424"
 CLICK_ID = "IwAR2xLmB0fbclidFromAnAd_-9"
 
-needs_chromium = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed"),
-]
+needs_chromium = NEEDS_CHROMIUM
 
 # The page: a recording fbq (stands in for the pixel and keeps what it was given),
 # optionally the pixel's own _fbp cookie written before the snippet runs (the pixel
@@ -68,18 +59,6 @@ class Servers:
     page_port: int
     gateway_url: str
     emulator: RunningEmulator
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")
