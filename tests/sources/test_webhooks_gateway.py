@@ -8,7 +8,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -647,22 +648,31 @@ def test_webhook_outcomes_are_counted(client: httpx.Client) -> None:
 # Storage failure and start-up checks (in process)
 
 
+@asynccontextmanager
+async def idle_gateway(
+    settings: Settings, outbox: SQLiteOutbox
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway on ``outbox`` through ASGI, its lifespan running, with an engine the app
+    does not start: nothing drains the outbox, so what storage holds is what the test
+    and its requests wrote."""
+    app = create_app(settings, outbox=outbox, engine=DeliveryEngine(outbox, settings, Metrics()))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
+        ) as http,
+    ):
+        yield http
+
+
 async def test_storage_failure_is_503_so_the_vendor_retries(
     settings: Settings, tmp_path: Path
 ) -> None:
     # A 256 KiB quota stands in for a full disk: SQLite answers SQLITE_FULL past it.
     outbox = SQLiteOutbox(tmp_path / "full.db", max_bytes=256 * 1024)
     await outbox.open()
-    # An engine the app does not start: nothing drains the outbox while it fills.
-    idle_engine = DeliveryEngine(outbox, settings, Metrics())
-    app = create_app(settings, outbox=outbox, engine=idle_engine)
     try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
-            ) as http,
-        ):
+        async with idle_gateway(settings, outbox) as http:  # nothing drains it while it fills
             # Big batches until one does not fit, then single small events until none does:
             # what is left is smaller than the webhook's event.
             for size, padding in ((100, 2000), (1, 200)):
@@ -722,16 +732,8 @@ async def test_a_rejected_webhook_events_receipt_is_found_by_order_id_of_the_eve
         "time": int(time.time() - 10 * DAY),
         "order_id": order_id,
     }
-    app = create_app(
-        raw_settings, outbox=outbox, engine=DeliveryEngine(outbox, raw_settings, Metrics())
-    )
     try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
-            ) as http,
-        ):
+        async with idle_gateway(raw_settings, outbox) as http:
             body = json.dumps(payload).encode()
             headers = SIGNERS["mapping"](body, SECRETS["crm"], time.time(), "")
             response = await http.post("/v1/webhooks/raw", content=body, headers=headers)
@@ -766,15 +768,8 @@ async def test_an_order_delivered_then_resent_past_metas_window_is_told_as_deliv
     [leased] = await outbox.lease(PIXEL_ID, limit=1, lease_seconds=30, now=paid)
     answer = MetaAnswer(fbtrace_id="Fpaid", events_received=1, sent_at=paid + 1)
     await outbox.ack_delivered([leased.id], now=paid + 2, answer=answer, lease_id=leased.lease_id)
-    # An engine the app does not start: what storage holds is what the test wrote.
-    app = create_app(settings, outbox=outbox, engine=DeliveryEngine(outbox, settings, Metrics()))
     try:
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://gateway.test"
-            ) as http,
-        ):
+        async with idle_gateway(settings, outbox) as http:
             body = json.dumps(order).encode()
             headers = SIGNERS["shopify"](body, SECRETS["shop"], time.time(), "orders/paid")
             response = await http.post("/v1/webhooks/shop", content=body, headers=headers)
