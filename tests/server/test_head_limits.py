@@ -332,8 +332,15 @@ def test_a_chunked_bodys_trailer_counts_against_the_head_limits(
             pass
         answer = read_to_end(conn)
     assert sent < STREAMED
-    # The request's own answer may go out first (its head was within the limits).
-    assert b"431" in answer.split(b"\r\n", 1)[0] or b"HTTP/1.1 431" in answer, answer[:300]
+    # The request's own head was within the limits, so its answer may be under way when the
+    # trailer goes over them: then that answer goes out with "connection: close" and
+    # nothing more is read (head_limits._refuse); once it is complete, a 431 follows it.
+    # Either way the connection ends long before the trailer does (sent < STREAMED).
+    status = answer.split(b"\r\n", 1)[0]
+    closed_after_own_answer = (
+        status == b"HTTP/1.1 200 OK" and b"\r\nconnection: close\r\n" in answer.lower()
+    )
+    assert b"431" in status or b"HTTP/1.1 431" in answer or closed_after_own_answer, answer[:300]
 
 
 @pytest.mark.parametrize("key", [KEY, "wrong-key"], ids=["read", "refused-unread"])
