@@ -136,14 +136,21 @@ def _undercount_check(result: Reconciliation) -> CheckResult:
     )
     tolerance = f"tolerance {result.tolerance:.0%}"
     if result.undercount:
+        short = [t for t in result.by_event_name() if t.unexplained]
+        named = "; ".join(
+            f"{t.event_name}: {t.acknowledged} acknowledged, {t.server} counted, "
+            f"{t.deduplicated} deduplicated, {t.unexplained} missing"
+            for t in short[:3]
+        ) + (f"; and {len(short) - 3} more event names" if len(short) > 3 else "")
         return CheckResult(
             UNDERCOUNT,
             "reconciliation",
             True,
             "failed",
             "Meta counts fewer server events than it acknowledged",
-            f"{counted}: {result.unexplained} ({result.unexplained_ratio:.1%}) missing beyond "
-            f"what deduplication could explain ({tolerance})",
+            f"{result.unexplained} events ({result.unexplained_ratio:.1%} of "
+            f"{result.acknowledged} acknowledged in settled hours) missing beyond what "
+            f"deduplication could explain ({tolerance}). {named}",
         )
     if result.gap_within_dedup:
         return CheckResult(

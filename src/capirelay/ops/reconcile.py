@@ -23,9 +23,12 @@ hours:
   the deduplicated count (``unexplained``) exceeds ``tolerance`` of what was
   acknowledged (and at least ``min_events`` were acknowledged, so one lost event
   in a quiet hour is not an alert): no reading of dedup explains it.  The gap is
-  weighed row by row, each (hour, event name) against its own deduplicated
-  count: dedup of one event (PageViews reloaded, another sender's copies) never
-  explains a gap in another (Purchases lost), nor an hour another hour's;
+  weighed per event name over the compared hours, each name's acknowledged
+  events against its own server and deduplicated counts: dedup of one event
+  (PageViews reloaded, another sender's copies) never explains a gap in another
+  (Purchases lost), while an event capirelay counted in one hour and Meta in the
+  next (a reply that came after the hour ended, a backlog sent late, if Meta
+  buckets by ``event_time``) is no gap;
 * a gap over ``tolerance`` but within the deduplicated count is
   ``gap_within_dedup``: said, not alarmed, since it may be dedup working or a
   loss of up to that many events, and only the dedup rate tells which.
@@ -115,12 +118,28 @@ class Reconciliation:
     def gap_ratio(self) -> float:
         return self.gap / self.acknowledged if self.acknowledged else 0.0
 
+    def by_event_name(self) -> list[HourRow]:
+        """Each event name's counts summed over the compared hours (``hour`` is the first of
+        them), the names with the largest unexplained gap first."""
+        totals: dict[str, HourRow] = {}
+        for row in self.rows:
+            if not row.compared:
+                continue
+            total = totals.get(row.event_name)
+            if total is None:
+                total = totals[row.event_name] = HourRow(row.hour, row.event_name, compared=True)
+            total.acknowledged += row.acknowledged
+            total.server += row.server
+            total.browser += row.browser
+            total.deduplicated += row.deduplicated
+        return sorted(totals.values(), key=lambda t: (-t.unexplained, t.event_name))
+
     @property
     def unexplained(self) -> int:
-        """The gap beyond Meta's deduplicated count, row by row over the compared hours:
-        missing under any reading of dedup.  Only a row's own deduplicated events can
-        explain its gap (a row where capirelay acknowledged nothing explains nothing)."""
-        return sum(row.unexplained for row in self.rows if row.compared)
+        """The gap beyond Meta's deduplicated count, per event name over the compared
+        hours: missing under any reading of dedup.  Only a name's own deduplicated events
+        can explain its gap (a name capirelay acknowledged none of explains nothing)."""
+        return sum(total.unexplained for total in self.by_event_name())
 
     @property
     def unexplained_ratio(self) -> float:
