@@ -385,3 +385,25 @@ def test_a_bad_value_in_a_variable_holding_a_table_names_that_variable(
     (line,) = str(caught.value).splitlines()
     assert line.startswith(f"{path}:5:1: webhooks.shop.secret: "), line
     assert "quote it in the file" in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("CAPIRELAY_PIXELS", "not json s3cr3t"), ("CAPIRELAY_DIAGNOSTICS", "nope s3cr3t")],
+)
+def test_a_table_variable_that_is_not_json_is_named_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    # pydantic-settings raised its own SettingsError, and every command printed a traceback.
+    config = tmp_path / "capirelay.toml"
+    config.write_text('storage = "sqlite:///./x.db"\n')
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    message = str(caught.value)
+    assert message.startswith(f"environment variable {variable}: not valid JSON")
+    assert f"{variable}__KEY=value" in message
+    assert "s3cr3t" not in message
+    result = CliRunner().invoke(app, ["doctor", "--config", str(config)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"environment variable {variable}" in result.output

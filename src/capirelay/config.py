@@ -43,6 +43,7 @@ from pydantic_settings import (
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -835,6 +836,8 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         raise ConfigError("\n".join(lines), path=path) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}:1:1: the file is not UTF-8 text", path=path) from None
+    except SettingsError as exc:
+        raise ConfigError(_environment_error(exc), path=path) from None
     finally:
         if config_file is not None:
             if previous is None:
@@ -847,6 +850,20 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     for message in settings.warnings():
         log.warning(message)
     return settings
+
+
+def _environment_error(exc: SettingsError) -> str:
+    """A ``CAPIRELAY_*`` variable pydantic-settings could not read (a table's variable
+    that is not JSON: ``CAPIRELAY_PIXELS=oops``), named, with the fix; never its value."""
+    found = re.search(r'field "([^"]+)"', str(exc))
+    variable = _variable_named(("CAPIRELAY", found.group(1))) if found else None
+    where = f"environment variable {variable}" if variable else "a CAPIRELAY_* environment variable"
+    name = variable or "CAPIRELAY_DIAGNOSTICS"
+    return (
+        f"{where}: not valid JSON. A table set in one variable is written as JSON "
+        f'({name}=\'{{"key": "value"}}\'), or set its keys one variable each '
+        f"({name}__KEY=value); or unset it to use the config file's"
+    )
 
 
 def _mappings_beside(settings: Settings, config_file: Path) -> None:
