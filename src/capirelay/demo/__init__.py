@@ -519,7 +519,9 @@ async def _diagnose_once(app: Any, console: Console) -> int:
         _say(
             console,
             "Meta diagnostics did not run: another capirelay process using this database "
-            f"holds their schedule; {delivered}",
+            "holds their schedule, or held it and was killed (its hold then runs out within "
+            "1.5 times diagnostics.interval_seconds; a demo on a fresh --db does not wait); "
+            f"{delivered}",
         )
         return 1
     checks = [check for run in runs for check in run.checks if check.failing]
