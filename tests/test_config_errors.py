@@ -407,3 +407,39 @@ def test_a_table_variable_that_is_not_json_is_named_with_the_fix(
     result = CliRunner().invoke(app, ["doctor", "--config", str(config)])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert f"environment variable {variable}" in result.output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fix", "not_said"),
+    [
+        # A table's variable holds the secret: set it inside the JSON, don't replace it.
+        ("CAPIRELAY_PIXELS", '{"1234567890": {"access_token": 5}}',
+         'in the JSON of CAPIRELAY_PIXELS, set "1234567890.access_token" to the secret',
+         "set CAPIRELAY_PIXELS to"),
+        ("CAPIRELAY_PIXELS", '{"1234567890": {"access_token": {"pth": "x"}}}',
+         'in the JSON of CAPIRELAY_PIXELS, set "1234567890.access_token" to {"file": "..."}',
+         "set CAPIRELAY_PIXELS to"),
+        # A variable naming a wrong key inside the secret: its sibling is the fix.
+        ("CAPIRELAY_PIXELS__1234567890__ACCESS_TOKEN__PATH", "/x",
+         "set CAPIRELAY_PIXELS__1234567890__ACCESS_TOKEN__FILE (a path) instead of "
+         "CAPIRELAY_PIXELS__1234567890__ACCESS_TOKEN__PATH",
+         "ACCESS_TOKEN__PATH to"),
+    ],
+)  # fmt: skip
+def test_a_secret_inside_another_variable_is_told_where_in_it_to_fix(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    fix: str,
+    not_said: str,
+) -> None:
+    config = tmp_path / "capirelay.toml"
+    config.write_text('storage = "sqlite:///./x.db"\n[pixels.1234567890]\n')
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    message = str(caught.value)
+    assert message.startswith(f"environment variable {variable}:"), message
+    assert fix.lower() in message.lower(), message
+    assert not_said not in message, message

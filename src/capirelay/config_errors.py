@@ -131,12 +131,26 @@ def _secret_forms(setting: str) -> tuple[str, str]:
     )
 
 
-def _env_forms(variable: str) -> str:
+def _set_secret(variable: str, secret: Sequence[str | int]) -> str:
+    """How to give the secret at ``secret`` a new value where ``variable`` holds it: the
+    secret's own variable is set; a table's variable above it (``CAPIRELAY_PIXELS``) has
+    the secret's key set inside its JSON, not the whole variable replaced."""
+    own = "CAPIRELAY_" + "__".join(str(part) for part in secret).upper()
+    depth = len(variable.split("_", 1)[1].split("__"))
+    if variable.upper() == own or depth >= len(secret):
+        return f"set {variable} to"
+    inside = ".".join(str(part) for part in secret[depth:])
+    return f'in the JSON of {variable}, set "{inside}" to'
+
+
+def _env_forms(variable: str, secret: Sequence[str | int]) -> str:
     """How the variable ``variable`` gives a secret: its text, or a JSON table."""
+    own = variable.upper() == "CAPIRELAY_" + "__".join(str(part) for part in secret).upper()
     return (
-        f"set {variable} to the secret itself, without quotes (read from the variable at "
-        'each use), or to {"file": "..."} or {"env": "..."} (JSON), or unset it to use '
-        "the config file's setting"
+        f"{_set_secret(variable, secret)} the secret itself"
+        + (", without quotes (read from the variable at each use)," if own else "")
+        + ' or to {"file": "..."} or {"env": "..."}, or unset it to use the config file\'s '
+        "setting"
     )
 
 
@@ -144,7 +158,10 @@ def _not_a_secret(loc: Sequence[str | int], variable: str | None = None) -> str:
     """A secret given as a number, a boolean, a list (``key = 123456``): what to write.
     From ``variable`` (JSON ``null``, a list): what to set it to instead."""
     if variable is not None:
-        return f"a secret is text, and the variable holds JSON that is not: {_env_forms(variable)}"
+        return (
+            f"a secret is text, and the variable holds JSON that is not: "
+            f"{_env_forms(variable, loc)}"
+        )
     as_file, as_env = _secret_forms(str(loc[-1]))
     return (
         f"a secret is text: write {as_file} or {as_env}, or quote it in the file "
@@ -156,11 +173,19 @@ def _unknown_secret_key(dotted: str, loc: Sequence[str | int], variable: str | N
     """An unknown key inside a secret's table (``access_token = { path = "..." }``): which
     of ``file`` or ``env`` it meant, written out for this setting (as JSON for the
     ``variable`` the table came from).  Only the key is named, never its value."""
-    if variable is not None:
-        as_file = f'set {variable} to {{"file": "..."}} (a path)'
-        as_env = f'set {variable} to {{"env": "..."}} (the name of another variable)'
+    secret = loc[:-1]
+    own = "CAPIRELAY_" + "__".join(str(part) for part in secret).upper()
+    if variable is not None and variable.upper().startswith(own + "__"):
+        # The variable names the wrong key itself (CAPIRELAY_..._ACCESS_TOKEN__PATH).
+        as_file = f"set {own}__FILE (a path) instead of {variable}"
+        as_env = f"set {own}__ENV (the name of another variable) instead of {variable}"
+        either = f"set {own}__FILE (a path) or {own}__ENV instead of {variable}"
+    elif variable is not None:
+        target = _set_secret(variable, secret)
+        as_file = f'{target} {{"file": "..."}} (a path)'
+        as_env = f'{target} {{"env": "..."}} (the name of another variable)'
         either = (
-            f'set {variable} to {{"file": "..."}} (a path) or {{"env": "..."}} '
+            f'{target} {{"file": "..."}} (a path) or {{"env": "..."}} '
             "(the name of another variable)"
         )
     else:
