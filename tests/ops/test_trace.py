@@ -79,6 +79,8 @@ def test_a_rejection_an_older_replica_wrote_without_problems_is_still_a_rejectio
     [step] = [s for s in story(TraceRecord("shopify:1:Purchase", [_delivered(), older]))
               if s.what == "rejected"]  # fmt: skip
     assert f"already delivered to Meta at {iso(T0 + 1)}" in step.detail
+    [told] = story(TraceRecord("e1", [_rejected("rejected (missing_field): no currency", [], T0)]))
+    assert "(missing_field): no currency" in told.detail
     # Only the migrations' grammar is read: a policy's own code never is.
     for reason in ("rejected_by_consent", "rejected (Bot!): x", "rejected ()", "bot"):
         drop = _rejected(reason, [], T0)

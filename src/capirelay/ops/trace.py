@@ -133,9 +133,13 @@ def _attempt_steps(
 
 
 def _rejection(r: Receipt) -> str:
-    """``(codes): first message`` of a rejection at ingest, from its stored problems."""
+    """``(codes): first message`` of a rejection at ingest, from its stored problems; for
+    one written without them (an older replica's, whose codes are read from its reason,
+    see :attr:`Receipt.problem_codes`) the message is the reason's own, after its codes."""
     codes = ", ".join(dict.fromkeys(r.problem_codes))
     first = next((str(p.get("message") or "") for p in r.problems if isinstance(p, dict)), "")
+    if not r.problems and r.reason:
+        first = r.reason.partition("): ")[2]
     return f"({codes}): {first}" if first else f"({codes})"
 
 
