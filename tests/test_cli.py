@@ -106,8 +106,8 @@ def send(emulator: RunningEmulator, path: Path, *extra: str, token: str | None =
 def test_send_hashes_and_delivers(emulator: RunningEmulator, tmp_path: Path) -> None:
     result = send(emulator, write_json(tmp_path, raw_event()), "--test-event-code", "TEST42")
     assert result.exit_code == 0, result.output
-    assert "sent 1 event(s) to pixel 1234567890: events_received 1, fbtrace_id " in result.output
-    assert "Events Manager > Test events under TEST42" in result.output
+    assert "sent 1 event to pixel 1234567890: events_received 1, fbtrace_id " in result.output
+    assert "it shows in Events Manager > Test events under TEST42" in result.output
     (stored,) = emulator.state.events(PIXEL, test_event_code="TEST42")
     email_hashes = stored["event"]["user_data"]["em"]
     expected = hashlib.sha256(RAW_EMAIL.strip().lower().encode()).hexdigest()
@@ -138,7 +138,7 @@ def test_send_with_a_bad_token_explains_and_exits_1(
     secret = "EAAwrongtokenwrongtoken123456789"
     result = send(emulator, write_json(tmp_path, raw_event()), token=secret)
     assert result.exit_code == 1
-    assert "not sent: the request with 1 event(s) failed (HTTP 400, code 190" in result.stderr
+    assert "not sent: the request with 1 event failed (HTTP 400, code 190" in result.stderr
     assert "system-user token with the ads_management permission" in result.output
     assert "2 of" not in result.output and "the event was not sent" in result.output
     assert secret not in result.output
@@ -173,7 +173,7 @@ def test_send_lists_every_problem_and_sends_the_valid_events(
     assert "1 of 2 events was not sent (why: above)" in err
     assert "send it again once fixed" in err
     assert "dead-letter" not in result.output and "replay" not in result.output
-    assert "sent 1 event(s)" in result.stdout
+    assert "sent 1 event to pixel" in result.stdout
     assert [e["event"]["event_id"] for e in emulator.state.events(PIXEL)] == ["lead-1"]
 
 
@@ -264,7 +264,7 @@ def test_send_to_an_unreachable_graph_says_nothing_was_retried(tmp_path: Path) -
         env={"CAPIRELAY_ACCESS_TOKEN": TOKEN},
     )
     assert result.exit_code == 1
-    assert "not sent: the request with 1 event(s) failed (no answer)" in result.stderr
+    assert "not sent: the request with 1 event failed (no answer)" in result.stderr
     assert "nothing will be retried" in result.stderr
     assert "retried automatically" not in result.output
     assert "no action needed" not in result.output

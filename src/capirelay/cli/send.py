@@ -96,6 +96,10 @@ def send_command(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _events(count: int) -> str:
+    return f"{count} event" if count == 1 else f"{count} events"
+
+
 def _not_sent_summary(not_sent: int, total: int) -> str:
     """How many of the file's events were not sent, in plain English."""
     if total == 1:
@@ -231,11 +235,12 @@ def _send(
         err_console.print(str(exc), markup=False)
         raise typer.Exit(EXIT_USAGE) from None
     console.print(
-        f"sent {len(payloads)} event(s) to pixel {pixel}: events_received "
+        f"sent {_events(len(payloads))} to pixel {pixel}: events_received "
         f"{result.events_received}, fbtrace_id {result.fbtrace_id}"
     )
     if test_event_code:
-        console.print(f"they show in Events Manager > Test events under {test_event_code}")
+        shows = "it shows" if len(payloads) == 1 else "they show"
+        console.print(f"{shows} in Events Manager > Test events under {test_event_code}")
     for message in result.messages:
         console.print(f"message from Meta: {message}")
     return True
@@ -279,7 +284,7 @@ def _print_graph_error(exc: Any, count: int) -> None:
 
     code = f", code {code_label(exc.code, exc.subcode)}" if exc.code else ""
     error(
-        f"not sent: the request with {count} event(s) failed ({where}{code}"
+        f"not sent: the request with {_events(count)} failed ({where}{code}"
         f"{f', fbtrace_id {exc.fbtrace_id}' if exc.fbtrace_id else ''})"
     )
     if exc.meta_says:
