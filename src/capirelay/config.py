@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
@@ -704,12 +704,11 @@ class _EnvSecrets(EnvSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
-        # (setting name, text) of the secrets whose text was not JSON, or JSON's number or
-        # boolean: decode_complex_value kept them as text, and only they become variables.
-        self._bare: set[tuple[str, str]] = set()
-        # (setting name, text) of the secrets set as a JSON string ("EAA..." in quotes):
-        # literals, which keep the variable's name for their warning.
-        self._quoted: set[tuple[str, str]] = set()
+        # (setting name, text) of the secrets decode_complex_value saw, and how each
+        # becomes a Secret naming its variable: read from the variable (text that was not
+        # JSON, or JSON's number or boolean, kept as written), or a literal that keeps the
+        # variable's name for its warning (a JSON string: "EAA..." in quotes).
+        self._found: dict[tuple[str, str], Callable[[str, str], Secret]] = {}
 
     def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
         secret = field is not None and _holds_a_secret(field.annotation)
@@ -722,14 +721,14 @@ class _EnvSecrets(EnvSettingsSource):
             # setting (port, burst ...) is not complex and never comes here.
             bare = secret and isinstance(decoded, int | float)
             if secret and isinstance(decoded, str) and decoded:
-                self._quoted.add((field_name.lower(), decoded))
+                self._found[(field_name.lower(), decoded)] = _quoted_secret
         except ValueError:
             if not secret:
                 raise
             bare = True  # not JSON: a bare secret
         if bare:
             if value.strip():
-                self._bare.add((field_name.lower(), value))
+                self._found[(field_name.lower(), value)] = _variable_secret
             return value  # made a Secret naming its variable in __call__
         return decoded
 
@@ -747,14 +746,21 @@ class _EnvSecrets(EnvSettingsSource):
         for key, value in holder.items():
             if isinstance(value, dict):
                 self._name_variables(value, (*path, str(key)))
-            elif isinstance(value, str) and (str(key).lower(), value) in self._bare:
-                variable = _variable_named(("CAPIRELAY", *path, str(key)))
-                if variable is not None:
-                    holder[key] = Secret(env=variable)
-            elif isinstance(value, str) and (str(key).lower(), value) in self._quoted:
-                variable = _variable_named(("CAPIRELAY", *path, str(key)))
-                if variable is not None:
-                    holder[key] = Secret.quoted_in(variable, value)
+                continue
+            make = self._found.get((str(key).lower(), value)) if isinstance(value, str) else None
+            if make is None:
+                continue
+            variable = _variable_named(("CAPIRELAY", *path, str(key)))
+            if variable is not None:
+                holder[key] = make(variable, value)
+
+
+def _variable_secret(variable: str, _text: str) -> Secret:
+    return Secret(env=variable)
+
+
+def _quoted_secret(variable: str, text: str) -> Secret:
+    return Secret.quoted_in(variable, text)
 
 
 def _holds_a_secret(annotation: Any) -> bool:
