@@ -131,13 +131,17 @@ def _secret_forms(setting: str) -> tuple[str, str]:
     )
 
 
+def _own_variable(secret: Sequence[str | int]) -> str:
+    """The variable named for the setting at ``secret`` (``CAPIRELAY_PIXELS__1__ACCESS_TOKEN``)."""
+    return "CAPIRELAY_" + "__".join(str(part) for part in secret).upper()
+
+
 def _set_secret(variable: str, secret: Sequence[str | int]) -> str:
     """How to give the secret at ``secret`` a new value where ``variable`` holds it: the
     secret's own variable is set; a table's variable above it (``CAPIRELAY_PIXELS``) has
     the secret's key set inside its JSON, not the whole variable replaced."""
-    own = "CAPIRELAY_" + "__".join(str(part) for part in secret).upper()
     depth = len(variable.split("_", 1)[1].split("__"))
-    if variable.upper() == own or depth >= len(secret):
+    if variable.upper() == _own_variable(secret) or depth >= len(secret):
         return f"set {variable} to"
     inside = ".".join(str(part) for part in secret[depth:])
     return f'in the JSON of {variable}, set "{inside}" to'
@@ -145,7 +149,7 @@ def _set_secret(variable: str, secret: Sequence[str | int]) -> str:
 
 def _env_forms(variable: str, secret: Sequence[str | int]) -> str:
     """How the variable ``variable`` gives a secret: its text, or a JSON table."""
-    own = variable.upper() == "CAPIRELAY_" + "__".join(str(part) for part in secret).upper()
+    own = variable.upper() == _own_variable(secret)
     return (
         f"{_set_secret(variable, secret)} the secret itself"
         + (", without quotes (read from the variable at each use)," if own else "")
@@ -174,7 +178,7 @@ def _unknown_secret_key(dotted: str, loc: Sequence[str | int], variable: str | N
     of ``file`` or ``env`` it meant, written out for this setting (as JSON for the
     ``variable`` the table came from).  Only the key is named, never its value."""
     secret = loc[:-1]
-    own = "CAPIRELAY_" + "__".join(str(part) for part in secret).upper()
+    own = _own_variable(secret)
     if variable is not None and variable.upper().startswith(own + "__"):
         # The variable names the wrong key itself (CAPIRELAY_..._ACCESS_TOKEN__PATH).
         as_file = f"set {own}__FILE (a path) instead of {variable}"
