@@ -254,6 +254,13 @@ def token_replace_hint(pixel_id: str, pixel: PixelSettings) -> str | None:
     return pixel.access_token.how_to_replace(f"pixels.{pixel_id}.access_token")
 
 
+def after_token_fix(hint: str, *, new_token: bool = True) -> str:
+    """:func:`token_replace_hint` as the sentence that follows a fix: "Then ..." after a fix
+    that makes a new token, "If you generate a new token: ..." after one that keeps it (a
+    grant, for a permission error)."""
+    return f"Then {hint}" if new_token else f"If you generate a new token: {hint}"
+
+
 def unconfigured_pixel_problem(pixel_id: str, configured: Iterable[str]) -> str:
     """What a webhook whose ``pixel_id`` has no ``[pixels]`` table is told, by the settings'
     validation and by :func:`capirelay.sources.webhooks.configured.load_webhooks` alike."""

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from capirelay.clock import Clock
+from capirelay.config import after_token_fix
 from capirelay.delivery.status import LastError
 from capirelay.graph import EventsResponse, GraphError
 from capirelay.graph.errors import meta_says
@@ -185,9 +186,7 @@ class PixelTelemetry:
             err.subcode,
             err.fbtrace_id,
             err.explanation,
-            (f" {'Then' if new_token else 'If you generate a new token:'} {replace_hint}")
-            if replace_hint
-            else "",
+            f" {after_token_fix(replace_hint, new_token=new_token)}" if replace_hint else "",
             extra={
                 "pixel": self.pixel_id,
                 "breaker": "open",

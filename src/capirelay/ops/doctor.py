@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from capirelay.config import ConfigError, Settings, load_settings
+from capirelay.config import ConfigError, Settings, after_token_fix, load_settings
 from capirelay.graph import DEFAULT_BASE_URL, explain
 from capirelay.graph.errors import TOKEN_ERROR_CODES, code_label
 from capirelay.graph.versions import DEFAULT_API_VERSION, VersionStatus
@@ -402,10 +402,9 @@ def _with_replace_hint(
         return fix
     if fix is None:
         return health.replace_hint
-    if only_if_new:
-        return f"{fix} If you generate a new token: {health.replace_hint}"
-    joiner = " " if fix.endswith("then") else " Then "
-    return fix + joiner + health.replace_hint
+    if not only_if_new and fix.endswith("then"):
+        return f"{fix} {health.replace_hint}"
+    return f"{fix} {after_token_fix(health.replace_hint, new_token=not only_if_new)}"
 
 
 def version_checks(versions: dict[str, VersionStatus]) -> list[Check]:
