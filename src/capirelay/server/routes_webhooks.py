@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -50,7 +51,7 @@ from capirelay.limits import MAX_EVENT_NAME
 from capirelay.metrics import Metrics
 from capirelay.orders import ORDER_PRESETS, order_id_of
 from capirelay.outbox.receipts import dropped_receipt
-from capirelay.problems import Problem
+from capirelay.problems import Problem, error
 from capirelay.server._commit import (
     STORAGE_RETRY_AFTER_SECONDS,
     commit_events,
@@ -173,16 +174,16 @@ def _receipt_problems(errors: list[Problem]) -> list[dict[str, str]]:
     first :data:`RECEIPT_PROBLEMS` are kept whole; after them, each code not seen yet is
     kept with its field and no message, so every code the event was rejected for is
     there (``event_too_old`` decides what ``trace`` tells, wherever it comes)."""
-    kept = problems_json(errors[:RECEIPT_PROBLEMS])
-    for problem in kept:
-        problem["message"] = problem["message"][:500]
-    seen = {problem["code"] for problem in kept}
-    for later in errors[RECEIPT_PROBLEMS:]:
-        if later.code not in seen:
-            seen.add(later.code)
-            kept.append({"code": later.code, "field": later.field, "severity": str(later.severity),
-                         "message": ""})  # fmt: skip
-    return kept or [{"code": REJECTED, "field": "", "severity": "error", "message": ""}]
+    seen = {problem.code for problem in errors[:RECEIPT_PROBLEMS]}
+    later = []
+    for problem in errors[RECEIPT_PROBLEMS:]:
+        if problem.code not in seen:
+            seen.add(problem.code)
+            later.append(replace(problem, message=""))
+    kept = problems_json(
+        [replace(p, message=p.message[:500]) for p in errors[:RECEIPT_PROBLEMS]] + later
+    )
+    return kept or problems_json([error(REJECTED, "", "")])
 
 
 def _event_name(value: Any) -> str:
