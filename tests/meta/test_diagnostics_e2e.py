@@ -23,6 +23,7 @@ from capirelay.ops.meta_advice import (
     UNDERCOUNT,
 )
 from capirelay.ops.meta_store import meta_store_for
+from capirelay.ops.reconcile import Reconciliation
 from capirelay.outbox import Outbox
 from waiting import wait_for_async
 
@@ -39,6 +40,15 @@ def failing(metrics: Metrics, key: str) -> float | None:
     return metrics.registry.get_sample_value(
         "capirelay_meta_diagnostics_failing", {"pixel": PIXEL, "key": key}
     )
+
+
+async def settled_reconciliation(runner: DiagnosticsRunner) -> Reconciliation:
+    """One diagnostics run, which must complete every step, and its sent-versus-counted."""
+    runs = await runner.run_once()
+    assert runs is not None and not runs[0].errors
+    result = runs[0].reconciliation
+    assert result is not None
+    return result
 
 
 @pytest.fixture
@@ -70,10 +80,7 @@ async def test_schedule_finds_checks_settings_and_undercount(
         await wait_sent(metrics, 30)
         clock.now = start + 4 * HOUR
         caplog.set_level(logging.INFO, "capirelay.diagnostics")
-        runs = await runner.run_once()
-        assert runs is not None and not runs[0].errors
-        result = runs[0].reconciliation
-        assert result is not None
+        result = await settled_reconciliation(runner)
         assert (result.acknowledged, result.server, result.undercount) == (30, 30, False)
         assert failing(metrics, AAM_OFF) == 1.0
         assert failing(metrics, COOKIES_DISABLED) == 0.0
@@ -315,10 +322,7 @@ async def test_server_copies_deduplicated_against_the_pixel_raise_no_undercount_
         await wait_sent(metrics, 30)
         clock.now = start + 4 * HOUR
         caplog.set_level(logging.INFO, "capirelay.diagnostics")
-        runs = await runner.run_once()
-        assert runs is not None and not runs[0].errors
-        result = runs[0].reconciliation
-        assert result is not None
+        result = await settled_reconciliation(runner)
         expected_server = 30 if meta_counts_deduplicated else 0
         assert (result.acknowledged, result.server, result.deduplicated) == (
             30,
