@@ -29,30 +29,37 @@ class Problem:
     ``code`` is a stable machine-readable identifier (``missing_field``,
     ``invalid_phone``, ``event_too_old`` ...), ``field`` the dotted wire path,
     ``message`` a sentence a marketer's engineer can act on (what is wrong and
-    the fix).
+    the fix).  ``count`` is how many values of the field the problem covers: a
+    field whose values were dropped for one reason is told once, with their
+    count in ``count`` and in the message, rather than once per value.
     """
 
     code: str
     field: str
     severity: Severity
     message: str
+    count: int = 1
 
     @property
     def is_error(self) -> bool:
         return self.severity is Severity.ERROR
 
     def to_dict(self) -> dict[str, Any]:
+        """``code``, ``field``, ``severity`` and ``message``, and ``count`` when it is more
+        than one (the shape of a problem in the gateway's answers)."""
         data = asdict(self)
         data["severity"] = str(self.severity)
+        if self.count == 1:
+            del data["count"]
         return data
 
 
-def error(code: str, field: str, message: str) -> Problem:
-    return Problem(code, field, Severity.ERROR, message)
+def error(code: str, field: str, message: str, *, count: int = 1) -> Problem:
+    return Problem(code, field, Severity.ERROR, message, count)
 
 
-def warning(code: str, field: str, message: str) -> Problem:
-    return Problem(code, field, Severity.WARNING, message)
+def warning(code: str, field: str, message: str, *, count: int = 1) -> Problem:
+    return Problem(code, field, Severity.WARNING, message, count)
 
 
 def has_errors(problems: list[Problem]) -> bool:

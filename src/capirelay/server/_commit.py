@@ -119,12 +119,21 @@ async def commit_events(
     return committed.statuses
 
 
-def problems_json(problems: Sequence[Problem]) -> list[dict[str, str]]:
-    """Problems as the ingest routes answer them."""
+def problems_json(problems: Sequence[Problem]) -> list[dict[str, str | int]]:
+    """Problems as the ingest routes answer them: :meth:`Problem.to_dict`'s shape, ``count``
+    only on a problem that covers more than one value."""
     # Built by hand: dataclasses.asdict (Problem.to_dict) deep-copies and costs ~5x more,
     # which shows at 1,000 results per response.
     return [
         {"code": p.code, "field": p.field, "severity": p.severity.value, "message": p.message}
+        if p.count == 1
+        else {
+            "code": p.code,
+            "field": p.field,
+            "severity": p.severity.value,
+            "message": p.message,
+            "count": p.count,
+        }
         for p in problems
     ]
 

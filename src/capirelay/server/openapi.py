@@ -46,6 +46,13 @@ _PROBLEM = {
         "field": {"type": "string", "description": "dotted path into the event"},
         "severity": {"type": "string", "enum": ["error", "warning"]},
         "message": {"type": "string", "description": "what is wrong and the fix"},
+        "count": {
+            "type": "integer",
+            "minimum": 2,
+            "description": "how many values of the field this problem covers, when more than "
+            "one: values of one field dropped for one reason are told once, with their count "
+            "(also in the message); absent, the problem is about one value or none",
+        },
     },
 }
 

@@ -168,7 +168,7 @@ REJECTED = "rejected"
 RECEIPT_PROBLEMS = 10
 
 
-def _receipt_problems(errors: list[Problem]) -> list[dict[str, str]]:
+def _receipt_problems(errors: list[Problem]) -> list[dict[str, str | int]]:
     """What a rejection's receipt keeps of its errors: codes, fields and messages, which
     name fields and never hold values (``trace`` tells the story from the codes).  The
     first :data:`RECEIPT_PROBLEMS` are kept whole; after them, each code not seen yet is
