@@ -247,6 +247,25 @@ def test_send_tells_values_dropped_from_user_data_once(
     assert emulator.state.events(PIXEL) == []
 
 
+def test_send_prints_values_of_one_field_dropped_for_one_reason_as_one_counted_line(
+    emulator: RunningEmulator, tmp_path: Path
+) -> None:
+    # The event still has an e-mail-free way to match, so it is sent; its three e-mails
+    # without an '@' are one warning that says how many values it covers.
+    emails = ["not-an-email", "also bad", "nope"]
+    event = raw_event("three-bad-em")
+    event["user_data"] = {**event["user_data"], "email": emails}
+    result = send(emulator, write_json(tmp_path, event))
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("  warning ")]
+    [line] = [line for line in warnings if "user_data.em" in line]
+    assert line.startswith(
+        "  warning user_data.em: 3 values of user_data.em could not be normalized"
+    ), line
+    assert not any(value in result.output for value in emails)
+    assert [e["event"]["event_id"] for e in emulator.state.events(PIXEL)] == ["three-bad-em"]
+
+
 def test_send_to_an_unreachable_graph_says_nothing_was_retried(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -408,3 +408,60 @@ def test_values_dropped_from_one_field_are_told_once_in_the_error() -> None:
     # A receipt keeps 500 characters: what was dropped and the way out come first.
     assert "fbp...). user_data.em: " in message[:500]
     assert all(v not in message for v in ("bad2", "bad3", "call me"))
+
+
+# Three e-mails dropped for the one reason they share (no '@'); none of them may be echoed.
+NO_AT_EMAILS = ["not-an-email", "also bad", "nope"]
+
+
+def test_values_of_one_field_dropped_for_one_reason_are_one_warning_with_their_count() -> None:
+    raw = event()
+    raw["user_data"] = {**raw["user_data"], "email": NO_AT_EMAILS}
+    prepared = prepare(raw)
+    assert prepared.new_event is not None
+    [problem] = [p for p in prepared.problems if p.code == "invalid_email"]
+    assert (problem.field, problem.is_error, problem.count) == ("user_data.em", False, 3)
+    assert problem.message.startswith(
+        "3 values of user_data.em could not be normalized (must contain exactly one '@' "
+        "(found 0)) and were dropped; send a full email address"
+    )
+    assert all(value not in problem.message for value in NO_AT_EMAILS)
+
+
+def test_drops_of_different_fields_or_reasons_stay_apart_in_first_seen_order() -> None:
+    raw = event()
+    user_data = {"email": [*NO_AT_EMAILS[:2], "a@@b", "x@"], "phone": ["call me", "nope"]}
+    raw["user_data"] = {**raw["user_data"], **user_data}
+    prepared = prepare(raw)
+    assert prepared.new_event is not None
+    dropped = [
+        (p.code, p.field, p.count) for p in prepared.problems if p.code.startswith("invalid")
+    ]
+    assert dropped == [
+        ("invalid_email", "user_data.em", 2),  # no '@'
+        ("invalid_email", "user_data.em", 1),  # two '@'
+        ("invalid_email", "user_data.em", 1),  # no dot after the '@'
+        ("invalid_phone", "user_data.ph", 2),
+    ]
+    single = [p.message for p in prepared.problems if p.count == 1 and p.field == "user_data.em"]
+    assert all(m.startswith("user_data.em could not be normalized (") for m in single)
+
+
+def test_the_user_data_error_counts_values_its_merged_warning_covers() -> None:
+    user_data = {"em": NO_AT_EMAILS, "ph": "call me"}
+    prepared = prepare(event(action_source="system_generated", user_data=user_data))
+    assert prepared.rejected
+    [warned_em, warned_ph] = [p for p in prepared.problems if not p.is_error]
+    assert (warned_em.field, warned_em.count, warned_ph.field, warned_ph.count) == (
+        "user_data.em",
+        3,
+        "user_data.ph",
+        1,
+    )
+    [problem] = [p for p in prepared.problems if p.is_error]
+    assert problem.message.startswith(
+        "user_data was given but none of its values could be used: user_data.em (3 values) "
+        "and user_data.ph could not be normalized and were dropped. Fix them"
+    )
+    assert problem.message.count("exactly one '@'") == 1
+    assert all(value not in problem.message for value in [*NO_AT_EMAILS, "call me"])

@@ -179,6 +179,30 @@ def test_warnings_are_returned_with_queued_events(client: httpx.Client, uid: str
     assert result["problems"] and {p["severity"] for p in result["problems"]} == {"warning"}
 
 
+def test_values_dropped_for_one_reason_are_answered_as_one_counted_problem(
+    client: httpx.Client, uid: str
+) -> None:
+    emails = ["not-an-email", "also bad", "nope"]
+    event = server_event(event_id=f"{uid}three-em")
+    event["user_data"] = {**event["user_data"], "email": emails, "phone": ["call me", "x"]}
+    response = post_events(client, [event])
+    [result] = response.json()["results"]
+    assert result["status"] == "queued"
+    dropped = [p for p in result["problems"] if p["code"].startswith("invalid_")]
+    assert [(p["code"], p["field"], p.get("count")) for p in dropped] == [
+        ("invalid_email", "user_data.em", 3),
+        ("invalid_phone", "user_data.ph", 2),
+    ]
+    assert dropped[0]["message"].startswith("3 values of user_data.em could not be normalized")
+    assert dropped[0]["severity"] == "warning"
+    # A problem about one value keeps its four fields and no count (the schema's default).
+    assert all("count" not in p for p in result["problems"] if p not in dropped)
+    assert not any(value in response.text for value in [*emails, "call me"])
+    schema = openapi_document()["components"]["schemas"]["Problem"]
+    assert schema["properties"]["count"]["minimum"] == 2
+    assert schema["required"] == ["code", "field", "severity", "message"]
+
+
 def test_test_event_codes_reach_meta(
     client: httpx.Client, emulator: RunningEmulator, uid: str
 ) -> None:

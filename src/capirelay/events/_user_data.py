@@ -20,7 +20,10 @@ Wire-form choices:
   not an error, and hashing them would send SHA-256("") as a match key.
 * A value that cannot be normalized is dropped on its own and reported as a
   warning :class:`~capirelay.problems.Problem`; the event still goes out with
-  its other keys.  The problem never carries the raw value.
+  its other keys.  The problem never carries the raw value.  Values of one key
+  dropped for one reason are one warning that counts them (``3 values of
+  user_data.em could not be normalized (...)``, ``Problem.count`` 3), in the
+  order the first of each was met.
 * ``fbc``, ``fbp``, IP, user agent and the platform ids are only stripped of
   surrounding whitespace, never lowercased: ``fbc``'s click id is
   case-sensitive.
@@ -199,9 +202,12 @@ def wire_user_data(
     ``country`` excluded: it is passed separately and hashed first because
     its first readable value is the hint for ``ph``/``st``/``zp``.  Shared by
     :meth:`UserData.to_wire` and the model-free ingest path, so the two
-    cannot drift apart.
+    cannot drift apart.  The values it drops go into ``problems`` as
+    :func:`dropped_problems` tells them: once per key and reason, counted.
     """
     out: dict[str, Any] = {}
+    # (wire key, reason) of each value dropped, told once the event's keys are all done.
+    dropped: list[tuple[str, str]] = []
     hint = default_country
     if type(country) is str and len(country) == 2 and not country.isspace():
         # The common case, one ISO code: never a hash, so it is its own hint if it is valid.
@@ -209,9 +215,9 @@ def wire_user_data(
             out["country"] = [hash_wire_key("country", country)]
             hint = country
         except NormalizationError as exc:
-            problems.append(normalization_problem("country", exc.reason))
+            dropped.append(("country", exc.reason))
     elif country is not None:
-        hashes, hint = _hash_countries(_listed(country), default_country, problems)
+        hashes, hint = _hash_countries(_listed(country), default_country, dropped)
         if hashes:
             out["country"] = hashes
     # Resolved once per event: every hinted key then hashes against the same region.
@@ -225,15 +231,15 @@ def wire_user_data(
                 try:
                     out[key] = [hash_wire_key(key, value, region)]
                 except NormalizationError as exc:
-                    problems.append(normalization_problem(key, exc.reason))
+                    dropped.append((key, exc.reason))
         elif value is not None:
-            hashes = _hash_all(key, value, region, problems)
+            hashes = _hash_all(key, value, region, dropped)
             if hashes:
                 out[key] = hashes
     for name, key in single:
         value = values[name]
         if value is not None:
-            hashed = _hash_one(key, value, None, problems)
+            hashed = _hash_one(key, value, None, dropped)
             if hashed is not None:
                 out[key] = hashed
     for name in plain:
@@ -244,6 +250,8 @@ def wire_user_data(
                 out[name] = value
         elif value is not None:
             out[name] = value
+    if dropped:
+        problems.extend(dropped_problems(dropped))
     if region is None and "ph" in out:
         doubt = _phone_country_code_warning(values, multi)
         if doubt is not None:
@@ -387,23 +395,26 @@ def _listed(value: str | list[str]) -> list[str]:
 
 
 def _hash_all(
-    key: str, values: list[str], region: str | None, problems: list[Problem]
+    key: str, values: list[str], region: str | None, dropped: list[tuple[str, str]]
 ) -> list[str]:
     hashes: list[str] = []
     for value in values:
-        hashed = _hash_one(key, value, region, problems)
+        hashed = _hash_one(key, value, region, dropped)
         if hashed is not None and hashed not in hashes:
             hashes.append(hashed)
     return hashes
 
 
-def _hash_one(key: str, value: str, region: str | None, problems: list[Problem]) -> str | None:
+def _hash_one(
+    key: str, value: str, region: str | None, dropped: list[tuple[str, str]]
+) -> str | None:
+    """The value's hash, or ``None`` when it is blank or (``dropped`` says why) unusable."""
     if not value or value.isspace():
         return None
     try:
         return hash_wire_key(key, value, region)
     except NormalizationError as exc:
-        problems.append(normalization_problem(key, exc.reason))
+        dropped.append((key, exc.reason))
         return None
 
 
@@ -411,7 +422,7 @@ _SHA256_LENGTH: Final = 64
 
 
 def _hash_countries(
-    values: list[str], default_country: str | None, problems: list[Problem]
+    values: list[str], default_country: str | None, dropped: list[tuple[str, str]]
 ) -> tuple[list[str], str | None]:
     """Hash the countries; the first readable one that normalized is the hint for ph/st/zp.
 
@@ -421,7 +432,7 @@ def _hash_countries(
     hashes: list[str] = []
     hint: str | None = None
     for value in values:
-        hashed = _hash_one("country", value, None, problems)
+        hashed = _hash_one("country", value, None, dropped)
         if hashed is None:
             continue
         # A SHA-256 digest is 64 characters, so shorter text skips the regex.
@@ -432,13 +443,37 @@ def _hash_countries(
     return hashes, hint if hint is not None else default_country
 
 
-def normalization_problem(key: str, reason: str) -> Problem:
-    """A warning for one dropped ``user_data`` value; ``reason`` holds no raw value."""
-    name, fix = _FIXES[key]
+def normalization_problem(key: str, reason: str, count: int = 1) -> Problem:
+    """The warning for ``count`` values of ``user_data.<key>`` dropped for one ``reason``,
+    which holds no raw value."""
+    head, tail = _dropped_sentence(key, count)
     return warning(
-        f"invalid_{name}",
-        f"user_data.{key}",
-        f"user_data.{key} could not be normalized ({reason}) and was dropped; {fix}.",
+        f"invalid_{_FIXES[key][0]}", f"user_data.{key}", f"{head}{reason}{tail}", count=count
+    )
+
+
+def dropped_problems(dropped: Sequence[tuple[str, str]]) -> list[Problem]:
+    """One :func:`normalization_problem` per distinct (wire key, reason) of ``dropped``, in
+    the order each was first met, counting the values it covers.
+
+    Three e-mails without an '@' are one warning for three values, not the same
+    sentence three times; values of one key dropped for different reasons, or of
+    different keys, stay apart.
+    """
+    counts: dict[tuple[str, str], int] = {}
+    for pair in dropped:
+        counts[pair] = counts.get(pair, 0) + 1
+    return [normalization_problem(key, reason, n) for (key, reason), n in counts.items()]
+
+
+def _dropped_sentence(key: str, count: int) -> tuple[str, str]:
+    """What a :func:`normalization_problem` message says before and after its reason."""
+    fix = _FIXES[key][1]
+    if count == 1:
+        return f"user_data.{key} could not be normalized (", f") and was dropped; {fix}."
+    return (
+        f"{count} values of user_data.{key} could not be normalized (",
+        f") and were dropped; {fix}.",
     )
 
 
@@ -506,13 +541,13 @@ def _dropped_summary(dropped: list[Problem]) -> tuple[str, str, bool]:
     counts: dict[str, int] = {}
     for problem in dropped:
         key = problem.field.removeprefix("user_data.")
-        counts[key] = counts.get(key, 0) + 1
-        reason = _dropped_reason(key, problem.message)
+        counts[key] = counts.get(key, 0) + problem.count
+        reason = _dropped_reason(key, problem.message, problem.count)
         listed = reasons.setdefault(key, [])
         if reason is not None and reason not in listed:
             listed.append(reason)
     names = [f"user_data.{key}" + (f" ({n} values)" if n > 1 else "") for key, n in counts.items()]
-    several = len(dropped) > 1
+    several = sum(counts.values()) > 1
     named = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
     head = f"{named} could not be normalized and {'were' if several else 'was'} dropped"
     details = " ".join(
@@ -521,11 +556,12 @@ def _dropped_summary(dropped: list[Problem]) -> tuple[str, str, bool]:
     return head, details, several
 
 
-def _dropped_reason(key: str, message: str) -> str | None:
+def _dropped_reason(key: str, message: str, count: int) -> str | None:
     """The reason in a :func:`normalization_problem` message, which names no value."""
-    head = f"user_data.{key} could not be normalized ("
-    tail = f") and was dropped; {_FIXES[key][1]}." if key in _FIXES else None
-    if tail is None or not (message.startswith(head) and message.endswith(tail)):
+    if key not in _FIXES:
+        return None
+    head, tail = _dropped_sentence(key, count)
+    if not (message.startswith(head) and message.endswith(tail)):
         return None
     return message[len(head) : -len(tail)]
 
