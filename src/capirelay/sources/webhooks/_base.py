@@ -20,7 +20,7 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -145,7 +145,7 @@ def webhook_advice(problems: Sequence[Problem]) -> list[Problem]:
     cannot do: the vendor decides when it notifies.
     """
     return [
-        Problem(p.code, p.field, p.severity, p.message.partition(";")[0] + _TOO_OLD_FOR_A_WEBHOOK)
+        replace(p, message=p.message.partition(";")[0] + _TOO_OLD_FOR_A_WEBHOOK)
         if p.code == "event_too_old"
         else p
         for p in problems
