@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
@@ -774,6 +774,26 @@ def _holds_a_secret(annotation: Any) -> bool:
     return annotation is Secret or Secret in getattr(annotation, "__args__", ())
 
 
+def _secret_fields(
+    model: BaseModel, place: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], BaseModel, str]]:
+    """Every secret-typed setting under ``model``, set or not: its place
+    (``("pixels", "42", "access_token")``), the model holding it and the field's name.
+
+    Found by the fields' types, in the nested settings and their tables, so a secret
+    setting added to any of them is included without being listed here."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if _holds_a_secret(field.annotation):
+            yield (*place, name), model, name
+        elif isinstance(value, BaseModel):
+            yield from _secret_fields(value, (*place, name))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, BaseModel):
+                    yield from _secret_fields(item, (*place, name, str(key)))
+
+
 def _variable_named(path: tuple[str, ...]) -> str | None:
     """The environment variable whose name is ``path`` joined by ``__`` (any case)."""
     wanted = "_".join(path[:1]) + "_" + "__".join(path[1:])
@@ -894,30 +914,26 @@ def _secret_files_beside(settings: Settings, config_file: Path) -> None:
     webhook's ``mapping``: ``{ file = "secrets/token" }`` beside a config in the
     repository works whatever directory ``serve`` or ``doctor`` runs from (it was read
     from the current directory: under systemd, ``/secrets/token``)."""
-    models: list[BaseModel] = [settings, settings.dashboard]
-    models += [*settings.pixels.values(), *settings.ingest_keys.values()]
-    models += list(settings.webhooks.values())
-    for model in models:
-        for name in type(model).model_fields:
-            secret = getattr(model, name)
-            if isinstance(secret, Secret) and secret.file is not None:
-                try:
-                    file = secret.file.expanduser()
-                except RuntimeError:  # no home directory to expand ~ to: kept as written
-                    file = secret.file
-                if not file.is_absolute():
-                    file = config_file.parent / file
-                    if not file.exists() and secret.file.exists():
-                        # Read from the current directory before this version: say where
-                        # the file is now looked for, rather than only "missing" later.
-                        log.warning(
-                            "%s: the secret file %s is now read beside the config file, as "
-                            "%s, which does not exist; %s in the current directory does. "
-                            "Move the file there or give its absolute path",
-                            config_file,
-                            secret.file,
-                            file,
-                            secret.file.resolve(),
-                        )
-                if file != secret.file:
-                    setattr(model, name, secret.model_copy(update={"file": file}))
+    for _place, model, name in _secret_fields(settings):
+        secret = getattr(model, name)
+        if isinstance(secret, Secret) and secret.file is not None:
+            try:
+                file = secret.file.expanduser()
+            except RuntimeError:  # no home directory to expand ~ to: kept as written
+                file = secret.file
+            if not file.is_absolute():
+                file = config_file.parent / file
+                if not file.exists() and secret.file.exists():
+                    # Read from the current directory before this version: say where
+                    # the file is now looked for, rather than only "missing" later.
+                    log.warning(
+                        "%s: the secret file %s is now read beside the config file, as "
+                        "%s, which does not exist; %s in the current directory does. "
+                        "Move the file there or give its absolute path",
+                        config_file,
+                        secret.file,
+                        file,
+                        secret.file.resolve(),
+                    )
+            if file != secret.file:
+                setattr(model, name, secret.model_copy(update={"file": file}))
