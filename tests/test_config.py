@@ -80,6 +80,49 @@ def test_literal_secret_is_warned_about(tmp_path: Path) -> None:
     assert "EAAliteral" not in repr(settings)
 
 
+# Every secret-typed setting written as a literal in the file: (the TOML, its dotted name).
+LITERAL_SECRETS = [
+    ('[pixels.42]\naccess_token = "s3cret-literal"\n', "pixels.42.access_token"),
+    ('[pixels.42]\napp_secret = "s3cret-literal"\n', "pixels.42.app_secret"),
+    ('[pixels.42]\nverification_secret = "s3cret-literal"\n', "pixels.42.verification_secret"),
+    ('[ingest_keys.shop]\nkey = "s3cret-literal"\n', "ingest_keys.shop.key"),
+    (
+        '[pixels.42]\n[webhooks.shop]\npreset = "shopify"\npixel_id = "42"\n'
+        'secret = "s3cret-literal"\n',
+        "webhooks.shop.secret",
+    ),
+    ('[dashboard]\nadmin_token = "s3cret-literal"\n', "dashboard.admin_token"),
+    (
+        '[dashboard]\nbasic_user = "ops"\nbasic_password = "s3cret-literal"\n',
+        "dashboard.basic_password",
+    ),
+    ('metrics_token = "s3cret-literal"\n', "metrics_token"),
+]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "setting"), LITERAL_SECRETS, ids=[s for _, s in LITERAL_SECRETS]
+)
+def test_every_literal_secret_in_the_file_is_warned_about_the_same_way(
+    tmp_path: Path, snippet: str, setting: str
+) -> None:
+    """Not only access tokens, verification secrets and ingest keys: a webhook secret, an
+    app secret, the dashboard's and /metrics' credentials written as literals get the same
+    warning, naming the setting and the two forms that keep the secret out of the file."""
+    path = tmp_path / "c.toml"
+    path.write_text(snippet)
+    every = load_settings(path).warnings()
+    warnings = [w for w in every if "literal" in w]
+    key = setting.rpartition(".")[2]
+    assert warnings == [
+        f'{setting} is a literal in the config file; write `{key} = {{ env = "..." }}` '
+        "(the name of an environment variable) or "
+        f'`{key} = {{ file = "..." }}` (a path, relative to the config file\'s directory) '
+        "in its place, so the secret stays out of the file"
+    ]
+    assert all("s3cret-literal" not in w for w in every)
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [

@@ -654,32 +654,22 @@ class Settings(BaseSettings):
 
     def warnings(self) -> list[str]:
         """Things that work but should not: literal secrets, old API versions."""
+        from capirelay.config_errors import literal_secret_warning
+
         out: list[str] = []
+        # Every secret setting, by its type: a literal is warned about alike, wherever it is.
+        for place, model, name in _secret_fields(self):
+            secret = getattr(model, name)
+            if isinstance(secret, Secret) and secret.is_literal:
+                out.append(
+                    _quoted_variable_warning(".".join(place), secret)
+                    or literal_secret_warning(place)
+                )
         for pixel_id, pixel in self.pixels.items():
-            if pixel.access_token and pixel.access_token.is_literal:
-                out.append(
-                    _quoted_variable_warning(f"pixels.{pixel_id}.access_token", pixel.access_token)
-                    or f"pixels.{pixel_id}.access_token is a literal in the config file; "
-                    'move it to an environment variable (access_token = {env = "..."}) '
-                    "or a file so it stays out of your repository"
-                )
-            secret = pixel.verification_secret
-            if secret and secret.is_literal:
-                out.append(
-                    _quoted_variable_warning(f"pixels.{pixel_id}.verification_secret", secret)
-                    or f"pixels.{pixel_id}.verification_secret is a literal in the config file; "
-                    "use env or file"
-                )
             if pixel.access_token is None:
                 out.append(
                     f"pixels.{pixel_id}.access_token is not set: events are queued but "
                     "cannot be delivered until it is"
-                )
-        for name, key in self.ingest_keys.items():
-            if key.key.is_literal:
-                out.append(
-                    _quoted_variable_warning(f"ingest_keys.{name}.key", key.key)
-                    or f"ingest_keys.{name}.key is a literal in the config file; use env or file"
                 )
         return out
 

@@ -25,7 +25,13 @@ from pydantic import BaseModel, ValidationError
 
 from capirelay.sources._toml_lines import KeyLines
 
-__all__ = ["field_suggestion", "locate", "syntax_error_line", "validation_error_lines"]
+__all__ = [
+    "field_suggestion",
+    "literal_secret_warning",
+    "locate",
+    "syntax_error_line",
+    "validation_error_lines",
+]
 
 _SETTING_LINE = re.compile(r"^\s*([A-Za-z_][\w-]*(?:\.[\w-]+)*): (.+)$")
 
@@ -128,6 +134,18 @@ def _secret_forms(setting: str) -> tuple[str, str]:
     return (
         f'`{setting} = {{ file = "..." }}` (a path, relative to the config file\'s directory)',
         f'`{setting} = {{ env = "..." }}` (the name of an environment variable)',
+    )
+
+
+def literal_secret_warning(secret: Sequence[str | int]) -> str:
+    """The warning for the secret at ``secret`` (``("webhooks", "shop", "secret")``)
+    written as a literal in the config file: the setting, and the forms that keep it
+    out of the file, spelt as its errors spell them.  Never the value."""
+    setting = ".".join(str(part) for part in secret)
+    as_file, as_env = _secret_forms(str(secret[-1]))
+    return (
+        f"{setting} is a literal in the config file; write {as_env} or {as_file} in its "
+        "place, so the secret stays out of the file"
     )
 
 
