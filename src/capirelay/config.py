@@ -92,6 +92,9 @@ class Secret(BaseModel):
     # The CAPIRELAY_* variable a literal ``value`` came from, set in double quotes (JSON
     # text, so read as a literal rather than as the variable); None for one in the file.
     _quoted_variable: str | None = PrivateAttr(default=None)
+    # The CAPIRELAY_* variable whose JSON table held a literal ``value``
+    # (CAPIRELAY_PIXELS='{"1": {"access_token": "EAA..."}}'); None for one in the file.
+    _json_variable: str | None = PrivateAttr(default=None)
 
     @classmethod
     def quoted_in(cls, variable: str, text: str) -> Secret:
@@ -104,6 +107,18 @@ class Secret(BaseModel):
     def quoted_variable(self) -> str | None:
         """The variable this literal was set in with quotes (None: a literal in the file)."""
         return self._quoted_variable if self.value is not None else None
+
+    @classmethod
+    def inside_json_of(cls, variable: str, text: str) -> Secret:
+        """The literal ``text`` found inside the JSON of the table variable ``variable``."""
+        secret = cls(value=text)
+        secret._json_variable = variable
+        return secret
+
+    @property
+    def json_variable(self) -> str | None:
+        """The variable whose JSON held this literal (None: not from one)."""
+        return self._json_variable if self.value is not None else None
 
     @model_validator(mode="after")
     def _one_source(self) -> Secret:
@@ -126,6 +141,8 @@ class Secret(BaseModel):
                 f"literal value of the environment variable {self.quoted_variable} "
                 "(set in double quotes)"
             )
+        if self.json_variable:
+            return f"literal value inside the JSON of the environment variable {self.json_variable}"
         return "literal value in the config file"
 
     def how_to_replace(self, setting: str) -> str:
@@ -152,6 +169,12 @@ class Secret(BaseModel):
                 f"set the environment variable {self.quoted_variable} ({setting}) to the new "
                 "value, without the double quotes (with them it is read as a literal), and "
                 f"restart the gateway (or use {as_file}, which is read again at each use)"
+            )
+        if self.json_variable:
+            return (
+                f"set {setting} inside the JSON of the environment variable "
+                f"{self.json_variable} to the new value and restart the gateway (or put "
+                '{"file": "..."} there in its place, which is read again at each use)'
             )
         return (
             f"replace the literal {setting} in the config file and restart the gateway "
@@ -663,7 +686,7 @@ class Settings(BaseSettings):
             if isinstance(secret, Secret) and secret.is_literal:
                 out.append(
                     _quoted_variable_warning(".".join(place), secret)
-                    or literal_secret_warning(place)
+                    or literal_secret_warning(place, secret.json_variable)
                 )
         for pixel_id, pixel in self.pixels.items():
             if pixel.access_token is None:
@@ -732,7 +755,26 @@ class _EnvSecrets(EnvSettingsSource):
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
         self._name_variables(data, ())
+        self._name_json_literals(data, ())
         return data
+
+    def _name_json_literals(self, holder: dict[str, Any], path: tuple[str, ...]) -> None:
+        # A literal secret inside a table's JSON (CAPIRELAY_PIXELS='{"1": {"access_token":
+        # "EAA..."}}', or {"value": "EAA..."} there) keeps its variable's name for its
+        # warning: it is not in the config file.  The variable is found as the config
+        # errors find it (the nearest one whose JSON holds the setting).  An empty one
+        # is left for the secret's own check to refuse.
+        from capirelay.config_errors import is_secret_setting, variable_holding
+
+        for key, value in holder.items():
+            place = (*path, str(key))
+            text = value.get("value") if isinstance(value, dict) and len(value) == 1 else value
+            if isinstance(text, str) and text and is_secret_setting(self.settings_cls, place):
+                variable = variable_holding(place)
+                if variable is not None:
+                    holder[key] = Secret.inside_json_of(variable, text)
+            elif isinstance(value, dict):
+                self._name_json_literals(value, place)
 
     def _name_variables(self, holder: dict[str, Any], path: tuple[str, ...]) -> None:
         # Only text that was not JSON becomes the variable.  A quoted value ("EAA...")
