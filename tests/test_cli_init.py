@@ -211,6 +211,85 @@ def test_a_graph_url_with_the_version_is_refused_before_anything_is_written(
     assert not (tmp_path / "capirelay-secrets").exists()
 
 
+def _files_under(directory: Path) -> list[Path]:
+    return sorted(path for path in directory.rglob("*") if not path.is_dir())
+
+
+@pytest.mark.parametrize(
+    ("flags", "directory", "option"),
+    [
+        # The token file given as a directory: the current one, or one with a slash.
+        (["--token-file", "."], ".", "--token-file"),
+        (["--token-file", "tokens/"], "tokens", "--token-file"),
+        # A directory where a generated secret file goes.
+        (["--token-env", "X", "--secrets-dir", "s"], "s/ingest-key", "--secrets-dir"),
+        (["--token-env", "X", "--secrets-dir", "s"], "s/dashboard-token", "--secrets-dir"),
+    ],
+)
+def test_a_secret_file_option_naming_a_directory_is_refused_before_anything_is_written(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: list[str],
+    directory: str,
+    option: str,
+) -> None:
+    """``--token-file .`` was accepted and wrote ``access_token = { file = "." }``, a token
+    that can never be read; a directory where a generated secret goes stopped init with
+    a traceback.  Each is one line naming the option and the fix, and nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / directory).mkdir(parents=True, exist_ok=True)
+    before = _files_under(tmp_path)
+    config = tmp_path / "c.toml"
+    # A closed port for Graph: a run that does not refuse checks no token over the network.
+    graph = ["--graph-url", "http://127.0.0.1:9"]
+    result = runner.invoke(
+        app, ["init", "--no-input", "--config", str(config), "--pixel", PIXEL, *graph, *flags]
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"{option} "), line
+    assert "is a directory" in line and "Traceback" not in result.output
+    assert not config.exists()
+    assert _files_under(tmp_path) == before
+
+
+def test_a_secrets_dir_that_is_a_file_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.write_text("not a directory\n")
+    config = tmp_path / "c.toml"
+    result = runner.invoke(
+        app,
+        [
+            *["init", "--no-input", "--config", str(config), "--pixel", PIXEL],
+            *["--token-env", "X", "--graph-url", "http://127.0.0.1:9"],
+            *["--secrets-dir", str(secrets)],
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"--secrets-dir {secrets} is a file"), line
+    assert not config.exists()
+    assert secrets.read_text() == "not a directory\n"
+
+
+def test_interactive_init_asks_again_for_a_token_file_that_is_a_directory(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    answers = [PIXEL, "file", str(tmp_path), str(tmp_path / "meta-token"), TOKEN, "", "", ""]
+    result = runner.invoke(
+        app,
+        ["init", "--config", str(tmp_path / "capirelay.toml"), "--graph-url", emulator.url],
+        input="\n".join(answers) + "\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path} is a directory" in result.stderr
+    written = tomllib.loads((tmp_path / "capirelay.toml").read_text())
+    assert written["pixels"][PIXEL]["access_token"] == {"file": "meta-token"}
+    assert (tmp_path / "meta-token").read_text().strip() == TOKEN
+
+
 def test_secret_files_beside_the_config_are_written_relative_so_the_project_can_move(
     tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

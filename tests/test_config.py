@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,49 @@ def test_literal_secret_is_warned_about(tmp_path: Path) -> None:
     assert any("pixels.42.access_token is a literal" in w for w in warnings)
     assert all("EAAliteral" not in w for w in warnings)
     assert "EAAliteral" not in repr(settings)
+
+
+# Every secret-typed setting written as a literal in the file: (the TOML, its dotted name).
+LITERAL_SECRETS = [
+    ('[pixels.42]\naccess_token = "s3cret-literal"\n', "pixels.42.access_token"),
+    ('[pixels.42]\napp_secret = "s3cret-literal"\n', "pixels.42.app_secret"),
+    ('[pixels.42]\nverification_secret = "s3cret-literal"\n', "pixels.42.verification_secret"),
+    ('[ingest_keys.shop]\nkey = "s3cret-literal"\n', "ingest_keys.shop.key"),
+    (
+        '[pixels.42]\n[webhooks.shop]\npreset = "shopify"\npixel_id = "42"\n'
+        'secret = "s3cret-literal"\n',
+        "webhooks.shop.secret",
+    ),
+    ('[dashboard]\nadmin_token = "s3cret-literal"\n', "dashboard.admin_token"),
+    (
+        '[dashboard]\nbasic_user = "ops"\nbasic_password = "s3cret-literal"\n',
+        "dashboard.basic_password",
+    ),
+    ('metrics_token = "s3cret-literal"\n', "metrics_token"),
+]
+
+
+@pytest.mark.parametrize(
+    ("snippet", "setting"), LITERAL_SECRETS, ids=[s for _, s in LITERAL_SECRETS]
+)
+def test_every_literal_secret_in_the_file_is_warned_about_the_same_way(
+    tmp_path: Path, snippet: str, setting: str
+) -> None:
+    """Not only access tokens, verification secrets and ingest keys: a webhook secret, an
+    app secret, the dashboard's and /metrics' credentials written as literals get the same
+    warning, naming the setting and the two forms that keep the secret out of the file."""
+    path = tmp_path / "c.toml"
+    path.write_text(snippet)
+    every = load_settings(path).warnings()
+    warnings = [w for w in every if "literal" in w]
+    key = setting.rpartition(".")[2]
+    assert warnings == [
+        f'{setting} is a literal in the config file; write `{key} = {{ env = "..." }}` '
+        "(the name of an environment variable) or "
+        f'`{key} = {{ file = "..." }}` (a path, relative to the config file\'s directory) '
+        "in its place, so the secret stays out of the file"
+    ]
+    assert all("s3cret-literal" not in w for w in every)
 
 
 @pytest.mark.parametrize(
@@ -362,6 +406,100 @@ def test_a_quoted_environment_secret_is_a_literal_said_to_be_in_its_variable_not
         w.startswith("pixels.42.access_token is a literal in the config file")
         for w in load_settings(path).warnings()
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "setting", "inside"),
+    [
+        (
+            "CAPIRELAY_PIXELS",
+            '{"1234567890": {"access_token": "EAABs3cret"}}',
+            "pixels.1234567890.access_token",
+            "1234567890.access_token",
+        ),
+        (
+            "CAPIRELAY_PIXELS__1234567890",
+            '{"app_secret": {"value": "EAABs3cret"}}',
+            "pixels.1234567890.app_secret",
+            "app_secret",
+        ),
+        (
+            "CAPIRELAY_WEBHOOKS",
+            '{"shop": {"preset": "shopify", "pixel_id": "1234567890", "secret": "EAABs3cret"}}',
+            "webhooks.shop.secret",
+            "shop.secret",
+        ),
+        (
+            "CAPIRELAY_DASHBOARD",
+            '{"admin_token": "EAABs3cret"}',
+            "dashboard.admin_token",
+            "admin_token",
+        ),
+    ],
+)
+def test_a_literal_secret_inside_a_table_variable_is_said_to_be_in_that_variable(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
+    setting: str,
+    inside: str,
+) -> None:
+    """``CAPIRELAY_PIXELS='{"1234567890": {"access_token": "EAA..."}}'`` holds a literal in
+    the variable's JSON, not in the config file: the warning names the variable and the
+    fixes that work there ({"env"} or {"file"} in the JSON, or the secret's own __FILE /
+    __ENV variable), never the value."""
+    path = tmp_path / "c.toml"
+    path.write_text("[pixels.1234567890]\n")
+    monkeypatch.setenv(variable, value)
+    settings = load_settings(path)
+    warnings = [w for w in settings.warnings() if w.startswith(setting)]
+    assert len(warnings) == 1, settings.warnings()
+    (warning,) = warnings
+    assert warning.startswith(
+        f"{setting} is a literal inside the JSON of the environment variable {variable}; "
+    ), warning
+    assert "config file" not in warning
+    assert f'in the JSON of {variable}, set "{inside}" to {{"env": "..."}}' in warning
+    assert '{"file": "..."}' in warning
+    own = "CAPIRELAY_" + setting.replace(".", "__").upper()
+    assert f"{own}__FILE" in warning and f"{own}__ENV" in warning
+    assert "EAABs3cret" not in " ".join(settings.warnings())
+    secret = _secret_at(settings, setting)
+    assert secret.resolve() == "EAABs3cret"
+    assert (
+        secret.describe() == f"literal value inside the JSON of the environment variable {variable}"
+    )
+    assert variable in secret.how_to_replace(setting)
+    assert "config file" not in secret.how_to_replace(setting)
+    # The fix it names works: the literal taken out of the JSON, its own __FILE variable set.
+    token = tmp_path / "token"
+    token.write_text("from-the-file\n")
+    monkeypatch.setenv(variable, _without(value, setting.rpartition(".")[2]))
+    monkeypatch.setenv(f"{own}__FILE", str(token))
+    settings = load_settings(path)
+    assert not [w for w in settings.warnings() if "literal" in w], settings.warnings()
+    assert _secret_at(settings, setting).resolve() == "from-the-file"
+
+
+def _secret_at(settings: Settings, setting: str) -> Secret:
+    """The secret at the dotted ``setting`` (``pixels.42.access_token``)."""
+    value: Any = settings
+    for part in setting.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    assert isinstance(value, Secret)
+    return value
+
+
+def _without(text: str, key: str) -> str:
+    """The JSON ``text`` without ``key`` wherever it is."""
+
+    def drop(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: drop(v) for k, v in value.items() if k != key}
+        return value
+
+    return json.dumps(drop(json.loads(text)))
 
 
 # Every secret-typed setting, by the CAPIRELAY_... variable that sets it as plain text.

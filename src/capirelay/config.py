@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
@@ -92,6 +92,9 @@ class Secret(BaseModel):
     # The CAPIRELAY_* variable a literal ``value`` came from, set in double quotes (JSON
     # text, so read as a literal rather than as the variable); None for one in the file.
     _quoted_variable: str | None = PrivateAttr(default=None)
+    # The CAPIRELAY_* variable whose JSON table held a literal ``value``
+    # (CAPIRELAY_PIXELS='{"1": {"access_token": "EAA..."}}'); None for one in the file.
+    _json_variable: str | None = PrivateAttr(default=None)
 
     @classmethod
     def quoted_in(cls, variable: str, text: str) -> Secret:
@@ -104,6 +107,18 @@ class Secret(BaseModel):
     def quoted_variable(self) -> str | None:
         """The variable this literal was set in with quotes (None: a literal in the file)."""
         return self._quoted_variable if self.value is not None else None
+
+    @classmethod
+    def inside_json_of(cls, variable: str, text: str) -> Secret:
+        """The literal ``text`` found inside the JSON of the table variable ``variable``."""
+        secret = cls(value=text)
+        secret._json_variable = variable
+        return secret
+
+    @property
+    def json_variable(self) -> str | None:
+        """The variable whose JSON held this literal (None: not from one)."""
+        return self._json_variable if self.value is not None else None
 
     @model_validator(mode="after")
     def _one_source(self) -> Secret:
@@ -126,6 +141,8 @@ class Secret(BaseModel):
                 f"literal value of the environment variable {self.quoted_variable} "
                 "(set in double quotes)"
             )
+        if self.json_variable:
+            return f"literal value inside the JSON of the environment variable {self.json_variable}"
         return "literal value in the config file"
 
     def how_to_replace(self, setting: str) -> str:
@@ -152,6 +169,12 @@ class Secret(BaseModel):
                 f"set the environment variable {self.quoted_variable} ({setting}) to the new "
                 "value, without the double quotes (with them it is read as a literal), and "
                 f"restart the gateway (or use {as_file}, which is read again at each use)"
+            )
+        if self.json_variable:
+            return (
+                f"set {setting} inside the JSON of the environment variable "
+                f"{self.json_variable} to the new value and restart the gateway (or put "
+                '{"file": "..."} there in its place, which is read again at each use)'
             )
         return (
             f"replace the literal {setting} in the config file and restart the gateway "
@@ -654,32 +677,22 @@ class Settings(BaseSettings):
 
     def warnings(self) -> list[str]:
         """Things that work but should not: literal secrets, old API versions."""
+        from capirelay.config_errors import literal_secret_warning
+
         out: list[str] = []
+        # Every secret setting, by its type: a literal is warned about alike, wherever it is.
+        for place, model, name in _secret_fields(self):
+            secret = getattr(model, name)
+            if isinstance(secret, Secret) and secret.is_literal:
+                out.append(
+                    _quoted_variable_warning(".".join(place), secret)
+                    or literal_secret_warning(place, secret.json_variable)
+                )
         for pixel_id, pixel in self.pixels.items():
-            if pixel.access_token and pixel.access_token.is_literal:
-                out.append(
-                    _quoted_variable_warning(f"pixels.{pixel_id}.access_token", pixel.access_token)
-                    or f"pixels.{pixel_id}.access_token is a literal in the config file; "
-                    'move it to an environment variable (access_token = {env = "..."}) '
-                    "or a file so it stays out of your repository"
-                )
-            secret = pixel.verification_secret
-            if secret and secret.is_literal:
-                out.append(
-                    _quoted_variable_warning(f"pixels.{pixel_id}.verification_secret", secret)
-                    or f"pixels.{pixel_id}.verification_secret is a literal in the config file; "
-                    "use env or file"
-                )
             if pixel.access_token is None:
                 out.append(
                     f"pixels.{pixel_id}.access_token is not set: events are queued but "
                     "cannot be delivered until it is"
-                )
-        for name, key in self.ingest_keys.items():
-            if key.key.is_literal:
-                out.append(
-                    _quoted_variable_warning(f"ingest_keys.{name}.key", key.key)
-                    or f"ingest_keys.{name}.key is a literal in the config file; use env or file"
                 )
         return out
 
@@ -742,7 +755,26 @@ class _EnvSecrets(EnvSettingsSource):
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
         self._name_variables(data, ())
+        self._name_json_literals(data, ())
         return data
+
+    def _name_json_literals(self, holder: dict[str, Any], path: tuple[str, ...]) -> None:
+        # A literal secret inside a table's JSON (CAPIRELAY_PIXELS='{"1": {"access_token":
+        # "EAA..."}}', or {"value": "EAA..."} there) keeps its variable's name for its
+        # warning: it is not in the config file.  The variable is found as the config
+        # errors find it (the nearest one whose JSON holds the setting).  An empty one
+        # is left for the secret's own check to refuse.
+        from capirelay.config_errors import is_secret_setting, variable_holding
+
+        for key, value in holder.items():
+            place = (*path, str(key))
+            text = value.get("value") if isinstance(value, dict) and len(value) == 1 else value
+            if isinstance(text, str) and text and is_secret_setting(self.settings_cls, place):
+                variable = variable_holding(place)
+                if variable is not None:
+                    holder[key] = Secret.inside_json_of(variable, text)
+            elif isinstance(value, dict):
+                self._name_json_literals(value, place)
 
     def _name_variables(self, holder: dict[str, Any], path: tuple[str, ...]) -> None:
         # Only text that was not JSON becomes the variable.  A quoted value ("EAA...")
@@ -772,6 +804,26 @@ def _quoted_secret(variable: str, text: str) -> Secret:
 
 def _holds_a_secret(annotation: Any) -> bool:
     return annotation is Secret or Secret in getattr(annotation, "__args__", ())
+
+
+def _secret_fields(
+    model: BaseModel, place: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], BaseModel, str]]:
+    """Every secret-typed setting under ``model``, set or not: its place
+    (``("pixels", "42", "access_token")``), the model holding it and the field's name.
+
+    Found by the fields' types, in the nested settings and their tables, so a secret
+    setting added to any of them is included without being listed here."""
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if _holds_a_secret(field.annotation):
+            yield (*place, name), model, name
+        elif isinstance(value, BaseModel):
+            yield from _secret_fields(value, (*place, name))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, BaseModel):
+                    yield from _secret_fields(item, (*place, name, str(key)))
 
 
 def _variable_named(path: tuple[str, ...]) -> str | None:
@@ -894,30 +946,26 @@ def _secret_files_beside(settings: Settings, config_file: Path) -> None:
     webhook's ``mapping``: ``{ file = "secrets/token" }`` beside a config in the
     repository works whatever directory ``serve`` or ``doctor`` runs from (it was read
     from the current directory: under systemd, ``/secrets/token``)."""
-    models: list[BaseModel] = [settings, settings.dashboard]
-    models += [*settings.pixels.values(), *settings.ingest_keys.values()]
-    models += list(settings.webhooks.values())
-    for model in models:
-        for name in type(model).model_fields:
-            secret = getattr(model, name)
-            if isinstance(secret, Secret) and secret.file is not None:
-                try:
-                    file = secret.file.expanduser()
-                except RuntimeError:  # no home directory to expand ~ to: kept as written
-                    file = secret.file
-                if not file.is_absolute():
-                    file = config_file.parent / file
-                    if not file.exists() and secret.file.exists():
-                        # Read from the current directory before this version: say where
-                        # the file is now looked for, rather than only "missing" later.
-                        log.warning(
-                            "%s: the secret file %s is now read beside the config file, as "
-                            "%s, which does not exist; %s in the current directory does. "
-                            "Move the file there or give its absolute path",
-                            config_file,
-                            secret.file,
-                            file,
-                            secret.file.resolve(),
-                        )
-                if file != secret.file:
-                    setattr(model, name, secret.model_copy(update={"file": file}))
+    for _place, model, name in _secret_fields(settings):
+        secret = getattr(model, name)
+        if isinstance(secret, Secret) and secret.file is not None:
+            try:
+                file = secret.file.expanduser()
+            except RuntimeError:  # no home directory to expand ~ to: kept as written
+                file = secret.file
+            if not file.is_absolute():
+                file = config_file.parent / file
+                if not file.exists() and secret.file.exists():
+                    # Read from the current directory before this version: say where
+                    # the file is now looked for, rather than only "missing" later.
+                    log.warning(
+                        "%s: the secret file %s is now read beside the config file, as "
+                        "%s, which does not exist; %s in the current directory does. "
+                        "Move the file there or give its absolute path",
+                        config_file,
+                        secret.file,
+                        file,
+                        secret.file.resolve(),
+                    )
+            if file != secret.file:
+                setattr(model, name, secret.model_copy(update={"file": file}))

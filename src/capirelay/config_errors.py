@@ -25,7 +25,15 @@ from pydantic import BaseModel, ValidationError
 
 from capirelay.sources._toml_lines import KeyLines
 
-__all__ = ["field_suggestion", "locate", "syntax_error_line", "validation_error_lines"]
+__all__ = [
+    "field_suggestion",
+    "is_secret_setting",
+    "literal_secret_warning",
+    "locate",
+    "syntax_error_line",
+    "validation_error_lines",
+    "variable_holding",
+]
 
 _SETTING_LINE = re.compile(r"^\s*([A-Za-z_][\w-]*(?:\.[\w-]+)*): (.+)$")
 
@@ -60,7 +68,7 @@ def validation_error_lines(
         dotted = ".".join(str(part) for part in loc)
         # A CAPIRELAY_* variable overrides the file: when the value came from one, that
         # variable is where it is wrong (the file's line may be valid) and what to fix.
-        variable = _variable_holding(loc)
+        variable = variable_holding(loc)
         if error["type"] == "extra_forbidden" and _in_a_secret(root, loc):
             what = _unknown_secret_key(dotted, loc, variable)
         elif error["type"] == "extra_forbidden":
@@ -129,6 +137,39 @@ def _secret_forms(setting: str) -> tuple[str, str]:
         f'`{setting} = {{ file = "..." }}` (a path, relative to the config file\'s directory)',
         f'`{setting} = {{ env = "..." }}` (the name of an environment variable)',
     )
+
+
+def literal_secret_warning(secret: Sequence[str | int], variable: str | None = None) -> str:
+    """The warning for the secret at ``secret`` (``("webhooks", "shop", "secret")``) given
+    as a literal: the setting, where the literal is, and the forms that keep the secret
+    itself out of there, spelt as its errors spell them.  Never the value.
+
+    ``variable``: the ``CAPIRELAY_*`` variable whose JSON holds the literal
+    (``CAPIRELAY_PIXELS='{"1234567890": {"access_token": "EAA..."}}'``); None: the file."""
+    setting = ".".join(str(part) for part in secret)
+    if variable is None:
+        as_file, as_env = _secret_forms(str(secret[-1]))
+        return (
+            f"{setting} is a literal in the config file; write {as_env} or {as_file} in its "
+            "place, so the secret stays out of the file"
+        )
+    own = _own_variable(secret)
+    siblings = (
+        ""
+        if variable.upper() == own
+        else f", or take it out of that JSON and set {own}__FILE (a path) or {own}__ENV"
+    )
+    return (
+        f"{setting} is a literal inside the JSON of the environment variable {variable}; "
+        f'{_set_secret(variable, secret)} {{"env": "..."}} (the name of another variable) or '
+        f'{{"file": "..."}} (a path) in place of the literal{siblings}, so the secret '
+        f"itself is not in {variable}"
+    )
+
+
+def is_secret_setting(root: type[BaseModel], place: Sequence[str | int]) -> bool:
+    """Whether ``place`` (``("pixels", "42", "access_token")``) is a secret-typed setting."""
+    return bool(place) and _model_at(root, place) is _secret_model()
 
 
 def _own_variable(secret: Sequence[str | int]) -> str:
@@ -204,7 +245,7 @@ def _unknown_secret_key(dotted: str, loc: Sequence[str | int], variable: str | N
     return f"unknown key `{dotted}`; {either}"
 
 
-def _variable_holding(loc: Sequence[str | int]) -> str | None:
+def variable_holding(loc: Sequence[str | int]) -> str | None:
     """The ``CAPIRELAY_*`` variable the value at ``loc`` came from, if any: the one named
     for ``loc`` (``CAPIRELAY_WEBHOOKS__SHOP__SECRET``), else one named for a table above
     it whose JSON holds the rest of ``loc`` (``CAPIRELAY_WEBHOOKS__SHOP='{"secret": ...}'``).

@@ -331,6 +331,10 @@ def _answers(
 ) -> InitAnswers:
     base = config.parent.absolute()
     secrets = _absolute(secrets_dir or base / "capirelay-secrets")
+    ingest_key_file, dashboard_token_file = secrets / "ingest-key", secrets / "dashboard-token"
+    _check_secrets_dir(secrets_dir, secrets, [ingest_key_file, dashboard_token_file])
+    if token_file is not None:
+        _check_token_file(token_file, "--token-file")
     pixel_id = (
         _check_pixel(pixel)
         if pixel
@@ -348,7 +352,9 @@ def _answers(
                 "Environment variable name", DEFAULT_TOKEN_ENV, _check_env_name, interactive
             )
         else:
-            token_file = Path(_ask("Token file", str(secrets / "access-token"), str, interactive))
+            token_file = Path(
+                _ask("Token file", str(secrets / "access-token"), _check_token_file, interactive)
+            )
             if interactive and not token_file.exists():
                 pasted = typer.prompt(
                     "Paste the access token to store it in that file (empty: later)",
@@ -399,8 +405,8 @@ def _answers(
         public_url=public_url,
         test_event_code=test_event_code,
         graph_url=_check_graph_url(graph_url) if graph_url else None,
-        ingest_key_file=secrets / "ingest-key",
-        dashboard_token_file=secrets / "dashboard-token",
+        ingest_key_file=ingest_key_file,
+        dashboard_token_file=dashboard_token_file,
     )
 
 
@@ -421,6 +427,38 @@ def _absolute(path: Path) -> Path:
                 continue
         parts.append(part)
     return Path(*parts)
+
+
+def _check_token_file(value: str | Path, option: str | None = None) -> Path:
+    """The access token's file, refused when it is a directory: the config would name a
+    file that can never be read (``--token-file .`` wrote ``{ file = "." }``).  It need
+    not exist yet (the token can be stored later)."""
+    path = Path(value)
+    if path.is_dir():
+        flag = f"{option} " if option else ""
+        example = f"{flag}{str(value).rstrip('/')}/access-token"
+        raise typer.BadParameter(
+            f"{flag}{value} is a directory: give the file that holds the access token (or "
+            f"will), e.g. {example}"
+        )
+    return path
+
+
+def _check_secrets_dir(given: Path | None, secrets: Path, files: list[Path]) -> None:
+    """Where the generated secrets go: a directory (created if missing), with no directory
+    in the place of a secret file (each stopped init with a traceback)."""
+    named = f"--secrets-dir {given if given is not None else secrets}"
+    if secrets.exists() and not secrets.is_dir():
+        raise typer.BadParameter(
+            f"{named} is a file, not a directory: give a directory for the generated "
+            "secrets (it is created if missing)"
+        )
+    for path in files:
+        if path.is_dir():
+            raise typer.BadParameter(
+                f"{named}: {path} is a directory, where init writes a generated secret file; "
+                "move it away or give another --secrets-dir"
+            )
 
 
 def _check_source(value: str) -> str:
