@@ -20,11 +20,13 @@ from capirelay.sources.snippet import (
     SNIPPET_CACHE_CONTROL,
     SNIPPET_ETAG,
     SNIPPET_PATH,
+    SNIPPET_STUB,
+    page_snippet,
     snippet_source,
 )
 from server.conftest import gateway_settings, serve_in_thread
 
-SIZE_BUDGET_BYTES = 7 * 1024  # grew with the first-party _fbp/_fbc handling
+SIZE_BUDGET_BYTES = 8 * 1024  # grew with the first-party _fbp/_fbc handling, the stub replay
 SOURCE = snippet_source().decode("utf-8")
 
 
@@ -114,6 +116,23 @@ ES2015_PLUS = [
 def test_es5_only(feature: str, pattern: str) -> None:
     code = re.sub(r"/\*.*?\*/|//[^\n]*", "", SOURCE, flags=re.DOTALL)
     assert not re.search(pattern, code), f"{feature} is not ES5"
+
+
+@pytest.mark.parametrize(("feature", "pattern"), ES2015_PLUS, ids=[f for f, _ in ES2015_PLUS])
+def test_the_pasted_stub_is_es5(feature: str, pattern: str) -> None:
+    assert not re.search(pattern, SNIPPET_STUB), f"{feature} is not ES5"
+
+
+def test_the_pasted_snippet_is_the_stub_then_the_async_tag() -> None:
+    stub, tag = page_snippet("https://capi.shop.example/capirelay.js", "1234567890").split("\n")
+    assert stub == f"<script>{SNIPPET_STUB}</script>"
+    assert tag == (
+        '<script src="https://capi.shop.example/capirelay.js" data-pixel-id="1234567890" '
+        "async></script>"
+    )
+    # The stub defines nothing over a loaded snippet, and calls no host.
+    assert SNIPPET_STUB.startswith("(function(w){if(w.capirelay)return;")
+    assert "http" not in SNIPPET_STUB and "fetch" not in SNIPPET_STUB
 
 
 def test_calls_no_third_party_host() -> None:

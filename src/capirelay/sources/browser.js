@@ -2,7 +2,8 @@
  * gateway and gives fbq the same event id. User data goes only in the beacon body. */
 (function (w, d) {
   "use strict";
-  if (w.capirelay && w.capirelay.version) { return; }
+  var stub = w.capirelay; // the pasted stub, if any (snippet.py SNIPPET_STUB)
+  if (stub && stub.version) { return; } // loaded already: nothing is sent twice
   var KEY = "capirelay_fbclid";
   var STANDARD = /^(AddPaymentInfo|AddToCart|AddToWishlist|CompleteRegistration|Contact|CustomizeProduct|Donate|FindLocation|InitiateCheckout|Lead|PageView|Purchase|Schedule|Search|StartTrial|SubmitApplication|Subscribe|ViewContent)$/;
   var me = d.currentScript;
@@ -140,5 +141,21 @@
     if (o.consent !== undefined) { consent(o.consent); }
   }
 
-  w.capirelay = { version: "1", init: init, track: track, consent: consent, newEventId: uuid };
+  var api = { version: "1", init: init, track: track, consent: consent, newEventId: uuid };
+  // The calls the pasted stub took before this loaded, in the order they were made; a track
+  // keeps the id the stub answered with. A reference the page kept to the stub calls this.
+  var waiting = stub && stub.q || [], i, k;
+  w.capirelay = api;
+  if (stub && stub.q) { for (k in api) { stub[k] = api[k]; } stub.q = []; }
+  for (i = 0; i < waiting.length; i++) { replay(waiting[i]); }
+
+  function replay(call) {
+    var args = [].slice.call(call[1] || []), o = args[3] || {}, copy = {}, k;
+    if (call[0] === "track") {
+      for (k in o) { if (o.hasOwnProperty(k)) { copy[k] = o[k]; } }
+      copy.eventId = copy.eventId || call[2];
+      args[3] = copy;
+    }
+    try { api[call[0]].apply(api, args); } catch (e) { w.setTimeout(function () { throw e; }, 0); }
+  }
 }(window, document));
