@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from capirelay.cli import app
 from capirelay.config import load_settings
 from capirelay.emulator.testing import RunningEmulator, run_emulator
+from capirelay.sources.snippet import SNIPPET_STUB, page_snippet
 
 PIXEL = "1234567890"
 TOKEN = "init-test-token"
@@ -80,10 +81,9 @@ def test_non_interactive_init_writes_a_working_config(
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
 
     out = result.stdout
-    assert (
-        f'<script src="https://capi.shop.example/capirelay.js" data-pixel-id="{PIXEL}" '
-        "async></script>" in out
-    )
+    # The queueing stub, then the async tag: an inline capirelay.track(...) after it works.
+    pasted = page_snippet("https://capi.shop.example/capirelay.js", PIXEL)
+    assert "\n".join(f"  {line}" for line in pasted.splitlines()) in out
     bearer = f'-H "Authorization: Bearer $(cat {secrets / "ingest-key"})"'
     assert f"curl -s https://capi.shop.example/v1/events {bearer}" in out
     # The doctor ran on what was written, against the (emulated) Graph API.
@@ -152,6 +152,20 @@ def test_interactive_init_asks_with_defaults_and_asks_again_on_mistakes(
     assert 'src="http://127.0.0.1:8080/capirelay.js"' in result.stdout
     # The token in the file works: the doctor's token check passes against the emulator.
     assert re.search(r"token 1234567890\s+│ ok", result.stdout)
+
+
+def test_every_page_snippet_in_the_docs_is_what_init_prints() -> None:
+    """The README and the demo shop show the stub and the async tag, as init prints them."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert page_snippet("https://track.shop.example/capirelay.js", PIXEL) in readme
+    shop = (root / "src/capirelay/demo/shop.html").read_text(encoding="utf-8")
+    assert page_snippet("/capirelay.js", "{{ pixel_id }}") in shop
+    # No other copy of the stub, or a tag without it, anywhere a user reads.
+    for path in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        tags = re.findall(r"<script[^>]*capirelay\.js[^>]*>", text)
+        assert text.count(SNIPPET_STUB) == len(tags), path
 
 
 def test_no_input_needs_the_pixel(tmp_path: Path) -> None:

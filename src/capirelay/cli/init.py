@@ -7,8 +7,9 @@ config refers to as ``{ file = "..." }`` (relative to the config's directory whe
 inside it: a relative path is read from there); the Meta access token is read
 from an environment variable or a file, never written into the TOML.  An existing
 config is never overwritten without ``--force`` (existing secret files are
-kept, not rotated).  It ends by printing the ``<script>`` tag and a ``curl``
-example, and by running the doctor's checks on what it wrote.
+kept, not rotated).  It ends by printing the browser snippet (a queueing stub and
+the ``async`` ``<script>`` tag: :func:`capirelay.sources.snippet.page_snippet`) and
+a ``curl`` example, and by running the doctor's checks on what it wrote.
 """
 
 from __future__ import annotations
@@ -480,6 +481,8 @@ def _write_secrets(answers: InitAnswers) -> list[Path]:
 
 
 def _report(config: Path, answers: InitAnswers, kept: list[Path]) -> None:
+    from capirelay.sources.snippet import SNIPPET_PATH, page_snippet
+
     console.print(f"[green]wrote[/] {config}", highlight=False)
     for path in (answers.ingest_key_file, answers.dashboard_token_file):
         verb = "kept existing" if path in kept else "wrote (mode 0600)"
@@ -490,13 +493,13 @@ def _report(config: Path, answers: InitAnswers, kept: list[Path]) -> None:
             "`capirelay serve`",
             highlight=False,
         )
-    console.print("\nOn every page of your site (after Meta's pixel code, if any):")
     console.print(
-        f'  <script src="{answers.public_url}/capirelay.js" '
-        f'data-pixel-id="{answers.pixel_id}" async></script>',
-        highlight=False,
-        markup=False,
+        "\nOn every page of your site, in <head> (after Meta's pixel code, if any), "
+        "before any capirelay.track(...) call:"
     )
+    snippet = page_snippet(f"{answers.public_url}{SNIPPET_PATH}", answers.pixel_id)
+    for line in snippet.splitlines():
+        console.print(f"  {line}", highlight=False, markup=False)
     console.print("\nStart the gateway, then send a server event from your backend:")
     console.print(f"  capirelay serve --config {config}", highlight=False, markup=False)
     console.print(
