@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from capirelay.cli import app
+from capirelay.config import PixelSettings, Settings
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.graph import explain
 from capirelay.normalize import sha256_hex
@@ -27,6 +28,7 @@ from capirelay.ops.doctor import (
     DoctorReport,
     Status,
     backlog_check,
+    beacon_checks,
     clock_check,
     dlq_check,
     graph_check,
@@ -39,6 +41,7 @@ from not_graph import serve_not_graph
 PIXEL = "1234567890"
 TOKEN = "EAAdoctorTOKENabcdefghijklmnopqrstu"
 TOKEN_ENV = "CAPIRELAY_TEST_DOCTOR_TOKEN"
+ORIGINS = 'allowed_origins = ["https://shop.example"]\n'
 DAY = 86400.0
 
 runner = CliRunner()
@@ -56,7 +59,9 @@ def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
 
 
-def write_config(tmp_path: Path, graph_url: str, *, pixel_extra: str = "") -> Path:
+def write_config(
+    tmp_path: Path, graph_url: str, *, pixel_extra: str = "", origins: str = ORIGINS
+) -> Path:
     db = tmp_path / "capirelay.db"
     asyncio.run(_create_outbox(db))
     config = tmp_path / "capirelay.toml"
@@ -65,6 +70,7 @@ def write_config(tmp_path: Path, graph_url: str, *, pixel_extra: str = "") -> Pa
         f'graph_url = "{graph_url}"\n'
         f"[pixels.{PIXEL}]\n"
         f'access_token = {{ env = "{TOKEN_ENV}" }}\n'
+        f"{origins}"
         f"{pixel_extra}",
         encoding="utf-8",
     )
@@ -160,7 +166,7 @@ def test_healthy_setup_passes_every_check(tmp_path: Path, emulator: RunningEmula
     assert report["status"] == "ok"
     assert {c["status"] for c in report["checks"]} == {"ok"}
     names = set(by_name(report))
-    assert {"config", "storage", "graph", "clock", f"token {PIXEL}"} <= names
+    assert {"config", "beacon", "storage", "graph", "clock", f"token {PIXEL}"} <= names
     assert {f"api version {PIXEL}", "backlog", "dead letters", "match quality"} <= names
     graph = by_name(report)["graph"]["detail"]
     assert graph.startswith(f"reached {emulator.url}") and "proves the network path" in graph
@@ -281,6 +287,62 @@ def test_growing_dlq_fails_and_names_the_error_class(
     assert errors["status"] == "warn"
     assert errors["detail"] == "3 dead letters (Purchase x3)"
     assert errors["fix"] == explain(100, 2804001)
+
+
+def test_a_beacon_no_origin_may_use_warns_naming_the_setting_and_the_fix(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    # What interactive `capirelay init` writes when Enter is pressed at the origins question.
+    config = write_config(tmp_path, emulator.url, origins="allowed_origins = []\n")
+    code, report = doctor(config)
+    assert (code, report["status"]) == (0, "warn")
+    [row] = [c for c in report["checks"] if c["status"] != "ok"]
+    assert (row["name"], row["status"]) == ("beacon", "warn")
+    assert row["detail"] == (
+        f"pixels.{PIXEL}.allowed_origins is empty: every browser event for pixel {PIXEL} "
+        "(capirelay.js, POST /v1/collect) is refused with 403 origin_not_allowed"
+    )
+    assert row["fix"].startswith(
+        f"list your site's origins under [pixels.{PIXEL}], e.g. allowed_origins = [\"https://"
+    )
+    assert doctor(config, "--strict")[0] == 1
+
+
+def _pixels(**pixels: dict[str, Any]) -> Settings:
+    return Settings(
+        storage="sqlite:///unused.db",
+        pixels={
+            pid: PixelSettings(**{"access_token": {"env": TOKEN_ENV}, **p})
+            for pid, p in pixels.items()
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("pixels", "expected"),
+    [
+        # Every pixel takes browser events unless beacon_events = [].
+        ({"1": {}}, [("warn", "pixels.1.allowed_origins is empty")]),
+        ({"1": {"beacon_events": ["Purchase"]}}, [("warn", "pixels.1.allowed_origins is empty")]),
+        ({"1": {"allowed_origins": ["*"]}}, [("ok", "1 pixel(s) take browser events from")]),
+        (
+            {"1": {"allowed_origins": ["https://shop.example"]}, "2": {}},
+            [("warn", "pixels.2.allowed_origins is empty")],
+        ),
+        (
+            {"1": {"allowed_origins": ["https://shop.example"]}, "2": {"beacon_events": []}},
+            [("ok", "1 pixel(s) take browser events from")],
+        ),
+        ({"1": {"beacon_events": []}}, [("ok", "off: no pixel takes browser events")]),
+    ],
+)
+def test_beacon_checks(pixels: dict[str, dict[str, Any]], expected: list[tuple[str, str]]) -> None:
+    checks = beacon_checks(_pixels(**pixels))
+    assert [
+        (str(c.status), c.detail[: len(d)]) for c, (_, d) in zip(checks, expected, strict=True)
+    ] == expected
+    assert {c.name for c in checks} == {"beacon"}
+    assert all((c.fix is None) == (c.status is Status.OK) for c in checks)
 
 
 def test_warnings_exit_zero_unless_strict(tmp_path: Path, emulator: RunningEmulator) -> None:
@@ -681,7 +743,7 @@ def test_a_webhook_for_an_unconfigured_pixel_is_told_which_pixels_exist(
     result = runner.invoke(app, ["doctor", "--config", str(config), "--json"])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        f"{config}:7:1: webhooks.shop.pixel_id: pixel_id 123456789 is not configured under "
+        f"{config}:8:1: webhooks.shop.pixel_id: pixel_id 123456789 is not configured under "
         f"[pixels]; add a [pixels.123456789] table, or set pixel_id to a configured pixel "
         f"({PIXEL})"
     ]

@@ -62,6 +62,7 @@ __all__ = [
     "DoctorReport",
     "Status",
     "backlog_check",
+    "beacon_checks",
     "clock_check",
     "config_checks",
     "dlq_check",
@@ -175,6 +176,37 @@ def config_checks(settings: Settings) -> list[Check]:
     checks.extend(_webhook_checks(settings))
     if not checks:
         checks.append(Check("config", Status.OK, f"{len(settings.pixels)} pixel(s) configured"))
+    return checks
+
+
+def beacon_checks(settings: Settings) -> list[Check]:
+    """A warn per pixel that takes browser events (``beacon_events`` not ``[]``) from no
+    origin: every beacon a page sends it is answered 403 ``origin_not_allowed``."""
+    taking = {pid: p for pid, p in settings.pixels.items() if p.beacon_events != []}
+    checks = [
+        Check(
+            "beacon",
+            Status.WARN,
+            f"pixels.{pixel_id}.allowed_origins is empty: every browser event for pixel "
+            f"{pixel_id} (capirelay.js, POST /v1/collect) is refused with 403 "
+            "origin_not_allowed",
+            f"list your site's origins under [pixels.{pixel_id}], e.g. allowed_origins = "
+            '["https://shop.example"], and restart the gateway; or set beacon_events = [] '
+            "if this pixel takes no browser events",
+        )
+        for pixel_id, pixel in taking.items()
+        if not pixel.allowed_origins
+    ]
+    if not checks and taking:
+        checks.append(
+            Check(
+                "beacon",
+                Status.OK,
+                f"{len(taking)} pixel(s) take browser events from their origins",
+            )
+        )
+    elif not checks and settings.pixels:
+        checks.append(Check("beacon", Status.OK, "off: no pixel takes browser events"))
     return checks
 
 
@@ -578,6 +610,7 @@ async def run_doctor(
             return report
     now = time.time() if now is None else now
     report.checks.extend(config_checks(settings))
+    report.checks.extend(beacon_checks(settings))
     report.checks.extend(credential_checks(settings))
     report.checks.extend(test_event_checks(settings))
     storage, probe, tokens = await asyncio.gather(
