@@ -84,6 +84,7 @@ def test_non_interactive_init_writes_a_working_config(
     # The queueing stub, then the async tag: an inline capirelay.track(...) after it works.
     pasted = page_snippet("https://capi.shop.example/capirelay.js", PIXEL)
     assert "\n".join(f"  {line}" for line in pasted.splitlines()) in out
+    assert "No site origin is allowed" not in out
     bearer = f'-H "Authorization: Bearer $(cat {secrets / "ingest-key"})"'
     assert f"curl -s https://capi.shop.example/v1/events {bearer}" in out
     # The doctor ran on what was written, against the (emulated) Graph API.
@@ -166,6 +167,31 @@ def test_every_page_snippet_in_the_docs_is_what_init_prints() -> None:
         text = path.read_text(encoding="utf-8")
         tags = re.findall(r"<script[^>]*capirelay\.js[^>]*>", text)
         assert text.count(SNIPPET_STUB) == len(tags), path
+
+
+def test_init_with_no_origin_says_the_snippet_is_refused_and_the_doctor_warns(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPIRELAY_ACCESS_TOKEN", TOKEN)
+    # Pixel, token from env (default variable), then Enter at every other question.
+    answers = "\n".join([PIXEL, "env", "", "", "", ""])
+    config = tmp_path / "capirelay.toml"
+    result = runner.invoke(
+        app, ["init", "--config", str(config), "--graph-url", emulator.url], input=answers + "\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads(config.read_text())["pixels"][PIXEL]["allowed_origins"] == []
+    [line] = [line for line in result.stdout.splitlines() if "No site origin" in line]
+    assert line.strip() == (
+        "No site origin is allowed yet, so the gateway refuses this snippet's events (403 "
+        f"origin_not_allowed): set allowed_origins under [pixels.{PIXEL}] in {config}, e.g. "
+        'allowed_origins = ["https://shop.example"].'
+    )
+    # It follows the snippet it is about; the doctor's table warns about the same setting.
+    assert result.stdout.index("capirelay.js") < result.stdout.index(line)
+    assert re.search(
+        r"beacon\s+│ warn\s+│ pixels\.1234567890\.allowed_origins is empty", result.stdout
+    )
 
 
 def test_no_input_needs_the_pixel(tmp_path: Path) -> None:

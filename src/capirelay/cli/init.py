@@ -369,7 +369,7 @@ def _answers(
         token_env = _check_env_name(token_env)
     if origins is None:
         answer = _ask(
-            "Your site's origins, comma-separated (empty: none)",
+            "Your site's origins, comma-separated (empty: none, browser events refused)",
             "",
             lambda v: ",".join(_check_origins([v])),
             interactive,
@@ -500,6 +500,15 @@ def _report(config: Path, answers: InitAnswers, kept: list[Path]) -> None:
     snippet = page_snippet(f"{answers.public_url}{SNIPPET_PATH}", answers.pixel_id)
     for line in snippet.splitlines():
         console.print(f"  {line}", highlight=False, markup=False)
+    if not answers.origins:
+        console.print(
+            "  No site origin is allowed yet, so the gateway refuses this snippet's events "
+            f"(403 origin_not_allowed): set allowed_origins under [pixels.{answers.pixel_id}] "
+            f'in {config}, e.g. allowed_origins = ["https://shop.example"].',
+            style="yellow",
+            highlight=False,
+            markup=False,
+        )
     console.print("\nStart the gateway, then send a server event from your backend:")
     console.print(f"  capirelay serve --config {config}", highlight=False, markup=False)
     console.print(
