@@ -7,6 +7,7 @@ version, a stalled queue and a growing DLQ; plus the pure check functions as tab
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import time
 from collections.abc import Iterator
@@ -16,9 +17,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from capirelay.cli import app
+from capirelay.cli.doctor import render
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.graph import explain
 from capirelay.normalize import sha256_hex
@@ -345,6 +348,36 @@ def test_rich_table_output(tmp_path: Path, emulator: RunningEmulator) -> None:
     assert "capirelay doctor" in result.stdout
     assert f"token {PIXEL}" in result.stdout
     assert "Failures: events are being lost or will be" in result.stdout
+
+
+LONG_NAME = f"meta {PIXEL} dq:Lead:send_click_id_with_more_events"
+LONG_DETAIL = (
+    "Meta's dataset quality says 12% of Lead events carry a click ID (fbc); sending it "
+    "with more events raises the share of conversions attributed to ads"
+)
+LONG_FIX = "send fbc from the _fbc cookie or the fbclid URL parameter with every Lead event"
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_a_long_check_name_leaves_the_detail_readable_at_any_width(width: int) -> None:
+    # A pipe or an 80-column terminal: the long name once squeezed the detail column to
+    # one character per line (over a thousand lines for a few checks).
+    report = DoctorReport(
+        [
+            Check("storage", Status.OK, "sqlite outbox answers"),
+            Check(LONG_NAME, Status.WARN, LONG_DETAIL, LONG_FIX),
+            Check("graph", Status.OK, "reached https://graph.facebook.com in 80 ms"),
+        ]
+    )
+    out = io.StringIO()
+    render(report, Console(file=out, width=width, color_system=None))
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= width for line in lines)
+    assert len(lines) <= 24, out.getvalue()
+    words = {word.strip("│┃") for line in lines for word in line.split()}
+    for word in f"{LONG_DETAIL} {LONG_FIX}".split():
+        assert word in words, word
+    assert "Warnings: delivery works" in out.getvalue()
 
 
 async def test_clock_skew_from_a_frozen_emulator_clock(
