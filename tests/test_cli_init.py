@@ -103,7 +103,7 @@ def test_init_refuses_to_overwrite_without_force_and_keeps_secrets_with_it(
     config.write_text("# edited by hand\n" + config.read_text())
 
     again = runner.invoke(app, _flags(tmp_path, emulator))
-    assert again.exit_code == 1
+    assert again.exit_code == 2  # a usage error, as init's others are
     assert "already exists; pass --force" in again.stderr
     assert config.read_text().startswith("# edited by hand")
 
@@ -157,7 +157,9 @@ def test_interactive_init_asks_with_defaults_and_asks_again_on_mistakes(
 def test_no_input_needs_the_pixel(tmp_path: Path) -> None:
     result = runner.invoke(app, ["init", "--no-input", "--config", str(tmp_path / "c.toml")])
     assert result.exit_code == 2
-    assert "Pixel (dataset) id from Events Manager: required" in result.stderr
+    assert result.stderr.strip() == (
+        "Pixel (dataset) id from Events Manager: required with --no-input: pass --pixel ID"
+    )
     assert not (tmp_path / "c.toml").exists()
 
 

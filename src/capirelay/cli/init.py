@@ -29,7 +29,6 @@ from capirelay.secret_files import new_token, toml_string, write_secret
 __all__ = ["InitAnswers", "init_command", "render_config"]
 
 console = Console(soft_wrap=True)
-EXIT_FAILED = 1
 EXIT_USAGE = 2
 DEFAULT_TOKEN_ENV = "CAPIRELAY_ACCESS_TOKEN"
 _PIXEL = re.compile(r"^[0-9]{1,32}$")
@@ -210,14 +209,17 @@ def _check_env_name(value: str) -> str:
     return value
 
 
-def _ask(question: str, default: str | None, check: object, interactive: bool) -> str:
-    """Prompt until ``check`` accepts (interactive), or check the default once."""
+def _ask(
+    question: str, default: str | None, check: object, interactive: bool, flag: str = ""
+) -> str:
+    """Prompt until ``check`` accepts (interactive), or check the default once; with
+    ``--no-input`` and no default, the error names ``flag``, the option that answers."""
     assert callable(check)
     while True:
         if not interactive:
             if default is None:
                 raise typer.BadParameter(
-                    f"{question}: required (pass it as a flag with --no-input)"
+                    f"{question}: required with --no-input: pass {flag or 'it as a flag'}"
                 )
             return str(check(default))
         if default is None:
@@ -284,7 +286,7 @@ def init_command(
     """
     if config.exists() and not force:
         typer.echo(f"{config} already exists; pass --force to overwrite it", err=True)
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_USAGE)
     if token_env and token_file:
         typer.echo("give --token-env or --token-file, not both", err=True)
         raise typer.Exit(EXIT_USAGE)
@@ -338,7 +340,13 @@ def _answers(
     pixel_id = (
         _check_pixel(pixel)
         if pixel
-        else _ask("Pixel (dataset) id from Events Manager", None, _check_pixel, interactive)
+        else _ask(
+            "Pixel (dataset) id from Events Manager",
+            None,
+            _check_pixel,
+            interactive,
+            flag="--pixel ID",
+        )
     )
     if not token_env and not token_file:
         source = _ask(
