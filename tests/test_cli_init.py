@@ -86,6 +86,11 @@ def test_non_interactive_init_writes_a_working_config(
     )
     bearer = f'-H "Authorization: Bearer $(cat {secrets / "ingest-key"})"'
     assert f"curl -s https://capi.shop.example/v1/events {bearer}" in out
+    # Go-live step 3 sends it to the `serve` just started, which the public URL may not
+    # reach yet: the same request to the local address comes first.
+    local = f"curl -s http://127.0.0.1:8080/v1/events {bearer}"
+    assert local in out and out.index(local) < out.index("curl -s https://capi.shop")
+    assert "on this machine, to the gateway `serve` starts (http://127.0.0.1:8080)" in out
     # The doctor ran on what was written, against the (emulated) Graph API.
     assert "capirelay doctor" in out
     assert f"token {PIXEL}" in out

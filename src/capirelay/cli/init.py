@@ -507,17 +507,20 @@ def _report(config: Path, answers: InitAnswers, kept: list[Path]) -> None:
     )
     console.print("\nStart the gateway, then send a server event from your backend:")
     console.print(f"  capirelay serve --config {config}", highlight=False, markup=False)
-    console.print(
-        f"  curl -s {answers.public_url}/v1/events "
-        f'-H "Authorization: Bearer $(cat {answers.ingest_key_file})" '
-        "-H 'Content-Type: application/json' "
-        f'-d \'{{"pixel_id": "{answers.pixel_id}", "data": [{{"event_name": "Lead", '
-        '"event_time": \'$(date +%s)\', "action_source": "website", '
-        '"event_source_url": "https://shop.example/contact", '
-        '"user_data": {"email": "lead@example.com", "client_user_agent": "curl"}}]}\'',
-        highlight=False,
-        markup=False,
-    )
+    local = local_url(answers)
+    if answers.public_url.rstrip("/") != local:
+        console.print(
+            f"  # on this machine, to the gateway `serve` starts ({local}):",
+            highlight=False,
+            markup=False,
+        )
+        console.print(f"  {_curl(local, answers)}", highlight=False, markup=False)
+        console.print(
+            f"  # from your backend, once {answers.public_url} reaches the gateway:",
+            highlight=False,
+            markup=False,
+        )
+    console.print(f"  {_curl(answers.public_url, answers)}", highlight=False, markup=False)
     console.print(
         f"\nDashboard: {answers.public_url}/ui/  (token: the contents of "
         f"{answers.dashboard_token_file})",
@@ -525,6 +528,24 @@ def _report(config: Path, answers: InitAnswers, kept: list[Path]) -> None:
         markup=False,
     )
     console.print("\nChecking the new config (capirelay doctor):")
+
+
+def local_url(answers: InitAnswers) -> str:
+    """Where `capirelay serve` answers on this machine (its ``host`` and ``port``)."""
+    host = "127.0.0.1" if answers.host in ("0.0.0.0", "") else answers.host  # noqa: S104
+    return f"http://{host}:{answers.port}"
+
+
+def _curl(base_url: str, answers: InitAnswers) -> str:
+    return (
+        f"curl -s {base_url.rstrip('/')}/v1/events "
+        f'-H "Authorization: Bearer $(cat {answers.ingest_key_file})" '
+        "-H 'Content-Type: application/json' "
+        f'-d \'{{"pixel_id": "{answers.pixel_id}", "data": [{{"event_name": "Lead", '
+        '"event_time": \'$(date +%s)\', "action_source": "website", '
+        '"event_source_url": "https://shop.example/contact", '
+        '"user_data": {"email": "lead@example.com", "client_user_agent": "curl"}}]}\''
+    )
 
 
 def _doctor(config: Path) -> None:
