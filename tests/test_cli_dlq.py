@@ -10,9 +10,12 @@ from typing import Any
 
 import orjson
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from capirelay.cli import app
+from capirelay.cli import dlq as dlq_cli
+from capirelay.ops.dlq import DeadLetterSummary, list_dead_letters
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, SQLiteOutbox
 from capirelay.validate import deadline
 
@@ -36,7 +39,7 @@ def wire(event_id: str, *, now: float, valid: bool, age_days: float = 1) -> dict
     }
 
 
-async def seed(db: Path) -> None:
+async def seed(db: Path, pixel: str = PIXEL) -> None:
     now = time.time()
     box = SQLiteOutbox(db)
     await box.open()
@@ -47,7 +50,7 @@ async def seed(db: Path) -> None:
     ]
     for payload, reason in payloads:
         event = NewEvent(
-            pixel_id=PIXEL,
+            pixel_id=pixel,
             event_name="Purchase",
             event_id=payload["event_id"],
             payload=orjson.dumps(payload),
@@ -55,7 +58,7 @@ async def seed(db: Path) -> None:
             deadline=deadline(payload),
         )
         await box.enqueue([event], now=now)
-        leased = await box.lease(PIXEL, limit=10, lease_seconds=30, now=now)
+        leased = await box.lease(pixel, limit=10, lease_seconds=30, now=now)
         attempt = Attempt(
             at=now,
             status=400,
@@ -93,6 +96,36 @@ def test_list_and_filter(storage: str) -> None:
         assert event_id in result.output
     expired = invoke("list", "--storage", storage, "--reason", "expired")
     assert "old-3" in expired.output and "fixed-1" not in expired.output
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_list_never_cuts_an_id_a_code_or_a_date(
+    tmp_path: Path, width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At 80 columns (a pipe) the table once showed `1234567…` and `2026-1…`.
+    pixel = "1234567890123456"
+    db = tmp_path / "q.db"
+    asyncio.run(seed(db, pixel))
+    monkeypatch.setattr(dlq_cli, "console", Console(width=width, color_system=None))
+    result = invoke("list", "--storage", f"sqlite:///{db}")
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    assert all(len(line) <= width for line in result.stdout.splitlines())
+    letters = asyncio.run(_dead_letters(db))
+    for letter in letters:
+        for value in (letter.event_id, letter.reason, f"{letter.code}/{letter.subcode}"):
+            assert value in result.stdout
+        assert dlq_cli._when(letter.dead_at) in result.stdout
+    assert result.stdout.count(pixel) == len(letters) == 3
+
+
+async def _dead_letters(db: Path) -> list[DeadLetterSummary]:
+    box = SQLiteOutbox(db)
+    await box.open()
+    try:
+        return await list_dead_letters(box)
+    finally:
+        await box.close()
 
 
 def test_show_explains_metas_error(storage: str) -> None:

@@ -87,6 +87,11 @@ def test_non_interactive_init_writes_a_working_config(
     assert "No site origin is allowed" not in out
     bearer = f'-H "Authorization: Bearer $(cat {secrets / "ingest-key"})"'
     assert f"curl -s https://capi.shop.example/v1/events {bearer}" in out
+    # Go-live step 3 sends it to the `serve` just started, which the public URL may not
+    # reach yet: the same request to the local address comes first.
+    local = f"curl -s http://127.0.0.1:8080/v1/events {bearer}"
+    assert local in out and out.index(local) < out.index("curl -s https://capi.shop")
+    assert "on this machine, to the gateway `serve` starts (http://127.0.0.1:8080)" in out
     # The doctor ran on what was written, against the (emulated) Graph API.
     assert "capirelay doctor" in out
     assert f"token {PIXEL}" in out
@@ -104,7 +109,7 @@ def test_init_refuses_to_overwrite_without_force_and_keeps_secrets_with_it(
     config.write_text("# edited by hand\n" + config.read_text())
 
     again = runner.invoke(app, _flags(tmp_path, emulator))
-    assert again.exit_code == 1
+    assert again.exit_code == 2  # a usage error, as init's others are
     assert "already exists; pass --force" in again.stderr
     assert config.read_text().startswith("# edited by hand")
 
@@ -197,7 +202,9 @@ def test_init_with_no_origin_says_the_snippet_is_refused_and_the_doctor_warns(
 def test_no_input_needs_the_pixel(tmp_path: Path) -> None:
     result = runner.invoke(app, ["init", "--no-input", "--config", str(tmp_path / "c.toml")])
     assert result.exit_code == 2
-    assert "Pixel (dataset) id from Events Manager: required" in result.stderr
+    assert result.stderr.strip() == (
+        "Pixel (dataset) id from Events Manager: required with --no-input: pass --pixel ID"
+    )
     assert not (tmp_path / "c.toml").exists()
 
 

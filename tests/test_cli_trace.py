@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import orjson
+from typer.testing import CliRunner
 
+from capirelay.cli import app
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, SQLiteOutbox
+from capirelay.outbox.receipts import dropped_receipt
 
 PIXEL = "1234567890"
 EVENT_ID = "order-20261204-0001-checkout-complete-with-a-long-id"
@@ -62,3 +65,34 @@ def test_piped_trace_prints_full_values(tmp_path: Path) -> None:
     assert any(MESSAGE in line for line in lines), result.stdout
     assert any(FBTRACE in line and EVENT_ID not in line for line in lines), result.stdout
     assert "…" not in result.stdout
+
+
+async def rejected_webhook_event(db: Path, event_id: str) -> None:
+    outbox = SQLiteOutbox(db)
+    await outbox.open()
+    try:
+        too_old = {"code": "event_too_old", "field": "event_time", "severity": "error",
+                   "message": "event_time is more than 7 days in the past"}  # fmt: skip
+        receipt = dropped_receipt(
+            pixel_id=PIXEL, event_name="Purchase", event_id=event_id, source="webhook:shop",
+            reason="rejected (event_too_old): event_time is more than 7 days in the past",
+            problems=[too_old], now=time.time(),
+        )  # fmt: skip
+        await outbox.record_receipts([receipt])
+    finally:
+        await outbox.close()
+
+
+def test_a_webhook_event_rejected_at_ingest_is_headed_rejected_not_dropped(
+    tmp_path: Path,
+) -> None:
+    db, event_id = tmp_path / "capirelay.db", "shopify:450789469:Purchase"
+    asyncio.run(rejected_webhook_event(db, event_id))
+    runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1", "CAPIRELAY_CONFIG": None})
+    result = runner.invoke(app, ["trace", event_id, "--storage", f"sqlite:///{db}"])
+    assert result.exit_code == 1, result.output  # not delivered
+    heading = result.stdout.splitlines()[0]
+    assert heading == f"{event_id}: rejected"
+    assert "rejected at ingest (event_too_old)" in result.stdout
+    as_json = runner.invoke(app, ["trace", event_id, "--storage", f"sqlite:///{db}", "--json"])
+    assert orjson.loads(as_json.stdout)["status"] == "rejected"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 import capirelay.config as config_module
 from capirelay.config import ConfigError, Secret, Settings, load_settings
 from capirelay.ops.doctor import Check, Status, config_checks
+from capirelay.outbox import sqlite_path_from_url
 
 TOML = """
 storage = "sqlite:///{db}"
@@ -252,6 +254,26 @@ def test_a_webhook_mapping_path_is_read_beside_the_config(
     assert [c.detail.split(":")[0] for c in failing] == ["webhooks.a", "webhooks.b"]
     assert "cannot read the mapping file" in failing[0].detail
     assert "config file's directory" in (failing[0].fix or "")
+
+
+def test_the_example_config_stores_its_outbox_where_its_comment_says() -> None:
+    # sqlite:///var/lib/... is relative (three slashes): serve made ./var/lib/capirelay/
+    # in whatever directory it ran in.
+    settings = load_settings(EXAMPLES / "capirelay.toml")
+    assert sqlite_path_from_url(settings.storage) == "/var/lib/capirelay/capirelay.db"
+
+
+def test_documented_sqlite_urls_are_absolute_or_visibly_relative() -> None:
+    # Three slashes then a name reads as an absolute path and is not one: the docs and
+    # examples write sqlite:////abs/path.db, or sqlite:///./rel.db for a relative one.
+    root = EXAMPLES.parent
+    files = [root / "README.md", *(root / "docs").rglob("*.md"), *EXAMPLES.rglob("*.toml")]
+    misleading = [
+        f"{path.relative_to(root)}: {match.group(0)}"
+        for path in files
+        for match in re.finditer(r"sqlite:///(?![/.{])\S+", path.read_text(encoding="utf-8"))
+    ]
+    assert misleading == []
 
 
 def config_checks_fail(settings: Settings) -> list[Check]:

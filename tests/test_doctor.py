@@ -7,6 +7,8 @@ version, a stalled queue and a growing DLQ; plus the pure check functions as tab
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -16,9 +18,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from capirelay.cli import app
+from capirelay.cli.doctor import render
 from capirelay.config import PixelSettings, Settings
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.graph import explain
@@ -170,6 +174,61 @@ def test_healthy_setup_passes_every_check(tmp_path: Path, emulator: RunningEmula
     assert {f"api version {PIXEL}", "backlog", "dead letters", "match quality"} <= names
     graph = by_name(report)["graph"]["detail"]
     assert graph.startswith(f"reached {emulator.url}") and "proves the network path" in graph
+
+
+def config_with_storage(tmp_path: Path, graph_url: str, db: Path) -> Path:
+    config = tmp_path / "capirelay.toml"
+    config.write_text(
+        f'storage = "sqlite:///{db}"\ngraph_url = "{graph_url}"\n'
+        f'[pixels.{PIXEL}]\naccess_token = {{ env = "{TOKEN_ENV}" }}\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_a_new_install_before_its_first_serve_passes_the_storage_check(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    # `capirelay init` then `capirelay doctor`: no outbox yet is the normal state, not a
+    # warning that "something degrades delivery".
+    db = tmp_path / "data" / "capirelay.db"
+    code, report = doctor(config_with_storage(tmp_path, emulator.url, db))
+    storage = by_name(report)["storage"]
+    assert (code, report["status"], storage["status"]) == (0, "ok", "ok"), storage
+    assert storage["detail"].startswith(f"SQLite outbox {db} does not exist yet")
+    assert "the first `capirelay serve` creates it" in storage["detail"]
+    assert not db.parent.exists()  # the doctor creates nothing
+
+
+def test_an_outbox_that_serve_could_not_create_fails(
+    tmp_path: Path, emulator: RunningEmulator
+) -> None:
+    (tmp_path / "var").write_text("a file where a directory should be\n")
+    db = tmp_path / "var" / "lib" / "capirelay.db"
+    code, report = doctor(config_with_storage(tmp_path, emulator.url, db))
+    storage = by_name(report)["storage"]
+    assert (code, storage["status"]) == (1, "fail")
+    assert storage["detail"] == (
+        f"SQLite outbox {db} does not exist and cannot be created: "
+        f"{tmp_path / 'var'} is not a directory"
+    )
+    assert "sqlite:////absolute/path/capirelay.db" in storage["fix"]
+
+
+def test_an_outbox_in_a_directory_this_user_may_not_write_fails(
+    tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    access = os.access
+    # Read-only for this user (a chmod would not stop root, who runs some test machines).
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: access(path, mode) and Path(path) != locked
+    )
+    code, report = doctor(config_with_storage(tmp_path, emulator.url, locked / "capirelay.db"))
+    storage = by_name(report)["storage"]
+    assert (code, storage["status"]) == (1, "fail")
+    assert storage["detail"].endswith(f"{locked} is not writable by this user")
 
 
 def test_revoked_token_fails(tmp_path: Path, emulator: RunningEmulator) -> None:
@@ -407,6 +466,36 @@ def test_rich_table_output(tmp_path: Path, emulator: RunningEmulator) -> None:
     assert "capirelay doctor" in result.stdout
     assert f"token {PIXEL}" in result.stdout
     assert "Failures: events are being lost or will be" in result.stdout
+
+
+LONG_NAME = f"meta {PIXEL} dq:Lead:send_click_id_with_more_events"
+LONG_DETAIL = (
+    "Meta's dataset quality says 12% of Lead events carry a click ID (fbc); sending it "
+    "with more events raises the share of conversions attributed to ads"
+)
+LONG_FIX = "send fbc from the _fbc cookie or the fbclid URL parameter with every Lead event"
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_a_long_check_name_leaves_the_detail_readable_at_any_width(width: int) -> None:
+    # A pipe or an 80-column terminal: the long name once squeezed the detail column to
+    # one character per line (over a thousand lines for a few checks).
+    report = DoctorReport(
+        [
+            Check("storage", Status.OK, "sqlite outbox answers"),
+            Check(LONG_NAME, Status.WARN, LONG_DETAIL, LONG_FIX),
+            Check("graph", Status.OK, "reached https://graph.facebook.com in 80 ms"),
+        ]
+    )
+    out = io.StringIO()
+    render(report, Console(file=out, width=width, color_system=None))
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= width for line in lines)
+    assert len(lines) <= 24, out.getvalue()
+    words = {word.strip("│┃") for line in lines for word in line.split()}
+    for word in f"{LONG_DETAIL} {LONG_FIX}".split():
+        assert word in words, word
+    assert "Warnings: delivery works" in out.getvalue()
 
 
 async def test_clock_skew_from_a_frozen_emulator_clock(

@@ -157,6 +157,24 @@ def test_report_hints_rank_across_event_names_by_volume() -> None:
     ]
 
 
+def test_in_store_sales_are_not_asked_for_what_only_a_browser_has() -> None:
+    # A till has no user agent, no _fbp/_fbc cookie and no buyer's IP: Meta matches
+    # physical_store events on customer information, and hints asked for them anyway.
+    browser = ("client_user_agent", "client_ip_address", "fbc", "fbp")
+    customer = {k: v for k, v in FULL_USER_DATA.items() if k not in browser and k != "ph"}
+    in_store = {**event(**customer), "action_source": "physical_store"}
+    online = {**event(**customer), "action_source": "website"}
+    assert predict_match_quality([in_store] * 10).hints == ["100% of Purchase events lack a phone"]
+    # Mixed with website sales, only those are said to lack the browser's keys.
+    hints = predict_match_quality([in_store] * 6 + [online] * 4).hints
+    assert "40% of Purchase events lack a user agent" in hints
+    assert "100% of Purchase events lack a phone" in hints
+    assert not any("lack a user agent" in h and not h.startswith("40%") for h in hints)
+    # A malformed value is still told: it was sent, and Meta cannot use it.
+    bad = {**in_store, "user_data": {**customer, "ph": PH, "fbc": "IwAR-bare-click-id"}}
+    assert predict_match_quality([bad] * 10).hints == ["100% of Purchase fbc values are malformed"]
+
+
 def test_small_gaps_give_no_hint() -> None:
     payloads = [event(**FULL_USER_DATA)] * 96 + [event(**{**FULL_USER_DATA, "ph": ""})] * 4
     assert predict_match_quality(payloads).hints == []

@@ -38,7 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any, Final
 
@@ -334,8 +334,10 @@ class Importer:
                 source=SOURCE,
                 max_future_skew=self.max_future_skew,
             )
-            if problems:
-                item = PreparedEvent(item.new_event, item.event_id, [*problems, *item.problems])
+            if problems or item.problems:
+                item = PreparedEvent(
+                    item.new_event, item.event_id, [*problems, *import_advice(item.problems)]
+                )
             prepared.append(item)
         return prepared
 
@@ -476,6 +478,24 @@ class Importer:
 
         summary.quality = predict_match_quality(payloads())
         return summary
+
+
+# Validation's event_too_old says "drop the event or send it sooner": a file's row
+# cannot be sent sooner, its date is history.
+_TOO_OLD_FOR_AN_IMPORT = (
+    "; Meta accepts no event older than 7 days (62 for action_source physical_store, "
+    "sales in a store), so this row cannot be sent"
+)
+
+
+def import_advice(problems: list[Problem]) -> list[Problem]:
+    """``problems`` with the ``event_too_old`` advice an import can follow."""
+    return [
+        replace(p, message=p.message.partition(";")[0] + _TOO_OLD_FOR_AN_IMPORT)
+        if p.code == "event_too_old"
+        else p
+        for p in problems
+    ]
 
 
 _worker_importer: Importer | None = None

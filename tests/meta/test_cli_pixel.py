@@ -9,9 +9,11 @@ import httpx
 import orjson
 import pytest
 from meta_data import PIXEL, TOKEN
+from rich.console import Console
 from typer.testing import CliRunner
 
 from capirelay.cli import app
+from capirelay.cli import pixel as pixel_cli
 from capirelay.emulator import RunningEmulator, run_emulator
 
 runner = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"})
@@ -75,6 +77,27 @@ def test_status_enable_aam_and_cookies(config: Path, emulator: RunningEmulator) 
     runner.invoke(app, ["pixel", "first-party-cookies", "on", "--config", str(config)])
     assert status(config)["first_party_cookie_status"] == "FIRST_PARTY_COOKIE_ENABLED"
     assert all(TOKEN not in str(entry) for entry in emulator.state.request_log())
+
+
+def test_status_at_80_columns_shows_the_cookie_state_and_the_pixel_whole(
+    config: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Both states were cut to `FIRST_PARTY_COOKIE…`: enabled and disabled looked the same.
+    monkeypatch.setattr(pixel_cli, "console", Console(width=80, color_system=None))
+
+    def table() -> str:
+        result = runner.invoke(app, ["pixel", "status", "--config", str(config)])
+        assert result.exit_code == 0, result.output
+        assert "…" not in result.stdout
+        assert all(len(line) <= 80 for line in result.stdout.splitlines())
+        assert PIXEL in result.stdout
+        return result.stdout
+
+    assert "enabled" in table() and "disabled" not in table()
+    runner.invoke(app, ["pixel", "first-party-cookies", "off", "--config", str(config)])
+    off = table()
+    assert "disabled" in off and "enabled" not in off.replace("disabled", "")
+    assert "first-party-cookies on" in " ".join(off.replace("│", " ").split())
 
 
 def test_a_token_without_permission_gets_the_fix(config: Path, emulator: RunningEmulator) -> None:

@@ -3,7 +3,7 @@ rejection's problem codes), never from the wording of its ``reason`` text."""
 
 from __future__ import annotations
 
-from capirelay.ops.trace import iso, story
+from capirelay.ops.trace import iso, status_of, story
 from capirelay.outbox.receipts import (
     MetaAnswer,
     Receipt,
@@ -57,6 +57,8 @@ def test_a_rejection_is_not_told_as_a_policy_drop_whatever_the_reason_says() -> 
     [step] = story(record)
     assert step.what == "rejected"
     assert "missing_field" in step.detail and "will not send it again" in step.detail
+    # The one word of the heading (and of the JSON's status) says what the story says.
+    assert status_of(record) == "rejected"
 
 
 def test_a_policy_drop_whose_reason_starts_with_rejected_is_still_a_drop() -> None:
@@ -66,6 +68,7 @@ def test_a_policy_drop_whose_reason_starts_with_rejected_is_still_a_drop() -> No
     )  # fmt: skip
     [step] = story(TraceRecord("e2", [drop]))
     assert step.what == "dropped"
+    assert status_of(TraceRecord("e2", [drop])) == "dropped"
 
 
 def test_a_rejection_an_older_replica_wrote_without_problems_is_still_a_rejection() -> None:

@@ -464,3 +464,42 @@ def test_worker_processes_prepare_the_same_events(
     assert sorted(e["custom_data"]["order_id"] for e in sent) == [
         f"{uid}store-{n}" for n in range(5)
     ]
+
+
+def test_a_row_past_metas_window_is_told_it_cannot_be_sent(tmp_path: Path) -> None:
+    # Validation's advice, "drop the event or send it sooner", is no advice for a file.
+    importer = Importer(pixel_id=PIXEL_ID, pixel=PixelSettings(access_token=Secret(env=TOKEN_ENV)))
+    now = time.time()
+    rows = [
+        (
+            2,
+            store_sale(
+                "old", 0, event_time="2020-03-01T10:00:00Z", action_source="system_generated"
+            ),
+        ),
+        (3, store_sale("old", 1, age_days=70)),  # physical_store: 62 days
+    ]
+    told = {
+        line: [p.message for p in item.problems if p.code == "event_too_old"]
+        for line, row in rows
+        for item in importer.prepare(line, row, now)
+    }
+    window = (
+        "Meta accepts no event older than 7 days (62 for action_source physical_store, "
+        "sales in a store), so this row cannot be sent"
+    )
+    assert told == {
+        2: [f"event_time is more than 7 days in the past; {window}"],
+        3: [f"event_time is more than 62 days in the past; {window}"],
+    }
+
+
+def test_a_dry_run_of_store_sales_asks_for_no_browser_keys() -> None:
+    # A sale at the till has no user agent, fbp, fbc or buyer's IP to send.
+    importer = Importer(pixel_id=PIXEL_ID, pixel=PixelSettings(access_token=Secret(env=TOKEN_ENV)))
+    rows = [(n + 2, store_sale("till", n)) for n in range(20)]
+    summary = importer.dry_run(rows, lambda *_: None, lambda _n: None)
+    assert (summary.accepted, summary.rejected) == (20, 0)
+    # What a till can have and these rows lack is still asked for.
+    assert summary.quality is not None
+    assert summary.quality.hints == ["100% of Purchase events lack a date of birth"]

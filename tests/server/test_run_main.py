@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from capirelay.server.run import main
+import capirelay.server.run as run_module
+from capirelay.server.run import describe_storage, main
 
 
 @pytest.mark.parametrize(
@@ -48,3 +49,41 @@ def test_workers_below_one_is_a_config_error(
     config.write_text(f'storage = "sqlite:///{tmp_path / "q.db"}"\n')
     assert main(["--config", str(config), "--port", "0", "--workers", "0"]) == 2
     assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+class _Server:
+    """What ``main`` runs, standing in for uvicorn: returns at once."""
+
+    ran = False
+
+    def run(self) -> None:
+        self.ran = True
+
+
+def test_the_startup_line_names_the_sqlite_file_a_relative_url_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # sqlite:///var/lib/... is relative (three slashes): the line said only the URL, and
+    # serve created ./var/lib/capirelay/ in whatever directory it ran in without a word.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
+    config = tmp_path / "capirelay.toml"
+    config.write_text(
+        'storage = "sqlite:///var/lib/capirelay/capirelay.db"\n'
+        '[pixels.1234567890]\naccess_token = { env = "CAPIRELAY_TEST_RUN_MAIN_TOKEN" }\n'
+    )
+    server = _Server()
+    monkeypatch.setattr(run_module, "build_server", lambda *args, **kwargs: server)
+    assert main(["--config", str(config), "--port", "0"]) == 0
+    assert server.ran
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "storage" in line]
+    file = tmp_path / "var" / "lib" / "capirelay" / "capirelay.db"
+    assert line.endswith(
+        f"storage sqlite:///var/lib/capirelay/capirelay.db (SQLite file {file})"
+    ), line
+
+
+def test_a_postgresql_storage_is_described_without_its_password() -> None:
+    url = "postgresql://capirelay:s3cret@db:5432/capirelay"
+    assert "s3cret" not in describe_storage(url) and "SQLite" not in describe_storage(url)
+    assert describe_storage("sqlite:////srv/q.db") == "sqlite:////srv/q.db (SQLite file /srv/q.db)"

@@ -15,16 +15,20 @@ import getpass
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from capirelay.cli._output import err_console, error
+from capirelay.cli._output import err_console, error, fits
 from capirelay.cli.storage import ConfigOpt, StorageOpt, existing_storage_url
 from capirelay.outbox import DLQFilter, Outbox
+
+if TYPE_CHECKING:
+    from capirelay.ops.dlq import DeadLetterSummary
 
 dlq_app = typer.Typer(help="Inspect, replay and purge dead-lettered events.", no_args_is_help=True)
 console = Console()
@@ -117,31 +121,59 @@ def list_command(
     if not rows:
         console.print("The dead-letter queue is empty for this filter.")
         return
+    if not fits(console, _dead_letter_table(rows)):
+        console.print(_dead_letter_blocks(rows))
+    else:
+        console.print(_dead_letter_table(rows))
+
+
+def _meta_error(r: DeadLetterSummary) -> str:
+    return f"{r.code}/{r.subcode}" if r.code is not None else "-"
+
+
+def _dead_letter_table(rows: list[DeadLetterSummary]) -> Table:
+    """Every value whole on one line: ids, codes, the reason and the time never wrap."""
     table = Table(title="Dead letters")
-    for column in (
-        "id",
-        "pixel",
-        "event",
-        "event_id",
-        "reason",
-        "meta error",
-        "attempts",
-        "dead at",
-    ):
-        table.add_column(column)
+    for column in ("id", "pixel", "event", "event_id", "reason", "meta error", "attempts"):
+        table.add_column(column, no_wrap=column != "event")
+    table.add_column("dead at (UTC)", no_wrap=True)
     for r in rows:
-        error = f"{r.code}/{r.subcode}" if r.code is not None else "-"
         table.add_row(
             str(r.id),
             r.pixel_id,
             r.event_name,
             r.event_id,
             r.reason,
-            error,
+            _meta_error(r),
             str(r.attempts),
             _when(r.dead_at),
         )
-    console.print(table)
+    return table
+
+
+def _dead_letter_blocks(rows: list[DeadLetterSummary]) -> Table:
+    """Too narrow for the table (80 columns, a pipe): one block per dead letter, each
+    value whole on a line of its own (only a value wider than the terminal folds)."""
+    grid = Table.grid(padding=(0, 2))
+    grid.title = "Dead letters"
+    grid.add_column("id", no_wrap=True, justify="right")
+    grid.add_column("dead letter", overflow="fold")
+    for n, r in enumerate(rows):
+        if n:
+            grid.add_row()
+        attempts = "1 attempt" if r.attempts == 1 else f"{r.attempts} attempts"
+        grid.add_row(
+            str(r.id),
+            Text("\n").join(
+                [
+                    Text(f"{r.event_name}, event_id {r.event_id}"),
+                    Text(f"pixel {r.pixel_id}"),
+                    Text(f"{r.reason}, Meta error {_meta_error(r)}, {attempts}"),
+                    Text(f"dead at {_when(r.dead_at)}"),
+                ]
+            ),
+        )
+    return grid
 
 
 @dlq_app.command("show")

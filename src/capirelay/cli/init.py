@@ -30,7 +30,6 @@ from capirelay.secret_files import new_token, toml_string, write_secret
 __all__ = ["InitAnswers", "init_command", "render_config"]
 
 console = Console(soft_wrap=True)
-EXIT_FAILED = 1
 EXIT_USAGE = 2
 DEFAULT_TOKEN_ENV = "CAPIRELAY_ACCESS_TOKEN"
 _PIXEL = re.compile(r"^[0-9]{1,32}$")
@@ -211,14 +210,17 @@ def _check_env_name(value: str) -> str:
     return value
 
 
-def _ask(question: str, default: str | None, check: object, interactive: bool) -> str:
-    """Prompt until ``check`` accepts (interactive), or check the default once."""
+def _ask(
+    question: str, default: str | None, check: object, interactive: bool, flag: str = ""
+) -> str:
+    """Prompt until ``check`` accepts (interactive), or check the default once; with
+    ``--no-input`` and no default, the error names ``flag``, the option that answers."""
     assert callable(check)
     while True:
         if not interactive:
             if default is None:
                 raise typer.BadParameter(
-                    f"{question}: required (pass it as a flag with --no-input)"
+                    f"{question}: required with --no-input: pass {flag or 'it as a flag'}"
                 )
             return str(check(default))
         if default is None:
@@ -285,7 +287,7 @@ def init_command(
     """
     if config.exists() and not force:
         typer.echo(f"{config} already exists; pass --force to overwrite it", err=True)
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_USAGE)
     if token_env and token_file:
         typer.echo("give --token-env or --token-file, not both", err=True)
         raise typer.Exit(EXIT_USAGE)
@@ -339,7 +341,13 @@ def _answers(
     pixel_id = (
         _check_pixel(pixel)
         if pixel
-        else _ask("Pixel (dataset) id from Events Manager", None, _check_pixel, interactive)
+        else _ask(
+            "Pixel (dataset) id from Events Manager",
+            None,
+            _check_pixel,
+            interactive,
+            flag="--pixel ID",
+        )
     )
     if not token_env and not token_file:
         source = _ask(
@@ -511,17 +519,20 @@ def _report(config: Path, answers: InitAnswers, kept: list[Path]) -> None:
         )
     console.print("\nStart the gateway, then send a server event from your backend:")
     console.print(f"  capirelay serve --config {config}", highlight=False, markup=False)
-    console.print(
-        f"  curl -s {answers.public_url}/v1/events "
-        f'-H "Authorization: Bearer $(cat {answers.ingest_key_file})" '
-        "-H 'Content-Type: application/json' "
-        f'-d \'{{"pixel_id": "{answers.pixel_id}", "data": [{{"event_name": "Lead", '
-        '"event_time": \'$(date +%s)\', "action_source": "website", '
-        '"event_source_url": "https://shop.example/contact", '
-        '"user_data": {"email": "lead@example.com", "client_user_agent": "curl"}}]}\'',
-        highlight=False,
-        markup=False,
-    )
+    local = local_url(answers)
+    if answers.public_url.rstrip("/") != local:
+        console.print(
+            f"  # on this machine, to the gateway `serve` starts ({local}):",
+            highlight=False,
+            markup=False,
+        )
+        console.print(f"  {_curl(local, answers)}", highlight=False, markup=False)
+        console.print(
+            f"  # from your backend, once {answers.public_url} reaches the gateway:",
+            highlight=False,
+            markup=False,
+        )
+    console.print(f"  {_curl(answers.public_url, answers)}", highlight=False, markup=False)
     console.print(
         f"\nDashboard: {answers.public_url}/ui/  (token: the contents of "
         f"{answers.dashboard_token_file})",
@@ -529,6 +540,24 @@ def _report(config: Path, answers: InitAnswers, kept: list[Path]) -> None:
         markup=False,
     )
     console.print("\nChecking the new config (capirelay doctor):")
+
+
+def local_url(answers: InitAnswers) -> str:
+    """Where `capirelay serve` answers on this machine (its ``host`` and ``port``)."""
+    host = "127.0.0.1" if answers.host in ("0.0.0.0", "") else answers.host  # noqa: S104
+    return f"http://{host}:{answers.port}"
+
+
+def _curl(base_url: str, answers: InitAnswers) -> str:
+    return (
+        f"curl -s {base_url.rstrip('/')}/v1/events "
+        f'-H "Authorization: Bearer $(cat {answers.ingest_key_file})" '
+        "-H 'Content-Type: application/json' "
+        f'-d \'{{"pixel_id": "{answers.pixel_id}", "data": [{{"event_name": "Lead", '
+        '"event_time": \'$(date +%s)\', "action_source": "website", '
+        '"event_source_url": "https://shop.example/contact", '
+        '"user_data": {"email": "lead@example.com", "client_user_agent": "curl"}}]}\''
+    )
 
 
 def _doctor(config: Path) -> None:

@@ -108,12 +108,19 @@ def status_command(
         raise typer.Exit(1)
 
 
+# Meta's first_party_cookie_status values, as the table says them (--json keeps Meta's).
+_COOKIE_WORDS = {COOKIE_ENABLED: "enabled", COOKIE_DISABLED: "disabled"}
+
+
 def _render(rows: list[dict[str, object]]) -> None:
+    """Nothing is cut at 80 columns: the pixel id stays on one line, the cookie state is a
+    word ("disabled") that fits, and the AAM fields and the advice wrap (a word wider
+    than its column folds)."""
     table = Table(title="Pixel settings at Meta", show_lines=True, expand=True)
-    table.add_column("pixel")
-    table.add_column("Automatic Advanced Matching")
-    table.add_column("first-party cookies")
-    table.add_column("what to do")
+    table.add_column("pixel", no_wrap=True)
+    table.add_column("Automatic Advanced Matching", ratio=1, overflow="fold")
+    table.add_column("first-party\ncookies", min_width=len("disabled"), overflow="fold")
+    table.add_column("what to do", ratio=2, overflow="fold")
     for row in rows:
         if "error" in row:
             table.add_row(str(row["pixel_id"]), "?", "?", f"[red]{row['error']}[/red]")
@@ -132,7 +139,7 @@ def _render(rows: list[dict[str, object]]) -> None:
         table.add_row(
             str(row["pixel_id"]),
             aam,
-            f"[{style}]{cookie}[/{style}]",
+            f"[{style}]{_COOKIE_WORDS.get(cookie, cookie)}[/{style}]",
             "\n".join(str(w) for w in warnings) or "nothing",
         )
     console.print(table)

@@ -16,6 +16,7 @@ later.  ``capirelay doctor`` exits 1 on any fail (and on a warn with ``--strict`
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -639,14 +640,48 @@ async def run_doctor(
 
 def _storage_verdict(url: str, facts: _StorageFacts) -> Check:
     if facts.missing:
+        return missing_sqlite_check(sqlite_path_from_url(url))
+    return storage_check(url, facts.error)
+
+
+def missing_sqlite_check(path: str) -> Check:
+    """A SQLite outbox file that does not exist yet: the state of every new install before
+    its first ``serve`` (ok), unless ``serve`` could not create it (fail)."""
+    where = Path(path).absolute()
+    said = (
+        f"{where}"
+        if Path(path).is_absolute()
+        else (f"{path} (from the current directory, as `capirelay serve` opens it: {where})")
+    )
+    blocker = _cannot_create_in(where.parent)
+    if blocker is None:
         return Check(
             "storage",
-            Status.WARN,
-            "SQLite outbox file does not exist yet",
-            "it is created by the first `capirelay serve`; check the storage path if the "
-            "gateway already ran",
+            Status.OK,
+            f"SQLite outbox {said} does not exist yet: the first `capirelay serve` creates it "
+            "(if the gateway already ran, it used another storage path)",
         )
-    return storage_check(url, facts.error)
+    return Check(
+        "storage",
+        Status.FAIL,
+        f"SQLite outbox {said} does not exist and cannot be created: {blocker}",
+        "point storage at a file in a directory the gateway's user can write "
+        "(sqlite:////absolute/path/capirelay.db), or create that directory for it; "
+        "until then `capirelay serve` cannot start",
+    )
+
+
+def _cannot_create_in(directory: Path) -> str | None:
+    """Why a file cannot be created in ``directory`` (made with its missing parents first,
+    as the SQLite outbox does), or ``None``; judged for the user running the doctor."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable by this user"
+    return None
 
 
 def _queue_checks(facts: _StorageFacts, now: float) -> list[Check]:

@@ -44,6 +44,12 @@ ip + user agent together  0.5     "Sending both ... may help improve event match
 An event's score is the sum of the weights of its covered keys; an event
 name's score is the mean over its events.  Meta recommends aiming for 6.0 or
 higher (:data:`GOOD_SCORE`).
+
+A sale in a store (``action_source`` ``physical_store``) has no browser: no user
+agent, no ``fbp``/``fbc`` cookie and no client IP address of the buyer.  Meta matches
+offline events on customer information (the reference's Offline Events page) and
+requires ``client_user_agent`` only of website events, so no hint asks such events
+for those keys (:data:`BROWSER_KEYS`); their score still counts only what they carry.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from capirelay.meta_facts import MATCH_KEY_WEIGHTS as W
 from capirelay.normalize import is_hashed
 
 __all__ = [
+    "BROWSER_KEYS",
     "GOOD_SCORE",
     "HINT_MIN_SHARE",
     "MATCH_KEYS",
@@ -71,6 +78,9 @@ __all__ = [
 ]
 
 GOOD_SCORE = 6.0  # Meta: "aim for an Event Match Quality score of 6.0 or higher"
+# Keys only a browser gives: never asked of an in-store sale (OFFLINE_SOURCES).
+BROWSER_KEYS = frozenset({"client_user_agent", "client_ip_address", "fbc", "fbp"})
+OFFLINE_SOURCES = frozenset({"physical_store"})
 HINT_MIN_SHARE = 0.05  # below 5 % a gap is noise, not advice
 MAX_HINTS = 8
 OVERALL = "(all events)"
@@ -218,14 +228,18 @@ class QualityReport:
 
 @dataclass(slots=True)
 class _Tally:
-    """Running counts for one event name."""
+    """Running counts for one event name.
+
+    ``lacking[key]``: events without the key that could have had it (an in-store sale
+    cannot have a browser's keys), what the hints are made of."""
 
     count: int = 0
     score_sum: float = 0.0
     covered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_KEYS_BY_NAME, 0))
     present: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_KEYS_BY_NAME, 0))
+    lacking: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_KEYS_BY_NAME, 0))
 
-    def add(self, user_data: Mapping[str, Any]) -> None:
+    def add(self, user_data: Mapping[str, Any], *, offline: bool = False) -> None:
         self.count += 1
         covered_keys: set[str] = set()
         for key in MATCH_KEYS:
@@ -235,6 +249,8 @@ class _Tally:
                 if all(_any_value(v, key.valid) for v in values):
                     self.covered[key.name] += 1
                     covered_keys.add(key.name)
+            elif not (offline and key.name in BROWSER_KEYS):
+                self.lacking[key.name] += 1
         self.score_sum += _event_score(covered_keys)
 
 
@@ -255,8 +271,9 @@ def predict_match_quality(payloads: Iterable[Mapping[str, Any]]) -> QualityRepor
             user_data = {}
         name = payload.get("event_name")
         name = name if isinstance(name, str) and name else UNNAMED
-        tallies.setdefault(name, _Tally()).add(user_data)
-        overall.add(user_data)
+        offline = payload.get("action_source") in OFFLINE_SOURCES
+        tallies.setdefault(name, _Tally()).add(user_data, offline=offline)
+        overall.add(user_data, offline=offline)
     by_event = {name: _summarize(name, tally) for name, tally in sorted(tallies.items())}
     total = overall.count
     ranked = sorted(
@@ -308,7 +325,7 @@ def _gaps(name: str, tally: _Tally) -> list[_Gap]:
     gaps: list[_Gap] = []
     label = "" if name == OVERALL else f"{name} "
     for key in MATCH_KEYS:
-        missing = _share(n - tally.present[key.name], n)
+        missing = _share(tally.lacking[key.name], n)
         if missing >= HINT_MIN_SHARE:
             gaps.append(
                 _Gap(

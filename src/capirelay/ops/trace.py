@@ -24,7 +24,8 @@ __all__ = ["Step", "pauses_of", "status_of", "story", "trace_json"]
 @dataclass(frozen=True, slots=True)
 class Step:
     at: float | None
-    what: str  # received, attempt, delivered, dead_lettered, duplicate, dropped, queued, waiting
+    what: str  # received, attempt, delivered, dead_lettered, duplicate, dropped, rejected,
+    # queued, waiting, paused, in_dlq
     detail: str
     pixel_id: str
     event_name: str
@@ -49,7 +50,9 @@ def iso(at: float | None) -> str | None:
 
 
 def status_of(record: TraceRecord) -> str:
-    """One word: delivered, queued, dead_lettered, duplicate, dropped or unknown."""
+    """One word: delivered, queued, dead_lettered, duplicate, dropped (by the consent or
+    bot policy), rejected (failed validation at ingest: a webhook's event, whose receipt
+    is a ``dropped`` one with the problems that rejected it) or unknown."""
     if record.delivered:
         return "delivered"
     if any(p.where == "queue" for p in record.pending):
@@ -57,7 +60,8 @@ def status_of(record: TraceRecord) -> str:
     if any(p.where == "dead_letters" for p in record.pending):
         return "dead_lettered"
     if record.receipts:
-        return str(record.receipts[-1].outcome)
+        last = record.receipts[-1]
+        return "rejected" if last.rejected_at_ingest else str(last.outcome)
     return "unknown"
 
 

@@ -22,8 +22,10 @@ _STEP = {
                 "dead_lettered",
                 "duplicate",
                 "dropped",
+                "rejected",
                 "queued",
                 "waiting",
+                "paused",
                 "in_dlq",
             ],
         },
@@ -41,7 +43,9 @@ EVENT_TRACE: dict[str, Any] = {
         "event_id": {"type": "string"},
         "status": {
             "type": "string",
-            "enum": ["delivered", "queued", "dead_lettered", "duplicate", "dropped"],
+            "enum": ["delivered", "queued", "dead_lettered", "duplicate", "dropped", "rejected"],
+            "description": "dropped: by the consent or bot policy; rejected: failed "
+            "validation at ingest (a webhook's event)",
         },
         "story": {"type": "array", "items": _STEP, "description": "steps in time order"},
         "receipts": {

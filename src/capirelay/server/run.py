@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -27,6 +29,7 @@ from uvicorn.config import LOGGING_CONFIG
 from capirelay.config import ConfigError, Settings, config_path, load_settings, redact_storage_url
 from capirelay.config_errors import locate
 from capirelay.logs import logging_configured
+from capirelay.outbox import sqlite_path_from_url
 from capirelay.server.affinity import cpus_for_workers, pin_this_process
 from capirelay.server.app import create_app
 from capirelay.server.collector import serving_collector
@@ -38,6 +41,7 @@ __all__ = [
     "DEFAULT_GRACEFUL_SHUTDOWN_SECONDS",
     "UVICORN_OPTIONS",
     "build_server",
+    "describe_storage",
     "main",
     "serve",
 ]
@@ -171,6 +175,7 @@ def _main(args: argparse.Namespace) -> int:
             # Build one app here first: a mistake in what the settings refer to is a
             # config error in the supervisor, not N crashing workers.
             create_app(settings)
+            _log_config_and_storage(path, settings)
             serve_workers(
                 settings,
                 config_file=args.config,
@@ -207,14 +212,30 @@ def _main(args: argparse.Namespace) -> int:
             "run `capirelay init` to write a config (or pass --config FILE)\n"
         )
         return 2
-    logging.getLogger("capirelay.server").info(
-        "config %s, storage %s",
-        path if path is not None else "(none: defaults and CAPIRELAY_* variables)",
-        redact_storage_url(settings.storage),
-    )
+    _log_config_and_storage(path, settings)
     with serving_collector():
         server.run()
     return 0
+
+
+def _log_config_and_storage(path: Path | None, settings: Settings) -> None:
+    logging.getLogger("capirelay.server").info(
+        "config %s, storage %s",
+        path if path is not None else "(none: defaults and CAPIRELAY_* variables)",
+        describe_storage(settings.storage),
+    )
+
+
+def describe_storage(url: str) -> str:
+    """The storage URL as logged (a password masked), and for SQLite the file it opens: a
+    relative path (three slashes) is opened from the current directory, which the URL
+    alone does not say."""
+    shown = redact_storage_url(url)
+    try:
+        path = sqlite_path_from_url(url)
+    except ValueError:  # PostgreSQL (or a URL that fails later, with its own message)
+        return shown
+    return f"{shown} (SQLite file {os.path.abspath(path)})"
 
 
 if __name__ == "__main__":
