@@ -180,7 +180,8 @@ def config_with_storage(tmp_path: Path, graph_url: str, db: Path) -> Path:
     config = tmp_path / "capirelay.toml"
     config.write_text(
         f'storage = "sqlite:///{db}"\ngraph_url = "{graph_url}"\n'
-        f'[pixels.{PIXEL}]\naccess_token = {{ env = "{TOKEN_ENV}" }}\n',
+        f'[pixels.{PIXEL}]\naccess_token = {{ env = "{TOKEN_ENV}" }}\n'
+        'allowed_origins = ["https://shop.example"]\n',
         encoding="utf-8",
     )
     return config
