@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 
 import pytest
@@ -99,6 +100,36 @@ async def test_meta_outage_loses_nothing(
         {"pixel": PIXEL, "retry_class": "transient"},
     )
     assert retried == status.retried
+
+
+async def test_an_unreachable_graph_is_logged_with_its_address_and_what_to_check(
+    outbox: SQLiteOutbox, token_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="capirelay")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    # A forwarding proxy's URL with a password and a path: neither reaches the log.
+    graph_url = f"http://relay:pa55word@127.0.0.1:{closed}/meta"
+    engine = DeliveryEngine(outbox, make_settings(graph_url), Metrics())
+    await queue_events(outbox, [new_event(wire_event("unreachable"))])
+    await engine.start()
+    try:
+        engine.notify(PIXEL)
+        line = await wait_for_async(
+            lambda: next(
+                (r.getMessage() for r in caplog.records if "ConnectError" in r.getMessage()), None
+            ),
+            what="the log line of the failed connection",
+        )
+    finally:
+        await engine.stop(timeout=2.0)
+    assert line.startswith(f"pixel {PIXEL}: 1 event not delivered in "), line
+    assert f"connection error (ConnectError) to http://127.0.0.1:{closed}" in line
+    assert "check graph_url" in line and "proxy" in line, line
+    assert "1 events" not in caplog.text
+    for secret in (TOKEN, "pa55word", "relay:", "/meta"):
+        assert secret not in caplog.text
 
 
 def bisect_bound(batch: int, bad: int) -> float:

@@ -173,7 +173,8 @@ def test_transport_failures_become_transient_graph_errors(exc: Exception, kind: 
         client.send_events(PIXEL, [make_event()], access_token=TOKEN)
     assert caught.value.status is None
     assert caught.value.retry_class is RetryClass.TRANSIENT
-    assert kind in str(caught.value)
+    assert f"{kind} ({type(exc).__name__}) to https://graph.facebook.com:443" in str(caught.value)
+    assert TOKEN not in str(caught.value) and "/events" not in str(caught.value)
 
 
 def test_get_calls_carry_the_token_in_the_authorization_header() -> None:

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from capirelay.graph import GraphError, RetryClass, classify, explain
-from capirelay.graph.errors import CODE_100_SUBCODES
+from capirelay.graph.errors import CODE_100_SUBCODES, graph_address
 
 T, TH, A, INV, C, U = (
     RetryClass.TRANSIENT,
@@ -292,6 +292,29 @@ def test_transport_error_is_transient_without_status() -> None:
     assert error.retry_class is RetryClass.TRANSIENT
     assert "access_token" not in str(error)
     assert "TimeoutError" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        ("https://graph.facebook.com/v26.0/123/events", "https://graph.facebook.com:443"),
+        ("http://127.0.0.1:8765/v26.0/1/events?access_token=EAAx#f", "http://127.0.0.1:8765"),
+        ("https://user:pa55word@egress.example/meta/v26.0/1/events", "https://egress.example:443"),
+        ("http://[::1]:9/v26.0/1/events", "http://[::1]:9"),
+    ],
+)
+def test_graph_address_is_scheme_host_and_port_only(url: str, address: str) -> None:
+    assert graph_address(url) == address
+
+
+def test_a_transport_error_names_the_address_it_tried_and_nothing_else() -> None:
+    url = "https://proxyuser:pa55word@egress.example/meta/v26.0/1/events?access_token=EAAx"
+    error = GraphError.transport("connection error", OSError("boom"), url=url)
+    assert error.address == "https://egress.example:443"
+    assert str(error).endswith("connection error (OSError) to https://egress.example:443")
+    for secret in ("proxyuser", "pa55word", "/meta", "access_token", "EAAx"):
+        assert secret not in str(error)
+    assert pickle.loads(pickle.dumps(error)).address == error.address
 
 
 def test_graph_error_pickles_and_serializes() -> None:

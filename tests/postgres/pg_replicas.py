@@ -114,7 +114,7 @@ def queue_depth(storage_url: str) -> int:
     return int(row[0]) if row else 0
 
 
-_GIVEN_UP = re.compile(r"(\d+) events refused in \d+ ms: .*timeout before the lease ends")
+_GIVEN_UP = re.compile(r"(\d+) events? not delivered in \d+ ms: .*timeout before the lease ends")
 
 
 def events_given_up_at_lease_end(log_path: Path) -> int:

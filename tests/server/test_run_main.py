@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,50 @@ def test_a_postgresql_storage_is_described_without_its_password() -> None:
     url = "postgresql://capirelay:s3cret@db:5432/capirelay"
     assert "s3cret" not in describe_storage(url) and "SQLite" not in describe_storage(url)
     assert describe_storage("sqlite:////srv/q.db") == "sqlite:////srv/q.db (SQLite file /srv/q.db)"
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port another program listens on for the test's length."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        yield other.getsockname()[1]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_in_use_exits_2_before_the_gateway_starts(
+    tmp_path: Path, workers: int, taken_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "capirelay.toml"
+    database = tmp_path / "q.db"
+    config.write_text(
+        f'storage = "sqlite:///{database}"\n[pixels.1234567890]\naccess_token = {{ env = "X" }}\n'
+    )
+    argv = ["--config", str(config), "--host", "127.0.0.1", "--port", str(taken_port)]
+    assert main([*argv, "--workers", str(workers)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"cannot listen on 127.0.0.1:{taken_port} (Address already in use); "
+        "stop what uses it or pass --port"
+    ) in err, err
+    assert "startup" not in err.lower() and "Errno" not in err
+    assert not database.exists()  # nothing started: not even the storage was opened
+
+
+def test_capirelay_serve_on_a_port_in_use_is_one_line_and_exit_2(
+    tmp_path: Path, taken_port: int
+) -> None:
+    from typer.testing import CliRunner
+
+    from capirelay.cli import app
+
+    config = tmp_path / "capirelay.toml"
+    config.write_text(
+        f'storage = "sqlite:///{tmp_path / "q.db"}"\n'
+        '[pixels.1234567890]\naccess_token = { env = "X" }\n'
+    )
+    argv = ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(taken_port)]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{taken_port} (Address already in use)" in result.stderr

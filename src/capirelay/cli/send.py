@@ -7,8 +7,12 @@ listed (by event index, name and id), and the exit status is non-zero when
 any event was not sent.  ``send`` has no queue: nothing it fails to send is
 retried, and its messages say so.
 
-The token comes from ``CAPIRELAY_ACCESS_TOKEN`` (a flag would land in shell
-history and ``ps``).
+Settings are found as by every other command (``--config``, ``$CAPIRELAY_CONFIG``,
+``./capirelay.toml``, ``CAPIRELAY_*`` variables): the request goes to their
+``graph_url`` with the pixel's ``api_version``; ``--graph-url`` and
+``--api-version`` win over them.  The token is ``CAPIRELAY_ACCESS_TOKEN`` when set
+(a flag would land in shell history and ``ps``), else the pixel's configured
+``access_token``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import typer
 from rich.console import Console
 
 from capirelay.cli._output import err_console, error, warning
+from capirelay.cli.storage import ConfigOpt, load_config_or_exit
 from capirelay.problems import Problem
 
 __all__ = ["send_command"]
@@ -32,6 +37,19 @@ console = Console(soft_wrap=True, highlight=False)
 TOKEN_ENV = "CAPIRELAY_ACCESS_TOKEN"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the request goes and with what, each named with where it came from."""
+
+    pixel: str
+    token: str
+    token_source: str
+    api_version: str
+    graph_url: str
+    graph_url_source: str
+    timeout: float
 
 
 @dataclass
@@ -59,32 +77,44 @@ def send_command(
     test_event_code: Annotated[
         str | None, typer.Option("--test-event-code", help="Show in Events Manager > Test events.")
     ] = None,
-    api_version: Annotated[str, typer.Option("--api-version", help="Graph API version.")] = "v26.0",
+    api_version: Annotated[
+        str | None,
+        typer.Option(
+            "--api-version",
+            help="Graph API version (default: the pixel's api_version in the config, v26.0).",
+        ),
+    ] = None,
     graph_url: Annotated[
-        str, typer.Option("--graph-url", help="Graph base URL (an emulator's URL for testing).")
-    ] = "https://graph.facebook.com",
+        str | None,
+        typer.Option(
+            "--graph-url",
+            help="Graph base URL, an emulator's for testing (default: the config's graph_url "
+            "or CAPIRELAY_GRAPH_URL, else https://graph.facebook.com).",
+        ),
+    ] = None,
     default_country: Annotated[
         str | None, typer.Option("--default-country", help="Completes national phones/zips.")
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds.")] = 1.5,
+    config: ConfigOpt = None,
 ) -> None:
     """Check events from a JSON file locally, then send the valid ones to Graph.
 
-    The access token comes from CAPIRELAY_ACCESS_TOKEN.  Exits 1 when any event
-    was not sent (each problem is listed); nothing is retried.
+    Reads the settings like the other commands (--config, $CAPIRELAY_CONFIG,
+    ./capirelay.toml, CAPIRELAY_* variables) and sends to their graph_url with the
+    pixel's api_version; the flags win.  The access token comes from
+    CAPIRELAY_ACCESS_TOKEN, else the pixel's access_token setting.  Exits 1 when
+    any event was not sent (each problem is listed); nothing is retried.
     """
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        err_console.print(f"set {TOKEN_ENV} to the pixel's access token")
-        raise typer.Exit(EXIT_USAGE)
     if not pixel.isascii() or not pixel.isdigit():
         err_console.print("--pixel must be the numeric pixel (dataset) id")
         raise typer.Exit(EXIT_USAGE)
+    target = _target(pixel, config, api_version, graph_url, timeout)
     checked = [_check(index, raw, default_country) for index, raw in enumerate(_read(event_file))]
     valid = [c for c in checked if c.payload is not None and not c.errors]
     for item in checked:
         _print_problems(item)
-    sent = _send(valid, pixel, token, test_event_code, api_version, graph_url, timeout)
+    sent = _send(valid, target, test_event_code)
     not_sent = len(checked) - (len(valid) if sent else 0)
     if not_sent:
         them = "it" if not_sent == 1 else "them"
@@ -94,6 +124,67 @@ def send_command(
             markup=False,
         )
         raise typer.Exit(EXIT_FAILED)
+
+
+def _target(
+    pixel: str,
+    config: Path | None,
+    api_version: str | None,
+    graph_url: str | None,
+    timeout: float,
+) -> Target:
+    """The settings as every command finds them, with this command's flags on top."""
+    from capirelay.config import DEFAULT_API_VERSION, graph_url_problem
+
+    settings, path = load_config_or_exit(config)
+    configured = settings.pixels.get(pixel)
+    token, token_source = _token(pixel, configured)
+    if graph_url is not None:
+        problem = graph_url_problem(graph_url)
+        if problem is not None:
+            err_console.print(f"--graph-url {problem}", markup=False)
+            raise typer.Exit(EXIT_USAGE)
+        url, url_source = graph_url, "--graph-url"
+    else:
+        url, url_source = settings.graph_url, _graph_url_source(settings, path)
+    version = api_version or (configured.api_version if configured else DEFAULT_API_VERSION)
+    return Target(pixel, token, token_source, version, url, url_source, timeout)
+
+
+def _token(pixel: str, configured: Any) -> tuple[str, str]:
+    """CAPIRELAY_ACCESS_TOKEN, else the pixel's ``access_token`` setting; exit 2 with
+    where a token goes when neither holds one.  Never prints a token."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token, TOKEN_ENV
+    setting = f"pixels.{pixel}.access_token"
+    secret = configured.access_token if configured is not None else None
+    if secret is None:
+        err_console.print(
+            f"no access token for pixel {pixel}: set {TOKEN_ENV} to the pixel's access "
+            f'token, or give it in the config: access_token = {{ env = "..." }} under '
+            f"[pixels.{pixel}] (capirelay init writes it)",
+            markup=False,
+        )
+        raise typer.Exit(EXIT_USAGE)
+    token = secret.resolve() or ""
+    if not token:
+        err_console.print(
+            f"no access token for pixel {pixel}: {setting} reads the {secret.describe()}, "
+            f"which is missing or empty; put the pixel's access token there, or set {TOKEN_ENV}",
+            markup=False,
+        )
+        raise typer.Exit(EXIT_USAGE)
+    return token, f"{setting} ({secret.describe()})"
+
+
+def _graph_url_source(settings: Any, path: Path | None) -> str:
+    """Where the settings' ``graph_url`` came from, as a user would change it."""
+    if "graph_url" not in settings.model_fields_set:
+        return "the default graph_url (set graph_url in the config to change it)"
+    if any(name.upper() == "CAPIRELAY_GRAPH_URL" for name in os.environ):
+        return "CAPIRELAY_GRAPH_URL"
+    return f"graph_url in {path}" if path is not None else "graph_url"
 
 
 def _events(count: int) -> str:
@@ -206,30 +297,23 @@ def _print_problems(item: Checked) -> None:
         err_console.print(f"  warning {line}", markup=False)
 
 
-def _send(
-    valid: list[Checked],
-    pixel: str,
-    token: str,
-    test_event_code: str | None,
-    api_version: str,
-    graph_url: str,
-    timeout: float,
-) -> bool:
+def _send(valid: list[Checked], target: Target, test_event_code: str | None) -> bool:
     """Send the valid events in one request; True when Graph accepted it."""
     from capirelay.graph import GraphError, SyncGraphClient
 
     if not valid:
         return False
     payloads = [item.payload for item in valid if item.payload is not None]
+    pixel = target.pixel
     try:
         with SyncGraphClient(
-            api_version=api_version, base_url=graph_url, timeout=timeout
+            api_version=target.api_version, base_url=target.graph_url, timeout=target.timeout
         ) as client:
             result = client.send_events(
-                pixel, payloads, access_token=token, test_event_code=test_event_code
+                pixel, payloads, access_token=target.token, test_event_code=test_event_code
             )
     except GraphError as exc:
-        _print_graph_error(exc, len(payloads))
+        _print_graph_error(exc, len(payloads), target)
         return False
     except ValueError as exc:
         err_console.print(str(exc), markup=False)
@@ -261,7 +345,7 @@ _SEND_ADVICE = {
         "check Meta's status page if it persists."
     ),
     "auth": (
-        f"The token was read from {TOKEN_ENV}: use a system-user token with the "
+        "The token was read from {token_source}: use a system-user token with the "
         "ads_management permission on this pixel (Business Settings > System users)."
     ),
     "invalid": (
@@ -270,7 +354,8 @@ _SEND_ADVICE = {
     ),
     "config": (
         "Meta refused the pixel or its setup: check --pixel (the dataset id from Events "
-        "Manager) and --api-version, then run the command again."
+        "Manager) and the API version {api_version} (--api-version, else api_version under "
+        "[pixels.{pixel}]), then run the command again."
     ),
 }
 # Classes whose advice still holds beside a code's own sentence (not config or invalid:
@@ -278,7 +363,7 @@ _SEND_ADVICE = {
 _ADVICE_BESIDE_THE_CODES = frozenset({"transient", "throttled", "unknown", "auth"})
 
 
-def _print_graph_error(exc: Any, count: int) -> None:
+def _print_graph_error(exc: Any, count: int, target: Target) -> None:
     where = f"HTTP {exc.status}" if exc.status else "no answer"
     from capirelay.graph.errors import code_label, specific_explanation
 
@@ -287,13 +372,39 @@ def _print_graph_error(exc: Any, count: int) -> None:
         f"not sent: the request with {_events(count)} failed ({where}{code}"
         f"{f', fbtrace_id {exc.fbtrace_id}' if exc.fbtrace_id else ''})"
     )
+    if exc.type == "transport":  # Graph never answered: nothing of Meta's to quote
+        _print_no_answer(exc, target)
+        return
     if exc.meta_says:
         err_console.print(f"  Meta says: {exc.meta_says}", markup=False)
     kind = str(exc.retry_class)
-    advice = _SEND_ADVICE.get(kind, exc.explanation)
+    advice = _SEND_ADVICE.get(kind, exc.explanation).format(
+        token_source=target.token_source, api_version=target.api_version, pixel=target.pixel
+    )
     specific = specific_explanation(exc.code, exc.subcode)
     if specific and "replay from the dead-letter queue" in specific:
         specific = None  # the generic 2804xxx sentence: the gateway's, not send's
     err_console.print(f"  what to do: {specific or advice}", markup=False)
     if specific and kind in _ADVICE_BESIDE_THE_CODES:
         err_console.print(f"  {advice}", markup=False)
+
+
+def _print_no_answer(exc: Any, target: Target) -> None:
+    """A connection failure or timeout: the address tried, where it came from, what to check."""
+    from capirelay.graph.errors import graph_address
+
+    address = exc.address or graph_address(target.graph_url)
+    what = exc.message.removesuffix(f" to {address}")
+    err_console.print(f"  no answer from {address}: {what}", markup=False)
+    slow = (
+        f"; if it is only slow, give it longer with --timeout (now {target.timeout:g} s)"
+        if what.startswith("timeout")
+        else ""
+    )
+    err_console.print(
+        f"  what to do: check that {address} is the Graph API (or the emulator or proxy) you "
+        f"meant: it comes from {target.graph_url_source}; then that it runs and is "
+        "reachable from here: the network, a firewall, or a proxy (HTTPS_PROXY) on the "
+        f"way{slow}. {_SEND_ADVICE['transient']}",
+        markup=False,
+    )

@@ -22,6 +22,19 @@ from capirelay.outbox import Attempt, DeadLetterReason, LeasedEvent
 log = logging.getLogger("capirelay.delivery")
 
 
+def _events(count: int) -> str:
+    return f"{count} event" if count == 1 else f"{count} events"
+
+
+def _what_to_check(err: GraphError) -> str:
+    """What to look at when Graph never answered (a refused connection, a timeout)."""
+    where = "that address" if err.address else "Graph"
+    return (
+        "check graph_url in the config (is it the Graph API, emulator or proxy you meant?) "
+        f"and the network, firewall or proxy (HTTPS_PROXY) between the gateway and {where}"
+    )
+
+
 class PixelTelemetry:
     """Metrics, logs and counts of one pixel's requests and settled events."""
 
@@ -47,9 +60,9 @@ class PixelTelemetry:
         self._metrics.send_latency.labels(pixel).observe(latency)
         self._metrics.batch_size.labels(pixel).observe(len(events))
         log.info(
-            "pixel %s: %d events delivered in %.0f ms (fbtrace_id=%s)",
+            "pixel %s: %s delivered in %.0f ms (fbtrace_id=%s)",
             pixel,
-            len(events),
+            _events(len(events)),
             latency * 1000,
             response.fbtrace_id,
             extra={
@@ -99,12 +112,17 @@ class PixelTelemetry:
             fbtrace_id=err.fbtrace_id,
             retry_class=str(err.retry_class),
         )
+        if err.type == "transport":  # Graph never answered: nothing was refused
+            outcome, detail = "not delivered", f"no answer: {err.meta_says}; {_what_to_check(err)}"
+        else:
+            outcome, detail = "refused", str(err)
         log.warning(
-            "pixel %s: %d events refused in %.0f ms: %s",
+            "pixel %s: %s %s in %.0f ms: %s",
             pixel,
-            len(events),
+            _events(len(events)),
+            outcome,
             latency * 1000,
-            err,
+            detail,
             extra={
                 "pixel": pixel,
                 "count": len(events),

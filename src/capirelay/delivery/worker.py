@@ -440,7 +440,9 @@ class PixelWorker:
             return err
         except TimeoutError as exc:
             # Cut short so that it cannot outlive the lease: an ordinary transient failure.
-            cut = GraphError.transport("timeout before the lease ends", exc)
+            cut = GraphError.transport(
+                "timeout before the lease ends", exc, url=self._settings.graph_url
+            )
             self._telemetry.request_failed(events, cut, time.perf_counter() - started)
             return cut
         self._telemetry.request_ok(events, response, time.perf_counter() - started)

@@ -30,7 +30,6 @@ import dataclasses
 import os
 import shlex
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from capirelay.config import (
     Settings,
 )
 from capirelay.demo._outcomes import Outcome, OutcomeRecorder, TracingEmulatorState
+from capirelay.listen import bind_listener, listen_refusal
 from capirelay.secret_files import new_token, toml_string, write_secret
 
 __all__ = [
@@ -312,28 +312,10 @@ async def _poll(client: httpx.AsyncClient, outbox: Any, emulator_url: str) -> tu
     return {"depth": stats.depth, "dlq_size": stats.dlq_size}, meta
 
 
-def _probe(host: str) -> socket.socket:
-    """A TCP socket of ``host``'s family, bound as the gateway will bind (SO_REUSEADDR)."""
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    return probe
-
-
 def _free_port(host: str) -> int:
     """A port nothing listens on at ``host`` now (the kernel's pick)."""
-    with _probe(host) as probe:
-        probe.bind((host, 0))
+    with bind_listener(host, 0) as probe:
         return int(probe.getsockname()[1])
-
-
-def _port_in_use(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be listened on, or ``None`` when it is free."""
-    with _probe(host) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return None
 
 
 def _install_stop_handlers(stop: asyncio.Event) -> dict[int, Any]:
@@ -369,11 +351,10 @@ async def run_demo(options: DemoOptions, console: Console | None = None) -> int:
         # Any free port: chosen here, because the shop's origin, the URLs printed and the
         # config written all name it.
         options = dataclasses.replace(options, port=_free_port(options.host))
-    busy = _port_in_use(options.host, options.port)
-    if busy is not None:
+    refusal = listen_refusal(options.host, options.port)
+    if refusal is not None:
         console.print(
-            f"cannot listen on {options.host}:{options.port} ({busy}); "
-            "stop what uses it or pass --port",
+            refusal,
             markup=False,
             highlight=False,
             soft_wrap=True,

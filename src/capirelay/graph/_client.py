@@ -287,14 +287,15 @@ MAX_STATS_PAGES = 20
 
 
 @contextmanager
-def _transport_errors() -> Iterator[None]:
-    """Timeouts and connection failures as :class:`GraphError`, their text free of secrets."""
+def _transport_errors(url: str) -> Iterator[None]:
+    """Timeouts and connection failures as :class:`GraphError` naming the address they
+    happened at (scheme, host and port of ``url``: never a token, path or query)."""
     try:
         yield
     except httpx.TimeoutException as exc:
-        raise GraphError.transport("timeout", exc) from None
+        raise GraphError.transport("timeout", exc, url=url) from None
     except httpx.TransportError as exc:
-        raise GraphError.transport("connection error", exc) from None
+        raise GraphError.transport("connection error", exc, url=url) from None
 
 
 class GraphClient:
@@ -464,5 +465,5 @@ class GraphClient:
 
     async def _send(self, call: _Call) -> httpx.Response:
         request = self._http.build_request(call.method, call.url, **call.options)
-        with _transport_errors():
+        with _transport_errors(call.url):
             return await self._http.send(request)

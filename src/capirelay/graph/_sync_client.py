@@ -183,5 +183,5 @@ class SyncGraphClient:
 
     def _send(self, call: _Call) -> httpx.Response:
         request = self._http.build_request(call.method, call.url, **call.options)
-        with _transport_errors():
+        with _transport_errors(call.url):
             return self._http.send(request)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -426,6 +427,7 @@ class GraphError(Exception):
         is_transient: bool = False,
         retry_after: float | None = None,
         retry_class: RetryClass | None = None,
+        address: str | None = None,
     ) -> None:
         self.status = status
         self.code = code
@@ -437,6 +439,8 @@ class GraphError(Exception):
         self.fbtrace_id = fbtrace_id
         self.is_transient = is_transient
         self.retry_after = retry_after
+        # Where a transport failure happened: scheme://host:port (graph_address), or None.
+        self.address = address
         self.retry_class = retry_class or classify(
             status, code, subcode, is_transient, f"{message}\n{user_msg or ''}"
         )
@@ -487,6 +491,7 @@ class GraphError(Exception):
             "is_transient": self.is_transient,
             "retry_after": self.retry_after,
             "retry_class": str(self.retry_class),
+            "address": self.address,
         }
 
     @classmethod
@@ -522,18 +527,42 @@ class GraphError(Exception):
         )
 
     @classmethod
-    def transport(cls, kind: str, exc: BaseException) -> GraphError:
+    def transport(cls, kind: str, exc: BaseException, *, url: str | None = None) -> GraphError:
         """A timeout or connection failure: no HTTP status, always TRANSIENT.
 
-        Only the exception's class name is kept: httpx messages can contain the URL.
+        Only the exception's class name is kept (httpx messages can contain the URL), and
+        of ``url``, the request's, only :func:`graph_address`: scheme, host and port.
         """
+        address = graph_address(url) if url else None
         return cls(
             status=None,
             type="transport",
-            message=f"{kind} ({type(exc).__name__})",
+            message=f"{kind} ({type(exc).__name__})" + (f" to {address}" if address else ""),
             retry_class=RetryClass.TRANSIENT,
             is_transient=True,
+            address=address,
         )
+
+
+def graph_address(url: str) -> str:
+    """``scheme://host:port`` of ``url``: what a connection was tried to, safe to print.
+
+    A user name and password (a forwarding proxy's), the path, the query (an
+    ``access_token`` there) and the fragment are left out; the port is always named,
+    the scheme's default included, so the address says exactly where it knocked.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower() or "http"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: no address to name beyond the host
+        port = None
+    if port is None:
+        port = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def _rebuild(data: dict[str, Any]) -> GraphError:

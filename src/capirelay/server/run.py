@@ -28,6 +28,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from capirelay.config import ConfigError, Settings, config_path, load_settings, redact_storage_url
 from capirelay.config_errors import locate
+from capirelay.listen import listen_refusal
 from capirelay.logs import logging_configured
 from capirelay.outbox import sqlite_path_from_url
 from capirelay.server.affinity import cpus_for_workers, pin_this_process
@@ -171,6 +172,13 @@ def _main(args: argparse.Namespace) -> int:
         if args.workers < 1:
             raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
         cpus = cpus_for_workers(args.cpu_affinity)
+        host = args.host or settings.host
+        port = settings.port if args.port is None else args.port
+        # Before anything starts (storage, app, workers): a taken port is one line, exit 2.
+        refusal = listen_refusal(host, port)
+        if refusal is not None:
+            sys.stderr.write(f"{refusal}\n")
+            return 2
         if args.workers > 1:
             # Build one app here first: a mistake in what the settings refer to is a
             # config error in the supervisor, not N crashing workers.
@@ -180,8 +188,8 @@ def _main(args: argparse.Namespace) -> int:
                 settings,
                 config_file=args.config,
                 workers=args.workers,
-                host=args.host or settings.host,
-                port=settings.port if args.port is None else args.port,
+                host=host,
+                port=port,
                 log_level=args.log_level,
                 log_format=args.log_format,
                 timeout_graceful_shutdown=args.graceful_timeout,
@@ -195,8 +203,8 @@ def _main(args: argparse.Namespace) -> int:
         # mapping files): a mistake there is a config error too, not a traceback.
         server = build_server(
             settings,
-            host=args.host or settings.host,
-            port=settings.port if args.port is None else args.port,
+            host=host,
+            port=port,
             log_level=args.log_level,
             timeout_graceful_shutdown=args.graceful_timeout,
             log_config=None,  # configure_logging above owns every logger, uvicorn's too

@@ -62,7 +62,7 @@ from uvicorn.supervisors import Multiprocess
 from uvicorn.supervisors.multiprocess import Process
 
 from capirelay.config import Settings, load_settings
-from capirelay.listen import bind_listener
+from capirelay.listen import bind_listener, cannot_listen
 from capirelay.outbox import open_outbox
 from capirelay.server.affinity import WORKER_CPU_ENV, pin_from_environment, worker_cpu
 
@@ -326,7 +326,7 @@ def serve_workers(
         try:
             sockets = bind_worker_sockets(host, port, workers, backlog=config.backlog)
         except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", host, port, exc)
+            log.error("%s", cannot_listen(host, port, exc))
             sys.exit(STARTUP_FAILURE)
         log.info(
             "capirelay: %d worker processes on %s:%d%s",
