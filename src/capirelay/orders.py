@@ -30,12 +30,31 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ORDER_KEY_BYTES", "ORDER_PRESETS", "order_id_of", "order_key"]
+__all__ = [
+    "ORDER_KEY_BYTES",
+    "ORDER_PRESETS",
+    "UNVERIFIED_ID_PREFIX",
+    "order_id_of",
+    "order_key",
+    "public_event_id",
+    "unverified_order_key",
+]
 
 ORDER_PRESETS = frozenset({"shopify", "woocommerce", "stripe"})
 ORDER_KEY_BYTES = 16  # 128 bits: no collision in any ledger size that fits on a disk
 _DOMAIN = "capirelay-order-ledger-v1"
 _ORDER_ID_TYPES = (str, int, float)  # a tuple: a union in the call is built on every call
+
+# Unverified claims.  An event from the public beacon without a valid verification token
+# (anyone can send one) claims its keys in a namespace of its own, so that it never makes
+# an authenticated event (ingest key, signed webhook, import, verified beacon) a
+# duplicate, in the 48 h dedup or in the order ledger.  Its queue row (and so its dedup
+# row) carries this prefix before its event_id: a control character, which no accepted
+# event_id holds (capirelay.limits), so no authenticated key can take this form.  Its
+# wire payload keeps the real event_id.  Rows stored before this namespace existed have
+# no prefix and no unverified ledger key: they read as authenticated claims.
+UNVERIFIED_ID_PREFIX = "\x1fu:"
+_UNVERIFIED_DOMAIN = b"capirelay-order-ledger-unverified-v1\x00"
 
 
 def order_id_of(event: Mapping[str, Any]) -> str | None:
@@ -83,3 +102,13 @@ def order_key(
         (_DOMAIN, pixel_id, str(payload.get("event_name", "")), test_event_code or "", reference)
     )
     return hashlib.sha256(material.encode("utf-8")).digest()[:ORDER_KEY_BYTES]
+
+
+def unverified_order_key(key: bytes) -> bytes:
+    """The ledger key an unverified beacon event claims in place of :func:`order_key`'s."""
+    return hashlib.sha256(_UNVERIFIED_DOMAIN + key).digest()[:ORDER_KEY_BYTES]
+
+
+def public_event_id(stored: str) -> str:
+    """A stored event_id as its sender gave it: the unverified namespace's prefix removed."""
+    return stored.removeprefix(UNVERIFIED_ID_PREFIX)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from capirelay.graph.errors import meta_says
+from capirelay.orders import public_event_id
 from capirelay.outbox.base import DeadLetter, DLQFilter, DLQGroup, LeasedEvent, QueueStats
 
 __all__ = [
@@ -98,7 +99,7 @@ def dead_letter_from_row(
         id=id_,
         pixel_id=pixel_id,
         event_name=event_name,
-        event_id=event_id,
+        event_id=public_event_id(event_id),
         payload=bytes(payload),
         event_time=event_time,
         deadline=deadline,

@@ -53,12 +53,14 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Protocol, runtime_checkable
 
 from capirelay.meta_facts import DEDUP_WINDOW_SECONDS as DEDUP_WINDOW_SECONDS
+from capirelay.orders import UNVERIFIED_ID_PREFIX, unverified_order_key
 from capirelay.outbox.receipts import ErasureResult, MetaAnswer, Receipt, TraceRecord
 
 # Contract constants every backend shares.
@@ -111,6 +113,18 @@ class NewEvent:
     # Order ledger key (capirelay.orders.order_key): set for order events, which are then
     # refused as duplicates for the ledger's retention, not only for the 48 h dedup window.
     order_key: bytes | None = None
+
+
+def unverified_claim(event: NewEvent) -> NewEvent:
+    """``event`` with its dedup and order-ledger keys moved to the unverified namespace
+    (:data:`capirelay.orders.UNVERIFIED_ID_PREFIX` says why): its queue row and dedup row
+    carry the prefixed event_id, its wire payload the real one."""
+    order = event.order_key
+    return dataclasses.replace(
+        event,
+        event_id=UNVERIFIED_ID_PREFIX + event.event_id,
+        order_key=None if order is None else unverified_order_key(order),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +307,14 @@ class OutboxCore(abc.ABC):
 
         Two events with the same key in one call: the first is queued, the
         second is a duplicate.
+        """
+
+    @abc.abstractmethod
+    async def holds_claim(self, event: NewEvent, *, now: float) -> bool:
+        """Whether ``enqueue`` would answer ``DUPLICATE`` for ``event`` because of a claim
+        already stored: its dedup key remembered (inside the window, or its event still
+        queued) or its ``order_key`` in the order ledger.  Reads only; the unverified beacon
+        path asks it about the authenticated keys of its event (:func:`unverified_claim`).
         """
 
     @abc.abstractmethod

@@ -170,6 +170,13 @@ class InMemoryOutbox(Outbox, OutboxViews):
             statuses.append(EnqueueStatus.QUEUED)
         return statuses
 
+    async def holds_claim(self, event: NewEvent, *, now: float) -> bool:
+        self._check_open()
+        if event.order_key is not None and event.order_key in self._ledger:
+            return True
+        known = self._dedup.get((event.pixel_id, event.event_name, event.event_id))
+        return known is not None and (known[0] > now - DEDUP_WINDOW_SECONDS or known[1])
+
     async def lease(
         self, pixel_id: str, *, limit: int, lease_seconds: float, now: float
     ) -> list[LeasedEvent]:

@@ -34,7 +34,7 @@ from typing import Any, Final
 import orjson
 
 from capirelay.graph.errors import meta_says_of
-from capirelay.orders import order_id_of
+from capirelay.orders import order_id_of, public_event_id
 
 __all__ = [
     "IDENTITY_FIELDS",
@@ -457,7 +457,7 @@ def delivered_from_row(row: Sequence[Any], answer: MetaAnswer | None, now: float
     return delivered_receipt(
         pixel_id=pixel_id,
         event_name=name,
-        event_id=event_id,
+        event_id=public_event_id(event_id),
         source=source,
         queued_at=queued_at,
         attempts=attempts,
@@ -477,7 +477,7 @@ def dead_letter_from_row(
     return dead_letter_receipt(
         pixel_id=pixel_id,
         event_name=name,
-        event_id=event_id,
+        event_id=public_event_id(event_id),
         source=source,
         queued_at=queued_at,
         attempts=attempts,
@@ -553,7 +553,7 @@ def trace_from_rows(
     receipts = [receipt_from_row(row) for row in receipt_rows]
     pending = [
         TracedEvent(
-            "queue", p, n, e, src, qa, att, decode_list(log), tec,
+            "queue", p, n, public_event_id(e), src, qa, att, decode_list(log), tec,
             next_attempt_at=available_at if state == 1 else None,
         )
         for p, n, e, src, qa, att, log, tec, state, available_at in queued_rows
@@ -562,7 +562,7 @@ def trace_from_rows(
         attempts = decode_list(log)
         pending.append(
             TracedEvent(
-                "dead_letters", p, n, e, src, qa, len(attempts), attempts, tec,
+                "dead_letters", p, n, public_event_id(e), src, qa, len(attempts), attempts, tec,
                 reason=reason, dead_at=dead_at,
             )
         )  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from capirelay.orders import public_event_id
 from capirelay.outbox.base import EnqueueStatus, NewEvent, Outbox, StorageUnavailable
 from capirelay.outbox.receipts import Receipt, dropped_receipt, duplicate_receipt
 
@@ -38,7 +39,7 @@ async def record_duplicates(
         duplicate_receipt(
             pixel_id=event.pixel_id,
             event_name=event.event_name,
-            event_id=event.event_id,
+            event_id=public_event_id(event.event_id),
             source=event.source,
             payload=event.payload,
             test_event_code=event.test_event_code,

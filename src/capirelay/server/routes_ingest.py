@@ -36,13 +36,13 @@ from starlette.responses import Response
 
 from capirelay import browser_ids
 from capirelay.config import PixelSettings, Settings
-from capirelay.ingest import prepare_event, shown_event_id
+from capirelay.ingest import PreparedEvent, prepare_event, shown_event_id
 from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
 from capirelay.metrics import Metrics
-from capirelay.outbox.base import EnqueueStatus
+from capirelay.outbox.base import EnqueueStatus, Outbox, StorageUnavailable, unverified_claim
 from capirelay.server import beacon_guard, cors
-from capirelay.server._commit import commit_events, problems_json
-from capirelay.server._receipts import record_dropped
+from capirelay.server._commit import STORAGE_RETRY_AFTER_SECONDS, commit_events, problems_json
+from capirelay.server._receipts import record_dropped, record_duplicates
 from capirelay.server.auth import authenticate, authorize_pixel
 from capirelay.server.fast_path import Answer, Incoming, error_answer, json_answer, raw_headers
 from capirelay.server.http import ApiError, parse_json
@@ -243,7 +243,13 @@ async def _collect(
         source="collect",
         max_future_skew=settings.max_future_skew,
     )
-    [status] = await commit_events(state, beacon.pixel_id, [prepared], now=now, source="collect")
+    if verification == beacon_guard.VERIFIED or prepared.new_event is None:
+        statuses = await commit_events(
+            state, beacon.pixel_id, [prepared], now=now, source="collect"
+        )
+    else:
+        statuses = await _commit_unverified(state, beacon.pixel_id, prepared, now=now)
+    [status] = statuses
     if status == EnqueueStatus.QUEUED.value:
         label = metrics.event_label(beacon.event_name)
         metrics.beacon_verification.labels(beacon.pixel_id, label, verification).inc()
@@ -261,6 +267,37 @@ async def _collect(
         },
         answer_headers,
     )
+
+
+async def _commit_unverified(
+    state: State, pixel_id: str, prepared: PreparedEvent, *, now: float
+) -> list[str]:
+    """Commit an unverified beacon event with its keys in the unverified namespace
+    (:func:`capirelay.outbox.base.unverified_claim`): anyone can send one, so its claim
+    must never make an authenticated event (ingest key, webhook, import, verified beacon)
+    a duplicate.  It is still a duplicate of an authenticated claim already stored (read
+    first, on this path only) and of an earlier unverified one (the enqueue's own claim).
+    """
+    event = prepared.new_event
+    assert event is not None
+    outbox: Outbox = state.outbox
+    try:
+        held = await outbox.holds_claim(event, now=now)
+    except StorageUnavailable:
+        state.last_write_failure = time.monotonic()
+        raise ApiError(
+            503,
+            "storage_unavailable",
+            "the gateway cannot store events right now; nothing was accepted, retry later",
+            headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+        ) from None
+    if held:
+        metrics: Metrics = state.metrics
+        metrics.duplicates.labels(pixel_id, metrics.event_label(event.event_name)).inc()
+        await record_duplicates(outbox, [event], [EnqueueStatus.DUPLICATE], now=now)
+        return [str(EnqueueStatus.DUPLICATE)]
+    claimed = PreparedEvent(unverified_claim(event), prepared.event_id, prepared.problems)
+    return await commit_events(state, pixel_id, [claimed], now=now, source="collect")
 
 
 async def preflight_collect(request: Request) -> Response:

@@ -443,6 +443,17 @@ class PostgresOutbox(PostgresReceipts, PostgresOperatorRecords, Outbox, OutboxVi
                 return queued
         return await send(fresh=False)
 
+    async def holds_claim(self, event: NewEvent, *, now: float) -> bool:
+        params = {
+            "pixel_id": event.pixel_id,
+            "event_name": event.event_name,
+            "event_id": event.event_id,
+            "cutoff": now - DEDUP_WINDOW_SECONDS,
+            "order_key": event.order_key,
+        }
+        rows = await self._run("holds_claim", params)
+        return bool(rows[0][0])
+
     async def lease(
         self, pixel_id: str, *, limit: int, lease_seconds: float, now: float
     ) -> list[LeasedEvent]:

@@ -90,6 +90,16 @@ FROM input AS i JOIN queued USING (id) CROSS JOIN announced  -- arbitrates
 SELECT (SELECT count(*) FROM queued), announced.pixels FROM announced  -- fresh
 ;
 
+-- name: holds_claim
+-- Whether enqueue would find a key taken: the dedup key remembered inside the window or
+-- held by its queue row (enqueue's takeover condition), or the order key in the ledger.
+SELECT EXISTS (SELECT 1 FROM capirelay_dedup AS d
+               WHERE d.event_id = %(event_id)s AND d.event_name = %(event_name)s
+                 AND d.pixel_id = %(pixel_id)s
+                 AND (d.seen_at > %(cutoff)s
+                      OR EXISTS (SELECT 1 FROM capirelay_queue AS q WHERE q.id = d.queue_id)))
+    OR EXISTS (SELECT 1 FROM capirelay_order_ledger WHERE key = %(order_key)s::bytea);
+
 -- name: promote_due
 -- Rows whose backoff ended become ready again, longest-waiting first and bounded: after
 -- an outage hundreds of thousands of rows come due at once, and promoting them all in

@@ -332,6 +332,11 @@ class SQLiteOutbox(SQLiteReceipts, Outbox, OutboxViews):
         # No order keys: consecutive enqueues of one commit group claim and insert together.
         return await self._write(run, _enqueue_together, (batch, now))
 
+    async def holds_claim(self, event: NewEvent, *, now: float) -> bool:
+        params = (event.pixel_id, event.event_name, event.event_id, now, event.order_key)
+        row = await self._read(lambda c: c.execute(QUERIES["holds_claim"], params).fetchone())
+        return bool(row[0])
+
     async def lease(
         self, pixel_id: str, *, limit: int, lease_seconds: float, now: float
     ) -> list[LeasedEvent]:

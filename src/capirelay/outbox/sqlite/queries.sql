@@ -21,6 +21,14 @@ ON CONFLICT (pixel_id, event_name, event_id) DO UPDATE SET seen_at = excluded.se
 WHERE dedup.seen_at <= excluded.seen_at - {dedup_window_seconds} AND dedup.queued = 0
 RETURNING pixel_id, event_name, event_id, seen_at
 
+-- name: holds_claim
+-- Whether enqueue would find a key taken: the dedup key remembered inside the window or
+-- pinned by its queued event (claim_dedup_keys' condition), or the order key in the
+-- ledger.  Parameters: pixel_id, event_name, event_id, now, order key (NULL: none).
+SELECT EXISTS (SELECT 1 FROM dedup WHERE pixel_id = ? AND event_name = ? AND event_id = ?
+                 AND (seen_at > ? - {dedup_window_seconds} OR queued = 1))
+    OR EXISTS (SELECT 1 FROM order_ledger WHERE key = ?)
+
 -- name: insert_queued
 -- One row: (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?).
 INSERT INTO queue (pixel_id, event_name, event_id, payload, event_time, deadline,
