@@ -17,6 +17,7 @@ from capirelay.cli.erase import erasure_hashes
 from capirelay.normalize import sha256_hex
 from capirelay.ops.trace import story
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, Outbox, SQLiteOutbox
+from capirelay.outbox.base import unverified_claim
 from capirelay.outbox.receipts import MetaAnswer, Outcome, Receipt, duplicate_receipt
 from capirelay.outbox.sqlite import MIGRATIONS, migrate
 
@@ -70,6 +71,24 @@ async def test_a_delivery_after_a_failure_keeps_both_answers(outbox: Outbox) -> 
     # Delivered means gone from the queue, and its dedup key still answers duplicate.
     assert await lease_all(outbox, T0 + 100) == ([], "")
     assert [str(s) for s in await outbox.enqueue([event("e1")], now=T0 + 20)] == ["duplicate"]
+
+
+async def test_an_unverified_beacon_event_is_traced_by_the_id_its_page_sent(
+    outbox: Outbox,
+) -> None:
+    # Its rows carry the unverified namespace's prefix (capirelay.orders); trace is asked
+    # for the id the page sent, queued and then dead-lettered.
+    await outbox.enqueue([unverified_claim(event("u1"))], now=T0)
+    [pending] = (await outbox.trace("u1")).pending
+    assert (pending.where, pending.event_id) == ("queue", "u1")
+    ids, lease = await lease_all(outbox)
+    refusal = Attempt(at=T0 + 2, status=400, code=100, message="bad", fbtrace_id="Fu")
+    await outbox.dead_letter(
+        ids, reason=DeadLetterReason.INVALID, attempt=refusal, now=T0 + 3, lease_id=lease
+    )
+    record = await outbox.trace("u1")
+    assert [(p.where, p.event_id) for p in record.pending] == [("dead_letters", "u1")]
+    assert [r.event_id for r in record.receipts] == ["u1"]
 
 
 async def test_a_lease_taken_over_writes_no_receipt(outbox: Outbox) -> None:

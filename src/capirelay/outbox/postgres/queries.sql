@@ -933,12 +933,13 @@ FROM capirelay_receipts WHERE event_id = %(event_id)s ORDER BY id;
 SELECT q.pixel_id, q.event_name, q.event_id, q.source, q.queued_at, q.attempts,
        q.attempt_log, q.test_event_code, q.state, q.available_at
 FROM capirelay_dedup AS d JOIN capirelay_queue AS q ON q.id = d.queue_id
-WHERE d.event_id = %(event_id)s ORDER BY q.id;
+-- Under the id as sent and under the unverified beacon's namespace (capirelay.orders).
+WHERE d.event_id IN (%(event_id)s, %(unverified_id)s) ORDER BY q.id;
 
 -- name: letters_of_event
 SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_event_code,
        reason, dead_at
-FROM capirelay_dead_letters WHERE event_id = %(event_id)s ORDER BY id;
+FROM capirelay_dead_letters WHERE event_id IN (%(event_id)s, %(unverified_id)s) ORDER BY id;
 
 -- name: event_ids_of_order
 SELECT event_id, max(recorded_at) FROM capirelay_receipts

@@ -15,6 +15,7 @@ from typing import Any, Final, TypeVar
 
 from psycopg import AsyncConnection
 
+from capirelay.orders import UNVERIFIED_ID_PREFIX
 from capirelay.outbox.postgres._batches import (
     erase_from_batches,
     receipts_of_batch,
@@ -184,7 +185,8 @@ class PostgresReceipts:
             # and PostgreSQL would refuse the query itself: nothing is known of it, as on
             # SQLite, rather than a DataError (a 500 for GET /v1/events/a%00b).
             return TraceRecord(event_id)
-        params = {"event_id": event_id}
+        # As sent, or as an unverified beacon's (capirelay.orders.UNVERIFIED_ID_PREFIX).
+        params = {"event_id": event_id, "unverified_id": UNVERIFIED_ID_PREFIX + event_id}
 
         async def work(conn: AsyncConnection[Any]) -> TraceRecord:
             rows = [

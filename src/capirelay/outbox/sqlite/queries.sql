@@ -279,12 +279,12 @@ FROM receipts WHERE event_id = ? ORDER BY id
 -- name: queued_of
 SELECT pixel_id, event_name, event_id, source, queued_at, attempts, attempt_log,
        test_event_code, state, available_at
-FROM queue WHERE event_id = ? ORDER BY id
+FROM queue WHERE event_id IN (?, ?) ORDER BY id  -- as sent, and unverified (orders.py)
 
 -- name: letters_of
 SELECT pixel_id, event_name, event_id, source, queued_at, attempt_log, test_event_code,
        reason, dead_at
-FROM dead_letters WHERE event_id = ? ORDER BY id
+FROM dead_letters WHERE event_id IN (?, ?) ORDER BY id
 
 -- name: event_ids_of_order
 SELECT event_id FROM receipts WHERE order_key = ? AND (? IS NULL OR pixel_id = ?)

@@ -16,6 +16,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
+from capirelay.orders import UNVERIFIED_ID_PREFIX
 from capirelay.outbox.receipts import (
     ErasureResult,
     MetaAnswer,
@@ -136,13 +137,15 @@ class SQLiteReceipts:
             await self._write(lambda c: write_receipts(c, batch))
 
     async def trace(self, event_id: str, *, pixel_id: str | None = None) -> TraceRecord:
+        both = (event_id, UNVERIFIED_ID_PREFIX + event_id)  # as sent, or an unverified beacon's
+
         def run(conn: sqlite3.Connection) -> TraceRecord:
             return trace_from_rows(
                 event_id,
                 pixel_id,
                 conn.execute(QUERIES["receipts_of"], (event_id,)),
-                conn.execute(QUERIES["queued_of"], (event_id,)),
-                conn.execute(QUERIES["letters_of"], (event_id,)),
+                conn.execute(QUERIES["queued_of"], both),
+                conn.execute(QUERIES["letters_of"], both),
             )
 
         result: TraceRecord = await self._read(run)
