@@ -150,7 +150,9 @@ def test_url_origin_leaves_no_secret(url: str | None, origin: str | None) -> Non
     assert TRANSFORMS["url_origin"](url, None, None) == origin
 
 
-@pytest.mark.parametrize("bad", ["/relative/path", "mailto:x@y.com", 42])
+@pytest.mark.parametrize(
+    "bad", ["/relative/path", "mailto:x@y.com", 42, "http://[::1", "https://shop.example]/"]
+)
 def test_url_origin_refuses_what_is_not_a_web_url(bad: Any) -> None:
     with pytest.raises(TransformError):
         TRANSFORMS["url_origin"](bad, None, None)
