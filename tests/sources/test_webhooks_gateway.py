@@ -867,3 +867,21 @@ def test_webhook_configuration_errors_stop_the_gateway_at_start(
     assert words in str(caught.value)
     with pytest.raises(ConfigError):
         create_app(bad)
+
+
+def test_a_signed_order_with_a_lone_surrogate_is_answered_200_naming_the_field(
+    client: httpx.Client,
+) -> None:
+    # "\ud83c" without its pair (a title cut mid-emoji) made the whole body 400
+    # malformed_json, which the vendor retries; it is now the event's problem.
+    order = shopify_order()
+    order["line_items"][0]["title"] = "Gift @@"
+    body = json.dumps(order).encode().replace(b"@@", b"\\ud83c")
+    headers = SIGNERS["shopify"](body, SECRETS["shop"], time.time(), "orders/paid")
+    response = client.post("/v1/webhooks/shop", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    [result] = response.json()["results"]
+    assert result["status"] == "rejected"
+    assert {(p["code"], p["field"]) for p in result["problems"]} == {
+        ("invalid_value", "custom_data.contents.0.title")
+    }
