@@ -91,11 +91,27 @@ def test_missing_event_id_is_derived_from_hashed_content() -> None:
     assert orjson.loads(first.new_event.payload)["event_id"] == first.event_id
 
 
+def test_different_conversions_in_one_second_derive_different_ids() -> None:
+    # Two pages viewed by one person in one second were one event: the second "duplicate".
+    page = event(event_name="PageView", custom_data=None)
+    first = prepare(page)
+    other_page = prepare({**page, "event_source_url": "https://shop.example/cart"})
+    # A phone-call Lead and a website Lead of one person in one second, likewise.
+    call = prepare({**page, "event_name": "Lead", "action_source": "phone_call"})
+    form = prepare({**page, "event_name": "Lead"})
+    ids = [p.event_id for p in (first, other_page, call, form)]
+    assert all(p.new_event is not None for p in (first, other_page, call, form)), ids
+    assert len(set(ids)) == 4, ids
+    assert prepare(page).event_id == first.event_id, "a retry derives the same id"
+
+
 def test_derived_id_is_documented_formula() -> None:
     payload = {"event_name": "Lead", "event_time": 1, "user_data": {"em": [sha("a@b.c")]}}
     basis = {
+        "action_source": None,
         "custom_data": {},
         "event_name": "Lead",
+        "event_source_url": None,
         "event_time": 1,
         "pixel_id": PIXEL_ID,
         "user_data": {"em": [sha("a@b.c")]},

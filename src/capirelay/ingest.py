@@ -15,11 +15,15 @@ pydantic's error report is only turned into problems when parsing failed.
 
 Event id derivation (when the caller gave none): the id must be the same for
 the same conversion sent twice, so a retried request deduplicates instead of
-counting twice.  It is ``"cr_" + sha256(canonical JSON of {pixel_id,
-event_name, event_time, user_data, custom_data} of the *wire* event)[:32]``,
-with keys sorted.  The wire ``user_data`` is already normalized and hashed,
-so the id is stable across spelling variants of one identifier (``" A@B.com"``
-and ``"a@b.com"`` give the same id) and never encodes a raw value.
+counting twice, and different for different conversions of one person in one
+second (two pages viewed, a phone call and a form Lead).  It is ``"cr_" +
+sha256(canonical JSON of {pixel_id, event_name, event_time, action_source,
+event_source_url, user_data, custom_data} of the *wire* event)[:32]``, with
+keys sorted (a field the event lacks is ``null``; ``event_source_url`` is taken
+after personal data left it, so a retry gives it alike).  The wire
+``user_data`` is already normalized and hashed, so the id is stable across
+spelling variants of one identifier (``" A@B.com"`` and ``"a@b.com"`` give the
+same id) and never encodes a raw value.
 """
 
 from __future__ import annotations
@@ -155,6 +159,8 @@ def derive_event_id(pixel_id: str, payload: Mapping[str, Any]) -> str:
         "pixel_id": pixel_id,
         "event_name": payload.get("event_name"),
         "event_time": payload.get("event_time"),
+        "action_source": payload.get("action_source"),
+        "event_source_url": payload.get("event_source_url"),
         "user_data": payload.get("user_data") or {},
         "custom_data": payload.get("custom_data") or {},
     }
