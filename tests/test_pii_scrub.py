@@ -160,3 +160,9 @@ def test_url_origin_leaves_no_secret(url: str | None, origin: str | None) -> Non
 def test_url_origin_refuses_what_is_not_a_web_url(bad: Any) -> None:
     with pytest.raises(TransformError):
         TRANSFORMS["url_origin"](bad, None, None)
+
+
+def test_str_refuses_an_id_json_could_not_carry_exactly() -> None:
+    with pytest.raises(TransformError):
+        TRANSFORMS["str"](orjson.loads(b"12345678901234567890123"), None, None)
+    assert TRANSFORMS["str"](9007199254740991.0, None, None) == "9007199254740991"

@@ -88,6 +88,8 @@ def _to_str(value: Any, argument: str | None, currency: str | None) -> Any:
         if isinstance(item, bool):
             return "true" if item else "false"
         if isinstance(item, float) and item.is_integer():
+            if not -(2**53) < item < 2**53:  # read from JSON inexactly: not the id sent
+                raise TransformError("'str' got a number of 2**53 or more, not read exactly")
             return str(int(item))
         if isinstance(item, int | float):
             return str(item)
