@@ -208,7 +208,8 @@ def test_no_input_needs_the_pixel(tmp_path: Path) -> None:
     assert not (tmp_path / "c.toml").exists()
 
 
-def test_bad_flags_are_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("origin", ["ftp://nope", "https://[::1"])
+def test_bad_flags_are_named(tmp_path: Path, origin: str) -> None:
     result = runner.invoke(
         app,
         [
@@ -221,11 +222,11 @@ def test_bad_flags_are_named(tmp_path: Path) -> None:
             "--token-env",
             "X",
             "--origin",
-            "ftp://nope",
+            origin,
         ],
     )
     assert result.exit_code == 2
-    assert "'ftp://nope' is not an origin" in result.stderr
+    assert f"{origin!r} is not an origin" in result.stderr
     assert not (tmp_path / "c.toml").exists()
     assert not (tmp_path / "capirelay-secrets").exists()
 

@@ -304,6 +304,7 @@ def test_a_mapping_file_that_is_not_utf8_is_a_doctor_row_not_a_traceback(tmp_pat
         ),
         ("https://graph.facebook.com/me", "must be Meta's bare origin without a path"),
         ("graph.facebook.com", "must be an http(s) URL with a host"),
+        ("http://[::1", "must be an http(s) URL with a host (an IPv6 host in [...])"),
         ("https://graph.facebook.com?x=1", "must not have a query string or fragment"),
     ],
 )

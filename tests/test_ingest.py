@@ -91,11 +91,27 @@ def test_missing_event_id_is_derived_from_hashed_content() -> None:
     assert orjson.loads(first.new_event.payload)["event_id"] == first.event_id
 
 
+def test_different_conversions_in_one_second_derive_different_ids() -> None:
+    # Two pages viewed by one person in one second were one event: the second "duplicate".
+    page = event(event_name="PageView", custom_data=None)
+    first = prepare(page)
+    other_page = prepare({**page, "event_source_url": "https://shop.example/cart"})
+    # A phone-call Lead and a website Lead of one person in one second, likewise.
+    call = prepare({**page, "event_name": "Lead", "action_source": "phone_call"})
+    form = prepare({**page, "event_name": "Lead"})
+    ids = [p.event_id for p in (first, other_page, call, form)]
+    assert all(p.new_event is not None for p in (first, other_page, call, form)), ids
+    assert len(set(ids)) == 4, ids
+    assert prepare(page).event_id == first.event_id, "a retry derives the same id"
+
+
 def test_derived_id_is_documented_formula() -> None:
     payload = {"event_name": "Lead", "event_time": 1, "user_data": {"em": [sha("a@b.c")]}}
     basis = {
+        "action_source": None,
         "custom_data": {},
         "event_name": "Lead",
+        "event_source_url": None,
         "event_time": 1,
         "pixel_id": PIXEL_ID,
         "user_data": {"em": [sha("a@b.c")]},
@@ -465,3 +481,40 @@ def test_the_user_data_error_counts_values_its_merged_warning_covers() -> None:
     )
     assert problem.message.count("exactly one '@'") == 1
     assert all(value not in problem.message for value in [*NO_AT_EMAILS, "call me"])
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        ({"custom_data": {"contents": [{"id": "@@", "quantity": 1}]}}, "custom_data.contents.0.id"),
+        ({"custom_data": {"content_ids": ["7", "@@"]}}, "custom_data.content_ids.1"),
+        ({"custom_data": {"order_id": "@@"}}, "custom_data.order_id"),
+        ({"user_data": {"fb_login_id": "@@"}}, "user_data.fb_login_id"),
+        ({"user_data": {"lead_id": "@@"}}, "user_data.lead_id"),
+        ({"user_data": {"external_id": "@@"}}, "user_data.external_id"),
+        ({"user_data": {"external_id": ["a", "@@"]}}, "user_data.external_id.1"),
+    ],
+)
+def test_an_id_beyond_what_json_carries_exactly_is_refused_asking_for_a_string(
+    where: dict[str, Any], field: str
+) -> None:
+    # orjson reads 12345678901234567890123 as 1.2345678901234568e+22, which reached Meta
+    # as that text: another id.  The body is parsed as the gateway parses it.
+    raw = event()
+    for part, values in where.items():
+        raw[part] = {**raw[part], **values}
+    body = orjson.dumps(raw).replace(b'"@@"', b"12345678901234567890123")
+    prepared = prepare(orjson.loads(body))
+    assert prepared.new_event is None, "a changed id must not be sent"
+    problems = [p for p in prepared.problems if p.field.startswith(field)]
+    assert problems, prepared.problems
+    assert "send ids as strings" in problems[0].message
+
+
+def test_an_id_that_json_carries_exactly_still_goes() -> None:
+    raw = event(custom_data={"value": 1.0, "currency": "EUR", "order_id": 9007199254740991})
+    raw["user_data"] = {**raw["user_data"], "fb_login_id": 123456789012345}
+    prepared = prepare(orjson.loads(orjson.dumps(raw)))
+    assert prepared.new_event is not None, prepared.problems
+    sent = orjson.loads(prepared.new_event.payload)
+    assert sent["custom_data"]["order_id"] == "9007199254740991"

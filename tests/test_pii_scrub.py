@@ -62,6 +62,10 @@ def test_ids_dates_and_addresses_are_not_personal_data(text: str) -> None:
         ("https://s.example/?token=abc&fbclid=IwAR1", "https://s.example/?fbclid=IwAR1"),
         ("https://s.example/p#john@x.com", "https://s.example/p"),
         ("https://s.example/p?fbclid=IwAR1-_x#top", "https://s.example/p?fbclid=IwAR1-_x#top"),
+        # A host urlsplit refuses (ValueError): the query is scrubbed all the same.
+        ("http://[::1/thanks?email=john%40x.com&step=2#top", "http://[::1/thanks?step=2#top"),
+        ("http://a[b]/?phone=1#john@x.com", "http://a[b]/"),
+        ("http://[::1?fbclid=IwAR1", "http://[::1?fbclid=IwAR1"),
     ],
 )  # fmt: skip
 def test_flagged_query_parameters_are_removed(url: str, cleaned: str) -> None:
@@ -150,7 +154,15 @@ def test_url_origin_leaves_no_secret(url: str | None, origin: str | None) -> Non
     assert TRANSFORMS["url_origin"](url, None, None) == origin
 
 
-@pytest.mark.parametrize("bad", ["/relative/path", "mailto:x@y.com", 42])
+@pytest.mark.parametrize(
+    "bad", ["/relative/path", "mailto:x@y.com", 42, "http://[::1", "https://shop.example]/"]
+)
 def test_url_origin_refuses_what_is_not_a_web_url(bad: Any) -> None:
     with pytest.raises(TransformError):
         TRANSFORMS["url_origin"](bad, None, None)
+
+
+def test_str_refuses_an_id_json_could_not_carry_exactly() -> None:
+    with pytest.raises(TransformError):
+        TRANSFORMS["str"](orjson.loads(b"12345678901234567890123"), None, None)
+    assert TRANSFORMS["str"](9007199254740991.0, None, None) == "9007199254740991"

@@ -248,8 +248,11 @@ def graph_url_problem(url: str) -> str | None:
     which Graph refuses with code 2500; Meta's own host has no prefix at all.  The
     URL itself is not repeated in the answer (it may carry a proxy's credentials).
     """
-    parts = urlsplit(url.strip())
     example = f'e.g. graph_url = "{DEFAULT_GRAPH_URL}"'
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # "http://[::1": an unclosed or misplaced IPv6 bracket
+        return f"must be an http(s) URL with a host (an IPv6 host in [...]), {example}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"must be an http(s) URL with a host, {example}"
     if parts.query or parts.fragment:

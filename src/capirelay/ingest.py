@@ -15,11 +15,15 @@ pydantic's error report is only turned into problems when parsing failed.
 
 Event id derivation (when the caller gave none): the id must be the same for
 the same conversion sent twice, so a retried request deduplicates instead of
-counting twice.  It is ``"cr_" + sha256(canonical JSON of {pixel_id,
-event_name, event_time, user_data, custom_data} of the *wire* event)[:32]``,
-with keys sorted.  The wire ``user_data`` is already normalized and hashed,
-so the id is stable across spelling variants of one identifier (``" A@B.com"``
-and ``"a@b.com"`` give the same id) and never encodes a raw value.
+counting twice, and different for different conversions of one person in one
+second (two pages viewed, a phone call and a form Lead).  It is ``"cr_" +
+sha256(canonical JSON of {pixel_id, event_name, event_time, action_source,
+event_source_url, user_data, custom_data} of the *wire* event)[:32]``, with
+keys sorted (a field the event lacks is ``null``; ``event_source_url`` is taken
+after personal data left it, so a retry gives it alike).  The wire
+``user_data`` is already normalized and hashed, so the id is stable across
+spelling variants of one identifier (``" A@B.com"`` and ``"a@b.com"`` give the
+same id) and never encodes a raw value.
 """
 
 from __future__ import annotations
@@ -155,6 +159,8 @@ def derive_event_id(pixel_id: str, payload: Mapping[str, Any]) -> str:
         "pixel_id": pixel_id,
         "event_name": payload.get("event_name"),
         "event_time": payload.get("event_time"),
+        "action_source": payload.get("action_source"),
+        "event_source_url": payload.get("event_source_url"),
         "user_data": payload.get("user_data") or {},
         "custom_data": payload.get("custom_data") or {},
     }
@@ -172,7 +178,9 @@ def shown_event_id(event_id: Any) -> str:
     (too long, a control character), as the problem naming it says."""
     if not isinstance(event_id, str) or len(event_id) > MAX_EVENT_ID:
         return ""
-    return "" if any(ord(char) < 0x20 for char in event_id) else event_id
+    if any(ord(char) < 0x20 for char in event_id):
+        return ""
+    return "" if _has_surrogate(event_id) else event_id  # the answer could not be encoded
 
 
 def _not_an_object() -> Problem:
@@ -195,13 +203,20 @@ def _unencodable(event: Any = None) -> Problem:
             "the event holds a number beyond 64 bits or values nested too deep to send; "
             "send numbers (event_time: Unix seconds) within 64 bits and flatten custom_data",
         )
-    field, too_deep = found
-    if too_deep:
+    field, kind = found
+    if kind == "deep":
         return error(
             "invalid_value",
             field,
             f"{field} nests values more than {_MAX_DEPTH} levels deep, too deep to send; "
             "flatten it",
+        )
+    if kind == "surrogate":
+        return error(
+            "invalid_value",
+            field,
+            f"{field} holds half of a character (a lone UTF-16 surrogate, as a string cut "
+            "mid-emoji leaves), which cannot be sent; cut strings at whole characters",
         )
     return error(
         "invalid_value",
@@ -212,12 +227,14 @@ def _unencodable(event: Any = None) -> Problem:
 
 
 _MAX_DEPTH: Final = 254
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _INT_RANGE: Final = range(-(2**63), 2**64)
 
 
-def _unencodable_at(event: Any) -> tuple[str, bool] | None:
-    """Where ``event`` breaks orjson's limits: (the field's path, too deep rather than too
-    large), the first found, or ``None``.  Depth first with one iterator per open
+def _unencodable_at(event: Any) -> tuple[str, str] | None:
+    """Where ``event`` breaks orjson's limits: (the field's path, ``"deep"``, ``"large"``
+    or ``"surrogate"``: a string or key holding a lone surrogate), the first found, or
+    ``None``.  Depth first with one iterator per open
     container, so memory grows with the depth and time with the number of values (a path
     kept for every value made a request's worth of gigabytes, a reviewer found); the path
     is only built for the value found.  A path deeper than a few keys is named by its
@@ -232,13 +249,21 @@ def _unencodable_at(event: Any) -> tuple[str, bool] | None:
             stack.pop()
             continue
         key, value = step
+        if _has_surrogate(key):  # named by its container: the key cannot be shown
+            return _path(tuple(k for _, k in stack[1:])) or "event", "surrogate"
         if isinstance(value, Mapping | list | tuple):
             if len(stack) >= _MAX_DEPTH:  # this container would nest one level deeper
-                return _path((*(k for _, k in stack[1:]), key)), True
+                return _path((*(k for _, k in stack[1:]), key)), "deep"
             stack.append((_children(value), key))
         elif isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
-            return _path((*(k for _, k in stack[1:]), key)), False
+            return _path((*(k for _, k in stack[1:]), key)), "large"
+        elif isinstance(value, str) and _has_surrogate(value):
+            return _path((*(k for _, k in stack[1:]), key)), "surrogate"
     return None
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def _children(container: Any) -> Iterator[tuple[str, Any]]:

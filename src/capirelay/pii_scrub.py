@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import re
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -116,14 +116,26 @@ def scrub_url(url: str) -> tuple[str, bool]:
     tail = url.partition("?")[2] or url.partition("#")[2]
     if not tail or not _suspect(unquote_plus(tail), _SUSPECT_IN_URL):
         return url, False
-    parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    try:
+        parts: SplitResult | None = urlsplit(url)
+    except ValueError:  # a malformed host ("http://[::1?email=..."): the query is still read
+        parts = None
+    if parts is not None:
+        query, fragment = parts.query, parts.fragment
+    else:  # split where urlsplit does: the first "#", then the first "?" before it
+        rest, _, fragment = url.partition("#")
+        query = rest.partition("?")[2]
+    pairs = parse_qsl(query, keep_blank_values=True)
     kept = [(name, value) for name, value in pairs if not _flagged_parameter(name, value)]
-    fragment_flagged = bool(parts.fragment) and contains_pii(unquote_plus(parts.fragment))
+    fragment_flagged = bool(fragment) and contains_pii(unquote_plus(fragment))
     if len(kept) == len(pairs) and not fragment_flagged:
         return url, False
-    fragment = "" if fragment_flagged else parts.fragment
-    return urlunsplit(parts._replace(query=urlencode(kept), fragment=fragment)), True
+    fragment = "" if fragment_flagged else fragment
+    if parts is not None:
+        return urlunsplit(parts._replace(query=urlencode(kept), fragment=fragment)), True
+    head = url.partition("#")[0].partition("?")[0]
+    query = urlencode(kept)
+    return head + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else ""), True
 
 
 def scrub_event(payload: dict[str, Any], policy: PIIPolicy) -> list[Problem]:

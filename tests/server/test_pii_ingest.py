@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from capirelay.emulator.testing import RunningEmulator
 
@@ -60,3 +61,21 @@ def test_the_beacon_page_url_loses_its_email_parameter(
     [sent] = wait_delivered(emulator, f"{uid}page", 1)
     assert "jane" not in sent["event"]["event_source_url"]
     assert "fbclid=IwAR1abc" in sent["event"]["event_source_url"]
+
+
+@pytest.mark.parametrize("field", ["event_source_url", "referrer_url"])
+def test_a_url_with_a_malformed_host_still_loses_its_email_and_the_batch_goes(
+    client: httpx.Client, emulator: RunningEmulator, uid: str, field: str
+) -> None:
+    # urlsplit raises ValueError on "[::1" (an unclosed IPv6 bracket): no 500, no lost batch.
+    leaky = server_event(
+        event_id=f"{uid}leaky", **{field: "http://[::1/thanks?email=jane%40example.com&step=2"}
+    )
+    response = post_events(client, [leaky, server_event(event_id=f"{uid}fine")])
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["queued", "queued"]
+    assert {(p["code"], p["field"]) for p in results[0]["problems"]} == {("pii_removed", field)}
+    assert "jane" not in response.text
+    [sent] = wait_delivered(emulator, f"{uid}leaky", 1)
+    assert sent["event"][field] == "http://[::1/thanks?step=2"

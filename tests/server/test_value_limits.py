@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -254,3 +255,64 @@ def test_a_nul_in_external_id_is_hashed_as_the_param_builder_keeps_it(
     [result] = post_events(client, [event]).json()["results"]
     assert result["status"] == "queued", result
     assert not [p for p in result["problems"] if p["field"] == "user_data.external_id"]
+
+
+@pytest.mark.parametrize("escape", ["\\ud83c", "\\udc00", "\\ud83c\\u0041"])
+def test_a_lone_surrogate_escape_rejects_only_its_event(
+    client: httpx.Client, emulator: RunningEmulator, uid: str, escape: str
+) -> None:
+    # JavaScript's JSON.stringify of a string cut mid-emoji writes "Gift \ud83c"; orjson
+    # refuses the whole body for it ("no low surrogate in string").
+    events = [server_event(event_id=f"{uid}good-{i}") for i in range(3)]
+    events[1]["event_id"] = f"{uid}bad"
+    events[1]["custom_data"]["title"] = "Gift @@"
+    body = orjson.dumps({"pixel_id": PIXEL_ID, "data": events}).replace(b"@@", escape.encode())
+    response = client.post("/v1/events", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 202, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["queued", "rejected", "queued"]
+    problem = problem_of(results[1], "invalid_value")
+    assert problem["field"] == "custom_data.title"
+    assert_ready(client)
+    delivered = wait_delivered(emulator, uid, 2)
+    assert sorted(d["event"]["event_id"] for d in delivered) == [f"{uid}good-0", f"{uid}good-2"]
+
+
+def test_the_beacon_takes_a_lone_surrogate_as_the_events_problem(
+    gateway_url: str, uid: str
+) -> None:
+    beacon = {
+        "pixel_id": PIXEL_ID,
+        "event_name": "PageView",
+        "event_id": f"{uid}beacon",
+        "page_url": "https://shop.example/",
+        "custom_data": {"title": "Gift @@"},
+    }
+    body = orjson.dumps(beacon).replace(b"@@", b"\\ud83c")
+    headers = {"Origin": SHOP_ORIGIN, "User-Agent": BROWSER_UA, "Content-Type": "text/plain"}
+    response = httpx.post(f"{gateway_url}/v1/collect", content=body, headers=headers, timeout=10)
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "rejected"
+    assert problem_of(response.json(), "invalid_value")["field"] == "custom_data.title"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"a": "\\ud83c", "b": NaN}', "NaN is not a JSON number"),
+        ('{"a": "\\ud83c", "b": -Infinity}', "-Infinity is not a JSON number"),
+        ('{"a": "\\ud83c", "b": 1e400}', "a number is infinity"),
+        ('{"a": "\\ud83c", "b": [1,]}', "Expecting value at 24"),
+        ('{"a": "\\ud83c", "b": ' + "[" * 5000 + "]" * 5000 + "}", "depth limit exceeded"),
+    ],
+)
+def test_a_body_with_a_lone_surrogate_is_otherwise_as_strict_as_any(
+    client: httpx.Client, text: str, reason: str
+) -> None:
+    response = client.post(
+        "/v1/events", content=text.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "malformed_json"
+    assert reason in error["message"], error["message"]

@@ -324,6 +324,33 @@ def test_a_signed_order_whose_id_holds_nul_is_answered_200_with_a_rejected_resul
     )
 
 
+@pytest.mark.parametrize("preset", ["shop", "woo"])
+def test_a_signed_order_whose_shop_url_is_malformed_is_answered_200_naming_the_field(
+    client: httpx.Client, preset: str
+) -> None:
+    # urlsplit raises ValueError on an unclosed IPv6 bracket; a 500 would be retried forever.
+    # The URL is left out like any value a transform refuses (a "mailto:" one is too), and a
+    # website event without event_source_url is one Meta refuses: rejected, with both reasons.
+    if preset == "shop":
+        order = shopify_order(order_status_url="http://[::1/orders/1/authenticate?key=s")
+        topic, event_id = "orders/paid", f"shopify:{order['id']}:Purchase"
+    else:
+        order = woo_order("processing", unique_id())
+        order["payment_url"] = "http://[::1/checkout/order-pay/7/?key=wc_order_1"
+        topic, event_id = "order.updated", f"woocommerce:{order['id']}:Purchase"
+    response = post(client, preset, order, topic)
+    assert response.status_code == 200, response.text
+    [result] = response.json()["results"]
+    assert (result["event_id"], result["status"]) == (event_id, "rejected"), result
+    codes = {(p["code"], p["field"]) for p in result["problems"]}
+    assert codes >= {
+        ("mapping_transform_failed", "event_source_url"),
+        ("missing_website_field", "event_source_url"),
+    }, codes
+    assert "[::1" not in response.text
+    assert client.get("/readyz").status_code == 200
+
+
 @pytest.mark.parametrize(
     "tamper",
     ["body", "secret", "missing header"],
@@ -840,3 +867,21 @@ def test_webhook_configuration_errors_stop_the_gateway_at_start(
     assert words in str(caught.value)
     with pytest.raises(ConfigError):
         create_app(bad)
+
+
+def test_a_signed_order_with_a_lone_surrogate_is_answered_200_naming_the_field(
+    client: httpx.Client,
+) -> None:
+    # "\ud83c" without its pair (a title cut mid-emoji) made the whole body 400
+    # malformed_json, which the vendor retries; it is now the event's problem.
+    order = shopify_order()
+    order["line_items"][0]["title"] = "Gift @@"
+    body = json.dumps(order).encode().replace(b"@@", b"\\ud83c")
+    headers = SIGNERS["shopify"](body, SECRETS["shop"], time.time(), "orders/paid")
+    response = client.post("/v1/webhooks/shop", content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    [result] = response.json()["results"]
+    assert result["status"] == "rejected"
+    assert {(p["code"], p["field"]) for p in result["problems"]} == {
+        ("invalid_value", "custom_data.contents.0.title")
+    }

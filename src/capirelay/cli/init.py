@@ -163,7 +163,10 @@ def _check_pixel(value: str) -> str:
 
 
 def _check_origin(value: str) -> str:
-    parts = urlsplit(value.strip())
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:  # "https://[::1": an unclosed or misplaced IPv6 bracket
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
         raise typer.BadParameter(
             f"{value!r} is not an origin: write scheme and host only, e.g. https://shop.example"

@@ -40,6 +40,7 @@ from capirelay.events._enums import (
     DeliveryCategory,
     MessagingChannel,
 )
+from capirelay.events._ids import IdList, IdText
 from capirelay.events._user_data import UserData
 from capirelay.problems import Problem, warning
 
@@ -148,7 +149,7 @@ class _Open(BaseModel):
 class Content(_Open):
     """One line of ``custom_data.contents``; extra keys pass through."""
 
-    id: str | None = None
+    id: IdText | None = None
     quantity: int | None = None
     item_price: float | None = None
     title: str | None = None
@@ -166,10 +167,10 @@ class CustomData(_Open):
     currency: str | None = None
     content_name: str | None = None
     content_category: str | None = None
-    content_ids: StrList | None = None
+    content_ids: IdList | None = None
     contents: list[Content] | None = None
     content_type: str | None = None
-    order_id: str | None = None
+    order_id: IdText | None = None
     predicted_ltv: Amount | None = None
     num_items: int | None = None
     status: str | None = None
@@ -274,7 +275,7 @@ class OriginalEventData(_Strict):
 
     event_name: str | None = None
     event_time: UnixSeconds | None = None
-    order_id: str | None = None
+    order_id: IdText | None = None
     event_id: str | None = None
 
 

@@ -40,6 +40,7 @@ import phonenumbers
 import pycountry
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from capirelay.events._ids import IdOrList, NumberOrIdText
 from capirelay.meta_facts import SINGLE_VALUE_HASHED_KEYS, UNHASHED_USER_DATA_KEYS
 from capirelay.normalize import NormalizationError, hash_wire_key, is_hashed, resolve_country
 from capirelay.problems import Problem, error, warning
@@ -124,7 +125,7 @@ class UserData(BaseModel):
     state: StrOrList | None = _either("state", "st")
     zip_code: StrOrList | None = _either("zip_code", "zp")
     country: StrOrList | None = None
-    external_id: StrOrList | None = None
+    external_id: IdOrList | None = None
 
     f5first: str | None = None
     f5last: str | None = None
@@ -138,8 +139,8 @@ class UserData(BaseModel):
     fbc: str | None = None
     fbp: str | None = None
     subscription_id: str | None = None
-    fb_login_id: int | str | None = None
-    lead_id: int | str | None = None
+    fb_login_id: NumberOrIdText | None = None
+    lead_id: NumberOrIdText | None = None
     anon_id: str | None = None
     madid: str | None = None
     page_id: str | None = None

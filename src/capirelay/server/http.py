@@ -10,8 +10,10 @@ read).
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
@@ -108,6 +110,8 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if exc.msg in _SURROGATE_ERRORS:
+            return _parse_with_lone_surrogates(body)
         # orjson checks the encoding of the whole body first, and says "str is not valid
         # UTF-8: surrogates not allowed at 0" of any byte that is not UTF-8, wherever it
         # is: the first such byte, named by its offset (never the byte itself), is what
@@ -125,3 +129,52 @@ def parse_json(body: bytes) -> Any:
         raise ApiError(
             400, "malformed_json", f"the request body is not valid JSON ({exc.msg} at {exc.pos})"
         ) from None
+
+
+# orjson refuses a whole body for one "\ud83c" escape without its pair (JavaScript's
+# JSON.stringify of a string cut mid-emoji writes one): such a string is the field's
+# problem, not the request's, so the body is read again by a parser that keeps it.
+_SURROGATE_ERRORS: Final = frozenset(
+    {
+        "no low surrogate in string",
+        "invalid low surrogate in string",
+        "invalid high surrogate in string",
+    }
+)
+
+
+def _parse_with_lone_surrogates(body: bytes) -> Any:
+    """``body`` parsed as orjson would, except that a lone surrogate escape is kept in its
+    string (for the event's checks to refuse that field): the stdlib parser, made as
+    strict as orjson (no NaN or Infinity, no number that overflows to infinity)."""
+    text = body.decode("utf-8")  # orjson checks the encoding before it reads any string
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400, "malformed_json", f"the request body is not valid JSON ({exc.msg} at {exc.pos})"
+        ) from None
+    except RecursionError:
+        raise ApiError(
+            400, "malformed_json", "the request body is not valid JSON (depth limit exceeded)"
+        ) from None
+    except ValueError as exc:  # the hooks below, or an integer past Python's 4300 digits
+        reason = exc.args[0] if isinstance(exc, _NotJSON) else "a number too long to read"
+        raise ApiError(
+            400, "malformed_json", f"the request body is not valid JSON ({reason})"
+        ) from None
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJSON(f"{name} is not a JSON number; send finite numbers")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise _NotJSON("a number is infinity when parsed as a double; send finite numbers")
+    return number

@@ -88,6 +88,8 @@ def _to_str(value: Any, argument: str | None, currency: str | None) -> Any:
         if isinstance(item, bool):
             return "true" if item else "false"
         if isinstance(item, float) and item.is_integer():
+            if not -(2**53) < item < 2**53:  # read from JSON inexactly: not the id sent
+                raise TransformError("'str' got a number of 2**53 or more, not read exactly")
             return str(int(item))
         if isinstance(item, int | float):
             return str(item)
@@ -215,7 +217,10 @@ def _url_origin(value: Any, argument: str | None, currency: str | None) -> Any:
         return None
     if not isinstance(value, str):
         raise TransformError(f"'url_origin' needs a URL string, got {_type_name(value)}")
-    parts = urlsplit(value.strip())
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:  # "http://[::1": an unclosed IPv6 bracket, or a malformed netloc
+        raise TransformError("'url_origin' needs an absolute http(s) URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TransformError("'url_origin' needs an absolute http(s) URL")
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/"
