@@ -165,10 +165,14 @@ class GatewayLimits:
         if wait:
             raise rate_limited(wait, f"for pixel {pixel_id}", "rate_limits.collect_per_pixel")
 
-    def check_webhook(self, address: str, name: str) -> None:
+    def check_webhook_address(self, address: str) -> None:
+        """Before the signature: the sender's address (the HMAC costs CPU)."""
         wait = self.webhook_address.take(address)
         if wait:
             raise rate_limited(wait, "from this address", "rate_limits.webhook_per_address")
+
+    def check_webhook_name(self, name: str) -> None:
+        """After the signature: forged requests must not spend the real vendor's quota."""
         wait = self.webhook_name.take(name)
         if wait:
             raise rate_limited(wait, f"to webhook {name}", "rate_limits.webhook_per_name")
