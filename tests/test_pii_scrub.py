@@ -24,6 +24,10 @@ PII = [
     "+1 650 555 1212",
     "+16505551212",
     "+44 20 7946 0958",
+    "(650)555-1212",
+    "(650)5551212",
+    "07700 900123",  # UK mobile, two groups
+    "my number is 030 12345678",
 ]
 NOT_PII = [
     "order-1001",
@@ -37,6 +41,17 @@ NOT_PII = [
     "v10.15.7",
     "@handle",
     "",
+    "01.02.2024",  # dates
+    "01-02-2024",
+    "15/01/2024 10:30",
+    "2024-01-15 10:30:00",
+    "12.999.000",  # prices
+    "EUR 1.299.000,00",
+    "1 299,00",
+    "ORD-07700 900123",  # order ids and SKUs
+    "INV-0123 456789",
+    "SKU-0123-456789",
+    "#1001 (2) 500",
 ]
 
 
@@ -66,6 +81,16 @@ def test_ids_dates_and_addresses_are_not_personal_data(text: str) -> None:
         ("http://[::1/thanks?email=john%40x.com&step=2#top", "http://[::1/thanks?step=2#top"),
         ("http://a[b]/?phone=1#john@x.com", "http://a[b]/"),
         ("http://[::1?fbclid=IwAR1", "http://[::1?fbclid=IwAR1"),
+        ("https://shop.example/unsubscribe/jane.doe@example.com", "https://shop.example/unsubscribe"),
+        ("https://shop.example/u/jane%40example.com/prefs?x=1", "https://shop.example/u/prefs?x=1"),
+        ("https://shop.example/@handle/posts", "https://shop.example/@handle/posts"),
+        ("https://admin:hunter2@shop.example/checkout", "https://shop.example/checkout"),
+        ("https://token@shop.example:8443/", "https://shop.example:8443/"),
+        ("https://shop.example/search?q=(650)555-1212&page=2", "https://shop.example/search?page=2"),
+        ("https://shop.example/search?q=07700+900123", "https://shop.example/search"),
+        ("https://shop.example/search?q=shoes+42&sort=price", "https://shop.example/search?q=shoes+42&sort=price"),
+        ("http://[::1/x?q=1", "http://[::1/x?q=1"),
+        ("http://admin:pw@[::1/x?email=a%40b.example", "http://[::1/x"),
     ],
 )  # fmt: skip
 def test_flagged_query_parameters_are_removed(url: str, cleaned: str) -> None:
@@ -132,6 +157,54 @@ def test_keep_sends_as_is() -> None:
     assert prepared.new_event is not None
     assert b"jane%40example.com" in prepared.new_event.payload
     assert not [p for p in prepared.problems if p.code.startswith("pii")]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://shop.example/unsubscribe/jane.doe@example.com",
+        "https://admin:hunter2@shop.example/checkout",
+        "https://shop.example/search?q=(650)555-1212",
+    ],
+)
+def test_strip_keeps_personal_data_and_secrets_of_any_url_part_from_storage(url: str) -> None:
+    custom = {"value": 1.0, "currency": "EUR", "search_string": "07700 900123"}
+    raw = event(event_source_url=url, custom_data=custom)
+    prepared = prepare(raw, "strip")
+    assert prepared.new_event is not None
+    payload = prepared.new_event.payload
+    for secret in (b"jane", b"hunter2", b"admin", b"555", b"07700", b"900123"):
+        assert secret not in payload
+    stored = orjson.loads(payload)
+    assert stored["event_source_url"].startswith("https://shop.example/")
+    assert "search_string" not in stored["custom_data"]
+    fields = {p.field for p in prepared.problems if p.code == "pii_removed"}
+    assert fields == {"event_source_url", "custom_data.search_string"}
+    assert all(b"hunter2" not in p.message.encode() for p in prepared.problems)
+
+
+def test_reject_refuses_a_url_with_userinfo_or_an_email_in_its_path() -> None:
+    for url in ("https://a:b@shop.example/", "https://shop.example/u/jane@example.com"):
+        raw = event(event_source_url=url, custom_data={"value": 1.0, "currency": "EUR"})
+        prepared = prepare(raw, "reject")
+        assert prepared.rejected
+        assert {p.field for p in prepared.problems if p.code == "pii_in_event"} == {
+            "event_source_url"
+        }
+
+
+def test_keep_still_drops_userinfo() -> None:
+    raw = event(event_source_url="https://admin:hunter2@shop.example/u/jane@example.com")
+    prepared = prepare(raw, "keep")
+    assert prepared.new_event is not None
+    stored = orjson.loads(prepared.new_event.payload)
+    assert stored["event_source_url"] == "https://shop.example/u/jane@example.com"
+
+
+def test_an_unparseable_url_is_not_stored() -> None:
+    prepared = prepare(event(event_source_url="http://[::1/x?email=jane%40example.com"), "strip")
+    stored = prepared.new_event.payload if prepared.new_event else b""
+    assert b"jane" not in stored
 
 
 def test_a_key_that_is_an_email_is_neither_kept_nor_echoed() -> None:

@@ -510,7 +510,7 @@ class RateLimitSettings(BaseModel):
     collect_per_pixel: RateLimit = RateLimit(rate=500, burst=5000)
     # POST /v1/webhooks/<name>, per client address, checked before the signature.
     webhook_per_address: RateLimit = RateLimit(rate=50, burst=500)
-    # POST /v1/webhooks/<name>, per webhook, all addresses together.
+    # POST /v1/webhooks/<name>, per webhook, all addresses together; signed requests only.
     webhook_per_name: RateLimit = RateLimit(rate=200, burst=2000)
     # Buckets kept per limit (least recently used ones are forgotten past it).
     max_tracked_addresses: int = Field(default=100_000, ge=100)

@@ -15,11 +15,12 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from starlette.requests import Request
 from typer.testing import CliRunner
 
 from capirelay.cli import app as cli_app
 from capirelay.dashboard.auth import SESSION_COOKIE
-from capirelay.dashboard.sessions import LoginThrottle
+from capirelay.dashboard.sessions import LoginThrottle, client_key
 from capirelay.emulator.testing import RunningEmulator, run_emulator
 from capirelay.events import prepare_wire
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, open_outbox
@@ -223,6 +224,32 @@ def test_the_throttle_window_slides() -> None:
     throttle.failed("a")
     throttle.succeeded("a")
     assert throttle.retry_after("a") is None
+
+
+def behind_proxy(forwarded_for: str) -> Request:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/ui/login",
+        "headers": [(b"x-forwarded-for", forwarded_for.encode())],
+        "client": ("127.0.0.1", 40000),
+    }
+    return Request(scope)
+
+
+def test_login_failures_from_one_ipv6_64_count_as_one_client() -> None:
+    throttle = LoginThrottle(max_failures=5, window=60, clock=lambda: 1000.0)
+    proxies = ["127.0.0.1"]
+    answers = []
+    for host in range(1, 31):  # a fresh address of the same /64 each time
+        client = client_key(behind_proxy(f"2001:db8:1:2::{host:x}"), proxies)
+        answers.append(throttle.retry_after(client))
+        throttle.failed(client)
+    assert answers[:5] == [None] * 5
+    assert all(wait is not None for wait in answers[5:])
+    other = client_key(behind_proxy("2001:db8:1:3::1"), proxies)
+    assert throttle.retry_after(other) is None  # the next /64 is someone else
+    assert client_key(behind_proxy("198.51.100.7"), proxies) == "198.51.100.7"
 
 
 def test_redirects_are_relative_whatever_the_host_header(

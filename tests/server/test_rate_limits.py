@@ -30,6 +30,7 @@ from capirelay.config import (
 from capirelay.emulator.testing import RunningEmulator
 from capirelay.server import create_app
 from capirelay.server.rate_limit import BucketStore, address_key
+from sources.webhook_data import fixture_bytes, shopify_headers
 
 from .conftest import (
     INGEST_KEY,
@@ -269,6 +270,54 @@ def test_webhook_floods_are_refused_before_the_signature_is_checked(
     assert metric(exposition, "capirelay_webhooks_total", outcome="unauthorized", **labels) == 3
     assert metric(exposition, "capirelay_webhooks_total", outcome="rate_limited", **labels) == 4
     assert other.status_code == 401, "another address is still heard"
+
+
+NAME_BURST = 2
+
+
+@pytest.fixture(scope="module")
+def vendor_url(limited_settings: Settings) -> Iterator[str]:
+    """A gateway whose webhook bucket is small and whose address buckets are not."""
+    settings = limited_settings.model_copy(
+        update={
+            "rate_limits": RateLimitSettings(
+                webhook_per_address=RateLimit(rate=SLOW, burst=1000),
+                webhook_per_name=RateLimit(rate=SLOW, burst=NAME_BURST),
+            )
+        }
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+def test_forged_webhooks_do_not_spend_the_vendors_quota(vendor_url: str) -> None:
+    body = fixture_bytes("shopify", "orders_paid.json")
+    forged = {"X-Shopify-Hmac-Sha256": "bm90IGEgc2lnbmF0dXJl", "X-Shopify-Topic": "orders/paid"}
+    signed = shopify_headers(body, WEBHOOK_SECRET, time.time())
+    with httpx.Client(base_url=vendor_url, timeout=10) as http:
+        attack = [
+            http.post(
+                "/v1/webhooks/orders",
+                content=body,
+                headers={**forged, "X-Forwarded-For": f"203.0.113.{i}"},
+            )
+            for i in range(40)
+        ]
+        genuine = [
+            http.post(
+                "/v1/webhooks/orders",
+                content=body,
+                headers={**signed, "X-Forwarded-For": "198.51.100.7"},
+            )
+            for _ in range(NAME_BURST + 1)
+        ]
+
+    assert [a.status_code for a in attack] == [401] * 40
+    # Only signed requests take from the webhook's bucket: the vendor's orders get through
+    # until they themselves are over it.
+    assert [g.status_code for g in genuine[:NAME_BURST]] == [200] * NAME_BURST
+    assert genuine[-1].status_code == 429
+    assert "rate_limits.webhook_per_name" in genuine[-1].json()["error"]["message"]
 
 
 def test_an_ingest_key_over_its_quota_gets_429_while_other_keys_go_on(

@@ -18,6 +18,7 @@ import pytest
 
 from capirelay.config import ConsentPolicy, PixelSettings, Secret, Settings
 from capirelay.emulator.testing import RunningEmulator, run_emulator
+from capirelay.normalize import sha256_hex
 from capirelay.server import create_app
 from capirelay.sources.consent import (
     ConsentFlagError,
@@ -177,8 +178,64 @@ LDU_CASES = [
         {"country": "a" * 64},
         "DE",
         False,
+        ldu(0, 0),
+        id="hashed-unknown-country-is-an-unknown-place",
+    ),
+    pytest.param(
+        ConsentPolicy(ldu_countries=["US"]),
+        {"country": sha256_hex("us"), "st": sha256_hex("ca")},
+        "DE",
+        False,
+        ldu(1, 1000),
+        id="hashed-us-california",
+    ),
+    pytest.param(
+        ConsentPolicy(ldu_countries=["US"]),
+        {"country": [sha256_hex("us").upper() + ".AQQCAQMC"], "st": sha256_hex("tx")},
+        "DE",
+        False,
+        ldu(1, 0),
+        id="hashed-country-any-case-with-appendix",
+    ),
+    pytest.param(
+        ConsentPolicy(ldu_countries=["US"]),
+        {"country": sha256_hex("de"), "st": sha256_hex("by")},
+        "US",
+        False,
         NO_LDU,
-        id="hashed-country-falls-back-to-default",
+        id="hashed-abroad-beats-default",
+    ),
+    pytest.param(
+        ConsentPolicy(ldu_states=["Colorado"]),
+        {"country": sha256_hex("us"), "st": sha256_hex("co")},
+        None,
+        False,
+        ldu(1, 0),
+        id="hashed-listed-state",
+    ),
+    pytest.param(
+        ConsentPolicy(ldu_states=["ca"]),
+        {"country": sha256_hex("us"), "st": sha256_hex("tx")},
+        None,
+        False,
+        NO_LDU,
+        id="hashed-other-state",
+    ),
+    pytest.param(
+        ConsentPolicy(ldu_states=["ca"]),
+        {"country": sha256_hex("us"), "st": "b" * 64},
+        None,
+        False,
+        ldu(1, 0),
+        id="hashed-unknown-us-state",
+    ),
+    pytest.param(
+        ConsentPolicy(ldu_states=["ca"]),
+        {"st": sha256_hex("ca")},
+        None,
+        False,
+        ldu(1, 1000),
+        id="hashed-state-alone",
     ),
     pytest.param(OPEN, CALIFORNIA, None, True, ldu(1, 1000), id="gpc"),
     pytest.param(OPEN, {}, None, True, ldu(0, 0), id="gpc-place-unknown"),

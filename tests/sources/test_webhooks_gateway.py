@@ -666,6 +666,9 @@ def test_signed_but_malformed_json_is_400(client: httpx.Client) -> None:
 
 def test_webhook_outcomes_are_counted(client: httpx.Client) -> None:
     post(client, "shop", fixture("shopify", "refunds_create.json"), "refunds/create")
+    # Its own unauthorized request: the test does not lean on an earlier one's.
+    forged = post(client, "shop", fixture("shopify", "orders_paid.json"), "orders/paid", secret="x")
+    assert forged.status_code == 401
     metrics = client.get("/metrics").text
     assert 'capirelay_webhooks_total{outcome="ignored",webhook="shop"}' in metrics
     assert 'capirelay_webhooks_total{outcome="unauthorized",webhook="shop"}' in metrics

@@ -70,9 +70,11 @@ __all__ = [
     "FBI_COOKIE",
     "FBP_COOKIE",
     "FBP_RE",
+    "UNKNOWN_ADDRESS",
     "BrowserContext",
     "CookieToSet",
     "ParsedClickCookie",
+    "address_key",
     "build_fbc",
     "client_ip",
     "etld_plus_one",
@@ -528,3 +530,32 @@ def request_address(
     """
     address = _request_ip(remote_addr, headers, _trusted_networks(tuple(trusted_proxies)))
     return str(address) if address is not None else None
+
+
+UNKNOWN_ADDRESS = "unknown"
+
+
+def address_key(
+    remote_addr: str | None, headers: Mapping[str, str], trusted_proxies: Sequence[str]
+) -> str:
+    """Whom a rate limit or the dashboard's login throttle counts a request against: the
+    client's address (:func:`request_address`), an IPv6 one by /64, the block one
+    subscriber gets, so rotating addresses inside it does not make a new client.
+
+    Private ranges are included: a gateway behind a private network still tells its
+    clients apart.
+    """
+    address = request_address(remote_addr, headers, trusted_proxies)
+    if address is None:
+        return UNKNOWN_ADDRESS
+    return _address_block(address)
+
+
+@lru_cache(maxsize=4096)
+def _address_block(address: str) -> str:
+    parsed = ipaddress.ip_address(address)
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return address

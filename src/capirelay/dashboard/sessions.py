@@ -11,7 +11,8 @@ replica, also after restarts, until it would have expired anyway.
 tokens from one client within :data:`WINDOW_SECONDS`, that client's further
 attempts are answered 429 with ``Retry-After`` until the oldest failure leaves the
 window.  The client is the socket peer, or the first untrusted hop of
-``X-Forwarded-For`` behind ``trusted_proxies``.  It is per process (a replica
+``X-Forwarded-For`` behind ``trusted_proxies``, an IPv6 one by /64 (the key the
+rate limits use, :func:`capirelay.browser_ids.address_key`).  It is per process (a replica
 counts its own clients' failures): an attacker spread over replicas gets N times
 the budget, still a handful of guesses a minute.
 """
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 from starlette.requests import Request
 
-from capirelay.browser_ids import client_ip
+from capirelay.browser_ids import address_key
 from capirelay.dashboard.auth import SESSION_TTL_SECONDS, Principal
 from capirelay.outbox import Outbox
 
@@ -70,9 +71,10 @@ async def revoke(outbox: Outbox, principal: Principal, *, now: float) -> None:
 
 
 def client_key(request: Request, trusted_proxies: Sequence[str]) -> str:
+    """Whom failed logins are counted against: the rate limits' key, so an IPv6 client
+    is one client per /64 and rotating addresses inside it does not reset the count."""
     peer = request.client.host if request.client else None
-    address = client_ip(peer, request.headers, trusted_proxies, allow_private=True)
-    return address or peer or "unknown"
+    return address_key(peer, request.headers, trusted_proxies)
 
 
 class LoginThrottle:

@@ -66,6 +66,7 @@ __all__ = [
     "NormalizationError",
     "cache_info",
     "clear_caches",
+    "country_codes",
     "digest_of",
     "earlier_hashes",
     "hash_field",
@@ -75,6 +76,7 @@ __all__ = [
     "normalize",
     "resolve_country",
     "sha256_hex",
+    "us_state_codes",
 ]
 
 WIRE_KEYS: dict[str, str] = {
@@ -128,6 +130,8 @@ _PLACE_KEYS = frozenset({"country", "st", "ct", "ge"})
 _NAME_KEYS = frozenset({"fn", "ln"})
 
 resolve_country = _places.resolve_country
+country_codes = _places.country_codes
+us_state_codes = _places.us_state_codes
 
 
 def normalize(field: str, value: str, *, country: str | None = None) -> str:

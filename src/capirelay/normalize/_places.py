@@ -158,6 +158,17 @@ def _cached_hint(value: str) -> str | None:
         return None
 
 
+def country_codes() -> frozenset[str]:
+    """Every country code :func:`country` can return (ISO 3166-1 alpha-2, lowercase)."""
+    return frozenset(_country_table().values())
+
+
+def us_state_codes() -> frozenset[str]:
+    """Every code :func:`state` can return for a US state, district, territory or the
+    armed forces' ``aa``/``ae``/``ap``."""
+    return frozenset(_us_states().values())
+
+
 def clear_hint_cache() -> None:
     _cached_hint.cache_clear()
 

@@ -2,7 +2,8 @@
 
 * :func:`limit_collect` / :func:`limit_webhook`: the token buckets of
   :mod:`capirelay.server.rate_limit`, per client address and per pixel or
-  webhook; a refusal is a 429 with ``Retry-After``, counted as
+  webhook (a webhook's own bucket only once its signature is valid); a
+  refusal is a 429 with ``Retry-After``, counted as
   ``capirelay_events_dropped_total{reason="rate_limited"}``, nothing stored.
 * :func:`check_event_allowed`: the pixel's ``beacon_events`` allowlist.
 * :func:`verify_beacon`: the server-signed token of
@@ -62,11 +63,18 @@ def limit_collect(
         raise
 
 
-def limit_webhook(request: Request, settings: Settings, name: str, pixel_id: str) -> None:
-    """429 before the signature is checked when the sender's address or the webhook is over."""
+def limit_webhook(
+    request: Request, settings: Settings, name: str, pixel_id: str, *, signed: bool
+) -> None:
+    """429 when the sender's address (``signed=False``: before the signature is checked,
+    which costs CPU) or the webhook (``signed=True``: only once the signature is valid, so
+    forged requests cannot spend the vendor's quota) is over its limit."""
     limits: GatewayLimits = request.app.state.limits
     try:
-        limits.check_webhook(_address(request, settings), name)
+        if signed:
+            limits.check_webhook_name(name)
+        else:
+            limits.check_webhook_address(_address(request, settings))
     except ApiError:
         metrics: Metrics = request.app.state.metrics
         metrics.dropped.labels(pixel_id, RATE_LIMITED).inc()

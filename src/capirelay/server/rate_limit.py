@@ -31,12 +31,10 @@ event loop runs these checks without awaiting, so no lock is needed.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from capirelay import browser_ids
@@ -51,7 +49,8 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
-UNKNOWN_ADDRESS = "unknown"
+# The key lives with the address rules, so the dashboard's login throttle shares it.
+address_key = browser_ids.address_key
 
 
 class BucketStore:
@@ -88,31 +87,6 @@ class BucketStore:
             bucket[0] -= cost
             return 0.0
         return (needed - bucket[0]) / self.rate
-
-
-def address_key(
-    remote_addr: str | None, headers: Mapping[str, str], trusted_proxies: Sequence[str]
-) -> str:
-    """The bucket key of the client behind a request: its address, an IPv6 one by /64.
-
-    The address is the one ``client_ip_address`` is built from (``X-Forwarded-For``
-    only through ``trusted_proxies``), private ranges included: a gateway behind a
-    private network still tells its clients apart.
-    """
-    address = browser_ids.request_address(remote_addr, headers, trusted_proxies)
-    if address is None:
-        return UNKNOWN_ADDRESS
-    return _bucket_key(address)
-
-
-@functools.lru_cache(maxsize=4096)
-def _bucket_key(address: str) -> str:
-    parsed = ipaddress.ip_address(address)
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped is not None:
-            return str(parsed.ipv4_mapped)
-        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
-    return address
 
 
 def rate_limited(retry_after: float, what: str, setting: str) -> ApiError:
@@ -165,10 +139,14 @@ class GatewayLimits:
         if wait:
             raise rate_limited(wait, f"for pixel {pixel_id}", "rate_limits.collect_per_pixel")
 
-    def check_webhook(self, address: str, name: str) -> None:
+    def check_webhook_address(self, address: str) -> None:
+        """Before the signature: the sender's address (the HMAC costs CPU)."""
         wait = self.webhook_address.take(address)
         if wait:
             raise rate_limited(wait, "from this address", "rate_limits.webhook_per_address")
+
+    def check_webhook_name(self, name: str) -> None:
+        """After the signature: forged requests must not spend the real vendor's quota."""
         wait = self.webhook_name.take(name)
         if wait:
             raise rate_limited(wait, f"to webhook {name}", "rate_limits.webhook_per_name")

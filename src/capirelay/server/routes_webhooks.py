@@ -79,12 +79,14 @@ async def post_webhook(request: Request) -> Response:
         raise ApiError(
             404, "unknown_webhook", "no webhook of that name; see [webhooks] in the config"
         )
-    limit_webhook(request, settings, webhook.name, webhook.settings.pixel_id)
+    pixel_id = webhook.settings.pixel_id
+    limit_webhook(request, settings, webhook.name, pixel_id, signed=False)
     body = await read_body(request, settings.max_body_bytes)
     if webhook.preset.is_ping(body, request.headers):
         metrics.webhooks.labels(webhook.name, "ping").inc()
         return JSONResponse({"webhook": webhook.name, "status": "ping"})
     _verify(webhook, body, request, metrics)
+    limit_webhook(request, settings, webhook.name, pixel_id, signed=True)
     payload = parse_json(body)
     topic = webhook.preset.topic(request.headers, payload)
     now = time.time()

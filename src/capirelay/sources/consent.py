@@ -22,21 +22,34 @@ Two decisions, both made before an event is hashed or stored:
   chose LDU keeps the caller's codes; a caller's ``[]`` never overrides the
   policy.
 
-The place is read from the event's raw ``user_data`` (``country``,
-``st``/``state``; already-hashed values tell nothing) with the pixel's
-``default_country`` as the fallback country, normalized with the same rules
-as the hashing so ``"California"`` and ``"CA"`` agree.
+The place is read from the event's ``user_data`` (``country``,
+``st``/``state``) with the pixel's ``default_country`` as the fallback when the
+event carries no country, normalized with the same rules as the hashing so
+``"California"`` and ``"CA"`` agree.  Already-hashed values (as Meta asks
+senders to send them) are recognised by comparing them with the SHA-256 of
+every ISO 3166-1 alpha-2 country code and every US state code, computed once;
+a hashed value that matches none of them is an unknown place (a hashed country
+does not fall back to ``default_country``: the event named a country, just
+not one that can be told).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from capirelay.config import ConsentPolicy
-from capirelay.normalize import NormalizationError, is_hashed, normalize
+from capirelay.normalize import (
+    NormalizationError,
+    country_codes,
+    digest_of,
+    is_hashed,
+    normalize,
+    sha256_hex,
+    us_state_codes,
+)
 
 __all__ = [
     "CONSENT_SIGNALS",
@@ -129,12 +142,28 @@ def _rules(everywhere: bool, countries: tuple[str, ...], states: tuple[str, ...]
     )
 
 
-def _place(key: str, value: Any, country: str | None) -> str | None:
-    """The normalized country/state, or ``None`` when it is absent, hashed or unusable."""
+@cache
+def _hashed_places() -> dict[str, Mapping[str, str]]:
+    """SHA-256 hex of each known code -> the code, per wire key (built on first use)."""
+    countries = {sha256_hex(code): code for code in country_codes()}
+    states = {sha256_hex(code): code for code in us_state_codes()}
+    return {"country": countries, "st": states}
+
+
+def _first(value: Any) -> Any:
     if isinstance(value, list):
-        value = value[0] if value else None
-    if not isinstance(value, str) or not value.strip() or is_hashed(value):
+        return value[0] if value else None
+    return value
+
+
+def _place(key: str, value: Any, country: str | None) -> str | None:
+    """The normalized country/state, or ``None`` when it is absent, unusable or a hash
+    of no known code (a hashed US state is recognised whatever ``country`` says)."""
+    value = _first(value)
+    if not isinstance(value, str) or not value.strip():
         return None
+    if is_hashed(value):
+        return _hashed_places()[key].get(digest_of(value.strip()))
     try:
         return normalize(key, value, country=country)
     except NormalizationError:
@@ -144,9 +173,10 @@ def _place(key: str, value: Any, country: str | None) -> str | None:
 def _location(user_data: Any, default_country: str | None) -> tuple[str | None, str | None]:
     if not isinstance(user_data, Mapping):
         return _place("country", default_country, None), None
-    country = _place("country", user_data.get("country"), None) or _place(
-        "country", default_country, None
-    )
+    sent = _first(user_data.get("country"))
+    country = _place("country", sent, None)
+    if country is None and not (isinstance(sent, str) and is_hashed(sent)):
+        country = _place("country", default_country, None)
     state_value = user_data.get("st", user_data.get("state"))
     return country, _place("st", state_value, country)
 
