@@ -166,6 +166,32 @@ def test_a_purge_with_bounds_beyond_datetime_is_recorded_not_a_failure(storage: 
     assert record["action"] == "purge" and "since=-62135600400.0" in record["target"]
 
 
+def test_audit_never_cuts_a_date_an_actor_or_a_target_at_80_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pixel = "1234567890123456"
+    db = tmp_path / "q.db"
+    asyncio.run(seed(db, pixel))
+    storage = f"sqlite:///{db}"
+    monkeypatch.setattr(dlq_cli, "_cli_actor", lambda: "cli:operations-on-call-engineer")
+    purge = ["purge", "--storage", storage, "--pixel", pixel, "--event-name", "Purchase"]
+    since = ["--since", "2020-01-01T00:00:00", "--until", "2099-12-31T23:59:59"]
+    assert invoke(*purge, *since, "--reason", "expired", "--yes").exit_code == 0
+    assert invoke("purge", "1", "2", "--storage", storage).exit_code == 0
+    records = orjson.loads(invoke("audit", "--storage", storage, "--json").stdout)
+    assert len(records) == 2
+    monkeypatch.setattr(dlq_cli, "console", Console(width=80, color_system=None))
+    result = invoke("audit", "--storage", storage)
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout, result.stdout
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    for record in records:
+        assert dlq_cli._when(record["at"]) in result.stdout
+        for part in record["target"].split():  # a long filter wraps between its terms
+            assert any(part in line for line in result.stdout.splitlines()), result.stdout
+    assert result.stdout.count("cli:operations-on-call-engineer") == 2
+
+
 def test_bad_storage_url_is_a_clear_error() -> None:
     result = invoke("list", "--storage", "sqlite:///:memory:")
     assert result.exit_code == 2

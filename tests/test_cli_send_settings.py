@@ -4,6 +4,7 @@ api_version and access token, and its own flags and CAPIRELAY_ACCESS_TOKEN still
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import time
@@ -211,3 +212,128 @@ def test_an_unreachable_graph_url_flag_is_named_as_the_flag(
     assert f"no answer from {closed_url}" in result.stderr
     what_to_do = next(line for line in result.stderr.splitlines() if "what to do:" in line)
     assert "--graph-url" in what_to_do, result.stderr
+
+
+# The pixel's own settings, as the gateway applies them to the same pixel.
+
+APP_SECRET_ENV = "META_APP_SECRET"
+APP_SECRET = "send-settings-app-secret-0123456789"
+
+
+def write_phone_event(directory: Path) -> Path:
+    """An event whose phone number has no country code."""
+    path = write_event(directory)
+    event = json.loads(path.read_text())
+    event["user_data"]["phone"] = "(650) 555-1212"
+    path.write_text(json.dumps(event))
+    return path
+
+
+def gateway_phone_hash(config: Path, event_file: Path) -> str:
+    """The ``ph`` the gateway's ingest queues for the file's event under the config."""
+    from capirelay.config import load_settings
+    from capirelay.ingest import prepare_event
+
+    settings = load_settings(config)
+    prepared = prepare_event(
+        json.loads(event_file.read_text()),
+        pixel_id=PIXEL,
+        pixel=settings.pixels[PIXEL],
+        now=time.time(),
+        test_event_code=None,
+        source="api",
+        max_future_skew=settings.max_future_skew,
+    )
+    assert prepared.new_event is not None, prepared.problems
+    return str(json.loads(prepared.new_event.payload)["user_data"]["ph"][0])
+
+
+def sent_phone_hashes(emulator: RunningEmulator) -> list[str]:
+    return [e["event"]["user_data"]["ph"][0] for e in emulator.state.events(PIXEL)]
+
+
+def test_a_national_phone_is_completed_with_the_pixels_default_country(
+    emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = write_config(tmp_path, emulator.url, 'default_country = "US"\n')
+    event = write_phone_event(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = send(str(event), env={TOKEN_ENV: TOKEN})
+    assert result.exit_code == 0, result.output
+    expected = hashlib.sha256(b"16505551212").hexdigest()
+    assert sent_phone_hashes(emulator) == [expected]
+    assert gateway_phone_hash(config, event) == expected
+
+
+def test_the_default_country_flag_wins_over_the_pixels(
+    emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(tmp_path, emulator.url, 'default_country = "GB"\n')
+    monkeypatch.chdir(tmp_path)
+    result = send(
+        str(write_phone_event(tmp_path)), "--default-country", "US", env={TOKEN_ENV: TOKEN}
+    )
+    assert result.exit_code == 0, result.output
+    assert sent_phone_hashes(emulator) == [hashlib.sha256(b"16505551212").hexdigest()]
+
+
+def test_the_pixels_test_event_code_reaches_graph(
+    emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(tmp_path, emulator.url, 'test_event_code = "TEST4242"\n')
+    monkeypatch.chdir(tmp_path)
+    result = send(str(write_event(tmp_path)), env={TOKEN_ENV: TOKEN})
+    assert result.exit_code == 0, result.output
+    [stored] = emulator.state.events(PIXEL)
+    assert stored["test_event_code"] == "TEST4242"
+    [request] = emulator.state.request_log()
+    assert request["test_event_code"] == "TEST4242"
+    assert "Test events under TEST4242" in result.stdout
+
+
+def test_the_test_event_code_flag_wins_over_the_pixels(
+    emulator: RunningEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(tmp_path, emulator.url, 'test_event_code = "TEST4242"\n')
+    monkeypatch.chdir(tmp_path)
+    args = [str(write_event(tmp_path)), "--test-event-code", "TEST777"]
+    result = send(*args, env={TOKEN_ENV: TOKEN})
+    assert result.exit_code == 0, result.output
+    assert [e["test_event_code"] for e in emulator.state.events(PIXEL)] == ["TEST777"]
+
+
+@pytest.fixture
+def proof_checking_emulator() -> Iterator[RunningEmulator]:
+    """An emulator that knows the app's secret, so it checks every appsecret_proof given."""
+    with run_emulator(pixels={PIXEL: TOKEN}, app_secret=APP_SECRET) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("secret", "accepted"), [(APP_SECRET, True), ("not-the-app-secret", False)]
+)
+def test_the_pixels_app_secret_signs_the_request(
+    proof_checking_emulator: RunningEmulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    secret: str,
+    accepted: bool,
+) -> None:
+    # The emulator refuses a proof made with another secret (code 100): so a refusal with
+    # the wrong secret shows that the proof is sent, and an acceptance with the right one
+    # that it is the proof of the pixel's token under the configured secret.
+    emulator = proof_checking_emulator
+    extra = f'app_secret = {{ env = "{APP_SECRET_ENV}" }}\n'
+    write_config(tmp_path, emulator.url, extra)
+    monkeypatch.chdir(tmp_path)
+    result = send(str(write_event(tmp_path)), env={TOKEN_ENV: TOKEN, APP_SECRET_ENV: secret})
+    [request] = emulator.state.request_log()
+    if accepted:
+        assert result.exit_code == 0, result.output
+        assert sent_ids(emulator) == ["send-settings-1"]
+    else:
+        assert result.exit_code == 1, result.output
+        assert request.get("error_code") == 100
+        assert "Invalid appsecret_proof" in result.stderr, result.stderr
+    for value in (TOKEN, APP_SECRET, secret):
+        assert value not in result.output

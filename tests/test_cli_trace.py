@@ -1,4 +1,4 @@
-"""``capirelay trace`` piped into another program (not a terminal): every value whole."""
+"""``capirelay trace``: every value whole, piped (a full-width table) or on a narrow terminal."""
 
 from __future__ import annotations
 
@@ -10,9 +10,13 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from capirelay.cli import app
+from capirelay.cli import trace as trace_cli
+from capirelay.ops.trace import iso
 from capirelay.outbox import Attempt, DeadLetterReason, NewEvent, SQLiteOutbox
 from capirelay.outbox.receipts import dropped_receipt
 
@@ -96,3 +100,24 @@ def test_a_webhook_event_rejected_at_ingest_is_headed_rejected_not_dropped(
     assert "rejected at ingest (event_too_old)" in result.stdout
     as_json = runner.invoke(app, ["trace", event_id, "--storage", f"sqlite:///{db}", "--json"])
     assert orjson.loads(as_json.stdout)["status"] == "rejected"
+
+
+def test_trace_on_an_80_column_terminal_never_cuts_an_id_or_a_date(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "capirelay.db"
+    asyncio.run(dead_lettered_event(db))
+    terminal = Console(width=80, force_terminal=True, color_system=None, soft_wrap=True)
+    monkeypatch.setattr(trace_cli, "console", terminal)
+    runner = CliRunner(env={"NO_COLOR": "1", "CAPIRELAY_CONFIG": None})
+    result = runner.invoke(app, ["trace", EVENT_ID, "--storage", f"sqlite:///{db}"])
+    assert result.exit_code == 1, result.output  # not delivered
+    assert "…" not in result.stdout, result.stdout
+    assert all(len(line) <= 80 for line in result.stdout.splitlines()), result.stdout
+    lines = result.stdout.splitlines()
+    assert any(EVENT_ID in line for line in lines)
+    assert any(FBTRACE in line for line in lines), result.stdout
+    as_json = runner.invoke(app, ["trace", EVENT_ID, "--storage", f"sqlite:///{db}", "--json"])
+    steps = orjson.loads(as_json.stdout)["story"]
+    for at in {step["at"] for step in steps if step["at"] is not None}:
+        assert any(iso(at) in line for line in lines), (iso(at), result.stdout)

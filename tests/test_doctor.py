@@ -459,6 +459,46 @@ def test_an_unreachable_meta_graph_asks_for_outbound_https() -> None:
     )
 
 
+PROXY_PASSWORD = "hunter2pass"
+
+
+@pytest.mark.parametrize(
+    ("probe", "shown"),
+    [
+        (GraphProbe(True, 400, 0.0, 12.0, None), "reached http://egress.example:8443 in 12 ms"),
+        (
+            GraphProbe(True, 502, None, 12.0, None, not_graph="HTTP 502 (text/html)"),
+            "http://egress.example:8443 answered, but not as Graph",
+        ),
+        (
+            GraphProbe(False, None, None, None, "ConnectError: refused"),
+            "http://egress.example:8443 unreachable (ConnectError: refused)",
+        ),
+    ],
+)
+def test_the_graph_check_names_graph_url_without_its_credentials(
+    probe: GraphProbe, shown: str
+) -> None:
+    url = f"http://relay:{PROXY_PASSWORD}@egress.example:8443/meta?access_token=EAAleak"
+    check = graph_check(probe, url)
+    assert check.detail.startswith(shown), check.detail
+    text = f"{check.detail} {check.fix}"
+    for secret in (PROXY_PASSWORD, "relay:", "relay@", "EAAleak", "access_token="):
+        assert secret not in text
+
+
+def test_doctor_never_prints_a_proxys_password_from_graph_url(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = write_config(tmp_path, f"http://relay:{PROXY_PASSWORD}@127.0.0.1:{port}/meta")
+    for args in (["--json"], []):
+        result = runner.invoke(app, ["doctor", "--config", str(config), *args])
+        assert result.exit_code == 1, result.output
+        assert f"http://127.0.0.1:{port} unreachable" in result.stdout, result.stdout
+        assert PROXY_PASSWORD not in result.output and "relay:" not in result.output
+
+
 def test_rich_table_output(tmp_path: Path, emulator: RunningEmulator) -> None:
     emulator.state.revoke_token(TOKEN)
     config = write_config(tmp_path, emulator.url)

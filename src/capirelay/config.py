@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -355,6 +355,16 @@ class ConsentPolicy(BaseModel):
     ldu_states: list[str] = Field(default_factory=list)
 
 
+class GraphClientOptions(NamedTuple):
+    """What a pixel's requests to Graph are made with, beside the token: the
+    ``GraphClient``/``SyncGraphClient`` keyword arguments (see
+    :meth:`Settings.graph_client_options`)."""
+
+    api_version: str
+    app_secret: str | None
+    partner_agent: str | None
+
+
 def _test_event_code_limit(value: str | None) -> str | None:
     """The same limit ingest applies (capirelay.limits), refused when the config is read."""
     problems = check_test_event_code(value)
@@ -677,6 +687,17 @@ class Settings(BaseSettings):
         if Path(toml_path).is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
         return tuple(sources)
+
+    def graph_client_options(self, pixel: PixelSettings | None) -> GraphClientOptions:
+        """How the gateway's delivery sends a pixel's events: its api_version, its
+        app_secret (for appsecret_proof, resolved now) and its partner_agent, else the
+        gateway's.  ``None`` (a pixel missing from the config) gets the defaults."""
+        pixel = pixel if pixel is not None else PixelSettings()
+        return GraphClientOptions(
+            api_version=pixel.api_version,
+            app_secret=pixel.app_secret.resolve() if pixel.app_secret else None,
+            partner_agent=pixel.partner_agent or self.partner_agent,
+        )
 
     def warnings(self) -> list[str]:
         """Things that work but should not: literal secrets, old API versions."""

@@ -93,11 +93,13 @@ def prepare_event(
     source: str,
     max_future_skew: int,
     order_by_event_id: bool = False,
+    keep_dropped: bool = True,
 ) -> PreparedEvent:
     """Parse, normalize+hash, id, validate; see the module docstring.
 
     ``order_by_event_id``: a vendor preset's event, whose id names an order, gets an
     order-ledger key even without ``custom_data.order_id`` (see :mod:`capirelay.orders`).
+    ``keep_dropped``: as :func:`~capirelay.events.explain_dropped_user_data` takes it.
     """
     if not isinstance(raw, Mapping):
         return PreparedEvent(None, "", [_not_an_object()])
@@ -136,7 +138,8 @@ def prepare_event(
     )
     if problems and has_errors(problems):
         # "user_data is required" for a user_data whose values were all dropped names them.
-        return PreparedEvent(None, shown_event_id(event_id), explain_dropped_user_data(problems))
+        explained = explain_dropped_user_data(problems, keep_dropped=keep_dropped)
+        return PreparedEvent(None, shown_event_id(event_id), explained)
     new_event = NewEvent(
         pixel_id=pixel_id,
         event_name=payload["event_name"],

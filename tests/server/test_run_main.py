@@ -136,3 +136,27 @@ def test_capirelay_serve_on_a_port_in_use_is_one_line_and_exit_2(
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 2
     assert f"cannot listen on 127.0.0.1:{taken_port} (Address already in use)" in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_pixel_configured_exits_2_before_the_gateway_starts(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("CAPIRELAY_CONFIG", raising=False)
+    started: list[str] = []
+    monkeypatch.setattr(run_module, "serve_workers", lambda *a, **k: started.append("workers"))
+    server = _Server()
+    monkeypatch.setattr(run_module, "build_server", lambda *args, **kwargs: server)
+    config = tmp_path / "capirelay.toml"
+    database = tmp_path / "q.db"
+    config.write_text(f'storage = "sqlite:///{database}"\n')
+    argv = ["--config", str(config), "--host", "127.0.0.1", "--port", "0"]
+    assert main([*argv, "--workers", str(workers)]) == 2
+    assert not started and not server.ran
+    err = capsys.readouterr().err
+    assert f"{config} has no [pixels.<PIXEL_ID>] table: nothing could be delivered" in err, err
+    assert "run `capirelay init`" in err
+    assert not database.exists()

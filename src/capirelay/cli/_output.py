@@ -9,13 +9,16 @@ the terminal's width) and adds no colours of its own.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from rich.console import Console
 from rich.markup import escape
 from rich.measure import Measurement
 from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
-__all__ = ["err_console", "error", "fits", "warning"]
+__all__ = ["blocks", "err_console", "error", "fits", "warning"]
 
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -46,3 +49,18 @@ def fits(console: Console, table: Table) -> bool:
     if table.box is not None:
         lines = len(widths) - 1 + (2 if table.show_edge else 0)
     return sum(widths) + len(widths) * (left + right) + lines <= console.width
+
+
+def blocks(title: str | None, rows: Iterable[tuple[str, Sequence[str]]]) -> Table:
+    """What to print instead of a table that does not :func:`fits`: one block per row, its
+    key (an id, a time) then each of its lines whole on a line of its own, a blank line
+    between blocks (only a value wider than the terminal folds)."""
+    grid = Table.grid(padding=(0, 2))
+    grid.title = title
+    grid.add_column(no_wrap=True, justify="right")
+    grid.add_column(overflow="fold")
+    for n, (key, lines) in enumerate(rows):
+        if n:
+            grid.add_row()
+        grid.add_row(key, Text("\n").join(Text(line) for line in lines))
+    return grid

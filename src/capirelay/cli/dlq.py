@@ -21,14 +21,14 @@ import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from capirelay.cli._output import err_console, error, fits
+from capirelay.cli._output import blocks, err_console, error, fits
 from capirelay.cli.storage import ConfigOpt, StorageOpt, existing_storage_url
 from capirelay.outbox import DLQFilter, Outbox
 
 if TYPE_CHECKING:
     from capirelay.ops.dlq import DeadLetterSummary
+    from capirelay.outbox import AuditRecord
 
 dlq_app = typer.Typer(help="Inspect, replay and purge dead-lettered events.", no_args_is_help=True)
 console = Console()
@@ -152,28 +152,18 @@ def _dead_letter_table(rows: list[DeadLetterSummary]) -> Table:
 
 
 def _dead_letter_blocks(rows: list[DeadLetterSummary]) -> Table:
-    """Too narrow for the table (80 columns, a pipe): one block per dead letter, each
-    value whole on a line of its own (only a value wider than the terminal folds)."""
-    grid = Table.grid(padding=(0, 2))
-    grid.title = "Dead letters"
-    grid.add_column("id", no_wrap=True, justify="right")
-    grid.add_column("dead letter", overflow="fold")
-    for n, r in enumerate(rows):
-        if n:
-            grid.add_row()
-        attempts = "1 attempt" if r.attempts == 1 else f"{r.attempts} attempts"
-        grid.add_row(
-            str(r.id),
-            Text("\n").join(
-                [
-                    Text(f"{r.event_name}, event_id {r.event_id}"),
-                    Text(f"pixel {r.pixel_id}"),
-                    Text(f"{r.reason}, Meta error {_meta_error(r)}, {attempts}"),
-                    Text(f"dead at {_when(r.dead_at)}"),
-                ]
-            ),
-        )
-    return grid
+    """Too narrow for the table (80 columns, a pipe): one block per dead letter."""
+    return blocks("Dead letters", [(str(r.id), _dead_letter_lines(r)) for r in rows])
+
+
+def _dead_letter_lines(r: DeadLetterSummary) -> list[str]:
+    attempts = "1 attempt" if r.attempts == 1 else f"{r.attempts} attempts"
+    return [
+        f"{r.event_name}, event_id {r.event_id}",
+        f"pixel {r.pixel_id}",
+        f"{r.reason}, Meta error {_meta_error(r)}, {attempts}",
+        f"dead at {_when(r.dead_at)}",
+    ]
 
 
 @dlq_app.command("show")
@@ -313,7 +303,19 @@ def audit_command(
             _when(record.at), record.actor, record.action, record.target,
             str(record.count), record.origin,
         )  # fmt: skip
-    console.print(table)
+    if fits(console, table):
+        console.print(table)
+        return
+    # Too narrow (80 columns, a pipe): one block per record, every value whole.
+    console.print(blocks(None, [(_when(r.at), _audit_lines(r)) for r in records]))
+
+
+def _audit_lines(record: AuditRecord) -> list[str]:
+    letters = "1 dead letter" if record.count == 1 else f"{record.count} dead letters"
+    return [
+        f"{record.action} of {letters} by {record.actor}, from {record.origin}",
+        f"target {record.target}",
+    ]
 
 
 def _cli_actor() -> str:

@@ -13,11 +13,21 @@ Settings are found as by every other command (``--config``, ``$CAPIRELAY_CONFIG`
 ``--api-version`` win over them.  The token is ``CAPIRELAY_ACCESS_TOKEN`` when set
 (a flag would land in shell history and ``ps``), else the pixel's configured
 ``access_token``.
+
+Each event is then prepared and sent as the gateway prepares and delivers the
+pixel's events (:func:`capirelay.ingest.prepare_event`,
+:meth:`capirelay.config.Settings.graph_client_options`): phones and zips completed
+with the pixel's ``default_country``, its ``consent`` and ``pii_in_urls`` policies
+applied, an ``event_id`` derived when none was given, its ``test_event_code``, and
+the request made with its ``app_secret`` (``appsecret_proof``) and
+``partner_agent``.  ``--default-country`` and ``--test-event-code`` win over the
+pixel's.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +38,7 @@ from rich.console import Console
 
 from capirelay.cli._output import err_console, error, warning
 from capirelay.cli.storage import ConfigOpt, load_config_or_exit
+from capirelay.config import PixelSettings
 from capirelay.problems import Problem
 
 __all__ = ["send_command"]
@@ -44,12 +55,19 @@ class Target:
     """Where the request goes and with what, each named with where it came from."""
 
     pixel: str
-    token: str
+    token: str = field(repr=False)
     token_source: str
     api_version: str
     graph_url: str
     graph_url_source: str
     timeout: float
+    # The pixel's settings as the gateway uses them (the config's, or the defaults for a
+    # pixel it does not name), with --default-country on top.
+    settings: PixelSettings
+    test_event_code: str | None
+    app_secret: str | None = field(repr=False)
+    partner_agent: str | None
+    max_future_skew: int
 
 
 @dataclass
@@ -59,7 +77,7 @@ class Checked:
     index: int
     name: str
     event_id: str | None
-    payload: dict[str, Any] | None = None
+    payload: bytes | None = None
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -75,7 +93,11 @@ def send_command(
     ],
     pixel: Annotated[str, typer.Option("--pixel", help="Pixel (dataset) id.")],
     test_event_code: Annotated[
-        str | None, typer.Option("--test-event-code", help="Show in Events Manager > Test events.")
+        str | None,
+        typer.Option(
+            "--test-event-code",
+            help="Show in Events Manager > Test events (default: the pixel's test_event_code).",
+        ),
     ] = None,
     api_version: Annotated[
         str | None,
@@ -93,7 +115,11 @@ def send_command(
         ),
     ] = None,
     default_country: Annotated[
-        str | None, typer.Option("--default-country", help="Completes national phones/zips.")
+        str | None,
+        typer.Option(
+            "--default-country",
+            help="Completes national phones/zips (default: the pixel's default_country).",
+        ),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds.")] = 1.5,
     config: ConfigOpt = None,
@@ -103,18 +129,24 @@ def send_command(
     Reads the settings like the other commands (--config, $CAPIRELAY_CONFIG,
     ./capirelay.toml, CAPIRELAY_* variables) and sends to their graph_url with the
     pixel's api_version; the flags win.  The access token comes from
-    CAPIRELAY_ACCESS_TOKEN, else the pixel's access_token setting.  Exits 1 when
-    any event was not sent (each problem is listed); nothing is retried.
+    CAPIRELAY_ACCESS_TOKEN, else the pixel's access_token setting.  Events are
+    prepared and sent as the gateway does for the pixel: its default_country,
+    test_event_code, app_secret and partner_agent (--default-country and
+    --test-event-code win).  Exits 1 when any event was not sent (each problem is
+    listed); nothing is retried.
     """
     if not pixel.isascii() or not pixel.isdigit():
         err_console.print("--pixel must be the numeric pixel (dataset) id")
         raise typer.Exit(EXIT_USAGE)
-    target = _target(pixel, config, api_version, graph_url, timeout)
-    checked = [_check(index, raw, default_country) for index, raw in enumerate(_read(event_file))]
+    target = _target(
+        pixel, config, api_version, graph_url, timeout, default_country, test_event_code
+    )
+    now = time.time()
+    checked = [_check(index, raw, target, now) for index, raw in enumerate(_read(event_file))]
     valid = [c for c in checked if c.payload is not None and not c.errors]
     for item in checked:
         _print_problems(item)
-    sent = _send(valid, target, test_event_code)
+    sent = _send(valid, target)
     not_sent = len(checked) - (len(valid) if sent else 0)
     if not_sent:
         them = "it" if not_sent == 1 else "them"
@@ -132,9 +164,11 @@ def _target(
     api_version: str | None,
     graph_url: str | None,
     timeout: float,
+    default_country: str | None,
+    test_event_code: str | None,
 ) -> Target:
     """The settings as every command finds them, with this command's flags on top."""
-    from capirelay.config import DEFAULT_API_VERSION, graph_url_problem
+    from capirelay.config import graph_url_problem
 
     settings, path = load_config_or_exit(config)
     configured = settings.pixels.get(pixel)
@@ -147,8 +181,24 @@ def _target(
         url, url_source = graph_url, "--graph-url"
     else:
         url, url_source = settings.graph_url, _graph_url_source(settings, path)
-    version = api_version or (configured.api_version if configured else DEFAULT_API_VERSION)
-    return Target(pixel, token, token_source, version, url, url_source, timeout)
+    options = settings.graph_client_options(configured)
+    pixel_settings = configured if configured is not None else PixelSettings()
+    if default_country is not None:
+        pixel_settings = pixel_settings.model_copy(update={"default_country": default_country})
+    return Target(
+        pixel,
+        token,
+        token_source,
+        api_version or options.api_version,
+        url,
+        url_source,
+        timeout,
+        settings=pixel_settings,
+        test_event_code=test_event_code or pixel_settings.test_event_code,
+        app_secret=options.app_secret,
+        partner_agent=options.partner_agent,
+        max_future_skew=settings.max_future_skew,
+    )
 
 
 def _token(pixel: str, configured: Any) -> tuple[str, str]:
@@ -221,11 +271,13 @@ def _read(path: Path) -> list[Any]:
     return events
 
 
-def _check(index: int, raw: Any, default_country: str | None) -> Checked:
-    """Validate one event like the gateway does; never echo a value."""
+def _check(index: int, raw: Any, target: Target, now: float) -> Checked:
+    """Prepare one event as the gateway does for the pixel; never echo a value."""
     from pydantic import ValidationError
 
-    from capirelay.events import Event, explain_dropped_user_data
+    from capirelay.events import prepare_wire
+    from capirelay.ingest import prepare_event
+    from capirelay.sources import consent
     from capirelay.validate import validate_event
 
     if not isinstance(raw, dict):
@@ -233,8 +285,14 @@ def _check(index: int, raw: Any, default_country: str | None) -> Checked:
     name = str(raw.get("event_name") or "?")
     event_id = raw.get("event_id")
     item = Checked(index, name, str(event_id) if event_id not in (None, "") else None)
+    pixel = target.settings
+    if consent.ldu_active(pixel.consent):  # as POST /v1/events applies it
+        raw = consent.apply_ldu(raw, pixel.consent, default_country=pixel.default_country)
     try:
-        wire = Event.model_validate(raw).to_wire(default_country=default_country)
+        # Only to tell a malformed event by the file's own paths; prepare_event parses again.
+        prepare_wire(raw, default_country=pixel.default_country)
+    except RecursionError:
+        pass  # prepare_event names it
     except ValidationError as exc:
         seen: set[str] = set()
         for detail in exc.errors(include_input=False, include_url=False):
@@ -254,9 +312,19 @@ def _check(index: int, raw: Any, default_country: str | None) -> Checked:
         return item
     # As ingest reports it: a user_data emptied by dropped values names them, not "missing";
     # the drop warnings that error repeats are not printed a second time.
-    problems = wire.problems + validate_event(wire.payload)
-    _sort(item, explain_dropped_user_data(problems, keep_dropped=False))
-    item.payload = wire.payload
+    prepared = prepare_event(
+        raw,
+        pixel_id=target.pixel,
+        pixel=pixel,
+        now=now,
+        test_event_code=target.test_event_code,
+        source="send",
+        max_future_skew=target.max_future_skew,
+        keep_dropped=False,
+    )
+    _sort(item, prepared.problems)
+    if prepared.new_event is not None:
+        item.payload = prepared.new_event.payload
     return item
 
 
@@ -297,7 +365,7 @@ def _print_problems(item: Checked) -> None:
         err_console.print(f"  warning {line}", markup=False)
 
 
-def _send(valid: list[Checked], target: Target, test_event_code: str | None) -> bool:
+def _send(valid: list[Checked], target: Target) -> bool:
     """Send the valid events in one request; True when Graph accepted it."""
     from capirelay.graph import GraphError, SyncGraphClient
 
@@ -305,9 +373,14 @@ def _send(valid: list[Checked], target: Target, test_event_code: str | None) -> 
         return False
     payloads = [item.payload for item in valid if item.payload is not None]
     pixel = target.pixel
+    test_event_code = target.test_event_code
     try:
         with SyncGraphClient(
-            api_version=target.api_version, base_url=target.graph_url, timeout=target.timeout
+            api_version=target.api_version,
+            base_url=target.graph_url,
+            timeout=target.timeout,
+            app_secret=target.app_secret,
+            partner_agent=target.partner_agent,
         ) as client:
             result = client.send_events(
                 pixel, payloads, access_token=target.token, test_event_code=test_event_code

@@ -18,9 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from capirelay.cli._output import error
+from capirelay.cli._output import blocks, error, fits
 from capirelay.cli.storage import ConfigOpt, StorageOpt, existing_storage_url
-from capirelay.ops.trace import iso, status_of, story, trace_json
+from capirelay.ops.trace import Step, iso, status_of, story, trace_json
 from capirelay.outbox.receipts import TraceRecord
 
 __all__ = ["trace_command"]
@@ -95,10 +95,11 @@ def _print(record: TraceRecord) -> None:
     colour = {"delivered": "green", "queued": "yellow"}.get(status, "red")
     out = _out()
     out.print(f"[bold]{record.event_id}[/bold]: [{colour}]{status}[/{colour}]")
+    steps = story(record)
     table = Table(show_header=True, header_style="bold")
     for column in ("when (UTC)", "pixel", "event", "step", "detail", "fbtrace_id"):
         table.add_column(column)
-    for step in story(record):
+    for step in steps:
         table.add_row(
             iso(step.at) or "-",
             step.pixel_id,
@@ -107,4 +108,16 @@ def _print(record: TraceRecord) -> None:
             step.detail,
             step.fbtrace_id or "",
         )
-    out.print(table)
+    if fits(out, table):
+        out.print(table)
+    else:  # too narrow (80 columns): one block per step, every value whole
+        out.print(blocks(None, [(iso(step.at) or "-", _step_lines(step)) for step in steps]))
+
+
+def _step_lines(step: Step) -> list[str]:
+    lines = [f"{step.what}, {step.event_name}, pixel {step.pixel_id}"]
+    if step.detail:
+        lines.append(step.detail)
+    if step.fbtrace_id:
+        lines.append(f"fbtrace_id {step.fbtrace_id}")
+    return lines

@@ -21,7 +21,7 @@ import random
 import httpx
 
 from capirelay.clock import SYSTEM_CLOCK, Clock
-from capirelay.config import PixelSettings, Settings
+from capirelay.config import GraphClientOptions, PixelSettings, Settings
 from capirelay.delivery.status import PixelStatus
 from capirelay.delivery.worker import PixelWorker
 from capirelay.graph import GraphClient
@@ -39,8 +39,6 @@ STATS_INTERVAL = 5.0
 WORK_WAIT_SECONDS = 30.0
 DEDUP_EXPIRY_INTERVAL = 600.0
 _DRAIN_POLL = 0.02
-
-_ClientKey = tuple[str, str | None, str | None]
 
 
 class DeliveryEngine:
@@ -68,7 +66,7 @@ class DeliveryEngine:
         )
         self._rng = random.Random()
         self._workers: dict[str, PixelWorker] = {}
-        self._clients: dict[_ClientKey, GraphClient] = {}
+        self._clients: dict[GraphClientOptions, GraphClient] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._running = False
@@ -177,21 +175,16 @@ class DeliveryEngine:
         )
 
     def _client_for(self, pixel: PixelSettings | None) -> GraphClient:
-        api_version = pixel.api_version if pixel else PixelSettings().api_version
-        app_secret = pixel.app_secret.resolve() if pixel and pixel.app_secret else None
-        partner_agent = (pixel.partner_agent if pixel else None) or self._settings.partner_agent
-        key = (api_version, app_secret, partner_agent)
-        client = self._clients.get(key)
+        options = self._settings.graph_client_options(pixel)
+        client = self._clients.get(options)
         if client is None:
             client = GraphClient(
-                api_version=api_version,
+                **options._asdict(),
                 base_url=self._settings.graph_url,
                 timeout=self._settings.delivery.request_timeout,
-                app_secret=app_secret,
-                partner_agent=partner_agent,
                 transport=self._transport,
             )
-            self._clients[key] = client
+            self._clients[options] = client
         return client
 
     async def _supervise(self) -> None:

@@ -32,7 +32,7 @@ import orjson
 
 from capirelay.config import ConfigError, Settings, after_token_fix, load_settings
 from capirelay.graph import DEFAULT_BASE_URL, explain
-from capirelay.graph.errors import TOKEN_ERROR_CODES, code_label
+from capirelay.graph.errors import TOKEN_ERROR_CODES, code_label, graph_address
 from capirelay.graph.versions import DEFAULT_API_VERSION, VersionStatus
 from capirelay.meta_facts import CODE_UNKNOWN_PATH
 from capirelay.ops.health import (
@@ -308,12 +308,14 @@ META_GRAPH_HOST = urlsplit(DEFAULT_BASE_URL).hostname
 
 
 def graph_check(probe: GraphProbe, graph_url: str) -> Check:
+    # Named by its address only: a forwarding proxy's URL may hold a user and password.
+    address = graph_address(graph_url)
     if probe.reachable and probe.not_graph is not None:
         # Something answered, but not Graph: a web server, a portal, a proxy's own page.
         return Check(
             "graph",
             Status.FAIL,
-            f"{graph_url} answered, but not as Graph: {probe.not_graph}",
+            f"{address} answered, but not as Graph: {probe.not_graph}",
             GRAPH_URL_FIX + "; events wait in the queue until their deadline",
         )
     if probe.reachable:
@@ -321,7 +323,7 @@ def graph_check(probe: GraphProbe, graph_url: str) -> Check:
         return Check(
             "graph",
             Status.OK,
-            f"reached {graph_url}{latency} (a token-less probe; Graph's error answer, here "
+            f"reached {address}{latency} (a token-less probe; Graph's error answer, here "
             f"{probe.status}, proves the network path to Graph works)",
         )
     host = urlsplit(graph_url).hostname or graph_url
@@ -337,7 +339,7 @@ def graph_check(probe: GraphProbe, graph_url: str) -> Check:
     return Check(
         "graph",
         Status.FAIL,
-        f"{graph_url} unreachable ({probe.error})",
+        f"{address} unreachable ({probe.error})",
         fix + "; events wait in the queue until their deadline",
     )
 

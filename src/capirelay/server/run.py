@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    start = _start_up(args)
+    if isinstance(start, int):
+        return start
+    _log_config_and_storage(start.path, start.settings)
+    if start.server is None:
+        serve_workers(
+            start.settings,
+            config_file=args.config,
+            workers=args.workers,
+            host=start.host,
+            port=start.port,
+            log_level=args.log_level,
+            log_format=args.log_format,
+            timeout_graceful_shutdown=args.graceful_timeout,
+            cpus=start.cpus,
+        )
+        return 0
+    with serving_collector():
+        start.server.run()
+    return 0
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What passed the start-up checks: ``server`` is the single process's, ``None`` with
+    ``--workers`` above 1 (each worker builds its own)."""
+
+    path: Path | None
+    settings: Settings
+    host: str
+    port: int
+    cpus: list[int] | None
+    server: uvicorn.Server | None
+
+
+def _start_up(args: argparse.Namespace) -> _Start | int:
+    """Every check made before the gateway starts, one process or several alike; the exit
+    status (2, the mistake told on stderr in one line) when one fails."""
     path = None
     try:
         path = config_path(args.config)
@@ -179,36 +218,24 @@ def _main(args: argparse.Namespace) -> int:
         if refusal is not None:
             sys.stderr.write(f"{refusal}\n")
             return 2
+        # Building the app validates what the settings refer to (webhook presets, mapping
+        # files): a mistake there is a config error too, not a traceback, and with several
+        # workers one line from the supervisor, not N crashing workers.
+        server = None
         if args.workers > 1:
-            # Build one app here first: a mistake in what the settings refer to is a
-            # config error in the supervisor, not N crashing workers.
             create_app(settings)
-            _log_config_and_storage(path, settings)
-            serve_workers(
+        else:
+            if cpus and pin_this_process(cpus[0]):
+                # Before the app starts its threads (writer, sync, delivery): they inherit it.
+                logging.getLogger("capirelay.server").info("capirelay: kept on CPU %d", cpus[0])
+            server = build_server(
                 settings,
-                config_file=args.config,
-                workers=args.workers,
                 host=host,
                 port=port,
                 log_level=args.log_level,
-                log_format=args.log_format,
                 timeout_graceful_shutdown=args.graceful_timeout,
-                cpus=cpus,
+                log_config=None,  # configure_logging above owns every logger, uvicorn's too
             )
-            return 0
-        if cpus and pin_this_process(cpus[0]):
-            # Before the app starts its threads (writer, sync, delivery): they inherit it.
-            logging.getLogger("capirelay.server").info("capirelay: kept on CPU %d", cpus[0])
-        # Building the app validates what the settings refer to (webhook presets,
-        # mapping files): a mistake there is a config error too, not a traceback.
-        server = build_server(
-            settings,
-            host=host,
-            port=port,
-            log_level=args.log_level,
-            timeout_graceful_shutdown=args.graceful_timeout,
-            log_config=None,  # configure_logging above owns every logger, uvicorn's too
-        )
     except ConfigError as exc:
         # One line per mistake, FILE:LINE:COL first, straight to stderr: no log prefix.
         sys.stderr.write(f"{locate(exc.path or path, str(exc))}\n")
@@ -220,10 +247,7 @@ def _main(args: argparse.Namespace) -> int:
             "run `capirelay init` to write a config (or pass --config FILE)\n"
         )
         return 2
-    _log_config_and_storage(path, settings)
-    with serving_collector():
-        server.run()
-    return 0
+    return _Start(path, settings, host, port, cpus, server)
 
 
 def _log_config_and_storage(path: Path | None, settings: Settings) -> None:
