@@ -140,7 +140,7 @@ async def test_a_replayed_dead_letter_tells_each_attempt_once(outbox: Outbox) ->
     assert told == [
         ("received", "queued from backend"),
         ("attempt", "attempt 1 refused: HTTP 400, code 100/2804050"),
-        ("dead_lettered", "dead-lettered (invalid) after 1 attempts"),
+        ("dead_lettered", "dead-lettered (invalid) after 1 attempt"),
         ("received", "replayed from the dead-letter queue"),
         ("attempt", "attempt 2 refused: HTTP 400, code 100/2804050"),
         ("dead_lettered", "dead-lettered (invalid) after 2 attempts (1 since its replay)"),
@@ -199,7 +199,7 @@ async def test_a_corrected_resend_is_told_as_a_send_of_its_own(outbox: Outbox) -
     assert told == [
         ("received", "queued from backend"),
         ("attempt", "attempt 1 refused: HTTP 400, code 100/2804050"),
-        ("dead_lettered", "dead-lettered (invalid) after 1 attempts"),
+        ("dead_lettered", "dead-lettered (invalid) after 1 attempt"),
         ("in_dlq", "still in the dead-letter queue; `capirelay dlq` can replay it"),
         ("received", "queued from backend"),
         ("delivered", "accepted by Meta on attempt 1, events_received=1"),

@@ -188,11 +188,13 @@ def _receipt_steps(r: Receipt, told: _Told, delivered_at: float | None = None) -
         else:
             steps += _attempt_steps(fresh, p, n, offset)
             since = f" ({r.attempts} since its replay)" if offset else ""
+            tries = max(total, r.attempts)
             steps.append(
                 Step(
                     r.recorded_at,
                     "dead_lettered",
-                    f"dead-lettered ({r.reason}) after {max(total, r.attempts)} attempts{since}",
+                    f"dead-lettered ({r.reason}) after {tries} attempt{'' if tries == 1 else 's'}"
+                    f"{since}",
                     p,
                     n,
                     r.fbtrace_id,
