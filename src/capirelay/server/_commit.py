@@ -72,13 +72,7 @@ async def commit_prepared(
         try:
             enqueued = await outbox.enqueue(accepted, now=now)
         except StorageUnavailable:
-            state.last_write_failure = time.monotonic()
-            raise ApiError(
-                503,
-                "storage_unavailable",
-                "the gateway cannot store events right now; nothing was accepted, retry later",
-                headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
-            ) from None
+            raise storage_unavailable(state) from None
         state.last_write_failure = None  # storage takes writes again
         if len(accepted) == len(prepared) and all(e is _QUEUED for e in enqueued):
             # The common case: every event accepted and new.
@@ -117,6 +111,18 @@ async def commit_events(
     metrics: Metrics = state.metrics
     _count(metrics, pixel_id, source, committed.accepted, committed.enqueued, prepared)
     return committed.statuses
+
+
+def storage_unavailable(state: State) -> ApiError:
+    """The 503 for a write storage refused (nothing accepted, retry later), the failure
+    noted for ``/readyz`` (:func:`recent_write_failure`)."""
+    state.last_write_failure = time.monotonic()
+    return ApiError(
+        503,
+        "storage_unavailable",
+        "the gateway cannot store events right now; nothing was accepted, retry later",
+        headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+    )
 
 
 def problems_json(problems: Sequence[Problem]) -> list[dict[str, str | int]]:

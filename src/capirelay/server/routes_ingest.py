@@ -41,7 +41,11 @@ from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
 from capirelay.metrics import Metrics
 from capirelay.outbox.base import EnqueueStatus, Outbox, StorageUnavailable, unverified_claim
 from capirelay.server import beacon_guard, cors
-from capirelay.server._commit import STORAGE_RETRY_AFTER_SECONDS, commit_events, problems_json
+from capirelay.server._commit import (
+    commit_events,
+    problems_json,
+    storage_unavailable,
+)
 from capirelay.server._receipts import record_dropped, record_duplicates
 from capirelay.server.auth import authenticate, authorize_pixel
 from capirelay.server.fast_path import Answer, Incoming, error_answer, json_answer, raw_headers
@@ -284,13 +288,7 @@ async def _commit_unverified(
     try:
         held = await outbox.holds_claim(event, now=now)
     except StorageUnavailable:
-        state.last_write_failure = time.monotonic()
-        raise ApiError(
-            503,
-            "storage_unavailable",
-            "the gateway cannot store events right now; nothing was accepted, retry later",
-            headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
-        ) from None
+        raise storage_unavailable(state) from None
     if held:
         metrics: Metrics = state.metrics
         metrics.duplicates.labels(pixel_id, metrics.event_label(event.event_name)).inc()
