@@ -57,9 +57,9 @@ _PHONE = re.compile(
     r"(?!\d{1,2}([.\-/])\d{1,2}\1(?:19|20)\d\d(?!\d))"
     r"(?!\d{1,3}\.\d{3}\.\d{3}(?![\d.]))"
     r"(?:\+\s?\d[\d\s().\-]{6,20}\d"
-    r"|\(\d{2,5}\)\s?\d{2,4}[\s.\-]?\d{3,5}"
+    r"|\(\d{2,5}\)\s?\d{2,4}[\s.\-]\d{3,5}|\(\d{3}\)\s?\d{7}"
     r"|\(?\d{2,4}\)?[\s.\-]\d{2,4}[\s.\-]\d{3,5}"
-    r"|(?<![\w\-./])0\d{2,4} \d{6,8})"
+    r"|(?<![\w\-./])0[1-9](?:\d \d{7,8}|\d{2} \d{6,7}|\d{3} \d{6}))"
     r"(?!\d)"
 )
 _PII_NAMES = re.compile(r"e-?mail|phone|mobile|^tel$|telephone|^ph$|^em$", re.IGNORECASE)
@@ -81,7 +81,9 @@ _SUSPECT_IN_URL = (
 )  # fmt: skip
 # Every shape _PHONE finds but the "+" one (a substring test above), loosely.
 # One leading \d for all three: alternatives each starting with \d cost twice the time.
-_PHONE_SHAPE = re.compile(r"\d(?:[\s.\-]\d{2,4}[\s.\-]\d{3}|\)[\s.\-]?\d{3}|\d{2,4} \d{6})")
+_PHONE_SHAPE = re.compile(
+    r"\d(?:\)?[\s.\-]\d{2,4}[\s.\-]\d{3}|\)\s?\d{2,4}[\s.\-]?\d{3}|\d{2,4} \d{6})"
+)
 
 
 def _suspect(text: str, words: tuple[str, ...]) -> bool:
@@ -133,8 +135,8 @@ def _flagged_parameter(name: str, value: str) -> bool:
 def scrub_url(url: str) -> tuple[str, bool]:
     """``url`` without its userinfo (``user:password@``), path segments holding an email
     address, flagged query parameters and a flagged fragment; and whether any was found.
-    A URL whose host cannot be parsed (``http://[::1/``) keeps its text, with its query
-    and fragment scrubbed all the same (:func:`_scrub_unparsed`)."""
+    A URL whose host cannot be parsed (``http://[::1/``) and holds any of these cannot
+    be cleaned: ``("", True)`` (:func:`_scrub_unparsed`)."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -169,32 +171,32 @@ def scrub_url(url: str) -> tuple[str, bool]:
 
 
 def _scrub_unparsed(url: str) -> tuple[str, bool]:
-    """:func:`scrub_url` for a URL ``urlsplit`` refuses (a malformed host): split where it
-    splits (the first "#", then the first "?" before it) and scrub the query and fragment;
-    ``user:password@`` before the host is removed too."""
-    rest, _, fragment = url.partition("#")
-    head, _, query = rest.partition("?")
-    scheme, slashes, authority = head.partition("//")
-    host, slash, path = authority.partition("/")
-    flagged = "@" in host
-    if flagged:
-        head = scheme + slashes + host.rpartition("@")[2] + slash + path
-    pairs = parse_qsl(query, keep_blank_values=True)
-    kept = [(name, value) for name, value in pairs if not _flagged_parameter(name, value)]
-    fragment_flagged = bool(fragment) and contains_pii(unquote_plus(fragment))
-    if not flagged and len(kept) == len(pairs) and not fragment_flagged:
-        return url, False
-    query = urlencode(kept) if len(kept) != len(pairs) else query
-    fragment = "" if fragment_flagged else fragment
-    return head + (f"?{query}" if query else "") + (f"#{fragment}" if fragment else ""), True
+    """:func:`scrub_url` for a URL ``urlsplit`` refuses (a malformed host): its parts
+    cannot be told apart safely, so anything :func:`scrub_url` would look at (an ``@``,
+    an email or phone anywhere, a flagged query parameter) flags it whole, and ``""``
+    says it cannot be cleaned (``strip`` drops it)."""
+    text = unquote_plus(url)
+    query = url.partition("#")[0].partition("?")[2]
+    if (
+        "@" in text
+        or contains_pii(text)
+        or any(_flagged_parameter(n, v) for n, v in parse_qsl(query, keep_blank_values=True))
+    ):
+        return "", True
+    return url, False
 
 
 def _without_userinfo(url: str) -> str:
     """``url`` without ``user:password@``, which no policy sends (``keep`` included)."""
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return url  # validation refuses it; it holds no userinfo that urlsplit can see
+    except ValueError:  # a malformed host: the authority runs from "//" to the next / ? #
+        head, slashes, rest = url.partition("//")
+        end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+        authority = rest[:end]
+        if not slashes or "@" not in authority:
+            return url
+        return head + slashes + authority.rpartition("@")[2] + rest[end:]
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
