@@ -26,8 +26,9 @@ such as ``07700 900123``; 8-15 digits: bare digit runs are order ids and
 timestamps, and dates such as ``01.02.2024`` and dotted thousands such as
 ``12.999.000`` are not phones), any value of a parameter or key named like an
 email or phone field, and any parameter named like a secret (``key``,
-``token``, ``password``...).  A URL that cannot be parsed is dropped under
-``strip``.  Problems name the field, never the value or the parameter's name.
+``token``, ``password``...).  A URL whose host cannot be parsed is split by
+hand and cleaned by the same rules.  Problems name the field, never the value
+or the parameter's name.
 """
 
 from __future__ import annotations
@@ -35,7 +36,15 @@ from __future__ import annotations
 import copy
 import re
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import (
+    SplitResult,
+    parse_qsl,
+    unquote,
+    unquote_plus,
+    urlencode,
+    urlsplit,
+    urlunsplit,
+)
 
 import orjson
 
@@ -135,12 +144,9 @@ def _flagged_parameter(name: str, value: str) -> bool:
 def scrub_url(url: str) -> tuple[str, bool]:
     """``url`` without its userinfo (``user:password@``), path segments holding an email
     address, flagged query parameters and a flagged fragment; and whether any was found.
-    A URL whose host cannot be parsed (``http://[::1/``) and holds any of these cannot
-    be cleaned: ``("", True)`` (:func:`_scrub_unparsed`)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _scrub_unparsed(url)
+    A URL whose host ``urlsplit`` refuses (``http://[::1/``) is split by hand
+    (:func:`_split`) and cleaned by the same rules: the event keeps its URL."""
+    parts = _split(url)
     netloc = parts.netloc
     path = parts.path
     flagged = False
@@ -170,33 +176,28 @@ def scrub_url(url: str) -> tuple[str, bool]:
     return urlunsplit(cleaned), True
 
 
-def _scrub_unparsed(url: str) -> tuple[str, bool]:
-    """:func:`scrub_url` for a URL ``urlsplit`` refuses (a malformed host): its parts
-    cannot be told apart safely, so anything :func:`scrub_url` would look at (an ``@``,
-    an email or phone anywhere, a flagged query parameter) flags it whole, and ``""``
-    says it cannot be cleaned (``strip`` drops it)."""
-    text = unquote_plus(url)
-    query = url.partition("#")[0].partition("?")[2]
-    if (
-        "@" in text
-        or contains_pii(text)
-        or any(_flagged_parameter(n, v) for n, v in parse_qsl(query, keep_blank_values=True))
-    ):
-        return "", True
-    return url, False
+def _split(url: str) -> SplitResult:
+    """``urlsplit(url)``; for a URL it refuses (a malformed host such as ``[::1``), the
+    same parts split where it splits them: the first "#", then the first "?" before it,
+    then the authority from "//" to the next "/"."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        pass
+    rest, _, fragment = url.partition("#")
+    rest, _, query = rest.partition("?")
+    scheme, sep, rest = rest.partition("://")
+    if not sep:
+        scheme, netloc, path = "", "", url.partition("#")[0].partition("?")[0]
+    else:
+        netloc, slash, path = rest.partition("/")
+        path = slash + path
+    return SplitResult(scheme, netloc, path, query, fragment)
 
 
 def _without_userinfo(url: str) -> str:
     """``url`` without ``user:password@``, which no policy sends (``keep`` included)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # a malformed host: the authority runs from "//" to the next / ? #
-        head, slashes, rest = url.partition("//")
-        end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-        authority = rest[:end]
-        if not slashes or "@" not in authority:
-            return url
-        return head + slashes + authority.rpartition("@")[2] + rest[end:]
+    parts = _split(url)
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
