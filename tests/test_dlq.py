@@ -16,6 +16,7 @@ from capirelay.outbox import (
     NewEvent,
     Outbox,
 )
+from capirelay.outbox.base import unverified_claim
 from capirelay.validate import deadline
 
 NOW = 1_800_000_000.0
@@ -172,3 +173,35 @@ async def test_replay_of_two_letters_with_one_key_queues_one(outbox: Outbox) -> 
     [queued] = await outbox.lease(PIXEL, limit=10, lease_seconds=30, now=NOW)
     assert queued.event_id == "order-8"
     assert [d.id for d in await outbox.dlq_list()] == [second]
+
+
+async def test_replay_keeps_an_unverified_beacons_letter_apart_from_the_authenticated_one(
+    outbox: Outbox,
+) -> None:
+    # A forged beacon (0.01) and the shop's own event under one id claim their keys apart
+    # (capirelay.orders): both dead-lettered, a replay that meets the forged one first
+    # must not hold back the real one as its duplicate.
+    forged_payload = wire("order-9") | {"custom_data": {"currency": "USD", "value": 0.01}}
+    forged = unverified_claim(new_event(forged_payload))
+    assert [str(s) for s in await outbox.enqueue([forged], now=NOW - DAY)] == ["queued"]
+    real = new_event(wire("order-9"))
+    assert [str(s) for s in await outbox.enqueue([real], now=NOW - DAY)] == ["queued"]
+    leased = await outbox.lease(PIXEL, limit=10, lease_seconds=30, now=NOW - DAY)
+    await outbox.dead_letter(
+        [e.id for e in leased],
+        reason=DeadLetterReason.INVALID,
+        attempt=None,
+        now=NOW - DAY,
+        lease_id=leased[0].lease_id,
+    )
+    letters = await outbox.dlq_list(limit=10)
+    assert sorted((x.event_id, x.unverified) for x in letters) == [
+        ("order-9", False),
+        ("order-9", True),
+    ]
+    ordered = sorted(letters, key=lambda x: not x.unverified)  # the forged one first
+    report = await replay(outbox, [x.id for x in ordered], now=NOW)
+    assert sorted(report.requeued) == sorted(x.id for x in letters) and not report.duplicate
+    queued = await outbox.lease(PIXEL, limit=10, lease_seconds=30, now=NOW)
+    values = sorted(orjson.loads(e.payload)["custom_data"]["value"] for e in queued)
+    assert values == [0.01, 5.0]

@@ -13,6 +13,7 @@ from capirelay.dashboard.stats import (
     percentile,
 )
 from capirelay.metrics import Metrics
+from capirelay.orders import UNVERIFIED_ID_PREFIX
 from capirelay.outbox import LeasedEvent
 from capirelay.outbox.base import DLQGroup, QueueGroup
 
@@ -97,6 +98,12 @@ def test_delivery_log_keeps_test_events_in_their_own_ring() -> None:
     assert first.keys_sent() == ["em", "fbp"]
     assert log.latencies("111") == [2.0, 2.0, 2.0]
     assert log.latencies("222") == []
+
+
+def test_delivery_log_shows_an_unverified_beacons_event_by_the_id_its_page_sent() -> None:
+    log = DeliveryLog(clock=Clock(T0))
+    log("111", [_leased(UNVERIFIED_ID_PREFIX + "page-1")], "TEST1", "trace-1")
+    assert [e.event_id for e in log.test_events] == ["page-1"]
 
 
 def test_delivery_log_is_fed_by_metrics_listeners() -> None:

@@ -35,6 +35,7 @@ from prometheus_client import Counter, Histogram
 
 from capirelay.meta_facts import MAX_EVENT_AGE_SECONDS
 from capirelay.metrics import Metrics, collect
+from capirelay.orders import public_event_id
 from capirelay.outbox.base import DLQGroup, LeasedEvent, QueueGroup
 
 __all__ = [
@@ -237,7 +238,7 @@ class DeliveryLog:
                 delivered_at=now,
                 pixel_id=pixel_id,
                 event_name=event.event_name,
-                event_id=event.event_id,
+                event_id=public_event_id(event.event_id),  # an unverified beacon's too
                 test_event_code=test_event_code,
                 fbtrace_id=fbtrace_id,
                 queued_at=event.queued_at,

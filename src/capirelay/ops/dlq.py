@@ -178,9 +178,11 @@ async def replay(
     the audit trail with ``origin``, its target and how many letters it re-queued.
     """
     report = ReplayReport(dry_run=dry_run)
-    keys_seen: set[tuple[str, str, str]] = set()
+    keys_seen: set[tuple[str, str, str, bool]] = set()
     async for letter in _targets(outbox, target, report):
-        key = (letter.pixel_id, letter.event_name, letter.event_id)
+        # An unverified beacon's letter claims its key apart (capirelay.orders): it never
+        # holds back an authenticated letter of the same id, nor is held back by one.
+        key = (letter.pixel_id, letter.event_name, letter.event_id, letter.unverified)
         if key in keys_seen:
             report.duplicate.append(letter.id)
             continue

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from capirelay.graph.errors import meta_says
-from capirelay.orders import public_event_id
+from capirelay.orders import UNVERIFIED_ID_PREFIX, public_event_id
 from capirelay.outbox.base import DeadLetter, DLQFilter, DLQGroup, LeasedEvent, QueueStats
 
 __all__ = [
@@ -101,6 +101,7 @@ def dead_letter_from_row(
         event_name=event_name,
         event_id=public_event_id(event_id),
         payload=bytes(payload),
+        unverified=event_id.startswith(UNVERIFIED_ID_PREFIX),
         event_time=event_time,
         deadline=deadline,
         reason=reason,

@@ -203,6 +203,10 @@ class DeadLetter:
     test_event_code: str | None
     queued_at: float
     dead_at: float
+    # Claimed by an unverified beacon (its stored id carries capirelay.orders'
+    # UNVERIFIED_ID_PREFIX; ``event_id`` is shown without it): its dedup key is not an
+    # authenticated letter's of the same id.
+    unverified: bool = False
 
 
 @dataclass(frozen=True, slots=True)

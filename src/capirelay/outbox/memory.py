@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from capirelay.orders import UNVERIFIED_ID_PREFIX, public_event_id
 from capirelay.outbox._rows import (
     DLQ_FILTER_FIELDS,
     dlq_filter_values,
@@ -260,7 +261,7 @@ class InMemoryOutbox(Outbox, OutboxViews):
                 id=letter_id,
                 pixel_id=e.pixel_id,
                 event_name=e.event_name,
-                event_id=e.event_id,
+                event_id=public_event_id(e.event_id),
                 payload=e.payload,
                 event_time=e.event_time,
                 deadline=e.deadline,
@@ -270,6 +271,7 @@ class InMemoryOutbox(Outbox, OutboxViews):
                 test_event_code=e.test_event_code,
                 queued_at=row.queued_at,
                 dead_at=now,
+                unverified=e.event_id.startswith(UNVERIFIED_ID_PREFIX),
             )
             self._letters[letter_id] = _Letter(letter, e, log)
             self._dedup.pop(row.key, None)
