@@ -493,6 +493,11 @@ def test_the_user_data_error_counts_values_its_merged_warning_covers() -> None:
         ({"user_data": {"lead_id": "@@"}}, "user_data.lead_id"),
         ({"user_data": {"external_id": "@@"}}, "user_data.external_id"),
         ({"user_data": {"external_id": ["a", "@@"]}}, "user_data.external_id.1"),
+        ({"event_id": "@@"}, "event_id"),  # the dedup key: the browser's copy would differ
+        (
+            {"original_event_data": {"event_name": "Purchase", "event_id": "@@"}},
+            "original_event_data.event_id",
+        ),
     ],
 )
 def test_an_id_beyond_what_json_carries_exactly_is_refused_asking_for_a_string(
@@ -502,7 +507,7 @@ def test_an_id_beyond_what_json_carries_exactly_is_refused_asking_for_a_string(
     # as that text: another id.  The body is parsed as the gateway parses it.
     raw = event()
     for part, values in where.items():
-        raw[part] = {**raw[part], **values}
+        raw[part] = {**raw[part], **values} if isinstance(raw.get(part), dict) else values
     body = orjson.dumps(raw).replace(b'"@@"', b"12345678901234567890123")
     prepared = prepare(orjson.loads(body))
     assert prepared.new_event is None, "a changed id must not be sent"

@@ -276,7 +276,7 @@ class OriginalEventData(_Strict):
     event_name: str | None = None
     event_time: UnixSeconds | None = None
     order_id: IdText | None = None
-    event_id: str | None = None
+    event_id: IdText | None = None
 
 
 class AttributionSetting(_Strict):
@@ -340,7 +340,7 @@ class Event(_Strict):
     event_name: str = Field(min_length=1)
     event_time: UnixSeconds
     action_source: ActionSource | None = None
-    event_id: str | None = None
+    event_id: IdText | None = None
     event_source_url: str | None = None
     referrer_url: str | None = None
     opt_out: bool | None = None
