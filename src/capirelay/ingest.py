@@ -39,7 +39,12 @@ from pydantic import ValidationError
 
 from capirelay.config import PixelSettings
 from capirelay.events import explain_dropped_user_data, prepare_wire
-from capirelay.limits import MAX_EVENT_ID, check_event_limits, check_test_event_code
+from capirelay.limits import (
+    MAX_EVENT_ID,
+    check_event_limits,
+    check_test_event_code,
+    has_surrogate,
+)
 from capirelay.orders import order_key
 from capirelay.outbox.base import NewEvent
 from capirelay.pii_scrub import scrub_event
@@ -183,7 +188,7 @@ def shown_event_id(event_id: Any) -> str:
         return ""
     if any(ord(char) < 0x20 for char in event_id):
         return ""
-    return "" if _has_surrogate(event_id) else event_id  # the answer could not be encoded
+    return "" if has_surrogate(event_id) else event_id  # the answer could not be encoded
 
 
 def _not_an_object() -> Problem:
@@ -230,7 +235,6 @@ def _unencodable(event: Any = None) -> Problem:
 
 
 _MAX_DEPTH: Final = 254
-_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _INT_RANGE: Final = range(-(2**63), 2**64)
 
 
@@ -252,7 +256,7 @@ def _unencodable_at(event: Any) -> tuple[str, str] | None:
             stack.pop()
             continue
         key, value = step
-        if _has_surrogate(key):  # named by its container: the key cannot be shown
+        if has_surrogate(key):  # named by its container: the key cannot be shown
             return _path(tuple(k for _, k in stack[1:])) or "event", "surrogate"
         if isinstance(value, Mapping | list | tuple):
             if len(stack) >= _MAX_DEPTH:  # this container would nest one level deeper
@@ -260,13 +264,9 @@ def _unencodable_at(event: Any) -> tuple[str, str] | None:
             stack.append((_children(value), key))
         elif isinstance(value, int) and not isinstance(value, bool) and value not in _INT_RANGE:
             return _path((*(k for _, k in stack[1:]), key)), "large"
-        elif isinstance(value, str) and _has_surrogate(value):
+        elif isinstance(value, str) and has_surrogate(value):
             return _path((*(k for _, k in stack[1:]), key)), "surrogate"
     return None
-
-
-def _has_surrogate(text: str) -> bool:
-    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def _children(container: Any) -> Iterator[tuple[str, Any]]:

@@ -29,9 +29,10 @@ character, so an event without ``\\`` in its JSON has none).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from capirelay.meta_facts import STANDARD_EVENTS
 from capirelay.problems import Problem, error
@@ -51,6 +52,7 @@ __all__ = [
     "check_event_limits",
     "check_test_event_code",
     "control_character_path",
+    "has_surrogate",
 ]
 
 Whose = Literal["meta", "capirelay"]
@@ -184,6 +186,15 @@ def check_test_event_code(code: str | None) -> list[Problem]:
         ]
     if _has_control(code):
         return [_control("test_event_code")]
+    if has_surrogate(code):
+        return [
+            error(
+                "invalid_value",
+                "test_event_code",
+                "test_event_code holds half of a character (a lone UTF-16 surrogate), which "
+                "cannot be sent; use the code Events Manager shows",
+            )
+        ]
     return []
 
 
@@ -258,6 +269,15 @@ def check_event_limits(
     if test_event_code is not None:
         problems.extend(check_test_event_code(test_event_code))
     return problems
+
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone UTF-16 surrogate (a string cut mid-emoji), which no
+    UTF-8 answer, row or request to Meta can carry."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 def _has_control(text: str) -> bool:

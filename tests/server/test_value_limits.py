@@ -316,3 +316,39 @@ def test_a_body_with_a_lone_surrogate_is_otherwise_as_strict_as_any(
     error = response.json()["error"]
     assert error["code"] == "malformed_json"
     assert reason in error["message"], error["message"]
+
+
+def test_a_lone_surrogate_in_the_test_event_code_rejects_the_events_not_the_server(
+    client: httpx.Client, uid: str
+) -> None:
+    # The code is echoed in the answer, which cannot carry half a character: a 500 it was.
+    events = [server_event(event_id=f"{uid}code-{i}") for i in range(2)]
+    body = orjson.dumps({"pixel_id": PIXEL_ID, "data": events, "test_event_code": "T@@"})
+    response = client.post(
+        "/v1/events",
+        content=body.replace(b"@@", b"\\ud83c"),
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert [r["status"] for r in answer["results"]] == ["rejected", "rejected"]
+    assert problem_of(answer["results"][0], "invalid_value")["field"] == "test_event_code"
+    assert answer["test_event_code"] is None
+
+
+@pytest.mark.parametrize("route", ["/v1/events", "/v1/collect"])
+def test_a_lone_surrogate_in_the_pixel_id_is_a_clear_refusal(gateway_url: str, route: str) -> None:
+    body = (
+        {"pixel_id": "12@@", "data": [server_event()]}
+        if route == "/v1/events"
+        else {"pixel_id": "12@@", "event_name": "PageView", "page_url": "https://shop.example/"}
+    )
+    headers = {"Origin": SHOP_ORIGIN, "User-Agent": BROWSER_UA, "Content-Type": "text/plain"}
+    response = httpx.post(
+        f"{gateway_url}{route}",
+        content=orjson.dumps(body).replace(b"@@", b"\\ud83c"),
+        headers=headers,
+        timeout=10,
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["error"]["code"]

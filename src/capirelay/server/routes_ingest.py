@@ -37,6 +37,7 @@ from starlette.responses import Response
 from capirelay import browser_ids
 from capirelay.config import PixelSettings, Settings
 from capirelay.ingest import PreparedEvent, prepare_event, shown_event_id
+from capirelay.limits import has_surrogate
 from capirelay.meta_facts import MAX_EVENTS_PER_REQUEST
 from capirelay.metrics import Metrics
 from capirelay.outbox.base import EnqueueStatus, Outbox, StorageUnavailable, unverified_claim
@@ -110,7 +111,9 @@ async def post_events(state: State, incoming: Incoming) -> Answer:
         }
         for index, (item, status) in enumerate(zip(prepared, statuses, strict=True))
     ]
-    return json_answer(202, {"results": results, "test_event_code": test_event_code})
+    # Echoed as sent, unless it cannot be (half a character: every event names it).
+    shown = None if test_event_code and has_surrogate(test_event_code) else test_event_code
+    return json_answer(202, {"results": results, "test_event_code": shown})
 
 
 def _events_body(body: Any) -> tuple[str, list[Any], str | None]:
