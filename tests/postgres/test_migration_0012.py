@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from pg_replicas import table_counts
 
+from capirelay.orders import UNVERIFIED_ID_PREFIX
 from capirelay.outbox import EnqueueStatus, NewEvent
 from capirelay.outbox.base import DEDUP_WINDOW_SECONDS
 from capirelay.outbox.postgres import PostgresOutbox
@@ -114,7 +115,9 @@ async def test_upgrade_from_0011(postgres_url: str) -> None:
         assert "capirelay_receipt_batches_by_event_id" in _plan(
             conn, "batches_of_event", {"event_id": "sent"}
         )
-        assert "capirelay_dedup_pkey" in _plan(conn, "queued_of_event", {"event_id": "q1"})
+        # Both namespaces (capirelay.orders): still through the dedup key's primary key.
+        both = {"event_id": "q1", "unverified_id": UNVERIFIED_ID_PREFIX + "q1"}
+        assert "capirelay_dedup_pkey" in _plan(conn, "queued_of_event", both)
 
     box = PostgresOutbox(postgres_url, pool_size=2, listen=False)
     await box.open()
