@@ -183,10 +183,8 @@ def test_heads_at_the_limits_are_served(gateway: Gateway, head: bytes) -> None:
             "headers_too_large",
         ),
         (head_of_size(MAX_HEAD_BYTES + 1), 431, "headers_too_large"),
-        # Blank lines before a request line are skipped by the parsers, and counted.
-        (b"\r\n" * (MAX_HEAD_BYTES // 2 + 1) + request_head(), 431, "headers_too_large"),
     ],
-    ids=["line", "request-line", "fields", "head", "blank-lines"],
+    ids=["line", "request-line", "fields", "head"],
 )
 def test_heads_over_the_limits_are_refused_and_the_connection_closed(
     gateway: Gateway, head: bytes, status: int, code: str
@@ -194,6 +192,21 @@ def test_heads_over_the_limits_are_refused_and_the_connection_closed(
     with connect(gateway) as conn:
         send_all(conn, head)
         assert_refused(read_to_end(conn), status, code)
+
+
+def test_blank_lines_before_a_request_line_are_counted_or_refused(gateway: Gateway) -> None:
+    # httptools skips blank lines before a request line, and they count towards the head.
+    # h11 refuses them itself (400, "Invalid HTTP request received.") as soon as a read
+    # holds one whole; only a first read already over the limit reaches the count (431).
+    # Which happens depends on how the kernel cuts the stream: either way, refused.
+    with connect(gateway) as conn:
+        send_all(conn, b"\r\n" * (MAX_HEAD_BYTES // 2 + 1) + request_head())
+        answer = read_to_end(conn)
+    if gateway.parser is H11Protocol and answer.split(b"\r\n")[0].split()[1] == b"400":
+        assert b"Invalid HTTP request received." in answer
+        assert b"\r\nconnection: close" in answer.lower()
+    else:
+        assert_refused(answer, 431, "headers_too_large")
 
 
 def _lines(line: bytes) -> Iterable[bytes]:
