@@ -186,13 +186,11 @@ def _split(url: str) -> SplitResult:
         pass
     rest, _, fragment = url.partition("#")
     rest, _, query = rest.partition("?")
-    scheme, sep, rest = rest.partition("://")
+    scheme, sep, after = rest.partition("://")
     if not sep:
-        scheme, netloc, path = "", "", url.partition("#")[0].partition("?")[0]
-    else:
-        netloc, slash, path = rest.partition("/")
-        path = slash + path
-    return SplitResult(scheme, netloc, path, query, fragment)
+        return SplitResult("", "", rest, query, fragment)
+    netloc, slash, path = after.partition("/")
+    return SplitResult(scheme, netloc, slash + path, query, fragment)
 
 
 def _without_userinfo(url: str) -> str:

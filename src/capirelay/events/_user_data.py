@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -461,10 +462,7 @@ def dropped_problems(dropped: Sequence[tuple[str, str]]) -> list[Problem]:
     sentence three times; values of one key dropped for different reasons, or of
     different keys, stay apart.
     """
-    counts: dict[tuple[str, str], int] = {}
-    for pair in dropped:
-        counts[pair] = counts.get(pair, 0) + 1
-    return [normalization_problem(key, reason, n) for (key, reason), n in counts.items()]
+    return [normalization_problem(key, reason, n) for (key, reason), n in Counter(dropped).items()]
 
 
 def _dropped_sentence(key: str, count: int) -> tuple[str, str]:
