@@ -89,36 +89,41 @@ class Secret(BaseModel):
     env: str | None = None
     file: Path | None = None
     value: str | None = Field(default=None, repr=False)
-    # The CAPIRELAY_* variable a literal ``value`` came from, set in double quotes (JSON
-    # text, so read as a literal rather than as the variable); None for one in the file.
-    _quoted_variable: str | None = PrivateAttr(default=None)
-    # The CAPIRELAY_* variable whose JSON table held a literal ``value``
-    # (CAPIRELAY_PIXELS='{"1": {"access_token": "EAA..."}}'); None for one in the file.
-    _json_variable: str | None = PrivateAttr(default=None)
+    # The CAPIRELAY_* variable a literal ``value`` came from, and how: "quoted" (its whole
+    # value in double quotes, JSON text, so read as a literal rather than as the variable)
+    # or "json" (inside a table variable's JSON: CAPIRELAY_PIXELS='{"1": {"access_token":
+    # "EAA..."}}'); None for a literal in the file.
+    _from: tuple[Literal["quoted", "json"], str] | None = PrivateAttr(default=None)
 
     @classmethod
     def quoted_in(cls, variable: str, text: str) -> Secret:
         """The literal ``text`` of ``variable``, whose value was ``"text"`` in quotes."""
-        secret = cls(value=text)
-        secret._quoted_variable = variable
-        return secret
-
-    @property
-    def quoted_variable(self) -> str | None:
-        """The variable this literal was set in with quotes (None: a literal in the file)."""
-        return self._quoted_variable if self.value is not None else None
+        return cls._literal_of(text, ("quoted", variable))
 
     @classmethod
     def inside_json_of(cls, variable: str, text: str) -> Secret:
         """The literal ``text`` found inside the JSON of the table variable ``variable``."""
+        return cls._literal_of(text, ("json", variable))
+
+    @classmethod
+    def _literal_of(cls, text: str, origin: tuple[Literal["quoted", "json"], str]) -> Secret:
         secret = cls(value=text)
-        secret._json_variable = variable
+        secret._from = origin
         return secret
+
+    @property
+    def quoted_variable(self) -> str | None:
+        """The variable this literal was set in with quotes (None: not so set)."""
+        return self._variable_if("quoted")
 
     @property
     def json_variable(self) -> str | None:
         """The variable whose JSON held this literal (None: not from one)."""
-        return self._json_variable if self.value is not None else None
+        return self._variable_if("json")
+
+    def _variable_if(self, how: str) -> str | None:
+        origin = self._from
+        return origin[1] if origin and origin[0] == how and self.value is not None else None
 
     @model_validator(mode="after")
     def _one_source(self) -> Secret:
