@@ -770,7 +770,7 @@ class _EnvSecrets(EnvSettingsSource):
             # setting (port, burst ...) is not complex and never comes here.
             bare = secret and isinstance(decoded, int | float)
             if secret and isinstance(decoded, str) and decoded:
-                self._found[(field_name.lower(), decoded)] = _quoted_secret
+                self._found[(field_name.lower(), decoded)] = Secret.quoted_in
         except ValueError:
             if not secret:
                 raise
@@ -825,10 +825,6 @@ class _EnvSecrets(EnvSettingsSource):
 
 def _variable_secret(variable: str, _text: str) -> Secret:
     return Secret(env=variable)
-
-
-def _quoted_secret(variable: str, text: str) -> Secret:
-    return Secret.quoted_in(variable, text)
 
 
 def _holds_a_secret(annotation: Any) -> bool:

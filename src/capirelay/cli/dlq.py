@@ -25,6 +25,7 @@ from rich.table import Table
 from capirelay.cli._output import blocks, err_console, error, fits
 from capirelay.cli.storage import ConfigOpt, StorageOpt, existing_storage_url
 from capirelay.outbox import DLQFilter, Outbox
+from capirelay.wording import counted
 
 if TYPE_CHECKING:
     from capirelay.ops.dlq import DeadLetterSummary
@@ -121,10 +122,8 @@ def list_command(
     if not rows:
         console.print("The dead-letter queue is empty for this filter.")
         return
-    if not fits(console, _dead_letter_table(rows)):
-        console.print(_dead_letter_blocks(rows))
-    else:
-        console.print(_dead_letter_table(rows))
+    table = _dead_letter_table(rows)
+    console.print(table if fits(console, table) else _dead_letter_blocks(rows))
 
 
 def _meta_error(r: DeadLetterSummary) -> str:
@@ -157,7 +156,7 @@ def _dead_letter_blocks(rows: list[DeadLetterSummary]) -> Table:
 
 
 def _dead_letter_lines(r: DeadLetterSummary) -> list[str]:
-    attempts = "1 attempt" if r.attempts == 1 else f"{r.attempts} attempts"
+    attempts = counted(r.attempts, "attempt")
     return [
         f"{r.event_name}, event_id {r.event_id}",
         f"pixel {r.pixel_id}",
@@ -311,7 +310,7 @@ def audit_command(
 
 
 def _audit_lines(record: AuditRecord) -> list[str]:
-    letters = "1 dead letter" if record.count == 1 else f"{record.count} dead letters"
+    letters = counted(record.count, "dead letter")
     return [
         f"{record.action} of {letters} by {record.actor}, from {record.origin}",
         f"target {record.target}",

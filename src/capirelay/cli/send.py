@@ -39,7 +39,9 @@ from rich.console import Console
 from capirelay.cli._output import err_console, error, warning
 from capirelay.cli.storage import ConfigOpt, load_config_or_exit
 from capirelay.config import PixelSettings
+from capirelay.config_errors import variable_holding
 from capirelay.problems import Problem
+from capirelay.wording import counted
 
 __all__ = ["send_command"]
 
@@ -232,13 +234,9 @@ def _graph_url_source(settings: Any, path: Path | None) -> str:
     """Where the settings' ``graph_url`` came from, as a user would change it."""
     if "graph_url" not in settings.model_fields_set:
         return "the default graph_url (set graph_url in the config to change it)"
-    if any(name.upper() == "CAPIRELAY_GRAPH_URL" for name in os.environ):
+    if variable_holding(("graph_url",)) is not None:
         return "CAPIRELAY_GRAPH_URL"
     return f"graph_url in {path}" if path is not None else "graph_url"
-
-
-def _events(count: int) -> str:
-    return f"{count} event" if count == 1 else f"{count} events"
 
 
 def _not_sent_summary(not_sent: int, total: int) -> str:
@@ -392,7 +390,7 @@ def _send(valid: list[Checked], target: Target) -> bool:
         err_console.print(str(exc), markup=False)
         raise typer.Exit(EXIT_USAGE) from None
     console.print(
-        f"sent {_events(len(payloads))} to pixel {pixel}: events_received "
+        f"sent {counted(len(payloads), 'event')} to pixel {pixel}: events_received "
         f"{result.events_received}, fbtrace_id {result.fbtrace_id}"
     )
     if test_event_code:
@@ -442,7 +440,7 @@ def _print_graph_error(exc: Any, count: int, target: Target) -> None:
 
     code = f", code {code_label(exc.code, exc.subcode)}" if exc.code else ""
     error(
-        f"not sent: the request with {_events(count)} failed ({where}{code}"
+        f"not sent: the request with {counted(count, 'event')} failed ({where}{code}"
         f"{f', fbtrace_id {exc.fbtrace_id}' if exc.fbtrace_id else ''})"
     )
     if exc.type == "transport":  # Graph never answered: nothing of Meta's to quote

@@ -18,12 +18,9 @@ from capirelay.graph import EventsResponse, GraphError
 from capirelay.graph.errors import meta_says
 from capirelay.metrics import Metrics
 from capirelay.outbox import Attempt, DeadLetterReason, LeasedEvent
+from capirelay.wording import counted
 
 log = logging.getLogger("capirelay.delivery")
-
-
-def _events(count: int) -> str:
-    return f"{count} event" if count == 1 else f"{count} events"
 
 
 def _what_to_check(err: GraphError) -> str:
@@ -62,7 +59,7 @@ class PixelTelemetry:
         log.info(
             "pixel %s: %s delivered in %.0f ms (fbtrace_id=%s)",
             pixel,
-            _events(len(events)),
+            counted(len(events), "event"),
             latency * 1000,
             response.fbtrace_id,
             extra={
@@ -119,7 +116,7 @@ class PixelTelemetry:
         log.warning(
             "pixel %s: %s %s in %.0f ms: %s",
             pixel,
-            _events(len(events)),
+            counted(len(events), "event"),
             outcome,
             latency * 1000,
             detail,

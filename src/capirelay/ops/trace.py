@@ -17,6 +17,7 @@ from typing import Any
 from capirelay.delivery.status import BreakerState, PixelStatus
 from capirelay.graph.errors import code_label, explain, meta_says_of
 from capirelay.outbox.receipts import Outcome, Receipt, TracedEvent, TraceRecord
+from capirelay.wording import counted
 
 __all__ = ["Step", "pauses_of", "status_of", "story", "trace_json"]
 
@@ -193,8 +194,7 @@ def _receipt_steps(r: Receipt, told: _Told, delivered_at: float | None = None) -
                 Step(
                     r.recorded_at,
                     "dead_lettered",
-                    f"dead-lettered ({r.reason}) after {tries} attempt{'' if tries == 1 else 's'}"
-                    f"{since}",
+                    f"dead-lettered ({r.reason}) after {counted(tries, 'attempt')}{since}",
                     p,
                     n,
                     r.fbtrace_id,
